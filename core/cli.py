@@ -1,0 +1,343 @@
+"""``python -m core``: train, record, list and use transfer-learning runs from the command line.
+
+Flags and JSON keys here are a public contract (users script against them): extend, don't rename.
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import sys
+from collections.abc import Sequence
+from dataclasses import fields
+from typing import Any
+
+from core.config import AUGMENTATIONS, MODE_HELP, MODES, RunConfig
+from core.errors import StudioError
+
+EPILOG = """examples:
+  python -m core train --json          # offline default: efficientnet_lite0 on builtin:faces
+  python -m core train --data builtin:textures --backbone mobilenet_v2 --weights none \\
+      --mode feature_extraction --epochs 2 --image-size 64
+  python -m core train --data ~/pets --mode fine_tuning --epochs 3 --fine-tune-epochs 5
+  python -m core runs
+  python -m core predict --run RUN_ID photo.jpg --top-k 3
+"""
+
+
+def _add_common(p: argparse.ArgumentParser, json_help: str = "print JSON instead of text") -> None:
+    p.add_argument(
+        "--runs-dir",
+        metavar="D",
+        help="run store folder (default: $TRANSFER_STUDIO_HOME, else ~/.transfer_studio)",
+    )
+    p.add_argument("--json", action="store_true", help=json_help)
+
+
+def _add_train_flags(p: argparse.ArgumentParser) -> None:
+    d = RunConfig()
+    # Defaults are None so that only flags the user gave override --config.
+    p.add_argument("--config", metavar="FILE", help="start from a run's config.json (re-run it)")
+    p.add_argument(
+        "--data",
+        help="builtin:NAME, a folder of class subfolders, a .zip, or kaggle:OWNER/SLUG[/versions/N]"
+        f" (default {d.data})",
+    )
+    p.add_argument("--backbone", help=f"pretrained base, see `backbones` (default {d.backbone})")
+    p.add_argument(
+        "--weights",
+        help="imagenet, none (random init) or a path to a local weights file (default imagenet)",
+    )
+    p.add_argument(
+        "--mode",
+        choices=MODES,
+        help="; ".join(f"{m}: {h}" for m, h in MODE_HELP.items()) + f" (default {d.mode})",
+    )
+    p.add_argument("--image-size", type=int, help="square input size in px (default: backbone's)")
+    p.add_argument("--batch-size", type=int, help=f"images per batch (default {d.batch_size})")
+    p.add_argument(
+        "--epochs", type=int, help=f"epochs of the head (or only) phase (default {d.epochs})"
+    )
+    p.add_argument(
+        "--fine-tune-epochs",
+        type=int,
+        help=f"epochs of the fine-tuning phase (default {d.fine_tune_epochs})",
+    )
+    p.add_argument(
+        "--unfreeze",
+        type=int,
+        metavar="N",
+        help="fine_tuning: unfreeze the base's last N layers (default: its last block)",
+    )
+    p.add_argument("--lr", type=float, help=f"learning rate of the head phase (default {d.lr})")
+    p.add_argument(
+        "--fine-tune-lr",
+        type=float,
+        help=f"learning rate once the base is unfrozen; keep it very low "
+        f"(default {d.fine_tune_lr})",
+    )
+    p.add_argument(
+        "--augment",
+        action=argparse.BooleanOptionalAction,
+        help="random flip/rotation/zoom/contrast while training (default off)",
+    )
+    p.add_argument(
+        "--augmentations",
+        metavar="LIST",
+        help=f"comma-separated subset of {','.join(AUGMENTATIONS)} used by --augment",
+    )
+    p.add_argument(
+        "--val-split",
+        type=float,
+        help=f"validation fraction when the data has no val/test folder (default {d.val_split})",
+    )
+    p.add_argument("--seed", type=int, help=f"random seed (default {d.seed})")
+    p.add_argument("--dropout", type=float, help=f"head dropout rate (default {d.dropout})")
+    p.add_argument("--dense-units", type=int, help=f"head hidden units (default {d.dense_units})")
+    p.add_argument("--name", help="a label for the run")
+
+
+def build_parser() -> argparse.ArgumentParser:
+    """The CLI's argument parser (also used to render ``--help``)."""
+    parser = argparse.ArgumentParser(
+        prog="python -m core",
+        description="Transfer Studio engine: teach a pretrained image model a new task.",
+        epilog=EPILOG,
+        formatter_class=argparse.RawDescriptionHelpFormatter,
+    )
+    sub = parser.add_subparsers(dest="command", required=True, metavar="COMMAND")
+
+    p = sub.add_parser("backbones", help="list backbones, input sizes and weight availability")
+    p.add_argument("--json", action="store_true", help="print JSON instead of text")
+
+    p = sub.add_parser("datasets", help="list the built-in offline datasets")
+    p.add_argument("--json", action="store_true", help="print JSON instead of text")
+
+    p = sub.add_parser(
+        "train",
+        help="train one run (blocks; one progress line per epoch on stderr)",
+        description="Train one run and record it in the run store. Progress goes to stderr; with "
+        "--json the last stdout line is the run's result object.",
+    )
+    _add_train_flags(p)
+    _add_common(p, "print the result as one JSON object on the last stdout line")
+
+    p = sub.add_parser("runs", help="list recorded runs (running ones included)")
+    _add_common(p)
+
+    p = sub.add_parser("show", help="everything about one run (the object `train --json` prints)")
+    p.add_argument("run_id", metavar="RUN_ID")
+    _add_common(p)
+
+    p = sub.add_parser("stop", help="ask a running run to stop (takes effect within one batch)")
+    p.add_argument("run_id", metavar="RUN_ID")
+    _add_common(p)
+
+    p = sub.add_parser("predict", help="classify images with a finished run's model")
+    p.add_argument("--run", required=True, metavar="RUN_ID", help="a completed run's id")
+    p.add_argument("images", nargs="+", metavar="IMAGE")
+    p.add_argument("--top-k", type=int, default=5, help="labels per image (default 5)")
+    _add_common(p)
+
+    p = sub.add_parser("classify", help="what a raw pretrained backbone sees (ImageNet classes)")
+    p.add_argument("--backbone", default="efficientnet_lite0", help="default efficientnet_lite0")
+    p.add_argument("images", nargs="+", metavar="IMAGE")
+    p.add_argument("--top-k", type=int, default=5, help="classes per image (default 5)")
+    p.add_argument("--json", action="store_true", help="print JSON instead of text")
+    return parser
+
+
+def config_from_args(args: argparse.Namespace) -> RunConfig:
+    """A RunConfig from ``train`` flags (over ``--config`` if given, else the defaults)."""
+    base = RunConfig()
+    if args.config:
+        try:
+            with open(args.config, encoding="utf-8") as fh:
+                base = RunConfig.from_json(fh.read())
+        except OSError as exc:
+            raise StudioError(f"Cannot read --config {args.config!r}: {exc.strerror}.") from exc
+    changes: dict[str, Any] = {}
+    for f in fields(RunConfig):
+        value = getattr(args, f.name, None)
+        if value is not None and f.name != "augmentations":
+            changes[f.name] = value
+    if args.augmentations is not None:
+        changes["augmentations"] = tuple(
+            a.strip() for a in args.augmentations.split(",") if a.strip()
+        )
+    return base.with_changes(**changes)
+
+
+def _print_json(obj: Any) -> None:
+    print(json.dumps(obj, default=str))
+
+
+def _fmt(value: float | None, spec: str = ".3f") -> str:
+    return "-" if value is None else format(value, spec)
+
+
+def _epoch_line(config: RunConfig) -> Any:
+    total = config.planned_epochs
+
+    def show(rec: dict[str, Any]) -> None:
+        print(
+            f"epoch {rec['epoch']}/{total} [{rec['phase']}] loss {_fmt(rec.get('loss'))} "
+            f"acc {_fmt(rec.get('accuracy'))} val_loss {_fmt(rec.get('val_loss'))} "
+            f"val_acc {_fmt(rec.get('val_accuracy'))} ({rec['duration_s']:.1f} s, "
+            f"{rec['images_per_s']:.0f} img/s)",
+            file=sys.stderr,
+            flush=True,
+        )
+
+    return show
+
+
+def cmd_train(args: argparse.Namespace) -> int:
+    """Queue one run on this process's worker and wait for it."""
+    from core.jobs import JobQueue
+
+    config = config_from_args(args).validate()
+    jobs = JobQueue(args.runs_dir)
+    run_id = jobs.submit(config, progress=_epoch_line(config))
+    print(f"run {run_id}: {config.mode} {config.backbone} on {config.data}", file=sys.stderr)
+    try:
+        status = jobs.wait(run_id)
+    except KeyboardInterrupt:
+        print("stopping after the current batch…", file=sys.stderr)
+        jobs.stop(run_id)
+        status = jobs.wait(run_id)
+    result = jobs.store.result(run_id)
+    if args.json:
+        _print_json(result)
+    else:
+        print(
+            f"{run_id} {status}: best val_accuracy {_fmt(result['best_val_accuracy'])} "
+            f"in {_fmt(result['duration_s'], '.1f')} s; model {result['model_path']}"
+        )
+    if status == "failed":
+        print(f"error: {result['error']}", file=sys.stderr)
+        return 1
+    return 0 if status == "completed" else 130
+
+
+def cmd_runs(args: argparse.Namespace) -> int:
+    """List runs, newest first."""
+    from core.store import RunStore
+
+    runs = RunStore(args.runs_dir).list_runs()
+    if args.json:
+        _print_json(runs)
+        return 0
+    if not runs:
+        print("no runs yet: try `python -m core train`")
+    for r in runs:
+        print(
+            f"{r['run_id']}  {r['status']:<11} {r['mode']:<18} {r['backbone']:<20} "
+            f"epochs {r['epochs_done']}/{r['planned_epochs']}  best val_acc "
+            f"{_fmt(r['best_val_accuracy'])}  {r['data']}"
+        )
+    return 0
+
+
+def cmd_show(args: argparse.Namespace) -> int:
+    """Print one run's result object."""
+    from core.store import RunStore
+
+    result = RunStore(args.runs_dir).result(args.run_id)
+    if args.json:
+        _print_json(result)
+    else:
+        print(json.dumps(result, indent=2, default=str))
+    return 0
+
+
+def cmd_stop(args: argparse.Namespace) -> int:
+    """Flag a run to stop; its worker sees the flag within a second."""
+    from core.store import RunStore
+
+    RunStore(args.runs_dir).request_stop(args.run_id)
+    print(f"stop requested for {args.run_id}", file=sys.stderr)
+    return 0
+
+
+def cmd_predict(args: argparse.Namespace) -> int:
+    """Top-k labels per image from a run's model."""
+    from core.predict import predict_images
+    from core.store import RunStore
+
+    results = predict_images(RunStore(args.runs_dir), args.run, args.images, top_k=args.top_k)
+    _print_results(results, args.json, lambda p: f"{p['label']} {p['probability']:.3f}")
+    return 0
+
+
+def cmd_classify(args: argparse.Namespace) -> int:
+    """ImageNet top-k of a raw pretrained backbone."""
+    from core.classify import classify_images
+
+    results = classify_images(args.backbone, args.images, top_k=args.top_k)
+    fmt = lambda p: f"{p['class_index']} {p['label']} {p['probability']:.3f}"  # noqa: E731
+    _print_results(results, args.json, fmt)
+    return 0
+
+
+def _print_results(results: list[dict[str, Any]], as_json: bool, fmt: Any) -> None:
+    if as_json:
+        _print_json(results)
+        return
+    for r in results:
+        print(f"{r['image']}: " + ", ".join(fmt(p) for p in r["predictions"]))
+
+
+def cmd_backbones(args: argparse.Namespace) -> int:
+    """The registry with weight availability."""
+    from core.backbones import list_backbones
+
+    rows = [spec.to_dict() for spec in list_backbones()]
+    if args.json:
+        _print_json(rows)
+        return 0
+    for r in rows:
+        print(
+            f"{r['name']:<20} {r['default_size']:>3}px (min {r['min_size']:>2})  "
+            f"{r['params_millions']:>5.1f}M params  features {r['feature_width']:>4}  "
+            f"imagenet: {r['weights_status']}"
+        )
+    return 0
+
+
+def cmd_datasets(args: argparse.Namespace) -> int:
+    """The built-in datasets."""
+    from core.builtin_datasets import list_builtins
+
+    rows = list_builtins()
+    if args.json:
+        _print_json(rows)
+        return 0
+    for r in rows:
+        print(
+            f"{r['source']:<18} {r['images']:>4} images, classes {', '.join(r['classes'])}: "
+            f"{r['description']}"
+        )
+    return 0
+
+
+COMMANDS = {
+    "backbones": cmd_backbones,
+    "datasets": cmd_datasets,
+    "train": cmd_train,
+    "runs": cmd_runs,
+    "show": cmd_show,
+    "stop": cmd_stop,
+    "predict": cmd_predict,
+    "classify": cmd_classify,
+}
+
+
+def main(argv: Sequence[str] | None = None) -> int:
+    """Entry point; user errors become one line on stderr and exit code 1."""
+    args = build_parser().parse_args(argv)
+    try:
+        return COMMANDS[args.command](args)
+    except StudioError as exc:
+        print(f"error: {exc}", file=sys.stderr)
+        return 1

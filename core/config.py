@@ -1,0 +1,178 @@
+"""``RunConfig``: the single description of a training run.
+
+Built by the Train page and by the CLI, stored with the run as ``config.json``, exportable and
+re-runnable. Validation errors say what was received, what is allowed and how to fix it.
+"""
+
+from __future__ import annotations
+
+import json
+from dataclasses import asdict, dataclass, field, fields, replace
+from typing import Any
+
+from core.errors import ConfigError
+
+MODES = ("feature_extraction", "fine_tuning", "full_fine_tuning", "scratch")
+AUGMENTATIONS = ("flip", "rotation", "zoom", "contrast")
+MODE_HELP = {
+    "feature_extraction": "Frozen pretrained base, train only a new head. Small data similar to "
+    "ImageNet (< 10k images). Fastest.",
+    "fine_tuning": "Warm up the head, then unfreeze the base's last layers at a very low learning "
+    "rate. Medium data, or data unlike ImageNet.",
+    "full_fine_tuning": "Warm up the head, then train the whole base at a very low learning rate. "
+    "Large data (> 100k images).",
+    "scratch": "Random initialisation, everything trainable: the baseline that shows what "
+    "transfer buys.",
+}
+DEFAULT_DATA = "builtin:faces"
+
+
+@dataclass(frozen=True)
+class RunConfig:
+    """Everything that determines a run. ``None`` sizes/depths mean "the backbone's default"."""
+
+    backbone: str = "efficientnet_lite0"
+    weights: str = "imagenet"  # "imagenet", "none", or a path to a local weights file
+    mode: str = "feature_extraction"
+    data: str = DEFAULT_DATA
+    image_size: int | None = None
+    batch_size: int = 32
+    epochs: int = 3  # head phase (the only phase for feature_extraction and scratch)
+    fine_tune_epochs: int = 3  # second phase of fine_tuning / full_fine_tuning
+    lr: float = 1e-3
+    fine_tune_lr: float = 1e-5
+    unfreeze: int | None = None  # trailing base layers unfrozen in phase 2; None = last block
+    augment: bool = False
+    augmentations: tuple[str, ...] = AUGMENTATIONS
+    val_split: float = 0.2
+    seed: int = 42
+    dropout: float = 0.2
+    dense_units: int = 256
+    name: str = ""
+    extra: dict[str, Any] = field(default_factory=dict)  # forward-compatible: unknown JSON keys
+
+    def __post_init__(self) -> None:
+        # JSON gives lists; keep the dataclass hashable-ish and comparable.
+        object.__setattr__(self, "augmentations", tuple(self.augmentations))
+
+    # -- derived --------------------------------------------------------------------------
+    @property
+    def phases(self) -> list[str]:
+        """The training phases this mode runs, in order."""
+        if self.mode in ("fine_tuning", "full_fine_tuning"):
+            return ["head", "fine_tune"]
+        return ["head"] if self.mode == "feature_extraction" else ["scratch"]
+
+    @property
+    def planned_epochs(self) -> int:
+        """Total epochs over all phases."""
+        return self.epochs + (self.fine_tune_epochs if len(self.phases) == 2 else 0)
+
+    def resolved_image_size(self) -> int:
+        """The image size, falling back to the backbone's default."""
+        from core.backbones import get_backbone
+
+        return self.image_size or get_backbone(self.backbone).default_size
+
+    def active_augmentations(self) -> tuple[str, ...]:
+        """The augmentation layers applied during training (none when ``augment`` is off)."""
+        return self.augmentations if self.augment else ()
+
+    # -- validation -----------------------------------------------------------------------
+    def validate(self) -> RunConfig:
+        """Check every field; return self so calls chain. Raises ConfigError/BackboneError."""
+        from core.backbones import check_image_size, get_backbone
+
+        spec = get_backbone(self.backbone)
+        if self.mode not in MODES:
+            raise ConfigError(
+                f"Unknown mode {self.mode!r}. Available: {', '.join(MODES)}. Pick one with --mode."
+            )
+        if self.weights not in ("imagenet", "none") and not self.weights.strip():
+            raise ConfigError(
+                "weights is empty. Expected 'imagenet', 'none' or a weights file path."
+            )
+        if self.mode == "scratch" and self.weights != "none":
+            # A from-scratch baseline with pretrained weights would not be a baseline.
+            raise ConfigError(
+                f"Mode 'scratch' trains from random initialisation, but weights={self.weights!r}. "
+                "Use --weights none with --mode scratch."
+            )
+        if self.image_size is not None:
+            _check_int("image_size", self.image_size, 1, 1024, "--image-size")
+            check_image_size(spec, self.image_size)
+        _check_int("batch_size", self.batch_size, 1, 1024, "--batch-size")
+        _check_int("epochs", self.epochs, 1, 1000, "--epochs")
+        _check_int("fine_tune_epochs", self.fine_tune_epochs, 0, 1000, "--fine-tune-epochs")
+        _check_float("lr", self.lr, 0.0, 1.0, "--lr")
+        _check_float("fine_tune_lr", self.fine_tune_lr, 0.0, 1.0, "--fine-tune-lr")
+        if self.unfreeze is not None:
+            _check_int("unfreeze", self.unfreeze, 1, 100_000, "--unfreeze")
+        unknown = [a for a in self.augmentations if a not in AUGMENTATIONS]
+        if unknown:
+            raise ConfigError(
+                f"Unknown augmentation(s) {', '.join(map(repr, unknown))}. "
+                f"Available: {', '.join(AUGMENTATIONS)}."
+            )
+        if not 0.0 < self.val_split <= 0.9:
+            raise ConfigError(
+                f"val_split={self.val_split!r} is out of range. Expected a fraction in (0, 0.9], "
+                "e.g. --val-split 0.2 (ignored when the data has its own validation folder)."
+            )
+        _check_int("seed", self.seed, 0, 2**31 - 1, "--seed")
+        _check_float("dropout", self.dropout, 0.0, 0.95, "--dropout")
+        _check_int("dense_units", self.dense_units, 1, 8192, "--dense-units")
+        return self
+
+    # -- serialisation --------------------------------------------------------------------
+    def to_dict(self) -> dict[str, Any]:
+        """JSON-able dict; ``extra`` keys are merged back at top level."""
+        data = asdict(self)
+        extra = data.pop("extra")
+        data["augmentations"] = list(self.augmentations)
+        return {**extra, **data}
+
+    def to_json(self, indent: int | None = 2) -> str:
+        """The config as JSON text (the ``config.json`` of a run)."""
+        return json.dumps(self.to_dict(), indent=indent, sort_keys=True)
+
+    @classmethod
+    def from_dict(cls, data: dict[str, Any]) -> RunConfig:
+        """Inverse of ``to_dict``; unknown keys are kept in ``extra`` rather than dropped."""
+        if not isinstance(data, dict):
+            raise ConfigError(f"A run config must be a JSON object, got {type(data).__name__}.")
+        known = {f.name for f in fields(cls)} - {"extra"}
+        kwargs = {k: v for k, v in data.items() if k in known}
+        extra = {k: v for k, v in data.items() if k not in known}
+        try:
+            return cls(**kwargs, extra=extra)
+        except TypeError as exc:
+            raise ConfigError(f"Invalid run config: {exc}") from exc
+
+    @classmethod
+    def from_json(cls, text: str) -> RunConfig:
+        """Parse a ``config.json``."""
+        try:
+            return cls.from_dict(json.loads(text))
+        except json.JSONDecodeError as exc:
+            raise ConfigError(f"Run config is not valid JSON: {exc}") from exc
+
+    def with_changes(self, **changes: Any) -> RunConfig:
+        """A copy with some fields changed (e.g. the same data and seed in another mode)."""
+        return replace(self, **changes)
+
+
+def _check_int(name: str, value: Any, lo: int, hi: int, flag: str) -> None:
+    if isinstance(value, bool) or not isinstance(value, int) or not lo <= value <= hi:
+        raise ConfigError(
+            f"{name}={value!r} is invalid. Expected an integer in [{lo}, {hi}] ({flag})."
+        )
+
+
+def _check_float(name: str, value: Any, lo: float, hi: float, flag: str) -> None:
+    ok = isinstance(value, (int, float)) and not isinstance(value, bool)
+    if not ok or not lo <= float(value) <= hi or (name.endswith("lr") and float(value) == 0.0):
+        raise ConfigError(
+            f"{name}={value!r} is invalid. Expected a number from {lo} to {hi}"
+            f"{' (not 0)' if name.endswith('lr') else ''} ({flag})."
+        )

@@ -1,0 +1,129 @@
+"""The process-wide job queue: runs train one at a time in a worker thread.
+
+The dashboard holds one queue per process (via ``st.cache_resource`` around ``get_job_queue``);
+the CLI uses the same queue and waits. The worker never touches Streamlit: everything it has to say
+goes into the run store, which pages poll.
+"""
+
+from __future__ import annotations
+
+import os
+import queue
+import threading
+import time
+from pathlib import Path
+
+from core.config import RunConfig
+from core.store import ACTIVE_STATUSES, QUEUED, STOPPED, RunStore
+from core.training import ProgressFn, execute_run
+
+
+class JobQueue:
+    """FIFO of run ids with one worker thread; submit, stop, inspect, wait."""
+
+    def __init__(self, runs_dir: str | os.PathLike[str] | None = None) -> None:
+        self.store = RunStore(runs_dir)
+        self._queue: queue.Queue[str] = queue.Queue()
+        self._lock = threading.Lock()
+        self._pending: list[str] = []
+        self._current: str | None = None
+        self._stop_events: dict[str, threading.Event] = {}
+        self._submitted_keys: dict[str, str] = {}
+        self._progress: dict[str, ProgressFn] = {}
+        self._worker = threading.Thread(
+            target=self._work, name="transfer-studio-worker", daemon=True
+        )
+        self._worker.start()
+
+    # -- public API -----------------------------------------------------------------------
+    def submit(
+        self, config: RunConfig, key: str | None = None, progress: ProgressFn | None = None
+    ) -> str:
+        """Validate and queue a run; returns its id.
+
+        ``key`` makes submission idempotent: a page passes one per click, so a rerun of the same
+        script (or a double click) returns the already queued run instead of queueing a copy.
+        """
+        config.validate()
+        with self._lock:
+            if key is not None and key in self._submitted_keys:
+                return self._submitted_keys[key]
+            run_id = self.store.create_run(config)
+            if key is not None:
+                self._submitted_keys[key] = run_id
+            self._stop_events[run_id] = threading.Event()
+            if progress is not None:
+                self._progress[run_id] = progress
+            self._pending.append(run_id)
+        self._queue.put(run_id)
+        return run_id
+
+    def stop(self, run_id: str) -> None:
+        """Stop a running run within one batch, or cancel a queued one."""
+        with self._lock:
+            if run_id in self._pending:
+                self._pending.remove(run_id)
+                self.store.request_stop(run_id)
+                self.store.mark_finished(run_id, STOPPED, error=None)
+                return
+            event = self._stop_events.get(run_id)
+        self.store.request_stop(run_id)  # also reaches a run owned by another process
+        if event is not None:
+            event.set()
+
+    @property
+    def current(self) -> str | None:
+        """The run training right now, if any."""
+        return self._current
+
+    def pending(self) -> list[str]:
+        """Queued run ids in the order they will run."""
+        with self._lock:
+            return list(self._pending)
+
+    def is_busy(self) -> bool:
+        """Whether something runs or waits."""
+        return self._current is not None or bool(self.pending())
+
+    def wait(self, run_id: str, timeout: float | None = None, poll: float = 0.2) -> str:
+        """Block until the run leaves queued/running; returns its status."""
+        deadline = None if timeout is None else time.monotonic() + timeout
+        while True:
+            status = self.store.status(run_id)
+            if status not in ACTIVE_STATUSES:
+                return status
+            if deadline is not None and time.monotonic() > deadline:
+                raise TimeoutError(f"Run {run_id} still {status} after {timeout} s")
+            time.sleep(poll)
+
+    # -- worker ---------------------------------------------------------------------------
+    def _work(self) -> None:
+        while True:
+            run_id = self._queue.get()
+            with self._lock:
+                if run_id not in self._pending:  # cancelled while queued
+                    continue
+                self._pending.remove(run_id)
+                self._current = run_id
+                event = self._stop_events[run_id]
+                progress = self._progress.pop(run_id, None)
+            try:
+                if self.store.status(run_id) == QUEUED:
+                    execute_run(self.store, run_id, event, progress)
+            finally:
+                with self._lock:
+                    self._current = None
+                    self._stop_events.pop(run_id, None)
+
+
+_QUEUES: dict[Path, JobQueue] = {}
+_QUEUES_LOCK = threading.Lock()
+
+
+def get_job_queue(runs_dir: str | os.PathLike[str] | None = None) -> JobQueue:
+    """The process-wide queue for a runs folder (one worker per folder and process)."""
+    root = RunStore(runs_dir, recover=False).root
+    with _QUEUES_LOCK:
+        if root not in _QUEUES:
+            _QUEUES[root] = JobQueue(root)
+        return _QUEUES[root]

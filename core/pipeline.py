@@ -1,0 +1,85 @@
+"""tf.data input pipelines: parallel decode and resize, optional augmentation, batching, prefetch.
+
+Decoding goes through ``core.images.load_rgb`` (PIL) rather than ``tf.io.decode_image`` so that
+every mode PIL knows (palette, CMYK, 16-bit, EXIF-rotated) becomes RGB exactly as it will at
+prediction time.
+"""
+
+from __future__ import annotations
+
+import os
+from collections.abc import Sequence
+
+import numpy as np
+import tensorflow as tf
+
+from core.images import load_rgb
+
+AUTOTUNE = tf.data.AUTOTUNE
+# Decoded images are cached in memory when they fit in this budget (uint8 pixels).
+MEMORY_CACHE_BYTES = 2 * 1024**3
+
+
+def _load(path: bytes, size: int) -> np.ndarray:
+    return load_rgb(os.fsdecode(path), int(size))
+
+
+def augmentation_layers(names: Sequence[str], seed: int) -> list[tf.keras.layers.Layer]:
+    """The seeds' augmentation as Keras preprocessing layers, in their order."""
+    import keras
+
+    factories = {
+        "flip": lambda: keras.layers.RandomFlip("horizontal", seed=seed),
+        "rotation": lambda: keras.layers.RandomRotation(0.2, seed=seed + 1),
+        "zoom": lambda: keras.layers.RandomZoom(0.1, seed=seed + 2),
+        "contrast": lambda: keras.layers.RandomContrast(0.1, value_range=(0, 255), seed=seed + 3),
+    }
+    return [factories[name]() for name in names]
+
+
+def make_dataset(
+    paths: Sequence[str],
+    labels: Sequence[int],
+    image_size: int,
+    batch_size: int,
+    *,
+    training: bool,
+    augmentations: Sequence[str] = (),
+    seed: int = 0,
+) -> tf.data.Dataset:
+    """Batches of ``(float32 0-255 RGB images, int32 labels)``.
+
+    Training sets are shuffled every epoch (seeded) and augmented when asked; validation sets are
+    neither. Decoded images are cached in memory when they fit, so epochs after the first never
+    wait on decoding.
+    """
+    path_tensor = tf.constant([os.fsencode(p) for p in paths], dtype=tf.string)
+    ds = tf.data.Dataset.from_tensor_slices((path_tensor, tf.constant(labels, dtype=tf.int32)))
+
+    def decode(path: tf.Tensor, label: tf.Tensor) -> tuple[tf.Tensor, tf.Tensor]:
+        image = tf.numpy_function(_load, [path, image_size], tf.uint8, stateful=False)
+        image.set_shape((image_size, image_size, 3))
+        return image, label
+
+    ds = ds.map(decode, num_parallel_calls=AUTOTUNE, deterministic=True)
+    if len(paths) * image_size * image_size * 3 <= MEMORY_CACHE_BYTES:
+        ds = ds.cache()
+    if training:
+        ds = ds.shuffle(max(len(paths), 1), seed=seed, reshuffle_each_iteration=True)
+    ds = ds.batch(batch_size)
+    ds = ds.map(lambda x, y: (tf.cast(x, tf.float32), y), num_parallel_calls=AUTOTUNE)
+    if training and augmentations:
+        layers = augmentation_layers(augmentations, seed)
+
+        def augment(x: tf.Tensor, y: tf.Tensor) -> tuple[tf.Tensor, tf.Tensor]:
+            for layer in layers:
+                x = layer(x, training=True)
+            return x, y
+
+        ds = ds.map(augment, num_parallel_calls=AUTOTUNE)
+    return ds.prefetch(AUTOTUNE)
+
+
+def load_batch(paths: Sequence[str], image_size: int) -> np.ndarray:
+    """Decode a few images into one float32 batch (for prediction)."""
+    return np.stack([load_rgb(p, image_size) for p in paths]).astype(np.float32)

@@ -1,0 +1,354 @@
+"""The run store: SQLite (WAL) plus one artifact folder per run.
+
+It is the one source of truth for the pages and the CLI: a worker thread writes progress here
+while it trains, and readers (a page's fragment, ``python -m core runs``) read it back, possibly
+from another process. Each call opens its own short-lived connection so any thread may use the
+store.
+"""
+
+from __future__ import annotations
+
+import json
+import os
+import secrets
+import sqlite3
+import time
+from collections.abc import Iterator
+from contextlib import contextmanager
+from pathlib import Path
+from typing import Any
+
+from core.config import RunConfig
+from core.errors import RunNotFoundError
+from core.paths import runs_root
+
+QUEUED, RUNNING, COMPLETED, STOPPED, FAILED, INTERRUPTED = (
+    "queued",
+    "running",
+    "completed",
+    "stopped",
+    "failed",
+    "interrupted",
+)
+STATUSES = (QUEUED, RUNNING, COMPLETED, STOPPED, FAILED, INTERRUPTED)
+ACTIVE_STATUSES = (QUEUED, RUNNING)
+HISTORY_KEYS = ("loss", "accuracy", "val_loss", "val_accuracy", "lr", "phase")
+
+_SCHEMA = """
+CREATE TABLE IF NOT EXISTS runs (
+    run_id TEXT PRIMARY KEY,
+    seq INTEGER NOT NULL,
+    created_at REAL NOT NULL,
+    started_at REAL,
+    finished_at REAL,
+    status TEXT NOT NULL,
+    error TEXT,
+    config_json TEXT NOT NULL,
+    owner TEXT,
+    stop_requested INTEGER NOT NULL DEFAULT 0,
+    class_names_json TEXT,
+    train_images INTEGER,
+    val_images INTEGER,
+    skipped_files_json TEXT,
+    dataset_json TEXT,
+    phases_json TEXT,
+    best_val_accuracy REAL,
+    epochs_done INTEGER NOT NULL DEFAULT 0,
+    planned_epochs INTEGER NOT NULL,
+    duration_s REAL,
+    model_path TEXT,
+    model_bytes INTEGER
+);
+CREATE TABLE IF NOT EXISTS epochs (
+    run_id TEXT NOT NULL,
+    epoch INTEGER NOT NULL,
+    phase TEXT NOT NULL,
+    phase_epoch INTEGER NOT NULL,
+    loss REAL, accuracy REAL, val_loss REAL, val_accuracy REAL, lr REAL,
+    images_per_s REAL, duration_s REAL, t REAL NOT NULL,
+    PRIMARY KEY (run_id, epoch)
+);
+CREATE TABLE IF NOT EXISTS batches (
+    run_id TEXT NOT NULL,
+    global_step INTEGER NOT NULL,
+    phase TEXT NOT NULL,
+    epoch INTEGER NOT NULL,
+    step INTEGER NOT NULL,
+    steps_per_epoch INTEGER,
+    loss REAL, accuracy REAL, lr REAL, images_per_s REAL, t REAL NOT NULL,
+    PRIMARY KEY (run_id, global_step)
+);
+"""
+
+
+def _process_token(pid: int | None = None) -> str:
+    """Identify a live process robustly: pid plus its start time (guards against pid reuse)."""
+    pid = os.getpid() if pid is None else pid
+    start = ""
+    try:
+        with open(f"/proc/{pid}/stat", "rb") as fh:
+            # Field 22 is starttime; field 2 (the command) may hold spaces, so split after ')'.
+            start = fh.read().rsplit(b")", 1)[1].split()[19].decode()
+    except (OSError, IndexError):
+        pass
+    return f"{pid}:{start}"
+
+
+def _owner_alive(owner: str | None) -> bool:
+    if not owner:
+        return False
+    pid_text, _, _ = owner.partition(":")
+    try:
+        pid = int(pid_text)
+        os.kill(pid, 0)
+    except (ValueError, ProcessLookupError):
+        return False
+    except PermissionError:  # exists, owned by someone else
+        return True
+    return _process_token(pid) == owner
+
+
+def new_run_id() -> str:
+    """Sortable, readable and unique: ``20261121-210501-3fa2c1``."""
+    return time.strftime("%Y%m%d-%H%M%S") + "-" + secrets.token_hex(3)
+
+
+class RunStore:
+    """SQLite run registry plus ``<root>/runs/<run_id>/`` artifact folders."""
+
+    def __init__(self, root: str | os.PathLike[str] | None = None, recover: bool = True) -> None:
+        self.root = runs_root(root)
+        self.db_path = self.root / "runs.sqlite"
+        (self.root / "runs").mkdir(exist_ok=True)
+        with self._connect() as db:
+            db.executescript(_SCHEMA)
+        if recover:
+            self.recover_interrupted()
+
+    # -- plumbing -------------------------------------------------------------------------
+    @contextmanager
+    def _connect(self) -> Iterator[sqlite3.Connection]:
+        db = sqlite3.connect(self.db_path, timeout=30.0)
+        db.row_factory = sqlite3.Row
+        try:
+            db.execute("PRAGMA journal_mode=WAL")
+            db.execute("PRAGMA synchronous=NORMAL")
+            with db:  # one transaction, committed on success
+                yield db
+        finally:
+            db.close()
+
+    def run_dir(self, run_id: str) -> Path:
+        """The artifact folder of a run (created on demand)."""
+        path = self.root / "runs" / run_id
+        path.mkdir(parents=True, exist_ok=True)
+        return path
+
+    # -- writing --------------------------------------------------------------------------
+    def create_run(self, config: RunConfig, status: str = QUEUED) -> str:
+        """Register a new run (its config is written to ``config.json`` too); returns its id."""
+        run_id = new_run_id()
+        with self._connect() as db:
+            seq = db.execute("SELECT COALESCE(MAX(seq), 0) + 1 FROM runs").fetchone()[0]
+            db.execute(
+                "INSERT INTO runs (run_id, seq, created_at, status, config_json, owner,"
+                " planned_epochs) VALUES (?, ?, ?, ?, ?, ?, ?)",
+                (
+                    run_id,
+                    seq,
+                    time.time(),
+                    status,
+                    config.to_json(indent=None),
+                    _process_token(),
+                    config.planned_epochs,
+                ),
+            )
+        (self.run_dir(run_id) / "config.json").write_text(config.to_json() + "\n")
+        return run_id
+
+    def update(self, run_id: str, **values: Any) -> None:
+        """Set columns of a run; lists/dicts go to their ``*_json`` column."""
+        cols, params = [], []
+        for key, value in values.items():
+            if isinstance(value, (list, dict)):
+                key, value = f"{key}_json", json.dumps(value)
+            cols.append(f"{key} = ?")
+            params.append(value)
+        with self._connect() as db:
+            cur = db.execute(
+                f"UPDATE runs SET {', '.join(cols)} WHERE run_id = ?", (*params, run_id)
+            )
+            if cur.rowcount == 0:
+                raise RunNotFoundError(self._not_found(run_id))
+
+    def mark_running(self, run_id: str) -> None:
+        """The worker picked the run up (in this process)."""
+        self.update(
+            run_id, status=RUNNING, started_at=time.time(), owner=_process_token(), error=None
+        )
+
+    def mark_finished(self, run_id: str, status: str, error: str | None = None) -> None:
+        """Final status; ``duration_s`` covers data loading, training and saving."""
+        row = self.get_run(run_id)
+        now = time.time()
+        started = row["started_at"] or now
+        self.update(
+            run_id, status=status, error=error, finished_at=now, duration_s=round(now - started, 3)
+        )
+
+    def request_stop(self, run_id: str) -> None:
+        """Ask the run to stop (seen by the worker within one batch)."""
+        self.update(run_id, stop_requested=1)
+
+    def add_epoch(self, run_id: str, record: dict[str, Any]) -> None:
+        """Store one finished epoch (idempotent per epoch number) and refresh the summary."""
+        keys = (
+            "epoch", "phase", "phase_epoch", "loss", "accuracy", "val_loss", "val_accuracy", "lr",
+            "images_per_s", "duration_s",
+        )  # fmt: skip
+        with self._connect() as db:
+            db.execute(
+                f"INSERT OR REPLACE INTO epochs (run_id, {', '.join(keys)}, t)"
+                f" VALUES (?, {', '.join('?' * len(keys))}, ?)",
+                (run_id, *(record.get(k) for k in keys), time.time()),
+            )
+            db.execute(
+                "UPDATE runs SET epochs_done = (SELECT COUNT(*) FROM epochs WHERE run_id = ?),"
+                " best_val_accuracy = (SELECT MAX(val_accuracy) FROM epochs WHERE run_id = ?)"
+                " WHERE run_id = ?",
+                (run_id, run_id, run_id),
+            )
+
+    def add_batch(self, run_id: str, record: dict[str, Any]) -> None:
+        """Store one training batch's running metrics."""
+        keys = (
+            "global_step", "phase", "epoch", "step", "steps_per_epoch", "loss", "accuracy", "lr",
+            "images_per_s",
+        )  # fmt: skip
+        with self._connect() as db:
+            db.execute(
+                f"INSERT OR REPLACE INTO batches (run_id, {', '.join(keys)}, t)"
+                f" VALUES (?, {', '.join('?' * len(keys))}, ?)",
+                (run_id, *(record.get(k) for k in keys), time.time()),
+            )
+
+    def recover_interrupted(self) -> list[str]:
+        """Mark runs left queued/running by a dead process as ``interrupted``; returns their ids."""
+        with self._connect() as db:
+            rows = db.execute(
+                "SELECT run_id, owner FROM runs WHERE status IN (?, ?)", ACTIVE_STATUSES
+            ).fetchall()
+        dead = [r["run_id"] for r in rows if not _owner_alive(r["owner"])]
+        for run_id in dead:
+            self.update(
+                run_id,
+                status=INTERRUPTED,
+                error="The process running this run ended before it finished.",
+                finished_at=time.time(),
+            )
+        return dead
+
+    def delete_run(self, run_id: str) -> None:
+        """Remove a finished run and its artifacts."""
+        import shutil
+
+        self.get_run(run_id)
+        with self._connect() as db:
+            for table in ("batches", "epochs", "runs"):
+                db.execute(f"DELETE FROM {table} WHERE run_id = ?", (run_id,))
+        shutil.rmtree(self.root / "runs" / run_id, ignore_errors=True)
+
+    # -- reading --------------------------------------------------------------------------
+    def _not_found(self, run_id: str) -> str:
+        return (
+            f"No run {run_id!r} in {self.root}. List runs with `python -m core runs"
+            f" --runs-dir {self.root}`."
+        )
+
+    def get_run(self, run_id: str) -> dict[str, Any]:
+        """The raw row of a run as a dict."""
+        with self._connect() as db:
+            row = db.execute("SELECT * FROM runs WHERE run_id = ?", (run_id,)).fetchone()
+        if row is None:
+            raise RunNotFoundError(self._not_found(run_id))
+        return dict(row)
+
+    def config(self, run_id: str) -> RunConfig:
+        """The run's config."""
+        return RunConfig.from_json(self.get_run(run_id)["config_json"])
+
+    def status(self, run_id: str) -> str:
+        """The run's status."""
+        return str(self.get_run(run_id)["status"])
+
+    def stop_requested(self, run_id: str) -> bool:
+        """Whether someone asked this run to stop."""
+        return bool(self.get_run(run_id)["stop_requested"])
+
+    def list_runs(self, statuses: tuple[str, ...] | None = None) -> list[dict[str, Any]]:
+        """Runs, newest first, as summaries (see ``summary``)."""
+        query, params = "SELECT * FROM runs", ()
+        if statuses:
+            query += f" WHERE status IN ({', '.join('?' * len(statuses))})"
+            params = tuple(statuses)
+        with self._connect() as db:
+            rows = db.execute(query + " ORDER BY seq DESC", params).fetchall()
+        return [self._summary(dict(r)) for r in rows]
+
+    def epochs(self, run_id: str) -> list[dict[str, Any]]:
+        """Per-epoch metrics in order."""
+        with self._connect() as db:
+            rows = db.execute(
+                "SELECT * FROM epochs WHERE run_id = ? ORDER BY epoch", (run_id,)
+            ).fetchall()
+        return [dict(r) for r in rows]
+
+    def batches(self, run_id: str, after_step: int = 0) -> list[dict[str, Any]]:
+        """Per-batch metrics with ``global_step > after_step``, in order."""
+        with self._connect() as db:
+            rows = db.execute(
+                "SELECT * FROM batches WHERE run_id = ? AND global_step > ? ORDER BY global_step",
+                (run_id, after_step),
+            ).fetchall()
+        return [dict(r) for r in rows]
+
+    def _summary(self, row: dict[str, Any]) -> dict[str, Any]:
+        config = json.loads(row["config_json"])
+        return {
+            "run_id": row["run_id"],
+            "status": row["status"],
+            "name": config.get("name") or "",
+            "backbone": config.get("backbone"),
+            "mode": config.get("mode"),
+            "data": config.get("data"),
+            "epochs_done": row["epochs_done"],
+            "planned_epochs": row["planned_epochs"],
+            "best_val_accuracy": row["best_val_accuracy"],
+            "created_at": row["created_at"],
+            "duration_s": row["duration_s"],
+            "error": row["error"],
+        }
+
+    def result(self, run_id: str) -> dict[str, Any]:
+        """Everything about a run: the object ``train --json`` and ``show --json`` print."""
+        row = self.get_run(run_id)
+        epochs = self.epochs(run_id)
+        history: dict[str, list[Any]] = {k: [e[k] for e in epochs] for k in HISTORY_KEYS}
+        history["epoch"] = [e["epoch"] for e in epochs]
+        loads = lambda key: json.loads(row[key]) if row[key] else None  # noqa: E731
+        return {
+            **self._summary(row),
+            "config": json.loads(row["config_json"]),
+            "history": history,
+            "class_names": loads("class_names_json") or [],
+            "train_images": row["train_images"],
+            "val_images": row["val_images"],
+            "skipped_files": loads("skipped_files_json") or [],
+            "dataset": loads("dataset_json"),
+            "phases": loads("phases_json") or [],
+            "started_at": row["started_at"],
+            "finished_at": row["finished_at"],
+            "model_path": row["model_path"],
+            "model_bytes": row["model_bytes"],
+            "run_dir": str(self.root / "runs" / run_id),
+        }

@@ -1,0 +1,86 @@
+"""The SQLite run store: persistence, summaries, interrupted-marking."""
+
+from __future__ import annotations
+
+import sqlite3
+import subprocess
+import sys
+
+import pytest
+
+from core.config import RunConfig
+from core.errors import RunNotFoundError
+from core.store import COMPLETED, INTERRUPTED, QUEUED, RUNNING, RunStore
+
+
+def test_run_round_trip_and_persistence(tmp_path) -> None:
+    store = RunStore(tmp_path)
+    config = RunConfig(backbone="mobilenet_v2", weights="none", epochs=2)
+    run_id = store.create_run(config)
+    assert store.status(run_id) == QUEUED
+    assert (store.run_dir(run_id) / "config.json").read_text().strip() == config.to_json()
+    store.mark_running(run_id)
+    store.update(run_id, class_names=["a", "b"], train_images=8, val_images=2)
+    for epoch, acc in ((1, 0.5), (2, 0.75)):
+        store.add_epoch(
+            run_id,
+            {"epoch": epoch, "phase": "head", "phase_epoch": epoch, "loss": 1.0 / epoch,
+             "accuracy": acc, "val_loss": 0.9, "val_accuracy": acc, "lr": 1e-3},
+        )  # fmt: skip
+    store.add_batch(run_id, {"global_step": 1, "phase": "head", "epoch": 1, "step": 1, "loss": 2.0})
+    store.mark_finished(run_id, COMPLETED)
+
+    reopened = RunStore(tmp_path)  # a new process would see the same
+    result = reopened.result(run_id)
+    assert result["status"] == COMPLETED
+    assert result["history"]["val_accuracy"] == [0.5, 0.75]
+    assert result["history"]["phase"] == ["head", "head"]
+    assert result["best_val_accuracy"] == 0.75
+    assert result["epochs_done"] == 2
+    assert result["class_names"] == ["a", "b"]
+    assert RunConfig.from_dict(result["config"]) == config
+    assert [b["loss"] for b in reopened.batches(run_id)] == [2.0]
+    assert reopened.list_runs()[0]["run_id"] == run_id
+
+
+def test_database_is_in_wal_mode(tmp_path) -> None:
+    store = RunStore(tmp_path)
+    store.create_run(RunConfig())
+    with sqlite3.connect(store.db_path) as db:
+        assert db.execute("PRAGMA journal_mode").fetchone()[0] == "wal"
+
+
+def test_re_adding_an_epoch_replaces_it(tmp_path) -> None:
+    store = RunStore(tmp_path)
+    run_id = store.create_run(RunConfig())
+    record = {"epoch": 1, "phase": "head", "phase_epoch": 1, "val_accuracy": 0.5}
+    store.add_epoch(run_id, record)
+    store.add_epoch(run_id, {**record, "val_accuracy": 0.6})
+    assert [e["val_accuracy"] for e in store.epochs(run_id)] == [0.6]
+
+
+def test_runs_of_a_dead_process_become_interrupted(tmp_path) -> None:
+    # A real other process creates a running run and dies without finishing it.
+    code = (
+        "import sys; from core.store import RunStore; from core.config import RunConfig;"
+        f"s = RunStore({str(tmp_path)!r}); r = s.create_run(RunConfig()); s.mark_running(r);"
+        "q = s.create_run(RunConfig()); print(r, q)"
+    )
+    out = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, check=True)
+    running_id, queued_id = out.stdout.split()
+    mine = RunStore(tmp_path, recover=False)
+    alive_id = mine.create_run(RunConfig())
+    mine.mark_running(alive_id)
+    assert mine.status(running_id) == RUNNING
+
+    recovered = RunStore(tmp_path).recover_interrupted()  # nothing left to do: done on open
+    assert recovered == []
+    assert mine.status(running_id) == INTERRUPTED
+    assert mine.status(queued_id) == INTERRUPTED
+    assert mine.status(alive_id) == RUNNING, "a run of a live process is left alone"
+    assert "ended before it finished" in mine.result(running_id)["error"]
+
+
+def test_unknown_run_id_says_how_to_list_runs(tmp_path) -> None:
+    with pytest.raises(RunNotFoundError, match="python -m core runs"):
+        RunStore(tmp_path).result("nope")
