@@ -67,7 +67,12 @@ class BackboneSpec:
     def weights_status(self) -> str:
         """Whether ImageNet weights are available right now: bundled, cached or needs network."""
         if self.imagenet_source == SOURCE_BUNDLED:
-            return STATUS_BUNDLED
+            from core.lite0 import cached_weights_path, pth_source_path
+
+            # Bundled means "shipped by an installed package" (or already converted here).
+            if pth_source_path() is not None or cached_weights_path().is_file():
+                return STATUS_BUNDLED
+            return STATUS_NEEDS_NETWORK
         models = keras_models_dir()
         if any((models / f).is_file() for f in self.imagenet_files):
             return STATUS_CACHED

@@ -32,7 +32,9 @@ class RunConfig:
     """Everything that determines a run. ``None`` sizes/depths mean "the backbone's default"."""
 
     backbone: str = "efficientnet_lite0"
-    weights: str = "imagenet"  # "imagenet", "none", or a path to a local weights file
+    # "imagenet", "none", or a path to a local weights file; mode "scratch" always starts from
+    # random weights (that is what makes it the baseline), whatever this says.
+    weights: str = "imagenet"
     mode: str = "feature_extraction"
     data: str = DEFAULT_DATA
     image_size: int | None = None
@@ -91,12 +93,6 @@ class RunConfig:
         if self.weights not in ("imagenet", "none") and not self.weights.strip():
             raise ConfigError(
                 "weights is empty. Expected 'imagenet', 'none' or a weights file path."
-            )
-        if self.mode == "scratch" and self.weights != "none":
-            # A from-scratch baseline with pretrained weights would not be a baseline.
-            raise ConfigError(
-                f"Mode 'scratch' trains from random initialisation, but weights={self.weights!r}. "
-                "Use --weights none with --mode scratch."
             )
         if self.image_size is not None:
             _check_int("image_size", self.image_size, 1, 1024, "--image-size")

@@ -44,7 +44,6 @@ def test_json_round_trip_keeps_every_field_and_unknown_keys() -> None:
         ({"lr": 0.0}, "lr=0.0 is invalid"),
         ({"val_split": 1.5}, "val_split=1.5 is out of range"),
         ({"augmentations": ("flip", "blur")}, "Unknown augmentation(s) 'blur'"),
-        ({"mode": "scratch"}, "Use --weights none with --mode scratch"),
         ({"batch_size": True}, "batch_size=True is invalid"),
     ],
 )

@@ -43,9 +43,7 @@ def _moving_means(base: keras.Model) -> list[np.ndarray]:
 def test_feature_extraction_trains_only_the_head() -> None:
     built = build_model(_config("feature_extraction"), CLASSES)
     info = set_phase(_config("feature_extraction"), built, "head")
-    head = sum(
-        built.model.get_layer(n).count_params() for n in ("head_dense", "predictions")
-    )
+    head = sum(built.model.get_layer(n).count_params() for n in ("head_dense", "predictions"))
     assert info["trainable_params"] == head
     assert info["non_trainable_params"] == built.base.count_params()
     assert all(not w.trainable for w in built.base.weights)
@@ -87,7 +85,8 @@ def test_explicit_unfreeze_depth_is_used() -> None:
     assert info["unfrozen_layers"] == 5
     preview = layer_preview(config, built)
     assert [p["index"] for p in preview if p["trainable_in_fine_tune"]] == [
-        i for i in range(len(preview) - 5, len(preview))
+        i
+        for i in range(len(preview) - 5, len(preview))
         if not isinstance(built.base.layers[i], keras.layers.BatchNormalization)
     ]
 

@@ -1,0 +1,122 @@
+"""`python -m core` end to end, as a user runs it (subprocesses, a fresh runs folder)."""
+
+from __future__ import annotations
+
+import json
+import os
+import subprocess
+import sys
+from pathlib import Path
+
+import pytest
+
+ROOT = Path(__file__).resolve().parents[1]
+TRAIN = [
+    "train", "--data", "builtin:textures", "--backbone", "mobilenet_v2", "--weights", "none",
+    "--image-size", "64", "--batch-size", "16",
+]  # fmt: skip
+
+
+def cli(*args: str, check: bool = True) -> subprocess.CompletedProcess[str]:
+    env = {**os.environ, "TF_CPP_MIN_LOG_LEVEL": "2"}
+    proc = subprocess.run(
+        [sys.executable, "-m", "core", *args],
+        cwd=ROOT, env=env, capture_output=True, text=True, timeout=600,
+    )  # fmt: skip
+    if check:
+        assert proc.returncode == 0, proc.stderr
+    return proc
+
+
+def last_json(proc: subprocess.CompletedProcess[str]):
+    return json.loads(proc.stdout.strip().splitlines()[-1])
+
+
+@pytest.fixture(scope="module")
+def runs_dir(tmp_path_factory: pytest.TempPathFactory) -> str:
+    return str(tmp_path_factory.mktemp("cli-runs"))
+
+
+@pytest.fixture(scope="module")
+def feature_run(runs_dir: str) -> dict:
+    proc = cli(
+        *TRAIN, "--mode", "feature_extraction", "--epochs", "2", "--runs-dir", runs_dir, "--json"
+    )
+    progress = [line for line in proc.stderr.splitlines() if line.startswith("epoch ")]
+    assert len(progress) == 2 and progress[0].startswith("epoch 1/2 [head]")
+    return last_json(proc)
+
+
+def test_train_json_has_the_documented_keys(feature_run: dict) -> None:
+    result = feature_run
+    assert result["status"] == "completed"
+    for key in (
+        "run_id", "status", "config", "history", "best_val_accuracy", "class_names",
+        "train_images", "val_images", "skipped_files", "duration_s",
+    ):  # fmt: skip
+        assert key in result, key
+    assert len(result["history"]["val_accuracy"]) == 2
+    assert set(result["history"]) >= {"loss", "accuracy", "val_loss", "val_accuracy", "phase"}
+    assert result["config"]["backbone"] == "mobilenet_v2"
+    assert result["best_val_accuracy"] == max(result["history"]["val_accuracy"])
+
+
+def test_runs_show_and_predict(feature_run: dict, runs_dir: str) -> None:
+    run_id = feature_run["run_id"]
+    runs = last_json(cli("runs", "--runs-dir", runs_dir, "--json"))
+    row = next(r for r in runs if r["run_id"] == run_id)
+    assert row["status"] == "completed" and row["epochs_done"] == 2
+    assert row["best_val_accuracy"] == feature_run["best_val_accuracy"]
+    shown = last_json(cli("show", run_id, "--runs-dir", runs_dir, "--json"))
+    assert shown["history"] == feature_run["history"]
+
+    image = Path(feature_run["dataset"]["root"]) / "brick" / "brick_000.png"
+    preds = last_json(cli("predict", "--runs-dir", runs_dir, "--run", run_id, str(image), "--json"))
+    probabilities = [p["probability"] for p in preds[0]["predictions"]]
+    assert sum(probabilities) == pytest.approx(1.0, abs=1e-4)
+    assert {p["label"] for p in preds[0]["predictions"]} == {"brick", "grass", "gravel"}
+
+
+def test_fine_tuning_records_two_phases_with_different_trainable_counts(runs_dir: str) -> None:
+    proc = cli(
+        *TRAIN, "--mode", "fine_tuning", "--epochs", "1", "--fine-tune-epochs", "1",
+        "--runs-dir", runs_dir, "--json",
+    )  # fmt: skip
+    result = last_json(proc)
+    assert result["history"]["phase"] == ["head", "fine_tune"]
+    head, tune = result["phases"]
+    assert tune["trainable_params"] > head["trainable_params"]
+    assert result["history"]["lr"][1] == pytest.approx(1e-5)
+
+
+def test_errors_are_one_line_with_non_zero_exit(runs_dir: str) -> None:
+    proc = cli("train", "--backbone", "vgg61", "--runs-dir", runs_dir, check=False)
+    assert proc.returncode == 1
+    lines = proc.stderr.strip().splitlines()
+    assert len(lines) == 1 and "Unknown backbone 'vgg61'. Available: efficientnet_lite0" in lines[0]
+    proc = cli("predict", "--runs-dir", runs_dir, "--run", "nope", "x.jpg", check=False)
+    assert proc.returncode == 1 and "No run 'nope'" in proc.stderr
+
+
+def test_listings(runs_dir: str) -> None:
+    backbones = last_json(cli("backbones", "--json"))
+    lite0 = next(b for b in backbones if b["name"] == "efficientnet_lite0")
+    assert lite0["weights_status"] == "bundled" and lite0["offline"] is True
+    assert {b["name"] for b in backbones} >= {
+        "vgg16", "vgg19", "resnet50", "resnet101", "resnet152", "inception_v3",
+        "efficientnet_b0", "mobilenet_v2", "mobilenet_v3_small", "mobilenet_v3_large",
+    }  # fmt: skip
+    datasets = last_json(cli("datasets", "--json"))
+    assert {d["source"] for d in datasets} >= {"builtin:faces", "builtin:textures"}
+    assert "--fine-tune-lr" in cli("train", "--help").stdout
+
+
+def test_classify_offline_sees_a_cat(tmp_path) -> None:
+    from PIL import Image
+    from skimage import data
+
+    path = tmp_path / "cat.jpg"
+    Image.fromarray(data.chelsea()).save(path)
+    result = last_json(cli("classify", "--backbone", "efficientnet_lite0", str(path), "--json"))
+    top = result[0]["predictions"][0]
+    assert 281 <= top["class_index"] <= 285, top
