@@ -12,7 +12,7 @@ from collections.abc import Sequence
 from dataclasses import fields
 from typing import Any
 
-from core.config import AUGMENTATIONS, MODE_HELP, MODES, RunConfig
+from core.config import AUGMENTATIONS, FEATURE_CACHE_CHOICES, MODE_HELP, MODES, RunConfig
 from core.errors import StudioError
 
 EPILOG = """examples:
@@ -92,6 +92,13 @@ def _add_train_flags(p: argparse.ArgumentParser) -> None:
         help=f"validation fraction when the data has no val/test folder (default {d.val_split})",
     )
     p.add_argument("--seed", type=int, help=f"random seed (default {d.seed})")
+    p.add_argument(
+        "--feature-cache",
+        choices=FEATURE_CACHE_CHOICES,
+        help="auto: in feature_extraction without augmentation, run the frozen base once per "
+        "image and reuse its features across epochs and runs; off: the per-epoch pipeline "
+        f"(default {d.feature_cache})",
+    )
     p.add_argument("--dropout", type=float, help=f"head dropout rate (default {d.dropout})")
     p.add_argument("--dense-units", type=int, help=f"head hidden units (default {d.dense_units})")
     p.add_argument("--name", help="a label for the run")
@@ -120,6 +127,16 @@ def build_parser() -> argparse.ArgumentParser:
         "--json the last stdout line is the run's result object.",
     )
     _add_train_flags(p)
+    _add_common(p, "print the result as one JSON object on the last stdout line")
+
+    p = sub.add_parser(
+        "resume",
+        help="continue a stopped or interrupted run from its last checkpoint",
+        description="Continue a stopped, interrupted (e.g. killed) or failed run from the last "
+        "epoch it finished, in the right phase, up to its planned number of epochs. Finished "
+        "epochs keep their metrics.",
+    )
+    p.add_argument("run_id", metavar="RUN_ID")
     _add_common(p, "print the result as one JSON object on the last stdout line")
 
     p = sub.add_parser("runs", help="list recorded runs (running ones included)")
@@ -200,6 +217,25 @@ def cmd_train(args: argparse.Namespace) -> int:
     jobs = JobQueue(args.runs_dir)
     run_id = jobs.submit(config, progress=_epoch_line(config))
     print(f"run {run_id}: {config.mode} {config.backbone} on {config.data}", file=sys.stderr)
+    return _wait_and_report(jobs, run_id, args.json)
+
+
+def cmd_resume(args: argparse.Namespace) -> int:
+    """Continue a run from its checkpoint and wait for it."""
+    from core.jobs import JobQueue
+
+    jobs = JobQueue(args.runs_dir)
+    config = jobs.store.config(args.run_id)
+    done = jobs.store.get_run(args.run_id)["epochs_done"]
+    jobs.resume(args.run_id, progress=_epoch_line(config))
+    print(
+        f"run {args.run_id}: resuming after epoch {done} of {config.planned_epochs}",
+        file=sys.stderr,
+    )
+    return _wait_and_report(jobs, args.run_id, args.json)
+
+
+def _wait_and_report(jobs: Any, run_id: str, as_json: bool) -> int:
     try:
         status = jobs.wait(run_id)
     except KeyboardInterrupt:
@@ -207,7 +243,7 @@ def cmd_train(args: argparse.Namespace) -> int:
         jobs.stop(run_id)
         status = jobs.wait(run_id)
     result = jobs.store.result(run_id)
-    if args.json:
+    if as_json:
         _print_json(result)
     else:
         print(
@@ -325,6 +361,7 @@ COMMANDS = {
     "backbones": cmd_backbones,
     "datasets": cmd_datasets,
     "train": cmd_train,
+    "resume": cmd_resume,
     "runs": cmd_runs,
     "show": cmd_show,
     "stop": cmd_stop,

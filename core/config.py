@@ -14,6 +14,7 @@ from core.errors import ConfigError
 
 MODES = ("feature_extraction", "fine_tuning", "full_fine_tuning", "scratch")
 AUGMENTATIONS = ("flip", "rotation", "zoom", "contrast")
+FEATURE_CACHE_CHOICES = ("auto", "off")
 MODE_HELP = {
     "feature_extraction": "Frozen pretrained base, train only a new head. Small data similar to "
     "ImageNet (< 10k images). Fastest.",
@@ -48,6 +49,9 @@ class RunConfig:
     augmentations: tuple[str, ...] = AUGMENTATIONS
     val_split: float = 0.2
     seed: int = 42
+    # "auto": in feature_extraction without augmentation, run the frozen base once per image and
+    # train the head on stored features (several times faster); "off": the per-epoch pipeline.
+    feature_cache: str = "auto"
     dropout: float = 0.2
     dense_units: int = 256
     name: str = ""
@@ -116,6 +120,11 @@ class RunConfig:
                 "e.g. --val-split 0.2 (ignored when the data has its own validation folder)."
             )
         _check_int("seed", self.seed, 0, 2**31 - 1, "--seed")
+        if self.feature_cache not in FEATURE_CACHE_CHOICES:
+            raise ConfigError(
+                f"feature_cache={self.feature_cache!r} is invalid. Expected one of: "
+                f"{', '.join(FEATURE_CACHE_CHOICES)} (--feature-cache)."
+            )
         _check_float("dropout", self.dropout, 0.0, 0.95, "--dropout")
         _check_int("dense_units", self.dense_units, 1, 8192, "--dense-units")
         return self

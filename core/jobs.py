@@ -14,8 +14,11 @@ import time
 from pathlib import Path
 
 from core.config import RunConfig
-from core.store import ACTIVE_STATUSES, QUEUED, STOPPED, RunStore
+from core.errors import StudioError
+from core.store import ACTIVE_STATUSES, FAILED, INTERRUPTED, QUEUED, STOPPED, RunStore
 from core.training import ProgressFn, execute_run
+
+RESUMABLE = (STOPPED, INTERRUPTED, FAILED)
 
 
 class JobQueue:
@@ -51,12 +54,28 @@ class JobQueue:
             run_id = self.store.create_run(config)
             if key is not None:
                 self._submitted_keys[key] = run_id
-            self._stop_events[run_id] = threading.Event()
-            if progress is not None:
-                self._progress[run_id] = progress
-            self._pending.append(run_id)
-        self._queue.put(run_id)
+            self._enqueue(run_id, progress)
         return run_id
+
+    def resume(self, run_id: str, progress: ProgressFn | None = None) -> str:
+        """Queue a stopped, interrupted or failed run again; it continues from its checkpoint."""
+        status = self.store.status(run_id)
+        if status not in RESUMABLE:
+            raise StudioError(
+                f"Run {run_id} is {status}; only {', '.join(RESUMABLE)} runs can be resumed."
+            )
+        with self._lock:
+            self.store.requeue(run_id)
+            self._enqueue(run_id, progress)
+        return run_id
+
+    def _enqueue(self, run_id: str, progress: ProgressFn | None) -> None:
+        # Caller holds self._lock.
+        self._stop_events[run_id] = threading.Event()
+        if progress is not None:
+            self._progress[run_id] = progress
+        self._pending.append(run_id)
+        self._queue.put(run_id)
 
     def stop(self, run_id: str) -> None:
         """Stop a running run within one batch, or cancel a queued one."""

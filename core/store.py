@@ -52,6 +52,7 @@ CREATE TABLE IF NOT EXISTS runs (
     skipped_files_json TEXT,
     dataset_json TEXT,
     phases_json TEXT,
+    stage_json TEXT,
     best_val_accuracy REAL,
     epochs_done INTEGER NOT NULL DEFAULT 0,
     planned_epochs INTEGER NOT NULL,
@@ -79,6 +80,14 @@ CREATE TABLE IF NOT EXISTS batches (
     PRIMARY KEY (run_id, global_step)
 );
 """
+
+
+# Keeps the runs row's summary columns in step with its epochs.
+_REFRESH_SUMMARY = (
+    "UPDATE runs SET epochs_done = (SELECT COUNT(*) FROM epochs WHERE run_id = ?),"
+    " best_val_accuracy = (SELECT MAX(val_accuracy) FROM epochs WHERE run_id = ?)"
+    " WHERE run_id = ?"
+)
 
 
 def _process_token(pid: int | None = None) -> str:
@@ -192,9 +201,9 @@ class RunStore:
         row = self.get_run(run_id)
         now = time.time()
         started = row["started_at"] or now
-        self.update(
-            run_id, status=status, error=error, finished_at=now, duration_s=round(now - started, 3)
-        )
+        before = row["duration_s"] or 0.0  # time of earlier segments of a resumed run
+        duration = round(before + now - started, 3)
+        self.update(run_id, status=status, error=error, finished_at=now, duration_s=duration)
 
     def request_stop(self, run_id: str) -> None:
         """Ask the run to stop (seen by the worker within one batch)."""
@@ -213,9 +222,7 @@ class RunStore:
                 (run_id, *(record.get(k) for k in keys), time.time()),
             )
             db.execute(
-                "UPDATE runs SET epochs_done = (SELECT COUNT(*) FROM epochs WHERE run_id = ?),"
-                " best_val_accuracy = (SELECT MAX(val_accuracy) FROM epochs WHERE run_id = ?)"
-                " WHERE run_id = ?",
+                _REFRESH_SUMMARY,
                 (run_id, run_id, run_id),
             )
 
@@ -231,6 +238,37 @@ class RunStore:
                 f" VALUES (?, {', '.join('?' * len(keys))}, ?)",
                 (run_id, *(record.get(k) for k in keys), time.time()),
             )
+
+    def truncate_after(self, run_id: str, epoch: int) -> None:
+        """Forget epochs (and their batches) after ``epoch``: a resume redoes them."""
+        with self._connect() as db:
+            db.execute("DELETE FROM epochs WHERE run_id = ? AND epoch > ?", (run_id, epoch))
+            db.execute("DELETE FROM batches WHERE run_id = ? AND epoch > ?", (run_id, epoch))
+            db.execute(
+                _REFRESH_SUMMARY,
+                (run_id, run_id, run_id),
+            )
+
+    def last_step(self, run_id: str) -> int:
+        """The highest recorded batch step (0 when none)."""
+        with self._connect() as db:
+            row = db.execute(
+                "SELECT COALESCE(MAX(global_step), 0) FROM batches WHERE run_id = ?", (run_id,)
+            ).fetchone()
+        return int(row[0])
+
+    def requeue(self, run_id: str) -> None:
+        """Put a stopped/interrupted/failed run back in the queue (owned by this process)."""
+        with self._connect() as db:
+            # An interrupted run never recorded its duration: count its finished epochs' time.
+            spent = db.execute(
+                "SELECT COALESCE(SUM(duration_s), 0) FROM epochs WHERE run_id = ?", (run_id,)
+            ).fetchone()[0]
+        row = self.get_run(run_id)
+        self.update(
+            run_id, status=QUEUED, owner=_process_token(), stop_requested=0, error=None,
+            finished_at=None, duration_s=row["duration_s"] or spent,
+        )  # fmt: skip
 
     def recover_interrupted(self) -> list[str]:
         """Mark runs left queued/running by a dead process as ``interrupted``; returns their ids."""
@@ -346,6 +384,7 @@ class RunStore:
             "skipped_files": loads("skipped_files_json") or [],
             "dataset": loads("dataset_json"),
             "phases": loads("phases_json") or [],
+            "stage": loads("stage_json"),
             "started_at": row["started_at"],
             "finished_at": row["finished_at"],
             "model_path": row["model_path"],

@@ -7,10 +7,13 @@ next run.
 
 from __future__ import annotations
 
+import json
+import os
 import threading
 import time
 import traceback
 from collections.abc import Callable
+from pathlib import Path
 from typing import Any
 
 import keras
@@ -21,6 +24,8 @@ from core.store import COMPLETED, FAILED, STOPPED, RunStore
 
 ProgressFn = Callable[[dict[str, Any]], None]
 MODEL_FILE = "model.keras"
+CHECKPOINT_FILE = "checkpoint.weights.h5"
+CHECKPOINT_META = "checkpoint.json"
 
 
 class StoreMetricsCallback(keras.callbacks.Callback):
@@ -37,12 +42,13 @@ class StoreMetricsCallback(keras.callbacks.Callback):
         stop_event: threading.Event,
         step_offset: int = 0,
         progress: ProgressFn | None = None,
+        checkpoint: Callable[[dict[str, Any]], None] | None = None,
     ) -> None:
         super().__init__()
         self.store, self.run_id, self.phase = store, run_id, phase
         self.epoch_offset, self.step_offset = epoch_offset, step_offset
         self.steps_per_epoch, self.batch_size = steps_per_epoch, batch_size
-        self.stop_event, self.progress = stop_event, progress
+        self.stop_event, self.progress, self.checkpoint = stop_event, progress, checkpoint
         self.global_step = step_offset
         self.stopped_mid_epoch = False
         self._batch_start = self._epoch_start = time.perf_counter()
@@ -113,6 +119,8 @@ class StoreMetricsCallback(keras.callbacks.Callback):
             },
         }
         self.store.add_epoch(self.run_id, record)
+        if self.checkpoint:  # after the store write: a checkpoint never runs ahead of metrics
+            self.checkpoint({"epoch": record["epoch"], "phase": self.phase})
         if self.progress:
             self.progress(record)
 
@@ -143,6 +151,166 @@ def execute_run(
     return status
 
 
+def _checkpoint_paths(store: RunStore, run_id: str) -> tuple[Path, Path]:
+    folder = store.run_dir(run_id)
+    return folder / CHECKPOINT_FILE, folder / CHECKPOINT_META
+
+
+def _save_checkpoint(store: RunStore, run_id: str, model: keras.Model, meta: dict) -> None:
+    """Weights after a finished epoch, written atomically (a kill never leaves half a file)."""
+    weights, info = _checkpoint_paths(store, run_id)
+    tmp = weights.with_name("tmp-" + weights.name)
+    model.save_weights(tmp)
+    os.replace(tmp, weights)
+    tmp_info = info.with_suffix(".tmp")
+    tmp_info.write_text(json.dumps(meta))
+    os.replace(tmp_info, info)
+
+
+def _resume_point(store: RunStore, run_id: str) -> int:
+    """Epochs already done by an earlier attempt that a checkpoint backs (0 for a fresh run)."""
+    weights, info = _checkpoint_paths(store, run_id)
+    if not (weights.is_file() and info.is_file()):
+        store.truncate_after(run_id, 0)
+        return 0
+    done = int(json.loads(info.read_text())["epoch"])
+    store.truncate_after(run_id, done)  # metrics past the checkpoint are redone, not repeated
+    return done
+
+
+class _Trainer:
+    """Holds one run's data, model and pipelines while its phases train."""
+
+    def __init__(
+        self,
+        store: RunStore,
+        run_id: str,
+        config: RunConfig,
+        stop_event: threading.Event,
+        progress: ProgressFn | None,
+    ) -> None:
+        self.store, self.run_id, self.config = store, run_id, config
+        self.stop_event, self.progress = stop_event, progress
+
+    def prepare(self) -> None:
+        """Data, model and input pipelines (or cached features)."""
+        from core.data import load_dataset
+        from core.features import cache_reason
+        from core.model_builder import build_model
+
+        config, store, run_id = self.config, self.store, self.run_id
+        data = load_dataset(config.data, val_split=config.val_split, seed=config.seed)
+        store.update(
+            run_id,
+            class_names=data.class_names,
+            train_images=len(data.train_paths),
+            val_images=len(data.val_paths),
+            skipped_files=data.skipped_files,
+            dataset=data.summary(),
+        )
+        if not data.val_paths:
+            raise DataError(
+                f"No validation images: every class in {data.root} has a single usable image. "
+                "Add at least 2 images per class (or a val/ folder) so accuracy can be measured."
+            )
+        self.data = data
+        self.built = build_model(config, len(data.class_names))
+        self.steps = -(-len(data.train_paths) // config.batch_size)
+        self.cache_off_reason = cache_reason(config)
+        if self.cache_off_reason is None:
+            self._prepare_cached()
+        else:
+            self._prepare_images()
+
+    def _prepare_images(self) -> None:
+        from core.pipeline import make_dataset
+
+        config, data, size = self.config, self.data, self.built.image_size
+        self.trained_model = self.built.model
+        self.train_ds = make_dataset(
+            data.train_paths, data.train_labels, size, config.batch_size, training=True,
+            augmentations=config.active_augmentations(), seed=config.seed,
+        )  # fmt: skip
+        self.val_ds = make_dataset(
+            data.val_paths, data.val_labels, size, config.batch_size, training=False
+        )
+
+    def _prepare_cached(self) -> None:
+        from core.features import build_head, describe_stage, feature_dataset, features_for
+
+        config, data = self.config, self.data
+        paths = list(data.train_paths) + list(data.val_paths)
+        started = time.time()
+
+        def stage(done: int, total: int) -> None:
+            self.store.update(self.run_id, stage=describe_stage(done, total, started))
+
+        features, was_cached = features_for(config, self.built, paths, stage)
+        self.store.update(
+            self.run_id,
+            stage={**describe_stage(len(paths), len(paths), started), "cached": was_cached},
+        )
+        n = len(data.train_paths)
+        # The head model shares its layers with the full model: training it trains the model.
+        self.trained_model = build_head(config, self.built)
+        self.train_ds = feature_dataset(
+            features[:n], data.train_labels, config.batch_size, training=True, seed=config.seed
+        )
+        self.val_ds = feature_dataset(
+            features[n:], data.val_labels, config.batch_size, training=False, seed=config.seed
+        )
+
+    def train(self) -> str:
+        """Run (or continue) every phase; returns completed or stopped."""
+        from core.model_builder import compile_model, phase_epochs, phase_lr, set_phase
+
+        config, store, run_id = self.config, self.store, self.run_id
+        done = _resume_point(store, run_id)
+        phases: list[dict[str, Any]] = []
+        epoch_offset, step_offset = 0, store.last_step(run_id)
+        for phase in config.phases:
+            epochs = phase_epochs(config, phase)
+            if epochs == 0:
+                continue
+            info = set_phase(config, self.built, phase)
+            lr = phase_lr(config, phase)
+            info.update(epochs=epochs, lr=lr, start_epoch=epoch_offset + 1)
+            info["feature_cache"] = self.cache_off_reason is None
+            phases.append(info)
+            store.update(run_id, phases=phases)
+            if done >= epoch_offset + epochs:  # finished before an interruption
+                epoch_offset += epochs
+                continue
+            compile_model(self.trained_model, lr)
+            if done > 0:
+                # Weights of the last finished epoch; the optimizer restarts (its moments rebuild
+                # within a few steps at these learning rates).
+                self.trained_model.load_weights(_checkpoint_paths(store, run_id)[0])
+            callback = StoreMetricsCallback(
+                store, run_id, phase, epoch_offset, self.steps, config.batch_size,
+                self.stop_event, step_offset=step_offset, progress=self.progress,
+                checkpoint=lambda meta: _save_checkpoint(store, run_id, self.trained_model, meta),
+            )  # fmt: skip
+            self.trained_model.fit(
+                self.train_ds, validation_data=self.val_ds, epochs=epochs,
+                initial_epoch=max(done - epoch_offset, 0), callbacks=[callback], verbose=0,
+                shuffle=False,
+            )  # fmt: skip
+            epoch_offset += epochs
+            step_offset = callback.global_step
+            if self.stop_event.is_set():
+                return STOPPED
+        return COMPLETED
+
+    def save(self) -> None:
+        """The full model (images in, probabilities out) as ``model.keras``."""
+        path = self.store.run_dir(self.run_id) / MODEL_FILE
+        tmp = path.with_name("tmp-" + path.name)
+        self.built.model.save(tmp)
+        os.replace(tmp, path)
+        self.store.update(self.run_id, model_path=str(path), model_bytes=path.stat().st_size)
+
+
 def _train(
     store: RunStore,
     run_id: str,
@@ -150,77 +318,11 @@ def _train(
     stop_event: threading.Event,
     progress: ProgressFn | None,
 ) -> str:
-    from core.data import load_dataset
-    from core.model_builder import (
-        build_model,
-        compile_model,
-        phase_epochs,
-        phase_lr,
-        set_phase,
-    )
-    from core.pipeline import make_dataset
-
     config.validate()
     keras.utils.set_random_seed(config.seed)
-    data = load_dataset(config.data, val_split=config.val_split, seed=config.seed)
-    store.update(
-        run_id,
-        class_names=data.class_names,
-        train_images=len(data.train_paths),
-        val_images=len(data.val_paths),
-        skipped_files=data.skipped_files,
-        dataset=data.summary(),
-    )
-    if not data.val_paths:
-        raise DataError(
-            f"No validation images: every class in {data.root} has a single usable image. "
-            "Add at least 2 images per class (or a val/ folder) so accuracy can be measured."
-        )
-    built = build_model(config, len(data.class_names))
-    size = built.image_size
-    train_ds = make_dataset(
-        data.train_paths,
-        data.train_labels,
-        size,
-        config.batch_size,
-        training=True,
-        augmentations=config.active_augmentations(),
-        seed=config.seed,
-    )
-    val_ds = make_dataset(data.val_paths, data.val_labels, size, config.batch_size, training=False)
-    steps = -(-len(data.train_paths) // config.batch_size)
-
-    phases: list[dict[str, Any]] = []
-    epoch_offset = step_offset = 0
-    stopped = False
-    for phase in config.phases:
-        epochs = phase_epochs(config, phase)
-        if epochs == 0:
-            continue
-        info = set_phase(config, built, phase)
-        info.update(epochs=epochs, lr=phase_lr(config, phase), start_epoch=epoch_offset + 1)
-        phases.append(info)
-        store.update(run_id, phases=phases)
-        compile_model(built.model, phase_lr(config, phase))
-        callback = StoreMetricsCallback(
-            store, run_id, phase, epoch_offset, steps, config.batch_size, stop_event,
-            step_offset=step_offset, progress=progress,
-        )  # fmt: skip
-        built.model.fit(
-            train_ds,
-            validation_data=val_ds,
-            epochs=epochs,
-            callbacks=[callback],
-            verbose=0,
-            shuffle=False,
-        )
-        epoch_offset += epochs
-        step_offset = callback.global_step
-        if stop_event.is_set():
-            stopped = True
-            break
-
-    model_path = store.run_dir(run_id) / MODEL_FILE
-    built.model.save(model_path)
-    store.update(run_id, model_path=str(model_path), model_bytes=model_path.stat().st_size)
-    return STOPPED if stopped else COMPLETED
+    trainer = _Trainer(store, run_id, config, stop_event, progress)
+    trainer.prepare()
+    status = trainer.train()
+    if store.get_run(run_id)["epochs_done"] > 0:
+        trainer.save()
+    return status

@@ -27,12 +27,12 @@ def test_json_round_trip_keeps_every_field_and_unknown_keys() -> None:
         unfreeze=12,
         augment=True,
         augmentations=("flip", "zoom"),
-        extra={"feature_cache": "auto"},
+        extra={"future_option": "x"},
     )
     text = config.to_json()
     data = json.loads(text)
     assert data["augmentations"] == ["flip", "zoom"]
-    assert data["feature_cache"] == "auto"  # forward-compatible keys survive
+    assert data["future_option"] == "x"  # forward-compatible keys survive
     assert RunConfig.from_json(text) == config
 
 
