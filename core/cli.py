@@ -156,6 +156,31 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--top-k", type=int, default=5, help="labels per image (default 5)")
     _add_common(p)
 
+    p = sub.add_parser(
+        "evaluate",
+        help="confusion matrix and per-class precision/recall/F1 on the validation set",
+    )
+    p.add_argument("--run", required=True, metavar="RUN_ID", help="a finished run's id")
+    p.add_argument("--force", action="store_true", help="recompute even if cached")
+    _add_common(p)
+
+    p = sub.add_parser(
+        "export",
+        help="export a run's model (verified by reloading it) with labels.txt and config.json",
+        description="Export a finished run's model. Preprocessing is inside, so every format "
+        "takes raw 0-255 RGB pixels. Each export is reloaded and its top-1 checked against the "
+        "live model on validation images; a mismatch is an error.",
+    )
+    p.add_argument("--run", required=True, metavar="RUN_ID", help="a finished run's id")
+    p.add_argument(
+        "--format", required=True, choices=("keras", "savedmodel", "tflite"), dest="fmt"
+    )
+    p.add_argument("--out", metavar="DIR", help="output folder (default: inside the run folder)")
+    p.add_argument(
+        "--quantize", action="store_true", help="tflite only: dynamic-range quantized weights"
+    )
+    _add_common(p)
+
     p = sub.add_parser("classify", help="what a raw pretrained backbone sees (ImageNet classes)")
     p.add_argument("--backbone", default="efficientnet_lite0", help="default efficientnet_lite0")
     p.add_argument("images", nargs="+", metavar="IMAGE")
@@ -212,8 +237,11 @@ def _epoch_line(config: RunConfig) -> Any:
 def cmd_train(args: argparse.Namespace) -> int:
     """Queue one run on this process's worker and wait for it."""
     from core.jobs import JobQueue
+    from core.lint import lint_config
 
     config = config_from_args(args).validate()
+    for finding in lint_config(config):
+        print(f"{finding['level']}: {finding['message']}", file=sys.stderr)
     jobs = JobQueue(args.runs_dir)
     run_id = jobs.submit(config, progress=_epoch_line(config))
     print(f"run {run_id}: {config.mode} {config.backbone} on {config.data}", file=sys.stderr)
@@ -306,6 +334,47 @@ def cmd_predict(args: argparse.Namespace) -> int:
     return 0
 
 
+def cmd_evaluate(args: argparse.Namespace) -> int:
+    """Confusion matrix and per-class metrics of a run's model on its validation set."""
+    from core.evaluate import evaluate_run
+    from core.store import RunStore
+
+    ev = evaluate_run(RunStore(args.runs_dir), args.run, force=args.force)
+    if args.json:
+        keys = ("run_id", "accuracy", "class_names", "confusion_matrix", "per_class", "macro_avg")
+        _print_json({k: ev[k] for k in keys if k in ev})
+        return 0
+    print(f"accuracy {ev['accuracy']:.3f} on {sum(map(sum, ev['confusion_matrix']))} images")
+    width = max(len(c) for c in ev["class_names"])
+    print(" " * (width + 2) + " ".join(f"{c[:7]:>7}" for c in ev["class_names"]) + "  <- predicted")
+    for name, row in zip(ev["class_names"], ev["confusion_matrix"], strict=True):
+        print(f"{name:>{width}}  " + " ".join(f"{n:>7}" for n in row))
+    for c in ev["per_class"]:
+        print(
+            f"{c['class']:>{width}}  precision {c['precision']:.3f}  recall {c['recall']:.3f}  "
+            f"f1 {c['f1']:.3f}  support {c['support']}"
+        )
+    return 0
+
+
+def cmd_export(args: argparse.Namespace) -> int:
+    """Export and verify a run's model."""
+    from core.export import export_run
+    from core.store import RunStore
+
+    info = export_run(
+        RunStore(args.runs_dir), args.run, args.fmt, out_dir=args.out, quantize=args.quantize
+    )
+    if args.json:
+        _print_json(info)
+    else:
+        print(
+            f"{info['format']} export verified on {info['verified_images']} images "
+            f"(top-1 agreement {info['top1_agreement']:.0%}): {info['path']}"
+        )
+    return 0
+
+
 def cmd_classify(args: argparse.Namespace) -> int:
     """ImageNet top-k of a raw pretrained backbone."""
     from core.classify import classify_images
@@ -366,6 +435,8 @@ COMMANDS = {
     "show": cmd_show,
     "stop": cmd_stop,
     "predict": cmd_predict,
+    "evaluate": cmd_evaluate,
+    "export": cmd_export,
     "classify": cmd_classify,
 }
 

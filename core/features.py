@@ -43,7 +43,7 @@ def cache_reason(config: RunConfig) -> str | None:
         return "the feature cache is off (--feature-cache off)"
     if config.mode != "feature_extraction":
         return f"mode {config.mode} trains the base, so its features change every step"
-    if config.augment:
+    if config.active_augmentations():
         return (
             "augmentation changes every epoch's images, so features can't be computed once; "
             "turn augmentation off to train several times faster"

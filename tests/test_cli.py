@@ -120,3 +120,15 @@ def test_classify_offline_sees_a_cat(tmp_path) -> None:
     result = last_json(cli("classify", "--backbone", "efficientnet_lite0", str(path), "--json"))
     top = result[0]["predictions"][0]
     assert 281 <= top["class_index"] <= 285, top
+
+
+def test_evaluate_json_matrix_sums_to_the_validation_images(
+    feature_run: dict, runs_dir: str
+) -> None:
+    ev = last_json(
+        cli("evaluate", "--runs-dir", runs_dir, "--run", feature_run["run_id"], "--json")
+    )
+    n = len(ev["class_names"])
+    assert len(ev["confusion_matrix"]) == n and all(len(row) == n for row in ev["confusion_matrix"])
+    assert sum(map(sum, ev["confusion_matrix"])) == feature_run["val_images"]
+    assert {c["class"] for c in ev["per_class"]} == set(feature_run["class_names"])

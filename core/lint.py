@@ -1,0 +1,137 @@
+"""Pre-flight checks of a run config: risky settings flagged before hours are spent training.
+
+Each finding says what is off, why it matters and how to fix it. Findings never block a run (the
+config is valid; ``RunConfig.validate`` refuses invalid ones): ``warning`` means "likely to hurt
+accuracy or waste the run", ``info`` means "worth knowing".
+"""
+
+from __future__ import annotations
+
+from typing import Any
+
+from core.config import RunConfig
+
+WARNING, INFO = "warning", "info"
+FINE_TUNE_MODES = ("fine_tuning", "full_fine_tuning")
+MAX_FINE_TUNE_LR = 1e-4
+FULL_FINE_TUNE_MIN_IMAGES = 1000
+SCRATCH_MIN_IMAGES = 5000
+
+
+def _finding(level: str, code: str, message: str) -> dict[str, str]:
+    return {"level": level, "code": code, "message": message}
+
+
+def lint_config(config: RunConfig, train_images: int | None = None) -> list[dict[str, Any]]:
+    """Findings ``{level: "warning"|"info", code, message}`` for ``config``, warnings first.
+
+    ``train_images`` (the training split's size, when known) enables the dataset-size checks.
+    """
+    from core.backbones import get_backbone
+    from core.errors import BackboneError
+
+    found: list[dict[str, str]] = []
+    fine_tune_phase = config.mode in FINE_TUNE_MODES and config.fine_tune_epochs > 0
+
+    if config.mode in FINE_TUNE_MODES and config.fine_tune_epochs == 0:
+        found.append(
+            _finding(
+                WARNING,
+                "no_fine_tune_phase",
+                f"Mode {config.mode} with fine_tune_epochs=0 has no fine-tuning phase: the base "
+                "is never unfrozen, so this run is feature extraction under another name. Set "
+                "--fine-tune-epochs to 1 or more, or use --mode feature_extraction.",
+            )
+        )
+    if fine_tune_phase and config.fine_tune_lr > MAX_FINE_TUNE_LR:
+        found.append(
+            _finding(
+                WARNING,
+                "fine_tune_lr_high",
+                f"fine_tune_lr={config.fine_tune_lr:g} is above {MAX_FINE_TUNE_LR:g}. Large "
+                "updates to unfrozen pretrained layers destroy the features that make transfer "
+                "work (catastrophic forgetting). Use --fine-tune-lr 1e-5 (up to 1e-4).",
+            )
+        )
+    if fine_tune_phase and config.lr <= config.fine_tune_lr:
+        found.append(
+            _finding(
+                WARNING,
+                "head_lr_not_above_fine_tune_lr",
+                f"The head learning rate (lr={config.lr:g}) is not above the fine-tuning rate "
+                f"(fine_tune_lr={config.fine_tune_lr:g}). The new head needs the larger rate to "
+                "learn quickly during warm-up, the pretrained base the smaller one to be nudged "
+                "gently. Use e.g. --lr 1e-3 --fine-tune-lr 1e-5.",
+            )
+        )
+
+    try:
+        spec = get_backbone(config.backbone)
+    except BackboneError:
+        spec = None  # validate() reports unknown backbones; lint only adds advice
+    if spec is not None and config.image_size is not None and config.image_size < spec.default_size:
+        pretrained = config.weights != "none" and config.mode != "scratch"
+        found.append(
+            _finding(
+                WARNING if pretrained else INFO,
+                "image_size_below_default",
+                f"image_size={config.image_size} is below {spec.name}'s default of "
+                f"{spec.default_size} px. "
+                + (
+                    "Its pretrained features were learned at that scale; on smaller images "
+                    "objects shrink and the last feature map gets coarse, which costs accuracy. "
+                    if pretrained
+                    else "Smaller inputs train faster but leave a coarse last feature map. "
+                )
+                + f"Use --image-size {spec.default_size} (or omit it) unless speed matters more.",
+            )
+        )
+    if config.weights == "none" and config.mode in ("feature_extraction", *FINE_TUNE_MODES):
+        found.append(
+            _finding(
+                WARNING,
+                "transfer_without_pretrained_weights",
+                f"Mode {config.mode} with weights=none freezes a randomly initialised base: the "
+                "head learns from random features, so there is nothing to transfer. Use "
+                "--weights imagenet, or --mode scratch for a from-scratch baseline.",
+            )
+        )
+    if (
+        config.mode == "full_fine_tuning"
+        and train_images is not None
+        and train_images < FULL_FINE_TUNE_MIN_IMAGES
+    ):
+        found.append(
+            _finding(
+                WARNING,
+                "full_fine_tuning_small_data",
+                f"Full fine-tuning on {train_images} training images: unfreezing every layer of "
+                f"the base lets it memorise a set this small (under {FULL_FINE_TUNE_MIN_IMAGES}) "
+                "and overfit. Use --mode fine_tuning (last block only) or feature_extraction, or "
+                "add data (and --augment).",
+            )
+        )
+    if config.mode == "scratch" and train_images is not None and train_images < SCRATCH_MIN_IMAGES:
+        found.append(
+            _finding(
+                WARNING,
+                "scratch_few_images",
+                f"Training from scratch on {train_images} images (under {SCRATCH_MIN_IMAGES}): a "
+                "randomly initialised network rarely generalises from so little data. Fine as a "
+                "baseline to compare against; for a usable model use --mode feature_extraction "
+                "with --weights imagenet.",
+            )
+        )
+    wants_cache = config.mode == "feature_extraction" and config.feature_cache != "off"
+    if wants_cache and config.active_augmentations():
+        found.append(
+            _finding(
+                INFO,
+                "feature_cache_off_with_augment",
+                "Augmentation is on, so the frozen base's features are not cached: augmentation "
+                "changes every epoch's inputs, so the base must run on every image each epoch "
+                "(slower). Turn --augment off to get the cached, much faster epochs.",
+            )
+        )
+    order = {WARNING: 0, INFO: 1}
+    return sorted(found, key=lambda f: order[f["level"]])  # stable: rule order within a level

@@ -1,0 +1,128 @@
+"""Feature cache: when it applies, what its key depends on, bounds, results equal to no cache."""
+
+from __future__ import annotations
+
+from pathlib import Path
+
+import numpy as np
+import pytest
+from PIL import Image
+
+from core import features
+from core.config import RunConfig
+from core.jobs import JobQueue
+from core.store import COMPLETED
+
+LITE = RunConfig(data="builtin:faces", image_size=64, epochs=2)
+
+
+def test_cache_applies_only_to_feature_extraction_without_augmentation() -> None:
+    assert features.cache_reason(LITE) is None
+    assert "augmentation" in features.cache_reason(LITE.with_changes(augment=True))
+    assert "fine_tuning" in features.cache_reason(LITE.with_changes(mode="fine_tuning"))
+    assert "--feature-cache off" in features.cache_reason(LITE.with_changes(feature_cache="off"))
+
+
+def _images(folder: Path, n: int = 3) -> list[str]:
+    folder.mkdir(parents=True, exist_ok=True)
+    paths = []
+    for i in range(n):
+        path = folder / f"{i}.png"
+        Image.new("RGB", (16, 16), (i * 40, 0, 0)).save(path)
+        paths.append(str(path))
+    return paths
+
+
+def test_key_covers_everything_that_changes_features(tmp_path: Path) -> None:
+    paths = _images(tmp_path)
+    key = features.cache_key(LITE, 64, paths)
+    assert key is not None
+    # The head, learning rate and epochs do not change features: same key.
+    assert features.cache_key(LITE.with_changes(lr=0.1, dense_units=8, epochs=9), 64, paths) == key
+    # Everything else does.
+    assert features.cache_key(LITE, 96, paths) != key
+    assert features.cache_key(LITE.with_changes(backbone="mobilenet_v2"), 64, paths) != key
+    assert features.cache_key(LITE, 64, paths[:2]) != key
+    assert features.cache_key(LITE, 64, paths[::-1]) != key
+    Image.new("RGB", (16, 16), "white").save(paths[0])  # same name, new content
+    assert features.cache_key(LITE, 64, paths) != key
+    # Random weights have nothing to reuse; a weights file is identified by its content.
+    assert features.cache_key(LITE.with_changes(weights="none"), 64, paths) is None
+    weights = tmp_path / "w.weights.h5"
+    weights.write_bytes(b"one")
+    one = features.cache_key(LITE.with_changes(weights=str(weights)), 64, paths)
+    weights.write_bytes(b"two")
+    assert features.cache_key(LITE.with_changes(weights=str(weights)), 64, paths) != one
+
+
+def test_store_load_and_size_bound(monkeypatch: pytest.MonkeyPatch) -> None:
+    a = np.ones((10, 4), np.float32)
+    features.store_cached("a" * 32, a)
+    np.testing.assert_array_equal(features.load_cached("a" * 32), a)
+    assert features.load_cached("b" * 32) is None
+    size = (features.embedding_cache_dir() / ("a" * 32 + ".npy")).stat().st_size
+    monkeypatch.setattr(features, "MAX_CACHE_BYTES", int(size * 1.5))
+    features.store_cached("c" * 32, a)  # over the bound: the least recently used entry goes
+    assert features.load_cached("a" * 32) is None
+    np.testing.assert_array_equal(features.load_cached("c" * 32), a)
+
+
+@pytest.fixture(scope="module")
+def runs(tmp_path_factory: pytest.TempPathFactory) -> dict:
+    # Start from an empty embedding cache so the first cached run really is cold.
+    for entry in features.embedding_cache_dir().glob("*.npy"):
+        entry.unlink()
+    queue = JobQueue(tmp_path_factory.mktemp("feature-runs"))
+    ids = {
+        "off": queue.submit(LITE.with_changes(feature_cache="off")),
+        "cold": queue.submit(LITE),
+        "warm": queue.submit(LITE.with_changes(lr=3e-3, dense_units=64)),
+    }
+    results = {}
+    for name, run_id in ids.items():
+        assert queue.wait(run_id, timeout=600) == COMPLETED
+        results[name] = queue.store.result(run_id)
+    return {"queue": queue, **results}
+
+
+def test_cached_training_matches_the_uncached_path(runs: dict) -> None:
+    off, cold = runs["off"], runs["cold"]
+    assert off["phases"][0]["feature_cache"] is False
+    assert cold["phases"][0]["feature_cache"] is True
+    # Same architecture and parameter counts, comparable accuracy.
+    assert cold["phases"][0]["trainable_params"] == off["phases"][0]["trainable_params"]
+    assert cold["phases"][0]["non_trainable_params"] == off["phases"][0]["non_trainable_params"]
+    assert cold["best_val_accuracy"] >= 0.9 and off["best_val_accuracy"] >= 0.9
+    assert abs(cold["best_val_accuracy"] - off["best_val_accuracy"]) <= 0.1
+    assert len(cold["history"]["val_accuracy"]) == 2
+
+
+def test_second_run_reuses_the_embeddings(runs: dict) -> None:
+    assert runs["cold"]["stage"]["cached"] is False
+    assert runs["warm"]["stage"]["cached"] is True
+    assert runs["warm"]["stage"]["done"] == runs["warm"]["stage"]["total"] == 200
+
+
+def test_saved_model_of_a_cached_run_takes_images(runs: dict) -> None:
+    from core.predict import load_run
+    from core.store import RunStore
+
+    result = runs["cold"]
+    store = RunStore(Path(result["run_dir"]).parents[1])
+    model = load_run(store, result["run_id"]).model
+    root = Path(result["dataset"]["root"])
+    images = [root / "face" / name for name in sorted((root / "face").iterdir())[:4]]
+    from core.images import load_rgb
+
+    batch = np.stack([load_rgb(p, 64) for p in images]).astype(np.float32)
+    probs = np.asarray(model(batch, training=False))
+    assert probs.shape == (4, 2)
+    # The classifier on images equals the trained head on the cached features of those images.
+    pooled = np.asarray(
+        __import__("keras").Model(model.inputs, model.get_layer("avg_pool").output)(batch)
+    )
+    head = [model.get_layer(n) for n in ("head_dropout", "head_dense", "predictions")]
+    x = pooled
+    for layer in head:
+        x = layer(x, training=False)
+    np.testing.assert_allclose(np.asarray(x), probs, rtol=1e-4, atol=1e-5)

@@ -1,0 +1,116 @@
+"""Pre-flight config lint: every rule fires on its risky config, safe configs stay quiet."""
+
+from __future__ import annotations
+
+import pytest
+
+from core.config import RunConfig
+from core.lint import lint_config
+
+FINE = RunConfig(mode="fine_tuning", lr=1e-3, fine_tune_lr=1e-5, fine_tune_epochs=3)
+
+
+def codes(findings: list[dict], level: str | None = None) -> set[str]:
+    return {f["code"] for f in findings if level is None or f["level"] == level}
+
+
+@pytest.mark.parametrize(
+    ("config", "train_images"),
+    [
+        (RunConfig(), None),
+        (RunConfig(), 200),
+        (FINE, 500),
+        (RunConfig(mode="full_fine_tuning"), 50_000),
+        (RunConfig.from_dict({"augment": True, "feature_cache": "off"}), 300),
+        (RunConfig(backbone="mobilenet_v2", image_size=224), None),
+        (RunConfig(mode="scratch", weights="none"), 20_000),
+    ],
+)
+def test_safe_configs_have_no_findings(config, train_images):
+    assert lint_config(config.validate(), train_images) == []
+
+
+def test_fine_tune_lr_above_1e4():
+    found = lint_config(FINE.with_changes(fine_tune_lr=1e-3, lr=1e-2))
+    assert codes(found) == {"fine_tune_lr_high"}
+    assert lint_config(FINE.with_changes(fine_tune_lr=1e-4)) == []  # the limit itself is fine
+
+
+def test_no_fine_tuning_phase():
+    for mode in ("fine_tuning", "full_fine_tuning"):
+        found = lint_config(RunConfig(mode=mode, fine_tune_epochs=0), 50_000)
+        assert codes(found, "warning") == {"no_fine_tune_phase"}
+        assert "feature extraction" in found[0]["message"]
+
+
+def test_head_lr_not_above_fine_tune_lr():
+    found = lint_config(FINE.with_changes(lr=1e-5, fine_tune_lr=1e-5))
+    assert codes(found) == {"head_lr_not_above_fine_tune_lr"}
+    # Without a fine-tuning phase the comparison is moot.
+    assert codes(lint_config(FINE.with_changes(lr=1e-5, fine_tune_epochs=0))) == {
+        "no_fine_tune_phase"
+    }
+
+
+def test_image_size_below_backbone_default():
+    found = lint_config(RunConfig(backbone="efficientnet_lite0", image_size=128))
+    assert codes(found, "warning") == {"image_size_below_default"}
+    assert "224" in found[0]["message"]
+    # Random weights learned nothing at 224 px: just a note.
+    scratch = lint_config(RunConfig(mode="scratch", weights="none", image_size=64))
+    assert codes(scratch, "info") == {"image_size_below_default"}
+    assert codes(scratch, "warning") == set()
+
+
+def test_full_fine_tuning_on_small_data():
+    config = RunConfig(mode="full_fine_tuning")
+    assert codes(lint_config(config, 400)) == {"full_fine_tuning_small_data"}
+    assert lint_config(config, None) == []  # unknown size: no guess
+    assert lint_config(config, 1000) == []
+
+
+def test_augmentation_disables_feature_cache():
+    config = RunConfig(augment=True)
+    found = lint_config(config)
+    assert found == [
+        {"level": "info", "code": "feature_cache_off_with_augment", "message": found[0]["message"]}
+    ]
+    assert "augmentation" in found[0]["message"].lower()
+    assert lint_config(config.with_changes(mode="fine_tuning")) == []  # no cache to lose there
+
+
+def test_scratch_with_few_images():
+    config = RunConfig(mode="scratch", weights="none")
+    assert codes(lint_config(config, 300)) == {"scratch_few_images"}
+    assert lint_config(config, None) == []
+
+
+def test_frozen_random_base():
+    found = lint_config(RunConfig(weights="none"))
+    assert codes(found) == {"transfer_without_pretrained_weights"}
+
+
+def test_findings_are_well_formed_and_warnings_come_first():
+    risky = RunConfig(
+        mode="full_fine_tuning",
+        backbone="mobilenet_v2",
+        image_size=96,
+        lr=1e-5,
+        fine_tune_lr=1e-3,
+        weights="none",
+        augment=True,
+    )
+    found = lint_config(risky.validate(), 100)
+    assert codes(found) == {
+        "fine_tune_lr_high",
+        "head_lr_not_above_fine_tune_lr",
+        "image_size_below_default",
+        "transfer_without_pretrained_weights",
+        "full_fine_tuning_small_data",
+    }
+    levels = [f["level"] for f in found]
+    assert levels == sorted(levels, key=lambda level: level != "warning")
+    for f in found:
+        assert set(f) == {"level", "code", "message"}
+        assert f["level"] in ("warning", "info")
+        assert len(f["message"]) > 40 and ("Use" in f["message"] or "use" in f["message"])
