@@ -48,7 +48,7 @@ class PixelNormalize(keras.layers.Layer):
         self._mean = tuple(float(m) for m in mean)
         self._std = tuple(float(s) for s in std)
 
-    def call(self, inputs):  # noqa: D102 - Keras hook
+    def call(self, inputs: Any) -> Any:  # noqa: D102 - Keras hook
         x = ops.cast(inputs, self.compute_dtype)
         if self.to_bgr:
             x = ops.flip(x, axis=-1)
@@ -61,7 +61,7 @@ class PixelNormalize(keras.layers.Layer):
             std, self.compute_dtype
         )
 
-    def compute_output_shape(self, input_shape):  # noqa: D102 - Keras hook
+    def compute_output_shape(self, input_shape: tuple) -> tuple:  # noqa: D102 - Keras hook
         return input_shape
 
     def get_config(self) -> dict[str, Any]:  # noqa: D102 - Keras hook
