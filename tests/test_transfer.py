@@ -12,7 +12,7 @@ from core.store import COMPLETED
 @pytest.mark.slow
 def test_lite0_feature_extraction_beats_scratch_on_faces(tmp_path) -> None:
     queue = JobQueue(tmp_path)
-    base = RunConfig(data="builtin:faces", backbone="efficientnet_lite0", image_size=96, epochs=3)
+    base = RunConfig(data="builtin:faces", backbone="efficientnet_lite0", image_size=64, epochs=3)
     transfer = queue.submit(base.with_changes(mode="feature_extraction"))
     scratch = queue.submit(base.with_changes(mode="scratch"))
     assert queue.wait(transfer, timeout=600) == COMPLETED
