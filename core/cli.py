@@ -172,14 +172,27 @@ def build_parser() -> argparse.ArgumentParser:
         "live model on validation images; a mismatch is an error.",
     )
     p.add_argument("--run", required=True, metavar="RUN_ID", help="a finished run's id")
-    p.add_argument(
-        "--format", required=True, choices=("keras", "savedmodel", "tflite"), dest="fmt"
-    )
+    p.add_argument("--format", required=True, choices=("keras", "savedmodel", "tflite"), dest="fmt")
     p.add_argument("--out", metavar="DIR", help="output folder (default: inside the run folder)")
     p.add_argument(
         "--quantize", action="store_true", help="tflite only: dynamic-range quantized weights"
     )
     _add_common(p)
+
+    p = sub.add_parser(
+        "bench",
+        help="measure the speed figures on generated data (ratios against same-run baselines)",
+        description="Generate a folder dataset, then measure: 1. feature extraction with the "
+        "feature cache vs the per-epoch pipeline; 2. a warm embedding cache vs a cold one; "
+        "3. training throughput from files vs from tensors in memory; 4. playground prediction "
+        "latency. Each figure is a ratio against a baseline measured in the same run.",
+    )
+    p.add_argument("--images-per-class", type=int, default=700, help="default 700 (3 classes)")
+    p.add_argument("--image-size", type=int, default=112, help="default 112 px")
+    p.add_argument("--epochs", type=int, default=10, help="default 10")
+    p.add_argument("--quick", action="store_true", help="tiny data and few repetitions (smoke)")
+    p.add_argument("--out", metavar="DIR", help="keep the generated data and runs here")
+    p.add_argument("--json", action="store_true", help="print JSON instead of text")
 
     p = sub.add_parser("classify", help="what a raw pretrained backbone sees (ImageNet classes)")
     p.add_argument("--backbone", default="efficientnet_lite0", help="default efficientnet_lite0")
@@ -375,6 +388,27 @@ def cmd_export(args: argparse.Namespace) -> int:
     return 0
 
 
+def cmd_bench(args: argparse.Namespace) -> int:
+    """Run the benchmark and print its figures."""
+    from pathlib import Path
+
+    from core.bench import format_bench, run_bench
+
+    result = run_bench(
+        out_dir=Path(args.out) if args.out else None,
+        images_per_class=args.images_per_class,
+        image_size=args.image_size,
+        epochs=args.epochs,
+        quick=args.quick,
+        progress=lambda line: print(line, file=sys.stderr, flush=True),
+    )
+    if args.json:
+        _print_json(result)
+    else:
+        print(format_bench(result))
+    return 0
+
+
 def cmd_classify(args: argparse.Namespace) -> int:
     """ImageNet top-k of a raw pretrained backbone."""
     from core.classify import classify_images
@@ -437,6 +471,7 @@ COMMANDS = {
     "predict": cmd_predict,
     "evaluate": cmd_evaluate,
     "export": cmd_export,
+    "bench": cmd_bench,
     "classify": cmd_classify,
 }
 

@@ -131,6 +131,7 @@ class RunStore:
         (self.root / "runs").mkdir(exist_ok=True)
         with self._connect() as db:
             db.executescript(_SCHEMA)
+            self._add_missing_columns(db)
         if recover:
             self.recover_interrupted()
 
@@ -146,6 +147,18 @@ class RunStore:
                 yield db
         finally:
             db.close()
+
+    @staticmethod
+    def _add_missing_columns(db: sqlite3.Connection) -> None:
+        """Bring a store made by an older version up to the current schema (columns only)."""
+        wanted = sqlite3.connect(":memory:")
+        wanted.executescript(_SCHEMA)
+        for table in ("runs", "epochs", "batches"):
+            have = {r[1] for r in db.execute(f"PRAGMA table_info({table})")}
+            for _, name, kind, *_ in wanted.execute(f"PRAGMA table_info({table})"):
+                if name not in have:
+                    db.execute(f"ALTER TABLE {table} ADD COLUMN {name} {kind}")
+        wanted.close()
 
     def run_dir(self, run_id: str) -> Path:
         """The artifact folder of a run (created on demand)."""

@@ -84,3 +84,14 @@ def test_runs_of_a_dead_process_become_interrupted(tmp_path) -> None:
 def test_unknown_run_id_says_how_to_list_runs(tmp_path) -> None:
     with pytest.raises(RunNotFoundError, match="python -m core runs"):
         RunStore(tmp_path).result("nope")
+
+
+def test_a_store_from_an_older_version_gains_the_new_columns(tmp_path) -> None:
+    store = RunStore(tmp_path)
+    run_id = store.create_run(RunConfig())
+    with sqlite3.connect(store.db_path) as db:
+        db.execute("ALTER TABLE runs DROP COLUMN stage_json")
+    reopened = RunStore(tmp_path)
+    assert reopened.result(run_id)["stage"] is None
+    reopened.update(run_id, stage={"stage": "features", "done": 1, "total": 2})
+    assert reopened.result(run_id)["stage"]["done"] == 1

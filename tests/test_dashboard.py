@@ -1,0 +1,323 @@
+"""core.dashboard: compare-all-modes, progress/ETA, comparison table, run choosers, uploads."""
+
+from __future__ import annotations
+
+import pytest
+
+from core import dashboard
+from core.config import RunConfig
+from core.errors import ConfigError, DataError
+from core.store import RunStore
+
+TINY = RunConfig(backbone="mobilenet_v2", weights="none", data="builtin:textures", image_size=32)
+
+
+class FakeQueue:
+    """Records submissions; idempotent per key like core.jobs.JobQueue."""
+
+    def __init__(self):
+        self.submitted: list[RunConfig] = []
+        self.keys: dict[str, str] = {}
+
+    def submit(self, config, key=None, progress=None):
+        config.validate()
+        if key is not None and key in self.keys:
+            return self.keys[key]
+        run_id = f"run-{len(self.submitted)}"
+        self.submitted.append(config)
+        if key is not None:
+            self.keys[key] = run_id
+        return run_id
+
+
+# --------------------------------------------------------------------------- compare all modes
+
+
+def test_submit_compare_all_queues_each_mode_with_same_data_and_seed():
+    queue = FakeQueue()
+    ids = dashboard.submit_compare_all(queue, TINY.with_changes(seed=7), key="click-1")
+    assert ids == ["run-0", "run-1", "run-2"]
+    modes = [c.mode for c in queue.submitted]
+    assert modes == ["feature_extraction", "fine_tuning", "full_fine_tuning"]
+    assert {c.data for c in queue.submitted} == {"builtin:textures"}
+    assert {c.seed for c in queue.submitted} == {7}
+    assert {c.extra[dashboard.COMPARE_GROUP_KEY] for c in queue.submitted} == {"click-1"}
+
+
+def test_submit_compare_all_is_idempotent_per_key():
+    queue = FakeQueue()
+    first = dashboard.submit_compare_all(queue, TINY, key="k")
+    again = dashboard.submit_compare_all(queue, TINY, key="k")
+    assert first == again and len(queue.submitted) == 3
+
+
+def test_submit_compare_all_scratch_uses_no_weights():
+    queue = FakeQueue()
+    dashboard.submit_compare_all(queue, TINY.with_changes(weights="imagenet"), True, key="s")
+    by_mode = {c.mode: c for c in queue.submitted}
+    assert by_mode["scratch"].weights == "none"
+    assert by_mode["fine_tuning"].weights == "imagenet"
+
+
+def test_submit_compare_all_validates_everything_before_queueing():
+    queue = FakeQueue()
+    with pytest.raises(ConfigError):
+        dashboard.submit_compare_all(queue, TINY.with_changes(epochs=0), key="bad")
+    assert queue.submitted == []
+
+
+def test_compare_group_read_back_from_result():
+    config = TINY.with_changes(extra={dashboard.COMPARE_GROUP_KEY: "g"})
+    assert dashboard.compare_group({"config": config.to_dict()}) == "g"
+    assert dashboard.compare_group({"config": TINY.to_dict()}) is None
+
+
+# --------------------------------------------------------------------------- progress / ETA
+
+
+def _batches(n, steps_per_epoch=10, seconds_per_step=0.5, phase="head", batch_size=8):
+    return [
+        {
+            "global_step": g,
+            "epoch": (g - 1) // steps_per_epoch + 1,
+            "step": (g - 1) % steps_per_epoch + 1,
+            "steps_per_epoch": steps_per_epoch,
+            "phase": phase,
+            "images_per_s": 100.0,
+            "t": 1000.0 + g * seconds_per_step,
+        }
+        for g in range(1, n + 1)
+    ]
+
+
+def _result(status="running", planned=4, **over):
+    base = {
+        "status": status,
+        "planned_epochs": planned,
+        "epochs_done": 1,
+        "started_at": 1000.0,
+        "duration_s": None,
+        "phases": [{"phase": "head"}],
+        "config": {"batch_size": 8},
+    }
+    base.update(over)
+    return base
+
+
+def test_progress_summary_running_fraction_speed_and_eta():
+    batches = _batches(15)  # epoch 2, step 5 of 10; 40 steps planned
+    p = dashboard.progress_summary(_result(), batches, now=1010.0)
+    assert (p["epoch"], p["step"], p["steps_per_epoch"]) == (2, 5, 10)
+    assert p["fraction"] == pytest.approx(15 / 40)
+    assert p["eta_s"] == pytest.approx(25 * 0.5)
+    assert p["images_per_s"] == pytest.approx(8 / 0.5)
+    assert p["elapsed_s"] == pytest.approx(10.0)
+    assert p["phase_label"] == "training the head"
+    assert "epoch 2/4" in p["text"] and "step 5/10" in p["text"]
+    assert p["eta_text"] == "12s"
+
+
+def test_progress_summary_eta_uses_current_phase_speed():
+    head = _batches(20, seconds_per_step=0.1)
+    fine = [
+        {**b, "global_step": b["global_step"] + 20, "epoch": b["epoch"] + 2, "t": 2000 + i}
+        for i, b in enumerate(_batches(5, phase="fine_tune"))
+    ]
+    p = dashboard.progress_summary(_result(), head + fine)
+    assert p["phase"] == "fine_tune"
+    assert p["eta_s"] == pytest.approx((40 - 25) * 1.0)
+
+
+def test_progress_summary_before_first_batch_and_queued():
+    p = dashboard.progress_summary(_result(), [])
+    assert p["eta_s"] is None and p["eta_text"] == "estimating…" and p["fraction"] == 0
+    assert p["text"].startswith("Preparing")
+    q = dashboard.progress_summary(_result(status="queued", started_at=None), [])
+    assert q["text"].startswith("Queued") and q["elapsed_s"] == 0.0
+
+
+def test_progress_summary_finished_runs():
+    done = dashboard.progress_summary(
+        _result(status="completed", duration_s=42.0, epochs_done=4), _batches(40)
+    )
+    assert done["fraction"] == 1.0 and done["eta_s"] == 0.0 and done["elapsed_s"] == 42.0
+    stopped = dashboard.progress_summary(_result(status="stopped", duration_s=5.0), _batches(12))
+    assert stopped["fraction"] == pytest.approx(12 / 40)
+    assert stopped["text"].startswith("stopped")
+
+
+@pytest.mark.parametrize(
+    ("seconds", "text"),
+    [(None, "–"), (-1, "–"), (float("nan"), "–"), (0, "0s"), (59.4, "59s"), (65, "1m 05s"),
+     (3725, "1h 02m")],
+)  # fmt: skip
+def test_format_duration(seconds, text):
+    assert dashboard.format_duration(seconds) == text
+
+
+# --------------------------------------------------------------------------- choosing runs
+
+
+def _run(run_id, status, **over):
+    base = {
+        "run_id": run_id,
+        "status": status,
+        "name": "",
+        "mode": "fine_tuning",
+        "backbone": "mobilenet_v2",
+        "data": "builtin:faces",
+        "epochs_done": 2,
+        "planned_epochs": 2,
+        "best_val_accuracy": 0.5,
+        "duration_s": 3.0,
+        "error": None,
+    }
+    base.update(over)
+    return base
+
+
+def test_pick_default_run_prefers_running_then_next_queued_then_newest():
+    runs = [
+        _run("q2", "queued"),
+        _run("q1", "queued"),
+        _run("r", "running"),
+        _run("c", "completed"),
+    ]
+    assert dashboard.pick_default_run(runs) == "r"
+    assert dashboard.pick_default_run(runs[:2] + runs[3:]) == "q1"
+    assert dashboard.pick_default_run([_run("new", "failed"), _run("old", "completed")]) == "new"
+    assert dashboard.pick_default_run([]) is None
+
+
+def test_finished_runs_need_an_epoch_and_an_end():
+    runs = [_run("a", "running"), _run("b", "failed", epochs_done=0), _run("c", "stopped")]
+    assert [r["run_id"] for r in dashboard.finished_runs(runs)] == ["c"]
+
+
+def test_default_compare_selection_prefers_newest_group():
+    results = [
+        {"run_id": "x", "config": {}},
+        {"run_id": "g1", "config": {dashboard.COMPARE_GROUP_KEY: "G"}},
+        {"run_id": "g2", "config": {dashboard.COMPARE_GROUP_KEY: "G"}},
+        {"run_id": "old", "config": {dashboard.COMPARE_GROUP_KEY: "H"}},
+    ]
+    assert dashboard.default_compare_selection(results) == ["g1", "g2"]
+    assert dashboard.default_compare_selection(results[:1]) == ["x"]
+
+
+def test_runs_table_and_choice_label():
+    rows = dashboard.runs_table([_run("a", "failed", error="boom", best_val_accuracy=None)])
+    assert rows[0]["status"].endswith("failed") and rows[0]["error"] == "boom"
+    assert rows[0]["best val acc"] is None and rows[0]["epochs"] == "2/2"
+    label = dashboard.run_choice_label(_run("abc", "completed", name="try 1"))
+    assert "try 1" in label and "val acc 0.500" in label and label.endswith("abc")
+
+
+def test_predictable_runs_need_a_model_file(tmp_path):
+    store = RunStore(tmp_path)
+    with_model = store.create_run(TINY)
+    without = store.create_run(TINY)
+    running = store.create_run(TINY)
+    model = tmp_path / "model.keras"
+    model.write_bytes(b"x")
+    store.update(with_model, status="completed", model_path=str(model))
+    store.update(without, status="completed", model_path=str(tmp_path / "gone.keras"))
+    store.update(running, status="running", model_path=str(model))
+    assert [r["run_id"] for r in dashboard.predictable_runs(store)] == [with_model]
+
+
+# --------------------------------------------------------------------------- comparing
+
+
+def test_compare_table_marks_best_and_reports_sizes():
+    results = [
+        {**_run("a", "completed", best_val_accuracy=0.7), "model_bytes": 2_500_000,
+         "phases": [{"trainable_params": 10}, {"trainable_params": 500}]},
+        {**_run("b", "completed", best_val_accuracy=0.9, mode="feature_extraction"),
+         "model_bytes": None, "phases": []},
+    ]  # fmt: skip
+    rows = dashboard.compare_table(results)
+    assert [r["best"] for r in rows] == ["", "★"]
+    assert rows[0]["trainable params"] == 500 and rows[1]["trainable params"] is None
+    assert rows[0]["model size (MB)"] == 2.5 and rows[1]["model size (MB)"] is None
+    assert rows[0]["wall time (s)"] == 3.0 and rows[0]["epochs"] == 2
+    assert (
+        dashboard.compare_table([{**_run("c", "stopped", best_val_accuracy=None)}])[0]["best"] == ""
+    )
+
+
+# --------------------------------------------------------------------------- data & training UI
+
+
+def test_save_upload_uses_content_hash_names(tmp_path, monkeypatch):
+    monkeypatch.setenv("TRANSFER_STUDIO_HOME", str(tmp_path))
+    first = dashboard.save_upload(b"PK\x03\x04 zip bytes")
+    again = dashboard.save_upload(b"PK\x03\x04 zip bytes")
+    other = dashboard.save_upload(b"PK\x03\x04 other")
+    assert first == again != other
+    assert first.parent == tmp_path.resolve() / "data" / "uploads"
+    assert first.name.startswith("upload-") and first.suffix == ".zip"
+    assert first.read_bytes() == b"PK\x03\x04 zip bytes"
+    with pytest.raises(DataError):
+        dashboard.save_upload(b"")
+    with pytest.raises(DataError):
+        dashboard.save_upload(b"data", suffix="/../../evil.sh")
+
+
+def test_data_choices_and_class_guess():
+    runs = [_run("a", "completed", data="/pets"), _run("b", "completed", data="builtin:faces")]
+    choices = dashboard.data_choices("kaggle:o/s/versions/1", runs)
+    assert choices[0] == "kaggle:o/s/versions/1"
+    assert "builtin:textures" in choices and "/pets" in choices
+    assert len(choices) == len(set(choices))
+    assert dashboard.data_choices(None, [])[0] == "builtin:faces"
+    assert dashboard.guess_num_classes("builtin:textures") == 3
+    assert dashboard.guess_num_classes("/somewhere") == 2
+    assert dashboard.guess_num_classes("/somewhere", {"/somewhere": 7}) == 7
+
+
+def test_layer_preview_summary_counts_trainable_layers():
+    config = TINY.with_changes(mode="fine_tuning", unfreeze=12, weights="imagenet")
+    summary = dashboard.layer_preview_summary(config, num_classes=3)
+    head, fine = summary["phases"]
+    assert head["phase"] == "head" and fine["phase"] == "fine_tune"
+    assert fine["trainable_params"] > head["trainable_params"]
+    assert head["trainable_params"] + head["non_trainable_params"] == (
+        fine["trainable_params"] + fine["non_trainable_params"]
+    )
+    flagged = [row for row in summary["layers"] if row["trainable_in_fine_tune"]]
+    assert 0 < summary["trainable_base_layers"] == len(flagged) <= 12
+    assert flagged[-1]["index"] == summary["base_layers"] - 1
+    assert summary["image_size"] == 32
+    extraction = dashboard.layer_preview_summary(config.with_changes(mode="feature_extraction"), 3)
+    assert extraction["trainable_base_layers"] == 0 and len(extraction["phases"]) == 1
+
+
+def test_layer_preview_summary_rejects_invalid_sizes():
+    from core.errors import BackboneError
+
+    with pytest.raises(BackboneError):
+        dashboard.layer_preview_summary(TINY.with_changes(image_size=16), 2)
+
+
+def test_progress_summary_while_the_feature_cache_is_computed():
+    stage = {"stage": "features", "done": 50, "total": 200, "images_per_s": 25.0, "eta_s": 6.0}
+    p = dashboard.progress_summary(_result(stage=stage), [])
+    assert p["fraction"] == 0.25 and p["eta_s"] == 6.0 and p["images_per_s"] == 25.0
+    assert "50/200" in p["text"] and p["phase_label"] == "computing features"
+    # once batches flow, the stage record no longer drives the summary
+    later = dashboard.progress_summary(_result(stage={**stage, "done": 200}), _batches(3))
+    assert later["phase_label"] == "training the head"
+
+
+def test_backbone_label_shows_size_params_and_weights():
+    label = dashboard.backbone_label("efficientnet_lite0")
+    assert "224 px" in label and "M params" in label and "ImageNet bundled" in label
+
+
+@pytest.mark.parametrize(
+    ("n", "text"),
+    [(None, "–"), (0, "0"), (950, "950"), (328_707, "328.7k"), (1_207_747, "1.21M")],
+)
+def test_format_count(n, text):
+    assert dashboard.format_count(n) == text

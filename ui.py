@@ -1,0 +1,323 @@
+"""Streamlit helpers shared by the pages: page setup and navigation, the job queue, errors.
+
+Lives next to ``streamlit_app.py`` rather than in ``pages/`` because Streamlit turns every ``.py``
+file in ``pages/`` into a page (a leading underscore does not hide it).
+"""
+
+from __future__ import annotations
+
+import sys
+import uuid
+from typing import Any
+
+import streamlit as st
+
+from core.errors import StudioError
+from core.paths import runs_root
+
+DATA_SOURCE = "data_source"  # session key: the source chosen on the Data page
+RUN_ID = "run_id"  # session key: the run the Train page follows
+PAGES = (
+    ("streamlit_app.py", "Home", ":material/home:"),
+    ("pages/1_Data.py", "Data", ":material/photo_library:"),
+    ("pages/2_Train.py", "Train", ":material/model_training:"),
+    ("pages/3_Compare.py", "Compare", ":material/compare_arrows:"),
+    ("pages/4_Predict.py", "Predict", ":material/image_search:"),
+)
+POLL_SECONDS = 1.0
+
+
+def _keep_keras_session() -> None:
+    """Stop Streamlit from calling ``keras.backend.clear_session()`` after every script run.
+
+    Streamlit does that (``script_runner._clean_problem_modules``) after each run and each
+    fragment rerun. The studio trains in a worker thread of this process while a fragment polls
+    every second, so each poll threw away TensorFlow's kernel cache, reset Keras' global state
+    under the running model and forced a ``gc.collect()``: training ran ~50x slower. The studio
+    keeps models alive across runs on purpose (the queue, the prediction cache), so the Keras
+    part of that cleanup is switched off; matplotlib's part is kept.
+    """
+    from streamlit.runtime.scriptrunner import script_runner
+
+    current = getattr(script_runner, "_clean_problem_modules", None)
+    if current is None or getattr(current, "transfer_studio", False):
+        return  # another Streamlit layout, or already done
+
+    def clean_problem_modules() -> None:
+        if "matplotlib.pyplot" in sys.modules:
+            sys.modules["matplotlib.pyplot"].close("all")
+
+    clean_problem_modules.transfer_studio = True  # type: ignore[attr-defined]
+    script_runner._clean_problem_modules = clean_problem_modules
+
+
+_keep_keras_session()
+STATUS_BADGES = {  # status: (icon, colour)
+    "queued": (":material/schedule:", "gray"),
+    "running": (":material/sync:", "blue"),
+    "completed": (":material/check_circle:", "green"),
+    "stopped": (":material/stop_circle:", "orange"),
+    "failed": (":material/error:", "red"),
+    "interrupted": (":material/warning:", "orange"),
+}
+
+
+def setup_page(title: str, icon: str) -> None:
+    """Page config and the sidebar navigation (labels Streamlit's file names can't give)."""
+    st.set_page_config(page_title=f"{title} · Transfer Studio", page_icon=icon, layout="wide")
+    with st.sidebar:
+        st.markdown("### 🧠 Transfer Studio")
+        for path, label, page_icon in PAGES:
+            st.page_link(path, label=label, icon=page_icon)
+        st.divider()
+        source = st.session_state.get(DATA_SOURCE)
+        st.caption(f"Data: `{source}`" if source else "Data: not chosen yet (Data page)")
+        st.caption(f"Runs folder: `{runs_root()}`")
+
+
+@st.cache_resource(show_spinner="Starting the training worker…")
+def _job_queue(root: str) -> Any:
+    from core.jobs import get_job_queue  # imports Keras: slow once per process
+
+    return get_job_queue(root)
+
+
+def job_queue() -> Any:
+    """The process-wide job queue of the current runs folder (``TRANSFER_STUDIO_HOME``)."""
+    return _job_queue(str(runs_root()))
+
+
+@st.cache_data(ttl=600, max_entries=8, show_spinner=False)
+def load_data(source: str, val_split: float = 0.2, seed: int = 42) -> Any:
+    """``core.data.load_dataset``, cached for ten minutes (every file is checked once)."""
+    from core.data import load_dataset
+
+    return load_dataset(source, val_split=val_split, seed=seed)
+
+
+@st.cache_data(ttl=600, max_entries=8, show_spinner=False)
+def data_health(source: str, val_split: float, seed: int) -> list[dict[str, str]]:
+    """``core.data_health.health_report`` of a source (hashes every file: cached)."""
+    from core.data_health import health_report
+
+    return health_report(load_data(source, val_split, seed))
+
+
+def fetch_data(source: str, val_split: float, seed: int) -> bool:
+    """Load a source with visible progress (a status box while Kaggle downloads); errors shown."""
+    from core.data import parse_source
+
+    status = None
+    try:
+        if parse_source(source)[0] == "kaggle":
+            status = st.status(f"Downloading {source} with kagglehub…")
+            with status:
+                load_data(source, val_split, seed)
+        else:
+            with st.spinner(f"Loading {source} and checking every image…"):
+                load_data(source, val_split, seed)
+        return True
+    except StudioError as exc:
+        if status is not None:
+            status.update(label=f"Could not get {source}", state="error")
+        show_error(exc)
+        return False
+
+
+def saved_upload(upload: Any) -> str | None:
+    """Path of an uploaded zip saved under the data cache (None, with a message, if unusable)."""
+    from core.dashboard import save_upload
+
+    if upload is None:
+        return None
+    try:
+        return str(save_upload(upload.getvalue()))
+    except StudioError as exc:
+        show_error(exc)
+        return None
+
+
+def preview_image(data: bytes, max_side: int = 448) -> Any:
+    """An uploaded image as RGB pixels, shrunk (aspect kept) for display; DataError if unusable."""
+    import io
+
+    from PIL import Image
+
+    from core.images import load_rgb
+
+    image = Image.fromarray(load_rgb(io.BytesIO(data)))
+    image.thumbnail((max_side, max_side))
+    return image
+
+
+@st.cache_data(max_entries=4096, show_spinner=False)
+def thumbnail(path: str, size: int = 96) -> Any:
+    """A square RGB thumbnail of an image file."""
+    from core.images import load_rgb
+
+    return load_rgb(path, size)
+
+
+@st.cache_data(max_entries=32, show_spinner="Building the layer preview…")
+def layer_preview_data(
+    backbone: str, size: int | None, mode: str, unfreeze: int | None, classes: int
+) -> dict[str, Any]:
+    """``core.dashboard.layer_preview_summary``, keyed only by what changes the model."""
+    from core.config import RunConfig
+    from core.dashboard import layer_preview_summary
+
+    config = RunConfig(backbone=backbone, weights="none", mode=mode, image_size=size)
+    return layer_preview_summary(config.with_changes(unfreeze=unfreeze), classes)
+
+
+def show_error(exc: Exception) -> None:
+    """A user-actionable error as a red box (no traceback)."""
+    st.error(str(exc) if isinstance(exc, StudioError) else f"{type(exc).__name__}: {exc}")
+
+
+def new_click_key(name: str) -> None:
+    """Button ``on_click``: a fresh idempotency key for this click (kept across reruns)."""
+    st.session_state[f"{name}_key"] = uuid.uuid4().hex
+
+
+def click_key(name: str) -> str:
+    """The key of the latest click on button ``name``."""
+    return st.session_state.get(f"{name}_key") or uuid.uuid4().hex
+
+
+def poll_interval(active: bool) -> float | None:
+    """``run_every`` for a live fragment: poll only while something is queued or running."""
+    return POLL_SECONDS if active else None
+
+
+def follow_run(queue: Any) -> None:
+    """Pick the run to watch (the session's, else the latest active or newest) and monitor it."""
+    from core import dashboard
+
+    runs = queue.store.list_runs()
+    ids = [r["run_id"] for r in runs]
+    run_id = st.session_state.get(RUN_ID) or dashboard.pick_default_run(runs)
+    if run_id not in ids:
+        st.info("No runs yet. Configure one on the left and click **Launch**.")
+        return
+    labels = {r["run_id"]: dashboard.run_choice_label(r) for r in runs}
+    run_id = st.selectbox("Run", ids, index=ids.index(run_id), format_func=labels.__getitem__)
+    st.session_state[RUN_ID] = run_id
+    run_monitor(queue, run_id, next(r["status"] for r in runs if r["run_id"] == run_id))
+
+
+def run_monitor(queue: Any, run_id: str, shown_status: str | None = None) -> None:
+    """Live view of one run: progress, ETA, curves, Stop; polls only while the run is active.
+
+    ``shown_status`` is the status the rest of the page was drawn with; when the run's status
+    moves on (queued → running → done) the whole page is redrawn once.
+    """
+    from core import charts, dashboard
+    from core.jobs import RESUMABLE
+    from core.store import ACTIVE_STATUSES, COMPLETED, FAILED
+
+    store = queue.store
+    initial = shown_status or store.status(run_id)
+    polling = initial in ACTIVE_STATUSES
+
+    @st.fragment(run_every=poll_interval(polling))
+    def monitor() -> None:
+        result = store.result(run_id)
+        batches = store.batches(run_id)
+        active = result["status"] in ACTIVE_STATUSES
+        if result["status"] != initial:
+            st.rerun()  # started or finished: redraw the page (labels, polling on or off)
+        p = dashboard.progress_summary(result, batches)
+        icon, color = STATUS_BADGES.get(result["status"], (None, "gray"))
+        top = st.columns([4, 1], vertical_alignment="center")
+        phase = f" · {p['phase_label']}" if active and p["phase_label"] else ""
+        top[0].badge(f"{result['status']}{phase}", icon=icon, color=color)
+        if active and top[1].button("Stop", icon=":material/stop:", key="stop", width="stretch"):
+            queue.stop(run_id)
+            st.toast("Stopping after the current batch…")
+        cols = st.columns(4)
+        cols[0].metric("Epoch", f"{p['epoch']}/{p['planned_epochs']}" if p["epoch"] else "–")
+        cols[1].metric("Step", f"{p['step']}/{p['steps_per_epoch']}" if p["step"] else "–")
+        speed = p["images_per_s"]
+        cols[2].metric("Images/s", f"{speed:.0f}" if speed else "–")
+        cols[3].metric(
+            "ETA" if active else "Wall time",
+            (p["eta_text"] if p["eta_s"] is not None else "–")
+            if active
+            else dashboard.format_duration(p["elapsed_s"]),
+        )
+        st.progress(p["fraction"], text=p["text"])
+        st.plotly_chart(charts.training_curves(result, batches), key="training_curves")
+        if result["status"] in RESUMABLE and top[1].button(
+            "Resume", icon=":material/replay:", key="resume", width="stretch"
+        ):
+            try:
+                queue.resume(run_id)
+                st.rerun()
+            except StudioError as exc:
+                show_error(exc)
+        if result["status"] == FAILED:
+            st.error(result["error"] or "The run failed.")
+        elif result["status"] == COMPLETED:
+            acc = result["best_val_accuracy"]
+            st.success(
+                f"Completed: best validation accuracy {acc:.3f}"
+                if acc is not None
+                else "Completed."
+            )
+        elif not active:
+            st.warning(
+                f"Run {result['status']} after {p['epochs_done']} of {p['planned_epochs']} epochs. "
+                f"{result['error'] or ''} **Resume** continues from the last finished epoch."
+            )
+
+    monitor()
+
+
+def layer_preview(
+    backbone: str, size: int | None, mode: str, unfreeze: int | None, classes: int
+) -> None:
+    """A lazy expander: per phase trainable/frozen parameters and the base layers that train."""
+    box = st.expander("Trainable layers and parameters", key="preview", on_change="rerun")
+    if not box.open:
+        return  # nothing is built while the expander is closed
+    with box:
+        try:
+            _layer_table(layer_preview_data(backbone, size, mode, unfreeze, classes))
+        except StudioError as exc:
+            show_error(exc)
+
+
+def _layer_table(summary: dict[str, Any]) -> None:
+    from core.dashboard import format_count
+
+    names = {"head": "Phase 1: head", "fine_tune": "Phase 2: fine-tune", "scratch": "Scratch"}
+    cols = st.columns(len(summary["phases"]))
+    for col, phase in zip(cols, summary["phases"], strict=True):
+        col.metric(
+            f"{names.get(phase['phase'], phase['phase'])} · trainable",
+            format_count(phase["trainable_params"]),
+            f"{format_count(phase['non_trainable_params'])} frozen",
+            delta_color="off",
+            delta_arrow="off",
+            help=f"{phase['trainable_params']:,} trainable, "
+            f"{phase['non_trainable_params']:,} frozen parameters",
+        )
+    layers = summary["layers"]
+    trainable = summary["trainable_base_layers"]
+    st.caption(
+        f"{trainable} of {summary['base_layers']} base layers train"
+        + (" (BatchNormalization layers stay frozen)." if 0 < trainable < len(layers) else ".")
+    )
+    first = next((i for i, row in enumerate(layers) if row["trainable_in_fine_tune"]), len(layers))
+    st.dataframe(
+        layers[max(first - 3, 0) :] if first < len(layers) else layers[-8:],
+        hide_index=True,
+        height=220,
+        column_order=("trainable_in_fine_tune", "name", "type", "params"),
+        column_config={
+            "trainable_in_fine_tune": st.column_config.CheckboxColumn("trains", width="small"),
+            "name": st.column_config.TextColumn("layer"),
+            "params": st.column_config.NumberColumn(format="compact", width="small"),
+        },
+    )
