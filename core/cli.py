@@ -79,7 +79,8 @@ def _add_train_flags(p: argparse.ArgumentParser) -> None:
     p.add_argument(
         "--augment",
         action=argparse.BooleanOptionalAction,
-        help="random flip/rotation/zoom/contrast while training (default off)",
+        help="random flip/rotation/zoom/contrast while training (default on; --no-augment "
+        "lets feature extraction use the much faster feature cache)",
     )
     p.add_argument(
         "--augmentations",

@@ -45,7 +45,9 @@ class RunConfig:
     lr: float = 1e-3
     fine_tune_lr: float = 1e-5
     unfreeze: int | None = None  # trailing base layers unfrozen in phase 2; None = last block
-    augment: bool = False
+    # The seeds' random flip/rotation/zoom/contrast, on by default as in the notebooks users come
+    # from; turning it off lets feature extraction use the (much faster) feature cache.
+    augment: bool = True
     augmentations: tuple[str, ...] = AUGMENTATIONS
     val_split: float = 0.2
     seed: int = 42

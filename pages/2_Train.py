@@ -16,6 +16,7 @@ st.title("Train")
 queue = ui.job_queue()
 LRS = (1e-6, 3e-6, 1e-5, 3e-5, 1e-4, 3e-4, 1e-3, 3e-3, 1e-2)
 CACHE_HELP = "feature_extraction without augmentation: compute features once (much faster)"
+DEFAULTS = RunConfig()
 
 setup, watch = st.columns([5, 7], gap="large")
 with setup.container(height=620, border=False):  # scrolls; the buttons below stay in view
@@ -47,8 +48,10 @@ with setup.container(height=620, border=False):  # scrolls; the buttons below st
     val_split = c[0].number_input("Validation split", 0.05, 0.9, 0.2, 0.05, key="val_split")
     seed = c[1].number_input("Seed", 0, 2**31 - 1, 42, key="seed")
     t = st.columns(2)
-    augment = t[0].toggle("Augmentation", key="augment")
-    cache = t[1].toggle("Feature cache", True, key="cache", help=CACHE_HELP)
+    augment = t[0].toggle("Augmentation", DEFAULTS.augment, key="augment")
+    cache = t[1].toggle(
+        "Feature cache", DEFAULTS.feature_cache == "auto", key="cache", help=CACHE_HELP
+    )
     augs = st.pills("Augmentations", AUGMENTATIONS, selection_mode="multi", default=AUGMENTATIONS,
                     key="augs", disabled=not augment, label_visibility="collapsed")  # fmt: skip
     st.subheader("Schedule", divider="gray")

@@ -13,7 +13,7 @@ from core.config import RunConfig
 from core.jobs import JobQueue
 from core.store import COMPLETED
 
-LITE = RunConfig(data="builtin:faces", image_size=64, epochs=2)
+LITE = RunConfig(data="builtin:faces", image_size=64, epochs=2, augment=False)
 
 
 def test_cache_applies_only_to_feature_extraction_without_augmentation() -> None:

@@ -17,12 +17,12 @@ def codes(findings: list[dict], level: str | None = None) -> set[str]:
 @pytest.mark.parametrize(
     ("config", "train_images"),
     [
-        (RunConfig(), None),
-        (RunConfig(), 200),
+        (RunConfig(augment=False), None),
+        (RunConfig(augment=False), 200),
         (FINE, 500),
         (RunConfig(mode="full_fine_tuning"), 50_000),
         (RunConfig.from_dict({"augment": True, "feature_cache": "off"}), 300),
-        (RunConfig(backbone="mobilenet_v2", image_size=224), None),
+        (RunConfig(backbone="mobilenet_v2", image_size=224, augment=False), None),
         (RunConfig(mode="scratch", weights="none"), 20_000),
     ],
 )
@@ -86,7 +86,7 @@ def test_scratch_with_few_images():
 
 
 def test_frozen_random_base():
-    found = lint_config(RunConfig(weights="none"))
+    found = lint_config(RunConfig(weights="none", augment=False))
     assert codes(found) == {"transfer_without_pretrained_weights"}
 
 
