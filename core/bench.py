@@ -1,0 +1,701 @@
+"""Reproducible benchmark of the engine's speed claims, on data it generates itself.
+
+``run_bench`` writes a seeded folder dataset of JPEG texture photos (random crops, scales, turns,
+flips, lighting and JPEG quality of scikit-image's brick, grass and gravel photos), then measures
+four figures, each as a ratio against a baseline measured in the same process, so machine speed
+and load cancel out as far as they can on a shared CPU:
+
+1. feature cache: a feature-extraction run with ``feature_cache="auto"`` and a cold embedding
+   cache vs the same run with ``"off"`` (the seeds' per-epoch frozen-base pipeline);
+2. warm cache: a second cached run with another head on the same data vs the cold one;
+3. input pipeline: training throughput of a trainable model fed from image files
+   (``make_dataset``) vs from the same pixels already in memory;
+4. predict latency: one image through a finished 224 px run, warmed, several ways of calling
+   the model.
+
+Targets are reported, never asserted: timings on a shared machine are noisy. Each run's
+``duration_s`` is also split into stages (data scan, model build, feature pass, fit, save) by
+timing the engine's own functions while the benchmark runs, so a missed target says where the
+time went.
+"""
+
+from __future__ import annotations
+
+import contextlib
+import functools
+import io
+import json
+import math
+import os
+import platform
+import shutil
+import tempfile
+import time
+from collections.abc import Callable, Iterator
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+
+from core.config import RunConfig
+
+ProgressCb = Callable[[str], None]
+
+DATA_VERSION = 1  # bump when the generator changes so cached copies are rebuilt
+DATA_SEED = 20240607
+DATA_CLASSES = ("brick", "grass", "gravel")
+FILE_SIZE = 160  # px of the written JPEGs (the model resizes them, as with real photos)
+MARKER = ".bench-complete.json"
+BACKBONE = "efficientnet_lite0"
+PREDICT_SIZE = 224
+TARGETS = {
+    "feature_cache": 8.0,  # x faster, with validation accuracy within ACCURACY_POINTS
+    "warm_cache": 20.0,  # x faster than the cold cached run
+    "input_pipeline": 0.9,  # files / memory throughput
+    "predict_latency": 50.0,  # ms, p50
+}
+ACCURACY_POINTS = 2.0
+
+
+# --------------------------------------------------------------------------- data
+
+
+def _texture_image(photo: np.ndarray, rng: np.random.Generator) -> np.ndarray:
+    """One random view of a 512 px grayscale texture photo, as a FILE_SIZE RGB image."""
+    from PIL import Image
+
+    height, width = photo.shape
+    side = int(rng.integers(48, min(height, width) + 1))  # scale: fine grain to whole photo
+    top = int(rng.integers(0, height - side + 1))
+    left = int(rng.integers(0, width - side + 1))
+    crop = np.rot90(photo[top : top + side, left : left + side], k=int(rng.integers(0, 4)))
+    if rng.random() < 0.5:
+        crop = crop[:, ::-1]
+    pixels = crop.astype(np.float32) * rng.uniform(0.6, 1.4) + rng.uniform(-40.0, 40.0)
+    # A colour cast per image, so that the class is not given away by colour statistics alone.
+    rgb = pixels[:, :, None] * rng.uniform(0.8, 1.2, size=3)[None, None, :]
+    image = Image.fromarray(np.clip(rgb, 0, 255).astype(np.uint8), "RGB")
+    return np.asarray(image.resize((FILE_SIZE, FILE_SIZE), Image.Resampling.BILINEAR))
+
+
+def generate_dataset(root: Path, images_per_class: int, seed: int = DATA_SEED) -> dict[str, Any]:
+    """Write (or reuse) ``root/<class>/<class>_NNNN.jpg``; returns a description of the data.
+
+    Deterministic for a given seed and count. A marker written last says the folder is
+    complete; an incomplete or different folder is rebuilt atomically (temp folder, rename).
+    """
+    from PIL import Image
+    from skimage import data as skdata
+
+    spec = {
+        "version": DATA_VERSION,
+        "seed": seed,
+        "classes": list(DATA_CLASSES),
+        "images_per_class": images_per_class,
+        "file_size": FILE_SIZE,
+    }
+    started = time.perf_counter()
+    marker = root / MARKER
+    reused = False
+    try:
+        reused = json.loads(marker.read_text()) == spec
+    except (OSError, ValueError):
+        pass
+    if not reused:
+        root.parent.mkdir(parents=True, exist_ok=True)
+        tmp = Path(tempfile.mkdtemp(prefix=f".{root.name}.tmp-", dir=root.parent))
+        try:
+            for index, name in enumerate(DATA_CLASSES):
+                photo = np.asarray(getattr(skdata, name)(), dtype=np.uint8)
+                # One generator per class: changing one class never changes another's images.
+                rng = np.random.default_rng([seed, index])
+                folder = tmp / name
+                folder.mkdir()
+                for i in range(images_per_class):
+                    quality = int(rng.integers(70, 96))
+                    Image.fromarray(_texture_image(photo, rng)).save(
+                        folder / f"{name}_{i:04d}.jpg", format="JPEG", quality=quality
+                    )
+            (tmp / MARKER).write_text(json.dumps(spec))
+            if root.exists():
+                shutil.rmtree(root)
+            os.rename(tmp, root)
+        finally:
+            shutil.rmtree(tmp, ignore_errors=True)
+    files = sorted(str(p) for p in root.glob("*/*.jpg"))
+    return {
+        **spec,
+        "root": str(root),
+        "files": len(files),
+        "bytes": sum(os.path.getsize(p) for p in files),
+        "generated_s": round(time.perf_counter() - started, 2),
+        "reused": reused,
+    }
+
+
+# --------------------------------------------------------------------------- stage timing
+
+
+class _StageClock:
+    """Seconds spent in named engine functions while the current run trains."""
+
+    def __init__(self) -> None:
+        self.current: dict[str, float] = {}
+
+    def reset(self) -> dict[str, float]:
+        previous, self.current = self.current, {}
+        return previous
+
+    def wrap(self, name: str, fn: Callable[..., Any]) -> Callable[..., Any]:
+        @functools.wraps(fn)
+        def timed(*args: Any, **kwargs: Any) -> Any:
+            start = time.perf_counter()
+            try:
+                return fn(*args, **kwargs)
+            finally:
+                self.current[name] = self.current.get(name, 0.0) + time.perf_counter() - start
+
+        return timed
+
+
+@contextlib.contextmanager
+def _stage_timers(clock: _StageClock) -> Iterator[None]:
+    """Time the engine's stages in place, without changing the engine.
+
+    The trainer imports these functions at call time (``from core.data import load_dataset``
+    inside ``prepare``), so wrapping the module attributes catches every call. Everything is
+    restored on exit.
+    """
+    import core.data
+    import core.features
+    import core.model_builder
+    import core.training
+
+    targets = [
+        (core.data, "load_dataset", "scan"),
+        (core.model_builder, "build_model", "build"),
+        (core.features, "features_for", "features"),
+        (core.features, "cache_key", "hash"),  # inside "features": file digests for the key
+        (core.training._Trainer, "train", "fit"),
+        (core.training._Trainer, "save", "save"),
+    ]
+    originals = [(owner, attr, getattr(owner, attr)) for owner, attr, _ in targets]
+    try:
+        for owner, attr, name in targets:
+            setattr(owner, attr, clock.wrap(name, getattr(owner, attr)))
+        yield
+    finally:
+        for owner, attr, original in originals:
+            setattr(owner, attr, original)
+
+
+def _breakdown(stages: dict[str, float], duration: float) -> dict[str, float]:
+    """Stage seconds, plus ``other`` (store writes, queue hand-over...) up to ``duration_s``."""
+    top = ("scan", "build", "features", "fit", "save")
+    out = {f"{k}_s": round(stages.get(k, 0.0), 3) for k in (*top, "hash")}
+    out["other_s"] = round(max(duration - sum(stages.get(k, 0.0) for k in top), 0.0), 3)
+    return out
+
+
+# --------------------------------------------------------------------------- runs
+
+
+def _run(
+    jobs: Any, clock: _StageClock, config: RunConfig, say: ProgressCb, label: str
+) -> dict[str, Any]:
+    """Train one run through the job queue; its result with a stage breakdown."""
+    from core.errors import StudioError
+
+    def epoch(rec: dict[str, Any]) -> None:
+        val = rec.get("val_accuracy")
+        val_text = "-" if val is None else f"{val:.3f}"
+        say(f"  {label}: epoch {rec['epoch']}/{config.planned_epochs} val_acc {val_text}")
+
+    clock.reset()
+    started = time.perf_counter()
+    run_id = jobs.submit(config, progress=epoch)
+    status = jobs.wait(run_id)
+    wall = time.perf_counter() - started
+    result = jobs.store.result(run_id)
+    if status != "completed":
+        raise StudioError(f"Benchmark run {label} ({run_id}) {status}: {result.get('error')}")
+    duration = float(result["duration_s"])
+    stage = result.get("stage") or {}
+    rate = stage.get("images_per_s") or 0.0
+    history = result["history"]
+    out = {
+        "run_id": run_id,
+        "duration_s": round(duration, 2),
+        "wall_s": round(wall, 2),
+        "best_val_accuracy": _float(result["best_val_accuracy"]),
+        "final_val_accuracy": _float((history.get("val_accuracy") or [None])[-1]),
+        "epochs": len(history.get("epoch") or []),
+        "train_images": result["train_images"],
+        "val_images": result["val_images"],
+        "profile": _breakdown(clock.reset(), duration),
+    }
+    if stage:
+        # describe_stage reports images/s over the whole feature stage: invert it for seconds.
+        out["feature_stage"] = {
+            "cached": bool(stage.get("cached")),
+            "images": int(stage.get("total") or 0),
+            "seconds": round(stage["total"] / rate, 3) if rate else None,
+        }
+    say(
+        f"  {label}: {duration:.1f} s, best val_acc {out['best_val_accuracy']}, "
+        f"stages {out['profile']}"
+    )
+    return out
+
+
+def _float(value: Any) -> float | None:
+    return None if value is None else float(value)
+
+
+def _clear_embeddings(config: RunConfig, paths: list[str], image_size: int) -> bool:
+    """Delete the cached features the run of ``config`` would reuse; whether one existed."""
+    from core.features import cache_key, embedding_cache_dir
+
+    key = cache_key(config, image_size, paths)
+    if key is None:
+        return False
+    entry = embedding_cache_dir() / f"{key}.npy"
+    existed = entry.is_file()
+    entry.unlink(missing_ok=True)
+    return existed
+
+
+# --------------------------------------------------------------------------- figure 3
+
+
+def _throughput(
+    train_paths: list[str],
+    train_labels: list[int],
+    num_classes: int,
+    image_size: int,
+    batch_size: int,
+    rounds: int,
+    say: ProgressCb,
+    tiny_model: bool = False,
+) -> dict[str, Any]:
+    """Images/s of a trainable model fed from files vs from in-memory arrays (alternating)."""
+    import keras
+    import tensorflow as tf
+
+    from core.model_builder import build_model, compile_model, set_phase
+    from core.pipeline import load_batch, make_dataset
+
+    if tiny_model:
+        # Quick mode only checks the plumbing: a small CNN traces in a second where a trainable
+        # EfficientNet takes half a minute.
+        model = keras.Sequential(
+            [
+                keras.Input((image_size, image_size, 3)),
+                keras.layers.Rescaling(1 / 255.0),
+                keras.layers.Conv2D(8, 3, strides=2, activation="relu"),
+                keras.layers.GlobalAveragePooling2D(),
+                keras.layers.Dense(num_classes, activation="softmax"),
+            ]
+        )
+        description = f"small CNN at {image_size} px, batch {batch_size} (quick mode)"
+    else:
+        config = RunConfig(
+            backbone=BACKBONE, weights="none", mode="scratch", image_size=image_size, seed=0
+        )
+        built = build_model(config, num_classes)
+        set_phase(config, built, "scratch")
+        model = built.model
+        description = f"{BACKBONE} fully trainable (scratch) at {image_size} px, batch {batch_size}"
+    compile_model(model, 1e-3)
+
+    n = len(train_paths)
+    files_ds = make_dataset(
+        train_paths, train_labels, image_size, batch_size, training=True, seed=0
+    )
+    pixels = load_batch(train_paths, image_size)  # the same decoded pixels, float32 0-255
+    memory_ds = (
+        tf.data.Dataset.from_tensor_slices((pixels, np.asarray(train_labels, np.int32)))
+        .shuffle(n, seed=0, reshuffle_each_iteration=True)
+        .batch(batch_size)
+        .prefetch(tf.data.AUTOTUNE)
+    )
+
+    class EpochTimer(keras.callbacks.Callback):
+        seconds = 0.0
+
+        def on_epoch_begin(self, epoch: int, logs: dict | None = None) -> None:
+            self.start = time.perf_counter()
+
+        def on_epoch_end(self, epoch: int, logs: dict | None = None) -> None:
+            self.seconds = time.perf_counter() - self.start
+
+    def epoch_rate(ds: Any) -> float:
+        timer = EpochTimer()
+        model.fit(ds, epochs=1, verbose=0, callbacks=[timer], shuffle=False)
+        return n / timer.seconds
+
+    rates: dict[str, list[float]] = {"files": [], "memory": []}
+    feeds = {"files": files_ds, "memory": memory_ds}
+    # The warm-up epochs trace the train step and fill make_dataset's decoded-image cache (what
+    # every epoch after a real run's first one reads).
+    first_files = epoch_rate(files_ds)
+    epoch_rate(memory_ds)
+    for r in range(rounds):
+        # Short alternating epochs, first one feed then the other, then the other way round:
+        # other users' load on a shared machine drifts over seconds, and this spreads it evenly.
+        for name in ("files", "memory") if r % 2 == 0 else ("memory", "files"):
+            rates[name].append(epoch_rate(feeds[name]))
+        say(
+            f"  round {r + 1}/{rounds}: files {rates['files'][-1]:.1f} img/s, "
+            f"memory {rates['memory'][-1]:.1f} img/s"
+        )
+    files, memory = float(np.median(rates["files"])), float(np.median(rates["memory"]))
+    # The median of per-round ratios: each round's two epochs saw about the same load.
+    ratio = float(np.median(np.divide(rates["files"], rates["memory"])))
+    return {
+        "model": description,
+        "images_per_epoch": n,
+        "rounds": rounds,
+        "files_images_per_s": round(files, 2),
+        "memory_images_per_s": round(memory, 2),
+        "files_first_epoch_images_per_s": round(first_files, 2),
+        "files_rounds": [round(x, 2) for x in rates["files"]],
+        "memory_rounds": [round(x, 2) for x in rates["memory"]],
+        "ratio": round(ratio, 3),
+        "target": TARGETS["input_pipeline"],
+        "met": ratio >= TARGETS["input_pipeline"],
+    }
+
+
+# --------------------------------------------------------------------------- figure 4
+
+
+def _percentiles(samples_ms: list[float]) -> dict[str, float]:
+    arr = np.asarray(samples_ms)
+    return {
+        "p50_ms": round(float(np.percentile(arr, 50)), 2),
+        "p95_ms": round(float(np.percentile(arr, 95)), 2),
+        "mean_ms": round(float(arr.mean()), 2),
+    }
+
+
+def _latency(store: Any, run_id: str, image_path: str, reps: int, warmup: int) -> dict[str, Any]:
+    """Latency of one image through a finished run: the playground path and raw model calls."""
+    import tensorflow as tf
+
+    from core.images import load_rgb
+    from core.predict import load_run, predict_images
+
+    run = load_run(store, run_id)
+    model, size = run.model, run.image_size
+    image_bytes = Path(image_path).read_bytes()
+
+    def decode() -> np.ndarray:
+        return load_rgb(io.BytesIO(image_bytes), size)[None].astype(np.float32)
+
+    # A fixed signature: one trace, no retracing per call.
+    compiled = tf.function(
+        lambda x: model(x, training=False),
+        input_signature=[tf.TensorSpec((1, size, size, 3), tf.float32)],
+    )
+    calls: dict[str, Callable[[np.ndarray], Any]] = {
+        "model_call": lambda x: np.asarray(model(x, training=False)),
+        "predict_on_batch": lambda x: np.asarray(model.predict_on_batch(x)),
+        "tf_function": lambda x: np.asarray(compiled(tf.constant(x))),
+    }
+    x = decode()
+    # Every way of calling must give the playground's probabilities.
+    reference = np.asarray(model(x, training=False))
+    for fn in calls.values():
+        np.testing.assert_allclose(fn(x), reference, rtol=1e-3, atol=1e-4)
+
+    # End to end: what one playground prediction costs (bytes in, probabilities out).
+    end_to_end: dict[str, Callable[[], Any]] = {
+        "predict_images": lambda: predict_images(store, run_id, [image_bytes], top_k=3),
+        **{
+            f"decode+{name}": functools.partial(lambda fn: fn(decode()), fn)
+            for name, fn in calls.items()
+        },
+    }
+    call_only = {name: functools.partial(fn, x) for name, fn in calls.items()}
+    probes: dict[str, Callable[[], Any]] = {**end_to_end, **call_only, "decode": decode}
+    samples: dict[str, list[float]] = {name: [] for name in probes}
+    for rep in range(warmup + reps):
+        # Round-robin, so load from other users hits every method alike.
+        for name, fn in probes.items():
+            start = time.perf_counter()
+            fn()
+            if rep >= warmup:
+                samples[name].append((time.perf_counter() - start) * 1000.0)
+    stats = {name: _percentiles(values) for name, values in samples.items()}
+    best = min(end_to_end, key=lambda name: stats[name]["p50_ms"])
+    baseline = stats["predict_images"]["p50_ms"]
+    p50, p95 = stats[best]["p50_ms"], stats[best]["p95_ms"]
+    return {
+        "backbone": BACKBONE,
+        "image_size": size,
+        "reps": reps,
+        "warmup": warmup,
+        "method": best,
+        "p50_ms": p50,
+        "p95_ms": p95,
+        "playground_p50_ms": baseline,
+        "playground_p95_ms": stats["predict_images"]["p95_ms"],
+        "end_to_end": {name: stats[name] for name in end_to_end},
+        "call_only": {name: stats[name] for name in call_only},
+        "decode": stats["decode"],
+        # Baseline: the playground's own path (predict_images); >1 means a faster call exists.
+        "ratio": round(baseline / p50, 3) if p50 > 0 else None,
+        "target": TARGETS["predict_latency"],
+        "met": p50 <= TARGETS["predict_latency"],
+        "playground_met": baseline <= TARGETS["predict_latency"],
+    }
+
+
+# --------------------------------------------------------------------------- main
+
+
+def _machine() -> dict[str, Any]:
+    import keras
+    import tensorflow as tf
+
+    try:
+        usable = len(os.sched_getaffinity(0))
+    except AttributeError:  # not on Linux
+        usable = os.cpu_count()
+    return {
+        "cpu_count": os.cpu_count(),
+        "usable_cpus": usable,
+        "platform": platform.platform(),
+        "processor": platform.processor() or platform.machine(),
+        "python": platform.python_version(),
+        "tensorflow": tf.__version__,
+        "keras": keras.__version__,
+        "load_average_start": [round(x, 2) for x in os.getloadavg()],
+    }
+
+
+def run_bench(
+    out_dir: Path | None = None,
+    images_per_class: int = 700,
+    image_size: int = 112,
+    epochs: int = 10,
+    quick: bool = False,
+    progress: Callable[[str], None] | None = None,
+) -> dict[str, Any]:
+    """Generate the data, measure the four figures; a JSON-able dict (see module docstring).
+
+    ``out_dir`` (default ``<studio home>/bench``) keeps the generated data between runs (it is
+    deterministic, so it is reused) and this benchmark's run store (emptied at each start).
+    ``quick`` shrinks everything to seconds, for tests: its numbers mean nothing.
+    """
+    from core.data import load_dataset
+    from core.errors import StudioError
+    from core.features import cache_reason
+    from core.jobs import JobQueue
+    from core.paths import studio_home
+
+    say = progress or (lambda _msg: None)
+    if quick:
+        images_per_class, image_size, epochs = 10, 64, 2
+    batch = 8 if quick else 32
+    rounds = 1 if quick else 6
+    reps, warmup = (5, 2) if quick else (100, 10)
+    predict_per_class = 12
+    pipeline_images = batch * (2 if quick else 8)
+
+    bench_started = time.perf_counter()
+    out = Path(out_dir) if out_dir is not None else studio_home() / "bench"
+    out.mkdir(parents=True, exist_ok=True)
+    tag = f"textures-{len(DATA_CLASSES)}x{images_per_class}-v{DATA_VERSION}"
+    say(f"data: {len(DATA_CLASSES)} classes x {images_per_class} JPEGs in {out / tag}")
+    data_info = generate_dataset(out / tag, images_per_class)
+    predict_info: dict[str, Any] | None = None
+    if not quick:
+        predict_info = generate_dataset(
+            out / f"textures-{len(DATA_CLASSES)}x{predict_per_class}-v{DATA_VERSION}",
+            predict_per_class,
+            seed=DATA_SEED + 1,
+        )
+    runs_dir = out / "bench-runs"
+    shutil.rmtree(runs_dir, ignore_errors=True)  # this benchmark's own store: start empty
+    jobs = JobQueue(runs_dir)
+    clock = _StageClock()
+    machine = _machine()
+
+    # Every field that changes the work is pinned: a later change of RunConfig's defaults (say,
+    # augmentation on) must not silently change what the figures measure.
+    base = RunConfig(
+        backbone=BACKBONE,
+        weights="imagenet",
+        mode="feature_extraction",
+        data=data_info["root"],
+        image_size=image_size,
+        batch_size=batch,
+        epochs=epochs,
+        lr=1e-3,
+        augment=False,  # the feature cache applies only without augmentation
+        val_split=0.2,
+        seed=42,
+        feature_cache="auto",
+        dropout=0.2,
+        dense_units=256,
+        name="bench",
+    )
+    reason = cache_reason(base)
+    if reason is not None:  # a guard against the above drifting, not a user error
+        raise StudioError(f"The benchmark's cached runs would not use the feature cache: {reason}")
+    figures: dict[str, Any] = {}
+    predict_run: dict[str, Any] | None = None
+    predict_size = PREDICT_SIZE
+    with _stage_timers(clock):
+        if predict_info is not None:
+            # Warm-up and figure 4's model at once: a short 224 px run pays the process's
+            # one-off costs (first model build, weight conversion, first traces) before
+            # anything is timed.
+            say(f"warm-up: 1-epoch {BACKBONE} run at {predict_size} px (also figure 4's model)")
+            predict_cfg = base.with_changes(
+                data=predict_info["root"], image_size=predict_size, epochs=1, name="bench-predict"
+            )
+            # Same work at every invocation: the warm-up computes its features too.
+            warm_index = load_dataset(predict_cfg.data, val_split=base.val_split, seed=base.seed)
+            _clear_embeddings(
+                predict_cfg, [*warm_index.train_paths, *warm_index.val_paths], predict_size
+            )
+            predict_run = _run(jobs, clock, predict_cfg, say, "warm-up")
+
+        # Figure 1 and 2: the embedding cache must be cold for the first cached run.
+        index = load_dataset(base.data, val_split=base.val_split, seed=base.seed)
+        paths = list(index.train_paths) + list(index.val_paths)
+        had_entry = _clear_embeddings(base, paths, image_size)
+        say(f"figure 1: cached run, cold embedding cache ({epochs} epochs)")
+        cold = _run(jobs, clock, base.with_changes(name="bench-cold"), say, "cached (cold)")
+        say("figure 2: cached run with another head, warm embedding cache")
+        warm_cfg = base.with_changes(dense_units=128, lr=5e-4, name="bench-warm")
+        warm = _run(jobs, clock, warm_cfg, say, "cached (warm)")
+        say(f"figure 1: per-epoch frozen-base run, feature_cache=off ({epochs} epochs)")
+        off = _run(
+            jobs, clock, base.with_changes(feature_cache="off", name="bench-off"), say, "per-epoch"
+        )
+
+    speedup = off["duration_s"] / cold["duration_s"]
+    acc_points = abs((cold["best_val_accuracy"] or 0.0) - (off["best_val_accuracy"] or 0.0))
+    acc_points *= 100.0
+    figures["feature_cache"] = {
+        "cached": cold,
+        "per_epoch": off,
+        "accuracy_difference_points": round(acc_points, 2),
+        "embedding_entry_removed": had_entry,
+        "ratio": round(speedup, 3),
+        "target": TARGETS["feature_cache"],
+        "accuracy_target_points": ACCURACY_POINTS,
+        "met": speedup >= TARGETS["feature_cache"] and acc_points <= ACCURACY_POINTS,
+    }
+    warm_ratio = cold["duration_s"] / warm["duration_s"]
+    cold_stage = (cold.get("feature_stage") or {}).get("seconds")
+    warm_stage = (warm.get("feature_stage") or {}).get("seconds")
+    figures["warm_cache"] = {
+        "cold": {k: cold[k] for k in ("run_id", "duration_s", "feature_stage", "profile")},
+        "warm": warm,
+        "feature_stage_ratio": (
+            round(cold_stage / warm_stage, 1) if cold_stage and warm_stage else None
+        ),
+        "ratio": round(warm_ratio, 3),
+        "target": TARGETS["warm_cache"],
+        "met": warm_ratio >= TARGETS["warm_cache"],
+    }
+
+    say(f"figure 3: training throughput, files vs memory ({rounds} rounds after a warm-up)")
+    step = max(len(index.train_paths) // pipeline_images, 1)
+    chosen = list(range(0, len(index.train_paths), step))[:pipeline_images]
+    figures["input_pipeline"] = _throughput(
+        [index.train_paths[i] for i in chosen],
+        [index.train_labels[i] for i in chosen],
+        len(index.class_names),
+        image_size,
+        batch,
+        rounds,
+        say,
+        tiny_model=quick,
+    )
+
+    if predict_run is None:  # quick: no warm-up run; figure 4 uses the cold run's model
+        predict_run, predict_size = cold, image_size
+    say(f"figure 4: one-image prediction latency at {predict_size} px ({reps} reps)")
+    one_image = sorted(Path((predict_info or data_info)["root"]).glob("*/*.jpg"))[0]
+    latency = _latency(jobs.store, predict_run["run_id"], str(one_image), reps, warmup)
+    latency["run_id"] = predict_run["run_id"]
+    figures["predict_latency"] = latency
+
+    machine["load_average_end"] = [round(x, 2) for x in os.getloadavg()]
+    result = {
+        "figures": figures,
+        "data": {
+            **data_info,
+            "classes_found": len(index.class_names),
+            "train_images": len(index.train_paths),
+            "val_images": len(index.val_paths),
+            "image_size": image_size,
+            "predict_data": predict_info,
+        },
+        "settings": {
+            "backbone": BACKBONE,
+            "image_size": image_size,
+            "epochs": epochs,
+            "batch_size": batch,
+            "quick": quick,
+            "runs_dir": str(runs_dir),
+            "warmup_run": predict_run,
+        },
+        "machine": machine,
+        "total_s": round(time.perf_counter() - bench_started, 1),
+        "date": time.strftime("%Y-%m-%d %H:%M:%S %Z"),
+    }
+    # Guard the contract: plain JSON types only.
+    return json.loads(json.dumps(result, allow_nan=False))
+
+
+def _met(value: bool) -> str:
+    return "met" if value else "MISSED"
+
+
+def format_bench(result: dict[str, Any]) -> str:
+    """Human-readable lines, one per figure, then the machine."""
+    f = result["figures"]
+    fc, wc, ip, pl = f["feature_cache"], f["warm_cache"], f["input_pipeline"], f["predict_latency"]
+    cached, off = fc["cached"], fc["per_epoch"]
+    warm_stage = (wc["warm"].get("feature_stage") or {}).get("seconds")
+    cold_stage = (cached.get("feature_stage") or {}).get("seconds")
+    warm_s = wc["warm"]["duration_s"]
+    m, d = result["machine"], result["data"]
+    lines = [
+        f"data: {d['files']} JPEGs, {d['classes_found']} classes ({d['train_images']} train / "
+        f"{d['val_images']} val), {BACKBONE} at {d['image_size']} px, "
+        f"{result['settings']['epochs']} epochs",
+        f"1. feature cache: {fc['ratio']:.1f}x faster (cached {cached['duration_s']:.1f} s vs "
+        f"per-epoch {off['duration_s']:.1f} s), best val acc {cached['best_val_accuracy']:.3f} vs "
+        f"{off['best_val_accuracy']:.3f} ({fc['accuracy_difference_points']:.1f} points) — "
+        f"target ≥ {fc['target']:g}x within {fc['accuracy_target_points']:g} points: "
+        f"{_met(fc['met'])}",
+        f"2. warm embedding cache: {wc['ratio']:.1f}x faster (warm {warm_s:.1f} s vs cold "
+        f"{cached['duration_s']:.1f} s; feature stage {_secs(warm_stage)} vs "
+        f"{_secs(cold_stage)}) — target ≥ {wc['target']:g}x: {_met(wc['met'])}",
+        f"3. input pipeline: {ip['ratio']:.2f} (files {ip['files_images_per_s']:.1f} img/s vs "
+        f"memory {ip['memory_images_per_s']:.1f} img/s, {ip['model']}) — "
+        f"target ≥ {ip['target']:g}: {_met(ip['met'])}",
+        f"4. predict latency ({pl['image_size']} px, one image): p50 {pl['p50_ms']:.1f} ms, "
+        f"p95 {pl['p95_ms']:.1f} ms via {pl['method']} (playground predict_images p50 "
+        f"{pl['playground_p50_ms']:.1f} ms, {pl['ratio']:.2f}x) — target p50 ≤ "
+        f"{pl['target']:g} ms: {_met(pl['met'])}",
+        "   model call only: "
+        + ", ".join(f"{k} p50 {v['p50_ms']:.1f} ms" for k, v in pl["call_only"].items())
+        + f"; decode p50 {pl['decode']['p50_ms']:.1f} ms",
+        f"machine: {m['usable_cpus']} CPUs, TensorFlow {m['tensorflow']}, Keras {m['keras']}, "
+        f"load {m['load_average_start'][0]:.1f} → {m['load_average_end'][0]:.1f}; "
+        f"total {result['total_s']:.0f} s",
+    ]
+    return "\n".join(lines)
+
+
+def _secs(value: float | None) -> str:
+    return "-" if value is None or not math.isfinite(value) else f"{value:.2f} s"
