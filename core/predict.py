@@ -26,6 +26,11 @@ class LoadedRun:
     model: Any
     class_names: list[str]
     image_size: int
+    forward: Any = None  # compiled model call; an eager call is ~7x slower per image
+
+    def __call__(self, batch: np.ndarray) -> np.ndarray:
+        """Probabilities for a float32 batch of raw 0-255 pixels."""
+        return np.asarray(self.forward(batch) if self.forward else self.model(batch))
 
 
 _CACHE: dict[tuple[str, str, float], LoadedRun] = {}
@@ -56,7 +61,14 @@ def load_run(store: RunStore, run_id: str) -> LoadedRun:
                     "The file may be corrupt; re-run the training."
                 ) from exc
             size = int(model.inputs[0].shape[1])
-            _CACHE[key] = LoadedRun(run_id, model, list(row["class_names"]), size)
+            import tensorflow as tf
+
+            forward = tf.function(
+                lambda x: model(x, training=False),
+                input_signature=[tf.TensorSpec((None, size, size, 3), tf.float32)],
+            )
+            forward(np.zeros((1, size, size, 3), np.float32))  # trace now, not on first upload
+            _CACHE[key] = LoadedRun(run_id, model, list(row["class_names"]), size, forward)
         return _CACHE[key]
 
 
@@ -82,7 +94,7 @@ def predict_images(
     for image in images:
         start = time.perf_counter()
         batch = _to_array(image, run.image_size)[None].astype(np.float32)
-        probs = np.asarray(run.model(batch, training=False))[0]
+        probs = run(batch)[0]
         latency = (time.perf_counter() - start) * 1000.0
         order = np.argsort(probs)[::-1][:k]
         results.append(

@@ -25,6 +25,7 @@ from core.store import COMPLETED, FAILED, STOPPED, RunStore
 ProgressFn = Callable[[dict[str, Any]], None]
 MODEL_FILE = "model.keras"
 CHECKPOINT_FILE = "checkpoint.weights.h5"
+BATCH_FLUSH_S = 0.5  # how often buffered per-batch metrics reach the store
 CHECKPOINT_META = "checkpoint.json"
 
 
@@ -55,6 +56,15 @@ class StoreMetricsCallback(keras.callbacks.Callback):
         self._epoch_images = 0
         self._epoch = 0
         self._last_store_check = 0.0
+        self._pending: list[dict[str, Any]] = []
+        self._last_flush = time.monotonic()
+
+    def _flush(self) -> None:
+        """Write buffered batch records: live enough for the charts, one commit per flush."""
+        if self._pending:
+            self.store.add_batches(self.run_id, self._pending)
+            self._pending = []
+        self._last_flush = time.monotonic()
 
     def _lr(self) -> float:
         return float(keras.ops.convert_to_numpy(self.model.optimizer.learning_rate))
@@ -82,9 +92,9 @@ class StoreMetricsCallback(keras.callbacks.Callback):
         elapsed = max(time.perf_counter() - self._batch_start, 1e-9)
         self.global_step += 1
         self._epoch_images += self.batch_size
-        self.store.add_batch(
-            self.run_id,
+        self._pending.append(
             {
+                "t": time.time(),
                 "global_step": self.global_step,
                 "phase": self.phase,
                 "epoch": self.epoch_offset + self._epoch + 1,
@@ -94,14 +104,20 @@ class StoreMetricsCallback(keras.callbacks.Callback):
                 "accuracy": float(logs.get("accuracy", float("nan"))),
                 "lr": self._lr(),
                 "images_per_s": float(self.batch_size / elapsed),
-            },
+            }
         )
+        if time.monotonic() - self._last_flush > BATCH_FLUSH_S:
+            self._flush()
         if self._stop_wanted():
             self.stopped_mid_epoch = batch + 1 < self.steps_per_epoch
             self.model.stop_training = True
 
+    def on_train_end(self, logs: dict | None = None) -> None:  # noqa: D102
+        self._flush()
+
     def on_epoch_end(self, epoch: int, logs: dict | None = None) -> None:  # noqa: D102
         logs = logs or {}
+        self._flush()
         if self.stopped_mid_epoch:
             return  # a partial epoch is not a finished epoch: keep the history honest
         elapsed = max(time.perf_counter() - self._epoch_start, 1e-9)

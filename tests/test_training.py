@@ -48,11 +48,11 @@ def test_metrics_stream_during_training_and_stop_within_one_batch(queue: JobQueu
         k for k, v in epoch.items() if v is not None
     }
 
-    step_at_stop = queue.store.batches(run_id)[-1]["global_step"]
+    stop_time = time.time()
     queue.stop(run_id)
     assert queue.wait(run_id, timeout=120) == STOPPED
-    last_step = queue.store.batches(run_id)[-1]["global_step"]
-    assert last_step - step_at_stop <= 2, "stop honoured within one batch (plus the one in flight)"
+    after = [b for b in queue.store.batches(run_id) if b["t"] > stop_time]
+    assert len(after) <= 2, "stop honoured within one batch (plus the one in flight)"
     result = queue.store.result(run_id)
     assert 1 <= result["epochs_done"] < 200
     # Only whole epochs are in the history: a stop mid-epoch records no partial epoch.
