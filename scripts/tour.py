@@ -10,6 +10,7 @@ Starts `streamlit run` on a free port with a fresh studio home, then: Home → "
 from __future__ import annotations
 
 import argparse
+import re
 import sys
 import time
 from pathlib import Path
@@ -21,7 +22,6 @@ from test_e2e_browser import (  # noqa: E402  (reuses the e2e test's helpers)
     CHROMIUM,
     CHROMIUM_ARGS,
     _number,
-    _select,
     _settle,
     server,
 )
@@ -84,15 +84,18 @@ def main() -> None:
             shot(page, "08_compare")
             page.goto(f"{url}/Predict")
             _settle(page)
-            for label in ("fine_tuning", "full_fine_tuning"):
-                try:
-                    _select(page, "models", label)
-                except Exception as exc:  # noqa: BLE001 - the tour goes on; the shot shows it
-                    print(f"could not add {label}: {exc}")
-            face = sorted((home / "data" / "builtin" / "faces" / "face").glob("*.png"))[0]
-            page.locator(".st-key-images input[type='file']").set_input_files(str(face))
+            # The newest run is preselected; add the other two modes of the comparison.
+            for pattern in (r"^\W*fine_tuning", r"^\W*feature_extraction"):
+                page.locator(".st-key-models input[role='combobox']").click()
+                page.get_by_role("option").filter(has_text=re.compile(pattern)).first.click()
+                _settle(page)
+                page.keyboard.press("Escape")
+            faces = home / "data" / "builtin" / "faces"
+            images = [sorted((faces / c).glob("*.png"))[3] for c in ("face", "not_face")]
+            page.locator(".st-key-images input[type='file']").set_input_files(images)
             _settle(page)
-            time.sleep(3)
+            time.sleep(25)  # first use of each model compiles its forward pass
+            _settle(page)
             shot(page, "09_predict")
             browser.close()
     finally:
