@@ -30,6 +30,9 @@ STATUS_ICONS = {
 PHASE_LABELS = {"head": "training the head", "fine_tune": "fine-tuning", "scratch": "from scratch"}
 ETA_WINDOW = 50  # recent batches used for the speed estimate
 MAX_UPLOAD_NAME_HASH = 16
+# Same cap as .streamlit/config.toml's server.maxUploadSize (MB), enforced here too in case the
+# server is started with a larger one.
+MAX_UPLOAD_BYTES = 200 * 1024 * 1024
 
 
 # --------------------------------------------------------------------------- submitting
@@ -344,6 +347,11 @@ def save_upload(data: bytes, suffix: str = ".zip") -> Path:
         raise DataError(f"Unsupported upload type {suffix!r}: only .zip archives are accepted.")
     if not data:
         raise DataError("The uploaded file is empty.")
+    if len(data) > MAX_UPLOAD_BYTES:
+        raise DataError(
+            f"The upload is {len(data) / 2**20:.0f} MB, above the {MAX_UPLOAD_BYTES // 2**20} MB "
+            "limit. Unzip it and choose the folder as a local path instead."
+        )
     folder = data_cache_dir() / "uploads"
     folder.mkdir(parents=True, exist_ok=True)
     digest = hashlib.sha256(data).hexdigest()[:MAX_UPLOAD_NAME_HASH]

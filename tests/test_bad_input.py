@@ -6,6 +6,7 @@ written outside the studio's own folders. The closing note of issue 5 is generat
 
 from __future__ import annotations
 
+import hashlib
 import io
 import os
 import struct
@@ -203,6 +204,17 @@ def test_zip_bomb_is_refused(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) ->
     )
     with pytest.raises(DataError, match="(?i)uncompressed|cap|limit"):
         load_dataset(str(small))
+
+
+def test_upload_above_the_size_limit_is_refused(monkeypatch: pytest.MonkeyPatch) -> None:
+    from core import dashboard
+
+    monkeypatch.setattr(dashboard, "MAX_UPLOAD_BYTES", 1000)
+    data = b"PK" + b"\0" * 2000
+    with pytest.raises(DataError, match="above the 0 MB limit"):
+        dashboard.save_upload(data)
+    digest = hashlib.sha256(data).hexdigest()[: dashboard.MAX_UPLOAD_NAME_HASH]
+    assert not (dashboard.data_cache_dir() / "uploads" / f"upload-{digest}.zip").exists()
 
 
 def test_corrupt_model_and_weights_files(tmp_path: Path) -> None:
