@@ -23,6 +23,7 @@ PAGES = (
     ("pages/2_Train.py", "Train", ":material/model_training:"),
     ("pages/3_Compare.py", "Compare", ":material/compare_arrows:"),
     ("pages/4_Predict.py", "Predict", ":material/image_search:"),
+    ("pages/5_Run.py", "Run", ":material/analytics:"),
 )
 POLL_SECONDS = 1.0
 

@@ -184,5 +184,11 @@ def test_train_then_predict_in_browser(server):
             expect(page.get_by_text(" ms", exact=False).first).to_be_visible()
             assert page.locator("[data-testid='stPlotlyChart'] .bars .point").count() >= 1
             _shot(page, "5_predict")
+
+            page.locator(".st-key-gradcam label").click()  # Grad-CAM beside the bars
+            expect(page.get_by_text("Grad-CAM ·")).to_be_visible()
+            _settle(page)
+            expect(page.get_by_text("feature map is 1×1")).to_be_visible()  # a 32 px model
+            _shot(page, "6_predict_gradcam")
         finally:
             browser.close()

@@ -1,0 +1,75 @@
+"""Two browser sessions of the Train page share the process-wide job queue (``st.cache_resource``).
+
+Session A launches two runs and session B one, interleaved, with extra reruns after every click;
+the store must end up with exactly those three runs, trained one at a time in submission order.
+"""
+
+from __future__ import annotations
+
+import sqlite3
+from pathlib import Path
+
+import pytest
+from streamlit.testing.v1 import AppTest
+
+ROOT = Path(__file__).resolve().parents[1]
+APP = str(ROOT / "streamlit_app.py")
+TIMEOUT = 120
+
+
+@pytest.fixture()
+def home(tmp_path, monkeypatch):
+    """An empty studio home of this test's own (the pages find it via TRANSFER_STUDIO_HOME)."""
+    monkeypatch.setenv("TRANSFER_STUDIO_HOME", str(tmp_path))
+    return tmp_path
+
+
+def _session() -> AppTest:
+    """A new browser session on the Train page, its form set to a tiny run."""
+    at = AppTest.from_file(APP, default_timeout=TIMEOUT).run()
+    at.switch_page("pages/2_Train.py").run()
+    at.selectbox(key="backbone").select("mobilenet_v3_small")
+    at.radio(key="weights").set_value("none")
+    at.number_input(key="size").set_value(32)
+    at.selectbox(key="data").select("builtin:textures")
+    at.number_input(key="epochs").set_value(1)
+    at.run()
+    assert not at.exception, [e.value for e in at.exception]
+    return at
+
+
+def _launch(at: AppTest) -> str:
+    at.button(key="launch").click().run()
+    assert not at.exception, [e.value for e in at.exception]
+    assert not at.error, [e.value for e in at.error]
+    run_id = at.session_state["run_id"]
+    at.run()  # the same click seen again by a rerun, and a plain rerun: no new run
+    at.run()
+    assert at.session_state["run_id"] == run_id
+    return run_id
+
+
+def test_two_sessions_share_one_queue(home):
+    from core.jobs import get_job_queue
+
+    a, b = _session(), _session()
+    submitted = [_launch(a), _launch(b), _launch(a)]
+    assert len(set(submitted)) == 3
+
+    queue = get_job_queue(home)  # the queue both sessions got through ui.job_queue()
+    for run_id in submitted:
+        assert queue.wait(run_id, timeout=300) == "completed", queue.store.result(run_id)["error"]
+    runs = queue.store.list_runs()
+    assert sorted(r["run_id"] for r in runs) == sorted(submitted)  # no copies from reruns
+    results = sorted((queue.store.result(r) for r in submitted), key=lambda r: r["created_at"])
+    assert [r["run_id"] for r in results] == submitted  # created in click order
+    for earlier, later in zip(results, results[1:], strict=False):
+        assert later["started_at"] >= earlier["finished_at"]  # one at a time, in order
+    assert all(r["config"]["backbone"] == "mobilenet_v3_small" for r in results)
+
+    with sqlite3.connect(queue.store.db_path) as db:
+        assert db.execute("PRAGMA journal_mode").fetchone()[0] == "wal"
+    for at in (a, b):  # both sessions still render and follow their own latest run
+        at.run()
+        assert not at.exception
+    assert a.selectbox[-1].value == submitted[2] and b.selectbox[-1].value == submitted[1]
