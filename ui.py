@@ -125,6 +125,18 @@ def fetch_data(source: str, val_split: float, seed: int) -> bool:
         return False
 
 
+def finished_runs(store: Any, empty_message: str) -> tuple[list[dict], dict[str, str]]:
+    """Runs that have a model (newest first) and their labels by id; stops the page if none."""
+    from core.dashboard import predictable_runs, run_choice_label
+
+    runs = predictable_runs(store)
+    if not runs:
+        st.info(empty_message)
+        st.page_link("pages/2_Train.py", label="Go to Train", icon=":material/model_training:")
+        st.stop()
+    return runs, {r["run_id"]: run_choice_label(r) for r in runs}
+
+
 def saved_upload(upload: Any) -> str | None:
     """Path of an uploaded zip saved under the data cache (None, with a message, if unusable)."""
     from core.dashboard import save_upload

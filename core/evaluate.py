@@ -60,17 +60,6 @@ def _write_atomic(path: Path, data: dict[str, Any]) -> None:
         raise
 
 
-def _model_path(store: RunStore, run_id: str) -> Path:
-    row = store.result(run_id)
-    path = Path(row["model_path"] or "")
-    if not row["model_path"] or not path.is_file():
-        raise StudioError(
-            f"Run {run_id} has no saved model (status: {row['status']}), so it cannot be "
-            "evaluated. Pick a run that completed at least one epoch."
-        )
-    return path
-
-
 def predict_paths(model: Any, paths: list[str], image_size: int, batch_size: int) -> np.ndarray:
     """Class probabilities for image files, in batches through a tf.data pipeline."""
     from core.pipeline import make_dataset
@@ -93,9 +82,9 @@ def evaluate_run(store: RunStore, run_id: str, force: bool = False) -> dict[str,
     from sklearn.metrics import confusion_matrix, precision_recall_fscore_support
 
     from core.data import load_dataset
-    from core.predict import load_run
+    from core.predict import load_run, saved_model_path
 
-    model_path = _model_path(store, run_id)
+    model_path = saved_model_path(store, run_id)
     cache_path = store.run_dir(run_id) / EVALUATION_FILE
     fingerprint = _model_fingerprint(model_path)
     if not force:

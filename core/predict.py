@@ -37,15 +37,22 @@ _CACHE: dict[tuple[str, str, float], LoadedRun] = {}
 _CACHE_LOCK = threading.Lock()
 
 
-def load_run(store: RunStore, run_id: str) -> LoadedRun:
-    """Load (once per process, until the file changes) a run's ``model.keras``."""
+def saved_model_path(store: RunStore, run_id: str) -> Path:
+    """The run's ``model.keras``; a clear error when the run never saved one."""
     row = store.result(run_id)
     path = Path(row["model_path"] or "")
     if not row["model_path"] or not path.is_file():
         raise StudioError(
-            f"Run {run_id} has no saved model (status: {row['status']}). "
-            "Only runs that finished at least one epoch can predict; pick a completed run."
+            f"Run {run_id} has no saved model (status: {row['status']}). Only runs that "
+            "finished at least one epoch have one; pick a completed run."
         )
+    return path
+
+
+def load_run(store: RunStore, run_id: str) -> LoadedRun:
+    """Load (once per process, until the file changes) a run's ``model.keras``."""
+    path = saved_model_path(store, run_id)
+    row = store.result(run_id)
     key = (str(store.root), run_id, path.stat().st_mtime)
     with _CACHE_LOCK:
         if key not in _CACHE:

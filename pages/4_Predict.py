@@ -7,7 +7,7 @@ import numpy as np
 import streamlit as st
 
 import ui
-from core import charts, dashboard
+from core import charts
 from core.errors import StudioError
 from core.gradcam import gradcam
 from core.images import IMAGE_EXTENSIONS
@@ -16,13 +16,9 @@ from core.predict import load_run, predict_images
 ui.setup_page("Predict", "🔮")
 st.title("Predict")
 store = ui.job_queue().store
-runs = dashboard.predictable_runs(store)
-if not runs:
-    st.info("No trained model yet: finish a run on the Train page first.")
-    st.page_link("pages/2_Train.py", label="Go to Train", icon=":material/model_training:")
-    st.stop()
-
-labels = {r["run_id"]: dashboard.run_choice_label(r) for r in runs}
+runs, labels = ui.finished_runs(
+    store, "No trained model yet: finish a run on the Train page first."
+)
 chosen = st.multiselect(
     "Models (finished runs)", list(labels), default=list(labels)[:1],
     format_func=labels.__getitem__, key="models",

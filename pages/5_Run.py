@@ -8,7 +8,7 @@ from functools import partial
 import streamlit as st
 
 import ui
-from core import dashboard, run_views
+from core import run_views
 from core.errors import StudioError
 from core.evaluate import evaluate_run
 from core.export import FORMATS, export_run
@@ -16,13 +16,7 @@ from core.export import FORMATS, export_run
 ui.setup_page("Run", "🔬")
 st.title("Run")
 store = ui.job_queue().store
-runs = dashboard.predictable_runs(store)
-if not runs:
-    st.info("No finished run yet: train one on the Train page first.")
-    st.page_link("pages/2_Train.py", label="Go to Train", icon=":material/model_training:")
-    st.stop()
-
-labels = {r["run_id"]: dashboard.run_choice_label(r) for r in runs}
+runs, labels = ui.finished_runs(store, "No finished run yet: train one on the Train page first.")
 wanted = (st.query_params.get("run"), st.session_state.get(ui.RUN_ID))
 if st.session_state.get("run_page_run") not in labels:
     st.session_state["run_page_run"] = run_views.pick_run(runs, wanted)

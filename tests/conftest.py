@@ -4,7 +4,10 @@ from __future__ import annotations
 
 import os
 import tempfile
+from collections.abc import Iterator
+from contextlib import contextmanager
 from pathlib import Path
+from typing import TYPE_CHECKING
 
 # Set before any core module (or TensorFlow) is imported by a test module.
 os.environ.setdefault("TF_CPP_MIN_LOG_LEVEL", "2")
@@ -13,8 +16,28 @@ os.environ["TRANSFER_STUDIO_HOME"] = str(_SESSION_HOME)
 
 import pytest  # noqa: E402
 
+if TYPE_CHECKING:
+    from core.config import RunConfig
+    from core.jobs import JobQueue
+
 
 @pytest.fixture(scope="session")
 def studio_home() -> Path:
     """The studio home of this test session (built-in datasets are generated once, here)."""
     return _SESSION_HOME
+
+
+@contextmanager
+def seeded_studio(home: Path, config: RunConfig) -> Iterator[tuple[JobQueue, str]]:
+    """A studio home of its own holding one completed run of ``config``: (queue, run_id).
+
+    The queue is the process-wide one the pages get through ``ui.job_queue()``.
+    """
+    with pytest.MonkeyPatch.context() as mp:
+        mp.setenv("TRANSFER_STUDIO_HOME", str(home))
+        from core.jobs import get_job_queue
+
+        queue = get_job_queue(home)
+        run_id = queue.submit(config)
+        assert queue.wait(run_id, timeout=300) == "completed"
+        yield queue, run_id

@@ -10,6 +10,7 @@ from pathlib import Path
 import numpy as np
 import plotly.graph_objects as go
 import pytest
+from conftest import seeded_studio
 from PIL import Image
 from streamlit.testing.v1 import AppTest
 
@@ -46,15 +47,8 @@ EVALUATION = {  # what core.evaluate.evaluate_run returns, trimmed to what the v
 @pytest.fixture(scope="module")
 def seeded(tmp_path_factory):
     """A studio home of its own, holding one completed tiny run; yields (queue, run_id)."""
-    home = tmp_path_factory.mktemp("run-page-home")
-    with pytest.MonkeyPatch.context() as mp:
-        mp.setenv("TRANSFER_STUDIO_HOME", str(home))
-        from core.jobs import get_job_queue
-
-        queue = get_job_queue(home)  # the very queue the pages get through ui.job_queue()
-        run_id = queue.submit(TINY)
-        assert queue.wait(run_id, timeout=300) == "completed"
-        yield queue, run_id
+    with seeded_studio(tmp_path_factory.mktemp("run-page-home"), TINY) as seeded:
+        yield seeded
 
 
 def _page(path: str) -> AppTest:
