@@ -15,6 +15,7 @@ from pathlib import Path
 
 from core.config import RunConfig
 from core.errors import StudioError
+from core.paths import runs_root
 from core.store import ACTIVE_STATUSES, FAILED, INTERRUPTED, QUEUED, STOPPED, RunStore
 from core.training import ProgressFn, execute_run
 
@@ -141,7 +142,7 @@ _QUEUES_LOCK = threading.Lock()
 
 def get_job_queue(runs_dir: str | os.PathLike[str] | None = None) -> JobQueue:
     """The process-wide queue for a runs folder (one worker per folder and process)."""
-    root = RunStore(runs_dir, recover=False).root
+    root = runs_root(runs_dir)  # only the folder: the queue opens (and recovers) the store once
     with _QUEUES_LOCK:
         if root not in _QUEUES:
             _QUEUES[root] = JobQueue(root)

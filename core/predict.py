@@ -39,7 +39,7 @@ _CACHE_LOCK = threading.Lock()
 
 def saved_model_path(store: RunStore, run_id: str) -> Path:
     """The run's ``model.keras``; a clear error when the run never saved one."""
-    row = store.result(run_id)
+    row = store.get_run(run_id)
     path = Path(row["model_path"] or "")
     if not row["model_path"] or not path.is_file():
         raise StudioError(
@@ -51,8 +51,7 @@ def saved_model_path(store: RunStore, run_id: str) -> Path:
 
 def load_run(store: RunStore, run_id: str) -> LoadedRun:
     """Load (once per process, until the file changes) a run's ``model.keras``."""
-    path = saved_model_path(store, run_id)
-    row = store.result(run_id)
+    path = saved_model_path(store, run_id)  # every call: one row read, no epochs
     key = (str(store.root), run_id, path.stat().st_mtime)
     with _CACHE_LOCK:
         if key not in _CACHE:
@@ -75,7 +74,8 @@ def load_run(store: RunStore, run_id: str) -> LoadedRun:
                 input_signature=[tf.TensorSpec((None, size, size, 3), tf.float32)],
             )
             forward(np.zeros((1, size, size, 3), np.float32))  # trace now, not on first upload
-            _CACHE[key] = LoadedRun(run_id, model, list(row["class_names"]), size, forward)
+            class_names = list(store.result(run_id)["class_names"])
+            _CACHE[key] = LoadedRun(run_id, model, class_names, size, forward)
         return _CACHE[key]
 
 

@@ -239,10 +239,6 @@ class RunStore:
                 (run_id, run_id, run_id),
             )
 
-    def add_batch(self, run_id: str, record: dict[str, Any]) -> None:
-        """Store one training batch's running metrics."""
-        self.add_batches(run_id, [record])
-
     def add_batches(self, run_id: str, records: list[dict[str, Any]]) -> None:
         """Store several batches in one transaction (a commit per batch would cost ~10 ms)."""
         keys = (

@@ -27,7 +27,9 @@ def test_run_round_trip_and_persistence(tmp_path) -> None:
             {"epoch": epoch, "phase": "head", "phase_epoch": epoch, "loss": 1.0 / epoch,
              "accuracy": acc, "val_loss": 0.9, "val_accuracy": acc, "lr": 1e-3},
         )  # fmt: skip
-    store.add_batch(run_id, {"global_step": 1, "phase": "head", "epoch": 1, "step": 1, "loss": 2.0})
+    store.add_batches(
+        run_id, [{"global_step": 1, "phase": "head", "epoch": 1, "step": 1, "loss": 2.0}]
+    )
     store.mark_finished(run_id, COMPLETED)
 
     reopened = RunStore(tmp_path)  # a new process would see the same
