@@ -22,7 +22,6 @@ import tempfile
 import zipfile
 import zlib
 from collections import Counter
-from concurrent.futures import ThreadPoolExecutor
 from dataclasses import dataclass, field
 from pathlib import Path
 
@@ -537,12 +536,10 @@ def _class_files(class_dir: str, root_real: str, skipped: list[dict]) -> list[st
 
 
 def _check_all(paths: list[str]) -> list[str | None]:
-    if not paths:
-        return []
-    # Decoders release the GIL, so threads overlap disk reads and decoding.
-    workers = min(16, 2 * (os.cpu_count() or 1), len(paths))
-    with ThreadPoolExecutor(max_workers=workers) as pool:
-        return list(pool.map(check_image, paths, chunksize=1))
+    # Verdicts of unchanged files come from the scan cache; the rest are decoded in parallel.
+    from core.scan_cache import check_all
+
+    return check_all(paths, check_image)
 
 
 def _reason_summary(items: list[dict]) -> str:

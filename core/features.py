@@ -185,20 +185,6 @@ def build_head(config: RunConfig, built: BuiltModel) -> keras.Model:
     return keras.Model(inputs, x, name="head")
 
 
-def feature_dataset(
-    features: np.ndarray, labels: Sequence[int], batch_size: int, *, training: bool, seed: int
-) -> Any:
-    """tf.data over in-memory features (shuffled each epoch when training)."""
-    import tensorflow as tf
-
-    ds = tf.data.Dataset.from_tensor_slices(
-        (features.astype(np.float32), np.asarray(labels, dtype=np.int32))
-    )
-    if training:
-        ds = ds.shuffle(max(len(labels), 1), seed=seed, reshuffle_each_iteration=True)
-    return ds.batch(batch_size).prefetch(tf.data.AUTOTUNE)
-
-
 def describe_stage(done: int, total: int, started: float) -> dict[str, Any]:
     """The ``stage`` record the pages show while features are computed."""
     elapsed = time.time() - started

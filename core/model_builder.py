@@ -12,6 +12,8 @@ change (Keras only picks up the change on compile).
 from __future__ import annotations
 
 import math
+import threading
+from collections import OrderedDict
 from dataclasses import dataclass
 from typing import Any
 
@@ -35,18 +37,58 @@ class BuiltModel:
     num_classes: int
 
 
-def build_model(config: RunConfig, num_classes: int) -> BuiltModel:
-    """The full classifier for ``config`` (weights as the config says)."""
-    spec = get_backbone(config.backbone)
-    size = config.resolved_image_size()
+# Frozen trunks (preprocess → pretrained base → pooling) of recent feature-extraction runs, so
+# a long-lived process (the app, the benchmark) trying another head on the same backbone skips
+# rebuilding the base and reloading its weights (seconds for EfficientNet-Lite0). Only
+# feature-extraction runs get one: their base is never trained, so it stays the pretrained base.
+MAX_CACHED_TRUNKS = 2
+_trunks: OrderedDict[tuple, tuple[keras.Model, Any, Any]] = OrderedDict()
+_trunks_lock = threading.Lock()
+
+
+def _trunk_key(config: RunConfig, size: int) -> tuple | None:
+    if config.mode != "feature_extraction":
+        return None
+    from core.features import weights_identity
+
+    identity = weights_identity(config)  # None for random weights: those follow the seed
+    return None if identity is None else (config.backbone, identity, size, keras.__version__)
+
+
+def _build_trunk(config: RunConfig, spec: BackboneSpec, size: int) -> tuple[keras.Model, Any, Any]:
     weights = "none" if config.mode == "scratch" else config.weights
     base = build_base(spec, weights, size)
     inputs = keras.Input((size, size, 3), name="image")
     x = PixelNormalize(spec.preprocessing, name="preprocess")(inputs)
     # Transfer modes run the base in inference mode for good: BN statistics stay ImageNet's.
     x = base(x, training=False) if config.mode != "scratch" else base(x)
-    x = keras.layers.GlobalAveragePooling2D(name="avg_pool")(x)
-    x = keras.layers.Dropout(config.dropout, name="head_dropout")(x)
+    pooled = keras.layers.GlobalAveragePooling2D(name="avg_pool")(x)
+    return base, inputs, pooled
+
+
+def clear_trunk_cache() -> None:
+    """Forget the cached frozen trunks (frees their memory)."""
+    with _trunks_lock:
+        _trunks.clear()
+
+
+def build_model(config: RunConfig, num_classes: int) -> BuiltModel:
+    """The full classifier for ``config`` (weights as the config says)."""
+    spec = get_backbone(config.backbone)
+    size = config.resolved_image_size()
+    key = _trunk_key(config, size)
+    with _trunks_lock:
+        trunk = _trunks.get(key) if key is not None else None
+        if trunk is None:
+            trunk = _build_trunk(config, spec, size)
+            if key is not None:
+                _trunks[key] = trunk
+                while len(_trunks) > MAX_CACHED_TRUNKS:
+                    _trunks.popitem(last=False)
+        elif key is not None:
+            _trunks.move_to_end(key)
+    base, inputs, pooled = trunk
+    x = keras.layers.Dropout(config.dropout, name="head_dropout")(pooled)
     x = keras.layers.Dense(config.dense_units, activation="relu", name="head_dense")(x)
     outputs = keras.layers.Dense(num_classes, activation="softmax", name="predictions")(x)
     model = keras.Model(inputs, outputs, name=f"{spec.name}_{config.mode}")

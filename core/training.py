@@ -27,6 +27,7 @@ MODEL_FILE = "model.keras"
 CHECKPOINT_FILE = "checkpoint.weights.h5"
 BATCH_FLUSH_S = 0.5  # how often buffered per-batch metrics reach the store
 CHECKPOINT_META = "checkpoint.json"
+CACHED_CHECKPOINT_S = 5.0  # minimum seconds between checkpoints of a head on cached features
 
 
 class StoreMetricsCallback(keras.callbacks.Callback):
@@ -54,6 +55,7 @@ class StoreMetricsCallback(keras.callbacks.Callback):
         self.stopped_mid_epoch = False
         self._batch_start = self._epoch_start = time.perf_counter()
         self._epoch_images = 0
+        self._epoch_steps = 0
         self._epoch = 0
         self._last_store_check = 0.0
         self._pending: list[dict[str, Any]] = []
@@ -83,6 +85,7 @@ class StoreMetricsCallback(keras.callbacks.Callback):
         self._epoch = epoch
         self._epoch_start = time.perf_counter()
         self._epoch_images = 0
+        self._epoch_steps = 0
 
     def on_train_batch_begin(self, batch: int, logs: dict | None = None) -> None:  # noqa: D102
         self._batch_start = time.perf_counter()
@@ -90,8 +93,12 @@ class StoreMetricsCallback(keras.callbacks.Callback):
     def on_train_batch_end(self, batch: int, logs: dict | None = None) -> None:  # noqa: D102
         logs = logs or {}
         elapsed = max(time.perf_counter() - self._batch_start, 1e-9)
-        self.global_step += 1
-        self._epoch_images += self.batch_size
+        # One call may cover several steps (Keras' steps_per_execution, or fit_head's one call
+        # per epoch): ``batch`` is the last step's index, as Keras reports it.
+        steps = max(batch + 1 - self._epoch_steps, 1)
+        self._epoch_steps = batch + 1
+        self.global_step += steps
+        self._epoch_images += steps * self.batch_size
         self._pending.append(
             {
                 "t": time.time(),
@@ -103,7 +110,7 @@ class StoreMetricsCallback(keras.callbacks.Callback):
                 "loss": float(logs.get("loss", float("nan"))),
                 "accuracy": float(logs.get("accuracy", float("nan"))),
                 "lr": self._lr(),
-                "images_per_s": float(self.batch_size / elapsed),
+                "images_per_s": float(steps * self.batch_size / elapsed),
             }
         )
         if time.monotonic() - self._last_flush > BATCH_FLUSH_S:
@@ -252,7 +259,7 @@ class _Trainer:
         )
 
     def _prepare_cached(self) -> None:
-        from core.features import build_head, describe_stage, feature_dataset, features_for
+        from core.features import build_head, describe_stage, features_for
 
         config, data = self.config, self.data
         paths = list(data.train_paths) + list(data.val_paths)
@@ -269,12 +276,41 @@ class _Trainer:
         n = len(data.train_paths)
         # The head model shares its layers with the full model: training it trains the model.
         self.trained_model = build_head(config, self.built)
-        self.train_ds = feature_dataset(
-            features[:n], data.train_labels, config.batch_size, training=True, seed=config.seed
-        )
-        self.val_ds = feature_dataset(
-            features[n:], data.val_labels, config.batch_size, training=False, seed=config.seed
-        )
+        self.train_features = (features[:n], data.train_labels)
+        self.val_features = (features[n:], data.val_labels)
+
+    def _checkpointer(self) -> Callable[[dict[str, Any]], None]:
+        """Per-epoch checkpoint writer; on cached features, at most one every few seconds.
+
+        A head epoch on cached features takes a fraction of a second, less than writing its
+        checkpoint. Skipping some is safe: resume truncates metrics back to the checkpoint.
+        """
+        store, run_id = self.store, self.run_id
+        every = CACHED_CHECKPOINT_S if self.cache_off_reason is None else 0.0
+        last = [time.monotonic()]
+
+        def write(meta: dict[str, Any]) -> None:
+            now = time.monotonic()
+            if now - last[0] >= every or self.stop_event.is_set():
+                _save_checkpoint(store, run_id, self.trained_model, meta)
+                last[0] = now
+
+        return write
+
+    def _fit(self, callback: StoreMetricsCallback, epochs: int, initial_epoch: int) -> None:
+        if self.cache_off_reason is not None:
+            self.trained_model.fit(
+                self.train_ds, validation_data=self.val_ds, epochs=epochs,
+                initial_epoch=initial_epoch, callbacks=[callback], verbose=0, shuffle=False,
+            )  # fmt: skip
+            return
+        from core.head_training import fit_head
+
+        fit_head(
+            self.trained_model, self.train_features, self.val_features,
+            batch_size=self.config.batch_size, epochs=epochs, initial_epoch=initial_epoch,
+            seed=self.config.seed, callbacks=[callback],
+        )  # fmt: skip
 
     def train(self) -> str:
         """Run (or continue) every phase; returns completed or stopped."""
@@ -305,13 +341,9 @@ class _Trainer:
             callback = StoreMetricsCallback(
                 store, run_id, phase, epoch_offset, self.steps, config.batch_size,
                 self.stop_event, step_offset=step_offset, progress=self.progress,
-                checkpoint=lambda meta: _save_checkpoint(store, run_id, self.trained_model, meta),
+                checkpoint=self._checkpointer(),
             )  # fmt: skip
-            self.trained_model.fit(
-                self.train_ds, validation_data=self.val_ds, epochs=epochs,
-                initial_epoch=max(done - epoch_offset, 0), callbacks=[callback], verbose=0,
-                shuffle=False,
-            )  # fmt: skip
+            self._fit(callback, epochs, initial_epoch=max(done - epoch_offset, 0))
             epoch_offset += epochs
             step_offset = callback.global_step
             if self.stop_event.is_set():
