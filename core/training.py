@@ -214,6 +214,9 @@ class _Trainer:
     ) -> None:
         self.store, self.run_id, self.config = store, run_id, config
         self.stop_event, self.progress = stop_event, progress
+        self.head: keras.Model | None = None  # set when a phase trains on pooled features
+        self.cut: Any = None  # a core.cut_cache.Cut when fine-tuning on cached activations
+        self.cut_off_reason: str | None = None
 
     def prepare(self) -> None:
         """Data, model and input pipelines (or cached features)."""
@@ -239,17 +242,29 @@ class _Trainer:
         self.data = data
         self.built = build_model(config, len(data.class_names))
         self.steps = -(-len(data.train_paths) // config.batch_size)
+        # Where training reads from: pooled features (feature extraction), activations at the
+        # freeze cut (fine-tuning), or the images themselves.
         self.cache_off_reason = cache_reason(config)
         if self.cache_off_reason is None:
+            self.source = "features"
             self._prepare_cached()
+            return
+        from core.cut_cache import plan_cut
+
+        self.cut, self.cut_off_reason = plan_cut(
+            config, self.built, len(data.train_paths) + len(data.val_paths)
+        )
+        if self.cut is not None:
+            self.source = "activations"
+            self._prepare_cut()
         else:
+            self.source = "images"
             self._prepare_images()
 
     def _prepare_images(self) -> None:
         from core.pipeline import make_dataset
 
         config, data, size = self.config, self.data, self.built.image_size
-        self.trained_model = self.built.model
         self.train_ds = make_dataset(
             data.train_paths, data.train_labels, size, config.batch_size, training=True,
             augmentations=config.active_augmentations(), seed=config.seed,
@@ -275,9 +290,51 @@ class _Trainer:
         )
         n = len(data.train_paths)
         # The head model shares its layers with the full model: training it trains the model.
-        self.trained_model = build_head(config, self.built)
+        self.head = build_head(config, self.built)
         self.train_features = (features[:n], data.train_labels)
         self.val_features = (features[n:], data.val_labels)
+
+    def _prepare_cut(self) -> None:
+        from core.cut_cache import activation_dataset, compute_activations, pooled_features
+        from core.features import build_head, describe_stage
+
+        config, data, cut = self.config, self.data, self.cut
+        paths = list(data.train_paths) + list(data.val_paths)
+        started = time.time()
+
+        def stage(done: int, total: int) -> None:
+            self.store.update(self.run_id, stage=describe_stage(done, total, started))
+
+        acts = compute_activations(cut, paths, self.built.image_size, stage)
+        self.store.update(
+            self.run_id,
+            stage={
+                **describe_stage(len(paths), len(paths), started),
+                "cached": False,
+                "activations": list(cut.shape),
+            },
+        )
+        n = len(data.train_paths)
+        pooled = pooled_features(cut, acts)
+        self.head = build_head(config, self.built)
+        self.train_features = (pooled[:n], data.train_labels)
+        self.val_features = (pooled[n:], data.val_labels)
+        self.train_ds = activation_dataset(
+            acts[:n], data.train_labels, config.batch_size, training=True, seed=config.seed
+        )
+        self.val_ds = activation_dataset(
+            acts[n:], data.val_labels, config.batch_size, training=False, seed=config.seed
+        )
+
+    def _phase_model(self, phase: str) -> keras.Model:
+        """The model one phase trains (all share their layers with the full model)."""
+        from core.model_builder import HEAD_PHASE
+
+        if self.source == "features" or (self.source == "activations" and phase == HEAD_PHASE):
+            return self.head  # on pooled features
+        if self.source == "activations":
+            return self.cut.classifier  # the unfrozen layers and the head, on activations
+        return self.built.model
 
     def _checkpointer(self) -> Callable[[dict[str, Any]], None]:
         """Per-epoch checkpoint writer; on cached features, at most one every few seconds.
@@ -286,30 +343,33 @@ class _Trainer:
         checkpoint. Skipping some is safe: resume truncates metrics back to the checkpoint.
         """
         store, run_id = self.store, self.run_id
-        every = CACHED_CHECKPOINT_S if self.cache_off_reason is None else 0.0
+        every = CACHED_CHECKPOINT_S if self.source != "images" else 0.0
         last = [time.monotonic()]
 
         def write(meta: dict[str, Any]) -> None:
             now = time.monotonic()
             if now - last[0] >= every or self.stop_event.is_set():
-                _save_checkpoint(store, run_id, self.trained_model, meta)
+                # The full model: one file whatever phase or input the run was in.
+                _save_checkpoint(store, run_id, self.built.model, meta)
                 last[0] = now
 
         return write
 
-    def _fit(self, callback: StoreMetricsCallback, epochs: int, initial_epoch: int) -> None:
-        if self.cache_off_reason is not None:
-            self.trained_model.fit(
-                self.train_ds, validation_data=self.val_ds, epochs=epochs,
-                initial_epoch=initial_epoch, callbacks=[callback], verbose=0, shuffle=False,
+    def _fit(
+        self, model: keras.Model, callback: StoreMetricsCallback, epochs: int, initial_epoch: int
+    ) -> None:
+        if model is self.head:
+            from core.head_training import fit_head
+
+            fit_head(
+                model, self.train_features, self.val_features, batch_size=self.config.batch_size,
+                epochs=epochs, initial_epoch=initial_epoch, seed=self.config.seed,
+                callbacks=[callback],
             )  # fmt: skip
             return
-        from core.head_training import fit_head
-
-        fit_head(
-            self.trained_model, self.train_features, self.val_features,
-            batch_size=self.config.batch_size, epochs=epochs, initial_epoch=initial_epoch,
-            seed=self.config.seed, callbacks=[callback],
+        model.fit(
+            self.train_ds, validation_data=self.val_ds, epochs=epochs,
+            initial_epoch=initial_epoch, callbacks=[callback], verbose=0, shuffle=False,
         )  # fmt: skip
 
     def train(self) -> str:
@@ -327,23 +387,25 @@ class _Trainer:
             info = set_phase(config, self.built, phase)
             lr = phase_lr(config, phase)
             info.update(epochs=epochs, lr=lr, start_epoch=epoch_offset + 1)
-            info["feature_cache"] = self.cache_off_reason is None
+            model = self._phase_model(phase)
+            info["feature_cache"] = model is self.head
+            info["activation_cache"] = self.source == "activations" and model is not self.head
             phases.append(info)
             store.update(run_id, phases=phases)
             if done >= epoch_offset + epochs:  # finished before an interruption
                 epoch_offset += epochs
                 continue
-            compile_model(self.trained_model, lr)
+            compile_model(model, lr)
             if done > 0:
                 # Weights of the last finished epoch; the optimizer restarts (its moments rebuild
                 # within a few steps at these learning rates).
-                self.trained_model.load_weights(_checkpoint_paths(store, run_id)[0])
+                self.built.model.load_weights(_checkpoint_paths(store, run_id)[0])
             callback = StoreMetricsCallback(
                 store, run_id, phase, epoch_offset, self.steps, config.batch_size,
                 self.stop_event, step_offset=step_offset, progress=self.progress,
                 checkpoint=self._checkpointer(),
             )  # fmt: skip
-            self._fit(callback, epochs, initial_epoch=max(done - epoch_offset, 0))
+            self._fit(model, callback, epochs, initial_epoch=max(done - epoch_offset, 0))
             epoch_offset += epochs
             step_offset = callback.global_step
             if self.stop_event.is_set():

@@ -126,3 +126,12 @@ def test_saved_model_of_a_cached_run_takes_images(runs: dict) -> None:
     for layer in head:
         x = layer(x, training=False)
     np.testing.assert_allclose(np.asarray(x), probs, rtol=1e-4, atol=1e-5)
+
+
+def test_cached_head_reports_one_batch_record_per_epoch_covering_every_step(runs: dict) -> None:
+    cold = runs["cold"]
+    steps = -(-cold["train_images"] // LITE.batch_size)
+    batches = runs["queue"].store.batches(cold["run_id"])
+    assert [b["step"] for b in batches] == [steps, steps]
+    assert [b["global_step"] for b in batches] == [steps, 2 * steps]
+    assert all(b["images_per_s"] > 0 for b in batches)

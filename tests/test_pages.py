@@ -14,19 +14,11 @@ from streamlit.testing.v1 import AppTest
 
 from core.config import RunConfig
 from core.store import ACTIVE_STATUSES
+from tests.helpers import TINY
 
 ROOT = Path(__file__).resolve().parents[1]
 APP = str(ROOT / "streamlit_app.py")
 TIMEOUT = 120
-TINY = RunConfig(
-    backbone="mobilenet_v2",
-    weights="none",
-    data="builtin:textures",
-    image_size=32,
-    epochs=1,
-    fine_tune_epochs=1,
-    batch_size=32,
-)
 
 
 @pytest.fixture(scope="module")

@@ -15,19 +15,11 @@ from PIL import Image
 from streamlit.testing.v1 import AppTest
 
 from core import run_views
-from core.config import RunConfig
+from tests.helpers import TINY
 
 ROOT = Path(__file__).resolve().parents[1]
 APP = str(ROOT / "streamlit_app.py")
 TIMEOUT = 120
-TINY = RunConfig(
-    backbone="mobilenet_v2",
-    weights="none",
-    data="builtin:textures",
-    image_size=32,
-    epochs=1,
-    batch_size=32,
-)
 EVALUATION = {  # what core.evaluate.evaluate_run returns, trimmed to what the views read
     "class_names": ["cat", "dog", "fox"],
     "confusion_matrix": [[5, 2, 0], [1, 6, 0], [0, 3, 4]],

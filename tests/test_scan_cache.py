@@ -1,4 +1,4 @@
-"""Scan cache: verdicts of unchanged files are reused; any change to a file or the rules re-checks."""
+"""Scan cache: unchanged files reuse their verdict; a changed file or rule means a re-check."""
 
 from __future__ import annotations
 
