@@ -16,8 +16,9 @@ from __future__ import annotations
 
 import math
 import os
-from collections.abc import Sequence
+from collections.abc import Callable, Sequence
 from dataclasses import dataclass
+from typing import Any
 
 import keras
 import numpy as np
@@ -27,6 +28,7 @@ from core.model_builder import BuiltModel, unfreeze_count
 
 MAX_ACTIVATION_BYTES = int(os.environ.get("TRANSFER_STUDIO_ACTIVATION_BYTES", 2 * 1024**3))
 FORWARD_BATCH = 32
+StageFn = Callable[[int, int], None]
 
 
 @dataclass
@@ -101,7 +103,9 @@ def plan_cut(config: RunConfig, built: BuiltModel, images: int) -> tuple[Cut | N
     return Cut(index, shape, prefix, classifier, keras.Model(acts, pooled)), None
 
 
-def compute_activations(cut: Cut, paths: Sequence[str], image_size: int, stage=None) -> np.ndarray:
+def compute_activations(
+    cut: Cut, paths: Sequence[str], image_size: int, stage: StageFn | None = None
+) -> np.ndarray:
     """Run the frozen prefix once over ``paths`` (parallel decode, compiled forward pass)."""
     import tensorflow as tf
 
@@ -131,7 +135,7 @@ def pooled_features(cut: Cut, activations: np.ndarray) -> np.ndarray:
 
 def activation_dataset(
     activations: np.ndarray, labels: Sequence[int], batch_size: int, *, training: bool, seed: int
-):
+) -> Any:
     """tf.data over stored activations (shuffled each epoch when training)."""
     import tensorflow as tf
 

@@ -189,10 +189,16 @@ def progress_summary(
         fraction = min(stage.get("done", 0) / stage["total"], 1.0)
         images_per_s = stage.get("images_per_s") or None
         eta_s = stage.get("eta_s")
-        text = (
-            f"Computing features with the frozen base: {stage.get('done', 0)}/{stage['total']} "
-            "images (then the head trains on them)"
-        )
+        if stage.get("activations"):  # fine-tuning: the frozen layers, up to the cut
+            text = (
+                f"Running the frozen layers once: {stage.get('done', 0)}/{stage['total']} images "
+                "(then training goes on from their stored activations)"
+            )
+        else:
+            text = (
+                f"Computing features with the frozen base: {stage.get('done', 0)}/"
+                f"{stage['total']} images (then the head trains on them)"
+            )
     elif status == RUNNING and last is None:
         text = "Preparing: loading data and building the model"
     elif status == RUNNING:

@@ -303,7 +303,8 @@ class _Trainer:
         started = time.time()
 
         def stage(done: int, total: int) -> None:
-            self.store.update(self.run_id, stage=describe_stage(done, total, started))
+            record = {**describe_stage(done, total, started), "activations": list(cut.shape)}
+            self.store.update(self.run_id, stage=record)
 
         acts = compute_activations(cut, paths, self.built.image_size, stage)
         self.store.update(

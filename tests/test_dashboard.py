@@ -308,6 +308,9 @@ def test_progress_summary_while_the_feature_cache_is_computed():
     # once batches flow, the stage record no longer drives the summary
     later = dashboard.progress_summary(_result(stage={**stage, "done": 200}), _batches(3))
     assert later["phase_label"] == "training the head"
+    # fine-tuning on cached activations says what runs once
+    cut = dashboard.progress_summary(_result(stage={**stage, "activations": [7, 7, 192]}), [])
+    assert "frozen layers" in cut["text"] and "50/200" in cut["text"]
 
 
 def test_backbone_label_shows_size_params_and_weights():
