@@ -27,7 +27,6 @@ from core.config import RunConfig
 from core.model_builder import BuiltModel, unfreeze_count
 
 MAX_ACTIVATION_BYTES = int(os.environ.get("TRANSFER_STUDIO_ACTIVATION_BYTES", 2 * 1024**3))
-FORWARD_BATCH = 32
 StageFn = Callable[[int, int], None]
 
 
@@ -106,22 +105,10 @@ def plan_cut(config: RunConfig, built: BuiltModel, images: int) -> tuple[Cut | N
 def compute_activations(
     cut: Cut, paths: Sequence[str], image_size: int, stage: StageFn | None = None
 ) -> np.ndarray:
-    """Run the frozen prefix once over ``paths`` (parallel decode, compiled forward pass)."""
-    import tensorflow as tf
+    """Run the frozen prefix once over ``paths``: activations at the cut, one per image."""
+    from core.features import forward_once
 
-    from core.pipeline import make_dataset
-
-    forward = tf.function(lambda x: cut.prefix(x, training=False), reduce_retracing=True)
-    ds = make_dataset(paths, [0] * len(paths), image_size, FORWARD_BATCH, training=False)
-    out = np.empty((len(paths), *cut.shape), np.float32)
-    done = 0
-    for images, _ in ds:
-        batch = forward(images).numpy()
-        out[done : done + len(batch)] = batch
-        done += len(batch)
-        if stage:
-            stage(done, len(paths))
-    return out
+    return forward_once(cut.prefix, paths, image_size, stage)
 
 
 def pooled_features(cut: Cut, activations: np.ndarray) -> np.ndarray:

@@ -138,25 +138,38 @@ def feature_extractor(built: BuiltModel) -> keras.Model:
     return keras.Model(built.model.inputs, built.model.get_layer("avg_pool").output)
 
 
-def compute_features(
-    built: BuiltModel, paths: Sequence[str], stage: StageFn | None = None
+def forward_once(
+    model: keras.Model, paths: Sequence[str], image_size: int, stage: StageFn | None = None
 ) -> np.ndarray:
-    """Run the frozen base once over ``paths`` (parallel decode, batched forward pass)."""
+    """``model`` (frozen, inference mode) over every image of ``paths``, in order.
+
+    Parallel decode, batches of ``FEATURE_BATCH``, and a compiled call: an eager call walks the
+    layers in Python and is ~3x slower per batch. The output is filled in place (no copies of
+    what may be hundreds of MB of activations).
+    """
     import tensorflow as tf
 
     from core.pipeline import make_dataset
 
-    extractor = feature_extractor(built)
-    # Compiled once: an eager call walks the layers in Python and is ~3x slower per batch.
-    forward = tf.function(lambda x: extractor(x, training=False), reduce_retracing=True)
-    ds = make_dataset(paths, [0] * len(paths), built.image_size, FEATURE_BATCH, training=False)
-    out, done = [], 0
+    forward = tf.function(lambda x: model(x, training=False), reduce_retracing=True)
+    ds = make_dataset(paths, [0] * len(paths), image_size, FEATURE_BATCH, training=False)
+    shape = tuple(int(d) for d in model.output.shape[1:])
+    out = np.empty((len(paths), *shape), np.float32)
+    done = 0
     for images, _ in ds:
-        out.append(forward(images).numpy())
-        done += int(images.shape[0])
+        batch = forward(images).numpy()
+        out[done : done + len(batch)] = batch
+        done += len(batch)
         if stage:
             stage(done, len(paths))
-    return np.concatenate(out) if out else np.zeros((0, built.spec.feature_width), np.float32)
+    return out
+
+
+def compute_features(
+    built: BuiltModel, paths: Sequence[str], stage: StageFn | None = None
+) -> np.ndarray:
+    """Run the frozen base once over ``paths``: pooled features, one row per image."""
+    return forward_once(feature_extractor(built), paths, built.image_size, stage)
 
 
 def features_for(

@@ -274,20 +274,13 @@ class _Trainer:
         )
 
     def _prepare_cached(self) -> None:
-        from core.features import build_head, describe_stage, features_for
+        from core.features import build_head, features_for
 
         config, data = self.config, self.data
         paths = list(data.train_paths) + list(data.val_paths)
-        started = time.time()
-
-        def stage(done: int, total: int) -> None:
-            self.store.update(self.run_id, stage=describe_stage(done, total, started))
-
+        stage = self._stage_reporter()
         features, was_cached = features_for(config, self.built, paths, stage)
-        self.store.update(
-            self.run_id,
-            stage={**describe_stage(len(paths), len(paths), started), "cached": was_cached},
-        )
+        stage(len(paths), len(paths), cached=was_cached)
         n = len(data.train_paths)
         # The head model shares its layers with the full model: training it trains the model.
         self.head = build_head(config, self.built)
@@ -296,25 +289,13 @@ class _Trainer:
 
     def _prepare_cut(self) -> None:
         from core.cut_cache import activation_dataset, compute_activations, pooled_features
-        from core.features import build_head, describe_stage
+        from core.features import build_head
 
         config, data, cut = self.config, self.data, self.cut
         paths = list(data.train_paths) + list(data.val_paths)
-        started = time.time()
-
-        def stage(done: int, total: int) -> None:
-            record = {**describe_stage(done, total, started), "activations": list(cut.shape)}
-            self.store.update(self.run_id, stage=record)
-
+        stage = self._stage_reporter(activations=list(cut.shape))
         acts = compute_activations(cut, paths, self.built.image_size, stage)
-        self.store.update(
-            self.run_id,
-            stage={
-                **describe_stage(len(paths), len(paths), started),
-                "cached": False,
-                "activations": list(cut.shape),
-            },
-        )
+        stage(len(paths), len(paths), cached=False)
         n = len(data.train_paths)
         pooled = pooled_features(cut, acts)
         self.head = build_head(config, self.built)
@@ -326,6 +307,18 @@ class _Trainer:
         self.val_ds = activation_dataset(
             acts[n:], data.val_labels, config.batch_size, training=False, seed=config.seed
         )
+
+    def _stage_reporter(self, **extra: Any) -> Callable[..., None]:
+        """``stage(done, total, **more)`` writes the pages' progress record of a one-off pass."""
+        from core.features import describe_stage
+
+        started = time.time()
+
+        def stage(done: int, total: int, **more: Any) -> None:
+            record = {**describe_stage(done, total, started), **extra, **more}
+            self.store.update(self.run_id, stage=record)
+
+        return stage
 
     def _phase_model(self, phase: str) -> keras.Model:
         """The model one phase trains (all share their layers with the full model)."""
