@@ -117,3 +117,27 @@ def test_the_saved_model_takes_images_and_kept_the_frozen_layers(runs: dict) -> 
     probs = np.asarray(model(batch.astype(np.float32), training=False))
     assert probs.shape == (3, 2)
     np.testing.assert_allclose(probs.sum(axis=1), 1.0, rtol=1e-5)
+
+
+@pytest.mark.parametrize("name", ["cut", "images"])
+def test_batchnorm_keeps_its_imagenet_statistics_through_fine_tuning(runs: dict, name: str) -> None:
+    # Keras 3 lets an outer training=True override the base's training=False node; what keeps
+    # BN in inference mode is that set_phase leaves every BN layer non-trainable. Guard it.
+    from core.backbones import build_base, get_backbone
+    from core.predict import load_run
+    from core.store import RunStore
+
+    result = runs[name]
+    store = RunStore(Path(result["run_dir"]).parents[1])
+    model = load_run(store, result["run_id"]).model
+    base = next(layer for layer in model.layers if isinstance(layer, keras.Model))
+    fresh = build_base(get_backbone(LITE.backbone), "imagenet", 64)
+    bn = [
+        (t, f)
+        for t, f in zip(base.layers, fresh.layers, strict=True)
+        if isinstance(t, keras.layers.BatchNormalization)
+    ]
+    assert bn
+    for trained, pretrained in bn:
+        for a, b in zip(trained.get_weights(), pretrained.get_weights(), strict=True):
+            np.testing.assert_array_equal(a, b, err_msg=trained.name)
