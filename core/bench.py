@@ -283,10 +283,9 @@ def _throughput(
 ) -> dict[str, Any]:
     """Images/s of a trainable model fed from files vs from in-memory arrays (alternating)."""
     import keras
-    import tensorflow as tf
 
     from core.model_builder import build_model, compile_model, set_phase
-    from core.pipeline import load_batch, make_dataset
+    from core.pipeline import array_dataset, load_batch, make_dataset
 
     if tiny_model:
         # Quick mode only checks the plumbing: a small CNN traces in a second where a trainable
@@ -316,12 +315,7 @@ def _throughput(
         train_paths, train_labels, image_size, batch_size, training=True, seed=0
     )
     pixels = load_batch(train_paths, image_size)  # the same decoded pixels, float32 0-255
-    memory_ds = (
-        tf.data.Dataset.from_tensor_slices((pixels, np.asarray(train_labels, np.int32)))
-        .shuffle(n, seed=0, reshuffle_each_iteration=True)
-        .batch(batch_size)
-        .prefetch(tf.data.AUTOTUNE)
-    )
+    memory_ds = array_dataset(pixels, train_labels, batch_size, training=True, seed=0)
 
     class EpochTimer(keras.callbacks.Callback):
         seconds = 0.0

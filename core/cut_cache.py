@@ -18,7 +18,6 @@ import math
 import os
 from collections.abc import Callable, Sequence
 from dataclasses import dataclass
-from typing import Any
 
 import keras
 import numpy as np
@@ -118,15 +117,3 @@ def pooled_features(cut: Cut, activations: np.ndarray) -> np.ndarray:
     forward = tf.function(lambda a: cut.pooled(a, training=False), reduce_retracing=True)
     parts = [forward(activations[i : i + 256]).numpy() for i in range(0, len(activations), 256)]
     return np.concatenate(parts) if parts else np.zeros((0,), np.float32)
-
-
-def activation_dataset(
-    activations: np.ndarray, labels: Sequence[int], batch_size: int, *, training: bool, seed: int
-) -> Any:
-    """tf.data over stored activations (shuffled each epoch when training)."""
-    import tensorflow as tf
-
-    ds = tf.data.Dataset.from_tensor_slices((activations, np.asarray(labels, np.int32)))
-    if training:
-        ds = ds.shuffle(max(len(labels), 1), seed=seed, reshuffle_each_iteration=True)
-    return ds.batch(batch_size).prefetch(tf.data.AUTOTUNE)

@@ -80,6 +80,16 @@ def make_dataset(
     return ds.prefetch(AUTOTUNE)
 
 
+def array_dataset(
+    arrays: np.ndarray, labels: Sequence[int], batch_size: int, *, training: bool, seed: int = 0
+) -> tf.data.Dataset:
+    """Batches of ``(arrays, int32 labels)`` already in memory, shuffled each epoch if training."""
+    ds = tf.data.Dataset.from_tensor_slices((arrays, np.asarray(labels, dtype=np.int32)))
+    if training:
+        ds = ds.shuffle(max(len(labels), 1), seed=seed, reshuffle_each_iteration=True)
+    return ds.batch(batch_size).prefetch(AUTOTUNE)
+
+
 def load_batch(paths: Sequence[str], image_size: int) -> np.ndarray:
     """Decode a few images into one float32 batch (for prediction)."""
     return np.stack([load_rgb(p, image_size) for p in paths]).astype(np.float32)

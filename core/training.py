@@ -216,7 +216,6 @@ class _Trainer:
         self.stop_event, self.progress = stop_event, progress
         self.head: keras.Model | None = None  # set when a phase trains on pooled features
         self.cut: Any = None  # a core.cut_cache.Cut when fine-tuning on cached activations
-        self.cut_off_reason: str | None = None
 
     def prepare(self) -> None:
         """Data, model and input pipelines (or cached features)."""
@@ -244,16 +243,13 @@ class _Trainer:
         self.steps = -(-len(data.train_paths) // config.batch_size)
         # Where training reads from: pooled features (feature extraction), activations at the
         # freeze cut (fine-tuning), or the images themselves.
-        self.cache_off_reason = cache_reason(config)
-        if self.cache_off_reason is None:
+        if cache_reason(config) is None:
             self.source = "features"
             self._prepare_cached()
             return
         from core.cut_cache import plan_cut
 
-        self.cut, self.cut_off_reason = plan_cut(
-            config, self.built, len(data.train_paths) + len(data.val_paths)
-        )
+        self.cut, _ = plan_cut(config, self.built, len(data.train_paths) + len(data.val_paths))
         if self.cut is not None:
             self.source = "activations"
             self._prepare_cut()
@@ -288,8 +284,9 @@ class _Trainer:
         self.val_features = (features[n:], data.val_labels)
 
     def _prepare_cut(self) -> None:
-        from core.cut_cache import activation_dataset, compute_activations, pooled_features
+        from core.cut_cache import compute_activations, pooled_features
         from core.features import build_head
+        from core.pipeline import array_dataset
 
         config, data, cut = self.config, self.data, self.cut
         paths = list(data.train_paths) + list(data.val_paths)
@@ -301,10 +298,10 @@ class _Trainer:
         self.head = build_head(config, self.built)
         self.train_features = (pooled[:n], data.train_labels)
         self.val_features = (pooled[n:], data.val_labels)
-        self.train_ds = activation_dataset(
+        self.train_ds = array_dataset(
             acts[:n], data.train_labels, config.batch_size, training=True, seed=config.seed
         )
-        self.val_ds = activation_dataset(
+        self.val_ds = array_dataset(
             acts[n:], data.val_labels, config.batch_size, training=False, seed=config.seed
         )
 
