@@ -12,6 +12,7 @@ from core import features
 from core.config import RunConfig
 from core.jobs import JobQueue
 from core.store import COMPLETED
+from tests.helpers import write_pngs
 
 LITE = RunConfig(data="builtin:faces", image_size=64, epochs=2, augment=False)
 
@@ -23,18 +24,8 @@ def test_cache_applies_only_to_feature_extraction_without_augmentation() -> None
     assert "--feature-cache off" in features.cache_reason(LITE.with_changes(feature_cache="off"))
 
 
-def _images(folder: Path, n: int = 3) -> list[str]:
-    folder.mkdir(parents=True, exist_ok=True)
-    paths = []
-    for i in range(n):
-        path = folder / f"{i}.png"
-        Image.new("RGB", (16, 16), (i * 40, 0, 0)).save(path)
-        paths.append(str(path))
-    return paths
-
-
 def test_key_covers_everything_that_changes_features(tmp_path: Path) -> None:
-    paths = _images(tmp_path)
+    paths = write_pngs(tmp_path, 3, side=16)
     key = features.cache_key(LITE, 64, paths)
     assert key is not None
     # The head, learning rate and epochs do not change features: same key.

@@ -11,6 +11,7 @@ from PIL import Image
 from core import data, images, scan_cache
 from core.images import check_image
 from core.paths import studio_home
+from tests.helpers import write_pngs
 
 
 def _counting(calls: list[str]):
@@ -21,18 +22,8 @@ def _counting(calls: list[str]):
     return check
 
 
-def _pngs(folder: Path, n: int) -> list[str]:
-    folder.mkdir(parents=True, exist_ok=True)
-    paths = []
-    for i in range(n):
-        path = folder / f"{i}.png"
-        Image.new("RGB", (24, 24), (i * 30, 60, 90)).save(path)
-        paths.append(str(path))
-    return paths
-
-
 def test_unchanged_files_are_not_checked_again(tmp_path: Path) -> None:
-    paths = _pngs(tmp_path, 5)
+    paths = write_pngs(tmp_path, 5)
     calls: list[str] = []
     assert scan_cache.check_all(paths, _counting(calls)) == [None] * 5
     assert len(calls) == 5
@@ -44,7 +35,7 @@ def test_unchanged_files_are_not_checked_again(tmp_path: Path) -> None:
 def test_a_rewritten_file_is_checked_again_even_with_its_old_size_and_mtime(
     tmp_path: Path,
 ) -> None:
-    paths = _pngs(tmp_path, 2)
+    paths = write_pngs(tmp_path, 2)
     assert scan_cache.check_all(paths, check_image) == [None, None]
     target = paths[0]
     st = os.stat(target)
@@ -69,14 +60,14 @@ def test_a_skipped_verdict_is_remembered_and_a_fixed_file_is_used_again(tmp_path
 
 
 def test_changed_rules_check_again(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
-    paths = _pngs(tmp_path, 1)
+    paths = write_pngs(tmp_path, 1)
     assert scan_cache.check_all(paths, check_image) == [None]
     monkeypatch.setattr(images, "MAX_FILE_BYTES", 10)
     assert scan_cache.check_all(paths, check_image)[0].startswith("too large")
 
 
 def test_a_corrupt_or_deleted_cache_only_costs_a_re_check(tmp_path: Path) -> None:
-    paths = _pngs(tmp_path, 3)
+    paths = write_pngs(tmp_path, 3)
     scan_cache.check_all(paths, check_image)
     db = studio_home() / "cache" / "scan.sqlite"
     db.write_bytes(b"this is not a database" * 100)
@@ -90,7 +81,7 @@ def test_a_corrupt_or_deleted_cache_only_costs_a_re_check(tmp_path: Path) -> Non
 
 def test_a_dataset_scan_uses_the_cache(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
     for name in ("a", "b"):
-        _pngs(tmp_path / name, 3)
+        write_pngs(tmp_path / name, 3)
     first = data.load_dataset(str(tmp_path), val_split=0.34, seed=1)
     calls: list[str] = []
     monkeypatch.setattr(data, "check_image", _counting(calls))
