@@ -9,12 +9,13 @@ from __future__ import annotations
 
 import os
 import queue
+import sys
 import threading
 import time
 from pathlib import Path
 
 from core.config import RunConfig
-from core.errors import StudioError
+from core.errors import StorageError, StudioError
 from core.paths import runs_root
 from core.store import ACTIVE_STATUSES, FAILED, INTERRUPTED, QUEUED, STOPPED, RunStore
 from core.training import ProgressFn, execute_run
@@ -34,6 +35,9 @@ class JobQueue:
         self._stop_events: dict[str, threading.Event] = {}
         self._submitted_keys: dict[str, str] = {}
         self._progress: dict[str, ProgressFn] = {}
+        # What the worker returned for runs it finished: ``wait`` trusts it when the store
+        # could not record the end (a full or read-only disk), so no caller waits forever.
+        self._outcomes: dict[str, str] = {}
         self._worker = threading.Thread(
             target=self._work, name="transfer-studio-worker", daemon=True
         )
@@ -72,6 +76,7 @@ class JobQueue:
 
     def _enqueue(self, run_id: str, progress: ProgressFn | None) -> None:
         # Caller holds self._lock.
+        self._outcomes.pop(run_id, None)  # an earlier attempt's outcome says nothing of this one
         self._stop_events[run_id] = threading.Event()
         if progress is not None:
             self._progress[run_id] = progress
@@ -109,9 +114,16 @@ class JobQueue:
         """Block until the run leaves queued/running; returns its status."""
         deadline = None if timeout is None else time.monotonic() + timeout
         while True:
-            status = self.store.status(run_id)
-            if status not in ACTIVE_STATUSES:
+            try:
+                status: str | None = self.store.status(run_id)
+            except StorageError:
+                status = None  # a full disk can fail even reads for a moment; the worker decides
+            if status is not None and status not in ACTIVE_STATUSES:
                 return status
+            with self._lock:
+                outcome = self._outcomes.get(run_id)
+            if outcome is not None:
+                return outcome  # the worker is done with it, whatever the store still says
             if deadline is not None and time.monotonic() > deadline:
                 raise TimeoutError(f"Run {run_id} still {status} after {timeout} s")
             time.sleep(poll)
@@ -127,13 +139,19 @@ class JobQueue:
                 self._current = run_id
                 event = self._stop_events[run_id]
                 progress = self._progress.pop(run_id, None)
+            outcome: str | None = None
             try:
                 if self.store.status(run_id) == QUEUED:
-                    execute_run(self.store, run_id, event, progress)
+                    outcome = execute_run(self.store, run_id, event, progress)
+            except Exception as exc:  # noqa: BLE001 - the worker must outlive any one run
+                outcome = FAILED
+                print(f"error: run {run_id} could not be started: {exc}", file=sys.stderr)
             finally:
                 with self._lock:
                     self._current = None
                     self._stop_events.pop(run_id, None)
+                    if outcome is not None:
+                        self._outcomes[run_id] = outcome
 
 
 _QUEUES: dict[Path, JobQueue] = {}

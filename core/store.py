@@ -11,7 +11,9 @@ from __future__ import annotations
 import json
 import os
 import secrets
+import shutil
 import sqlite3
+import sys
 import time
 from collections.abc import Iterator
 from contextlib import contextmanager
@@ -19,7 +21,7 @@ from pathlib import Path
 from typing import Any
 
 from core.config import RunConfig
-from core.errors import RunNotFoundError
+from core.errors import RunNotFoundError, StudioError, storage_error
 from core.paths import runs_root
 
 QUEUED, RUNNING, COMPLETED, STOPPED, FAILED, INTERRUPTED = (
@@ -33,6 +35,9 @@ QUEUED, RUNNING, COMPLETED, STOPPED, FAILED, INTERRUPTED = (
 STATUSES = (QUEUED, RUNNING, COMPLETED, STOPPED, FAILED, INTERRUPTED)
 ACTIVE_STATUSES = (QUEUED, RUNNING)
 HISTORY_KEYS = ("loss", "accuracy", "val_loss", "val_accuracy", "lr", "phase")
+DB_NAME = "runs.sqlite"
+BACKUP_NAME = "runs.sqlite.bak"  # SQLite's online backup, refreshed after every finished run
+RECORD_FILE = "record.json"  # each run folder's own copy of its row and epochs
 
 _SCHEMA = """
 CREATE TABLE IF NOT EXISTS runs (
@@ -117,6 +122,34 @@ def _owner_alive(owner: str | None) -> bool:
     return _process_token(pid) == owner
 
 
+def _is_damaged(exc: sqlite3.DatabaseError) -> bool:
+    """Whether SQLite says the file itself is no database (as opposed to busy or unwritable)."""
+    text = str(exc).lower()
+    return "not a database" in text or "malformed" in text or "corrupt" in text
+
+
+def _valid_database(path: Path) -> bool:
+    try:
+        db = sqlite3.connect(f"file:{path}?mode=ro", uri=True)
+        try:
+            return db.execute("PRAGMA quick_check").fetchone()[0] == "ok" and bool(
+                db.execute("SELECT 1 FROM sqlite_master WHERE name = 'runs'").fetchone()
+            )
+        finally:
+            db.close()
+    except sqlite3.Error:
+        return False
+
+
+def _write_json_atomic(path: Path, obj: Any) -> None:
+    tmp = path.with_name(f".{path.name}.tmp")
+    try:
+        tmp.write_text(json.dumps(obj, default=str))
+        os.replace(tmp, path)
+    finally:
+        tmp.unlink(missing_ok=True)
+
+
 def new_run_id() -> str:
     """Sortable, readable and unique: ``20261121-210501-3fa2c1``."""
     return time.strftime("%Y%m%d-%H%M%S") + "-" + secrets.token_hex(3)
@@ -126,25 +159,56 @@ class RunStore:
     """SQLite run registry plus ``<root>/runs/<run_id>/`` artifact folders."""
 
     def __init__(self, root: str | os.PathLike[str] | None = None, recover: bool = True) -> None:
-        self.root = runs_root(root)
-        self.db_path = self.root / "runs.sqlite"
-        (self.root / "runs").mkdir(exist_ok=True)
-        with self._connect() as db:
-            db.executescript(_SCHEMA)
-            self._add_missing_columns(db)
+        try:
+            self.root = runs_root(root)
+            (self.root / "runs").mkdir(exist_ok=True)
+        except OSError as exc:
+            raise storage_error(exc, root or "the studio home") or StudioError(
+                f"Cannot create the runs folder {root or 'in the studio home'}: {exc}."
+            ) from exc
+        self.db_path = self.root / DB_NAME
+        try:
+            self._open_schema()
+        except sqlite3.DatabaseError as exc:
+            if not _is_damaged(exc):
+                raise self._storage_error(exc) from exc
+            self._set_aside_damaged(exc)
+            self._open_schema()
+        self.reindex_folders()
         if recover:
             self.recover_interrupted()
 
+    def _open_schema(self) -> None:
+        with self._connect() as db:
+            db.executescript(_SCHEMA)
+            self._add_missing_columns(db)
+
     # -- plumbing -------------------------------------------------------------------------
+    def _storage_error(self, exc: BaseException) -> StudioError:
+        """One clear line for a store that cannot be read or written."""
+        return storage_error(exc, self.root) or StudioError(
+            f"The run store {self.db_path} cannot be used: {exc}. Check the folder's disk and "
+            "permissions."
+        )
+
     @contextmanager
     def _connect(self) -> Iterator[sqlite3.Connection]:
-        db = sqlite3.connect(self.db_path, timeout=30.0)
+        try:
+            db = sqlite3.connect(self.db_path, timeout=30.0)
+        except sqlite3.Error as exc:
+            raise self._storage_error(exc) from exc
         db.row_factory = sqlite3.Row
         try:
             db.execute("PRAGMA journal_mode=WAL")
             db.execute("PRAGMA synchronous=NORMAL")
             with db:  # one transaction, committed on success
                 yield db
+        except sqlite3.OperationalError as exc:
+            # A full or read-only disk reaches every caller as one line, not a traceback.
+            error = storage_error(exc, self.root)
+            if error is None:
+                raise
+            raise error from exc
         finally:
             db.close()
 
@@ -159,6 +223,132 @@ class RunStore:
                 if name not in have:
                     db.execute(f"ALTER TABLE {table} ADD COLUMN {name} {kind}")
         wanted.close()
+
+    def _set_aside_damaged(self, exc: sqlite3.DatabaseError) -> None:
+        """Keep a damaged index for inspection and start again from the backup, if sound.
+
+        Runs the backup does not know are re-added from their folders by ``reindex_folders``.
+        """
+        stamp = time.strftime("%Y%m%d-%H%M%S")
+        kept = self.db_path.with_name(f"{DB_NAME}.damaged-{stamp}")
+        os.replace(self.db_path, kept)
+        for suffix in ("-wal", "-shm"):  # they belong to the damaged file, not to the backup
+            side = self.db_path.with_name(DB_NAME + suffix)
+            if side.exists():
+                os.replace(side, kept.with_name(kept.name + suffix))
+        backup = self.root / BACKUP_NAME
+        restored = _valid_database(backup)
+        if restored:
+            shutil.copyfile(backup, self.db_path)
+        print(
+            f"warning: the run store {self.db_path} was damaged ({exc}); kept it as {kept.name} "
+            + ("and restored the last backup" if restored else "and started a new index")
+            + ", then re-added runs from their folders.",
+            file=sys.stderr,
+        )
+
+    def reindex_folders(self) -> list[str]:
+        """Add run folders the index does not know (a lost or damaged ``runs.sqlite``).
+
+        Each run folder keeps ``config.json`` and ``record.json`` (its row and epochs); a run
+        that was active when the index was lost comes back ``interrupted``, so it can be
+        resumed. Returns the ids added.
+        """
+        folders = self.root / "runs"
+        candidates = [
+            p.name
+            for p in sorted(folders.iterdir())
+            if not p.name.startswith(".") and (p / "config.json").is_file()
+        ]
+        if not candidates:
+            return []
+        with self._connect() as db:
+            known = {r[0] for r in db.execute("SELECT run_id FROM runs")}
+        added = []
+        for run_id in candidates:
+            if run_id in known:
+                continue
+            try:
+                self._import_folder(run_id)
+            except (OSError, ValueError, StudioError) as exc:  # one bad folder hides no other
+                print(f"warning: run folder {run_id} was not re-added: {exc}", file=sys.stderr)
+                continue
+            added.append(run_id)
+        return added
+
+    def _import_folder(self, run_id: str) -> None:
+        folder = self.root / "runs" / run_id
+        config = RunConfig.from_json((folder / "config.json").read_text())
+        record_path = folder / RECORD_FILE
+        record: dict[str, Any] = (
+            json.loads(record_path.read_text()) if record_path.is_file() else {}
+        )
+        row = dict(record.get("run") or {})
+        epochs: list[dict[str, Any]] = list(record.get("epochs") or [])
+        model = folder / "model.keras"
+        row.update(
+            run_id=run_id,
+            config_json=config.to_json(indent=None),
+            planned_epochs=row.get("planned_epochs") or config.planned_epochs,
+            created_at=row.get("created_at") or folder.stat().st_mtime,
+            stop_requested=0,
+        )
+        if not row.get("status"):
+            # No record (written before records existed): a saved model means a finished run.
+            row["status"] = COMPLETED if model.is_file() else INTERRUPTED
+        if row["status"] in ACTIVE_STATUSES and not _owner_alive(row.get("owner")):
+            row["status"] = INTERRUPTED
+            row["error"] = "The run index was rebuilt from the run folder before it finished."
+        if model.is_file():
+            row.update(model_path=str(model), model_bytes=model.stat().st_size)
+        with self._connect() as db:
+            columns = {r[1] for r in db.execute("PRAGMA table_info(runs)")}
+            row = {k: v for k, v in row.items() if k in columns and k != "seq"}
+            seq = db.execute("SELECT COALESCE(MAX(seq), 0) + 1 FROM runs").fetchone()[0]
+            names = ["seq", *row]
+            db.execute(
+                f"INSERT INTO runs ({', '.join(names)}) VALUES ({', '.join('?' * len(names))})",
+                (seq, *row.values()),
+            )
+            for epoch in epochs:
+                self._insert_epoch(db, run_id, epoch)
+            db.execute(_REFRESH_SUMMARY, (run_id, run_id, run_id))
+
+    def _write_record(self, run_id: str) -> None:
+        """The run folder's own copy of its row and epochs (what a lost index is rebuilt from)."""
+        with self._connect() as db:
+            row = db.execute("SELECT * FROM runs WHERE run_id = ?", (run_id,)).fetchone()
+            epochs = db.execute(
+                "SELECT * FROM epochs WHERE run_id = ? ORDER BY epoch", (run_id,)
+            ).fetchall()
+        if row is None:
+            return
+        run = {k: row[k] for k in row.keys() if k not in ("seq", "stage_json")}
+        folder = self.root / "runs" / run_id
+        if not folder.is_dir():
+            return
+        try:
+            _write_json_atomic(
+                folder / RECORD_FILE, {"run": run, "epochs": [dict(e) for e in epochs]}
+            )
+        except OSError as exc:  # a copy: the index itself is written; say so, go on
+            print(f"warning: could not write {folder / RECORD_FILE}: {exc}", file=sys.stderr)
+
+    def backup(self) -> Path:
+        """Copy the index with SQLite's online backup to ``runs.sqlite.bak`` (atomically)."""
+        target = self.root / BACKUP_NAME
+        tmp = target.with_name(f".{target.name}.tmp")
+        try:
+            with self._connect() as db:
+                copy = sqlite3.connect(tmp)
+                try:
+                    db.backup(copy)
+                finally:
+                    copy.close()
+            os.replace(tmp, target)
+        finally:
+            tmp.unlink(missing_ok=True)
+        return target
 
     def run_dir(self, run_id: str) -> Path:
         """The artifact folder of a run (created on demand)."""
@@ -202,6 +392,8 @@ class RunStore:
             )
             if cur.rowcount == 0:
                 raise RunNotFoundError(self._not_found(run_id))
+        if "status" in values:  # the folder's record follows every change of status
+            self._write_record(run_id)
 
     def mark_running(self, run_id: str) -> None:
         """The worker picked the run up (in this process)."""
@@ -217,27 +409,35 @@ class RunStore:
         before = row["duration_s"] or 0.0  # time of earlier segments of a resumed run
         duration = round(before + now - started, 3)
         self.update(run_id, status=status, error=error, finished_at=now, duration_s=duration)
+        try:
+            self.backup()
+        except (OSError, StudioError) as exc:  # the index is written; its copies can wait
+            print(f"warning: could not back up the run store: {exc}", file=sys.stderr)
 
     def request_stop(self, run_id: str) -> None:
         """Ask the run to stop (seen by the worker within one batch)."""
         self.update(run_id, stop_requested=1)
 
+    _EPOCH_KEYS = (
+        "epoch", "phase", "phase_epoch", "loss", "accuracy", "val_loss", "val_accuracy", "lr",
+        "images_per_s", "duration_s",
+    )  # fmt: skip
+
+    @classmethod
+    def _insert_epoch(cls, db: sqlite3.Connection, run_id: str, record: dict[str, Any]) -> None:
+        keys = cls._EPOCH_KEYS
+        db.execute(
+            f"INSERT OR REPLACE INTO epochs (run_id, {', '.join(keys)}, t)"
+            f" VALUES (?, {', '.join('?' * len(keys))}, ?)",
+            (run_id, *(record.get(k) for k in keys), record.get("t") or time.time()),
+        )
+
     def add_epoch(self, run_id: str, record: dict[str, Any]) -> None:
         """Store one finished epoch (idempotent per epoch number) and refresh the summary."""
-        keys = (
-            "epoch", "phase", "phase_epoch", "loss", "accuracy", "val_loss", "val_accuracy", "lr",
-            "images_per_s", "duration_s",
-        )  # fmt: skip
         with self._connect() as db:
-            db.execute(
-                f"INSERT OR REPLACE INTO epochs (run_id, {', '.join(keys)}, t)"
-                f" VALUES (?, {', '.join('?' * len(keys))}, ?)",
-                (run_id, *(record.get(k) for k in keys), time.time()),
-            )
-            db.execute(
-                _REFRESH_SUMMARY,
-                (run_id, run_id, run_id),
-            )
+            self._insert_epoch(db, run_id, {**record, "t": None})
+            db.execute(_REFRESH_SUMMARY, (run_id, run_id, run_id))
+        self._write_record(run_id)
 
     def add_batches(self, run_id: str, records: list[dict[str, Any]]) -> None:
         """Store several batches in one transaction (a commit per batch would cost ~10 ms)."""
@@ -302,13 +502,16 @@ class RunStore:
 
     def delete_run(self, run_id: str) -> None:
         """Remove a finished run and its artifacts."""
-        import shutil
-
         self.get_run(run_id)
+        folder = self.root / "runs" / run_id
+        # Hide the folder first, so that no reader re-adds it from its files meanwhile.
+        trash = folder.with_name(f".deleting-{run_id}")
+        if folder.exists():
+            os.replace(folder, trash)
         with self._connect() as db:
             for table in ("batches", "epochs", "runs"):
                 db.execute(f"DELETE FROM {table} WHERE run_id = ?", (run_id,))
-        shutil.rmtree(self.root / "runs" / run_id, ignore_errors=True)
+        shutil.rmtree(trash, ignore_errors=True)
 
     # -- reading --------------------------------------------------------------------------
     def _not_found(self, run_id: str) -> str:

@@ -7,19 +7,23 @@ next run.
 
 from __future__ import annotations
 
+import gc
 import json
 import os
+import shutil
+import sys
 import threading
 import time
 import traceback
-from collections.abc import Callable
+from collections.abc import Callable, Sequence
 from pathlib import Path
 from typing import Any
 
 import keras
+import numpy as np
 
 from core.config import RunConfig
-from core.errors import DataError, StudioError
+from core.errors import DataError, StudioError, exception_chain, storage_error
 from core.store import COMPLETED, FAILED, STOPPED, RunStore
 
 ProgressFn = Callable[[dict[str, Any]], None]
@@ -27,6 +31,8 @@ MODEL_FILE = "model.keras"
 CHECKPOINT_FILE = "checkpoint.weights.h5"
 BATCH_FLUSH_S = 0.5  # how often buffered per-batch metrics reach the store
 CHECKPOINT_META = "checkpoint.json"
+CHECKPOINT_OPTIMIZER = "checkpoint.optimizer.npz"  # the phase's optimizer state (Adam moments)
+TEMP_PATTERNS = ("tmp-*", "*.tmp", ".*.tmp")  # what an interrupted write leaves in a run folder
 CACHED_CHECKPOINT_S = 5.0  # minimum seconds between checkpoints of a head on cached features
 
 
@@ -148,11 +154,59 @@ class StoreMetricsCallback(keras.callbacks.Callback):
             self.progress(record)
 
 
-def _error_text(exc: BaseException) -> str:
+def _error_text(exc: BaseException, folder: Path) -> str:
+    disk = storage_error(exc, folder)
+    if disk is not None:
+        return str(disk)
     if isinstance(exc, StudioError):
         return str(exc)
     first = str(exc).strip().splitlines()[0] if str(exc).strip() else ""
     return f"{type(exc).__name__}: {first}" if first else type(exc).__name__
+
+
+def _truncate_open_copies(path: Path) -> None:
+    """Empty ``path`` through any descriptor this process still holds on it.
+
+    HDF5 keeps a file open when closing it fails (as it does on a full disk), so unlinking
+    alone would not return the space until the process ends.
+    """
+    fds = Path("/proc/self/fd")
+    if not fds.is_dir():
+        return
+    target = str(path)
+    for fd in fds.iterdir():
+        try:
+            if os.readlink(fd).removesuffix(" (deleted)") == target:
+                os.ftruncate(int(fd.name), 0)
+        except (OSError, ValueError):
+            continue
+
+
+def remove_temp_files(folder: Path) -> None:
+    """Delete what an interrupted or failed write left behind (never a finished file)."""
+    for pattern in TEMP_PATTERNS:
+        for path in folder.glob(pattern):
+            try:
+                if path.is_dir():
+                    shutil.rmtree(path, ignore_errors=True)
+                else:
+                    _truncate_open_copies(path)
+                    path.unlink()
+            except OSError:
+                pass
+
+
+def _ensure_room(folder: Path, needed: int) -> None:
+    """Fail before a write that cannot fit, rather than leave half a file on a full disk."""
+    free = shutil.disk_usage(folder).free
+    if free < needed:
+        raise OSError(
+            28, f"No space left on device: {needed / 1e6:.1f} MB needed, {free / 1e6:.1f} MB free"
+        )
+
+
+def _bytes_of(variables: Sequence[Any]) -> int:
+    return sum(int(np.prod(v.shape)) * np.dtype(v.dtype).itemsize for v in variables)
 
 
 def execute_run(
@@ -161,17 +215,47 @@ def execute_run(
     stop_event: threading.Event | None = None,
     progress: ProgressFn | None = None,
 ) -> str:
-    """Train run ``run_id`` to the end; returns its final status (completed/stopped/failed)."""
+    """Train run ``run_id`` to the end; returns its final status (completed/stopped/failed).
+
+    Never raises: whatever goes wrong (a full disk included) ends the run ``failed`` with a
+    one-line message, and the caller's worker goes on. If even that cannot be written to the
+    store, the failure is returned, and the store's row is left for ``recover_interrupted``.
+    """
     stop_event = stop_event or threading.Event()
-    store.mark_running(run_id)
+    folder = store.root / "runs" / run_id
     try:
+        remove_temp_files(folder)  # a kill during an earlier attempt's write
+        store.mark_running(run_id)
         status = _train(store, run_id, store.config(run_id), stop_event, progress)
+        store.mark_finished(run_id, status)
+        return status
     except Exception as exc:  # the run fails, the worker lives on
-        (store.run_dir(run_id) / "error.log").write_text(traceback.format_exc())
-        store.mark_finished(run_id, FAILED, error=_error_text(exc))
+        _record_failure(store, run_id, folder, exc)
         return FAILED
-    store.mark_finished(run_id, status)
-    return status
+
+
+def _record_failure(store: RunStore, run_id: str, folder: Path, exc: Exception) -> None:
+    """Mark the run failed, best effort at every step: the disk may be what failed."""
+    message = _error_text(exc, folder)
+    log = traceback.format_exc()
+    # A failed write can leave its file open (h5py closes it when the object dies): drop the
+    # failed frames' locals so the file closes and its space is returned before the cleanup.
+    for err in exception_chain(exc):
+        traceback.clear_frames(err.__traceback__)
+    gc.collect()
+    remove_temp_files(folder)  # on a full disk this is the room the writes below need
+    try:
+        (folder / "error.log").write_text(log)
+    except OSError:
+        pass
+    try:
+        store.mark_finished(run_id, FAILED, error=message)
+    except Exception as again:  # noqa: BLE001 - nothing may escape the worker
+        print(
+            f"error: run {run_id} failed ({message}) and the run store could not record it: "
+            f"{_error_text(again, store.root)}",
+            file=sys.stderr,
+        )
 
 
 def _checkpoint_paths(store: RunStore, run_id: str) -> tuple[Path, Path]:
@@ -179,26 +263,73 @@ def _checkpoint_paths(store: RunStore, run_id: str) -> tuple[Path, Path]:
     return folder / CHECKPOINT_FILE, folder / CHECKPOINT_META
 
 
-def _save_checkpoint(store: RunStore, run_id: str, model: keras.Model, meta: dict) -> None:
-    """Weights after a finished epoch, written atomically (a kill never leaves half a file)."""
+def _save_checkpoint(
+    store: RunStore,
+    run_id: str,
+    model: keras.Model,
+    meta: dict,
+    optimizer: keras.optimizers.Optimizer | None = None,
+) -> None:
+    """Weights (and the optimizer's state) after a finished epoch, each file written atomically.
+
+    ``checkpoint.json`` is written last: it is what makes the others count.
+    """
     weights, info = _checkpoint_paths(store, run_id)
+    state_vars = optimizer.variables if optimizer is not None and optimizer.built else []
+    # The new files sit beside the old ones until they replace them; 1 MB for HDF5's own.
+    _ensure_room(weights.parent, _bytes_of(model.weights) + _bytes_of(state_vars) + 2**20)
     tmp = weights.with_name("tmp-" + weights.name)
     model.save_weights(tmp)
     os.replace(tmp, weights)
+    meta = dict(meta)
+    if optimizer is not None and optimizer.built:
+        state = weights.with_name(CHECKPOINT_OPTIMIZER)
+        tmp_state = state.with_name("tmp-" + state.name)
+        with open(tmp_state, "wb") as fh:
+            np.savez(fh, *[keras.ops.convert_to_numpy(v) for v in optimizer.variables])
+        os.replace(tmp_state, state)
+        meta["optimizer_variables"] = len(optimizer.variables)
     tmp_info = info.with_suffix(".tmp")
     tmp_info.write_text(json.dumps(meta))
     os.replace(tmp_info, info)
 
 
-def _resume_point(store: RunStore, run_id: str) -> int:
-    """Epochs already done by an earlier attempt that a checkpoint backs (0 for a fresh run)."""
+def _restore_optimizer(
+    store: RunStore, run_id: str, model: keras.Model, meta: dict[str, Any]
+) -> bool:
+    """Put the checkpointed optimizer state back into ``model``'s fresh optimizer.
+
+    Returns False (the optimizer restarts) when the checkpoint holds no state of the same shape.
+    """
+    state_path = store.run_dir(run_id) / CHECKPOINT_OPTIMIZER
+    if not meta.get("optimizer_variables") or not state_path.is_file():
+        return False
+    optimizer = model.optimizer
+    if not optimizer.built:
+        optimizer.build(model.trainable_variables)
+    with np.load(state_path) as saved:
+        values = [saved[f"arr_{i}"] for i in range(len(saved.files))]
+    variables = list(optimizer.variables)
+    if len(values) != len(variables) or any(
+        tuple(v.shape) != tuple(a.shape) for v, a in zip(variables, values, strict=True)
+    ):
+        return False
+    for variable, value in zip(variables, values, strict=True):
+        variable.assign(value)
+    return True
+
+
+def _resume_point(store: RunStore, run_id: str) -> tuple[int, dict[str, Any]]:
+    """Epochs already done by an earlier attempt that a checkpoint backs (0 for a fresh run),
+    with the checkpoint's metadata."""
     weights, info = _checkpoint_paths(store, run_id)
     if not (weights.is_file() and info.is_file()):
         store.truncate_after(run_id, 0)
-        return 0
-    done = int(json.loads(info.read_text())["epoch"])
+        return 0, {}
+    meta = json.loads(info.read_text())
+    done = int(meta["epoch"])
     store.truncate_after(run_id, done)  # metrics past the checkpoint are redone, not repeated
-    return done
+    return done, meta
 
 
 class _Trainer:
@@ -327,7 +458,7 @@ class _Trainer:
             return self.cut.classifier  # the unfrozen layers and the head, on activations
         return self.built.model
 
-    def _checkpointer(self) -> Callable[[dict[str, Any]], None]:
+    def _checkpointer(self, phase_model: keras.Model) -> Callable[[dict[str, Any]], None]:
         """Per-epoch checkpoint writer; on cached features, at most one every few seconds.
 
         A head epoch on cached features takes a fraction of a second, less than writing its
@@ -341,7 +472,7 @@ class _Trainer:
             now = time.monotonic()
             if now - last[0] >= every or self.stop_event.is_set():
                 # The full model: one file whatever phase or input the run was in.
-                _save_checkpoint(store, run_id, self.built.model, meta)
+                _save_checkpoint(store, run_id, self.built.model, meta, phase_model.optimizer)
                 last[0] = now
 
         return write
@@ -368,7 +499,11 @@ class _Trainer:
         from core.model_builder import compile_model, phase_epochs, phase_lr, set_phase
 
         config, store, run_id = self.config, self.store, self.run_id
-        done = _resume_point(store, run_id)
+        done, meta = _resume_point(store, run_id)
+        if done > 0:
+            # The full model's weights of the last checkpointed epoch, whatever phase and input
+            # path wrote them; a run whose every epoch is done then just saves its model.
+            self.built.model.load_weights(_checkpoint_paths(store, run_id)[0])
         phases: list[dict[str, Any]] = []
         epoch_offset, step_offset = 0, store.last_step(run_id)
         for phase in config.phases:
@@ -387,14 +522,14 @@ class _Trainer:
                 epoch_offset += epochs
                 continue
             compile_model(model, lr)
-            if done > 0:
-                # Weights of the last finished epoch; the optimizer restarts (its moments rebuild
-                # within a few steps at these learning rates).
-                self.built.model.load_weights(_checkpoint_paths(store, run_id)[0])
+            if done > epoch_offset and meta.get("phase") == phase:
+                # Resuming inside this phase: its optimizer continues where it was (Adam's
+                # moments and step count), not from zero.
+                info["optimizer_restored"] = _restore_optimizer(store, run_id, model, meta)
             callback = StoreMetricsCallback(
                 store, run_id, phase, epoch_offset, self.steps, config.batch_size,
                 self.stop_event, step_offset=step_offset, progress=self.progress,
-                checkpoint=self._checkpointer(),
+                checkpoint=self._checkpointer(model),
             )  # fmt: skip
             self._fit(model, callback, epochs, initial_epoch=max(done - epoch_offset, 0))
             epoch_offset += epochs
