@@ -65,7 +65,7 @@ def queue_panel(polling: bool) -> None:
         progress = dashboard.progress_summary(result, queue.store.batches(run["run_id"]))
         with st.container(border=True):
             cols = st.columns([4, 1], vertical_alignment="center")
-            cols[0].markdown(dashboard.run_choice_label(run))
+            cols[0].markdown(ui.md_escape(dashboard.run_choice_label(run), inline=True))
             cols[0].progress(
                 progress["fraction"], text=f"{progress['text']} · ETA {progress['eta_text']}"
             )

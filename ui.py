@@ -8,12 +8,14 @@ from __future__ import annotations
 
 import sys
 import uuid
+from pathlib import Path
 from typing import Any
 
 import streamlit as st
 
 from core.errors import StudioError
 from core.paths import runs_root
+from core.text import md_escape
 
 DATA_SOURCE = "data_source"  # session key: the source chosen on the Data page
 RUN_ID = "run_id"  # session key: the run the Train page follows
@@ -72,8 +74,8 @@ def setup_page(title: str, icon: str) -> None:
             st.page_link(path, label=label, icon=page_icon)
         st.divider()
         source = st.session_state.get(DATA_SOURCE)
-        st.caption(f"Data: `{source}`" if source else "Data: not chosen yet (Data page)")
-        st.caption(f"Runs folder: `{runs_root()}`")
+        st.caption(f"Data: {md_escape(source)}" if source else "Data: not chosen yet (Data page)")
+        st.caption(f"Runs folder: {md_escape(runs_root())}")
 
 
 @st.cache_resource(show_spinner="Starting the training worker…")
@@ -109,24 +111,29 @@ def fetch_data(source: str, val_split: float, seed: int) -> bool:
     from core.data import parse_source
 
     status = None
+    shown = md_escape(source, inline=True)
     try:
         if parse_source(source)[0] == "kaggle":
-            status = st.status(f"Downloading {source} with kagglehub…")
+            status = st.status(f"Downloading {shown} with kagglehub…")
             with status:
                 load_data(source, val_split, seed)
         else:
-            with st.spinner(f"Loading {source} and checking every image…"):
+            with st.spinner(f"Loading {shown} and checking every image…"):
                 load_data(source, val_split, seed)
         return True
     except StudioError as exc:
         if status is not None:
-            status.update(label=f"Could not get {source}", state="error")
+            status.update(label=f"Could not get {shown}", state="error")
         show_error(exc)
         return False
 
 
 def finished_runs(store: Any, empty_message: str) -> tuple[list[dict], dict[str, str]]:
-    """Runs that have a model (newest first) and their labels by id; stops the page if none."""
+    """Runs that have a model (newest first) and their labels by id; stops the page if none.
+
+    The labels are plain text, for ``st.selectbox``/``st.multiselect`` options (which show their
+    options as typed): escape them with ``md_escape`` anywhere Markdown is rendered.
+    """
     from core.dashboard import predictable_runs, run_choice_label
 
     runs = predictable_runs(store)
@@ -183,9 +190,67 @@ def layer_preview_data(
     return layer_preview_summary(config.with_changes(unfreeze=unfreeze), classes)
 
 
+def _file_stamp(path: Path) -> tuple[int, int]:
+    """What changes when a file is rewritten: its mtime (ns) and size; ``(0, -1)`` if absent."""
+    try:
+        stat = path.stat()
+    except OSError:
+        return 0, -1
+    return stat.st_mtime_ns, stat.st_size
+
+
+@st.cache_resource(max_entries=4, show_spinner=False)
+def _evaluation(
+    run_dir: str, model: tuple[int, int], cached: tuple[int, int], _store: Any, run_id: str
+) -> dict[str, Any]:
+    from core.evaluate import evaluate_run
+
+    return evaluate_run(_store, run_id)
+
+
+def evaluation(store: Any, run_id: str) -> dict[str, Any]:
+    """``core.evaluate.evaluate_run``, kept in memory until the model or its evaluation file
+    changes: a rerun does not parse the (for many classes, large) ``evaluation.json`` again.
+
+    Shared by every session: treat the result as read-only.
+    """
+    from core.evaluate import EVALUATION_FILE
+
+    run_dir = store.run_dir(run_id)
+    model = Path(store.get_run(run_id)["model_path"] or run_dir / "no-model")
+    return _evaluation(
+        str(run_dir), _file_stamp(model), _file_stamp(run_dir / EVALUATION_FILE), store, run_id
+    )
+
+
+@st.cache_data(max_entries=8, show_spinner="Finding the most confused pairs…")
+def _pairs_view(run_dir: str, cached: tuple[int, int], _evaluation: dict[str, Any]) -> Any:
+    from core.run_views import matrix_view
+
+    return matrix_view(_evaluation)
+
+
+def confusion_view(
+    store: Any, run_id: str, evaluation: dict[str, Any], selected: tuple[str, str] | None
+) -> dict[str, Any]:
+    """``core.run_views.matrix_view``: the clickable heatmap (rebuilt per pick, it is small), or
+    for many classes the most confused pairs, built once per evaluation file."""
+    from core import run_views
+    from core.evaluate import EVALUATION_FILE
+
+    if len(evaluation["class_names"]) <= run_views.HEATMAP_MAX_CLASSES:
+        return run_views.matrix_view(evaluation, selected)
+    run_dir = store.run_dir(run_id)
+    return _pairs_view(str(run_dir), _file_stamp(run_dir / EVALUATION_FILE), evaluation)
+
+
 def show_error(exc: Exception) -> None:
-    """A user-actionable error as a red box (no traceback)."""
-    st.error(str(exc) if isinstance(exc, StudioError) else f"{type(exc).__name__}: {exc}")
+    """A user-actionable error as a red box (no traceback); its text is shown as typed.
+
+    Messages quote paths, file, class and run names: never rendered as Markdown.
+    """
+    text = str(exc) if isinstance(exc, StudioError) else f"{type(exc).__name__}: {exc}"
+    st.error(md_escape(text))
 
 
 def new_click_key(name: str) -> None:
@@ -270,7 +335,7 @@ def run_monitor(queue: Any, run_id: str, shown_status: str | None = None) -> Non
             except StudioError as exc:
                 show_error(exc)
         if result["status"] == FAILED:
-            st.error(result["error"] or "The run failed.")
+            st.error(md_escape(result["error"]) if result["error"] else "The run failed.")
         elif result["status"] == COMPLETED:
             acc = result["best_val_accuracy"]
             st.success(
@@ -281,7 +346,8 @@ def run_monitor(queue: Any, run_id: str, shown_status: str | None = None) -> Non
         elif not active:
             st.warning(
                 f"Run {result['status']} after {p['epochs_done']} of {p['planned_epochs']} epochs. "
-                f"{result['error'] or ''} **Resume** continues from the last finished epoch."
+                f"{md_escape(result['error'] or '')} **Resume** continues from the last finished "
+                "epoch."
             )
 
     monitor()

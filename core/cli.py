@@ -13,7 +13,7 @@ from dataclasses import fields
 from typing import Any
 
 from core.config import AUGMENTATIONS, FEATURE_CACHE_CHOICES, MODE_HELP, MODES, RunConfig
-from core.errors import StudioError
+from core.errors import StudioError, storage_error
 
 EPILOG = """examples:
   python -m core train --json          # offline default: efficientnet_lite0 on builtin:faces
@@ -177,6 +177,12 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--out", metavar="DIR", help="output folder (default: inside the run folder)")
     p.add_argument(
         "--quantize", action="store_true", help="tflite only: dynamic-range quantized weights"
+    )
+    p.add_argument(
+        "--overwrite",
+        action="store_true",
+        help="let --out be a folder that is not empty: replace the export's own files there "
+        "(the model, labels.txt, config.json), never anything else",
     )
     _add_common(p)
 
@@ -378,12 +384,22 @@ def cmd_evaluate(args: argparse.Namespace) -> int:
 
 def cmd_export(args: argparse.Namespace) -> int:
     """Export and verify a run's model."""
-    from core.export import export_run
+    from core.export import ExportTargetError, export_run
     from core.store import RunStore
 
-    info = export_run(
-        RunStore(args.runs_dir), args.run, args.fmt, out_dir=args.out, quantize=args.quantize
-    )
+    try:
+        info = export_run(
+            RunStore(args.runs_dir),
+            args.run,
+            args.fmt,
+            out_dir=args.out,
+            quantize=args.quantize,
+            overwrite=args.overwrite,
+        )
+    except ExportTargetError as exc:
+        if args.overwrite or "turn on overwrite" not in str(exc):
+            raise
+        raise ExportTargetError(f"{exc} (On the command line: --overwrite.)") from exc
     if args.json:
         _print_json(info)
     else:
@@ -489,4 +505,11 @@ def main(argv: Sequence[str] | None = None) -> int:
         return COMMANDS[args.command](args)
     except StudioError as exc:
         print(f"error: {exc}", file=sys.stderr)
+        return 1
+    except OSError as exc:  # a full, read-only or unwritable disk is a user's problem too
+        where = getattr(args, "runs_dir", None) or getattr(exc, "filename", None) or "."
+        disk = storage_error(exc, where)
+        if disk is None:
+            raise
+        print(f"error: {disk}", file=sys.stderr)
         return 1

@@ -19,6 +19,7 @@ import re
 import shutil
 import stat
 import tempfile
+import unicodedata
 import zipfile
 import zlib
 from collections import Counter
@@ -28,6 +29,7 @@ from pathlib import Path
 import numpy as np
 
 from core.builtin_datasets import BUILTINS, builtin_path
+from core.builtin_datasets import MARKER_NAME as _BUILTIN_MARKER_NAME
 from core.errors import ConfigError, DataError
 from core.images import IMAGE_EXTENSIONS, check_image
 from core.paths import data_cache_dir
@@ -35,13 +37,40 @@ from core.paths import data_cache_dir
 MAX_ZIP_UNCOMPRESSED_BYTES = 2 * 1024**3  # total, declared and actually written
 MAX_ZIP_COMPRESSION_RATIO = 200  # per member, only for members above the next size
 ZIP_RATIO_MIN_BYTES = 10 * 1024**2
-MAX_ZIP_MEMBERS = 500_000
+MAX_ZIP_MEMBERS = 50_000  # entries in one zip (a folder of images per class rarely has more)
+MAX_ZIP_DEPTH = 64  # folder levels of one zip member's path
 MAX_WRAPPER_DEPTH = 4  # wrapper folders descended through to find the class level
 MAX_CLASS_DEPTH = 16  # sub-folders followed inside one class folder
 ZIP_MARKER_NAME = ".extracted-complete.json"
 _ZIP_MARKER_VERSION = 1
 _VAL_DIR_NAMES = ("val", "validation", "valid", "test")  # in order of preference
 _IGNORED_NAMES = frozenset({"__MACOSX"})
+# Hidden names that are tool or OS bookkeeping, never data: left out silently. Any other name that
+# starts with "." is left out too, but reported in skipped_files so the user can see why.
+_SILENT_HIDDEN_NAMES = frozenset(
+    {
+        ".DS_Store",
+        ".AppleDouble",
+        ".Spotlight-V100",
+        ".Trashes",
+        ".fseventsd",
+        ".TemporaryItems",
+        ".directory",
+        ".git",
+        ".gitignore",
+        ".gitattributes",
+        ".gitkeep",
+        ".keep",
+        ".hg",
+        ".svn",
+        ".ipynb_checkpoints",
+        ZIP_MARKER_NAME,
+        _BUILTIN_MARKER_NAME,
+    }
+)
+# Characters that break "one class per line" files (str.splitlines splits on all of them) or
+# cannot be shown: C0/C1 controls (category Cc) and the Unicode line/paragraph separators.
+_UNSAFE_NAME_CATEGORIES = frozenset({"Cc", "Zl", "Zp"})
 _CHUNK = 1024 * 1024
 _KAGGLE_HANDLE = re.compile(
     r"^(?P<owner>[A-Za-z0-9][A-Za-z0-9_-]*)/(?P<slug>[A-Za-z0-9][A-Za-z0-9_-]*)"
@@ -254,7 +283,10 @@ def _plan_zip(
     """Validate every member before writing anything; return (files and dirs to write, skipped)."""
     if len(infos) > MAX_ZIP_MEMBERS:
         raise DataError(
-            f"Refusing zip {zip_path!r}: {len(infos)} members, more than {MAX_ZIP_MEMBERS}."
+            f"Refusing zip {zip_path!r}: it holds {len(infos)} entries, more than the "
+            f"{MAX_ZIP_MEMBERS} a zip data source may have (so many tiny files is more likely a "
+            "mistake or an attack than a dataset). Extract it yourself and pass the folder, or "
+            "split it into smaller zips."
         )
     plan: list[tuple[list[str], zipfile.ZipInfo]] = []
     skipped: list[dict] = []
@@ -274,6 +306,27 @@ def _plan_zip(
         if not parts or parts[0] in _IGNORED_NAMES:  # macOS resource forks are never data
             continue
         where = f"{zip_path}::{info.filename}"
+        if parts[0].lower() == ZIP_MARKER_NAME.lower():  # lower: case-insensitive file systems
+            # The extraction writes its completion marker under this name, at the top level.
+            skipped.append(
+                {
+                    "path": where,
+                    "reason": f"name {ZIP_MARKER_NAME!r} is reserved for the extraction marker "
+                    "(not extracted)",
+                }
+            )
+            continue
+        if len(parts) > MAX_ZIP_DEPTH:
+            # Such paths are never data (class folders are a few levels deep) and would make
+            # folder creation and clean-up recurse once per level.
+            skipped.append(
+                {
+                    "path": f"{zip_path}::{'/'.join(parts[:3])}/.../{parts[-1]}",
+                    "reason": f"path {len(parts)} levels deep, more than the {MAX_ZIP_DEPTH} "
+                    "allowed (not extracted)",
+                }
+            )
+            continue
         if stat.S_ISLNK(info.external_attr >> 16):
             skipped.append({"path": where, "reason": "symlink inside the zip (not extracted)"})
             continue
@@ -368,8 +421,10 @@ def _discard(target: Path, parent: Path) -> None:
 def extract_zip(zip_path: str | os.PathLike[str]) -> Path:
     """Extract ``zip_path`` safely into ``data_cache_dir()/zips/<sha256[:16]>`` (reused if done).
 
-    Refuses absolute or ``..`` member names and zip bombs (declared or actual size, compression
-    ratio) with a ``DataError``; symlink and encrypted members are skipped, not extracted.
+    Refuses absolute or ``..`` member names, zip bombs (declared or actual size, compression
+    ratio) and more than MAX_ZIP_MEMBERS entries with a ``DataError``; symlink and encrypted
+    members, members deeper than MAX_ZIP_DEPTH levels and members named like the extraction
+    marker are skipped, not extracted.
     """
     path = os.path.abspath(os.path.expanduser(os.fspath(zip_path)))
     try:
@@ -410,8 +465,14 @@ def extract_zip(zip_path: str | os.PathLike[str]) -> Path:
 # --------------------------------------------------------------------------- folder scan
 
 
-def _ignored(name: str) -> bool:
-    return name.startswith(".") or name in _IGNORED_NAMES
+def _silently_ignored(name: str) -> bool:
+    """Bookkeeping of operating systems and tools (``.DS_Store``, ``.git``, ``._x`` forks...)."""
+    return name in _IGNORED_NAMES or name in _SILENT_HIDDEN_NAMES or name.startswith("._")
+
+
+def unsafe_name_characters(name: str) -> list[str]:
+    """The line breaks and control characters in ``name`` (those that break a one-per-line list)."""
+    return [ch for ch in name if unicodedata.category(ch) in _UNSAFE_NAME_CATEGORIES]
 
 
 def _inside(path: str, root_real: str) -> bool:
@@ -439,7 +500,14 @@ def _entries(
     dirs: list[str] = []
     files: list[str] = []
     for entry in entries:
-        if _ignored(entry.name):
+        if _silently_ignored(entry.name):
+            continue
+        if entry.name.startswith("."):
+            try:
+                kind = "folder" if entry.is_dir() else "file"
+            except OSError:
+                kind = "entry"
+            _skip(skipped, entry.path, f"hidden {kind} (name starts with '.')")
             continue
         try:
             if entry.is_symlink() and not _inside(os.path.realpath(entry.path), root_real):
@@ -505,7 +573,23 @@ def _class_folders(folder: str, root_real: str, skipped: list[dict]) -> dict[str
             _skip(skipped, path, "image outside any class folder")
         else:
             _skip(skipped, path, _non_image_reason(path))
+    for path in dirs:
+        _check_class_name(path)
     return {os.path.basename(d): d for d in dirs}
+
+
+def _check_class_name(path: str) -> None:
+    """Refuse a class folder whose name would not survive a one-class-per-line labels file."""
+    name = os.path.basename(path)
+    bad = unsafe_name_characters(name)
+    if bad:
+        shown = ", ".join(dict.fromkeys(repr(ch) for ch in bad))
+        raise DataError(
+            f"Class folder {name!r} in {os.path.dirname(path)!r} has a line break or control "
+            f"character in its name ({shown}); class names must be plain text on one line "
+            "because they are saved one per line in labels.txt. Rename the folder without "
+            "those characters and load the data again."
+        )
 
 
 def _non_image_reason(path: str) -> str:
@@ -514,24 +598,28 @@ def _non_image_reason(path: str) -> str:
 
 
 def _class_files(class_dir: str, root_real: str, skipped: list[dict]) -> list[str]:
-    """Every visible file under ``class_dir`` (sub-folders included), sorted."""
-    found: list[str] = []
-    seen = {os.path.realpath(class_dir)}  # symlinked folders inside the root could loop
+    """Every visible file under ``class_dir`` (sub-folders included), sorted.
 
-    def walk(folder: str, depth: int) -> None:
+    An explicit stack rather than recursion, and at most MAX_CLASS_DEPTH levels: a deep tree can
+    neither exhaust Python's recursion limit nor make the scan wander.
+    """
+    found: list[str] = []
+    seen = {os.path.realpath(class_dir): class_dir}  # symlinked folders inside the root could loop
+    stack = [(class_dir, 1)]
+    while stack:
+        folder, depth = stack.pop()
         dirs, files = _entries(folder, root_real, skipped)
         found.extend(files)
         for sub in dirs:
             real = os.path.realpath(sub)
             if real in seen:
+                _skip(skipped, sub, f"same folder as {seen[real]} (symlink), not read twice")
                 continue
-            seen.add(real)
+            seen[real] = sub
             if depth >= MAX_CLASS_DEPTH:
                 _skip(skipped, sub, f"folder nested deeper than {MAX_CLASS_DEPTH} levels")
                 continue
-            walk(sub, depth + 1)
-
-    walk(class_dir, 1)
+            stack.append((sub, depth + 1))
     return sorted(found)
 
 
@@ -550,10 +638,63 @@ def _reason_summary(items: list[dict]) -> str:
     return ", ".join(parts)
 
 
+def _drop_duplicates(
+    candidates: list[tuple[str, str]],
+    root: str,
+    root_real: str,
+    claimed: dict[str, str],
+    skipped_by_class: dict[str, list[dict]],
+) -> list[tuple[str, str]]:
+    """Keep one path per real file: symlinks must not label the same image twice.
+
+    ``claimed`` maps real paths to the path kept for them (shared between the train and the
+    validation folders, so a file cannot be in both). Within ``candidates`` the path that is the
+    file itself (no symlink on the way) wins; the others are skipped, naming the kept path.
+    """
+    groups: dict[str, list[int]] = {}
+    reals: list[str] = []
+    folder_reals: dict[str, str] = {}  # realpath is slow: resolve each folder once
+    for i, (_, path) in enumerate(candidates):
+        folder, base = os.path.split(path)
+        if folder not in folder_reals:
+            folder_reals[folder] = os.path.realpath(folder)
+        real = folder_reals[folder] + os.sep + base
+        if os.path.islink(real):
+            real = os.path.realpath(real)
+        reals.append(real)
+        groups.setdefault(real, []).append(i)
+    keep: set[int] = set()
+    for real, members in groups.items():
+        if real in claimed:
+            continue
+        direct = [i for i in members if _direct(candidates[i][1], root, root_real, real)]
+        chosen = (direct or members)[0]
+        claimed[real] = candidates[chosen][1]
+        keep.add(chosen)
+    kept: list[tuple[str, str]] = []
+    for i, (name, path) in enumerate(candidates):
+        if i in keep:
+            kept.append((name, path))
+        else:
+            reason = f"same file as {claimed[reals[i]]} (symlink), counted once"
+            skipped_by_class[name].append({"path": path, "reason": reason})
+    return kept
+
+
+def _direct(path: str, root: str, root_real: str, real: str) -> bool:
+    """Whether ``path`` reaches its file without going through a symlink below the root."""
+    prefix = root.rstrip(os.sep) + os.sep
+    return path.startswith(prefix) and root_real.rstrip(os.sep) + path[len(prefix) - 1 :] == real
+
+
 def _usable_files(
-    class_dirs: dict[str, str], root_real: str, skipped: list[dict]
+    class_dirs: dict[str, str],
+    root: str,
+    root_real: str,
+    skipped: list[dict],
+    claimed: dict[str, str],
 ) -> tuple[dict[str, list[str]], dict[str, list[dict]]]:
-    """Usable image paths and skipped entries per class."""
+    """Usable image paths and skipped entries per class (``claimed``: see _drop_duplicates)."""
     usable: dict[str, list[str]] = {}
     skipped_by_class: dict[str, list[dict]] = {}
     candidates: list[tuple[str, str]] = []
@@ -566,6 +707,7 @@ def _usable_files(
                 own.append({"path": path, "reason": _non_image_reason(path)})
         usable[name] = []
         skipped_by_class[name] = own
+    candidates = _drop_duplicates(candidates, root, root_real, claimed, skipped_by_class)
     reasons = _check_all([path for _, path in candidates])
     for (name, path), reason in zip(candidates, reasons, strict=True):
         if reason is None:
@@ -682,8 +824,9 @@ def load_dataset(source: str, val_split: float = 0.2, seed: int = 42) -> Dataset
             )
 
     class_names = sorted(train_dirs)
-    train_files, train_skips = _usable_files(train_dirs, root_real, skipped)
-    val_files, _ = _usable_files(val_dirs, root_real, skipped)
+    claimed: dict[str, str] = {}  # real path -> the one path it is used under
+    train_files, train_skips = _usable_files(train_dirs, root, root_real, skipped, claimed)
+    val_files, _ = _usable_files(val_dirs, root, root_real, skipped, claimed)
     usable_total = sum(map(len, train_files.values())) + sum(map(len, val_files.values()))
     if usable_total == 0:
         detail = f" ({len(skipped)} files skipped: {_reason_summary(skipped)})" if skipped else ""

@@ -62,13 +62,15 @@ def _write_atomic(path: Path, data: dict[str, Any]) -> None:
 
 def predict_paths(model: Any, paths: list[str], image_size: int, batch_size: int) -> np.ndarray:
     """Class probabilities for image files, in batches through a tf.data pipeline."""
-    from core.pipeline import make_dataset
+    from core.pipeline import image_errors, make_dataset
 
     if not paths:
         return np.zeros((0, int(model.outputs[0].shape[-1])), dtype=np.float32)
     dataset = make_dataset(paths, [0] * len(paths), image_size, batch_size, training=False)
     # Labels are dummies: predict() only looks at the images.
-    return np.asarray(model.predict(dataset.map(lambda x, _y: x), verbose=0), dtype=np.float32)
+    with image_errors():  # a file that changed since the scan: a DataError naming it
+        probs = model.predict(dataset.map(lambda x, _y: x), verbose=0)
+    return np.asarray(probs, dtype=np.float32)
 
 
 def evaluate_run(store: RunStore, run_id: str, force: bool = False) -> dict[str, Any]:

@@ -15,6 +15,7 @@ from __future__ import annotations
 import io
 import json
 import os
+import re
 import shutil
 import tempfile
 import threading
@@ -55,8 +56,20 @@ _SEED = 1234
 _TF_LOCK = threading.RLock()  # SavedModel export and TFLite conversion are not re-entrant-safe
 
 
+# Every file Keras' SavedModel export writes, relative to saved_model/: even with overwrite on, an
+# existing saved_model/ holding anything else is not replaced (that would delete a user's file).
+_SAVEDMODEL_FILES = re.compile(
+    r"(saved_model\.pb(?:txt)?|fingerprint\.pb|keras_metadata\.pb"
+    r"|variables/variables\.index|variables/variables\.data-\d+-of-\d+)"
+)
+
+
 class ExportVerificationError(StudioError):
     """The exported artifact does not reproduce the live model's predictions."""
+
+
+class ExportTargetError(StudioError):
+    """The export folder holds files the export would overwrite or delete."""
 
 
 def normalize_format(fmt: str) -> str:
@@ -323,14 +336,98 @@ def compare_predictions(live: np.ndarray, exported: np.ndarray, quantized: bool)
 # --------------------------------------------------------------------------- public entry point
 
 
+def labels_text(class_names: Sequence[str]) -> str:
+    """``labels.txt``'s content: one class per line, in output order.
+
+    Refuses names with a line break or control character (possible in runs from before the
+    dataset scan rejected them): the file would then have more lines than the model has outputs.
+    """
+    from core.data import unsafe_name_characters
+
+    for name in class_names:
+        bad = unsafe_name_characters(name)
+        if bad:
+            shown = ", ".join(dict.fromkeys(repr(ch) for ch in bad))
+            raise StudioError(
+                f"Class name {name!r} contains a line break or control character ({shown}), so "
+                f"labels.txt (one class per line) would not match the model's "
+                f"{len(class_names)} outputs; nothing was exported. Rename that class folder "
+                "without those characters and train the run again."
+            )
+    return "".join(f"{name}\n" for name in class_names)
+
+
+def _foreign_files(folder: Path) -> list[str]:
+    """Paths under an existing ``saved_model/`` that a SavedModel export does not write."""
+    foreign = []
+    for dirpath, dirnames, filenames in os.walk(folder):
+        rel_dir = Path(dirpath).relative_to(folder)
+        for name in filenames + [d for d in dirnames if os.path.islink(os.path.join(dirpath, d))]:
+            rel = (rel_dir / name).as_posix()
+            if not _SAVEDMODEL_FILES.fullmatch(rel) or os.path.islink(os.path.join(dirpath, name)):
+                foreign.append(rel)
+    return sorted(foreign)
+
+
+def _shown(names: Sequence[str], limit: int = 5) -> str:
+    more = f" and {len(names) - limit} more" if len(names) > limit else ""
+    return ", ".join(names[:limit]) + more
+
+
+def _check_target(
+    out: Path, names: Sequence[str], dir_names: Sequence[str], overwrite: bool, ignore: str = ""
+) -> None:
+    """Refuse an export folder where writing ``names`` would destroy something not ours.
+
+    Without ``overwrite`` the folder must be new or empty. With it, only entries named like the
+    export's own files are replaced, and only when they are what the export writes: a folder
+    where a file goes (or the reverse), or a ``saved_model/`` holding other files, is refused.
+    """
+    if not (out.exists() or out.is_symlink()):
+        return
+    if not out.is_dir():
+        raise ExportTargetError(
+            f"The export folder {out} is a file, not a folder. Choose a folder path (a missing "
+            "folder is created)."
+        )
+    present = sorted(p.name for p in out.iterdir() if p.name != ignore)
+    if present and not overwrite:
+        raise ExportTargetError(
+            f"The export folder {out} is not empty (it holds {_shown(present)}). Export writes "
+            f"{', '.join(names)} and never overwrites or deletes files it did not write, so "
+            "nothing was changed. Choose an empty or new folder, or turn on overwrite to replace "
+            "just those files (everything else in the folder is left alone)."
+        )
+    for name in names:
+        target = out / name
+        if target.is_symlink() or not target.exists():
+            continue  # replacing a symlink never touches what it points to
+        want_dir = name in dir_names
+        if target.is_dir() != want_dir:
+            what, writes = ("a folder", "a file") if target.is_dir() else ("a file", "a folder")
+            raise ExportTargetError(
+                f"{target} is {what}, but the export writes {writes} under that name; even with "
+                "overwrite on it is not replaced, so nothing was changed. Move or rename it, or "
+                "choose another export folder."
+            )
+        foreign = _foreign_files(target) if want_dir else []
+        if foreign:
+            raise ExportTargetError(
+                f"{target} holds files a SavedModel export does not write ({_shown(foreign)}); "
+                "replacing the folder would delete them, so even with overwrite on nothing was "
+                f"changed. Move those files out of {target}, or choose another export folder."
+            )
+
+
 def _place(staging: Path, out_dir: Path, names: Sequence[str]) -> list[Path]:
+    """Move the verified files from ``staging`` into place, replacing same-named ones."""
     placed = []
     for name in names:
         target = out_dir / name
-        if target.is_dir() and not target.is_symlink():
-            shutil.rmtree(target)
-        elif target.exists() or target.is_symlink():
-            target.unlink()
+        if target.exists() or target.is_symlink():
+            # Step the old entry aside into staging (deleted with it): nothing is lost if the
+            # move below fails, and a folder is never deleted in place.
+            os.replace(target, staging / f"replaced-{name}")
         os.replace(staging / name, target)
         placed.append(target)
     return placed
@@ -342,6 +439,7 @@ def export_run(
     fmt: str,
     out_dir: str | os.PathLike[str] | None = None,
     quantize: bool = False,
+    overwrite: bool = False,
 ) -> dict[str, Any]:
     """Export run ``run_id``'s model as ``fmt`` into ``out_dir`` and verify it.
 
@@ -350,6 +448,10 @@ def export_run(
     ``labels.txt`` and ``config.json``. Returns ``{format, path, files, verified_images,
     top1_agreement, bytes, ...}``; raises ``ExportVerificationError`` if the reloaded artifact
     disagrees with the live model.
+
+    A given ``out_dir`` must be new or empty unless ``overwrite`` is on; then only the files
+    named above are replaced, never anything else (``ExportTargetError`` otherwise). The default
+    folder belongs to the run, so exporting there again always replaces the previous export.
     """
     from core.predict import load_run
 
@@ -360,13 +462,18 @@ def export_run(
             "Use fmt='tflite' or quantize=False."
         )
     run = load_run(store, run_id)  # raises a StudioError for runs without a model
+    labels = labels_text(run.class_names)
     result_row = store.result(run_id)
     suffix = "_dynamic_range" if quantize else ""
-    out = (
-        Path(out_dir) if out_dir is not None else store.run_dir(run_id) / "exports" / (fmt + suffix)
-    )
-    out.mkdir(parents=True, exist_ok=True)
+    if out_dir is None:  # the run's own folder: a re-export replaces the previous one
+        out, overwrite = store.run_dir(run_id) / "exports" / (fmt + suffix), True
+    else:
+        out = Path(out_dir).expanduser()
     artifact = QUANTIZED_TFLITE_NAME if quantize else ARTIFACT_NAMES[fmt]
+    names = [artifact, LABELS_FILE, CONFIG_FILE]
+    dir_names = [artifact] if fmt == "savedmodel" else []
+    _check_target(out, names, dir_names, overwrite)  # before anything is written
+    out.mkdir(parents=True, exist_ok=True)
 
     staging = Path(tempfile.mkdtemp(prefix=".export-", dir=out))
     try:
@@ -376,7 +483,7 @@ def export_run(
             _write_savedmodel(run.model, staging / artifact)
         else:
             _write_tflite(run.model, staging / artifact, quantize)
-        (staging / LABELS_FILE).write_text("\n".join(run.class_names) + "\n", encoding="utf-8")
+        (staging / LABELS_FILE).write_text(labels, encoding="utf-8")
         (staging / CONFIG_FILE).write_text(
             json.dumps(result_row["config"], indent=2, sort_keys=True) + "\n", encoding="utf-8"
         )
@@ -387,7 +494,9 @@ def export_run(
         exported = predict_with_export(staging / artifact, fmt, batch)
         check = compare_predictions(live, exported, quantized=quantize)
 
-        files = _place(staging, out, [artifact, LABELS_FILE, CONFIG_FILE])
+        # Again, just before writing: the folder may have changed during the verification.
+        _check_target(out, names, dir_names, overwrite, ignore=staging.name)
+        files = _place(staging, out, names)
     finally:
         shutil.rmtree(staging, ignore_errors=True)
     path = out / artifact

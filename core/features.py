@@ -149,19 +149,20 @@ def forward_once(
     """
     import tensorflow as tf
 
-    from core.pipeline import make_dataset
+    from core.pipeline import image_errors, make_dataset
 
     forward = tf.function(lambda x: model(x, training=False), reduce_retracing=True)
     ds = make_dataset(paths, [0] * len(paths), image_size, FEATURE_BATCH, training=False)
     shape = tuple(int(d) for d in model.output.shape[1:])
     out = np.empty((len(paths), *shape), np.float32)
     done = 0
-    for images, _ in ds:
-        batch = forward(images).numpy()
-        out[done : done + len(batch)] = batch
-        done += len(batch)
-        if stage:
-            stage(done, len(paths))
+    with image_errors():  # a file that changed since the scan: a DataError naming it
+        for images, _ in ds:
+            batch = forward(images).numpy()
+            out[done : done + len(batch)] = batch
+            done += len(batch)
+            if stage:
+                stage(done, len(paths))
     return out
 
 

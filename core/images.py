@@ -14,6 +14,7 @@ from __future__ import annotations
 import contextlib
 import os
 import re
+import stat
 from typing import BinaryIO
 
 import numpy as np
@@ -160,13 +161,64 @@ def _to_rgb(im: Image.Image) -> Image.Image:
         raise _Unusable(f"unsupported image mode {mode}") from exc
 
 
+class NotRegularFileError(OSError):
+    """The path exists but is a FIFO, folder, socket or device rather than a regular file."""
+
+    def __init__(self, path: str | os.PathLike[str], kind: str) -> None:
+        super().__init__(f"{os.fspath(path)!r} is not a regular file ({kind})")
+        self.kind = kind
+
+
+def open_regular_file(path: str | os.PathLike[str]) -> BinaryIO:
+    """Open ``path`` for reading only if it is a regular file, without ever blocking.
+
+    ``open`` on a FIFO blocks until a writer appears, and the file may have been swapped for one
+    since it was last looked at: open non-blocking, then check what was actually opened.
+    Raises ``OSError`` (e.g. ``FileNotFoundError``) if it cannot be opened and
+    ``NotRegularFileError`` if it is not a regular file.
+    """
+    flags = os.O_RDONLY | getattr(os, "O_NONBLOCK", 0) | getattr(os, "O_CLOEXEC", 0)
+    flags |= getattr(os, "O_BINARY", 0)
+    fd = os.open(path, flags)
+    try:
+        mode = os.fstat(fd).st_mode
+        if not stat.S_ISREG(mode):
+            raise NotRegularFileError(path, file_kind(mode))
+        if hasattr(os, "set_blocking"):
+            os.set_blocking(fd, True)  # no effect on regular files; keeps reads ordinary
+        return os.fdopen(fd, "rb")
+    except BaseException:
+        os.close(fd)
+        raise
+
+
+def file_kind(mode: int) -> str:
+    """A short human name for the file type in ``st_mode`` (``"FIFO"``, ``"folder"``...)."""
+    for test, name in (
+        (stat.S_ISREG, "regular file"),
+        (stat.S_ISDIR, "folder"),
+        (stat.S_ISFIFO, "FIFO"),
+        (stat.S_ISSOCK, "socket"),
+        (stat.S_ISCHR, "character device"),
+        (stat.S_ISBLK, "block device"),
+        (stat.S_ISLNK, "symlink"),
+    ):
+        if test(mode):
+            return name
+    return "special file"
+
+
 def _decode(source: ImageSource, size: int | None, fast: bool) -> np.ndarray:
     _check_file_size(source)
-    is_stream = hasattr(source, "read")
-    # Streams belong to the caller: they are read, not closed.
-    with (
-        contextlib.nullcontext(source) if is_stream else open(source, "rb")  # type: ignore[arg-type]
-    ) as fp:
+    opened: contextlib.AbstractContextManager[BinaryIO]
+    if hasattr(source, "read"):
+        opened = contextlib.nullcontext(source)  # type: ignore[arg-type]  # the caller closes it
+    else:
+        try:
+            opened = open_regular_file(source)  # type: ignore[arg-type]
+        except NotRegularFileError as exc:  # replaced since _check_file_size looked at it
+            raise _Unusable("not a regular file") from exc
+    with opened as fp:
         im = _open(fp)
         with im:
             if fast:

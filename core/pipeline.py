@@ -7,21 +7,89 @@ prediction time.
 
 from __future__ import annotations
 
+import contextlib
 import os
-from collections.abc import Sequence
+import re
+import stat
+from collections.abc import Iterator, Sequence
 
 import numpy as np
 import tensorflow as tf
 
-from core.images import load_rgb
+from core.errors import DataError
+from core.images import file_kind, load_rgb
 
 AUTOTUNE = tf.data.AUTOTUNE
 # Decoded images are cached in memory when they fit in this budget (uint8 pixels).
 MEMORY_CACHE_BYTES = 2 * 1024**3
+# TensorFlow reports an exception raised inside the tf.data map with its Python traceback, whose
+# last line is "core.errors.DataError: <message>"; data_error_from() reads the message back.
+_DATA_ERROR_LINE = re.compile(r"(?:^|\n)(?:core\.errors\.)?DataError: ([^\n]+)")
+_RESCAN = "start the run again so that the dataset scan sees the files as they are now"
+
+
+def _check_still_there(path: str) -> None:
+    """Explain a file that was a usable image at scan time but is not any more."""
+    try:
+        mode = os.stat(path).st_mode
+    except FileNotFoundError as exc:
+        raise DataError(
+            f"{path!r}: the file disappeared after the dataset scan (it was a usable image when "
+            f"the data was loaded, now it is gone). Put it back, or {_RESCAN}."
+        ) from exc
+    except OSError as exc:
+        raise DataError(
+            f"{path!r}: cannot be read any more ({exc.strerror or exc}) although it was a "
+            f"usable image when the data was loaded. Fix its permissions, or {_RESCAN}."
+        ) from exc
+    if not stat.S_ISREG(mode):
+        raise DataError(
+            f"{path!r} is no longer a regular file (it is now a {file_kind(mode)}); it was an "
+            f"image when the data was loaded. Put the image back, or {_RESCAN}."
+        )
 
 
 def _load(path: bytes, size: int) -> np.ndarray:
-    return load_rgb(os.fsdecode(path), int(size))
+    name = os.fsdecode(path)
+    # Stat first: never open a FIFO or a device (that could block the pipeline forever), and name
+    # what happened to the file rather than failing on whatever open() says.
+    _check_still_there(name)
+    try:
+        return load_rgb(name, int(size))
+    except DataError:
+        _check_still_there(name)  # swapped between the stat and the read: say that instead
+        raise
+
+
+def data_error_from(exc: BaseException) -> DataError | None:
+    """The ``DataError`` an image raised inside a tf.data pipeline, from TensorFlow's error.
+
+    TensorFlow turns an exception raised while decoding into an ``UnknownError`` ("Graph
+    execution error") that carries the original message in its text; this recovers it, or
+    returns None if ``exc`` is not such an error.
+    """
+    if isinstance(exc, DataError):
+        return exc
+    if not isinstance(exc, tf.errors.OpError):
+        return None
+    found = _DATA_ERROR_LINE.findall(getattr(exc, "message", None) or str(exc))
+    return DataError(found[-1].strip()) if found else None
+
+
+@contextlib.contextmanager
+def image_errors() -> Iterator[None]:
+    """Re-raise an image loading failure inside a tf.data pipeline as its ``DataError``.
+
+    Wrap whatever iterates a ``make_dataset`` pipeline (``model.fit``, ``model.predict``, a
+    ``for`` loop): the user then reads which file failed and why, not "Graph execution error".
+    """
+    try:
+        yield
+    except tf.errors.OpError as exc:
+        error = data_error_from(exc)
+        if error is None:
+            raise
+        raise error from exc
 
 
 def augmentation_layers(names: Sequence[str], seed: int) -> list[tf.keras.layers.Layer]:

@@ -7,20 +7,28 @@ the per-class table, the misclassified gallery and the export's downloads. No St
 
 from __future__ import annotations
 
+import csv
 import io
 import zipfile
 from collections.abc import Iterable, Sequence
 from pathlib import Path
 from typing import Any
 
+import numpy as np
 import plotly.graph_objects as go
 
 from core.dashboard import format_count, format_duration
 from core.evaluate import misclassified
 from core.store import COMPLETED
+from core.text import md_escape
 
 PHASE_NAMES = {"head": "1 · head", "fine_tune": "2 · fine-tune", "scratch": "scratch"}
 GALLERY_LIMIT = 24
+# Above this many classes the confusion matrix is not drawn: a Plotly heatmap (plus the clickable
+# layer over its cells) of 1,000 classes is a million cells, tens of MB of JSON and over a minute
+# to build. The page lists the most confused pairs instead and offers the matrix as CSV.
+HEATMAP_MAX_CLASSES = 30
+TOP_PAIRS = 100  # rows of the most-confused-pairs table
 MATRIX_COLORS = "Blues"
 HIGHLIGHT = "#ea580c"  # the selected cell's outline (the charts' validation orange)
 _FONT = {"family": "Inter, Segoe UI, Helvetica, Arial, sans-serif", "size": 13}
@@ -44,11 +52,14 @@ def pick_run(runs: list[dict[str, Any]], requested: Iterable[str | None] = ()) -
 
 
 def run_headline(result: dict[str, Any]) -> str:
-    """Markdown: backbone, mode and data as badges."""
+    """Markdown: backbone, mode and data as badges (their text escaped: shown as typed)."""
     mode = str(result.get("mode") or "").replace("_", " ")
+    backbone, mode, data = (
+        md_escape(value, inline=True)
+        for value in (result.get("backbone"), mode, result.get("data"))
+    )
     return (
-        f"Backbone :blue-badge[{result.get('backbone')}] · Mode :violet-badge[{mode}] · "
-        f"Data :gray-badge[{result.get('data')}]"
+        f"Backbone :blue-badge[{backbone}] · Mode :violet-badge[{mode}] · Data :gray-badge[{data}]"
     )
 
 
@@ -65,14 +76,15 @@ def run_summary(result: dict[str, Any]) -> list[tuple[str, str]]:
 
 
 def run_details(result: dict[str, Any]) -> str:
-    """One line: weights, input size, image counts and the run folder."""
+    """Markdown, one line: weights, input size, image counts and the run folder (escaped)."""
     config = result.get("config") or {}
     size = config.get("image_size") or "default"
     return (
-        f"weights {config.get('weights')} · input {size} px · "
+        f"weights {md_escape(config.get('weights'), inline=True)} · "
+        f"input {md_escape(size, inline=True)} px · "
         f"{result.get('train_images') or 0} training / {result.get('val_images') or 0} "
         f"validation images · {len(result.get('class_names') or [])} classes · "
-        f"folder `{result.get('run_dir')}`"
+        f"folder {md_escape(result.get('run_dir'), inline=True)}"
     )
 
 
@@ -122,13 +134,71 @@ def per_class_rows(evaluation: dict[str, Any]) -> list[dict[str, Any]]:
 
 def default_cell(evaluation: dict[str, Any]) -> tuple[str, str]:
     """The most frequent confusion (largest off-diagonal cell); the first class if none."""
-    names, matrix = evaluation["class_names"], evaluation["confusion_matrix"]
-    best, count = (0, 0), 0
-    for i, row in enumerate(matrix):
-        for j, value in enumerate(row):
-            if i != j and value > count:
-                best, count = (i, j), value
-    return names[best[0]], names[best[1]]
+    names = evaluation["class_names"]
+    top = top_confused_pairs(names, evaluation["confusion_matrix"], limit=1)
+    return (top[0]["true"], top[0]["predicted"]) if top else (names[0], names[0])
+
+
+def top_confused_pairs(
+    class_names: Sequence[str], matrix: Any, limit: int = TOP_PAIRS
+) -> list[dict[str, Any]]:
+    """The ``limit`` largest off-diagonal cells of a confusion matrix, largest first.
+
+    Each row is ``{true, predicted, count, share}`` where ``share`` is the count over the true
+    class's images. Cells with no image are left out (so a class with no validation image, an
+    all-zero row, gives none); ties keep row-major order. Vectorised: a 1,000-class matrix takes
+    milliseconds.
+    """
+    counts = np.asarray(matrix, dtype=np.int64).reshape(len(class_names), len(class_names))
+    totals = counts.sum(axis=1)
+    off = counts.copy()
+    np.fill_diagonal(off, 0)
+    flat = off.ravel()
+    cells = np.flatnonzero(flat > 0)
+    if limit <= 0 or not cells.size:
+        return []
+    if cells.size > limit:  # only the candidates that can make the top ``limit``
+        cut = np.partition(flat[cells], cells.size - limit)[cells.size - limit]
+        cells = cells[flat[cells] >= cut]
+    order = np.lexsort((cells, -flat[cells]))[:limit]  # count descending, then row-major
+    rows = []
+    for cell in cells[order]:
+        i, j = divmod(int(cell), len(class_names))
+        rows.append(
+            {
+                "true": str(class_names[i]),
+                "predicted": str(class_names[j]),
+                "count": int(flat[cell]),
+                "share": float(flat[cell] / totals[i]),
+            }
+        )
+    return rows
+
+
+def matrix_csv(class_names: Sequence[str], matrix: Any) -> bytes:
+    """The confusion matrix as UTF-8 CSV: a header of predicted classes, a row per true class."""
+    out = io.StringIO()
+    writer = csv.writer(out)
+    writer.writerow(["true \\ predicted", *map(str, class_names)])
+    for name, row in zip(class_names, np.asarray(matrix, dtype=np.int64).tolist(), strict=True):
+        writer.writerow([str(name), *row])
+    return out.getvalue().encode("utf-8")
+
+
+def matrix_view(
+    evaluation: dict[str, Any], selected: tuple[str, str] | None = None
+) -> dict[str, Any]:
+    """How the page shows the confusion matrix, by class count.
+
+    Up to ``HEATMAP_MAX_CLASSES`` classes: ``{"kind": "heatmap", "figure": ...}`` (clickable, see
+    ``confusion_matrix_figure``). Above: ``{"kind": "pairs", "pairs": top_confused_pairs(...),
+    "figure": None}``; no figure is built.
+    """
+    names = evaluation["class_names"]
+    if len(names) <= HEATMAP_MAX_CLASSES:
+        return {"kind": "heatmap", "figure": confusion_matrix_figure(evaluation, selected)}
+    pairs = top_confused_pairs(names, evaluation["confusion_matrix"])
+    return {"kind": "pairs", "pairs": pairs, "figure": None}
 
 
 def confusion_matrix_figure(

@@ -489,10 +489,13 @@ class _Trainer:
                 callbacks=[callback],
             )  # fmt: skip
             return
-        model.fit(
-            self.train_ds, validation_data=self.val_ds, epochs=epochs,
-            initial_epoch=initial_epoch, callbacks=[callback], verbose=0, shuffle=False,
-        )  # fmt: skip
+        from core.pipeline import image_errors
+
+        with image_errors():  # a file that vanished since the scan is named, not "Graph error"
+            model.fit(
+                self.train_ds, validation_data=self.val_ds, epochs=epochs,
+                initial_epoch=initial_epoch, callbacks=[callback], verbose=0, shuffle=False,
+            )  # fmt: skip
 
     def train(self) -> str:
         """Run (or continue) every phase; returns completed or stopped."""

@@ -52,7 +52,7 @@ except StudioError as exc:
     ui.show_error(exc)
     st.stop()
 
-st.subheader(f"In use: `{chosen}`")
+st.subheader(f"In use: {ui.md_escape(chosen, inline=True)}")
 m = st.columns(5)
 m[0].metric("Classes", len(index.class_names))
 m[1].metric("Training images", len(index.train_paths))
@@ -60,7 +60,7 @@ m[2].metric("Validation images", len(index.val_paths))
 m[3].metric("Skipped files", len(index.skipped_files))
 m[4].metric("Split", "given" if index.split.startswith("given") else "random")
 for item in report:
-    (st.warning if item["level"] == "warning" else st.info)(item["message"])
+    (st.warning if item["level"] == "warning" else st.info)(ui.md_escape(item["message"]))
 if not any(item["level"] == "warning" for item in report):
     st.success("Health check: no imbalance, empty classes, duplicates or tiny images found.")
 st.page_link("pages/2_Train.py", label="Train on this data", icon=":material/arrow_forward:")
@@ -74,7 +74,7 @@ with right:
     samples = data_health.sample_images(index, per_class=6, seed=seed)
     try:
         for name in list(samples)[:12]:
-            st.caption(name)
+            st.caption(ui.md_escape(name))
             st.image([ui.thumbnail(p) for p in samples[name]], width=80)
     except StudioError as exc:  # a file changed on disk since the scan
         ui.show_error(exc)
@@ -83,4 +83,4 @@ with right:
 if index.skipped_files:
     with st.expander(f"Skipped files ({len(index.skipped_files)})"):
         st.dataframe(data_health.skipped_table(index), hide_index=True, width="stretch")
-st.caption(f"Folder: `{os.path.abspath(index.root)}`")
+st.caption(f"Folder: {ui.md_escape(os.path.abspath(index.root))}")

@@ -31,7 +31,9 @@ with setup.container(height=620, border=False):  # scrolls; the buttons below st
     )
     weights = "none" if mode == "scratch" else weights
     if weights == "imagenet" and spec.weights_status() == "needs network":
-        st.warning(f"{name}'s ImageNet weights are not cached: the run needs network access.")
+        st.warning(
+            f"{ui.md_escape(name)}'s ImageNet weights are not cached: the run needs network access."
+        )
     st.subheader("Data", divider="gray")
     data = st.selectbox(
         "Data source",
@@ -95,7 +97,9 @@ with setup:
     except StudioError as exc:
         ui.show_error(exc)
     for finding in lint_config(config):
-        (st.warning if finding["level"] == "warning" else st.caption)(finding["message"])
+        (st.warning if finding["level"] == "warning" else st.caption)(
+            ui.md_escape(finding["message"])
+        )
 
 with watch:
     ui.follow_run(queue)

@@ -34,9 +34,10 @@ st.plotly_chart(charts.compare_curves(selected), key="compare_curves")
 rows = dashboard.compare_table(selected)
 best = next((row for row in rows if row["best"]), None)
 if best:
+    mode, backbone, run = (ui.md_escape(best[k], inline=True) for k in ("mode", "backbone", "run"))
     st.success(
-        f"★ Best: **{best['mode']}** on {best['backbone']} — validation accuracy "
-        f"{best['best val accuracy']:.3f} in {best['wall time (s)']} s ({best['run']})."
+        f"★ Best: **{mode}** on {backbone} — validation accuracy "
+        f"{best['best val accuracy']:.3f} in {best['wall time (s)']} s ({run})."
     )
 st.dataframe(
     rows,

@@ -51,7 +51,7 @@ def show_gradcam(run_id: str, image: np.ndarray) -> None:
     except StudioError as exc:
         ui.show_error(exc)
         return
-    label = run.class_names[cam["class_index"]]
+    label = ui.md_escape(run.class_names[cam["class_index"]], inline=True)
     st.image(cam["overlay"], caption=f"Grad-CAM · {label} {cam['probability']:.0%}", width=160)
     if cam["feature_map_size"] == (1, 1):
         st.info(
@@ -66,9 +66,9 @@ for i, (name, data) in enumerate(images):
         cols = st.columns([1, 4] if explain else [1] + [2] * len(chosen))
         try:
             preview = ui.preview_image(data)
-            cols[0].image(preview, caption=name, width="stretch")
+            cols[0].image(preview, caption=ui.md_escape(name, inline=True), width="stretch")
         except StudioError as exc:
-            cols[0].error(f"{name}: {exc}")
+            cols[0].error(ui.md_escape(f"{name}: {exc}"))
             continue
         slots = [cols[1]] * len(chosen) if explain else cols[1:]
         for col, run_id in zip(slots, chosen, strict=True):

@@ -10,7 +10,6 @@ import streamlit as st
 import ui
 from core import run_views
 from core.errors import StudioError
-from core.evaluate import evaluate_run
 from core.export import FORMATS, export_run
 
 ui.setup_page("Run", "🔬")
@@ -35,18 +34,25 @@ st.dataframe(
 st.subheader("Evaluate", divider="gray")
 try:
     with st.spinner("Evaluating on the validation split (cached after the first time)…"):
-        evaluation = evaluate_run(store, run_id)
+        evaluation = ui.evaluation(store, run_id)
 except StudioError as exc:
     ui.show_error(exc)
     evaluation = None
 if evaluation is not None:
     names = evaluation["class_names"]
     true_key, pred_key, matrix_key = f"true_{run_id}", f"pred_{run_id}", f"matrix_{run_id}"
+    pairs_key = f"pairs_{run_id}"
 
     def pick_cell() -> None:  # a click on the matrix sets the two class pickers
         cell = run_views.cell_from_selection(names, st.session_state.get(matrix_key))
         if cell:
             st.session_state[true_key], st.session_state[pred_key] = cell
+
+    def pick_pair(pairs: list[dict]) -> None:  # so does a row of the most-confused-pairs table
+        rows = ((st.session_state.get(pairs_key) or {}).get("selection") or {}).get("rows") or []
+        if rows and rows[0] < len(pairs):
+            pair = pairs[rows[0]]
+            st.session_state[true_key], st.session_state[pred_key] = pair["true"], pair["predicted"]
 
     default = run_views.default_cell(evaluation)
     st.session_state.setdefault(true_key, default[0])
@@ -59,20 +65,44 @@ if evaluation is not None:
         st.dataframe(run_views.per_class_rows(evaluation), hide_index=True, width="stretch")
         true_class = st.selectbox("True class", names, key=true_key)
         pred_class = st.selectbox("Predicted class", names, key=pred_key)
+    view = ui.confusion_view(store, run_id, evaluation, (true_class, pred_class))
     with left:
-        st.caption("Rows: true class · columns: predicted class. Click a cell to see its images.")
-        st.plotly_chart(
-            run_views.confusion_matrix_figure(evaluation, (true_class, pred_class)),
-            key=matrix_key, on_select=pick_cell, selection_mode="points",
-            config={"displayModeBar": False},
-        )  # fmt: skip
+        if view["kind"] == "heatmap":
+            st.caption("Rows: true class · columns: predicted class. Click a cell for its images.")
+            st.plotly_chart(
+                view["figure"], key=matrix_key, on_select=pick_cell, selection_mode="points",
+                config={"displayModeBar": False},
+            )  # fmt: skip
+        else:  # too many classes to draw: the most confused pairs, and the matrix as a file
+            st.caption(
+                f"{len(names)} classes: too many to draw the confusion matrix. The most confused "
+                "pairs, largest first (click a row to see its images):"
+            )
+            st.dataframe(
+                view["pairs"], key=pairs_key, on_select=partial(pick_pair, view["pairs"]),
+                selection_mode="single-row", hide_index=True, width="stretch", height=360,
+                column_config={
+                    "true": st.column_config.TextColumn("true class"),
+                    "predicted": st.column_config.TextColumn("predicted as"),
+                    "count": st.column_config.NumberColumn("images"),
+                    "share": st.column_config.NumberColumn("share of true class", format="percent"),
+                },
+            )  # fmt: skip
+            st.download_button(
+                "Full confusion matrix (CSV)",
+                partial(run_views.matrix_csv, names, evaluation["confusion_matrix"]),
+                f"confusion-matrix-{run_id}.csv", "text/csv", key=f"matrix_csv_{run_id}",
+                icon=":material/download:", on_click="ignore",
+            )  # fmt: skip
     items, total = run_views.gallery(evaluation, true_class, pred_class)
-    kind = "correctly classified" if true_class == pred_class else f"predicted as {pred_class}"
+    shown_true, shown_pred = (ui.md_escape(name, inline=True) for name in (true_class, pred_class))
+    kind = "correctly classified" if true_class == pred_class else f"predicted as {shown_pred}"
     more = f" (the {len(items)} most confident shown)" if total > len(items) else ""
-    st.markdown(f"**{total} validation images of {true_class} {kind}**{more}")
+    st.markdown(f"**{total} validation images of {shown_true} {kind}**{more}")
     if items:
         st.image([ui.thumbnail(item["path"], 128) for item in items],
-                 caption=[item["caption"] for item in items], width=128)  # fmt: skip
+                 caption=[ui.md_escape(item["caption"], inline=True) for item in items],
+                 width=128)  # fmt: skip
     else:
         st.caption("No image in this cell.")
 
@@ -94,7 +124,7 @@ if cols[2].button("Export and verify", key="export", icon=":material/ios_share:"
         ui.show_error(exc)
 if export := st.session_state.get(export_key):
     st.success(run_views.export_message(export))
-    st.caption(f"Saved in `{export['path']}`")
+    st.caption(f"Saved in {ui.md_escape(export['path'])}")
     row = st.container(horizontal=True)
     for item in run_views.export_downloads(export):
         row.download_button(

@@ -286,16 +286,18 @@ def test_symlinks_outside_root_are_skipped(tmp_path: Path) -> None:
     os.symlink(outside / "secret" / "secret_00.png", root / "cats" / "link.png")
     os.symlink(outside / "secret", root / "dogs" / "linked_dir")
     os.symlink(outside / "secret", root / "secret")  # would-be class folder
-    os.symlink(root / "cats" / "cats_00.png", root / "dogs" / "inside.png")  # inside: kept
+    # Inside, but a cat again, labelled dog: counted once, under its own folder.
+    os.symlink(root / "cats" / "cats_00.png", root / "dogs" / "inside.png")
     index = load_dataset(str(root), val_split=0.3)
     reasons = {Path(item["path"]).name: item["reason"] for item in index.skipped_files}
     assert reasons == {
         "link.png": "symlink pointing outside the dataset folder",
         "linked_dir": "symlink pointing outside the dataset folder",
         "secret": "symlink pointing outside the dataset folder",
+        "inside.png": f"same file as {root / 'cats' / 'cats_00.png'} (symlink), counted once",
     }
     assert index.class_names == ["cats", "dogs"]
-    assert len(index.train_paths) + len(index.val_paths) == 7
+    assert len(index.train_paths) + len(index.val_paths) == 6
 
 
 def test_odd_file_names(tmp_path: Path) -> None:

@@ -267,3 +267,32 @@ def test_a_deleted_run_is_not_brought_back(tmp_path) -> None:
     store.delete_run(done)
     assert done not in {r["run_id"] for r in RunStore(tmp_path).list_runs()}
     assert not (tmp_path / "runs" / done).exists()
+
+
+# -- 8. a file that vanishes between the scan and training ------------------------------------
+@pytest.mark.slow
+def test_a_run_whose_image_vanishes_after_the_scan_fails_naming_the_file(
+    tmp_path, monkeypatch
+) -> None:
+    import core.data
+    from tests.helpers import write_pngs
+
+    for name in ("red", "blue"):
+        write_pngs(tmp_path / "data" / name, 6)
+    real = core.data.load_dataset
+    gone: list[str] = []
+
+    def scan_then_lose_one(*args: object, **kwargs: object) -> core.data.DatasetIndex:
+        index = real(*args, **kwargs)
+        gone.append(index.train_paths[0])
+        os.unlink(gone[0])
+        return index
+
+    monkeypatch.setattr(core.data, "load_dataset", scan_then_lose_one)
+    queue = JobQueue(tmp_path / "runs")
+    config = TINY.with_changes(data=str(tmp_path / "data"), feature_cache="off", batch_size=4)
+    run_id = queue.submit(config)
+    assert queue.wait(run_id, timeout=300) == FAILED
+    error = queue.store.get_run(run_id)["error"]
+    assert gone[0] in error and "disappeared" in error, error
+    assert "Graph execution" not in error

@@ -15,6 +15,7 @@ from PIL import Image
 from streamlit.testing.v1 import AppTest
 
 from core import run_views
+from core.text import md_escape
 from tests.helpers import TINY
 
 ROOT = Path(__file__).resolve().parents[1]
@@ -72,7 +73,8 @@ def test_run_page_summary_matrix_and_gallery(seeded):
     assert at.query_params["run"] == run_id
     metrics = {m.label: m.value for m in at.metric}
     assert metrics["Epochs"] == "1/1" and metrics["Best val acc"].startswith("0.")
-    assert any("mobilenet_v2" in m.value and "builtin:textures" in m.value for m in at.markdown)
+    data = md_escape("builtin:textures")  # user text is escaped: shown as typed, not as Markdown
+    assert any("mobilenet_v2" in m.value and data in m.value for m in at.markdown)
     assert metrics["Validation accuracy"].endswith("%")
     phases, per_class = (d.value for d in at.dataframe)
     assert list(phases["phase"]) == ["1 · head"] and phases["trainable params"].iloc[0] > 0
