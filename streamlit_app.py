@@ -1,84 +1,12 @@
-"""Home: what the studio does, a one-click default run, the job queue and recent runs."""
+"""Transfer Studio's dashboard: ``streamlit run streamlit_app.py``. The one router.
 
-from __future__ import annotations
+Pages live in ``app/pages``, shared widgets in ``app/widgets.py``, pure view code in
+``app/views``; the engine they all drive is ``core``.
+"""
 
 import streamlit as st
 
-import ui
-from core import dashboard
-from core.config import RunConfig
-from core.errors import StudioError
-from core.store import ACTIVE_STATUSES, RUNNING
+from app import widgets
 
-ui.setup_page("Home", "🧠")
-st.title("🧠 Transfer Studio")
-st.markdown(
-    "Teach a pretrained image model a new task, on this computer and offline.  \n"
-    "**Data** — pick a built-in set, a folder, a zip or a Kaggle dataset and check its health.  \n"
-    "**Train** — choose a backbone and a transfer mode, watch it learn, **Compare** the modes, "
-    "then **Predict** on your own images."
-)
-
-queue = ui.job_queue()
-default = RunConfig()
-with st.container(border=True):
-    left, right = st.columns([1, 3], vertical_alignment="center")
-    clicked = left.button(
-        "Train the default",
-        type="primary",
-        icon=":material/rocket_launch:",
-        key="train_default",
-        on_click=ui.new_click_key,
-        args=("train_default",),
-        width="stretch",
-    )
-    right.markdown(
-        f"**{default.backbone}** with ImageNet weights (bundled, works offline) on "
-        f"`{default.data}`, mode *{default.mode.replace('_', ' ')}*, "
-        f"{default.planned_epochs} epochs."
-    )
-if clicked:
-    try:
-        run_id = queue.submit(default, key=ui.click_key("train_default"))
-        st.session_state[ui.RUN_ID] = run_id
-        st.success(f"Queued run `{run_id}`.")
-        st.page_link("pages/2_Train.py", label="Watch it train", icon=":material/monitoring:")
-    except StudioError as exc:
-        ui.show_error(exc)
-
-active_now = bool(queue.store.list_runs(ACTIVE_STATUSES))
-
-
-@st.fragment(run_every=ui.poll_interval(active_now))
-def queue_panel(polling: bool) -> None:
-    """The job queue (live while something is active) and the recent runs."""
-    runs = queue.store.list_runs()
-    active = [r for r in runs if r["status"] in ACTIVE_STATUSES]
-    if polling and not active:
-        st.rerun()  # everything finished: redraw once without polling
-    st.subheader("Job queue")
-    if not active:
-        st.caption("Nothing is training. Launch a run here or on the Train page.")
-    # running first, then queued runs in the order the worker takes them (oldest first)
-    for run in sorted(active, key=lambda r: (r["status"] != RUNNING, r["created_at"])):
-        result = queue.store.result(run["run_id"])
-        progress = dashboard.progress_summary(result, queue.store.batches(run["run_id"]))
-        with st.container(border=True):
-            cols = st.columns([4, 1], vertical_alignment="center")
-            cols[0].markdown(ui.md_escape(dashboard.run_choice_label(run), inline=True))
-            cols[0].progress(
-                progress["fraction"], text=f"{progress['text']} · ETA {progress['eta_text']}"
-            )
-            if cols[1].button(
-                "Stop", key=f"stop_{run['run_id']}", icon=":material/stop:", width="stretch"
-            ):
-                queue.stop(run["run_id"])
-    st.subheader("Recent runs")
-    rows = dashboard.runs_table(runs)
-    if rows:
-        st.dataframe(rows, hide_index=True, width="stretch")
-    else:
-        st.info("No runs yet: click **Train the default** above.")
-
-
-queue_panel(active_now)
+widgets.setup_app()
+st.navigation(widgets.pages()).run()

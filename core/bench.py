@@ -170,17 +170,21 @@ def _stage_timers(clock: _StageClock) -> Iterator[None]:
     restored on exit.
     """
     import core.data
-    import core.features
-    import core.model_builder
-    import core.training
+    import core.training.embeddings
+    import core.training.model
+    import core.training.trainer
 
     targets = [
         (core.data, "load_dataset", "scan"),
-        (core.model_builder, "build_model", "build"),
-        (core.features, "features_for", "features"),
-        (core.features, "cache_key", "hash"),  # inside "features": file digests for the key
-        (core.training._Trainer, "train", "fit"),
-        (core.training._Trainer, "save", "save"),
+        (core.training.model, "build_model", "build"),
+        (core.training.embeddings, "features_for", "features"),
+        (
+            core.training.embeddings,
+            "cache_key",
+            "hash",
+        ),  # inside "features": file digests for the key
+        (core.training.trainer._Trainer, "train", "fit"),
+        (core.training.trainer._Trainer, "save", "save"),
     ]
     originals = [(owner, attr, getattr(owner, attr)) for owner, attr, _ in targets]
     try:
@@ -257,7 +261,7 @@ def _float(value: Any) -> float | None:
 
 def _clear_embeddings(config: RunConfig, paths: list[str], image_size: int) -> bool:
     """Delete the cached features the run of ``config`` would reuse; whether one existed."""
-    from core.features import cache_key, embedding_cache_dir
+    from core.training.embeddings import cache_key, embedding_cache_dir
 
     key = cache_key(config, image_size, paths)
     if key is None:
@@ -284,8 +288,8 @@ def _throughput(
     """Images/s of a trainable model fed from files vs from in-memory arrays (alternating)."""
     import keras
 
-    from core.model_builder import build_model, compile_model, set_phase
-    from core.pipeline import array_dataset, load_batch, make_dataset
+    from core.data.pipeline import array_dataset, load_batch, make_dataset
+    from core.training.model import build_model, compile_model, set_phase
 
     if tiny_model:
         # Quick mode only checks the plumbing: a small CNN traces in a second where a trainable
@@ -380,8 +384,8 @@ def _latency(store: Any, run_id: str, image_path: str, reps: int, warmup: int) -
     """Latency of one image through a finished run: the playground path and raw model calls."""
     import tensorflow as tf
 
-    from core.images import load_rgb
-    from core.predict import load_run, predict_images
+    from core.data.images import load_rgb
+    from core.runs.predict import load_run, predict_images
 
     run = load_run(store, run_id)
     model, size = run.model, run.image_size
@@ -488,9 +492,9 @@ def run_bench(
     """
     from core.data import load_dataset
     from core.errors import StudioError
-    from core.features import cache_reason
-    from core.jobs import JobQueue
     from core.paths import studio_home
+    from core.training.embeddings import cache_reason
+    from core.training.jobs import JobQueue
 
     say = progress or (lambda _msg: None)
     if quick:

@@ -261,8 +261,8 @@ def _epoch_line(config: RunConfig) -> Any:
 
 def cmd_train(args: argparse.Namespace) -> int:
     """Queue one run on this process's worker and wait for it."""
-    from core.jobs import JobQueue
     from core.lint import lint_config
+    from core.training.jobs import JobQueue
 
     config = config_from_args(args).validate()
     for finding in lint_config(config):
@@ -275,7 +275,7 @@ def cmd_train(args: argparse.Namespace) -> int:
 
 def cmd_resume(args: argparse.Namespace) -> int:
     """Continue a run from its checkpoint and wait for it."""
-    from core.jobs import JobQueue
+    from core.training.jobs import JobQueue
 
     jobs = JobQueue(args.runs_dir)
     config = jobs.store.config(args.run_id)
@@ -311,7 +311,7 @@ def _wait_and_report(jobs: Any, run_id: str, as_json: bool) -> int:
 
 def cmd_runs(args: argparse.Namespace) -> int:
     """List runs, newest first."""
-    from core.store import RunStore
+    from core.runs.store import RunStore
 
     runs = RunStore(args.runs_dir).list_runs()
     if args.json:
@@ -330,7 +330,7 @@ def cmd_runs(args: argparse.Namespace) -> int:
 
 def cmd_show(args: argparse.Namespace) -> int:
     """Print one run's result object."""
-    from core.store import RunStore
+    from core.runs.store import RunStore
 
     result = RunStore(args.runs_dir).result(args.run_id)
     if args.json:
@@ -342,7 +342,7 @@ def cmd_show(args: argparse.Namespace) -> int:
 
 def cmd_stop(args: argparse.Namespace) -> int:
     """Flag a run to stop; its worker sees the flag within a second."""
-    from core.store import RunStore
+    from core.runs.store import RunStore
 
     RunStore(args.runs_dir).request_stop(args.run_id)
     print(f"stop requested for {args.run_id}", file=sys.stderr)
@@ -351,8 +351,8 @@ def cmd_stop(args: argparse.Namespace) -> int:
 
 def cmd_predict(args: argparse.Namespace) -> int:
     """Top-k labels per image from a run's model."""
-    from core.predict import predict_images
-    from core.store import RunStore
+    from core.runs.predict import predict_images
+    from core.runs.store import RunStore
 
     results = predict_images(RunStore(args.runs_dir), args.run, args.images, top_k=args.top_k)
     _print_results(results, args.json, lambda p: f"{p['label']} {p['probability']:.3f}")
@@ -361,8 +361,8 @@ def cmd_predict(args: argparse.Namespace) -> int:
 
 def cmd_evaluate(args: argparse.Namespace) -> int:
     """Confusion matrix and per-class metrics of a run's model on its validation set."""
-    from core.evaluate import evaluate_run
-    from core.store import RunStore
+    from core.runs.evaluate import evaluate_run
+    from core.runs.store import RunStore
 
     ev = evaluate_run(RunStore(args.runs_dir), args.run, force=args.force)
     if args.json:
@@ -384,8 +384,8 @@ def cmd_evaluate(args: argparse.Namespace) -> int:
 
 def cmd_export(args: argparse.Namespace) -> int:
     """Export and verify a run's model."""
-    from core.export import ExportTargetError, export_run
-    from core.store import RunStore
+    from core.runs.export import ExportTargetError, export_run
+    from core.runs.store import RunStore
 
     try:
         info = export_run(
@@ -433,7 +433,7 @@ def cmd_bench(args: argparse.Namespace) -> int:
 
 def cmd_classify(args: argparse.Namespace) -> int:
     """ImageNet top-k of a raw pretrained backbone."""
-    from core.classify import classify_images
+    from core.models.classify import classify_images
 
     results = classify_images(args.backbone, args.images, top_k=args.top_k)
     fmt = lambda p: f"{p['class_index']} {p['label']} {p['probability']:.3f}"  # noqa: E731
@@ -451,7 +451,7 @@ def _print_results(results: list[dict[str, Any]], as_json: bool, fmt: Any) -> No
 
 def cmd_backbones(args: argparse.Namespace) -> int:
     """The registry with weight availability."""
-    from core.backbones import list_backbones
+    from core.models.backbones import list_backbones
 
     rows = [spec.to_dict() for spec in list_backbones()]
     if args.json:
@@ -468,7 +468,7 @@ def cmd_backbones(args: argparse.Namespace) -> int:
 
 def cmd_datasets(args: argparse.Namespace) -> int:
     """The built-in datasets."""
-    from core.builtin_datasets import list_builtins
+    from core.data.builtin import list_builtins
 
     rows = list_builtins()
     if args.json:

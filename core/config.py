@@ -78,7 +78,7 @@ class RunConfig:
 
     def resolved_image_size(self) -> int:
         """The image size, falling back to the backbone's default."""
-        from core.backbones import get_backbone
+        from core.models.backbones import get_backbone
 
         return self.image_size or get_backbone(self.backbone).default_size
 
@@ -89,7 +89,7 @@ class RunConfig:
     # -- validation -----------------------------------------------------------------------
     def validate(self) -> RunConfig:
         """Check every field; return self so calls chain. Raises ConfigError/BackboneError."""
-        from core.backbones import check_image_size, get_backbone
+        from core.models.backbones import check_image_size, get_backbone
 
         spec = get_backbone(self.backbone)
         if self.mode not in MODES:

@@ -27,8 +27,8 @@ def lint_config(config: RunConfig, train_images: int | None = None) -> list[dict
 
     ``train_images`` (the training split's size, when known) enables the dataset-size checks.
     """
-    from core.backbones import get_backbone
     from core.errors import BackboneError
+    from core.models.backbones import get_backbone
 
     found: list[dict[str, str]] = []
     fine_tune_phase = config.mode in FINE_TUNE_MODES and config.fine_tune_epochs > 0

@@ -18,7 +18,7 @@ import pytest  # noqa: E402
 
 if TYPE_CHECKING:
     from core.config import RunConfig
-    from core.jobs import JobQueue
+    from core.training.jobs import JobQueue
 
 
 @pytest.fixture(scope="session")
@@ -31,11 +31,11 @@ def studio_home() -> Path:
 def seeded_studio(home: Path, config: RunConfig) -> Iterator[tuple[JobQueue, str]]:
     """A studio home of its own holding one completed run of ``config``: (queue, run_id).
 
-    The queue is the process-wide one the pages get through ``ui.job_queue()``.
+    The queue is the process-wide one the pages get through ``widgets.job_queue()``.
     """
     with pytest.MonkeyPatch.context() as mp:
         mp.setenv("TRANSFER_STUDIO_HOME", str(home))
-        from core.jobs import get_job_queue
+        from core.training.jobs import get_job_queue
 
         queue = get_job_queue(home)
         run_id = queue.submit(config)

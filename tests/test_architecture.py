@@ -1,33 +1,137 @@
-"""The card's rules, checked: core never imports streamlit; public core functions are typed."""
+"""The house rules, checked over every module (folders walked recursively).
+
+- ``core`` never imports ``app`` or streamlit: the engine runs without the dashboard.
+- ``app/views`` are pure: no Keras model building (no keras/tensorflow, no model builder).
+- no import cycles inside ``core``, counting imports inside functions too (a hidden cycle is
+  still a cycle).
+- public functions of ``core`` and ``app/views`` are typed.
+- ``streamlit_app.py`` is the only router.
+"""
 
 from __future__ import annotations
 
 import ast
+import inspect
 from pathlib import Path
 
-CORE = Path(__file__).resolve().parents[1] / "core"
+ROOT = Path(__file__).resolve().parents[1]
+CORE, APP, VIEWS = ROOT / "core", ROOT / "app", ROOT / "app" / "views"
 
 
-def _modules() -> list[Path]:
-    return sorted(CORE.glob("*.py"))
+def _modules(folder: Path) -> list[Path]:
+    return sorted(p for p in folder.rglob("*.py") if "__pycache__" not in p.parts)
 
 
-def test_core_never_imports_streamlit() -> None:
-    offenders = []
-    for path in _modules():
-        for node in ast.walk(ast.parse(path.read_text())):
-            names = []
-            if isinstance(node, ast.Import):
-                names = [a.name for a in node.names]
-            elif isinstance(node, ast.ImportFrom) and node.module:
-                names = [node.module]
-            offenders += [f"{path.name}: {n}" for n in names if n.split(".")[0] == "streamlit"]
+def _module_name(path: Path) -> str:
+    parts = list(path.relative_to(ROOT).with_suffix("").parts)
+    return ".".join(parts[:-1] if parts[-1] == "__init__" else parts)
+
+
+def _imports(path: Path) -> list[str]:
+    """Every module ``path`` imports, at any depth (functions included), fully qualified."""
+    names: list[str] = []
+    package = _module_name(path).rsplit(".", 1)[0] if path.name != "__init__.py" else None
+    for node in ast.walk(ast.parse(path.read_text())):
+        if isinstance(node, ast.Import):
+            names += [a.name for a in node.names]
+        elif isinstance(node, ast.ImportFrom):
+            base = node.module or ""
+            if node.level:  # relative import
+                anchor = (package or _module_name(path)).split(".")
+                base = ".".join(anchor[: len(anchor) - node.level + 1] + ([base] if base else []))
+            names.append(base)
+            names += [f"{base}.{a.name}" for a in node.names]  # ``from core.data import images``
+    return names
+
+
+def test_the_layout_walk_sees_every_room() -> None:
+    found = {_module_name(p) for p in _modules(CORE)}
+    for expected in ("core.cli", "core.data.index", "core.models.backbones", "core.runs.store",
+                     "core.training.trainer", "core.training.sources"):  # fmt: skip
+        assert expected in found
+    assert {_module_name(p) for p in _modules(VIEWS)} >= {"app.views.dashboard", "app.views.charts"}
+
+
+def test_core_never_imports_app_or_streamlit() -> None:
+    offenders = [
+        f"{_module_name(path)}: {name}"
+        for path in _modules(CORE)
+        for name in _imports(path)
+        if name.split(".")[0] in ("streamlit", "app")
+    ]
     assert offenders == []
 
 
-def test_public_core_functions_have_type_hints() -> None:
+def test_only_app_imports_streamlit() -> None:
+    allowed = {ROOT / "streamlit_app.py", *_modules(APP)}
+    outside = [p for p in ROOT.rglob("*.py") if ".venv" not in p.parts and "tests" not in p.parts]
+    offenders = [
+        str(p.relative_to(ROOT))
+        for p in outside
+        if p not in allowed and any(n.split(".")[0] == "streamlit" for n in _imports(p))
+    ]
+    assert offenders == []
+
+
+def test_views_never_build_keras_models() -> None:
+    forbidden = ("keras", "tensorflow", "core.training.model", "core.training.trainer")
+    offenders = [
+        f"{_module_name(path)}: {name}"
+        for path in _modules(VIEWS)
+        for name in _imports(path)
+        if any(name == f or name.startswith(f + ".") for f in forbidden)
+    ]
+    assert offenders == []
+
+
+def _core_graph() -> dict[str, set[str]]:
+    modules = {_module_name(p): p for p in _modules(CORE)}
+    graph: dict[str, set[str]] = {}
+    for name, path in modules.items():
+        targets = {n for n in _imports(path) if n in modules and n != name}
+        # ``from core.data import images`` names the package and the module: keep the module only
+        graph[name] = {t for t in targets if not any(o.startswith(t + ".") for o in targets)}
+    return graph
+
+
+def _find_cycle(graph: dict[str, set[str]]) -> list[str] | None:
+    state: dict[str, int] = {}
+    stack: list[str] = []
+
+    def visit(node: str) -> list[str] | None:
+        state[node] = 1
+        stack.append(node)
+        for nxt in sorted(graph.get(node, ())):
+            if state.get(nxt) == 1:
+                return stack[stack.index(nxt) :] + [nxt]
+            if state.get(nxt) is None and (found := visit(nxt)):
+                return found
+        stack.pop()
+        state[node] = 2
+        return None
+
+    for node in sorted(graph):
+        if state.get(node) is None and (found := visit(node)):
+            return found
+    return None
+
+
+def test_no_import_cycles_inside_core() -> None:
+    graph = _core_graph()
+    # Package __init__ files re-export their modules: importing the package is importing them.
+    for pkg in [n for n in graph if (CORE / Path(*n.split(".")[1:]) / "__init__.py").exists()]:
+        graph[pkg] = {m for m in graph[pkg] if not m.startswith(pkg + ".")}
+    assert _find_cycle(graph) is None, " -> ".join(_find_cycle(graph) or [])
+
+
+def test_the_cycle_finder_finds_a_hidden_cycle() -> None:
+    assert _find_cycle({"a": {"b"}, "b": {"c"}, "c": {"a"}}) == ["a", "b", "c", "a"]
+    assert _find_cycle({"a": {"b"}, "b": set()}) is None
+
+
+def test_public_functions_have_type_hints() -> None:
     missing = []
-    for path in _modules():
+    for path in _modules(CORE) + _modules(VIEWS):
         tree = ast.parse(path.read_text())
         for node in tree.body:
             funcs = [node] if isinstance(node, ast.FunctionDef) else []
@@ -40,5 +144,38 @@ def test_public_core_functions_have_type_hints() -> None:
                     a for a in fn.args.args + fn.args.kwonlyargs if a.arg not in ("self", "cls")
                 ]
                 if fn.returns is None or any(a.annotation is None for a in args):
-                    missing.append(f"{path.name}:{fn.lineno} {fn.name}")
+                    missing.append(f"{_module_name(path)}:{fn.lineno} {fn.name}")
     assert missing == []
+
+
+def test_streamlit_app_is_the_only_router() -> None:
+    def routes(path: Path) -> bool:
+        return any(
+            isinstance(node, ast.Call)
+            and isinstance(node.func, ast.Attribute)
+            and node.func.attr in ("navigation", "switch_page")
+            for node in ast.walk(ast.parse(path.read_text()))
+        )
+
+    routers = [str(p.relative_to(ROOT)) for p in [ROOT / "streamlit_app.py", *_modules(APP)]
+               if routes(p)]  # fmt: skip
+    assert routers == ["streamlit_app.py"]
+    assert not (ROOT / "pages").exists(), "a pages/ folder would add pages behind the router's back"
+
+
+def test_the_keras_session_patch_still_has_its_target() -> None:
+    """Fails when Streamlit renames ``_clean_problem_modules`` or stops calling it after a run.
+
+    The dashboard replaces that function so Streamlit does not clear the Keras session under a
+    model training in this process (see ``app.widgets._keep_keras_session``).
+    """
+    from streamlit.runtime.scriptrunner import script_runner
+
+    import app.widgets  # noqa: F401  applies the replacement
+
+    assert hasattr(script_runner, "_clean_problem_modules"), "Streamlit renamed the function"
+    assert getattr(script_runner._clean_problem_modules, "transfer_studio", False)
+    source = inspect.getsource(script_runner.ScriptRunner)
+    assert "_log_if_error(_clean_problem_modules)" in source or "_clean_problem_modules()" in (
+        source
+    ), "Streamlit no longer calls it after a run"

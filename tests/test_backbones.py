@@ -5,7 +5,8 @@ from __future__ import annotations
 import numpy as np
 import pytest
 
-from core.backbones import (
+from core.errors import BackboneError
+from core.models.backbones import (
     REGISTRY,
     STATUS_BUNDLED,
     STATUS_CACHED,
@@ -16,8 +17,7 @@ from core.backbones import (
     get_backbone,
     keras_models_dir,
 )
-from core.errors import BackboneError
-from core.layers import PixelNormalize, normalization_constants
+from core.models.layers import PixelNormalize, normalization_constants
 
 
 @pytest.mark.parametrize("name", list(REGISTRY))

@@ -22,8 +22,8 @@ from PIL import Image
 from core.config import RunConfig
 from core.data import load_dataset
 from core.errors import BackboneError, ConfigError, DataError, StudioError
-from core.jobs import JobQueue
-from core.store import COMPLETED, FAILED
+from core.runs.store import COMPLETED, FAILED
+from core.training.jobs import JobQueue
 
 
 def _png_bytes(image: Image.Image) -> bytes:
@@ -133,7 +133,7 @@ def test_a_messy_folder_trains_and_predicts(messy: Path, tmp_path: Path) -> None
     assert queue.wait(run_id, timeout=300) == COMPLETED
     result = queue.store.result(run_id)
     assert len(result["skipped_files"]) == 8  # 7 bad files + the symlink out
-    from core.predict import predict_images
+    from core.runs.predict import predict_images
 
     for name in ("cmyk.jpg", "sixteen_bit.png", "animated.gif", "palette.png", "rgba.png"):
         preds = predict_images(queue.store, run_id, [messy / "cats" / name], top_k=2)
@@ -198,7 +198,7 @@ def test_zip_bomb_is_refused(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) ->
     with pytest.raises(DataError, match="(?i)bomb|ratio"):
         load_dataset(str(bomb))
     # A declared total beyond the cap is refused too.
-    monkeypatch.setattr(data, "MAX_ZIP_UNCOMPRESSED_BYTES", 1000)
+    monkeypatch.setattr(data.archives, "MAX_ZIP_UNCOMPRESSED_BYTES", 1000)
     small = _zip(
         tmp_path / "big.zip", {f"s/{c}/{i}.png": _good((5, 5, 5)) for c in "ab" for i in range(3)}
     )
@@ -207,20 +207,20 @@ def test_zip_bomb_is_refused(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) ->
 
 
 def test_upload_above_the_size_limit_is_refused(monkeypatch: pytest.MonkeyPatch) -> None:
-    from core import dashboard
+    from core.data import uploads
 
-    monkeypatch.setattr(dashboard, "MAX_UPLOAD_BYTES", 1000)
+    monkeypatch.setattr(uploads, "MAX_UPLOAD_BYTES", 1000)
     data = b"PK" + b"\0" * 2000
     with pytest.raises(DataError, match="above the 0 MB limit"):
-        dashboard.save_upload(data)
-    digest = hashlib.sha256(data).hexdigest()[: dashboard.MAX_UPLOAD_NAME_HASH]
-    assert not (dashboard.data_cache_dir() / "uploads" / f"upload-{digest}.zip").exists()
+        uploads.save_upload(data)
+    digest = hashlib.sha256(data).hexdigest()[: uploads.MAX_UPLOAD_NAME_HASH]
+    assert not (uploads.data_cache_dir() / "uploads" / f"upload-{digest}.zip").exists()
 
 
 def test_corrupt_model_and_weights_files(tmp_path: Path) -> None:
-    from core.backbones import build_base, get_backbone
-    from core.predict import load_run
-    from core.store import RunStore
+    from core.models.backbones import build_base, get_backbone
+    from core.runs.predict import load_run
+    from core.runs.store import RunStore
 
     store = RunStore(tmp_path)
     run_id = store.create_run(RunConfig())

@@ -115,12 +115,12 @@ def test_format_bench_has_one_line_per_figure(quick: tuple) -> None:
 
 def test_engine_functions_are_restored_after_the_run(quick: tuple) -> None:
     import core.data
-    import core.features
-    import core.training
+    import core.training.embeddings
+    import core.training.trainer
 
     assert not hasattr(core.data.load_dataset, "__wrapped__")
-    assert not hasattr(core.features.features_for, "__wrapped__")
-    assert not hasattr(core.training._Trainer.train, "__wrapped__")
+    assert not hasattr(core.training.embeddings.features_for, "__wrapped__")
+    assert not hasattr(core.training.trainer._Trainer.train, "__wrapped__")
 
 
 def test_generation_is_deterministic_and_reused(tmp_path: Path) -> None:

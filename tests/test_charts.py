@@ -1,4 +1,4 @@
-"""core.charts: pure figure builders."""
+"""app.views.charts: pure figure builders."""
 
 from __future__ import annotations
 
@@ -8,7 +8,7 @@ import math
 import plotly.graph_objects as go
 import pytest
 
-from core import charts
+from app.views import charts
 
 
 def _result(**over):

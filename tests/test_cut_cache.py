@@ -8,11 +8,11 @@ import keras
 import numpy as np
 import pytest
 
-from core import cut_cache
 from core.config import RunConfig
-from core.jobs import JobQueue
-from core.model_builder import FINE_TUNE_PHASE, build_model, set_phase, unfreeze_count
-from core.store import COMPLETED
+from core.runs.store import COMPLETED
+from core.training.jobs import JobQueue
+from core.training.model import FINE_TUNE_PHASE, build_model, set_phase, unfreeze_count
+from core.training.trainer import cut as cut_cache
 
 MOBILE = RunConfig(
     backbone="mobilenet_v2", weights="none", mode="fine_tuning", data="builtin:textures",
@@ -94,9 +94,9 @@ def test_a_fine_tuning_run_on_cached_activations_matches_the_image_pipeline(runs
 
 
 def test_the_saved_model_takes_images_and_kept_the_frozen_layers(runs: dict) -> None:
-    from core.backbones import build_base, get_backbone
-    from core.predict import load_run
-    from core.store import RunStore
+    from core.models.backbones import build_base, get_backbone
+    from core.runs.predict import load_run
+    from core.runs.store import RunStore
 
     result = runs["cut"]
     store = RunStore(Path(result["run_dir"]).parents[1])
@@ -111,7 +111,7 @@ def test_the_saved_model_takes_images_and_kept_the_frozen_layers(runs: dict) -> 
     assert not any(changed[:index])  # frozen part: still the pretrained weights
     assert any(changed[index:])  # the unfrozen part trained
     root = Path(result["dataset"]["root"])
-    from core.images import load_rgb
+    from core.data.images import load_rgb
 
     batch = np.stack([load_rgb(p, 64) for p in sorted((root / "face").iterdir())[:3]])
     probs = np.asarray(model(batch.astype(np.float32), training=False))
@@ -123,9 +123,9 @@ def test_the_saved_model_takes_images_and_kept_the_frozen_layers(runs: dict) -> 
 def test_batchnorm_keeps_its_imagenet_statistics_through_fine_tuning(runs: dict, name: str) -> None:
     # Keras 3 lets an outer training=True override the base's training=False node; what keeps
     # BN in inference mode is that set_phase leaves every BN layer non-trainable. Guard it.
-    from core.backbones import build_base, get_backbone
-    from core.predict import load_run
-    from core.store import RunStore
+    from core.models.backbones import build_base, get_backbone
+    from core.runs.predict import load_run
+    from core.runs.store import RunStore
 
     result = runs[name]
     store = RunStore(Path(result["run_dir"]).parents[1])

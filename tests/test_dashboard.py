@@ -1,19 +1,21 @@
-"""core.dashboard: compare-all-modes, progress/ETA, comparison table, run choosers, uploads."""
+"""app.views.dashboard: compare-all-modes, progress/ETA, comparison table, run choosers, uploads."""
 
 from __future__ import annotations
 
 import pytest
 
-from core import dashboard
+from app.views import dashboard
 from core.config import RunConfig
+from core.data import builtin, uploads
 from core.errors import ConfigError, DataError
-from core.store import RunStore
+from core.runs.store import RunStore
+from core.training import compare, model
 
 TINY = RunConfig(backbone="mobilenet_v2", weights="none", data="builtin:textures", image_size=32)
 
 
 class FakeQueue:
-    """Records submissions; idempotent per key like core.jobs.JobQueue."""
+    """Records submissions; idempotent per key like core.training.jobs.JobQueue."""
 
     def __init__(self):
         self.submitted: list[RunConfig] = []
@@ -35,25 +37,25 @@ class FakeQueue:
 
 def test_submit_compare_all_queues_each_mode_with_same_data_and_seed():
     queue = FakeQueue()
-    ids = dashboard.submit_compare_all(queue, TINY.with_changes(seed=7), key="click-1")
+    ids = compare.submit_compare_all(queue, TINY.with_changes(seed=7), key="click-1")
     assert ids == ["run-0", "run-1", "run-2"]
     modes = [c.mode for c in queue.submitted]
     assert modes == ["feature_extraction", "fine_tuning", "full_fine_tuning"]
     assert {c.data for c in queue.submitted} == {"builtin:textures"}
     assert {c.seed for c in queue.submitted} == {7}
-    assert {c.extra[dashboard.COMPARE_GROUP_KEY] for c in queue.submitted} == {"click-1"}
+    assert {c.extra[compare.COMPARE_GROUP_KEY] for c in queue.submitted} == {"click-1"}
 
 
 def test_submit_compare_all_is_idempotent_per_key():
     queue = FakeQueue()
-    first = dashboard.submit_compare_all(queue, TINY, key="k")
-    again = dashboard.submit_compare_all(queue, TINY, key="k")
+    first = compare.submit_compare_all(queue, TINY, key="k")
+    again = compare.submit_compare_all(queue, TINY, key="k")
     assert first == again and len(queue.submitted) == 3
 
 
 def test_submit_compare_all_scratch_uses_no_weights():
     queue = FakeQueue()
-    dashboard.submit_compare_all(queue, TINY.with_changes(weights="imagenet"), True, key="s")
+    compare.submit_compare_all(queue, TINY.with_changes(weights="imagenet"), True, key="s")
     by_mode = {c.mode: c for c in queue.submitted}
     assert by_mode["scratch"].weights == "none"
     assert by_mode["fine_tuning"].weights == "imagenet"
@@ -62,14 +64,14 @@ def test_submit_compare_all_scratch_uses_no_weights():
 def test_submit_compare_all_validates_everything_before_queueing():
     queue = FakeQueue()
     with pytest.raises(ConfigError):
-        dashboard.submit_compare_all(queue, TINY.with_changes(epochs=0), key="bad")
+        compare.submit_compare_all(queue, TINY.with_changes(epochs=0), key="bad")
     assert queue.submitted == []
 
 
 def test_compare_group_read_back_from_result():
-    config = TINY.with_changes(extra={dashboard.COMPARE_GROUP_KEY: "g"})
-    assert dashboard.compare_group({"config": config.to_dict()}) == "g"
-    assert dashboard.compare_group({"config": TINY.to_dict()}) is None
+    config = TINY.with_changes(extra={compare.COMPARE_GROUP_KEY: "g"})
+    assert compare.compare_group({"config": config.to_dict()}) == "g"
+    assert compare.compare_group({"config": TINY.to_dict()}) is None
 
 
 # --------------------------------------------------------------------------- progress / ETA
@@ -197,9 +199,9 @@ def test_finished_runs_need_an_epoch_and_an_end():
 def test_default_compare_selection_prefers_newest_group():
     results = [
         {"run_id": "x", "config": {}},
-        {"run_id": "g1", "config": {dashboard.COMPARE_GROUP_KEY: "G"}},
-        {"run_id": "g2", "config": {dashboard.COMPARE_GROUP_KEY: "G"}},
-        {"run_id": "old", "config": {dashboard.COMPARE_GROUP_KEY: "H"}},
+        {"run_id": "g1", "config": {compare.COMPARE_GROUP_KEY: "G"}},
+        {"run_id": "g2", "config": {compare.COMPARE_GROUP_KEY: "G"}},
+        {"run_id": "old", "config": {compare.COMPARE_GROUP_KEY: "H"}},
     ]
     assert dashboard.default_compare_selection(results) == ["g1", "g2"]
     assert dashboard.default_compare_selection(results[:1]) == ["x"]
@@ -251,17 +253,17 @@ def test_compare_table_marks_best_and_reports_sizes():
 
 def test_save_upload_uses_content_hash_names(tmp_path, monkeypatch):
     monkeypatch.setenv("TRANSFER_STUDIO_HOME", str(tmp_path))
-    first = dashboard.save_upload(b"PK\x03\x04 zip bytes")
-    again = dashboard.save_upload(b"PK\x03\x04 zip bytes")
-    other = dashboard.save_upload(b"PK\x03\x04 other")
+    first = uploads.save_upload(b"PK\x03\x04 zip bytes")
+    again = uploads.save_upload(b"PK\x03\x04 zip bytes")
+    other = uploads.save_upload(b"PK\x03\x04 other")
     assert first == again != other
     assert first.parent == tmp_path.resolve() / "data" / "uploads"
     assert first.name.startswith("upload-") and first.suffix == ".zip"
     assert first.read_bytes() == b"PK\x03\x04 zip bytes"
     with pytest.raises(DataError):
-        dashboard.save_upload(b"")
+        uploads.save_upload(b"")
     with pytest.raises(DataError):
-        dashboard.save_upload(b"data", suffix="/../../evil.sh")
+        uploads.save_upload(b"data", suffix="/../../evil.sh")
 
 
 def test_data_choices_and_class_guess():
@@ -271,14 +273,14 @@ def test_data_choices_and_class_guess():
     assert "builtin:textures" in choices and "/pets" in choices
     assert len(choices) == len(set(choices))
     assert dashboard.data_choices(None, [])[0] == "builtin:faces"
-    assert dashboard.guess_num_classes("builtin:textures") == 3
-    assert dashboard.guess_num_classes("/somewhere") == 2
-    assert dashboard.guess_num_classes("/somewhere", {"/somewhere": 7}) == 7
+    assert builtin.guess_num_classes("builtin:textures") == 3
+    assert builtin.guess_num_classes("/somewhere") == 2
+    assert builtin.guess_num_classes("/somewhere", {"/somewhere": 7}) == 7
 
 
 def test_layer_preview_summary_counts_trainable_layers():
     config = TINY.with_changes(mode="fine_tuning", unfreeze=12, weights="imagenet")
-    summary = dashboard.layer_preview_summary(config, num_classes=3)
+    summary = model.layer_preview_summary(config, num_classes=3)
     head, fine = summary["phases"]
     assert head["phase"] == "head" and fine["phase"] == "fine_tune"
     assert fine["trainable_params"] > head["trainable_params"]
@@ -289,7 +291,7 @@ def test_layer_preview_summary_counts_trainable_layers():
     assert 0 < summary["trainable_base_layers"] == len(flagged) <= 12
     assert flagged[-1]["index"] == summary["base_layers"] - 1
     assert summary["image_size"] == 32
-    extraction = dashboard.layer_preview_summary(config.with_changes(mode="feature_extraction"), 3)
+    extraction = model.layer_preview_summary(config.with_changes(mode="feature_extraction"), 3)
     assert extraction["trainable_base_layers"] == 0 and len(extraction["phases"]) == 1
 
 
@@ -297,7 +299,7 @@ def test_layer_preview_summary_rejects_invalid_sizes():
     from core.errors import BackboneError
 
     with pytest.raises(BackboneError):
-        dashboard.layer_preview_summary(TINY.with_changes(image_size=16), 2)
+        model.layer_preview_summary(TINY.with_changes(image_size=16), 2)
 
 
 def test_progress_summary_while_the_feature_cache_is_computed():

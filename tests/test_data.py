@@ -1,4 +1,4 @@
-"""Tests for core.builtin_datasets and core.data: sources, layouts, zips, kaggle cache, splits."""
+"""Tests for core.data.builtin and core.data: sources, layouts, zips, kaggle cache, splits."""
 
 from __future__ import annotations
 
@@ -12,9 +12,10 @@ from pathlib import Path
 import pytest
 from PIL import Image
 
-from core import builtin_datasets, data
-from core.builtin_datasets import BUILTINS, builtin_path, list_builtins
+from core import data
 from core.data import DatasetIndex, load_dataset, parse_source, resolve_source
+from core.data import builtin as builtin_datasets
+from core.data.builtin import BUILTINS, builtin_path, list_builtins
 from core.errors import ConfigError, DataError
 from core.paths import data_cache_dir
 
@@ -401,7 +402,7 @@ def test_zip_source_extracted_once(tmp_path: Path, monkeypatch: pytest.MonkeyPat
     def boom(*_args: object, **_kwargs: object) -> None:
         raise AssertionError("extracted twice")
 
-    monkeypatch.setattr(data, "_extract_members", boom)
+    monkeypatch.setattr(data.archives, "_extract_members", boom)
     assert load_dataset(str(archive), val_split=0.34) == index
 
 
@@ -418,11 +419,11 @@ def test_zip_refuses_escaping_members(tmp_path: Path, name: str) -> None:
 
 def test_zip_bombs_refused(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
     archive = _zip(tmp_path / "bomb.zip", {"pets/cats/zeros.png": b"\0" * 200_000})
-    monkeypatch.setattr(data, "ZIP_RATIO_MIN_BYTES", 10_000)
+    monkeypatch.setattr(data.archives, "ZIP_RATIO_MIN_BYTES", 10_000)
     with pytest.raises(DataError, match=r"zip bomb.*200:1"):
         load_dataset(str(archive))
-    monkeypatch.setattr(data, "ZIP_RATIO_MIN_BYTES", 10**9)
-    monkeypatch.setattr(data, "MAX_ZIP_UNCOMPRESSED_BYTES", 100_000)
+    monkeypatch.setattr(data.archives, "ZIP_RATIO_MIN_BYTES", 10**9)
+    monkeypatch.setattr(data.archives, "MAX_ZIP_UNCOMPRESSED_BYTES", 100_000)
     with pytest.raises(DataError, match=r"declares .* uncompressed, more than"):
         load_dataset(str(archive))
 

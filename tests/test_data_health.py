@@ -1,4 +1,4 @@
-"""core.data_health: imbalance, near-empty classes, train/val duplicates, tiny images."""
+"""core.data.health: imbalance, near-empty classes, train/val duplicates, tiny images."""
 
 from __future__ import annotations
 
@@ -8,7 +8,7 @@ import numpy as np
 from PIL import Image
 
 from core.data import DatasetIndex, load_dataset
-from core.data_health import (
+from core.data.health import (
     INFO,
     WARNING,
     duplicates_across_splits,

@@ -12,8 +12,8 @@ from sklearn.metrics import precision_recall_fscore_support
 from core.config import RunConfig
 from core.data import load_dataset
 from core.errors import StudioError
-from core.evaluate import EVALUATION_FILE, evaluate_run, misclassified
-from core.predict import predict_images
+from core.runs.evaluate import EVALUATION_FILE, evaluate_run, misclassified
+from core.runs.predict import predict_images
 
 # Offline ImageNet weights at 32 px: a real (imperfect) model after one epoch, so the matrix has
 # off-diagonal cells to filter.
@@ -29,7 +29,7 @@ CONFIG = RunConfig(
 
 @pytest.fixture(scope="module")
 def run(tmp_path_factory):
-    from core.jobs import JobQueue
+    from core.training.jobs import JobQueue
 
     queue = JobQueue(tmp_path_factory.mktemp("eval-runs"))
     run_id = queue.submit(CONFIG)

@@ -10,19 +10,19 @@ from pathlib import Path
 import numpy as np
 import pytest
 
-import core.export as export_mod
+import core.runs.export as export_mod
 from core.config import RunConfig
 from core.data import load_dataset
+from core.data.images import load_rgb
 from core.errors import ConfigError, StudioError
-from core.export import (
+from core.runs.export import (
     NEAR_TIE_FLOAT,
     NEAR_TIE_QUANTIZED,
     ExportVerificationError,
     export_run,
     predict_with_export,
 )
-from core.images import load_rgb
-from core.predict import predict_images
+from core.runs.predict import predict_images
 
 # VGG16 has few layers, so SavedModel tracing and TFLite conversion take seconds, not tens of
 # seconds as for the MobileNets; random weights are fine for checking that formats agree.
@@ -39,7 +39,7 @@ CASES = [("keras", False), ("savedmodel", False), ("tflite", False), ("tflite", 
 
 @pytest.fixture(scope="module")
 def run(tmp_path_factory):
-    from core.jobs import JobQueue
+    from core.training.jobs import JobQueue
 
     root = tmp_path_factory.mktemp("export-runs")
     queue = JobQueue(root)

@@ -12,7 +12,7 @@ from pathlib import Path
 
 import pytest
 
-from core.store import COMPLETED, INTERRUPTED, RunStore
+from core.runs.store import COMPLETED, INTERRUPTED, RunStore
 
 ROOT = Path(__file__).resolve().parents[1]
 
@@ -83,7 +83,7 @@ def test_kill_9_keeps_finished_epochs_and_resume_finishes_the_run(tmp_path) -> N
 def test_only_stopped_interrupted_or_failed_runs_resume(tmp_path) -> None:
     from core.config import RunConfig
     from core.errors import StudioError
-    from core.jobs import JobQueue
+    from core.training.jobs import JobQueue
 
     queue = JobQueue(tmp_path)
     run_id = queue.store.create_run(RunConfig())

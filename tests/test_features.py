@@ -8,10 +8,10 @@ import numpy as np
 import pytest
 from PIL import Image
 
-from core import features
 from core.config import RunConfig
-from core.jobs import JobQueue
-from core.store import COMPLETED
+from core.runs.store import COMPLETED
+from core.training.jobs import JobQueue
+from core.training.trainer import embeddings as features
 from tests.helpers import write_pngs
 
 LITE = RunConfig(data="builtin:faces", image_size=64, epochs=2, augment=False)
@@ -95,15 +95,15 @@ def test_second_run_reuses_the_embeddings(runs: dict) -> None:
 
 
 def test_saved_model_of_a_cached_run_takes_images(runs: dict) -> None:
-    from core.predict import load_run
-    from core.store import RunStore
+    from core.runs.predict import load_run
+    from core.runs.store import RunStore
 
     result = runs["cold"]
     store = RunStore(Path(result["run_dir"]).parents[1])
     model = load_run(store, result["run_id"]).model
     root = Path(result["dataset"]["root"])
     images = [root / "face" / name for name in sorted((root / "face").iterdir())[:4]]
-    from core.images import load_rgb
+    from core.data.images import load_rgb
 
     batch = np.stack([load_rgb(p, 64) for p in images]).astype(np.float32)
     probs = np.asarray(model(batch, training=False))

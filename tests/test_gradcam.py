@@ -7,7 +7,7 @@ import pytest
 
 from core.config import RunConfig
 from core.errors import StudioError
-from core.gradcam import gradcam, jet_colormap
+from core.models.gradcam import gradcam, jet_colormap
 
 SIZE = 96  # EfficientNet-Lite0 downsamples 32x: a 3 x 3 feature map, enough to localise
 
@@ -17,8 +17,8 @@ def model(tmp_path_factory):
     """An offline-pretrained model, saved and reloaded safely as the studio's pages load runs."""
     import keras
 
-    import core.layers  # noqa: F401  registers PixelNormalize
-    from core.model_builder import build_model
+    import core.models.layers  # noqa: F401  registers PixelNormalize
+    from core.training.model import build_model
 
     keras.utils.set_random_seed(0)  # the head is random: keep the test deterministic
     config = RunConfig(backbone="efficientnet_lite0", weights="imagenet", image_size=SIZE)

@@ -6,8 +6,8 @@ import keras
 import numpy as np
 import pytest
 
-from core.head_training import fit_head
-from core.model_builder import compile_model
+from core.training.head_fit import fit_head
+from core.training.model import compile_model
 
 
 def _head(width: int = 16, classes: int = 3) -> keras.Model:

@@ -80,7 +80,7 @@ EXPORT_CONFIG = RunConfig(
 
 @pytest.fixture(scope="module")
 def tiny_run(tmp_path_factory: pytest.TempPathFactory):
-    from core.jobs import JobQueue
+    from core.training.jobs import JobQueue
 
     base = tmp_path_factory.mktemp("hostile-export")
     folder = _classes(base / "data", ["cats", "dogs"], n=5)
@@ -105,7 +105,7 @@ def _users_folder(tmp_path: Path) -> Path:
 def test_export_refuses_a_non_empty_folder_and_overwrite_replaces_only_its_files(
     tiny_run, tmp_path: Path
 ) -> None:
-    from core.export import ExportTargetError, export_run
+    from core.runs.export import ExportTargetError, export_run
 
     store, run_id = tiny_run
     folder = _users_folder(tmp_path)
@@ -150,7 +150,7 @@ def test_cli_export_refuses_in_one_line_and_takes_overwrite(
 
 @pytest.mark.slow
 def test_reexport_into_the_default_folder_still_replaces_its_own_files(tiny_run) -> None:
-    from core.export import export_run
+    from core.runs.export import export_run
 
     store, run_id = tiny_run
     first = export_run(store, run_id, "savedmodel")
@@ -163,25 +163,25 @@ def test_reexport_into_the_default_folder_still_replaces_its_own_files(tiny_run)
 def test_export_refuses_class_names_with_line_breaks(
     tiny_run, tmp_path: Path, monkeypatch: pytest.MonkeyPatch
 ) -> None:
-    import core.predict
-    from core.export import export_run
+    import core.runs.predict
+    from core.runs.export import export_run
 
     store, run_id = tiny_run
-    real_load_run = core.predict.load_run
+    real_load_run = core.runs.predict.load_run
 
     def old_run(*args, **kwargs):  # a run trained before the scan refused such names
         run = real_load_run(*args, **kwargs)
         run.class_names = ["a\nb", "plain"]
         return run
 
-    monkeypatch.setattr(core.predict, "load_run", old_run)
+    monkeypatch.setattr(core.runs.predict, "load_run", old_run)
     with pytest.raises(StudioError, match=r"'a\\nb'.*line break.*Rename"):
         export_run(store, run_id, "keras", tmp_path / "out")
     assert not (tmp_path / "out").exists()
 
 
 def test_export_target_checks_protect_foreign_files(tmp_path: Path) -> None:
-    from core.export import ExportTargetError, _check_target
+    from core.runs.export import ExportTargetError, _check_target
 
     names, dirs = ["saved_model", "labels.txt", "config.json"], ["saved_model"]
     ours = tmp_path / "ours"
@@ -237,7 +237,7 @@ def test_any_control_character_in_a_class_name_is_refused(tmp_path: Path, char: 
 
 
 def test_labels_text_is_one_line_per_class() -> None:
-    from core.export import labels_text
+    from core.runs.export import labels_text
 
     assert labels_text(["cats", "dogs", "ümlaut ok"]) == "cats\ndogs\nümlaut ok\n"
     for char in LINE_BREAKS:
@@ -305,7 +305,7 @@ def test_deep_class_folders_are_cut_off_not_recursed(tmp_path: Path) -> None:
     """Regression guard: the walk stops at MAX_CLASS_DEPTH levels (now without recursion)."""
     root = _classes(tmp_path / "ds", ["cats", "dogs"])
     deep = root / "cats"
-    for _ in range(data.MAX_CLASS_DEPTH + 3):
+    for _ in range(data.layout.MAX_CLASS_DEPTH + 3):
         deep = deep / "d"
     write_pngs(deep, 1, side=16)
     index = load_dataset(str(root))
@@ -317,14 +317,14 @@ def test_deep_class_folders_are_cut_off_not_recursed(tmp_path: Path) -> None:
 
 
 def _dataset_of(tmp_path: Path, n: int = 4):
-    from core.pipeline import make_dataset
+    from core.data.pipeline import make_dataset
 
     paths = write_pngs(tmp_path / "imgs", n, side=16)
     return paths, make_dataset(paths, [i % 2 for i in range(n)], 16, 2, training=False)
 
 
 def test_file_that_disappears_after_the_scan_is_named(tmp_path: Path) -> None:
-    from core.pipeline import image_errors
+    from core.data.pipeline import image_errors
 
     paths, ds = _dataset_of(tmp_path)
     os.remove(paths[1])
@@ -344,7 +344,7 @@ def test_file_that_disappears_after_the_scan_is_named(tmp_path: Path) -> None:
 def test_file_replaced_by_a_fifo_fails_training_clearly_without_blocking(tmp_path: Path) -> None:
     import keras
 
-    from core.pipeline import image_errors
+    from core.data.pipeline import image_errors
 
     paths, ds = _dataset_of(tmp_path)
     os.remove(paths[2])
@@ -366,7 +366,7 @@ def test_file_replaced_by_a_fifo_fails_training_clearly_without_blocking(tmp_pat
 def test_reading_an_image_never_blocks_on_a_fifo(
     tmp_path: Path, monkeypatch: pytest.MonkeyPatch
 ) -> None:
-    from core import images
+    from core.data import images
 
     fifo = tmp_path / "swapped.png"
     os.mkfifo(fifo)
@@ -423,14 +423,14 @@ def test_zip_member_nested_thousands_of_folders_deep_is_skipped(tmp_path: Path) 
     index = load_dataset(str(_zip(tmp_path / "deep.zip", members)))
     assert len(index.train_paths) + len(index.val_paths) == 6
     (deep,) = [s for s in index.skipped_files if "levels deep" in s["reason"]]
-    assert f"more than the {data.MAX_ZIP_DEPTH} allowed" in deep["reason"]
+    assert f"more than the {data.archives.MAX_ZIP_DEPTH} allowed" in deep["reason"]
     assert deep["path"].endswith("/.../deep.png") and len(deep["path"]) < 400
 
 
 def test_zip_with_too_many_members_is_refused_before_writing(
     tmp_path: Path, monkeypatch: pytest.MonkeyPatch
 ) -> None:
-    monkeypatch.setattr(data, "MAX_ZIP_MEMBERS", 100)
+    monkeypatch.setattr(data.archives, "MAX_ZIP_MEMBERS", 100)
     members = {f"set/{'ab'[i % 2]}/{i}.png": b"x" for i in range(101)}
     archive = _zip(tmp_path / "many.zip", members)
     before = _zip_cache_entries()
@@ -443,6 +443,6 @@ def test_zip_with_too_many_members_is_refused_before_writing(
 
 
 def test_zip_caps_have_sane_defaults() -> None:
-    assert 1_000 <= data.MAX_ZIP_MEMBERS <= 50_000
-    assert 16 <= data.MAX_ZIP_DEPTH <= 64
-    assert data.MAX_CLASS_DEPTH < data.MAX_ZIP_DEPTH
+    assert 1_000 <= data.archives.MAX_ZIP_MEMBERS <= 50_000
+    assert 16 <= data.archives.MAX_ZIP_DEPTH <= 64
+    assert data.layout.MAX_CLASS_DEPTH < data.archives.MAX_ZIP_DEPTH

@@ -19,17 +19,17 @@ import numpy as np
 import pytest
 from streamlit.testing.v1 import AppTest
 
-from core import run_views
+from app.views import run_page as run_views
+from app.views.text import md_escape, md_unescape
 from core.config import RunConfig
-from core.store import COMPLETED, FAILED, RUNNING, STOPPED
-from core.text import md_escape, md_unescape
+from core.runs.store import COMPLETED, FAILED, RUNNING, STOPPED
 from tests.helpers import write_pngs
 
 ROOT = Path(__file__).resolve().parents[1]
 APP = str(ROOT / "streamlit_app.py")
 TIMEOUT = 120
-PAGES = (None, "pages/1_Data.py", "pages/2_Train.py", "pages/3_Compare.py",
-         "pages/4_Predict.py", "pages/5_Run.py")  # fmt: skip
+PAGES = (None, "app/pages/data.py", "app/pages/train.py", "app/pages/compare.py",
+         "app/pages/predict.py", "app/pages/run.py")  # fmt: skip
 
 # Each would render as something other than its characters if a page passed it to Markdown.
 IMAGE = "![t](http://evil.example/track.png)"
@@ -61,7 +61,7 @@ def fake_studio(home: Path) -> Iterator[Any]:
     """A studio home of its own, its store empty; yields the store the pages use."""
     with pytest.MonkeyPatch.context() as mp:
         mp.setenv("TRANSFER_STUDIO_HOME", str(home))
-        from core.jobs import get_job_queue
+        from core.training.jobs import get_job_queue
 
         yield get_job_queue(home).store
 
@@ -77,7 +77,7 @@ def fake_run(
 ) -> str:
     """A run as the worker leaves it, without training: one epoch, a model file (junk bytes:
     nothing here loads it) and, with ``matrix``, the cached evaluation the Run page reads."""
-    from core.evaluate import EVALUATION_FILE, _model_fingerprint
+    from core.runs.evaluate import EVALUATION_FILE, _model_fingerprint
 
     run_id = store.create_run(config, status=RUNNING)
     model = store.run_dir(run_id) / "model.keras"
@@ -252,20 +252,20 @@ def test_every_page_shows_hostile_names_as_text(hostile, page):
     store, runs, data = hostile
     at = _render(page, data, run_id=runs[FAILED])  # the Train page shows the failed run's error
     expected = [data]  # the sidebar's data source
-    if page == "pages/1_Data.py":
+    if page == "app/pages/data.py":
         expected += CLASSES  # one caption per class above its samples
     else:
         expected.append(RUN_NAME)  # in the run pickers (plain options) or the job queue
-    if page == "pages/2_Train.py":
+    if page == "app/pages/train.py":
         expected.append(f"Could not read {IMAGE}")
-    if page == "pages/4_Predict.py":  # file names: one readable image, one broken
+    if page == "app/pages/predict.py":  # file names: one readable image, one broken
         at.file_uploader(key="images").set_value(
             [(f"{FOLDER_IMAGE}.png", Path(write_pngs(Path(data) / "uploads", 1)[0]).read_bytes(),
               "image/png"), (f"{FOLDER_LINK}.png", b"broken", "image/png")]
         ).run()  # fmt: skip
         assert not at.exception, [e.value for e in at.exception]
         expected += [FOLDER_IMAGE, FOLDER_LINK]
-    if page == "pages/5_Run.py":
+    if page == "app/pages/run.py":
         expected += [FOLDER_IMAGE, FOLDER_LINK]  # the gallery's heading and captions
     texts = page_texts(at)
     rendered = [
@@ -353,7 +353,7 @@ def test_run_page_with_1000_classes_lists_confused_pairs(thousand_classes, monke
     started = time.perf_counter()
     # Drawing the heatmap took 87 s and 42 MB of JSON: a short timeout fails the old page.
     at = AppTest.from_file(APP, default_timeout=60).run()
-    at.switch_page("pages/5_Run.py").run()
+    at.switch_page("app/pages/run.py").run()
     assert not at.exception, [e.value for e in at.exception]
     assert not at.error, [e.value for e in at.error]
     elapsed = time.perf_counter() - started

@@ -1,4 +1,4 @@
-"""Tests for core.images: mode conversions, EXIF, animation and every skip reason."""
+"""Tests for core.data.images: mode conversions, EXIF, animation and every skip reason."""
 
 from __future__ import annotations
 
@@ -12,9 +12,9 @@ import numpy as np
 import pytest
 from PIL import Image
 
-from core import images
+from core.data import images
+from core.data.images import IMAGE_EXTENSIONS, check_image, load_rgb
 from core.errors import DataError
-from core.images import IMAGE_EXTENSIONS, check_image, load_rgb
 
 
 def _png_header_only(path: Path, width: int, height: int) -> Path:

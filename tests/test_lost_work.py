@@ -16,8 +16,8 @@ import numpy as np
 import pytest
 
 from core.errors import StorageError
-from core.jobs import JobQueue
-from core.store import COMPLETED, FAILED, INTERRUPTED, RUNNING, RunStore
+from core.runs.store import COMPLETED, FAILED, INTERRUPTED, RUNNING, RunStore
+from core.training.jobs import JobQueue
 from tests.helpers import TINY
 
 ROOT = Path(__file__).resolve().parents[1]
@@ -29,7 +29,7 @@ def _weights(model: keras.Model) -> list[np.ndarray]:
 
 
 def _checkpointed_model(store: RunStore, run_id: str, classes: int) -> keras.Model:
-    from core.model_builder import build_model
+    from core.training.model import build_model
 
     built = build_model(store.config(run_id), classes)
     built.model.load_weights(store.run_dir(run_id) / "checkpoint.weights.h5")
@@ -38,7 +38,7 @@ def _checkpointed_model(store: RunStore, run_id: str, classes: int) -> keras.Mod
 
 @pytest.mark.slow
 def test_resume_after_a_kill_during_the_final_save_keeps_the_trained_weights(tmp_path) -> None:
-    from core.model_builder import build_model
+    from core.training.model import build_model
 
     queue = JobQueue(tmp_path)
     config = TINY.with_changes(epochs=2, augment=False, feature_cache="off")
@@ -66,7 +66,7 @@ def test_resume_after_a_kill_during_the_final_save_keeps_the_trained_weights(tmp
 
 
 def test_a_checkpoint_restores_the_optimizer_state(tmp_path) -> None:
-    from core.training import _restore_optimizer, _save_checkpoint
+    from core.training.trainer import _restore_optimizer, _save_checkpoint
 
     store = RunStore(tmp_path)
     run_id = store.create_run(TINY)
@@ -140,7 +140,7 @@ def test_a_full_disk_fails_the_run_cleans_up_and_keeps_the_worker(tmp_path) -> N
 def test_when_even_the_error_log_cannot_be_written_the_run_still_ends_failed(
     tmp_path, monkeypatch
 ) -> None:
-    import core.training as training
+    import core.training.trainer as training
 
     def no_space(*args: object, **kwargs: object) -> None:
         raise OSError(28, "No space left on device")
@@ -155,7 +155,7 @@ def test_when_even_the_error_log_cannot_be_written_the_run_still_ends_failed(
 
 
 def test_wait_returns_when_the_store_cannot_record_the_end(tmp_path, monkeypatch) -> None:
-    import core.training as training
+    import core.training.trainer as training
 
     def broken_disk(*args: object, **kwargs: object) -> None:
         raise StorageError("disk full: 0.0 MB free in /somewhere.")

@@ -7,7 +7,7 @@ import numpy as np
 import pytest
 
 from core.config import RunConfig
-from core.model_builder import (
+from core.training.model import (
     build_model,
     compile_model,
     count_params,

@@ -13,7 +13,7 @@ from PIL import Image
 from streamlit.testing.v1 import AppTest
 
 from core.config import RunConfig
-from core.store import ACTIVE_STATUSES
+from core.runs.store import ACTIVE_STATUSES
 from tests.helpers import TINY
 
 ROOT = Path(__file__).resolve().parents[1]
@@ -76,7 +76,7 @@ def test_script_runs_keep_the_keras_session(seeded):
     import keras
 
     before = keras.layers.Dense(1).name
-    _page("pages/3_Compare.py")
+    _page("app/pages/compare.py")
     after = keras.layers.Dense(1).name
     assert after != "dense" and after != before  # the name counter was not reset
 
@@ -98,7 +98,7 @@ def test_home_train_the_default_reaches_the_queue(seeded):
 
 
 def test_data_page_builtin_shows_counts_samples_and_health(seeded):
-    at = _page("pages/1_Data.py")
+    at = _page("app/pages/data.py")
     _ok(at)
     assert at.info[0].value.startswith("Pick a source")
     at.selectbox[0].select_index(1)  # builtin:textures (sorted by name)
@@ -120,7 +120,7 @@ def test_data_page_zip_upload(seeded, tmp_path):
             for i in range(6):
                 zf.writestr(f"pets/{cls}/{i}.png", _image_bytes(seed=hash((cls, i)) % 999))
         zf.writestr("pets/cats/readme.txt", "not an image")
-    at = _page("pages/1_Data.py")
+    at = _page("app/pages/data.py")
     at.session_state["kind"] = "Zip upload"
     at.run()
     at.file_uploader(key="zip").upload("pets.zip", archive.getvalue(), "application/zip").run()
@@ -135,7 +135,7 @@ def test_data_page_zip_upload(seeded, tmp_path):
 
 
 def test_data_page_shows_errors_without_traceback(seeded, tmp_path):
-    at = _page("pages/1_Data.py")
+    at = _page("app/pages/data.py")
     at.session_state["kind"] = "Local folder"
     at.run()
     at.text_input[0].input(str(tmp_path / "missing")).run()
@@ -152,7 +152,7 @@ def test_data_page_shows_errors_without_traceback(seeded, tmp_path):
 
 def test_train_page_widgets_and_latest_run(seeded):
     queue, run_id = seeded
-    at = _page("pages/2_Train.py")
+    at = _page("app/pages/train.py")
     _ok(at)
     for key in ("backbone", "data"):
         assert at.selectbox(key=key)
@@ -189,7 +189,7 @@ def _tiny_form(at: AppTest) -> AppTest:
 def test_train_page_launch_reaches_the_queue(seeded):
     queue, _ = seeded
     before = {r["run_id"] for r in queue.store.list_runs()}
-    at = _tiny_form(_page("pages/2_Train.py"))
+    at = _tiny_form(_page("app/pages/train.py"))
     _ok(at)
     at.button(key="launch").click().run()
     _ok(at)
@@ -210,7 +210,7 @@ def test_train_page_launch_reaches_the_queue(seeded):
 def test_train_page_compare_all_modes(seeded):
     queue, _ = seeded
     before = {r["run_id"] for r in queue.store.list_runs()}
-    at = _tiny_form(_page("pages/2_Train.py"))
+    at = _tiny_form(_page("app/pages/train.py"))
     at.checkbox(key="scratch").check()
     at.button(key="compare").click().run()
     _ok(at)
@@ -224,7 +224,7 @@ def test_train_page_compare_all_modes(seeded):
 
 
 def test_train_page_layer_preview_and_config_errors(seeded):
-    at = _tiny_form(_page("pages/2_Train.py"))
+    at = _tiny_form(_page("app/pages/train.py"))
     at.radio(key="mode").set_value("fine_tuning")
     at.session_state["preview"] = True  # open the (lazy) expander
     at.run()
@@ -242,7 +242,7 @@ def test_train_page_layer_preview_and_config_errors(seeded):
 
 def test_compare_page_table_and_charts(seeded):
     _, run_id = seeded
-    at = _page("pages/3_Compare.py")
+    at = _page("app/pages/compare.py")
     _ok(at)
     assert at.multiselect(key="compare_runs").value == [run_id]
     table = at.dataframe[0].value
@@ -254,7 +254,7 @@ def test_compare_page_table_and_charts(seeded):
 
 def test_predict_page_offers_finished_runs(seeded):
     _, run_id = seeded
-    at = _page("pages/4_Predict.py")
+    at = _page("app/pages/predict.py")
     _ok(at)
     assert at.multiselect(key="models").value == [run_id]
     assert at.slider(key="top_k").value == 3
@@ -266,7 +266,7 @@ def test_predict_page_offers_finished_runs(seeded):
 
 def test_predict_page_uploads_and_camera(seeded):
     _, run_id = seeded
-    at = _page("pages/4_Predict.py")
+    at = _page("app/pages/predict.py")
     at.file_uploader(key="images").set_value(
         [
             ("a.png", _image_bytes("PNG", 1), "image/png"),

@@ -1,5 +1,5 @@
 """The Run page (summary, confusion matrix, misclassified gallery, export) and Predict's Grad-CAM,
-under AppTest against a store seeded with one tiny finished run; plus ``core.run_views``."""
+under AppTest against a store seeded with one tiny finished run; plus ``app.views.run_page``."""
 
 from __future__ import annotations
 
@@ -14,14 +14,14 @@ from conftest import seeded_studio
 from PIL import Image
 from streamlit.testing.v1 import AppTest
 
-from core import run_views
-from core.text import md_escape
+from app.views import run_page as run_views
+from app.views.text import md_escape
 from tests.helpers import TINY
 
 ROOT = Path(__file__).resolve().parents[1]
 APP = str(ROOT / "streamlit_app.py")
 TIMEOUT = 120
-EVALUATION = {  # what core.evaluate.evaluate_run returns, trimmed to what the views read
+EVALUATION = {  # what core.runs.evaluate.evaluate_run returns, trimmed to what the views read
     "class_names": ["cat", "dog", "fox"],
     "confusion_matrix": [[5, 2, 0], [1, 6, 0], [0, 3, 4]],
     "per_class": [
@@ -67,7 +67,7 @@ def _png(seed: int = 0, size: int = 48) -> bytes:
 
 def test_run_page_summary_matrix_and_gallery(seeded):
     queue, run_id = seeded
-    at = _page("pages/5_Run.py")
+    at = _page("app/pages/run.py")
     _ok(at)
     assert at.selectbox(key="run_page_run").value == run_id
     assert at.query_params["run"] == run_id
@@ -82,7 +82,7 @@ def test_run_page_summary_matrix_and_gallery(seeded):
     assert {"precision", "recall", "f1", "support"} <= set(per_class.columns)
     assert len(at.get("plotly_chart")) == 1  # the confusion matrix
 
-    from core.evaluate import evaluate_run
+    from core.runs.evaluate import evaluate_run
 
     evaluation = evaluate_run(queue.store, run_id)  # cached by the page's own call
     matrix = np.array(evaluation["confusion_matrix"])
@@ -101,14 +101,14 @@ def test_run_page_opens_the_run_in_the_query(seeded):
     _, run_id = seeded
     at = AppTest.from_file(APP, default_timeout=TIMEOUT).run()
     at.query_params["run"] = "no-such-run"  # unknown ids fall back to the newest completed
-    at.switch_page("pages/5_Run.py").run()
+    at.switch_page("app/pages/run.py").run()
     _ok(at)
     assert at.selectbox(key="run_page_run").value == run_id
 
 
 def test_run_page_export_offers_downloads(seeded):
     _, run_id = seeded
-    at = _page("pages/5_Run.py")
+    at = _page("app/pages/run.py")
     assert at.radio(key="export_format").options == ["keras", "savedmodel", "tflite"]
     assert at.checkbox(key="export_quantize").disabled  # only for tflite
     assert not at.get("download_button")  # nothing is exported on page load
@@ -124,7 +124,7 @@ def test_run_page_export_offers_downloads(seeded):
 
 def test_predict_page_grad_cam(seeded):
     _, run_id = seeded
-    at = _page("pages/4_Predict.py")
+    at = _page("app/pages/predict.py")
     at.file_uploader(key="images").set_value([("a.png", _png(1), "image/png")]).run()
     assert len(at.get("image")) == 1  # Grad-CAM is off by default
     at.toggle(key="gradcam").set_value(True).run()
@@ -136,7 +136,7 @@ def test_predict_page_grad_cam(seeded):
     assert any("1×1" in i.value for i in at.info)  # 32 px input: a 1x1 feature map
 
 
-# --------------------------------------------------------------------------- core.run_views
+# --------------------------------------------------------------------------- app.views.run_page
 
 
 def test_pick_run_prefers_the_request_then_the_newest_completed():

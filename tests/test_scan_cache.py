@@ -8,8 +8,9 @@ from pathlib import Path
 import pytest
 from PIL import Image
 
-from core import data, images, scan_cache
-from core.images import check_image
+from core import data
+from core.data import images, scan_cache
+from core.data.images import check_image
 from core.paths import studio_home
 from tests.helpers import write_pngs
 
@@ -84,7 +85,7 @@ def test_a_dataset_scan_uses_the_cache(tmp_path: Path, monkeypatch: pytest.Monke
         write_pngs(tmp_path / name, 3)
     first = data.load_dataset(str(tmp_path), val_split=0.34, seed=1)
     calls: list[str] = []
-    monkeypatch.setattr(data, "check_image", _counting(calls))
+    monkeypatch.setattr(data.layout, "check_image", _counting(calls))
     second = data.load_dataset(str(tmp_path), val_split=0.34, seed=1)
     assert calls == []
     assert second.train_paths == first.train_paths and second.val_paths == first.val_paths

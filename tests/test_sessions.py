@@ -27,7 +27,7 @@ def home(tmp_path, monkeypatch):
 def _session() -> AppTest:
     """A new browser session on the Train page, its form set to a tiny run."""
     at = AppTest.from_file(APP, default_timeout=TIMEOUT).run()
-    at.switch_page("pages/2_Train.py").run()
+    at.switch_page("app/pages/train.py").run()
     at.selectbox(key="backbone").select("mobilenet_v3_small")
     at.radio(key="weights").set_value("none")
     at.number_input(key="size").set_value(32)
@@ -50,13 +50,13 @@ def _launch(at: AppTest) -> str:
 
 
 def test_two_sessions_share_one_queue(home):
-    from core.jobs import get_job_queue
+    from core.training.jobs import get_job_queue
 
     a, b = _session(), _session()
     submitted = [_launch(a), _launch(b), _launch(a)]
     assert len(set(submitted)) == 3
 
-    queue = get_job_queue(home)  # the queue both sessions got through ui.job_queue()
+    queue = get_job_queue(home)  # the queue both sessions got through widgets.job_queue()
     for run_id in submitted:
         assert queue.wait(run_id, timeout=300) == "completed", queue.store.result(run_id)["error"]
     runs = queue.store.list_runs()

@@ -10,7 +10,7 @@ import pytest
 
 from core.config import RunConfig
 from core.errors import RunNotFoundError
-from core.store import COMPLETED, INTERRUPTED, QUEUED, RUNNING, RunStore
+from core.runs.store import COMPLETED, INTERRUPTED, QUEUED, RUNNING, RunStore
 
 
 def test_run_round_trip_and_persistence(tmp_path) -> None:
@@ -64,7 +64,7 @@ def test_re_adding_an_epoch_replaces_it(tmp_path) -> None:
 def test_runs_of_a_dead_process_become_interrupted(tmp_path) -> None:
     # A real other process creates a running run and dies without finishing it.
     code = (
-        "import sys; from core.store import RunStore; from core.config import RunConfig;"
+        "import sys; from core.runs.store import RunStore; from core.config import RunConfig;"
         f"s = RunStore({str(tmp_path)!r}); r = s.create_run(RunConfig()); s.mark_running(r);"
         "q = s.create_run(RunConfig()); print(r, q)"
     )

@@ -7,8 +7,8 @@ import time
 import pytest
 
 from core.config import RunConfig
-from core.jobs import JobQueue
-from core.store import COMPLETED, FAILED, RUNNING, STOPPED
+from core.runs.store import COMPLETED, FAILED, RUNNING, STOPPED
+from core.training.jobs import JobQueue
 
 TINY = RunConfig(
     backbone="mobilenet_v2",

@@ -5,8 +5,8 @@ from __future__ import annotations
 import pytest
 
 from core.config import RunConfig
-from core.jobs import JobQueue
-from core.store import COMPLETED
+from core.runs.store import COMPLETED
+from core.training.jobs import JobQueue
 
 
 @pytest.mark.slow

@@ -6,11 +6,11 @@ from pathlib import Path
 
 import numpy as np
 
-from core import model_builder
-from core.backbones import build_base, get_backbone
 from core.config import RunConfig
-from core.jobs import JobQueue
-from core.model_builder import build_model
+from core.models.backbones import build_base, get_backbone
+from core.training.jobs import JobQueue
+from core.training.model import build_model
+from core.training.trainer import model as model_builder
 
 LITE = RunConfig(data="builtin:faces", image_size=64, epochs=1, augment=False)
 

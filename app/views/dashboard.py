@@ -1,0 +1,324 @@
+"""What the dashboard pages compute, kept out of the pages so it can be unit-tested.
+
+The progress/ETA summary of a run, the comparison table, run choosers and labels. Pure: no
+Streamlit, no Keras; what needs the engine (queueing a comparison, saving an upload, the layer
+preview) lives in ``core``.
+"""
+
+from __future__ import annotations
+
+import time
+from pathlib import Path
+from typing import Any
+
+from core.config import DEFAULT_DATA
+from core.runs.store import ACTIVE_STATUSES, COMPLETED, QUEUED, RUNNING, STOPPED
+from core.training.compare import compare_group
+
+STATUS_ICONS = {
+    "queued": "⏳",
+    "running": "🔄",
+    "completed": "✅",
+    "stopped": "⏹️",
+    "failed": "❌",
+    "interrupted": "⚠️",
+}
+PHASE_LABELS = {"head": "training the head", "fine_tune": "fine-tuning", "scratch": "from scratch"}
+ETA_WINDOW = 50  # recent batches used for the speed estimate
+
+
+# --------------------------------------------------------------------------- progress
+
+
+def format_duration(seconds: float | None) -> str:
+    """Compact duration: ``42s``, ``3m 05s``, ``1h 02m``; ``–`` when unknown."""
+    if seconds is None or seconds != seconds or seconds < 0:
+        return "–"
+    s = int(round(seconds))
+    if s < 60:
+        return f"{s}s"
+    if s < 3600:
+        return f"{s // 60}m {s % 60:02d}s"
+    return f"{s // 3600}h {(s % 3600) // 60:02d}m"
+
+
+def format_count(n: int | float | None) -> str:
+    """Compact count: ``950``, ``328.7k``, ``1.21M``; ``–`` when unknown."""
+    if n is None:
+        return "–"
+    if abs(n) >= 1e6:
+        return f"{n / 1e6:.3g}M"
+    if abs(n) >= 1e3:
+        return f"{n / 1e3:.4g}k"
+    return f"{n:g}"
+
+
+def _seconds_per_step(batches: list[dict[str, Any]], phase: str) -> float | None:
+    """Recent wall time per step, validation pauses included (from batch timestamps)."""
+    same = [b for b in batches if b.get("phase") == phase][-ETA_WINDOW:]
+    rows = same if len(same) >= 2 else batches[-ETA_WINDOW:]
+    if len(rows) < 2:
+        return None
+    steps = rows[-1]["global_step"] - rows[0]["global_step"]
+    elapsed = rows[-1]["t"] - rows[0]["t"]
+    if steps <= 0 or elapsed <= 0:
+        return None
+    return elapsed / steps
+
+
+def _throughput(
+    batches: list[dict[str, Any]], result: dict[str, Any], window: int | None
+) -> float | None:
+    """Training images per second of wall time over the last ``window`` batches (all if None).
+
+    Wall time includes validation passes, so it is what the user actually gets; with a single
+    batch the worker's own per-batch figure is used.
+    """
+    rows = batches if window is None else batches[-window:]
+    batch_size = (result.get("config") or {}).get("batch_size")
+    if len(rows) >= 2 and batch_size:
+        elapsed = rows[-1]["t"] - rows[0]["t"]
+        steps = rows[-1]["global_step"] - rows[0]["global_step"]
+        if elapsed > 0 and steps > 0:
+            return steps * batch_size / elapsed
+    return rows[-1].get("images_per_s") if rows else None
+
+
+def progress_summary(
+    result: dict[str, Any], batches: list[dict[str, Any]], now: float | None = None
+) -> dict[str, Any]:
+    """Where a run is: phase, epoch, step, speed, fraction done, elapsed time and ETA.
+
+    ``result`` is ``RunStore.result(run_id)``, ``batches`` its ``RunStore.batches(run_id)``.
+    The ETA extrapolates the recent time per step (which includes the validation passes) over
+    the steps left in all planned epochs; it is ``None`` until two batches have been seen.
+    """
+    now = time.time() if now is None else now
+    status = result.get("status")
+    planned = int(result.get("planned_epochs") or 0)
+    last = batches[-1] if batches else None
+    steps_per_epoch = int(last["steps_per_epoch"] or 0) if last else 0
+    epoch = int(last["epoch"]) if last else 0
+    step = int(last["step"]) if last else 0
+    phase = last["phase"] if last else None
+    if phase is None and result.get("phases"):
+        phase = result["phases"][-1].get("phase")
+
+    total_steps = planned * steps_per_epoch
+    done_steps = (epoch - 1) * steps_per_epoch + step if last else 0
+    if status == COMPLETED:
+        fraction = 1.0
+    elif total_steps:
+        fraction = min(done_steps / total_steps, 1.0)
+    else:
+        fraction = 0.0
+
+    images_per_s = _throughput(batches, result, window=None if status == COMPLETED else ETA_WINDOW)
+
+    eta_s: float | None = None
+    if status == RUNNING and last is not None and phase is not None:
+        per_step = _seconds_per_step(batches, phase)
+        if per_step is not None and total_steps:
+            eta_s = max(total_steps - done_steps, 0) * per_step
+    elif status not in ACTIVE_STATUSES:
+        eta_s = 0.0
+
+    started = result.get("started_at")
+    if result.get("duration_s") is not None and status not in ACTIVE_STATUSES:
+        elapsed = float(result["duration_s"])
+    elif started:
+        elapsed = max(now - float(started), 0.0)
+    else:
+        elapsed = 0.0
+
+    stage = result.get("stage") or {}
+    extracting = (
+        status == RUNNING
+        and last is None
+        and stage.get("stage") == "features"
+        and stage.get("total")
+    )
+    if status == QUEUED:
+        text = "Queued: waiting for the worker"
+    elif extracting:
+        # feature cache: the frozen base runs once over every image before the first batch
+        fraction = min(stage.get("done", 0) / stage["total"], 1.0)
+        images_per_s = stage.get("images_per_s") or None
+        eta_s = stage.get("eta_s")
+        if stage.get("activations"):  # fine-tuning: the frozen layers, up to the cut
+            text = (
+                f"Running the frozen layers once: {stage.get('done', 0)}/{stage['total']} images "
+                "(then training goes on from their stored activations)"
+            )
+        else:
+            text = (
+                f"Computing features with the frozen base: {stage.get('done', 0)}/"
+                f"{stage['total']} images (then the head trains on them)"
+            )
+    elif status == RUNNING and last is None:
+        text = "Preparing: loading data and building the model"
+    elif status == RUNNING:
+        text = (
+            f"{PHASE_LABELS.get(phase, phase)} · epoch {epoch}/{planned} · "
+            f"step {step}/{steps_per_epoch}"
+        )
+    else:
+        text = f"{status}: {result.get('epochs_done', 0)}/{planned} epochs"
+    return {
+        "status": status,
+        "phase": phase,
+        "phase_label": "computing features"
+        if extracting
+        else PHASE_LABELS.get(phase or "", phase or ""),
+        "epoch": epoch,
+        "planned_epochs": planned,
+        "epochs_done": int(result.get("epochs_done") or 0),
+        "step": step,
+        "steps_per_epoch": steps_per_epoch,
+        "images_per_s": images_per_s,
+        "fraction": fraction,
+        "elapsed_s": elapsed,
+        "eta_s": eta_s,
+        "eta_text": format_duration(eta_s) if eta_s is not None else "estimating…",
+        "text": text,
+    }
+
+
+# --------------------------------------------------------------------------- choosing runs
+
+
+def pick_default_run(runs: list[dict[str, Any]]) -> str | None:
+    """The run a page shows when the session chose none: running, else queued, else newest."""
+    for status in (RUNNING, QUEUED):
+        active = [r for r in runs if r["status"] == status]
+        if active:
+            # list_runs is newest first; the queued run that starts next is the oldest one
+            return (active[0] if status == RUNNING else active[-1])["run_id"]
+    return runs[0]["run_id"] if runs else None
+
+
+def finished_runs(runs: list[dict[str, Any]]) -> list[dict[str, Any]]:
+    """Runs that recorded at least one epoch and are no longer active (comparable runs)."""
+    return [r for r in runs if r["status"] not in ACTIVE_STATUSES and r.get("epochs_done")]
+
+
+def predictable_runs(store: Any) -> list[dict[str, Any]]:
+    """Completed or stopped runs with a saved model file, newest first."""
+    out = []
+    for run in store.list_runs((COMPLETED, STOPPED)):
+        row = store.get_run(run["run_id"])
+        if row.get("model_path") and Path(row["model_path"]).is_file():
+            out.append(run)
+    return out
+
+
+def run_choice_label(run: dict[str, Any]) -> str:
+    """One line for a select box: icon, mode, backbone, data, accuracy and id."""
+    acc = run.get("best_val_accuracy")
+    acc_text = f" · val acc {acc:.3f}" if isinstance(acc, (int, float)) else ""
+    name = f"{run['name']} · " if run.get("name") else ""
+    return (
+        f"{STATUS_ICONS.get(run['status'], '')} {name}{run.get('mode')} · {run.get('backbone')} · "
+        f"{run.get('data')}{acc_text} · {run['run_id']}"
+    )
+
+
+def default_compare_selection(results: list[dict[str, Any]], limit: int = 4) -> list[str]:
+    """Runs pre-selected on the Compare page: the newest compare group, else the newest few."""
+    for result in results:  # newest first
+        group = compare_group(result)
+        if group:
+            return [r["run_id"] for r in results if compare_group(r) == group][:limit]
+    return [r["run_id"] for r in results[:limit]]
+
+
+def runs_table(runs: list[dict[str, Any]], limit: int = 20) -> list[dict[str, Any]]:
+    """Display rows for the Home page's recent runs."""
+    rows = []
+    for r in runs[:limit]:
+        acc = r.get("best_val_accuracy")
+        rows.append(
+            {
+                "status": f"{STATUS_ICONS.get(r['status'], '')} {r['status']}",
+                "run": r["run_id"],
+                "mode": r.get("mode"),
+                "backbone": r.get("backbone"),
+                "data": r.get("data"),
+                "epochs": f"{r.get('epochs_done', 0)}/{r.get('planned_epochs', 0)}",
+                "best val acc": round(acc, 4) if isinstance(acc, (int, float)) else None,
+                "time": format_duration(r.get("duration_s")),
+                "error": r.get("error") or "",
+            }
+        )
+    return rows
+
+
+# --------------------------------------------------------------------------- comparing
+
+
+def trainable_params(result: dict[str, Any]) -> int | None:
+    """The most parameters any phase of the run trained at once."""
+    counts = [p["trainable_params"] for p in result.get("phases") or [] if "trainable_params" in p]
+    return max(counts) if counts else None
+
+
+def best_run(results: list[dict[str, Any]]) -> str | None:
+    """The run with the highest best validation accuracy; ties go to the fastest one."""
+    scored = [r for r in results if r.get("best_val_accuracy") is not None]
+    if not scored:
+        return None
+    inf = float("inf")
+    best = max(scored, key=lambda r: (r["best_val_accuracy"], -(r.get("duration_s") or inf)))
+    return best["run_id"]
+
+
+def compare_table(results: list[dict[str, Any]]) -> list[dict[str, Any]]:
+    """One row per run for the Compare page; the best one (see ``best_run``) gets ``★``."""
+    best = best_run(results)
+    rows = []
+    for r in results:
+        acc = r.get("best_val_accuracy")
+        size = r.get("model_bytes")
+        rows.append(
+            {
+                "best": "★" if r["run_id"] == best else "",
+                "run": r["run_id"],
+                "backbone": r.get("backbone"),
+                "mode": r.get("mode"),
+                "best val accuracy": round(acc, 4) if acc is not None else None,
+                "epochs": r.get("epochs_done"),
+                "wall time (s)": round(r["duration_s"], 1)
+                if r.get("duration_s") is not None
+                else None,
+                "trainable params": trainable_params(r),
+                "model size (MB)": round(size / 1e6, 2) if size else None,
+            }
+        )
+    return rows
+
+
+# --------------------------------------------------------------------------- data & training UI
+
+
+def backbone_label(name: str) -> str:
+    """One line per backbone: name, default input size, parameters, ImageNet availability."""
+    from core.models.backbones import get_backbone
+
+    spec = get_backbone(name)
+    return (
+        f"{spec.display_name} · {spec.default_size} px · {spec.params_millions:.1f}M params · "
+        f"ImageNet {spec.weights_status()}"
+    )
+
+
+def data_choices(remembered: str | None, runs: list[dict[str, Any]]) -> list[str]:
+    """Data sources offered on the Train page: the Data page's choice, built-ins, recent ones."""
+    from core.data.builtin import list_builtins
+
+    choices = [remembered] if remembered else []
+    choices += [b["source"] for b in list_builtins()]
+    choices += [r["data"] for r in runs if r.get("data")]
+    if DEFAULT_DATA not in choices:
+        choices.append(DEFAULT_DATA)
+    seen: set[str] = set()
+    return [c for c in choices if not (c in seen or seen.add(c))]

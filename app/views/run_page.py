@@ -1,0 +1,367 @@
+"""What the Run page shows about one finished run, kept out of the page so it can be unit-tested.
+
+The run chooser's default, the summary and phase table, the confusion-matrix figure (a heatmap
+with an invisible scatter layer on top, because Plotly heatmaps report no points to a selection),
+the per-class table, the misclassified gallery and the export's downloads. No Streamlit here.
+"""
+
+from __future__ import annotations
+
+import csv
+import io
+import zipfile
+from collections.abc import Iterable, Sequence
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+import plotly.graph_objects as go
+
+from app.views.dashboard import format_count, format_duration
+from app.views.text import md_escape
+from core.runs.evaluate import misclassified
+from core.runs.store import COMPLETED
+
+PHASE_NAMES = {"head": "1 · head", "fine_tune": "2 · fine-tune", "scratch": "scratch"}
+GALLERY_LIMIT = 24
+# Above this many classes the confusion matrix is not drawn: a Plotly heatmap (plus the clickable
+# layer over its cells) of 1,000 classes is a million cells, tens of MB of JSON and over a minute
+# to build. The page lists the most confused pairs instead and offers the matrix as CSV.
+HEATMAP_MAX_CLASSES = 30
+TOP_PAIRS = 100  # rows of the most-confused-pairs table
+MATRIX_COLORS = "Blues"
+HIGHLIGHT = "#ea580c"  # the selected cell's outline (the charts' validation orange)
+_FONT = {"family": "Inter, Segoe UI, Helvetica, Arial, sans-serif", "size": 13}
+
+
+# --------------------------------------------------------------------------- choosing the run
+
+
+def pick_run(runs: list[dict[str, Any]], requested: Iterable[str | None] = ()) -> str | None:
+    """The run the page opens on: the first requested id that is offered (query parameter, then
+    the session's run), else the newest completed run, else the newest offered one."""
+    ids = [r["run_id"] for r in runs]
+    for run_id in requested:
+        if run_id in ids:
+            return run_id
+    completed = [r["run_id"] for r in runs if r["status"] == COMPLETED]
+    return (completed or ids or [None])[0]
+
+
+# --------------------------------------------------------------------------- summary
+
+
+def run_headline(result: dict[str, Any]) -> str:
+    """Markdown: backbone, mode and data as badges (their text escaped: shown as typed)."""
+    mode = str(result.get("mode") or "").replace("_", " ")
+    backbone, mode, data = (
+        md_escape(value, inline=True)
+        for value in (result.get("backbone"), mode, result.get("data"))
+    )
+    return (
+        f"Backbone :blue-badge[{backbone}] · Mode :violet-badge[{mode}] · Data :gray-badge[{data}]"
+    )
+
+
+def run_summary(result: dict[str, Any]) -> list[tuple[str, str]]:
+    """``(label, value)`` pairs for the run's headline numbers."""
+    acc = result.get("best_val_accuracy")
+    size = result.get("model_bytes")
+    return [
+        ("Best val acc", f"{acc:.3f}" if isinstance(acc, (int, float)) else "–"),
+        ("Epochs", f"{result.get('epochs_done') or 0}/{result.get('planned_epochs') or 0}"),
+        ("Duration", format_duration(result.get("duration_s"))),
+        ("Model size", f"{size / 1e6:.1f} MB" if size else "–"),
+    ]
+
+
+def run_details(result: dict[str, Any]) -> str:
+    """Markdown, one line: weights, input size, image counts and the run folder (escaped)."""
+    config = result.get("config") or {}
+    size = config.get("image_size") or "default"
+    return (
+        f"weights {md_escape(config.get('weights'), inline=True)} · "
+        f"input {md_escape(size, inline=True)} px · "
+        f"{result.get('train_images') or 0} training / {result.get('val_images') or 0} "
+        f"validation images · {len(result.get('class_names') or [])} classes · "
+        f"folder {md_escape(result.get('run_dir'), inline=True)}"
+    )
+
+
+def phase_rows(result: dict[str, Any]) -> list[dict[str, Any]]:
+    """One row per training phase: epochs, learning rate, trainable and frozen parameters."""
+    return [
+        {
+            "phase": PHASE_NAMES.get(p.get("phase"), p.get("phase")),
+            "epochs": p.get("epochs"),
+            "learning rate": p.get("lr"),
+            "trainable params": p.get("trainable_params"),
+            "frozen params": p.get("non_trainable_params"),
+            "trainable": format_count(p.get("trainable_params")),
+            "frozen": format_count(p.get("non_trainable_params")),
+            "unfrozen base layers": f"{p.get('unfrozen_layers', 0)}/{p.get('base_layers', '?')}",
+        }
+        for p in result.get("phases") or []
+    ]
+
+
+# --------------------------------------------------------------------------- evaluation
+
+
+def per_class_rows(evaluation: dict[str, Any]) -> list[dict[str, Any]]:
+    """Precision, recall, F1 and support per class, then the macro average."""
+    rows = [
+        {
+            "class": row["class"],
+            "precision": round(row["precision"], 4),
+            "recall": round(row["recall"], 4),
+            "f1": round(row["f1"], 4),
+            "support": row["support"],
+        }
+        for row in evaluation["per_class"]
+    ]
+    macro = evaluation.get("macro_avg")
+    if macro:
+        rows.append(
+            {
+                "class": "macro average",
+                **{k: round(macro[k], 4) for k in ("precision", "recall", "f1")},
+                "support": sum(r["support"] for r in rows),
+            }
+        )
+    return rows
+
+
+def default_cell(evaluation: dict[str, Any]) -> tuple[str, str]:
+    """The most frequent confusion (largest off-diagonal cell); the first class if none."""
+    names = evaluation["class_names"]
+    top = top_confused_pairs(names, evaluation["confusion_matrix"], limit=1)
+    return (top[0]["true"], top[0]["predicted"]) if top else (names[0], names[0])
+
+
+def top_confused_pairs(
+    class_names: Sequence[str], matrix: Any, limit: int = TOP_PAIRS
+) -> list[dict[str, Any]]:
+    """The ``limit`` largest off-diagonal cells of a confusion matrix, largest first.
+
+    Each row is ``{true, predicted, count, share}`` where ``share`` is the count over the true
+    class's images. Cells with no image are left out (so a class with no validation image, an
+    all-zero row, gives none); ties keep row-major order. Vectorised: a 1,000-class matrix takes
+    milliseconds.
+    """
+    counts = np.asarray(matrix, dtype=np.int64).reshape(len(class_names), len(class_names))
+    totals = counts.sum(axis=1)
+    off = counts.copy()
+    np.fill_diagonal(off, 0)
+    flat = off.ravel()
+    cells = np.flatnonzero(flat > 0)
+    if limit <= 0 or not cells.size:
+        return []
+    if cells.size > limit:  # only the candidates that can make the top ``limit``
+        cut = np.partition(flat[cells], cells.size - limit)[cells.size - limit]
+        cells = cells[flat[cells] >= cut]
+    order = np.lexsort((cells, -flat[cells]))[:limit]  # count descending, then row-major
+    rows = []
+    for cell in cells[order]:
+        i, j = divmod(int(cell), len(class_names))
+        rows.append(
+            {
+                "true": str(class_names[i]),
+                "predicted": str(class_names[j]),
+                "count": int(flat[cell]),
+                "share": float(flat[cell] / totals[i]),
+            }
+        )
+    return rows
+
+
+def matrix_csv(class_names: Sequence[str], matrix: Any) -> bytes:
+    """The confusion matrix as UTF-8 CSV: a header of predicted classes, a row per true class."""
+    out = io.StringIO()
+    writer = csv.writer(out)
+    writer.writerow(["true \\ predicted", *map(str, class_names)])
+    for name, row in zip(class_names, np.asarray(matrix, dtype=np.int64).tolist(), strict=True):
+        writer.writerow([str(name), *row])
+    return out.getvalue().encode("utf-8")
+
+
+def matrix_view(
+    evaluation: dict[str, Any], selected: tuple[str, str] | None = None
+) -> dict[str, Any]:
+    """How the page shows the confusion matrix, by class count.
+
+    Up to ``HEATMAP_MAX_CLASSES`` classes: ``{"kind": "heatmap", "figure": ...}`` (clickable, see
+    ``confusion_matrix_figure``). Above: ``{"kind": "pairs", "pairs": top_confused_pairs(...),
+    "figure": None}``; no figure is built.
+    """
+    names = evaluation["class_names"]
+    if len(names) <= HEATMAP_MAX_CLASSES:
+        return {"kind": "heatmap", "figure": confusion_matrix_figure(evaluation, selected)}
+    pairs = top_confused_pairs(names, evaluation["confusion_matrix"])
+    return {"kind": "pairs", "pairs": pairs, "figure": None}
+
+
+def confusion_matrix_figure(
+    evaluation: dict[str, Any], selected: tuple[str, str] | None = None, height: int | None = None
+) -> go.Figure:
+    """Heatmap of the confusion matrix: rows true, columns predicted, counts written in the cells.
+
+    A transparent scatter point sits on every cell (``customdata = [true, predicted, count]``) so
+    a click selects that cell: Plotly reports no points for heatmap selections. ``selected``
+    outlines a cell.
+    """
+    names = [str(n) for n in evaluation["class_names"]]
+    matrix = evaluation["confusion_matrix"]
+    n = len(names)
+    height = height or min(max(320, 60 * n + 160), 760)
+    totals = [sum(row) or 1 for row in matrix]
+    share = [[value / totals[i] for value in row] for i, row in enumerate(matrix)]
+    heat = go.Heatmap(
+        z=share,  # colour by share of the true class, so rare classes read as well as big ones
+        x=names,
+        y=names,
+        text=matrix,
+        texttemplate="%{text}",
+        textfont={"size": 14 if n <= 12 else 10},
+        colorscale=MATRIX_COLORS,
+        zmin=0,
+        zmax=1,
+        showscale=False,
+        hoverinfo="skip",
+        xgap=2,
+        ygap=2,
+    )
+    cells = [(i, j) for i in range(n) for j in range(n)]
+    picker = go.Scatter(
+        x=[names[j] for _, j in cells],
+        y=[names[i] for i, _ in cells],
+        customdata=[[names[i], names[j], matrix[i][j]] for i, j in cells],
+        mode="markers",
+        marker={"size": 24, "opacity": 0, "color": HIGHLIGHT},
+        selected={"marker": {"opacity": 0}},
+        unselected={"marker": {"opacity": 0}},
+        hovertemplate="true <b>%{customdata[0]}</b><br>predicted <b>%{customdata[1]}</b>"
+        "<br>%{customdata[2]} images<extra></extra>",
+        showlegend=False,
+    )
+    fig = go.Figure([heat, picker])
+    if selected is not None and selected[0] in names and selected[1] in names:
+        i, j = names.index(selected[0]), names.index(selected[1])
+        fig.add_shape(
+            type="rect", x0=j - 0.5, x1=j + 0.5, y0=i - 0.5, y1=i + 0.5,
+            line={"color": HIGHLIGHT, "width": 3}, xref="x", yref="y",
+        )  # fmt: skip
+    fig.update_layout(
+        template="plotly_white",
+        height=height,
+        margin={"l": 10, "r": 10, "t": 40, "b": 10},
+        font=_FONT,
+        hovermode="closest",
+        hoverdistance=-1,  # any click inside the plot picks the nearest cell centre: its cell
+        clickmode="event+select",
+        dragmode=False,
+        xaxis={"title": "predicted", "side": "top", "type": "category", "showgrid": False},
+        yaxis={
+            "title": "true",
+            "type": "category",
+            "autorange": "reversed",
+            "showgrid": False,
+            "categoryorder": "array",
+            "categoryarray": names,
+        },
+    )
+    return fig
+
+
+def cell_from_selection(
+    class_names: Sequence[str], selection: dict[str, Any] | None
+) -> tuple[str, str] | None:
+    """The ``(true, predicted)`` cell a Plotly selection event picked, if it picked one."""
+    points = ((selection or {}).get("selection") or {}).get("points") or []
+    for point in points:
+        data = point.get("customdata")
+        if isinstance(data, (list, tuple)) and len(data) >= 2:
+            true, pred = str(data[0]), str(data[1])
+        elif point.get("x") is not None and point.get("y") is not None:
+            true, pred = str(point["y"]), str(point["x"])
+        else:
+            continue
+        if true in class_names and pred in class_names:
+            return true, pred
+    return None
+
+
+def gallery(
+    evaluation: dict[str, Any], true_class: str, predicted_class: str, limit: int = GALLERY_LIMIT
+) -> tuple[list[dict[str, Any]], int]:
+    """The first ``limit`` images of a cell (most confident first), with captions; and the total.
+
+    Each item is ``{path, caption, predicted_p, true_p}``.
+    """
+    names = evaluation["class_names"]
+    t, p = names.index(true_class), names.index(predicted_class)
+    images = misclassified(evaluation, true_class, predicted_class)
+    items = []
+    for image in images[:limit]:
+        probs = image["probabilities"]
+        caption = f"{predicted_class} {probs[p]:.0%}"
+        if t != p:
+            caption += f" ({true_class} {probs[t]:.0%})"
+        items.append(
+            {"path": image["path"], "caption": caption, "predicted_p": probs[p], "true_p": probs[t]}
+        )
+    return items, len(images)
+
+
+# --------------------------------------------------------------------------- export
+
+
+def export_message(export: dict[str, Any]) -> str:
+    """The success line of a verified export."""
+    fmt = export["format"] + (" (dynamic-range quantized)" if export.get("quantized") else "")
+    size = export.get("bytes")
+    size_text = f"{size / 1e6:.1f} MB" if size else "?"
+    return (
+        f"Exported **{fmt}** ({size_text}) and verified it on {export['verified_images']} "
+        f"validation images: top-1 agreement {export['top1_agreement']:.0%}, largest "
+        f"probability difference {export['max_abs_diff']:.2g}."
+    )
+
+
+def export_downloads(export: dict[str, Any]) -> list[dict[str, str]]:
+    """What to offer for download: the model (a folder goes as a zip), labels.txt, config.json.
+
+    Each item is ``{label, path, file_name, mime}``; pass ``path`` to ``file_bytes``.
+    """
+    items = []
+    for path in map(Path, export["files"]):
+        if path.is_dir():
+            items.append(
+                {"label": f"{path.name}.zip", "path": str(path),
+                 "file_name": f"{path.name}.zip", "mime": "application/zip"}
+            )  # fmt: skip
+        else:
+            mime = {".txt": "text/plain", ".json": "application/json"}.get(
+                path.suffix, "application/octet-stream"
+            )
+            items.append(
+                {"label": path.name, "path": str(path), "file_name": path.name, "mime": mime}
+            )
+    return items
+
+
+def zip_folder(folder: str | Path) -> bytes:
+    """A folder as zip bytes, its files under ``<folder name>/``."""
+    folder = Path(folder)
+    out = io.BytesIO()
+    with zipfile.ZipFile(out, "w", zipfile.ZIP_DEFLATED) as zf:
+        for path in sorted(folder.rglob("*")):
+            if path.is_file():
+                zf.write(path, Path(folder.name) / path.relative_to(folder))
+    return out.getvalue()
+
+
+def file_bytes(path: str | Path) -> bytes:
+    """The bytes to download for an exported path: the file itself, or a folder zipped."""
+    path = Path(path)
+    return zip_folder(path) if path.is_dir() else path.read_bytes()

@@ -1,0 +1,60 @@
+"""User-supplied text shown as text, never as Markdown.
+
+Streamlit renders Markdown (links, images, KaTeX ``$...$``, ``:color[...]`` directives, Material
+icons) in ``st.markdown``, captions, alerts, spinners, toasts, image captions and in the labels of
+widgets, metrics, expanders, tabs and radio options. Run names, class folder names, data sources,
+file names and error messages that quote them come from users and files on disk: a run named
+``![t](http://host/track.png)`` would make the page fetch that URL. ``md_escape`` turns such a
+string into Markdown that displays exactly the original characters. Plain-text places
+(``st.selectbox``/``st.multiselect`` options, dataframe cells, ``st.text``, ``st.code``, Plotly
+figures) must get the raw string: they would show the backslashes.
+
+No Streamlit here, so the pure view code (``app.views.run_page``) can use it too.
+"""
+
+from __future__ import annotations
+
+import re
+
+# Escaped wherever they are: they open or close inline Markdown (code, emphasis, links, images,
+# HTML and autolinks, tables, KaTeX, strikethrough, entities), Streamlit's ``:directive[...]``,
+# ``:emoji:`` and ``:material/icon:`` syntax, or GFM's e-mail autolinks.
+_ANYWHERE = re.compile(r"[\\`*\[\]()!|{}<>$~:&@]")
+# Emphasis with "_" needs a run that is not between two letters or digits (``mobilenet_v2`` is
+# plain text), so only the other runs are escaped: identifiers stay readable in the source.
+_UNDERSCORES = re.compile(r"_+")
+# A bare ``www.host`` becomes a link (GFM autolink literal); ``http://`` is broken by the ":".
+_WWW = re.compile(r"\b(www)\.", re.IGNORECASE)
+# Only at the start of a line: headings, lists, block quotes, setext and thematic breaks.
+_LINE_START = re.compile(r"^(\s*)([#+=-])")
+_ORDERED = re.compile(r"^(\s*\d+)\.")  # "1." starts an ordered list ("1)" has its ")" escaped)
+_NEWLINES = re.compile(r"\r\n?|\n")
+
+
+def _underscores(match: re.Match[str]) -> str:
+    text, start, end = match.string, match.start(), match.end()
+    inert = 0 < start and end < len(text) and text[start - 1].isalnum() and text[end].isalnum()
+    return match.group() if inert else "\\_" * len(match.group())
+
+
+def _escape_line(line: str) -> str:
+    line = _ANYWHERE.sub(lambda m: "\\" + m.group(), line)
+    line = _UNDERSCORES.sub(_underscores, line)
+    line = _WWW.sub(r"\1\\.", line)
+    line = _ORDERED.sub(r"\1\\.", line)
+    return _LINE_START.sub(r"\1\\\2", line)
+
+
+def md_escape(text: object, *, inline: bool = False) -> str:
+    """``text`` (any object, via ``str``) as Markdown that Streamlit displays literally.
+
+    Line breaks stay line breaks (Markdown hard breaks); with ``inline=True`` (labels, options
+    and values embedded in one line) they become spaces.
+    """
+    lines = [_escape_line(line) for line in _NEWLINES.split(str(text))]
+    return (" " if inline else "  \n").join(lines)
+
+
+def md_unescape(markdown: str) -> str:
+    """The text ``md_escape`` was given (its line breaks as ``\\n``): for tests and logs."""
+    return re.sub(r"\\([!-/:-@\[-`{-~])", r"\1", markdown.replace("  \n", "\n"))

@@ -1,0 +1,408 @@
+"""Streamlit helpers shared by the pages: the page list, the sidebar, the job queue, errors.
+
+``streamlit_app.py`` routes with ``st.navigation(pages())``; the pages in ``app/pages`` call
+these helpers and ``app.views`` (pure functions) for what they show.
+"""
+
+from __future__ import annotations
+
+import sys
+import uuid
+from pathlib import Path
+from typing import Any
+
+import streamlit as st
+
+from app.views.text import md_escape
+from core.errors import StudioError
+from core.paths import runs_root
+
+DATA_SOURCE = "data_source"  # session key: the source chosen on the Data page
+RUN_ID = "run_id"  # session key: the run the Train page follows
+HOME, DATA, TRAIN, COMPARE, PREDICT, RUN = (
+    f"app/pages/{name}.py" for name in ("home", "data", "train", "compare", "predict", "run")
+)
+PAGES = (  # path (relative to streamlit_app.py), title, icon
+    (HOME, "Home", ":material/home:"),
+    (DATA, "Data", ":material/photo_library:"),
+    (TRAIN, "Train", ":material/model_training:"),
+    (COMPARE, "Compare", ":material/compare_arrows:"),
+    (PREDICT, "Predict", ":material/image_search:"),
+    (RUN, "Run", ":material/analytics:"),
+)
+POLL_SECONDS = 1.0
+
+
+def _keep_keras_session() -> None:
+    """Stop Streamlit from calling ``keras.backend.clear_session()`` after every script run.
+
+    Streamlit does that (``script_runner._clean_problem_modules``) after each run and each
+    fragment rerun. The studio trains in a worker thread of this process while a fragment polls
+    every second, so each poll threw away TensorFlow's kernel cache, reset Keras' global state
+    under the running model and forced a ``gc.collect()``: training ran ~50x slower. The studio
+    keeps models alive across runs on purpose (the queue, the prediction cache), so the Keras
+    part of that cleanup is switched off; matplotlib's part is kept.
+    """
+    from streamlit.runtime.scriptrunner import script_runner
+
+    current = getattr(script_runner, "_clean_problem_modules", None)
+    if current is None or getattr(current, "transfer_studio", False):
+        return  # another Streamlit layout, or already done
+
+    def clean_problem_modules() -> None:
+        if "matplotlib.pyplot" in sys.modules:
+            sys.modules["matplotlib.pyplot"].close("all")
+
+    clean_problem_modules.transfer_studio = True  # type: ignore[attr-defined]
+    script_runner._clean_problem_modules = clean_problem_modules
+
+
+_keep_keras_session()
+STATUS_BADGES = {  # status: (icon, colour)
+    "queued": (":material/schedule:", "gray"),
+    "running": (":material/sync:", "blue"),
+    "completed": (":material/check_circle:", "green"),
+    "stopped": (":material/stop_circle:", "orange"),
+    "failed": (":material/error:", "red"),
+    "interrupted": (":material/warning:", "orange"),
+}
+
+
+def pages() -> list[Any]:
+    """The studio's pages for ``st.navigation`` (Home first: the default)."""
+    return [
+        st.Page(path, title=title, icon=icon, default=path == HOME) for path, title, icon in PAGES
+    ]
+
+
+def setup_app() -> None:
+    """Page config and the sidebar below the navigation: the chosen data and the runs folder."""
+    st.set_page_config(page_title="Transfer Studio", page_icon="🧠", layout="wide")
+    with st.sidebar:
+        source = st.session_state.get(DATA_SOURCE)
+        st.caption(f"Data: {md_escape(source)}" if source else "Data: not chosen yet (Data page)")
+        st.caption(f"Runs folder: {md_escape(runs_root())}")
+
+
+@st.cache_resource(show_spinner="Starting the training worker…")
+def _job_queue(root: str) -> Any:
+    from core.training.jobs import get_job_queue  # imports Keras: slow once per process
+
+    return get_job_queue(root)
+
+
+def job_queue() -> Any:
+    """The process-wide job queue of the current runs folder (``TRANSFER_STUDIO_HOME``)."""
+    return _job_queue(str(runs_root()))
+
+
+@st.cache_data(ttl=600, max_entries=8, show_spinner=False)
+def load_data(source: str, val_split: float = 0.2, seed: int = 42) -> Any:
+    """``core.data.load_dataset``, cached for ten minutes (every file is checked once)."""
+    from core.data import load_dataset
+
+    return load_dataset(source, val_split=val_split, seed=seed)
+
+
+@st.cache_data(ttl=600, max_entries=8, show_spinner=False)
+def data_health(source: str, val_split: float, seed: int) -> list[dict[str, str]]:
+    """``core.data.health.health_report`` of a source (hashes every file: cached)."""
+    from core.data.health import health_report
+
+    return health_report(load_data(source, val_split, seed))
+
+
+def fetch_data(source: str, val_split: float, seed: int) -> bool:
+    """Load a source with visible progress (a status box while Kaggle downloads); errors shown."""
+    from core.data import parse_source
+
+    status = None
+    shown = md_escape(source, inline=True)
+    try:
+        if parse_source(source)[0] == "kaggle":
+            status = st.status(f"Downloading {shown} with kagglehub…")
+            with status:
+                load_data(source, val_split, seed)
+        else:
+            with st.spinner(f"Loading {shown} and checking every image…"):
+                load_data(source, val_split, seed)
+        return True
+    except StudioError as exc:
+        if status is not None:
+            status.update(label=f"Could not get {shown}", state="error")
+        show_error(exc)
+        return False
+
+
+def finished_runs(store: Any, empty_message: str) -> tuple[list[dict], dict[str, str]]:
+    """Runs that have a model (newest first) and their labels by id; stops the page if none.
+
+    The labels are plain text, for ``st.selectbox``/``st.multiselect`` options (which show their
+    options as typed): escape them with ``md_escape`` anywhere Markdown is rendered.
+    """
+    from app.views.dashboard import predictable_runs, run_choice_label
+
+    runs = predictable_runs(store)
+    if not runs:
+        st.info(empty_message)
+        st.page_link(TRAIN, label="Go to Train", icon=":material/model_training:")
+        st.stop()
+    return runs, {r["run_id"]: run_choice_label(r) for r in runs}
+
+
+def saved_upload(upload: Any) -> str | None:
+    """Path of an uploaded zip saved under the data cache (None, with a message, if unusable)."""
+    from core.data.uploads import save_upload
+
+    if upload is None:
+        return None
+    try:
+        return str(save_upload(upload.getvalue()))
+    except StudioError as exc:
+        show_error(exc)
+        return None
+
+
+def preview_image(data: bytes, max_side: int = 448) -> Any:
+    """An uploaded image as RGB pixels, shrunk (aspect kept) for display; DataError if unusable."""
+    import io
+
+    from PIL import Image
+
+    from core.data.images import load_rgb
+
+    image = Image.fromarray(load_rgb(io.BytesIO(data)))
+    image.thumbnail((max_side, max_side))
+    return image
+
+
+@st.cache_data(max_entries=4096, show_spinner=False)
+def thumbnail(path: str, size: int = 96) -> Any:
+    """A square RGB thumbnail of an image file."""
+    from core.data.images import load_rgb
+
+    return load_rgb(path, size)
+
+
+@st.cache_data(max_entries=32, show_spinner="Building the layer preview…")
+def layer_preview_data(
+    backbone: str, size: int | None, mode: str, unfreeze: int | None, classes: int
+) -> dict[str, Any]:
+    """``core.training.model.layer_preview_summary``, keyed only by what changes the model."""
+    from core.config import RunConfig
+    from core.training.model import layer_preview_summary
+
+    config = RunConfig(backbone=backbone, weights="none", mode=mode, image_size=size)
+    return layer_preview_summary(config.with_changes(unfreeze=unfreeze), classes)
+
+
+def _file_stamp(path: Path) -> tuple[int, int]:
+    """What changes when a file is rewritten: its mtime (ns) and size; ``(0, -1)`` if absent."""
+    try:
+        stat = path.stat()
+    except OSError:
+        return 0, -1
+    return stat.st_mtime_ns, stat.st_size
+
+
+@st.cache_resource(max_entries=4, show_spinner=False)
+def _evaluation(
+    run_dir: str, model: tuple[int, int], cached: tuple[int, int], _store: Any, run_id: str
+) -> dict[str, Any]:
+    from core.runs.evaluate import evaluate_run
+
+    return evaluate_run(_store, run_id)
+
+
+def evaluation(store: Any, run_id: str) -> dict[str, Any]:
+    """``core.runs.evaluate.evaluate_run``, kept in memory until the model or its evaluation file
+    changes: a rerun does not parse the (for many classes, large) ``evaluation.json`` again.
+
+    Shared by every session: treat the result as read-only.
+    """
+    from core.runs.evaluate import EVALUATION_FILE
+
+    run_dir = store.run_dir(run_id)
+    model = Path(store.get_run(run_id)["model_path"] or run_dir / "no-model")
+    return _evaluation(
+        str(run_dir), _file_stamp(model), _file_stamp(run_dir / EVALUATION_FILE), store, run_id
+    )
+
+
+@st.cache_data(max_entries=8, show_spinner="Finding the most confused pairs…")
+def _pairs_view(run_dir: str, cached: tuple[int, int], _evaluation: dict[str, Any]) -> Any:
+    from app.views.run_page import matrix_view
+
+    return matrix_view(_evaluation)
+
+
+def confusion_view(
+    store: Any, run_id: str, evaluation: dict[str, Any], selected: tuple[str, str] | None
+) -> dict[str, Any]:
+    """``app.views.run_page.matrix_view``: the clickable heatmap (rebuilt per pick, it is small), or
+    for many classes the most confused pairs, built once per evaluation file."""
+    from app.views import run_page as run_views
+    from core.runs.evaluate import EVALUATION_FILE
+
+    if len(evaluation["class_names"]) <= run_views.HEATMAP_MAX_CLASSES:
+        return run_views.matrix_view(evaluation, selected)
+    run_dir = store.run_dir(run_id)
+    return _pairs_view(str(run_dir), _file_stamp(run_dir / EVALUATION_FILE), evaluation)
+
+
+def show_error(exc: Exception) -> None:
+    """A user-actionable error as a red box (no traceback); its text is shown as typed.
+
+    Messages quote paths, file, class and run names: never rendered as Markdown.
+    """
+    text = str(exc) if isinstance(exc, StudioError) else f"{type(exc).__name__}: {exc}"
+    st.error(md_escape(text))
+
+
+def new_click_key(name: str) -> None:
+    """Button ``on_click``: a fresh idempotency key for this click (kept across reruns)."""
+    st.session_state[f"{name}_key"] = uuid.uuid4().hex
+
+
+def click_key(name: str) -> str:
+    """The key of the latest click on button ``name``."""
+    return st.session_state.get(f"{name}_key") or uuid.uuid4().hex
+
+
+def poll_interval(active: bool) -> float | None:
+    """``run_every`` for a live fragment: poll only while something is queued or running."""
+    return POLL_SECONDS if active else None
+
+
+def follow_run(queue: Any) -> None:
+    """Pick the run to watch (the session's, else the latest active or newest) and monitor it."""
+    from app.views import dashboard
+
+    runs = queue.store.list_runs()
+    ids = [r["run_id"] for r in runs]
+    run_id = st.session_state.get(RUN_ID) or dashboard.pick_default_run(runs)
+    if run_id not in ids:
+        st.info("No runs yet. Configure one on the left and click **Launch**.")
+        return
+    labels = {r["run_id"]: dashboard.run_choice_label(r) for r in runs}
+    run_id = st.selectbox("Run", ids, index=ids.index(run_id), format_func=labels.__getitem__)
+    st.session_state[RUN_ID] = run_id
+    run_monitor(queue, run_id, next(r["status"] for r in runs if r["run_id"] == run_id))
+
+
+def run_monitor(queue: Any, run_id: str, shown_status: str | None = None) -> None:
+    """Live view of one run: progress, ETA, curves, Stop; polls only while the run is active.
+
+    ``shown_status`` is the status the rest of the page was drawn with; when the run's status
+    moves on (queued → running → done) the whole page is redrawn once.
+    """
+    from app.views import charts, dashboard
+    from core.runs.store import ACTIVE_STATUSES, COMPLETED, FAILED
+    from core.training.jobs import RESUMABLE
+
+    store = queue.store
+    initial = shown_status or store.status(run_id)
+    polling = initial in ACTIVE_STATUSES
+
+    @st.fragment(run_every=poll_interval(polling))
+    def monitor() -> None:
+        result = store.result(run_id)
+        batches = store.batches(run_id)
+        active = result["status"] in ACTIVE_STATUSES
+        if result["status"] != initial:
+            st.rerun()  # started or finished: redraw the page (labels, polling on or off)
+        p = dashboard.progress_summary(result, batches)
+        icon, color = STATUS_BADGES.get(result["status"], (None, "gray"))
+        top = st.columns([4, 1], vertical_alignment="center")
+        phase = f" · {p['phase_label']}" if active and p["phase_label"] else ""
+        top[0].badge(f"{result['status']}{phase}", icon=icon, color=color)
+        if active and top[1].button("Stop", icon=":material/stop:", key="stop", width="stretch"):
+            queue.stop(run_id)
+            st.toast("Stopping after the current batch…")
+        cols = st.columns(4)
+        cols[0].metric("Epoch", f"{p['epoch']}/{p['planned_epochs']}" if p["epoch"] else "–")
+        cols[1].metric("Step", f"{p['step']}/{p['steps_per_epoch']}" if p["step"] else "–")
+        speed = p["images_per_s"]
+        cols[2].metric("Images/s", f"{speed:.0f}" if speed else "–")
+        cols[3].metric(
+            "ETA" if active else "Wall time",
+            (p["eta_text"] if p["eta_s"] is not None else "–")
+            if active
+            else dashboard.format_duration(p["elapsed_s"]),
+        )
+        st.progress(p["fraction"], text=p["text"])
+        st.plotly_chart(charts.training_curves(result, batches), key="training_curves")
+        if result["status"] in RESUMABLE and top[1].button(
+            "Resume", icon=":material/replay:", key="resume", width="stretch"
+        ):
+            try:
+                queue.resume(run_id)
+                st.rerun()
+            except StudioError as exc:
+                show_error(exc)
+        if result["status"] == FAILED:
+            st.error(md_escape(result["error"]) if result["error"] else "The run failed.")
+        elif result["status"] == COMPLETED:
+            acc = result["best_val_accuracy"]
+            st.success(
+                f"Completed: best validation accuracy {acc:.3f}"
+                if acc is not None
+                else "Completed."
+            )
+        elif not active:
+            st.warning(
+                f"Run {result['status']} after {p['epochs_done']} of {p['planned_epochs']} epochs. "
+                f"{md_escape(result['error'] or '')} **Resume** continues from the last finished "
+                "epoch."
+            )
+
+    monitor()
+
+
+def layer_preview(
+    backbone: str, size: int | None, mode: str, unfreeze: int | None, classes: int
+) -> None:
+    """A lazy expander: per phase trainable/frozen parameters and the base layers that train."""
+    box = st.expander("Trainable layers and parameters", key="preview", on_change="rerun")
+    if not box.open:
+        return  # nothing is built while the expander is closed
+    with box:
+        try:
+            _layer_table(layer_preview_data(backbone, size, mode, unfreeze, classes))
+        except StudioError as exc:
+            show_error(exc)
+
+
+def _layer_table(summary: dict[str, Any]) -> None:
+    from app.views.dashboard import format_count
+
+    names = {"head": "Phase 1: head", "fine_tune": "Phase 2: fine-tune", "scratch": "Scratch"}
+    cols = st.columns(len(summary["phases"]))
+    for col, phase in zip(cols, summary["phases"], strict=True):
+        col.metric(
+            f"{names.get(phase['phase'], phase['phase'])} · trainable",
+            format_count(phase["trainable_params"]),
+            f"{format_count(phase['non_trainable_params'])} frozen",
+            delta_color="off",
+            delta_arrow="off",
+            help=f"{phase['trainable_params']:,} trainable, "
+            f"{phase['non_trainable_params']:,} frozen parameters",
+        )
+    layers = summary["layers"]
+    trainable = summary["trainable_base_layers"]
+    st.caption(
+        f"{trainable} of {summary['base_layers']} base layers train"
+        + (" (BatchNormalization layers stay frozen)." if 0 < trainable < len(layers) else ".")
+    )
+    first = next((i for i, row in enumerate(layers) if row["trainable_in_fine_tune"]), len(layers))
+    st.dataframe(
+        layers[max(first - 3, 0) :] if first < len(layers) else layers[-8:],
+        hide_index=True,
+        height=220,
+        column_order=("trainable_in_fine_tune", "name", "type", "params"),
+        column_config={
+            "trainable_in_fine_tune": st.column_config.CheckboxColumn("trains", width="small"),
+            "name": st.column_config.TextColumn("layer"),
+            "params": st.column_config.NumberColumn(format="compact", width="small"),
+        },
+    )

@@ -1,0 +1,115 @@
+"""Remembers which image files passed ``check_image``, so re-scanning a dataset is near-free.
+
+A dataset scan fully decodes every file to catch truncated or corrupt images (about a
+millisecond each, so a second or more per run on a few thousand photos). The verdict only
+changes when the file does, so it is stored in ``<home>/cache/scan.sqlite`` keyed by the file's
+path and ``os.stat`` identity (size, modification and change times in nanoseconds, inode) and by
+the checking rules in force (``images`` limits and ``RULES_VERSION``). Any write to a file
+changes its ctime, which nobody can set back, so a changed file is always checked again.
+
+The cache is an optimisation only: it is safe to delete, and if SQLite fails (read-only home,
+locked or corrupt file) files are simply checked again. Paths are stored as bytes, so file
+names that are not valid UTF-8 work too.
+"""
+
+from __future__ import annotations
+
+import contextlib
+import os
+import sqlite3
+from collections.abc import Callable, Iterator, Sequence
+from concurrent.futures import ThreadPoolExecutor
+
+from core.paths import studio_home
+
+RULES_VERSION = 1  # bump when check_image's verdicts change for the same file
+_CHUNK = 500  # paths per SELECT (SQLite's variable limit is 32766; stay well below)
+Checker = Callable[[str], str | None]
+
+
+def _rules() -> str:
+    from core.data import images
+
+    limits = (images.MAX_IMAGE_PIXELS, images.MAX_FILE_BYTES, images.MIN_IMAGE_SIDE)
+    return f"{RULES_VERSION}:" + ":".join(map(str, limits))
+
+
+def _identity(path: str) -> tuple[int, int, int, int] | None:
+    try:
+        st = os.stat(path)
+    except OSError:
+        return None  # the checker reports it as unreadable
+    return st.st_size, st.st_mtime_ns, st.st_ctime_ns, st.st_ino
+
+
+@contextlib.contextmanager
+def _connect() -> Iterator[sqlite3.Connection]:
+    """A connection in one transaction (committed on success), always closed."""
+    folder = studio_home() / "cache"
+    folder.mkdir(parents=True, exist_ok=True)
+    conn = sqlite3.connect(folder / "scan.sqlite", timeout=5.0)
+    try:
+        with conn:
+            conn.execute(
+                "CREATE TABLE IF NOT EXISTS checks (path BLOB PRIMARY KEY, size INTEGER, "
+                "mtime_ns INTEGER, ctime_ns INTEGER, ino INTEGER, rules TEXT, reason TEXT)"
+            )
+            yield conn
+    finally:
+        conn.close()
+
+
+def _check_parallel(paths: Sequence[str], check: Checker) -> list[str | None]:
+    if not paths:
+        return []
+    # Decoders release the GIL, so threads overlap disk reads and decoding.
+    workers = min(16, 2 * (os.cpu_count() or 1), len(paths))
+    with ThreadPoolExecutor(max_workers=workers) as pool:
+        return list(pool.map(check, paths, chunksize=1))
+
+
+def check_all(paths: Sequence[str], check: Checker) -> list[str | None]:
+    """``check(path)`` for every path (``None`` = usable), reusing verdicts of unchanged files."""
+    if not paths:
+        return []
+    rules = _rules()
+    identities = [_identity(p) for p in paths]
+    # Paths as bytes: file names need not be valid UTF-8 (surrogate escapes can't be stored).
+    keys = [os.fsencode(p) for p in paths]
+    known: dict[bytes, tuple] = {}
+    try:
+        with _connect() as conn:
+            for start in range(0, len(paths), _CHUNK):
+                chunk = keys[start : start + _CHUNK]
+                marks = ",".join("?" * len(chunk))
+                rows = conn.execute(
+                    "SELECT path, size, mtime_ns, ctime_ns, ino, rules, reason FROM checks "
+                    f"WHERE path IN ({marks})",
+                    chunk,
+                )
+                known.update((bytes(row[0]), row[1:]) for row in rows)
+    except sqlite3.Error:
+        known = {}
+    results: list[str | None] = [None] * len(paths)
+    todo: list[int] = []
+    for i, (key, ident) in enumerate(zip(keys, identities, strict=True)):
+        row = known.get(key)
+        if ident is not None and row is not None and (*ident, rules) == tuple(row[:5]):
+            results[i] = row[5]
+        else:
+            todo.append(i)
+    fresh = _check_parallel([paths[i] for i in todo], check)
+    for i, reason in zip(todo, fresh, strict=True):
+        results[i] = reason
+    remember = [
+        (keys[i], *identities[i], rules, results[i]) for i in todo if identities[i] is not None
+    ]
+    if remember:
+        try:
+            with _connect() as conn:
+                conn.executemany(
+                    "INSERT OR REPLACE INTO checks VALUES (?, ?, ?, ?, ?, ?, ?)", remember
+                )
+        except sqlite3.Error:
+            pass  # next scan checks these files again
+    return results

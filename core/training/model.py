@@ -1,0 +1,204 @@
+"""Builds the studio's models and sets each training phase's frozen/trainable state.
+
+Model: raw 0-255 RGB → PixelNormalize (the backbone's own preprocessing) → base → global average
+pooling → dropout → Dense(relu) → Dense(classes, softmax).
+
+The notebooks' mistakes we avoid here: the base is called with ``training=False`` in every transfer
+mode, so BatchNormalization keeps its ImageNet statistics even when layers are unfrozen; BN layers
+also stay non-trainable when fine-tuning; and the model is re-compiled after every ``trainable``
+change (Keras only picks up the change on compile).
+"""
+
+from __future__ import annotations
+
+import math
+import threading
+from collections import OrderedDict
+from dataclasses import dataclass
+from typing import Any
+
+import keras
+
+from core.config import RunConfig
+from core.models.backbones import (
+    BackboneSpec,
+    build_base,
+    default_unfreeze,
+    get_backbone,
+    weights_identity,
+)
+from core.models.layers import PixelNormalize
+
+HEAD_PHASE, FINE_TUNE_PHASE, SCRATCH_PHASE = "head", "fine_tune", "scratch"
+
+
+@dataclass
+class BuiltModel:
+    """A model together with what the trainer needs to know about it."""
+
+    model: keras.Model
+    base: keras.Model
+    spec: BackboneSpec
+    image_size: int
+    num_classes: int
+
+
+# Frozen trunks (preprocess → pretrained base → pooling) of recent feature-extraction runs, so
+# a long-lived process (the app, the benchmark) trying another head on the same backbone skips
+# rebuilding the base and reloading its weights (seconds for EfficientNet-Lite0). Only
+# feature-extraction runs get one: their base is never trained, so it stays the pretrained base.
+MAX_CACHED_TRUNKS = 2
+_trunks: OrderedDict[tuple, tuple[keras.Model, Any, Any]] = OrderedDict()
+_trunks_lock = threading.Lock()
+
+
+def _trunk_key(config: RunConfig, size: int) -> tuple | None:
+    if config.mode != "feature_extraction":
+        return None
+    identity = weights_identity(
+        config.backbone, config.weights
+    )  # None for random weights: those follow the seed
+    return None if identity is None else (config.backbone, identity, size, keras.__version__)
+
+
+def _build_trunk(config: RunConfig, spec: BackboneSpec, size: int) -> tuple[keras.Model, Any, Any]:
+    weights = "none" if config.mode == "scratch" else config.weights
+    base = build_base(spec, weights, size)
+    inputs = keras.Input((size, size, 3), name="image")
+    x = PixelNormalize(spec.preprocessing, name="preprocess")(inputs)
+    # Transfer modes run the base in inference mode for good: BN statistics stay ImageNet's.
+    x = base(x, training=False) if config.mode != "scratch" else base(x)
+    pooled = keras.layers.GlobalAveragePooling2D(name="avg_pool")(x)
+    return base, inputs, pooled
+
+
+def clear_trunk_cache() -> None:
+    """Forget the cached frozen trunks (frees their memory)."""
+    with _trunks_lock:
+        _trunks.clear()
+
+
+def build_model(config: RunConfig, num_classes: int) -> BuiltModel:
+    """The full classifier for ``config`` (weights as the config says)."""
+    spec = get_backbone(config.backbone)
+    size = config.resolved_image_size()
+    key = _trunk_key(config, size)
+    with _trunks_lock:
+        trunk = _trunks.get(key) if key is not None else None
+        if trunk is None:
+            trunk = _build_trunk(config, spec, size)
+            if key is not None:
+                _trunks[key] = trunk
+                while len(_trunks) > MAX_CACHED_TRUNKS:
+                    _trunks.popitem(last=False)
+        elif key is not None:
+            _trunks.move_to_end(key)
+    base, inputs, pooled = trunk
+    x = keras.layers.Dropout(config.dropout, name="head_dropout")(pooled)
+    x = keras.layers.Dense(config.dense_units, activation="relu", name="head_dense")(x)
+    outputs = keras.layers.Dense(num_classes, activation="softmax", name="predictions")(x)
+    model = keras.Model(inputs, outputs, name=f"{spec.name}_{config.mode}")
+    return BuiltModel(model, base, spec, size, num_classes)
+
+
+def count_params(model: keras.Model) -> tuple[int, int]:
+    """``(trainable, non_trainable)`` parameter counts as Keras sees them."""
+    trainable = sum(math.prod(w.shape) for w in model.trainable_weights)
+    frozen = sum(math.prod(w.shape) for w in model.non_trainable_weights)
+    return trainable, frozen
+
+
+def unfreeze_count(config: RunConfig, built: BuiltModel) -> int:
+    """How many trailing base layers phase 2 unfreezes."""
+    total = len(built.base.layers)
+    if config.mode == "full_fine_tuning":
+        return total
+    return min(config.unfreeze or default_unfreeze(built.spec, built.base), total)
+
+
+def set_phase(config: RunConfig, built: BuiltModel, phase: str) -> dict[str, Any]:
+    """Freeze/unfreeze for ``phase`` and report the resulting parameter counts."""
+    base = built.base
+    unfrozen = 0
+    if phase == HEAD_PHASE:
+        base.trainable = False
+    elif phase == SCRATCH_PHASE:
+        base.trainable = True
+        unfrozen = len(base.layers)
+    elif phase == FINE_TUNE_PHASE:
+        unfrozen = unfreeze_count(config, built)
+        base.trainable = True  # sets every sub-layer trainable; re-freeze below
+        cut = len(base.layers) - unfrozen
+        for i, layer in enumerate(base.layers):
+            if i < cut or isinstance(layer, keras.layers.BatchNormalization):
+                layer.trainable = False
+    else:
+        raise ValueError(f"Unknown phase {phase!r}")
+    trainable, frozen = count_params(built.model)
+    return {
+        "phase": phase,
+        "trainable_params": trainable,
+        "non_trainable_params": frozen,
+        "unfrozen_layers": unfrozen,
+        "base_layers": len(base.layers),
+    }
+
+
+def compile_model(model: keras.Model, lr: float) -> None:
+    """(Re-)compile; must follow every change of ``trainable``."""
+    model.compile(
+        optimizer=keras.optimizers.Adam(learning_rate=lr),
+        loss="sparse_categorical_crossentropy",
+        metrics=["accuracy"],
+    )
+
+
+def phase_lr(config: RunConfig, phase: str) -> float:
+    """Learning rate of a phase: the low fine-tuning rate only for phase 2."""
+    return config.fine_tune_lr if phase == FINE_TUNE_PHASE else config.lr
+
+
+def phase_epochs(config: RunConfig, phase: str) -> int:
+    """Epochs planned for a phase."""
+    return config.fine_tune_epochs if phase == FINE_TUNE_PHASE else config.epochs
+
+
+def layer_preview(config: RunConfig, built: BuiltModel) -> list[dict[str, Any]]:
+    """Per base layer: name, type, parameters and whether phase 2 trains it (for the Train page)."""
+    n = unfreeze_count(config, built) if config.mode in ("fine_tuning", "full_fine_tuning") else 0
+    cut = len(built.base.layers) - n
+    if config.mode == "scratch":
+        cut = 0
+    return [
+        {
+            "index": i,
+            "name": layer.name,
+            "type": type(layer).__name__,
+            "params": int(layer.count_params()) if layer.built else 0,
+            "trainable_in_fine_tune": i >= cut
+            and (
+                config.mode == "scratch" or not isinstance(layer, keras.layers.BatchNormalization)
+            ),
+        }
+        for i, layer in enumerate(built.base.layers)
+    ]
+
+
+def layer_preview_summary(config: RunConfig, num_classes: int) -> dict[str, Any]:
+    """Which base layers each phase trains and the trainable/frozen parameter counts.
+
+    Builds the model with ``weights="none"`` (only shapes matter), so it works offline for any
+    backbone. Returns ``phases`` (counts per phase), ``layers`` (``layer_preview`` rows),
+    ``trainable_base_layers``, ``base_layers`` and ``image_size``.
+    """
+    preview_config = config.with_changes(weights="none").validate()
+    built = build_model(preview_config, max(num_classes, 2))
+    phases = [set_phase(preview_config, built, phase) for phase in preview_config.phases]
+    layers = layer_preview(preview_config, built)
+    return {
+        "phases": phases,
+        "layers": layers,
+        "trainable_base_layers": sum(1 for layer in layers if layer["trainable_in_fine_tune"]),
+        "base_layers": len(layers),
+        "image_size": built.image_size,
+    }
