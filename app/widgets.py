@@ -9,13 +9,18 @@ from __future__ import annotations
 import sys
 import uuid
 from pathlib import Path
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
 import streamlit as st
 
+from app.views.labels import phase_title, status_badge
 from app.views.text import md_escape
 from core.errors import StudioError
 from core.paths import runs_root
+
+if TYPE_CHECKING:  # the queue imports Keras: loaded on first use (see ``_job_queue``)
+    from core.runs.store import RunStore, RunSummary
+    from core.training.jobs import JobQueue
 
 DATA_SOURCE = "data_source"  # session key: the source chosen on the Data page
 RUN_ID = "run_id"  # session key: the run the Train page follows
@@ -58,14 +63,6 @@ def _keep_keras_session() -> None:
 
 
 _keep_keras_session()
-STATUS_BADGES = {  # status: (icon, colour)
-    "queued": (":material/schedule:", "gray"),
-    "running": (":material/sync:", "blue"),
-    "completed": (":material/check_circle:", "green"),
-    "stopped": (":material/stop_circle:", "orange"),
-    "failed": (":material/error:", "red"),
-    "interrupted": (":material/warning:", "orange"),
-}
 
 
 def pages() -> list[Any]:
@@ -85,13 +82,13 @@ def setup_app() -> None:
 
 
 @st.cache_resource(show_spinner="Starting the training worker…")
-def _job_queue(root: str) -> Any:
+def _job_queue(root: str) -> JobQueue:
     from core.training.jobs import get_job_queue  # imports Keras: slow once per process
 
     return get_job_queue(root)
 
 
-def job_queue() -> Any:
+def job_queue() -> JobQueue:
     """The process-wide job queue of the current runs folder (``TRANSFER_STUDIO_HOME``)."""
     return _job_queue(str(runs_root()))
 
@@ -134,7 +131,7 @@ def fetch_data(source: str, val_split: float, seed: int) -> bool:
         return False
 
 
-def finished_runs(store: Any, empty_message: str) -> tuple[list[dict], dict[str, str]]:
+def finished_runs(store: RunStore, empty_message: str) -> tuple[list[RunSummary], dict[str, str]]:
     """Runs that have a model (newest first) and their labels by id; stops the page if none.
 
     The labels are plain text, for ``st.selectbox``/``st.multiselect`` options (which show their
@@ -207,14 +204,14 @@ def _file_stamp(path: Path) -> tuple[int, int]:
 
 @st.cache_resource(max_entries=4, show_spinner=False)
 def _evaluation(
-    run_dir: str, model: tuple[int, int], cached: tuple[int, int], _store: Any, run_id: str
+    run_dir: str, model: tuple[int, int], cached: tuple[int, int], _store: RunStore, run_id: str
 ) -> dict[str, Any]:
     from core.runs.evaluate import evaluate_run
 
     return evaluate_run(_store, run_id)
 
 
-def evaluation(store: Any, run_id: str) -> dict[str, Any]:
+def evaluation(store: RunStore, run_id: str) -> dict[str, Any]:
     """``core.runs.evaluate.evaluate_run``, kept in memory until the model or its evaluation file
     changes: a rerun does not parse the (for many classes, large) ``evaluation.json`` again.
 
@@ -237,7 +234,7 @@ def _pairs_view(run_dir: str, cached: tuple[int, int], _evaluation: dict[str, An
 
 
 def confusion_view(
-    store: Any, run_id: str, evaluation: dict[str, Any], selected: tuple[str, str] | None
+    store: RunStore, run_id: str, evaluation: dict[str, Any], selected: tuple[str, str] | None
 ) -> dict[str, Any]:
     """``app.views.run_page.matrix_view``: the clickable heatmap (rebuilt per pick, it is small), or
     for many classes the most confused pairs, built once per evaluation file."""
@@ -274,7 +271,7 @@ def poll_interval(active: bool) -> float | None:
     return POLL_SECONDS if active else None
 
 
-def follow_run(queue: Any) -> None:
+def follow_run(queue: JobQueue) -> None:
     """Pick the run to watch (the session's, else the latest active or newest) and monitor it."""
     from app.views import dashboard
 
@@ -290,7 +287,7 @@ def follow_run(queue: Any) -> None:
     run_monitor(queue, run_id, next(r["status"] for r in runs if r["run_id"] == run_id))
 
 
-def run_monitor(queue: Any, run_id: str, shown_status: str | None = None) -> None:
+def run_monitor(queue: JobQueue, run_id: str, shown_status: str | None = None) -> None:
     """Live view of one run: progress, ETA, curves, Stop; polls only while the run is active.
 
     ``shown_status`` is the status the rest of the page was drawn with; when the run's status
@@ -312,7 +309,7 @@ def run_monitor(queue: Any, run_id: str, shown_status: str | None = None) -> Non
         if result["status"] != initial:
             st.rerun()  # started or finished: redraw the page (labels, polling on or off)
         p = dashboard.progress_summary(result, batches)
-        icon, color = STATUS_BADGES.get(result["status"], (None, "gray"))
+        icon, color = status_badge(result["status"])
         top = st.columns([4, 1], vertical_alignment="center")
         phase = f" · {p['phase_label']}" if active and p["phase_label"] else ""
         top[0].badge(f"{result['status']}{phase}", icon=icon, color=color)
@@ -376,11 +373,10 @@ def layer_preview(
 def _layer_table(summary: dict[str, Any]) -> None:
     from app.views.dashboard import format_count
 
-    names = {"head": "Phase 1: head", "fine_tune": "Phase 2: fine-tune", "scratch": "Scratch"}
     cols = st.columns(len(summary["phases"]))
     for col, phase in zip(cols, summary["phases"], strict=True):
         col.metric(
-            f"{names.get(phase['phase'], phase['phase'])} · trainable",
+            f"{phase_title(phase['phase'])} · trainable",
             format_count(phase["trainable_params"]),
             f"{format_count(phase['non_trainable_params'])} frozen",
             delta_color="off",

@@ -6,7 +6,7 @@ four figures, each as a ratio against a baseline measured in the same process, s
 and load cancel out as far as they can on a shared CPU:
 
 1. feature cache: a feature-extraction run with ``feature_cache="auto"`` and a cold embedding
-   cache vs the same run with ``"off"`` (the seeds' per-epoch frozen-base pipeline);
+   cache vs the same run with ``"off"`` (the per-epoch frozen-base pipeline);
 2. warm cache: a second cached run with another head on the same data vs the cold one;
 3. input pipeline: training throughput of a trainable model fed from image files
    (``make_dataset``) vs from the same pixels already in memory;
@@ -14,14 +14,13 @@ and load cancel out as far as they can on a shared CPU:
    the model.
 
 Targets are reported, never asserted: timings on a shared machine are noisy. Each run's
-``duration_s`` is also split into stages (data scan, model build, feature pass, fit, save) by
-timing the engine's own functions while the benchmark runs, so a missed target says where the
-time went.
+``duration_s`` is also split into stages (data scan, model build, feature pass, fit, save) read
+from the stage timings the trainer records in the run (``timings``), so a missed target says
+where the time went.
 """
 
 from __future__ import annotations
 
-import contextlib
 import functools
 import io
 import json
@@ -31,7 +30,7 @@ import platform
 import shutil
 import tempfile
 import time
-from collections.abc import Callable, Iterator
+from collections.abc import Callable
 from pathlib import Path
 from typing import Any
 
@@ -139,65 +138,12 @@ def generate_dataset(root: Path, images_per_class: int, seed: int = DATA_SEED) -
 # --------------------------------------------------------------------------- stage timing
 
 
-class _StageClock:
-    """Seconds spent in named engine functions while the current run trains."""
-
-    def __init__(self) -> None:
-        self.current: dict[str, float] = {}
-
-    def reset(self) -> dict[str, float]:
-        previous, self.current = self.current, {}
-        return previous
-
-    def wrap(self, name: str, fn: Callable[..., Any]) -> Callable[..., Any]:
-        @functools.wraps(fn)
-        def timed(*args: Any, **kwargs: Any) -> Any:
-            start = time.perf_counter()
-            try:
-                return fn(*args, **kwargs)
-            finally:
-                self.current[name] = self.current.get(name, 0.0) + time.perf_counter() - start
-
-        return timed
-
-
-@contextlib.contextmanager
-def _stage_timers(clock: _StageClock) -> Iterator[None]:
-    """Time the engine's stages in place, without changing the engine.
-
-    The trainer imports these functions at call time (``from core.data import load_dataset``
-    inside ``prepare``), so wrapping the module attributes catches every call. Everything is
-    restored on exit.
-    """
-    import core.data
-    import core.training.embeddings
-    import core.training.model
-    import core.training.trainer
-
-    targets = [
-        (core.data, "load_dataset", "scan"),
-        (core.training.model, "build_model", "build"),
-        (core.training.embeddings, "features_for", "features"),
-        (
-            core.training.embeddings,
-            "cache_key",
-            "hash",
-        ),  # inside "features": file digests for the key
-        (core.training.trainer._Trainer, "train", "fit"),
-        (core.training.trainer._Trainer, "save", "save"),
-    ]
-    originals = [(owner, attr, getattr(owner, attr)) for owner, attr, _ in targets]
-    try:
-        for owner, attr, name in targets:
-            setattr(owner, attr, clock.wrap(name, getattr(owner, attr)))
-        yield
-    finally:
-        for owner, attr, original in originals:
-            setattr(owner, attr, original)
-
-
-def _breakdown(stages: dict[str, float], duration: float) -> dict[str, float]:
-    """Stage seconds, plus ``other`` (store writes, queue hand-over...) up to ``duration_s``."""
+def _breakdown(timings: dict[str, float], duration: float) -> dict[str, float]:
+    """A run's recorded stage seconds, plus ``other`` (store writes, queue hand-over, input
+    pipelines...) up to ``duration_s``. The frozen base's one pass is ``features`` whether it
+    produced pooled features or activations at the freeze cut; ``hash`` is inside it."""
+    stages = dict(timings)
+    stages["features"] = stages.get("features", 0.0) + stages.get("activations", 0.0)
     top = ("scan", "build", "features", "fit", "save")
     out = {f"{k}_s": round(stages.get(k, 0.0), 3) for k in (*top, "hash")}
     out["other_s"] = round(max(duration - sum(stages.get(k, 0.0) for k in top), 0.0), 3)
@@ -207,10 +153,8 @@ def _breakdown(stages: dict[str, float], duration: float) -> dict[str, float]:
 # --------------------------------------------------------------------------- runs
 
 
-def _run(
-    jobs: Any, clock: _StageClock, config: RunConfig, say: ProgressCb, label: str
-) -> dict[str, Any]:
-    """Train one run through the job queue; its result with a stage breakdown."""
+def _run(jobs: Any, config: RunConfig, say: ProgressCb, label: str) -> dict[str, Any]:
+    """Train one run through the job queue; its result with the stage breakdown it recorded."""
     from core.errors import StudioError
 
     def epoch(rec: dict[str, Any]) -> None:
@@ -218,7 +162,6 @@ def _run(
         val_text = "-" if val is None else f"{val:.3f}"
         say(f"  {label}: epoch {rec['epoch']}/{config.planned_epochs} val_acc {val_text}")
 
-    clock.reset()
     started = time.perf_counter()
     run_id = jobs.submit(config, progress=epoch)
     status = jobs.wait(run_id)
@@ -239,7 +182,7 @@ def _run(
         "epochs": len(history.get("epoch") or []),
         "train_images": result["train_images"],
         "val_images": result["val_images"],
-        "profile": _breakdown(clock.reset(), duration),
+        "profile": _breakdown(result.get("timings") or {}, duration),
     }
     if stage:
         # describe_stage reports images/s over the whole feature stage: invert it for seconds.
@@ -423,9 +366,9 @@ def _latency(store: Any, run_id: str, image_path: str, reps: int, warmup: int) -
     samples: dict[str, list[float]] = {name: [] for name in probes}
     for rep in range(warmup + reps):
         # Round-robin, so load from other users hits every method alike.
-        for name, fn in probes.items():
+        for name, probe in probes.items():
             start = time.perf_counter()
-            fn()
+            probe()
             if rep >= warmup:
                 samples[name].append((time.perf_counter() - start) * 1000.0)
     stats = {name: _percentiles(values) for name, values in samples.items()}
@@ -460,6 +403,7 @@ def _machine() -> dict[str, Any]:
     import keras
     import tensorflow as tf
 
+    usable: int | None
     try:
         usable = len(os.sched_getaffinity(0))
     except AttributeError:  # not on Linux
@@ -493,8 +437,8 @@ def run_bench(
     from core.data import load_dataset
     from core.errors import StudioError
     from core.paths import studio_home
-    from core.training.embeddings import cache_reason
     from core.training.jobs import JobQueue
+    from core.training.sources import FEATURES, input_path
 
     say = progress or (lambda _msg: None)
     if quick:
@@ -522,7 +466,6 @@ def run_bench(
     runs_dir = out / "bench-runs"
     shutil.rmtree(runs_dir, ignore_errors=True)  # this benchmark's own store: start empty
     jobs = JobQueue(runs_dir)
-    clock = _StageClock()
     machine = _machine()
 
     # Every field that changes the work is pinned: a later change of RunConfig's defaults (say,
@@ -544,41 +487,40 @@ def run_bench(
         dense_units=256,
         name="bench",
     )
-    reason = cache_reason(base)
-    if reason is not None:  # a guard against the above drifting, not a user error
-        raise StudioError(f"The benchmark's cached runs would not use the feature cache: {reason}")
+    path = input_path(base)
+    if path.kind != FEATURES:  # a guard against the above drifting, not a user error
+        raise StudioError(
+            f"The benchmark's cached runs would not use the feature cache: {path.reason}"
+        )
     figures: dict[str, Any] = {}
     predict_run: dict[str, Any] | None = None
     predict_size = PREDICT_SIZE
-    with _stage_timers(clock):
-        if predict_info is not None:
-            # Warm-up and figure 4's model at once: a short 224 px run pays the process's
-            # one-off costs (first model build, weight conversion, first traces) before
-            # anything is timed.
-            say(f"warm-up: 1-epoch {BACKBONE} run at {predict_size} px (also figure 4's model)")
-            predict_cfg = base.with_changes(
-                data=predict_info["root"], image_size=predict_size, epochs=1, name="bench-predict"
-            )
-            # Same work at every invocation: the warm-up computes its features too.
-            warm_index = load_dataset(predict_cfg.data, val_split=base.val_split, seed=base.seed)
-            _clear_embeddings(
-                predict_cfg, [*warm_index.train_paths, *warm_index.val_paths], predict_size
-            )
-            predict_run = _run(jobs, clock, predict_cfg, say, "warm-up")
-
-        # Figure 1 and 2: the embedding cache must be cold for the first cached run.
-        index = load_dataset(base.data, val_split=base.val_split, seed=base.seed)
-        paths = list(index.train_paths) + list(index.val_paths)
-        had_entry = _clear_embeddings(base, paths, image_size)
-        say(f"figure 1: cached run, cold embedding cache ({epochs} epochs)")
-        cold = _run(jobs, clock, base.with_changes(name="bench-cold"), say, "cached (cold)")
-        say("figure 2: cached run with another head, warm embedding cache")
-        warm_cfg = base.with_changes(dense_units=128, lr=5e-4, name="bench-warm")
-        warm = _run(jobs, clock, warm_cfg, say, "cached (warm)")
-        say(f"figure 1: per-epoch frozen-base run, feature_cache=off ({epochs} epochs)")
-        off = _run(
-            jobs, clock, base.with_changes(feature_cache="off", name="bench-off"), say, "per-epoch"
+    if predict_info is not None:
+        # Warm-up and figure 4's model at once: a short 224 px run pays the process's
+        # one-off costs (first model build, weight conversion, first traces) before
+        # anything is timed.
+        say(f"warm-up: 1-epoch {BACKBONE} run at {predict_size} px (also figure 4's model)")
+        predict_cfg = base.with_changes(
+            data=predict_info["root"], image_size=predict_size, epochs=1, name="bench-predict"
         )
+        # Same work at every invocation: the warm-up computes its features too.
+        warm_index = load_dataset(predict_cfg.data, val_split=base.val_split, seed=base.seed)
+        _clear_embeddings(
+            predict_cfg, [*warm_index.train_paths, *warm_index.val_paths], predict_size
+        )
+        predict_run = _run(jobs, predict_cfg, say, "warm-up")
+
+    # Figure 1 and 2: the embedding cache must be cold for the first cached run.
+    index = load_dataset(base.data, val_split=base.val_split, seed=base.seed)
+    paths = list(index.train_paths) + list(index.val_paths)
+    had_entry = _clear_embeddings(base, paths, image_size)
+    say(f"figure 1: cached run, cold embedding cache ({epochs} epochs)")
+    cold = _run(jobs, base.with_changes(name="bench-cold"), say, "cached (cold)")
+    say("figure 2: cached run with another head, warm embedding cache")
+    warm_cfg = base.with_changes(dense_units=128, lr=5e-4, name="bench-warm")
+    warm = _run(jobs, warm_cfg, say, "cached (warm)")
+    say(f"figure 1: per-epoch frozen-base run, feature_cache=off ({epochs} epochs)")
+    off = _run(jobs, base.with_changes(feature_cache="off", name="bench-off"), say, "per-epoch")
 
     speedup = off["duration_s"] / cold["duration_s"]
     acc_points = abs((cold["best_val_accuracy"] or 0.0) - (off["best_val_accuracy"] or 0.0))

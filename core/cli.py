@@ -8,12 +8,15 @@ from __future__ import annotations
 import argparse
 import json
 import sys
-from collections.abc import Sequence
+from collections.abc import Callable, Sequence
 from dataclasses import fields
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
-from core.config import AUGMENTATIONS, FEATURE_CACHE_CHOICES, MODE_HELP, MODES, RunConfig
+from core.config import AUGMENTATIONS, FEATURE_CACHE_CHOICES, MODE_HELP, MODES, RunConfig, Status
 from core.errors import StudioError, storage_error
+
+if TYPE_CHECKING:  # importing the queue imports Keras: only where a command needs it
+    from core.training.jobs import JobQueue
 
 EPILOG = """examples:
   python -m core train --json          # offline default: efficientnet_lite0 on builtin:faces
@@ -243,7 +246,7 @@ def _fmt(value: float | None, spec: str = ".3f") -> str:
     return "-" if value is None else format(value, spec)
 
 
-def _epoch_line(config: RunConfig) -> Any:
+def _epoch_line(config: RunConfig) -> Callable[[dict[str, Any]], None]:
     total = config.planned_epochs
 
     def show(rec: dict[str, Any]) -> None:
@@ -259,14 +262,29 @@ def _epoch_line(config: RunConfig) -> Any:
     return show
 
 
+# The flags behind each lint finding's settings (core's messages use the settings' words).
+LINT_FLAGS = {
+    "no_fine_tune_phase": "--fine-tune-epochs, --mode",
+    "fine_tune_lr_high": "--fine-tune-lr",
+    "head_lr_not_above_fine_tune_lr": "--lr, --fine-tune-lr",
+    "image_size_below_default": "--image-size",
+    "transfer_without_pretrained_weights": "--weights, --mode",
+    "full_fine_tuning_small_data": "--mode, --augment",
+    "scratch_few_images": "--mode, --weights",
+    "feature_cache_off_with_augment": "--no-augment",
+}
+
+
 def cmd_train(args: argparse.Namespace) -> int:
     """Queue one run on this process's worker and wait for it."""
-    from core.lint import lint_config
+    from core.lint import count_train_images, lint_config
     from core.training.jobs import JobQueue
 
-    config = config_from_args(args).validate()
-    for finding in lint_config(config):
-        print(f"{finding['level']}: {finding['message']}", file=sys.stderr)
+    config = config_from_args(args).validate()  # before the lint: a bad flag is one error line
+    for finding in lint_config(config, count_train_images(config)):
+        flags = LINT_FLAGS.get(finding["code"])
+        hint = f" [{flags}]" if flags else ""
+        print(f"{finding['level']}: {finding['message']}{hint}", file=sys.stderr)
     jobs = JobQueue(args.runs_dir)
     run_id = jobs.submit(config, progress=_epoch_line(config))
     print(f"run {run_id}: {config.mode} {config.backbone} on {config.data}", file=sys.stderr)
@@ -288,7 +306,7 @@ def cmd_resume(args: argparse.Namespace) -> int:
     return _wait_and_report(jobs, args.run_id, args.json)
 
 
-def _wait_and_report(jobs: Any, run_id: str, as_json: bool) -> int:
+def _wait_and_report(jobs: JobQueue, run_id: str, as_json: bool) -> int:
     try:
         status = jobs.wait(run_id)
     except KeyboardInterrupt:
@@ -303,10 +321,10 @@ def _wait_and_report(jobs: Any, run_id: str, as_json: bool) -> int:
             f"{run_id} {status}: best val_accuracy {_fmt(result['best_val_accuracy'])} "
             f"in {_fmt(result['duration_s'], '.1f')} s; model {result['model_path']}"
         )
-    if status == "failed":
+    if status == Status.FAILED:
         print(f"error: {result['error']}", file=sys.stderr)
         return 1
-    return 0 if status == "completed" else 130
+    return 0 if status == Status.COMPLETED else 130
 
 
 def cmd_runs(args: argparse.Namespace) -> int:
@@ -435,13 +453,17 @@ def cmd_classify(args: argparse.Namespace) -> int:
     """ImageNet top-k of a raw pretrained backbone."""
     from core.models.classify import classify_images
 
+    def fmt(p: dict[str, Any]) -> str:
+        return f"{p['class_index']} {p['label']} {p['probability']:.3f}"
+
     results = classify_images(args.backbone, args.images, top_k=args.top_k)
-    fmt = lambda p: f"{p['class_index']} {p['label']} {p['probability']:.3f}"  # noqa: E731
     _print_results(results, args.json, fmt)
     return 0
 
 
-def _print_results(results: list[dict[str, Any]], as_json: bool, fmt: Any) -> None:
+def _print_results(
+    results: list[dict[str, Any]], as_json: bool, fmt: Callable[[dict[str, Any]], str]
+) -> None:
     if as_json:
         _print_json(results)
         return

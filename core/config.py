@@ -6,23 +6,55 @@ re-runnable. Validation errors say what was received, what is allowed and how to
 
 from __future__ import annotations
 
+import enum
 import json
+from collections.abc import Mapping
 from dataclasses import asdict, dataclass, field, fields, replace
 from typing import Any
 
 from core.errors import ConfigError
 
-MODES = ("feature_extraction", "fine_tuning", "full_fine_tuning", "scratch")
+
+class Mode(enum.StrEnum):
+    """How much of the pretrained base a run trains."""
+
+    FEATURE_EXTRACTION = "feature_extraction"
+    FINE_TUNING = "fine_tuning"
+    FULL_FINE_TUNING = "full_fine_tuning"
+    SCRATCH = "scratch"
+
+
+class Phase(enum.StrEnum):
+    """A training phase: the head on a frozen base, then fine-tuning; or one from-scratch phase."""
+
+    HEAD = "head"
+    FINE_TUNE = "fine_tune"
+    SCRATCH = "scratch"
+
+
+class Status(enum.StrEnum):
+    """Where a run is. Members equal (and JSON-serialise as) their plain string values."""
+
+    QUEUED = "queued"
+    RUNNING = "running"
+    COMPLETED = "completed"
+    STOPPED = "stopped"
+    FAILED = "failed"
+    INTERRUPTED = "interrupted"
+
+
+# Plain strings (argparse quotes its choices with repr(); an enum's repr is not its value).
+MODES: tuple[str, ...] = tuple(m.value for m in Mode)
 AUGMENTATIONS = ("flip", "rotation", "zoom", "contrast")
 FEATURE_CACHE_CHOICES = ("auto", "off")
-MODE_HELP = {
-    "feature_extraction": "Frozen pretrained base, train only a new head. Small data similar to "
-    "ImageNet (< 10k images). Fastest.",
-    "fine_tuning": "Warm up the head, then unfreeze the base's last layers at a very low learning "
-    "rate. Medium data, or data unlike ImageNet.",
-    "full_fine_tuning": "Warm up the head, then train the whole base at a very low learning rate. "
-    "Large data (> 100k images).",
-    "scratch": "Random initialisation, everything trainable: the baseline that shows what "
+MODE_HELP: Mapping[str, str] = {  # keyed by Mode (members hash as their values)
+    Mode.FEATURE_EXTRACTION: "Frozen pretrained base, train only a new head. Small data similar "
+    "to ImageNet (< 10k images). Fastest.",
+    Mode.FINE_TUNING: "Warm up the head, then unfreeze the base's last layers at a very low "
+    "learning rate. Medium data, or data unlike ImageNet.",
+    Mode.FULL_FINE_TUNING: "Warm up the head, then train the whole base at a very low learning "
+    "rate. Large data (> 100k images).",
+    Mode.SCRATCH: "Random initialisation, everything trainable: the baseline that shows what "
     "transfer buys.",
 }
 DEFAULT_DATA = "builtin:faces"
@@ -36,7 +68,10 @@ class RunConfig:
     # "imagenet", "none", or a path to a local weights file; mode "scratch" always starts from
     # random weights (that is what makes it the baseline), whatever this says.
     weights: str = "imagenet"
-    mode: str = "feature_extraction"
+    # One of ``Mode``. Typed ``str`` so that plain strings (a stored config.json, a flag, a call)
+    # are accepted as they are: a known one becomes its ``Mode`` member, an unknown one is kept
+    # so that ``validate`` can name it.
+    mode: str = Mode.FEATURE_EXTRACTION
     data: str = DEFAULT_DATA
     image_size: int | None = None
     batch_size: int = 32
@@ -45,8 +80,8 @@ class RunConfig:
     lr: float = 1e-3
     fine_tune_lr: float = 1e-5
     unfreeze: int | None = None  # trailing base layers unfrozen in phase 2; None = last block
-    # The seeds' random flip/rotation/zoom/contrast, on by default as in the notebooks users come
-    # from; turning it off lets feature extraction use the (much faster) feature cache.
+    # Random flip/rotation/zoom/contrast, on by default as in the notebooks users come from;
+    # turning it off lets feature extraction use the (much faster) feature cache.
     augment: bool = True
     augmentations: tuple[str, ...] = AUGMENTATIONS
     val_split: float = 0.2
@@ -62,14 +97,16 @@ class RunConfig:
     def __post_init__(self) -> None:
         # JSON gives lists; keep the dataclass hashable-ish and comparable.
         object.__setattr__(self, "augmentations", tuple(self.augmentations))
+        if self.mode in MODES:
+            object.__setattr__(self, "mode", Mode(self.mode))
 
     # -- derived --------------------------------------------------------------------------
     @property
-    def phases(self) -> list[str]:
+    def phases(self) -> list[Phase]:
         """The training phases this mode runs, in order."""
-        if self.mode in ("fine_tuning", "full_fine_tuning"):
-            return ["head", "fine_tune"]
-        return ["head"] if self.mode == "feature_extraction" else ["scratch"]
+        if self.mode in (Mode.FINE_TUNING, Mode.FULL_FINE_TUNING):
+            return [Phase.HEAD, Phase.FINE_TUNE]
+        return [Phase.HEAD] if self.mode == Mode.FEATURE_EXTRACTION else [Phase.SCRATCH]
 
     @property
     def planned_epochs(self) -> int:
@@ -137,6 +174,7 @@ class RunConfig:
         data = asdict(self)
         extra = data.pop("extra")
         data["augmentations"] = list(self.augmentations)
+        data["mode"] = str(self.mode)  # a plain string, whatever the enum
         return {**extra, **data}
 
     def to_json(self, indent: int | None = 2) -> str:

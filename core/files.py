@@ -1,19 +1,30 @@
-"""File primitives the engine shares: atomic writes, SHA-256 of a file.
+"""File primitives the engine shares: atomic writes, SHA-256 of a file, marker-finished folders.
 
 A write that a kill, a full disk or a crash interrupts must never leave half a file where a
 finished one is expected: every writer here writes a temporary sibling and renames it over the
 target (``os.replace`` is atomic on one filesystem), and removes the temporary on failure.
+Folders are built the same way (``build_folder``): in a temporary sibling, with a completion
+marker written last, then renamed into place.
 """
 
 from __future__ import annotations
 
+import contextlib
 import hashlib
+import json
 import os
-from collections.abc import Iterator
+import secrets
+import shutil
+import tempfile
+import threading
+from collections.abc import Callable, Iterator, Mapping
 from contextlib import contextmanager
 from pathlib import Path
+from typing import Any
 
 CHUNK = 1 << 20  # bytes read at a time when hashing
+TEMP_PREFIX = "tmp-"  # how every temporary written by ``atomic_path`` is named: tmp-*-<name>
+FOLDER_MODE = 0o755  # a built folder is an ordinary folder, not mkdtemp's private one
 
 
 def sha256_file(path: str | os.PathLike[str]) -> str:
@@ -25,33 +36,125 @@ def sha256_file(path: str | os.PathLike[str]) -> str:
     return digest.hexdigest()
 
 
+def _remove(path: Path) -> None:
+    if path.is_dir() and not path.is_symlink():
+        shutil.rmtree(path, ignore_errors=True)
+    else:
+        path.unlink(missing_ok=True)
+
+
 @contextmanager
-def atomic_path(path: str | os.PathLike[str], prefix: str = "tmp-") -> Iterator[Path]:
+def atomic_path(path: str | os.PathLike[str], prefix: str = TEMP_PREFIX) -> Iterator[Path]:
     """Yield a temporary sibling of ``path`` to write; on success it replaces ``path``.
 
-    The temporary keeps ``path``'s suffix (Keras and h5py choose the format from it) and is
-    removed if the write fails.
+    The temporary's name starts with ``prefix`` (what a clean-up after a kill looks for, e.g.
+    ``tmp-*``), is unique to this process and thread (concurrent writers of one target never
+    share it) and ends with ``path``'s name (Keras and h5py choose the format from the suffix).
+    It is removed if the write fails, leaving any previous ``path`` untouched.
     """
     target = Path(path)
-    tmp = target.with_name(f"{prefix}{target.name}")
+    unique = f"{os.getpid()}-{threading.get_ident()}-{secrets.token_hex(4)}"
+    tmp = target.with_name(f"{prefix}{unique}-{target.name}")
     try:
         yield tmp
         os.replace(tmp, target)
     finally:
-        if tmp.is_dir():
-            import shutil
-
-            shutil.rmtree(tmp, ignore_errors=True)
-        else:
-            tmp.unlink(missing_ok=True)
+        if tmp.exists() or tmp.is_symlink():
+            _remove(tmp)
 
 
 def atomic_write_bytes(path: str | os.PathLike[str], data: bytes) -> None:
     """Write ``data`` to ``path`` atomically."""
-    with atomic_path(path, prefix=".tmp-") as tmp:
+    with atomic_path(path) as tmp:
         tmp.write_bytes(data)
 
 
 def atomic_write_text(path: str | os.PathLike[str], text: str) -> None:
     """Write UTF-8 ``text`` to ``path`` atomically."""
     atomic_write_bytes(path, text.encode("utf-8"))
+
+
+# --------------------------------------------------------------------------- marker folders
+
+
+def read_marker(
+    folder: str | os.PathLike[str],
+    marker_name: str,
+    version: int,
+    identity: Mapping[str, Any] | None = None,
+) -> dict[str, Any] | None:
+    """The completion marker of ``folder`` if it says the folder is finished, else ``None``.
+
+    A marker counts when it is a JSON object whose ``version`` is ``version`` and which holds
+    every item of ``identity`` (it may hold more, e.g. what the build reported).
+    """
+    try:
+        marker = json.loads((Path(folder) / marker_name).read_text(encoding="utf-8"))
+    except (OSError, ValueError):
+        return None
+    if not isinstance(marker, dict) or marker.get("version") != version:
+        return None
+    for key, value in (identity or {}).items():
+        if marker.get(key) != value:
+            return None
+    return marker
+
+
+def discard_folder(folder: str | os.PathLike[str]) -> None:
+    """Move ``folder`` aside (one atomic rename), then delete it; no error if it is gone.
+
+    Readers never see a half-deleted folder: it leaves its place at once.
+    """
+    folder = Path(folder)
+    trash = Path(tempfile.mkdtemp(prefix=f".{folder.name}.stale-", dir=folder.parent))
+    try:
+        with contextlib.suppress(FileNotFoundError):  # another process already removed it
+            os.replace(folder, trash / "old")
+    finally:
+        shutil.rmtree(trash, ignore_errors=True)
+
+
+def build_folder(
+    target: str | os.PathLike[str],
+    build: Callable[[Path], Mapping[str, Any] | None],
+    marker_name: str,
+    version: int,
+    identity: Mapping[str, Any] | None = None,
+) -> Path:
+    """``target``, built by ``build`` unless a finished build is already there.
+
+    A folder counts as finished when its marker passes ``read_marker``. Otherwise any folder at
+    ``target`` (an old version, or a build a crash cut short) is discarded and ``build(tmp)`` fills
+    a new temporary sibling ``tmp``; the marker, ``{**returned, **identity, "version": version}``
+    as JSON, is written after ``build`` returns, and the folder is then renamed to ``target``. If
+    another process finished the same build first, its folder is kept and this one dropped. When
+    ``build`` raises, the temporary is removed and nothing appears at ``target``.
+    """
+    target = Path(target)
+    identity = dict(identity or {})
+    if read_marker(target, marker_name, version, identity) is not None:
+        return target
+    parent = target.parent
+    parent.mkdir(parents=True, exist_ok=True)
+    if target.exists() or target.is_symlink():
+        discard_folder(target)
+    tmp = Path(tempfile.mkdtemp(prefix=f".{target.name}.tmp-", dir=parent))
+    try:
+        tmp.chmod(FOLDER_MODE)
+        marker = {**dict(build(tmp) or {}), **identity, "version": version}
+        # Written last: its presence means everything before it is complete.
+        (tmp / marker_name).write_text(json.dumps(marker, sort_keys=True), encoding="utf-8")
+        for attempt in range(2):
+            try:
+                os.rename(tmp, target)
+                break
+            except OSError:
+                if read_marker(target, marker_name, version, identity) is not None:
+                    break  # a concurrent build finished first: use its folder
+                if attempt or not target.exists():
+                    raise
+                discard_folder(target)  # an unfinished folder appeared meanwhile
+    finally:
+        if tmp.exists():
+            shutil.rmtree(tmp, ignore_errors=True)
+    return target

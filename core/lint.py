@@ -1,8 +1,9 @@
 """Pre-flight checks of a run config: risky settings flagged before hours are spent training.
 
-Each finding says what is off, why it matters and how to fix it. Findings never block a run (the
-config is valid; ``RunConfig.validate`` refuses invalid ones): ``warning`` means "likely to hurt
-accuracy or waste the run", ``info`` means "worth knowing".
+Each finding says what is off, why it matters and how to fix it, naming settings in the user's
+words ("augmentation", "image size", "weights"): the CLI adds its flag names when it prints them.
+Findings never block a run (the config is valid; ``RunConfig.validate`` refuses invalid ones):
+``warning`` means "likely to hurt accuracy or waste the run", ``info`` means "worth knowing".
 """
 
 from __future__ import annotations
@@ -10,6 +11,7 @@ from __future__ import annotations
 from typing import Any
 
 from core.config import RunConfig
+from core.errors import StudioError
 
 WARNING, INFO = "warning", "info"
 FINE_TUNE_MODES = ("fine_tuning", "full_fine_tuning")
@@ -22,6 +24,29 @@ def _finding(level: str, code: str, message: str) -> dict[str, str]:
     return {"level": level, "code": code, "message": message}
 
 
+def count_train_images(config: RunConfig, scan: bool = True) -> int | None:
+    """The training split's size if cheaply known, else ``None`` (the size checks stay quiet).
+
+    Built-ins: from their description (no files read). Folders: ``load_dataset``, fast on a
+    folder already scanned (the scan cache), when ``scan``. Zips and Kaggle: unknown here
+    (counting them would mean extracting or downloading).
+    """
+    from core.data import load_dataset, parse_source
+    from core.data.builtin import BUILTINS
+
+    try:
+        kind, value = parse_source(config.data)
+        if kind == "builtin":
+            spec = BUILTINS.get(value.lower())
+            return None if spec is None else round(spec.images * (1 - config.val_split))
+        if kind == "folder" and scan:
+            data = load_dataset(config.data, val_split=config.val_split, seed=config.seed)
+            return len(data.train_paths)
+    except (StudioError, OSError):
+        return None  # the run itself reports what is wrong with the data
+    return None
+
+
 def lint_config(config: RunConfig, train_images: int | None = None) -> list[dict[str, Any]]:
     """Findings ``{level: "warning"|"info", code, message}`` for ``config``, warnings first.
 
@@ -29,6 +54,7 @@ def lint_config(config: RunConfig, train_images: int | None = None) -> list[dict
     """
     from core.errors import BackboneError
     from core.models.backbones import get_backbone
+    from core.training.sources import input_path
 
     found: list[dict[str, str]] = []
     fine_tune_phase = config.mode in FINE_TUNE_MODES and config.fine_tune_epochs > 0
@@ -40,7 +66,7 @@ def lint_config(config: RunConfig, train_images: int | None = None) -> list[dict
                 "no_fine_tune_phase",
                 f"Mode {config.mode} with fine_tune_epochs=0 has no fine-tuning phase: the base "
                 "is never unfrozen, so this run is feature extraction under another name. Set "
-                "--fine-tune-epochs to 1 or more, or use --mode feature_extraction.",
+                "fine-tune epochs to 1 or more, or use mode feature_extraction.",
             )
         )
     if fine_tune_phase and config.fine_tune_lr > MAX_FINE_TUNE_LR:
@@ -50,7 +76,8 @@ def lint_config(config: RunConfig, train_images: int | None = None) -> list[dict
                 "fine_tune_lr_high",
                 f"fine_tune_lr={config.fine_tune_lr:g} is above {MAX_FINE_TUNE_LR:g}. Large "
                 "updates to unfrozen pretrained layers destroy the features that make transfer "
-                "work (catastrophic forgetting). Use --fine-tune-lr 1e-5 (up to 1e-4).",
+                "work (catastrophic forgetting). Use a fine-tune learning rate of 1e-5 (up to "
+                "1e-4).",
             )
         )
     if fine_tune_phase and config.lr <= config.fine_tune_lr:
@@ -61,7 +88,7 @@ def lint_config(config: RunConfig, train_images: int | None = None) -> list[dict
                 f"The head learning rate (lr={config.lr:g}) is not above the fine-tuning rate "
                 f"(fine_tune_lr={config.fine_tune_lr:g}). The new head needs the larger rate to "
                 "learn quickly during warm-up, the pretrained base the smaller one to be nudged "
-                "gently. Use e.g. --lr 1e-3 --fine-tune-lr 1e-5.",
+                "gently. Use e.g. a learning rate of 1e-3 and a fine-tune learning rate of 1e-5.",
             )
         )
 
@@ -83,7 +110,8 @@ def lint_config(config: RunConfig, train_images: int | None = None) -> list[dict
                     if pretrained
                     else "Smaller inputs train faster but leave a coarse last feature map. "
                 )
-                + f"Use --image-size {spec.default_size} (or omit it) unless speed matters more.",
+                + f"Use an image size of {spec.default_size} (the default) unless speed matters "
+                "more.",
             )
         )
     if config.weights == "none" and config.mode in ("feature_extraction", *FINE_TUNE_MODES):
@@ -93,7 +121,7 @@ def lint_config(config: RunConfig, train_images: int | None = None) -> list[dict
                 "transfer_without_pretrained_weights",
                 f"Mode {config.mode} with weights=none freezes a randomly initialised base: the "
                 "head learns from random features, so there is nothing to transfer. Use "
-                "--weights imagenet, or --mode scratch for a from-scratch baseline.",
+                "imagenet weights, or mode scratch for a from-scratch baseline.",
             )
         )
     if (
@@ -107,8 +135,8 @@ def lint_config(config: RunConfig, train_images: int | None = None) -> list[dict
                 "full_fine_tuning_small_data",
                 f"Full fine-tuning on {train_images} training images: unfreezing every layer of "
                 f"the base lets it memorise a set this small (under {FULL_FINE_TUNE_MIN_IMAGES}) "
-                "and overfit. Use --mode fine_tuning (last block only) or feature_extraction, or "
-                "add data (and --augment).",
+                "and overfit. Use mode fine_tuning (last block only) or feature_extraction, or "
+                "add data (and turn augmentation on).",
             )
         )
     if config.mode == "scratch" and train_images is not None and train_images < SCRATCH_MIN_IMAGES:
@@ -118,19 +146,18 @@ def lint_config(config: RunConfig, train_images: int | None = None) -> list[dict
                 "scratch_few_images",
                 f"Training from scratch on {train_images} images (under {SCRATCH_MIN_IMAGES}): a "
                 "randomly initialised network rarely generalises from so little data. Fine as a "
-                "baseline to compare against; for a usable model use --mode feature_extraction "
-                "with --weights imagenet.",
+                "baseline to compare against; for a usable model use mode feature_extraction "
+                "with imagenet weights.",
             )
         )
-    wants_cache = config.mode == "feature_extraction" and config.feature_cache != "off"
-    if wants_cache and config.active_augmentations():
+    path = input_path(config)  # the rule the trainer follows to pick its inputs
+    if config.mode == "feature_extraction" and path.blocker == "augmentation":
         found.append(
             _finding(
                 INFO,
                 "feature_cache_off_with_augment",
-                "Augmentation is on, so the frozen base's features are not cached: augmentation "
-                "changes every epoch's inputs, so the base must run on every image each epoch "
-                "(slower). Turn --augment off to get the cached, much faster epochs.",
+                f"The feature cache is not used: {path.reason} (slower). Turn augmentation off "
+                "to use cached features and much faster epochs, if the model does without it.",
             )
         )
     order = {WARNING: 0, INFO: 1}

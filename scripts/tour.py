@@ -1,8 +1,10 @@
-"""The issue-4 acceptance tour, as a person would do it, in headless Chromium.
+"""A tour of the studio, as a person would take it, in headless Chromium.
 
-Starts `streamlit run` on a free port with a fresh studio home, then: Home → "Train the default"
-(watch the curves move) → Train → "Compare all modes" on the same data → Compare (overlaid curves)
-→ Predict (drop an image, one chart per run). Screenshots go to artifacts/tour/.
+Starts `streamlit run streamlit_app.py` on a free port with a fresh studio home, then: Home
+(app/pages/home.py) → "Train the default" → Train (app/pages/train.py, watch the curves move) →
+"Compare all modes" on the same data → Compare (app/pages/compare.py, overlaid curves) → Predict
+(app/pages/predict.py, drop an image, one chart per run). The page URLs are the file names that
+streamlit_app.py routes with st.navigation. Screenshots go to artifacts/tour/.
 
     .venv/bin/python scripts/tour.py [--image-size 96] [--epochs 2]
 """
@@ -56,7 +58,7 @@ def main() -> None:
             page.locator(".st-key-train_default button").click()
             _settle(page)
             shot(page, "02_home_queued")
-            page.goto(f"{url}/Train")
+            page.goto(f"{url}/train")
             for i in range(40):  # watch the default run train
                 time.sleep(3)
                 shot(page, f"03_default_training_{i:02d}")
@@ -79,10 +81,10 @@ def main() -> None:
                 if page.get_by_text("Nothing is training").count():
                     break
             shot(page, "07_home_done")
-            page.goto(f"{url}/Compare")
+            page.goto(f"{url}/compare")
             _settle(page)
             shot(page, "08_compare")
-            page.goto(f"{url}/Predict")
+            page.goto(f"{url}/predict")
             _settle(page)
             # The newest run is preselected; add the other two modes of the comparison.
             for pattern in (r"^\W*fine_tuning", r"^\W*feature_extraction"):

@@ -19,8 +19,16 @@ from core.models.backbones import (
 )
 from core.models.layers import PixelNormalize, normalization_constants
 
+FAST_BACKBONE = "mobilenet_v2"  # one small model checked in the fast tier, the rest are slow
 
-@pytest.mark.parametrize("name", list(REGISTRY))
+
+@pytest.mark.parametrize(
+    "name",
+    [
+        pytest.param(name, marks=() if name == FAST_BACKBONE else pytest.mark.slow)
+        for name in REGISTRY
+    ],
+)
 def test_registry_metadata_matches_a_forward_pass(name: str) -> None:
     spec = get_backbone(name)
     size = max(spec.min_size, 64)

@@ -1,7 +1,7 @@
 """Every kind of bad input a user can bring gets a clear message or a counted, explained skip.
 
 After each, the engine still answers (a good run completes on the same queue) and nothing is
-written outside the studio's own folders. The closing note of issue 5 is generated from this table.
+written outside the studio's own folders. Closing notes count their bad-input totals here.
 """
 
 from __future__ import annotations
@@ -124,6 +124,7 @@ def test_each_bad_file_is_skipped_with_its_reason_or_converted(messy: Path) -> N
     assert NON_UTF8_NAME in used
 
 
+@pytest.mark.slow
 def test_a_messy_folder_trains_and_predicts(messy: Path, tmp_path: Path) -> None:
     queue = JobQueue(tmp_path / "runs")
     config = RunConfig(
@@ -248,6 +249,7 @@ def test_bad_config_values(changes: dict, error: type, message: str) -> None:
         RunConfig(**changes).validate()
 
 
+@pytest.mark.slow
 def test_unknown_source_fails_the_run_and_the_queue_still_answers(tmp_path: Path) -> None:
     queue = JobQueue(tmp_path)
     bad = queue.submit(RunConfig(data="nowhere:at/all", weights="none", image_size=32))

@@ -28,6 +28,7 @@ def _positive(value: Any) -> bool:
     return isinstance(value, (int, float)) and math.isfinite(value) and value > 0
 
 
+@pytest.mark.slow
 def test_four_figures_with_positive_finite_ratios(quick: tuple) -> None:
     result, _, messages = quick
     assert set(result["figures"]) == set(FIGURES)
@@ -41,6 +42,7 @@ def test_four_figures_with_positive_finite_ratios(quick: tuple) -> None:
     assert json.loads(json.dumps(result, allow_nan=False)) == result
 
 
+@pytest.mark.slow
 def test_runs_report_accuracies_durations_and_stage_profiles(quick: tuple) -> None:
     result, _, _ = quick
     fc = result["figures"]["feature_cache"]
@@ -59,6 +61,7 @@ def test_runs_report_accuracies_durations_and_stage_profiles(quick: tuple) -> No
     assert 0.0 <= fc["accuracy_difference_points"] <= 100.0
 
 
+@pytest.mark.slow
 def test_embedding_cache_cold_for_the_cold_run_and_warm_for_the_warm_run(quick: tuple) -> None:
     result, _, _ = quick
     fc, wc = result["figures"]["feature_cache"], result["figures"]["warm_cache"]
@@ -71,6 +74,7 @@ def test_embedding_cache_cold_for_the_cold_run_and_warm_for_the_warm_run(quick: 
     assert "feature_stage" not in fc["per_epoch"], "feature_cache=off has no feature stage"
 
 
+@pytest.mark.slow
 def test_input_pipeline_and_latency_figures(quick: tuple) -> None:
     result, _, _ = quick
     ip = result["figures"]["input_pipeline"]
@@ -87,6 +91,7 @@ def test_input_pipeline_and_latency_figures(quick: tuple) -> None:
     assert pl["p50_ms"] == min(s["p50_ms"] for s in pl["end_to_end"].values())
 
 
+@pytest.mark.slow
 def test_generated_dataset_has_the_claimed_files_and_classes(quick: tuple) -> None:
     result, out, _ = quick
     data = result["data"]
@@ -101,6 +106,7 @@ def test_generated_dataset_has_the_claimed_files_and_classes(quick: tuple) -> No
         assert len(list((root / folder).glob("*.jpg"))) == data["images_per_class"]
 
 
+@pytest.mark.slow
 def test_format_bench_has_one_line_per_figure(quick: tuple) -> None:
     text = bench.format_bench(quick[0])
     for prefix in (
@@ -113,14 +119,23 @@ def test_format_bench_has_one_line_per_figure(quick: tuple) -> None:
     assert "target" in text and "machine: " in text
 
 
-def test_engine_functions_are_restored_after_the_run(quick: tuple) -> None:
-    import core.data
-    import core.training.embeddings
-    import core.training.trainer
+@pytest.mark.slow
+def test_the_run_records_hold_the_stage_timings_the_profiles_come_from(quick: tuple) -> None:
+    from core.runs.store import RunStore
 
-    assert not hasattr(core.data.load_dataset, "__wrapped__")
-    assert not hasattr(core.training.embeddings.features_for, "__wrapped__")
-    assert not hasattr(core.training.trainer._Trainer.train, "__wrapped__")
+    result, _, _ = quick
+    store = RunStore(result["settings"]["runs_dir"])
+    fc = result["figures"]["feature_cache"]
+    for run in (fc["cached"], fc["per_epoch"], result["figures"]["warm_cache"]["warm"]):
+        recorded = store.result(run["run_id"])
+        timings = recorded["timings"]
+        assert {"scan", "build", "fit", "save"} <= set(timings)
+        assert all(v >= 0 for v in timings.values())
+        top = ("scan", "build", "features", "activations", "inputs", "fit", "save")
+        assert sum(timings.get(k, 0.0) for k in top) <= recorded["duration_s"]
+        assert run["profile"]["fit_s"] == pytest.approx(timings["fit"], abs=1e-3)
+    assert "features" in store.result(fc["cached"]["run_id"])["timings"]
+    assert "features" not in store.result(fc["per_epoch"]["run_id"])["timings"]
 
 
 def test_generation_is_deterministic_and_reused(tmp_path: Path) -> None:

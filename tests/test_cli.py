@@ -47,6 +47,7 @@ def feature_run(runs_dir: str) -> dict:
     return last_json(proc)
 
 
+@pytest.mark.slow
 def test_train_json_has_the_documented_keys(feature_run: dict) -> None:
     result = feature_run
     assert result["status"] == "completed"
@@ -61,6 +62,7 @@ def test_train_json_has_the_documented_keys(feature_run: dict) -> None:
     assert result["best_val_accuracy"] == max(result["history"]["val_accuracy"])
 
 
+@pytest.mark.slow
 def test_runs_show_and_predict(feature_run: dict, runs_dir: str) -> None:
     run_id = feature_run["run_id"]
     runs = last_json(cli("runs", "--runs-dir", runs_dir, "--json"))
@@ -77,6 +79,7 @@ def test_runs_show_and_predict(feature_run: dict, runs_dir: str) -> None:
     assert {p["label"] for p in preds[0]["predictions"]} == {"brick", "grass", "gravel"}
 
 
+@pytest.mark.slow
 def test_fine_tuning_records_two_phases_with_different_trainable_counts(runs_dir: str) -> None:
     proc = cli(
         *TRAIN, "--mode", "fine_tuning", "--epochs", "1", "--fine-tune-epochs", "1",
@@ -89,6 +92,7 @@ def test_fine_tuning_records_two_phases_with_different_trainable_counts(runs_dir
     assert result["history"]["lr"][1] == pytest.approx(1e-5)
 
 
+@pytest.mark.slow
 def test_errors_are_one_line_with_non_zero_exit(runs_dir: str) -> None:
     proc = cli("train", "--backbone", "vgg61", "--runs-dir", runs_dir, check=False)
     assert proc.returncode == 1
@@ -111,6 +115,7 @@ def test_listings(runs_dir: str) -> None:
     assert "--fine-tune-lr" in cli("train", "--help").stdout
 
 
+@pytest.mark.slow
 def test_classify_offline_sees_a_cat(tmp_path) -> None:
     from PIL import Image
     from skimage import data
@@ -122,6 +127,7 @@ def test_classify_offline_sees_a_cat(tmp_path) -> None:
     assert 281 <= top["class_index"] <= 285, top
 
 
+@pytest.mark.slow
 def test_evaluate_json_matrix_sums_to_the_validation_images(
     feature_run: dict, runs_dir: str
 ) -> None:

@@ -6,7 +6,7 @@ import json
 
 import pytest
 
-from core.config import MODES, RunConfig
+from core.config import MODES, Mode, Phase, RunConfig, Status
 from core.errors import BackboneError, ConfigError
 
 
@@ -79,3 +79,33 @@ def test_from_dict_rejects_non_objects_and_bad_json() -> None:
         RunConfig.from_dict([1, 2])  # type: ignore[arg-type]
     with pytest.raises(ConfigError, match="not valid JSON"):
         RunConfig.from_json("{nope")
+
+
+def test_modes_phases_and_statuses_are_string_enums() -> None:
+    assert MODES == ("feature_extraction", "fine_tuning", "full_fine_tuning", "scratch")
+    assert all(type(m) is str for m in MODES)  # plain strings for argparse's choices
+    assert [p.value for p in Phase] == ["head", "fine_tune", "scratch"]
+    assert [s.value for s in Status] == [
+        "queued", "running", "completed", "stopped", "failed", "interrupted",
+    ]  # fmt: skip
+    assert Status.COMPLETED == "completed" and f"{Phase.FINE_TUNE}" == "fine_tune"
+    assert json.dumps({"status": Status.FAILED, "phase": Phase.HEAD}) == (
+        '{"status": "failed", "phase": "head"}'
+    )
+
+
+def test_an_old_config_json_loads_with_its_mode_as_an_enum_and_writes_plain_strings() -> None:
+    old = '{"backbone": "mobilenet_v2", "mode": "fine_tuning", "weights": "none"}'
+    config = RunConfig.from_json(old)
+    assert config.mode is Mode.FINE_TUNING and config.mode == "fine_tuning"
+    assert config.phases == [Phase.HEAD, Phase.FINE_TUNE] == ["head", "fine_tune"]
+    assert type(config.to_dict()["mode"]) is str
+    assert '"mode": "fine_tuning"' in config.to_json()
+    assert (
+        config.to_json()
+        == RunConfig(backbone="mobilenet_v2", mode="fine_tuning", weights="none").to_json()
+    )
+    odd = RunConfig(mode="transfer_everything")  # kept as given, refused by validate
+    assert odd.mode == "transfer_everything"
+    with pytest.raises(ConfigError, match="Unknown mode 'transfer_everything'"):
+        odd.validate()

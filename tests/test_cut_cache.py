@@ -10,9 +10,10 @@ import pytest
 
 from core.config import RunConfig
 from core.runs.store import COMPLETED
+from core.training import cut as cut_cache
 from core.training.jobs import JobQueue
 from core.training.model import FINE_TUNE_PHASE, build_model, set_phase, unfreeze_count
-from core.training.trainer import cut as cut_cache
+from core.training.sources import ACTIVATIONS, input_path
 
 MOBILE = RunConfig(
     backbone="mobilenet_v2", weights="none", mode="fine_tuning", data="builtin:textures",
@@ -25,13 +26,20 @@ LITE = RunConfig(
 
 
 def test_only_fine_tuning_without_augmentation_and_with_the_cache_on_qualifies() -> None:
-    assert cut_cache.config_reason(MOBILE) is None
-    assert "augmentation" in cut_cache.config_reason(MOBILE.with_changes(augment=True))
-    assert "off" in cut_cache.config_reason(MOBILE.with_changes(feature_cache="off"))
+    # The config's side of the rule is core.training.sources.input_path's.
+    def refused(config: RunConfig) -> str:
+        path = input_path(config)
+        assert path.kind != ACTIVATIONS
+        return path.reason
+
+    assert input_path(MOBILE).kind == ACTIVATIONS
+    assert "augmentation" in refused(MOBILE.with_changes(augment=True))
+    assert "off" in refused(MOBILE.with_changes(feature_cache="off"))
     for mode in ("feature_extraction", "full_fine_tuning", "scratch"):
-        assert mode in cut_cache.config_reason(MOBILE.with_changes(mode=mode))
+        assert mode in refused(MOBILE.with_changes(mode=mode))
 
 
+@pytest.mark.slow
 @pytest.mark.parametrize("config", [MOBILE, LITE], ids=["mobilenet_v2", "efficientnet_lite0"])
 def test_the_split_model_computes_what_the_full_model_computes(config: RunConfig) -> None:
     built = build_model(config, 3)
@@ -54,6 +62,7 @@ def test_the_split_model_computes_what_the_full_model_computes(config: RunConfig
     assert not any(w.trainable for w in cut.prefix.weights)
 
 
+@pytest.mark.slow
 def test_a_cut_inside_a_residual_block_or_too_much_memory_falls_back(monkeypatch) -> None:
     built = build_model(MOBILE, 3)
     names = [layer.name for layer in built.base.layers]
@@ -79,6 +88,7 @@ def runs(tmp_path_factory: pytest.TempPathFactory) -> dict:
     return out
 
 
+@pytest.mark.slow
 def test_a_fine_tuning_run_on_cached_activations_matches_the_image_pipeline(runs: dict) -> None:
     cut, images = runs["cut"], runs["images"]
     assert [p["feature_cache"] for p in cut["phases"]] == [True, False]
@@ -93,6 +103,7 @@ def test_a_fine_tuning_run_on_cached_activations_matches_the_image_pipeline(runs
     assert cut["stage"]["activations"] and cut["stage"]["done"] == cut["stage"]["total"]
 
 
+@pytest.mark.slow
 def test_the_saved_model_takes_images_and_kept_the_frozen_layers(runs: dict) -> None:
     from core.models.backbones import build_base, get_backbone
     from core.runs.predict import load_run
@@ -119,6 +130,7 @@ def test_the_saved_model_takes_images_and_kept_the_frozen_layers(runs: dict) -> 
     np.testing.assert_allclose(probs.sum(axis=1), 1.0, rtol=1e-5)
 
 
+@pytest.mark.slow
 @pytest.mark.parametrize("name", ["cut", "images"])
 def test_batchnorm_keeps_its_imagenet_statistics_through_fine_tuning(runs: dict, name: str) -> None:
     # Keras 3 lets an outer training=True override the base's training=False node; what keeps

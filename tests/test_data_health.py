@@ -12,12 +12,12 @@ from core.data.health import (
     INFO,
     WARNING,
     duplicates_across_splits,
-    file_sha256,
     health_report,
     sample_images,
     skipped_table,
     small_images,
 )
+from core.files import sha256_file
 
 
 def _png(path: Path, seed: int, size: int = 40) -> str:
@@ -82,7 +82,7 @@ def test_duplicates_across_train_and_val_by_content(tmp_path):
     assert pairs == [(index.train_paths[3], index.val_paths[0])]
     warnings = _messages(health_report(index), WARNING)
     assert any("1 validation image is identical" in m for m in warnings)
-    assert file_sha256(copy) == file_sha256(index.train_paths[3])
+    assert sha256_file(copy) == sha256_file(index.train_paths[3])
 
 
 def test_duplicate_check_is_skipped_for_huge_datasets(tmp_path):

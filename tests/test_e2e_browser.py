@@ -36,6 +36,7 @@ BUSY = "[data-testid='stStatusWidget'], [data-testid='stSpinner'], [data-testid=
 REQUIRE_BROWSER = os.environ.get("TRANSFER_STUDIO_REQUIRE_BROWSER") == "1"
 pytestmark = [
     pytest.mark.e2e,
+    pytest.mark.slow,  # trains models through the browser
     pytest.mark.skipif(
         not os.path.exists(CHROMIUM) and not REQUIRE_BROWSER,
         reason=f"{CHROMIUM} is not installed (apt-get install chromium)",
@@ -55,7 +56,7 @@ def server():
     home = tempfile.mkdtemp(prefix="transfer-studio-e2e-")
     port = _free_port()
     env = {**os.environ, "TRANSFER_STUDIO_HOME": home, "TF_CPP_MIN_LOG_LEVEL": "2"}
-    log = open(Path(home) / "streamlit.log", "w")  # noqa: SIM115 - closed in the finalizer
+    log = open(Path(home) / "streamlit.log", "w")  # closed in the finalizer
     proc = subprocess.Popen(
         [
             sys.executable, "-m", "streamlit", "run", "streamlit_app.py",
@@ -134,7 +135,7 @@ def test_train_then_predict_in_browser(server):
         try:
             page = browser.new_page(viewport={"width": 1440, "height": 1800})
             page.set_default_timeout(90_000)
-            page.goto(f"{url}/Train")
+            page.goto(f"{url}/train")
             expect(page.locator(".st-key-launch")).to_be_visible()
             _settle(page)
             _shot(page, "1_train_page")

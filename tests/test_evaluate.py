@@ -43,6 +43,7 @@ def evaluation(run):
     return evaluate_run(store, run_id, force=True)
 
 
+@pytest.mark.slow
 def test_matrix_is_square_and_counts_every_validation_image(run, evaluation):
     store, run_id = run
     n = len(evaluation["class_names"])
@@ -57,6 +58,7 @@ def test_matrix_is_square_and_counts_every_validation_image(run, evaluation):
     assert matrix.sum(axis=1).tolist() == [c["support"] for c in evaluation["per_class"]]
 
 
+@pytest.mark.slow
 def test_accuracy_is_trace_over_total(evaluation):
     matrix = np.array(evaluation["confusion_matrix"])
     assert evaluation["accuracy"] == pytest.approx(np.trace(matrix) / matrix.sum())
@@ -65,6 +67,7 @@ def test_accuracy_is_trace_over_total(evaluation):
     assert evaluation["accuracy"] == pytest.approx(correct)
 
 
+@pytest.mark.slow
 def test_per_class_matches_recomputation(evaluation):
     names = evaluation["class_names"]
     y_true = [names.index(img["true"]) for img in evaluation["images"]]
@@ -86,6 +89,7 @@ def test_per_class_matches_recomputation(evaluation):
         assert row["support"] == s[i]
 
 
+@pytest.mark.slow
 def test_probabilities_match_single_image_prediction(run, evaluation):
     store, run_id = run
     names = evaluation["class_names"]
@@ -97,6 +101,7 @@ def test_probabilities_match_single_image_prediction(run, evaluation):
         assert img["predicted"] == result["predictions"][0]["label"]
 
 
+@pytest.mark.slow
 def test_misclassified_filters_one_cell(evaluation):
     names = evaluation["class_names"]
     matrix = evaluation["confusion_matrix"]
@@ -114,6 +119,7 @@ def test_misclassified_filters_one_cell(evaluation):
         misclassified(evaluation, 0, len(names))
 
 
+@pytest.mark.slow
 def test_cache_reused_then_invalidated_by_a_new_model_file(run, evaluation):
     store, run_id = run
     cache = store.run_dir(run_id) / EVALUATION_FILE
@@ -138,6 +144,7 @@ def test_cache_reused_then_invalidated_by_a_new_model_file(run, evaluation):
     assert evaluate_run(store, run_id)["from_cache"] is True
 
 
+@pytest.mark.slow
 def test_run_without_model_is_a_clear_error(run):
     store, _ = run
     run_id = store.create_run(CONFIG)

@@ -63,6 +63,7 @@ def val_paths():
     return paths[:: max(1, len(paths) // 6)][:6]
 
 
+@pytest.mark.slow
 @pytest.mark.parametrize(("fmt", "quantize"), CASES, ids=[f"{f}{'-q' * q}" for f, q in CASES])
 def test_export_writes_files_and_matches_live_predictions(run, val_paths, out, fmt, quantize):
     store, run_id = run
@@ -104,6 +105,7 @@ def test_export_writes_files_and_matches_live_predictions(run, val_paths, out, f
         np.testing.assert_allclose(fallback, exported, atol=1e-5)
 
 
+@pytest.mark.slow
 def test_predict_with_export_takes_raw_pixels_of_any_size(run, val_paths):
     store, run_id = run
     info = export_run(store, run_id, "keras")  # default folder: inside the run's folder
@@ -117,6 +119,7 @@ def test_predict_with_export_takes_raw_pixels_of_any_size(run, val_paths):
     assert predict_with_export(info["path"], "keras", [big]).shape == (1, classes)
 
 
+@pytest.mark.slow
 def test_tampered_export_is_rejected_and_not_kept(run, out, monkeypatch):
     store, run_id = run
     real = export_mod.predict_with_export
@@ -150,6 +153,7 @@ def test_near_ties_may_flip_only_within_tolerance():
         export_mod.compare_predictions(live, live[:, :2], quantized=False)
 
 
+@pytest.mark.slow
 def test_bad_arguments(run, tmp_path):
     store, run_id = run
     with pytest.raises(ConfigError, match="Unknown export format"):

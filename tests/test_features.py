@@ -10,18 +10,23 @@ from PIL import Image
 
 from core.config import RunConfig
 from core.runs.store import COMPLETED
+from core.training import embeddings as features
 from core.training.jobs import JobQueue
-from core.training.trainer import embeddings as features
+from core.training.sources import FEATURES, input_path
 from tests.helpers import write_pngs
 
 LITE = RunConfig(data="builtin:faces", image_size=64, epochs=2, augment=False)
 
 
 def test_cache_applies_only_to_feature_extraction_without_augmentation() -> None:
-    assert features.cache_reason(LITE) is None
-    assert "augmentation" in features.cache_reason(LITE.with_changes(augment=True))
-    assert "fine_tuning" in features.cache_reason(LITE.with_changes(mode="fine_tuning"))
-    assert "--feature-cache off" in features.cache_reason(LITE.with_changes(feature_cache="off"))
+    # The rule is core.training.sources.input_path's (the feature cache's own reason is gone).
+    assert input_path(LITE).kind == FEATURES
+    augmented = input_path(LITE.with_changes(augment=True))
+    assert augmented.kind != FEATURES and "augmentation" in augmented.reason
+    fine = input_path(LITE.with_changes(mode="fine_tuning"))
+    assert fine.kind != FEATURES and "fine_tuning" in fine.reason
+    off = input_path(LITE.with_changes(feature_cache="off"))
+    assert off.kind != FEATURES and "feature cache is off" in off.reason and "--" not in off.reason
 
 
 def test_key_covers_everything_that_changes_features(tmp_path: Path) -> None:
@@ -76,6 +81,7 @@ def runs(tmp_path_factory: pytest.TempPathFactory) -> dict:
     return {"queue": queue, **results}
 
 
+@pytest.mark.slow
 def test_cached_training_matches_the_uncached_path(runs: dict) -> None:
     off, cold = runs["off"], runs["cold"]
     assert off["phases"][0]["feature_cache"] is False
@@ -88,12 +94,14 @@ def test_cached_training_matches_the_uncached_path(runs: dict) -> None:
     assert len(cold["history"]["val_accuracy"]) == 2
 
 
+@pytest.mark.slow
 def test_second_run_reuses_the_embeddings(runs: dict) -> None:
     assert runs["cold"]["stage"]["cached"] is False
     assert runs["warm"]["stage"]["cached"] is True
     assert runs["warm"]["stage"]["done"] == runs["warm"]["stage"]["total"] == 200
 
 
+@pytest.mark.slow
 def test_saved_model_of_a_cached_run_takes_images(runs: dict) -> None:
     from core.runs.predict import load_run
     from core.runs.store import RunStore
@@ -119,6 +127,7 @@ def test_saved_model_of_a_cached_run_takes_images(runs: dict) -> None:
     np.testing.assert_allclose(np.asarray(x), probs, rtol=1e-4, atol=1e-5)
 
 
+@pytest.mark.slow
 def test_cached_head_reports_one_batch_record_per_epoch_covering_every_step(runs: dict) -> None:
     cold = runs["cold"]
     steps = -(-cold["train_images"] // LITE.batch_size)

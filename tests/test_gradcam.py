@@ -34,6 +34,7 @@ def photo():
     return data.chelsea()  # 300 x 451 RGB cat
 
 
+@pytest.mark.slow
 def test_heatmap_at_input_size_in_unit_range_and_not_constant(model, photo):
     from PIL import Image
 
@@ -52,6 +53,7 @@ def test_heatmap_at_input_size_in_unit_range_and_not_constant(model, photo):
     assert result["overlay"].shape == (SIZE, SIZE, 3) and result["overlay"].dtype == np.uint8
 
 
+@pytest.mark.slow
 def test_any_image_size_gives_maps_at_that_size(model, photo):
     result = gradcam(model, photo, class_index=2)
     assert result["class_index"] == 2
@@ -61,6 +63,7 @@ def test_any_image_size_gives_maps_at_that_size(model, photo):
     assert gray["overlay"].shape == photo.shape
 
 
+@pytest.mark.slow
 def test_overlay_blends_colormap_over_the_image(model, photo):
     image = photo[:SIZE, :SIZE]
     untouched = gradcam(model, image, alpha=0.0)
@@ -78,6 +81,7 @@ def test_jet_colormap_runs_blue_to_red():
     assert high[0] > 100 and high[1] == 0 and high[2] == 0  # dark red
 
 
+@pytest.mark.slow
 def test_bad_inputs(model, photo):
     with pytest.raises(StudioError, match="out of range"):
         gradcam(model, photo, class_index=3)

@@ -39,6 +39,7 @@ class Recorder(keras.callbacks.Callback):
             self.model.stop_training = True
 
 
+@pytest.mark.slow
 def test_learns_separable_features_and_reports_like_fit() -> None:
     keras.utils.set_random_seed(0)
     head = _head()
@@ -62,6 +63,7 @@ def test_learns_separable_features_and_reports_like_fit() -> None:
     assert batches[0][2] == ["accuracy", "loss"]
 
 
+@pytest.mark.slow
 def test_stop_training_ends_after_the_current_epoch_and_initial_epoch_resumes() -> None:
     head = _head()
     compile_model(head, 1e-3)
@@ -74,6 +76,7 @@ def test_stop_training_ends_after_the_current_epoch_and_initial_epoch_resumes() 
     assert [e[1] for e in recorder.events if e[0] == "epoch"] == [3, 4]
 
 
+@pytest.mark.slow
 def test_same_seed_same_result_and_an_uncompiled_head_is_refused() -> None:
     data = _blobs(64, 5)
     weights = []

@@ -50,7 +50,7 @@ def _in_thread(work: Callable[[], None], fifo: Path | None = None) -> BaseExcept
     def target() -> None:
         try:
             work()
-        except BaseException as exc:  # noqa: BLE001 - handed to the test
+        except BaseException as exc:  # handed to the test
             caught.append(exc)
 
     thread = threading.Thread(target=target, daemon=True)

@@ -235,3 +235,45 @@ def test_binary_streams_are_accepted(tmp_path: Path) -> None:
     assert check_image(io.BytesIO(b"")) == "empty file"
     with pytest.raises(DataError, match="'uploaded image': truncated or corrupt"):
         load_rgb(io.BytesIO(data[: len(data) // 2]))
+
+
+def test_to_array_takes_paths_bytes_pil_images_and_arrays_alike(tmp_path: Path) -> None:
+    path = _rgb(tmp_path / "red.png", size=(20, 12))
+    from_path = images.to_array(path, 16)
+    assert from_path.shape == (16, 16, 3) and from_path.dtype == np.uint8
+    assert np.array_equal(images.to_array(path.read_bytes(), 16), from_path)
+    assert np.array_equal(images.to_array(io.BytesIO(path.read_bytes()), 16), from_path)
+    with Image.open(path) as im:
+        assert np.array_equal(images.to_array(im, 16), from_path)
+    assert np.array_equal(images.to_array(load_rgb(path), 16), from_path)
+    assert images.to_array(path).shape == (12, 20, 3)  # no size: kept as it is
+    as_float = images.to_array(path, 16, np.float32)
+    assert as_float.dtype == np.float32 and np.array_equal(as_float, from_path.astype(np.float32))
+
+
+def test_to_array_normalises_arrays() -> None:
+    gray = np.full((10, 10), 7, dtype=np.uint8)
+    assert images.to_array(gray).shape == (10, 10, 3)
+    assert images.to_array(gray[..., None]).shape == (10, 10, 3)
+    rgba = np.zeros((10, 10, 4), dtype=np.uint8)
+    rgba[..., 3] = 255
+    assert images.to_array(rgba).shape == (10, 10, 3)  # alpha dropped
+    wild = np.array([[[-5.0, 300.0, 12.4]]] * 9).reshape(3, 3, 3)
+    assert images.to_array(wild)[0, 0].tolist() == [0, 255, 12]  # clipped, not wrapped
+    original = np.full((8, 8, 3), 9, dtype=np.uint8)
+    out = images.to_array(original)
+    out[0, 0] = 0
+    assert original[0, 0, 0] == 9  # a copy, never a view of the caller's pixels
+    for bad in (np.zeros((4, 4, 2)), np.zeros((2, 4, 4, 3))):
+        with pytest.raises(DataError, match="HxWx3"):
+            images.to_array(bad)
+    with pytest.raises(DataError, match="positive integer"):
+        images.to_array(gray, 0)
+
+
+def test_to_array_converts_pil_modes_like_decoded_files(tmp_path: Path) -> None:
+    rgba = Image.new("RGBA", (10, 10), (0, 0, 0, 0))  # fully transparent: white, as for files
+    assert images.to_array(rgba)[0, 0].tolist() == [255, 255, 255]
+    rgba.save(tmp_path / "clear.png")
+    assert np.array_equal(images.to_array(rgba), load_rgb(tmp_path / "clear.png"))
+    assert images.to_array(Image.new("L", (10, 10), 50))[0, 0].tolist() == [50, 50, 50]

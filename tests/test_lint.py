@@ -5,7 +5,7 @@ from __future__ import annotations
 import pytest
 
 from core.config import RunConfig
-from core.lint import lint_config
+from core.lint import count_train_images, lint_config
 
 FINE = RunConfig(mode="fine_tuning", lr=1e-3, fine_tune_lr=1e-5, fine_tune_epochs=3)
 
@@ -114,3 +114,63 @@ def test_findings_are_well_formed_and_warnings_come_first():
         assert set(f) == {"level", "code", "message"}
         assert f["level"] in ("warning", "info")
         assert len(f["message"]) > 40 and ("Use" in f["message"] or "use" in f["message"])
+
+
+def test_core_messages_name_settings_in_the_users_words_not_cli_flags():
+    risky = [
+        (FINE.with_changes(fine_tune_epochs=0), None),
+        (FINE.with_changes(fine_tune_lr=1e-3, lr=1e-5), None),
+        (RunConfig(backbone="efficientnet_lite0", image_size=128), None),
+        (RunConfig(weights="none", augment=True), None),
+        (RunConfig(mode="full_fine_tuning"), 10),
+        (RunConfig(mode="scratch", weights="none"), 10),
+    ]
+    found = [f for config, n in risky for f in lint_config(config, n)]
+    assert {f["code"] for f in found} == {
+        "no_fine_tune_phase", "fine_tune_lr_high", "head_lr_not_above_fine_tune_lr",
+        "image_size_below_default", "transfer_without_pretrained_weights",
+        "feature_cache_off_with_augment", "full_fine_tuning_small_data", "scratch_few_images",
+    }  # fmt: skip
+    for f in found:
+        assert "--" not in f["message"], f
+
+
+def test_the_training_image_count_is_known_cheaply_for_builtins_and_folders(tmp_path):
+    from tests.helpers import write_pngs
+
+    assert count_train_images(RunConfig(data="builtin:faces", val_split=0.2)) == 160
+    assert count_train_images(RunConfig(data="kaggle:someone/something")) is None
+    for name in ("red", "blue"):
+        write_pngs(tmp_path / name, 5)
+    folder = RunConfig(data=str(tmp_path), val_split=0.2)
+    assert count_train_images(folder, scan=False) is None
+    assert count_train_images(folder) == 8
+    assert count_train_images(RunConfig(data=str(tmp_path / "missing"))) is None
+    # With the count, the dataset-size checks fire.
+    found = lint_config(RunConfig(mode="scratch", weights="none", data=str(tmp_path)), 8)
+    assert codes(found) == {"scratch_few_images"}
+
+
+@pytest.mark.slow
+def test_the_cli_prints_the_dataset_size_warning_for_a_tiny_folder(tmp_path):
+    import os
+    import subprocess
+    import sys
+    from pathlib import Path
+
+    from tests.helpers import write_pngs
+
+    for name in ("red", "blue"):
+        write_pngs(tmp_path / "data" / name, 4, side=32)
+    done = subprocess.run(
+        [sys.executable, "-m", "core", "train", "--data", str(tmp_path / "data"),
+         "--backbone", "mobilenet_v2", "--mode", "scratch", "--image-size", "32",
+         "--epochs", "1", "--batch-size", "4", "--runs-dir", str(tmp_path / "runs")],
+        cwd=Path(__file__).resolve().parents[1], capture_output=True, text=True, timeout=600,
+        env={**os.environ, "TF_CPP_MIN_LOG_LEVEL": "2"},
+    )  # fmt: skip
+    assert done.returncode == 0, done.stderr
+    lines = done.stderr.splitlines()
+    warning = next(line for line in lines if line.startswith("warning: Training from scratch"))
+    assert "on 6 images" in warning
+    assert "[--mode, --weights]" in warning, "the CLI adds the flags behind the settings"

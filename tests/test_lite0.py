@@ -46,6 +46,7 @@ def _png(tmp_path: Path, name: str, pixels: np.ndarray) -> Path:
     return path
 
 
+@pytest.mark.slow
 def test_classifies_cat_and_coffee(tmp_path: Path, converted: Path) -> None:
     from skimage import data
 
@@ -106,6 +107,7 @@ def test_mapping_uses_every_tensor_once(state: dict[str, np.ndarray]) -> None:
         assert [tuple(w.shape) for w in model.get_layer(name).weights] == [a.shape for a in arrays]
 
 
+@pytest.mark.slow
 def test_param_count_matches_pth(state: dict[str, np.ndarray]) -> None:
     total = sum(v.size for k, v in state.items() if not k.endswith(NBT))
     full = lite0.EfficientNetLite0(include_top=True, weights=None, input_shape=(32, 32, 3))
@@ -116,6 +118,7 @@ def test_param_count_matches_pth(state: dict[str, np.ndarray]) -> None:
     assert get_backbone("efficientnet_lite0").params_millions == round(headless / 1e6, 2)
 
 
+@pytest.mark.slow
 def test_stem_padding_matches_checkpoint_same_padding() -> None:
     """Keras "same" == the checkpoint's Conv2dStaticSamePadding (pad total//2 first, rest after)."""
     import keras
@@ -140,6 +143,7 @@ def test_stem_padding_matches_checkpoint_same_padding() -> None:
 # --- building -----------------------------------------------------------------------------------
 
 
+@pytest.mark.slow
 def test_headless_forward_at_64(converted: Path, tmp_path: Path) -> None:
     spec = get_backbone("efficientnet_lite0")
     base = build_base(spec, "imagenet", 64)
@@ -156,6 +160,7 @@ def test_headless_forward_at_64(converted: Path, tmp_path: Path) -> None:
     np.testing.assert_allclose(again.predict(x, verbose=0), features, atol=1e-5)
 
 
+@pytest.mark.slow
 def test_conversion_cache_is_reused(converted: Path, monkeypatch) -> None:
     mtime = converted.stat().st_mtime_ns
 
@@ -169,6 +174,7 @@ def test_conversion_cache_is_reused(converted: Path, monkeypatch) -> None:
     assert converted.stat().st_mtime_ns == mtime
 
 
+@pytest.mark.slow
 def test_changed_source_is_reconverted(converted: Path, monkeypatch) -> None:
     info = converted.with_name(converted.name + lite0.CACHE_INFO_SUFFIX)
     original = info.read_text()

@@ -37,13 +37,20 @@ def _checkpointed_model(store: RunStore, run_id: str, classes: int) -> keras.Mod
 
 
 @pytest.mark.slow
-def test_resume_after_a_kill_during_the_final_save_keeps_the_trained_weights(tmp_path) -> None:
+def test_resume_after_a_kill_during_the_final_save_keeps_the_trained_weights(
+    tmp_path, monkeypatch
+) -> None:
+    import core.training.trainer as training
     from core.training.model import build_model
 
     queue = JobQueue(tmp_path)
     config = TINY.with_changes(epochs=2, augment=False, feature_cache="off")
+    # A kill during the final save comes before a completed run's checkpoint is deleted: keep
+    # it for this first attempt, as the kill would have.
+    monkeypatch.setattr(training, "remove_checkpoint", lambda *args: None)
     run_id = queue.submit(config)
     assert queue.wait(run_id, timeout=300) == COMPLETED
+    monkeypatch.undo()
     folder = queue.store.run_dir(run_id)
     classes = len(queue.store.result(run_id)["class_names"])
     trained = _weights(_checkpointed_model(queue.store, run_id, classes))
@@ -63,10 +70,11 @@ def test_resume_after_a_kill_during_the_final_save_keeps_the_trained_weights(tmp
         "the saved model must be the trained one, not a fresh build"
     )
     assert queue.store.result(run_id)["history"]["epoch"] == [1, 2], "no epoch redone"
+    assert not (folder / "checkpoint.json").exists(), "completed: the checkpoint is deleted"
 
 
 def test_a_checkpoint_restores_the_optimizer_state(tmp_path) -> None:
-    from core.training.trainer import _restore_optimizer, _save_checkpoint
+    from core.training.checkpoint import restore_optimizer, save_checkpoint
 
     store = RunStore(tmp_path)
     run_id = store.create_run(TINY)
@@ -79,11 +87,11 @@ def test_a_checkpoint_restores_the_optimizer_state(tmp_path) -> None:
 
     trained = compiled()
     trained.fit(np.random.rand(16, 4), np.arange(16) % 3, epochs=2, verbose=0)
-    _save_checkpoint(store, run_id, trained, {"epoch": 2, "phase": "head"}, trained.optimizer)
+    save_checkpoint(store, run_id, trained, {"epoch": 2, "phase": "head"}, trained.optimizer)
     meta = json.loads((store.run_dir(run_id) / "checkpoint.json").read_text())
 
     resumed = compiled()
-    assert _restore_optimizer(store, run_id, resumed, meta)
+    assert restore_optimizer(store, run_id, resumed, meta)
     before = [keras.ops.convert_to_numpy(v) for v in trained.optimizer.variables]
     after = [keras.ops.convert_to_numpy(v) for v in resumed.optimizer.variables]
     assert int(after[0]) == 2, "the step count continues"

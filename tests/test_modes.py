@@ -49,6 +49,7 @@ def test_feature_extraction_trains_only_the_head() -> None:
     assert all(not w.trainable for w in built.base.weights)
 
 
+@pytest.mark.slow
 def test_fine_tuning_unfreezes_the_last_block_and_keeps_bn_frozen() -> None:
     config = _config("fine_tuning")
     built = build_model(config, CLASSES)
@@ -103,6 +104,7 @@ def test_full_fine_tuning_unfreezes_everything_but_bn() -> None:
     assert frozen == bn_params
 
 
+@pytest.mark.slow
 def test_scratch_trains_everything_with_live_batchnorm() -> None:
     config = _config("scratch")
     built = build_model(config, CLASSES)

@@ -60,6 +60,7 @@ def _new_runs(queue, before: set[str]) -> list[str]:
     return [r["run_id"] for r in queue.store.list_runs() if r["run_id"] not in before]
 
 
+@pytest.mark.slow
 def test_home_shows_queue_and_recent_runs(seeded):
     queue, run_id = seeded
     at = _page()
@@ -71,6 +72,7 @@ def test_home_shows_queue_and_recent_runs(seeded):
     assert run_id in set(table["run"]) and "completed" in table["status"].iloc[0]
 
 
+@pytest.mark.slow
 def test_script_runs_keep_the_keras_session(seeded):
     """Streamlit's clear_session() after each run would cripple the training thread."""
     import keras
@@ -81,6 +83,7 @@ def test_script_runs_keep_the_keras_session(seeded):
     assert after != "dense" and after != before  # the name counter was not reset
 
 
+@pytest.mark.slow
 def test_home_train_the_default_reaches_the_queue(seeded):
     queue, _ = seeded
     before = {r["run_id"] for r in queue.store.list_runs()}
@@ -97,6 +100,7 @@ def test_home_train_the_default_reaches_the_queue(seeded):
         _finish(queue, new)
 
 
+@pytest.mark.slow
 def test_data_page_builtin_shows_counts_samples_and_health(seeded):
     at = _page("app/pages/data.py")
     _ok(at)
@@ -113,6 +117,7 @@ def test_data_page_builtin_shows_counts_samples_and_health(seeded):
     assert len(at.get("image")) == 3  # one row of samples per class
 
 
+@pytest.mark.slow
 def test_data_page_zip_upload(seeded, tmp_path):
     archive = io.BytesIO()
     with zipfile.ZipFile(archive, "w") as zf:
@@ -134,6 +139,7 @@ def test_data_page_zip_upload(seeded, tmp_path):
     assert at.expander  # the skipped-files table
 
 
+@pytest.mark.slow
 def test_data_page_shows_errors_without_traceback(seeded, tmp_path):
     at = _page("app/pages/data.py")
     at.session_state["kind"] = "Local folder"
@@ -150,6 +156,7 @@ def test_data_page_shows_errors_without_traceback(seeded, tmp_path):
     assert "Malformed Kaggle handle" in at.error[0].value
 
 
+@pytest.mark.slow
 def test_train_page_widgets_and_latest_run(seeded):
     queue, run_id = seeded
     at = _page("app/pages/train.py")
@@ -186,6 +193,7 @@ def _tiny_form(at: AppTest) -> AppTest:
     return at.run()
 
 
+@pytest.mark.slow
 def test_train_page_launch_reaches_the_queue(seeded):
     queue, _ = seeded
     before = {r["run_id"] for r in queue.store.list_runs()}
@@ -207,6 +215,7 @@ def test_train_page_launch_reaches_the_queue(seeded):
         _finish(queue, new)
 
 
+@pytest.mark.slow
 def test_train_page_compare_all_modes(seeded):
     queue, _ = seeded
     before = {r["run_id"] for r in queue.store.list_runs()}
@@ -223,6 +232,7 @@ def test_train_page_compare_all_modes(seeded):
         _finish(queue, new)
 
 
+@pytest.mark.slow
 def test_train_page_layer_preview_and_config_errors(seeded):
     at = _tiny_form(_page("app/pages/train.py"))
     at.radio(key="mode").set_value("fine_tuning")
@@ -240,6 +250,7 @@ def test_train_page_layer_preview_and_config_errors(seeded):
     assert any("below mobilenet_v2's minimum" in e.value for e in at.error)
 
 
+@pytest.mark.slow
 def test_compare_page_table_and_charts(seeded):
     _, run_id = seeded
     at = _page("app/pages/compare.py")
@@ -252,6 +263,7 @@ def test_compare_page_table_and_charts(seeded):
     assert "Best" in at.success[0].value
 
 
+@pytest.mark.slow
 def test_predict_page_offers_finished_runs(seeded):
     _, run_id = seeded
     at = _page("app/pages/predict.py")
@@ -264,6 +276,7 @@ def test_predict_page_offers_finished_runs(seeded):
     assert not at.exception
 
 
+@pytest.mark.slow
 def test_predict_page_uploads_and_camera(seeded):
     _, run_id = seeded
     at = _page("app/pages/predict.py")

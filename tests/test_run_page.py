@@ -65,6 +65,7 @@ def _png(seed: int = 0, size: int = 48) -> bytes:
 # --------------------------------------------------------------------------- pages
 
 
+@pytest.mark.slow
 def test_run_page_summary_matrix_and_gallery(seeded):
     queue, run_id = seeded
     at = _page("app/pages/run.py")
@@ -97,6 +98,7 @@ def test_run_page_summary_matrix_and_gallery(seeded):
     assert all(names[j] in caption and "%" in caption for caption in gallery.captions)
 
 
+@pytest.mark.slow
 def test_run_page_opens_the_run_in_the_query(seeded):
     _, run_id = seeded
     at = AppTest.from_file(APP, default_timeout=TIMEOUT).run()
@@ -106,6 +108,7 @@ def test_run_page_opens_the_run_in_the_query(seeded):
     assert at.selectbox(key="run_page_run").value == run_id
 
 
+@pytest.mark.slow
 def test_run_page_export_offers_downloads(seeded):
     _, run_id = seeded
     at = _page("app/pages/run.py")
@@ -122,6 +125,7 @@ def test_run_page_export_offers_downloads(seeded):
     assert len(at.get("download_button")) == 3
 
 
+@pytest.mark.slow
 def test_predict_page_grad_cam(seeded):
     _, run_id = seeded
     at = _page("app/pages/predict.py")

@@ -49,6 +49,7 @@ def _launch(at: AppTest) -> str:
     return run_id
 
 
+@pytest.mark.slow
 def test_two_sessions_share_one_queue(home):
     from core.training.jobs import get_job_queue
 

@@ -2,15 +2,23 @@
 
 from __future__ import annotations
 
+import json
 import sqlite3
 import subprocess
 import sys
 
 import pytest
 
-from core.config import RunConfig
+from core.config import Phase, RunConfig, Status
 from core.errors import RunNotFoundError
-from core.runs.store import COMPLETED, INTERRUPTED, QUEUED, RUNNING, RunStore
+from core.runs.store import (
+    COMPLETED,
+    HISTORY_KEYS,
+    INTERRUPTED,
+    QUEUED,
+    RUNNING,
+    RunStore,
+)
 
 
 def test_run_round_trip_and_persistence(tmp_path) -> None:
@@ -97,3 +105,32 @@ def test_a_store_from_an_older_version_gains_the_new_columns(tmp_path) -> None:
     assert reopened.result(run_id)["stage"] is None
     reopened.update(run_id, stage={"stage": "features", "done": 1, "total": 2})
     assert reopened.result(run_id)["stage"]["done"] == 1
+
+
+def test_typed_results_print_the_same_json_as_plain_dicts(tmp_path) -> None:
+    store = RunStore(tmp_path)
+    run_id = store.create_run(RunConfig(mode="fine_tuning", weights="none", epochs=1))
+    store.mark_running(run_id)
+    store.add_epoch(
+        run_id,
+        {"epoch": 1, "phase": Phase.HEAD, "phase_epoch": 1, "loss": 1.0, "accuracy": 0.5,
+         "val_loss": 0.9, "val_accuracy": 0.5, "lr": 1e-3},
+    )  # fmt: skip
+    store.add_batches(run_id, [{"global_step": 1, "phase": Phase.HEAD, "epoch": 1, "step": 1}])
+    store.mark_finished(run_id, Status.COMPLETED)
+
+    result = store.result(run_id)
+    assert result["status"] is Status.COMPLETED == COMPLETED
+    assert store.status(run_id) is Status.COMPLETED
+    assert store.epochs(run_id)[0]["phase"] == "head"
+    assert store.batches(run_id)[0]["phase"] == "head"
+    for typed in (result, store.list_runs()):
+        text = json.dumps(typed, default=str)
+        plain = json.loads(text)  # what `show --json` / `runs --json` users read back
+        assert json.dumps(plain, default=str) == text
+    plain = json.loads(json.dumps(result, default=str))
+    assert plain["status"] == "completed" and type(plain["status"]) is str
+    assert plain["history"]["phase"] == ["head"]
+    assert plain["config"]["mode"] == "fine_tuning"
+    assert list(plain) == list(result)  # same keys, same order
+    assert list(plain["history"]) == [*HISTORY_KEYS, "epoch"]

@@ -35,6 +35,7 @@ def _wait_for(predicate, timeout: float = 120.0, poll: float = 0.02):
     raise AssertionError("condition not met in time")
 
 
+@pytest.mark.slow
 def test_metrics_stream_during_training_and_stop_within_one_batch(queue: JobQueue) -> None:
     run_id = queue.submit(TINY.with_changes(epochs=200, name="long"))
     # An epoch is in the store while the run is still going: metrics are not written at the end.
@@ -60,6 +61,7 @@ def test_metrics_stream_during_training_and_stop_within_one_batch(queue: JobQueu
     assert result["model_path"], "a stopped run keeps the model of its finished epochs"
 
 
+@pytest.mark.slow
 def test_a_failing_run_is_marked_failed_and_the_queue_goes_on(queue: JobQueue, tmp_path) -> None:
     only_class = tmp_path / "one" / "cats"
     only_class.mkdir(parents=True)
@@ -81,6 +83,7 @@ def test_a_failing_run_is_marked_failed_and_the_queue_goes_on(queue: JobQueue, t
     assert result["duration_s"] > 0
 
 
+@pytest.mark.slow
 def test_cancelling_a_queued_run(queue: JobQueue) -> None:
     first = queue.submit(TINY.with_changes(epochs=200))
     second = queue.submit(TINY)

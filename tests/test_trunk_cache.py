@@ -5,16 +5,18 @@ from __future__ import annotations
 from pathlib import Path
 
 import numpy as np
+import pytest
 
 from core.config import RunConfig
 from core.models.backbones import build_base, get_backbone
+from core.training import model as model_builder
 from core.training.jobs import JobQueue
 from core.training.model import build_model
-from core.training.trainer import model as model_builder
 
 LITE = RunConfig(data="builtin:faces", image_size=64, epochs=1, augment=False)
 
 
+@pytest.mark.slow
 def test_feature_extraction_reuses_the_frozen_trunk_with_a_new_head() -> None:
     model_builder.clear_trunk_cache()
     first = build_model(LITE, 2)
@@ -27,6 +29,7 @@ def test_feature_extraction_reuses_the_frozen_trunk_with_a_new_head() -> None:
     assert build_model(LITE.with_changes(image_size=96), 2).base is not first.base
 
 
+@pytest.mark.slow
 def test_modes_that_train_the_base_and_random_weights_always_build_afresh() -> None:
     model_builder.clear_trunk_cache()
     cached = build_model(LITE, 2).base
@@ -41,6 +44,7 @@ def test_modes_that_train_the_base_and_random_weights_always_build_afresh() -> N
         assert a is not cached and b is not a, changes
 
 
+@pytest.mark.slow
 def test_a_feature_extraction_run_leaves_the_cached_base_pretrained(tmp_path: Path) -> None:
     model_builder.clear_trunk_cache()
     queue = JobQueue(tmp_path / "runs")

@@ -36,7 +36,7 @@ cols = st.columns([1, 1, 2], vertical_alignment="bottom")
 val_split = cols[0].number_input("Validation split", 0.05, 0.9, 0.2, 0.05, key="val_split")
 seed = int(cols[1].number_input("Seed", 0, 2**31 - 1, 42, key="seed"))
 use = cols[2].button("Use this data", type="primary", disabled=not source, key="use_data")
-if use and widgets.fetch_data(source.strip(), val_split, seed):
+if use and source and widgets.fetch_data(source.strip(), val_split, seed):
     st.session_state[widgets.DATA_SOURCE] = source.strip()
     st.rerun()  # redraw the sidebar and the Train page's default with the new source
 

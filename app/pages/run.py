@@ -4,6 +4,7 @@ images behind any cell) and a verified export to download."""
 from __future__ import annotations
 
 from functools import partial
+from typing import Any
 
 import streamlit as st
 
@@ -33,6 +34,7 @@ st.dataframe(
 )
 
 st.subheader("Evaluate", divider="gray")
+evaluation: dict[str, Any] | None
 try:
     with st.spinner("Evaluating on the validation split (cached after the first time)…"):
         evaluation = widgets.evaluation(store, run_id)
@@ -49,7 +51,9 @@ if evaluation is not None:
         if cell:
             st.session_state[true_key], st.session_state[pred_key] = cell
 
-    def pick_pair(pairs: list[dict]) -> None:  # so does a row of the most-confused-pairs table
+    def pick_pair(
+        pairs: list[dict[str, Any]],
+    ) -> None:  # so does a row of the most-confused-pairs table
         rows = ((st.session_state.get(pairs_key) or {}).get("selection") or {}).get("rows") or []
         if rows and rows[0] < len(pairs):
             pair = pairs[rows[0]]

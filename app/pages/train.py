@@ -9,7 +9,7 @@ from app.views import dashboard
 from core.config import AUGMENTATIONS, MODE_HELP, MODES, RunConfig
 from core.data.builtin import guess_num_classes
 from core.errors import StudioError
-from core.lint import lint_config
+from core.lint import count_train_images, lint_config
 from core.models.backbones import REGISTRY
 from core.training.compare import submit_compare_all
 
@@ -98,7 +98,13 @@ with setup:
             st.toast(f"Queued {len(ids)} runs: same data and seed, one per mode.")
     except StudioError as exc:
         widgets.show_error(exc)
-    for finding in lint_config(config):
+    train_images = count_train_images(config, scan=False)  # built-ins: from their description
+    if train_images is None and data and data == st.session_state.get(widgets.DATA_SOURCE):
+        try:  # the source the Data page loaded: its index is cached
+            train_images = len(widgets.load_data(data, val_split, seed).train_paths)
+        except StudioError:
+            pass
+    for finding in lint_config(config, train_images):
         (st.warning if finding["level"] == "warning" else st.caption)(
             widgets.md_escape(finding["message"])
         )

@@ -7,10 +7,14 @@ Nothing here touches Streamlit or the run store; the pages pass in what they rea
 from __future__ import annotations
 
 import math
-from collections.abc import Sequence
-from typing import Any
+from collections.abc import Mapping, Sequence
+from typing import Any, TypeVar
 
 import plotly.graph_objects as go
+
+from app.views.labels import mode_label
+from core.config import Phase
+from core.runs.store import BatchRecord, RunResult, RunSummary
 
 TRAIN_COLOR = "#2563eb"  # blue
 VAL_COLOR = "#ea580c"  # orange
@@ -28,14 +32,9 @@ PALETTE = (
     "#4b5563",
     "#65a30d",
 )
-MODE_LABELS = {
-    "feature_extraction": "feature extraction",
-    "fine_tuning": "fine-tuning",
-    "full_fine_tuning": "full fine-tuning",
-    "scratch": "from scratch",
-}
 MAX_BATCH_POINTS = 1500  # per-batch curves are thinned to about this many points
 _FONT = {"family": "Inter, Segoe UI, Helvetica, Arial, sans-serif", "size": 13}
+_Row = TypeVar("_Row", bound=Mapping[str, Any])
 
 
 def _base_layout(fig: go.Figure, height: int) -> go.Figure:
@@ -60,12 +59,12 @@ def _clean(xs: Sequence[Any], ys: Sequence[Any]) -> tuple[list[Any], list[float]
     return [p[0] for p in pairs], [float(p[1]) for p in pairs]
 
 
-def _thin(rows: list[dict[str, Any]], limit: int = MAX_BATCH_POINTS) -> list[dict[str, Any]]:
+def _thin(rows: Sequence[_Row], limit: int = MAX_BATCH_POINTS) -> list[_Row]:
     """Keep every n-th row (and always the last) so long runs stay cheap to draw."""
     if len(rows) <= limit:
-        return rows
+        return list(rows)
     stride = math.ceil(len(rows) / limit)
-    kept = rows[::stride]
+    kept = list(rows[::stride])
     if kept[-1] is not rows[-1]:
         kept.append(rows[-1])
     return kept
@@ -77,26 +76,26 @@ def _headroom(values: Sequence[Any], default: float = 1.0) -> float:
     return max(finite) * 1.15 if finite and max(finite) > 0 else default
 
 
-def batch_position(row: dict[str, Any]) -> float:
+def batch_position(row: BatchRecord) -> float:
     """Where a batch sits on the epoch axis: epoch 2, step 5 of 10 is 1.5."""
     steps = row.get("steps_per_epoch") or 1
     return (row["epoch"] - 1) + row["step"] / steps
 
 
-def run_label(result: dict[str, Any]) -> str:
+def run_label(result: RunSummary) -> str:
     """Short legend label of a run: its name, else mode, backbone and id suffix."""
     if result.get("name"):
         return str(result["name"])
-    mode = MODE_LABELS.get(result.get("mode") or "", result.get("mode") or "?")
+    mode = mode_label(result.get("mode"))
     return f"{mode} · {result.get('backbone')} · {str(result.get('run_id', ''))[-6:]}"
 
 
-def fine_tune_starts(result: dict[str, Any]) -> list[float]:
+def fine_tune_starts(result: RunResult) -> list[float]:
     """Epoch-axis positions where a fine-tuning phase starts (start of its first epoch)."""
     return [
         float(p["start_epoch"] - 1)
         for p in result.get("phases") or []
-        if p.get("phase") == "fine_tune" and p.get("start_epoch")
+        if p.get("phase") == Phase.FINE_TUNE and p.get("start_epoch")
     ]
 
 
@@ -161,7 +160,7 @@ def _empty_note(text: str) -> dict[str, Any]:
 
 
 def training_curves(
-    result: dict[str, Any], batches: list[dict[str, Any]], height: int = 380
+    result: RunResult, batches: Sequence[BatchRecord], height: int = 380
 ) -> go.Figure:
     """Accuracy and loss of one run, train vs validation, per batch and per epoch.
 
@@ -169,7 +168,7 @@ def training_curves(
     metrics at ``e``. A dashed vertical line marks where fine-tuning starts.
     """
     layout = _two_panels(("Accuracy", "Loss"), height)
-    history = result.get("history") or {}
+    history: Mapping[str, Any] = result.get("history") or {}
     epochs = history.get("epoch") or []
     thinned = _thin(batches)
     bx = [batch_position(b) for b in thinned]
@@ -215,14 +214,14 @@ def training_curves(
         layout[axis]["range"] = [0, max(planned, 1) + 0.05]
     layout["yaxis"]["range"] = [0, 1.02]
     layout["yaxis2"]["range"] = [0, _headroom(losses)]
-    for x in fine_tune_starts(result):
+    for start in fine_tune_starts(result):
         for col in (1, 2):
             axes = _axes(col)
             layout["shapes"].append(
                 {
                     "type": "line",
-                    "x0": x,
-                    "x1": x,
+                    "x0": start,
+                    "x1": start,
                     "y0": 0,
                     "y1": 1,
                     "xref": axes["xaxis"],
@@ -232,7 +231,7 @@ def training_curves(
             )
             layout["annotations"].append(
                 {
-                    "x": x,
+                    "x": start,
                     "y": 1,
                     "xref": axes["xaxis"],
                     "yref": f"{axes['yaxis']} domain",
@@ -271,7 +270,7 @@ def class_counts_figure(class_counts: dict[str, dict[str, int]], height: int = 3
     return fig
 
 
-def compare_curves(results: list[dict[str, Any]], height: int = 400) -> go.Figure:
+def compare_curves(results: Sequence[RunResult], height: int = 400) -> go.Figure:
     """Validation (solid) and training (dotted) accuracy and loss of several runs, overlaid."""
     layout = _two_panels(("Accuracy (solid: validation, dotted: train)", "Loss"), height)
     layout["hovermode"] = "closest"
@@ -280,7 +279,7 @@ def compare_curves(results: list[dict[str, Any]], height: int = 400) -> go.Figur
         color = PALETTE[i % len(PALETTE)]
         label = run_label(result)
         group = result.get("run_id", label)
-        history = result.get("history") or {}
+        history: Mapping[str, Any] = result.get("history") or {}
         epochs = history.get("epoch") or []
         for col, key in ((1, "accuracy"), (2, "loss")):
             x, y = _clean(epochs, history.get(f"val_{key}") or [])
@@ -314,7 +313,7 @@ def compare_curves(results: list[dict[str, Any]], height: int = 400) -> go.Figur
                     **_axes(col),
                 }
             )
-    histories = [r.get("history") or {} for r in results]
+    histories: list[Mapping[str, Any]] = [r.get("history") or {} for r in results]
     losses = [v for h in histories for k in ("loss", "val_loss") for v in h.get(k) or []]
     layout["xaxis"]["rangemode"] = layout["xaxis2"]["rangemode"] = "tozero"
     layout["yaxis"]["range"] = [0, 1.02]
@@ -324,7 +323,7 @@ def compare_curves(results: list[dict[str, Any]], height: int = 400) -> go.Figur
     return go.Figure(data=traces, layout=layout)
 
 
-def accuracy_vs_time(results: list[dict[str, Any]], height: int = 380) -> go.Figure:
+def accuracy_vs_time(results: Sequence[RunResult], height: int = 380) -> go.Figure:
     """Best validation accuracy against wall time, one point per run.
 
     Runs keep the colours they have in ``compare_curves`` (same order, same palette), so the two
@@ -335,7 +334,7 @@ def accuracy_vs_time(results: list[dict[str, Any]], height: int = 380) -> go.Fig
         if not (_is_number(r.get("duration_s")) and _is_number(r.get("best_val_accuracy"))):
             continue
         label = run_label(r)
-        mode = MODE_LABELS.get(r.get("mode") or "", r.get("mode") or "?")
+        mode = mode_label(r.get("mode"))
         fig.add_trace(
             go.Scatter(
                 x=[r["duration_s"]],

@@ -8,23 +8,45 @@ preview) lives in ``core``.
 from __future__ import annotations
 
 import time
+from collections.abc import Sequence
 from pathlib import Path
-from typing import Any
+from typing import Any, TypedDict
 
-from core.config import DEFAULT_DATA
-from core.runs.store import ACTIVE_STATUSES, COMPLETED, QUEUED, RUNNING, STOPPED
+from app.views.labels import phase_doing, status_emoji
+from core.config import DEFAULT_DATA, Status
+from core.runs.store import (
+    ACTIVE_STATUSES,
+    COMPLETED,
+    QUEUED,
+    RUNNING,
+    STOPPED,
+    BatchRecord,
+    RunResult,
+    RunStore,
+    RunSummary,
+)
 from core.training.compare import compare_group
 
-STATUS_ICONS = {
-    "queued": "⏳",
-    "running": "🔄",
-    "completed": "✅",
-    "stopped": "⏹️",
-    "failed": "❌",
-    "interrupted": "⚠️",
-}
-PHASE_LABELS = {"head": "training the head", "fine_tune": "fine-tuning", "scratch": "from scratch"}
 ETA_WINDOW = 50  # recent batches used for the speed estimate
+
+
+class Progress(TypedDict):
+    """Where a run is (``progress_summary``)."""
+
+    status: Status | None
+    phase: str | None
+    phase_label: str
+    epoch: int
+    planned_epochs: int
+    epochs_done: int
+    step: int
+    steps_per_epoch: int
+    images_per_s: float | None
+    fraction: float
+    elapsed_s: float
+    eta_s: float | None
+    eta_text: str
+    text: str
 
 
 # --------------------------------------------------------------------------- progress
@@ -53,7 +75,7 @@ def format_count(n: int | float | None) -> str:
     return f"{n:g}"
 
 
-def _seconds_per_step(batches: list[dict[str, Any]], phase: str) -> float | None:
+def _seconds_per_step(batches: Sequence[BatchRecord], phase: str) -> float | None:
     """Recent wall time per step, validation pauses included (from batch timestamps)."""
     same = [b for b in batches if b.get("phase") == phase][-ETA_WINDOW:]
     rows = same if len(same) >= 2 else batches[-ETA_WINDOW:]
@@ -67,7 +89,7 @@ def _seconds_per_step(batches: list[dict[str, Any]], phase: str) -> float | None
 
 
 def _throughput(
-    batches: list[dict[str, Any]], result: dict[str, Any], window: int | None
+    batches: Sequence[BatchRecord], result: RunResult, window: int | None
 ) -> float | None:
     """Training images per second of wall time over the last ``window`` batches (all if None).
 
@@ -85,8 +107,8 @@ def _throughput(
 
 
 def progress_summary(
-    result: dict[str, Any], batches: list[dict[str, Any]], now: float | None = None
-) -> dict[str, Any]:
+    result: RunResult, batches: Sequence[BatchRecord], now: float | None = None
+) -> Progress:
     """Where a run is: phase, epoch, step, speed, fraction done, elapsed time and ETA.
 
     ``result`` is ``RunStore.result(run_id)``, ``batches`` its ``RunStore.batches(run_id)``.
@@ -124,14 +146,15 @@ def progress_summary(
         eta_s = 0.0
 
     started = result.get("started_at")
-    if result.get("duration_s") is not None and status not in ACTIVE_STATUSES:
-        elapsed = float(result["duration_s"])
+    duration = result.get("duration_s")
+    if duration is not None and status not in ACTIVE_STATUSES:
+        elapsed = float(duration)
     elif started:
         elapsed = max(now - float(started), 0.0)
     else:
         elapsed = 0.0
 
-    stage = result.get("stage") or {}
+    stage: dict[str, Any] = result.get("stage") or {}
     extracting = (
         status == RUNNING
         and last is None
@@ -158,18 +181,13 @@ def progress_summary(
     elif status == RUNNING and last is None:
         text = "Preparing: loading data and building the model"
     elif status == RUNNING:
-        text = (
-            f"{PHASE_LABELS.get(phase, phase)} · epoch {epoch}/{planned} · "
-            f"step {step}/{steps_per_epoch}"
-        )
+        text = f"{phase_doing(phase)} · epoch {epoch}/{planned} · step {step}/{steps_per_epoch}"
     else:
         text = f"{status}: {result.get('epochs_done', 0)}/{planned} epochs"
     return {
         "status": status,
         "phase": phase,
-        "phase_label": "computing features"
-        if extracting
-        else PHASE_LABELS.get(phase or "", phase or ""),
+        "phase_label": "computing features" if extracting else phase_doing(phase),
         "epoch": epoch,
         "planned_epochs": planned,
         "epochs_done": int(result.get("epochs_done") or 0),
@@ -187,7 +205,7 @@ def progress_summary(
 # --------------------------------------------------------------------------- choosing runs
 
 
-def pick_default_run(runs: list[dict[str, Any]]) -> str | None:
+def pick_default_run(runs: Sequence[RunSummary]) -> str | None:
     """The run a page shows when the session chose none: running, else queued, else newest."""
     for status in (RUNNING, QUEUED):
         active = [r for r in runs if r["status"] == status]
@@ -197,33 +215,33 @@ def pick_default_run(runs: list[dict[str, Any]]) -> str | None:
     return runs[0]["run_id"] if runs else None
 
 
-def finished_runs(runs: list[dict[str, Any]]) -> list[dict[str, Any]]:
+def finished_runs(runs: Sequence[RunSummary]) -> list[RunSummary]:
     """Runs that recorded at least one epoch and are no longer active (comparable runs)."""
     return [r for r in runs if r["status"] not in ACTIVE_STATUSES and r.get("epochs_done")]
 
 
-def predictable_runs(store: Any) -> list[dict[str, Any]]:
+def predictable_runs(store: RunStore) -> list[RunSummary]:
     """Completed or stopped runs with a saved model file, newest first."""
     out = []
     for run in store.list_runs((COMPLETED, STOPPED)):
-        row = store.get_run(run["run_id"])
-        if row.get("model_path") and Path(row["model_path"]).is_file():
+        model_path = store.get_run(run["run_id"])["model_path"]
+        if model_path and Path(model_path).is_file():
             out.append(run)
     return out
 
 
-def run_choice_label(run: dict[str, Any]) -> str:
+def run_choice_label(run: RunSummary) -> str:
     """One line for a select box: icon, mode, backbone, data, accuracy and id."""
     acc = run.get("best_val_accuracy")
     acc_text = f" · val acc {acc:.3f}" if isinstance(acc, (int, float)) else ""
     name = f"{run['name']} · " if run.get("name") else ""
     return (
-        f"{STATUS_ICONS.get(run['status'], '')} {name}{run.get('mode')} · {run.get('backbone')} · "
+        f"{status_emoji(run['status'])} {name}{run.get('mode')} · {run.get('backbone')} · "
         f"{run.get('data')}{acc_text} · {run['run_id']}"
     )
 
 
-def default_compare_selection(results: list[dict[str, Any]], limit: int = 4) -> list[str]:
+def default_compare_selection(results: Sequence[RunResult], limit: int = 4) -> list[str]:
     """Runs pre-selected on the Compare page: the newest compare group, else the newest few."""
     for result in results:  # newest first
         group = compare_group(result)
@@ -232,14 +250,14 @@ def default_compare_selection(results: list[dict[str, Any]], limit: int = 4) -> 
     return [r["run_id"] for r in results[:limit]]
 
 
-def runs_table(runs: list[dict[str, Any]], limit: int = 20) -> list[dict[str, Any]]:
+def runs_table(runs: Sequence[RunSummary], limit: int = 20) -> list[dict[str, Any]]:
     """Display rows for the Home page's recent runs."""
     rows = []
     for r in runs[:limit]:
         acc = r.get("best_val_accuracy")
         rows.append(
             {
-                "status": f"{STATUS_ICONS.get(r['status'], '')} {r['status']}",
+                "status": f"{status_emoji(r['status'])} {r['status']}",
                 "run": r["run_id"],
                 "mode": r.get("mode"),
                 "backbone": r.get("backbone"),
@@ -256,13 +274,13 @@ def runs_table(runs: list[dict[str, Any]], limit: int = 20) -> list[dict[str, An
 # --------------------------------------------------------------------------- comparing
 
 
-def trainable_params(result: dict[str, Any]) -> int | None:
+def trainable_params(result: RunResult) -> int | None:
     """The most parameters any phase of the run trained at once."""
     counts = [p["trainable_params"] for p in result.get("phases") or [] if "trainable_params" in p]
     return max(counts) if counts else None
 
 
-def best_run(results: list[dict[str, Any]]) -> str | None:
+def best_run(results: Sequence[RunResult]) -> str | None:
     """The run with the highest best validation accuracy; ties go to the fastest one."""
     scored = [r for r in results if r.get("best_val_accuracy") is not None]
     if not scored:
@@ -272,13 +290,14 @@ def best_run(results: list[dict[str, Any]]) -> str | None:
     return best["run_id"]
 
 
-def compare_table(results: list[dict[str, Any]]) -> list[dict[str, Any]]:
+def compare_table(results: Sequence[RunResult]) -> list[dict[str, Any]]:
     """One row per run for the Compare page; the best one (see ``best_run``) gets ``★``."""
     best = best_run(results)
     rows = []
     for r in results:
         acc = r.get("best_val_accuracy")
         size = r.get("model_bytes")
+        duration = r.get("duration_s")
         rows.append(
             {
                 "best": "★" if r["run_id"] == best else "",
@@ -287,9 +306,7 @@ def compare_table(results: list[dict[str, Any]]) -> list[dict[str, Any]]:
                 "mode": r.get("mode"),
                 "best val accuracy": round(acc, 4) if acc is not None else None,
                 "epochs": r.get("epochs_done"),
-                "wall time (s)": round(r["duration_s"], 1)
-                if r.get("duration_s") is not None
-                else None,
+                "wall time (s)": round(duration, 1) if duration is not None else None,
                 "trainable params": trainable_params(r),
                 "model size (MB)": round(size / 1e6, 2) if size else None,
             }
@@ -311,14 +328,13 @@ def backbone_label(name: str) -> str:
     )
 
 
-def data_choices(remembered: str | None, runs: list[dict[str, Any]]) -> list[str]:
+def data_choices(remembered: str | None, runs: Sequence[RunSummary]) -> list[str]:
     """Data sources offered on the Train page: the Data page's choice, built-ins, recent ones."""
     from core.data.builtin import list_builtins
 
     choices = [remembered] if remembered else []
     choices += [b["source"] for b in list_builtins()]
-    choices += [r["data"] for r in runs if r.get("data")]
+    choices += [data for r in runs if (data := r.get("data"))]
     if DEFAULT_DATA not in choices:
         choices.append(DEFAULT_DATA)
-    seen: set[str] = set()
-    return [c for c in choices if not (c in seen or seen.add(c))]
+    return list(dict.fromkeys(choices))  # first occurrence of each, in order

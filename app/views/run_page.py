@@ -18,11 +18,11 @@ import numpy as np
 import plotly.graph_objects as go
 
 from app.views.dashboard import format_count, format_duration
+from app.views.labels import phase_row
 from app.views.text import md_escape
 from core.runs.evaluate import misclassified
-from core.runs.store import COMPLETED
+from core.runs.store import COMPLETED, RunResult, RunSummary
 
-PHASE_NAMES = {"head": "1 · head", "fine_tune": "2 · fine-tune", "scratch": "scratch"}
 GALLERY_LIMIT = 24
 # Above this many classes the confusion matrix is not drawn: a Plotly heatmap (plus the clickable
 # layer over its cells) of 1,000 classes is a million cells, tens of MB of JSON and over a minute
@@ -37,7 +37,7 @@ _FONT = {"family": "Inter, Segoe UI, Helvetica, Arial, sans-serif", "size": 13}
 # --------------------------------------------------------------------------- choosing the run
 
 
-def pick_run(runs: list[dict[str, Any]], requested: Iterable[str | None] = ()) -> str | None:
+def pick_run(runs: Sequence[RunSummary], requested: Iterable[str | None] = ()) -> str | None:
     """The run the page opens on: the first requested id that is offered (query parameter, then
     the session's run), else the newest completed run, else the newest offered one."""
     ids = [r["run_id"] for r in runs]
@@ -45,13 +45,14 @@ def pick_run(runs: list[dict[str, Any]], requested: Iterable[str | None] = ()) -
         if run_id in ids:
             return run_id
     completed = [r["run_id"] for r in runs if r["status"] == COMPLETED]
-    return (completed or ids or [None])[0]
+    offered = completed or ids
+    return offered[0] if offered else None
 
 
 # --------------------------------------------------------------------------- summary
 
 
-def run_headline(result: dict[str, Any]) -> str:
+def run_headline(result: RunResult) -> str:
     """Markdown: backbone, mode and data as badges (their text escaped: shown as typed)."""
     mode = str(result.get("mode") or "").replace("_", " ")
     backbone, mode, data = (
@@ -63,7 +64,7 @@ def run_headline(result: dict[str, Any]) -> str:
     )
 
 
-def run_summary(result: dict[str, Any]) -> list[tuple[str, str]]:
+def run_summary(result: RunResult) -> list[tuple[str, str]]:
     """``(label, value)`` pairs for the run's headline numbers."""
     acc = result.get("best_val_accuracy")
     size = result.get("model_bytes")
@@ -75,7 +76,7 @@ def run_summary(result: dict[str, Any]) -> list[tuple[str, str]]:
     ]
 
 
-def run_details(result: dict[str, Any]) -> str:
+def run_details(result: RunResult) -> str:
     """Markdown, one line: weights, input size, image counts and the run folder (escaped)."""
     config = result.get("config") or {}
     size = config.get("image_size") or "default"
@@ -88,11 +89,11 @@ def run_details(result: dict[str, Any]) -> str:
     )
 
 
-def phase_rows(result: dict[str, Any]) -> list[dict[str, Any]]:
+def phase_rows(result: RunResult) -> list[dict[str, Any]]:
     """One row per training phase: epochs, learning rate, trainable and frozen parameters."""
     return [
         {
-            "phase": PHASE_NAMES.get(p.get("phase"), p.get("phase")),
+            "phase": phase_row(p.get("phase")),
             "epochs": p.get("epochs"),
             "learning rate": p.get("lr"),
             "trainable params": p.get("trainable_params"),

@@ -2,20 +2,16 @@
 
 from __future__ import annotations
 
-import contextlib
 import errno
-import hashlib
-import json
 import os
 import re
-import shutil
 import stat
-import tempfile
 import zipfile
 import zlib
 from pathlib import Path
 
 from core.errors import DataError
+from core.files import build_folder, read_marker, sha256_file
 from core.paths import data_cache_dir
 
 MAX_ZIP_UNCOMPRESSED_BYTES = 2 * 1024**3  # total, declared and actually written
@@ -29,22 +25,9 @@ _ZIP_MARKER_VERSION = 1
 _CHUNK = 1024 * 1024
 
 
-def _sha256_prefix(path: str) -> str:
-    digest = hashlib.sha256()
-    with open(path, "rb") as fp:
-        while chunk := fp.read(_CHUNK):
-            digest.update(chunk)
-    return digest.hexdigest()[:16]
-
-
 def _read_zip_marker(folder: Path) -> dict | None:
-    try:
-        marker = json.loads((folder / ZIP_MARKER_NAME).read_text(encoding="utf-8"))
-    except (OSError, ValueError):
-        return None
-    if not isinstance(marker, dict) or marker.get("version") != _ZIP_MARKER_VERSION:
-        return None
-    return marker
+    """The extraction marker of ``folder`` (``version``, ``zip``, ``skipped``) if it is finished."""
+    return read_marker(folder, ZIP_MARKER_NAME, _ZIP_MARKER_VERSION)
 
 
 def _gib(n: float) -> str:
@@ -184,14 +167,6 @@ def _remove_quietly(path: str) -> None:
         pass
 
 
-def _discard(target: Path, parent: Path) -> None:
-    """Move an incomplete extraction out of the way, then delete it."""
-    trash = tempfile.mkdtemp(prefix=f".{target.name}.stale-", dir=parent)
-    with contextlib.suppress(FileNotFoundError):  # another process already removed it
-        os.replace(target, os.path.join(trash, "old"))
-    shutil.rmtree(trash, ignore_errors=True)
-
-
 def extract_zip(zip_path: str | os.PathLike[str]) -> Path:
     """Extract ``zip_path`` safely into ``data_cache_dir()/zips/<sha256[:16]>`` (reused if done).
 
@@ -202,12 +177,10 @@ def extract_zip(zip_path: str | os.PathLike[str]) -> Path:
     """
     path = os.path.abspath(os.path.expanduser(os.fspath(zip_path)))
     try:
-        digest = _sha256_prefix(path)
+        digest = sha256_file(path)[:16]
     except OSError as exc:
         raise DataError(f"Cannot read zip {path!r}: {exc.strerror or exc}.") from exc
-    parent = data_cache_dir() / "zips"
-    parent.mkdir(parents=True, exist_ok=True)
-    target = parent / digest
+    target = data_cache_dir() / "zips" / digest
     if _read_zip_marker(target) is not None:
         return target
     try:
@@ -215,24 +188,13 @@ def extract_zip(zip_path: str | os.PathLike[str]) -> Path:
     except (zipfile.BadZipFile, OSError) as exc:
         raise DataError(f"{path!r} is not a readable zip file ({exc}).") from exc
     with zf:
-        plan, skipped = _plan_zip(zf.infolist(), path)
-        if target.exists():
-            _discard(target, parent)
-        tmp = tempfile.mkdtemp(prefix=f".{digest}.tmp-", dir=parent)
-        os.chmod(tmp, 0o755)  # mkdtemp makes it private; the result should be an ordinary folder
-        try:
+        plan, skipped = _plan_zip(zf.infolist(), path)  # refuses before anything is written
+
+        def extract(tmp: Path) -> dict:
             _extract_members(zf, plan, os.path.realpath(tmp), path, skipped)
-            marker = {"version": _ZIP_MARKER_VERSION, "zip": path, "skipped": skipped}
-            # Written last: its presence means the extraction finished.
-            Path(tmp, ZIP_MARKER_NAME).write_text(json.dumps(marker), encoding="utf-8")
-            try:
-                os.rename(tmp, target)
-            except OSError:
-                if _read_zip_marker(target) is None:  # not a finished concurrent extraction
-                    raise
-        finally:
-            if os.path.exists(tmp):
-                shutil.rmtree(tmp, ignore_errors=True)
+            return {"zip": path, "skipped": skipped}
+
+        build_folder(target, extract, ZIP_MARKER_NAME, _ZIP_MARKER_VERSION)
     return target
 
 

@@ -8,11 +8,6 @@ crash or a concurrent run never leaves a half-written dataset that would be used
 
 from __future__ import annotations
 
-import contextlib
-import json
-import os
-import shutil
-import tempfile
 from collections.abc import Callable, Iterator
 from dataclasses import dataclass
 from pathlib import Path
@@ -21,6 +16,7 @@ import numpy as np
 from PIL import Image
 
 from core.errors import DataError
+from core.files import build_folder
 from core.paths import data_cache_dir
 
 MARKER_NAME = ".builtin-complete.json"
@@ -125,17 +121,9 @@ def _unknown(name: str) -> DataError:
     )
 
 
-def _marker_matches(folder: Path, spec: BuiltinDataset) -> bool:
-    try:
-        marker = json.loads((folder / MARKER_NAME).read_text(encoding="utf-8"))
-    except (OSError, ValueError):
-        return False
-    return (
-        isinstance(marker, dict)
-        and marker.get("name") == spec.name
-        and marker.get("version") == spec.version
-        and marker.get("images") == spec.images
-    )
+def _identity(spec: BuiltinDataset) -> dict[str, object]:
+    """What a complete folder's marker says besides its version."""
+    return {"name": spec.name, "images": spec.images}
 
 
 def _write(spec: BuiltinDataset, folder: Path) -> None:
@@ -149,17 +137,6 @@ def _write(spec: BuiltinDataset, folder: Path) -> None:
         raise DataError(
             f"Built-in dataset {spec.name!r} generated {count} images, expected {spec.images}."
         )
-    marker = {"name": spec.name, "version": spec.version, "images": spec.images}
-    # Written last: its presence means every image before it is complete.
-    (folder / MARKER_NAME).write_text(json.dumps(marker, sort_keys=True), encoding="utf-8")
-
-
-def _remove_stale(target: Path, parent: Path) -> None:
-    """Move an incomplete or outdated copy out of the way, then delete it."""
-    trash = Path(tempfile.mkdtemp(prefix=f".{target.name}.stale-", dir=parent))
-    with contextlib.suppress(FileNotFoundError):  # another process already removed it
-        os.replace(target, trash / "old")
-    shutil.rmtree(trash, ignore_errors=True)
 
 
 def builtin_path(name: str) -> Path:
@@ -168,34 +145,18 @@ def builtin_path(name: str) -> Path:
     if spec is None:
         raise _unknown(str(name))
     parent = data_cache_dir() / "builtin"
-    parent.mkdir(parents=True, exist_ok=True)
-    target = parent / spec.name
-    if _marker_matches(target, spec):
-        return target
 
-    if target.exists():
-        _remove_stale(target, parent)
-    tmp = Path(tempfile.mkdtemp(prefix=f".{spec.name}.tmp-", dir=parent))
-    tmp.chmod(0o755)  # mkdtemp makes it private; the renamed dataset should be an ordinary folder
-    try:
+    def generate(folder: Path) -> None:
         try:
-            _write(spec, tmp)
+            _write(spec, folder)
         except DataError:
             raise
         except Exception as exc:  # e.g. scikit-image data missing or disk full
             raise DataError(
                 f"Could not generate built-in dataset {spec.name!r} in {parent}: {exc}"
             ) from exc
-        try:
-            os.rename(tmp, target)
-        except OSError:
-            # Lost a race with another process that finished first: use its copy if complete.
-            if not _marker_matches(target, spec):
-                raise
-    finally:
-        if tmp.exists():
-            shutil.rmtree(tmp, ignore_errors=True)
-    return target
+
+    return build_folder(parent / spec.name, generate, MARKER_NAME, spec.version, _identity(spec))
 
 
 def guess_num_classes(source: str, known: dict[str, int] | None = None) -> int:

@@ -7,7 +7,6 @@ file content), very small images (from a sample) and files that were skipped.
 
 from __future__ import annotations
 
-import hashlib
 import os
 import random
 from collections import Counter
@@ -17,6 +16,7 @@ from typing import Any
 from PIL import Image
 
 from core.data import DatasetIndex
+from core.files import sha256_file
 
 WARNING, INFO = "warning", "info"
 IMBALANCE_RATIO = 3.0  # largest / smallest class above this is worth a warning
@@ -24,22 +24,12 @@ MIN_CLASS_IMAGES = 5  # fewer images than this in a class: near-empty
 MIN_SIDE = 32  # images whose smaller side is below this are "very small"
 SIZE_SAMPLE = 200  # images whose size is read for the small-image check
 MAX_HASHED_FILES = 50_000  # beyond this, the duplicate check is skipped (and says so)
-_CHUNK = 1024 * 1024
-
-
-def file_sha256(path: str | os.PathLike[str]) -> str:
-    """Hex SHA-256 of a file's bytes."""
-    digest = hashlib.sha256()
-    with open(path, "rb") as fp:
-        while chunk := fp.read(_CHUNK):
-            digest.update(chunk)
-    return digest.hexdigest()
 
 
 def _hashes(paths: list[str]) -> dict[str, str]:
     def one(path: str) -> tuple[str, str | None]:
         try:
-            return path, file_sha256(path)
+            return path, sha256_file(path)
         except OSError:
             return path, None
 
@@ -85,7 +75,7 @@ def small_images(
         try:
             with Image.open(path) as im:
                 width, height = im.size
-        except Exception:  # noqa: BLE001 - unreadable files are the scanner's business
+        except Exception:  # unreadable files are the scanner's business
             continue
         checked += 1
         if min(width, height) < min_side:

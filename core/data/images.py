@@ -2,7 +2,8 @@
 
 ``check_image`` answers "can this file be used?" with a short human reason, so that a dataset scan
 can list skipped files instead of crashing mid-training. ``load_rgb`` turns any supported file into
-one uint8 HxWx3 RGB array, whatever its mode (palette, alpha, CMYK, 16-bit, 1-bit...).
+one uint8 HxWx3 RGB array, whatever its mode (palette, alpha, CMYK, 16-bit, 1-bit...). ``to_array``
+does the same for whatever a caller holds: a path, bytes, a stream, a PIL image or an array.
 
 Safety: only the formats matching ``IMAGE_EXTENSIONS`` are ever opened (so a renamed EPS cannot
 start Ghostscript), file size and pixel count are capped before decoding, and truncated files are
@@ -12,6 +13,7 @@ detected by fully loading them (``ImageFile.LOAD_TRUNCATED_IMAGES`` is deliberat
 from __future__ import annotations
 
 import contextlib
+import io
 import os
 import re
 import stat
@@ -36,6 +38,9 @@ _EXIF_ORIENTATION = 0x0112
 _PIXELS_IN_PIL_MESSAGE = re.compile(r"Image size \((\d+) pixels\)")
 # A path, or a seekable binary stream such as io.BytesIO or a Streamlit upload.
 ImageSource = str | os.PathLike[str] | BinaryIO
+# Anything ``to_array`` takes: an image file (path, stream, bytes), a PIL image or pixels.
+AnyImage = ImageSource | bytes | Image.Image | np.ndarray
+RESAMPLE = Image.Resampling.BILINEAR  # how every image is brought to a model's input size
 
 
 class _Unusable(Exception):
@@ -84,7 +89,7 @@ def _open(fp: object) -> Image.Image:
         raise _Unusable(_bomb_reason(pixels) if pixels else "decompression bomb") from exc
     except UnidentifiedImageError as exc:
         raise _Unusable("not an image") from exc
-    except Exception as exc:  # noqa: BLE001 - a broken header can raise anything from a plugin
+    except Exception as exc:  # a broken header can raise anything from a plugin
         raise _Unusable("truncated or corrupt") from exc
     width, height = im.size
     if width * height > MAX_IMAGE_PIXELS:
@@ -103,20 +108,20 @@ def _load_pixels(im: Image.Image) -> None:
         im.load()
     except Image.DecompressionBombError as exc:  # e.g. a GIF frame larger than its canvas
         raise _Unusable("decompression bomb") from exc
-    except Exception as exc:  # noqa: BLE001 - decoders raise OSError, SyntaxError, ValueError...
+    except Exception as exc:  # decoders raise OSError, SyntaxError, ValueError...
         raise _Unusable("truncated or corrupt") from exc
 
 
 def _apply_exif_orientation(im: Image.Image) -> Image.Image:
     try:
         orientation = im.getexif().get(_EXIF_ORIENTATION, 1)
-    except Exception:  # noqa: BLE001 - broken EXIF must not make a good image unusable
+    except Exception:  # broken EXIF must not make a good image unusable
         return im
     if orientation in (None, 1):
         return im
     try:
         return ImageOps.exif_transpose(im) or im
-    except Exception:  # noqa: BLE001 - same: keep the unrotated pixels
+    except Exception:  # same: keep the unrotated pixels
         return im
 
 
@@ -228,7 +233,7 @@ def _decode(source: ImageSource, size: int | None, fast: bool) -> np.ndarray:
             _load_pixels(im)
             rgb = _to_rgb(_apply_exif_orientation(im))
             if size is not None:
-                rgb = rgb.resize((size, size), Image.Resampling.BILINEAR)
+                rgb = rgb.resize((size, size), RESAMPLE)
             return np.array(rgb, dtype=np.uint8)
 
 
@@ -265,3 +270,53 @@ def load_rgb(path: ImageSource, size: int | None = None) -> np.ndarray:
         raise DataError(f"Cannot use image {_describe(path)}: {exc.reason}.") from exc
     except OSError as exc:
         raise DataError(f"Cannot read image {_describe(path)}: {exc.strerror or exc}.") from exc
+
+
+def _pixels_to_rgb(pixels: np.ndarray) -> np.ndarray:
+    """uint8 HxWx3 from HxW gray, HxWx1, HxWx3 or HxWx4 pixels (alpha dropped, clipped to 0-255)."""
+    arr = np.asarray(pixels)
+    if arr.ndim == 3 and arr.shape[2] == 1:
+        arr = arr[..., 0]
+    if arr.ndim == 2:
+        arr = np.stack([arr] * 3, axis=-1)
+    if arr.ndim != 3 or arr.shape[2] not in (3, 4):
+        raise DataError(f"Expected an HxWx3 RGB image, got an array of shape {arr.shape}.")
+    arr = arr[..., :3]
+    if arr.dtype == np.uint8:
+        return arr.copy()  # never a view of the caller's array
+    return np.clip(arr, 0, 255).astype(np.uint8)
+
+
+def to_array(
+    image: AnyImage, size: int | None = None, dtype: type | np.dtype = np.uint8
+) -> np.ndarray:
+    """One image as an HxWx3 RGB array of raw 0-255 values, resized to size x size if given.
+
+    ``image`` may be a path or binary stream (decoded and checked by ``load_rgb``), the bytes of
+    a file, a PIL image (any mode; oriented and converted like a decoded file) or an array of
+    pixels (gray, RGB or RGBA; alpha is dropped and values are clipped to 0-255). Resizing is
+    bilinear, as for training images. ``dtype`` is the returned array's type (e.g.
+    ``np.float32`` for a model).
+    Raises ``DataError`` for an unusable image.
+    """
+    if size is not None and (isinstance(size, bool) or not isinstance(size, int) or size < 1):
+        raise DataError(f"Image size must be a positive integer, got {size!r}.")
+    if isinstance(image, bytes):
+        image = io.BytesIO(image)
+    if isinstance(image, np.ndarray):
+        rgb = _pixels_to_rgb(image)
+        if size is not None and rgb.shape[:2] != (size, size):
+            rgb = np.array(Image.fromarray(rgb).resize((size, size), RESAMPLE))
+    elif isinstance(image, Image.Image):
+        try:
+            converted = _to_rgb(_apply_exif_orientation(image))
+        except _Unusable as exc:
+            raise DataError(f"Cannot use image: {exc.reason}.") from exc
+        except OSError as exc:  # a lazily loaded image whose pixels turn out truncated
+            raise DataError(f"Cannot use image: truncated or corrupt ({exc}).") from exc
+        if size is not None and converted.size != (size, size):
+            converted = converted.resize((size, size), RESAMPLE)
+        rgb = np.array(converted)
+    else:
+        rgb = load_rgb(image, size)
+    return rgb.astype(dtype, copy=False)

@@ -102,7 +102,7 @@ def check_all(paths: Sequence[str], check: Checker) -> list[str | None]:
     for i, reason in zip(todo, fresh, strict=True):
         results[i] = reason
     remember = [
-        (keys[i], *identities[i], rules, results[i]) for i in todo if identities[i] is not None
+        (keys[i], *ident, rules, results[i]) for i in todo if (ident := identities[i]) is not None
     ]
     if remember:
         try:

@@ -73,7 +73,7 @@ def _kaggle_cache_folder() -> str:
         from kagglehub.config import get_cache_folder
 
         return get_cache_folder()
-    except Exception:  # noqa: BLE001 - only used to word an error message
+    except Exception:  # only used to word an error message
         return os.environ.get("KAGGLEHUB_CACHE") or os.path.expanduser("~/.cache/kagglehub")
 
 
@@ -144,7 +144,7 @@ def _kaggle_download(value: str) -> Path:
     handle = f"{owner}/{slug}" + (f"/versions/{version}" if version else "")
     try:
         path = kagglehub.dataset_download(handle)
-    except Exception as exc:  # noqa: BLE001 - kagglehub raises many unrelated types
+    except Exception as exc:  # kagglehub raises many unrelated types
         raise _kaggle_error(owner, slug, version, exc) from exc
     if not os.path.isdir(path):
         raise DataError(f"kagglehub returned {path!r} for '{handle}', which is not a folder.")

@@ -3,10 +3,10 @@
 from __future__ import annotations
 
 import hashlib
-import os
 from pathlib import Path
 
 from core.errors import DataError
+from core.files import atomic_write_bytes
 from core.paths import data_cache_dir
 
 MAX_UPLOAD_NAME_HASH = 16
@@ -34,7 +34,5 @@ def save_upload(data: bytes, suffix: str = ".zip") -> Path:
     digest = hashlib.sha256(data).hexdigest()[:MAX_UPLOAD_NAME_HASH]
     target = folder / f"upload-{digest}{suffix}"
     if not target.is_file() or target.stat().st_size != len(data):
-        tmp = folder / f".{target.name}.{os.getpid()}.tmp"
-        tmp.write_bytes(data)
-        os.replace(tmp, target)
+        atomic_write_bytes(target, data)
     return target

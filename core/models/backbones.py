@@ -136,7 +136,7 @@ _SPECS: tuple[BackboneSpec, ...] = (
         params_millions=14.71,
         last_block="prefix:block5_",
         imagenet_files=("vgg16_weights_tf_dim_ordering_tf_kernels_notop.h5",),
-        description="The seeds' classic: simple, large, slow on CPU.",
+        description="The classic transfer-learning backbone: simple, large, slow on CPU.",
     ),
     _spec(
         name="vgg19",

@@ -135,7 +135,7 @@ def classify_images(
     Returns ``[{"image": str(path), "predictions": [{"class_index", "label", "probability"}]}]``
     in input order, each prediction list sorted by decreasing probability.
     """
-    from core.data.images import load_rgb
+    from core.data.images import to_array
 
     if isinstance(top_k, bool) or not isinstance(top_k, int) or not 1 <= top_k <= NUM_CLASSES:
         raise ConfigError(f"top_k must be an integer from 1 to {NUM_CLASSES}, got {top_k!r}.")
@@ -147,7 +147,7 @@ def classify_images(
     results: list[dict[str, Any]] = []
     for start in range(0, len(paths), BATCH_SIZE):
         chunk = paths[start : start + BATCH_SIZE]
-        batch = np.stack([load_rgb(p, size) for p in chunk]).astype("float32")
+        batch = np.stack([to_array(p, size, np.float32) for p in chunk])
         probs = np.asarray(model.predict_on_batch(batch), dtype="float64")
         for path, row in zip(chunk, probs, strict=True):
             top = np.argsort(-row, kind="stable")[:top_k]

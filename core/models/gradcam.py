@@ -17,6 +17,7 @@ from typing import Any
 
 import numpy as np
 
+from core.data.images import to_array
 from core.errors import StudioError
 
 DEFAULT_ALPHA = 0.45
@@ -95,25 +96,6 @@ def _grad_models(model: Any) -> tuple[Any, Any, Any]:
         return built
 
 
-def _rgb(image: np.ndarray) -> np.ndarray:
-    """HxWx3 uint8 from a gray, RGB or RGBA array (alpha dropped)."""
-    arr = np.asarray(image)
-    if arr.ndim == 2:
-        arr = np.stack([arr] * 3, axis=-1)
-    if arr.ndim != 3 or arr.shape[2] not in (3, 4):
-        raise StudioError(f"Expected an HxWx3 RGB image, got an array of shape {arr.shape}.")
-    return np.clip(arr[..., :3], 0, 255).astype(np.uint8)
-
-
-def _prepare(rgb: np.ndarray, size: int) -> np.ndarray:
-    from PIL import Image
-
-    arr = rgb
-    if arr.shape[:2] != (size, size):
-        arr = np.asarray(Image.fromarray(arr).resize((size, size), Image.Resampling.BILINEAR))
-    return arr
-
-
 def gradcam(
     model: Any,
     image_uint8: np.ndarray,
@@ -129,11 +111,11 @@ def gradcam(
     """
     import tensorflow as tf
 
-    image = _rgb(image_uint8)
+    image = to_array(image_uint8)  # a bad shape raises DataError, a StudioError
     height, width = image.shape[:2]
     size = int(model.inputs[0].shape[1])
     feature_model, head_model, head = _grad_models(model)
-    batch = tf.constant(_prepare(image, size)[None], dtype=tf.float32)
+    batch = tf.constant(to_array(image, size, np.float32)[None])
 
     features = feature_model(batch, training=False)
     with tf.GradientTape() as tape:

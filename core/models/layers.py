@@ -1,7 +1,7 @@
 """Serializable Keras layers the studio puts inside its models.
 
 Preprocessing lives *inside* every model the studio builds, so a saved or exported model takes raw
-0-255 RGB pixels and nobody can feed it wrongly scaled images (the seeds' ``/255`` mistake).
+0-255 RGB pixels and nobody can feed it wrongly scaled images (e.g. divided by 255 first).
 A registered layer (not a ``Lambda``) keeps ``.keras`` files loadable with ``safe_mode=True``.
 """
 
@@ -48,7 +48,7 @@ class PixelNormalize(keras.layers.Layer):
         self._mean = tuple(float(m) for m in mean)
         self._std = tuple(float(s) for s in std)
 
-    def call(self, inputs: Any) -> Any:  # noqa: D102 - Keras hook
+    def call(self, inputs: Any) -> Any:  # Keras hook
         x = ops.cast(inputs, self.compute_dtype)
         if self.to_bgr:
             x = ops.flip(x, axis=-1)
@@ -61,8 +61,8 @@ class PixelNormalize(keras.layers.Layer):
             std, self.compute_dtype
         )
 
-    def compute_output_shape(self, input_shape: tuple) -> tuple:  # noqa: D102 - Keras hook
+    def compute_output_shape(self, input_shape: tuple) -> tuple:  # Keras hook
         return input_shape
 
-    def get_config(self) -> dict[str, Any]:  # noqa: D102 - Keras hook
+    def get_config(self) -> dict[str, Any]:  # Keras hook
         return {**super().get_config(), "mode": self.mode}

@@ -27,7 +27,6 @@ from __future__ import annotations
 import importlib.util
 import json
 import os
-import tempfile
 import threading
 from dataclasses import dataclass
 from pathlib import Path
@@ -36,7 +35,8 @@ from typing import Any
 import numpy as np
 
 from core.errors import BackboneError, StudioError, WeightsUnavailableError
-from core.models.pth_reader import read_legacy_pth, sha256_file
+from core.files import atomic_path, atomic_write_text, sha256_file
+from core.models.pth_reader import read_legacy_pth
 from core.paths import weights_cache_dir
 
 # --- architecture --------------------------------------------------------------------------------
@@ -224,7 +224,7 @@ def _check_input_shape(input_shape: Any) -> tuple[int | None, int | None, int]:
     return shape  # type: ignore[return-value]
 
 
-def EfficientNetLite0(  # noqa: N802 - keras.applications naming
+def EfficientNetLite0(  # capitalised like the keras.applications constructors
     include_top: bool = False,
     weights: str | os.PathLike[str] | None = "imagenet",
     input_shape: tuple[int | None, int | None, int] | None = (DEFAULT_SIZE, DEFAULT_SIZE, 3),
@@ -351,16 +351,10 @@ def convert_pth_to_keras(
         layer.set_weights(arrays)
     out_path = Path(out_path)
     out_path.parent.mkdir(parents=True, exist_ok=True)
-    # Write next to the target then rename, so a crash or a concurrent reader never sees half a
-    # file (Keras insists on the .weights.h5 suffix).
-    fd, tmp = tempfile.mkstemp(prefix=".tmp-", suffix=".weights.h5", dir=out_path.parent)
-    os.close(fd)
-    try:
+    # A crash or a concurrent reader never sees half a file; the temporary keeps the target's
+    # name as its suffix (Keras insists on .weights.h5).
+    with atomic_path(out_path) as tmp:
         model.save_weights(tmp, overwrite=True)
-        os.replace(tmp, out_path)
-    finally:
-        if os.path.exists(tmp):
-            os.unlink(tmp)
     return out_path
 
 
@@ -390,9 +384,7 @@ def _read_info(info_path: Path) -> dict[str, Any]:
 
 
 def _write_info(info_path: Path, info: dict[str, Any]) -> None:
-    tmp = info_path.with_name(f".tmp-{os.getpid()}-{threading.get_ident()}-{info_path.name}")
-    tmp.write_text(json.dumps(info, indent=2), encoding="utf-8")
-    os.replace(tmp, info_path)
+    atomic_write_text(info_path, json.dumps(info, indent=2))
 
 
 def _cache_valid(target: Path, info: dict[str, Any], source_sha: str) -> bool:

@@ -20,7 +20,6 @@ its ``find_class`` admits only ``collections.OrderedDict``, the tensor rebuild f
 from __future__ import annotations
 
 import collections
-import hashlib
 import io
 import os
 import pickle
@@ -32,6 +31,7 @@ from typing import Any, BinaryIO
 import numpy as np
 
 from core.errors import StudioError
+from core.files import sha256_file
 
 LEGACY_MAGIC_NUMBER = 0x1950A86A20F9469CFC6C
 LEGACY_PROTOCOL_VERSION = 1001
@@ -48,15 +48,6 @@ _STORAGE_DTYPES: dict[str, np.dtype] = {
     "ByteStorage": np.dtype("u1"),
     "BoolStorage": np.dtype("?"),
 }
-
-
-def sha256_file(path: str | os.PathLike[str]) -> str:
-    """Hex SHA-256 of a file, read in chunks."""
-    digest = hashlib.sha256()
-    with open(path, "rb") as fh:
-        for chunk in iter(lambda: fh.read(1 << 20), b""):
-            digest.update(chunk)
-    return digest.hexdigest()
 
 
 @dataclass(frozen=True, slots=True)  # slots + frozen: a pickle BUILD cannot alter them

@@ -9,8 +9,6 @@ is cached as ``evaluation.json`` in the run folder and recomputed when the model
 from __future__ import annotations
 
 import json
-import os
-import tempfile
 import time
 from pathlib import Path
 from typing import Any
@@ -19,6 +17,7 @@ import numpy as np
 
 from core.config import RunConfig
 from core.errors import StudioError
+from core.files import atomic_write_text
 from core.runs.store import RunStore
 
 EVALUATION_FILE = "evaluation.json"
@@ -46,18 +45,6 @@ def _read_cache(path: Path, fingerprint: dict[str, Any]) -> dict[str, Any] | Non
     if not isinstance(data, dict) or data.get("cache_key") != fingerprint:
         return None
     return data
-
-
-def _write_atomic(path: Path, data: dict[str, Any]) -> None:
-    # Write-then-rename: a page reading concurrently never sees a truncated file.
-    fd, tmp = tempfile.mkstemp(prefix=".evaluation-", suffix=".tmp", dir=path.parent)
-    try:
-        with os.fdopen(fd, "w", encoding="utf-8") as fh:
-            json.dump(data, fh)
-        os.replace(tmp, path)
-    except BaseException:
-        Path(tmp).unlink(missing_ok=True)
-        raise
 
 
 def predict_paths(model: Any, paths: list[str], image_size: int, batch_size: int) -> np.ndarray:
@@ -160,7 +147,8 @@ def evaluate_run(store: RunStore, run_id: str, force: bool = False) -> dict[str,
         "evaluated_at": time.time(),
         "cache_key": fingerprint,
     }
-    _write_atomic(cache_path, result)
+    # Write-then-rename: a page reading concurrently never sees a truncated file.
+    atomic_write_text(cache_path, json.dumps(result))
     return {**result, "from_cache": False}
 
 

@@ -453,7 +453,7 @@ def export_run(
     named above are replaced, never anything else (``ExportTargetError`` otherwise). The default
     folder belongs to the run, so exporting there again always replaces the previous export.
     """
-    from core.runs.predict import load_run
+    from core.runs.predict import load_run, saved_model_path
 
     fmt = normalize_format(fmt)
     if quantize and fmt != "tflite":
@@ -478,7 +478,7 @@ def export_run(
     staging = Path(tempfile.mkdtemp(prefix=".export-", dir=out))
     try:
         if fmt == "keras":
-            shutil.copy2(result_row["model_path"], staging / artifact)
+            shutil.copy2(saved_model_path(store, run_id), staging / artifact)
         elif fmt == "savedmodel":
             _write_savedmodel(run.model, staging / artifact)
         else:

@@ -15,26 +15,21 @@ import shutil
 import sqlite3
 import sys
 import time
-from collections.abc import Iterator
+from collections.abc import Iterator, Mapping, Sequence
 from contextlib import contextmanager
 from pathlib import Path
-from typing import Any
+from typing import Any, TypedDict, cast
 
-from core.config import RunConfig
+from core.config import RunConfig, Status
 from core.errors import RunNotFoundError, StudioError, storage_error
+from core.files import atomic_path, atomic_write_text
 from core.paths import runs_root
 
-QUEUED, RUNNING, COMPLETED, STOPPED, FAILED, INTERRUPTED = (
-    "queued",
-    "running",
-    "completed",
-    "stopped",
-    "failed",
-    "interrupted",
-)
-STATUSES = (QUEUED, RUNNING, COMPLETED, STOPPED, FAILED, INTERRUPTED)
-ACTIVE_STATUSES = (QUEUED, RUNNING)
-HISTORY_KEYS = ("loss", "accuracy", "val_loss", "val_accuracy", "lr", "phase")
+# Aliases of the ``Status`` members: ``from core.runs.store import QUEUED`` and the like work.
+QUEUED, RUNNING, COMPLETED = Status.QUEUED, Status.RUNNING, Status.COMPLETED
+STOPPED, FAILED, INTERRUPTED = Status.STOPPED, Status.FAILED, Status.INTERRUPTED
+ACTIVE_STATUSES: tuple[Status, ...] = (QUEUED, RUNNING)
+HISTORY_KEYS = ("loss", "accuracy", "val_loss", "val_accuracy", "lr", "phase")  # then "epoch"
 DB_NAME = "runs.sqlite"
 BACKUP_NAME = "runs.sqlite.bak"  # SQLite's online backup, refreshed after every finished run
 RECORD_FILE = "record.json"  # each run folder's own copy of its row and epochs
@@ -58,6 +53,7 @@ CREATE TABLE IF NOT EXISTS runs (
     dataset_json TEXT,
     phases_json TEXT,
     stage_json TEXT,
+    timings_json TEXT,
     best_val_accuracy REAL,
     epochs_done INTEGER NOT NULL DEFAULT 0,
     planned_epochs INTEGER NOT NULL,
@@ -85,6 +81,122 @@ CREATE TABLE IF NOT EXISTS batches (
     PRIMARY KEY (run_id, global_step)
 );
 """
+
+
+# -- what the store returns -----------------------------------------------------------------
+# TypedDicts, not classes: at run time they are the plain dicts the pages index and the CLI prints
+# with ``json.dumps`` (``train --json``, ``runs --json`` and ``show --json`` are a public contract).
+
+
+class RunRow(TypedDict):
+    """A raw row of the ``runs`` table (``get_run``): ``*_json`` columns hold JSON text."""
+
+    run_id: str
+    seq: int
+    created_at: float
+    started_at: float | None
+    finished_at: float | None
+    status: str
+    error: str | None
+    config_json: str
+    owner: str | None
+    stop_requested: int
+    class_names_json: str | None
+    train_images: int | None
+    val_images: int | None
+    skipped_files_json: str | None
+    dataset_json: str | None
+    phases_json: str | None
+    stage_json: str | None
+    timings_json: str | None
+    best_val_accuracy: float | None
+    epochs_done: int
+    planned_epochs: int
+    duration_s: float | None
+    model_path: str | None
+    model_bytes: int | None
+
+
+class EpochRecord(TypedDict):
+    """One finished epoch (``epochs``)."""
+
+    run_id: str
+    epoch: int
+    phase: str
+    phase_epoch: int
+    loss: float | None
+    accuracy: float | None
+    val_loss: float | None
+    val_accuracy: float | None
+    lr: float | None
+    images_per_s: float | None
+    duration_s: float | None
+    t: float
+
+
+class BatchRecord(TypedDict):
+    """One training batch (``batches``)."""
+
+    run_id: str
+    global_step: int
+    phase: str
+    epoch: int
+    step: int
+    steps_per_epoch: int | None
+    loss: float | None
+    accuracy: float | None
+    lr: float | None
+    images_per_s: float | None
+    t: float
+
+
+class History(TypedDict):
+    """Per-epoch metrics as parallel lists (the ``history`` of a result)."""
+
+    loss: list[float | None]
+    accuracy: list[float | None]
+    val_loss: list[float | None]
+    val_accuracy: list[float | None]
+    lr: list[float | None]
+    phase: list[str]
+    epoch: list[int]
+
+
+class RunSummary(TypedDict):
+    """One line of ``list_runs`` (and ``runs --json``)."""
+
+    run_id: str
+    status: Status
+    name: str
+    backbone: str | None
+    mode: str | None
+    data: str | None
+    epochs_done: int
+    planned_epochs: int
+    best_val_accuracy: float | None
+    created_at: float
+    duration_s: float | None
+    error: str | None
+
+
+class RunResult(RunSummary):
+    """Everything about a run: ``result``, the object ``train --json`` and ``show --json`` print."""
+
+    config: dict[str, Any]
+    history: History
+    class_names: list[str]
+    train_images: int | None
+    val_images: int | None
+    skipped_files: list[dict[str, Any]]
+    dataset: dict[str, Any] | None
+    phases: list[dict[str, Any]]
+    stage: dict[str, Any] | None
+    timings: dict[str, float] | None  # seconds per training stage (scan, build, fit...)
+    started_at: float | None
+    finished_at: float | None
+    model_path: str | None
+    model_bytes: int | None
+    run_dir: str
 
 
 # Keeps the runs row's summary columns in step with its epochs.
@@ -139,15 +251,6 @@ def _valid_database(path: Path) -> bool:
             db.close()
     except sqlite3.Error:
         return False
-
-
-def _write_json_atomic(path: Path, obj: Any) -> None:
-    tmp = path.with_name(f".{path.name}.tmp")
-    try:
-        tmp.write_text(json.dumps(obj, default=str))
-        os.replace(tmp, path)
-    finally:
-        tmp.unlink(missing_ok=True)
 
 
 def new_run_id() -> str:
@@ -328,26 +431,20 @@ class RunStore:
         if not folder.is_dir():
             return
         try:
-            _write_json_atomic(
-                folder / RECORD_FILE, {"run": run, "epochs": [dict(e) for e in epochs]}
-            )
+            record = {"run": run, "epochs": [dict(e) for e in epochs]}
+            atomic_write_text(folder / RECORD_FILE, json.dumps(record, default=str))
         except OSError as exc:  # a copy: the index itself is written; say so, go on
             print(f"warning: could not write {folder / RECORD_FILE}: {exc}", file=sys.stderr)
 
     def backup(self) -> Path:
         """Copy the index with SQLite's online backup to ``runs.sqlite.bak`` (atomically)."""
         target = self.root / BACKUP_NAME
-        tmp = target.with_name(f".{target.name}.tmp")
-        try:
-            with self._connect() as db:
-                copy = sqlite3.connect(tmp)
-                try:
-                    db.backup(copy)
-                finally:
-                    copy.close()
-            os.replace(tmp, target)
-        finally:
-            tmp.unlink(missing_ok=True)
+        with atomic_path(target) as tmp, self._connect() as db:
+            copy = sqlite3.connect(tmp)
+            try:
+                db.backup(copy)
+            finally:
+                copy.close()
         return target
 
     def run_dir(self, run_id: str) -> Path:
@@ -375,12 +472,13 @@ class RunStore:
                     config.planned_epochs,
                 ),
             )
-        (self.run_dir(run_id) / "config.json").write_text(config.to_json() + "\n")
+        atomic_write_text(self.run_dir(run_id) / "config.json", config.to_json() + "\n")
         return run_id
 
     def update(self, run_id: str, **values: Any) -> None:
         """Set columns of a run; lists/dicts go to their ``*_json`` column."""
-        cols, params = [], []
+        cols: list[str] = []
+        params: list[Any] = []
         for key, value in values.items():
             if isinstance(value, (list, dict)):
                 key, value = f"{key}_json", json.dumps(value)
@@ -424,7 +522,7 @@ class RunStore:
     )  # fmt: skip
 
     @classmethod
-    def _insert_epoch(cls, db: sqlite3.Connection, run_id: str, record: dict[str, Any]) -> None:
+    def _insert_epoch(cls, db: sqlite3.Connection, run_id: str, record: Mapping[str, Any]) -> None:
         keys = cls._EPOCH_KEYS
         db.execute(
             f"INSERT OR REPLACE INTO epochs (run_id, {', '.join(keys)}, t)"
@@ -432,14 +530,14 @@ class RunStore:
             (run_id, *(record.get(k) for k in keys), record.get("t") or time.time()),
         )
 
-    def add_epoch(self, run_id: str, record: dict[str, Any]) -> None:
+    def add_epoch(self, run_id: str, record: Mapping[str, Any]) -> None:
         """Store one finished epoch (idempotent per epoch number) and refresh the summary."""
         with self._connect() as db:
             self._insert_epoch(db, run_id, {**record, "t": None})
             db.execute(_REFRESH_SUMMARY, (run_id, run_id, run_id))
         self._write_record(run_id)
 
-    def add_batches(self, run_id: str, records: list[dict[str, Any]]) -> None:
+    def add_batches(self, run_id: str, records: Sequence[Mapping[str, Any]]) -> None:
         """Store several batches in one transaction (a commit per batch would cost ~10 ms)."""
         keys = (
             "global_step", "phase", "epoch", "step", "steps_per_epoch", "loss", "accuracy", "lr",
@@ -520,58 +618,59 @@ class RunStore:
             f" --runs-dir {self.root}`."
         )
 
-    def get_run(self, run_id: str) -> dict[str, Any]:
+    def get_run(self, run_id: str) -> RunRow:
         """The raw row of a run as a dict."""
         with self._connect() as db:
             row = db.execute("SELECT * FROM runs WHERE run_id = ?", (run_id,)).fetchone()
         if row is None:
             raise RunNotFoundError(self._not_found(run_id))
-        return dict(row)
+        return cast(RunRow, dict(row))
 
     def config(self, run_id: str) -> RunConfig:
         """The run's config."""
         return RunConfig.from_json(self.get_run(run_id)["config_json"])
 
-    def status(self, run_id: str) -> str:
+    def status(self, run_id: str) -> Status:
         """The run's status."""
-        return str(self.get_run(run_id)["status"])
+        return Status(self.get_run(run_id)["status"])
 
     def stop_requested(self, run_id: str) -> bool:
         """Whether someone asked this run to stop."""
         return bool(self.get_run(run_id)["stop_requested"])
 
-    def list_runs(self, statuses: tuple[str, ...] | None = None) -> list[dict[str, Any]]:
-        """Runs, newest first, as summaries (see ``summary``)."""
-        query, params = "SELECT * FROM runs", ()
+    def list_runs(self, statuses: tuple[str, ...] | None = None) -> list[RunSummary]:
+        """Runs, newest first, as summaries (see ``RunSummary``)."""
+        query = "SELECT * FROM runs"
+        params: tuple[str, ...] = ()
         if statuses:
             query += f" WHERE status IN ({', '.join('?' * len(statuses))})"
             params = tuple(statuses)
         with self._connect() as db:
             rows = db.execute(query + " ORDER BY seq DESC", params).fetchall()
-        return [self._summary(dict(r)) for r in rows]
+        return [self._summary(cast(RunRow, dict(r))) for r in rows]
 
-    def epochs(self, run_id: str) -> list[dict[str, Any]]:
+    def epochs(self, run_id: str) -> list[EpochRecord]:
         """Per-epoch metrics in order."""
         with self._connect() as db:
             rows = db.execute(
                 "SELECT * FROM epochs WHERE run_id = ? ORDER BY epoch", (run_id,)
             ).fetchall()
-        return [dict(r) for r in rows]
+        return [cast(EpochRecord, dict(r)) for r in rows]
 
-    def batches(self, run_id: str, after_step: int = 0) -> list[dict[str, Any]]:
+    def batches(self, run_id: str, after_step: int = 0) -> list[BatchRecord]:
         """Per-batch metrics with ``global_step > after_step``, in order."""
         with self._connect() as db:
             rows = db.execute(
                 "SELECT * FROM batches WHERE run_id = ? AND global_step > ? ORDER BY global_step",
                 (run_id, after_step),
             ).fetchall()
-        return [dict(r) for r in rows]
+        return [cast(BatchRecord, dict(r)) for r in rows]
 
-    def _summary(self, row: dict[str, Any]) -> dict[str, Any]:
+    def _summary(self, row: RunRow) -> RunSummary:
         config = json.loads(row["config_json"])
         return {
             "run_id": row["run_id"],
-            "status": row["status"],
+            "status": Status(row["status"]),
             "name": config.get("name") or "",
             "backbone": config.get("backbone"),
             "mode": config.get("mode"),
@@ -584,24 +683,35 @@ class RunStore:
             "error": row["error"],
         }
 
-    def result(self, run_id: str) -> dict[str, Any]:
+    def result(self, run_id: str) -> RunResult:
         """Everything about a run: the object ``train --json`` and ``show --json`` print."""
         row = self.get_run(run_id)
         epochs = self.epochs(run_id)
-        history: dict[str, list[Any]] = {k: [e[k] for e in epochs] for k in HISTORY_KEYS}
-        history["epoch"] = [e["epoch"] for e in epochs]
-        loads = lambda key: json.loads(row[key]) if row[key] else None  # noqa: E731
+        history: History = {  # the keys in HISTORY_KEYS order, then "epoch"
+            "loss": [e["loss"] for e in epochs],
+            "accuracy": [e["accuracy"] for e in epochs],
+            "val_loss": [e["val_loss"] for e in epochs],
+            "val_accuracy": [e["val_accuracy"] for e in epochs],
+            "lr": [e["lr"] for e in epochs],
+            "phase": [e["phase"] for e in epochs],
+            "epoch": [e["epoch"] for e in epochs],
+        }
+
+        def loads(text: str | None) -> Any:
+            return json.loads(text) if text else None
+
         return {
             **self._summary(row),
             "config": json.loads(row["config_json"]),
             "history": history,
-            "class_names": loads("class_names_json") or [],
+            "class_names": loads(row["class_names_json"]) or [],
             "train_images": row["train_images"],
             "val_images": row["val_images"],
-            "skipped_files": loads("skipped_files_json") or [],
-            "dataset": loads("dataset_json"),
-            "phases": loads("phases_json") or [],
-            "stage": loads("stage_json"),
+            "skipped_files": loads(row["skipped_files_json"]) or [],
+            "dataset": loads(row["dataset_json"]),
+            "phases": loads(row["phases_json"]) or [],
+            "stage": loads(row["stage_json"]),
+            "timings": loads(row["timings_json"]),
             "started_at": row["started_at"],
             "finished_at": row["finished_at"],
             "model_path": row["model_path"],

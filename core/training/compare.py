@@ -3,24 +3,25 @@
 from __future__ import annotations
 
 import hashlib
+from collections.abc import Mapping
 from typing import TYPE_CHECKING, Any
 
-from core.config import RunConfig
+from core.config import Mode, RunConfig
 
 if TYPE_CHECKING:
     from core.training.jobs import JobQueue
 
-COMPARE_MODES = ("feature_extraction", "fine_tuning", "full_fine_tuning")
+COMPARE_MODES = (Mode.FEATURE_EXTRACTION, Mode.FINE_TUNING, Mode.FULL_FINE_TUNING)
 COMPARE_GROUP_KEY = "compare_group"  # stored in RunConfig.extra by submit_compare_all
 
 
 def compare_configs(config: RunConfig, include_scratch: bool = False) -> list[RunConfig]:
     """The configs of a compare-all-modes group: same data, seed and hyper-parameters."""
-    modes = list(COMPARE_MODES) + (["scratch"] if include_scratch else [])
+    modes = [*COMPARE_MODES, *([Mode.SCRATCH] if include_scratch else [])]
     configs = []
     for mode in modes:
         changes: dict[str, Any] = {"mode": mode}
-        if mode == "scratch":
+        if mode == Mode.SCRATCH:
             changes["weights"] = "none"  # a from-scratch baseline has no pretrained weights
         configs.append(config.with_changes(**changes))
     return configs
@@ -42,6 +43,6 @@ def submit_compare_all(
     return [queue.submit(c, key=None if key is None else f"{key}:{c.mode}") for c in configs]
 
 
-def compare_group(result: dict[str, Any]) -> str | None:
+def compare_group(result: Mapping[str, Any]) -> str | None:
     """The compare-all-modes group a run was queued in, if any."""
     return (result.get("config") or {}).get(COMPARE_GROUP_KEY)

@@ -9,7 +9,8 @@ layers with the full model, so the saved model still takes images.
 
 The cut must be a single tensor through which the unfrozen layers see the frozen ones (true at
 block boundaries; a residual connection across the cut would need two). When it is not, or the
-activations would not fit ``MAX_ACTIVATION_BYTES``, the run uses the image pipeline and says why.
+activations would not fit ``MAX_ACTIVATION_BYTES``, the run uses the image pipeline and says why
+(``core.training.sources.choose_source``).
 """
 
 from __future__ import annotations
@@ -40,17 +41,6 @@ class Cut:
     pooled: keras.Model  # activations → pooled features (the head warm-up's input)
 
 
-def config_reason(config: RunConfig) -> str | None:
-    """Why this config can't use the cut cache, or ``None`` if it may (the model decides too)."""
-    if config.feature_cache == "off":
-        return "the feature cache is off (--feature-cache off)"
-    if config.mode != "fine_tuning":
-        return f"mode {config.mode} does not freeze the base's first layers"
-    if config.active_augmentations():
-        return "augmentation changes every epoch's images, so activations can't be computed once"
-    return None
-
-
 def _suffix(base: keras.Model, index: int) -> tuple[keras.Model, tuple[int, ...]] | None:
     """``base`` from the cut tensor on, if exactly the layers from ``index`` on need it alone."""
     if not 0 < index < len(base.layers):
@@ -69,17 +59,18 @@ def _suffix(base: keras.Model, index: int) -> tuple[keras.Model, tuple[int, ...]
 
 
 def plan_cut(config: RunConfig, built: BuiltModel, images: int) -> tuple[Cut | None, str | None]:
-    """``(cut, None)`` when the run can train on cached activations, else ``(None, reason)``."""
-    reason = config_reason(config)
-    if reason is not None:
-        return None, reason
+    """``(cut, None)`` when the model can train on cached activations, else ``(None, reason)``.
+
+    The model's side of the decision; whether the config asks for cached activations at all is
+    ``core.training.sources.input_path``'s.
+    """
     base = built.base
     index = len(base.layers) - unfreeze_count(config, built)
     found = _suffix(base, index)
     if found is None:
         return None, (
             f"the unfrozen layers (from {base.layers[index].name!r}) don't read the frozen ones "
-            "through a single tensor; choose --unfreeze at a block boundary"
+            "through a single tensor; choose an unfreeze depth at a block boundary"
         )
     suffix, shape = found
     need = images * math.prod(shape) * 4

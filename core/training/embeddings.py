@@ -1,8 +1,9 @@
 """Cached backbone features: run the frozen base once per image, train the head on stored features.
 
 On a CPU the frozen base's forward pass is almost the whole cost of feature extraction, and the
-seeds' pipeline pays it again every epoch. Here, in ``feature_extraction`` mode without
-augmentation, the base runs once over train and validation images; the head (``head_dropout →
+per-epoch pipeline pays it again every epoch. Here, in ``feature_extraction`` mode without
+augmentation (``core.training.sources`` decides), the base runs once over train and validation
+images; the head (``head_dropout →
 head_dense → predictions``) trains on the pooled features. Those head layers are the full model's
 own (shared, not copied), so the saved model still takes images.
 
@@ -18,7 +19,6 @@ from __future__ import annotations
 import hashlib
 import json
 import os
-import tempfile
 import time
 from collections.abc import Callable, Sequence
 from pathlib import Path
@@ -28,29 +28,15 @@ import keras
 import numpy as np
 
 from core.config import RunConfig
-from core.files import sha256_file
+from core.files import TEMP_PREFIX, atomic_path, sha256_file
 from core.models.backbones import get_backbone, weights_identity
 from core.paths import studio_home
-from core.training.model import BuiltModel
+from core.training.model import Backbone, BuiltModel
 
 CACHE_FORMAT = 1
 MAX_CACHE_BYTES = int(os.environ.get("TRANSFER_STUDIO_EMBEDDING_CACHE_BYTES", 2 * 1024**3))
 FEATURE_BATCH = 32
 StageFn = Callable[[int, int], None]
-
-
-def cache_reason(config: RunConfig) -> str | None:
-    """Why the feature cache is off for this config, or ``None`` when it is used."""
-    if config.feature_cache == "off":
-        return "the feature cache is off (--feature-cache off)"
-    if config.mode != "feature_extraction":
-        return f"mode {config.mode} trains the base, so its features change every step"
-    if config.active_augmentations():
-        return (
-            "augmentation changes every epoch's images, so features can't be computed once; "
-            "turn augmentation off to train several times faster"
-        )
-    return None
 
 
 def embedding_cache_dir() -> Path:
@@ -60,25 +46,37 @@ def embedding_cache_dir() -> Path:
     return path
 
 
-def cache_key(config: RunConfig, image_size: int, paths: Sequence[str]) -> str | None:
-    """Key of the features of ``paths`` under ``config``'s base; ``None`` if not cacheable."""
-    identity = weights_identity(config.backbone, config.weights)
-    if identity is None:
+def cache_key(
+    config: RunConfig, image_size: int, paths: Sequence[str], backbone: Backbone | None = None
+) -> str | None:
+    """Key of the features of ``paths`` under ``config``'s base; ``None`` if not cacheable.
+
+    ``backbone``: the run's resolved backbone (``model.resolve_backbone``), looked up when not
+    given.
+    """
+    if backbone is None:
+        backbone = Backbone(
+            get_backbone(config.backbone), weights_identity(config.backbone, config.weights)
+        )
+    if backbone.weights_id is None:
         return None
     parts = {
         "format": CACHE_FORMAT,
         "keras": keras.__version__,
         "backbone": config.backbone,
-        "weights": identity,
+        "weights": backbone.weights_id,
         "image_size": image_size,
-        "preprocessing": get_backbone(config.backbone).preprocessing,
+        "preprocessing": backbone.spec.preprocessing,
         "files": [sha256_file(p) for p in paths],
     }
     return hashlib.sha256(json.dumps(parts, sort_keys=True).encode()).hexdigest()[:32]
 
 
 def _evict(limit: int) -> None:
-    entries = sorted(embedding_cache_dir().glob("*.npy"), key=lambda p: p.stat().st_mtime)
+    finished = (
+        p for p in embedding_cache_dir().glob("*.npy") if not p.name.startswith(TEMP_PREFIX)
+    )
+    entries = sorted(finished, key=lambda p: p.stat().st_mtime)
     total = sum(p.stat().st_size for p in entries)
     while entries and total > limit:
         victim = entries.pop(0)
@@ -100,10 +98,8 @@ def load_cached(key: str) -> np.ndarray | None:
 def store_cached(key: str, features: np.ndarray) -> None:
     """Write features atomically, then trim the cache to its size bound."""
     folder = embedding_cache_dir()
-    fd, tmp = tempfile.mkstemp(dir=folder, suffix=".tmp")
-    with os.fdopen(fd, "wb") as fh:
+    with atomic_path(folder / f"{key}.npy") as tmp, open(tmp, "wb") as fh:
         np.save(fh, features.astype(np.float32), allow_pickle=False)
-    os.replace(tmp, folder / f"{key}.npy")
     _evict(MAX_CACHE_BYTES)
 
 
@@ -148,10 +144,21 @@ def compute_features(
 
 
 def features_for(
-    config: RunConfig, built: BuiltModel, paths: Sequence[str], stage: StageFn | None = None
+    config: RunConfig,
+    built: BuiltModel,
+    paths: Sequence[str],
+    stage: StageFn | None = None,
+    timings: dict[str, float] | None = None,
 ) -> tuple[np.ndarray, bool]:
-    """``(features, was_cached)`` of ``paths``, from the persistent cache when possible."""
-    key = cache_key(config, built.image_size, paths)
+    """``(features, was_cached)`` of ``paths``, from the persistent cache when possible.
+
+    The key uses the weights identity ``built`` was built with; ``timings["hash"]`` (when given)
+    gets the seconds spent on the key (the file digests).
+    """
+    started = time.perf_counter()
+    key = cache_key(config, built.image_size, paths, Backbone(built.spec, built.weights_id))
+    if timings is not None:
+        timings["hash"] = time.perf_counter() - started
     if key is not None:
         cached = load_cached(key)
         if cached is not None and cached.shape == (len(paths), built.spec.feature_width):

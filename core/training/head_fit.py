@@ -5,12 +5,14 @@ tiny model, and Keras ``fit`` spends most of its time in per-step bookkeeping (i
 and callback plumbing): about twice what the arithmetic needs on a 2-core CPU, and with 10
 epochs that bookkeeping alone would cap the warm-cache speed-up well below the benchmark's
 target. Here each epoch is a single ``tf.function`` call that walks a seeded permutation of the
-in-memory features, applying the compiled model's own optimizer and the same loss as
-``compile_model`` (sparse categorical cross-entropy); validation is part of the same call.
+in-memory features, applying the compiled model's own optimizer and its compiled loss (what
+``compile_model`` set, plus any regularisation losses, as ``fit`` computes it); validation is
+part of the same call.
 
-The trainer's Keras callback still receives the usual hooks, with ``on_train_batch_end`` once
-per epoch carrying the epoch's last batch index, which is what Keras itself does with
-``steps_per_execution``, so metrics, stop requests and checkpoints work as for ``fit``.
+Callbacks are dispatched through a ``keras.callbacks.CallbackList`` as ``fit`` does, with
+``on_train_batch_end`` once per epoch carrying the epoch's last batch index, which is what Keras
+itself does with ``steps_per_execution``, so metrics, stop requests and checkpoints work as for
+``fit``.
 """
 
 from __future__ import annotations
@@ -39,7 +41,6 @@ def _compiled_epoch(
     x_val, y_val = tf.constant(val[0], tf.float32), tf.constant(val[1], tf.int32)
     n, n_val = int(train[0].shape[0]), int(val[0].shape[0])
     steps = math.ceil(n / batch)
-    loss_fn = keras.losses.SparseCategoricalCrossentropy()
     optimizer = head.optimizer
     variables = head.trainable_variables
 
@@ -56,16 +57,16 @@ def _compiled_epoch(
             xb, yb = tf.gather(x, rows), tf.gather(y, rows)
             with tf.GradientTape() as tape:
                 probs = head(xb, training=True)
-                loss = loss_fn(yb, probs)
-                if head.losses:  # regularisers, as fit would add them
-                    loss += tf.add_n(head.losses)
+                # The compiled loss, regularisers included, as ``fit``'s train step computes it.
+                loss = head.compute_loss(x=xb, y=yb, y_pred=probs, training=True)
             optimizer.apply(tape.gradient(loss, variables), variables)
             loss_sum += loss * tf.cast(tf.shape(rows)[0], tf.float32)
             correct += hits(yb, probs)
         if n_val == 0:
             return loss_sum / n, correct / n
         val_probs = head(x_val, training=False)
-        return loss_sum / n, correct / n, loss_fn(y_val, val_probs), hits(y_val, val_probs) / n_val
+        val_loss = head.compute_loss(x=x_val, y=y_val, y_pred=val_probs, training=False)
+        return loss_sum / n, correct / n, val_loss, hits(y_val, val_probs) / n_val
 
     return epoch, steps
 
@@ -79,42 +80,40 @@ def fit_head(
     epochs: int,
     initial_epoch: int = 0,
     seed: int = 0,
-    callbacks: Sequence[keras.callbacks.Callback] = (),
+    callbacks: Sequence[keras.callbacks.Callback] | keras.callbacks.CallbackList = (),
 ) -> dict[str, list[float]]:
     """Train a compiled ``head`` on features for ``epochs`` (like ``fit``); returns the history.
 
-    Stops after the current epoch when a callback sets ``head.stop_training``.
+    ``callbacks``: a list (composed here into a ``CallbackList`` bound to ``head``) or a
+    ``CallbackList`` already bound to it. Stops after the current epoch when a callback sets
+    ``head.stop_training``.
     """
     x_train = np.asarray(train[0], np.float32)
     y_train = np.asarray(train[1], np.int32)
     x_val = np.asarray(val[0], np.float32)
     y_val = np.asarray(val[1], np.int32)
-    if getattr(head, "optimizer", None) is None:
+    if getattr(head, "optimizer", None) is None or getattr(head, "_compile_loss", None) is None:
         raise ValueError("fit_head needs a compiled head model (call compile_model first).")
     run_epoch, steps = _compiled_epoch(head, (x_train, y_train), (x_val, y_val), batch_size)
     names = ("loss", "accuracy", "val_loss", "val_accuracy")
     history: dict[str, list[float]] = {}
+    if isinstance(callbacks, keras.callbacks.CallbackList):
+        dispatch = callbacks
+    else:
+        dispatch = keras.callbacks.CallbackList(list(callbacks), model=head)
     head.stop_training = False
-    for callback in callbacks:
-        callback.set_model(head)
-        callback.on_train_begin()
+    dispatch.on_train_begin()
     for epoch in range(initial_epoch, epochs):
-        for callback in callbacks:
-            callback.on_epoch_begin(epoch)
-            callback.on_train_batch_begin(0)
+        dispatch.on_epoch_begin(epoch)
+        dispatch.on_train_batch_begin(0)
         # Seeded per epoch: a resumed run shuffles its remaining epochs as an unbroken one would.
         order = np.random.default_rng([seed, epoch]).permutation(len(y_train)).astype(np.int32)
         logs = {k: float(v) for k, v in zip(names, run_epoch(order), strict=False)}
-        for callback in callbacks:
-            callback.on_train_batch_end(
-                steps - 1, {"loss": logs["loss"], "accuracy": logs["accuracy"]}
-            )
+        dispatch.on_train_batch_end(steps - 1, {"loss": logs["loss"], "accuracy": logs["accuracy"]})
         for key, value in logs.items():
             history.setdefault(key, []).append(value)
-        for callback in callbacks:
-            callback.on_epoch_end(epoch, dict(logs))
+        dispatch.on_epoch_end(epoch, dict(logs))
         if head.stop_training:
             break
-    for callback in callbacks:
-        callback.on_train_end()
+    dispatch.on_train_end()
     return history

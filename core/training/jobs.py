@@ -14,13 +14,13 @@ import threading
 import time
 from pathlib import Path
 
-from core.config import RunConfig
+from core.config import RunConfig, Status
 from core.errors import StorageError, StudioError
 from core.paths import runs_root
 from core.runs.store import ACTIVE_STATUSES, FAILED, INTERRUPTED, QUEUED, STOPPED, RunStore
 from core.training.trainer import ProgressFn, execute_run
 
-RESUMABLE = (STOPPED, INTERRUPTED, FAILED)
+RESUMABLE: tuple[Status, ...] = (STOPPED, INTERRUPTED, FAILED)
 
 
 class JobQueue:
@@ -31,13 +31,12 @@ class JobQueue:
         self._queue: queue.Queue[str] = queue.Queue()
         self._lock = threading.Lock()
         self._pending: list[str] = []
-        self._current: str | None = None
         self._stop_events: dict[str, threading.Event] = {}
         self._submitted_keys: dict[str, str] = {}
         self._progress: dict[str, ProgressFn] = {}
         # What the worker returned for runs it finished: ``wait`` trusts it when the store
         # could not record the end (a full or read-only disk), so no caller waits forever.
-        self._outcomes: dict[str, str] = {}
+        self._outcomes: dict[str, Status] = {}
         self._worker = threading.Thread(
             target=self._work, name="transfer-studio-worker", daemon=True
         )
@@ -96,26 +95,17 @@ class JobQueue:
         if event is not None:
             event.set()
 
-    @property
-    def current(self) -> str | None:
-        """The run training right now, if any."""
-        return self._current
-
     def pending(self) -> list[str]:
         """Queued run ids in the order they will run."""
         with self._lock:
             return list(self._pending)
 
-    def is_busy(self) -> bool:
-        """Whether something runs or waits."""
-        return self._current is not None or bool(self.pending())
-
-    def wait(self, run_id: str, timeout: float | None = None, poll: float = 0.2) -> str:
+    def wait(self, run_id: str, timeout: float | None = None, poll: float = 0.2) -> Status:
         """Block until the run leaves queued/running; returns its status."""
         deadline = None if timeout is None else time.monotonic() + timeout
         while True:
             try:
-                status: str | None = self.store.status(run_id)
+                status: Status | None = self.store.status(run_id)
             except StorageError:
                 status = None  # a full disk can fail even reads for a moment; the worker decides
             if status is not None and status not in ACTIVE_STATUSES:
@@ -136,19 +126,17 @@ class JobQueue:
                 if run_id not in self._pending:  # cancelled while queued
                     continue
                 self._pending.remove(run_id)
-                self._current = run_id
                 event = self._stop_events[run_id]
                 progress = self._progress.pop(run_id, None)
-            outcome: str | None = None
+            outcome: Status | None = None
             try:
                 if self.store.status(run_id) == QUEUED:
-                    outcome = execute_run(self.store, run_id, event, progress)
-            except Exception as exc:  # noqa: BLE001 - the worker must outlive any one run
+                    outcome = Status(execute_run(self.store, run_id, event, progress))
+            except Exception as exc:  # the worker must outlive any one run
                 outcome = FAILED
                 print(f"error: run {run_id} could not be started: {exc}", file=sys.stderr)
             finally:
                 with self._lock:
-                    self._current = None
                     self._stop_events.pop(run_id, None)
                     if outcome is not None:
                         self._outcomes[run_id] = outcome

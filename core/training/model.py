@@ -3,10 +3,10 @@
 Model: raw 0-255 RGB → PixelNormalize (the backbone's own preprocessing) → base → global average
 pooling → dropout → Dense(relu) → Dense(classes, softmax).
 
-The notebooks' mistakes we avoid here: the base is called with ``training=False`` in every transfer
-mode, so BatchNormalization keeps its ImageNet statistics even when layers are unfrozen; BN layers
-also stay non-trainable when fine-tuning; and the model is re-compiled after every ``trainable``
-change (Keras only picks up the change on compile).
+Three common transfer-learning mistakes are avoided here: the base is called with
+``training=False`` in every transfer mode, so BatchNormalization keeps its ImageNet statistics
+even when layers are unfrozen; BN layers also stay non-trainable when fine-tuning; and the model
+is re-compiled after every ``trainable`` change (Keras only picks up the change on compile).
 """
 
 from __future__ import annotations
@@ -32,6 +32,27 @@ from core.models.layers import PixelNormalize
 HEAD_PHASE, FINE_TUNE_PHASE, SCRATCH_PHASE = "head", "fine_tune", "scratch"
 
 
+@dataclass(frozen=True)
+class Backbone:
+    """A config's backbone, resolved once per run and passed down: its spec and weights identity.
+
+    ``weights_id`` keys the frozen-trunk cache here and the feature cache in ``embeddings``,
+    both of feature extraction only: it is ``None`` in other modes (nothing to key) and for
+    random weights (nothing computed with them may be reused).
+    """
+
+    spec: BackboneSpec
+    weights_id: str | None
+
+
+def resolve_backbone(config: RunConfig) -> Backbone:
+    """Look the backbone up and identify its weights (hashes a weights file given by path)."""
+    spec = get_backbone(config.backbone)
+    if config.mode != "feature_extraction":
+        return Backbone(spec, None)
+    return Backbone(spec, weights_identity(config.backbone, config.weights))
+
+
 @dataclass
 class BuiltModel:
     """A model together with what the trainer needs to know about it."""
@@ -41,6 +62,7 @@ class BuiltModel:
     spec: BackboneSpec
     image_size: int
     num_classes: int
+    weights_id: str | None = None  # ``Backbone.weights_id`` of the run that built it
 
 
 # Frozen trunks (preprocess → pretrained base → pooling) of recent feature-extraction runs, so
@@ -52,12 +74,10 @@ _trunks: OrderedDict[tuple, tuple[keras.Model, Any, Any]] = OrderedDict()
 _trunks_lock = threading.Lock()
 
 
-def _trunk_key(config: RunConfig, size: int) -> tuple | None:
+def _trunk_key(config: RunConfig, size: int, identity: str | None) -> tuple | None:
     if config.mode != "feature_extraction":
         return None
-    identity = weights_identity(
-        config.backbone, config.weights
-    )  # None for random weights: those follow the seed
+    # None for random weights: those follow the seed
     return None if identity is None else (config.backbone, identity, size, keras.__version__)
 
 
@@ -78,11 +98,18 @@ def clear_trunk_cache() -> None:
         _trunks.clear()
 
 
-def build_model(config: RunConfig, num_classes: int) -> BuiltModel:
-    """The full classifier for ``config`` (weights as the config says)."""
-    spec = get_backbone(config.backbone)
-    size = config.resolved_image_size()
-    key = _trunk_key(config, size)
+def build_model(
+    config: RunConfig, num_classes: int, backbone: Backbone | None = None
+) -> BuiltModel:
+    """The full classifier for ``config`` (weights as the config says).
+
+    ``backbone``: the config's backbone already resolved (``resolve_backbone``); looked up here
+    when not given.
+    """
+    backbone = backbone or resolve_backbone(config)
+    spec = backbone.spec
+    size = config.image_size or spec.default_size
+    key = _trunk_key(config, size, backbone.weights_id)
     with _trunks_lock:
         trunk = _trunks.get(key) if key is not None else None
         if trunk is None:
@@ -98,7 +125,7 @@ def build_model(config: RunConfig, num_classes: int) -> BuiltModel:
     x = keras.layers.Dense(config.dense_units, activation="relu", name="head_dense")(x)
     outputs = keras.layers.Dense(num_classes, activation="softmax", name="predictions")(x)
     model = keras.Model(inputs, outputs, name=f"{spec.name}_{config.mode}")
-    return BuiltModel(model, base, spec, size, num_classes)
+    return BuiltModel(model, base, spec, size, num_classes, backbone.weights_id)
 
 
 def count_params(model: keras.Model) -> tuple[int, int]:

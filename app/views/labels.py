@@ -1,0 +1,89 @@
+"""How statuses, phases and modes are shown: one table each, keyed by the ``core.config`` enums.
+
+The tables are typed ``Mapping[str, ...]`` because the store hands back plain strings (and
+``StrEnum`` members hash and compare as their values); a value not in a table (a newer status, a
+stored run of another version) is shown as it is. No Streamlit here.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Mapping
+from typing import Literal, NamedTuple
+
+from core.config import Mode, Phase, Status
+
+BadgeColor = Literal[
+    "red", "orange", "yellow", "blue", "green", "violet", "gray", "grey", "primary"
+]
+
+
+class StatusLook(NamedTuple):
+    """A status as an emoji (plain-text places: select boxes, tables) and as a badge."""
+
+    emoji: str
+    icon: str  # Material icon of the badge
+    color: BadgeColor
+
+
+class PhaseNames(NamedTuple):
+    """A training phase in the three places the dashboard names it."""
+
+    doing: str  # the progress line of a running run: "training the head · epoch 2/6 …"
+    row: str  # the Run page's phase table
+    title: str  # the Train page's layer preview
+
+
+STATUS_LOOKS: Mapping[str, StatusLook] = {
+    Status.QUEUED: StatusLook("⏳", ":material/schedule:", "gray"),
+    Status.RUNNING: StatusLook("🔄", ":material/sync:", "blue"),
+    Status.COMPLETED: StatusLook("✅", ":material/check_circle:", "green"),
+    Status.STOPPED: StatusLook("⏹️", ":material/stop_circle:", "orange"),
+    Status.FAILED: StatusLook("❌", ":material/error:", "red"),
+    Status.INTERRUPTED: StatusLook("⚠️", ":material/warning:", "orange"),
+}
+PHASE_NAMES: Mapping[str, PhaseNames] = {
+    Phase.HEAD: PhaseNames("training the head", "1 · head", "Phase 1: head"),
+    Phase.FINE_TUNE: PhaseNames("fine-tuning", "2 · fine-tune", "Phase 2: fine-tune"),
+    Phase.SCRATCH: PhaseNames("from scratch", "scratch", "Scratch"),
+}
+MODE_LABELS: Mapping[str, str] = {
+    Mode.FEATURE_EXTRACTION: "feature extraction",
+    Mode.FINE_TUNING: "fine-tuning",
+    Mode.FULL_FINE_TUNING: "full fine-tuning",
+    Mode.SCRATCH: "from scratch",
+}
+
+
+def status_emoji(status: str | None) -> str:
+    """The status's emoji; ``""`` for an unknown one."""
+    look = STATUS_LOOKS.get(status or "")
+    return look.emoji if look else ""
+
+
+def status_badge(status: str | None) -> tuple[str | None, BadgeColor]:
+    """``(icon, colour)`` of the status badge; no icon, grey, for an unknown status."""
+    look = STATUS_LOOKS.get(status or "")
+    return (look.icon, look.color) if look else (None, "gray")
+
+
+def phase_doing(phase: str | None) -> str:
+    """What a run in ``phase`` is doing ("training the head"); the phase itself if unknown."""
+    names = PHASE_NAMES.get(phase or "")
+    return names.doing if names else phase or ""
+
+
+def phase_row(phase: str | None) -> str | None:
+    """The phase's name in the Run page's phase table; the phase itself if unknown."""
+    names = PHASE_NAMES.get(phase or "")
+    return names.row if names else phase
+
+
+def phase_title(phase: str) -> str:
+    """The phase's title in the layer preview ("Phase 1: head"); the phase itself if unknown."""
+    names = PHASE_NAMES.get(phase)
+    return names.title if names else phase
+
+
+def mode_label(mode: str | None) -> str:
+    """A mode in words ("fine-tuning"); the mode itself if unknown, ``?`` if missing."""
+    return MODE_LABELS.get(mode or "", mode or "?")

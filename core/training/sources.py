@@ -1,0 +1,313 @@
+"""Where a run's training reads its inputs from, and why: the one rule, and the sources it picks.
+
+Three input paths, from cheapest to dearest per epoch:
+
+- ``features``: feature extraction without augmentation. The frozen base runs once per image
+  (or not at all, when the feature cache already holds its output); the head trains on the
+  pooled features.
+- ``activations``: fine-tuning without augmentation. The frozen part of the base runs once per
+  image; the head warm-up trains on pooled features, phase 2 on the activations at the freeze
+  cut (only the unfrozen layers and the head run each epoch).
+- ``images``: everything else. The whole model runs on every image each epoch (augmentation
+  changes the images, or the base trains, or the feature cache is off).
+
+``input_path(config)`` is the rule, a pure function of the config (no model): the lint and the
+pages use it to say what a run will do. ``choose_source(config, built, n_images)`` applies it to
+a built model and returns a ``Source`` that the trainer drives without knowing which it is: the
+model each phase trains, its prepared inputs, how it fits, how often it checkpoints.
+"""
+
+from __future__ import annotations
+
+import time
+from abc import ABC, abstractmethod
+from collections.abc import Callable, Sequence
+from dataclasses import dataclass
+from typing import TYPE_CHECKING, Any
+
+import keras
+import numpy as np
+
+from core.config import RunConfig
+from core.training.model import HEAD_PHASE, BuiltModel
+
+if TYPE_CHECKING:
+    from core.data import DatasetIndex
+    from core.training.cut import Cut
+
+FEATURES, ACTIVATIONS, IMAGES = "features", "activations", "images"
+CACHED_CHECKPOINT_S = 5.0  # minimum seconds between checkpoints when epochs read cached inputs
+StageFn = Callable[..., None]
+# ``reporter(**extra)`` returns ``stage(done, total, **more)``: the pages' progress record of a
+# one-off pass over the images (the trainer writes it to the run store).
+StageReporter = Callable[..., StageFn]
+
+
+@dataclass(frozen=True)
+class InputPath:
+    """What a config's training reads (``kind``) and why, in the user's words (``reason``).
+
+    ``blocker`` names the setting that keeps the run on images ("feature cache", "mode",
+    "augmentation"), ``None`` when it reads cached inputs.
+    """
+
+    kind: str
+    reason: str
+    blocker: str | None = None
+
+
+def input_path(config: RunConfig) -> InputPath:
+    """The input path ``config`` asks for; fine-tuning's ``activations`` may still fall back to
+    images when the model can't be cut there (``choose_source`` says why)."""
+    mode = config.mode
+    if config.feature_cache == "off":
+        return InputPath(
+            IMAGES,
+            "the feature cache is off, so the frozen base runs on every image each epoch",
+            "feature cache",
+        )
+    if mode not in ("feature_extraction", "fine_tuning"):
+        return InputPath(
+            IMAGES, f"mode {mode} trains the whole base, so its features change every step", "mode"
+        )
+    if config.active_augmentations():
+        return InputPath(
+            IMAGES,
+            "augmentation is on: it changes every epoch's images, so the frozen base runs on "
+            "every image each epoch instead of once",
+            "augmentation",
+        )
+    if mode == "feature_extraction":
+        return InputPath(
+            FEATURES,
+            "mode feature_extraction freezes the whole base and augmentation is off, so the base "
+            "runs once per image and the head trains on its stored features",
+        )
+    return InputPath(
+        ACTIVATIONS,
+        "mode fine_tuning freezes the base's first layers and augmentation is off, so they run "
+        "once per image and training reads their stored activations at the freeze cut",
+    )
+
+
+def _fit_keras(
+    model: keras.Model,
+    train_ds: Any,
+    val_ds: Any,
+    callbacks: keras.callbacks.CallbackList,
+    epochs: int,
+    initial_epoch: int,
+) -> None:
+    from core.data.pipeline import image_errors
+
+    with image_errors():  # a file that vanished since the scan is named, not "Graph error"
+        model.fit(
+            train_ds, validation_data=val_ds, epochs=epochs, initial_epoch=initial_epoch,
+            callbacks=callbacks, verbose=0, shuffle=False,
+        )  # fmt: skip
+
+
+class Source(ABC):
+    """A run's inputs: prepared once, then read by every phase's fit."""
+
+    kind: str = IMAGES
+    stage: str = "inputs"  # the name of ``prepare``'s timing in the run's ``timings``
+    checkpoint_every: float = 0.0  # minimum seconds between checkpoints (0: every epoch)
+
+    def __init__(self, config: RunConfig, built: BuiltModel, reason: str) -> None:
+        self.config, self.built, self.reason = config, built, reason
+        self.timings: dict[str, float] = {}  # seconds of what ``prepare`` did, by stage
+
+    @property
+    def name(self) -> str:
+        """The input path's name (``features``, ``activations`` or ``images``)."""
+        return self.kind
+
+    @abstractmethod
+    def prepare(self, data: DatasetIndex, reporter: StageReporter) -> None:
+        """Make the inputs every epoch reads (pipelines, or a pass of the frozen base)."""
+
+    @abstractmethod
+    def model_for(self, phase: str) -> keras.Model:
+        """The model ``phase`` trains; all share their layers with the full model."""
+
+    @abstractmethod
+    def fit(
+        self,
+        model: keras.Model,
+        callbacks: keras.callbacks.CallbackList,
+        epochs: int,
+        initial_epoch: int,
+    ) -> None:
+        """Train ``model`` (``model_for``'s, compiled) up to epoch ``epochs``."""
+
+    def phase_info(self, phase: str) -> dict[str, bool]:
+        """What ``phase`` reads, for the run's ``phases`` record."""
+        return {"feature_cache": False, "activation_cache": False}
+
+
+class ImageSource(Source):
+    """The images themselves, through the (augmenting) tf.data pipeline, every epoch."""
+
+    kind, stage, checkpoint_every = IMAGES, "inputs", 0.0
+
+    def prepare(self, data: DatasetIndex, reporter: StageReporter) -> None:
+        from core.data.pipeline import make_dataset
+
+        started = time.perf_counter()
+        config, size = self.config, self.built.image_size
+        self.train_ds = make_dataset(
+            data.train_paths, data.train_labels, size, config.batch_size, training=True,
+            augmentations=config.active_augmentations(), seed=config.seed,
+        )  # fmt: skip
+        self.val_ds = make_dataset(
+            data.val_paths, data.val_labels, size, config.batch_size, training=False
+        )
+        self.timings[self.stage] = time.perf_counter() - started
+
+    def model_for(self, phase: str) -> keras.Model:
+        return self.built.model
+
+    def fit(
+        self,
+        model: keras.Model,
+        callbacks: keras.callbacks.CallbackList,
+        epochs: int,
+        initial_epoch: int,
+    ) -> None:
+        _fit_keras(model, self.train_ds, self.val_ds, callbacks, epochs, initial_epoch)
+
+
+class _HeadOnFeatures(Source):
+    """A source whose head phase trains on pooled features in memory (``fit_head``)."""
+
+    checkpoint_every = CACHED_CHECKPOINT_S
+
+    def __init__(self, config: RunConfig, built: BuiltModel, reason: str) -> None:
+        super().__init__(config, built, reason)
+        from core.training.embeddings import build_head
+
+        # The head model shares its layers with the full model: training it trains the model.
+        self.head = build_head(config, built)
+        self.train_features: tuple[np.ndarray, Sequence[int]] = (np.zeros((0,)), [])
+        self.val_features: tuple[np.ndarray, Sequence[int]] = (np.zeros((0,)), [])
+
+    def _set_features(self, data: DatasetIndex, features: np.ndarray) -> None:
+        n = len(data.train_paths)
+        self.train_features = (features[:n], data.train_labels)
+        self.val_features = (features[n:], data.val_labels)
+
+    def _fit_head(
+        self, callbacks: keras.callbacks.CallbackList, epochs: int, initial_epoch: int
+    ) -> None:
+        from core.training.head_fit import fit_head
+
+        fit_head(
+            self.head, self.train_features, self.val_features, batch_size=self.config.batch_size,
+            epochs=epochs, initial_epoch=initial_epoch, seed=self.config.seed, callbacks=callbacks,
+        )  # fmt: skip
+
+
+class FeatureSource(_HeadOnFeatures):
+    """Pooled features of the frozen base, computed once (or read from the feature cache)."""
+
+    kind, stage = FEATURES, "features"
+
+    def prepare(self, data: DatasetIndex, reporter: StageReporter) -> None:
+        from core.training.embeddings import features_for
+
+        started = time.perf_counter()
+        paths = [*data.train_paths, *data.val_paths]
+        stage = reporter()
+        features, was_cached = features_for(self.config, self.built, paths, stage, self.timings)
+        stage(len(paths), len(paths), cached=was_cached)
+        self._set_features(data, features)
+        self.timings[self.stage] = time.perf_counter() - started
+
+    def model_for(self, phase: str) -> keras.Model:
+        return self.head
+
+    def fit(
+        self,
+        model: keras.Model,
+        callbacks: keras.callbacks.CallbackList,
+        epochs: int,
+        initial_epoch: int,
+    ) -> None:
+        self._fit_head(callbacks, epochs, initial_epoch)
+
+    def phase_info(self, phase: str) -> dict[str, bool]:
+        return {"feature_cache": True, "activation_cache": False}
+
+
+class ActivationSource(_HeadOnFeatures):
+    """Activations at the freeze cut, computed once: the head warm-up reads their pooled
+    features, phase 2 the activations (only the unfrozen layers and the head run)."""
+
+    kind, stage = ACTIVATIONS, "activations"
+
+    def __init__(self, config: RunConfig, built: BuiltModel, reason: str, cut: Cut) -> None:
+        super().__init__(config, built, reason)
+        self.cut = cut
+
+    def prepare(self, data: DatasetIndex, reporter: StageReporter) -> None:
+        from core.data.pipeline import array_dataset
+        from core.training.cut import compute_activations, pooled_features
+
+        started = time.perf_counter()
+        config, cut = self.config, self.cut
+        paths = [*data.train_paths, *data.val_paths]
+        stage = reporter(activations=list(cut.shape))
+        acts = compute_activations(cut, paths, self.built.image_size, stage)
+        stage(len(paths), len(paths), cached=False)
+        n = len(data.train_paths)
+        self._set_features(data, pooled_features(cut, acts))
+        self.train_ds = array_dataset(
+            acts[:n], data.train_labels, config.batch_size, training=True, seed=config.seed
+        )
+        self.val_ds = array_dataset(
+            acts[n:], data.val_labels, config.batch_size, training=False, seed=config.seed
+        )
+        self.timings[self.stage] = time.perf_counter() - started
+
+    def model_for(self, phase: str) -> keras.Model:
+        # The head warm-up on pooled features; phase 2, the unfrozen layers and the head.
+        return self.head if phase == HEAD_PHASE else self.cut.classifier
+
+    def fit(
+        self,
+        model: keras.Model,
+        callbacks: keras.callbacks.CallbackList,
+        epochs: int,
+        initial_epoch: int,
+    ) -> None:
+        if model is self.head:
+            self._fit_head(callbacks, epochs, initial_epoch)
+        else:
+            _fit_keras(model, self.train_ds, self.val_ds, callbacks, epochs, initial_epoch)
+
+    def phase_info(self, phase: str) -> dict[str, bool]:
+        head = phase == HEAD_PHASE
+        return {"feature_cache": head, "activation_cache": not head}
+
+
+def choose_source(
+    config: RunConfig, built: BuiltModel, n_images: int, path: InputPath | None = None
+) -> Source:
+    """The source ``config``'s run trains from, for ``built`` and ``n_images`` images in all.
+
+    ``path``: ``input_path(config)`` if already known. Fine-tuning falls back to images, with
+    the reason, when the model can't be cut at the freeze point or the activations would not
+    fit in memory.
+    """
+    path = path or input_path(config)
+    if path.kind == FEATURES:
+        return FeatureSource(config, built, path.reason)
+    if path.kind == ACTIVATIONS:
+        from core.training.cut import plan_cut
+
+        cut, why = plan_cut(config, built, n_images)
+        if cut is not None:
+            return ActivationSource(config, built, path.reason, cut)
+        return ImageSource(config, built, f"the frozen layers' activations can't be stored: {why}")
+    return ImageSource(config, built, path.reason)
