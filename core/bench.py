@@ -28,7 +28,6 @@ import math
 import os
 import platform
 import shutil
-import tempfile
 import time
 from collections.abc import Callable
 from pathlib import Path
@@ -37,6 +36,7 @@ from typing import Any
 import numpy as np
 
 from core.config import RunConfig
+from core.files import build_folder, read_marker
 
 ProgressCb = Callable[[str], None]
 
@@ -89,41 +89,30 @@ def generate_dataset(root: Path, images_per_class: int, seed: int = DATA_SEED) -
     from PIL import Image
     from skimage import data as skdata
 
-    spec = {
-        "version": DATA_VERSION,
+    identity = {
         "seed": seed,
         "classes": list(DATA_CLASSES),
         "images_per_class": images_per_class,
         "file_size": FILE_SIZE,
     }
+    spec = {"version": DATA_VERSION, **identity}
     started = time.perf_counter()
-    marker = root / MARKER
-    reused = False
-    try:
-        reused = json.loads(marker.read_text()) == spec
-    except (OSError, ValueError):
-        pass
-    if not reused:
-        root.parent.mkdir(parents=True, exist_ok=True)
-        tmp = Path(tempfile.mkdtemp(prefix=f".{root.name}.tmp-", dir=root.parent))
-        try:
-            for index, name in enumerate(DATA_CLASSES):
-                photo = np.asarray(getattr(skdata, name)(), dtype=np.uint8)
-                # One generator per class: changing one class never changes another's images.
-                rng = np.random.default_rng([seed, index])
-                folder = tmp / name
-                folder.mkdir()
-                for i in range(images_per_class):
-                    quality = int(rng.integers(70, 96))
-                    Image.fromarray(_texture_image(photo, rng)).save(
-                        folder / f"{name}_{i:04d}.jpg", format="JPEG", quality=quality
-                    )
-            (tmp / MARKER).write_text(json.dumps(spec))
-            if root.exists():
-                shutil.rmtree(root)
-            os.rename(tmp, root)
-        finally:
-            shutil.rmtree(tmp, ignore_errors=True)
+    reused = read_marker(root, MARKER, DATA_VERSION, identity) is not None
+
+    def write(tmp: Path) -> None:
+        for index, name in enumerate(DATA_CLASSES):
+            photo = np.asarray(getattr(skdata, name)(), dtype=np.uint8)
+            # One generator per class: changing one class never changes another's images.
+            rng = np.random.default_rng([seed, index])
+            folder = tmp / name
+            folder.mkdir()
+            for i in range(images_per_class):
+                quality = int(rng.integers(70, 96))
+                Image.fromarray(_texture_image(photo, rng)).save(
+                    folder / f"{name}_{i:04d}.jpg", format="JPEG", quality=quality
+                )
+
+    build_folder(root, write, MARKER, DATA_VERSION, identity)
     files = sorted(str(p) for p in root.glob("*/*.jpg"))
     return {
         **spec,

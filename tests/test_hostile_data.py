@@ -446,3 +446,14 @@ def test_zip_caps_have_sane_defaults() -> None:
     assert 1_000 <= data.archives.MAX_ZIP_MEMBERS <= 50_000
     assert 16 <= data.archives.MAX_ZIP_DEPTH <= 64
     assert data.layout.MAX_CLASS_DEPTH < data.archives.MAX_ZIP_DEPTH
+
+
+def test_class_folder_names_that_are_not_utf8_are_refused_clearly(tmp_path: Path) -> None:
+    root = os.fsencode(tmp_path)
+    for name in (b"caf\xe9", b"plain"):  # latin-1 bytes: not UTF-8
+        folder = os.path.join(root, name)
+        os.mkdir(folder)
+        for i in range(3):
+            Image.new("RGB", (16, 16), (i * 60, 0, 0)).save(os.fsdecode(folder) + f"/{i}.png")
+    with pytest.raises(DataError, match="not valid UTF-8"):
+        data.load_dataset(str(tmp_path))

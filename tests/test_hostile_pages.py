@@ -372,3 +372,30 @@ def test_run_page_with_1000_classes_lists_confused_pairs(thousand_classes, monke
     at.run()  # a rerun reuses the pairs (cached by run folder and evaluation file)
     assert not at.exception
     assert built == [1]
+
+
+def test_plotly_figures_show_names_as_text_not_html_or_template() -> None:
+    """Plotly renders <a href>, <b>, <br> in labels and substitutes %{...} in hover templates."""
+    from app.views import charts
+    from app.views.run_page import confusion_matrix_figure
+
+    name = '<a href="http://evil.example">x</a> %{x}'
+    result = {"run_id": "r1", "name": name, "mode": "fine_tuning", "duration_s": 3.0,
+              "best_val_accuracy": 0.5, "history": {"epoch": [1], "val_accuracy": [0.5],
+              "accuracy": [0.4], "val_loss": [1.0], "loss": [1.2]}}  # fmt: skip
+    figures = [
+        charts.compare_curves([result]),  # type: ignore[list-item]
+        charts.accuracy_vs_time([result]),  # type: ignore[list-item]
+        charts.prediction_bars([{"label": name, "probability": 0.9}]),
+        charts.class_counts_figure({"train": {name: 3}, "val": {name: 1}}),
+        confusion_matrix_figure(
+            {"class_names": [name, "b"], "confusion_matrix": [[1, 0], [0, 1]]}, (name, "b")
+        ),
+    ]
+    for fig in figures:
+        dumped = fig.to_json()
+        assert "<a href" not in dumped and "&lt;a href" in dumped, dumped[:300]
+        for trace in fig.data:
+            assert name not in str(getattr(trace, "hovertemplate", "") or "")
+    picker = figures[-1].data[1]
+    assert list(picker.customdata[0])[:2] == [name, name], "a click still reports the raw name"

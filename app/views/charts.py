@@ -13,6 +13,7 @@ from typing import Any, TypeVar
 import plotly.graph_objects as go
 
 from app.views.labels import mode_label
+from app.views.text import plotly_text
 from core.config import Phase
 from core.runs.store import BatchRecord, RunResult, RunSummary
 
@@ -254,7 +255,7 @@ def class_counts_figure(class_counts: dict[str, dict[str, int]], height: int = 3
         counts = class_counts.get(split) or {}
         fig.add_trace(
             go.Bar(
-                x=list(counts),
+                x=[plotly_text(name) for name in counts],
                 y=list(counts.values()),
                 name=label,
                 marker_color=color,
@@ -277,7 +278,7 @@ def compare_curves(results: Sequence[RunResult], height: int = 400) -> go.Figure
     traces: list[dict[str, Any]] = []
     for i, result in enumerate(results):
         color = PALETTE[i % len(PALETTE)]
-        label = run_label(result)
+        label = plotly_text(run_label(result))
         group = result.get("run_id", label)
         history: Mapping[str, Any] = result.get("history") or {}
         epochs = history.get("epoch") or []
@@ -294,7 +295,8 @@ def compare_curves(results: Sequence[RunResult], height: int = 400) -> go.Figure
                     "showlegend": col == 1,
                     "line": {"color": color, "width": 2.5},
                     "marker": {"size": 7},
-                    "hovertemplate": f"{label} val {key}: %{{y:.3f}}<extra></extra>",
+                    "meta": label,  # the name reaches the hover as a value, never as template
+                    "hovertemplate": f"%{{meta}} val {key}: %{{y:.3f}}<extra></extra>",
                     **_axes(col),
                 }
             )
@@ -309,7 +311,8 @@ def compare_curves(results: Sequence[RunResult], height: int = 400) -> go.Figure
                     "legendgroup": group,
                     "showlegend": False,
                     "line": {"color": color, "width": 1.5, "dash": "dot"},
-                    "hovertemplate": f"{label} train {key}: %{{y:.3f}}<extra></extra>",
+                    "meta": label,
+                    "hovertemplate": f"%{{meta}} train {key}: %{{y:.3f}}<extra></extra>",
                     **_axes(col),
                 }
             )
@@ -333,7 +336,7 @@ def accuracy_vs_time(results: Sequence[RunResult], height: int = 380) -> go.Figu
     for i, r in enumerate(results):
         if not (_is_number(r.get("duration_s")) and _is_number(r.get("best_val_accuracy"))):
             continue
-        label = run_label(r)
+        label = plotly_text(run_label(r))
         mode = mode_label(r.get("mode"))
         fig.add_trace(
             go.Scatter(
@@ -363,7 +366,7 @@ def prediction_bars(
     predictions: list[dict[str, Any]], title: str | None = None, height: int | None = None
 ) -> go.Figure:
     """Horizontal probability bars, best label on top (``predict_images``' ``predictions``)."""
-    labels = [str(p["label"]) for p in predictions][::-1]
+    labels = [plotly_text(p["label"]) for p in predictions][::-1]
     probs = [float(p["probability"]) for p in predictions][::-1]
     colors = [TRAIN_COLOR if i == len(probs) - 1 else "#93c5fd" for i in range(len(probs))]
     fig = go.Figure(

@@ -19,7 +19,7 @@ import plotly.graph_objects as go
 
 from app.views.dashboard import format_count, format_duration
 from app.views.labels import phase_row
-from app.views.text import md_escape
+from app.views.text import md_escape, plotly_text
 from core.runs.evaluate import misclassified
 from core.runs.store import COMPLETED, RunResult, RunSummary
 
@@ -211,7 +211,8 @@ def confusion_matrix_figure(
     a click selects that cell: Plotly reports no points for heatmap selections. ``selected``
     outlines a cell.
     """
-    names = [str(n) for n in evaluation["class_names"]]
+    raw = [str(n) for n in evaluation["class_names"]]
+    names = [plotly_text(n) for n in raw]  # axis labels: shown as text, never as HTML
     matrix = evaluation["confusion_matrix"]
     n = len(names)
     height = height or min(max(320, 60 * n + 160), 760)
@@ -236,18 +237,23 @@ def confusion_matrix_figure(
     picker = go.Scatter(
         x=[names[j] for _, j in cells],
         y=[names[i] for i, _ in cells],
-        customdata=[[names[i], names[j], matrix[i][j]] for i, j in cells],
+        # raw names: a click reports them back (``cell_from_selection``); the hover shows the
+        # escaped ones, composed here so no name is ever part of the template
+        customdata=[[raw[i], raw[j], matrix[i][j]] for i, j in cells],
+        hovertext=[
+            f"true <b>{names[i]}</b><br>predicted <b>{names[j]}</b><br>{matrix[i][j]} images"
+            for i, j in cells
+        ],
         mode="markers",
         marker={"size": 24, "opacity": 0, "color": HIGHLIGHT},
         selected={"marker": {"opacity": 0}},
         unselected={"marker": {"opacity": 0}},
-        hovertemplate="true <b>%{customdata[0]}</b><br>predicted <b>%{customdata[1]}</b>"
-        "<br>%{customdata[2]} images<extra></extra>",
+        hovertemplate="%{hovertext}<extra></extra>",
         showlegend=False,
     )
     fig = go.Figure([heat, picker])
-    if selected is not None and selected[0] in names and selected[1] in names:
-        i, j = names.index(selected[0]), names.index(selected[1])
+    if selected is not None and selected[0] in raw and selected[1] in raw:
+        i, j = raw.index(selected[0]), raw.index(selected[1])
         fig.add_shape(
             type="rect", x0=j - 0.5, x1=j + 0.5, y0=i - 0.5, y1=i + 0.5,
             line={"color": HIGHLIGHT, "width": 3}, xref="x", yref="y",

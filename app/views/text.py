@@ -6,8 +6,10 @@ widgets, metrics, expanders, tabs and radio options. Run names, class folder nam
 file names and error messages that quote them come from users and files on disk: a run named
 ``![t](http://host/track.png)`` would make the page fetch that URL. ``md_escape`` turns such a
 string into Markdown that displays exactly the original characters. Plain-text places
-(``st.selectbox``/``st.multiselect`` options, dataframe cells, ``st.text``, ``st.code``, Plotly
-figures) must get the raw string: they would show the backslashes.
+(``st.selectbox``/``st.multiselect`` options, dataframe cells, ``st.text``, ``st.code``) must get
+the raw string: they would show the backslashes. Plotly figures render a subset of HTML (``<a
+href>``, ``<b>``, ``<br>``) in labels, legends and hover text: names go through ``plotly_text``,
+and never into a ``hovertemplate`` itself (``%{...}`` there is a substitution).
 
 No Streamlit here, so the pure view code (``app.views.run_page``) can use it too.
 """
@@ -58,3 +60,10 @@ def md_escape(text: object, *, inline: bool = False) -> str:
 def md_unescape(markdown: str) -> str:
     """The text ``md_escape`` was given (its line breaks as ``\\n``): for tests and logs."""
     return re.sub(r"\\([!-/:-@\[-`{-~])", r"\1", markdown.replace("  \n", "\n"))
+
+
+def plotly_text(text: object) -> str:
+    """``text`` for a Plotly label, legend or hover value: its HTML-like tags shown, not run."""
+    import html
+
+    return html.escape(str(text), quote=False)

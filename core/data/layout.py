@@ -168,6 +168,15 @@ def _check_class_name(path: str) -> None:
             "because they are saved one per line in labels.txt. Rename the folder without "
             "those characters and load the data again."
         )
+    try:
+        name.encode("utf-8")
+    except UnicodeEncodeError:  # undecodable bytes in the folder name (surrogate-escaped)
+        raw = os.fsencode(name)
+        raise DataError(
+            f"Class folder {raw!r} in {os.path.dirname(path)!r} has a name that is not valid "
+            "UTF-8 text, so it cannot be saved as a class label. Rename the folder (for "
+            "example with a file manager) and load the data again."
+        ) from None
 
 
 def _non_image_reason(path: str) -> str:

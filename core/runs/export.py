@@ -12,7 +12,6 @@ of the model. Next to the model go ``labels.txt`` (one class per line, in output
 
 from __future__ import annotations
 
-import io
 import json
 import os
 import re
@@ -28,6 +27,7 @@ from typing import Any
 import numpy as np
 
 from core.config import RunConfig
+from core.data.images import to_array
 from core.errors import ConfigError, DataError, StudioError
 from core.runs.store import RunStore
 
@@ -177,22 +177,6 @@ def _load_tflite(path: Path) -> _Runner:
 _LOADERS = {"keras": _load_keras, "savedmodel": _load_savedmodel, "tflite": _load_tflite}
 
 
-def _to_uint8(image: Any, size: int) -> np.ndarray:
-    from PIL import Image
-
-    from core.data.images import load_rgb
-
-    if isinstance(image, np.ndarray):
-        arr = image
-        if arr.shape[:2] != (size, size) or arr.ndim != 3 or arr.shape[2] != 3:
-            pil = Image.fromarray(np.clip(arr, 0, 255).astype(np.uint8)).convert("RGB")
-            arr = np.asarray(pil.resize((size, size)))
-        return arr
-    if isinstance(image, bytes):
-        return load_rgb(io.BytesIO(image), size)
-    return load_rgb(image, size)
-
-
 def as_batch(images: Any, size: int) -> np.ndarray:
     """A float32 ``(N, size, size, 3)`` batch of raw 0-255 pixels from an array or image list."""
     if isinstance(images, np.ndarray) and images.ndim == 4:
@@ -201,7 +185,7 @@ def as_batch(images: Any, size: int) -> np.ndarray:
         images = list(images)
     if isinstance(images, (str, Path, bytes, np.ndarray)):
         images = [images]
-    return np.stack([_to_uint8(image, size) for image in images]).astype(np.float32)
+    return np.stack([to_array(image, size) for image in images]).astype(np.float32)
 
 
 def predict_with_export(path: str | os.PathLike[str], fmt: str, images: Any) -> np.ndarray:

@@ -2,7 +2,6 @@
 
 from __future__ import annotations
 
-import io
 import threading
 import time
 from dataclasses import dataclass
@@ -11,7 +10,7 @@ from typing import Any
 
 import numpy as np
 
-from core.data.images import load_rgb
+from core.data.images import to_array
 from core.errors import StudioError
 from core.runs.store import RunStore
 
@@ -79,18 +78,6 @@ def load_run(store: RunStore, run_id: str) -> LoadedRun:
         return _CACHE[key]
 
 
-def _to_array(image: ImageInput, size: int) -> np.ndarray:
-    if isinstance(image, np.ndarray):
-        from PIL import Image
-
-        return np.asarray(
-            Image.fromarray(image.astype(np.uint8)).convert("RGB").resize((size, size))
-        )
-    if isinstance(image, bytes):
-        return load_rgb(io.BytesIO(image), size)
-    return load_rgb(image, size)
-
-
 def predict_images(
     store: RunStore, run_id: str, images: list[ImageInput], top_k: int = 5
 ) -> list[dict[str, Any]]:
@@ -100,7 +87,7 @@ def predict_images(
     results = []
     for image in images:
         start = time.perf_counter()
-        batch = _to_array(image, run.image_size)[None].astype(np.float32)
+        batch = to_array(image, run.image_size, np.float32)[None]
         probs = run(batch)[0]
         latency = (time.perf_counter() - start) * 1000.0
         order = np.argsort(probs)[::-1][:k]
