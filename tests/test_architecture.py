@@ -179,3 +179,11 @@ def test_the_keras_session_patch_still_has_its_target() -> None:
     assert "_log_if_error(_clean_problem_modules)" in source or "_clean_problem_modules()" in (
         source
     ), "Streamlit no longer calls it after a run"
+
+
+def test_the_router_menu_is_shown() -> None:
+    """``st.navigation`` draws the page menu only if the server config lets the sidebar show it."""
+    import tomllib
+
+    config = tomllib.loads((ROOT / ".streamlit" / "config.toml").read_text())
+    assert config.get("client", {}).get("showSidebarNavigation", True) is True
