@@ -263,6 +263,15 @@ def _epoch_line(config: RunConfig) -> Callable[[dict[str, Any]], None]:
 
 
 # The flags behind each lint finding's settings (core's messages use the settings' words).
+# Core's messages name settings (RunConfig fields); the command line adds the flags behind them.
+SETTING_FLAGS = {"augment": "--augment/--no-augment"}
+
+
+def setting_flags(settings: Sequence[str]) -> str:
+    """The flags of RunConfig fields: ``("image_size",)`` → ``"--image-size"``."""
+    return ", ".join(SETTING_FLAGS.get(s, "--" + s.replace("_", "-")) for s in settings)
+
+
 LINT_FLAGS = {
     "no_fine_tune_phase": "--fine-tune-epochs, --mode",
     "fine_tune_lr_high": "--fine-tune-lr",
@@ -526,7 +535,8 @@ def main(argv: Sequence[str] | None = None) -> int:
     try:
         return COMMANDS[args.command](args)
     except StudioError as exc:
-        print(f"error: {exc}", file=sys.stderr)
+        hint = f" [{setting_flags(exc.settings)}]" if exc.settings else ""
+        print(f"error: {exc}{hint}", file=sys.stderr)
         return 1
     except OSError as exc:  # a full, read-only or unwritable disk is a user's problem too
         where = getattr(args, "runs_dir", None) or getattr(exc, "filename", None) or "."

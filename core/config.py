@@ -14,6 +14,17 @@ from typing import Any
 
 from core.errors import ConfigError
 
+# RunConfig fields in the words the dashboard and messages use (the CLI maps them to flags).
+SETTING_LABELS = {
+    "lr": "learning rate",
+    "fine_tune_lr": "fine-tune learning rate",
+    "fine_tune_epochs": "fine-tune epochs",
+    "val_split": "validation split",
+    "dense_units": "head units",
+    "dropout": "head dropout",
+    "unfreeze": "unfrozen layers",
+}
+
 
 class Mode(enum.StrEnum):
     """How much of the pretrained base a run trains."""
@@ -131,41 +142,45 @@ class RunConfig:
         spec = get_backbone(self.backbone)
         if self.mode not in MODES:
             raise ConfigError(
-                f"Unknown mode {self.mode!r}. Available: {', '.join(MODES)}. Pick one with --mode."
+                f"Unknown mode {self.mode!r}. Available: {', '.join(MODES)}.", settings=("mode",)
             )
         if self.weights not in ("imagenet", "none") and not self.weights.strip():
             raise ConfigError(
-                "weights is empty. Expected 'imagenet', 'none' or a weights file path."
+                "The weights setting is empty. Expected 'imagenet', 'none' or a weights file path.",
+                settings=("weights",),
             )
         if self.image_size is not None:
-            _check_int("image_size", self.image_size, 1, 1024, "--image-size")
+            _check_int("image_size", self.image_size, 1, 1024)
             check_image_size(spec, self.image_size)
-        _check_int("batch_size", self.batch_size, 1, 1024, "--batch-size")
-        _check_int("epochs", self.epochs, 1, 1000, "--epochs")
-        _check_int("fine_tune_epochs", self.fine_tune_epochs, 0, 1000, "--fine-tune-epochs")
-        _check_float("lr", self.lr, 0.0, 1.0, "--lr")
-        _check_float("fine_tune_lr", self.fine_tune_lr, 0.0, 1.0, "--fine-tune-lr")
+        _check_int("batch_size", self.batch_size, 1, 1024)
+        _check_int("epochs", self.epochs, 1, 1000)
+        _check_int("fine_tune_epochs", self.fine_tune_epochs, 0, 1000)
+        _check_float("lr", self.lr, 0.0, 1.0)
+        _check_float("fine_tune_lr", self.fine_tune_lr, 0.0, 1.0)
         if self.unfreeze is not None:
-            _check_int("unfreeze", self.unfreeze, 1, 100_000, "--unfreeze")
+            _check_int("unfreeze", self.unfreeze, 1, 100_000)
         unknown = [a for a in self.augmentations if a not in AUGMENTATIONS]
         if unknown:
             raise ConfigError(
                 f"Unknown augmentation(s) {', '.join(map(repr, unknown))}. "
-                f"Available: {', '.join(AUGMENTATIONS)}."
+                f"Available: {', '.join(AUGMENTATIONS)}.",
+                settings=("augmentations",),
             )
         if not 0.0 < self.val_split <= 0.9:
             raise ConfigError(
-                f"val_split={self.val_split!r} is out of range. Expected a fraction in (0, 0.9], "
-                "e.g. --val-split 0.2 (ignored when the data has its own validation folder)."
+                f"Validation split {self.val_split!r} is out of range. Expected a fraction in "
+                "(0, 0.9], e.g. 0.2 (ignored when the data has its own validation folder).",
+                settings=("val_split",),
             )
-        _check_int("seed", self.seed, 0, 2**31 - 1, "--seed")
+        _check_int("seed", self.seed, 0, 2**31 - 1)
         if self.feature_cache not in FEATURE_CACHE_CHOICES:
             raise ConfigError(
-                f"feature_cache={self.feature_cache!r} is invalid. Expected one of: "
-                f"{', '.join(FEATURE_CACHE_CHOICES)} (--feature-cache)."
+                f"Feature cache {self.feature_cache!r} is invalid. Expected one of: "
+                f"{', '.join(FEATURE_CACHE_CHOICES)}.",
+                settings=("feature_cache",),
             )
-        _check_float("dropout", self.dropout, 0.0, 0.95, "--dropout")
-        _check_int("dense_units", self.dense_units, 1, 8192, "--dense-units")
+        _check_float("dropout", self.dropout, 0.0, 0.95)
+        _check_int("dense_units", self.dense_units, 1, 8192)
         return self
 
     # -- serialisation --------------------------------------------------------------------
@@ -207,17 +222,25 @@ class RunConfig:
         return replace(self, **changes)
 
 
-def _check_int(name: str, value: Any, lo: int, hi: int, flag: str) -> None:
+def setting_label(name: str) -> str:
+    """A RunConfig field as users say it: ``fine_tune_lr`` → "fine-tune learning rate"."""
+    return SETTING_LABELS.get(name, name.replace("_", " "))
+
+
+def _check_int(name: str, value: Any, lo: int, hi: int) -> None:
     if isinstance(value, bool) or not isinstance(value, int) or not lo <= value <= hi:
         raise ConfigError(
-            f"{name}={value!r} is invalid. Expected an integer in [{lo}, {hi}] ({flag})."
+            f"{setting_label(name).capitalize()} {value!r} is invalid. Expected a whole number "
+            f"from {lo} to {hi}.",
+            settings=(name,),
         )
 
 
-def _check_float(name: str, value: Any, lo: float, hi: float, flag: str) -> None:
+def _check_float(name: str, value: Any, lo: float, hi: float) -> None:
     ok = isinstance(value, (int, float)) and not isinstance(value, bool)
     if not ok or not lo <= float(value) <= hi or (name.endswith("lr") and float(value) == 0.0):
         raise ConfigError(
-            f"{name}={value!r} is invalid. Expected a number from {lo} to {hi}"
-            f"{' (not 0)' if name.endswith('lr') else ''} ({flag})."
+            f"{setting_label(name).capitalize()} {value!r} is invalid. Expected a number from "
+            f"{lo} to {hi}{' (not 0)' if name.endswith('lr') else ''}.",
+            settings=(name,),
         )

@@ -1,12 +1,20 @@
 """User-facing errors.
 
 Every message says what was received, what was expected and how to fix it, so that the CLI can print
-it on one line and the pages can show it with ``st.error`` without a traceback.
+it on one line and the pages can show it with ``st.error`` without a traceback. Messages name the
+settings in words ("image size", "weights"); ``settings`` holds their RunConfig field names, so the
+command line can add its flags (``--image-size``) and the dashboard never shows one.
 """
+
+from collections.abc import Sequence
 
 
 class StudioError(Exception):
     """Base class for errors a user can act on."""
+
+    def __init__(self, *args: object, settings: Sequence[str] = ()) -> None:
+        super().__init__(*args)
+        self.settings = tuple(settings)  # RunConfig fields the fix is about
 
 
 class ConfigError(StudioError, ValueError):

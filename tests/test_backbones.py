@@ -43,8 +43,9 @@ def test_registry_metadata_matches_a_forward_pass(name: str) -> None:
 
 
 def test_minimum_input_size_is_enforced_with_a_clear_message() -> None:
-    with pytest.raises(BackboneError, match="Use --image-size 75 or more"):
+    with pytest.raises(BackboneError, match="Use an image size of 75 px or more") as info:
         build_base(get_backbone("inception_v3"), "none", 64)
+    assert info.value.settings == ("image_size",)  # the CLI adds --image-size (test_cli)
 
 
 def test_missing_local_weights_file_is_refused(tmp_path) -> None:
@@ -69,7 +70,8 @@ def test_imagenet_weights_offline_say_so_and_suggest_alternatives(tmp_path, monk
     with pytest.raises(WeightsUnavailableError) as info:
         build_base(spec, "imagenet", 64)
     message = str(info.value)
-    assert "no network" in message and "--weights none" in message
+    assert "no network" in message and "weights to none" in message
+    assert "--weights" not in message and set(info.value.settings) == {"weights", "backbone"}
     assert "efficientnet_lite0" in message
 
 

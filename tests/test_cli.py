@@ -138,3 +138,25 @@ def test_evaluate_json_matrix_sums_to_the_validation_images(
     assert len(ev["confusion_matrix"]) == n and all(len(row) == n for row in ev["confusion_matrix"])
     assert sum(map(sum, ev["confusion_matrix"])) == feature_run["val_images"]
     assert {c["class"] for c in ev["per_class"]} == set(feature_run["class_names"])
+
+
+def test_core_names_settings_and_the_cli_adds_their_flags(tmp_path) -> None:
+    from core.cli import setting_flags
+    from core.config import RunConfig
+    from core.errors import StudioError
+
+    bad = [
+        {"image_size": 0}, {"batch_size": 0}, {"epochs": 0}, {"fine_tune_lr": 0.0},
+        {"val_split": 2.0}, {"feature_cache": "maybe"}, {"mode": "magic"}, {"dropout": 3.0},
+        {"backbone": "inception_v3", "image_size": 64},
+    ]  # fmt: skip
+    for change in bad:
+        with pytest.raises(StudioError) as info:
+            RunConfig(**change).validate()  # type: ignore[arg-type]
+        assert "--" not in str(info.value), info.value  # what the dashboard shows
+        assert info.value.settings, change
+    assert setting_flags(("image_size", "augment")) == "--image-size, --augment/--no-augment"
+    proc = cli("train", "--backbone", "inception_v3", "--image-size", "64", "--weights", "none",
+               "--runs-dir", str(tmp_path), check=False)  # fmt: skip
+    assert proc.returncode == 1
+    assert proc.stderr.strip().endswith("[--image-size]"), proc.stderr

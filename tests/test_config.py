@@ -40,17 +40,18 @@ def test_json_round_trip_keeps_every_field_and_unknown_keys() -> None:
     ("changes", "expected"),
     [
         ({"mode": "transfer"}, "Unknown mode 'transfer'. Available: feature_extraction"),
-        ({"epochs": 0}, "epochs=0 is invalid. Expected an integer in [1, 1000] (--epochs)"),
-        ({"lr": 0.0}, "lr=0.0 is invalid"),
-        ({"val_split": 1.5}, "val_split=1.5 is out of range"),
+        ({"epochs": 0}, "Epochs 0 is invalid. Expected a whole number from 1 to 1000."),
+        ({"lr": 0.0}, "Learning rate 0.0 is invalid"),
+        ({"val_split": 1.5}, "Validation split 1.5 is out of range"),
         ({"augmentations": ("flip", "blur")}, "Unknown augmentation(s) 'blur'"),
-        ({"batch_size": True}, "batch_size=True is invalid"),
+        ({"batch_size": True}, "Batch size True is invalid"),
     ],
 )
 def test_invalid_values_say_what_and_how(changes: dict, expected: str) -> None:
     with pytest.raises(ConfigError) as info:
         RunConfig(**changes).validate()
     assert expected in str(info.value)
+    assert set(info.value.settings) == set(changes)  # the setting the fix is about
 
 
 def test_unknown_backbone_lists_the_available_ones() -> None:

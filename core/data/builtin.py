@@ -117,7 +117,8 @@ def _unknown(name: str) -> DataError:
     available = ", ".join(sorted(BUILTINS))
     return DataError(
         f"Unknown built-in dataset {name!r}. Available: {available} "
-        f"(use e.g. --data builtin:{sorted(BUILTINS)[0]})."
+        f"(e.g. builtin:{sorted(BUILTINS)[0]}).",
+        settings=("data",),
     )
 
 

@@ -276,7 +276,9 @@ def check_image_size(spec: BackboneSpec, image_size: int) -> None:
     if image_size < spec.min_size:
         raise BackboneError(
             f"Image size {image_size} px is below {spec.name}'s minimum of {spec.min_size} px. "
-            f"Use --image-size {spec.min_size} or more (its default is {spec.default_size})."
+            f"Use an image size of {spec.min_size} px or more (its default is "
+            f"{spec.default_size}).",
+            settings=("image_size",),
         )
 
 
@@ -284,8 +286,8 @@ def _offline_message(spec: BackboneSpec, detail: str) -> str:
     return (
         f"ImageNet weights for {spec.name} are not cached and could not be downloaded "
         f"(no network?): {detail}. Fix: connect to the internet once (Keras caches them in "
-        f"{keras_models_dir()}), or use --weights none (random init), --weights PATH to a local "
-        f"weights file, or the offline backbone --backbone {DEFAULT_BACKBONE}."
+        f"{keras_models_dir()}), or set the weights to none (random init) or to a local weights "
+        f"file, or use the offline backbone {DEFAULT_BACKBONE}."
     )
 
 
@@ -318,7 +320,9 @@ def build_base(spec: BackboneSpec, weights: str, image_size: int) -> Any:
         if keras_weights == "imagenet" and (
             "URL fetch failure" in text or "urlopen" in text or isinstance(exc, OSError)
         ):
-            raise WeightsUnavailableError(_offline_message(spec, text.splitlines()[0])) from exc
+            raise WeightsUnavailableError(
+                _offline_message(spec, text.splitlines()[0]), settings=("weights", "backbone")
+            ) from exc
         if keras_weights not in (None, "imagenet"):
             raise BackboneError(
                 f"Could not load weights file {weights!r} into {spec.name}: "

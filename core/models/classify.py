@@ -79,7 +79,8 @@ def _check_keras_top_cached(spec: BackboneSpec) -> None:
             f"Classifying with {spec.name} needs its ImageNet classifier weights ({file_name}), "
             f"which are not cached in {keras_models_dir()}. Keras downloads them once with "
             f"network access (e.g. keras.applications call with include_top=True, "
-            f"weights='imagenet'); offline, use --backbone {DEFAULT_BACKBONE}."
+            f"weights='imagenet'); offline, use the backbone {DEFAULT_BACKBONE}.",
+            settings=("backbone",),
         )
 
 
@@ -99,7 +100,8 @@ def _build_classifier(spec: BackboneSpec, size: int) -> Any:
         raise WeightsUnavailableError(
             f"Could not load {spec.name}'s ImageNet classifier weights: "
             f"{str(exc).splitlines()[0] if str(exc) else type(exc).__name__}. "
-            f"Offline, use --backbone {DEFAULT_BACKBONE}."
+            f"Offline, use the backbone {DEFAULT_BACKBONE}.",
+            settings=("backbone",),
         ) from exc
     inputs = keras.Input(shape=shape, name="pixels")
     x = PixelNormalize(spec.preprocessing, name="normalize")(inputs)

