@@ -286,14 +286,17 @@ LINT_FLAGS = {
 
 def cmd_train(args: argparse.Namespace) -> int:
     """Queue one run on this process's worker and wait for it."""
+    from core.data.sources import check_source
     from core.lint import count_train_images, lint_config
-    from core.training.jobs import JobQueue
 
     config = config_from_args(args).validate()  # before the lint: a bad flag is one error line
+    check_source(config.data)  # a missing folder fails in a second, before TensorFlow loads
     for finding in lint_config(config, count_train_images(config)):
         flags = LINT_FLAGS.get(finding["code"])
         hint = f" [{flags}]" if flags else ""
         print(f"{finding['level']}: {finding['message']}{hint}", file=sys.stderr)
+    from core.training.jobs import JobQueue  # imports TensorFlow: only for a run that can start
+
     jobs = JobQueue(args.runs_dir)
     run_id = jobs.submit(config, progress=_epoch_line(config))
     print(f"run {run_id}: {config.mode} {config.backbone} on {config.data}", file=sys.stderr)

@@ -160,3 +160,30 @@ def test_core_names_settings_and_the_cli_adds_their_flags(tmp_path) -> None:
                "--runs-dir", str(tmp_path), check=False)  # fmt: skip
     assert proc.returncode == 1
     assert proc.stderr.strip().endswith("[--image-size]"), proc.stderr
+
+
+@pytest.mark.parametrize(
+    ("flags", "expected"),
+    [
+        (["--data", "/nonexistent/photos"], "Data source '/nonexistent/photos' not found"),
+        (["--data", "/nonexistent/photos.zip"], "not found"),
+        (["--data", "builtin:nope"], "Unknown built-in dataset 'nope'"),
+        (["--epochs", "0"], "Epochs 0 is invalid"),
+    ],
+)
+def test_train_refuses_a_bad_source_or_config_before_loading_tensorflow(
+    tmp_path, flags: list[str], expected: str
+) -> None:
+    """Fast failures: nothing heavy is imported, no run is recorded for a run that cannot start."""
+    code = (
+        "import sys\n"
+        "from core.cli import main\n"
+        f"rc = main(['train', *{flags!r}, '--runs-dir', {str(tmp_path)!r}, '--json'])\n"
+        "print(rc, 'tensorflow' in sys.modules, 'keras' in sys.modules)\n"
+    )
+    proc = subprocess.run(
+        [sys.executable, "-c", code], cwd=ROOT, capture_output=True, text=True, timeout=120
+    )
+    assert proc.stdout.split() == ["1", "False", "False"], proc.stdout + proc.stderr
+    assert expected in proc.stderr and proc.stderr.count("\n") == 1, proc.stderr
+    assert not (tmp_path / "runs").exists() or not any((tmp_path / "runs").iterdir())

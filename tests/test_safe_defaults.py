@@ -34,3 +34,11 @@ def test_no_bare_unpickling_and_models_load_in_safe_mode() -> None:
         assert "pickle.load(" not in text and "pickle.loads(" not in text, name
         assert "safe_mode=False" not in text, name
     assert "safe_mode=True" in sources["runs/predict.py"]
+
+
+def test_the_server_watches_no_files() -> None:
+    """An idle server must stay idle: no watcher over .venv's thousands of files."""
+    import tomllib
+
+    config = tomllib.loads((ROOT / ".streamlit" / "config.toml").read_text())
+    assert config["server"]["fileWatcherType"] == "none"

@@ -47,6 +47,34 @@ def parse_source(source: str) -> tuple[str, str]:
     return "folder", path
 
 
+def check_source(source: str) -> None:
+    """Fail fast on a source that cannot work, without reading, extracting or downloading it.
+
+    A missing folder or zip, a file where a folder is expected, an unknown built-in or a
+    malformed Kaggle handle raise the same ``DataError`` that ``resolve_source`` would raise
+    later, so a command can refuse it before it loads TensorFlow.
+    """
+    from core.data.builtin import BUILTINS, _unknown
+
+    kind, value = parse_source(source)
+    if kind == "builtin":
+        if value.lower() not in BUILTINS:
+            raise _unknown(value)
+    elif kind == "zip" and not os.path.isfile(value):
+        raise DataError(
+            f"Data source {source!r} not found. {_expected_sources()}", settings=("data",)
+        )
+    elif kind == "folder" and not os.path.isdir(value):
+        if os.path.exists(value):
+            raise DataError(
+                f"Data source {source!r} is a file, not a folder. {_expected_sources()}",
+                settings=("data",),
+            )
+        raise DataError(
+            f"Data source {source!r} not found. {_expected_sources()}", settings=("data",)
+        )
+
+
 def resolve_source(source: str) -> Path:
     """Local folder holding the data of ``source`` (generating, extracting or downloading it)."""
     kind, value = parse_source(source)
