@@ -132,3 +132,36 @@ def test_fit_head_dispatches_the_composed_callbacks_once_per_epoch(tmp_path) -> 
     assert [(b["step"], b["global_step"]) for b in batches] == [(STEPS, STEPS), (STEPS, 2 * STEPS)]
     # The compiled loss: what Keras' evaluate reports for the same head and data.
     assert history["val_loss"][-1] == pytest.approx(head.evaluate(x, y, verbose=0)[0], rel=1e-4)
+
+
+def test_a_mid_epoch_stop_skips_the_pending_validation_pass(tmp_path) -> None:
+    from core.training.callbacks import fit_until_stopped
+
+    class ValidationSpy(keras.callbacks.Callback):
+        def __init__(self) -> None:
+            super().__init__()
+            self.validations = self.ended = 0
+
+        def on_test_begin(self, logs: dict | None = None) -> None:
+            self.validations += 1
+
+        def on_train_end(self, logs: dict | None = None) -> None:
+            self.ended += 1
+
+    store, run_id = _run(tmp_path)
+    model = _model()
+    x, y = _data()
+    stop = threading.Event()
+    spy = ValidationSpy()
+    callbacks = _callbacks(store, run_id, model, stop=stop)
+    callbacks = keras.callbacks.CallbackList([*callbacks.callbacks, spy], model=model)
+    stop.set()  # asked to stop: the first batch is the last one
+    fit_until_stopped(
+        lambda: model.fit(x, y, batch_size=BATCH, epochs=2, verbose=0, shuffle=False,
+                          validation_data=(x, y), callbacks=callbacks),
+        callbacks,
+    )  # fmt: skip
+    assert len(store.batches(run_id)) == 1, "the batch in flight is recorded, then it stops"
+    assert spy.validations == 0, "no validation pass for an epoch that is not recorded"
+    assert spy.ended == 1, "callbacks still get on_train_end (metrics flushed)"
+    assert store.epochs(run_id) == []

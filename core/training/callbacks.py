@@ -101,6 +101,16 @@ class BatchMetrics(keras.callbacks.Callback):
         self.flush()
 
 
+class StopTraining(Exception):
+    """Leaves Keras ``fit`` at once when a stop cuts an epoch short.
+
+    ``stop_training`` alone ends the epoch's loop, but Keras still runs that epoch's validation
+    pass (tens of seconds on a real validation set) for an epoch that is then not recorded.
+    ``StopOnRequest`` raises this instead when ``interrupt`` is on; ``fit_until_stopped`` catches
+    it and ends the callbacks as ``fit`` would have.
+    """
+
+
 class StopOnRequest(keras.callbacks.Callback):
     """Stops training within a batch when the run is asked to stop.
 
@@ -121,6 +131,7 @@ class StopOnRequest(keras.callbacks.Callback):
         self.store, self.run_id, self.stop_event = store, run_id, stop_event
         self.steps_per_epoch, self.poll_s = steps_per_epoch, poll_s
         self.stopped_mid_epoch = False
+        self.interrupt = False  # raise StopTraining mid-epoch (set by ``fit_until_stopped``)
         self._last_poll = 0.0
 
     def stop_wanted(self) -> bool:
@@ -139,6 +150,8 @@ class StopOnRequest(keras.callbacks.Callback):
         if self.stop_wanted():
             self.stopped_mid_epoch = batch + 1 < self.steps_per_epoch
             self.model.stop_training = True
+            if self.stopped_mid_epoch and self.interrupt:
+                raise StopTraining  # skip the pending validation of an unfinished epoch
 
 
 class EpochMetrics(keras.callbacks.Callback):
@@ -258,6 +271,24 @@ def training_callbacks(
     return keras.callbacks.CallbackList(
         [batches, stop, epochs, checkpoint], add_history=True, model=model
     )
+
+
+def fit_until_stopped(fit: Callable[[], object], callbacks: keras.callbacks.CallbackList) -> None:
+    """Run ``fit()`` (a Keras ``fit`` given ``callbacks``); a mid-epoch stop leaves it at once.
+
+    The batch in flight finishes; the rest of the epoch and its validation pass are skipped,
+    and the callbacks get the ``on_train_end`` that ``fit`` would have sent (flushing metrics).
+    """
+    stops = [c for c in callbacks.callbacks if isinstance(c, StopOnRequest)]
+    for stop in stops:
+        stop.interrupt = True
+    try:
+        fit()
+    except StopTraining:
+        callbacks.on_train_end()
+    finally:
+        for stop in stops:
+            stop.interrupt = False
 
 
 def global_step(callbacks: keras.callbacks.CallbackList) -> int:

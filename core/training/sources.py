@@ -99,12 +99,16 @@ def _fit_keras(
     initial_epoch: int,
 ) -> None:
     from core.data.pipeline import image_errors
+    from core.training.callbacks import fit_until_stopped
 
-    with image_errors():  # a file that vanished since the scan is named, not "Graph error"
+    def fit() -> None:
         model.fit(
             train_ds, validation_data=val_ds, epochs=epochs, initial_epoch=initial_epoch,
             callbacks=callbacks, verbose=0, shuffle=False,
         )  # fmt: skip
+
+    with image_errors():  # a file that vanished since the scan is named, not "Graph error"
+        fit_until_stopped(fit, callbacks)
 
 
 class Source(ABC):
