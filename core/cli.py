@@ -82,13 +82,21 @@ def _add_train_flags(p: argparse.ArgumentParser) -> None:
     p.add_argument(
         "--augment",
         action=argparse.BooleanOptionalAction,
-        help="random flip/rotation/zoom/contrast while training (default on; --no-augment "
-        "lets feature extraction use the much faster feature cache)",
+        help="random flip/rotation/zoom/contrast while training (default on; with the feature "
+        "cache, feature extraction stores --augment-views views of each image)",
     )
     p.add_argument(
         "--augmentations",
         metavar="LIST",
         help=f"comma-separated subset of {','.join(AUGMENTATIONS)} used by --augment",
+    )
+    p.add_argument(
+        "--augment-views",
+        type=int,
+        metavar="K",
+        help="feature extraction with augmentation and the feature cache: the frozen base runs "
+        "once over K views of each training image (the image and K-1 augmented copies); each "
+        f"epoch trains on one view per image (default {d.augment_views})",
     )
     p.add_argument(
         "--val-split",
@@ -99,8 +107,8 @@ def _add_train_flags(p: argparse.ArgumentParser) -> None:
     p.add_argument(
         "--feature-cache",
         choices=FEATURE_CACHE_CHOICES,
-        help="auto: in feature_extraction without augmentation, run the frozen base once per "
-        "image and reuse its features across epochs and runs; off: the per-epoch pipeline "
+        help="auto: in feature_extraction, run the frozen base once per image (or augmented "
+        "view) and reuse its features across epochs and runs; off: the per-epoch pipeline "
         f"(default {d.feature_cache})",
     )
     p.add_argument("--dropout", type=float, help=f"head dropout rate (default {d.dropout})")
@@ -280,7 +288,6 @@ LINT_FLAGS = {
     "transfer_without_pretrained_weights": "--weights, --mode",
     "full_fine_tuning_small_data": "--mode, --augment",
     "scratch_few_images": "--mode, --weights",
-    "feature_cache_off_with_augment": "--no-augment",
 }
 
 

@@ -23,6 +23,7 @@ SETTING_LABELS = {
     "dense_units": "head units",
     "dropout": "head dropout",
     "unfreeze": "unfrozen layers",
+    "augment_views": "augmented views",
 }
 
 
@@ -95,10 +96,15 @@ class RunConfig:
     # turning it off lets feature extraction use the (much faster) feature cache.
     augment: bool = True
     augmentations: tuple[str, ...] = AUGMENTATIONS
+    # With augmentation and the feature cache, the frozen base runs once over this many views of
+    # each training image (the image itself and views - 1 augmented copies); each epoch trains on
+    # one view per image. 4 was chosen by measurement (docs/benchmark.md, figure 6).
+    augment_views: int = 4
     val_split: float = 0.2
     seed: int = 42
-    # "auto": in feature_extraction without augmentation, run the frozen base once per image and
-    # train the head on stored features (several times faster); "off": the per-epoch pipeline.
+    # "auto": in feature_extraction, run the frozen base once per image (or per augmented view)
+    # and train the head on stored features (several times faster); "off": the per-epoch
+    # pipeline, where the frozen base runs on every (augmented) image in every epoch.
     feature_cache: str = "auto"
     dropout: float = 0.2
     dense_units: int = 256
@@ -159,6 +165,7 @@ class RunConfig:
         _check_float("fine_tune_lr", self.fine_tune_lr, 0.0, 1.0)
         if self.unfreeze is not None:
             _check_int("unfreeze", self.unfreeze, 1, 100_000)
+        _check_int("augment_views", self.augment_views, 2, 64)
         unknown = [a for a in self.augmentations if a not in AUGMENTATIONS]
         if unknown:
             raise ConfigError(

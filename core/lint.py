@@ -54,7 +54,6 @@ def lint_config(config: RunConfig, train_images: int | None = None) -> list[dict
     """
     from core.errors import BackboneError
     from core.models.backbones import get_backbone
-    from core.training.sources import input_path
 
     found: list[dict[str, str]] = []
     fine_tune_phase = config.mode in FINE_TUNE_MODES and config.fine_tune_epochs > 0
@@ -148,16 +147,6 @@ def lint_config(config: RunConfig, train_images: int | None = None) -> list[dict
                 "randomly initialised network rarely generalises from so little data. Fine as a "
                 "baseline to compare against; for a usable model use mode feature_extraction "
                 "with imagenet weights.",
-            )
-        )
-    path = input_path(config)  # the rule the trainer follows to pick its inputs
-    if config.mode == "feature_extraction" and path.blocker == "augmentation":
-        found.append(
-            _finding(
-                INFO,
-                "feature_cache_off_with_augment",
-                f"The feature cache is not used: {path.reason} (slower). Turn augmentation off "
-                "to use cached features and much faster epochs, if the model does without it.",
             )
         )
     order = {WARNING: 0, INFO: 1}

@@ -18,11 +18,11 @@ from tests.helpers import write_pngs
 LITE = RunConfig(data="builtin:faces", image_size=64, epochs=2, augment=False)
 
 
-def test_cache_applies_only_to_feature_extraction_without_augmentation() -> None:
+def test_cache_applies_to_feature_extraction_with_or_without_augmentation() -> None:
     # The rule is core.training.sources.input_path's (the feature cache's own reason is gone).
     assert input_path(LITE).kind == FEATURES
     augmented = input_path(LITE.with_changes(augment=True))
-    assert augmented.kind != FEATURES and "augmentation" in augmented.reason
+    assert augmented.kind == FEATURES and "augmented copies" in augmented.reason
     fine = input_path(LITE.with_changes(mode="fine_tuning"))
     assert fine.kind != FEATURES and "fine_tuning" in fine.reason
     off = input_path(LITE.with_changes(feature_cache="off"))

@@ -29,7 +29,8 @@ PLAIN = TINY.with_changes(augment=False)  # feature extraction, no augmentation,
     ("changes", "kind", "blocker", "words"),
     [
         ({}, FEATURES, None, "runs once per image"),
-        ({"augment": True}, IMAGES, "augmentation", "augmentation is on"),
+        ({"augment": True}, FEATURES, None, "4 views of each training image"),
+        ({"augment": True, "augment_views": 2}, FEATURES, None, "and 1 augmented copies"),
         ({"feature_cache": "off"}, IMAGES, "feature cache", "feature cache is off"),
         ({"mode": "fine_tuning"}, ACTIVATIONS, None, "activations at the freeze cut"),
         ({"mode": "fine_tuning", "augment": True}, IMAGES, "augmentation", "augmentation"),
@@ -76,11 +77,11 @@ def test_choose_source_for_fine_tuning_reads_activations_after_a_head_warm_up() 
 @pytest.mark.parametrize(
     "config",
     [
-        PLAIN.with_changes(augment=True),
+        PLAIN.with_changes(mode="fine_tuning", augment=True),
         PLAIN.with_changes(mode="full_fine_tuning"),
-        PLAIN.with_changes(feature_cache="off"),
+        PLAIN.with_changes(augment=True, feature_cache="off"),
     ],
-    ids=["augmentation", "full_fine_tuning", "cache_off"],
+    ids=["fine_tuning_augmentation", "full_fine_tuning", "cache_off"],
 )
 def test_choose_source_for_everything_else_reads_images(config: RunConfig) -> None:
     built = build_model(config, 3)

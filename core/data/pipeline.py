@@ -125,6 +125,37 @@ def make_dataset(
     neither. Decoded images are cached in memory when they fit, so epochs after the first never
     wait on decoding.
     """
+    ds = _decoded(paths, labels, image_size)
+    if training:
+        ds = ds.shuffle(max(len(paths), 1), seed=seed, reshuffle_each_iteration=True)
+    ds = ds.batch(batch_size)
+    ds = ds.map(lambda x, y: (tf.cast(x, tf.float32), y), num_parallel_calls=AUTOTUNE)
+    if training and augmentations:
+        ds = _augmented(ds, augmentations, seed)
+    return ds.prefetch(AUTOTUNE)
+
+
+def views_dataset(
+    paths: Sequence[str],
+    image_size: int,
+    batch_size: int,
+    *,
+    augmentations: Sequence[str],
+    views: int,
+    seed: int = 0,
+) -> tf.data.Dataset:
+    """Batches of float32 0-255 images: ``views`` augmented passes over ``paths``, in order.
+
+    Row ``v * len(paths) + i`` is view ``v`` of image ``i`` (no shuffling, so the rows line up
+    with ``paths``); each image is decoded once. For the frozen base's pass over augmented views.
+    """
+    ds = _decoded(paths, [0] * len(paths), image_size).repeat(views).batch(batch_size)
+    ds = ds.map(lambda x, y: (tf.cast(x, tf.float32), y), num_parallel_calls=AUTOTUNE)
+    return _augmented(ds, augmentations, seed).map(lambda x, _y: x).prefetch(AUTOTUNE)
+
+
+def _decoded(paths: Sequence[str], labels: Sequence[int], image_size: int) -> tf.data.Dataset:
+    """``(uint8 image, int32 label)`` pairs, decoded in parallel, cached in memory if they fit."""
     path_tensor = tf.constant([os.fsencode(p) for p in paths], dtype=tf.string)
     ds = tf.data.Dataset.from_tensor_slices((path_tensor, tf.constant(labels, dtype=tf.int32)))
 
@@ -136,20 +167,19 @@ def make_dataset(
     ds = ds.map(decode, num_parallel_calls=AUTOTUNE, deterministic=True)
     if len(paths) * image_size * image_size * 3 <= MEMORY_CACHE_BYTES:
         ds = ds.cache()
-    if training:
-        ds = ds.shuffle(max(len(paths), 1), seed=seed, reshuffle_each_iteration=True)
-    ds = ds.batch(batch_size)
-    ds = ds.map(lambda x, y: (tf.cast(x, tf.float32), y), num_parallel_calls=AUTOTUNE)
-    if training and augmentations:
-        layers = augmentation_layers(augmentations, seed)
+    return ds
 
-        def augment(x: tf.Tensor, y: tf.Tensor) -> tuple[tf.Tensor, tf.Tensor]:
-            for layer in layers:
-                x = layer(x, training=True)
-            return x, y
 
-        ds = ds.map(augment, num_parallel_calls=AUTOTUNE)
-    return ds.prefetch(AUTOTUNE)
+def _augmented(ds: tf.data.Dataset, augmentations: Sequence[str], seed: int) -> tf.data.Dataset:
+    layers = augmentation_layers(augmentations, seed)
+
+    def augment(x: tf.Tensor, y: tf.Tensor) -> tuple[tf.Tensor, tf.Tensor]:
+        for layer in layers:
+            x = layer(x, training=True)
+        return x, y
+
+    # In order: the views dataset's rows must line up with its paths.
+    return ds.map(augment, num_parallel_calls=AUTOTUNE, deterministic=True)
 
 
 def array_dataset(

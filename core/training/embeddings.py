@@ -1,17 +1,19 @@
 """Cached backbone features: run the frozen base once per image, train the head on stored features.
 
 On a CPU the frozen base's forward pass is almost the whole cost of feature extraction, and the
-per-epoch pipeline pays it again every epoch. Here, in ``feature_extraction`` mode without
-augmentation (``core.training.sources`` decides), the base runs once over train and validation
-images; the head (``head_dropout →
-head_dense → predictions``) trains on the pooled features. Those head layers are the full model's
+per-epoch pipeline pays it again every epoch. Here, in ``feature_extraction`` mode
+(``core.training.sources`` decides), the base runs once over train and validation images, and
+with augmentation once more over ``augment_views - 1`` augmented views of each training image;
+the head (``head_dropout → head_dense → predictions``) trains on the pooled features, one view
+per image per epoch. Those head layers are the full model's
 own (shared, not copied), so the saved model still takes images.
 
 Features also persist on disk (``<home>/cache/embeddings``), keyed by everything that changes them:
 backbone, weights identity, image size, preprocessing, Keras version and the exact file list and
-content. A second run on the same data with another head, learning rate or epoch count skips the
-backbone entirely. The cache is bounded in size (least recently used entries go first) and safe to
-delete at any time.
+content (and for augmented views: the augmentation set, the number of views and the seed). A
+second run on the same data with another head, learning rate or epoch count skips the backbone
+entirely. The cache is bounded in size (least recently used entries go first) and safe to delete
+at any time.
 """
 
 from __future__ import annotations
@@ -47,12 +49,17 @@ def embedding_cache_dir() -> Path:
 
 
 def cache_key(
-    config: RunConfig, image_size: int, paths: Sequence[str], backbone: Backbone | None = None
+    config: RunConfig,
+    image_size: int,
+    paths: Sequence[str],
+    backbone: Backbone | None = None,
+    views: int = 1,
 ) -> str | None:
     """Key of the features of ``paths`` under ``config``'s base; ``None`` if not cacheable.
 
     ``backbone``: the run's resolved backbone (``model.resolve_backbone``), looked up when not
-    given.
+    given. ``views > 1``: the key of ``views - 1`` augmented views of each image, which also
+    depends on the augmentation set and the seed.
     """
     if backbone is None:
         backbone = Backbone(
@@ -60,7 +67,7 @@ def cache_key(
         )
     if backbone.weights_id is None:
         return None
-    parts = {
+    parts: dict[str, Any] = {
         "format": CACHE_FORMAT,
         "keras": keras.__version__,
         "backbone": config.backbone,
@@ -69,6 +76,12 @@ def cache_key(
         "preprocessing": backbone.spec.preprocessing,
         "files": [sha256_file(p) for p in paths],
     }
+    if views > 1:
+        parts["augmented_views"] = {
+            "augmentations": list(config.active_augmentations()),
+            "views": views - 1,
+            "seed": config.seed,
+        }
     return hashlib.sha256(json.dumps(parts, sort_keys=True).encode()).hexdigest()[:32]
 
 
@@ -111,28 +124,54 @@ def feature_extractor(built: BuiltModel) -> keras.Model:
 def forward_once(
     model: keras.Model, paths: Sequence[str], image_size: int, stage: StageFn | None = None
 ) -> np.ndarray:
-    """``model`` (frozen, inference mode) over every image of ``paths``, in order.
+    """``model`` (frozen, inference mode) over every image of ``paths``, in order."""
+    from core.data.pipeline import make_dataset
 
-    Parallel decode, batches of ``FEATURE_BATCH``, and a compiled call: an eager call walks the
-    layers in Python and is ~3x slower per batch. The output is filled in place (no copies of
-    what may be hundreds of MB of activations).
+    ds = make_dataset(paths, [0] * len(paths), image_size, FEATURE_BATCH, training=False)
+    return _forward(model, ds.map(lambda x, _y: x), len(paths), stage)
+
+
+def forward_views(
+    model: keras.Model,
+    paths: Sequence[str],
+    image_size: int,
+    augmentations: Sequence[str],
+    views: int,
+    seed: int,
+    stage: StageFn | None = None,
+) -> np.ndarray:
+    """``model`` over ``views`` augmented views of each image: shape ``(views, n, ...)``."""
+    from core.data.pipeline import views_dataset
+
+    ds = views_dataset(
+        paths, image_size, FEATURE_BATCH, augmentations=augmentations, views=views, seed=seed
+    )
+    out = _forward(model, ds, views * len(paths), stage)
+    return out.reshape(views, len(paths), *out.shape[1:])
+
+
+def _forward(model: keras.Model, images: Any, rows: int, stage: StageFn | None) -> np.ndarray:
+    """``model`` over a dataset of image batches (``rows`` images in all), in order.
+
+    Batches of ``FEATURE_BATCH`` and a compiled call: an eager call walks the layers in Python
+    and is ~3x slower per batch. The output is filled in place (no copies of what may be
+    hundreds of MB of activations).
     """
     import tensorflow as tf
 
-    from core.data.pipeline import image_errors, make_dataset
+    from core.data.pipeline import image_errors
 
     forward = tf.function(lambda x: model(x, training=False), reduce_retracing=True)
-    ds = make_dataset(paths, [0] * len(paths), image_size, FEATURE_BATCH, training=False)
     shape = tuple(int(d) for d in model.output.shape[1:])
-    out = np.empty((len(paths), *shape), np.float32)
+    out = np.empty((rows, *shape), np.float32)
     done = 0
     with image_errors():  # a file that changed since the scan: a DataError naming it
-        for images, _ in ds:
-            batch = forward(images).numpy()
-            out[done : done + len(batch)] = batch
-            done += len(batch)
+        for batch in images:
+            result = forward(batch).numpy()
+            out[done : done + len(result)] = result
+            done += len(result)
             if stage:
-                stage(done, len(paths))
+                stage(done, rows)
     return out
 
 
@@ -155,17 +194,50 @@ def features_for(
     The key uses the weights identity ``built`` was built with; ``timings["hash"]`` (when given)
     gets the seconds spent on the key (the file digests).
     """
+    return _cached(config, built, paths, 1, stage, timings)
+
+
+def augmented_features_for(
+    config: RunConfig,
+    built: BuiltModel,
+    paths: Sequence[str],
+    stage: StageFn | None = None,
+    timings: dict[str, float] | None = None,
+) -> tuple[np.ndarray, bool]:
+    """``(features, was_cached)`` of ``config.augment_views - 1`` augmented views of each of
+    ``paths`` (shape ``(views - 1, n, width)``), from the persistent cache when possible."""
+    return _cached(config, built, paths, config.augment_views, stage, timings)
+
+
+def _cached(
+    config: RunConfig,
+    built: BuiltModel,
+    paths: Sequence[str],
+    views: int,
+    stage: StageFn | None,
+    timings: dict[str, float] | None,
+) -> tuple[np.ndarray, bool]:
     started = time.perf_counter()
-    key = cache_key(config, built.image_size, paths, Backbone(built.spec, built.weights_id))
+    backbone = Backbone(built.spec, built.weights_id)
+    key = cache_key(config, built.image_size, paths, backbone, views)
     if timings is not None:
-        timings["hash"] = time.perf_counter() - started
+        timings["hash"] = timings.get("hash", 0.0) + time.perf_counter() - started
+    extra, width = views - 1, built.spec.feature_width
+    shape = (extra, len(paths), width) if extra else (len(paths), width)
     if key is not None:
         cached = load_cached(key)
-        if cached is not None and cached.shape == (len(paths), built.spec.feature_width):
+        if cached is not None and cached.shape == shape:
             if stage:
-                stage(len(paths), len(paths))
+                rows = len(paths) * max(extra, 1)
+                stage(rows, rows)
             return cached, True
-    features = compute_features(built, paths, stage)
+    if extra:
+        features = forward_views(
+            feature_extractor(built), paths, built.image_size, config.active_augmentations(),
+            extra, config.seed, stage,
+        )  # fmt: skip
+    else:
+        features = compute_features(built, paths, stage)
     if key is not None:
         store_cached(key, features)
     return features, False

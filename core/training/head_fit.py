@@ -33,13 +33,17 @@ def _compiled_epoch(
 ) -> tuple[Callable[[np.ndarray], Any], int]:
     """A compiled ``epoch(order) -> (loss, accuracy, val_loss, val_accuracy)`` and its steps.
 
-    Training and validation are one traced function: one trace per run, one call per epoch.
+    ``order``: the epoch's training rows, one per image. Training and validation are one traced
+    function: one trace per run, one call per epoch.
     """
     import tensorflow as tf
 
-    x, y = tf.constant(train[0], tf.float32), tf.constant(train[1], tf.int32)
+    # Views ``(k, n, width)`` are flattened to rows ``v * n + i``; ``order`` picks one per image.
+    n, n_val = len(train[1]), int(val[0].shape[0])
+    x = tf.constant(train[0].reshape(-1, train[0].shape[-1]), tf.float32)
+    views = train[0].shape[0] if train[0].ndim == 3 else 1
+    y = tf.constant(np.tile(train[1], views), tf.int32)
     x_val, y_val = tf.constant(val[0], tf.float32), tf.constant(val[1], tf.int32)
-    n, n_val = int(train[0].shape[0]), int(val[0].shape[0])
     steps = math.ceil(n / batch)
     optimizer = head.optimizer
     variables = head.trainable_variables
@@ -71,6 +75,19 @@ def _compiled_epoch(
     return epoch, steps
 
 
+def epoch_rows(seed: int, epoch: int, n: int, views: int = 1) -> np.ndarray:
+    """The training rows of ``epoch``: each of ``n`` images once, in a seeded random order, as
+    one of its ``views`` drawn at random (row ``v * n + i``).
+
+    Seeded per epoch: a resumed run shuffles its remaining epochs as an unbroken one would.
+    """
+    rng = np.random.default_rng([seed, epoch])
+    order = rng.permutation(n)
+    if views > 1:
+        order = order + n * rng.integers(0, views, n)[order]
+    return order.astype(np.int32)
+
+
 def fit_head(
     head: keras.Model,
     train: tuple[np.ndarray, Sequence[int]],
@@ -84,6 +101,9 @@ def fit_head(
 ) -> dict[str, list[float]]:
     """Train a compiled ``head`` on features for ``epochs`` (like ``fit``); returns the history.
 
+    ``train[0]``: features ``(n, width)``, or views ``(k, n, width)`` of each image (e.g. the
+    image and augmented copies), of which each epoch trains on one per image, drawn at random.
+
     ``callbacks``: a list (composed here into a ``CallbackList`` bound to ``head``) or a
     ``CallbackList`` already bound to it. Stops after the current epoch when a callback sets
     ``head.stop_training``.
@@ -94,6 +114,11 @@ def fit_head(
     y_val = np.asarray(val[1], np.int32)
     if getattr(head, "optimizer", None) is None or getattr(head, "_compile_loss", None) is None:
         raise ValueError("fit_head needs a compiled head model (call compile_model first).")
+    views = x_train.shape[0] if x_train.ndim == 3 else 1
+    if x_train.shape[-2] != len(y_train):
+        raise ValueError(
+            f"fit_head got {x_train.shape[-2]} feature rows per view for {len(y_train)} labels."
+        )
     run_epoch, steps = _compiled_epoch(head, (x_train, y_train), (x_val, y_val), batch_size)
     names = ("loss", "accuracy", "val_loss", "val_accuracy")
     history: dict[str, list[float]] = {}
@@ -106,8 +131,7 @@ def fit_head(
     for epoch in range(initial_epoch, epochs):
         dispatch.on_epoch_begin(epoch)
         dispatch.on_train_batch_begin(0)
-        # Seeded per epoch: a resumed run shuffles its remaining epochs as an unbroken one would.
-        order = np.random.default_rng([seed, epoch]).permutation(len(y_train)).astype(np.int32)
+        order = epoch_rows(seed, epoch, len(y_train), views)
         logs = {k: float(v) for k, v in zip(names, run_epoch(order), strict=False)}
         dispatch.on_train_batch_end(steps - 1, {"loss": logs["loss"], "accuracy": logs["accuracy"]})
         for key, value in logs.items():

@@ -2,9 +2,10 @@
 
 Three input paths, from cheapest to dearest per epoch:
 
-- ``features``: feature extraction without augmentation. The frozen base runs once per image
-  (or not at all, when the feature cache already holds its output); the head trains on the
-  pooled features.
+- ``features``: feature extraction. The frozen base runs once per image (or not at all, when
+  the feature cache already holds its output); the head trains on the pooled features. With
+  augmentation, it runs once over ``augment_views`` views of each training image (the image and
+  augmented copies) and each epoch draws one view per image.
 - ``activations``: fine-tuning without augmentation. The frozen part of the base runs once per
   image; the head warm-up trains on pooled features, phase 2 on the activations at the freeze
   cut (only the unfrozen layers and the head run each epoch).
@@ -70,18 +71,32 @@ def input_path(config: RunConfig) -> InputPath:
         return InputPath(
             IMAGES, f"mode {mode} trains the whole base, so its features change every step", "mode"
         )
-    if config.active_augmentations():
-        return InputPath(
-            IMAGES,
-            "augmentation is on: it changes every epoch's images, so the frozen base runs on "
-            "every image each epoch instead of once",
-            "augmentation",
-        )
+    augmented = bool(config.active_augmentations())
     if mode == "feature_extraction":
+        if augmented:
+            views = config.augment_views
+            return InputPath(
+                FEATURES,
+                f"mode feature_extraction freezes the whole base, so it runs once over {views} "
+                f"views of each training image (the image and {views - 1} augmented copies) and "
+                "once per validation image; each epoch the head trains on one stored view per "
+                "image",
+            )
         return InputPath(
             FEATURES,
             "mode feature_extraction freezes the whole base and augmentation is off, so the base "
             "runs once per image and the head trains on its stored features",
+        )
+    if augmented:
+        # Why not cached views here: phase 2 trains layers of the base, and stored activations
+        # of K views at the freeze cut cost K times the memory of the un-augmented cut (often
+        # hundreds of MB per thousand images); the per-epoch pipeline keeps memory flat.
+        return InputPath(
+            IMAGES,
+            "augmentation is on and mode fine_tuning trains part of the base on every epoch's "
+            "augmented images, so the whole model runs on every image each epoch (augmented "
+            "views are stored only in feature_extraction)",
+            "augmentation",
         )
     return InputPath(
         ACTIVATIONS,
@@ -218,14 +233,29 @@ class FeatureSource(_HeadOnFeatures):
     kind, stage = FEATURES, "features"
 
     def prepare(self, data: DatasetIndex, reporter: StageReporter) -> None:
-        from core.training.embeddings import features_for
+        from core.training.embeddings import augmented_features_for, features_for
 
         started = time.perf_counter()
+        config, n = self.config, len(data.train_paths)
         paths = [*data.train_paths, *data.val_paths]
-        stage = reporter()
-        features, was_cached = features_for(self.config, self.built, paths, stage, self.timings)
-        stage(len(paths), len(paths), cached=was_cached)
+        views = config.augment_views if config.active_augmentations() else 1
+        total = len(paths) + (views - 1) * n  # images through the base, augmented views too
+        stage = reporter(views=views)
+
+        def part(offset: int) -> Callable[[int, int], None]:
+            return lambda done, _total: stage(offset + done, total)
+
+        features, was_cached = features_for(config, self.built, paths, part(0), self.timings)
         self._set_features(data, features)
+        if views > 1:
+            augmented, views_cached = augmented_features_for(
+                config, self.built, data.train_paths, part(len(paths)), self.timings
+            )
+            # (views, n, width): view 0 is the image itself, the others augmented copies.
+            stacked = np.concatenate([features[None, :n], augmented])
+            self.train_features = (stacked, data.train_labels)
+            was_cached = was_cached and views_cached
+        stage(total, total, cached=was_cached)
         self.timings[self.stage] = time.perf_counter() - started
 
     def model_for(self, phase: str) -> keras.Model:
