@@ -294,7 +294,7 @@ def run_monitor(queue: JobQueue, run_id: str, shown_status: str | None = None) -
     moves on (queued → running → done) the whole page is redrawn once.
     """
     from app.views import charts, dashboard
-    from core.runs.store import ACTIVE_STATUSES, COMPLETED, FAILED
+    from core.runs.store import ACTIVE_STATUSES, COMPLETED, FAILED, STOPPED
     from core.training.jobs import RESUMABLE
 
     store = queue.store
@@ -347,10 +347,15 @@ def run_monitor(queue: JobQueue, run_id: str, shown_status: str | None = None) -
                 else "Completed."
             )
         elif not active:
+            where = (
+                dashboard.stopped_text(p["epoch"], p["step"], p["steps_per_epoch"]).capitalize()
+                if result["status"] == STOPPED and p["epoch"]
+                else f"Run {result['status']}"
+            )
             st.warning(
-                f"Run {result['status']} after {p['epochs_done']} of {p['planned_epochs']} epochs. "
-                f"{md_escape(result['error'] or '')} **Resume** continues from the last finished "
-                "epoch."
+                f"{where}: {p['epochs_done']} of {p['planned_epochs']} epochs finished. "
+                f"{md_escape(result['error'] or '')} **Resume** continues from the end of epoch "
+                f"{p['epochs_done']}."
             )
 
     monitor()

@@ -326,3 +326,33 @@ def test_backbone_label_shows_size_params_and_weights():
 )
 def test_format_count(n, text):
     assert dashboard.format_count(n) == text
+
+
+@pytest.mark.parametrize(
+    ("stage", "words", "label", "fraction"),
+    [
+        ({"stage": "scan", "done": 50, "total": 200}, "checking images 50/200", "checking", 0.25),
+        ({"stage": "build", "converting": True}, "converting the backbone's weights", "convert", 0),
+        ({"stage": "build", "converting": False}, "building the model", "building", 0),
+        ({"stage": "runtime"}, "fast runtime", "converting the backbone", 0),
+        (
+            {"stage": "features", "done": 100, "total": 400, "views": 4},
+            "100/400 images (each training image and 3 augmented views",
+            "computing features",
+            0.25,
+        ),
+        ({}, "Preparing", "preparing", 0),
+    ],
+)
+def test_preparing_says_what_it_is_doing_with_one_label(stage, words, label, fraction):
+    p = dashboard.progress_summary(_result(stage=stage), [])
+    assert words in p["text"] and p["phase_label"].startswith(label)
+    assert p["fraction"] == fraction
+    assert "training the head" not in p["phase_label"]  # not before the first batch
+
+
+def test_a_stopped_run_says_where_it_stopped_in_one_wording():
+    batches = _batches(25)  # epoch 3, step 5 of 10
+    p = dashboard.progress_summary(_result(status="stopped", epochs_done=2), batches)
+    assert p["text"] == "stopped after epoch 3, step 5/10" == dashboard.stopped_text(3, 5, 10)
+    assert (p["epoch"], p["step"]) == (3, 5)

@@ -106,6 +106,47 @@ def _throughput(
     return rows[-1].get("images_per_s") if rows else None
 
 
+def stopped_text(epoch: int, step: int, steps_per_epoch: int) -> str:
+    """The one wording of where Stop ended a run (the last batch it finished)."""
+    return f"stopped after epoch {epoch}, step {step}/{steps_per_epoch}"
+
+
+def preparing_step(stage: dict[str, Any]) -> tuple[str, str, float | None]:
+    """What a run does before its first batch, from its ``stage`` record: ``(text, short label,
+    fraction done or None)``."""
+    kind, done, total = stage.get("stage"), int(stage.get("done") or 0), stage.get("total")
+    fraction = min(done / total, 1.0) if total else None
+    if kind == "scan":
+        return f"Preparing · checking images {done}/{total or '?'}", "checking images", fraction
+    if kind == "build":
+        if stage.get("converting"):
+            text = "Preparing · converting the backbone's weights (first use only)"
+            return text, "converting weights", None
+        return "Preparing · building the model", "building the model", None
+    if kind == "runtime":
+        text = "Preparing · converting the backbone for the fast runtime (first use only)"
+        return text, "converting the backbone", None
+    if kind == "features" and total:
+        views = int(stage.get("views") or 1)
+        if stage.get("activations"):  # fine-tuning: the frozen layers, up to the cut
+            text = (
+                f"Running the frozen layers once: {done}/{total} images "
+                "(then training goes on from their stored activations)"
+            )
+        elif views > 1:
+            text = (
+                f"Computing features with the frozen base: {done}/{total} images (each training "
+                f"image and {views - 1} augmented views of it, once; then the head trains on them)"
+            )
+        else:
+            text = (
+                f"Computing features with the frozen base: {done}/{total} images "
+                "(then the head trains on them)"
+            )
+        return text, "computing features", fraction
+    return "Preparing: loading data and building the model", "preparing", None
+
+
 def progress_summary(
     result: RunResult, batches: Sequence[BatchRecord], now: float | None = None
 ) -> Progress:
@@ -155,39 +196,26 @@ def progress_summary(
         elapsed = 0.0
 
     stage: dict[str, Any] = result.get("stage") or {}
-    extracting = (
-        status == RUNNING
-        and last is None
-        and stage.get("stage") == "features"
-        and stage.get("total")
-    )
+    preparing = status == RUNNING and last is None
+    prep_label = None
     if status == QUEUED:
         text = "Queued: waiting for the worker"
-    elif extracting:
-        # feature cache: the frozen base runs once over every image before the first batch
-        fraction = min(stage.get("done", 0) / stage["total"], 1.0)
-        images_per_s = stage.get("images_per_s") or None
-        eta_s = stage.get("eta_s")
-        if stage.get("activations"):  # fine-tuning: the frozen layers, up to the cut
-            text = (
-                f"Running the frozen layers once: {stage.get('done', 0)}/{stage['total']} images "
-                "(then training goes on from their stored activations)"
-            )
-        else:
-            text = (
-                f"Computing features with the frozen base: {stage.get('done', 0)}/"
-                f"{stage['total']} images (then the head trains on them)"
-            )
-    elif status == RUNNING and last is None:
-        text = "Preparing: loading data and building the model"
+    elif preparing:
+        text, prep_label, prep_fraction = preparing_step(stage)
+        fraction = prep_fraction if prep_fraction is not None else fraction
+        if stage.get("stage") == "features":
+            images_per_s = stage.get("images_per_s") or None
+            eta_s = stage.get("eta_s")
     elif status == RUNNING:
         text = f"{phase_doing(phase)} · epoch {epoch}/{planned} · step {step}/{steps_per_epoch}"
+    elif status == STOPPED and last is not None:
+        text = stopped_text(epoch, step, steps_per_epoch)
     else:
         text = f"{status}: {result.get('epochs_done', 0)}/{planned} epochs"
     return {
         "status": status,
         "phase": phase,
-        "phase_label": "computing features" if extracting else phase_doing(phase),
+        "phase_label": prep_label or phase_doing(phase),
         "epoch": epoch,
         "planned_epochs": planned,
         "epochs_done": int(result.get("epochs_done") or 0),

@@ -12,6 +12,7 @@ from __future__ import annotations
 
 import os
 from collections import Counter
+from collections.abc import Callable
 from dataclasses import dataclass, field
 
 import numpy as np
@@ -132,11 +133,18 @@ def _no_classes_error(folder: str, root_real: str) -> DataError:
     )
 
 
-def load_dataset(source: str, val_split: float = 0.2, seed: int = 42) -> DatasetIndex:
+def load_dataset(
+    source: str,
+    val_split: float = 0.2,
+    seed: int = 42,
+    progress: Callable[[int, int], None] | None = None,
+) -> DatasetIndex:
     """Resolve ``source``, check every image and split it into train and validation files.
 
     Data shipped with its own ``val``/``validation``/``test`` folder keeps that split
     (``split="given:<dir>"``); otherwise a seeded stratified split of ``val_split`` is made.
+    ``progress(done, total)``: image files checked so far (the training folders', then the
+    validation folder's).
     """
     _validate_split_args(val_split, seed)
     root_path = resolve_source(source)
@@ -170,8 +178,10 @@ def load_dataset(source: str, val_split: float = 0.2, seed: int = 42) -> Dataset
 
     class_names = sorted(train_dirs)
     claimed: dict[str, str] = {}  # real path -> the one path it is used under
-    train_files, train_skips = _usable_files(train_dirs, root, root_real, skipped, claimed)
-    val_files, _ = _usable_files(val_dirs, root, root_real, skipped, claimed)
+    train_files, train_skips = _usable_files(
+        train_dirs, root, root_real, skipped, claimed, progress
+    )
+    val_files, _ = _usable_files(val_dirs, root, root_real, skipped, claimed, progress)
     usable_total = sum(map(len, train_files.values())) + sum(map(len, val_files.values()))
     if usable_total == 0:
         detail = f" ({len(skipped)} files skipped: {_reason_summary(skipped)})" if skipped else ""

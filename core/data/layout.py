@@ -5,6 +5,7 @@ from __future__ import annotations
 import os
 import unicodedata
 from collections import Counter
+from collections.abc import Callable
 from dataclasses import dataclass
 
 from core.data.archives import _IGNORED_NAMES, ZIP_MARKER_NAME
@@ -210,11 +211,13 @@ def _class_files(class_dir: str, root_real: str, skipped: list[dict]) -> list[st
     return sorted(found)
 
 
-def _check_all(paths: list[str]) -> list[str | None]:
+def _check_all(
+    paths: list[str], progress: Callable[[int, int], None] | None = None
+) -> list[str | None]:
     # Verdicts of unchanged files come from the scan cache; the rest are decoded in parallel.
     from core.data.scan_cache import check_all
 
-    return check_all(paths, check_image)
+    return check_all(paths, check_image, progress)
 
 
 def _reason_summary(items: list[dict]) -> str:
@@ -280,8 +283,12 @@ def _usable_files(
     root_real: str,
     skipped: list[dict],
     claimed: dict[str, str],
+    progress: Callable[[int, int], None] | None = None,
 ) -> tuple[dict[str, list[str]], dict[str, list[dict]]]:
-    """Usable image paths and skipped entries per class (``claimed``: see _drop_duplicates)."""
+    """Usable image paths and skipped entries per class (``claimed``: see _drop_duplicates).
+
+    ``progress(done, total)``: files checked so far.
+    """
     usable: dict[str, list[str]] = {}
     skipped_by_class: dict[str, list[dict]] = {}
     candidates: list[tuple[str, str]] = []
@@ -295,7 +302,7 @@ def _usable_files(
         usable[name] = []
         skipped_by_class[name] = own
     candidates = _drop_duplicates(candidates, root, root_real, claimed, skipped_by_class)
-    reasons = _check_all([path for _, path in candidates])
+    reasons = _check_all([path for _, path in candidates], progress)
     for (name, path), reason in zip(candidates, reasons, strict=True):
         if reason is None:
             usable[name].append(path)

@@ -25,6 +25,8 @@ from core.paths import studio_home
 RULES_VERSION = 1  # bump when check_image's verdicts change for the same file
 _CHUNK = 500  # paths per SELECT (SQLite's variable limit is 32766; stay well below)
 Checker = Callable[[str], str | None]
+Progress = Callable[[int, int], None]  # (files checked, files to check)
+PROGRESS_EVERY = 50  # files between progress calls
 
 
 def _rules() -> str:
@@ -59,17 +61,29 @@ def _connect() -> Iterator[sqlite3.Connection]:
         conn.close()
 
 
-def _check_parallel(paths: Sequence[str], check: Checker) -> list[str | None]:
+def _check_parallel(
+    paths: Sequence[str], check: Checker, progress: Progress | None = None, offset: int = 0
+) -> list[str | None]:
     if not paths:
         return []
     # Decoders release the GIL, so threads overlap disk reads and decoding.
     workers = min(16, 2 * (os.cpu_count() or 1), len(paths))
+    results: list[str | None] = []
     with ThreadPoolExecutor(max_workers=workers) as pool:
-        return list(pool.map(check, paths, chunksize=1))
+        for reason in pool.map(check, paths, chunksize=1):
+            results.append(reason)
+            if progress and (len(results) % PROGRESS_EVERY == 0 or len(results) == len(paths)):
+                progress(offset + len(results), offset + len(paths))
+    return results
 
 
-def check_all(paths: Sequence[str], check: Checker) -> list[str | None]:
-    """``check(path)`` for every path (``None`` = usable), reusing verdicts of unchanged files."""
+def check_all(
+    paths: Sequence[str], check: Checker, progress: Progress | None = None
+) -> list[str | None]:
+    """``check(path)`` for every path (``None`` = usable), reusing verdicts of unchanged files.
+
+    ``progress(done, total)`` is called as files are checked (known ones count as done at once).
+    """
     if not paths:
         return []
     rules = _rules()
@@ -98,7 +112,9 @@ def check_all(paths: Sequence[str], check: Checker) -> list[str | None]:
             results[i] = row[5]
         else:
             todo.append(i)
-    fresh = _check_parallel([paths[i] for i in todo], check)
+    if progress:
+        progress(len(paths) - len(todo), len(paths))
+    fresh = _check_parallel([paths[i] for i in todo], check, progress, len(paths) - len(todo))
     for i, reason in zip(todo, fresh, strict=True):
         results[i] = reason
     remember = [

@@ -39,6 +39,7 @@ from core.training.checkpoint import (
 
 ProgressFn = Callable[[dict[str, Any]], None]
 MODEL_FILE = "model.keras"
+STAGE_EVERY_S = 0.5  # at most this often, a one-off pass's progress is written to the store
 
 
 def _error_text(exc: BaseException, folder: Path) -> str:
@@ -138,8 +139,11 @@ class _Trainer:
         from core.training.sources import choose_source
 
         config, store, run_id = self.config, self.store, self.run_id
+        scanning = self._stage_reporter(stage="scan")
         with self._timed("scan"):
-            data = load_dataset(config.data, val_split=config.val_split, seed=config.seed)
+            data = load_dataset(
+                config.data, val_split=config.val_split, seed=config.seed, progress=scanning
+            )
         store.update(
             run_id,
             class_names=data.class_names,
@@ -154,6 +158,7 @@ class _Trainer:
                 "Add at least 2 images per class (or a val/ folder) so accuracy can be measured."
             )
         self.data = data
+        store.update(run_id, stage={"stage": "build", "converting": _converts_weights(config)})
         with self._timed("build"):
             # The backbone's spec and weights identity, looked up once for the whole run.
             backbone = resolve_backbone(config)
@@ -168,9 +173,13 @@ class _Trainer:
         """``stage(done, total, **more)`` writes the pages' progress record of a one-off pass."""
         from core.training.embeddings import describe_stage
 
-        started = time.time()
+        started, last = time.time(), [0.0]
 
         def stage(done: int, total: int, **more: Any) -> None:
+            now = time.time()
+            if done < total and not more and now - last[0] < STAGE_EVERY_S:
+                return  # a write per batch would cost more than the pages can show
+            last[0] = now
             record = {**describe_stage(done, total, started), **extra, **more}
             self.store.update(self.run_id, stage=record)
 
@@ -227,6 +236,20 @@ class _Trainer:
         with atomic_path(path) as tmp:
             self.built.model.save(tmp)
         self.store.update(self.run_id, model_path=str(path), model_bytes=path.stat().st_size)
+
+
+def _converts_weights(config: RunConfig) -> bool:
+    """Whether building the model first converts bundled weights (once per studio home)."""
+    from core.models.backbones import SOURCE_BUNDLED, get_backbone
+
+    spec = get_backbone(config.backbone)
+    if config.mode == "scratch" or config.weights != "imagenet":
+        return False
+    if spec.imagenet_source != SOURCE_BUNDLED:
+        return False
+    from core.models.lite0 import cached_weights_path
+
+    return not cached_weights_path().is_file()
 
 
 def _train(
