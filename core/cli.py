@@ -19,7 +19,7 @@ if TYPE_CHECKING:  # importing the queue imports Keras: only where a command nee
     from core.training.jobs import JobQueue
 
 EPILOG = """examples:
-  python -m core train --json          # offline default: efficientnet_lite0 on builtin:faces
+  python -m core train --json          # offline default: efficientnet_lite0 on builtin:photos
   python -m core train --data builtin:textures --backbone mobilenet_v2 --weights none \\
       --mode feature_extraction --epochs 2 --image-size 64
   python -m core train --data ~/pets --mode fine_tuning --epochs 3 --fine-tune-epochs 5

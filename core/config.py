@@ -69,7 +69,7 @@ MODE_HELP: Mapping[str, str] = {  # keyed by Mode (members hash as their values)
     Mode.SCRATCH: "Random initialisation, everything trainable: the baseline that shows what "
     "transfer buys.",
 }
-DEFAULT_DATA = "builtin:faces"
+DEFAULT_DATA = "builtin:photos"
 
 
 @dataclass(frozen=True)

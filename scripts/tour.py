@@ -92,8 +92,8 @@ def main() -> None:
                 page.get_by_role("option").filter(has_text=re.compile(pattern)).first.click()
                 _settle(page)
                 page.keyboard.press("Escape")
-            faces = home / "data" / "builtin" / "faces"
-            images = [sorted((faces / c).glob("*.png"))[3] for c in ("face", "not_face")]
+            photos = home / "data" / "builtin" / "photos"  # the default data the runs used
+            images = [sorted((photos / c).glob("*.jpg"))[3] for c in ("cat", "rocket")]
             page.locator(".st-key-images input[type='file']").set_input_files(images)
             _settle(page)
             time.sleep(25)  # first use of each model compiles its forward pass

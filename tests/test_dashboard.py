@@ -5,7 +5,7 @@ from __future__ import annotations
 import pytest
 
 from app.views import dashboard
-from core.config import RunConfig
+from core.config import DEFAULT_DATA, RunConfig
 from core.data import builtin, uploads
 from core.errors import ConfigError, DataError
 from core.runs.store import RunStore
@@ -272,7 +272,7 @@ def test_data_choices_and_class_guess():
     assert choices[0] == "kaggle:o/s/versions/1"
     assert "builtin:textures" in choices and "/pets" in choices
     assert len(choices) == len(set(choices))
-    assert dashboard.data_choices(None, [])[0] == "builtin:faces"
+    assert dashboard.data_choices(None, [])[0] == DEFAULT_DATA == RunConfig().data
     assert builtin.guess_num_classes("builtin:textures") == 3
     assert builtin.guess_num_classes("/somewhere") == 2
     assert builtin.guess_num_classes("/somewhere", {"/somewhere": 7}) == 7

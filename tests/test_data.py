@@ -104,7 +104,7 @@ def test_builtin_deterministic_idempotent_and_atomic(
 
 
 def test_builtin_unknown_name() -> None:
-    with pytest.raises(DataError, match="Available: faces, textures"):
+    with pytest.raises(DataError, match="Available: faces, photos, textures"):
         builtin_path("mnist")
     with pytest.raises(DataError, match="faces"):
         load_dataset("builtin:../etc")
@@ -130,7 +130,8 @@ def test_unknown_source_message(tmp_path: Path) -> None:
     with pytest.raises(DataError) as err:
         load_dataset(missing)
     assert str(err.value) == (
-        f"Data source '{missing}' not found. Expected builtin:NAME (available: faces, textures), "
+        f"Data source '{missing}' not found. Expected builtin:NAME (available: faces, photos, "
+        "textures), "
         "a folder of class subfolders, a .zip file or kaggle:OWNER/SLUG[/versions/N]."
     )
     (tmp_path / "file.txt").write_text("x")
@@ -521,3 +522,39 @@ def test_kaggle_pinned_version_not_cached(
 def test_kaggle_malformed_handle(handle: str) -> None:
     with pytest.raises(DataError, match="Expected kaggle:OWNER/SLUG or"):
         load_dataset(handle)
+
+
+# --------------------------------------------------------------------------- builtin:photos
+
+
+def test_photos_builtin_is_the_healthy_deterministic_default(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    from core.config import DEFAULT_DATA
+    from core.data.health import WARNING, health_report
+
+    assert DEFAULT_DATA == "builtin:photos"
+    info = BUILTINS["photos"].info()
+    assert info["classes"] == ["cat", "coffee", "motorcycle", "rocket"]
+    assert info["images"] == 120 and info["image_size"] >= 160
+
+    hashes = []
+    for home in ("a", "b"):  # generated twice from scratch: the same bytes
+        monkeypatch.setenv("TRANSFER_STUDIO_HOME", str(tmp_path / home))
+        folder = builtin_path("photos")
+        hashes.append(_tree_hash(folder))
+    assert hashes[0] == hashes[1]
+
+    files = sorted(folder.rglob("*.jpg"))
+    assert len(files) == info["images"]
+    assert len({hashlib.sha256(p.read_bytes()).digest() for p in files}) == len(files)
+    for name in info["classes"]:
+        assert len(list((folder / name).glob("*.jpg"))) == info["images"] // len(info["classes"])
+    for path in files:
+        with Image.open(path) as im:
+            assert im.format == "JPEG" and im.mode == "RGB"
+            assert im.size == (info["image_size"], info["image_size"])
+
+    index = load_dataset(DEFAULT_DATA)
+    assert index.class_names == info["classes"] and not index.skipped_files
+    assert [r for r in health_report(index) if r["level"] == WARNING] == []

@@ -105,7 +105,7 @@ def test_data_page_builtin_shows_counts_samples_and_health(seeded):
     at = _page("app/pages/data.py")
     _ok(at)
     assert at.info[0].value.startswith("Pick a source")
-    at.selectbox[0].select_index(1)  # builtin:textures (sorted by name)
+    at.selectbox[0].select_index(2)  # builtin:textures (the default first, then by name)
     at.button(key="use_data").click().run()
     _ok(at)
     assert at.session_state["data_source"] == "builtin:textures"

@@ -8,6 +8,7 @@ import streamlit as st
 
 from app import widgets
 from app.views import charts
+from core.config import DEFAULT_DATA
 from core.data import health as data_health
 from core.data.builtin import list_builtins
 from core.errors import StudioError
@@ -18,9 +19,10 @@ kind = st.segmented_control(
 )
 source = None
 if kind == "Built-in":
+    builtins = sorted(list_builtins(), key=lambda b: b["source"] != DEFAULT_DATA)  # default first
     builtin = st.selectbox(
         "Built-in dataset (offline)",
-        list_builtins(),
+        builtins,
         format_func=lambda b: f"{b['source']} — {b['images']} images: {', '.join(b['classes'])}",
     )
     st.caption(builtin["description"])

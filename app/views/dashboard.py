@@ -357,12 +357,11 @@ def backbone_label(name: str) -> str:
 
 
 def data_choices(remembered: str | None, runs: Sequence[RunSummary]) -> list[str]:
-    """Data sources offered on the Train page: the Data page's choice, built-ins, recent ones."""
+    """Data sources offered on the Train page: the Data page's choice, the default data, the
+    other built-ins, recent ones."""
     from core.data.builtin import list_builtins
 
     choices = [remembered] if remembered else []
-    choices += [b["source"] for b in list_builtins()]
+    choices += [DEFAULT_DATA, *(b["source"] for b in list_builtins())]
     choices += [data for r in runs if (data := r.get("data"))]
-    if DEFAULT_DATA not in choices:
-        choices.append(DEFAULT_DATA)
     return list(dict.fromkeys(choices))  # first occurrence of each, in order
