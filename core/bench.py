@@ -191,16 +191,22 @@ def _float(value: Any) -> float | None:
     return None if value is None else float(value)
 
 
-def _clear_embeddings(config: RunConfig, paths: list[str], image_size: int) -> bool:
-    """Delete the cached features the run of ``config`` would reuse; whether one existed."""
+def _clear_embeddings(
+    config: RunConfig, paths: list[str], image_size: int, train_paths: list[str] | None = None
+) -> bool:
+    """Delete the cached features the run of ``config`` would reuse (with ``train_paths``: its
+    augmented views too); whether one existed."""
     from core.training.embeddings import cache_key, embedding_cache_dir
 
-    key = cache_key(config, image_size, paths)
-    if key is None:
-        return False
-    entry = embedding_cache_dir() / f"{key}.npy"
-    existed = entry.is_file()
-    entry.unlink(missing_ok=True)
+    keys = [cache_key(config, image_size, paths)]
+    if train_paths is not None:
+        keys.append(cache_key(config, image_size, train_paths, views=config.augment_views))
+    existed = False
+    for key in keys:
+        if key is not None:
+            entry = embedding_cache_dir() / f"{key}.npy"
+            existed = existed or entry.is_file()
+            entry.unlink(missing_ok=True)
     return existed
 
 

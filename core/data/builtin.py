@@ -151,12 +151,14 @@ def _photo_view(
     return buffer.getvalue()
 
 
-def _photo_items() -> Iterator[_Item]:
+def photo_items(per_class: int = _PHOTOS_PER_CLASS, seed: int = _PHOTO_SEED) -> Iterator[_Item]:
+    """``builtin:photos``'s pictures: ``(class, file name, JPEG bytes)``; the benchmark draws a
+    larger set of the same kind with other counts and seeds."""
     for class_index, (name, sources) in enumerate(_PHOTO_SOURCES.items()):
         photos = [(Image.fromarray(_skimage_photo(photo), "RGB"), box) for photo, box in sources]
         # One generator per class, so adding a class never changes the views of another.
-        rng = np.random.default_rng([_PHOTO_SEED, class_index])
-        for i in range(_PHOTOS_PER_CLASS):
+        rng = np.random.default_rng([seed, class_index])
+        for i in range(per_class):
             photo, box = photos[i % len(photos)]
             yield name, f"{name}_{i:03d}.jpg", _photo_view(photo, box, rng)
 
@@ -186,7 +188,7 @@ BUILTINS: dict[str, BuiltinDataset] = {
         images=len(_PHOTO_SOURCES) * _PHOTOS_PER_CLASS,
         image_size=_PHOTO_SIZE,
         version=1,
-        generate=_photo_items,
+        generate=photo_items,
     ),
     "textures": BuiltinDataset(
         name="textures",

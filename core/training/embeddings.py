@@ -39,6 +39,7 @@ CACHE_FORMAT = 1
 MAX_CACHE_BYTES = int(os.environ.get("TRANSFER_STUDIO_EMBEDDING_CACHE_BYTES", 2 * 1024**3))
 FEATURE_BATCH = 32
 StageFn = Callable[[int, int], None]
+_FORWARD_ATTR = "_studio_forward"  # a model's compiled inference call, kept on the model
 
 
 def embedding_cache_dir() -> Path:
@@ -117,8 +118,12 @@ def store_cached(key: str, features: np.ndarray) -> None:
 
 
 def feature_extractor(built: BuiltModel) -> keras.Model:
-    """Raw pixels → pooled base features (the full model up to ``avg_pool``)."""
-    return keras.Model(built.model.inputs, built.model.get_layer("avg_pool").output)
+    """Raw pixels → pooled base features (the full model up to ``avg_pool``), one per model:
+    a run's passes (clean images, augmented views) share it and its trace."""
+    if built.extractor is None:
+        pooled = built.model.get_layer("avg_pool").output
+        built.extractor = keras.Model(built.model.inputs, pooled)
+    return built.extractor
 
 
 def forward_once(
@@ -150,6 +155,20 @@ def forward_views(
     return out.reshape(views, len(paths), *out.shape[1:])
 
 
+
+
+def _compiled(model: keras.Model) -> Any:
+    """``model``'s compiled inference call, traced once per model (not once per pass); kept on
+    the model, so it goes with it."""
+    import tensorflow as tf
+
+    forward = getattr(model, _FORWARD_ATTR, None)
+    if forward is None:
+        forward = tf.function(lambda x: model(x, training=False), reduce_retracing=True)
+        setattr(model, _FORWARD_ATTR, forward)
+    return forward
+
+
 def _forward(model: keras.Model, images: Any, rows: int, stage: StageFn | None) -> np.ndarray:
     """``model`` over a dataset of image batches (``rows`` images in all), in order.
 
@@ -157,11 +176,9 @@ def _forward(model: keras.Model, images: Any, rows: int, stage: StageFn | None) 
     and is ~3x slower per batch. The output is filled in place (no copies of what may be
     hundreds of MB of activations).
     """
-    import tensorflow as tf
-
     from core.data.pipeline import image_errors
 
-    forward = tf.function(lambda x: model(x, training=False), reduce_retracing=True)
+    forward = _compiled(model)
     shape = tuple(int(d) for d in model.output.shape[1:])
     out = np.empty((rows, *shape), np.float32)
     done = 0

@@ -14,7 +14,7 @@ from __future__ import annotations
 import math
 import threading
 from collections import OrderedDict
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 from typing import Any
 
 import keras
@@ -63,6 +63,8 @@ class BuiltModel:
     image_size: int
     num_classes: int
     weights_id: str | None = None  # ``Backbone.weights_id`` of the run that built it
+    # ``embeddings.feature_extractor``'s model (images → pooled features), built on first use.
+    extractor: keras.Model | None = field(default=None, repr=False, compare=False)
 
 
 # Frozen trunks (preprocess → pretrained base → pooling) of recent feature-extraction runs, so
