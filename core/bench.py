@@ -29,7 +29,7 @@ import os
 import platform
 import shutil
 import time
-from collections.abc import Callable
+from collections.abc import Callable, Collection
 from pathlib import Path
 from typing import Any
 
@@ -422,6 +422,7 @@ def run_bench(
     epochs: int = 10,
     quick: bool = False,
     progress: Callable[[str], None] | None = None,
+    figures: Collection[int] | None = None,
 ) -> dict[str, Any]:
     """Generate the data, measure the four figures; a JSON-able dict (see module docstring).
 
@@ -448,145 +449,147 @@ def run_bench(
     bench_started = time.perf_counter()
     out = Path(out_dir) if out_dir is not None else studio_home() / "bench"
     out.mkdir(parents=True, exist_ok=True)
-    tag = f"textures-{len(DATA_CLASSES)}x{images_per_class}-v{DATA_VERSION}"
-    say(f"data: {len(DATA_CLASSES)} classes x {images_per_class} JPEGs in {out / tag}")
-    data_info = generate_dataset(out / tag, images_per_class)
-    predict_info: dict[str, Any] | None = None
-    if not quick:
-        predict_info = generate_dataset(
-            out / f"textures-{len(DATA_CLASSES)}x{predict_per_class}-v{DATA_VERSION}",
-            predict_per_class,
-            seed=DATA_SEED + 1,
-        )
     runs_dir = out / "bench-runs"
     shutil.rmtree(runs_dir, ignore_errors=True)  # this benchmark's own store: start empty
     jobs = JobQueue(runs_dir)
     machine = _machine()
+    selected = _selected(figures)
+    figures_out: dict[str, Any] = {}
+    data_section: dict[str, Any] = {}
+    settings: dict[str, Any] = {"quick": quick, "runs_dir": str(runs_dir), "figures": selected}
+    if CLASSIC_FIGURES & set(selected):  # 1-4 share their data, runs and warm-up
+        tag = f"textures-{len(DATA_CLASSES)}x{images_per_class}-v{DATA_VERSION}"
+        say(f"data: {len(DATA_CLASSES)} classes x {images_per_class} JPEGs in {out / tag}")
+        data_info = generate_dataset(out / tag, images_per_class)
+        predict_info: dict[str, Any] | None = None
+        if not quick:
+            predict_info = generate_dataset(
+                out / f"textures-{len(DATA_CLASSES)}x{predict_per_class}-v{DATA_VERSION}",
+                predict_per_class,
+                seed=DATA_SEED + 1,
+            )
 
-    # Every field that changes the work is pinned: a later change of RunConfig's defaults (say,
-    # augmentation on) must not silently change what the figures measure.
-    base = RunConfig(
-        backbone=BACKBONE,
-        weights="imagenet",
-        mode="feature_extraction",
-        data=data_info["root"],
-        image_size=image_size,
-        batch_size=batch,
-        epochs=epochs,
-        lr=1e-3,
-        augment=False,  # the feature cache applies only without augmentation
-        val_split=0.2,
-        seed=42,
-        feature_cache="auto",
-        dropout=0.2,
-        dense_units=256,
-        name="bench",
-    )
-    path = input_path(base)
-    if path.kind != FEATURES:  # a guard against the above drifting, not a user error
-        raise StudioError(
-            f"The benchmark's cached runs would not use the feature cache: {path.reason}"
+        # Every field that changes the work is pinned: a later change of RunConfig's defaults (say,
+        # augmentation on) must not silently change what the figures measure.
+        base = RunConfig(
+            backbone=BACKBONE,
+            weights="imagenet",
+            mode="feature_extraction",
+            data=data_info["root"],
+            image_size=image_size,
+            batch_size=batch,
+            epochs=epochs,
+            lr=1e-3,
+            augment=False,  # the feature cache applies only without augmentation
+            val_split=0.2,
+            seed=42,
+            feature_cache="auto",
+            dropout=0.2,
+            dense_units=256,
+            name="bench",
         )
-    figures: dict[str, Any] = {}
-    predict_run: dict[str, Any] | None = None
-    predict_size = PREDICT_SIZE
-    if predict_info is not None:
-        # Warm-up and figure 4's model at once: a short 224 px run pays the process's
-        # one-off costs (first model build, weight conversion, first traces) before
-        # anything is timed.
-        say(f"warm-up: 1-epoch {BACKBONE} run at {predict_size} px (also figure 4's model)")
-        predict_cfg = base.with_changes(
-            data=predict_info["root"], image_size=predict_size, epochs=1, name="bench-predict"
+        path = input_path(base)
+        if path.kind != FEATURES:  # a guard against the above drifting, not a user error
+            raise StudioError(
+                f"The benchmark's cached runs would not use the feature cache: {path.reason}"
+            )
+        predict_run: dict[str, Any] | None = None
+        predict_size = PREDICT_SIZE
+        if predict_info is not None:
+            # Warm-up and figure 4's model at once: a short 224 px run pays the process's
+            # one-off costs (first model build, weight conversion, first traces) before
+            # anything is timed.
+            say(f"warm-up: 1-epoch {BACKBONE} run at {predict_size} px (also figure 4's model)")
+            predict_cfg = base.with_changes(
+                data=predict_info["root"], image_size=predict_size, epochs=1, name="bench-predict"
+            )
+            # Same work at every invocation: the warm-up computes its features too.
+            warm_index = load_dataset(predict_cfg.data, val_split=base.val_split, seed=base.seed)
+            _clear_embeddings(
+                predict_cfg, [*warm_index.train_paths, *warm_index.val_paths], predict_size
+            )
+            predict_run = _run(jobs, predict_cfg, say, "warm-up")
+
+        # Figure 1 and 2: the embedding cache must be cold for the first cached run.
+        index = load_dataset(base.data, val_split=base.val_split, seed=base.seed)
+        paths = list(index.train_paths) + list(index.val_paths)
+        had_entry = _clear_embeddings(base, paths, image_size)
+        say(f"figure 1: cached run, cold embedding cache ({epochs} epochs)")
+        cold = _run(jobs, base.with_changes(name="bench-cold"), say, "cached (cold)")
+        say("figure 2: cached run with another head, warm embedding cache")
+        warm_cfg = base.with_changes(dense_units=128, lr=5e-4, name="bench-warm")
+        warm = _run(jobs, warm_cfg, say, "cached (warm)")
+        say(f"figure 1: per-epoch frozen-base run, feature_cache=off ({epochs} epochs)")
+        off = _run(jobs, base.with_changes(feature_cache="off", name="bench-off"), say, "per-epoch")
+
+        speedup = off["duration_s"] / cold["duration_s"]
+        acc_points = abs((cold["best_val_accuracy"] or 0.0) - (off["best_val_accuracy"] or 0.0))
+        acc_points *= 100.0
+        figures_out["feature_cache"] = {
+            "cached": cold,
+            "per_epoch": off,
+            "accuracy_difference_points": round(acc_points, 2),
+            "embedding_entry_removed": had_entry,
+            "ratio": round(speedup, 3),
+            "target": TARGETS["feature_cache"],
+            "accuracy_target_points": ACCURACY_POINTS,
+            "met": speedup >= TARGETS["feature_cache"] and acc_points <= ACCURACY_POINTS,
+        }
+        warm_ratio = cold["duration_s"] / warm["duration_s"]
+        cold_stage = (cold.get("feature_stage") or {}).get("seconds")
+        warm_stage = (warm.get("feature_stage") or {}).get("seconds")
+        figures_out["warm_cache"] = {
+            "cold": {k: cold[k] for k in ("run_id", "duration_s", "feature_stage", "profile")},
+            "warm": warm,
+            "feature_stage_ratio": (
+                round(cold_stage / warm_stage, 1) if cold_stage and warm_stage else None
+            ),
+            "ratio": round(warm_ratio, 3),
+            "target": TARGETS["warm_cache"],
+            "met": warm_ratio >= TARGETS["warm_cache"],
+        }
+
+        say(f"figure 3: training throughput, files vs memory ({rounds} rounds after a warm-up)")
+        step = max(len(index.train_paths) // pipeline_images, 1)
+        chosen = list(range(0, len(index.train_paths), step))[:pipeline_images]
+        figures_out["input_pipeline"] = _throughput(
+            [index.train_paths[i] for i in chosen],
+            [index.train_labels[i] for i in chosen],
+            len(index.class_names),
+            pipeline_size,
+            batch,
+            rounds,
+            say,
+            tiny_model=quick,
         )
-        # Same work at every invocation: the warm-up computes its features too.
-        warm_index = load_dataset(predict_cfg.data, val_split=base.val_split, seed=base.seed)
-        _clear_embeddings(
-            predict_cfg, [*warm_index.train_paths, *warm_index.val_paths], predict_size
-        )
-        predict_run = _run(jobs, predict_cfg, say, "warm-up")
 
-    # Figure 1 and 2: the embedding cache must be cold for the first cached run.
-    index = load_dataset(base.data, val_split=base.val_split, seed=base.seed)
-    paths = list(index.train_paths) + list(index.val_paths)
-    had_entry = _clear_embeddings(base, paths, image_size)
-    say(f"figure 1: cached run, cold embedding cache ({epochs} epochs)")
-    cold = _run(jobs, base.with_changes(name="bench-cold"), say, "cached (cold)")
-    say("figure 2: cached run with another head, warm embedding cache")
-    warm_cfg = base.with_changes(dense_units=128, lr=5e-4, name="bench-warm")
-    warm = _run(jobs, warm_cfg, say, "cached (warm)")
-    say(f"figure 1: per-epoch frozen-base run, feature_cache=off ({epochs} epochs)")
-    off = _run(jobs, base.with_changes(feature_cache="off", name="bench-off"), say, "per-epoch")
+        if predict_run is None:  # quick: no warm-up run; figure 4 uses the cold run's model
+            predict_run, predict_size = cold, image_size
+        say(f"figure 4: one-image prediction latency at {predict_size} px ({reps} reps)")
+        one_image = sorted(Path((predict_info or data_info)["root"]).glob("*/*.jpg"))[0]
+        latency = _latency(jobs.store, predict_run["run_id"], str(one_image), reps, warmup)
+        latency["run_id"] = predict_run["run_id"]
+        figures_out["predict_latency"] = latency
 
-    speedup = off["duration_s"] / cold["duration_s"]
-    acc_points = abs((cold["best_val_accuracy"] or 0.0) - (off["best_val_accuracy"] or 0.0))
-    acc_points *= 100.0
-    figures["feature_cache"] = {
-        "cached": cold,
-        "per_epoch": off,
-        "accuracy_difference_points": round(acc_points, 2),
-        "embedding_entry_removed": had_entry,
-        "ratio": round(speedup, 3),
-        "target": TARGETS["feature_cache"],
-        "accuracy_target_points": ACCURACY_POINTS,
-        "met": speedup >= TARGETS["feature_cache"] and acc_points <= ACCURACY_POINTS,
-    }
-    warm_ratio = cold["duration_s"] / warm["duration_s"]
-    cold_stage = (cold.get("feature_stage") or {}).get("seconds")
-    warm_stage = (warm.get("feature_stage") or {}).get("seconds")
-    figures["warm_cache"] = {
-        "cold": {k: cold[k] for k in ("run_id", "duration_s", "feature_stage", "profile")},
-        "warm": warm,
-        "feature_stage_ratio": (
-            round(cold_stage / warm_stage, 1) if cold_stage and warm_stage else None
-        ),
-        "ratio": round(warm_ratio, 3),
-        "target": TARGETS["warm_cache"],
-        "met": warm_ratio >= TARGETS["warm_cache"],
-    }
-
-    say(f"figure 3: training throughput, files vs memory ({rounds} rounds after a warm-up)")
-    step = max(len(index.train_paths) // pipeline_images, 1)
-    chosen = list(range(0, len(index.train_paths), step))[:pipeline_images]
-    figures["input_pipeline"] = _throughput(
-        [index.train_paths[i] for i in chosen],
-        [index.train_labels[i] for i in chosen],
-        len(index.class_names),
-        pipeline_size,
-        batch,
-        rounds,
-        say,
-        tiny_model=quick,
-    )
-
-    if predict_run is None:  # quick: no warm-up run; figure 4 uses the cold run's model
-        predict_run, predict_size = cold, image_size
-    say(f"figure 4: one-image prediction latency at {predict_size} px ({reps} reps)")
-    one_image = sorted(Path((predict_info or data_info)["root"]).glob("*/*.jpg"))[0]
-    latency = _latency(jobs.store, predict_run["run_id"], str(one_image), reps, warmup)
-    latency["run_id"] = predict_run["run_id"]
-    figures["predict_latency"] = latency
-
-    machine["load_average_end"] = [round(x, 2) for x in os.getloadavg()]
-    result = {
-        "figures": figures,
-        "data": {
+        data_section = {
             **data_info,
             "classes_found": len(index.class_names),
             "train_images": len(index.train_paths),
             "val_images": len(index.val_paths),
             "image_size": image_size,
             "predict_data": predict_info,
-        },
-        "settings": {
-            "backbone": BACKBONE,
-            "image_size": image_size,
-            "pipeline_image_size": pipeline_size,
-            "epochs": epochs,
-            "batch_size": batch,
-            "quick": quick,
-            "runs_dir": str(runs_dir),
-            "warmup_run": predict_run,
-        },
+        }
+        settings.update(
+            backbone=BACKBONE, image_size=image_size, pipeline_image_size=pipeline_size,
+            epochs=epochs, batch_size=batch, warmup_run=predict_run,
+        )  # fmt: skip
+
+    figures_out.update(_fast_figures(selected, jobs, out, quick, epochs, batch, say))
+    machine["load_average_end"] = [round(x, 2) for x in os.getloadavg()]
+    result = {
+        "figures": figures_out,
+        "data": data_section,
+        "settings": settings,
         "machine": machine,
         "total_s": round(time.perf_counter() - bench_started, 1),
         "date": time.strftime("%Y-%m-%d %H:%M:%S %Z"),
@@ -595,20 +598,103 @@ def run_bench(
     return json.loads(json.dumps(result, allow_nan=False))
 
 
+ALL_FIGURES = tuple(range(1, 11))
+CLASSIC_FIGURES = frozenset({1, 2, 3, 4})
+PHOTOS_PER_CLASS = 150  # figure 6's real photos: 600 in all, 480 training images
+
+
+def _selected(figures: Collection[int] | None) -> list[int]:
+    chosen = sorted(set(figures)) if figures else list(ALL_FIGURES)
+    unknown = [f for f in chosen if f not in ALL_FIGURES]
+    if unknown:
+        from core.errors import ConfigError
+
+        raise ConfigError(
+            f"Unknown benchmark figure(s) {unknown}: expected numbers from 1 to {len(ALL_FIGURES)}."
+        )
+    return chosen
+
+
+def _fast_figures(
+    selected: list[int], jobs: Any, out: Path, quick: bool, epochs: int, batch: int, say: ProgressCb
+) -> dict[str, Any]:
+    """Figures 5-10 (``core.bench_fast``, ``core.bench_server``); quick: tiny, 5 and 7 skipped."""
+    from core import bench_fast, bench_server
+
+    figures: dict[str, Any] = {}
+    size = 64 if quick else 224
+    if {6, 10} & set(selected):
+        per_class = 8 if quick else PHOTOS_PER_CLASS
+        photos = bench_fast.photo_dataset(out / f"photos-4x{per_class}", per_class)
+        if 10 in selected:  # first: it also converts the runtime that figure 6's runs use
+            figures["feature_pass"] = bench_fast.feature_pass_rates(
+                photos["root"], size, images=16 if quick else 64, reps=1 if quick else 3,
+                progress=say,
+            )  # fmt: skip
+        if 6 in selected:
+            figures["augmented_views"] = bench_fast.augmented_views(
+                jobs, photos["root"], epochs=epochs, image_size=size, batch_size=batch,
+                views=(2,) if quick else (2, 4, 8), progress=say,
+            )  # fmt: skip
+            figures["augmented_views"]["data"] = photos
+    if 5 in selected:
+        figures["one_click_default"] = (
+            {"skipped": "quick"} if quick else bench_fast.one_click_default(say)
+        )
+    if 7 in selected:
+        config = RunConfig(
+            data="builtin:textures", image_size=160, epochs=8, batch_size=16, augment=True,
+            feature_cache="off",
+        )  # fmt: skip
+        figures["dashboard_vs_headless"] = (
+            {"skipped": "quick"}
+            if quick
+            else bench_server.dashboard_vs_headless(config, progress=say, rounds=2)
+        )
+    if 8 in selected:
+        figures["sequential_runs_rss"] = bench_server.sequential_runs_rss(
+            runs=2 if quick else 5, progress=say,
+            make_config=_tiny_rss_config if quick else None,
+        )  # fmt: skip
+    if 9 in selected:
+        figures["idle_server_cpu"] = bench_server.idle_server_cpu(3 if quick else 30, progress=say)
+    return figures
+
+
+def _tiny_rss_config(index: int) -> RunConfig:
+    return RunConfig(
+        data="builtin:textures", backbone="mobilenet_v2", weights="none", image_size=32,
+        epochs=1, augment=False, lr=1e-3 * (index + 1),
+    )  # fmt: skip
+
+
 def _met(value: bool) -> str:
     return "met" if value else "MISSED"
 
 
 def format_bench(result: dict[str, Any]) -> str:
-    """Human-readable lines, one per figure, then the machine."""
+    """Human-readable lines, one per figure measured, then the machine."""
+    f = result["figures"]
+    m = result["machine"]
+    lines = _classic_lines(result) if "feature_cache" in f else []
+    lines += _fast_lines(f)
+    lines.append(
+        f"machine: {m['usable_cpus']} CPUs, TensorFlow {m['tensorflow']}, Keras {m['keras']}, "
+        f"load {m['load_average_start'][0]:.1f} → {m['load_average_end'][0]:.1f}; "
+        f"total {result['total_s']:.0f} s"
+    )
+    return "\n".join(lines)
+
+
+def _classic_lines(result: dict[str, Any]) -> list[str]:
     f = result["figures"]
     fc, wc, ip, pl = f["feature_cache"], f["warm_cache"], f["input_pipeline"], f["predict_latency"]
     cached, off = fc["cached"], fc["per_epoch"]
     warm_stage = (wc["warm"].get("feature_stage") or {}).get("seconds")
     cold_stage = (cached.get("feature_stage") or {}).get("seconds")
     warm_s = wc["warm"]["duration_s"]
-    m, d = result["machine"], result["data"]
-    lines = [
+    d = result["data"]
+    return [
         f"data: {d['files']} JPEGs, {d['classes_found']} classes ({d['train_images']} train / "
         f"{d['val_images']} val), {BACKBONE} at {d['image_size']} px, "
         f"{result['settings']['epochs']} epochs",
@@ -630,11 +716,56 @@ def format_bench(result: dict[str, Any]) -> str:
         "   model call only: "
         + ", ".join(f"{k} p50 {v['p50_ms']:.1f} ms" for k, v in pl["call_only"].items())
         + f"; decode p50 {pl['decode']['p50_ms']:.1f} ms",
-        f"machine: {m['usable_cpus']} CPUs, TensorFlow {m['tensorflow']}, Keras {m['keras']}, "
-        f"load {m['load_average_start'][0]:.1f} → {m['load_average_end'][0]:.1f}; "
-        f"total {result['total_s']:.0f} s",
     ]
-    return "\n".join(lines)
+
+
+def _fast_lines(f: dict[str, Any]) -> list[str]:
+    lines = []
+    if (d := f.get("one_click_default")) and "skipped" not in d:
+        new, warm = d["brand_new_home"], d["warm"]
+        lines.append(
+            f"5. one-click default: brand-new home {new.get('duration_s')} s (wall "
+            f"{new['wall_s']} s), second time {warm.get('duration_s')} s (wall {warm['wall_s']} "
+            f"s), best val acc {warm.get('best_val_accuracy')} — target ≤ "
+            f"{d['targets_s']['brand_new_s']:g} s / ≤ {d['targets_s']['warm_s']:g} s: "
+            f"{_met(d['met'])}"
+        )
+    if d := f.get("augmented_views"):
+        sweep = ", ".join(
+            f"K={k}: {v['duration_s']:.1f} s acc {v['best_val_accuracy']:.3f}"
+            for k, v in d["sweep"].items()
+        )
+        lines.append(
+            f"6. augmented FE, cached views (K={d['views']}) vs per-epoch augmentation: "
+            f"{d['ratio']:.1f}x faster ({d['cached']['duration_s']:.1f} s vs "
+            f"{d['per_epoch']['duration_s']:.1f} s), best val acc "
+            f"{d['cached']['best_val_accuracy']:.3f} vs {d['per_epoch']['best_val_accuracy']:.3f} "
+            f"({d['accuracy_difference_points']:.1f} points) — target ≥ {d['target']:g}x within "
+            f"{d['accuracy_target_points']:g} point: {_met(d['met'])}; {sweep}"
+        )
+    if (d := f.get("dashboard_vs_headless")) and "skipped" not in d:
+        lines.append(
+            f"7. dashboard open vs headless: {d['ratio']} ({d['dashboard_images_per_s']} vs "
+            f"{d['headless_images_per_s']} img/s) — target ≥ {d['target']:g}: {_met(d['met'])}"
+        )
+    if d := f.get("sequential_runs_rss"):
+        lines.append(
+            f"8. five sequential runs: RSS {d['rss_mb']} MB, growth after the first "
+            f"{d['growth_mb']} MB — target ≤ {d['target_growth_mb']:g} MB: {_met(d['met'])}"
+        )
+    if d := f.get("idle_server_cpu"):
+        lines.append(
+            f"9. idle server: {d.get('cpu_percent')} % of a core over {d.get('seconds')} s, "
+            f"{d.get('lines_printed')} lines printed — target < {d.get('target_cpu_percent')} % "
+            f"and silent: {_met(bool(d.get('cpu_met')) and bool(d.get('quiet_met')))}"
+        )
+    if (d := f.get("feature_pass")) and "skipped" not in d:
+        lines.append(
+            f"10. feature pass at {d['image_size']} px: Keras {d['keras_images_per_s']:.1f} img/s "
+            f"vs LiteRT {d['litert_images_per_s']:.1f} img/s ({d['ratio']:.2f}x, lowest cosine "
+            f"{d['min_cosine']:.5f}) — target ≥ {d['target']:g}x: {_met(d['met'])}"
+        )
+    return lines
 
 
 def _secs(value: float | None) -> str:

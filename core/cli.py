@@ -13,7 +13,7 @@ from dataclasses import fields
 from typing import TYPE_CHECKING, Any
 
 from core.config import AUGMENTATIONS, FEATURE_CACHE_CHOICES, MODE_HELP, MODES, RunConfig, Status
-from core.errors import StudioError, storage_error
+from core.errors import ConfigError, StudioError, storage_error
 
 if TYPE_CHECKING:  # importing the queue imports Keras: only where a command needs it
     from core.training.jobs import JobQueue
@@ -200,10 +200,14 @@ def build_parser() -> argparse.ArgumentParser:
     p = sub.add_parser(
         "bench",
         help="measure the speed figures on generated data (ratios against same-run baselines)",
-        description="Generate a folder dataset, then measure: 1. feature extraction with the "
-        "feature cache vs the per-epoch pipeline; 2. a warm embedding cache vs a cold one; "
-        "3. training throughput from files vs from tensors in memory; 4. playground prediction "
-        "latency. Each figure is a ratio against a baseline measured in the same run.",
+        description="Generate data, then measure: 1. feature extraction with the feature cache "
+        "vs the per-epoch pipeline; 2. a warm embedding cache vs a cold one; 3. training "
+        "throughput from files vs from tensors in memory; 4. playground prediction latency; "
+        "5. the one-click default run (brand-new home, then again); 6. augmented feature "
+        "extraction, cached views vs per-epoch augmentation; 7. training throughput with a "
+        "browser page following the run vs headless; 8. RSS over five sequential runs; 9. idle "
+        "server CPU; 10. the feature pass, Keras vs the converted LiteRT runtime. Each figure "
+        "is a ratio against a baseline measured in the same run (see docs/benchmark.md).",
     )
     p.add_argument("--images-per-class", type=int, default=1000, help="default 1000 (3 classes)")
     p.add_argument(
@@ -214,6 +218,12 @@ def build_parser() -> argparse.ArgumentParser:
     )
     p.add_argument("--epochs", type=int, default=10, help="default 10")
     p.add_argument("--quick", action="store_true", help="tiny data and few repetitions (smoke)")
+    p.add_argument(
+        "--figures",
+        metavar="LIST",
+        help="comma-separated figures and ranges to measure, e.g. 5-10 or 1,6 (default: all; "
+        "1-4 run together)",
+    )
     p.add_argument("--out", metavar="DIR", help="keep the generated data and runs here")
     p.add_argument("--json", action="store_true", help="print JSON instead of text")
 
@@ -447,6 +457,22 @@ def cmd_export(args: argparse.Namespace) -> int:
     return 0
 
 
+def _figure_list(text: str | None) -> list[int] | None:
+    """``"1,5-7"`` → ``[1, 5, 6, 7]``; ``None`` for all."""
+    if not text:
+        return None
+    figures: list[int] = []
+    try:
+        for part in text.split(","):
+            lo, _, hi = part.strip().partition("-")
+            figures += range(int(lo), int(hi or lo) + 1)
+    except ValueError:
+        raise ConfigError(
+            f"--figures {text!r} is not a list of figure numbers. Expected e.g. 5-10 or 1,6."
+        ) from None
+    return figures
+
+
 def cmd_bench(args: argparse.Namespace) -> int:
     """Run the benchmark and print its figures."""
     from pathlib import Path
@@ -460,6 +486,7 @@ def cmd_bench(args: argparse.Namespace) -> int:
         epochs=args.epochs,
         quick=args.quick,
         progress=lambda line: print(line, file=sys.stderr, flush=True),
+        figures=_figure_list(args.figures),
     )
     if args.json:
         _print_json(result)

@@ -116,3 +116,35 @@ def test_a_default_run_trains_on_cached_views_and_a_second_run_reuses_them(
     assert reseeded["stage"]["cached"] is False  # another seed: other views
     assert cold["best_val_accuracy"] >= 0.8
     assert "features" in cold["timings"]
+
+
+@pytest.mark.slow
+def test_the_feature_pass_converts_the_runtime_once_and_then_reuses_it(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    from core.training import litert
+
+    monkeypatch.setenv("TRANSFER_STUDIO_HOME", str(tmp_path / "home"))
+    monkeypatch.setenv(litert.RUNTIME_ENV, "auto")
+    queue = JobQueue(tmp_path / "runs")
+    small = AUGMENTED.with_changes(augment=False, image_size=48)
+    # Too few images to pay for a conversion: Keras, and nothing converted.
+    monkeypatch.setattr(embeddings, "CONVERT_MIN_ROWS", 10_000)
+    first = queue.submit(small)
+    assert queue.wait(first, timeout=600) == COMPLETED
+    assert queue.store.result(first)["stage"]["runtime"] == "keras"
+    assert not list(litert.runtime_dir().glob("*.tflite"))
+    # Enough images: converted once (its seconds recorded), checked, used.
+    monkeypatch.setattr(embeddings, "CONVERT_MIN_ROWS", 0)
+    second = queue.submit(small.with_changes(seed=1))
+    assert queue.wait(second, timeout=600) == COMPLETED
+    result = queue.store.result(second)
+    assert result["stage"]["runtime"] == "litert" and result["timings"]["convert_runtime"] > 0
+    assert len(list(litert.runtime_dir().glob("*.tflite"))) == 1
+    # Already converted: any run at that size uses it, however small, without converting.
+    monkeypatch.setattr(embeddings, "CONVERT_MIN_ROWS", 10_000)
+    third = queue.submit(small.with_changes(seed=2, augment=True))
+    assert queue.wait(third, timeout=600) == COMPLETED
+    again = queue.store.result(third)
+    assert again["stage"]["runtime"] == "litert" and "convert_runtime" not in again["timings"]
+    assert again["best_val_accuracy"] >= 0.8

@@ -20,7 +20,9 @@ def quick(tmp_path_factory: pytest.TempPathFactory) -> tuple[dict[str, Any], Pat
     """One quick benchmark for the whole module (well under a minute)."""
     out = tmp_path_factory.mktemp("bench")
     messages: list[str] = []
-    result = bench.run_bench(out_dir=out, quick=True, progress=messages.append)
+    result = bench.run_bench(
+        out_dir=out, quick=True, progress=messages.append, figures=[1, 2, 3, 4]
+    )
     return result, out, messages
 
 
@@ -149,3 +151,40 @@ def test_generation_is_deterministic_and_reused(tmp_path: Path) -> None:
     # Another size is another dataset: rebuilt, not mixed with the old files.
     c = bench.generate_dataset(tmp_path / "a", 3)
     assert not c["reused"] and c["files"] == 3 * len(bench.DATA_CLASSES)
+
+
+def test_figures_are_chosen_by_number_and_range() -> None:
+    from core.cli import _figure_list
+    from core.errors import ConfigError
+
+    assert _figure_list("1,5-7") == [1, 5, 6, 7] and _figure_list(None) is None
+    assert bench._selected(None) == list(bench.ALL_FIGURES)
+    assert bench._selected([6, 5, 6]) == [5, 6]
+    with pytest.raises(ConfigError, match="figure"):
+        bench._selected([11])
+    with pytest.raises(ConfigError, match="5-10"):
+        _figure_list("five")
+
+
+@pytest.mark.slow
+def test_the_fast_path_figures_on_tiny_data(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    from core.training import litert
+
+    monkeypatch.setenv(litert.RUNTIME_ENV, "auto")
+    result = bench.run_bench(out_dir=tmp_path, quick=True, figures=[5, 6, 8, 10])
+    f = result["figures"]
+    assert set(f) == {"one_click_default", "augmented_views", "sequential_runs_rss", "feature_pass"}
+    assert f["one_click_default"] == {"skipped": "quick"}
+    views = f["augmented_views"]
+    assert views["cached"]["feature_stage"]["cached"] is False  # cold, as the figure says
+    assert set(views["sweep"]) == {"2", str(views["views"])} and _positive(views["ratio"])
+    assert views["data"]["files"] == 4 * 8
+    assert len(f["sequential_runs_rss"]["rss_mb"]) == 2
+    rates = f["feature_pass"]
+    assert _positive(rates["keras_images_per_s"]) and _positive(rates["litert_images_per_s"])
+    assert rates["min_cosine"] >= 0.999 and rates["check"]["runtime"] == "litert"
+    text = bench.format_bench(result)
+    assert all(f"{n}. " in text for n in (6, 8, 10)) and "1. feature cache" not in text
+    assert json.loads(json.dumps(result, allow_nan=False)) == result

@@ -38,7 +38,13 @@ from core.training.model import Backbone, BuiltModel
 CACHE_FORMAT = 1
 MAX_CACHE_BYTES = int(os.environ.get("TRANSFER_STUDIO_EMBEDDING_CACHE_BYTES", 2 * 1024**3))
 FEATURE_BATCH = 32
-StageFn = Callable[[int, int], None]
+StageFn = Callable[..., None]  # stage(done, total, **record): progress of a pass
+# The converted LiteRT runtime (core.training.litert) runs the pass about twice as fast, but
+# converting costs ~15 s once per backbone, image size and weights: a run converts it only when
+# it sends at least this many images through the base (the default run's 408 do: its first run
+# in a new home pays ~10 s more, and every later pass at that size runs twice as fast; a tiny
+# trial run does not), and uses it whenever it is already converted.
+CONVERT_MIN_ROWS = 300
 _FORWARD_ATTR = "_studio_forward"  # a model's compiled inference call, kept on the model
 
 
@@ -127,13 +133,20 @@ def feature_extractor(built: BuiltModel) -> keras.Model:
 
 
 def forward_once(
-    model: keras.Model, paths: Sequence[str], image_size: int, stage: StageFn | None = None
+    model: keras.Model,
+    paths: Sequence[str],
+    image_size: int,
+    stage: StageFn | None = None,
+    pick: RuntimePick | None = None,
 ) -> np.ndarray:
-    """``model`` (frozen, inference mode) over every image of ``paths``, in order."""
+    """``model`` (frozen, inference mode) over every image of ``paths``, in order.
+
+    ``pick(first_batch)``: a faster runtime of ``model`` to run instead of Keras, or ``None``.
+    """
     from core.data.pipeline import make_dataset
 
     ds = make_dataset(paths, [0] * len(paths), image_size, FEATURE_BATCH, training=False)
-    return _forward(model, ds.map(lambda x, _y: x), len(paths), stage)
+    return _forward(model, ds.map(lambda x, _y: x), len(paths), stage, pick)
 
 
 def forward_views(
@@ -144,6 +157,7 @@ def forward_views(
     views: int,
     seed: int,
     stage: StageFn | None = None,
+    pick: RuntimePick | None = None,
 ) -> np.ndarray:
     """``model`` over ``views`` augmented views of each image: shape ``(views, n, ...)``."""
     from core.data.pipeline import views_dataset
@@ -151,10 +165,8 @@ def forward_views(
     ds = views_dataset(
         paths, image_size, FEATURE_BATCH, augmentations=augmentations, views=views, seed=seed
     )
-    out = _forward(model, ds, views * len(paths), stage)
+    out = _forward(model, ds, views * len(paths), stage, pick)
     return out.reshape(views, len(paths), *out.shape[1:])
-
-
 
 
 def _compiled(model: keras.Model) -> Any:
@@ -169,12 +181,18 @@ def _compiled(model: keras.Model) -> Any:
     return forward
 
 
-def _forward(model: keras.Model, images: Any, rows: int, stage: StageFn | None) -> np.ndarray:
+def _forward(
+    model: keras.Model,
+    images: Any,
+    rows: int,
+    stage: StageFn | None,
+    pick: RuntimePick | None = None,
+) -> np.ndarray:
     """``model`` over a dataset of image batches (``rows`` images in all), in order.
 
     Batches of ``FEATURE_BATCH`` and a compiled call: an eager call walks the layers in Python
-    and is ~3x slower per batch. The output is filled in place (no copies of what may be
-    hundreds of MB of activations).
+    and is ~3x slower per batch; or the runtime ``pick`` returns for the first batch. The
+    output is filled in place (no copies of what may be hundreds of MB of activations).
     """
     from core.data.pipeline import image_errors
 
@@ -182,9 +200,12 @@ def _forward(model: keras.Model, images: Any, rows: int, stage: StageFn | None) 
     shape = tuple(int(d) for d in model.output.shape[1:])
     out = np.empty((rows, *shape), np.float32)
     done = 0
+    runtime: Callable[[np.ndarray], np.ndarray] | None = None
     with image_errors():  # a file that changed since the scan: a DataError naming it
         for batch in images:
-            result = forward(batch).numpy()
+            if done == 0 and pick is not None:
+                runtime = pick(batch.numpy())
+            result = runtime(batch.numpy()) if runtime else forward(batch).numpy()
             out[done : done + len(result)] = result
             done += len(result)
             if stage:
@@ -205,13 +226,16 @@ def features_for(
     paths: Sequence[str],
     stage: StageFn | None = None,
     timings: dict[str, float] | None = None,
+    runtime: dict[str, Any] | None = None,
 ) -> tuple[np.ndarray, bool]:
     """``(features, was_cached)`` of ``paths``, from the persistent cache when possible.
 
     The key uses the weights identity ``built`` was built with; ``timings["hash"]`` (when given)
-    gets the seconds spent on the key (the file digests).
+    gets the seconds spent on the key (the file digests). ``runtime`` (when given): a request
+    for the converted runtime (``{"convert": bool}``: may it convert now), filled in with what
+    the pass ran on (``core.training.litert.runtime_extractor``'s info).
     """
-    return _cached(config, built, paths, 1, stage, timings)
+    return _cached(config, built, paths, 1, stage, timings, runtime)
 
 
 def augmented_features_for(
@@ -220,10 +244,12 @@ def augmented_features_for(
     paths: Sequence[str],
     stage: StageFn | None = None,
     timings: dict[str, float] | None = None,
+    runtime: dict[str, Any] | None = None,
 ) -> tuple[np.ndarray, bool]:
     """``(features, was_cached)`` of ``config.augment_views - 1`` augmented views of each of
-    ``paths`` (shape ``(views - 1, n, width)``), from the persistent cache when possible."""
-    return _cached(config, built, paths, config.augment_views, stage, timings)
+    ``paths`` (shape ``(views - 1, n, width)``), from the persistent cache when possible.
+    ``runtime``: as for ``features_for``."""
+    return _cached(config, built, paths, config.augment_views, stage, timings, runtime)
 
 
 def _cached(
@@ -233,6 +259,7 @@ def _cached(
     views: int,
     stage: StageFn | None,
     timings: dict[str, float] | None,
+    runtime: dict[str, Any] | None = None,
 ) -> tuple[np.ndarray, bool]:
     started = time.perf_counter()
     backbone = Backbone(built.spec, built.weights_id)
@@ -248,16 +275,65 @@ def _cached(
                 rows = len(paths) * max(extra, 1)
                 stage(rows, rows)
             return cached, True
+    model = feature_extractor(built)
+    pick = _runtime_pick(model, built, runtime, stage) if runtime is not None else None
     if extra:
         features = forward_views(
-            feature_extractor(built), paths, built.image_size, config.active_augmentations(),
-            extra, config.seed, stage,
+            model, paths, built.image_size, config.active_augmentations(), extra, config.seed,
+            stage, pick,
         )  # fmt: skip
     else:
-        features = compute_features(built, paths, stage)
+        features = forward_once(model, paths, built.image_size, stage, pick)
     if key is not None:
         store_cached(key, features)
     return features, False
+
+
+RuntimePick = Callable[[np.ndarray], Callable[[np.ndarray], np.ndarray] | None]
+
+
+def runtime_identity(built: BuiltModel) -> dict[str, object] | None:
+    """What determines the feature extractor's function, for its converted runtime's key;
+    ``None`` for random weights (nothing to key on)."""
+    if built.weights_id is None:
+        return None
+    return {
+        "backbone": built.spec.name,
+        "weights": built.weights_id,
+        "image_size": built.image_size,
+        "preprocessing": built.spec.preprocessing,
+        "output": "avg_pool",
+    }
+
+
+def _runtime_pick(
+    model: keras.Model, built: BuiltModel, request: dict[str, Any], stage: StageFn | None
+) -> RuntimePick:
+    """``pick(sample)``: the converted runtime of ``model`` if allowed and checked on ``sample``
+    (recording what was used in ``request``), else ``None`` for Keras."""
+
+    def pick(sample: np.ndarray) -> Callable[[np.ndarray], np.ndarray] | None:
+        from core.training import litert
+
+        identity = runtime_identity(built)
+        if identity is None:
+            request.update(runtime="keras", reason="random weights")
+            return None
+        converted = (litert.runtime_dir() / f"{litert.runtime_key(identity)}.tflite").is_file()
+        if not converted and not request.get("convert"):
+            request.update(runtime="keras", reason="not converted; too few images to pay for it")
+            return None
+
+        def converting(_what: str) -> None:
+            if stage:
+                stage(0, len(sample), stage="runtime")
+
+        extractor, info = litert.runtime_extractor(model, identity, sample, converting)
+        spent = float(request.get("convert_s") or 0.0) + float(info.get("convert_s") or 0.0)
+        request.update(info, convert_s=spent)  # a run's passes: conversion seconds add up
+        return extractor
+
+    return pick
 
 
 def build_head(config: RunConfig, built: BuiltModel) -> keras.Model:

@@ -233,7 +233,11 @@ class FeatureSource(_HeadOnFeatures):
     kind, stage = FEATURES, "features"
 
     def prepare(self, data: DatasetIndex, reporter: StageReporter) -> None:
-        from core.training.embeddings import augmented_features_for, features_for
+        from core.training.embeddings import (
+            CONVERT_MIN_ROWS,
+            augmented_features_for,
+            features_for,
+        )
 
         started = time.perf_counter()
         config, n = self.config, len(data.train_paths)
@@ -241,21 +245,28 @@ class FeatureSource(_HeadOnFeatures):
         views = config.augment_views if config.active_augmentations() else 1
         total = len(paths) + (views - 1) * n  # images through the base, augmented views too
         stage = reporter(views=views)
+        # The converted runtime, if already there, or if this many images pay for converting.
+        runtime: dict[str, Any] = {"convert": total >= CONVERT_MIN_ROWS}
 
-        def part(offset: int) -> Callable[[int, int], None]:
-            return lambda done, _total: stage(offset + done, total)
+        def part(offset: int) -> Callable[..., None]:
+            return lambda done, _total, **more: stage(offset + done, total, **more)
 
-        features, was_cached = features_for(config, self.built, paths, part(0), self.timings)
+        features, was_cached = features_for(
+            config, self.built, paths, part(0), self.timings, runtime
+        )
         self._set_features(data, features)
         if views > 1:
             augmented, views_cached = augmented_features_for(
-                config, self.built, data.train_paths, part(len(paths)), self.timings
+                config, self.built, data.train_paths, part(len(paths)), self.timings, runtime
             )
             # (views, n, width): view 0 is the image itself, the others augmented copies.
             stacked = np.concatenate([features[None, :n], augmented])
             self.train_features = (stacked, data.train_labels)
             was_cached = was_cached and views_cached
-        stage(total, total, cached=was_cached)
+        used = runtime.get("runtime")  # None: every pass came from the cache
+        if runtime.get("convert_s"):
+            self.timings["convert_runtime"] = float(runtime["convert_s"])
+        stage(total, total, cached=was_cached, runtime=used)
         self.timings[self.stage] = time.perf_counter() - started
 
     def model_for(self, phase: str) -> keras.Model:
