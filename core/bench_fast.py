@@ -119,7 +119,7 @@ def augmented_views(
     Every cached run starts from a cold embedding cache (its entries are deleted first), so it
     pays the frozen base's pass over the clean images and over its views.
     """
-    from core.bench import _clear_embeddings, _run
+    from core.bench_common import clear_embeddings, timed_run
     from core.data import load_dataset
 
     say = progress or (lambda _msg: None)
@@ -132,13 +132,15 @@ def augmented_views(
     index = load_dataset(base.data, val_split=base.val_split, seed=base.seed)
     paths = [*index.train_paths, *index.val_paths]
     say(f"figure 6: per-epoch augmentation, feature_cache=off ({epochs} epochs)")
-    off = _run(jobs, base.with_changes(feature_cache="off", name="bench-aug-off"), say, "per-epoch")
+    off = timed_run(
+        jobs, base.with_changes(feature_cache="off", name="bench-aug-off"), say, "per-epoch"
+    )
     sweep: dict[str, Any] = {}
     for k in sorted({*views, base.augment_views}):
         config = base.with_changes(augment_views=k, name=f"bench-views-{k}")
-        _clear_embeddings(config, paths, image_size, list(index.train_paths))
+        clear_embeddings(config, paths, image_size, list(index.train_paths))
         say(f"figure 6: cached views, {k} per training image, cold cache")
-        sweep[str(k)] = _run(jobs, config, say, f"{k} views")
+        sweep[str(k)] = timed_run(jobs, config, say, f"{k} views")
     cached = sweep[str(base.augment_views)]
     ratio = off["duration_s"] / cached["duration_s"]
     points = abs((cached["best_val_accuracy"] or 0.0) - (off["best_val_accuracy"] or 0.0)) * 100

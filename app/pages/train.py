@@ -12,11 +12,15 @@ from core.errors import StudioError
 from core.lint import count_train_images, lint_config
 from core.models.backbones import REGISTRY
 from core.training.compare import submit_compare_all
+from core.training.sources import input_path
 
 st.title("Train")
 queue = widgets.job_queue()
 LRS = (1e-6, 3e-6, 1e-5, 3e-5, 1e-4, 3e-4, 1e-3, 3e-3, 1e-2)
-CACHE_HELP = "feature_extraction without augmentation: compute features once (much faster)"
+CACHE_HELP = (
+    "Run the frozen base once per image (with augmentation: once per augmented view) and train "
+    "on the stored features: much faster. Off: the base runs on every image in every epoch."
+)
 DEFAULTS = RunConfig()
 
 setup, watch = st.columns([5, 7], gap="large")
@@ -77,6 +81,8 @@ with setup.container(height=620, border=False):  # scrolls; the buttons below st
         unfreeze=unfreeze, augment=augment, augmentations=tuple(augs or ()),
         val_split=val_split, seed=seed, feature_cache="auto" if cache else "off",
     )  # fmt: skip
+    # What the run will read, from the trainer's own rule: the toggles never say the opposite.
+    st.caption(f"Training inputs: {widgets.md_escape(input_path(config).reason)}.")
     widgets.layer_preview(name, size, mode, unfreeze, guess_num_classes(config.data))
 with setup:
     b = st.columns(2)
