@@ -244,6 +244,12 @@ def config_from_args(args: argparse.Namespace) -> RunConfig:
                 base = RunConfig.from_json(fh.read())
         except OSError as exc:
             raise StudioError(f"Cannot read --config {args.config!r}: {exc.strerror}.") from exc
+        except UnicodeDecodeError as exc:
+            raise ConfigError(
+                f"--config {args.config!r} is not a text file (byte {exc.start} is not UTF-8). "
+                "Expected a run config in JSON, e.g. one written by `python -m core show RUN "
+                "--json` or the Train page's export."
+            ) from exc
     changes: dict[str, Any] = {}
     for f in fields(RunConfig):
         value = getattr(args, f.name, None)

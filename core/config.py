@@ -112,9 +112,11 @@ class RunConfig:
     extra: dict[str, Any] = field(default_factory=dict)  # forward-compatible: unknown JSON keys
 
     def __post_init__(self) -> None:
-        # JSON gives lists; keep the dataclass hashable-ish and comparable.
-        object.__setattr__(self, "augmentations", tuple(self.augmentations))
-        if self.mode in MODES:
+        # JSON gives lists; keep the dataclass hashable-ish and comparable. (Anything else is
+        # kept as it is for ``validate`` to name.)
+        if isinstance(self.augmentations, (list, tuple)):
+            object.__setattr__(self, "augmentations", tuple(self.augmentations))
+        if isinstance(self.mode, str) and self.mode in MODES:
             object.__setattr__(self, "mode", Mode(self.mode))
 
     # -- derived --------------------------------------------------------------------------
@@ -145,6 +147,7 @@ class RunConfig:
         """Check every field; return self so calls chain. Raises ConfigError/BackboneError."""
         from core.models.backbones import check_image_size, get_backbone
 
+        self._check_types()
         spec = get_backbone(self.backbone)
         if self.mode not in MODES:
             raise ConfigError(
@@ -189,6 +192,37 @@ class RunConfig:
         _check_float("dropout", self.dropout, 0.0, 0.95)
         _check_int("dense_units", self.dense_units, 1, 8192)
         return self
+
+    def _check_types(self) -> None:
+        """Fields of the wrong JSON type (``"0.2"`` for a number, ``3`` for a name) are named
+        with the setting and an example, before any check compares or looks them up."""
+        defaults = RunConfig()
+        for name in ("backbone", "weights", "mode", "data", "feature_cache", "name"):
+            value = getattr(self, name)
+            if not isinstance(value, str):
+                raise ConfigError(
+                    f"{setting_label(name).capitalize()} {value!r} is invalid. Expected text, "
+                    f"e.g. {str(getattr(defaults, name) or 'my run')!r}.",
+                    settings=(name,),
+                )
+        if not isinstance(self.augment, bool):
+            raise ConfigError(
+                f"Augment {self.augment!r} is invalid. Expected true or false.",
+                settings=("augment",),
+            )
+        augs = self.augmentations
+        if not isinstance(augs, tuple) or not all(isinstance(a, str) for a in augs):
+            raise ConfigError(
+                f"Augmentations {augs!r} is invalid. Expected a list of names from: "
+                f"{', '.join(AUGMENTATIONS)}.",
+                settings=("augmentations",),
+            )
+        split = self.val_split
+        if isinstance(split, bool) or not isinstance(split, (int, float)):
+            raise ConfigError(
+                f"Validation split {split!r} is invalid. Expected a number, e.g. 0.2.",
+                settings=("val_split",),
+            )
 
     # -- serialisation --------------------------------------------------------------------
     def to_dict(self) -> dict[str, Any]:

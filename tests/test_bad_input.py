@@ -242,6 +242,14 @@ def test_corrupt_model_and_weights_files(tmp_path: Path) -> None:
         ({"backbone": "vgg61"}, BackboneError, "Unknown backbone 'vgg61'"),
         ({"mode": "magic"}, ConfigError, "Unknown mode 'magic'"),
         ({"backbone": "inception_v3", "image_size": 40}, BackboneError, "minimum of 75 px"),
+        # Wrong JSON types: named with the setting, never a TypeError or AttributeError.
+        ({"val_split": "0.2"}, ConfigError, "Validation split '0.2' is invalid"),
+        ({"weights": 3}, ConfigError, "Weights 3 is invalid. Expected text"),
+        ({"backbone": ["a"]}, ConfigError, r"Backbone \['a'\] is invalid"),
+        ({"mode": 1}, ConfigError, "Mode 1 is invalid"),
+        ({"augment": "yes"}, ConfigError, "Expected true or false"),
+        ({"augmentations": 5}, ConfigError, "Expected a list of names"),
+        ({"augmentations": ["flip", 2]}, ConfigError, "Expected a list of names"),
     ],
 )
 def test_bad_config_values(changes: dict, error: type, message: str) -> None:
@@ -260,3 +268,26 @@ def test_unknown_source_fails_the_run_and_the_queue_still_answers(tmp_path: Path
     assert queue.wait(bad, timeout=120) == FAILED
     assert "not found" in queue.store.result(bad)["error"]
     assert queue.wait(good, timeout=300) == COMPLETED
+
+
+@pytest.mark.parametrize(
+    ("content", "message"),
+    [
+        (b"\x00\xff\xfe{", "is not a text file"),
+        (b'{"val_split": "0.2"}', "Validation split '0.2' is invalid"),
+        (b'{"weights": 3}', "Weights 3 is invalid"),
+        (b'{"backbone": ["a"]}', "Backbone ['a'] is invalid"),
+        (b"[1, 2]", "must be a JSON object"),
+    ],
+)
+def test_a_bad_config_file_is_one_line_with_the_flag(
+    tmp_path: Path, content: bytes, message: str
+) -> None:
+    from tests.test_cli import cli
+
+    path = tmp_path / "config.json"
+    path.write_bytes(content)
+    proc = cli("train", "--config", str(path), "--json", check=False)
+    assert proc.returncode != 0
+    assert message in proc.stderr and "Traceback" not in proc.stderr
+    assert len(proc.stderr.strip().splitlines()) == 1, proc.stderr

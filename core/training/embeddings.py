@@ -45,6 +45,7 @@ StageFn = Callable[..., None]  # stage(done, total, **record): progress of a pas
 # in a new home pays ~10 s more, and every later pass at that size runs twice as fast; a tiny
 # trial run does not), and uses it whenever it is already converted.
 CONVERT_MIN_ROWS = 300
+RUNTIME_CHECK_IMAGES = 8  # images of the first batch the runtime must match Keras on
 _FORWARD_ATTR = "_studio_forward"  # a model's compiled inference call, kept on the model
 
 
@@ -328,7 +329,9 @@ def _runtime_pick(
             if stage:
                 stage(0, len(sample), stage="runtime")
 
-        extractor, info = litert.runtime_extractor(model, identity, sample, converting)
+        # The check runs Keras eagerly (~0.15 s an image at 224 px): 8 images are plenty.
+        check = sample[:RUNTIME_CHECK_IMAGES]
+        extractor, info = litert.runtime_extractor(model, identity, check, converting)
         spent = float(request.get("convert_s") or 0.0) + float(info.get("convert_s") or 0.0)
         request.update(info, convert_s=spent)  # a run's passes: conversion seconds add up
         return extractor
