@@ -170,3 +170,61 @@ def test_run_label_prefers_name():
     assert charts.run_label({"name": "mine"}) == "mine"
     label = charts.run_label({"mode": "scratch", "backbone": "vgg16", "run_id": "x-123456"})
     assert label == "from scratch · vgg16 · 123456"
+
+
+# --------------------------------------------------------------------------- live chart cache
+
+
+def _last(step, steps_per_epoch=10):
+    return {"global_step": step, "steps_per_epoch": steps_per_epoch}
+
+
+def test_curves_key_moves_with_status_epochs_and_steps():
+    def run(**over):
+        return _result(**{"run_id": "r", "status": "running", "planned_epochs": 4, **over})
+
+    assert charts.curves_key(run(epochs_done=1), None) == ("r", "running", 1, -1)
+    # a short run (40 planned steps): every new step is news
+    assert charts.curves_key(run(), _last(11)) != charts.curves_key(run(), _last(12))
+    assert charts.curves_key(run(epochs_done=2), _last(12)).epochs_done == 2
+    assert charts.curves_key(run(status="completed"), _last(12)).status == "completed"
+
+
+def test_curves_key_of_a_long_run_moves_by_a_fraction_of_the_run():
+    long = _result(run_id="r", status="running", planned_epochs=10, epochs_done=3)
+    stride = 10_000 // charts.CURVES_STEPS  # 10 epochs of 1,000 steps planned
+    at = 3_000 + stride
+    key = charts.curves_key(long, _last(at, steps_per_epoch=1_000))
+    assert charts.curves_key(long, _last(at + stride - 1, steps_per_epoch=1_000)) == key
+    assert charts.curves_key(long, _last(at + stride, steps_per_epoch=1_000)) != key
+    # no planned epochs or steps known yet: every step
+    unplanned = _result(run_id="r", status="running", planned_epochs=0)
+    odd = charts.curves_key(unplanned, _last(7, steps_per_epoch=None))
+    assert odd.step_bucket == 7
+
+
+def test_curves_due_rebuilds_at_most_every_refresh_unless_something_else_changed():
+    refresh = charts.CURVES_REFRESH_S
+    key = charts.CurvesKey("r", "running", 2, 30)
+    newer = key._replace(step_bucket=31)
+    assert charts.curves_due(None, 0.0, key, 0.0)  # nothing cached
+    assert not charts.curves_due(key, 0.0, key, 1e6)  # nothing moved on: never
+    assert not charts.curves_due(key, 100.0, newer, 100.0 + refresh / 2)
+    assert charts.curves_due(key, 100.0, newer, 100.0 + refresh)
+    assert not charts.curves_due(key, 100.0, key._replace(epochs_done=3), 101.0)
+    # another run or status (finished, resumed): at once
+    assert charts.curves_due(key, 100.0, newer._replace(run_id="other"), 100.5)
+    assert charts.curves_due(key, 100.0, key._replace(status="completed"), 100.5)
+    # the first batch replaces "Waiting for the first batch…" at once
+    empty = charts.CurvesKey("r", "running", 0, -1)
+    assert charts.curves_due(empty, 100.0, empty._replace(step_bucket=0), 100.5)
+
+
+def test_training_curves_of_a_thinned_sample_spans_the_run():
+    rows = _batches(epochs=4, steps=500)  # 2,000 batches
+    sample = rows[:: len(rows) // 100] + rows[-1:]
+    fig = charts.training_curves(_result(), sample)
+    per_batch = fig.data[0]
+    assert len(per_batch.x) == len(sample) <= 102
+    assert per_batch.x[0] == pytest.approx(rows[0]["step"] / 500)
+    assert per_batch.x[-1] == pytest.approx(4.0)

@@ -356,3 +356,22 @@ def test_a_stopped_run_says_where_it_stopped_in_one_wording():
     p = dashboard.progress_summary(_result(status="stopped", epochs_done=2), batches)
     assert p["text"] == "stopped after epoch 3, step 5/10" == dashboard.stopped_text(3, 5, 10)
     assert (p["epoch"], p["step"]) == (3, 5)
+
+
+@pytest.mark.parametrize("status", ["running", "completed", "stopped"])
+@pytest.mark.parametrize("fine_steps", [0, 7, 30, 120])
+def test_progress_summary_needs_only_the_first_and_the_recent_batches(status, fine_steps):
+    """What a followed run reads each poll (``RunStore.batch_sample(run_id, 1, ETA_WINDOW)``)
+    gives the same progress, speed and ETA as every batch: the ETA's recent window is exact."""
+    head = _batches(150, seconds_per_step=0.1)
+    fine = [
+        {**b, "global_step": b["global_step"] + 150, "epoch": b["epoch"] + 15, "t": 2000.0 + i}
+        for i, b in enumerate(_batches(fine_steps, phase="fine_tune"))
+    ]
+    rows = head + fine
+    sample = [rows[0], *rows[-dashboard.ETA_WINDOW :]]
+    result = _result(status=status, planned=30, duration_s=None if status == "running" else 99.0)
+    full = dashboard.progress_summary(result, rows, now=3000.0)
+    assert dashboard.progress_summary(result, sample, now=3000.0) == full
+    if status == "running":
+        assert full["eta_s"] is not None

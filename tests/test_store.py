@@ -134,3 +134,51 @@ def test_typed_results_print_the_same_json_as_plain_dicts(tmp_path) -> None:
     assert plain["config"]["mode"] == "fine_tuning"
     assert list(plain) == list(result)  # same keys, same order
     assert list(plain["history"]) == [*HISTORY_KEYS, "epoch"]
+
+
+def _rows(steps, phase="head"):
+    return [
+        {"global_step": g, "phase": phase, "epoch": g // 100 + 1, "step": g % 100 + 1,
+         "steps_per_epoch": 100, "loss": 1.0 / g, "t": 1000.0 + g}
+        for g in steps
+    ]  # fmt: skip
+
+
+def test_batch_sample_is_every_row_of_a_short_run(tmp_path) -> None:
+    store = RunStore(tmp_path)
+    run_id = store.create_run(RunConfig())
+    assert store.batch_sample(run_id, 10, 5) == []
+    store.add_batches(run_id, _rows(range(1, 16)))
+    other = store.create_run(RunConfig())
+    store.add_batches(other, _rows(range(1, 500)))  # another run's rows never leak in
+    assert store.batch_sample(run_id, 10, 5) == store.batches(run_id)
+    assert store.batch_sample(run_id, 100, 0) == store.batches(run_id)
+
+
+def test_batch_sample_thins_evenly_and_keeps_the_last_rows_exact(tmp_path) -> None:
+    store = RunStore(tmp_path)
+    run_id = store.create_run(RunConfig())
+    store.add_batches(run_id, _rows(range(1, 5001)))
+    every = store.batches(run_id)
+    sample = store.batch_sample(run_id, 100, 20)
+    assert len(sample) <= 120
+    steps = [b["global_step"] for b in sample]
+    assert steps == sorted(set(steps))
+    assert sample[0] == every[0] and sample[-20:] == every[-20:]
+    gaps = [b - a for a, b in zip(steps[:-20], steps[1:-19], strict=True)]
+    assert max(gaps) <= 2 * -(-5000 // 100)  # evenly spread, no hole in the curve
+    assert set(sample[0]) == set(every[0])  # the same columns as ``batches``
+    # What the progress summary reads each poll: the first row and the recent ones.
+    assert store.batch_sample(run_id, 1, 50) == [every[0], *every[-50:]]
+    assert store.batch_sample(run_id, 0, 3) == every[-3:]
+
+
+def test_batch_sample_spreads_over_steps_when_rows_skip_steps(tmp_path) -> None:
+    store = RunStore(tmp_path)
+    run_id = store.create_run(RunConfig())
+    # one row per 10 steps (several steps per callback), then a second phase
+    store.add_batches(run_id, _rows(range(10, 3001, 10)) + _rows(range(3001, 3101), "fine_tune"))
+    sample = store.batch_sample(run_id, 40, 1)
+    assert len(sample) <= 41
+    assert sample[0]["global_step"] == 10 and sample[-1]["global_step"] == 3100
+    assert {b["phase"] for b in sample} == {"head", "fine_tune"}

@@ -8,7 +8,7 @@ from __future__ import annotations
 
 import math
 from collections.abc import Mapping, Sequence
-from typing import Any, TypeVar
+from typing import Any, NamedTuple, TypeVar
 
 import plotly.graph_objects as go
 
@@ -34,6 +34,12 @@ PALETTE = (
     "#65a30d",
 )
 MAX_BATCH_POINTS = 1500  # per-batch curves are thinned to about this many points
+LIVE_BATCH_POINTS = 600  # batches a followed run's chart reads (about one per pixel of a panel)
+# A followed run's chart is rebuilt, sent and redrawn by the browser (~0.2 s of its CPU each
+# time, on the cores the training uses) at most this often, and only once the run moved on: a
+# new epoch, or 1/CURVES_STEPS of its planned steps. Progress, speed and ETA update every poll.
+CURVES_REFRESH_S = 5.0
+CURVES_STEPS = 200
 _FONT = {"family": "Inter, Segoe UI, Helvetica, Arial, sans-serif", "size": 13}
 _Row = TypeVar("_Row", bound=Mapping[str, Any])
 
@@ -246,6 +252,52 @@ def training_curves(
     if not batches and not epochs:
         layout["annotations"].append(_empty_note("Waiting for the first batch…"))
     return go.Figure(data=traces, layout=layout)
+
+
+class CurvesKey(NamedTuple):
+    """What ``training_curves`` of a followed run shows, coarsely (``curves_key``)."""
+
+    run_id: str
+    status: str
+    epochs_done: int
+    step_bucket: int  # -1 before the first batch
+
+
+def curves_key(result: RunResult, last: BatchRecord | None) -> CurvesKey:
+    """The cache key of a run's chart: it changes with the status, each finished epoch and every
+    ``planned steps / CURVES_STEPS`` steps (every step of a short run). ``last`` is the run's last
+    batch row (``None`` before the first)."""
+    bucket = -1
+    if last is not None:
+        planned = int(result.get("planned_epochs") or 0) * int(last.get("steps_per_epoch") or 0)
+        bucket = int(last["global_step"]) // max(planned // CURVES_STEPS, 1)
+    return CurvesKey(
+        str(result.get("run_id") or ""),
+        str(result.get("status") or ""),
+        int(result.get("epochs_done") or 0),
+        bucket,
+    )
+
+
+def curves_due(
+    cached: CurvesKey | None,
+    built_at: float,
+    key: CurvesKey,
+    now: float,
+    refresh_s: float = CURVES_REFRESH_S,
+) -> bool:
+    """Whether a chart built for ``cached`` at ``built_at`` must be rebuilt for ``key``.
+
+    At once for another run or status and for the first data; never when nothing it shows moved
+    on; otherwise once ``refresh_s`` passed since it was built (times from one clock).
+    """
+    if cached is None or cached[:2] != key[:2]:
+        return True
+    if cached == key:
+        return False
+    if cached.step_bucket < 0 and cached.epochs_done == 0:
+        return True  # "Waiting for the first batch…" gives way to the first curves at once
+    return now - built_at >= refresh_s
 
 
 def class_counts_figure(class_counts: dict[str, dict[str, int]], height: int = 320) -> go.Figure:

@@ -667,6 +667,56 @@ class RunStore:
             ).fetchall()
         return [cast(BatchRecord, dict(r)) for r in rows]
 
+    def batch_sample(self, run_id: str, points: int, tail: int = 0) -> list[BatchRecord]:
+        """Per-batch metrics thinned for a live view, in order: at most ``points`` rows evenly
+        spaced over the run's global steps (the first row always among them) plus the last
+        ``tail`` rows, exactly; every row when the run has no more than ``points + tail``.
+
+        What a page following a run reads instead of ``batches`` (which turns thousands of
+        rows into dicts each poll): ``batch_sample(run_id, 1, ETA_WINDOW)`` is all the progress
+        summary needs (the first row and the recent ones; this costs about the same however
+        long the run), a few hundred evenly spaced rows are enough for a chart.
+        """
+        points, tail = max(points, 0), max(tail, 0)
+        with self._connect() as db:
+            lo, hi, count = db.execute(
+                "SELECT MIN(global_step), MAX(global_step), COUNT(*) FROM batches WHERE run_id = ?",
+                (run_id,),
+            ).fetchone()
+            if not count:
+                return []
+            if count <= points + tail:
+                rows = db.execute(
+                    "SELECT * FROM batches WHERE run_id = ? ORDER BY global_step", (run_id,)
+                ).fetchall()
+                return [cast(BatchRecord, dict(r)) for r in rows]
+            if points == 1:
+                spaced = db.execute(
+                    "SELECT * FROM batches WHERE run_id = ? ORDER BY global_step LIMIT 1",
+                    (run_id,),
+                ).fetchall()
+            elif points > 1:
+                # One row per stretch of ``stride`` steps: the first of it (SQLite fills the
+                # bare columns of a MIN() aggregate from the row holding the minimum). Steps,
+                # not row numbers: a row may cover several steps, and the x axis is in steps.
+                stride = -(-(hi - lo + 1) // points)
+                spaced = db.execute(
+                    "SELECT *, MIN(global_step) AS first_step FROM batches WHERE run_id = ?"
+                    " GROUP BY (global_step - ?) / ?",
+                    (run_id, lo, stride),
+                ).fetchall()
+            else:
+                spaced = []
+            last = db.execute(
+                "SELECT * FROM batches WHERE run_id = ? ORDER BY global_step DESC LIMIT ?",
+                (run_id, tail),
+            ).fetchall()
+        kept: dict[int, BatchRecord] = {}
+        for row in (*spaced, *last):
+            record = {k: row[k] for k in row.keys() if k != "first_step"}
+            kept[record["global_step"]] = cast(BatchRecord, record)
+        return [kept[step] for step in sorted(kept)]
+
     def _summary(self, row: RunRow) -> RunSummary:
         config = json.loads(row["config_json"])
         return {
