@@ -49,11 +49,13 @@ def _ok(at: AppTest) -> None:
 
 
 def _finish(queue, run_ids) -> None:
-    """Stop what a test queued so the next test starts with an idle worker."""
+    """Stop and delete what a test queued: the next test starts with an idle worker and the
+    seeded run as the only finished one (cached default runs can complete before the stop)."""
     for run_id in run_ids:
         queue.stop(run_id)
     for run_id in run_ids:
         assert queue.wait(run_id, timeout=300) not in ACTIVE_STATUSES
+        queue.store.delete_run(run_id)
 
 
 def _new_runs(queue, before: set[str]) -> list[str]:
