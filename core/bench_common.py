@@ -60,7 +60,7 @@ def timed_run(jobs: Any, config: RunConfig, say: ProgressCb, label: str) -> dict
         "val_images": result["val_images"],
         "profile": breakdown(result.get("timings") or {}, duration),
     }
-    if stage:
+    if stage.get("stage") == "features":  # the last record; a run without a pass ends at scan
         # describe_stage reports images/s over the whole feature stage: invert it for seconds.
         out["feature_stage"] = {
             "cached": bool(stage.get("cached")),

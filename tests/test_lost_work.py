@@ -177,6 +177,45 @@ def test_wait_returns_when_the_store_cannot_record_the_end(tmp_path, monkeypatch
     assert queue._worker.is_alive()
 
 
+def test_wait_returns_only_after_the_worker_let_go_of_a_completed_run(
+    tmp_path, monkeypatch
+) -> None:
+    """A CLI exits when ``wait`` returns: not between "completed" and the checkpoint's removal."""
+    import threading
+    import time
+
+    import core.training.trainer as training
+
+    removed = threading.Event()
+
+    def slow_remove(store: RunStore, run_id: str) -> None:
+        time.sleep(1.0)  # the store already says completed
+        removed.set()
+
+    monkeypatch.setattr(training, "_train", lambda *a, **k: "completed")
+    monkeypatch.setattr(training, "remove_checkpoint", slow_remove)
+    queue = JobQueue(tmp_path)
+    run_id = queue.submit(TINY)
+    assert queue.wait(run_id, timeout=30) == COMPLETED
+    assert removed.is_set(), "wait returned before the worker removed the checkpoint"
+
+
+def test_wait_on_a_run_cancelled_while_queued_returns(tmp_path, monkeypatch) -> None:
+    import threading
+
+    import core.training.trainer as training
+
+    release = threading.Event()
+    monkeypatch.setattr(training, "_train", lambda *a, **k: release.wait(30) and "completed")
+    queue = JobQueue(tmp_path)
+    first = queue.submit(TINY)
+    second = queue.submit(TINY.with_changes(seed=TINY.seed + 1))
+    queue.stop(second)  # cancelled while the first one holds the worker
+    assert queue.wait(second, timeout=5) == "stopped"
+    release.set()
+    assert queue.wait(first, timeout=30) == COMPLETED
+
+
 def _cli(*args: str) -> subprocess.CompletedProcess[str]:
     env = {**os.environ, "TF_CPP_MIN_LOG_LEVEL": "2"}
     return subprocess.run(

@@ -87,6 +87,8 @@ class JobQueue:
         with self._lock:
             if run_id in self._pending:
                 self._pending.remove(run_id)
+                self._stop_events.pop(run_id, None)  # the worker will never hold it
+                self._progress.pop(run_id, None)
                 self.store.request_stop(run_id)
                 self.store.mark_finished(run_id, STOPPED, error=None)
                 return
@@ -108,10 +110,13 @@ class JobQueue:
                 status: Status | None = self.store.status(run_id)
             except StorageError:
                 status = None  # a full disk can fail even reads for a moment; the worker decides
-            if status is not None and status not in ACTIVE_STATUSES:
-                return status
             with self._lock:
                 outcome = self._outcomes.get(run_id)
+                ours = run_id in self._stop_events  # this worker has not let go of it yet
+            if status is not None and status not in ACTIVE_STATUSES and not ours:
+                # Not before the worker lets go: after recording a run completed it still
+                # removes the checkpoint, and a CLI that exits at once would leave it behind.
+                return status
             if outcome is not None:
                 return outcome  # the worker is done with it, whatever the store still says
             if deadline is not None and time.monotonic() > deadline:
