@@ -20,12 +20,17 @@ from core.errors import StudioError
 from core.paths import runs_root
 
 if TYPE_CHECKING:  # the queue imports Keras: loaded on first use (see ``_job_queue``)
+    from core.config import RunConfig
     from core.runs.store import BatchRecord, RunResult, RunStore, RunSummary
     from core.training.jobs import JobQueue
 
 DATA_SOURCE = "data_source"  # session key: the source chosen on the Data page
 RUN_ID = "run_id"  # session key: the run the Train page follows
 CURVES = "training_curves_cache"  # session key: the followed run's chart (see ``_live_curves``)
+DRAFT = "train_draft_saved"  # session key: the Train form as last written to the draft
+FOLLOWED_ACTIVE = "followed_was_active"  # session key: the followed run was active when shown
+PIN = "pin_run"  # widget key: keep the monitor on the chosen run
+QUEUE_CHARTS = "queue_charts"  # session key: the Home queue's chart per run (``queue_chart``)
 HOME, DATA, TRAIN, COMPARE, PREDICT, RUN = (
     f"app/pages/{name}.py" for name in ("home", "data", "train", "compare", "predict", "run")
 )
@@ -77,12 +82,68 @@ def pages() -> list[Any]:
     ]
 
 
+def chosen_data() -> str | None:
+    """The data source chosen on the Data page: the session's, else the runs folder's draft
+    (a browser refresh or a server restart keeps it); ``None`` if none was chosen yet."""
+    source = st.session_state.get(DATA_SOURCE)
+    if source:
+        return str(source)
+    from core.runs.drafts import load_chosen_data
+
+    source = load_chosen_data(runs_root())
+    if source:
+        st.session_state[DATA_SOURCE] = source
+    return source
+
+
+def choose_data(source: str) -> None:
+    """Make ``source`` the chosen data: in this session and in the runs folder's draft."""
+    from core.runs.drafts import save_chosen_data
+
+    source = source.strip()
+    st.session_state[DATA_SOURCE] = source
+    save_chosen_data(runs_root(), source)  # the draft's Train form takes it as its data too
+    st.session_state.pop("data", None)  # so the Train form re-reads it from the draft
+
+
+def restore_train_form() -> None:
+    """Give every Train form widget without a value the runs folder's draft value (or, with no
+    draft, the defaults on the chosen data): a refresh, a server restart or a visit to another
+    page (Streamlit forgets the widgets of pages not shown) keeps the form as it was left."""
+    from app.views.dashboard import FORM_FIELDS, train_form_values
+    from core.config import DEFAULT_DATA, RunConfig
+    from core.runs.drafts import load_draft
+
+    missing = [key for key in FORM_FIELDS if key not in st.session_state]
+    if not missing:
+        return
+    draft = load_draft(runs_root()) or RunConfig(data=chosen_data() or DEFAULT_DATA)
+    values = train_form_values(draft)
+    for key in missing:
+        st.session_state[key] = values[key]
+
+
+def remember_train_form(config: RunConfig) -> None:
+    """Keep ``config`` as the runs folder's draft when it changed (one small atomic write)."""
+    from core.runs.drafts import save_draft
+
+    saved = config.to_dict()
+    if st.session_state.get(DRAFT) != saved:
+        save_draft(runs_root(), config)
+        st.session_state[DRAFT] = saved
+
+
 def setup_app() -> None:
     """Page config and the sidebar below the navigation: the chosen data and the runs folder."""
     st.set_page_config(page_title="Transfer Studio", page_icon="🧠", layout="wide")
     with st.sidebar:
-        source = st.session_state.get(DATA_SOURCE)
-        st.caption(f"Data: {md_escape(source)}" if source else "Data: not chosen yet (Data page)")
+        source = chosen_data()
+        if source:
+            from core.data.names import display_name
+
+            st.caption(f"Data: {md_escape(display_name(source))}", help=md_escape(source))
+        else:
+            st.caption("Data: not chosen yet (Data page)")
         st.caption(f"Runs folder: {md_escape(runs_root())}")
 
 
@@ -136,20 +197,62 @@ def fetch_data(source: str, val_split: float, seed: int) -> bool:
         return False
 
 
-def finished_runs(store: RunStore, empty_message: str) -> tuple[list[RunSummary], dict[str, str]]:
+def finished_runs(
+    store: RunStore, empty_message: str, include_failed: bool = False
+) -> tuple[list[RunSummary], dict[str, str]]:
     """Runs that have a model (newest first) and their labels by id; stops the page if none.
 
-    The labels are plain text, for ``st.selectbox``/``st.multiselect`` options (which show their
+    ``include_failed`` adds the failed runs (the Run page shows their error and its fix). The
+    labels are plain text, for ``st.selectbox``/``st.multiselect`` options (which show their
     options as typed): escape them with ``md_escape`` anywhere Markdown is rendered.
     """
     from app.views.dashboard import predictable_runs, run_choice_label
+    from core.runs.store import FAILED
 
     runs = predictable_runs(store)
+    if include_failed:
+        ids = {r["run_id"] for r in runs}
+        runs = [r for r in store.list_runs() if r["run_id"] in ids or r["status"] == FAILED]
     if not runs:
         st.info(empty_message)
         st.page_link(TRAIN, label="Go to Train", icon=":material/model_training:")
         st.stop()
     return runs, {r["run_id"]: run_choice_label(r) for r in runs}
+
+
+def run_fixes(queue: JobQueue, result: RunResult, where: str, follow: bool = False) -> bool:
+    """The fix buttons of a failed run that Resume cannot get past (ImageNet weights offline):
+    each queues a corrected copy (``app.views.run_page.run_actions``). Returns whether Resume
+    can help, for the caller's Resume button. ``where`` keeps the widget keys apart per page;
+    ``follow`` (the Train page's monitor) redraws the page on the new run once it is queued."""
+    from app.views.run_page import run_actions
+    from core.models.backbones import DEFAULT_BACKBONE, STATUS_NEEDS_NETWORK, get_backbone
+
+    try:
+        available = get_backbone(str(result["config"].get("backbone"))).weights_status()
+        weights_available = available != STATUS_NEEDS_NETWORK
+    except StudioError:
+        weights_available = True  # an unknown backbone: the error says so, resume decides
+    offline = (DEFAULT_BACKBONE, get_backbone(DEFAULT_BACKBONE).display_name)
+    actions = run_actions(result, weights_available, offline)
+    run_id = result["run_id"]
+    for i, fix in enumerate(actions["fixes"]):
+        if st.button(
+            fix["label"], key=f"{where}_fix{i}_{run_id}", help=fix["help"],
+            icon=":material/build:", type="primary" if i == 0 else "secondary",
+        ):  # fmt: skip
+            try:
+                # One key per run and fix: a double click or a rerun queues it once.
+                new_id = queue.submit(fix["config"], key=f"fix{i}-{run_id}")
+            except StudioError as exc:
+                show_error(exc)
+                continue
+            st.session_state[RUN_ID] = new_id
+            if follow:
+                st.rerun()  # the monitor follows the new run
+            st.success(f"Queued run `{new_id}`: {md_escape(fix['label'].lower(), inline=True)}.")
+            st.page_link(TRAIN, label="Watch it train", icon=":material/monitoring:")
+    return bool(actions["resume"])
 
 
 def saved_upload(upload: Any) -> str | None:
@@ -277,26 +380,58 @@ def poll_interval(active: bool) -> float | None:
 
 
 def follow_run(queue: JobQueue) -> None:
-    """Pick the run to watch (the session's, else the latest active or newest) and monitor it."""
+    """Pick the run to watch and monitor it: the one training now, moving on to the next run of
+    the queue when it finishes (``dashboard.followed_run``), unless "Pin this run" is on."""
     from app.views import dashboard
+    from core.runs.store import ACTIVE_STATUSES
 
     runs = queue.store.list_runs()
-    ids = [r["run_id"] for r in runs]
-    run_id = st.session_state.get(RUN_ID) or dashboard.pick_default_run(runs)
-    if run_id not in ids:
+    by_id = {r["run_id"]: r for r in runs}
+    run_id = dashboard.followed_run(
+        runs,
+        st.session_state.get(RUN_ID),
+        bool(st.session_state.get(FOLLOWED_ACTIVE)),
+        bool(st.session_state.get(PIN)),
+    )
+    if run_id is None:
         st.info("No runs yet. Configure one on the left and click **Launch**.")
         return
-    labels = {r["run_id"]: dashboard.run_choice_label(r) for r in runs}
-    run_id = st.selectbox("Run", ids, index=ids.index(run_id), format_func=labels.__getitem__)
+    ids = list(by_id)
+    labels = {r["run_id"]: dashboard.run_short_label(r) for r in runs}
+    run_id = st.selectbox(
+        "Run",
+        ids,
+        index=ids.index(run_id),
+        format_func=labels.__getitem__,
+        help=md_escape(dashboard.run_details(by_id[run_id])),  # tooltips render Markdown
+    )
+    run = by_id[run_id]
+    info, pin = st.columns([3, 1], vertical_alignment="center")
+    info.caption(
+        md_escape(
+            f"{run.get('backbone')} · data {dashboard.data_label(run.get('data') or '')} · "
+            f"run {run_id}",
+            inline=True,
+        )
+    )
+    pin.checkbox(
+        "Pin",
+        key=PIN,
+        help="Pin this run: keep showing it. Off: when it finishes, the monitor moves on to "
+        "the run the queue trains next (e.g. the next mode of Compare all modes).",
+    )
     st.session_state[RUN_ID] = run_id
-    run_monitor(queue, run_id, next(r["status"] for r in runs if r["run_id"] == run_id))
+    status = by_id[run_id]["status"]
+    st.session_state[FOLLOWED_ACTIVE] = status in ACTIVE_STATUSES
+    run_monitor(queue, run_id, status)
 
 
 def run_monitor(queue: JobQueue, run_id: str, shown_status: str | None = None) -> None:
     """Live view of one run: progress, ETA, curves, Stop; polls only while the run is active.
 
     ``shown_status`` is the status the rest of the page was drawn with; when the run's status
-    moves on (queued → running → done) the whole page is redrawn once.
+    moves on (queued → running → done) the whole page is redrawn once. Everything shown comes
+    from one ``progress_summary``: the badge, the metrics and the progress text never disagree.
     """
     from app.views import dashboard
     from core.runs.store import ACTIVE_STATUSES, COMPLETED, FAILED, STOPPED
@@ -317,38 +452,48 @@ def run_monitor(queue: JobQueue, run_id: str, shown_status: str | None = None) -
             st.rerun()  # started or finished: redraw the page (labels, polling on or off)
         p = dashboard.progress_summary(result, batches)
         icon, color = status_badge(result["status"])
-        top = st.columns([4, 1], vertical_alignment="center")
+        # wide enough for "Resume" with its icon at 1280 px (a [4, 1] split cut it to "Resu…")
+        top = st.columns([3, 2], vertical_alignment="center")
         phase = f" · {p['phase_label']}" if active and p["phase_label"] else ""
         top[0].badge(f"{result['status']}{phase}", icon=icon, color=color)
         if active and top[1].button("Stop", icon=":material/stop:", key="stop", width="stretch"):
             queue.stop(run_id)
             st.toast("Stopping after the current batch…")
         cols = st.columns(4)
-        cols[0].metric("Epoch", f"{p['epoch']}/{p['planned_epochs']}" if p["epoch"] else "–")
-        cols[1].metric("Step", f"{p['step']}/{p['steps_per_epoch']}" if p["step"] else "–")
-        speed = p["images_per_s"]
-        cols[2].metric("Images/s", f"{speed:.0f}" if speed else "–")
-        cols[3].metric(
-            "ETA" if active else "Wall time",
-            (p["eta_text"] if p["eta_s"] is not None else "–")
-            if active
-            else dashboard.format_duration(p["elapsed_s"]),
-        )
+        if active:
+            cols[0].metric("Epoch", f"{p['epoch']}/{p['planned_epochs']}" if p["epoch"] else "–")
+            step = f"{p['step']}/{p['steps_per_epoch']}" if p["step"] else "–"
+            cols[1].metric("Step", "–" if p["preparing"] else step)
+            speed = p["images_per_s"]
+            cols[2].metric("Images/s", f"{speed:.0f}" if speed else "–")
+            cols[3].metric("ETA", p["eta_text"] if p["eta_s"] is not None else "–")
+        else:  # where it ended, in the words of the message below: no stale "step 1/2"
+            cols[0].metric("Epochs done", f"{p['epochs_done']}/{p['planned_epochs']}")
+            acc = result["best_val_accuracy"]
+            cols[1].metric("Best val acc", f"{acc:.3f}" if acc is not None else "–")
+            speed = p["images_per_s"]
+            cols[2].metric("Images/s", f"{speed:.0f}" if speed else "–")
+            cols[3].metric("Wall time", dashboard.format_duration(p["elapsed_s"]))
         st.progress(p["fraction"], text=p["text"])
         st.plotly_chart(
             _live_curves(store, result, batches[-1] if batches else None), key="training_curves"
         )
-        if result["status"] in RESUMABLE and top[1].button(
-            "Resume", icon=":material/replay:", key="resume", width="stretch"
+        can_resume = True
+        if result["status"] == FAILED:
+            st.error(md_escape(result["error"]) if result["error"] else "The run failed.")
+            # a failure Resume cannot get past (weights offline) offers its fixes instead
+            can_resume = run_fixes(queue, result, "train", follow=True)
+        if (
+            result["status"] in RESUMABLE
+            and can_resume
+            and top[1].button("Resume", icon=":material/replay:", key="resume", width="stretch")
         ):
             try:
                 queue.resume(run_id)
                 st.rerun()
             except StudioError as exc:
                 show_error(exc)
-        if result["status"] == FAILED:
-            st.error(md_escape(result["error"]) if result["error"] else "The run failed.")
-        elif result["status"] == COMPLETED:
+        if result["status"] == COMPLETED:
             acc = result["best_val_accuracy"]
             st.success(
                 f"Completed: best validation accuracy {acc:.3f}"
@@ -368,6 +513,25 @@ def run_monitor(queue: JobQueue, run_id: str, shown_status: str | None = None) -
             )
 
     monitor()
+
+
+def queue_chart(store: RunStore, run_id: str) -> Any:
+    """The Home queue's compact live chart of a running job, from a thinned sample of its
+    batches (``batch_sample``: cheap however long the run). Kept in the session and rebuilt at
+    most every ``charts.CURVES_REFRESH_S`` seconds: a poll that finds the same figure sends the
+    same chart, which the browser does not redraw (each redraw costs the cores training uses)."""
+    from app.views import charts
+    from app.views.dashboard import sparkline
+
+    cache = st.session_state.setdefault(QUEUE_CHARTS, {})
+    now = time.monotonic()
+    cached = cache.get(run_id)
+    if cached is not None and now - cached[0] < charts.CURVES_REFRESH_S:
+        return cached[1]
+    figure = sparkline(store.batch_sample(run_id, 120, 1))
+    cache.clear()  # only the running job is charted: forget finished ones
+    cache[run_id] = (now, figure)
+    return figure
 
 
 def _live_curves(store: RunStore, result: RunResult, last: BatchRecord | None) -> Any:
@@ -406,21 +570,26 @@ def _layer_table(summary: dict[str, Any]) -> None:
 
     cols = st.columns(len(summary["phases"]))
     for col, phase in zip(cols, summary["phases"], strict=True):
+        frozen = phase["frozen_params"]
+        statistics = phase["non_trainable_params"] - frozen
         col.metric(
             f"{phase_title(phase['phase'])} · trainable",
             format_count(phase["trainable_params"]),
-            f"{format_count(phase['non_trainable_params'])} frozen",
+            # BatchNormalization statistics are never trained by gradient, but nothing is
+            # frozen in a from-scratch run: "42.02k frozen" would say otherwise
+            f"{format_count(frozen)} frozen" if frozen else "nothing frozen",
             delta_color="off",
             delta_arrow="off",
-            help=f"{phase['trainable_params']:,} trainable, "
-            f"{phase['non_trainable_params']:,} frozen parameters",
+            help=f"{phase['trainable_params']:,} trainable, {frozen:,} frozen parameters"
+            + (f", {statistics:,} BatchNormalization statistics" if statistics else ""),
         )
     layers = summary["layers"]
     trainable = summary["trainable_base_layers"]
-    st.caption(
-        f"{trainable} of {summary['base_layers']} base layers train"
-        + (" (BatchNormalization layers stay frozen)." if 0 < trainable < len(layers) else ".")
-    )
+    unfrozen = summary["phases"][-1]["unfrozen_layers"]
+    note = "."
+    if 0 < trainable < unfrozen:
+        note = f" (the last {unfrozen} are unfrozen; their BatchNormalization layers stay frozen)."
+    st.caption(f"{trainable} of {summary['base_layers']} base layers train{note}")
     first = next((i for i, row in enumerate(layers) if row["trainable_in_fine_tune"]), len(layers))
     st.dataframe(
         layers[max(first - 3, 0) :] if first < len(layers) else layers[-8:],

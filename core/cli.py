@@ -12,6 +12,7 @@ from collections.abc import Callable, Sequence
 from dataclasses import fields
 from typing import TYPE_CHECKING, Any
 
+from core import cli_search
 from core.config import AUGMENTATIONS, FEATURE_CACHE_CHOICES, MODE_HELP, MODES, RunConfig, Status
 from core.errors import ConfigError, StudioError, storage_error
 
@@ -24,6 +25,8 @@ EPILOG = """examples:
       --mode feature_extraction --epochs 2 --image-size 64
   python -m core train --data ~/pets --mode fine_tuning --epochs 3 --fine-tune-epochs 5
   python -m core runs
+  python -m core rename RUN_ID "cats vs dogs, fine-tuned"
+  python -m core delete RUN_ID --yes
   python -m core predict --run RUN_ID photo.jpg --top-k 3
 """
 
@@ -114,6 +117,7 @@ def _add_train_flags(p: argparse.ArgumentParser) -> None:
     p.add_argument("--dropout", type=float, help=f"head dropout rate (default {d.dropout})")
     p.add_argument("--dense-units", type=int, help=f"head hidden units (default {d.dense_units})")
     p.add_argument("--name", help="a label for the run")
+    cli_search.add_class_weight_flag(p)
 
 
 def build_parser() -> argparse.ArgumentParser:
@@ -151,8 +155,36 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("run_id", metavar="RUN_ID")
     _add_common(p, "print the result as one JSON object on the last stdout line")
 
-    p = sub.add_parser("runs", help="list recorded runs (running ones included)")
+    p = sub.add_parser(
+        "runs",
+        help="list recorded runs (running ones included) and the disk space they use",
+        description="List every run, newest first: id, status, name, mode, backbone, epochs, "
+        "best validation accuracy and data, then the disk space of the runs folder. --json "
+        "prints the list as JSON (each run's name is its own or a default like 'photos #7').",
+    )
     _add_common(p)
+
+    p = sub.add_parser(
+        "rename",
+        help="give a run a name (shown in place of the default, e.g. 'photos #7')",
+        description="Give a run a name of your own; it replaces the default name everywhere "
+        "(the dashboard, `runs`, `show`) and is kept in the run's folder. Spaces are trimmed; at "
+        "most 60 characters.",
+    )
+    p.add_argument("run_id", metavar="RUN_ID")
+    p.add_argument("name", metavar="NAME", help="the new name (quote it if it has spaces)")
+    _add_common(p, "print the run's summary as JSON")
+
+    p = sub.add_parser(
+        "delete",
+        help="delete a finished run: its record, model and files",
+        description="Delete a run that is not queued or running: its entry in the run store and "
+        "its folder (model, checkpoint, exports inside it). Asks for confirmation on a terminal; "
+        "elsewhere --yes is required.",
+    )
+    p.add_argument("run_id", metavar="RUN_ID")
+    p.add_argument("--yes", action="store_true", help="delete without asking")
+    _add_common(p, "print {run_id, deleted, bytes_freed} as JSON")
 
     p = sub.add_parser("show", help="everything about one run (the object `train --json` prints)")
     p.add_argument("run_id", metavar="RUN_ID")
@@ -232,6 +264,7 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("images", nargs="+", metavar="IMAGE")
     p.add_argument("--top-k", type=int, default=5, help="classes per image (default 5)")
     p.add_argument("--json", action="store_true", help="print JSON instead of text")
+    cli_search.add_parsers(sub)
     return parser
 
 
@@ -309,7 +342,7 @@ LINT_FLAGS = {
 
 def cmd_train(args: argparse.Namespace) -> int:
     """Queue one run on this process's worker and wait for it."""
-    from core.data.sources import check_source
+    from core.data.sources import check_source, remember_source
     from core.lint import count_train_images, lint_config
 
     config = config_from_args(args).validate()  # before the lint: a bad flag is one error line
@@ -322,6 +355,7 @@ def cmd_train(args: argparse.Namespace) -> int:
 
     jobs = JobQueue(args.runs_dir)
     run_id = jobs.submit(config, progress=_epoch_line(config))
+    remember_source(config.data)  # offered on the Data page's folder tab
     print(f"run {run_id}: {config.mode} {config.backbone} on {config.data}", file=sys.stderr)
     return _wait_and_report(jobs, run_id, args.json)
 
@@ -362,22 +396,80 @@ def _wait_and_report(jobs: JobQueue, run_id: str, as_json: bool) -> int:
     return 0 if status == Status.COMPLETED else 130
 
 
+def bytes_text(size: float) -> str:
+    """``1234567`` → ``"1.2 MB"`` (decimal units, as file managers show)."""
+    for unit in ("B", "kB", "MB", "GB"):
+        if size < 1000 or unit == "GB":
+            return f"{size:.0f} {unit}" if unit == "B" else f"{size:.1f} {unit}"
+        size /= 1000
+    return f"{size:.1f} TB"  # not reached
+
+
 def cmd_runs(args: argparse.Namespace) -> int:
-    """List runs, newest first."""
+    """List runs, newest first, and the disk space of the runs folder."""
+    from core.data.names import display_name
     from core.runs.store import RunStore
 
-    runs = RunStore(args.runs_dir).list_runs()
+    store = RunStore(args.runs_dir)
+    runs = store.list_runs()
     if args.json:
         _print_json(runs)
         return 0
     if not runs:
         print("no runs yet: try `python -m core train`")
+    width = min(max((len(r["name"]) for r in runs), default=4), 30)
     for r in runs:
+        name = r["name"] if len(r["name"]) <= width else r["name"][: width - 1] + "…"
         print(
-            f"{r['run_id']}  {r['status']:<11} {r['mode']:<18} {r['backbone']:<20} "
-            f"epochs {r['epochs_done']}/{r['planned_epochs']}  best val_acc "
-            f"{_fmt(r['best_val_accuracy'])}  {r['data']}"
+            f"{r['run_id']}  {r['status']:<11} {name:<{width}}  {r['mode']:<18} "
+            f"{r['backbone']:<20} epochs {r['epochs_done']}/{r['planned_epochs']}  best val_acc "
+            f"{_fmt(r['best_val_accuracy'])}  {display_name(r['data'])}"
         )
+    total = bytes_text(store.disk_usage())
+    print(f"{len(runs)} run{'' if len(runs) == 1 else 's'}, {total} on disk in {store.root}")
+    return 0
+
+
+def cmd_rename(args: argparse.Namespace) -> int:
+    """Give a run a name of the user's."""
+    from core.runs.store import RunStore
+
+    store = RunStore(args.runs_dir)
+    name = store.rename(args.run_id, args.name)
+    summary = next((r for r in store.list_runs() if r["run_id"] == args.run_id), None)
+    if args.json:
+        _print_json(summary)
+    else:
+        print(f"{args.run_id} is now named {name!r}")
+    return 0
+
+
+def cmd_delete(args: argparse.Namespace) -> int:
+    """Delete a run and its folder, after a confirmation."""
+    from core.runs.store import ACTIVE_STATUSES, RunStore
+
+    store = RunStore(args.runs_dir)
+    row = store.get_run(args.run_id)
+    size = store.run_bytes(args.run_id)
+    name = next((r["name"] for r in store.list_runs() if r["run_id"] == args.run_id), "")
+    what = f"run {args.run_id} ({name}, {row['status']}, {bytes_text(size)} of files)"
+    if row["status"] in ACTIVE_STATUSES:
+        store.delete_run(args.run_id)  # refuses with the reason
+    if not args.yes:
+        if not sys.stdin.isatty():
+            raise StudioError(
+                f"Not deleting {what} without a confirmation: its model and files are removed "
+                "for good. Add --yes to confirm."
+            )
+        answer = input(f"Delete {what}, its model and files, for good? [y/N] ")
+        if answer.strip().lower() not in ("y", "yes"):
+            print("nothing deleted", file=sys.stderr)
+            return 1
+    store.delete_run(args.run_id)
+    if args.json:
+        _print_json({"run_id": args.run_id, "deleted": True, "bytes_freed": size})
+    else:
+        print(f"deleted {what}")
     return 0
 
 
@@ -557,11 +649,14 @@ def cmd_datasets(args: argparse.Namespace) -> int:
 
 
 COMMANDS = {
+    **cli_search.COMMANDS,
     "backbones": cmd_backbones,
     "datasets": cmd_datasets,
     "train": cmd_train,
     "resume": cmd_resume,
     "runs": cmd_runs,
+    "rename": cmd_rename,
+    "delete": cmd_delete,
     "show": cmd_show,
     "stop": cmd_stop,
     "predict": cmd_predict,

@@ -24,6 +24,7 @@ SETTING_LABELS = {
     "dropout": "head dropout",
     "unfreeze": "unfrozen layers",
     "augment_views": "augmented views",
+    "class_weight": "class weights",
 }
 
 
@@ -59,6 +60,12 @@ class Status(enum.StrEnum):
 MODES: tuple[str, ...] = tuple(m.value for m in Mode)
 AUGMENTATIONS = ("flip", "rotation", "zoom", "contrast")
 FEATURE_CACHE_CHOICES = ("auto", "off")
+CLASS_WEIGHT_CHOICES = ("none", "balanced")
+CLASS_WEIGHT_HELP: Mapping[str, str] = {
+    "none": "Every image counts the same: common classes dominate the loss.",
+    "balanced": "Each class weighs n_images / (n_classes × its images) in the training loss, "
+    "so a rare class counts as much as a common one. Use it when the classes are imbalanced.",
+}
 MODE_HELP: Mapping[str, str] = {  # keyed by Mode (members hash as their values)
     Mode.FEATURE_EXTRACTION: "Frozen pretrained base, train only a new head. Small data similar "
     "to ImageNet (< 10k images). Fastest.",
@@ -108,6 +115,9 @@ class RunConfig:
     feature_cache: str = "auto"
     dropout: float = 0.2
     dense_units: int = 256
+    # "balanced": each class's training loss is weighted by n_images / (n_classes * its images)
+    # (scikit-learn's rule), in every training path; "none": every image counts the same.
+    class_weight: str = "none"
     name: str = ""
     extra: dict[str, Any] = field(default_factory=dict)  # forward-compatible: unknown JSON keys
 
@@ -191,13 +201,21 @@ class RunConfig:
             )
         _check_float("dropout", self.dropout, 0.0, 0.95)
         _check_int("dense_units", self.dense_units, 1, 8192)
+        if self.class_weight not in CLASS_WEIGHT_CHOICES:
+            raise ConfigError(
+                f"Class weights {self.class_weight!r} is invalid. Expected one of: "
+                f"{', '.join(CLASS_WEIGHT_CHOICES)} (balanced makes rare classes count as much "
+                "as common ones).",
+                settings=("class_weight",),
+            )
         return self
 
     def _check_types(self) -> None:
         """Fields of the wrong JSON type (``"0.2"`` for a number, ``3`` for a name) are named
         with the setting and an example, before any check compares or looks them up."""
         defaults = RunConfig()
-        for name in ("backbone", "weights", "mode", "data", "feature_cache", "name"):
+        texts = ("backbone", "weights", "mode", "data", "feature_cache", "class_weight", "name")
+        for name in texts:
             value = getattr(self, name)
             if not isinstance(value, str):
                 raise ConfigError(

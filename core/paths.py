@@ -13,34 +13,66 @@ from __future__ import annotations
 import os
 from pathlib import Path
 
+from core.errors import StorageError, storage_error
+
 HOME_ENV = "TRANSFER_STUDIO_HOME"
 DEFAULT_HOME = Path("~/.transfer_studio")
+
+
+def blocking_file(folder: Path) -> Path | None:
+    """The file standing where ``folder`` or one of its parents should be a folder."""
+    for path in (folder, *folder.parents):
+        if path.exists() and not path.is_dir():
+            return path
+    return None
+
+
+def ensure_folder(folder: Path, what: str, fix: str) -> Path:
+    """Create ``folder`` (and parents); a file in the way or an unwritable disk is one clear
+    ``StorageError``, not an OSError: ``what`` names the folder ("The runs folder /x"), ``fix``
+    says what to do."""
+    try:
+        folder.mkdir(parents=True, exist_ok=True)
+    except OSError as exc:
+        blocker = blocking_file(folder)
+        if blocker is not None:
+            where = "is a file" if blocker == folder else f"lies under {blocker}, which is a file"
+            raise StorageError(f"{what} {where}, not a folder. {fix}") from exc
+        raise storage_error(exc, folder) or StorageError(
+            f"Cannot create {what[:1].lower()}{what[1:]}: {exc.strerror or exc}. {fix}"
+        ) from exc
+    return folder
 
 
 def studio_home() -> Path:
     """The studio's home folder (created on demand)."""
     raw = os.environ.get(HOME_ENV)
     home = Path(raw).expanduser() if raw else DEFAULT_HOME.expanduser()
-    home.mkdir(parents=True, exist_ok=True)
-    return home.resolve()
+    fix = (
+        f"Set {HOME_ENV} to a folder (it is created if missing), or unset it to use {DEFAULT_HOME}."
+        if raw
+        else f"Move that file away, or set {HOME_ENV} to another folder."
+    )
+    what = f"The studio's home {home}" + (f" (set by {HOME_ENV})" if raw else "")
+    return ensure_folder(home, what, fix).resolve()
 
 
 def runs_root(runs_dir: str | os.PathLike[str] | None = None) -> Path:
     """Folder holding ``runs.sqlite`` and one sub-folder per run."""
-    root = Path(runs_dir).expanduser() if runs_dir else studio_home()
-    root.mkdir(parents=True, exist_ok=True)
-    return root.resolve()
+    if not runs_dir:
+        return studio_home()
+    root = Path(runs_dir).expanduser()
+    fix = "Choose a folder for the runs (it is created if missing)."
+    return ensure_folder(root, f"The runs folder {root}", fix).resolve()
 
 
 def data_cache_dir() -> Path:
     """Folder for generated built-in datasets and extracted archives."""
     path = studio_home() / "data"
-    path.mkdir(parents=True, exist_ok=True)
-    return path
+    return ensure_folder(path, f"The data folder {path}", "Move that file away, or delete it.")
 
 
 def weights_cache_dir() -> Path:
     """Folder for weights the studio converts itself (e.g. the offline EfficientNet-Lite0)."""
     path = studio_home() / "weights"
-    path.mkdir(parents=True, exist_ok=True)
-    return path
+    return ensure_folder(path, f"The weights folder {path}", "Move that file away, or delete it.")

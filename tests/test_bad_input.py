@@ -291,3 +291,162 @@ def test_a_bad_config_file_is_one_line_with_the_flag(
     assert proc.returncode != 0
     assert message in proc.stderr and "Traceback" not in proc.stderr
     assert len(proc.stderr.strip().splitlines()) == 1, proc.stderr
+
+
+# --------------------------------------------------------------------------- the CLI and the store
+
+
+def _one_line(proc, fragments: list[str], code: int = 1) -> str:
+    """The single stderr line of a command that failed cleanly, checked for ``fragments``."""
+    assert proc.returncode == code, proc.stderr
+    assert "Traceback" not in proc.stderr
+    lines = proc.stderr.strip().splitlines()
+    assert len(lines) == 1, proc.stderr
+    for fragment in fragments:
+        assert fragment in lines[0], lines[0]
+    return lines[0]
+
+
+def _stored_runs(folder: Path, count: int = 3, batches: int = 0) -> list[str]:
+    """Completed runs recorded without training; the index is then checkpointed into its file."""
+    import sqlite3
+
+    from core.runs.store import RunStore
+
+    store = RunStore(folder)
+    ids = []
+    for _ in range(count):
+        run_id = store.create_run(RunConfig(data="builtin:textures", epochs=1))
+        store.mark_running(run_id)
+        store.add_epoch(run_id, {"epoch": 1, "phase": "head", "phase_epoch": 1})
+        rows = [{"global_step": s, "phase": "head", "epoch": 1, "step": s, "loss": 1.0}
+                for s in range(1, batches + 1)]  # fmt: skip
+        if rows:
+            store.add_batches(run_id, rows)
+        store.mark_finished(run_id, COMPLETED)
+        ids.append(run_id)
+    with sqlite3.connect(store.db_path) as db:  # all in the main file, as after a clean exit
+        db.execute("PRAGMA wal_checkpoint(TRUNCATE)")
+    return ids
+
+
+@pytest.mark.parametrize("where", ["file", "under a file"])
+def test_export_to_a_file_is_one_line(tmp_path: Path, where: str) -> None:
+    from tests.test_cli import cli
+
+    (run_id,) = _stored_runs(tmp_path / "runs", 1)
+    blocker = tmp_path / "model.bin"
+    blocker.write_bytes(b"not a folder")
+    out = blocker if where == "file" else blocker / "exports"
+    proc = cli("export", "--run", run_id, "--format", "tflite", "--out", str(out),
+               "--runs-dir", str(tmp_path / "runs"), check=False)  # fmt: skip
+    expected = "is a file, not a folder" if where == "file" else f"lies under {blocker}"
+    _one_line(proc, [f"The export folder {out}", expected, "Choose a folder path"])
+    assert blocker.read_bytes() == b"not a folder"
+
+
+@pytest.mark.parametrize("damage", ["garbage", "truncated", "garbage, no backup"])
+def test_a_damaged_store_says_which_file_and_recovers(tmp_path: Path, damage: str) -> None:
+    from tests.test_cli import cli, last_json
+
+    runs = _stored_runs(tmp_path, batches=2000)
+    index = tmp_path / "runs.sqlite"
+    if damage == "truncated":
+        os.truncate(index, index.stat().st_size // 2)
+    else:
+        index.write_bytes(b"\x00garbage\xff" * 4096)
+    if "no backup" in damage:
+        (tmp_path / "runs.sqlite.bak").unlink()
+    proc = cli("runs", "--runs-dir", str(tmp_path), check=False)
+    line = _one_line(proc, [f"the run store {index} was damaged", "kept it as"], code=0)
+    if "no backup" in damage:
+        assert "started a new index" in line
+    else:
+        assert (
+            "restored the last backup (runs.sqlite.bak, refreshed after every finished run)" in line
+        )
+    assert "re-added every run from its folder" in line
+    assert [row.split()[0] for row in proc.stdout.splitlines()[:-1]] == runs[::-1]
+    shown = cli("show", runs[0], "--runs-dir", str(tmp_path), "--json")
+    assert last_json(shown)["run_id"] == runs[0] and not shown.stderr.strip()  # healed once
+
+
+def test_a_row_with_broken_json_hides_no_other_run(tmp_path: Path) -> None:
+    import shutil
+    import sqlite3
+
+    from tests.test_cli import cli, last_json
+
+    runs = _stored_runs(tmp_path)
+    with sqlite3.connect(tmp_path / "runs.sqlite") as db:
+        db.execute("UPDATE runs SET config_json = '{' WHERE run_id IN (?, ?)", runs[:2])
+    shutil.rmtree(tmp_path / "runs" / runs[0])  # this one cannot be rebuilt
+    proc = cli("runs", "--runs-dir", str(tmp_path), "--json", check=False)
+    assert proc.returncode == 0 and "Traceback" not in proc.stderr
+    repaired, lost = proc.stderr.strip().splitlines()  # one line per damaged row
+    assert repaired.startswith(f"warning: run {runs[1]}'s entry in {tmp_path / 'runs.sqlite'}")
+    assert "rebuilt it from" in repaired and "record.json" in repaired
+    assert lost.startswith(f"warning: run {runs[0]}'s entry in {tmp_path / 'runs.sqlite'}")
+    for words in ("cannot be rebuilt", "the other runs are fine", "runs.sqlite.bak"):
+        assert words in lost
+    assert {r["run_id"] for r in last_json(proc)} == set(runs[1:])
+    proc = cli("runs", "--runs-dir", str(tmp_path), check=False)  # the repaired row stays so
+    _one_line(proc, [f"run {runs[0]}'s entry", "cannot be rebuilt"], code=0)
+    proc = cli("show", runs[0], "--runs-dir", str(tmp_path), check=False)
+    _one_line(proc, ["error: run", "is damaged (its config_json is not valid JSON)"])
+    assert last_json(cli("show", runs[1], "--runs-dir", str(tmp_path), "--json"))["config"]
+    cli("delete", runs[0], "--yes", "--runs-dir", str(tmp_path))  # the advised way out
+    assert not cli("runs", "--runs-dir", str(tmp_path)).stderr.strip()
+
+
+@pytest.mark.parametrize("command", [["runs"], ["train", "--epochs", "1"], ["runs", "--json"]])
+@pytest.mark.parametrize("where", ["file", "under a file"])
+def test_a_studio_home_that_is_a_file_is_one_line(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch, command: list[str], where: str
+) -> None:
+    from tests.test_cli import cli
+
+    blocker = tmp_path / "studio"
+    blocker.write_text("a file")
+    home = blocker if where == "file" else blocker / "home"
+    monkeypatch.setenv("TRANSFER_STUDIO_HOME", str(home))
+    proc = cli(*command, check=False)
+    expected = "is a file, not a folder" if where == "file" else f"lies under {blocker}"
+    _one_line(proc, [f"The studio's home {home} (set by TRANSFER_STUDIO_HOME)", expected,
+                     "Set TRANSFER_STUDIO_HOME to a folder"])  # fmt: skip
+
+
+def test_datasets_needs_no_studio_home(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
+    """Listing the built-ins writes nothing: a home that is a file does not stop it."""
+    from tests.test_cli import cli, last_json
+
+    (tmp_path / "studio").write_text("a file")
+    monkeypatch.setenv("TRANSFER_STUDIO_HOME", str(tmp_path / "studio"))
+    proc = cli("datasets", "--json")
+    assert "Traceback" not in proc.stderr
+    assert {d["source"] for d in last_json(proc)} >= {"builtin:photos", "builtin:textures"}
+
+
+@pytest.mark.slow
+def test_the_dashboard_starts_on_a_damaged_store_and_says_so(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    import shutil
+    import sqlite3
+
+    from streamlit.testing.v1 import AppTest
+
+    from app.views.text import md_unescape
+    from tests.test_cli import ROOT
+
+    runs = _stored_runs(tmp_path)
+    with sqlite3.connect(tmp_path / "runs.sqlite") as db:
+        db.execute("UPDATE runs SET config_json = 'x' WHERE run_id = ?", (runs[0],))
+    shutil.rmtree(tmp_path / "runs" / runs[0])
+    monkeypatch.setenv("TRANSFER_STUDIO_HOME", str(tmp_path))
+    at = AppTest.from_file(str(ROOT / "streamlit_app.py"), default_timeout=120).run()
+    assert not at.exception, [e.value for e in at.exception]
+    shown = " ".join(md_unescape(e.value) for e in [*at.warning, *at.error])
+    assert f"run {runs[0]}'s entry in {tmp_path / 'runs.sqlite'} is damaged" in shown
+    cells = {str(v) for v in at.dataframe[0].value.to_numpy().ravel()}  # the recent runs
+    assert set(runs[1:]) <= cells and runs[0] not in cells

@@ -228,3 +228,36 @@ def test_training_curves_of_a_thinned_sample_spans_the_run():
     assert len(per_batch.x) == len(sample) <= 102
     assert per_batch.x[0] == pytest.approx(rows[0]["step"] / 500)
     assert per_batch.x[-1] == pytest.approx(4.0)
+
+
+# --------------------------------------------------------------------------- nothing cut off
+
+
+def test_accuracy_markers_at_100_percent_are_drawn_whole():
+    perfect = _result(history={"epoch": [1, 2], "accuracy": [0.9, 1.0], "val_accuracy": [1.0, 1.0],
+                               "loss": [0.2, 0.1], "val_loss": [0.1, 0.05]})  # fmt: skip
+    for fig in (charts.training_curves(perfect, _batches(2)), charts.compare_curves([perfect])):
+        assert fig.layout.yaxis.range[1] > 1.04  # headroom above 1.0 for a marker's half
+        markers = [t for t in fig.data if "markers" in (t.mode or "")]
+        assert markers and all(t.cliponaxis is False for t in markers)
+
+
+def test_accuracy_vs_time_keeps_the_label_above_a_point_at_100_percent():
+    fig = charts.accuracy_vs_time([_result(best_val_accuracy=1.0, duration_s=5.0)])
+    (point,) = fig.data
+    assert point.textposition == "top center" and point.cliponaxis is False
+    assert fig.layout.yaxis.range[1] >= 1.15  # the label sits above the marker, inside the plot
+
+
+def test_prediction_bars_label_a_certain_prediction_inside_its_bar():
+    preds = [{"label": "cat", "probability": 1.0}, {"label": "dog", "probability": 0.0}]
+    bar = charts.prediction_bars(preds).data[0]
+    assert list(bar.text) == ["0.0%", "100.0%"]
+    # "100.0%" outside a full-width bar would run past the figure's right edge: it goes inside.
+    assert list(bar.textposition) == ["outside", "inside"] and bar.cliponaxis is False
+    assert bar.insidetextanchor == "end"
+
+
+def test_prediction_bars_title_is_text_not_html():
+    fig = charts.prediction_bars([{"label": "a", "probability": 1.0}], title="<b>run</b>")
+    assert fig.layout.title.text == "&lt;b&gt;run&lt;/b&gt;"

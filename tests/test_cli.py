@@ -187,3 +187,81 @@ def test_train_refuses_a_bad_source_or_config_before_loading_tensorflow(
     assert proc.stdout.split() == ["1", "False", "False"], proc.stdout + proc.stderr
     assert expected in proc.stderr and proc.stderr.count("\n") == 1, proc.stderr
     assert not (tmp_path / "runs").exists() or not any((tmp_path / "runs").iterdir())
+
+
+def _recorded_runs(folder: Path, count: int) -> list[str]:
+    """Completed runs recorded straight into the store (no training: the CLI only lists them)."""
+    from core.config import RunConfig
+    from core.runs.store import COMPLETED, RunStore
+
+    store = RunStore(folder)
+    ids = []
+    for _ in range(count):
+        run_id = store.create_run(RunConfig(data="builtin:textures", epochs=1))
+        store.mark_running(run_id)
+        store.add_epoch(run_id, {"epoch": 1, "phase": "head", "phase_epoch": 1})
+        store.mark_finished(run_id, COMPLETED)
+        (store.run_dir(run_id) / "model.keras").write_bytes(b"m" * 2_000_000)
+        ids.append(run_id)
+    return ids
+
+
+def test_runs_lists_names_and_the_disk_space_used(tmp_path) -> None:
+    first, second = _recorded_runs(tmp_path, 2)
+    listed = cli("runs", "--runs-dir", str(tmp_path)).stdout.splitlines()
+    assert [line.split()[:4] for line in listed[:2]] == [
+        [second, "completed", "textures", "#2"],
+        [first, "completed", "textures", "#1"],
+    ]
+    assert listed[-1].startswith("2 runs, 4.") and f"MB on disk in {tmp_path}" in listed[-1]
+    rows = last_json(cli("runs", "--runs-dir", str(tmp_path), "--json"))
+    assert [r["name"] for r in rows] == ["textures #2", "textures #1"]
+    assert set(rows[0]) >= {"run_id", "status", "name", "backbone", "mode", "data", "epochs_done"}
+
+
+def test_rename_names_a_run_everywhere(tmp_path) -> None:
+    (run_id,) = _recorded_runs(tmp_path, 1)
+    proc = cli("rename", run_id, "  cats vs dogs  ", "--runs-dir", str(tmp_path))
+    assert proc.stdout.strip() == f"{run_id} is now named 'cats vs dogs'"
+    assert last_json(cli("show", run_id, "--runs-dir", str(tmp_path), "--json"))["name"] == (
+        "cats vs dogs"
+    )
+    summary = last_json(cli("rename", run_id, "final", "--runs-dir", str(tmp_path), "--json"))
+    assert summary["name"] == "final" and summary["run_id"] == run_id
+    proc = cli("rename", run_id, " ", "--runs-dir", str(tmp_path), check=False)
+    assert proc.returncode == 1 and proc.stderr.startswith("error: A run name cannot be empty")
+    assert len(proc.stderr.strip().splitlines()) == 1
+    proc = cli("rename", "nope", "x", "--runs-dir", str(tmp_path), check=False)
+    assert proc.returncode == 1 and "No run 'nope'" in proc.stderr
+
+
+def test_delete_asks_for_a_confirmation_and_refuses_without_one(tmp_path) -> None:
+    from core.config import RunConfig
+    from core.runs.store import RunStore
+
+    keep, gone = _recorded_runs(tmp_path, 2)
+    proc = cli("delete", gone, "--runs-dir", str(tmp_path), check=False)  # stdin: not a TTY
+    assert proc.returncode == 1 and "Traceback" not in proc.stderr
+    assert len(proc.stderr.strip().splitlines()) == 1
+    assert "without a confirmation" in proc.stderr and proc.stderr.strip().endswith(
+        "--yes to confirm."
+    )
+    assert (tmp_path / "runs" / gone).is_dir()
+    done = last_json(cli("delete", gone, "--yes", "--runs-dir", str(tmp_path), "--json"))
+    assert done["deleted"] is True and done["bytes_freed"] > 2_000_000
+    assert not (tmp_path / "runs" / gone).exists()
+    assert [r["run_id"] for r in last_json(cli("runs", "--runs-dir", str(tmp_path), "--json"))] == [
+        keep
+    ]
+    queued = RunStore(tmp_path, recover=False).create_run(RunConfig())
+    # The queued run's process (this one) is alive: the CLI must refuse to delete it.
+    proc = cli("delete", queued, "--yes", "--runs-dir", str(tmp_path), check=False)
+    assert proc.returncode == 1 and "is queued, so it cannot be deleted" in proc.stderr
+    assert (tmp_path / "runs" / queued).is_dir()
+
+
+def test_help_documents_rename_and_delete() -> None:
+    top = cli("--help").stdout
+    assert "rename" in top and "delete" in top
+    assert "--yes" in cli("delete", "--help").stdout
+    assert "at most 60 characters" in " ".join(cli("rename", "--help").stdout.split())

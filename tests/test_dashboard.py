@@ -215,6 +215,39 @@ def test_runs_table_and_choice_label():
     assert "try 1" in label and "val acc 0.500" in label and label.endswith("abc")
 
 
+UPLOAD = "/home/me/.transfer_studio/data/uploads/upload-5b4636be56106d53.zip"
+
+
+def test_runs_are_named_as_people_know_them_not_by_path():
+    run = _run("20261121-210501-3fa2c1", "completed", name="photos #7", data="/home/me/photos")
+    label = dashboard.run_choice_label(run)
+    assert label.startswith("✅ photos #7 · fine-tuning · mobilenet_v2")
+    assert label.endswith("val acc 0.500 · 3fa2c1") and "/home/me" not in label
+    assert "/home/me/photos" in dashboard.run_details(run)  # the full path, for a tooltip
+    renamed = dashboard.run_choice_label({**run, "name": "first try", "data": UPLOAD})
+    assert "first try" in renamed and "upload 5b4636be.zip" in renamed and UPLOAD not in renamed
+    row = dashboard.runs_table([run])[0]
+    assert (row["name"], row["data"], row["id"]) == ("photos #7", "photos", "3fa2c1")
+    assert (row["run"], row["source"]) == (run["run_id"], "/home/me/photos")
+    assert list(row)[:3] == ["status", "name", "best val acc"]  # accuracy stays in view
+    assert dashboard.data_label("builtin:textures") == "builtin:textures"  # short already
+    assert dashboard.data_label(UPLOAD) == "upload 5b4636be.zip"
+    assert dashboard.short_id("no-dashes") == "no-dashes"
+
+
+def test_the_monitor_follows_the_queue_unless_pinned():
+    runs = [_run("next", "queued"), _run("now", "running"), _run("first", "completed")]
+    follow = dashboard.followed_run
+    assert follow(runs, "first", was_active=True, pinned=False) == "now"
+    assert follow(runs[:1] + runs[2:], "first", True, False) == "next"  # the next queued one
+    assert follow(runs, "first", was_active=True, pinned=True) == "first"  # pinned: stays
+    assert follow(runs, "first", was_active=False, pinned=False) == "first"  # picked on purpose
+    assert follow(runs, "now", was_active=True, pinned=False) == "now"  # still training
+    assert follow(runs[2:], "first", was_active=True, pinned=False) == "first"  # queue empty
+    assert follow(runs, None, False, False) == "now" and follow(runs, "gone", True, False) == "now"
+    assert follow([], None, False, False) is None
+
+
 def test_predictable_runs_need_a_model_file(tmp_path):
     store = RunStore(tmp_path)
     with_model = store.create_run(TINY)
@@ -315,9 +348,15 @@ def test_progress_summary_while_the_feature_cache_is_computed():
     assert "frozen layers" in cut["text"] and "50/200" in cut["text"]
 
 
-def test_backbone_label_shows_size_params_and_weights():
+def test_backbone_label_is_short_and_its_help_says_it_all():
+    from core.models.backbones import REGISTRY
+
     label = dashboard.backbone_label("efficientnet_lite0")
-    assert "224 px" in label and "M params" in label and "ImageNet bundled" in label
+    assert label.startswith("EfficientNet-Lite0") and "224 px" in label and "3.4M" in label
+    assert "download" not in label  # bundled: works offline
+    assert "ImageNet weights bundled" in dashboard.backbone_help("efficientnet_lite0")
+    # a 1280-px page's select box shows about 50 characters: "…needs networ" no more
+    assert max(len(dashboard.backbone_label(name)) for name in REGISTRY) <= 48
 
 
 @pytest.mark.parametrize(
@@ -375,3 +414,127 @@ def test_progress_summary_needs_only_the_first_and_the_recent_batches(status, fi
     assert dashboard.progress_summary(result, sample, now=3000.0) == full
     if status == "running":
         assert full["eta_s"] is not None
+
+
+# --------------------------------------------------------------------------- one truth for progress
+
+
+def test_a_resumed_run_says_resuming_until_its_first_new_batch():
+    """After Resume the previous attempt's "Epoch 4/4 · step 1/2 · ETA 13s" is not shown while
+    the model rebuilds: the badge and the text both say resuming, with no step and no ETA."""
+    old = _batches(31)  # epoch 4, step 1 of 10: where the earlier attempt stopped
+    result = _result(epochs_done=3, started_at=5000.0, stage={"stage": "build"})
+    p = dashboard.progress_summary(result, old, now=5010.0)
+    assert p["phase_label"] == "resuming: building the model"
+    assert p["text"] == "Resuming after epoch 3/4: preparing · building the model"
+    assert (p["epoch"], p["step"]) == (0, 0) and p["eta_s"] is None
+    assert p["images_per_s"] is None and p["fraction"] == pytest.approx(3 / 4)
+    # the first batch of the new attempt: a normal running summary from then on
+    new = [{**b, "t": 5020.0 + i} for i, b in enumerate(_batches(32)[-1:])]
+    q = dashboard.progress_summary(result, old + new, now=5021.0)
+    assert q["phase_label"] == "training the head" and (q["epoch"], q["step"]) == (4, 2)
+
+
+def test_a_stage_of_an_earlier_attempt_is_not_shown():
+    finished = {"stage": "features", "done": 200, "total": 200, "t": 900.0}  # before started_at
+    p = dashboard.progress_summary(_result(stage=finished), [])
+    assert p["text"].startswith("Preparing: loading data") and p["phase_label"] == "preparing"
+    fresh = {**finished, "done": 20, "t": 1001.0}
+    assert dashboard.progress_summary(_result(stage=fresh), [])["fraction"] == 0.1
+
+
+def test_a_pass_between_phases_is_shown_as_preparing_not_as_a_stale_step():
+    """Fine-tuning's one-off pass over the frozen layers runs after the head's batches."""
+    head = _batches(20)
+    stage = {"stage": "features", "done": 30, "total": 120, "activations": [7, 7, 192]}
+    p = dashboard.progress_summary(_result(stage={**stage, "t": head[-1]["t"] + 1}), head)
+    assert p["phase_label"] == "computing features" and "frozen layers" in p["text"]
+    assert p["preparing"]  # the monitor shows no step while no batch trains
+    assert "30/120" in p["text"] and p["fraction"] == pytest.approx(20 / 40)  # not reset
+    done = dashboard.progress_summary(_result(stage={**stage, "done": 120}), head)
+    assert done["phase_label"] == "training the head" and not done["preparing"]
+
+
+def test_speed_and_eta_are_smoothed_over_a_window_not_one_batch():
+    first = _batches(1, seconds_per_step=30.0)  # the first batch: compiling, 30 s
+    assert dashboard.progress_summary(_result(), first)["images_per_s"] is None  # not "0"
+    rows = _batches(40, seconds_per_step=0.5)
+    rows[-1] = {**rows[-1], "images_per_s": 1.0, "t": rows[-1]["t"] + 2.0}  # one slow batch
+    p = dashboard.progress_summary(_result(planned=8), rows)
+    steady = 8 / 0.5
+    assert p["images_per_s"] == pytest.approx(steady * 39 * 0.5 / (39 * 0.5 + 2.0))
+    assert p["images_per_s"] > 0.9 * steady  # one slow batch barely moves it
+    assert p["eta_s"] == pytest.approx(40 * (39 * 0.5 + 2.0) / 39)
+
+
+def test_a_stopped_run_never_shows_a_running_step():
+    p = dashboard.progress_summary(_result(status="stopped", epochs_done=3), _batches(31))
+    assert p["text"] == "stopped after epoch 4, step 1/10" and p["eta_s"] == 0.0
+    assert p["phase_label"] == "training the head"  # the monitor shows it only while active
+
+
+# --------------------------------------------------------------------------- the Train form
+
+
+def test_train_form_values_cover_every_field_and_stay_in_range():
+    values = dashboard.train_form_values(RunConfig())
+    assert set(values) == set(dashboard.FORM_FIELDS)
+    assert values["mode"] == "feature_extraction" and values["cache"] is True
+    odd = RunConfig(lr=2e-3, fine_tune_lr=7e-6, weights="/w.h5", unfreeze=50_000, val_split=0.01)
+    values = dashboard.train_form_values(odd)
+    assert values["lr"] == 3e-3 and values["ft_lr"] == 1e-5  # the nearest slider stops
+    assert values["weights"] == "imagenet" and values["unfreeze"] is None
+    assert values["val_split"] == 0.05
+
+
+def test_every_lint_finding_has_a_section_of_the_form():
+    import re
+    from pathlib import Path
+
+    source = Path(dashboard.__file__).parents[2].joinpath("core", "lint.py").read_text()
+    codes = set(re.findall(r'"([a-z_]+)",\n', source)) & set(re.findall(r"[a-z]+_[a-z_]+", source))
+    assert codes >= {"fine_tune_lr_high", "image_size_below_default"}
+    assert codes <= set(dashboard.LINT_SECTIONS)
+    assert dashboard.lint_section("a_new_check") == "schedule"  # just above Launch
+
+
+@pytest.mark.parametrize(
+    ("mode", "augment", "applies"),
+    [("feature_extraction", True, True), ("feature_extraction", False, True),
+     ("fine_tuning", False, True), ("fine_tuning", True, False),
+     ("full_fine_tuning", False, False), ("scratch", False, False)],
+)  # fmt: skip
+def test_the_feature_cache_toggle_applies_only_when_the_run_can_use_it(mode, augment, applies):
+    from core.training.sources import input_path
+
+    path = input_path(RunConfig(mode=mode, augment=augment))
+    usable, why = dashboard.cache_control(path.kind, path.reason, path.blocker)
+    assert usable is applies and (why is None) is applies
+    off = input_path(RunConfig(mode=mode, augment=augment, feature_cache="off"))
+    assert dashboard.cache_control(off.kind, off.reason, off.blocker)[0] is True  # user's choice
+
+
+def test_layer_counts_come_from_one_function():
+    """The preview's "N of M base layers train" is the Run page's phase count; BN layers in the
+    unfrozen range do not count; a from-scratch run has nothing frozen."""
+    config = TINY.with_changes(mode="fine_tuning", unfreeze=12)
+    summary = model.layer_preview_summary(config, num_classes=3)
+    fine = summary["phases"][-1]
+    assert summary["trainable_base_layers"] == fine["trainable_layers"]
+    assert fine["trainable_layers"] < fine["unfrozen_layers"] == 12  # its BN layers stay frozen
+    assert fine["trainable_layers"] == sum(r["trainable_in_fine_tune"] for r in summary["layers"])
+    scratch = model.layer_preview_summary(config.with_changes(mode="scratch"), 3)["phases"][0]
+    assert scratch["frozen_params"] == 0 < scratch["non_trainable_params"]  # BN statistics
+    assert scratch["trainable_layers"] == scratch["base_layers"]
+    head = summary["phases"][0]
+    assert head["trainable_layers"] == 0 and head["frozen_params"] > 0
+
+
+def test_format_bytes_and_sparkline():
+    assert [dashboard.format_bytes(n) for n in (None, 512, 3_400_000, 1_210_000_000)] == [
+        "–", "512 B", "3.4 MB", "1.21 GB",
+    ]  # fmt: skip
+    figure = dashboard.sparkline([{**b, "loss": 1.0, "accuracy": 1.0} for b in _batches(5)])
+    assert [t.name for t in figure.data] == ["loss", "accuracy"]
+    assert figure.layout.yaxis2.range[1] > 1.0  # accuracy 1.0 is not cut at the edge
+    assert figure.layout.height <= 120

@@ -7,6 +7,7 @@ drop an image → the probability chart appears. Screenshots of every step go to
 from __future__ import annotations
 
 import os
+import re
 import socket
 import subprocess
 import sys
@@ -193,3 +194,187 @@ def test_train_then_predict_in_browser(server):
             _shot(page, "6_predict_gradcam")
         finally:
             browser.close()
+
+
+def _monitor_text(page) -> str:
+    return page.locator("[data-testid='stMain']").inner_text()
+
+
+def _fits(locator) -> bool:
+    """Whether an element shows all its text (no ellipsis, no cut)."""
+    return locator.evaluate("el => el.scrollWidth <= el.clientWidth + 1")
+
+
+def test_refresh_stop_resume_and_following_the_queue(server):
+    """Issue 13 in a real browser: the Train form survives a reload (1); Stop then Resume say
+    one thing (4); the monitor follows Compare all modes from run to run and Home shows the
+    running job's chart (5); Predict starts with the best run on the data (3)."""
+    from playwright.sync_api import expect, sync_playwright
+
+    from core.runs.store import COMPLETED, RunStore
+
+    url, home = server
+    expect.set_options(timeout=90_000)
+    with sync_playwright() as pw:
+        browser = pw.chromium.launch(executable_path=CHROMIUM, args=CHROMIUM_ARGS)
+        try:
+            page = browser.new_page(viewport={"width": 1280, "height": 800})
+            page.set_default_timeout(90_000)
+            page.goto(f"{url}/train")
+            expect(page.locator(".st-key-launch")).to_be_visible()
+            _settle(page)
+            _select(page, "backbone", "MobileNetV2")
+            page.locator(".st-key-weights label").filter(has_text="none").click()
+            _settle(page)
+            _number(page, "size", 32)
+            _select(page, "data", "builtin:textures")
+            _number(page, "epochs", 3)
+            _number(page, "ft", 1)
+            _number(page, "batch", 4)
+
+            # 1. A reload is a new session: the form is the one the user left, not the defaults.
+            page.reload()
+            expect(page.locator(".st-key-launch")).to_be_visible()
+            _settle(page)
+            expect(page.locator(".st-key-backbone")).to_contain_text("MobileNetV2")
+            expect(page.locator(".st-key-data")).to_contain_text("textures")
+            assert page.locator(".st-key-size input").input_value() == "32"
+            assert page.locator(".st-key-epochs input").input_value() == "3"
+            assert page.locator(".st-key-batch input").input_value() == "4"
+            _shot(page, "7_train_after_reload")
+
+            # 4. Stop mid-run: one story in the badge, the metrics and the message.
+            page.locator(".st-key-launch button").click()
+            stop = page.locator(".st-key-stop button")
+            expect(stop).to_be_visible()
+            expect(page.get_by_text("Step", exact=True)).to_be_visible()
+            deadline = time.monotonic() + 120
+            while time.monotonic() < deadline and "Epoch\n1/" not in _monitor_text(page):
+                time.sleep(0.3)
+            stop.click()
+            expect(page.get_by_text("Stopped after epoch")).to_be_visible()
+            _settle(page)
+            text = _monitor_text(page)
+            assert "Epochs done" in text and "Step\n" not in text, text
+            resume = page.locator(".st-key-resume button")
+            expect(resume).to_be_visible()
+            assert _fits(resume), "the Resume button's label is cut"
+            _shot(page, "8_stopped")
+            resume.click()
+            # Until the resumed run's first batch: "resuming", never the old epoch/step/ETA.
+            expect(page.get_by_text("resuming", exact=False).first).to_be_visible()
+            _shot(page, "9_resuming")
+            expect(page.get_by_text("Completed: best validation accuracy")).to_be_visible(
+                timeout=150_000
+            )
+            _settle(page)
+
+            # 5. Compare all modes: the monitor moves on to the run training now.
+            page.locator(".st-key-compare button").click()
+            store = RunStore(home, recover=False)
+            deadline = time.monotonic() + 60
+            group: list[dict] = []
+            while time.monotonic() < deadline and len(group) < 3:
+                group = [r for r in store.list_runs() if r["status"] in ("queued", "running")]
+                time.sleep(0.3)
+            assert len(group) >= 3, group
+            first, last = group[-1], group[0]  # newest first
+            select = page.locator("[data-testid='stMain'] .stSelectbox").last
+            expect(select).to_contain_text(first["run_id"][-6:])
+
+            home_page = browser.new_page(viewport={"width": 1280, "height": 800})
+            home_page.goto(url)
+            chart = home_page.locator("[class*='st-key-queue_chart_'] .js-plotly-plot")
+            expect(chart.first).to_be_visible(timeout=150_000)
+            _shot(home_page, "10_home_queue_chart")
+            home_page.close()
+
+            expect(select).to_contain_text(last["run_id"][-6:], timeout=300_000)
+            _shot(page, "11_following_the_queue")
+            expect(page.get_by_text("Completed: best validation accuracy")).to_be_visible(
+                timeout=300_000
+            )
+
+            # 3. Predict starts with the best finished run on the data in use, or the run just
+            # watched if it is about as good (within WATCHED_SLACK): never simply the newest.
+            from app.views.run_page import WATCHED_SLACK
+
+            runs = {
+                r["run_id"]: r
+                for r in RunStore(home, recover=False).list_runs()
+                if r["status"] == COMPLETED and r["data"] == "builtin:textures"
+            }
+            best = max(runs.values(), key=lambda r: r["best_val_accuracy"] or 0.0)
+            watched = runs.get(last["run_id"])
+            expected = best
+            if (
+                watched
+                and (watched["best_val_accuracy"] or 0.0)
+                >= (best["best_val_accuracy"] or 0.0) - WATCHED_SLACK
+            ):
+                expected = watched
+            page.locator("[data-testid='stSidebar'] a").filter(has_text="Predict").click()
+            expect(page.locator(".st-key-models")).to_be_visible()
+            _settle(page)
+            chips = page.locator(".st-key-models [data-baseweb='tag']")
+            expect(chips).to_have_count(1)
+            expect(chips.first).to_contain_text(re.compile(re.escape(expected["name"]) + " ·"))
+            _shot(page, "12_predict_preselects_the_best")
+        finally:
+            browser.close()
+
+
+# What a page must not do at a common screen size: scroll sideways, or cut a label short.
+LAYOUT_PROBE = """() => {
+  const cut = [];
+  for (const el of document.querySelectorAll('[data-testid="stMain"] *')) {
+    if (el.closest('.js-plotly-plot, [data-testid="stDataFrame"], svg')) continue;
+    const text = (el.tagName === 'INPUT' ? el.value : el.innerText || '').trim();
+    if (!text || el.offsetParent === null) continue;
+    const style = getComputedStyle(el);
+    const clips = el.tagName === 'INPUT' || style.textOverflow === 'ellipsis'
+      || ['hidden', 'clip'].includes(style.overflowX);
+    if (clips && el.scrollWidth > el.clientWidth + 1) cut.push(text.slice(0, 80));
+  }
+  return {overflow: document.documentElement.scrollWidth - window.innerWidth, cut};
+}"""
+SIZES = ((1280, 800), (1920, 1080))
+LAYOUT_PAGES = ("", "data", "train", "compare", "predict", "run")
+
+
+def test_every_page_at_laptop_and_desktop_sizes(server):
+    """Each page at 1280x800 and 1920x1080: no sideways scroll, no label cut with an ellipsis,
+    no exception; the screenshots are tests/screenshots/layout_<page>_<w>x<h>.png."""
+    from playwright.sync_api import sync_playwright
+
+    url, _ = server
+    problems: list[str] = []
+    with sync_playwright() as pw:
+        browser = pw.chromium.launch(executable_path=CHROMIUM, args=CHROMIUM_ARGS)
+        try:
+            for width, height in SIZES:
+                page = browser.new_page(viewport={"width": width, "height": height})
+                page.set_default_timeout(90_000)
+                for name in LAYOUT_PAGES:
+                    page.goto(f"{url}/{name}")
+                    page.locator("[data-testid='stMain'] h1").first.wait_for()
+                    _settle(page)
+                    page.screenshot(
+                        path=str(_shot_path(f"layout_{name or 'home'}_{width}x{height}"))
+                    )
+                    probe = page.evaluate(LAYOUT_PROBE)
+                    where = f"{name or 'home'} at {width}x{height}"
+                    if probe["overflow"] > 0:
+                        problems.append(f"{where}: scrolls sideways by {probe['overflow']} px")
+                    problems += [f"{where}: cut short: {text!r}" for text in probe["cut"]]
+                    if page.locator("[data-testid='stException']").count():
+                        problems.append(f"{where}: shows an exception")
+                page.close()
+        finally:
+            browser.close()
+    assert not problems, "\n".join(problems)
+
+
+def _shot_path(name: str) -> Path:
+    SHOTS.mkdir(parents=True, exist_ok=True)
+    return SHOTS / f"{name}.png"

@@ -150,3 +150,50 @@ def test_run_without_model_is_a_clear_error(run):
     run_id = store.create_run(CONFIG)
     with pytest.raises(StudioError, match="no saved model"):
         evaluate_run(store, run_id)
+
+
+@pytest.mark.slow
+def test_the_worker_evaluates_a_completed_run_once(tmp_path, monkeypatch):
+    """The Run page opens at once: the evaluation is in the run folder when the run completes,
+    and reading it runs no model."""
+    import core.runs.predict
+    from core.training.jobs import JobQueue
+    from tests.helpers import TINY
+
+    queue = JobQueue(tmp_path)
+    run_id = queue.submit(TINY)
+    assert queue.wait(run_id, timeout=300) == "completed"
+    store = queue.store
+    assert (store.run_dir(run_id) / EVALUATION_FILE).is_file()
+    assert store.result(run_id)["timings"]["evaluate"] > 0
+
+    def no_model(*_args, **_kwargs):
+        raise AssertionError("the stored evaluation was not used")
+
+    monkeypatch.setattr(core.runs.predict, "load_run", no_model)
+    evaluation = evaluate_run(store, run_id)
+    assert evaluation["from_cache"] is True and evaluation["run_id"] == run_id
+    assert evaluation["val_images"] == store.result(run_id)["val_images"]
+    # The model it evaluated is the one saved: Keras' last validation accuracy, within an image.
+    last = store.result(run_id)["history"]["val_accuracy"][-1]
+    assert evaluation["accuracy"] == pytest.approx(last, abs=1.5 / evaluation["val_images"])
+
+
+@pytest.mark.slow
+def test_a_failed_evaluation_does_not_fail_the_run(tmp_path, monkeypatch, capfd):
+    import core.runs.evaluate
+    from core.training.jobs import JobQueue
+    from tests.helpers import TINY
+
+    def broken(*_args, **_kwargs):
+        raise OSError("disk hiccup")
+
+    monkeypatch.setattr(core.runs.evaluate, "evaluate_run", broken)
+    queue = JobQueue(tmp_path)
+    run_id = queue.submit(TINY)
+    assert queue.wait(run_id, timeout=300) == "completed"
+    assert not (queue.store.run_dir(run_id) / EVALUATION_FILE).exists()
+    assert queue.store.result(run_id)["error"] is None
+    assert "evaluating it failed (OSError: disk hiccup)" in capfd.readouterr().err
+    monkeypatch.undo()  # the page evaluates it on demand, as for an older run
+    assert evaluate_run(queue.store, run_id)["from_cache"] is False

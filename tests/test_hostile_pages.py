@@ -22,7 +22,7 @@ from streamlit.testing.v1 import AppTest
 from app.views import run_page as run_views
 from app.views.text import md_escape, md_unescape
 from core.config import RunConfig
-from core.runs.store import COMPLETED, FAILED, RUNNING, STOPPED
+from core.runs.store import COMPLETED, FAILED, RUNNING, STOPPED, clean_run_name
 from tests.helpers import write_pngs
 
 ROOT = Path(__file__).resolve().parents[1]
@@ -255,7 +255,11 @@ def test_every_page_shows_hostile_names_as_text(hostile, page):
     if page == "app/pages/data.py":
         expected += CLASSES  # one caption per class above its samples
     else:
-        expected.append(RUN_NAME)  # in the run pickers (plain options) or the job queue
+        # In the run pickers (plain options) or the job queue, as the store names it: capped
+        # to fit a selector (``MAX_RUN_NAME``), its Markdown still cut mid-way and still text.
+        shown_name = clean_run_name(RUN_NAME)
+        assert shown_name.endswith("…") and IMAGE in shown_name
+        expected.append(shown_name)
     if page == "app/pages/train.py":
         expected.append(f"Could not read {IMAGE}")
     if page == "app/pages/predict.py":  # file names: one readable image, one broken

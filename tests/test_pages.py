@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import io
+import json
 import zipfile
 from pathlib import Path
 
@@ -147,13 +148,13 @@ def test_data_page_shows_errors_without_traceback(seeded, tmp_path):
     at.session_state["kind"] = "Local folder"
     at.run()
     at.text_input[0].input(str(tmp_path / "missing")).run()
-    at.button(key="use_data").click().run()
+    assert at.button(key="use_data").disabled  # checked as typed: nothing to click
     assert not at.exception
     assert "not found" in at.error[0].value
     at.session_state["kind"] = "Kaggle"
     at.run()
     at.text_input[0].input("kaggle:not a handle").run()
-    at.button(key="use_data").click().run()
+    assert at.button(key="use_data").disabled
     assert not at.exception
     assert "Malformed Kaggle handle" in at.error[0].value
 
@@ -182,7 +183,10 @@ def test_train_page_widgets_and_latest_run(seeded):
     _ok(at)
     assert at.session_state["run_id"] == run_id
     assert any("Completed: best validation accuracy" in s.value for s in at.success)
-    assert {m.label for m in at.metric} >= {"Epoch", "Step", "Images/s", "Wall time"}
+    # a finished run shows where it ended, not a stale "Epoch 4/4 · Step 1/2"
+    metrics = {m.label: m.value for m in at.metric}
+    assert metrics.keys() >= {"Epochs done", "Best val acc", "Images/s", "Wall time"}
+    assert "Step" not in metrics and metrics["Epochs done"] == "1/1"
 
 
 def _tiny_form(at: AppTest) -> AppTest:
@@ -254,7 +258,7 @@ def test_train_page_layer_preview_and_config_errors(seeded):
 
 @pytest.mark.slow
 def test_compare_page_table_and_charts(seeded):
-    _, run_id = seeded
+    queue, run_id = seeded
     at = _page("app/pages/compare.py")
     _ok(at)
     assert at.multiselect(key="compare_runs").value == [run_id]
@@ -263,6 +267,12 @@ def test_compare_page_table_and_charts(seeded):
     assert table["trainable params"].iloc[0] > 0 and table["model size (MB)"].iloc[0] > 0
     assert len(at.get("plotly_chart")) == 2
     assert "Best" in at.success[0].value
+    # The run's name, not its id, and columns that fit the ~820 px a 1280-px window leaves
+    # beside the sidebar: no horizontal scroll bar hides the last column.
+    assert table["name"].iloc[0] == queue.store.result(run_id)["name"]
+    columns = json.loads(at.dataframe[0].proto.columns)
+    shown = [c for c in columns.values() if not c.get("hidden")]
+    assert len(shown) == 9 and sum(c["width"] for c in shown) <= 820
 
 
 @pytest.mark.slow

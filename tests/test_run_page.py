@@ -123,6 +123,152 @@ def test_run_page_export_offers_downloads(seeded):
     assert downloads == ["model.keras", "labels.txt", "config.json"]
     at.run()  # a rerun keeps the export (and does not export again)
     assert len(at.get("download_button")) == 3
+    # Another format: the keras result must not stay on screen as if it were that format's.
+    at.radio(key="export_format").set_value("tflite").run()
+    _ok(at)
+    assert not at.get("download_button") and not at.success
+    at.radio(key="export_format").set_value("keras").run()  # its own result is kept
+    assert len(at.get("download_button")) == 3
+
+
+@pytest.mark.slow
+def test_run_page_reads_the_evaluation_the_worker_wrote(seeded, monkeypatch):
+    """The worker evaluated the run as it completed: the page opens without running the model."""
+    import core.runs.predict
+    from app import widgets
+    from core.runs.evaluate import EVALUATION_FILE
+
+    queue, run_id = seeded
+    assert (queue.store.run_dir(run_id) / EVALUATION_FILE).is_file()
+
+    def no_model(*_args, **_kwargs):
+        raise AssertionError("the Run page loaded the model to evaluate it")
+
+    monkeypatch.setattr(core.runs.predict, "load_run", no_model)
+    widgets._evaluation.clear()  # no copy in memory from an earlier test: the file is read
+    at = _page("app/pages/run.py")
+    _ok(at)
+    metrics = {m.label: m.value for m in at.metric}
+    assert metrics["Validation accuracy"].endswith("%")
+    assert len(at.get("plotly_chart")) == 1  # the confusion matrix
+
+
+def _failed_run(store, config, error: str) -> str:
+    """A run as the worker leaves one that failed before its first epoch."""
+    from core.runs.store import FAILED
+
+    run_id = store.create_run(config)
+    store.mark_running(run_id)
+    store.mark_finished(run_id, FAILED, error=error)
+    return run_id
+
+
+def _open_run(run_id: str) -> AppTest:
+    at = AppTest.from_file(APP, default_timeout=TIMEOUT).run()
+    at.query_params["run"] = run_id
+    return at.switch_page("app/pages/run.py").run()
+
+
+@pytest.mark.slow
+def test_run_page_renames_the_run(seeded):
+    queue, run_id = seeded
+    before = queue.store.result(run_id)["name"]
+    at = _page("app/pages/run.py")
+    assert at.text_input(key=f"name_{run_id}").value == before
+    try:
+        at.text_input(key=f"name_{run_id}").input("  cats   vs dogs  ").run()
+        at.button(key="rename").click().run()
+        _ok(at)
+        assert queue.store.result(run_id)["name"] == "cats vs dogs"
+        assert any("Renamed the run" in s.value for s in at.success)
+        selector = at.selectbox(key="run_page_run")
+        assert "cats vs dogs" in selector.format_func(selector.value)
+        assert at.text_input(key=f"name_{run_id}").value == "cats vs dogs"
+        at.text_input(key=f"name_{run_id}").input("   ").run()
+        at.button(key="rename").click().run()
+        assert not at.exception and "cannot be empty" in at.error[0].value
+        assert queue.store.result(run_id)["name"] == "cats vs dogs"
+    finally:
+        queue.store.rename(run_id, before)
+
+
+@pytest.mark.slow
+def test_run_page_deletes_a_run_after_a_confirmation(seeded):
+    queue, kept = seeded
+    store = queue.store
+    run_id = _failed_run(store, TINY, "Out of memory")
+    folder = store.run_dir(run_id)
+    (folder / "error.log").write_text("Traceback ...")
+    at = _open_run(run_id)
+    assert at.selectbox(key="run_page_run").value == run_id
+    assert "Delete this run (" in at.button(key="delete").label
+    at.button(key="delete").click().run()
+    _ok_but_the_run_error(at, "Out of memory")
+    assert "cannot be undone" in at.warning[0].value and store.get_run(run_id)
+    at.button(key="delete_cancel").click().run()  # cancel: nothing happens
+    assert not at.warning and folder.is_dir()
+    at.button(key="delete").click().run()
+    at.button(key="delete_confirm").click().run()
+    _ok(at)
+    assert run_id not in {r["run_id"] for r in store.list_runs()}
+    assert not folder.exists()
+    assert any("Deleted run" in s.value for s in at.success)
+    assert at.selectbox(key="run_page_run").value == kept  # back to the newest completed run
+
+
+@pytest.mark.slow
+def test_run_page_offers_the_fix_of_a_run_failed_for_offline_weights(seeded, tmp_path, monkeypatch):
+    """ImageNet weights that need the network: Resume would fail again, so the page offers the
+    offline backbone or random weights instead, and a click queues that run."""
+    monkeypatch.setenv("KERAS_HOME", str(tmp_path))  # nothing cached: mobilenet_v2 needs network
+    queue, _ = seeded
+    store = queue.store
+    config = TINY.with_changes(weights="imagenet")
+    run_id = _failed_run(store, config, "ImageNet weights for mobilenet_v2 are not cached")
+    new: list[str] = []
+    try:
+        at = _open_run(run_id)
+        _ok_but_the_run_error(at, "are not cached")
+        labels = [b.label for b in at.button]
+        assert "Train again with EfficientNet-Lite0 (offline)" in labels
+        assert "Train again without pretrained weights" in labels
+        assert "Resume" not in labels
+        before = {r["run_id"] for r in store.list_runs()}
+        at.button(key=f"run_page_fix1_{run_id}").click().run()
+        _ok_but_the_run_error(at, "are not cached")
+        new = [r["run_id"] for r in store.list_runs() if r["run_id"] not in before]
+        assert len(new) == 1 and at.session_state["run_id"] == new[0]
+        fixed = store.config(new[0])
+        assert (fixed.backbone, fixed.weights, fixed.image_size) == ("mobilenet_v2", "none", 32)
+        assert any(new[0] in s.value for s in at.success)
+    finally:
+        for done in new:
+            queue.stop(done)
+            queue.wait(done, timeout=300)
+            store.delete_run(done)
+        store.delete_run(run_id)
+
+
+@pytest.mark.slow
+def test_run_page_offers_resume_for_a_failure_resume_can_get_past(seeded):
+    queue, _ = seeded
+    store = queue.store
+    run_id = _failed_run(store, TINY, "No space left on device")  # random weights: no download
+    try:
+        at = _open_run(run_id)
+        _ok_but_the_run_error(at, "No space left")
+        labels = [b.label for b in at.button]
+        assert "Resume" in labels and not any(lb.startswith("Train again") for lb in labels)
+        assert not at.get("radio")  # no export (nor evaluation) of a run without a model
+    finally:
+        store.delete_run(run_id)
+
+
+def _ok_but_the_run_error(at: AppTest, error: str) -> None:
+    """No exception, and no error box but the failed run's own message."""
+    assert not at.exception, [e.value for e in at.exception]
+    assert [e.value for e in at.error if error not in e.value] == []
+    assert any(error in e.value for e in at.error)
 
 
 @pytest.mark.slow
@@ -209,3 +355,94 @@ def test_export_downloads_zip_a_savedmodel_folder(tmp_path):
             "saved_model/variables/variables.index",
         ]
     assert run_views.file_bytes(items[1]["path"]) == b"a\nb\n"
+
+
+def _summary(run_id, acc, status="completed", data="builtin:textures"):
+    return {"run_id": run_id, "status": status, "best_val_accuracy": acc, "data": data}
+
+
+def test_predict_preselects_the_best_run_on_the_data_never_simply_the_newest():
+    # Newest first, as list_runs gives them: "Compare all modes" with a scratch baseline last.
+    runs = [
+        _summary("scratch", 0.33),
+        _summary("full", 0.90),
+        _summary("fine", 0.93),
+        _summary("feature", 0.91),
+        _summary("other-data", 0.99, data="builtin:photos"),
+        _summary("stopped", 1.0, status="stopped"),
+    ]
+    assert run_views.preselected_model(runs, "builtin:textures") == "fine"
+    assert run_views.preselected_model(runs, " builtin:textures ") == "fine"
+    assert run_views.preselected_model(runs, "builtin:photos") == "other-data"
+    # Data with no completed run (or none chosen): the best completed run on any data.
+    assert run_views.preselected_model(runs, "/my/folder") == "other-data"
+    assert run_views.preselected_model(runs, None) == "other-data"
+    # Only stopped runs: the best of those; nothing offered: nothing.
+    assert run_views.preselected_model(runs[-1:], "builtin:textures") == "stopped"
+    assert run_views.preselected_model([], "builtin:textures") is None
+
+
+def test_predict_preselects_the_watched_run_unless_it_is_clearly_worse():
+    runs = [_summary("new", 0.90), _summary("old", 0.93), _summary("scratch", 0.33)]
+    assert run_views.preselected_model(runs, "builtin:textures", "new") == "new"
+    assert run_views.preselected_model(runs, "builtin:textures", "scratch") == "old"
+    assert run_views.preselected_model(runs, "builtin:textures", "gone") == "old"
+    running = [_summary("live", None, status="running"), *runs]
+    assert run_views.preselected_model(running, "builtin:textures", "live") == "old"
+    tie = [_summary("b", 0.8), _summary("a", 0.8)]
+    assert run_views.preselected_model(tie, "builtin:textures") == "b"  # the newer of equals
+
+
+OFFLINE = ("efficientnet_lite0", "EfficientNet-Lite0 (offline)")
+
+
+def _failed(status="failed", **config):
+    from core.config import RunConfig
+
+    return {"status": status, "config": RunConfig(**config).to_dict()}
+
+
+def test_run_actions_offer_fixes_when_resume_cannot_get_the_weights():
+    result = _failed(backbone="mobilenet_v2", weights="imagenet", image_size=64, name="mine",
+                     extra={"compare_group": "g1"})  # fmt: skip
+    actions = run_views.run_actions(result, False, OFFLINE)
+    assert actions["resume"] is False
+    offline, scratch = actions["fixes"]
+    assert offline["label"] == "Train again with EfficientNet-Lite0 (offline)"
+    assert offline["config"].backbone == "efficientnet_lite0"
+    assert offline["config"].image_size == 64 and offline["config"].weights == "imagenet"
+    assert scratch["label"] == "Train again without pretrained weights"
+    assert (scratch["config"].backbone, scratch["config"].weights) == ("mobilenet_v2", "none")
+    for fix in (offline, scratch):  # a new run: not the old one's name or compare group
+        assert fix["config"].name == "" and "compare_group" not in fix["config"].extra
+        fix["config"].validate()
+    # The offline backbone itself failing for its weights: only the random-weights fix.
+    lite = run_views.run_actions(_failed(weights="imagenet"), False, OFFLINE)
+    assert [f["label"] for f in lite["fixes"]] == ["Train again without pretrained weights"]
+
+
+def test_run_actions_keep_resume_where_it_can_help():
+    offline = {"backbone": "mobilenet_v2", "weights": "imagenet"}
+    # the weights are there now (cached since): resume can succeed
+    assert run_views.run_actions(_failed(**offline), True, OFFLINE) == {"resume": True, "fixes": []}
+    # no pretrained weights needed: a failure of another kind
+    for config in ({"weights": "none"}, {**offline, "mode": "scratch"}):
+        assert run_views.run_actions(_failed(**config), False, OFFLINE)["resume"] is True
+    # stopped and interrupted runs resume; completed and active ones offer nothing
+    for status in ("stopped", "interrupted"):
+        assert run_views.run_actions(_failed(status, **offline), False, OFFLINE) == {
+            "resume": True,
+            "fixes": [],
+        }
+    for status in ("completed", "running", "queued"):
+        assert run_views.run_actions(_failed(status), False, OFFLINE) == {
+            "resume": False,
+            "fixes": [],
+        }
+
+
+def test_size_text():
+    assert run_views.size_text(999) == "999 B"
+    assert run_views.size_text(12_345_678) == "12.3 MB"
+    assert run_views.size_text(3.2e12) == "3200.0 GB"
+    assert run_views.size_text(None) == "–"

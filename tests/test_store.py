@@ -3,6 +3,8 @@
 from __future__ import annotations
 
 import json
+import os
+import shutil
 import sqlite3
 import subprocess
 import sys
@@ -10,7 +12,7 @@ import sys
 import pytest
 
 from core.config import Phase, RunConfig, Status
-from core.errors import RunNotFoundError
+from core.errors import ConfigError, RunNotFoundError, StudioError
 from core.runs.store import (
     COMPLETED,
     HISTORY_KEYS,
@@ -182,3 +184,184 @@ def test_batch_sample_spreads_over_steps_when_rows_skip_steps(tmp_path) -> None:
     assert len(sample) <= 41
     assert sample[0]["global_step"] == 10 and sample[-1]["global_step"] == 3100
     assert {b["phase"] for b in sample} == {"head", "fine_tune"}
+
+
+# -- names, renames, disk use, deletion ----------------------------------------------------------
+
+
+def _finished(store: RunStore, config: RunConfig | None = None, batches: int = 0) -> str:
+    """A completed run recorded without training (one epoch, ``batches`` batch rows)."""
+    run_id = store.create_run(config or RunConfig(data="builtin:textures", epochs=1))
+    store.mark_running(run_id)
+    store.add_epoch(run_id, {"epoch": 1, "phase": "head", "phase_epoch": 1, "val_accuracy": 0.5})
+    if batches:
+        rows = [{"global_step": s, "phase": "head", "epoch": 1, "step": s, "loss": 1.0}
+                for s in range(1, batches + 1)]  # fmt: skip
+        store.add_batches(run_id, rows)
+    store.mark_finished(run_id, COMPLETED)
+    return run_id
+
+
+def test_every_run_has_a_short_readable_name(tmp_path) -> None:
+    store = RunStore(tmp_path)
+    first = _finished(store)
+    upload = str(tmp_path / "data" / "uploads" / "upload-5b4636be56106d53.zip")
+    second = _finished(store, RunConfig(data=upload))
+    named = _finished(store, RunConfig(name="x" * 100))
+    names = {r["run_id"]: r["name"] for r in store.list_runs()}
+    assert names[first] == "textures #1"
+    assert names[second] == "upload 5b4636be.zip #2"  # no sidecar: a short form of the hash
+    assert names[named] == "x" * 59 + "…"  # the config's name, capped
+    assert store.result(first)["name"] == "textures #1"
+
+
+def test_a_rename_is_trimmed_kept_and_survives_a_rebuilt_index(tmp_path) -> None:
+    store = RunStore(tmp_path)
+    run_id = _finished(store)
+    assert store.rename(run_id, "  cats   vs dogs \n") == "cats vs dogs"
+    assert store.list_runs()[0]["name"] == "cats vs dogs"
+    assert store.config(run_id).name == ""  # the config stays what was trained
+    record = json.loads((store.run_dir(run_id) / "record.json").read_text())
+    assert record["run"]["name"] == "cats vs dogs"
+    store.db_path.unlink()  # the index is lost: rebuilt from the run folders
+    for side in ("-wal", "-shm"):
+        store.db_path.with_name(store.db_path.name + side).unlink(missing_ok=True)
+    (tmp_path / "runs.sqlite.bak").unlink()
+    assert RunStore(tmp_path).result(run_id)["name"] == "cats vs dogs"
+    long = RunStore(tmp_path).rename(run_id, "y" * 80)
+    assert len(long) == 60 and long.endswith("…")
+
+
+@pytest.mark.parametrize("name", ["", "   ", "\n\t", None])
+def test_an_empty_name_is_refused(tmp_path, name) -> None:
+    store = RunStore(tmp_path)
+    run_id = _finished(store)
+    with pytest.raises(ConfigError, match="A run name cannot be empty"):
+        store.rename(run_id, name)
+    assert store.list_runs()[0]["name"] == "textures #1"
+    with pytest.raises(RunNotFoundError):
+        store.rename("nope", "a name")
+
+
+def test_disk_usage_counts_every_run_folder_and_the_index(tmp_path) -> None:
+    store = RunStore(tmp_path)
+    run_id = _finished(store)
+    (store.run_dir(run_id) / "model.keras").write_bytes(b"m" * 10_000)
+    nested = store.run_dir(run_id) / "exports" / "tflite"
+    nested.mkdir(parents=True)
+    (nested / "model.tflite").write_bytes(b"t" * 5_000)
+    assert 15_000 < store.run_bytes(run_id) < 20_000
+    index = sum(p.stat().st_size for p in tmp_path.glob("runs.sqlite*"))
+    used = store.disk_usage()
+    assert used == store.run_bytes(run_id) + index
+    (tmp_path / "data").mkdir()
+    (tmp_path / "data" / "big.bin").write_bytes(b"d" * 50_000)  # the studio's, not the runs'
+    assert store.disk_usage() == used
+
+
+def test_delete_refuses_an_active_run_and_removes_a_finished_one(tmp_path) -> None:
+    store = RunStore(tmp_path)
+    done = _finished(store)
+    queued = store.create_run(RunConfig())
+    with pytest.raises(StudioError, match="is queued, so it cannot be deleted. Stop it first"):
+        store.delete_run(queued)
+    store.mark_running(queued)
+    with pytest.raises(StudioError, match="is running"):
+        store.delete_run(queued)
+    assert (tmp_path / "runs" / queued).is_dir()
+    store.delete_run(done)
+    assert not (tmp_path / "runs" / done).exists()
+    assert [r["run_id"] for r in store.list_runs()] == [queued]
+
+
+# -- a damaged index -----------------------------------------------------------------------------
+
+
+def test_the_backup_is_refreshed_after_every_finished_run(tmp_path) -> None:
+    store = RunStore(tmp_path)
+    backup = tmp_path / "runs.sqlite.bak"
+    first = _finished(store)
+    with sqlite3.connect(backup) as db:
+        assert [r[0] for r in db.execute("SELECT run_id FROM runs")] == [first]
+    second = _finished(store)
+    with sqlite3.connect(backup) as db:
+        assert {r[0] for r in db.execute("SELECT run_id FROM runs")} == {first, second}
+
+
+def _checkpointed(path) -> None:
+    with sqlite3.connect(path) as db:  # everything in the main file: no WAL to fall back on
+        db.execute("PRAGMA wal_checkpoint(TRUNCATE)")
+
+
+@pytest.mark.parametrize("damage", ["garbage", "truncated"])
+def test_a_damaged_file_is_set_aside_and_restored_with_a_notice(tmp_path, damage, capsys) -> None:
+    store = RunStore(tmp_path)
+    runs = {_finished(store, batches=2000) for _ in range(3)}
+    _checkpointed(store.db_path)
+    if damage == "garbage":
+        with open(store.db_path, "r+b") as fh:
+            fh.write(b"\x13garbage" * 512)
+    else:
+        os.truncate(store.db_path, store.db_path.stat().st_size // 2)
+    reopened = RunStore(tmp_path)
+    assert {r["run_id"] for r in reopened.list_runs()} == runs
+    (notice,) = reopened.notices
+    assert str(store.db_path) in notice and "restored the last backup" in notice
+    assert "refreshed after every finished run" in notice
+    assert list(tmp_path.glob("runs.sqlite.damaged-*"))
+    assert "warning: the run store" in capsys.readouterr().err
+
+
+def test_a_row_with_broken_json_is_rebuilt_from_its_folder(tmp_path) -> None:
+    store = RunStore(tmp_path)
+    runs = [_finished(store) for _ in range(3)]
+    store.rename(runs[1], "kept name")
+    with sqlite3.connect(store.db_path) as db:
+        db.execute("UPDATE runs SET config_json = '{', phases_json = '[' WHERE run_id = ?",
+                   (runs[1],))  # fmt: skip
+    reopened = RunStore(tmp_path)
+    assert [r["run_id"] for r in reopened.list_runs()] == runs[::-1]
+    result = reopened.result(runs[1])
+    assert result["name"] == "kept name" and result["config"]["data"] == "builtin:textures"
+    (notice,) = reopened.notices
+    assert runs[1] in notice and "config_json is not valid JSON" in notice
+    assert "rebuilt it from" in notice and "record.json" in notice
+
+
+def test_a_broken_row_hides_no_other_run_and_says_which_file(tmp_path) -> None:
+    store = RunStore(tmp_path)
+    runs = [_finished(store) for _ in range(3)]
+    shutil.rmtree(tmp_path / "runs" / runs[0])  # nothing to rebuild it from
+    with sqlite3.connect(store.db_path) as db:
+        db.execute("UPDATE runs SET config_json = 'not json' WHERE run_id = ?", (runs[0],))
+    reopened = RunStore(tmp_path)
+    assert reopened.notices == []  # said when the list meets it, once however often listed
+    (problem,) = reopened.problems()  # what a page shows before it lists anything
+    assert runs[0] in problem and "cannot be rebuilt" in problem
+    for _ in range(2):
+        assert [r["run_id"] for r in reopened.list_runs()] == runs[:0:-1]
+    (notice,) = reopened.notices
+    assert runs[0] in notice and "cannot be rebuilt" in notice and str(store.db_path) in notice
+    with pytest.raises(StudioError) as err:
+        reopened.result(runs[0])
+    assert str(reopened.db_path) in str(err.value) and "not valid JSON" in str(err.value)
+    # Damage arriving while a process already has the store open: listed out, said once.
+    with sqlite3.connect(store.db_path) as db:
+        db.execute("UPDATE runs SET dataset_json = '{' WHERE run_id = ?", (runs[1],))
+    assert [r["run_id"] for r in store.list_runs()] == [runs[2], runs[1]]  # summary is fine
+    assert [p for p in store.problems() if runs[1] in p]
+    with pytest.raises(StudioError, match=r"dataset_json is not valid JSON\). Close the studio"):
+        store.result(runs[1])
+
+
+def test_a_rebuilt_index_keeps_the_runs_numbers_and_default_names(tmp_path) -> None:
+    store = RunStore(tmp_path)
+    runs = [_finished(store) for _ in range(4)]
+    store.delete_run(runs[1])  # numbers are not reused: #3 stays #3
+    names = {r["run_id"]: r["name"] for r in store.list_runs()}
+    assert sorted(names.values()) == ["textures #1", "textures #3", "textures #4"]
+    for path in tmp_path.glob("runs.sqlite*"):
+        path.unlink()
+    rebuilt = RunStore(tmp_path)
+    assert {r["run_id"]: r["name"] for r in rebuilt.list_runs()} == names
+    assert [r["run_id"] for r in rebuilt.list_runs()] == [runs[3], runs[2], runs[0]]

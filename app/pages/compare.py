@@ -6,6 +6,13 @@ import streamlit as st
 
 from app import widgets
 from app.views import charts, dashboard
+from app.views.labels import mode_label
+
+COMPARE_TABLE_WIDTH = 820  # px of the main column in a 1280 px window with the sidebar open
+COMPARE_COLUMNS = (
+    "best", "name", "backbone", "mode", "best val accuracy", "epochs", "wall time (s)",
+    "trainable params", "model size (MB)",
+)  # fmt: skip
 
 st.title("Compare")
 store = widgets.job_queue().store
@@ -31,25 +38,45 @@ if not selected:
 
 st.plotly_chart(charts.compare_curves(selected), key="compare_curves")
 rows = dashboard.compare_table(selected)
+names = {r["run_id"]: r["name"] for r in selected}
+for row in rows:  # the name people gave (or the readable default); the id stays in the selector
+    row["name"] = names.get(row["run"]) or row["run"]
+    row["mode"] = mode_label(row["mode"])
 best = next((row for row in rows if row["best"]), None)
 if best:
-    mode, backbone, run = (
-        widgets.md_escape(best[k], inline=True) for k in ("mode", "backbone", "run")
+    mode, backbone, name = (
+        widgets.md_escape(best[k], inline=True) for k in ("mode", "backbone", "name")
     )
     st.success(
-        f"★ Best: **{mode}** on {backbone} — validation accuracy "
-        f"{best['best val accuracy']:.3f} in {best['wall time (s)']} s ({run})."
+        f"★ Best: **{name}** ({mode} on {backbone}) — validation accuracy "
+        f"{best['best val accuracy']:.3f} in {best['wall time (s)']} s."
     )
+# Fixed widths that add up to less than the page's width at 1280 px (about 820 px: see
+# COMPARE_TABLE_WIDTH), so no horizontal scroll bar hides the last column.
 st.dataframe(
     rows,
     hide_index=True,
     width="stretch",
+    column_order=COMPARE_COLUMNS,
     column_config={
-        "best": st.column_config.TextColumn("", width="small"),
+        "best": st.column_config.TextColumn("", width=28),
+        "name": st.column_config.TextColumn("run", width=130, help="The run's name"),
+        "backbone": st.column_config.TextColumn("backbone", width=136),
+        "mode": st.column_config.TextColumn("mode", width=118),
         "best val accuracy": st.column_config.ProgressColumn(
-            "best val accuracy", min_value=0.0, max_value=1.0, format="%.3f"
+            "val accuracy",
+            min_value=0.0,
+            max_value=1.0,
+            format="%.3f",
+            width=104,
+            help="Best validation accuracy over the run's epochs",
         ),
-        "trainable params": st.column_config.NumberColumn(format="localized"),
+        "epochs": st.column_config.NumberColumn("epochs", width=56),
+        "wall time (s)": st.column_config.NumberColumn("time (s)", width=68),
+        "trainable params": st.column_config.NumberColumn(
+            "trainable", format="compact", width=78, help="Trainable parameters (largest phase)"
+        ),
+        "model size (MB)": st.column_config.NumberColumn("size (MB)", width=72),
     },
 )
 st.plotly_chart(charts.accuracy_vs_time(selected), key="accuracy_vs_time")

@@ -7,6 +7,7 @@ import streamlit as st
 from app import widgets
 from app.views import dashboard
 from core.config import RunConfig
+from core.data.names import display_name
 from core.errors import StudioError
 from core.runs.store import ACTIVE_STATUSES, RUNNING
 
@@ -19,6 +20,8 @@ st.markdown(
 )
 
 queue = widgets.job_queue()
+for problem in queue.store.problems():  # a damaged run store repaired, or a row unreadable
+    st.warning(widgets.md_escape(problem))
 default = RunConfig()
 with st.container(border=True):
     left, right = st.columns([1, 3], vertical_alignment="center")
@@ -32,9 +35,10 @@ with st.container(border=True):
         width="stretch",
     )
     right.markdown(
-        f"**{default.backbone}** with ImageNet weights (bundled, works offline) on "
-        f"`{default.data}`, mode *{default.mode.replace('_', ' ')}*, "
-        f"{default.planned_epochs} epochs."
+        f"**{default.backbone}** with ImageNet weights (bundled, works offline) on the built-in "
+        f"*{display_name(default.data)}* set, mode *{default.mode.replace('_', ' ')}*, "
+        f"{default.planned_epochs} epochs.",
+        help=f"Data source {default.data}",
     )
 if clicked:
     try:
@@ -60,24 +64,54 @@ def queue_panel(polling: bool) -> None:
         st.caption("Nothing is training. Launch a run here or on the Train page.")
     # running first, then queued runs in the order the worker takes them (oldest first)
     for run in sorted(active, key=lambda r: (r["status"] != RUNNING, r["created_at"])):
-        result = queue.store.result(run["run_id"])
-        progress = dashboard.progress_summary(result, queue.store.batches(run["run_id"]))
+        run_id = run["run_id"]
+        result = queue.store.result(run_id)
+        # the first and the recent batches are all the summary reads (not every row, each poll)
+        progress = dashboard.progress_summary(
+            result, queue.store.batch_sample(run_id, 1, dashboard.ETA_WINDOW)
+        )
         with st.container(border=True):
             cols = st.columns([4, 1], vertical_alignment="center")
-            cols[0].markdown(widgets.md_escape(dashboard.run_choice_label(run), inline=True))
-            cols[0].progress(
-                progress["fraction"], text=f"{progress['text']} · ETA {progress['eta_text']}"
+            cols[0].markdown(
+                widgets.md_escape(dashboard.run_choice_label(run), inline=True),
+                help=widgets.md_escape(dashboard.run_details(run)),
             )
+            eta = f" · ETA {progress['eta_text']}" if run["status"] == RUNNING else ""
+            cols[0].progress(progress["fraction"], text=f"{progress['text']}{eta}")
             if cols[1].button(
-                "Stop", key=f"stop_{run['run_id']}", icon=":material/stop:", width="stretch"
+                "Stop", key=f"stop_{run_id}", icon=":material/stop:", width="stretch"
             ):
-                queue.stop(run["run_id"])
+                queue.stop(run_id)
+            if run["status"] == RUNNING and progress["step"]:  # curves once batches flow
+                st.plotly_chart(
+                    widgets.queue_chart(queue.store, run_id), key=f"queue_chart_{run_id}"
+                )
     st.subheader("Recent runs")
     rows = dashboard.runs_table(runs)
     if rows:
-        st.dataframe(rows, hide_index=True, width="stretch")
+        st.dataframe(
+            rows,
+            hide_index=True,
+            width="stretch",
+            column_config={
+                "name": st.column_config.TextColumn(help="The run's name: its data and number"),
+                "data": st.column_config.TextColumn(
+                    help="The data's name; its full source is in the last column"
+                ),
+                "id": st.column_config.TextColumn(help="The end of the run id (full: run id)"),
+                "run": st.column_config.TextColumn("run id"),
+            },
+        )
     else:
         st.info("No runs yet: click **Train the default** above.")
+    try:
+        used = dashboard.format_bytes(queue.store.disk_usage())
+    except OSError:  # a folder removed while it was being measured: say nothing wrong
+        used = "–"
+    st.caption(
+        f"The runs folder uses {used} on disk: {widgets.md_escape(queue.store.root)}",
+        help="Models, checkpoints, exports and the run index.",
+    )
 
 
 queue_panel(active_now)

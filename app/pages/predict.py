@@ -8,6 +8,8 @@ import streamlit as st
 
 from app import widgets
 from app.views import charts
+from app.views import run_page as run_views
+from app.views.labels import mode_label
 from core.data.images import IMAGE_EXTENSIONS
 from core.errors import StudioError
 from core.models.gradcam import gradcam
@@ -18,8 +20,13 @@ store = widgets.job_queue().store
 runs, labels = widgets.finished_runs(
     store, "No trained model yet: finish a run on the Train page first."
 )
+# The best model for the data in use (or the run just watched), never simply the newest: after
+# "Compare all modes" that is the scratch baseline.
+best = run_views.preselected_model(
+    runs, widgets.chosen_data(), st.session_state.get(widgets.RUN_ID)
+)
 chosen = st.multiselect(
-    "Models (finished runs)", list(labels), default=list(labels)[:1],
+    "Models (finished runs)", list(labels), default=[best] if best else [],
     format_func=labels.__getitem__, key="models",
 )  # fmt: skip
 left, right = st.columns([3, 1])
@@ -78,7 +85,7 @@ for i, (name, data) in enumerate(images):
                     widgets.show_error(exc)
                     continue
                 run = next(r for r in runs if r["run_id"] == run_id)
-                title = f"{run['mode']} · {run['backbone']}"
+                title = f"{run['name']} · {mode_label(run['mode'])}"  # a name people know
                 bars, cam = st.columns([3, 2]) if explain else (st.container(), None)
                 bars.plotly_chart(
                     charts.prediction_bars(result["predictions"], title=title), key=f"p{i}{run_id}"

@@ -1,5 +1,6 @@
 """Run: one finished run in depth — summary, evaluation (confusion matrix, per-class metrics, the
-images behind any cell) and a verified export to download."""
+images behind any cell) and a verified export to download; its name and its files. A failed run
+shows its error and the fix (a corrected run to queue) or Resume."""
 
 from __future__ import annotations
 
@@ -12,12 +13,19 @@ from app import widgets
 from app.views import run_page as run_views
 from core.errors import StudioError
 from core.runs.export import FORMATS, export_run
+from core.runs.store import FAILED, MAX_RUN_NAME
+
+DELETING = "run_page_delete"  # session key: the run whose deletion awaits a confirmation
+NOTE = "run_page_note"  # session key: a message to show after the rerun a change needs
 
 st.title("Run")
-store = widgets.job_queue().store
+queue = widgets.job_queue()
+store = queue.store
 runs, labels = widgets.finished_runs(
-    store, "No finished run yet: train one on the Train page first."
+    store, "No finished run yet: train one on the Train page first.", include_failed=True
 )
+if note := st.session_state.pop(NOTE, None):
+    st.success(note)
 wanted = (st.query_params.get("run"), st.session_state.get(widgets.RUN_ID))
 if st.session_state.get("run_page_run") not in labels:
     st.session_state["run_page_run"] = run_views.pick_run(runs, wanted)
@@ -29,14 +37,83 @@ for col, (label, value) in zip(st.columns(4), run_views.run_summary(result), str
     col.metric(label, value)
 st.caption(run_views.run_details(result))
 phase_columns = ("phase", "epochs", "learning rate", "trainable", "frozen", "unfrozen base layers")
-st.dataframe(
-    run_views.phase_rows(result), hide_index=True, width="stretch", column_order=phase_columns
-)
+if result["phases"]:
+    st.dataframe(
+        run_views.phase_rows(result), hide_index=True, width="stretch", column_order=phase_columns
+    )
+
+with st.expander("Rename or delete this run", icon=":material/edit:"):
+    name_key = f"name_{run_id}"
+    st.session_state.setdefault(name_key, result["name"])
+    cols = st.columns([4, 1], vertical_alignment="bottom")
+    name = cols[0].text_input("Name", key=name_key, max_chars=MAX_RUN_NAME)
+    if cols[1].button("Save name", key="rename", icon=":material/save:", width="stretch"):
+        try:
+            saved = store.rename(run_id, name)
+        except StudioError as exc:
+            widgets.show_error(exc)
+        else:
+            st.session_state[NOTE] = (
+                f"Renamed the run to “{widgets.md_escape(saved, inline=True)}”."
+            )
+            st.session_state.pop(name_key, None)  # the stored (trimmed) name shows next
+            st.rerun()  # the run selector's label shows the new name
+    size = run_views.size_text(store.run_bytes(run_id))
+    if st.session_state.get(DELETING) != run_id:
+        if st.button(f"Delete this run ({size})", key="delete", icon=":material/delete:"):
+            st.session_state[DELETING] = run_id
+            st.rerun()
+    else:
+        st.warning(
+            f"Delete run “{widgets.md_escape(result['name'], inline=True)}” and its files "
+            f"({size}: model, checkpoints, exports, evaluation)? This cannot be undone."
+        )
+        row = st.container(horizontal=True)
+        if row.button("Yes, delete it", key="delete_confirm", icon=":material/delete_forever:",
+                      type="primary"):  # fmt: skip
+            try:
+                store.delete_run(run_id)
+            except StudioError as exc:
+                widgets.show_error(exc)
+            else:
+                st.session_state.pop(DELETING, None)
+                st.session_state.pop("run_page_run", None)
+                if st.session_state.get(widgets.RUN_ID) == run_id:
+                    st.session_state.pop(widgets.RUN_ID, None)
+                del st.query_params["run"]
+                st.session_state[NOTE] = (
+                    f"Deleted run “{widgets.md_escape(result['name'], inline=True)}” and its files."
+                )
+                st.rerun()
+        if row.button("Cancel", key="delete_cancel"):
+            st.session_state.pop(DELETING, None)
+            st.rerun()
+
+if result["status"] == FAILED:
+    # No model to evaluate or export: what went wrong, and what to do about it.
+    st.error(widgets.md_escape(result["error"] or "The run failed (no message was recorded)."))
+    if widgets.run_fixes(queue, result, "run_page"):
+        st.caption(
+            f"**Resume** continues from the end of epoch {result['epochs_done']} "
+            "(the last one saved)." if result["epochs_done"] else "**Resume** starts it again."
+        )  # fmt: skip
+        if st.button("Resume", key="run_page_resume", icon=":material/replay:"):
+            try:
+                queue.resume(run_id)
+            except StudioError as exc:
+                widgets.show_error(exc)
+            else:
+                st.session_state[widgets.RUN_ID] = run_id
+                st.success("Resumed: the run is queued again.")
+                st.page_link(widgets.TRAIN, label="Watch it train", icon=":material/monitoring:")
+    st.stop()
 
 st.subheader("Evaluate", divider="gray")
 evaluation: dict[str, Any] | None
 try:
-    with st.spinner("Evaluating on the validation split (cached after the first time)…"):
+    # Evaluated by the worker as the run completed: read from the run folder. An older run (or
+    # one whose evaluation failed then) is evaluated here, once.
+    with st.spinner("Evaluating on the validation split (once per model)…"):
         evaluation = widgets.evaluation(store, run_id)
 except StudioError as exc:
     widgets.show_error(exc)
@@ -120,7 +197,8 @@ quantize = cols[1].checkbox(
     "Quantized (dynamic range)", key="export_quantize", disabled=fmt != "tflite",
     help="tflite only: int8 weights, about 4x smaller",
 )  # fmt: skip
-export_key = f"export_{run_id}"
+# One result per format (and quantization): switching the format never shows another's result.
+export_key = f"export_{run_id}_{fmt}_{quantize and fmt == 'tflite'}"
 if cols[2].button("Export and verify", key="export", icon=":material/ios_share:", type="primary"):
     try:
         with st.spinner(f"Exporting {fmt} and checking it against the live model…"):

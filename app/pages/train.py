@@ -1,4 +1,8 @@
-"""Train: configure a run (backbone, weights, mode, hyper-parameters), launch it and watch it."""
+"""Train: configure a run (backbone, weights, mode, hyper-parameters), launch it and watch it.
+
+The form lives in the session AND in the runs folder's draft (``core.runs.drafts``): a browser
+refresh or a server restart shows it as it was left, never silently the defaults.
+"""
 
 from __future__ import annotations
 
@@ -16,64 +20,92 @@ from core.training.sources import input_path
 
 st.title("Train")
 queue = widgets.job_queue()
-LRS = (1e-6, 3e-6, 1e-5, 3e-5, 1e-4, 3e-4, 1e-3, 3e-3, 1e-2)
+LRS = dashboard.LRS
 CACHE_HELP = (
     "Run the frozen base once per image (with augmentation: once per augmented view) and train "
     "on the stored features: much faster. Off: the base runs on every image in every epoch."
 )
-DEFAULTS = RunConfig()
+widgets.restore_train_form()  # before any widget: the draft's values, not the defaults
+state = st.session_state
 
 setup, watch = st.columns([5, 7], gap="large")
-with setup.container(height=620, border=False):  # scrolls; the buttons below stay in view
+with setup:  # the page's own scroll: no inner scroll box cutting the section headings
     st.subheader("Model", divider="gray")
     name = st.selectbox(
-        "Backbone", list(REGISTRY), key="backbone", format_func=dashboard.backbone_label
+        "Backbone",
+        list(REGISTRY),
+        key="backbone",
+        format_func=dashboard.backbone_label,
+        help="“download”: its ImageNet weights are fetched from the network on first use.",
     )
     spec = REGISTRY[name]
+    st.caption(widgets.md_escape(dashboard.backbone_help(name)))
     mode = st.radio("Mode", MODES, key="mode", captions=[MODE_HELP[m] for m in MODES])
-    weights = st.radio(
-        "Weights", ["imagenet", "none"], horizontal=True, key="weights", disabled=mode == "scratch"
-    )
-    weights = "none" if mode == "scratch" else weights
+    scratch_mode = mode == "scratch"
+    st.radio(
+        "Weights", ["imagenet", "none"], horizontal=True, key="weights", disabled=scratch_mode,
+        help="Not used in mode scratch: the from-scratch baseline always starts from random "
+        "weights." if scratch_mode else "imagenet: pretrained weights (what transfer needs); "
+        "none: random weights.",
+    )  # fmt: skip
+    weights = "none" if scratch_mode else state["weights"]
     if weights == "imagenet" and spec.weights_status() == "needs network":
         st.warning(
             f"{widgets.md_escape(name)}'s ImageNet weights are not cached: "
             "the run needs network access."
         )
+    model_checks = st.container()
+
     st.subheader("Data", divider="gray")
+    choices = dashboard.data_choices(widgets.chosen_data(), queue.store.list_runs())
+    if state.get("data") and state["data"] not in choices:
+        choices.insert(0, state["data"])  # a source typed earlier (kept in the draft)
     data = st.selectbox(
         "Data source",
-        dashboard.data_choices(st.session_state.get(widgets.DATA_SOURCE), queue.store.list_runs()),
+        choices,
         key="data",
         accept_new_options=True,
+        format_func=dashboard.data_label,
         help="Chosen on the Data page, a built-in, a folder, a .zip or kaggle:OWNER/SLUG",
     )
+    if data and dashboard.data_label(data) != data:
+        st.caption(f"Source: {widgets.md_escape(data)}")  # the full path, once, below the name
     c = st.columns(2)
     size = c[0].number_input(
-        "Image size", 16, 1024, None, key="size", placeholder=f"{spec.default_size} (default)"
-    )
-    batch = c[1].number_input("Batch size", 1, 1024, 32, key="batch")
-    val_split = c[0].number_input("Validation split", 0.05, 0.9, 0.2, 0.05, key="val_split")
-    seed = c[1].number_input("Seed", 0, 2**31 - 1, 42, key="seed")
+        "Image size", 16, 1024, None, key="size", placeholder=f"{spec.default_size} px",
+        help=f"Empty: the backbone's default, {spec.default_size} px.",
+    )  # fmt: skip
+    batch = c[1].number_input("Batch size", 1, 1024, key="batch")
+    val_split = c[0].number_input("Validation split", 0.05, 0.9, step=0.05, key="val_split")
+    seed = c[1].number_input("Seed", 0, 2**31 - 1, key="seed")
     t = st.columns(2)
-    augment = t[0].toggle("Augmentation", DEFAULTS.augment, key="augment")
-    cache = t[1].toggle(
-        "Feature cache", DEFAULTS.feature_cache == "auto", key="cache", help=CACHE_HELP
-    )
-    augs = st.pills("Augmentations", AUGMENTATIONS, selection_mode="multi", default=AUGMENTATIONS,
-                    key="augs", disabled=not augment, label_visibility="collapsed")  # fmt: skip
+    augment = t[0].toggle("Augmentation", key="augment")
+    augs = st.pills("Augmentations", AUGMENTATIONS, selection_mode="multi", key="augs",
+                    disabled=not augment, label_visibility="collapsed")  # fmt: skip
+    # Whether the cache would be used at all, from the trainer's own rule (with it on).
+    probe = RunConfig(mode=mode, augment=augment, augmentations=tuple(augs or ()))
+    path = input_path(probe)
+    applies, why_not = dashboard.cache_control(path.kind, path.reason, path.blocker)
+    if applies:
+        cache = t[1].toggle("Feature cache", key="cache", help=CACHE_HELP)
+    else:  # shown OFF and disabled: the setting is kept for when it applies again
+        t[1].toggle("Feature cache", False, key="cache_na", disabled=True, help=why_not)
+        cache = bool(state.get("cache", True))
+    data_checks = st.container()
+
     st.subheader("Schedule", divider="gray")
     c = st.columns(2)
-    epochs = c[0].number_input("Epochs (head)", 1, 1000, 3, key="epochs")
-    lr = c[1].select_slider("Learning rate", LRS, 1e-3, format_func="{:g}".format, key="lr")
+    epochs = c[0].number_input("Epochs (head)", 1, 1000, key="epochs")
+    lr = c[1].select_slider("Learning rate", LRS, format_func="{:g}".format, key="lr")
     phase2 = "Phase 2 of fine_tuning and full_fine_tuning (also used by Compare all modes)"
-    ft_epochs = c[0].number_input("Fine-tune epochs", 0, 1000, 3, key="ft", help=phase2)
+    ft_epochs = c[0].number_input("Fine-tune epochs", 0, 1000, key="ft", help=phase2)
     ft_lr = c[1].select_slider(
-        "Fine-tune LR", LRS, 1e-5, format_func="{:g}".format, key="ft_lr", help=phase2
+        "Fine-tune LR", LRS, format_func="{:g}".format, key="ft_lr", help=phase2
     )
     unfreeze = c[0].number_input(
         "Unfreeze depth", 1, 10_000, None, key="unfreeze", placeholder="last block",
-        help="fine_tuning: how many trailing base layers phase 2 trains",
+        help="fine_tuning: how many trailing base layers phase 2 unfreezes (BatchNormalization "
+        "layers among them stay frozen). Also used by Compare all modes.",
     )  # fmt: skip
     config = RunConfig(
         backbone=name, weights=weights, mode=mode, data=data or "", image_size=size,
@@ -81,11 +113,29 @@ with setup.container(height=620, border=False):  # scrolls; the buttons below st
         unfreeze=unfreeze, augment=augment, augmentations=tuple(augs or ()),
         val_split=val_split, seed=seed, feature_cache="auto" if cache else "off",
     )  # fmt: skip
+    # The form as the user left it (the weights choice too, which scratch only greys out).
+    widgets.remember_train_form(config.with_changes(weights=state["weights"]))
     # What the run will read, from the trainer's own rule: the toggles never say the opposite.
     st.caption(f"Training inputs: {widgets.md_escape(input_path(config).reason)}.")
     widgets.layer_preview(name, size, mode, unfreeze, guess_num_classes(config.data))
-with setup:
-    b = st.columns(2)
+    schedule_checks = st.container()
+
+    # Checks of the whole config, each in the section of the settings it concerns: above the
+    # Launch button, not below it out of sight.
+    train_images = count_train_images(config, scan=False)  # built-ins: from their description
+    if train_images is None and data and data == widgets.chosen_data():
+        try:  # the source the Data page loaded: its index is cached
+            train_images = len(widgets.load_data(data, val_split, seed).train_paths)
+        except StudioError:
+            pass
+    boxes = {"model": model_checks, "data": data_checks, "schedule": schedule_checks}
+    for finding in lint_config(config, train_images):
+        box = boxes[dashboard.lint_section(finding["code"])]
+        (box.warning if finding["level"] == "warning" else box.caption)(
+            widgets.md_escape(finding["message"])
+        )
+
+    b = st.columns([2, 3])  # "Compare all modes" needs the wider half at 1280 px
     launch = b[0].button(
         "Launch", type="primary", key="launch", on_click=widgets.new_click_key, args=("launch",),
         icon=":material/play_arrow:", width="stretch",
@@ -94,26 +144,22 @@ with setup:
         "Compare all modes", key="compare", on_click=widgets.new_click_key, args=("compare",),
         icon=":material/compare_arrows:", width="stretch",
     )  # fmt: skip
-    scratch = st.checkbox("Include a from-scratch baseline in the comparison", key="scratch")
+    scratch = st.checkbox(
+        "Add a from-scratch baseline",
+        key="scratch",
+        help="Compare all modes also trains mode scratch (random weights): what transfer buys.",
+    )
     try:
         if launch:
-            st.session_state[widgets.RUN_ID] = queue.submit(config, key=widgets.click_key("launch"))
+            state[widgets.RUN_ID] = queue.submit(config, key=widgets.click_key("launch"))
+            state[widgets.FOLLOWED_ACTIVE] = True
         if compare:
             ids = submit_compare_all(queue, config, scratch, key=widgets.click_key("compare"))
-            st.session_state[widgets.RUN_ID] = ids[0]
+            state[widgets.RUN_ID] = ids[0]
+            state[widgets.FOLLOWED_ACTIVE] = True  # follow the queue from its first run on
             st.toast(f"Queued {len(ids)} runs: same data and seed, one per mode.")
     except StudioError as exc:
         widgets.show_error(exc)
-    train_images = count_train_images(config, scan=False)  # built-ins: from their description
-    if train_images is None and data and data == st.session_state.get(widgets.DATA_SOURCE):
-        try:  # the source the Data page loaded: its index is cached
-            train_images = len(widgets.load_data(data, val_split, seed).train_paths)
-        except StudioError:
-            pass
-    for finding in lint_config(config, train_images):
-        (st.warning if finding["level"] == "warning" else st.caption)(
-            widgets.md_escape(finding["message"])
-        )
 
 with watch:
     widgets.follow_run(queue)

@@ -41,6 +41,13 @@ LIVE_BATCH_POINTS = 600  # batches a followed run's chart reads (about one per p
 CURVES_REFRESH_S = 5.0
 CURVES_STEPS = 200
 _FONT = {"family": "Inter, Segoe UI, Helvetica, Arial, sans-serif", "size": 13}
+# Accuracy axes end a little above 1.0: a marker (or a label) at 100 % is drawn whole, not cut
+# in half by the plot's edge (the traces also draw outside the axes: ``cliponaxis=False``).
+ACCURACY_RANGE = [0.0, 1.06]
+SCATTER_ACCURACY_RANGE = [0.0, 1.16]  # accuracy vs time: room for the mode label above a point
+# A probability bar at least this long carries its label inside (white), a shorter one beside
+# it: "100.0%" outside the longest bar would run past the figure's edge in a narrow column.
+INSIDE_LABEL_AT = 0.6
 _Row = TypeVar("_Row", bound=Mapping[str, Any])
 
 
@@ -212,6 +219,7 @@ def training_curves(
                         "legendgroup": name,
                         "line": {"color": color, "width": 2.5},
                         "marker": {"size": 8, "symbol": symbol},
+                        "cliponaxis": False,
                     }
                 )
     planned = result.get("planned_epochs") or (max(epochs) if epochs else 1)
@@ -219,7 +227,7 @@ def training_curves(
     losses += list(history.get("val_loss") or [])
     for axis in ("xaxis", "xaxis2"):
         layout[axis]["range"] = [0, max(planned, 1) + 0.05]
-    layout["yaxis"]["range"] = [0, 1.02]
+    layout["yaxis"]["range"] = list(ACCURACY_RANGE)
     layout["yaxis2"]["range"] = [0, _headroom(losses)]
     for start in fine_tune_starts(result):
         for col in (1, 2):
@@ -347,6 +355,7 @@ def compare_curves(results: Sequence[RunResult], height: int = 400) -> go.Figure
                     "showlegend": col == 1,
                     "line": {"color": color, "width": 2.5},
                     "marker": {"size": 7},
+                    "cliponaxis": False,
                     "meta": label,  # the name reaches the hover as a value, never as template
                     "hovertemplate": f"%{{meta}} val {key}: %{{y:.3f}}<extra></extra>",
                     **_axes(col),
@@ -371,7 +380,7 @@ def compare_curves(results: Sequence[RunResult], height: int = 400) -> go.Figure
     histories: list[Mapping[str, Any]] = [r.get("history") or {} for r in results]
     losses = [v for h in histories for k in ("loss", "val_loss") for v in h.get(k) or []]
     layout["xaxis"]["rangemode"] = layout["xaxis2"]["rangemode"] = "tozero"
-    layout["yaxis"]["range"] = [0, 1.02]
+    layout["yaxis"]["range"] = list(ACCURACY_RANGE)
     layout["yaxis2"]["range"] = [0, _headroom(losses)]
     if not results:
         layout["annotations"].append(_empty_note("Pick runs to compare"))
@@ -398,6 +407,7 @@ def accuracy_vs_time(results: Sequence[RunResult], height: int = 380) -> go.Figu
                 name=label,
                 text=[mode],
                 textposition="top center",
+                cliponaxis=False,  # a label above a point at 100 % stays whole
                 customdata=[[label, r.get("run_id")]],
                 marker={"size": 14, "color": PALETTE[i % len(PALETTE)], "line": {"width": 1}},
                 hovertemplate="%{customdata[0]}<br>%{customdata[1]}<br>"
@@ -406,7 +416,7 @@ def accuracy_vs_time(results: Sequence[RunResult], height: int = 380) -> go.Figu
         )
     times = [x for trace in fig.data for x in trace.x]
     fig.update_xaxes(title_text="wall time (s)", range=[0, _headroom(times, 1.0)])
-    fig.update_yaxes(title_text="best validation accuracy", range=[0, 1.08])
+    fig.update_yaxes(title_text="best validation accuracy", range=list(SCATTER_ACCURACY_RANGE))
     _base_layout(fig, height)
     fig.update_layout(hovermode="closest", showlegend=True)
     if not fig.data:
@@ -428,7 +438,9 @@ def prediction_bars(
             orientation="h",
             marker_color=colors,
             text=[f"{p:.1%}" for p in probs],
-            textposition="outside",
+            textposition=["inside" if p >= INSIDE_LABEL_AT else "outside" for p in probs],
+            insidetextanchor="end",
+            insidetextfont={"color": "white"},
             cliponaxis=False,
             hovertemplate="%{y}: %{x:.3f}<extra></extra>",
         )
@@ -440,6 +452,11 @@ def prediction_bars(
         hovermode="closest",
         showlegend=False,
         margin={"l": 10, "r": 10, "t": 40 if title else 10, "b": 10},
-        title={"text": title or "", "font": {"size": 14}, "x": 0, "xanchor": "left"},
+        title={
+            "text": plotly_text(title or ""),  # a run's name: shown as typed, never as HTML
+            "font": {"size": 14},
+            "x": 0,
+            "xanchor": "left",
+        },
     )
     return fig

@@ -12,8 +12,9 @@ from collections.abc import Sequence
 from pathlib import Path
 from typing import Any, TypedDict
 
-from app.views.labels import phase_doing, status_emoji
-from core.config import DEFAULT_DATA, Status
+from app.views.labels import mode_label, phase_doing, status_emoji
+from core.config import AUGMENTATIONS, DEFAULT_DATA, RunConfig, Status
+from core.data.names import display_name
 from core.runs.store import (
     ACTIVE_STATUSES,
     COMPLETED,
@@ -36,6 +37,7 @@ class Progress(TypedDict):
     status: Status | None
     phase: str | None
     phase_label: str
+    preparing: bool  # no batch is training now (setting up, resuming, a one-off pass)
     epoch: int
     planned_epochs: int
     epochs_done: int
@@ -75,10 +77,34 @@ def format_count(n: int | float | None) -> str:
     return f"{n:g}"
 
 
-def _seconds_per_step(batches: Sequence[BatchRecord], phase: str) -> float | None:
-    """Recent wall time per step, validation pauses included (from batch timestamps)."""
+def format_bytes(n: int | float | None) -> str:
+    """A size on disk: ``512 B``, ``3.4 MB``, ``1.21 GB`` (decimal units, as file managers)."""
+    if n is None or n < 0:
+        return "–"
+    for unit, size in (("GB", 1e9), ("MB", 1e6), ("kB", 1e3)):
+        if n >= size:
+            return f"{n / size:.3g} {unit}"
+    return f"{int(n)} B"
+
+
+def _attempt(result: RunResult, batches: Sequence[BatchRecord]) -> list[BatchRecord]:
+    """The batches of the run's current attempt: a resumed run keeps the rows of the epochs it
+    had finished, which say nothing about where (or how fast) this attempt is."""
+    started = result.get("started_at")
+    if not started:
+        return list(batches)
+    return [b for b in batches if b["t"] >= float(started)]
+
+
+def _window(batches: Sequence[BatchRecord], phase: str | None) -> list[BatchRecord]:
+    """The recent rows speed and ETA are smoothed over: up to ``ETA_WINDOW`` rows of the
+    current phase (a phase change, like a resume, changes the speed), else of any phase."""
     same = [b for b in batches if b.get("phase") == phase][-ETA_WINDOW:]
-    rows = same if len(same) >= 2 else batches[-ETA_WINDOW:]
+    return same if len(same) >= 2 else list(batches[-ETA_WINDOW:])
+
+
+def _seconds_per_step(rows: Sequence[BatchRecord]) -> float | None:
+    """Wall time per step over ``rows``, validation pauses included (from batch timestamps)."""
     if len(rows) < 2:
         return None
     steps = rows[-1]["global_step"] - rows[0]["global_step"]
@@ -88,22 +114,14 @@ def _seconds_per_step(batches: Sequence[BatchRecord], phase: str) -> float | Non
     return elapsed / steps
 
 
-def _throughput(
-    batches: Sequence[BatchRecord], result: RunResult, window: int | None
-) -> float | None:
-    """Training images per second of wall time over the last ``window`` batches (all if None).
-
-    Wall time includes validation passes, so it is what the user actually gets; with a single
-    batch the worker's own per-batch figure is used.
-    """
-    rows = batches if window is None else batches[-window:]
+def _throughput(rows: Sequence[BatchRecord], result: RunResult) -> float | None:
+    """Training images per second of wall time over ``rows`` (a window, never one batch: the
+    first batch of an attempt includes compiling and would read as 1 image/s)."""
+    per_step = _seconds_per_step(rows)
     batch_size = (result.get("config") or {}).get("batch_size")
-    if len(rows) >= 2 and batch_size:
-        elapsed = rows[-1]["t"] - rows[0]["t"]
-        steps = rows[-1]["global_step"] - rows[0]["global_step"]
-        if elapsed > 0 and steps > 0:
-            return steps * batch_size / elapsed
-    return rows[-1].get("images_per_s") if rows else None
+    if per_step is None or not batch_size:
+        return None
+    return float(batch_size) / per_step
 
 
 def stopped_text(epoch: int, step: int, steps_per_epoch: int) -> str:
@@ -147,19 +165,47 @@ def preparing_step(stage: dict[str, Any]) -> tuple[str, str, float | None]:
     return "Preparing: loading data and building the model", "preparing", None
 
 
+def _fresh_stage(result: RunResult, after: float | None) -> dict[str, Any]:
+    """The run's ``stage`` record if it belongs to this attempt (written at or after ``after``,
+    when the record carries its time ``t``), else ``{}``: a resumed run must not show the
+    previous attempt's finished feature pass."""
+    stage: dict[str, Any] = dict(result.get("stage") or {})
+    written = stage.get("t")
+    if after and isinstance(written, (int, float)) and written < after:
+        return {}
+    return stage
+
+
+def _mid_run_pass(stage: dict[str, Any], last: BatchRecord | None) -> bool:
+    """Whether a one-off pass (fine-tuning's frozen layers, run once) is under way after the
+    last batch: training is paused while it runs, so the page says so instead of the step."""
+    if stage.get("stage") != "features" or not stage.get("total"):
+        return False
+    if int(stage.get("done") or 0) >= int(stage["total"]):
+        return False
+    written = stage.get("t")
+    return last is None or not isinstance(written, (int, float)) or written >= last["t"]
+
+
 def progress_summary(
     result: RunResult, batches: Sequence[BatchRecord], now: float | None = None
 ) -> Progress:
     """Where a run is: phase, epoch, step, speed, fraction done, elapsed time and ETA.
 
-    ``result`` is ``RunStore.result(run_id)``, ``batches`` its ``RunStore.batches(run_id)``.
-    The ETA extrapolates the recent time per step (which includes the validation passes) over
-    the steps left in all planned epochs; it is ``None`` until two batches have been seen.
+    ``result`` is ``RunStore.result(run_id)``, ``batches`` its ``RunStore.batches(run_id)`` (or
+    ``batch_sample(run_id, 1, ETA_WINDOW)``: the first and the recent rows are enough). One
+    source of truth for the phase: a running run whose current attempt has no batch yet is
+    *preparing* (or *resuming*) in the badge and the text alike, and shows no stale step or
+    ETA of an earlier attempt. Speed and ETA are smoothed over the last ``ETA_WINDOW`` batches
+    of the current phase and attempt; the ETA is ``None`` until two of them have been seen.
     """
     now = time.time() if now is None else now
     status = result.get("status")
     planned = int(result.get("planned_epochs") or 0)
-    last = batches[-1] if batches else None
+    epochs_done = int(result.get("epochs_done") or 0)
+    started = result.get("started_at")
+    attempt = _attempt(result, batches) if status == RUNNING else list(batches)
+    last = attempt[-1] if attempt else None
     steps_per_epoch = int(last["steps_per_epoch"] or 0) if last else 0
     epoch = int(last["epoch"]) if last else 0
     step = int(last["step"]) if last else 0
@@ -176,17 +222,19 @@ def progress_summary(
     else:
         fraction = 0.0
 
-    images_per_s = _throughput(batches, result, window=None if status == COMPLETED else ETA_WINDOW)
+    window = _window(attempt, phase)
+    if status == COMPLETED:
+        window = [attempt[0], attempt[-1]] if len(attempt) >= 2 else window  # the whole run
+    images_per_s = _throughput(window, result)
 
     eta_s: float | None = None
-    if status == RUNNING and last is not None and phase is not None:
-        per_step = _seconds_per_step(batches, phase)
+    if status == RUNNING and last is not None:
+        per_step = _seconds_per_step(window)
         if per_step is not None and total_steps:
             eta_s = max(total_steps - done_steps, 0) * per_step
     elif status not in ACTIVE_STATUSES:
         eta_s = 0.0
 
-    started = result.get("started_at")
     duration = result.get("duration_s")
     if duration is not None and status not in ACTIVE_STATUSES:
         elapsed = float(duration)
@@ -195,30 +243,42 @@ def progress_summary(
     else:
         elapsed = 0.0
 
-    stage: dict[str, Any] = result.get("stage") or {}
-    preparing = status == RUNNING and last is None
-    prep_label = None
+    stage = _fresh_stage(result, float(started) if started else None)
+    # rows of an earlier attempt and none of this one: a resume still preparing
+    resuming = status == RUNNING and last is None and bool(batches)
+    preparing = status == RUNNING and (last is None or _mid_run_pass(stage, last))
+    label = phase_doing(phase)
     if status == QUEUED:
         text = "Queued: waiting for the worker"
     elif preparing:
-        text, prep_label, prep_fraction = preparing_step(stage)
-        fraction = prep_fraction if prep_fraction is not None else fraction
+        text, label, prep_fraction = preparing_step(stage)
+        if resuming:  # the epochs already done stay done; the rest is this attempt's
+            after = f" after epoch {epochs_done}/{planned}" if epochs_done else ""
+            text = f"Resuming{after}: {text[0].lower()}{text[1:]}"
+            label = f"resuming: {label}"
+            epoch = step = 0
+            fraction = min(epochs_done / planned, 1.0) if planned else 0.0
+        elif last is None:
+            fraction = prep_fraction if prep_fraction is not None else fraction
         if stage.get("stage") == "features":
             images_per_s = stage.get("images_per_s") or None
             eta_s = stage.get("eta_s")
+        elif last is None:
+            images_per_s = eta_s = None
     elif status == RUNNING:
-        text = f"{phase_doing(phase)} · epoch {epoch}/{planned} · step {step}/{steps_per_epoch}"
+        text = f"{label} · epoch {epoch}/{planned} · step {step}/{steps_per_epoch}"
     elif status == STOPPED and last is not None:
         text = stopped_text(epoch, step, steps_per_epoch)
     else:
-        text = f"{status}: {result.get('epochs_done', 0)}/{planned} epochs"
+        text = f"{status}: {epochs_done}/{planned} epochs"
     return {
         "status": status,
         "phase": phase,
-        "phase_label": prep_label or phase_doing(phase),
+        "phase_label": label,
+        "preparing": preparing,
         "epoch": epoch,
         "planned_epochs": planned,
-        "epochs_done": int(result.get("epochs_done") or 0),
+        "epochs_done": epochs_done,
         "step": step,
         "steps_per_epoch": steps_per_epoch,
         "images_per_s": images_per_s,
@@ -258,15 +318,46 @@ def predictable_runs(store: RunStore) -> list[RunSummary]:
     return out
 
 
+def short_id(run_id: str) -> str:
+    """The part of a run id that tells runs apart (``20261121-210501-3fa2c1`` → ``3fa2c1``)."""
+    return run_id.rsplit("-", 1)[-1] if run_id.count("-") >= 2 else run_id
+
+
+def run_name(run: RunSummary) -> str:
+    """The run's readable name (``photos #7`` or the user's), never the long data path."""
+    name = str(run.get("name") or "").strip()
+    return name or f"{display_name(run.get('data'))} · {short_id(run['run_id'])}"
+
+
 def run_choice_label(run: RunSummary) -> str:
-    """One line for a select box: icon, mode, backbone, data, accuracy and id."""
+    """One line for a select box: icon, name, mode, backbone, accuracy and the short id.
+
+    The data is named as people know it (``display_name``), and only when the run's name does
+    not already say it; the full path belongs in a tooltip (``run_details``).
+    """
     acc = run.get("best_val_accuracy")
-    acc_text = f" · val acc {acc:.3f}" if isinstance(acc, (int, float)) else ""
-    name = f"{run['name']} · " if run.get("name") else ""
-    return (
-        f"{status_emoji(run['status'])} {name}{run.get('mode')} · {run.get('backbone')} · "
-        f"{run.get('data')}{acc_text} · {run['run_id']}"
-    )
+    name = run_name(run)
+    data = display_name(run.get("data"))
+    parts = [f"{status_emoji(run['status'])} {name}".strip(), mode_label(run.get("mode"))]
+    parts.append(str(run.get("backbone") or "?"))
+    if data not in name:
+        parts.append(data)
+    if isinstance(acc, (int, float)):
+        parts.append(f"val acc {acc:.3f}")
+    parts.append(short_id(run["run_id"]))
+    return " · ".join(parts)
+
+
+def run_short_label(run: RunSummary) -> str:
+    """The run in a narrow select box (the Train page's monitor, whose metrics say the rest):
+    icon, name, mode and the short id."""
+    parts = [f"{status_emoji(run['status'])} {run_name(run)}".strip()]
+    return " · ".join([*parts, mode_label(run.get("mode")), short_id(run["run_id"])])
+
+
+def run_details(run: RunSummary) -> str:
+    """The full id and data source of a run, for a tooltip or a details caption."""
+    return f"Run {run['run_id']} · data {run.get('data') or '?'}"
 
 
 def default_compare_selection(results: Sequence[RunResult], limit: int = 4) -> list[str]:
@@ -279,21 +370,25 @@ def default_compare_selection(results: Sequence[RunResult], limit: int = 4) -> l
 
 
 def runs_table(runs: Sequence[RunSummary], limit: int = 20) -> list[dict[str, Any]]:
-    """Display rows for the Home page's recent runs."""
+    """Display rows for the Home page's recent runs: readable names first, accuracy early,
+    the data as people know it; the full run id and data path come last (``run``, ``source``)."""
     rows = []
     for r in runs[:limit]:
         acc = r.get("best_val_accuracy")
         rows.append(
             {
                 "status": f"{status_emoji(r['status'])} {r['status']}",
-                "run": r["run_id"],
-                "mode": r.get("mode"),
-                "backbone": r.get("backbone"),
-                "data": r.get("data"),
-                "epochs": f"{r.get('epochs_done', 0)}/{r.get('planned_epochs', 0)}",
+                "name": run_name(r),
                 "best val acc": round(acc, 4) if isinstance(acc, (int, float)) else None,
+                "mode": mode_label(r.get("mode")),
+                "backbone": r.get("backbone"),
+                "data": display_name(r.get("data")),
+                "epochs": f"{r.get('epochs_done', 0)}/{r.get('planned_epochs', 0)}",
                 "time": format_duration(r.get("duration_s")),
+                "id": short_id(r["run_id"]),
                 "error": r.get("error") or "",
+                "run": r["run_id"],
+                "source": r.get("data") or "",
             }
         )
     return rows
@@ -346,13 +441,24 @@ def compare_table(results: Sequence[RunResult]) -> list[dict[str, Any]]:
 
 
 def backbone_label(name: str) -> str:
-    """One line per backbone: name, default input size, parameters, ImageNet availability."""
+    """One short line per backbone (it must fit a 1280-px-wide page's select box): name,
+    default input size, parameters, and "download" when its ImageNet weights need the network
+    (``backbone_help`` says it in full)."""
+    from core.models.backbones import STATUS_NEEDS_NETWORK, get_backbone
+
+    spec = get_backbone(name)
+    label = f"{spec.display_name} · {spec.default_size} px · {spec.params_millions:.1f}M"
+    return label + (" · download" if spec.weights_status() == STATUS_NEEDS_NETWORK else "")
+
+
+def backbone_help(name: str) -> str:
+    """The backbone in full: size, parameters and where its ImageNet weights come from."""
     from core.models.backbones import get_backbone
 
     spec = get_backbone(name)
     return (
-        f"{spec.display_name} · {spec.default_size} px · {spec.params_millions:.1f}M params · "
-        f"ImageNet {spec.weights_status()}"
+        f"{spec.display_name}: {spec.default_size} px input by default, "
+        f"{spec.params_millions:.1f}M parameters, ImageNet weights {spec.weights_status()}."
     )
 
 
@@ -365,3 +471,139 @@ def data_choices(remembered: str | None, runs: Sequence[RunSummary]) -> list[str
     choices += [DEFAULT_DATA, *(b["source"] for b in list_builtins())]
     choices += [data for r in runs if (data := r.get("data"))]
     return list(dict.fromkeys(choices))  # first occurrence of each, in order
+
+
+def data_label(source: str) -> str:
+    """A data source in a select box: the name people know it by (``photos.zip``, ``pets``);
+    a built-in keeps its short ``builtin:NAME`` form (what the CLI and the docs call it)."""
+    return source if source.lower().startswith("builtin:") else display_name(source)
+
+
+# --------------------------------------------------------------------------- the Train form
+
+# The Train form's widget keys and the RunConfig field each one shows (the browser test drives
+# these keys: keep them stable).
+FORM_FIELDS = {
+    "backbone": "backbone", "mode": "mode", "weights": "weights", "data": "data",
+    "size": "image_size", "batch": "batch_size", "val_split": "val_split", "seed": "seed",
+    "augment": "augment", "cache": "feature_cache", "augs": "augmentations", "epochs": "epochs",
+    "lr": "lr", "ft": "fine_tune_epochs", "ft_lr": "fine_tune_lr", "unfreeze": "unfreeze",
+}  # fmt: skip
+LRS = (1e-6, 3e-6, 1e-5, 3e-5, 1e-4, 3e-4, 1e-3, 3e-3, 1e-2)  # the learning-rate sliders' stops
+
+
+def _nearest(value: float, stops: Sequence[float]) -> float:
+    import math
+
+    return min(stops, key=lambda stop: abs(math.log10(stop) - math.log10(max(value, 1e-12))))
+
+
+def train_form_values(config: RunConfig) -> dict[str, Any]:
+    """The Train form's widget values (by key, see ``FORM_FIELDS``) that show ``config``.
+
+    Each value is one the widget accepts (a learning rate off the slider's stops snaps to the
+    nearest, a weights file path shows as ImageNet), so a draft can never break the page.
+    """
+    unfreeze = config.unfreeze if config.unfreeze is None or config.unfreeze <= 10_000 else None
+    return {
+        "backbone": config.backbone,
+        "mode": str(config.mode),
+        "weights": "none" if config.weights == "none" else "imagenet",
+        "data": config.data,
+        "size": config.image_size if config.image_size and config.image_size >= 16 else None,
+        "batch": config.batch_size,
+        "val_split": min(max(float(config.val_split), 0.05), 0.9),
+        "seed": config.seed,
+        "augment": config.augment,
+        "cache": config.feature_cache == "auto",
+        "augs": [a for a in AUGMENTATIONS if a in config.augmentations],
+        "epochs": config.epochs,
+        "lr": _nearest(config.lr, LRS),
+        "ft": config.fine_tune_epochs,
+        "ft_lr": _nearest(config.fine_tune_lr, LRS),
+        "unfreeze": unfreeze,
+    }
+
+
+# Which section of the Train form a lint finding concerns (``core.lint`` codes): it is shown
+# there, above the Launch button; an unknown code goes to the last section, just above it.
+LINT_SECTIONS = {
+    "transfer_without_pretrained_weights": "model",
+    "full_fine_tuning_small_data": "model",
+    "scratch_few_images": "model",
+    "image_size_below_default": "data",
+    "fine_tune_lr_high": "schedule",
+    "head_lr_not_above_fine_tune_lr": "schedule",
+    "no_fine_tune_phase": "schedule",
+}
+
+
+def lint_section(code: str) -> str:
+    """The Train form section (``model``, ``data``, ``schedule``) a lint finding belongs in."""
+    return LINT_SECTIONS.get(code, "schedule")
+
+
+def cache_control(kind: str, reason: str, blocker: str | None) -> tuple[bool, str | None]:
+    """Whether the Feature cache toggle applies to the run, and if not, why (its help text).
+
+    ``kind``/``reason``/``blocker`` are ``core.training.sources.input_path`` of the config with
+    the cache on: when even then the run reads images (the mode trains the base, or fine-tuning
+    with augmentation), the toggle changes nothing and must not show ON.
+    """
+    if kind == "images" and blocker != "feature cache":  # sources.IMAGES (that module is Keras)
+        return False, f"Not used by this run: {reason}."
+    return True, None
+
+
+# --------------------------------------------------------------------------- following runs
+
+
+def followed_run(
+    runs: Sequence[RunSummary], current: str | None, was_active: bool, pinned: bool
+) -> str | None:
+    """The run the Train page's monitor shows.
+
+    ``current`` is the run shown last, ``was_active`` whether it was queued or running then.
+    A run the user pinned stays. Otherwise, when the followed run has just finished and
+    another one is training or queued (the next run of "Compare all modes"), the monitor moves
+    on to it; a finished run the user picked on purpose stays. With nothing chosen yet: the
+    running run, else the next queued, else the newest (``pick_default_run``).
+    """
+    by_id = {r["run_id"]: r for r in runs}
+    if current not in by_id:
+        return pick_default_run(runs)
+    if pinned or not was_active or by_id[current]["status"] in ACTIVE_STATUSES:
+        return current
+    active = [r for r in runs if r["status"] in ACTIVE_STATUSES]
+    return pick_default_run(active) if active else current
+
+
+def sparkline(batches: Sequence[BatchRecord]) -> Any:
+    """A compact live chart of a running job (the Home page's queue): training loss and
+    accuracy per batch, two small lines, no axes titles. ``batches`` is a thinned sample
+    (``RunStore.batch_sample``)."""
+    import plotly.graph_objects as go
+
+    steps = [b["global_step"] for b in batches]
+    figure = go.Figure()
+    figure.add_scatter(
+        x=steps, y=[b.get("loss") for b in batches], name="loss", mode="lines",
+        line={"width": 1.5, "color": "#d62728"}, yaxis="y", hovertemplate="loss %{y:.3f}",
+    )  # fmt: skip
+    figure.add_scatter(
+        x=steps, y=[b.get("accuracy") for b in batches], name="accuracy", mode="lines",
+        line={"width": 1.5, "color": "#1f77b4"}, yaxis="y2", hovertemplate="acc %{y:.3f}",
+    )  # fmt: skip
+    figure.update_layout(
+        height=110,
+        margin={"l": 4, "r": 4, "t": 22, "b": 4},  # the legend sits above the lines
+        showlegend=True,
+        legend={"orientation": "h", "x": 0, "y": 1.02, "yanchor": "bottom", "font": {"size": 11}},
+        xaxis={"visible": False},
+        yaxis={"visible": False},
+        # a little headroom: accuracy 1.0 must not sit on the chart's edge
+        yaxis2={"visible": False, "overlaying": "y", "range": [0, 1.08]},
+        plot_bgcolor="rgba(0,0,0,0)",
+        paper_bgcolor="rgba(0,0,0,0)",
+    )
+    return figure

@@ -20,8 +20,10 @@ import plotly.graph_objects as go
 from app.views.dashboard import format_count, format_duration
 from app.views.labels import phase_row
 from app.views.text import md_escape, plotly_text
+from core.config import RunConfig
+from core.errors import StudioError
 from core.runs.evaluate import misclassified
-from core.runs.store import COMPLETED, RunResult, RunSummary
+from core.runs.store import COMPLETED, FAILED, INTERRUPTED, STOPPED, RunResult, RunSummary
 
 GALLERY_LIMIT = 24
 # Above this many classes the confusion matrix is not drawn: a Plotly heatmap (plus the clickable
@@ -30,6 +32,8 @@ GALLERY_LIMIT = 24
 HEATMAP_MAX_CLASSES = 30
 TOP_PAIRS = 100  # rows of the most-confused-pairs table
 MATRIX_COLORS = "Blues"
+# Predict keeps the run the user just watched unless a run on the same data beats it by more.
+WATCHED_SLACK = 0.05
 HIGHLIGHT = "#ea580c"  # the selected cell's outline (the charts' validation orange)
 _FONT = {"family": "Inter, Segoe UI, Helvetica, Arial, sans-serif", "size": 13}
 
@@ -49,7 +53,110 @@ def pick_run(runs: Sequence[RunSummary], requested: Iterable[str | None] = ()) -
     return offered[0] if offered else None
 
 
+def preselected_model(
+    runs: Sequence[RunSummary], data: str | None = None, watched: str | None = None
+) -> str | None:
+    """The model Predict starts with: never simply the newest (after "Compare all modes" with a
+    scratch baseline that is the worst one).
+
+    The run the user just watched (``watched``) when it completed and is not clearly worse
+    (``WATCHED_SLACK``) than the best completed run on the same data; else the completed run with
+    the best validation accuracy on ``data`` (the data in use), else on any data; else the best
+    offered run (a stopped one). Ties go to the newest (``runs`` is newest first).
+    """
+
+    def accuracy(run: RunSummary) -> float:
+        acc = run.get("best_val_accuracy")
+        return float(acc) if isinstance(acc, (int, float)) else -1.0
+
+    def best(candidates: Sequence[RunSummary]) -> RunSummary | None:
+        return max(candidates, key=accuracy) if candidates else None  # max keeps the first
+
+    completed = [r for r in runs if r["status"] == COMPLETED]
+    mine = next((r for r in completed if r["run_id"] == watched), None)
+    if mine is not None:
+        rival = best([r for r in completed if r.get("data") == mine.get("data")])
+        if rival is None or accuracy(mine) >= accuracy(rival) - WATCHED_SLACK:
+            return mine["run_id"]
+    on_data = [r for r in completed if data and (r.get("data") or "").strip() == data.strip()]
+    chosen = best(on_data) or best(completed) or best(runs)
+    return chosen["run_id"] if chosen else None
+
+
+# --------------------------------------------------------------------------- failed runs
+
+RESUMABLE = (STOPPED, INTERRUPTED, FAILED)  # what ``JobQueue.resume`` accepts
+
+
+def run_actions(
+    result: RunResult, weights_available: bool, offline_backbone: tuple[str, str]
+) -> dict[str, Any]:
+    """What a finished-but-not-completed run offers: ``{"resume": bool, "fixes": [...]}``.
+
+    Resume is offered for stopped and interrupted runs, and for failures a resume can get past.
+    A failure it cannot (ImageNet weights that need the network, with none cached:
+    ``weights_available`` is False) gets fixes instead: each ``{"label", "help", "config"}``, a
+    new run's ``RunConfig`` to queue (the same settings with the one change). ``offline_backbone``
+    is ``(name, display name)`` of the backbone whose weights work offline.
+    """
+    status = result.get("status")
+    if status not in RESUMABLE:
+        return {"resume": False, "fixes": []}
+    raw = result.get("config") or {}
+    needs_weights = raw.get("weights") == "imagenet" and raw.get("mode") != "scratch"
+    if status != FAILED or not needs_weights or weights_available:
+        return {"resume": True, "fixes": []}
+    try:
+        config = RunConfig.from_dict(dict(raw))
+    except StudioError:
+        return {"resume": False, "fixes": []}  # nothing sensible to queue: the page says why
+    # A fix is a new run: its own name, outside the old run's compare-all-modes group.
+    base = config.with_changes(
+        name="", extra={k: v for k, v in config.extra.items() if k != "compare_group"}
+    )
+    fixes = []
+    name, title = offline_backbone
+    if config.backbone != name:
+        fixes.append(
+            {
+                "label": f"Train again with {title}",
+                "help": f"A new run with the same settings on {title}, whose ImageNet weights "
+                "work without a network.",
+                "config": _offline_copy(base, name),
+            }
+        )
+    fixes.append(
+        {
+            "label": "Train again without pretrained weights",
+            "help": f"A new run of {config.backbone} from random weights (no download needed; "
+            "expect a lower accuracy than with ImageNet weights).",
+            "config": base.with_changes(weights="none"),
+        }
+    )
+    return {"resume": False, "fixes": fixes}
+
+
+def _offline_copy(config: RunConfig, backbone: str) -> RunConfig:
+    """``config`` on another backbone: its input size kept when that backbone takes it."""
+    moved = config.with_changes(backbone=backbone)
+    try:
+        return moved.validate()
+    except StudioError:  # BackboneError, ConfigError
+        return moved.with_changes(image_size=None)  # the new backbone's default size
+
+
 # --------------------------------------------------------------------------- summary
+
+
+def size_text(size: float | None) -> str:
+    """``1234567`` → ``"1.2 MB"`` (decimal units, as file managers show); ``"–"`` if unknown."""
+    if not isinstance(size, (int, float)) or size < 0:
+        return "–"
+    for unit in ("B", "kB", "MB", "GB"):
+        if size < 1000 or unit == "GB":
+            return f"{size:.0f} {unit}" if unit == "B" else f"{size:.1f} {unit}"
+        size /= 1000
+    return f"{size:.1f} GB"  # not reached
 
 
 def run_headline(result: RunResult) -> str:
@@ -99,8 +206,13 @@ def phase_rows(result: RunResult) -> list[dict[str, Any]]:
             "trainable params": p.get("trainable_params"),
             "frozen params": p.get("non_trainable_params"),
             "trainable": format_count(p.get("trainable_params")),
-            "frozen": format_count(p.get("non_trainable_params")),
-            "unfrozen base layers": f"{p.get('unfrozen_layers', 0)}/{p.get('base_layers', '?')}",
+            # The counts of ``core.training.model.set_phase`` (the preview's own rule); runs
+            # recorded before it only have the older keys.
+            "frozen": format_count(p.get("frozen_params", p.get("non_trainable_params"))),
+            "unfrozen base layers": (
+                f"{p.get('trainable_layers', p.get('unfrozen_layers', 0))}"
+                f"/{p.get('base_layers', '?')}"
+            ),
         }
         for p in result.get("phases") or []
     ]

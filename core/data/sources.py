@@ -2,19 +2,25 @@
 
 from __future__ import annotations
 
+import json
 import os
 import re
+import sys
 from pathlib import Path
+from typing import NamedTuple
 
 from core.data.archives import extract_zip
 from core.data.builtin import BUILTINS, builtin_path
-from core.errors import DataError
+from core.data.images import IMAGE_EXTENSIONS
+from core.errors import DataError, StudioError
 
 _KAGGLE_HANDLE = re.compile(
     r"^(?P<owner>[A-Za-z0-9][A-Za-z0-9_-]*)/(?P<slug>[A-Za-z0-9][A-Za-z0-9_-]*)"
     r"(?:/versions/(?P<version>[0-9]+))?$"
 )
 _KAGGLE_URL_PREFIXES = ("https://www.kaggle.com/datasets/", "https://kaggle.com/datasets/")
+RECENT_FILE = "recent_sources.json"  # in the studio home: sources used before, newest first
+MAX_RECENT = 12
 
 
 def _expected_sources() -> str:
@@ -42,9 +48,42 @@ def parse_source(source: str) -> tuple[str, str]:
         if lower.startswith(prefix):
             return "kaggle", text[len(prefix) :].strip().strip("/")
     path = os.path.expanduser(text)
+    if _looks_like_kaggle_handle(text) and not os.path.exists(path):
+        return "kaggle", text.strip("/")  # owner/slug as copied from kaggle.com
     if lower.endswith(".zip") and not os.path.isdir(path):
         return "zip", path
     return "folder", path
+
+
+def _looks_like_kaggle_handle(text: str) -> bool:
+    """``owner/slug[/versions/N]`` written as Kaggle shows it (no path-like start)."""
+    return not text.startswith((".", "~", "/")) and bool(_KAGGLE_HANDLE.match(text.strip("/")))
+
+
+def kaggle_source(text: str) -> str:
+    """The ``kaggle:`` source of what a user typed on the Kaggle tab: ``owner/slug``, a dataset
+    URL or ``kaggle:owner/slug[/versions/N]`` all mean the same dataset. DataError if malformed."""
+    raw = text.strip() if isinstance(text, str) else ""
+    lower = raw.lower()
+    handle = raw
+    for prefix in ("kaggle:", *_KAGGLE_URL_PREFIXES):
+        if lower.startswith(prefix):
+            handle = raw[len(prefix) :]
+            break
+    handle = handle.strip().strip("/")
+    match = _KAGGLE_HANDLE.match(handle)
+    if not match or (match.group("version") and int(match.group("version")) == 0):
+        raise _malformed_kaggle(raw)
+    return "kaggle:" + handle
+
+
+def _malformed_kaggle(value: str) -> DataError:
+    return DataError(
+        f"Malformed Kaggle handle {value!r}. Expected kaggle:OWNER/SLUG or "
+        "kaggle:OWNER/SLUG/versions/N (the kaggle: in front may be left out), e.g. "
+        "tongpython/cat-and-dog/versions/1.",
+        settings=("data",),
+    )
 
 
 def check_source(source: str) -> None:
@@ -60,6 +99,8 @@ def check_source(source: str) -> None:
     if kind == "builtin":
         if value.lower() not in BUILTINS:
             raise _unknown(value)
+    elif kind == "kaggle":
+        kaggle_source("kaggle:" + value)  # a malformed handle fails before any download
     elif kind == "zip" and not os.path.isfile(value):
         raise DataError(
             f"Data source {source!r} not found. {_expected_sources()}", settings=("data",)
@@ -140,16 +181,29 @@ def _kaggle_error(owner: str, slug: str, version: int | None, exc: Exception) ->
         )
         example = f"kaggle:{owner}/{slug}/versions/{cached[-1] if cached else 'N'}"
         if version is None:
+            pinned = (
+                f"Use the pinned form {example}"
+                if cached
+                else "Connect once and pin a version (kaggle:OWNER/SLUG/versions/N), which then "
+                "works offline, or use"
+            )
             return DataError(
                 f"Cannot resolve the latest version of Kaggle dataset '{owner}/{slug}' without "
                 "network access: kagglehub always asks Kaggle for the latest version, even when a "
-                f"copy is already cached.{cached_note} Use the pinned form {example} or a local "
-                "folder instead."
+                f"copy is already cached.{cached_note} {pinned} "
+                + ("or a local folder instead." if cached else "a local folder instead.")
+            )
+        # Suggest what differs from what was typed: a version that is cached, else the network.
+        if cached:
+            fix = f"Use a cached version instead ({example}), or a local folder."
+        else:
+            fix = (
+                "Connect to the internet once to download it (it is then kept for offline use), "
+                "or use a local folder."
             )
         return DataError(
             f"Kaggle dataset '{handle}' is not in the kagglehub cache ({_kaggle_cache_folder()}) "
-            f"and Kaggle cannot be reached.{cached_note} Use a cached version ({example}) or a "
-            "local folder instead."
+            f"and Kaggle cannot be reached.{cached_note} {fix}"
         )
     return DataError(f"Could not get Kaggle dataset '{handle}': {type(exc).__name__}: {exc}")
 
@@ -158,10 +212,7 @@ def _kaggle_download(value: str) -> Path:
     match = _KAGGLE_HANDLE.match(value.strip().strip("/"))
     version = int(match.group("version")) if match and match.group("version") else None
     if not match or version == 0:
-        raise DataError(
-            f"Malformed Kaggle handle {value!r}. Expected kaggle:OWNER/SLUG or "
-            "kaggle:OWNER/SLUG/versions/N, e.g. kaggle:tongpython/cat-and-dog/versions/1."
-        )
+        raise _malformed_kaggle(value)
     owner, slug = match.group("owner"), match.group("slug")
     try:
         import kagglehub  # lazy: imports requests and the Kaggle SDK
@@ -180,3 +231,183 @@ def _kaggle_download(value: str) -> Path:
 
 
 # --------------------------------------------------------------------------- zip
+
+
+# --------------------------------------------------------------------------- folder check
+
+
+class FolderCheck(NamedTuple):
+    """A quick look at a folder typed on the Data page: usable or not, and why, in words."""
+
+    ok: bool
+    message: str
+    classes: tuple[str, ...] = ()
+
+
+_WRAPPER_DEPTH = 4  # as the loader: single wrapper folders are descended through
+_PEEK_FILES = 200  # entries looked at per class folder: enough to find one image
+
+
+def _visible_dirs_and_images(folder: str) -> tuple[list[str], int]:
+    dirs, images = [], 0
+    with os.scandir(folder) as entries:
+        for entry in entries:
+            if entry.name.startswith("."):
+                continue
+            if entry.is_dir():
+                dirs.append(entry.path)
+            elif os.path.splitext(entry.name)[1].lower() in IMAGE_EXTENSIONS:
+                images += 1
+    return sorted(dirs), images
+
+
+def _holds_an_image(folder: str, depth: int = 3) -> bool:
+    """Whether ``folder`` (or a sub-folder a few levels down) holds an image file; bounded."""
+    try:
+        with os.scandir(folder) as entries:
+            subdirs = []
+            for i, entry in enumerate(entries):
+                if i >= _PEEK_FILES:
+                    break
+                if entry.name.startswith("."):
+                    continue
+                if entry.is_dir():
+                    subdirs.append(entry.path)
+                elif os.path.splitext(entry.name)[1].lower() in IMAGE_EXTENSIONS:
+                    return True
+    except OSError:
+        return False
+    return depth > 0 and any(_holds_an_image(d, depth - 1) for d in subdirs[:20])
+
+
+def check_folder(text: str) -> FolderCheck:
+    """Whether ``text`` names a folder the studio can train on, by listing a few folders (no image
+    is opened): exists, is a folder, has class sub-folders (or train/ and val/) holding images.
+
+    Every message is about folders (what the Data page's folder tab shows as the user types);
+    the full check of every file happens when the data is used.
+    """
+    raw = text.strip() if isinstance(text, str) else ""
+    if not raw:
+        return FolderCheck(False, "Type the path of a folder that holds one sub-folder per class.")
+    path = os.path.abspath(os.path.expanduser(raw))
+    if not os.path.exists(path):
+        parent = os.path.dirname(path)
+        while parent and not os.path.isdir(parent) and os.path.dirname(parent) != parent:
+            parent = os.path.dirname(parent)
+        return FolderCheck(
+            False,
+            f"Folder not found: {path}. {parent} exists: check the spelling of the rest.",
+        )
+    if not os.path.isdir(path):
+        if path.lower().endswith(".zip"):
+            return FolderCheck(
+                False,
+                f"{path} is a zip file, not a folder. Drop it on the Zip upload tab, or type "
+                "the folder it was unpacked into.",
+            )
+        return FolderCheck(
+            False, f"{path} is a file, not a folder. Type the folder that holds the class folders."
+        )
+    try:
+        folder = path
+        for _ in range(_WRAPPER_DEPTH + 1):
+            dirs, images = _visible_dirs_and_images(folder)
+            names = {os.path.basename(d).lower(): d for d in dirs}
+            if "train" in names:
+                folder = names["train"]
+                dirs, images = _visible_dirs_and_images(folder)
+                break
+            if len(dirs) == 1 and not images:
+                sub_dirs, sub_images = _visible_dirs_and_images(dirs[0])
+                if sub_dirs and not sub_images:  # a wrapper: the classes are further down
+                    folder = dirs[0]
+                    continue
+            break
+    except PermissionError:
+        return FolderCheck(False, f"The folder {path} cannot be read (permission denied).")
+    except OSError as exc:
+        return FolderCheck(False, f"The folder {path} cannot be read: {exc.strerror or exc}.")
+    classes = tuple(os.path.basename(d) for d in dirs if _holds_an_image(d))
+    where = "" if folder == path else f" (in {os.path.relpath(folder, path)})"
+    if not dirs:
+        if images:
+            return FolderCheck(
+                False,
+                f"{path} holds {images} image{'s' if images != 1 else ''} but no class "
+                "folders. Put each class's images in a sub-folder named after the class "
+                "(e.g. cats/ and dogs/).",
+            )
+        return FolderCheck(
+            False,
+            f"{path} has no sub-folders and no images. Expected one sub-folder per class "
+            "(e.g. cats/ and dogs/), or train/ and val/ folders holding those.",
+        )
+    empty = [os.path.basename(d) for d in dirs if os.path.basename(d) not in classes]
+    listed = ", ".join(repr(e) for e in empty[:5]) + ("…" if len(empty) > 5 else "")
+    if len(classes) < 2:
+        found = f"only {classes[0]!r} holds images" if classes else "none of them holds images"
+        return FolderCheck(
+            False,
+            f"{path}{where} has {len(dirs)} sub-folder{'s' if len(dirs) != 1 else ''} but "
+            f"{found}. At least two class folders with images are needed.",
+            classes,
+        )
+    if empty:  # the loader refuses a class without images: say so before it is used
+        return FolderCheck(
+            False,
+            f"{path}{where}: the class folder{'s' if len(empty) != 1 else ''} {listed} "
+            f"hold{'s' if len(empty) == 1 else ''} no images. Add images to "
+            f"{'them' if len(empty) != 1 else 'it'}, or move {'them' if len(empty) != 1 else 'it'}"
+            " out of the folder.",
+            classes,
+        )
+    shown = ", ".join(classes[:8]) + ("…" if len(classes) > 8 else "")
+    return FolderCheck(True, f"{len(classes)} class folders{where}: {shown}.", classes)
+
+
+# --------------------------------------------------------------------------- recent sources
+
+
+def _recent_file() -> Path:
+    from core.paths import studio_home
+
+    return studio_home() / RECENT_FILE
+
+
+def recent_sources(kind: str | None = None, extra: list[str] | None = None) -> list[str]:
+    """Sources used before, newest first, without duplicates: those ``remember_source`` kept
+    in the studio home, then ``extra`` (e.g. the data of recorded runs). With ``kind``
+    ("folder", "zip", "kaggle", "builtin"), only sources of that kind; folders only if they
+    still exist. Never raises: an unreadable list is an empty one."""
+    try:
+        stored = json.loads(_recent_file().read_text(encoding="utf-8"))
+        listed = [s for s in stored if isinstance(s, str)] if isinstance(stored, list) else []
+    except (OSError, ValueError, StudioError):
+        listed = []
+    seen: list[str] = []
+    for source in [*listed, *(extra or [])]:
+        if not isinstance(source, str) or not source.strip() or source in seen:
+            continue
+        try:
+            source_kind, value = parse_source(source)
+        except DataError:
+            continue
+        if kind and source_kind != kind:
+            continue
+        if source_kind == "folder" and not os.path.isdir(value):
+            continue
+        seen.append(source)
+    return seen
+
+
+def remember_source(source: str) -> None:
+    """Put ``source`` first in the studio's recent-sources list (kept short; best effort)."""
+    try:
+        listed = recent_sources()
+        kept = [source, *(s for s in listed if s != source)][:MAX_RECENT]
+        from core.files import atomic_write_text
+
+        atomic_write_text(_recent_file(), json.dumps(kept, indent=1) + "\n")
+    except (OSError, StudioError) as exc:  # a convenience list: never a reason to fail
+        print(f"warning: could not remember the data source {source!r}: {exc}", file=sys.stderr)

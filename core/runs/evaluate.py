@@ -4,6 +4,9 @@ per-image predictions (for the misclassification gallery).
 The validation split is rebuilt with ``core.data.load_dataset`` from the run's own config (same
 source, ``val_split`` and ``seed``), so it is the exact split the run was validated on. The result
 is cached as ``evaluation.json`` in the run folder and recomputed when the model file changes.
+The training worker writes it as a run completes (``core.training.trainer``), so the Run page
+only reads it; a run that was not evaluated then (an older run, an evaluation that failed) is
+evaluated when the page first asks.
 """
 
 from __future__ import annotations
@@ -11,7 +14,7 @@ from __future__ import annotations
 import json
 import time
 from pathlib import Path
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
 import numpy as np
 
@@ -19,6 +22,9 @@ from core.config import RunConfig
 from core.errors import StudioError
 from core.files import atomic_write_text
 from core.runs.store import RunStore
+
+if TYPE_CHECKING:
+    from core.data import DatasetIndex
 
 EVALUATION_FILE = "evaluation.json"
 # Bump when the evaluation's content or meaning changes, so older cached files are recomputed.
@@ -60,13 +66,22 @@ def predict_paths(model: Any, paths: list[str], image_size: int, batch_size: int
     return np.asarray(probs, dtype=np.float32)
 
 
-def evaluate_run(store: RunStore, run_id: str, force: bool = False) -> dict[str, Any]:
+def evaluate_run(
+    store: RunStore,
+    run_id: str,
+    force: bool = False,
+    model: Any = None,
+    data: DatasetIndex | None = None,
+) -> dict[str, Any]:
     """Evaluate a run on its validation split (cached in ``evaluation.json``).
 
     Returns ``{run_id, accuracy, class_names, confusion_matrix, per_class, images, ...}`` where
     ``confusion_matrix[i][j]`` counts images of true class i predicted as class j, and each image
     is ``{path, true, predicted, probabilities}`` (class names and one probability per class).
     ``from_cache`` tells whether the stored result was reused; ``force`` recomputes it.
+
+    The training worker passes the ``model`` it just saved and the ``data`` it trained on, so the
+    run is evaluated once as it completes without loading the file or scanning the data again.
     """
     from sklearn.metrics import confusion_matrix, precision_recall_fscore_support
 
@@ -82,10 +97,15 @@ def evaluate_run(store: RunStore, run_id: str, force: bool = False) -> dict[str,
             return {**cached, "from_cache": True}
 
     started = time.perf_counter()
-    config = RunConfig.from_dict(store.result(run_id)["config"])
-    run = load_run(store, run_id)
-    data = load_dataset(config.data, val_split=config.val_split, seed=config.seed)
-    class_names = list(run.class_names)
+    stored = store.result(run_id)
+    config = RunConfig.from_dict(stored["config"])
+    if model is None:
+        run = load_run(store, run_id)
+        model, class_names, image_size = run.model, list(run.class_names), run.image_size
+    else:
+        class_names, image_size = list(stored["class_names"]), int(model.inputs[0].shape[1])
+    if data is None:
+        data = load_dataset(config.data, val_split=config.val_split, seed=config.seed)
     if list(data.class_names) != class_names:
         raise StudioError(
             f"The data source {config.data!r} now has classes {data.class_names}, but run "
@@ -95,9 +115,7 @@ def evaluate_run(store: RunStore, run_id: str, force: bool = False) -> dict[str,
     if not data.val_paths:
         raise StudioError(f"Run {run_id}'s data {config.data!r} has no validation images.")
 
-    probs = predict_paths(
-        run.model, data.val_paths, run.image_size, min(config.batch_size, MAX_BATCH)
-    )
+    probs = predict_paths(model, data.val_paths, image_size, min(config.batch_size, MAX_BATCH))
     y_true = np.asarray(data.val_labels, dtype=np.int64)
     y_pred = probs.argmax(axis=1)
     labels = list(range(len(class_names)))

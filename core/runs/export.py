@@ -29,6 +29,7 @@ import numpy as np
 from core.config import RunConfig
 from core.data.images import to_array
 from core.errors import ConfigError, DataError, StudioError
+from core.paths import blocking_file
 from core.runs.store import RunStore
 
 FORMATS = ("keras", "savedmodel", "tflite")
@@ -368,6 +369,12 @@ def _check_target(
     where a file goes (or the reverse), or a ``saved_model/`` holding other files, is refused.
     """
     if not (out.exists() or out.is_symlink()):
+        blocker = blocking_file(out)
+        if blocker is not None:  # mkdir would fail with NotADirectoryError
+            raise ExportTargetError(
+                f"The export folder {out} lies under {blocker}, which is a file, not a folder. "
+                "Choose a folder path (a missing folder is created)."
+            )
         return
     if not out.is_dir():
         raise ExportTargetError(
@@ -445,6 +452,12 @@ def export_run(
             f"quantize=True only applies to tflite exports, not {fmt!r}. "
             "Use fmt='tflite' or quantize=False."
         )
+    artifact = QUANTIZED_TFLITE_NAME if quantize else ARTIFACT_NAMES[fmt]
+    names = [artifact, LABELS_FILE, CONFIG_FILE]
+    dir_names = [artifact] if fmt == "savedmodel" else []
+    if out_dir is not None:  # a wrong folder is refused before the model loads (seconds)
+        store.get_run(run_id)  # an unknown run is named first
+        _check_target(Path(out_dir).expanduser(), names, dir_names, overwrite)
     run = load_run(store, run_id)  # raises a StudioError for runs without a model
     labels = labels_text(run.class_names)
     result_row = store.result(run_id)
@@ -453,9 +466,6 @@ def export_run(
         out, overwrite = store.run_dir(run_id) / "exports" / (fmt + suffix), True
     else:
         out = Path(out_dir).expanduser()
-    artifact = QUANTIZED_TFLITE_NAME if quantize else ARTIFACT_NAMES[fmt]
-    names = [artifact, LABELS_FILE, CONFIG_FILE]
-    dir_names = [artifact] if fmt == "savedmodel" else []
     _check_target(out, names, dir_names, overwrite)  # before anything is written
     out.mkdir(parents=True, exist_ok=True)
 

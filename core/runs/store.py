@@ -21,7 +21,8 @@ from pathlib import Path
 from typing import Any, TypedDict, cast
 
 from core.config import RunConfig, Status
-from core.errors import RunNotFoundError, StudioError, storage_error
+from core.data.names import display_name
+from core.errors import ConfigError, RunNotFoundError, StudioError, storage_error
 from core.files import atomic_path, atomic_write_text
 from core.paths import runs_root
 
@@ -33,6 +34,12 @@ HISTORY_KEYS = ("loss", "accuracy", "val_loss", "val_accuracy", "lr", "phase")  
 DB_NAME = "runs.sqlite"
 BACKUP_NAME = "runs.sqlite.bak"  # SQLite's online backup, refreshed after every finished run
 RECORD_FILE = "record.json"  # each run folder's own copy of its row and epochs
+MAX_RUN_NAME = 60  # a name must fit a selector, a chip and a table column
+# The runs columns holding JSON text: a damaged one must not hide the other runs.
+JSON_COLUMNS = (
+    "config_json", "class_names_json", "skipped_files_json", "dataset_json", "phases_json",
+    "stage_json", "timings_json",
+)  # fmt: skip
 
 _SCHEMA = """
 CREATE TABLE IF NOT EXISTS runs (
@@ -59,7 +66,8 @@ CREATE TABLE IF NOT EXISTS runs (
     planned_epochs INTEGER NOT NULL,
     duration_s REAL,
     model_path TEXT,
-    model_bytes INTEGER
+    model_bytes INTEGER,
+    name TEXT
 );
 CREATE TABLE IF NOT EXISTS epochs (
     run_id TEXT NOT NULL,
@@ -115,6 +123,7 @@ class RunRow(TypedDict):
     duration_s: float | None
     model_path: str | None
     model_bytes: int | None
+    name: str | None  # the user's rename (None: the config's name, else a default)
 
 
 class EpochRecord(TypedDict):
@@ -240,6 +249,17 @@ def _is_damaged(exc: sqlite3.DatabaseError) -> bool:
     return "not a database" in text or "malformed" in text or "corrupt" in text
 
 
+def _loads_ok(text: object, must_be_object: bool = False) -> bool:
+    """Whether a ``*_json`` column's text parses (NULL does)."""
+    if text is None:
+        return not must_be_object
+    try:
+        value = json.loads(str(text))
+    except ValueError:
+        return False
+    return isinstance(value, dict) or not must_be_object
+
+
 def _valid_database(path: Path) -> bool:
     try:
         db = sqlite3.connect(f"file:{path}?mode=ro", uri=True)
@@ -258,6 +278,55 @@ def new_run_id() -> str:
     return time.strftime("%Y%m%d-%H%M%S") + "-" + secrets.token_hex(3)
 
 
+def _cap(text: str, limit: int = MAX_RUN_NAME) -> str:
+    return text if len(text) <= limit else text[: limit - 1] + "…"
+
+
+def default_run_name(data: object, seq: int) -> str:
+    """A run's name when nobody gave one: the data's recognisable name and the run's number."""
+    return _cap(f"{display_name(data)} #{seq}")
+
+
+def clean_run_name(name: object) -> str:
+    """A user's run name, trimmed and capped; ConfigError for an empty one."""
+    text = " ".join(name.split()) if isinstance(name, str) else ""
+    if not text:
+        raise ConfigError(
+            f"A run name cannot be empty (received {name!r}). Type a few words, e.g. "
+            "'cats vs dogs, fine-tuned'."
+        )
+    return _cap(text)
+
+
+class StoreDamagedError(StudioError):
+    """The run store's file (or one of its rows) cannot be read."""
+
+
+def _recovery_advice() -> str:
+    return (
+        f"Nothing in the run folders is lost: each keeps its config.json and record.json, and "
+        f"{BACKUP_NAME} (refreshed after every finished run) is a copy of the index."
+    )
+
+
+def _folder_size(path: Path) -> int:
+    """Bytes of the files under ``path`` (symlinks not followed; vanishing files skipped)."""
+    total = 0
+    try:
+        entries = list(os.scandir(path))
+    except OSError:
+        return 0
+    for entry in entries:
+        try:
+            if entry.is_dir(follow_symlinks=False):
+                total += _folder_size(Path(entry.path))
+            else:
+                total += entry.stat(follow_symlinks=False).st_size
+        except OSError:  # removed meanwhile: a run finishing or a checkpoint replaced
+            continue
+    return total
+
+
 class RunStore:
     """SQLite run registry plus ``<root>/runs/<run_id>/`` artifact folders."""
 
@@ -270,14 +339,18 @@ class RunStore:
                 f"Cannot create the runs folder {root or 'in the studio home'}: {exc}."
             ) from exc
         self.db_path = self.root / DB_NAME
+        # What went wrong with the store and what was done about it, for the pages to show
+        # (the CLI prints the same lines on stderr as they happen).
+        self.notices: list[str] = []
         try:
             self._open_schema()
-        except sqlite3.DatabaseError as exc:
-            if not _is_damaged(exc):
+        except (sqlite3.DatabaseError, StoreDamagedError) as exc:
+            if isinstance(exc, sqlite3.DatabaseError) and not _is_damaged(exc):
                 raise self._storage_error(exc) from exc
             self._set_aside_damaged(exc)
             self._open_schema()
         self.reindex_folders()
+        self.repair_rows()
         if recover:
             self.recover_interrupted()
 
@@ -285,6 +358,15 @@ class RunStore:
         with self._connect() as db:
             db.executescript(_SCHEMA)
             self._add_missing_columns(db)
+            # A file cut short or overwritten in the middle opens fine and fails on the first
+            # read of a lost page: check every page now (~40 ms for 20 MB), not mid-page.
+            verdict = db.execute("PRAGMA quick_check(1)").fetchone()[0]
+        if verdict != "ok":
+            raise StoreDamagedError(f"database disk image is malformed ({verdict})")
+
+    def _notice(self, text: str) -> None:
+        self.notices.append(text)
+        print(f"warning: {text}", file=sys.stderr)
 
     # -- plumbing -------------------------------------------------------------------------
     def _storage_error(self, exc: BaseException) -> StudioError:
@@ -306,12 +388,19 @@ class RunStore:
             db.execute("PRAGMA synchronous=NORMAL")
             with db:  # one transaction, committed on success
                 yield db
-        except sqlite3.OperationalError as exc:
+        except sqlite3.DatabaseError as exc:
             # A full or read-only disk reaches every caller as one line, not a traceback.
             error = storage_error(exc, self.root)
-            if error is None:
-                raise
-            raise error from exc
+            if error is not None:
+                raise error from exc
+            if _is_damaged(exc):
+                raise StoreDamagedError(
+                    f"The run store {self.db_path} is damaged ({exc}). Close the studio and "
+                    "open it again (or run any `python -m core` command): it keeps the damaged "
+                    f"file as {DB_NAME}.damaged-<time>, restores {BACKUP_NAME} and re-adds every "
+                    f"run from its folder. {_recovery_advice()}"
+                ) from exc
+            raise
         finally:
             db.close()
 
@@ -327,7 +416,7 @@ class RunStore:
                     db.execute(f"ALTER TABLE {table} ADD COLUMN {name} {kind}")
         wanted.close()
 
-    def _set_aside_damaged(self, exc: sqlite3.DatabaseError) -> None:
+    def _set_aside_damaged(self, exc: Exception) -> None:
         """Keep a damaged index for inspection and start again from the backup, if sound.
 
         Runs the backup does not know are re-added from their folders by ``reindex_folders``.
@@ -343,11 +432,16 @@ class RunStore:
         restored = _valid_database(backup)
         if restored:
             shutil.copyfile(backup, self.db_path)
-        print(
-            f"warning: the run store {self.db_path} was damaged ({exc}); kept it as {kept.name} "
-            + ("and restored the last backup" if restored else "and started a new index")
-            + ", then re-added runs from their folders.",
-            file=sys.stderr,
+        reason = exc.__cause__ if isinstance(exc, StoreDamagedError) and exc.__cause__ else exc
+        self._notice(
+            f"the run store {self.db_path} was damaged ({reason}); kept it as {kept.name} "
+            + (
+                f"and restored the last backup ({BACKUP_NAME}, refreshed after every finished run)"
+                if restored
+                else "and started a new index (there was no sound backup)"
+            )
+            + ", then re-added every run from its folder. Nothing needs doing; the damaged "
+            "copy may be deleted."
         )
 
     def reindex_folders(self) -> list[str]:
@@ -368,9 +462,8 @@ class RunStore:
         with self._connect() as db:
             known = {r[0] for r in db.execute("SELECT run_id FROM runs")}
         added = []
-        for run_id in candidates:
-            if run_id in known:
-                continue
+        missing = sorted((r for r in candidates if r not in known), key=self._record_order)
+        for run_id in missing:
             try:
                 self._import_folder(run_id)
             except (OSError, ValueError, StudioError) as exc:  # one bad folder hides no other
@@ -379,7 +472,56 @@ class RunStore:
             added.append(run_id)
         return added
 
-    def _import_folder(self, run_id: str) -> None:
+    def _record_order(self, run_id: str) -> tuple[float, float, str]:
+        """Sort key of a run folder to re-add: its recorded number, creation time, then id."""
+        try:
+            record = json.loads((self.root / "runs" / run_id / RECORD_FILE).read_text())
+            run = record.get("run") or {}
+            seq, created = run.get("seq"), run.get("created_at")
+        except (OSError, ValueError, AttributeError):
+            seq = created = None
+        return (
+            float(seq) if isinstance(seq, int) else float("inf"),
+            float(created) if isinstance(created, (int, float)) else float("inf"),
+            run_id,
+        )
+
+    def _damaged_rows(self, db: sqlite3.Connection) -> list[tuple[str, int, str]]:
+        """(run_id, seq, column) of rows whose JSON text cannot be parsed (as the readers do)."""
+        found = []
+        for row in db.execute(f"SELECT run_id, seq, {', '.join(JSON_COLUMNS)} FROM runs"):
+            for column in JSON_COLUMNS:
+                if not _loads_ok(row[column], must_be_object=column == "config_json"):
+                    found.append((row["run_id"], row["seq"], column))
+                    break
+        return found
+
+    def repair_rows(self) -> list[str]:
+        """Rebuild rows whose JSON is damaged from their run folders; returns the ids repaired.
+
+        A row whose folder is gone stays as it is (``list_runs`` leaves it out and says so).
+        """
+        with self._connect() as db:
+            damaged = self._damaged_rows(db)
+        repaired = []
+        for run_id, seq, column in damaged:
+            folder = self.root / "runs" / run_id
+            where = f"run {run_id}'s entry in {self.db_path} (its {column} is not valid JSON)"
+            if not (folder / "config.json").is_file():
+                continue  # nothing to rebuild it from: ``list_runs`` reports it
+            try:
+                with self._connect() as db:
+                    for table in ("batches", "epochs", "runs"):
+                        db.execute(f"DELETE FROM {table} WHERE run_id = ?", (run_id,))
+                self._import_folder(run_id, seq=seq, trust_json=False)
+            except (OSError, ValueError, StudioError) as exc:
+                self._notice(f"{where} is damaged and could not be rebuilt from {folder}: {exc}")
+                continue
+            repaired.append(run_id)
+            self._notice(f"{where} was damaged; rebuilt it from {folder / RECORD_FILE}.")
+        return repaired
+
+    def _import_folder(self, run_id: str, seq: int | None = None, trust_json: bool = True) -> None:
         folder = self.root / "runs" / run_id
         config = RunConfig.from_json((folder / "config.json").read_text())
         record_path = folder / RECORD_FILE
@@ -404,10 +546,24 @@ class RunStore:
             row["error"] = "The run index was rebuilt from the run folder before it finished."
         if model.is_file():
             row.update(model_path=str(model), model_bytes=model.stat().st_size)
+        if not trust_json:  # the record may have copied a damaged row: drop what cannot parse
+            row = {
+                k: v
+                for k, v in row.items()
+                if k not in JSON_COLUMNS or k == "config_json" or _loads_ok(v)
+            }
         with self._connect() as db:
             columns = {r[1] for r in db.execute("PRAGMA table_info(runs)")}
+            recorded = row.get("seq")
             row = {k: v for k, v in row.items() if k in columns and k != "seq"}
-            seq = db.execute("SELECT COALESCE(MAX(seq), 0) + 1 FROM runs").fetchone()[0]
+            taken = (
+                isinstance(recorded, int)
+                and db.execute("SELECT 1 FROM runs WHERE seq = ?", (recorded,)).fetchone()
+            )
+            if seq is None and isinstance(recorded, int) and recorded > 0 and not taken:
+                seq = recorded  # the number it had: its default name ("photos #7") stays
+            if seq is None:
+                seq = db.execute("SELECT COALESCE(MAX(seq), 0) + 1 FROM runs").fetchone()[0]
             names = ["seq", *row]
             db.execute(
                 f"INSERT INTO runs ({', '.join(names)}) VALUES ({', '.join('?' * len(names))})",
@@ -426,7 +582,7 @@ class RunStore:
             ).fetchall()
         if row is None:
             return
-        run = {k: row[k] for k in row.keys() if k not in ("seq", "stage_json")}
+        run = {k: row[k] for k in row.keys() if k != "stage_json"}  # seq: keeps its name
         folder = self.root / "runs" / run_id
         if not folder.is_dir():
             return
@@ -598,9 +754,24 @@ class RunStore:
             )
         return dead
 
+    def rename(self, run_id: str, name: str) -> str:
+        """Give a run a name of the user's (trimmed, capped); returns the name stored.
+
+        Kept in the ``name`` column and in the run folder's record, so a rebuilt index keeps it.
+        """
+        clean = clean_run_name(name)
+        self.update(run_id, name=clean)
+        self._write_record(run_id)
+        return clean
+
     def delete_run(self, run_id: str) -> None:
-        """Remove a finished run and its artifacts."""
-        self.get_run(run_id)
+        """Remove a finished run and its files; a queued or running run is refused."""
+        status = self.get_run(run_id)["status"]
+        if status in ACTIVE_STATUSES:
+            raise StudioError(
+                f"Run {run_id} is {status}, so it cannot be deleted. Stop it first and delete it "
+                "once it shows as stopped."
+            )
         folder = self.root / "runs" / run_id
         # Hide the folder first, so that no reader re-adds it from its files meanwhile.
         trash = folder.with_name(f".deleting-{run_id}")
@@ -640,7 +811,11 @@ class RunStore:
         return bool(self.get_run(run_id)["stop_requested"])
 
     def list_runs(self, statuses: tuple[str, ...] | None = None) -> list[RunSummary]:
-        """Runs, newest first, as summaries (see ``RunSummary``)."""
+        """Runs, newest first, as summaries (see ``RunSummary``).
+
+        A row whose JSON is damaged is left out and reported in ``notices`` (once): one broken
+        row must not hide the other runs.
+        """
         query = "SELECT * FROM runs"
         params: tuple[str, ...] = ()
         if statuses:
@@ -648,7 +823,29 @@ class RunStore:
             params = tuple(statuses)
         with self._connect() as db:
             rows = db.execute(query + " ORDER BY seq DESC", params).fetchall()
-        return [self._summary(cast(RunRow, dict(r))) for r in rows]
+        summaries = []
+        for r in rows:
+            try:
+                summaries.append(self._summary(cast(RunRow, dict(r))))
+            except StoreDamagedError as exc:
+                if str(exc) not in self.notices:
+                    self._notice(str(exc))
+        return summaries
+
+    def run_bytes(self, run_id: str) -> int:
+        """Bytes a run's folder takes on disk (model, checkpoint, logs, exports)."""
+        self.get_run(run_id)
+        return _folder_size(self.root / "runs" / run_id)
+
+    def disk_usage(self) -> int:
+        """Bytes the runs take on disk: every run folder plus the index and its copies."""
+        index = 0
+        for path in self.root.glob(DB_NAME + "*"):  # the index, its WAL, backup, damaged copies
+            try:
+                index += path.stat().st_size
+            except OSError:  # the WAL is checkpointed away meanwhile
+                continue
+        return _folder_size(self.root / "runs") + index
 
     def epochs(self, run_id: str) -> list[EpochRecord]:
         """Per-epoch metrics in order."""
@@ -717,12 +914,56 @@ class RunStore:
             kept[record["global_step"]] = cast(BatchRecord, record)
         return [kept[step] for step in sorted(kept)]
 
+    def problems(self) -> list[str]:
+        """What a page should tell the user about the store, now: what was repaired or set
+        aside when it opened, and each row that is still unreadable (with the way out)."""
+        found = list(self.notices)
+        with self._connect() as db:
+            damaged = self._damaged_rows(db)
+            for run_id, _seq, column in damaged:
+                row = db.execute("SELECT * FROM runs WHERE run_id = ?", (run_id,)).fetchone()
+                if row is not None:
+                    text = str(self._damaged_row(cast(RunRow, dict(row)), column))
+                    if text not in found:
+                        found.append(text)
+        return found
+
+    def _damaged_row(self, row: RunRow, column: str) -> StoreDamagedError:
+        run_id = row["run_id"]
+        folder = self.root / "runs" / run_id
+        what = f"run {run_id}'s entry in {self.db_path} is damaged (its {column} is not valid JSON)"
+        if (folder / "config.json").is_file():
+            return StoreDamagedError(
+                f"{what}. Close the studio and open it again (or run any `python -m core` "
+                f"command): it rebuilds the entry from {folder / RECORD_FILE}. "
+                f"{_recovery_advice()}"
+            )
+        return StoreDamagedError(
+            f"{what} and its folder {folder} is gone, so it cannot be rebuilt; the other runs are "
+            f"fine. Delete it (`python -m core delete {run_id}`), or, with the studio closed, "
+            f"copy {BACKUP_NAME} over {DB_NAME}."
+        )
+
+    def _loads(self, row: RunRow, column: str) -> Any:
+        """A JSON column of ``row``; StoreDamagedError naming the file when it cannot parse."""
+        text = cast(Mapping[str, Any], row).get(column)
+        if not text:
+            return None
+        if not _loads_ok(text, must_be_object=column == "config_json"):
+            raise self._damaged_row(row, column)
+        return json.loads(text)
+
     def _summary(self, row: RunRow) -> RunSummary:
-        config = json.loads(row["config_json"])
+        config = self._loads(row, "config_json") or {}
+        if not isinstance(config, dict):
+            raise self._damaged_row(row, "config_json")
+        name = row.get("name") or config.get("name")
         return {
             "run_id": row["run_id"],
             "status": Status(row["status"]),
-            "name": config.get("name") or "",
+            "name": _cap(str(name).strip())
+            if name and str(name).strip()
+            else default_run_name(config.get("data"), row["seq"]),
             "backbone": config.get("backbone"),
             "mode": config.get("mode"),
             "data": config.get("data"),
@@ -748,21 +989,21 @@ class RunStore:
             "epoch": [e["epoch"] for e in epochs],
         }
 
-        def loads(text: str | None) -> Any:
-            return json.loads(text) if text else None
+        def loads(column: str) -> Any:
+            return self._loads(row, column)
 
         return {
             **self._summary(row),
-            "config": json.loads(row["config_json"]),
+            "config": loads("config_json"),
             "history": history,
-            "class_names": loads(row["class_names_json"]) or [],
+            "class_names": loads("class_names_json") or [],
             "train_images": row["train_images"],
             "val_images": row["val_images"],
-            "skipped_files": loads(row["skipped_files_json"]) or [],
-            "dataset": loads(row["dataset_json"]),
-            "phases": loads(row["phases_json"]) or [],
-            "stage": loads(row["stage_json"]),
-            "timings": loads(row["timings_json"]),
+            "skipped_files": loads("skipped_files_json") or [],
+            "dataset": loads("dataset_json"),
+            "phases": loads("phases_json") or [],
+            "stage": loads("stage_json"),
+            "timings": loads("timings_json"),
             "started_at": row["started_at"],
             "finished_at": row["finished_at"],
             "model_path": row["model_path"],

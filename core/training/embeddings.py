@@ -358,4 +358,5 @@ def describe_stage(done: int, total: int, started: float) -> dict[str, Any]:
         "total": total,
         "images_per_s": round(rate, 2),
         "eta_s": round((total - done) / rate, 1) if rate > 0 else None,
+        "t": time.time(),  # a resumed run's page ignores the previous attempt's stage by it
     }

@@ -19,10 +19,12 @@ from __future__ import annotations
 
 import math
 from collections.abc import Callable, Sequence
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
-import keras
 import numpy as np
+
+if TYPE_CHECKING:  # Keras (TensorFlow) loads on first fit: ``epoch_rows`` and
+    import keras  # ``class_weights`` serve a search whose features are all cached without it.
 
 
 def _compiled_epoch(
@@ -30,11 +32,13 @@ def _compiled_epoch(
     train: tuple[np.ndarray, np.ndarray],
     val: tuple[np.ndarray, np.ndarray],
     batch: int,
+    class_weight: np.ndarray | None = None,
 ) -> tuple[Callable[[np.ndarray], Any], int]:
     """A compiled ``epoch(order) -> (loss, accuracy, val_loss, val_accuracy)`` and its steps.
 
     ``order``: the epoch's training rows, one per image. Training and validation are one traced
-    function: one trace per run, one call per epoch.
+    function: one trace per run, one call per epoch. ``class_weight[c]`` weighs class ``c``'s
+    training loss (as ``fit(class_weight=...)`` does: validation stays unweighted).
     """
     import tensorflow as tf
 
@@ -47,6 +51,7 @@ def _compiled_epoch(
     steps = math.ceil(n / batch)
     optimizer = head.optimizer
     variables = head.trainable_variables
+    weights = None if class_weight is None else tf.constant(class_weight, tf.float32)
 
     def hits(labels: tf.Tensor, probs: tf.Tensor) -> tf.Tensor:
         same = tf.equal(tf.argmax(probs, axis=-1, output_type=tf.int32), labels)
@@ -62,7 +67,9 @@ def _compiled_epoch(
             with tf.GradientTape() as tape:
                 probs = head(xb, training=True)
                 # The compiled loss, regularisers included, as ``fit``'s train step computes it.
-                loss = head.compute_loss(x=xb, y=yb, y_pred=probs, training=True)
+                # Class weights as ``fit`` applies them: sum(w_i * loss_i) / batch size.
+                sw = None if weights is None else tf.gather(weights, yb)
+                loss = head.compute_loss(x=xb, y=yb, y_pred=probs, sample_weight=sw, training=True)
             optimizer.apply(tape.gradient(loss, variables), variables)
             loss_sum += loss * tf.cast(tf.shape(rows)[0], tf.float32)
             correct += hits(yb, probs)
@@ -98,6 +105,7 @@ def fit_head(
     initial_epoch: int = 0,
     seed: int = 0,
     callbacks: Sequence[keras.callbacks.Callback] | keras.callbacks.CallbackList = (),
+    class_weight: Sequence[float] | np.ndarray | None = None,
 ) -> dict[str, list[float]]:
     """Train a compiled ``head`` on features for ``epochs`` (like ``fit``); returns the history.
 
@@ -107,7 +115,12 @@ def fit_head(
     ``callbacks``: a list (composed here into a ``CallbackList`` bound to ``head``) or a
     ``CallbackList`` already bound to it. Stops after the current epoch when a callback sets
     ``head.stop_training``.
+
+    ``class_weight``: one weight per class (``class_weights``), applied to the training loss as
+    Keras ``fit`` applies its ``class_weight``; ``None`` weighs every image the same.
     """
+    import keras
+
     x_train = np.asarray(train[0], np.float32)
     y_train = np.asarray(train[1], np.int32)
     x_val = np.asarray(val[0], np.float32)
@@ -119,7 +132,14 @@ def fit_head(
         raise ValueError(
             f"fit_head got {x_train.shape[-2]} feature rows per view for {len(y_train)} labels."
         )
-    run_epoch, steps = _compiled_epoch(head, (x_train, y_train), (x_val, y_val), batch_size)
+    per_class = None if class_weight is None else np.asarray(class_weight, np.float32)
+    if per_class is not None and len(y_train) and per_class.shape[0] <= int(y_train.max()):
+        raise ValueError(
+            f"fit_head got {per_class.shape[0]} class weights for labels up to {y_train.max()}."
+        )
+    run_epoch, steps = _compiled_epoch(
+        head, (x_train, y_train), (x_val, y_val), batch_size, per_class
+    )
     names = ("loss", "accuracy", "val_loss", "val_accuracy")
     history: dict[str, list[float]] = {}
     if isinstance(callbacks, keras.callbacks.CallbackList):
@@ -141,3 +161,23 @@ def fit_head(
             break
     dispatch.on_train_end()
     return history
+
+
+def class_weights(setting: str, labels: Sequence[int], num_classes: int) -> np.ndarray | None:
+    """Per-class loss weights for a config's ``class_weight`` setting; ``None`` for ``"none"``.
+
+    ``"balanced"``: scikit-learn's rule, ``n_samples / (n_classes * count_c)`` over the classes
+    present in ``labels``; a class with no training image (it cannot be learnt) keeps 1.0.
+    """
+    if setting == "none":
+        return None
+    if setting != "balanced":
+        raise ValueError(f"Unknown class weight setting {setting!r}; expected none or balanced.")
+    from sklearn.utils.class_weight import compute_class_weight
+
+    y = np.asarray(labels, np.int64)
+    weights = np.ones(num_classes, np.float32)
+    present = np.unique(y)
+    if len(present):
+        weights[present] = compute_class_weight("balanced", classes=present, y=y)
+    return weights

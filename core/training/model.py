@@ -145,30 +145,67 @@ def unfreeze_count(config: RunConfig, built: BuiltModel) -> int:
     return min(config.unfreeze or default_unfreeze(built.spec, built.base), total)
 
 
-def set_phase(config: RunConfig, built: BuiltModel, phase: str) -> dict[str, Any]:
-    """Freeze/unfreeze for ``phase`` and report the resulting parameter counts."""
-    base = built.base
-    unfrozen = 0
+def base_layer_trains(config: RunConfig, built: BuiltModel, phase: str) -> list[bool]:
+    """Per base layer, whether ``phase`` trains it: the one rule behind ``set_phase``, the
+    layer preview's "N of M base layers train" and the Run page's phase table.
+
+    Head phase: none. Scratch: all. Fine-tuning: the last ``unfreeze_count`` layers except
+    BatchNormalization ones (they keep their ImageNet statistics and scale), so the count of
+    layers that train can be below the unfreeze depth.
+    """
+    layers = built.base.layers
     if phase == HEAD_PHASE:
-        base.trainable = False
-    elif phase == SCRATCH_PHASE:
-        base.trainable = True
+        return [False] * len(layers)
+    if phase == SCRATCH_PHASE:
+        return [True] * len(layers)
+    if phase == FINE_TUNE_PHASE:
+        cut = len(layers) - unfreeze_count(config, built)
+        return [
+            i >= cut and not isinstance(layer, keras.layers.BatchNormalization)
+            for i, layer in enumerate(layers)
+        ]
+    raise ValueError(f"Unknown phase {phase!r}")
+
+
+def statistics_params(model: keras.Model) -> int:
+    """Parameters no phase ever trains by gradient (BatchNormalization's moving mean and
+    variance): counted by Keras as non-trainable, but not "frozen" by the studio."""
+    total = 0
+    for layer in model.layers:
+        if isinstance(layer, keras.Model):
+            total += statistics_params(layer)  # the base, nested in the classifier
+        elif isinstance(layer, keras.layers.BatchNormalization):
+            total += math.prod(layer.moving_mean.shape) + math.prod(layer.moving_variance.shape)
+    return total
+
+
+def set_phase(config: RunConfig, built: BuiltModel, phase: str) -> dict[str, Any]:
+    """Freeze/unfreeze for ``phase`` and report the resulting parameter and layer counts.
+
+    ``unfrozen_layers`` is the unfreeze depth (trailing layers, BatchNormalization included);
+    ``trainable_layers`` the base layers that actually train (``base_layer_trains``): show
+    that one. ``frozen_params`` leaves out the BN statistics (``statistics_params``), which
+    Keras counts as non-trainable even in a from-scratch run where nothing is frozen.
+    """
+    base = built.base
+    trains = base_layer_trains(config, built, phase)
+    base.trainable = any(trains)  # sets every sub-layer; the per-layer rule follows
+    if any(trains) and not all(trains):
+        for layer, train in zip(base.layers, trains, strict=True):
+            layer.trainable = train
+    unfrozen = 0
+    if phase == SCRATCH_PHASE:
         unfrozen = len(base.layers)
     elif phase == FINE_TUNE_PHASE:
         unfrozen = unfreeze_count(config, built)
-        base.trainable = True  # sets every sub-layer trainable; re-freeze below
-        cut = len(base.layers) - unfrozen
-        for i, layer in enumerate(base.layers):
-            if i < cut or isinstance(layer, keras.layers.BatchNormalization):
-                layer.trainable = False
-    else:
-        raise ValueError(f"Unknown phase {phase!r}")
     trainable, frozen = count_params(built.model)
     return {
         "phase": phase,
         "trainable_params": trainable,
         "non_trainable_params": frozen,
+        "frozen_params": frozen - statistics_params(built.model),
         "unfrozen_layers": unfrozen,
+        "trainable_layers": sum(trains),
         "base_layers": len(base.layers),
     }
 
@@ -193,23 +230,18 @@ def phase_epochs(config: RunConfig, phase: str) -> int:
 
 
 def layer_preview(config: RunConfig, built: BuiltModel) -> list[dict[str, Any]]:
-    """Per base layer: name, type, parameters and whether phase 2 trains it (for the Train page)."""
-    n = unfreeze_count(config, built) if config.mode in ("fine_tuning", "full_fine_tuning") else 0
-    cut = len(built.base.layers) - n
-    if config.mode == "scratch":
-        cut = 0
+    """Per base layer: name, type, parameters and whether the run's last phase trains it (the
+    Train page's table; ``base_layer_trains`` decides)."""
+    trains = base_layer_trains(config, built, config.phases[-1])
     return [
         {
             "index": i,
             "name": layer.name,
             "type": type(layer).__name__,
             "params": int(layer.count_params()) if layer.built else 0,
-            "trainable_in_fine_tune": i >= cut
-            and (
-                config.mode == "scratch" or not isinstance(layer, keras.layers.BatchNormalization)
-            ),
+            "trainable_in_fine_tune": train,
         }
-        for i, layer in enumerate(built.base.layers)
+        for i, (layer, train) in enumerate(zip(built.base.layers, trains, strict=True))
     ]
 
 
@@ -227,7 +259,8 @@ def layer_preview_summary(config: RunConfig, num_classes: int) -> dict[str, Any]
     return {
         "phases": phases,
         "layers": layers,
-        "trainable_base_layers": sum(1 for layer in layers if layer["trainable_in_fine_tune"]),
+        # the same number as the last phase's ``trainable_layers`` (the Run page's)
+        "trainable_base_layers": phases[-1]["trainable_layers"],
         "base_layers": len(layers),
         "image_size": built.image_size,
     }

@@ -112,14 +112,17 @@ def _fit_keras(
     callbacks: keras.callbacks.CallbackList,
     epochs: int,
     initial_epoch: int,
+    class_weight: np.ndarray | None = None,
 ) -> None:
     from core.data.pipeline import image_errors
     from core.training.callbacks import fit_until_stopped
 
+    weights = None if class_weight is None else dict(enumerate(map(float, class_weight)))
+
     def fit() -> None:
         model.fit(
             train_ds, validation_data=val_ds, epochs=epochs, initial_epoch=initial_epoch,
-            callbacks=callbacks, verbose=0, shuffle=False,
+            callbacks=callbacks, verbose=0, shuffle=False, class_weight=weights,
         )  # fmt: skip
 
     with image_errors():  # a file that vanished since the scan is named, not "Graph error"
@@ -136,6 +139,16 @@ class Source(ABC):
     def __init__(self, config: RunConfig, built: BuiltModel, reason: str) -> None:
         self.config, self.built, self.reason = config, built, reason
         self.timings: dict[str, float] = {}  # seconds of what ``prepare`` did, by stage
+        # Per-class training-loss weights (``config.class_weight``), set by ``prepare``.
+        self.class_weight: np.ndarray | None = None
+
+    def _weigh_classes(self, data: DatasetIndex) -> None:
+        """The class weights of ``config.class_weight`` for ``data``'s training labels."""
+        from core.training.head_fit import class_weights
+
+        self.class_weight = class_weights(
+            self.config.class_weight, data.train_labels, len(data.class_names)
+        )
 
     @property
     def name(self) -> str:
@@ -174,6 +187,7 @@ class ImageSource(Source):
         from core.data.pipeline import make_dataset
 
         started = time.perf_counter()
+        self._weigh_classes(data)
         config, size = self.config, self.built.image_size
         self.train_ds = make_dataset(
             data.train_paths, data.train_labels, size, config.batch_size, training=True,
@@ -194,7 +208,9 @@ class ImageSource(Source):
         epochs: int,
         initial_epoch: int,
     ) -> None:
-        _fit_keras(model, self.train_ds, self.val_ds, callbacks, epochs, initial_epoch)
+        _fit_keras(
+            model, self.train_ds, self.val_ds, callbacks, epochs, initial_epoch, self.class_weight
+        )
 
 
 class _HeadOnFeatures(Source):
@@ -224,6 +240,7 @@ class _HeadOnFeatures(Source):
         fit_head(
             self.head, self.train_features, self.val_features, batch_size=self.config.batch_size,
             epochs=epochs, initial_epoch=initial_epoch, seed=self.config.seed, callbacks=callbacks,
+            class_weight=self.class_weight,
         )  # fmt: skip
 
 
@@ -240,6 +257,7 @@ class FeatureSource(_HeadOnFeatures):
         )
 
         started = time.perf_counter()
+        self._weigh_classes(data)
         config, n = self.config, len(data.train_paths)
         paths = [*data.train_paths, *data.val_paths]
         views = config.augment_views if config.active_augmentations() else 1
@@ -300,6 +318,7 @@ class ActivationSource(_HeadOnFeatures):
         from core.training.cut import compute_activations, pooled_features
 
         started = time.perf_counter()
+        self._weigh_classes(data)
         config, cut = self.config, self.cut
         paths = [*data.train_paths, *data.val_paths]
         stage = reporter(activations=list(cut.shape))
@@ -329,7 +348,10 @@ class ActivationSource(_HeadOnFeatures):
         if model is self.head:
             self._fit_head(callbacks, epochs, initial_epoch)
         else:
-            _fit_keras(model, self.train_ds, self.val_ds, callbacks, epochs, initial_epoch)
+            _fit_keras(
+                model, self.train_ds, self.val_ds, callbacks, epochs, initial_epoch,
+                self.class_weight,
+            )  # fmt: skip
 
     def phase_info(self, phase: str) -> dict[str, bool]:
         head = phase == HEAD_PHASE

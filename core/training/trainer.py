@@ -69,16 +69,40 @@ def execute_run(
     try:
         remove_temp_files(folder)  # a kill during an earlier attempt's write
         store.mark_running(run_id)
-        status = _train(store, run_id, store.config(run_id), stop_event, progress)
+        # ``config`` is the run's stored config, validated when the run was submitted.
+        trainer = _Trainer(store, run_id, store.config(run_id), stop_event, progress)
+        status = _train(trainer)
         store.mark_finished(run_id, status)
         if status == COMPLETED:
             # Its model is saved and the run is recorded completed: it is never resumed. (Not
             # before: a kill until then leaves a resumable run, which needs its checkpoint.)
             remove_checkpoint(store, run_id)
+            _evaluate(store, run_id, trainer, folder)
         return status
     except Exception as exc:  # the run fails, the worker lives on
         _record_failure(store, run_id, folder, exc)
         return FAILED
+
+
+def _evaluate(store: RunStore, run_id: str, trainer: _Trainer, folder: Path) -> None:
+    """Evaluate a completed run once, here, with the model and data still in memory: the Run
+    page then only reads ``evaluation.json`` and opens at once. Never fails the run: a failure
+    is logged, and the page evaluates on demand as for an older run."""
+    from core.runs.evaluate import evaluate_run
+
+    if not hasattr(trainer, "built") or not hasattr(trainer, "data"):
+        return  # nothing was trained here (a test's stand-in): the page evaluates on demand
+    try:
+        with trainer._timed("evaluate"):
+            evaluate_run(store, run_id, force=True, model=trainer.built.model, data=trainer.data)
+        trainer.record_timings()
+    except Exception as exc:  # the run is completed and stays so
+        print(
+            f"warning: run {run_id} completed, but evaluating it failed "
+            f"({_error_text(exc, folder)}); the Run page evaluates it when "
+            "it is opened.",
+            file=sys.stderr,
+        )
 
 
 def _record_failure(store: RunStore, run_id: str, folder: Path, exc: Exception) -> None:
@@ -158,7 +182,8 @@ class _Trainer:
                 "Add at least 2 images per class (or a val/ folder) so accuracy can be measured."
             )
         self.data = data
-        store.update(run_id, stage={"stage": "build", "converting": _converts_weights(config)})
+        building = {"stage": "build", "converting": _converts_weights(config), "t": time.time()}
+        store.update(run_id, stage=building)
         with self._timed("build"):
             # The backbone's spec and weights identity, looked up once for the whole run.
             backbone = resolve_backbone(config)
@@ -252,16 +277,11 @@ def _converts_weights(config: RunConfig) -> bool:
     return not cached_weights_path().is_file()
 
 
-def _train(
-    store: RunStore,
-    run_id: str,
-    config: RunConfig,
-    stop_event: threading.Event,
-    progress: ProgressFn | None,
-) -> str:
-    # ``config`` is the run's stored config, validated when the run was submitted.
-    keras.utils.set_random_seed(config.seed)
-    trainer = _Trainer(store, run_id, config, stop_event, progress)
+def _train(trainer: _Trainer) -> str:
+    """Prepare, train and save; returns the status. The trainer keeps the model and the data,
+    which the run's evaluation then reuses."""
+    store, run_id = trainer.store, trainer.run_id
+    keras.utils.set_random_seed(trainer.config.seed)
     trainer.prepare()
     trainer.record_timings()
     with trainer._timed("fit"):

@@ -1,0 +1,739 @@
+"""Find the best model for a dataset: a backbone × image size search on cached features.
+
+ImageNet rank does not reliably predict how well a backbone transfers to a given dataset, so
+the search measures it. For each candidate (backbone × image size) the frozen base runs once
+over the dataset's images (or not at all: the persistent embedding cache of
+``core.training.embeddings`` holds its features, under the same key a feature-extraction run
+uses), then a few heads train on those features in milliseconds: a linear head and one with a
+hidden layer, each at a few learning rates, on a fixed train/validation split and seed. Each
+candidate also gets the single-image latency of its whole model (base + head: the median of a
+few compiled calls) and its size (float32 parameter bytes of the whole model, in MB of 10^6
+bytes), measured once per machine, backbone and size and kept next to the features.
+
+Candidates whose ImageNet weights are neither bundled nor cached are listed as ``needs
+network``, not failed. A time budget stops the search in time (checked between candidates,
+between heads and at every batch of the feature pass): what it did not reach is ``skipped:
+budget``. ``progress(candidate)`` is called as each candidate is settled, so a page can show
+the ranking while it grows.
+
+The heads here train with NumPy (the same layers as a run's head: dropout → [Dense(relu)] →
+Dense(softmax), Glorot-uniform initialisation, Adam with Keras' defaults, sparse categorical
+cross-entropy): a Keras head costs about half a second of tracing per head, more than the
+training itself on a few thousand cached feature rows, and six heads per candidate would make
+that tracing the cost of a warm search.
+"""
+
+from __future__ import annotations
+
+import json
+import math
+import os
+import platform
+import statistics
+import time
+from collections.abc import Callable, Sequence
+from contextlib import AbstractContextManager, nullcontext
+from dataclasses import asdict, dataclass, field
+from typing import TYPE_CHECKING, Any
+
+import numpy as np
+
+from core.config import RunConfig
+from core.errors import ConfigError, DataError, StudioError, WeightsUnavailableError
+
+if TYPE_CHECKING:
+    from core.data import DatasetIndex
+    from core.training.model import BuiltModel
+
+# The head grid: (kind, hidden units) × learning rates, HEAD_EPOCHS epochs each.
+HEADS: tuple[tuple[str, int], ...] = (("linear", 0), ("hidden", 256))
+LEARNING_RATES: tuple[float, ...] = (3e-4, 1e-3, 3e-3)
+HEAD_EPOCHS = 20
+HEAD_BATCH = 32
+HEAD_DROPOUT = 0.2
+LATENCY_CALLS = 10  # compiled single-image calls whose median is the latency (after 2 warm-ups)
+# ... in this many rounds, keeping the lowest median: on a busy machine one round's median
+# was measured anywhere from 18 to 30 ms for the same model.
+LATENCY_ROUNDS = 3
+SMALLER_SIZE_FACTOR = 0.75  # "one smaller" size: 3/4 of the default, down to a multiple of 32
+
+OK = "ok"
+NEEDS_NETWORK = "needs network"
+SKIPPED_BUDGET = "skipped: budget"
+SKIPPED_STOPPED = "skipped: stopped"
+PENDING = "pending"
+SIZE_NOTE = "float32 parameter bytes of the whole model (base + head), in MB of 10^6 bytes"
+
+ProgressFn = Callable[["Candidate"], None]
+StageFn = Callable[["Candidate", int, int], None]
+
+
+class _OutOfTime(Exception):
+    """The budget ran out (or a stop was asked for) in the middle of a candidate."""
+
+    def __init__(self, status: str) -> None:
+        super().__init__(status)
+        self.status = status
+
+
+@dataclass
+class HeadResult:
+    """One head trained on a candidate's features."""
+
+    kind: str  # "linear" or "hidden"
+    dense_units: int | None  # hidden units; None for a linear head
+    lr: float
+    val_accuracy: float
+    val_loss: float
+
+    @property
+    def label(self) -> str:
+        """How the tables name it: ``"hidden 256, lr 0.001"``."""
+        kind = f"hidden {self.dense_units}" if self.dense_units else "linear"
+        return f"{kind}, lr {self.lr:g}"
+
+
+@dataclass
+class Candidate:
+    """A backbone at an image size, and what the search measured for it."""
+
+    backbone: str
+    image_size: int
+    weights: str = "imagenet"
+    status: str = PENDING
+    val_accuracy: float | None = None
+    val_loss: float | None = None
+    latency_ms: float | None = None
+    size_mb: float | None = None
+    params: int | None = None
+    heads: list[HeadResult] = field(default_factory=list)
+    features_cached: bool | None = None  # None: no features were needed (or reached)
+    feature_s: float | None = None  # seconds spent getting the features (cache or a pass)
+    latency_cached: bool | None = None
+    pareto: bool = False  # not beaten on both accuracy and latency by another candidate
+    duration_s: float = 0.0
+
+    @property
+    def best_head(self) -> HeadResult | None:
+        """The head with the best validation accuracy (then loss)."""
+        return min(self.heads, key=_head_rank, default=None)
+
+    @property
+    def head(self) -> str | None:
+        """The best head's label, ``None`` before any head trained."""
+        best = self.best_head
+        return best.label if best else None
+
+    def config_changes(self) -> dict[str, Any]:
+        """The RunConfig fields that make a run of this candidate.
+
+        A run's head always has a hidden layer, so its learning rate is the best hidden head's
+        (even when a linear head scored higher); epochs are the search's, which cost little on
+        cached features.
+        """
+        changes: dict[str, Any] = {
+            "backbone": self.backbone,
+            "weights": self.weights,
+            "image_size": self.image_size,
+        }
+        hidden = [h for h in self.heads if h.dense_units]
+        if hidden:
+            best = min(hidden, key=_head_rank)
+            changes.update(lr=best.lr, dense_units=best.dense_units, dropout=HEAD_DROPOUT)
+            changes["epochs"] = HEAD_EPOCHS
+        return changes
+
+    def to_config(self, base: RunConfig | None = None, mode: str | None = None) -> RunConfig:
+        """``base`` (default: the defaults) changed to train this candidate; ``mode``: e.g.
+        ``"fine_tuning"`` for the winner with fine-tuning."""
+        changes = self.config_changes()
+        if mode is not None:
+            changes["mode"] = mode
+        return (base or RunConfig()).with_changes(**changes)
+
+    def to_json(self) -> dict[str, Any]:
+        """The issue's contract keys first, then the extras."""
+        best = self.best_head
+        return {
+            "backbone": self.backbone,
+            "image_size": self.image_size,
+            "head": self.head,
+            "val_accuracy": self.val_accuracy,
+            "latency_ms": self.latency_ms,
+            "size_mb": self.size_mb,
+            "status": self.status,
+            "weights": self.weights,
+            "val_loss": self.val_loss,
+            "lr": best.lr if best else None,
+            "dense_units": best.dense_units if best else None,
+            "params": self.params,
+            "pareto": self.pareto,
+            "features_cached": self.features_cached,
+            "feature_s": self.feature_s,
+            "latency_cached": self.latency_cached,
+            "duration_s": round(self.duration_s, 3),
+            "heads": [{**asdict(h), "head": h.label} for h in self.heads],
+            "config": self.config_changes(),
+        }
+
+
+@dataclass
+class SearchResult:
+    """The ranked candidates (best first) and how the search went."""
+
+    data: str
+    candidates: list[Candidate]
+    class_names: list[str]
+    train_images: int
+    val_images: int
+    duration_s: float
+    features_computed: int  # images sent through a base (0 when every feature was cached)
+    budget_s: float | None = None
+    budget_hit: bool = False
+    class_weight: str = "none"
+    seed: int = 42
+    val_split: float = 0.2
+
+    @property
+    def best(self) -> Candidate | None:
+        """The top candidate that was measured, if any."""
+        return next((c for c in self.candidates if c.status == OK), None)
+
+    def to_json(self) -> dict[str, Any]:
+        """``{"candidates": [...], ...}``, best first (``python -m core search --json``)."""
+        return {
+            "candidates": [c.to_json() for c in self.candidates],
+            "data": self.data,
+            "class_names": list(self.class_names),
+            "train_images": self.train_images,
+            "val_images": self.val_images,
+            "duration_s": round(self.duration_s, 3),
+            "features_computed": self.features_computed,
+            "budget_s": self.budget_s,
+            "budget_hit": self.budget_hit,
+            "class_weight": self.class_weight,
+            "seed": self.seed,
+            "val_split": self.val_split,
+            "heads": {
+                "kinds": [k for k, _ in HEADS],
+                "learning_rates": list(LEARNING_RATES),
+                "epochs": HEAD_EPOCHS,
+            },
+            "size_mb_is": SIZE_NOTE,
+            "latency_ms_is": f"median of {LATENCY_CALLS} compiled single-image calls of the "
+            f"whole model (base + head) on this machine, lowest of {LATENCY_ROUNDS} rounds",
+        }
+
+
+# --------------------------------------------------------------------------- candidates
+
+
+def smaller_size(default: int, min_size: int) -> int:
+    """The "one smaller" image size: 3/4 of ``default`` down to a multiple of 32 (224 → 160)."""
+    return max(min_size, int(default * SMALLER_SIZE_FACTOR) // 32 * 32)
+
+
+def plan_candidates(
+    backbones: Sequence[str] | str | None = None,
+    sizes: Sequence[int] | None = None,
+    weights: str = "imagenet",
+) -> list[Candidate]:
+    """The candidates to search, in the order they run.
+
+    ``backbones``: names, ``"available"`` (those whose weights are bundled or cached), or
+    ``None`` for every registered backbone (those needing the network are listed as such).
+    ``sizes``: image sizes for every backbone; ``None``: each backbone's default and one smaller.
+    """
+    from core.models.backbones import STATUS_NEEDS_NETWORK, get_backbone, list_backbones
+
+    if weights not in ("imagenet", "none"):
+        raise ConfigError(
+            f"Search weights {weights!r} is invalid. Expected imagenet (pretrained) or none "
+            "(random init, for trying the search out).",
+            settings=("weights",),
+        )
+    if backbones is None or backbones == "available":
+        specs = list_backbones()
+        if backbones == "available" and weights == "imagenet":
+            specs = [s for s in specs if s.weights_status() != STATUS_NEEDS_NETWORK]
+    elif isinstance(backbones, str):
+        specs = [get_backbone(name.strip()) for name in backbones.split(",") if name.strip()]
+    else:
+        specs = [get_backbone(name) for name in backbones]
+    if not specs:
+        raise ConfigError(
+            "No backbone to search. Choose at least one backbone, or all available ones.",
+            settings=("backbone",),
+        )
+    for size in sizes or ():
+        if isinstance(size, bool) or not isinstance(size, int) or not 1 <= size <= 1024:
+            raise ConfigError(
+                f"Image size {size!r} is invalid. Expected whole numbers from 1 to 1024 px, "
+                "e.g. 224 and 160.",
+                settings=("image_size",),
+            )
+    out: list[Candidate] = []
+    for spec in specs:
+        wanted = sizes or (spec.default_size, smaller_size(spec.default_size, spec.min_size))
+        seen: list[int] = []
+        for size in wanted:
+            if size in seen:
+                continue
+            seen.append(size)
+            candidate = Candidate(spec.name, size, weights)
+            if size < spec.min_size:
+                candidate.status = f"skipped: below {spec.name}'s minimum of {spec.min_size} px"
+            elif weights == "imagenet" and spec.weights_status() == STATUS_NEEDS_NETWORK:
+                candidate.status = NEEDS_NETWORK
+            out.append(candidate)
+    return out
+
+
+def _head_rank(head: HeadResult) -> tuple[float, float]:
+    return (-head.val_accuracy, head.val_loss)
+
+
+def rank_candidates(candidates: Sequence[Candidate]) -> list[Candidate]:
+    """Best first: measured candidates by validation accuracy (then loss, then latency), the
+    others after them in their planned order. Marks the accuracy/latency Pareto front."""
+
+    def key(c: Candidate) -> tuple[Any, ...]:
+        if c.status != OK or c.val_accuracy is None:
+            return (1, 0.0, 0.0, 0.0)
+        return (0, -c.val_accuracy, c.val_loss or 0.0, c.latency_ms or math.inf)
+
+    ranked = sorted(candidates, key=key)  # stable: unmeasured ones keep their order
+    measured = [c for c in ranked if c.status == OK and c.val_accuracy is not None]
+    for c in ranked:
+        c.pareto = c in measured and not any(
+            _dominates(other, c) for other in measured if other is not c
+        )
+    return ranked
+
+
+def _dominates(a: Candidate, b: Candidate) -> bool:
+    acc_a, acc_b = a.val_accuracy or 0.0, b.val_accuracy or 0.0
+    lat_a, lat_b = a.latency_ms or math.inf, b.latency_ms or math.inf
+    return acc_a >= acc_b and lat_a <= lat_b and (acc_a > acc_b or lat_a < lat_b)
+
+
+# --------------------------------------------------------------------------- heads (NumPy)
+
+
+def _glorot(rng: np.random.Generator, fan_in: int, fan_out: int) -> np.ndarray:
+    limit = math.sqrt(6.0 / (fan_in + fan_out))
+    return rng.uniform(-limit, limit, (fan_in, fan_out)).astype(np.float32)
+
+
+def _softmax(logits: np.ndarray) -> np.ndarray:
+    z = logits - logits.max(axis=1, keepdims=True)
+    e = np.exp(z)
+    return e / e.sum(axis=1, keepdims=True)
+
+
+def train_head(
+    train: tuple[np.ndarray, Sequence[int]],
+    val: tuple[np.ndarray, Sequence[int]],
+    num_classes: int,
+    *,
+    dense_units: int = 0,
+    lr: float = 1e-3,
+    epochs: int = HEAD_EPOCHS,
+    batch_size: int = HEAD_BATCH,
+    dropout: float = HEAD_DROPOUT,
+    seed: int = 42,
+    class_weight: np.ndarray | None = None,
+) -> tuple[float, float]:
+    """Train a head on features; ``(val_accuracy, val_loss)`` after the last epoch.
+
+    The run's head layers (dropout → [Dense(``dense_units``, relu)] → Dense(softmax); linear
+    when ``dense_units`` is 0) with Adam (Keras' defaults) on the sparse cross-entropy, each
+    class's loss weighted by ``class_weight`` when given. Rows are visited in the order
+    ``head_fit.epoch_rows`` gives a run; the initial weights depend only on the seed and the
+    layer sizes, so learning rates are compared from the same start.
+    """
+    from core.training.head_fit import epoch_rows
+
+    x, y = np.asarray(train[0], np.float32), np.asarray(train[1], np.int64)
+    xv, yv = np.asarray(val[0], np.float32), np.asarray(val[1], np.int64)
+    rng = np.random.default_rng([seed, dense_units, num_classes])
+    widths = [x.shape[1], *([dense_units] if dense_units else []), num_classes]
+    params: list[np.ndarray] = []
+    for fan_in, fan_out in zip(widths[:-1], widths[1:], strict=True):
+        params += [_glorot(rng, fan_in, fan_out), np.zeros(fan_out, np.float32)]
+    m = [np.zeros_like(p) for p in params]
+    v = [np.zeros_like(p) for p in params]
+    scratch = [np.empty_like(p) for p in params]
+    beta1, beta2, eps, t = 0.9, 0.999, 1e-7, 0
+    row_weight = np.ones(len(y), np.float32) if class_weight is None else class_weight[y]
+
+    def forward(xb: np.ndarray) -> tuple[np.ndarray, np.ndarray | None]:
+        if dense_units:
+            hidden = np.maximum(xb @ params[0] + params[1], 0.0)
+            return _softmax(hidden @ params[2] + params[3]), hidden
+        return _softmax(xb @ params[0] + params[1]), None
+
+    for epoch in range(epochs):
+        order = epoch_rows(seed, epoch, len(y))
+        for start in range(0, len(y), batch_size):
+            rows = order[start : start + batch_size]
+            xb = x[rows]
+            if dropout:
+                keep = rng.random(xb.shape, dtype=np.float32) >= dropout
+                xb = xb * keep / (1.0 - dropout)
+            probs, hidden = forward(xb)
+            # d(sum(w_i * CE_i) / n) / d logits, as Keras averages a weighted batch loss.
+            grad = probs
+            grad[np.arange(len(rows)), y[rows]] -= 1.0
+            grad *= (row_weight[rows] / len(rows))[:, None]
+            if hidden is not None:
+                grads = [hidden.T @ grad, grad.sum(0)]
+                back = (grad @ params[2].T) * (hidden > 0)
+                grads = [xb.T @ back, back.sum(0), *grads]
+            else:
+                grads = [xb.T @ grad, grad.sum(0)]
+            t += 1
+            step = lr * math.sqrt(1 - beta2**t) / (1 - beta1**t)
+            # Keras' Adam update, in place (fresh temporaries per step cost more than the math).
+            for p, g, mi, vi, tmp in zip(params, grads, m, v, scratch, strict=True):
+                np.subtract(g, mi, out=tmp)
+                tmp *= 1 - beta1
+                mi += tmp  # m += (g - m) * (1 - beta1)
+                np.square(g, out=tmp)
+                tmp -= vi
+                tmp *= 1 - beta2
+                vi += tmp  # v += (g^2 - v) * (1 - beta2)
+                np.sqrt(vi, out=tmp)
+                tmp += eps
+                np.divide(mi, tmp, out=tmp)
+                tmp *= step
+                p -= tmp  # p -= step * m / (sqrt(v) + eps)
+    probs, _ = forward(xv)
+    picked = np.clip(probs[np.arange(len(yv)), yv], 1e-7, 1.0)
+    return float(np.mean(probs.argmax(1) == yv)), float(np.mean(-np.log(picked)))
+
+
+# --------------------------------------------------------------------------- measurements
+
+
+def _measurements_path() -> Any:
+    from core.paths import studio_home
+
+    folder = studio_home() / "cache" / "search"
+    folder.mkdir(parents=True, exist_ok=True)
+    return folder / "measurements.json"
+
+
+def _machine() -> str:
+    return f"{platform.node()}/{platform.machine()}/{os.cpu_count()} cpus"
+
+
+def _measurement_key(backbone: str, size: int, num_classes: int) -> str:
+    import keras
+
+    return f"{backbone}|{size}|{num_classes}|keras {keras.__version__}|{_machine()}"
+
+
+def _load_measurements() -> dict[str, Any]:
+    try:
+        data = json.loads(_measurements_path().read_text())
+    except (OSError, ValueError):
+        return {}
+    return data if isinstance(data, dict) else {}
+
+
+def _store_measurement(key: str, value: dict[str, Any]) -> None:
+    from core.files import atomic_path
+
+    data = _load_measurements()
+    data[key] = value
+    path = _measurements_path()
+    with atomic_path(path) as tmp:
+        tmp.write_text(json.dumps(data, indent=1, sort_keys=True))
+
+
+def measure_latency(
+    built: BuiltModel, calls: int = LATENCY_CALLS, rounds: int = LATENCY_ROUNDS
+) -> float:
+    """Single-image latency of the whole model, in ms: the median of ``calls`` compiled calls
+    (after two warm-up calls, the first of which traces), the lowest of ``rounds`` rounds (the
+    one least disturbed by other work on the machine)."""
+    import tensorflow as tf
+
+    model = built.model
+    forward = tf.function(lambda x: model(x, training=False))
+    size = built.image_size
+    image = tf.constant(np.random.default_rng(0).uniform(0, 255, (1, size, size, 3)), tf.float32)
+    for _ in range(2):
+        forward(image).numpy()
+    medians = []
+    for _ in range(rounds):
+        times = []
+        for _ in range(calls):
+            started = time.perf_counter()
+            forward(image).numpy()
+            times.append(time.perf_counter() - started)
+        medians.append(statistics.median(times))
+    return 1000.0 * min(medians)
+
+
+def _param_count(built: BuiltModel) -> int:
+    return int(sum(math.prod(w.shape) for w in built.model.weights))
+
+
+# --------------------------------------------------------------------------- the search
+
+
+def _one_blas_thread() -> AbstractContextManager[object]:
+    """BLAS on one thread while heads train: their matrices are small (a batch of 32 rows), and
+    a multi-threaded BLAS sharing the cores with TensorFlow's threads was measured 2-3x slower
+    per step on a busy 2-core machine."""
+    try:
+        from threadpoolctl import threadpool_limits  # installed with scikit-learn
+    except ImportError:
+        return nullcontext()
+    return threadpool_limits(limits=1, user_api="blas")
+
+
+def _random_identity(seed: int) -> str:
+    """The weights identity of a random-weight base built right after seeding with ``seed``:
+    Keras' initialisers are deterministic then, so its features may be cached too."""
+    import tensorflow as tf
+
+    return f"random-init:seed={seed}:tf={tf.__version__}"
+
+
+class _Searcher:
+    """One search's state: the data, the clock, the counters."""
+
+    def __init__(
+        self,
+        data: DatasetIndex,
+        *,
+        seed: int,
+        class_weight: str,
+        deadline: float | None,
+        clock: Callable[[], float],
+        should_stop: Callable[[], bool] | None,
+        stage: StageFn | None,
+    ) -> None:
+        from core.training.head_fit import class_weights
+
+        self.data, self.seed, self.class_weight_setting = data, seed, class_weight
+        self.class_weight = class_weights(class_weight, data.train_labels, len(data.class_names))
+        self.deadline, self.clock = deadline, clock
+        self.should_stop, self.stage = should_stop, stage
+        self.features_computed = 0
+        self.budget_hit = False
+
+    def check_time(self) -> None:
+        """Raise ``_OutOfTime`` when a stop was asked for or the budget is spent."""
+        if self.should_stop is not None and self.should_stop():
+            raise _OutOfTime(SKIPPED_STOPPED)
+        if self.deadline is not None and self.clock() >= self.deadline:
+            self.budget_hit = True
+            raise _OutOfTime(SKIPPED_BUDGET)
+
+    def config(self, c: Candidate) -> RunConfig:
+        """A feature-extraction config of candidate ``c`` (what a run of it would key on)."""
+        return RunConfig(
+            backbone=c.backbone, weights=c.weights, mode="feature_extraction",
+            data=self.data.source, image_size=c.image_size, seed=self.seed, augment=False,
+            dropout=HEAD_DROPOUT,
+        ).validate()  # fmt: skip
+
+    def build(self, c: Candidate, weights: str) -> BuiltModel:
+        """The candidate's whole model (``weights``: its own, or "none" to time it only)."""
+        import keras
+
+        from core.training.model import Backbone, build_model, resolve_backbone
+
+        config = self.config(c).with_changes(weights=weights)
+        if weights == "none":
+            keras.utils.set_random_seed(self.seed)  # the random init ``_random_identity`` keys
+            backbone = Backbone(resolve_backbone(config).spec, None)
+        else:
+            backbone = resolve_backbone(config)
+        return build_model(config, len(self.data.class_names), backbone)
+
+    def features(self, c: Candidate) -> tuple[np.ndarray, BuiltModel | None]:
+        """All images' pooled features (train then validation) and the model built for them
+        (``None`` when they came from the cache)."""
+        from core.models.backbones import get_backbone, weights_identity
+        from core.training.embeddings import cache_key, compute_features, load_cached, store_cached
+        from core.training.model import Backbone
+
+        config = self.config(c)
+        spec = get_backbone(c.backbone)
+        identity = (
+            _random_identity(self.seed)
+            if c.weights == "none"
+            else weights_identity(c.backbone, c.weights)
+        )
+        paths = [*self.data.train_paths, *self.data.val_paths]
+        key = cache_key(config, c.image_size, paths, Backbone(spec, identity))
+        if key is not None:
+            cached = load_cached(key)
+            if cached is not None and cached.shape == (len(paths), spec.feature_width):
+                c.features_cached = True
+                return cached, None
+        c.features_cached = False
+        self.check_time()
+        built = self.build(c, c.weights)
+
+        def stage(done: int, total: int, **_more: Any) -> None:
+            if self.stage is not None:
+                self.stage(c, done, total)
+            self.check_time()  # a budget that ends mid-pass stops at the next batch
+
+        features = compute_features(built, paths, stage)
+        self.features_computed += len(paths)
+        if key is not None:
+            store_cached(key, features)
+        return features, built
+
+    def measure(self, c: Candidate, built: BuiltModel | None) -> None:
+        """Latency and size: from this machine's earlier measurement, else measured now."""
+        key = _measurement_key(c.backbone, c.image_size, len(self.data.class_names))
+        known = _load_measurements().get(key)
+        if isinstance(known, dict) and {"latency_ms", "params"} <= known.keys():
+            c.latency_ms, c.params, c.latency_cached = known["latency_ms"], known["params"], True
+        else:
+            self.check_time()
+            # Weights don't change the arithmetic: time a random-init model if none is built.
+            model = built or self.build(c, "none")
+            c.latency_ms = round(measure_latency(model), 3)
+            c.params, c.latency_cached = _param_count(model), False
+            _store_measurement(key, {"latency_ms": c.latency_ms, "params": c.params})
+        c.size_mb = round(c.params * 4 / 1e6, 2)
+
+    def run(self, c: Candidate) -> None:
+        """Measure candidate ``c`` (its status says how it ended)."""
+        started = time.perf_counter()
+        try:
+            self.check_time()
+            features, built = self.features(c)
+            c.feature_s = round(time.perf_counter() - started, 3)
+            n = len(self.data.train_paths)
+            train = (features[:n], self.data.train_labels)
+            val = (features[n:], self.data.val_labels)
+            with _one_blas_thread():
+                for kind, units in HEADS:
+                    for lr in LEARNING_RATES:
+                        self.check_time()
+                        acc, loss = train_head(
+                            train, val, len(self.data.class_names), dense_units=units, lr=lr,
+                            seed=self.seed, class_weight=self.class_weight,
+                        )  # fmt: skip
+                        c.heads.append(HeadResult(kind, units or None, lr, acc, loss))
+            self.measure(c, built)
+            best = c.best_head
+            assert best is not None  # the grid is never empty
+            c.val_accuracy, c.val_loss = best.val_accuracy, best.val_loss
+            c.status = OK
+        except _OutOfTime as out:
+            c.status = out.status
+        except WeightsUnavailableError:
+            c.status = NEEDS_NETWORK
+        except StudioError as exc:
+            c.status = f"failed: {exc}"
+        except Exception as exc:  # one candidate's failure must not end the search
+            first = str(exc).strip().splitlines()[0] if str(exc).strip() else ""
+            c.status = f"failed: {type(exc).__name__}{': ' + first if first else ''}"
+        c.duration_s = time.perf_counter() - started
+
+
+def search(
+    data: str,
+    backbones: Sequence[str] | str | None = None,
+    sizes: Sequence[int] | None = None,
+    budget_s: float | None = None,
+    seed: int = 42,
+    val_split: float = 0.2,
+    progress: ProgressFn | None = None,
+    *,
+    weights: str = "imagenet",
+    class_weight: str = "none",
+    stage: StageFn | None = None,
+    should_stop: Callable[[], bool] | None = None,
+    clock: Callable[[], float] = time.monotonic,
+) -> SearchResult:
+    """Search backbones × image sizes on ``data``; the candidates ranked best first.
+
+    ``backbones``/``sizes``: see ``plan_candidates``. ``budget_s``: seconds after which what is
+    left is ``skipped: budget`` (``None``: no limit). ``seed``/``val_split``: the fixed split
+    every candidate is measured on. ``progress(candidate)``: called as each candidate is
+    settled (listed as needing the network, measured, skipped or failed).
+    ``weights``: ``"imagenet"`` or ``"none"`` (random init: tries the mechanics out).
+    ``class_weight``: ``"none"`` or ``"balanced"``, for the heads' loss.
+    ``stage(candidate, done, total)``: images through the base so far in a feature pass.
+    ``should_stop()``: true to end the search now (the rest is ``skipped: stopped``).
+    ``clock``: the budget's clock, in seconds.
+    """
+    from core.data import load_dataset
+
+    if budget_s is not None and (isinstance(budget_s, bool) or not budget_s >= 0):
+        raise ConfigError(
+            f"Search budget {budget_s!r} is invalid. Expected a number of minutes above 0, "
+            "or no budget."
+        )
+    RunConfig(seed=seed, val_split=val_split, class_weight=class_weight).validate()
+    candidates = plan_candidates(backbones, sizes, weights)
+    started, wall = clock(), time.perf_counter()
+    index = load_dataset(data, val_split=val_split, seed=seed)
+    if not index.val_paths:
+        raise DataError(
+            f"No validation images: every class in {index.root} has a single usable image. "
+            "Add at least 2 images per class (or a val/ folder) so accuracy can be measured."
+        )
+    searcher = _Searcher(
+        index, seed=seed, class_weight=class_weight,
+        deadline=None if budget_s is None else started + budget_s, clock=clock,
+        should_stop=should_stop, stage=stage,
+    )  # fmt: skip
+    for c in candidates:
+        if c.status != PENDING and progress is not None:
+            progress(c)  # listed at once: needs network, or an impossible size
+    for c in candidates:
+        if c.status != PENDING:
+            continue
+        searcher.run(c)
+        if progress is not None:
+            progress(c)
+    return SearchResult(
+        data=data,
+        candidates=rank_candidates(candidates),
+        class_names=list(index.class_names),
+        train_images=len(index.train_paths),
+        val_images=len(index.val_paths),
+        duration_s=time.perf_counter() - wall,
+        features_computed=searcher.features_computed,
+        budget_s=budget_s,
+        budget_hit=searcher.budget_hit,
+        class_weight=class_weight,
+        seed=seed,
+        val_split=val_split,
+    )
+
+
+def format_table(result: SearchResult) -> str:
+    """The ranked candidates as a text table (the CLI's output without ``--json``)."""
+    lines = [
+        f"{'#':>2}  {'backbone':<20} {'size':>4}  {'val_acc':>7}  {'latency':>10}  "
+        f"{'size':>8}  {'head':<22} status"
+    ]
+    for i, c in enumerate(result.candidates, 1):
+        acc = "-" if c.val_accuracy is None else f"{c.val_accuracy:.3f}"
+        lat = "-" if c.latency_ms is None else f"{c.latency_ms:.1f} ms"
+        size = "-" if c.size_mb is None else f"{c.size_mb:.1f} MB"
+        mark = "*" if c.pareto else " "
+        lines.append(
+            f"{i:>2}{mark} {c.backbone:<20} {c.image_size:>4}  {acc:>7}  {lat:>10}  {size:>8}  "
+            f"{c.head or '-':<22} {c.status}"
+        )
+    lines.append(
+        f"{result.train_images} training / {result.val_images} validation images; "
+        f"{result.features_computed} images through a base; {result.duration_s:.1f} s. "
+        "* = on the accuracy/latency Pareto front."
+    )
+    return "\n".join(lines)

@@ -1,0 +1,257 @@
+"""The backbone × image size search: mechanics, ranking, budget stop, cache reuse, the CLI."""
+
+from __future__ import annotations
+
+import argparse
+import json
+from pathlib import Path
+
+import numpy as np
+import pytest
+from PIL import Image
+
+from core.config import RunConfig
+from core.search import (
+    HEADS,
+    LEARNING_RATES,
+    NEEDS_NETWORK,
+    OK,
+    SKIPPED_BUDGET,
+    Candidate,
+    HeadResult,
+    plan_candidates,
+    rank_candidates,
+    search,
+    smaller_size,
+    train_head,
+)
+
+CONTRACT = {"backbone", "image_size", "head", "val_accuracy", "latency_ms", "size_mb", "status"}
+
+
+@pytest.fixture(scope="module")
+def tiny_data(tmp_path_factory: pytest.TempPathFactory) -> str:
+    """3 classes × 8 noisy 32 px images of a class colour."""
+    root = tmp_path_factory.mktemp("search-data")
+    rng = np.random.default_rng(0)
+    for c, colour in enumerate(((200, 40, 40), (40, 200, 40), (40, 40, 200))):
+        folder = root / f"class{c}"
+        folder.mkdir()
+        for i in range(8):
+            pixels = np.clip(np.array(colour) + rng.normal(0, 40, (32, 32, 3)), 0, 255)
+            Image.fromarray(pixels.astype(np.uint8), "RGB").save(folder / f"{i}.png")
+    return str(root)
+
+
+def _blobs(n: int, seed: int, counts: tuple[int, ...] = (), spread: float = 1.0) -> tuple:
+    """Gaussian blobs in 8 dimensions, one per class (``counts`` rows each)."""
+    rng = np.random.default_rng(seed)
+    counts = counts or (n, n, n)
+    centres = rng.normal(0, 3, (len(counts), 8))
+    parts = [c + rng.normal(0, spread, (k, 8)) for c, k in zip(centres, counts, strict=True)]
+    x = np.concatenate(parts)
+    y = np.concatenate([[i] * k for i, k in enumerate(counts)])
+    return x.astype(np.float32), y
+
+
+def test_default_candidates_are_each_backbones_size_and_one_smaller(
+    monkeypatch: pytest.MonkeyPatch, tmp_path: Path
+) -> None:
+    monkeypatch.setenv("KERAS_HOME", str(tmp_path))  # no Keras weights cached: only Lite0 is here
+    planned = plan_candidates()
+    by_name = {}
+    for c in planned:
+        by_name.setdefault(c.backbone, []).append(c)
+    assert [c.image_size for c in by_name["efficientnet_lite0"]] == [224, 160]
+    assert [c.image_size for c in by_name["inception_v3"]] == [299, 224]
+    assert smaller_size(260, 32) == 192 and smaller_size(96, 80) == 80
+    assert all(c.status == "pending" for c in by_name["efficientnet_lite0"])
+    assert all(c.status == NEEDS_NETWORK for c in by_name["vgg16"])
+    available = plan_candidates("available")
+    assert {c.backbone for c in available} == {"efficientnet_lite0"}
+
+
+def test_a_backbone_needing_the_network_is_listed_not_failed(
+    tiny_data: str, monkeypatch: pytest.MonkeyPatch, tmp_path: Path
+) -> None:
+    monkeypatch.setenv("KERAS_HOME", str(tmp_path))
+    seen: list[str] = []
+    result = search(
+        tiny_data,
+        backbones=["mobilenet_v2"],
+        sizes=[32, 16],
+        progress=lambda c: seen.append(c.status),
+    )
+    statuses = [c.status for c in result.candidates]
+    assert statuses == [NEEDS_NETWORK, "skipped: below mobilenet_v2's minimum of 32 px"]
+    assert sorted(seen) == sorted(statuses)  # each was reported as it was settled
+    assert result.features_computed == 0 and result.best is None
+    row = result.to_json()["candidates"][0]
+    assert CONTRACT <= row.keys() and row["val_accuracy"] is None
+
+
+@pytest.mark.slow
+def test_search_measures_ranks_and_reuses_cached_features(
+    tiny_data: str, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    finished: list[Candidate] = []
+    first = search(
+        tiny_data, backbones=["mobilenet_v2"], sizes=[32, 40], weights="none",
+        progress=finished.append,
+    )  # fmt: skip
+    assert [c.status for c in first.candidates] == [OK, OK]
+    assert len(finished) == 2
+    assert first.features_computed == 2 * 24  # every image, once per size
+    assert first.train_images + first.val_images == 24 and first.val_images >= 3
+    for c in first.candidates:
+        assert len(c.heads) == len(HEADS) * len(LEARNING_RATES)
+        assert c.latency_ms is not None and c.latency_ms > 0
+        assert c.params is not None and c.size_mb == round(c.params * 4 / 1e6, 2)
+        assert c.features_cached is False and c.latency_cached is False
+    accuracies = [c.val_accuracy for c in first.candidates]
+    assert accuracies == sorted(accuracies, reverse=True)  # best first
+    assert first.candidates[0].pareto  # the most accurate is never dominated
+    document = json.loads(json.dumps(first.to_json()))
+    assert all(CONTRACT <= row.keys() for row in document["candidates"])
+
+    # The same search again: features from the cache, the base never runs.
+    def no_pass(*_args: object, **_kw: object) -> None:
+        raise AssertionError("the second search ran a base over the images")
+
+    monkeypatch.setattr("core.training.embeddings.forward_once", no_pass)
+    second = search(tiny_data, backbones=["mobilenet_v2"], sizes=[32, 40], weights="none")
+    assert second.features_computed == 0
+    assert all(c.features_cached and c.latency_cached for c in second.candidates)
+    assert [(c.image_size, c.val_accuracy) for c in second.candidates] == [
+        (c.image_size, c.val_accuracy) for c in first.candidates
+    ]
+
+
+@pytest.mark.slow
+def test_the_budget_stops_the_search_between_and_inside_candidates(tiny_data: str) -> None:
+    now = [0.0]
+
+    def tick(_candidate: Candidate) -> None:
+        now[0] += 100.0  # each finished candidate "takes" 100 s
+
+    result = search(
+        tiny_data, backbones=["mobilenet_v2"], sizes=[32, 48, 56], weights="none",
+        budget_s=50.0, progress=tick, clock=lambda: now[0],
+    )  # fmt: skip
+    by_size = {c.image_size: c.status for c in result.candidates}
+    assert by_size == {32: OK, 48: SKIPPED_BUDGET, 56: SKIPPED_BUDGET}
+    assert result.budget_hit and result.candidates[0].image_size == 32
+
+    # A budget that runs out during a feature pass stops at the next batch; nothing is cached.
+    def late(_candidate: Candidate, _done: int, _total: int) -> None:
+        now[0] = 1000.0
+
+    now[0] = 0.0
+    cut = search(
+        tiny_data, backbones=["mobilenet_v2"], sizes=[64], weights="none", budget_s=50.0,
+        stage=late, clock=lambda: now[0],
+    )  # fmt: skip
+    assert [c.status for c in cut.candidates] == [SKIPPED_BUDGET]
+    assert cut.candidates[0].heads == []
+    again = search(tiny_data, backbones=["mobilenet_v2"], sizes=[64], weights="none")
+    assert again.candidates[0].features_cached is False  # the cut pass stored nothing
+
+
+def _measured(name: str, acc: float, latency: float, loss: float = 0.5) -> Candidate:
+    return Candidate(name, 224, status=OK, val_accuracy=acc, val_loss=loss, latency_ms=latency)
+
+
+def test_ranking_is_by_accuracy_then_loss_and_marks_the_pareto_front() -> None:
+    slow_best = _measured("a", 0.95, 40.0)
+    fast_good = _measured("b", 0.90, 5.0)
+    dominated = _measured("c", 0.85, 20.0)
+    tie_worse_loss = _measured("d", 0.95, 30.0, loss=0.9)
+    offline = Candidate("e", 224, status=NEEDS_NETWORK)
+    ranked = rank_candidates([offline, dominated, fast_good, tie_worse_loss, slow_best])
+    assert [c.backbone for c in ranked] == ["a", "d", "b", "c", "e"]
+    # d is as accurate as a and faster; b is the fastest: a and c are dominated.
+    assert {c.backbone for c in ranked if c.pareto} == {"d", "b"}
+
+
+def test_the_candidate_becomes_a_run_config_with_the_best_hidden_head() -> None:
+    c = _measured("efficientnet_lite0", 0.9, 10.0)
+    c.image_size = 160
+    c.heads = [
+        HeadResult("linear", None, 1e-3, 0.95, 0.2),
+        HeadResult("hidden", 256, 3e-3, 0.90, 0.3),
+        HeadResult("hidden", 256, 1e-3, 0.85, 0.3),
+    ]
+    assert c.head == "linear, lr 0.001"
+    config = c.to_config(RunConfig(data="builtin:textures"), mode="fine_tuning").validate()
+    assert (config.backbone, config.image_size, config.lr) == ("efficientnet_lite0", 160, 3e-3)
+    assert (config.mode, config.data, config.dense_units) == (
+        "fine_tuning",
+        "builtin:textures",
+        256,
+    )
+
+
+def test_numpy_heads_learn_and_the_learning_rate_matters() -> None:
+    x, y = _blobs(30, seed=1)
+    xv, yv = _blobs(10, seed=1)
+    for units in (0, 64):
+        acc, loss = train_head((x, y), (xv, yv), 3, dense_units=units, lr=3e-2, seed=0)
+        assert acc == 1.0 and loss < 0.1
+    tiny_lr = train_head((x, y), (xv, yv), 3, dense_units=0, lr=1e-6, epochs=2, seed=0)
+    assert tiny_lr[1] > 0.3  # barely moved from the random start
+
+
+def test_bad_search_settings_are_one_sentence(tiny_data: str) -> None:
+    with pytest.raises(Exception, match="Unknown backbone 'nope'"):
+        search(tiny_data, backbones=["nope"])
+    with pytest.raises(Exception, match="Search budget -1"):
+        search(tiny_data, backbones=["mobilenet_v2"], budget_s=-1)
+    with pytest.raises(Exception, match="Search weights 'x.h5'"):
+        search(tiny_data, backbones=["mobilenet_v2"], weights="x.h5")
+
+
+def _parser() -> argparse.ArgumentParser:
+    from core.cli_search import add_parsers
+
+    parser = argparse.ArgumentParser(prog="python -m core")
+    add_parsers(parser.add_subparsers(dest="command"))
+    return parser
+
+
+def test_search_and_lr_find_flags_parse() -> None:
+    args = _parser().parse_args(
+        ["search", "--backbones", "available", "--sizes", "224,160", "--budget", "2", "--json"]
+    )
+    assert (args.backbones, args.sizes, args.budget, args.json) == (
+        "available",
+        [224, 160],
+        2,
+        True,
+    )
+    assert args.weights == "imagenet" and args.class_weight is None
+    args = _parser().parse_args(
+        ["lr-find", "--phase", "fine_tune", "--mode", "fine_tuning", "--class-weight", "balanced"]
+    )
+    assert (args.phase, args.mode, args.class_weight, args.steps) == (
+        "fine_tune", "fine_tuning", "balanced", None,
+    )  # fmt: skip
+    with pytest.raises(SystemExit):
+        _parser().parse_args(["search", "--sizes", "big"])
+
+
+@pytest.mark.slow
+def test_search_command_prints_the_json_contract(
+    tiny_data: str, capsys: pytest.CaptureFixture[str]
+) -> None:
+    from core.cli_search import cmd_search
+
+    args = _parser().parse_args(
+        ["search", "--data", tiny_data, "--backbones", "mobilenet_v2", "--sizes", "32",
+         "--weights", "none", "--json"]
+    )  # fmt: skip
+    assert cmd_search(args) == 0
+    out, err = capsys.readouterr()
+    document = json.loads(out.strip().splitlines()[-1])
+    (row,) = document["candidates"]
+    assert CONTRACT <= row.keys() and row["status"] == OK
+    assert "mobilenet_v2 @ 32 px: val_acc" in err  # a line per finished candidate
