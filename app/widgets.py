@@ -46,6 +46,11 @@ PAGES = (  # path (relative to streamlit_app.py), title, icon
 # changed (next to a run training in this process, on the same cores): every 2 s still moves the
 # progress and ETA on visibly; the chart is redrawn less often (``charts.CURVES_REFRESH_S``).
 POLL_SECONDS = 2.0
+# The Train page's form is longer than a laptop screen: its monitor column stays in view while
+# the form scrolls (Launch sits at the form's end), instead of an inner scroll box for the form.
+STICKY_MONITOR = """<style>
+div:has(> .st-key-monitor_panel) { position: sticky; top: 3.75rem; z-index: 2; }
+</style>"""
 
 
 def _keep_keras_session() -> None:
@@ -528,9 +533,11 @@ def queue_chart(store: RunStore, run_id: str) -> Any:
     cached = cache.get(run_id)
     if cached is not None and now - cached[0] < charts.CURVES_REFRESH_S:
         return cached[1]
-    figure = sparkline(store.batch_sample(run_id, 120, 1))
+    batches = store.batch_sample(run_id, 120, 1)
+    figure = sparkline(batches)
     cache.clear()  # only the running job is charted: forget finished ones
-    cache[run_id] = (now, figure)
+    if len(batches) >= 2:  # an empty chart is redrawn at the next poll, not 5 s later
+        cache[run_id] = (now, figure)
     return figure
 
 

@@ -210,13 +210,27 @@ def build_parser() -> argparse.ArgumentParser:
 
     p = sub.add_parser(
         "export",
-        help="export a run's model (verified by reloading it) with labels.txt and config.json",
+        help="export a run's model (verified in its runtime) with labels, config and model card",
         description="Export a finished run's model. Preprocessing is inside, so every format "
-        "takes raw 0-255 RGB pixels. Each export is reloaded and its top-1 checked against the "
-        "live model on validation images; a mismatch is an error.",
+        "takes raw 0-255 RGB pixels. Each export is loaded by its runtime (keras, tensorflow, "
+        "ai_edge_litert, onnxruntime, openvino) in a separate process without Transfer Studio "
+        "and its top-1 checked against the live model on validation images; a mismatch beyond the "
+        "format's tolerance is an error. model_card.md is written with every export.",
     )
     p.add_argument("--run", required=True, metavar="RUN_ID", help="a finished run's id")
-    p.add_argument("--format", required=True, choices=("keras", "savedmodel", "tflite"), dest="fmt")
+    which = p.add_mutually_exclusive_group(required=True)
+    which.add_argument(
+        "--format",
+        dest="fmt",
+        metavar="FORMAT",
+        help="one of: keras, savedmodel, tflite, tflite-fp16, tflite-int8 (full-integer, "
+        "calibrated on the run's training images), onnx, openvino",
+    )
+    which.add_argument(
+        "--all",
+        action="store_true",
+        help="every format into one folder, with a table of size, latency, agreement, accuracy",
+    )
     p.add_argument("--out", metavar="DIR", help="output folder (default: inside the run folder)")
     p.add_argument(
         "--quantize", action="store_true", help="tflite only: dynamic-range quantized weights"
@@ -225,7 +239,8 @@ def build_parser() -> argparse.ArgumentParser:
         "--overwrite",
         action="store_true",
         help="let --out be a folder that is not empty: replace the export's own files there "
-        "(the model, labels.txt, config.json), never anything else",
+        "(the models, labels.txt, config.json, model_card.md, confusion_matrix.png), never "
+        "anything else",
     )
     _add_common(p)
 
@@ -264,7 +279,7 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("images", nargs="+", metavar="IMAGE")
     p.add_argument("--top-k", type=int, default=5, help="classes per image (default 5)")
     p.add_argument("--json", action="store_true", help="print JSON instead of text")
-    cli_search.add_parsers(sub)
+    cli_search.add_parsers(sub, _add_train_flags, config_from_args)
     return parser
 
 
@@ -528,29 +543,47 @@ def cmd_evaluate(args: argparse.Namespace) -> int:
 
 
 def cmd_export(args: argparse.Namespace) -> int:
-    """Export and verify a run's model."""
-    from core.runs.export import ExportTargetError, export_run
+    """Export and verify a run's model (one format, or every format with --all)."""
+    from core.runs.export import ExportTargetError, export_all, export_run, normalize_format
+    from core.runs.model_card import export_table
     from core.runs.store import RunStore
 
-    try:
-        info = export_run(
-            RunStore(args.runs_dir),
-            args.run,
-            args.fmt,
-            out_dir=args.out,
-            quantize=args.quantize,
-            overwrite=args.overwrite,
+    if args.all and args.quantize:
+        raise ConfigError(
+            "--quantize applies to --format tflite only; --all already includes tflite-fp16 "
+            "and tflite-int8."
         )
+    fmt = None if args.all else normalize_format(args.fmt)  # unknown: one line listing them
+    try:
+        if fmt is None:
+            info = export_all(
+                RunStore(args.runs_dir), args.run, out_dir=args.out, overwrite=args.overwrite
+            )
+        else:
+            info = export_run(
+                RunStore(args.runs_dir),
+                args.run,
+                fmt,
+                out_dir=args.out,
+                quantize=args.quantize,
+                overwrite=args.overwrite,
+            )
     except ExportTargetError as exc:
         if args.overwrite or "turn on overwrite" not in str(exc):
             raise
         raise ExportTargetError(f"{exc} (On the command line: --overwrite.)") from exc
     if args.json:
         _print_json(info)
+    elif fmt is None:
+        print(export_table(info["formats"]))
+        for item in info["skipped_formats"]:
+            print(f"not exported: {item['format']}, {item['reason']}")
+        print(f"verified on {info['verified_images']} {info['verified_on']} images; "
+              f"model card: {info['card']}")  # fmt: skip
     else:
         print(
-            f"{info['format']} export verified on {info['verified_images']} images "
-            f"(top-1 agreement {info['top1_agreement']:.0%}): {info['path']}"
+            f"{info['format']} export verified in {info['runtime']} on {info['verified_images']} "
+            f"images (top-1 agreement {info['top1_agreement']:.0%}): {info['path']}"
         )
     return 0
 

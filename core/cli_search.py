@@ -1,6 +1,6 @@
 """``python -m core search`` and ``python -m core lr-find``, and the ``--class-weight`` flag.
 
-``core.cli`` registers them: ``add_parsers(sub)`` adds both commands (their handlers are in
+``core.cli`` registers them: ``add_parsers(sub, ...)`` adds both commands (their handlers are in
 ``COMMANDS``), ``add_class_weight_flag(parser)`` adds ``--class-weight`` to a run's flags.
 """
 
@@ -9,9 +9,10 @@ from __future__ import annotations
 import argparse
 import json
 import sys
+from collections.abc import Callable
 from typing import Any
 
-from core.config import CLASS_WEIGHT_CHOICES, CLASS_WEIGHT_HELP, DEFAULT_DATA
+from core.config import CLASS_WEIGHT_CHOICES, CLASS_WEIGHT_HELP, DEFAULT_DATA, RunConfig
 from core.errors import ConfigError
 
 SEARCH_EPILOG = """examples:
@@ -40,9 +41,16 @@ def _sizes(text: str) -> list[int]:
         ) from None
 
 
-def add_parsers(sub: Any) -> None:
-    """Register ``search`` and ``lr-find`` on ``core.cli``'s subparsers."""
-    from core.cli import _add_train_flags
+def add_parsers(
+    sub: Any,
+    add_train_flags: Callable[[argparse.ArgumentParser], None],
+    config_from_args: Callable[[argparse.Namespace], RunConfig],
+) -> None:
+    """Register ``search`` and ``lr-find`` on ``core.cli``'s subparsers.
+
+    ``core.cli`` hands over its train flags and their reader (no import back: no cycle).
+    """
+    _add_train_flags = add_train_flags
 
     p = sub.add_parser(
         "search",
@@ -96,6 +104,7 @@ def add_parsers(sub: Any) -> None:
         "fine_tune: the unfrozen layers after the head warm-up. Nothing is recorded.",
     )
     _add_train_flags(p)
+    p.set_defaults(config_from_args=config_from_args)
     try:
         add_class_weight_flag(p)
     except argparse.ArgumentError:
@@ -115,7 +124,12 @@ def add_parsers(sub: Any) -> None:
 def _candidate_line(c: Any) -> str:
     if c.status != "ok":
         return f"{c.backbone} @ {c.image_size} px: {c.status}"
-    source = "cached features" if c.features_cached else f"features in {c.feature_s:.1f} s"
+    if c.result_cached:  # an identical earlier search: nothing trained, nothing imported
+        source = "stored result"
+    elif c.features_cached:
+        source = "cached features"
+    else:
+        source = f"features in {c.feature_s:.1f} s"
     return (
         f"{c.backbone} @ {c.image_size} px: val_acc {c.val_accuracy:.3f} ({c.head}), "
         f"{c.latency_ms:.1f} ms, {c.size_mb:.1f} MB [{source}]"
@@ -150,10 +164,9 @@ def cmd_search(args: argparse.Namespace) -> int:
 
 def cmd_lr_find(args: argparse.Namespace) -> int:
     """The range test of one phase of the run the flags describe."""
-    from core.cli import config_from_args
     from core.training.lr_find import lr_find
 
-    config = config_from_args(args).validate()
+    config = args.config_from_args(args).validate()
 
     def step(done: int, total: int) -> None:
         if done % 20 == 0 or done == total:

@@ -25,15 +25,19 @@ that tracing the cost of a warm search.
 
 from __future__ import annotations
 
+import functools
+import hashlib
 import json
 import math
 import os
 import platform
 import statistics
+import threading
 import time
 from collections.abc import Callable, Sequence
 from contextlib import AbstractContextManager, nullcontext
 from dataclasses import asdict, dataclass, field
+from pathlib import Path
 from typing import TYPE_CHECKING, Any
 
 import numpy as np
@@ -62,6 +66,8 @@ NEEDS_NETWORK = "needs network"
 SKIPPED_BUDGET = "skipped: budget"
 SKIPPED_STOPPED = "skipped: stopped"
 PENDING = "pending"
+# Bump to forget every stored candidate result (the code's own hash is in the key as well).
+RESULT_CACHE_VERSION = 1
 SIZE_NOTE = "float32 parameter bytes of the whole model (base + head), in MB of 10^6 bytes"
 
 ProgressFn = Callable[["Candidate"], None]
@@ -110,6 +116,7 @@ class Candidate:
     features_cached: bool | None = None  # None: no features were needed (or reached)
     feature_s: float | None = None  # seconds spent getting the features (cache or a pass)
     latency_cached: bool | None = None
+    result_cached: bool = False  # its heads' results were read back from an identical search
     pareto: bool = False  # not beaten on both accuracy and latency by another candidate
     duration_s: float = 0.0
 
@@ -171,6 +178,7 @@ class Candidate:
             "features_cached": self.features_cached,
             "feature_s": self.feature_s,
             "latency_cached": self.latency_cached,
+            "result_cached": self.result_cached,
             "duration_s": round(self.duration_s, 3),
             "heads": [{**asdict(h), "head": h.label} for h in self.heads],
             "config": self.config_changes(),
@@ -429,9 +437,8 @@ def _machine() -> str:
 
 
 def _measurement_key(backbone: str, size: int, num_classes: int) -> str:
-    import keras
-
-    return f"{backbone}|{size}|{num_classes}|keras {keras.__version__}|{_machine()}"
+    # The installed version, not ``keras.__version__``: a repeated search must not import Keras.
+    return f"{backbone}|{size}|{num_classes}|keras {_dist_version('keras')}|{_machine()}"
 
 
 def _load_measurements() -> dict[str, Any]:
@@ -498,9 +505,122 @@ def _one_blas_thread() -> AbstractContextManager[object]:
 def _random_identity(seed: int) -> str:
     """The weights identity of a random-weight base built right after seeding with ``seed``:
     Keras' initialisers are deterministic then, so its features may be cached too."""
-    import tensorflow as tf
+    return f"random-init:seed={seed}:tf={_dist_version('tensorflow', 'tensorflow-cpu')}"
 
-    return f"random-init:seed={seed}:tf={tf.__version__}"
+
+# --------------------------------------------------------------------------- result cache
+#
+# A repeated identical search must cost next to nothing: importing TensorFlow (2.5-5 s) and
+# scikit-learn (1-3 s) was most of a fully cached search on a small dataset. So each
+# candidate's head results are kept under a key of everything that determines them (the data's
+# files and split, the base's weights, the image size, the head grid, the seed, the class
+# weights, this code), and the dataset's index (its checked files and seeded split) is kept
+# under the folder's file listing. A repeat reads both, plus the latency measurement, and
+# imports neither library. Delete ``$TRANSFER_STUDIO_HOME/cache/search`` to forget them.
+
+
+def _dist_version(*names: str) -> str:
+    """The installed version of the first distribution of ``names`` found (no import)."""
+    from importlib import metadata
+
+    for name in names:
+        try:
+            return metadata.version(name)
+        except metadata.PackageNotFoundError:
+            continue
+    return "?"
+
+
+@functools.cache
+def _code_version() -> str:
+    """A hash of the code that decides a candidate's results and a dataset's index."""
+    here = Path(__file__).resolve().parent
+    digest = hashlib.sha256()
+    for part in ("search.py", "training/head_fit.py", "data/index.py", "data/layout.py"):
+        try:
+            digest.update((here / part).read_bytes())
+        except OSError:
+            digest.update(part.encode())
+    return digest.hexdigest()[:16]
+
+
+def _search_cache(kind: str) -> Path:
+    from core.paths import studio_home
+
+    folder = studio_home() / "cache" / "search" / kind
+    folder.mkdir(parents=True, exist_ok=True)
+    return folder
+
+
+def _hash(parts: Any) -> str:
+    return hashlib.sha256(json.dumps(parts, sort_keys=True).encode()).hexdigest()[:32]
+
+
+def _read_json(path: Path) -> Any:
+    try:
+        return json.loads(path.read_text())
+    except (OSError, ValueError):
+        return None
+
+
+def _write_json(path: Path, value: Any) -> None:
+    """Write atomically; a cache that cannot be written only costs the next search time."""
+    from core.files import atomic_path
+
+    try:
+        with atomic_path(path) as tmp:
+            tmp.write_text(json.dumps(value))
+    except OSError:
+        pass
+
+
+def _stamp(path: str) -> list[int] | None:
+    """What changes when a file is rewritten: ``[size, mtime_ns]``; ``None`` if it is gone."""
+    try:
+        st = os.stat(path)
+    except OSError:
+        return None
+    return [st.st_size, st.st_mtime_ns]
+
+
+def _tree_listing(root: str) -> str:
+    """A hash of every file under ``root`` with its size and mtime: a file added, removed or
+    rewritten changes it (as make and rsync judge files, without reading them)."""
+    entries = []
+    for folder, dirs, files in os.walk(root):
+        dirs.sort()
+        for name in sorted(files):
+            path = os.path.join(folder, name)
+            entries.append([os.path.relpath(path, root), _stamp(path)])
+    return _hash(entries)
+
+
+def load_index(data: str, val_split: float, seed: int) -> DatasetIndex:
+    """``core.data.load_dataset(data, val_split, seed)``, read back from the last search's copy
+    while no file of the data's folder changed (no image is opened, scikit-learn not imported)."""
+    from core.data import DatasetIndex, load_dataset
+    from core.data.sources import resolve_source
+
+    root = str(resolve_source(data))
+    key = _hash([RESULT_CACHE_VERSION, _code_version(), data, root, val_split, seed,
+                 _dist_version("scikit-learn")])  # fmt: skip
+    path = _search_cache("index") / f"{key}.json"
+    listing = _tree_listing(root)
+    stored = _read_json(path)
+    if isinstance(stored, dict) and stored.get("listing") == listing:
+        stamps = stored.get("stamps") or {}
+        try:
+            # files reached through a symbolic link lie outside the listing: checked one by one
+            if all(_stamp(p) == s for p, s in stamps.items()):
+                return DatasetIndex(**stored["index"])
+        except (TypeError, KeyError, AttributeError):
+            pass  # a damaged or older copy: load the data again
+    index = load_dataset(data, val_split=val_split, seed=seed)
+    files = [*index.train_paths, *index.val_paths]
+    _write_json(
+        path, {"listing": listing, "stamps": {p: _stamp(p) for p in files}, "index": asdict(index)}
+    )
+    return index
 
 
 class _Searcher:
@@ -516,15 +636,76 @@ class _Searcher:
         clock: Callable[[], float],
         should_stop: Callable[[], bool] | None,
         stage: StageFn | None,
+        reuse_results: bool = True,
     ) -> None:
-        from core.training.head_fit import class_weights
-
         self.data, self.seed, self.class_weight_setting = data, seed, class_weight
-        self.class_weight = class_weights(class_weight, data.train_labels, len(data.class_names))
         self.deadline, self.clock = deadline, clock
         self.should_stop, self.stage = should_stop, stage
+        self.reuse_results = reuse_results
         self.features_computed = 0
         self.budget_hit = False
+
+    @functools.cached_property
+    def class_weight(self) -> np.ndarray | None:
+        """The heads' per-class loss weights (computed when a head first trains: scikit-learn
+        is not imported by a search whose results are all stored)."""
+        from core.training.head_fit import class_weights
+
+        labels = self.data.train_labels
+        return class_weights(self.class_weight_setting, labels, len(self.data.class_names))
+
+    @functools.cached_property
+    def data_id(self) -> str:
+        """The classes, the split's files and labels, and each file's size and mtime."""
+        d = self.data
+        return _hash([
+            d.class_names,
+            [[p, y, _stamp(p)] for p, y in zip(d.train_paths, d.train_labels, strict=True)],
+            [[p, y, _stamp(p)] for p, y in zip(d.val_paths, d.val_labels, strict=True)],
+        ])  # fmt: skip
+
+    def result_path(self, c: Candidate) -> Path | None:
+        """Where candidate ``c``'s head results are kept; ``None``: not reusable."""
+        from core.models.backbones import get_backbone, weights_identity
+
+        identity = (
+            _random_identity(self.seed)
+            if c.weights == "none"
+            else weights_identity(c.backbone, c.weights)
+        )
+        if identity is None:
+            return None
+        key = _hash({
+            "version": RESULT_CACHE_VERSION, "code": _code_version(), "data": self.data_id,
+            "backbone": c.backbone, "weights": identity, "image_size": c.image_size,
+            "preprocessing": get_backbone(c.backbone).preprocessing,
+            "keras": _dist_version("keras"), "heads": [list(h) for h in HEADS],
+            "lrs": list(LEARNING_RATES), "epochs": HEAD_EPOCHS, "batch": HEAD_BATCH,
+            "dropout": HEAD_DROPOUT, "seed": self.seed, "class_weight": self.class_weight_setting,
+        })  # fmt: skip
+        return _search_cache("results") / f"{key}.json"
+
+    def stored_result(self, c: Candidate, path: Path | None) -> bool:
+        """Fill ``c``'s heads from an identical earlier search; whether there was one."""
+        stored = _read_json(path) if path is not None and self.reuse_results else None
+        if not isinstance(stored, dict):
+            return False
+        try:
+            heads = [HeadResult(**h) for h in stored["heads"]]
+        except (KeyError, TypeError):
+            return False
+        if len(heads) != len(HEADS) * len(LEARNING_RATES):
+            return False
+        c.heads, c.result_cached = heads, True
+        feature_key = stored.get("feature_key")
+        # Whether a run of it would still find its features (the cache may have evicted them);
+        # the folder is ``embeddings.embedding_cache_dir()``, which imports Keras.
+        if feature_key:
+            from core.paths import studio_home
+
+            npy = studio_home() / "cache" / "embeddings" / f"{feature_key}.npy"
+            c.features_cached = npy.is_file()
+        return True
 
     def check_time(self) -> None:
         """Raise ``_OutOfTime`` when a stop was asked for or the budget is spent."""
@@ -556,9 +737,9 @@ class _Searcher:
             backbone = resolve_backbone(config)
         return build_model(config, len(self.data.class_names), backbone)
 
-    def features(self, c: Candidate) -> tuple[np.ndarray, BuiltModel | None]:
-        """All images' pooled features (train then validation) and the model built for them
-        (``None`` when they came from the cache)."""
+    def features(self, c: Candidate) -> tuple[np.ndarray, BuiltModel | None, str | None]:
+        """All images' pooled features (train then validation), the model built for them
+        (``None`` when they came from the cache) and their embedding cache key."""
         from core.models.backbones import get_backbone, weights_identity
         from core.training.embeddings import cache_key, compute_features, load_cached, store_cached
         from core.training.model import Backbone
@@ -576,7 +757,7 @@ class _Searcher:
             cached = load_cached(key)
             if cached is not None and cached.shape == (len(paths), spec.feature_width):
                 c.features_cached = True
-                return cached, None
+                return cached, None, key
         c.features_cached = False
         self.check_time()
         built = self.build(c, c.weights)
@@ -590,7 +771,7 @@ class _Searcher:
         self.features_computed += len(paths)
         if key is not None:
             store_cached(key, features)
-        return features, built
+        return features, built, key
 
     def measure(self, c: Candidate, built: BuiltModel | None) -> None:
         """Latency and size: from this machine's earlier measurement, else measured now."""
@@ -607,25 +788,37 @@ class _Searcher:
             _store_measurement(key, {"latency_ms": c.latency_ms, "params": c.params})
         c.size_mb = round(c.params * 4 / 1e6, 2)
 
+    def train_heads(self, c: Candidate, path: Path | None) -> BuiltModel | None:
+        """Train the head grid on ``c``'s features and keep the results at ``path``; the model
+        built for a feature pass, if one ran."""
+        started = time.perf_counter()
+        features, built, feature_key = self.features(c)
+        c.feature_s = round(time.perf_counter() - started, 3)
+        n = len(self.data.train_paths)
+        train = (features[:n], self.data.train_labels)
+        val = (features[n:], self.data.val_labels)
+        with _one_blas_thread():
+            for kind, units in HEADS:
+                for lr in LEARNING_RATES:
+                    self.check_time()
+                    acc, loss = train_head(
+                        train, val, len(self.data.class_names), dense_units=units, lr=lr,
+                        seed=self.seed, class_weight=self.class_weight,
+                    )  # fmt: skip
+                    c.heads.append(HeadResult(kind, units or None, lr, acc, loss))
+        if path is not None:  # only a complete grid is kept (a budget stop raised above)
+            _write_json(path, {"heads": [asdict(h) for h in c.heads], "feature_key": feature_key})
+        return built
+
     def run(self, c: Candidate) -> None:
         """Measure candidate ``c`` (its status says how it ended)."""
         started = time.perf_counter()
         try:
             self.check_time()
-            features, built = self.features(c)
-            c.feature_s = round(time.perf_counter() - started, 3)
-            n = len(self.data.train_paths)
-            train = (features[:n], self.data.train_labels)
-            val = (features[n:], self.data.val_labels)
-            with _one_blas_thread():
-                for kind, units in HEADS:
-                    for lr in LEARNING_RATES:
-                        self.check_time()
-                        acc, loss = train_head(
-                            train, val, len(self.data.class_names), dense_units=units, lr=lr,
-                            seed=self.seed, class_weight=self.class_weight,
-                        )  # fmt: skip
-                        c.heads.append(HeadResult(kind, units or None, lr, acc, loss))
+            built = None
+            path = self.result_path(c)
+            if not self.stored_result(c, path):
+                built = self.train_heads(c, path)
             self.measure(c, built)
             best = c.best_head
             assert best is not None  # the grid is never empty
@@ -657,6 +850,7 @@ def search(
     stage: StageFn | None = None,
     should_stop: Callable[[], bool] | None = None,
     clock: Callable[[], float] = time.monotonic,
+    reuse_results: bool = True,
 ) -> SearchResult:
     """Search backbones × image sizes on ``data``; the candidates ranked best first.
 
@@ -669,6 +863,9 @@ def search(
     ``stage(candidate, done, total)``: images through the base so far in a feature pass.
     ``should_stop()``: true to end the search now (the rest is ``skipped: stopped``).
     ``clock``: the budget's clock, in seconds.
+    ``reuse_results``: read a candidate's head results back from an identical earlier search
+    (same data files, split, weights, size, head grid, seed, class weights and code) instead of
+    training its heads again; ``False`` trains them (on cached features when there are some).
     """
     from core.data import load_dataset
 
@@ -680,7 +877,11 @@ def search(
     RunConfig(seed=seed, val_split=val_split, class_weight=class_weight).validate()
     candidates = plan_candidates(backbones, sizes, weights)
     started, wall = clock(), time.perf_counter()
-    index = load_dataset(data, val_split=val_split, seed=seed)
+    index = (
+        load_index(data, val_split, seed)
+        if reuse_results
+        else load_dataset(data, val_split=val_split, seed=seed)
+    )
     if not index.val_paths:
         raise DataError(
             f"No validation images: every class in {index.root} has a single usable image. "
@@ -689,7 +890,7 @@ def search(
     searcher = _Searcher(
         index, seed=seed, class_weight=class_weight,
         deadline=None if budget_s is None else started + budget_s, clock=clock,
-        should_stop=should_stop, stage=stage,
+        should_stop=should_stop, stage=stage, reuse_results=reuse_results,
     )  # fmt: skip
     for c in candidates:
         if c.status != PENDING and progress is not None:
@@ -737,3 +938,161 @@ def format_table(result: SearchResult) -> str:
         "* = on the accuracy/latency Pareto front."
     )
     return "\n".join(lines)
+
+
+# --------------------------------------------------------------------------- in the background
+#
+# The dashboard runs a search (or an LR finder) in a thread of the server process and shows
+# its progress from a small JSON file in the runs folder: a browser refresh (a new session)
+# finds it there, and only one task of a kind runs per runs folder at a time. The search only
+# reads the embedding cache's entries it did not write, so it can run next to a training job.
+
+RUNNING, DONE, STOPPED, FAILED, INTERRUPTED = "running", "done", "stopped", "failed", "interrupted"
+SEARCH_TASK = "search"
+UpdateFn = Callable[[dict[str, Any]], None]
+TaskFn = Callable[[UpdateFn, Callable[[], bool]], dict[str, Any]]
+
+# (runs folder, task name): (its thread, its stop event)
+_TASKS: dict[tuple[str, str], tuple[threading.Thread, threading.Event]] = {}
+_TASKS_LOCK = threading.Lock()
+
+
+def task_path(root: str | os.PathLike[str], name: str) -> Path:
+    """The state file of background task ``name`` in runs folder ``root``."""
+    return Path(root) / f"{name}.json"
+
+
+def _task_key(root: str | os.PathLike[str], name: str) -> tuple[str, str]:
+    return (os.path.realpath(root), name)
+
+
+def task_running(root: str | os.PathLike[str], name: str) -> bool:
+    """Whether task ``name`` of runs folder ``root`` is running in this process."""
+    entry = _TASKS.get(_task_key(root, name))
+    return entry is not None and entry[0].is_alive()
+
+
+def task_state(root: str | os.PathLike[str], name: str) -> dict[str, Any] | None:
+    """The last state of task ``name`` (``None``: never run here). One the file says is running
+    but no thread of this process runs (the server restarted) reads as ``interrupted``."""
+    state = _read_json(task_path(root, name))
+    if not isinstance(state, dict):
+        return None
+    if state.get("status") == RUNNING and not task_running(root, name):
+        state["status"] = INTERRUPTED
+    return state
+
+
+def start_task(
+    root: str | os.PathLike[str], name: str, run: TaskFn, initial: dict[str, Any]
+) -> bool:
+    """Run ``run(update, should_stop)`` in a background thread unless task ``name`` already
+    runs for ``root``; ``False`` then. Its state (``initial``, each ``update(fields)`` merged
+    in, then what it returns) is written to ``task_path``; ``status`` goes from ``running`` to
+    ``done``, ``stopped`` (``stop_task``) or ``failed`` (with ``error``, in the user's words)."""
+    key = _task_key(root, name)
+    path = task_path(root, name)
+    with _TASKS_LOCK:
+        if task_running(root, name):
+            return False
+        stop = threading.Event()
+        state: dict[str, Any] = {
+            **initial, "status": RUNNING, "error": None, "started_at": time.time(),
+            "finished_at": None,
+        }  # fmt: skip
+        write_lock = threading.Lock()
+
+        def update(fields: dict[str, Any]) -> None:
+            with write_lock:
+                state.update(fields)
+                _write_json(path, state)
+
+        def work() -> None:
+            try:
+                final = run(update, stop.is_set)
+                status = STOPPED if stop.is_set() else DONE
+                update({**final, "status": status, "finished_at": time.time()})
+            except Exception as exc:  # shown on the page; the thread must not die silently
+                text = str(exc) if isinstance(exc, StudioError) else f"{type(exc).__name__}: {exc}"
+                update({"status": FAILED, "error": text, "finished_at": time.time()})
+
+        update({})
+        thread = threading.Thread(target=work, name=f"studio-{name}", daemon=True)
+        _TASKS[key] = (thread, stop)
+        thread.start()
+    return True
+
+
+def stop_task(root: str | os.PathLike[str], name: str) -> bool:
+    """Ask task ``name`` of ``root`` to stop (it ends at its next check); whether it ran."""
+    entry = _TASKS.get(_task_key(root, name))
+    if entry is None or not entry[0].is_alive():
+        return False
+    entry[1].set()
+    return True
+
+
+def wait_task(root: str | os.PathLike[str], name: str, timeout: float | None = None) -> bool:
+    """Wait for task ``name`` of ``root`` to end; whether it has (tests, the CLI)."""
+    entry = _TASKS.get(_task_key(root, name))
+    if entry is not None:
+        entry[0].join(timeout)
+    return not task_running(root, name)
+
+
+def start_search(
+    root: str | os.PathLike[str],
+    data: str,
+    *,
+    budget_s: float | None = None,
+    backbones: Sequence[str] | str | None = None,
+    sizes: Sequence[int] | None = None,
+    weights: str = "imagenet",
+    class_weight: str = "none",
+    seed: int = 42,
+    val_split: float = 0.2,
+) -> bool:
+    """``search`` in the background (``start_task``: ``False`` if one runs for ``root``).
+
+    The state file holds the ranked candidates settled so far (``candidates``, as in
+    ``search --json``), the feature pass under way (``stage``) and, once done, the result's
+    other fields.
+    """
+    from core.data.sources import check_source
+
+    # Bad settings and a missing folder are an error now, on the page, not a failed task later.
+    RunConfig(data=data, seed=seed, val_split=val_split, class_weight=class_weight).validate()
+    if budget_s is not None and not budget_s > 0:
+        raise ConfigError(
+            f"Search budget {budget_s!r} s is invalid. Expected a number of minutes above 0."
+        )
+    check_source(data)
+    settings = {
+        "data": data, "budget_s": budget_s, "weights": weights, "class_weight": class_weight,
+        "seed": seed, "val_split": val_split,
+    }  # fmt: skip
+
+    def run(update: UpdateFn, should_stop: Callable[[], bool]) -> dict[str, Any]:
+        settled: list[Candidate] = []
+        last_stage = [0.0]
+
+        def progress(c: Candidate) -> None:
+            settled.append(c)
+            ranked = rank_candidates(settled)
+            update({"candidates": [x.to_json() for x in ranked], "stage": None})
+
+        def stage(c: Candidate, done: int, total: int) -> None:
+            now = time.monotonic()
+            if now - last_stage[0] >= 1.0 or done == total:  # a write a second at most
+                last_stage[0] = now
+                update({"stage": {"backbone": c.backbone, "image_size": c.image_size,
+                                  "done": done, "total": total}})  # fmt: skip
+
+        result = search(  # looked up at call time: tests replace it with a fast fake
+            data, backbones=backbones, sizes=sizes, budget_s=budget_s, seed=seed,
+            val_split=val_split, progress=progress, weights=weights, class_weight=class_weight,
+            stage=stage, should_stop=should_stop,
+        )  # fmt: skip
+        return {**result.to_json(), "stage": None}
+
+    return start_task(root, SEARCH_TASK, run, {**settings, "candidates": [], "stage": None})

@@ -1,4 +1,6 @@
-"""Exports to .keras, SavedModel and TFLite: files, verified predictions, tampering caught."""
+"""Exports to .keras, SavedModel and TFLite: files, verified predictions, tampering caught.
+
+(The newer formats, runtimes and the model card: tests/test_export_formats.py.)"""
 
 from __future__ import annotations
 
@@ -34,7 +36,13 @@ CONFIG = RunConfig(
     epochs=4,
     dense_units=32,
 )
-CASES = [("keras", False), ("savedmodel", False), ("tflite", False), ("tflite", True)]
+CASES = [
+    ("keras", False),
+    ("savedmodel", False),
+    ("tflite", False),
+    ("tflite", True),
+    ("onnx", False),
+]
 
 
 @pytest.fixture(scope="module")
@@ -72,14 +80,14 @@ def test_export_writes_files_and_matches_live_predictions(run, val_paths, out, f
     info = export_run(store, run_id, fmt, out, quantize=quantize)
 
     assert info["format"] == fmt and info["quantized"] is quantize
-    assert info["verified_images"] == min(8, result["val_images"])
+    assert info["verified_images"] == min(export_mod.VERIFY_IMAGES, result["val_images"])
     assert info["verified_on"] == "validation"
     assert info["bytes"] > 0
     artifact = Path(info["path"])
     assert artifact.parent == out and artifact.exists()
     # Exactly these entries: no staging leftovers.
     assert sorted(p.name for p in out.iterdir()) == sorted(
-        [artifact.name, "labels.txt", "config.json"]
+        [artifact.name, "labels.txt", "config.json", "model_card.md", "confusion_matrix.png"]
     )
     assert (out / "labels.txt").read_text().splitlines() == names
     assert json.loads((out / "config.json").read_text()) == result["config"]
@@ -122,12 +130,14 @@ def test_predict_with_export_takes_raw_pixels_of_any_size(run, val_paths):
 @pytest.mark.slow
 def test_tampered_export_is_rejected_and_not_kept(run, out, monkeypatch):
     store, run_id = run
-    real = export_mod.predict_with_export
+    real = export_mod.verify_in_runtime
 
-    def shifted(path, fmt, images):  # a "loaded model" whose classes are off by one
-        return np.roll(real(path, fmt, images), 1, axis=1)
+    def shifted(path, fmt, images, latency_runs=1):  # a "loaded model" with classes off by one
+        ran = real(path, fmt, images, latency_runs=1)
+        ran["probabilities"] = np.roll(ran["probabilities"], 1, axis=1)
+        return ran
 
-    monkeypatch.setattr(export_mod, "predict_with_export", shifted)
+    monkeypatch.setattr(export_mod, "verify_in_runtime", shifted)
     with pytest.raises(ExportVerificationError) as excinfo:
         export_run(store, run_id, "keras", out)
     assert isinstance(excinfo.value, StudioError)
@@ -157,6 +167,6 @@ def test_near_ties_may_flip_only_within_tolerance():
 def test_bad_arguments(run, tmp_path):
     store, run_id = run
     with pytest.raises(ConfigError, match="Unknown export format"):
-        export_run(store, run_id, "onnx", tmp_path)
+        export_run(store, run_id, "tensorrt", tmp_path)
     with pytest.raises(ConfigError, match="only applies to tflite"):
         export_run(store, run_id, "keras", tmp_path, quantize=True)

@@ -125,7 +125,8 @@ def test_export_refuses_a_non_empty_folder_and_overwrite_replaces_only_its_files
     assert after["labels.txt"] == b"cats\ndogs\n"  # the export's own files are replaced
     assert after["config.json"] != before["config.json"]
     assert Path(info["path"]) == folder / "model.keras"
-    assert set(after) == set(before) | {"model.keras"}  # no staging leftovers
+    # The export's own files and no staging leftovers.
+    assert set(after) == set(before) | {"model.keras", "model_card.md", "confusion_matrix.png"}
 
 
 @pytest.mark.slow

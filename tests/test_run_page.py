@@ -112,7 +112,9 @@ def test_run_page_opens_the_run_in_the_query(seeded):
 def test_run_page_export_offers_downloads(seeded):
     _, run_id = seeded
     at = _page("app/pages/run.py")
-    assert at.radio(key="export_format").options == ["keras", "savedmodel", "tflite"]
+    assert at.radio(key="export_format").options == [
+        "keras", "savedmodel", "tflite", "tflite-fp16", "tflite-int8", "onnx", "openvino"
+    ]  # fmt: skip
     assert at.checkbox(key="export_quantize").disabled  # only for tflite
     assert not at.get("download_button")  # nothing is exported on page load
     at.radio(key="export_format").set_value("keras")
@@ -120,15 +122,18 @@ def test_run_page_export_offers_downloads(seeded):
     _ok(at)
     assert "verified it on" in at.success[0].value
     downloads = [d.proto.label for d in at.get("download_button")]
-    assert downloads == ["model.keras", "labels.txt", "config.json"]
+    assert downloads == [
+        "Download all (zip)", "model.keras", "labels.txt", "config.json", "model_card.md",
+        "confusion_matrix.png",
+    ]  # fmt: skip
     at.run()  # a rerun keeps the export (and does not export again)
-    assert len(at.get("download_button")) == 3
+    assert len(at.get("download_button")) == 6
     # Another format: the keras result must not stay on screen as if it were that format's.
     at.radio(key="export_format").set_value("tflite").run()
     _ok(at)
     assert not at.get("download_button") and not at.success
     at.radio(key="export_format").set_value("keras").run()  # its own result is kept
-    assert len(at.get("download_button")) == 3
+    assert len(at.get("download_button")) == 6
 
 
 @pytest.mark.slow

@@ -114,17 +114,94 @@ def test_search_measures_ranks_and_reuses_cached_features(
     document = json.loads(json.dumps(first.to_json()))
     assert all(CONTRACT <= row.keys() for row in document["candidates"])
 
-    # The same search again: features from the cache, the base never runs.
+    # The same search, its stored results set aside: features from the cache, the base never
+    # runs, the heads train again to the same numbers.
     def no_pass(*_args: object, **_kw: object) -> None:
         raise AssertionError("the second search ran a base over the images")
 
     monkeypatch.setattr("core.training.embeddings.forward_once", no_pass)
-    second = search(tiny_data, backbones=["mobilenet_v2"], sizes=[32, 40], weights="none")
+    second = search(
+        tiny_data, backbones=["mobilenet_v2"], sizes=[32, 40], weights="none",
+        reuse_results=False,
+    )  # fmt: skip
     assert second.features_computed == 0
     assert all(c.features_cached and c.latency_cached for c in second.candidates)
+    assert not any(c.result_cached for c in second.candidates)
     assert [(c.image_size, c.val_accuracy) for c in second.candidates] == [
         (c.image_size, c.val_accuracy) for c in first.candidates
     ]
+
+    # A repeat in a new process (as `python -m core search` twice): the stored results, no
+    # feature, no head, and neither TensorFlow nor scikit-learn imported.
+    repeat = _search_in_subprocess(tiny_data, ["mobilenet_v2"], [32, 40])
+    assert repeat["imported"] == []
+    assert repeat["features_computed"] == 0 and repeat["result_cached"] == [True, True]
+    assert repeat["features_cached"] == [True, True]
+    assert repeat["accuracies"] == [c.val_accuracy for c in first.candidates]
+
+
+REPEAT_SCRIPT = """
+import json, sys
+import core.search as search_module
+
+def no_head(*args, **kw):
+    raise AssertionError("the repeated search trained a head")
+
+search_module.train_head = no_head
+data, backbones, sizes = json.loads(sys.argv[1])
+result = search_module.search(data, backbones=backbones, sizes=sizes, weights="none")
+heavy = ("tensorflow", "keras", "sklearn", "core.training.embeddings")
+print(json.dumps({
+    "imported": [m for m in heavy if m in sys.modules],
+    "features_computed": result.features_computed,
+    "result_cached": [c.result_cached for c in result.candidates],
+    "features_cached": [c.features_cached for c in result.candidates],
+    "accuracies": [c.val_accuracy for c in result.candidates],
+    "status": [c.status for c in result.candidates],
+}))
+"""
+
+
+def _search_in_subprocess(data: str, backbones: list[str], sizes: list[int]) -> dict:
+    """``search`` in a new Python process (this test session's studio home); its summary."""
+    import os
+    import subprocess
+    import sys
+
+    root = Path(__file__).resolve().parents[1]
+    done = subprocess.run(
+        [sys.executable, "-c", REPEAT_SCRIPT, json.dumps([data, backbones, sizes])],
+        capture_output=True, text=True, cwd=root, env=dict(os.environ), timeout=120,
+    )  # fmt: skip
+    assert done.returncode == 0, done.stderr[-2000:]
+    return json.loads(done.stdout.strip().splitlines()[-1])
+
+
+def test_the_dataset_index_is_read_back_until_a_file_changes(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    from core import data as data_module
+    from core.search import load_index
+
+    root = tmp_path / "data"
+    for c in ("a", "b"):
+        for i in range(4):
+            (root / c).mkdir(parents=True, exist_ok=True)
+            Image.new("RGB", (8, 8), (i * 40, 0, 0)).save(root / c / f"{i}.png")
+    first = load_index(str(root), 0.25, 1)
+    calls: list[str] = []
+    real = data_module.load_dataset
+
+    def counted(source: str, **kw: object) -> object:
+        calls.append(source)
+        return real(source, **kw)  # type: ignore[arg-type]
+
+    monkeypatch.setattr(data_module, "load_dataset", counted)
+    assert load_index(str(root), 0.25, 1) == first and calls == []  # nothing changed
+    assert load_index(str(root), 0.5, 1) != first and len(calls) == 1  # another split
+    Image.new("RGB", (8, 8), (0, 0, 255)).save(root / "a" / "new.png")  # a file added
+    again = load_index(str(root), 0.25, 1)
+    assert len(calls) == 2 and len(again.train_paths) + len(again.val_paths) == 9
 
 
 @pytest.mark.slow
@@ -211,10 +288,11 @@ def test_bad_search_settings_are_one_sentence(tiny_data: str) -> None:
 
 
 def _parser() -> argparse.ArgumentParser:
+    from core.cli import _add_train_flags, config_from_args
     from core.cli_search import add_parsers
 
     parser = argparse.ArgumentParser(prog="python -m core")
-    add_parsers(parser.add_subparsers(dest="command"))
+    add_parsers(parser.add_subparsers(dest="command"), _add_train_flags, config_from_args)
     return parser
 
 

@@ -9,8 +9,21 @@ from __future__ import annotations
 import streamlit as st
 
 from app import widgets
+from app.train_tools import (
+    best_model_search,
+    imbalance_warning,
+    lr_finder,
+    restore_class_weight,
+)
 from app.views import dashboard
-from core.config import AUGMENTATIONS, MODE_HELP, MODES, RunConfig
+from core.config import (
+    AUGMENTATIONS,
+    CLASS_WEIGHT_CHOICES,
+    CLASS_WEIGHT_HELP,
+    MODE_HELP,
+    MODES,
+    RunConfig,
+)
 from core.data.builtin import guess_num_classes
 from core.errors import StudioError
 from core.lint import count_train_images, lint_config
@@ -26,6 +39,7 @@ CACHE_HELP = (
     "on the stored features: much faster. Off: the base runs on every image in every epoch."
 )
 widgets.restore_train_form()  # before any widget: the draft's values, not the defaults
+restore_class_weight()
 state = st.session_state
 
 setup, watch = st.columns([5, 7], gap="large")
@@ -91,6 +105,18 @@ with setup:  # the page's own scroll: no inner scroll box cutting the section he
     else:  # shown OFF and disabled: the setting is kept for when it applies again
         t[1].toggle("Feature cache", False, key="cache_na", disabled=True, help=why_not)
         cache = bool(state.get("cache", True))
+    class_weight = st.radio(
+        "Class weights", CLASS_WEIGHT_CHOICES, horizontal=True, key="class_weight",
+        help=" ".join(f"{k}: {v}" for k, v in CLASS_WEIGHT_HELP.items()),
+    )  # fmt: skip
+    imbalance = imbalance_warning(data, val_split, seed)
+    if imbalance and class_weight == "none":
+        st.warning(
+            f"{widgets.md_escape(imbalance)} Suggested: **Class weights: balanced**, so each "
+            "class counts as much in the loss."
+        )
+    elif imbalance:
+        st.caption("Balanced class weights: suited to this data's class imbalance.")
     data_checks = st.container()
 
     st.subheader("Schedule", divider="gray")
@@ -112,12 +138,14 @@ with setup:  # the page's own scroll: no inner scroll box cutting the section he
         batch_size=batch, epochs=epochs, fine_tune_epochs=ft_epochs, lr=lr, fine_tune_lr=ft_lr,
         unfreeze=unfreeze, augment=augment, augmentations=tuple(augs or ()),
         val_split=val_split, seed=seed, feature_cache="auto" if cache else "off",
+        class_weight=class_weight,
     )  # fmt: skip
     # The form as the user left it (the weights choice too, which scratch only greys out).
     widgets.remember_train_form(config.with_changes(weights=state["weights"]))
     # What the run will read, from the trainer's own rule: the toggles never say the opposite.
     st.caption(f"Training inputs: {widgets.md_escape(input_path(config).reason)}.")
     widgets.layer_preview(name, size, mode, unfreeze, guess_num_classes(config.data))
+    lr_finder(config)
     schedule_checks = st.container()
 
     # Checks of the whole config, each in the section of the settings it concerns: above the
@@ -161,5 +189,8 @@ with setup:  # the page's own scroll: no inner scroll box cutting the section he
     except StudioError as exc:
         widgets.show_error(exc)
 
-with watch:
-    widgets.follow_run(queue)
+with watch, st.container(key="monitor_panel"):
+    widgets.follow_run(queue)  # kept in view while the form scrolls (``widgets.STICKY_MONITOR``)
+st.html(widgets.STICKY_MONITOR)
+
+best_model_search(config)

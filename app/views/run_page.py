@@ -440,15 +440,39 @@ def export_message(export: dict[str, Any]) -> str:
     fmt = export["format"] + (" (dynamic-range quantized)" if export.get("quantized") else "")
     size = export.get("bytes")
     size_text = f"{size / 1e6:.1f} MB" if size else "?"
+    runtime = f" in {export['runtime']}" if export.get("runtime") else ""
+    latency = export.get("latency_ms_p50")
+    speed = f", {latency:.1f} ms per image" if latency is not None else ""
     return (
         f"Exported **{fmt}** ({size_text}) and verified it on {export['verified_images']} "
-        f"validation images: top-1 agreement {export['top1_agreement']:.0%}, largest "
-        f"probability difference {export['max_abs_diff']:.2g}."
+        f"validation images{runtime}: top-1 agreement "
+        f"{export['top1_agreement']:.0%}, largest probability difference "
+        f"{export['max_abs_diff']:.2g}{speed}."
     )
 
 
+def export_table(rows: Sequence[dict[str, Any]]) -> list[dict[str, Any]]:
+    """The export benchmark as table rows: the figures a user picks a deployment format from."""
+    table = []
+    for row in rows:
+        latency, accuracy = row.get("latency_ms_p50"), row.get("accuracy")
+        table.append(
+            {
+                "format": row["format"] + (" (dynamic range)" if row.get("quantized") else ""),
+                "file": row["file"],
+                "size (MB)": round(row["bytes"] / 1e6, 2),
+                "latency p50 (ms)": None if latency is None else round(latency, 2),
+                "top-1 agreement": f"{row['top1_agreement']:.1%}",
+                "accuracy": "–" if accuracy is None else f"{accuracy:.1%}",
+                "runtime": row.get("runtime", ""),
+                "tolerance": row.get("tolerance", ""),
+            }
+        )
+    return table
+
+
 def export_downloads(export: dict[str, Any]) -> list[dict[str, str]]:
-    """What to offer for download: the model (a folder goes as a zip), labels.txt, config.json.
+    """What to offer for download: each file of the export (a folder goes as a zip).
 
     Each item is ``{label, path, file_name, mime}``; pass ``path`` to ``file_bytes``.
     """
@@ -460,13 +484,41 @@ def export_downloads(export: dict[str, Any]) -> list[dict[str, str]]:
                  "file_name": f"{path.name}.zip", "mime": "application/zip"}
             )  # fmt: skip
         else:
-            mime = {".txt": "text/plain", ".json": "application/json"}.get(
-                path.suffix, "application/octet-stream"
-            )
+            mime = {".txt": "text/plain", ".json": "application/json", ".md": "text/markdown",
+                    ".png": "image/png"}.get(path.suffix, "application/octet-stream")  # fmt: skip
             items.append(
                 {"label": path.name, "path": str(path), "file_name": path.name, "mime": mime}
             )
     return items
+
+
+def export_zip(files: Iterable[str | Path], top: str) -> bytes:
+    """Every exported file (folders with their contents) as one zip, under ``top/``."""
+    out = io.BytesIO()
+    with zipfile.ZipFile(out, "w", zipfile.ZIP_DEFLATED) as zf:
+        for path in map(Path, files):
+            if path.is_dir():
+                for inner in sorted(path.rglob("*")):
+                    if inner.is_file():
+                        zf.write(inner, Path(top) / path.name / inner.relative_to(path))
+            elif path.is_file():
+                zf.write(path, Path(top) / path.name)
+    return out.getvalue()
+
+
+def export_zip_name(result: RunResult | dict[str, Any]) -> str:
+    """The "Download all" file name: the run's name made file-safe, then the run id."""
+    name = "".join(c if c.isalnum() or c in "-_" else "-" for c in str(result.get("name") or ""))
+    name = "-".join(part for part in name.split("-") if part)
+    return f"{name or 'run'}-{result['run_id']}-export.zip"
+
+
+def card_for_page(card: str) -> str:
+    """The model card's Markdown for the page: the confusion image (a relative file link in the
+    card) is left out, because the page draws its own confusion matrix above."""
+    return "\n".join(
+        line for line in card.splitlines() if not line.startswith("![Confusion matrix")
+    )
 
 
 def zip_folder(folder: str | Path) -> bytes:

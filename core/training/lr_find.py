@@ -324,3 +324,42 @@ def _image_batches(config: RunConfig, built: Any, data: Any) -> Iterator[Any]:
         augmentations=config.active_augmentations(), seed=config.seed,
     ).repeat()  # fmt: skip
     return iter(ds)
+
+
+LR_FIND_TASK = "lr_find"
+
+
+def phases_for(config: RunConfig) -> list[str]:
+    """The phases whose rate the finder can test for ``config``: the head, and the fine-tuning
+    phase for the modes that have one (a scratch run's one phase is its "head" test)."""
+    return ["head", "fine_tune"] if len(config.phases) >= 2 else ["head"]
+
+
+def start_lr_find(
+    root: Any, config: RunConfig, phases: Sequence[str] | None = None, steps: int | None = None
+) -> bool:
+    """``lr_find`` of each of ``phases`` (default ``phases_for(config)``) in a background
+    thread of this process (``core.search.start_task``: ``False`` if one runs for runs folder
+    ``root``). The state file holds each finished phase's result under ``results[phase]`` and
+    the test under way under ``step``."""
+    from core.search import start_task
+
+    config = config.validate()
+    wanted = list(phases or phases_for(config))
+
+    def run(update: Any, should_stop: Callable[[], bool]) -> dict[str, Any]:
+        results: dict[str, Any] = {}
+        for phase in wanted:
+            if should_stop():
+                break
+
+            def step(done: int, total: int, phase: str = phase) -> None:
+                if done % 10 == 0 or done == total:
+                    update({"step": {"phase": phase, "done": done, "total": total}})
+
+            results[phase] = lr_find(config, phase, steps=steps, progress=step).to_json()
+            update({"results": dict(results), "step": None})
+        return {"results": results, "step": None}
+
+    initial = {"config": config.to_dict(), "phases": wanted, "results": {}, "step": None}
+    return start_task(root, LR_FIND_TASK, run, initial)
