@@ -12,7 +12,7 @@ from collections.abc import Callable, Sequence
 from dataclasses import fields
 from typing import TYPE_CHECKING, Any
 
-from core import cli_search
+from core import cli_dataset, cli_search
 from core.config import AUGMENTATIONS, FEATURE_CACHE_CHOICES, MODE_HELP, MODES, RunConfig, Status
 from core.errors import ConfigError, StudioError, storage_error
 
@@ -280,6 +280,7 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--top-k", type=int, default=5, help="classes per image (default 5)")
     p.add_argument("--json", action="store_true", help="print JSON instead of text")
     cli_search.add_parsers(sub, _add_train_flags, config_from_args)
+    cli_dataset.add_parsers(sub)
     return parser
 
 
@@ -682,6 +683,7 @@ def cmd_datasets(args: argparse.Namespace) -> int:
 
 
 COMMANDS = {
+    **cli_dataset.COMMANDS,
     **cli_search.COMMANDS,
     "backbones": cmd_backbones,
     "datasets": cmd_datasets,

@@ -64,8 +64,9 @@ def display_name(source: object) -> str:
             return "no data"
         text = source.strip()
         lower = text.lower()
-        if lower.startswith("builtin:"):
-            return _short(text[len("builtin:") :].strip() or text)
+        for prefix in ("builtin:", "dataset:"):  # a managed dataset is known by its name
+            if lower.startswith(prefix):
+                return _short(text[len(prefix) :].strip() or text)
         for prefix in _KAGGLE_PREFIXES:
             if lower.startswith(prefix):
                 return _kaggle_name(text[len(prefix) :])

@@ -32,7 +32,7 @@ def _expected_sources() -> str:
 
 
 def parse_source(source: str) -> tuple[str, str]:
-    """Classify a ``--data`` value as ``("builtin"|"kaggle"|"zip"|"folder", value)``.
+    """Classify a ``--data`` value as ``("builtin"|"dataset"|"kaggle"|"zip"|"folder", value)``.
 
     Only looks at the text (and whether a ``.zip`` path is really a folder); nothing is fetched.
     """
@@ -42,6 +42,8 @@ def parse_source(source: str) -> tuple[str, str]:
     lower = text.lower()
     if lower.startswith("builtin:"):
         return "builtin", text[len("builtin:") :].strip()
+    if lower.startswith("dataset:"):  # a managed dataset (core.data.datasets)
+        return "dataset", text[len("dataset:") :].strip()
     if lower.startswith("kaggle:"):
         return "kaggle", text[len("kaggle:") :].strip()
     for prefix in _KAGGLE_URL_PREFIXES:  # a pasted dataset URL means the same handle
@@ -99,6 +101,8 @@ def check_source(source: str) -> None:
     if kind == "builtin":
         if value.lower() not in BUILTINS:
             raise _unknown(value)
+    elif kind == "dataset":
+        managed_dataset_folder(value)  # an unknown name lists the datasets there are
     elif kind == "kaggle":
         kaggle_source("kaggle:" + value)  # a malformed handle fails before any download
     elif kind == "zip" and not os.path.isfile(value):
@@ -121,6 +125,10 @@ def resolve_source(source: str) -> Path:
     kind, value = parse_source(source)
     if kind == "builtin":
         return builtin_path(value)
+    if kind == "dataset":
+        images = managed_dataset_folder(value) / MANAGED_IMAGES_DIR
+        images.mkdir(exist_ok=True)  # a dataset with no image yet: the loader says so
+        return images
     if kind == "kaggle":
         return _kaggle_download(value)
     if kind == "zip":
@@ -132,6 +140,48 @@ def resolve_source(source: str) -> Path:
     if os.path.exists(value):
         raise DataError(f"Data source {source!r} is a file, not a folder. {_expected_sources()}")
     raise DataError(f"Data source {source!r} not found. {_expected_sources()}")
+
+
+# --------------------------------------------------------------------------- managed datasets
+# Where core.data.datasets keeps them; here so that resolving a source never imports it.
+MANAGED_DATASETS_DIR = "datasets"  # in the studio home
+MANAGED_DB = "dataset.sqlite"
+MANAGED_IMAGES_DIR = "images"  # the class subfolders the loader reads
+
+
+def managed_datasets_root() -> Path:
+    """Folder holding one sub-folder per managed dataset (created on demand)."""
+    from core.paths import ensure_folder, studio_home
+
+    path = studio_home() / MANAGED_DATASETS_DIR
+    return ensure_folder(path, f"The datasets folder {path}", "Move that file away, or delete it.")
+
+
+def managed_dataset_names() -> list[str]:
+    """Names of the managed datasets, sorted case-insensitively."""
+    root = managed_datasets_root()
+    return sorted(
+        (p.name for p in root.iterdir() if p.is_dir() and (p / MANAGED_DB).is_file()),
+        key=str.casefold,
+    )
+
+
+def managed_dataset_folder(name: str) -> Path:
+    """The folder of managed dataset ``name`` (any case); DataError listing the datasets."""
+    text = name.strip() if isinstance(name, str) else ""
+    if text and not any(c in text for c in "/\\") and not text.startswith("."):
+        folder = managed_datasets_root() / text
+        if (folder / MANAGED_DB).is_file():
+            return folder
+    names = managed_dataset_names()
+    for other in names:  # a different case still finds it (case-insensitive disks agree)
+        if text and other.casefold() == text.casefold():
+            return managed_datasets_root() / other
+    listed = ", ".join(names) if names else "none yet"
+    raise DataError(
+        f"No dataset named {text!r} (datasets: {listed}). Create it first, or check the name.",
+        settings=("data",),
+    )
 
 
 # --------------------------------------------------------------------------- kaggle

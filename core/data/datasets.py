@@ -1,0 +1,913 @@
+"""Managed datasets: named collections of labelled images the studio owns and edits.
+
+Each dataset lives in ``$TRANSFER_STUDIO_HOME/datasets/<NAME>/``:
+
+* ``dataset.sqlite``: classes, images (content hash, class, excluded flag, original file name)
+  and the edit history (WAL mode; every edit is one ``BEGIN IMMEDIATE`` transaction, so edits
+  from two sessions are applied one after the other and both are kept);
+* ``images/<class>/<id><ext>``: the images in use, a normal folder of class subfolders that
+  the existing loader reads (``dataset:NAME`` resolves to it);
+* ``excluded/<id><ext>``: images set aside (never deleted; ``restore`` brings them back);
+* ``removed/<id><ext>``: copies taken out by undoing an addition (kept, never deleted).
+
+Image ids are the first 12 hex digits of the image's SHA-256 (longer only on a collision), so
+the same picture has the same id wherever it is added; an id names one image in one dataset.
+"""
+
+from __future__ import annotations
+
+import contextlib
+import hashlib
+import io
+import json
+import os
+import shutil
+import sqlite3
+import time
+import uuid
+from collections.abc import Iterable, Iterator, Sequence
+from dataclasses import asdict, dataclass, field
+from pathlib import Path
+from typing import Any
+
+from core.data.images import IMAGE_EXTENSIONS, MAX_FILE_BYTES, check_image
+from core.data.layout import unsafe_name_characters
+from core.data.sources import (
+    MANAGED_DB,
+    MANAGED_IMAGES_DIR,
+    managed_dataset_folder,
+    managed_dataset_names,
+    managed_datasets_root,
+    resolve_source,
+)
+from core.errors import DataError, StorageError, StudioError, storage_error
+
+DB_NAME = MANAGED_DB
+IMAGES_DIR = MANAGED_IMAGES_DIR
+EXCLUDED_DIR = "excluded"
+REMOVED_DIR = "removed"
+STAGING_DIR = ".staging"  # hidden: never mistaken for data
+ID_LENGTH = 12
+MAX_NAME = 64
+BUSY_TIMEOUT_MS = 30_000  # another session's edit holds the write lock for at most a few seconds
+# Folder names the loader reads as a train/validation split, not as a class.
+RESERVED_CLASS_NAMES = frozenset({"train", "val", "validation", "test"})
+_FORMAT_EXT = {"JPEG": ".jpg", "PNG": ".png", "BMP": ".bmp", "GIF": ".gif", "WEBP": ".webp"}
+_FORMAT_EXT["TIFF"] = ".tif"
+
+_SCHEMA = """
+CREATE TABLE IF NOT EXISTS meta (key TEXT PRIMARY KEY, value TEXT NOT NULL);
+CREATE TABLE IF NOT EXISTS classes (
+    id INTEGER PRIMARY KEY AUTOINCREMENT,
+    name TEXT NOT NULL,
+    name_key TEXT NOT NULL,
+    deleted INTEGER NOT NULL DEFAULT 0
+);
+CREATE UNIQUE INDEX IF NOT EXISTS classes_live_name ON classes(name_key) WHERE deleted = 0;
+CREATE TABLE IF NOT EXISTS images (
+    id TEXT PRIMARY KEY,
+    sha256 TEXT NOT NULL UNIQUE,
+    class_id INTEGER NOT NULL REFERENCES classes(id),
+    ext TEXT NOT NULL,
+    original_name TEXT NOT NULL,
+    excluded INTEGER NOT NULL DEFAULT 0,
+    reviewed INTEGER NOT NULL DEFAULT 0,
+    added_at REAL NOT NULL
+);
+CREATE TABLE IF NOT EXISTS edits (
+    seq INTEGER PRIMARY KEY AUTOINCREMENT,
+    at REAL NOT NULL,
+    action TEXT NOT NULL,
+    summary TEXT NOT NULL,
+    undo TEXT NOT NULL,
+    undone_at REAL
+);
+"""
+
+
+# --------------------------------------------------------------------------- names
+
+
+def datasets_root() -> Path:
+    """Folder holding one sub-folder per managed dataset (created on demand)."""
+    return managed_datasets_root()
+
+
+def _check_name(name: object, what: str) -> str:
+    """``name`` stripped, or a DataError saying what is wrong with it and how to fix it."""
+    if not isinstance(name, str) or not name.strip():
+        raise DataError(f"The {what} name is empty. Type a name, e.g. 'cats'.")
+    text = name.strip()
+    problem = None
+    if "/" in text or "\\" in text:
+        problem = "contains a slash"
+    elif text in (".", ".."):
+        problem = "is a reserved folder name"
+    elif text.startswith("."):
+        problem = "starts with a dot (such folders are hidden)"
+    elif unsafe_name_characters(text):
+        problem = "contains a line break or control character"
+    elif len(text) > MAX_NAME:
+        problem = f"is {len(text)} characters long (at most {MAX_NAME})"
+    if problem is None:
+        try:
+            text.encode("utf-8")
+        except UnicodeEncodeError:
+            problem = "is not valid text"
+    if problem:
+        raise DataError(
+            f"The {what} name {text!r} {problem}. Use plain text on one line without '/', "
+            "'\\' or a leading dot, e.g. 'cats'."
+        )
+    return text
+
+
+def check_dataset_name(name: object) -> str:
+    """A valid dataset name (stripped), else a DataError explaining the rule."""
+    return _check_name(name, "dataset")
+
+
+def check_class_name(name: object) -> str:
+    """A valid class name (stripped), else a DataError explaining the rule."""
+    text = _check_name(name, "class")
+    if text.casefold() in RESERVED_CLASS_NAMES:
+        raise DataError(
+            f"The class name {text!r} is reserved: a folder called train, val, validation or "
+            "test is read as a data split, not a class. Choose another name, e.g. "
+            f"'{text}_images'."
+        )
+    return text
+
+
+def suggest_name(source: str) -> str:
+    """The dataset name a source suggests: ``photos.zip`` → ``photos``, ``builtin:pets`` →
+    ``pets``, an uploaded zip → the name the user dropped (never ``upload-<hash>``)."""
+    from core.data.names import display_name
+
+    shown = display_name(source)
+    stem, ext = os.path.splitext(shown)
+    if ext.lower() == ".zip":
+        shown = stem
+    shown = shown.replace("/", "-").replace("\\", "-").strip().lstrip(".").strip()
+    shown = "".join(ch for ch in shown if not unsafe_name_characters(ch))[:MAX_NAME].strip()
+    return shown or "dataset"
+
+
+def dataset_names() -> list[str]:
+    """Names of the managed datasets, sorted case-insensitively."""
+    return managed_dataset_names()
+
+
+def dataset_path(name: str) -> Path:
+    """The folder of an existing dataset ``name``; DataError listing the datasets if unknown."""
+    return managed_dataset_folder(check_dataset_name(name))
+
+
+def images_folder(name: str) -> Path:
+    """The class-subfolder folder of dataset ``name`` (what ``dataset:NAME`` trains on)."""
+    return resolve_source(f"dataset:{dataset_path(name).name}")
+
+
+# --------------------------------------------------------------------------- results
+
+
+@dataclass
+class ImageInfo:
+    """One image of a dataset, as ``show``/``images`` report it."""
+
+    id: str
+    label: str
+    path: str
+    original_name: str
+    excluded: bool
+    reviewed: bool
+
+
+@dataclass
+class AddResult:
+    """What ``add_images`` did: ids added, exact duplicates and files skipped, with reasons."""
+
+    added: list[str] = field(default_factory=list)
+    duplicates: list[dict[str, str]] = field(default_factory=list)
+    skipped: list[dict[str, str]] = field(default_factory=list)
+
+    def to_json(self) -> dict[str, Any]:
+        """JSON-able form (CLI ``--json``, pages)."""
+        return asdict(self)
+
+
+@dataclass
+class _Staged:
+    file: Path
+    sha: str
+    ext: str
+    original: str  # the file name kept with the image
+    source: str  # where it came from, for messages
+
+
+# --------------------------------------------------------------------------- the dataset
+
+
+class Dataset:
+    """One managed dataset opened on its own SQLite connection (one per session or thread)."""
+
+    def __init__(self, name: str) -> None:
+        self.folder = dataset_path(name)
+        self.name = self.folder.name
+        self._db = _connect(self.folder / DB_NAME)
+        self._moved: list[tuple[Path, Path]] = []  # (to, from) of this edit's file moves
+
+    def close(self) -> None:
+        """Close the connection."""
+        self._db.close()
+
+    def __enter__(self) -> Dataset:
+        return self
+
+    def __exit__(self, *exc: object) -> None:
+        self.close()
+
+    # ------------------------------------------------------------------ reading
+
+    def classes(self) -> list[str]:
+        """Live class names, in the order they were created."""
+        rows = self._db.execute("SELECT name FROM classes WHERE deleted = 0 ORDER BY id")
+        return [r[0] for r in rows]
+
+    def images(self, include_excluded: bool = True) -> list[ImageInfo]:
+        """Every image (with its current path), excluded ones too unless told otherwise."""
+        rows = self._db.execute(
+            "SELECT i.id, c.name, i.ext, i.original_name, i.excluded, i.reviewed, c.deleted "
+            "FROM images i JOIN classes c ON c.id = i.class_id ORDER BY c.id, i.added_at, i.id"
+        ).fetchall()
+        out = []
+        for image_id, label, ext, original, excluded, reviewed, _deleted in rows:
+            if excluded and not include_excluded:
+                continue
+            path = self._path(image_id, ext, label, bool(excluded))
+            out.append(
+                ImageInfo(image_id, label, str(path), original, bool(excluded), bool(reviewed))
+            )
+        return out
+
+    def image_id(self, path: str | os.PathLike[str]) -> str | None:
+        """The id of the image stored at ``path`` (a training path of ``dataset:NAME``)."""
+        stem = Path(path).stem
+        row = self._db.execute("SELECT id FROM images WHERE id = ?", (stem,)).fetchone()
+        return row[0] if row else None
+
+    def edits(self) -> list[dict[str, Any]]:
+        """The edit history, oldest first: seq, time, action, summary, undone."""
+        rows = self._db.execute(
+            "SELECT seq, at, action, summary, undone_at FROM edits ORDER BY seq"
+        )
+        return [
+            {"seq": s, "at": at, "action": a, "summary": m, "undone": u is not None}
+            for s, at, a, m, u in rows
+        ]
+
+    def show(self) -> dict[str, Any]:
+        """Classes with counts, the excluded count and the edit history (JSON-able)."""
+        counts: dict[str, int] = {c: 0 for c in self.classes()}
+        excluded = 0
+        for info in self.images():
+            if info.excluded:
+                excluded += 1
+            elif info.label in counts:
+                counts[info.label] += 1
+        return {
+            "name": self.name,
+            "source": f"dataset:{self.name}",
+            "folder": str(self.folder / IMAGES_DIR),
+            "classes": [{"name": c, "images": n} for c, n in counts.items()],
+            "images": sum(counts.values()),
+            "excluded": excluded,
+            "edits": self.edits(),
+        }
+
+    # ------------------------------------------------------------------ classes
+
+    def add_class(self, name: str) -> str:
+        """Add an (empty) class; DataError if the name is invalid or taken."""
+        text = check_class_name(name)
+        with self._edit() as db:
+            self._refuse_taken(db, text)
+            cur = db.execute(
+                "INSERT INTO classes (name, name_key) VALUES (?, ?)", (text, text.casefold())
+            )
+            self._record(db, "add_class", f"added class {text!r}", {"class_id": cur.lastrowid})
+        return text
+
+    def rename_class(self, old: str, new: str) -> str:
+        """Rename a class (its images follow); DataError if ``old`` is unknown or ``new`` taken."""
+        text = check_class_name(new)
+        with self._edit() as db:
+            class_id, old_name = self._class(db, old)
+            if text == old_name:
+                return text
+            if text.casefold() != old_name.casefold():
+                self._refuse_taken(db, text)
+            self._rename(db, class_id, old_name, text)
+            undo = {"class_id": class_id, "name": old_name}
+            self._record(db, "rename_class", f"renamed class {old_name!r} to {text!r}", undo)
+        return text
+
+    def delete_class(self, name: str) -> int:
+        """Delete a class: its images are set aside with it (kept, restorable by ``undo``).
+
+        Returns how many images were set aside. Runs trained on it keep their own model and
+        labels, so they stay usable.
+        """
+        with self._edit() as db:
+            class_id, label = self._class(db, name)
+            ids = [
+                r[0]
+                for r in db.execute(
+                    "SELECT id FROM images WHERE class_id = ? AND excluded = 0", (class_id,)
+                )
+            ]
+            self._set_excluded(db, ids, True)
+            db.execute("UPDATE classes SET deleted = 1 WHERE id = ?", (class_id,))
+            undo = {"class_id": class_id, "excluded": ids}
+            what = f"deleted class {label!r}" + (f" ({len(ids)} images set aside)" if ids else "")
+            self._record(db, "delete_class", what, undo)
+        return len(ids)
+
+    # ------------------------------------------------------------------ images
+
+    def add_images(
+        self,
+        label: str,
+        items: Iterable[str | os.PathLike[str] | tuple[str, bytes]],
+        create_class: bool = False,
+    ) -> AddResult:
+        """Add image files, folders of them (searched recursively) or ``(file name, bytes)``
+        uploads to class ``label``. Each image is checked as a dataset scan checks it; unusable
+        files are skipped with their reason, exact duplicates (same content) are reported and
+        not added twice. ``create_class`` adds the class first if it does not exist.
+        """
+        if create_class and check_class_name(label).casefold() not in {
+            c.casefold() for c in self.classes()
+        }:
+            with contextlib.suppress(DataError):  # another session may have added it meanwhile
+                self.add_class(label)
+        with self._edit() as db:  # fail early on an unknown class, before copying anything
+            self._class(db, label)
+        result = AddResult()
+        staging = self.folder / STAGING_DIR / uuid.uuid4().hex
+        staging.mkdir(parents=True)
+        try:
+            # Checking and copying happen outside the write lock: another session is not
+            # blocked while a large folder is read.
+            staged = self._stage(items, staging, result)
+            with self._edit() as db:
+                class_id, label_name = self._class(db, label)
+                seen: dict[str, str] = {}
+                for item in staged:
+                    row = db.execute(
+                        "SELECT i.id, c.name, i.excluded FROM images i "
+                        "JOIN classes c ON c.id = i.class_id WHERE i.sha256 = ?",
+                        (item.sha,),
+                    ).fetchone()
+                    if row or item.sha in seen:
+                        dup_id, dup_class, dup_excluded = row or (seen[item.sha], label_name, 0)
+                        where = f"class {dup_class!r}" + (" (excluded)" if dup_excluded else "")
+                        reason = f"same picture as image {dup_id} already in {where}"
+                        result.duplicates.append(
+                            {
+                                "path": item.source,
+                                "id": dup_id,
+                                "class": dup_class,
+                                "reason": reason,
+                            }
+                        )
+                        continue
+                    image_id = self._new_id(db, item.sha)
+                    db.execute(
+                        "INSERT INTO images (id, sha256, class_id, ext, original_name, added_at)"
+                        " VALUES (?, ?, ?, ?, ?, ?)",
+                        (image_id, item.sha, class_id, item.ext, item.original, time.time()),
+                    )
+                    target = self._path(image_id, item.ext, label_name, False)
+                    target.parent.mkdir(parents=True, exist_ok=True)
+                    os.replace(item.file, target)
+                    self._moved.append((target, item.file))
+                    seen[item.sha] = image_id
+                    result.added.append(image_id)
+                if result.added:
+                    n = len(result.added)
+                    what = f"added {n} image{'s' if n != 1 else ''} to class {label_name!r}"
+                    self._record(db, "add_images", what, {"ids": result.added})
+        finally:
+            shutil.rmtree(staging, ignore_errors=True)
+        return result
+
+    def relabel(self, ids: Sequence[str], to_class: str) -> list[str]:
+        """Move images to class ``to_class``; DataError naming the classes if it does not exist,
+        or naming any id that is not in this dataset. Returns the ids moved."""
+        with self._edit() as db:
+            class_id, label = self._class(db, to_class)
+            rows = self._lookup(db, ids)
+            before = {r[0]: r[1] for r in rows if r[1] != class_id}
+            for image_id, old_class, ext, excluded in rows:
+                if old_class == class_id:
+                    continue
+                if not excluded:
+                    old_label = self._class_name(db, old_class)
+                    self._move(
+                        self._path(image_id, ext, old_label, False),
+                        self._path(image_id, ext, label, False),
+                    )
+                db.execute(
+                    "UPDATE images SET class_id = ?, reviewed = 1 WHERE id = ?",
+                    (class_id, image_id),
+                )
+            if before:
+                n = len(before)
+                what = f"relabelled {n} image{'s' if n != 1 else ''} to {label!r}"
+                self._record(db, "relabel", what, {"before": before})
+        return list(before)
+
+    def exclude(self, ids: Sequence[str]) -> list[str]:
+        """Set images aside (moved to ``excluded/``, never deleted). Returns the ids changed."""
+        return self._toggle(ids, True)
+
+    def restore(self, ids: Sequence[str]) -> list[str]:
+        """Bring excluded images back to their class. Returns the ids changed."""
+        return self._toggle(ids, False)
+
+    def mark_reviewed(self, ids: Sequence[str]) -> list[str]:
+        """Mark images as reviewed and kept as they are (review's "keep")."""
+        with self._edit() as db:
+            rows = self._lookup(db, ids)
+            changed = [
+                r[0]
+                for r in rows
+                if not db.execute("SELECT reviewed FROM images WHERE id = ?", (r[0],)).fetchone()[0]
+            ]
+            db.executemany("UPDATE images SET reviewed = 1 WHERE id = ?", [(i,) for i in changed])
+            if changed:
+                n = len(changed)
+                what = f"kept {n} image{'s' if n != 1 else ''} as labelled"
+                self._record(db, "keep", what, {"ids": changed})
+        return changed
+
+    def undo(self) -> dict[str, Any] | None:
+        """Revert the last edit not yet undone; returns it, or None if there is nothing to undo."""
+        with self._edit() as db:
+            row = db.execute(
+                "SELECT seq, action, summary, undo FROM edits WHERE undone_at IS NULL "
+                "ORDER BY seq DESC LIMIT 1"
+            ).fetchone()
+            if row is None:
+                return None
+            seq, action, summary, raw = row
+            data = json.loads(raw)
+            if action == "add_class":
+                db.execute("UPDATE classes SET deleted = 1 WHERE id = ?", (data["class_id"],))
+            elif action == "rename_class":
+                (current,) = db.execute(
+                    "SELECT name FROM classes WHERE id = ?", (data["class_id"],)
+                ).fetchone()
+                self._refuse_taken(db, data["name"], but=data["class_id"])
+                self._rename(db, data["class_id"], current, data["name"])
+            elif action == "delete_class":
+                (old,) = db.execute(
+                    "SELECT name FROM classes WHERE id = ?", (data["class_id"],)
+                ).fetchone()
+                self._refuse_taken(db, old)
+                db.execute("UPDATE classes SET deleted = 0 WHERE id = ?", (data["class_id"],))
+                self._set_excluded(db, data["excluded"], False)
+            elif action == "add_images":
+                for image_id, _cls, ext, excluded in self._lookup(db, data["ids"]):
+                    label = self._class_name(db, _cls)
+                    self._move(
+                        self._path(image_id, ext, label, bool(excluded)),
+                        self.folder / REMOVED_DIR / f"{image_id}{ext}",
+                    )
+                    db.execute("DELETE FROM images WHERE id = ?", (image_id,))
+            elif action == "relabel":
+                for image_id, old_class in data["before"].items():
+                    (ext, excluded, now) = db.execute(
+                        "SELECT ext, excluded, class_id FROM images WHERE id = ?", (image_id,)
+                    ).fetchone()
+                    if not excluded:
+                        self._move(
+                            self._path(image_id, ext, self._class_name(db, now), False),
+                            self._path(image_id, ext, self._class_name(db, old_class), False),
+                        )
+                    db.execute("UPDATE images SET class_id = ? WHERE id = ?", (old_class, image_id))
+            elif action in ("exclude", "restore"):
+                self._set_excluded(db, data["ids"], action == "restore")
+            elif action == "keep":
+                db.executemany(
+                    "UPDATE images SET reviewed = 0 WHERE id = ?", [(i,) for i in data["ids"]]
+                )
+            db.execute("UPDATE edits SET undone_at = ? WHERE seq = ?", (time.time(), seq))
+        return {"seq": seq, "action": action, "summary": summary}
+
+    # ------------------------------------------------------------------ internals
+
+    @contextlib.contextmanager
+    def _edit(self) -> Iterator[sqlite3.Connection]:
+        """One edit: a write transaction; files moved in it are moved back if it fails."""
+        self._moved = []
+        try:
+            self._db.execute("BEGIN IMMEDIATE")
+        except sqlite3.OperationalError as exc:
+            raise _db_error(exc, self.folder, "busy") from exc
+        try:
+            yield self._db
+            self._db.execute("COMMIT")
+        except BaseException as exc:
+            self._db.execute("ROLLBACK")
+            for moved_to, moved_from in reversed(self._moved):
+                with contextlib.suppress(OSError):
+                    moved_from.parent.mkdir(parents=True, exist_ok=True)
+                    os.replace(moved_to, moved_from)
+            if isinstance(exc, (sqlite3.Error, OSError)):
+                disk = storage_error(exc, self.folder)
+                if disk is not None:
+                    raise disk from exc
+            raise
+        finally:
+            self._moved = []
+            self._tidy()
+
+    def _tidy(self) -> None:
+        """Remove class folders left empty, so the loader never meets an empty class."""
+        images = self.folder / IMAGES_DIR
+        with contextlib.suppress(OSError):
+            for sub in images.iterdir():
+                if sub.is_dir():
+                    with contextlib.suppress(OSError):
+                        sub.rmdir()  # only succeeds when empty
+
+    def _record(self, db: sqlite3.Connection, action: str, summary: str, undo: dict) -> None:
+        db.execute(
+            "INSERT INTO edits (at, action, summary, undo) VALUES (?, ?, ?, ?)",
+            (time.time(), action, summary, json.dumps(undo)),
+        )
+
+    def _path(self, image_id: str, ext: str, label: str, excluded: bool) -> Path:
+        if excluded:
+            return self.folder / EXCLUDED_DIR / f"{image_id}{ext}"
+        return self.folder / IMAGES_DIR / label / f"{image_id}{ext}"
+
+    def _move(self, src: Path, dst: Path) -> None:
+        if src == dst:
+            return
+        if not src.exists():
+            raise DataError(
+                f"The file of image {src.stem} is missing from dataset {self.name!r} ({src}); "
+                "it was moved or deleted outside the studio. Put it back, or undo the edit "
+                "that added it."
+            )
+        dst.parent.mkdir(parents=True, exist_ok=True)
+        os.replace(src, dst)
+        self._moved.append((dst, src))
+
+    def _class(self, db: sqlite3.Connection, name: str) -> tuple[int, str]:
+        key = name.strip().casefold() if isinstance(name, str) else ""
+        row = db.execute(
+            "SELECT id, name FROM classes WHERE name_key = ? AND deleted = 0", (key,)
+        ).fetchone()
+        if row is None:
+            live = [r[0] for r in db.execute("SELECT name FROM classes WHERE deleted = 0")]
+            listed = ", ".join(repr(c) for c in live) if live else "none yet"
+            raise DataError(
+                f"Dataset {self.name!r} has no class {name!r} (classes: {listed}). Pick one of "
+                "those, or add the class first."
+            )
+        return int(row[0]), str(row[1])
+
+    def _class_name(self, db: sqlite3.Connection, class_id: int) -> str:
+        return str(db.execute("SELECT name FROM classes WHERE id = ?", (class_id,)).fetchone()[0])
+
+    def _refuse_taken(self, db: sqlite3.Connection, name: str, but: int | None = None) -> None:
+        row = db.execute(
+            "SELECT id, name FROM classes WHERE name_key = ? AND deleted = 0", (name.casefold(),)
+        ).fetchone()
+        if row and row[0] != but:
+            raise DataError(
+                f"Dataset {self.name!r} already has a class {row[1]!r}"
+                + (f" (names differ only in case from {name!r})" if row[1] != name else "")
+                + ". Choose another name."
+            )
+
+    def _rename(self, db: sqlite3.Connection, class_id: int, old: str, new: str) -> None:
+        src = self.folder / IMAGES_DIR / old
+        if src.is_dir():
+            tmp = src.with_name(f".rename-{uuid.uuid4().hex}")  # case-only renames need a hop
+            self._move(src, tmp)
+            self._move(tmp, self.folder / IMAGES_DIR / new)
+        db.execute(
+            "UPDATE classes SET name = ?, name_key = ? WHERE id = ?",
+            (new, new.casefold(), class_id),
+        )
+
+    def _lookup(
+        self, db: sqlite3.Connection, ids: Sequence[str]
+    ) -> list[tuple[str, int, str, int]]:
+        """(id, class_id, ext, excluded) of each id; DataError naming ids not in this dataset."""
+        if isinstance(ids, str):
+            ids = [ids]
+        if not ids:
+            raise DataError("No image ids given. Name at least one image, e.g. 3f2a9c01b7de.")
+        rows, unknown = [], []
+        for raw in dict.fromkeys(str(i).strip() for i in ids):
+            row = db.execute(
+                "SELECT id, class_id, ext, excluded FROM images WHERE id = ?", (raw,)
+            ).fetchone()
+            if row is None and len(raw) >= 8 and all(c in "0123456789abcdef" for c in raw):
+                found = db.execute(
+                    "SELECT id, class_id, ext, excluded FROM images WHERE sha256 LIKE ? LIMIT 2",
+                    (raw + "%",),
+                ).fetchall()
+                row = found[0] if len(found) == 1 else None
+            if row is None:
+                unknown.append(raw)
+            else:
+                rows.append(tuple(row))
+        if unknown:
+            raise DataError(_unknown_ids(self.name, unknown))
+        return rows  # type: ignore[return-value]
+
+    def _set_excluded(self, db: sqlite3.Connection, ids: Sequence[str], excluded: bool) -> None:
+        for image_id, class_id, ext, was in self._lookup(db, ids) if ids else []:
+            if bool(was) == excluded:
+                continue
+            label = self._class_name(db, class_id)
+            self._move(
+                self._path(image_id, ext, label, bool(was)),
+                self._path(image_id, ext, label, excluded),
+            )
+            db.execute("UPDATE images SET excluded = ? WHERE id = ?", (int(excluded), image_id))
+
+    def _toggle(self, ids: Sequence[str], excluded: bool) -> list[str]:
+        with self._edit() as db:
+            rows = self._lookup(db, ids)
+            changed = [r[0] for r in rows if bool(r[3]) != excluded]
+            # An image set aside with its deleted class has no class folder to go back to.
+            deleted = [
+                r[0]
+                for r in rows
+                if not excluded
+                and r[3]
+                and db.execute("SELECT deleted FROM classes WHERE id = ?", (r[1],)).fetchone()[0]
+            ]
+            if deleted:
+                raise DataError(
+                    f"Image(s) {', '.join(deleted)} belonged to a class that was deleted. Add "
+                    "the class again and relabel them to it, or undo the class's deletion."
+                )
+            self._set_excluded(db, changed, excluded)
+            if changed:
+                n = len(changed)
+                verb = "excluded" if excluded else "restored"
+                self._record(
+                    db,
+                    "exclude" if excluded else "restore",
+                    f"{verb} {n} image{'s' if n != 1 else ''}",
+                    {"ids": changed},
+                )
+        return changed
+
+    def _new_id(self, db: sqlite3.Connection, sha: str) -> str:
+        for length in range(ID_LENGTH, len(sha) + 1, 4):
+            candidate = sha[:length]
+            if db.execute("SELECT 1 FROM images WHERE id = ?", (candidate,)).fetchone() is None:
+                return candidate
+        return sha
+
+    def _stage(
+        self,
+        items: Iterable[str | os.PathLike[str] | tuple[str, bytes]],
+        staging: Path,
+        result: AddResult,
+    ) -> list[_Staged]:
+        staged: list[_Staged] = []
+        for original, opener in _expand(items, result):
+            ext = os.path.splitext(original)[1].lower()
+            try:
+                with opener() as fh:
+                    # One byte over the cap is enough for the check to say "too large".
+                    data = fh.read(MAX_FILE_BYTES + 1)
+            except OSError as exc:
+                result.skipped.append(
+                    {"path": original, "reason": f"unreadable ({exc.strerror or exc})"}
+                )
+                continue
+            stream = io.BytesIO(data)
+            stream.name = original  # type: ignore[attr-defined]  # for messages only
+            reason = check_image(stream)
+            if reason is None and ext not in IMAGE_EXTENSIONS:
+                ext = _sniff_ext(data) or ""
+                if not ext:
+                    reason = "not an image"
+            if reason:
+                result.skipped.append({"path": original, "reason": reason})
+                continue
+            sha = hashlib.sha256(data).hexdigest()
+            file = staging / f"{len(staged)}{ext}"
+            file.write_bytes(data)
+            staged.append(_Staged(file, sha, ext, os.path.basename(original) or original, original))
+        return staged
+
+
+def _sniff_ext(data: bytes) -> str | None:
+    from PIL import Image
+
+    try:
+        with Image.open(io.BytesIO(data)) as im:
+            return _FORMAT_EXT.get(str(im.format))
+    except Exception:  # any plugin error: not an image we store
+        return None
+
+
+def _expand(
+    items: Iterable[str | os.PathLike[str] | tuple[str, bytes]], result: AddResult
+) -> Iterator[tuple[str, Any]]:
+    """(name, opener) of every file to add: files, image files under folders, uploads."""
+    for item in [items] if isinstance(items, (str, os.PathLike)) else items:
+        if isinstance(item, tuple):
+            name, data = item
+            yield str(name), (lambda data=data: contextlib.nullcontext(io.BytesIO(data)))
+            continue
+        path = os.path.expanduser(os.fspath(item))
+        if os.path.isdir(path):
+            found = False
+            for folder, dirs, files in os.walk(path):
+                dirs[:] = sorted(d for d in dirs if not d.startswith("."))
+                for fname in sorted(files):
+                    if fname.startswith("."):
+                        continue
+                    full = os.path.join(folder, fname)
+                    if os.path.splitext(fname)[1].lower() not in IMAGE_EXTENSIONS:
+                        result.skipped.append({"path": full, "reason": "not an image file"})
+                        continue
+                    found = True
+                    yield full, (lambda full=full: open(full, "rb"))
+            if not found:
+                result.skipped.append({"path": path, "reason": "folder holds no image files"})
+        elif os.path.exists(path):
+            yield path, (lambda path=path: _open_file(path))
+        else:
+            result.skipped.append({"path": path, "reason": "not found"})
+
+
+def _open_file(path: str) -> Any:
+    from core.data.images import open_regular_file
+
+    return open_regular_file(path)
+
+
+def _unknown_ids(name: str, unknown: list[str]) -> str:
+    owners = []
+    for other in dataset_names():
+        if other == name:
+            continue
+        with contextlib.suppress(sqlite3.Error, OSError):
+            db = sqlite3.connect(f"file:{datasets_root() / other / DB_NAME}?mode=ro", uri=True)
+            try:
+                marks = ",".join("?" * len(unknown))
+                if db.execute(f"SELECT 1 FROM images WHERE id IN ({marks})", unknown).fetchone():
+                    owners.append(other)
+            finally:
+                db.close()
+    listed = ", ".join(unknown[:5]) + ("…" if len(unknown) > 5 else "")
+    where = f" (they belong to dataset {', '.join(map(repr, owners))})" if owners else ""
+    return (
+        f"Image id(s) {listed} are not in dataset {name!r}{where}. Use the ids that "
+        f"'dataset show' or review list for {name!r}."
+    )
+
+
+def _db_error(exc: sqlite3.Error, folder: Path, context: str) -> StudioError:
+    disk = storage_error(exc, folder)
+    if disk is not None:
+        return disk
+    if "locked" in str(exc).lower() or "busy" in str(exc).lower():
+        return StorageError(
+            f"The dataset in {folder} is busy: another session has been editing it for over "
+            f"{BUSY_TIMEOUT_MS // 1000} s. Wait a moment and try again."
+        )
+    return StorageError(f"The dataset file in {folder} cannot be used ({exc}).")
+
+
+def _connect(path: Path) -> sqlite3.Connection:
+    try:
+        # check_same_thread off: Streamlit may rerun a session's script on another thread;
+        # a Dataset is still used by one thread at a time.
+        db = sqlite3.connect(
+            path, timeout=BUSY_TIMEOUT_MS / 1000, isolation_level=None, check_same_thread=False
+        )
+        db.execute(f"PRAGMA busy_timeout = {BUSY_TIMEOUT_MS}")
+        db.execute("PRAGMA journal_mode = WAL")
+        db.execute("PRAGMA synchronous = NORMAL")
+        db.executescript(_SCHEMA)
+    except sqlite3.Error as exc:
+        raise _db_error(exc, path.parent, "open") from exc
+    return db
+
+
+# --------------------------------------------------------------------------- module API
+
+
+def create(name: str, source: str | None = None) -> Dataset:
+    """Create dataset ``name`` (empty, or imported once from ``source``: a folder, zip, builtin
+    or Kaggle handle, checked by the usual loader). DataError if the name is taken or invalid.
+    The caller closes the returned Dataset."""
+    text = check_dataset_name(name)
+    root = datasets_root()
+    taken = [n for n in dataset_names() if n.casefold() == text.casefold()]
+    if taken:
+        raise DataError(f"A dataset named {taken[0]!r} already exists. Choose another name.")
+    folder = root / text
+    try:
+        folder.mkdir()  # atomic: of two sessions creating the same name, one wins
+    except FileExistsError:
+        raise DataError(
+            f"A dataset named {text!r} already exists (or a folder of that name is in "
+            f"{root}). Choose another name."
+        ) from None
+    try:
+        (folder / IMAGES_DIR).mkdir()
+        _connect(folder / DB_NAME).close()
+        dataset = Dataset(text)
+        if source:
+            _import(dataset, source)
+        return dataset
+    except BaseException:
+        shutil.rmtree(folder, ignore_errors=True)  # a half-imported dataset must not remain
+        raise
+
+
+def _import(dataset: Dataset, source: str) -> None:
+    from core.data.index import load_dataset
+
+    index = load_dataset(source)
+    by_class: dict[str, list[str]] = {c: [] for c in index.class_names}
+    for paths, labels in (
+        (index.train_paths, index.train_labels),
+        (index.val_paths, index.val_labels),
+    ):
+        for path, label in zip(paths, labels, strict=True):
+            by_class[index.class_names[label]].append(path)
+    for name, files in by_class.items():
+        dataset.add_images(name, files, create_class=True)
+
+
+def open_dataset(name: str) -> Dataset:
+    """Open existing dataset ``name`` (DataError listing the datasets if unknown)."""
+    return Dataset(name)
+
+
+def list_datasets() -> list[dict[str, Any]]:
+    """One row per dataset: name, source, classes, images, excluded, edits."""
+    rows = []
+    for name in dataset_names():
+        with Dataset(name) as ds:
+            info = ds.show()
+        rows.append(
+            {
+                "name": info["name"],
+                "source": info["source"],
+                "classes": len(info["classes"]),
+                "images": info["images"],
+                "excluded": info["excluded"],
+                "edits": sum(1 for e in info["edits"] if not e["undone"]),
+            }
+        )
+    return rows
+
+
+def show(name: str) -> dict[str, Any]:
+    """Classes with counts, excluded count and edits of dataset ``name``."""
+    with Dataset(name) as ds:
+        return ds.show()
+
+
+def parse_dataset_source(source: str) -> str | None:
+    """The NAME of a ``dataset:NAME`` source, else None."""
+    if isinstance(source, str) and source.strip().lower().startswith("dataset:"):
+        return source.strip()[len("dataset:") :].strip()
+    return None
+
+
+__all__ = [
+    "AddResult",
+    "Dataset",
+    "ImageInfo",
+    "check_class_name",
+    "check_dataset_name",
+    "create",
+    "dataset_names",
+    "dataset_path",
+    "datasets_root",
+    "images_folder",
+    "list_datasets",
+    "open_dataset",
+    "show",
+    "suggest_name",
+]
