@@ -847,14 +847,7 @@ def _import(dataset: Dataset, source: str) -> None:
     from core.data.index import load_dataset
 
     index = load_dataset(source)
-    by_class: dict[str, list[str]] = {c: [] for c in index.class_names}
-    for paths, labels in (
-        (index.train_paths, index.train_labels),
-        (index.val_paths, index.val_labels),
-    ):
-        for path, label in zip(paths, labels, strict=True):
-            by_class[index.class_names[label]].append(path)
-    for name, files in by_class.items():
+    for name, files in index.paths_by_class().items():
         dataset.add_images(name, files, create_class=True)
 
 

@@ -181,13 +181,7 @@ def health_report(
 
 def sample_images(index: DatasetIndex, per_class: int = 6, seed: int = 0) -> dict[str, list[str]]:
     """Up to ``per_class`` image paths per class (training files first), seeded."""
-    by_class: dict[str, list[str]] = {name: [] for name in index.class_names}
-    for paths, labels in (
-        (index.train_paths, index.train_labels),
-        (index.val_paths, index.val_labels),
-    ):
-        for path, label in zip(paths, labels, strict=False):
-            by_class[index.class_names[label]].append(path)
+    by_class = index.paths_by_class()
     rng = random.Random(seed)
     out: dict[str, list[str]] = {}
     for name, paths in by_class.items():

@@ -52,6 +52,17 @@ class DatasetIndex:
             counts[split] = {name: per_label.get(i, 0) for i, name in enumerate(self.class_names)}
         return counts
 
+    def paths_by_class(self) -> dict[str, list[str]]:
+        """Each class's image paths, its training files first, then its validation files."""
+        by_class: dict[str, list[str]] = {name: [] for name in self.class_names}
+        for paths, labels in (
+            (self.train_paths, self.train_labels),
+            (self.val_paths, self.val_labels),
+        ):
+            for path, label in zip(paths, labels, strict=True):
+                by_class[self.class_names[label]].append(path)
+        return by_class
+
     def summary(self) -> dict:
         """JSON-able overview for run records, the CLI and the dashboard."""
         return {
