@@ -67,7 +67,9 @@ CREATE TABLE IF NOT EXISTS runs (
     duration_s REAL,
     model_path TEXT,
     model_bytes INTEGER,
-    name TEXT
+    name TEXT,
+    device TEXT,
+    replicas INTEGER
 );
 CREATE TABLE IF NOT EXISTS epochs (
     run_id TEXT NOT NULL,
@@ -124,6 +126,8 @@ class RunRow(TypedDict):
     model_path: str | None
     model_bytes: int | None
     name: str | None  # the user's rename (None: the config's name, else a default)
+    device: str | None  # where it trained, e.g. "CPU", "GPU:0", "2 x CPU:0-1 (mirrored)"
+    replicas: int | None  # devices one step ran on (1 unless distribute=mirrored)
 
 
 class EpochRecord(TypedDict):
@@ -205,6 +209,8 @@ class RunResult(RunSummary):
     finished_at: float | None
     model_path: str | None
     model_bytes: int | None
+    device: str | None
+    replicas: int | None
     run_dir: str
 
 
@@ -1008,5 +1014,7 @@ class RunStore:
             "finished_at": row["finished_at"],
             "model_path": row["model_path"],
             "model_bytes": row["model_bytes"],
+            "device": row.get("device"),
+            "replicas": row.get("replicas"),
             "run_dir": str(self.root / "runs" / run_id),
         }
