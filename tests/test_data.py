@@ -132,7 +132,8 @@ def test_unknown_source_message(tmp_path: Path) -> None:
     assert str(err.value) == (
         f"Data source '{missing}' not found. Expected builtin:NAME (available: faces, photos, "
         "textures), "
-        "a folder of class subfolders, a .zip file or kaggle:OWNER/SLUG[/versions/N]."
+        "a folder of class subfolders, a .zip file, kaggle:OWNER/SLUG[/versions/N] or "
+        "dataset:NAME (a dataset made in the studio)."
     )
     (tmp_path / "file.txt").write_text("x")
     with pytest.raises(DataError, match="is a file, not a folder"):

@@ -80,7 +80,7 @@ with setup:  # the page's own scroll: no inner scroll box cutting the section he
         key="data",
         accept_new_options=True,
         format_func=dashboard.data_label,
-        help="Chosen on the Data page, a built-in, a folder, a .zip or kaggle:OWNER/SLUG",
+        help="Chosen on the Data page: a built-in, a folder, a .zip, a Kaggle dataset or your own",
     )
     if data and dashboard.data_label(data) != data:
         st.caption(f"Source: {widgets.md_escape(data)}")  # the full path, once, below the name

@@ -27,7 +27,8 @@ def _expected_sources() -> str:
     available = ", ".join(sorted(BUILTINS))
     return (
         f"Expected builtin:NAME (available: {available}), a folder of class subfolders, "
-        "a .zip file or kaggle:OWNER/SLUG[/versions/N]."
+        "a .zip file, kaggle:OWNER/SLUG[/versions/N] "
+        "or dataset:NAME (a dataset made in the studio)."
     )
 
 
