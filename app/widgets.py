@@ -6,7 +6,6 @@ these helpers and ``app.views`` (pure functions) for what they show.
 
 from __future__ import annotations
 
-import sys
 import time
 import uuid
 from pathlib import Path
@@ -19,7 +18,7 @@ from app.views.text import md_escape
 from core.errors import StudioError
 from core.paths import runs_root
 
-if TYPE_CHECKING:  # the queue imports Keras: loaded on first use (see ``_job_queue``)
+if TYPE_CHECKING:
     from core.config import RunConfig
     from core.runs.store import BatchRecord, RunResult, RunStore, RunSummary
     from core.training.jobs import JobQueue
@@ -51,33 +50,6 @@ POLL_SECONDS = 2.0
 STICKY_MONITOR = """<style>
 div:has(> .st-key-monitor_panel) { position: sticky; top: 3.75rem; z-index: 2; }
 </style>"""
-
-
-def _keep_keras_session() -> None:
-    """Stop Streamlit from calling ``keras.backend.clear_session()`` after every script run.
-
-    Streamlit does that (``script_runner._clean_problem_modules``) after each run and each
-    fragment rerun. The studio trains in a worker thread of this process while a fragment polls
-    every second, so each poll threw away TensorFlow's kernel cache, reset Keras' global state
-    under the running model and forced a ``gc.collect()``: training ran ~50x slower. The studio
-    keeps models alive across runs on purpose (the queue, the prediction cache), so the Keras
-    part of that cleanup is switched off; matplotlib's part is kept.
-    """
-    from streamlit.runtime.scriptrunner import script_runner
-
-    current = getattr(script_runner, "_clean_problem_modules", None)
-    if current is None or getattr(current, "transfer_studio", False):
-        return  # another Streamlit layout, or already done
-
-    def clean_problem_modules() -> None:
-        if "matplotlib.pyplot" in sys.modules:
-            sys.modules["matplotlib.pyplot"].close("all")
-
-    clean_problem_modules.transfer_studio = True  # type: ignore[attr-defined]
-    script_runner._clean_problem_modules = clean_problem_modules
-
-
-_keep_keras_session()
 
 
 def pages() -> list[Any]:
@@ -152,16 +124,34 @@ def setup_app() -> None:
         st.caption(f"Runs folder: {md_escape(runs_root())}")
 
 
-@st.cache_resource(show_spinner="Starting the training worker…")
+# The server never trains: its queue writes queued runs into the run store and a worker process
+# (``python -m core worker``, started by ``ensure_worker``) trains them. So nothing here imports
+# Keras to train, and Streamlit's own cleanup after each script run (it calls
+# ``keras.backend.clear_session()`` and may ``gc.collect()``) cannot slow or break a run: the
+# replacement of ``_clean_problem_modules`` and ``postScriptGC = false`` are gone with the
+# in-server training thread they protected.
+@st.cache_resource(show_spinner=False)
 def _job_queue(root: str) -> JobQueue:
-    from core.training.jobs import get_job_queue  # imports Keras: slow once per process
+    from core.training.jobs import get_job_queue
 
-    return get_job_queue(root)
+    return get_job_queue(root, processes=True)
 
 
 def job_queue() -> JobQueue:
-    """The process-wide job queue of the current runs folder (``TRANSFER_STUDIO_HOME``)."""
-    return _job_queue(str(runs_root()))
+    """The process-wide job queue of the current runs folder (``TRANSFER_STUDIO_HOME``); runs
+    queued and no worker alive (the server restarted, a worker was killed): one is started."""
+    queue = _job_queue(str(runs_root()))
+    ensure_worker(queue)
+    return queue
+
+
+def ensure_worker(queue: JobQueue) -> None:
+    """``JobQueue.ensure_worker``: lost runs marked interrupted, a worker started for queued
+    runs when none is alive. A failure to start one is shown, not raised."""
+    try:
+        queue.ensure_worker()
+    except StudioError as exc:
+        show_error(exc)
 
 
 @st.cache_data(ttl=600, max_entries=8, show_spinner=False)
@@ -448,6 +438,8 @@ def run_monitor(queue: JobQueue, run_id: str, shown_status: str | None = None) -
 
     @st.fragment(run_every=poll_interval(polling))
     def monitor() -> None:
+        if polling:  # a killed worker's run shows interrupted, the next queued run gets one
+            ensure_worker(queue)
         result = store.result(run_id)
         # The first and the recent rows are all the progress summary reads (speed, ETA), however
         # long the run: not every row each poll.
@@ -480,6 +472,9 @@ def run_monitor(queue: JobQueue, run_id: str, shown_status: str | None = None) -
             cols[2].metric("Images/s", f"{speed:.0f}" if speed else "–")
             cols[3].metric("Wall time", dashboard.format_duration(p["elapsed_s"]))
         st.progress(p["fraction"], text=p["text"])
+        if result.get("device"):  # which worker's device: CPU, GPU:0, 2 x GPU (mirrored)
+            where = "Training" if active else "Trained"
+            st.caption(f"{where} on {md_escape(result['device'], inline=True)}")
         st.plotly_chart(
             _live_curves(store, result, batches[-1] if batches else None), key="training_curves"
         )

@@ -24,6 +24,8 @@ EPILOG = """examples:
   python -m core train --data builtin:textures --backbone mobilenet_v2 --weights none \\
       --mode feature_extraction --epochs 2 --image-size 64
   python -m core train --data ~/pets --mode fine_tuning --epochs 3 --fine-tune-epochs 5
+  python -m core submit --data ~/pets --json   # queue a run for a worker; prints its id at once
+  python -m core worker --device CPU          # train queued runs, one at a time, until Ctrl+C
   python -m core runs
   python -m core rename RUN_ID "cats vs dogs, fine-tuned"
   python -m core delete RUN_ID --yes
@@ -118,6 +120,25 @@ def _add_train_flags(p: argparse.ArgumentParser) -> None:
     p.add_argument("--dense-units", type=int, help=f"head hidden units (default {d.dense_units})")
     p.add_argument("--name", help="a label for the run")
     cli_search.add_class_weight_flag(p)
+    from core.config import (
+        DISTRIBUTE_CHOICES,
+        DISTRIBUTE_HELP,
+        MIXED_PRECISION_CHOICES,
+        MIXED_PRECISION_HELP,
+    )
+
+    p.add_argument(
+        "--distribute",
+        choices=DISTRIBUTE_CHOICES,
+        help="; ".join(f"{k}: {h.rstrip('.')}" for k, h in DISTRIBUTE_HELP.items())
+        + f" (default {d.distribute})",
+    )
+    p.add_argument(
+        "--mixed-precision",
+        choices=MIXED_PRECISION_CHOICES,
+        help="; ".join(f"{k}: {h.rstrip('.')}" for k, h in MIXED_PRECISION_HELP.items())
+        + f" (default {d.mixed_precision})",
+    )
 
 
 def build_parser() -> argparse.ArgumentParser:
@@ -138,7 +159,7 @@ def build_parser() -> argparse.ArgumentParser:
 
     p = sub.add_parser(
         "train",
-        help="train one run (blocks; one progress line per epoch on stderr)",
+        help="train one run in this process (blocks; one progress line per epoch on stderr)",
         description="Train one run and record it in the run store. Progress goes to stderr; with "
         "--json the last stdout line is the run's result object.",
     )
@@ -154,6 +175,49 @@ def build_parser() -> argparse.ArgumentParser:
     )
     p.add_argument("run_id", metavar="RUN_ID")
     _add_common(p, "print the result as one JSON object on the last stdout line")
+
+    p = sub.add_parser(
+        "submit",
+        help="queue a run for a worker process and print its id at once (does not train)",
+        description="Queue one run in the run store and print its id at once, without loading "
+        "TensorFlow. It does not start a worker: a `python -m core worker` process on the same "
+        "runs folder trains it (the dashboard starts one when its own runs wait). Follow it with "
+        "`python -m core runs` or `show RUN_ID`; stop it with `stop RUN_ID`.",
+    )
+    _add_train_flags(p)
+    _add_common(p, 'print {"run_id": ...} as JSON')
+
+    p = sub.add_parser(
+        "worker",
+        help="train queued runs (from `submit` or the dashboard) one at a time, until stopped",
+        description="Take queued runs from the run store, oldest first, and train them one at a "
+        "time, forever (until Ctrl+C or SIGTERM: the current run stops within a batch and can be "
+        "resumed). Several workers may serve one runs folder (e.g. one per GPU): each run is "
+        "trained by exactly one of them. A worker killed mid-run leaves its run 'interrupted' "
+        "within seconds (resume it with `python -m core resume RUN_ID`).",
+    )
+    p.add_argument(
+        "--device",
+        metavar="DEV",
+        help="CPU (hide every GPU) or GPU:N (only GPU N); default: whatever TensorFlow finds. "
+        "Recorded as the run's device",
+    )
+    p.add_argument(
+        "--runs-dir",
+        metavar="D",
+        help="run store folder (default: $TRANSFER_STUDIO_HOME, else ~/.transfer_studio)",
+    )
+    p.add_argument("--once", action="store_true", help="train at most one queued run, then exit")
+    p.add_argument(
+        "--idle-exit", type=float, metavar="S", help="exit after S seconds without a queued run"
+    )
+    p.add_argument(
+        "--parent",
+        type=int,
+        metavar="PID",
+        help="exit once process PID is gone and no run is in progress (the dashboard passes "
+        "its own)",
+    )
 
     p = sub.add_parser(
         "runs",
@@ -353,6 +417,8 @@ LINT_FLAGS = {
     "transfer_without_pretrained_weights": "--weights, --mode",
     "full_fine_tuning_small_data": "--mode, --augment",
     "scratch_few_images": "--mode, --weights",
+    "mixed_precision_on_cpu": "--mixed-precision",
+    "mirrored_one_device": "--distribute",
 }
 
 
@@ -367,7 +433,7 @@ def cmd_train(args: argparse.Namespace) -> int:
         flags = LINT_FLAGS.get(finding["code"])
         hint = f" [{flags}]" if flags else ""
         print(f"{finding['level']}: {finding['message']}{hint}", file=sys.stderr)
-    from core.training.jobs import JobQueue  # imports TensorFlow: only for a run that can start
+    from core.training.jobs import JobQueue  # its thread imports TensorFlow when the run starts
 
     jobs = JobQueue(args.runs_dir)
     run_id = jobs.submit(config, progress=_epoch_line(config))
@@ -419,6 +485,45 @@ def bytes_text(size: float) -> str:
             return f"{size:.0f} {unit}" if unit == "B" else f"{size:.1f} {unit}"
         size /= 1000
     return f"{size:.1f} TB"  # not reached
+
+
+def cmd_submit(args: argparse.Namespace) -> int:
+    """Queue one run for a worker process; print its id. Never imports TensorFlow."""
+    from core.data.sources import check_source, remember_source
+    from core.runs.store import RunStore
+
+    config = config_from_args(args).validate()
+    check_source(config.data)  # a missing folder fails now, not in the worker
+    store = RunStore(args.runs_dir)
+    run_id = store.create_run(config, claimed=False)
+    remember_source(config.data)
+    if args.json:
+        _print_json({"run_id": run_id})
+    else:
+        print(run_id)
+    if not store.live_workers():
+        print(
+            f"queued; no worker serves {store.root} now: start one with "
+            f"`python -m core worker --runs-dir {store.root}`",
+            file=sys.stderr,
+        )
+    return 0
+
+
+def cmd_worker(args: argparse.Namespace) -> int:
+    """Train queued runs one at a time until stopped (see ``core.training.jobs.run_worker``)."""
+    from core.training.jobs import WorkerOptions, run_worker
+
+    if args.idle_exit is not None and args.idle_exit < 0:
+        raise ConfigError(f"--idle-exit {args.idle_exit} is negative. Expected seconds, e.g. 60.")
+    options = WorkerOptions(
+        runs_dir=args.runs_dir,
+        device=args.device,
+        once=args.once,
+        idle_exit=args.idle_exit,
+        parent=args.parent,
+    )
+    return run_worker(options, progress_for=_epoch_line)
 
 
 def cmd_runs(args: argparse.Namespace) -> int:
@@ -689,6 +794,8 @@ COMMANDS = {
     "datasets": cmd_datasets,
     "train": cmd_train,
     "resume": cmd_resume,
+    "submit": cmd_submit,
+    "worker": cmd_worker,
     "runs": cmd_runs,
     "rename": cmd_rename,
     "delete": cmd_delete,

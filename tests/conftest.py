@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import os
+import sys
 import tempfile
 from collections.abc import Iterator
 from contextlib import contextmanager
@@ -22,6 +23,16 @@ import pytest  # noqa: E402
 if TYPE_CHECKING:
     from core.config import RunConfig
     from core.training.jobs import JobQueue
+
+
+@pytest.fixture(autouse=True)
+def _no_worker_left_behind() -> Iterator[None]:
+    """Worker processes a test started (the dashboard's queue starts them) end with the test:
+    none keeps training into a folder that is gone, or on the cores the next test needs."""
+    yield
+    jobs = sys.modules.get("core.training.jobs")
+    if jobs is not None and jobs.spawned_workers():
+        jobs.stop_spawned_workers(timeout=5.0)
 
 
 @pytest.fixture(scope="session")

@@ -6,12 +6,13 @@
   still a cycle).
 - public functions of ``core`` and ``app/views`` are typed.
 - ``streamlit_app.py`` is the only router.
+- the dashboard's server process never trains: worker processes do.
 """
 
 from __future__ import annotations
 
 import ast
-import inspect
+import json
 from pathlib import Path
 
 ROOT = Path(__file__).resolve().parents[1]
@@ -163,22 +164,61 @@ def test_streamlit_app_is_the_only_router() -> None:
     assert not (ROOT / "pages").exists(), "a pages/ folder would add pages behind the router's back"
 
 
-def test_the_keras_session_patch_still_has_its_target() -> None:
-    """Fails when Streamlit renames ``_clean_problem_modules`` or stops calling it after a run.
-
-    The dashboard replaces that function so Streamlit does not clear the Keras session under a
-    model training in this process (see ``app.widgets._keep_keras_session``).
+def test_the_server_process_never_trains(tmp_path) -> None:
+    """The dashboard's queue (process mode) only writes queued runs and starts a worker process:
+    in a fresh interpreter, submitting, resuming and stopping through it with the dashboard's
+    widgets loaded never imports the trainer, Keras or TensorFlow. That is why Streamlit's
+    cleanup after each script run (``keras.backend.clear_session()``, ``gc.collect()``) is left
+    as it is: no ``_clean_problem_modules`` replacement, no ``postScriptGC = false``.
     """
+    import subprocess
+    import sys
+    import tomllib
+
+    code = f"""
+import json, sys
+import app.widgets
+from core.config import RunConfig
+from core.training import jobs
+started = []
+class Fake:
+    pid = 0
+def spawn(root, parent=None, slot=None):
+    started.append(str(root))
+    return Fake()
+jobs.spawn_worker = spawn
+queue = jobs.get_job_queue({str(tmp_path)!r}, processes=True)
+run_id = queue.submit(RunConfig(data="builtin:textures", epochs=1))
+pending = queue.pending()
+queue.stop(run_id)
+queue.resume(run_id)
+print(json.dumps({{
+    "pending": pending == [run_id], "started": len(started),
+    "stopped": queue.store.status(run_id) == "queued",
+    "loaded": [m for m in ("core.training.trainer", "keras", "tensorflow") if m in sys.modules],
+}}))
+"""
+    done = subprocess.run(
+        [sys.executable, "-c", code], cwd=ROOT, capture_output=True, text=True, timeout=120
+    )
+    assert done.returncode == 0, done.stderr
+    facts = json.loads(done.stdout.strip().splitlines()[-1])
+    assert facts["loaded"] == [], "the server process must not load the trainer"
+    assert facts["pending"] and facts["stopped"]
+    assert facts["started"] >= 1, "a worker process is started for the queued run"
+
     from streamlit.runtime.scriptrunner import script_runner
 
-    import app.widgets  # noqa: F401  applies the replacement
+    import app.widgets  # noqa: F401
 
-    assert hasattr(script_runner, "_clean_problem_modules"), "Streamlit renamed the function"
-    assert getattr(script_runner._clean_problem_modules, "transfer_studio", False)
-    source = inspect.getsource(script_runner.ScriptRunner)
-    assert "_log_if_error(_clean_problem_modules)" in source or "_clean_problem_modules()" in (
-        source
-    ), "Streamlit no longer calls it after a run"
+    assert not getattr(script_runner._clean_problem_modules, "transfer_studio", False)
+    config = tomllib.loads((ROOT / ".streamlit" / "config.toml").read_text())
+    assert "postScriptGC" not in config.get("runner", {})
+    assert not any(
+        name in {"execute_run", "core.training.trainer"} or name.endswith(".execute_run")
+        for path in _modules(APP)
+        for name in _imports(path)
+    ), "no page or widget imports the trainer"
 
 
 def test_the_router_menu_is_shown() -> None:

@@ -1,11 +1,13 @@
 """Two browser sessions of the Train page share the process-wide job queue (``st.cache_resource``).
 
 Session A launches two runs and session B one, interleaved, with extra reruns after every click;
-the store must end up with exactly those three runs, trained one at a time in submission order.
+the store must end up with exactly those three runs, trained one at a time in submission order,
+by one worker process (the server process never trains).
 """
 
 from __future__ import annotations
 
+import os
 import sqlite3
 from pathlib import Path
 
@@ -57,7 +59,7 @@ def test_two_sessions_share_one_queue(home):
     submitted = [_launch(a), _launch(b), _launch(a)]
     assert len(set(submitted)) == 3
 
-    queue = get_job_queue(home)  # the queue both sessions got through widgets.job_queue()
+    queue = get_job_queue(home, processes=True)  # what both got through widgets.job_queue()
     for run_id in submitted:
         assert queue.wait(run_id, timeout=300) == "completed", queue.store.result(run_id)["error"]
     runs = queue.store.list_runs()
@@ -65,8 +67,13 @@ def test_two_sessions_share_one_queue(home):
     results = sorted((queue.store.result(r) for r in submitted), key=lambda r: r["created_at"])
     assert [r["run_id"] for r in results] == submitted  # created in click order
     for earlier, later in zip(results, results[1:], strict=False):
-        assert later["started_at"] >= earlier["finished_at"]  # one at a time, in order
+        started, finished = later["started_at"], earlier["finished_at"]
+        assert started is not None and finished is not None
+        assert started >= finished  # one at a time, in order
     assert all(r["config"]["backbone"] == "mobilenet_v3_small" for r in results)
+    owners = {queue.store.get_run(r)["owner"] for r in submitted}
+    assert len(owners) == 1, "one worker process trained them all"
+    assert not str(owners.pop()).startswith(f"{os.getpid()}:"), "not in the server process"
 
     with sqlite3.connect(queue.store.db_path) as db:
         assert db.execute("PRAGMA journal_mode").fetchone()[0] == "wal"

@@ -1,9 +1,13 @@
 """The run store: SQLite (WAL) plus one artifact folder per run.
 
-It is the one source of truth for the pages and the CLI: a worker thread writes progress here
-while it trains, and readers (a page's fragment, ``python -m core runs``) read it back, possibly
-from another process. Each call opens its own short-lived connection so any thread may use the
-store.
+It is the one source of truth for the pages and the CLI: a worker (a ``python -m core worker``
+process, or the thread of a CLI ``train``) writes progress here while it trains, and readers (a
+page's fragment, ``python -m core runs``) read it back, possibly from another process. Each call
+opens its own short-lived connection so any thread may use the store.
+
+It is also the queue of the worker processes: a queued run with no ``owner`` waits for any worker,
+which claims it atomically (``claim_next``); the ``workers`` table holds each worker's heartbeat,
+so a run whose worker died is marked ``interrupted`` (``recover_interrupted``).
 """
 
 from __future__ import annotations
@@ -12,6 +16,7 @@ import json
 import os
 import secrets
 import shutil
+import socket
 import sqlite3
 import sys
 import time
@@ -35,6 +40,14 @@ DB_NAME = "runs.sqlite"
 BACKUP_NAME = "runs.sqlite.bak"  # SQLite's online backup, refreshed after every finished run
 RECORD_FILE = "record.json"  # each run folder's own copy of its row and epochs
 MAX_RUN_NAME = 60  # a name must fit a selector, a chip and a table column
+# Worker processes (``python -m core worker``): each writes a heartbeat about every second; a
+# running run whose worker's heartbeat is older than this is taken for lost (``interrupted``).
+HEARTBEAT_S = 1.0
+HEARTBEAT_STALE_S = 10.0
+# A worker being started (a ``starting`` row) counts as alive this long without a heartbeat:
+# its interpreter and the core imports take a second or two, more on a busy machine.
+STARTING_GRACE_S = 60.0
+WORKER_STARTING, WORKER_IDLE, WORKER_RUNNING = "starting", "idle", "running"
 # The runs columns holding JSON text: a damaged one must not hide the other runs.
 JSON_COLUMNS = (
     "config_json", "class_names_json", "skipped_files_json", "dataset_json", "phases_json",
@@ -80,6 +93,17 @@ CREATE TABLE IF NOT EXISTS epochs (
     images_per_s REAL, duration_s REAL, t REAL NOT NULL,
     PRIMARY KEY (run_id, epoch)
 );
+CREATE TABLE IF NOT EXISTS workers (
+    token TEXT PRIMARY KEY,
+    pid INTEGER NOT NULL,
+    host TEXT NOT NULL,
+    device TEXT,
+    runs_dir TEXT,
+    state TEXT NOT NULL,
+    started_at REAL NOT NULL,
+    heartbeat_at REAL NOT NULL,
+    run_id TEXT
+);
 CREATE TABLE IF NOT EXISTS batches (
     run_id TEXT NOT NULL,
     global_step INTEGER NOT NULL,
@@ -96,6 +120,20 @@ CREATE TABLE IF NOT EXISTS batches (
 # -- what the store returns -----------------------------------------------------------------
 # TypedDicts, not classes: at run time they are the plain dicts the pages index and the CLI prints
 # with ``json.dumps`` (``train --json``, ``runs --json`` and ``show --json`` are a public contract).
+
+
+class WorkerRow(TypedDict):
+    """A row of the ``workers`` table: one worker process serving this runs folder."""
+
+    token: str  # ``_process_token()`` of the worker ("starting:N" while it is being started)
+    pid: int
+    host: str
+    device: str | None  # its ``--device`` (None: whatever TensorFlow finds)
+    runs_dir: str | None
+    state: str  # starting, idle or running
+    started_at: float
+    heartbeat_at: float
+    run_id: str | None  # the run it holds (None while idle)
 
 
 class RunRow(TypedDict):
@@ -235,17 +273,35 @@ def _process_token(pid: int | None = None) -> str:
     return f"{pid}:{start}"
 
 
+def _pid_alive(pid: int) -> bool:
+    """Whether process ``pid`` exists and is not a zombie (a killed child its parent has not
+    reaped yet is one: still in the process table, but it will never write again)."""
+    if pid <= 0:
+        return False
+    try:
+        os.kill(pid, 0)
+    except ProcessLookupError:
+        return False
+    except PermissionError:  # exists, owned by someone else
+        pass
+    try:
+        with open(f"/proc/{pid}/stat", "rb") as fh:
+            state = fh.read().rsplit(b")", 1)[1].split()[0]
+    except (OSError, IndexError):
+        return True  # no /proc (not Linux): os.kill said it exists
+    return state not in (b"Z", b"X")
+
+
 def _owner_alive(owner: str | None) -> bool:
     if not owner:
         return False
     pid_text, _, _ = owner.partition(":")
     try:
         pid = int(pid_text)
-        os.kill(pid, 0)
-    except (ValueError, ProcessLookupError):
+    except ValueError:
         return False
-    except PermissionError:  # exists, owned by someone else
-        return True
+    if not _pid_alive(pid):
+        return False
     return _process_token(pid) == owner
 
 
@@ -415,7 +471,8 @@ class RunStore:
         """Bring a store made by an older version up to the current schema (columns only)."""
         wanted = sqlite3.connect(":memory:")
         wanted.executescript(_SCHEMA)
-        for table in ("runs", "epochs", "batches"):
+        # (a table an older store lacks is made whole by the schema script: no columns here)
+        for table in ("runs", "epochs", "batches", "workers"):
             have = {r[1] for r in db.execute(f"PRAGMA table_info({table})")}
             for _, name, kind, *_ in wanted.execute(f"PRAGMA table_info({table})"):
                 if name not in have:
@@ -547,7 +604,8 @@ class RunStore:
         if not row.get("status"):
             # No record (written before records existed): a saved model means a finished run.
             row["status"] = COMPLETED if model.is_file() else INTERRUPTED
-        if row["status"] in ACTIVE_STATUSES and not _owner_alive(row.get("owner")):
+        waiting = row["status"] == QUEUED and not row.get("owner")  # for any worker: it still can
+        if row["status"] in ACTIVE_STATUSES and not waiting and not _owner_alive(row.get("owner")):
             row["status"] = INTERRUPTED
             row["error"] = "The run index was rebuilt from the run folder before it finished."
         if model.is_file():
@@ -616,8 +674,12 @@ class RunStore:
         return path
 
     # -- writing --------------------------------------------------------------------------
-    def create_run(self, config: RunConfig, status: str = QUEUED) -> str:
-        """Register a new run (its config is written to ``config.json`` too); returns its id."""
+    def create_run(self, config: RunConfig, status: str = QUEUED, claimed: bool = True) -> str:
+        """Register a new run (its config is written to ``config.json`` too); returns its id.
+
+        ``claimed``: the run belongs to this process (its in-process queue trains it; no worker
+        takes it). ``claimed=False`` queues it for any worker process (``claim_next``).
+        """
         run_id = new_run_id()
         with self._connect() as db:
             seq = db.execute("SELECT COALESCE(MAX(seq), 0) + 1 FROM runs").fetchone()[0]
@@ -630,7 +692,7 @@ class RunStore:
                     time.time(),
                     status,
                     config.to_json(indent=None),
-                    _process_token(),
+                    _process_token() if claimed else None,
                     config.planned_epochs,
                 ),
             )
@@ -731,8 +793,9 @@ class RunStore:
             ).fetchone()
         return int(row[0])
 
-    def requeue(self, run_id: str) -> None:
-        """Put a stopped/interrupted/failed run back in the queue (owned by this process)."""
+    def requeue(self, run_id: str, claimed: bool = True) -> None:
+        """Put a stopped/interrupted/failed run back in the queue: owned by this process, or
+        with ``claimed=False`` waiting for any worker process."""
         with self._connect() as db:
             # An interrupted run never recorded its duration: count its finished epochs' time.
             spent = db.execute(
@@ -740,25 +803,234 @@ class RunStore:
             ).fetchone()[0]
         row = self.get_run(run_id)
         self.update(
-            run_id, status=QUEUED, owner=_process_token(), stop_requested=0, error=None,
+            run_id, status=QUEUED, owner=_process_token() if claimed else None,
+            stop_requested=0, error=None,
             finished_at=None, duration_s=row["duration_s"] or spent,
         )  # fmt: skip
 
     def recover_interrupted(self) -> list[str]:
-        """Mark runs left queued/running by a dead process as ``interrupted``; returns their ids."""
+        """Mark runs whose process is gone as ``interrupted``; returns their ids.
+
+        Gone: the owner process is dead (same host: pid and start time), or the owner is a
+        worker whose heartbeat is older than ``HEARTBEAT_STALE_S``. A queued run nobody claimed
+        (``owner`` NULL) waits for a worker, whoever submitted it. Rows of dead workers are
+        removed. Cheap (two reads when nothing is wrong): workers call it while idle, the
+        dashboard on its polls, every CLI command when it opens the store.
+        """
+        now = time.time()
+        host = socket.gethostname()
         with self._connect() as db:
             rows = db.execute(
-                "SELECT run_id, owner FROM runs WHERE status IN (?, ?)", ACTIVE_STATUSES
+                "SELECT run_id, status, owner FROM runs WHERE status IN (?, ?)"
+                " AND owner IS NOT NULL",
+                ACTIVE_STATUSES,
             ).fetchall()
-        dead = [r["run_id"] for r in rows if not _owner_alive(r["owner"])]
-        for run_id in dead:
-            self.update(
-                run_id,
-                status=INTERRUPTED,
-                error="The process running this run ended before it finished.",
-                finished_at=time.time(),
+            workers = {
+                r["token"]: cast(WorkerRow, dict(r)) for r in db.execute("SELECT * FROM workers")
+            }
+        gone_workers = [t for t, w in workers.items() if not self._worker_alive(w, now, host)]
+        lost: list[str] = []
+        for r in rows:
+            worker = workers.get(r["owner"])
+            if worker is not None:
+                alive = r["owner"] not in gone_workers
+            else:  # an in-process queue (CLI train, tests) or an older version: the pid says
+                alive = _owner_alive(r["owner"])
+            if not alive:
+                lost.append(r["run_id"])
+        interrupted = []
+        for run_id in lost:
+            with self._connect() as db:
+                # Only if nothing moved meanwhile: a run that just finished stays finished.
+                cur = db.execute(
+                    "UPDATE runs SET status = ?, error = ?, finished_at = ?"
+                    " WHERE run_id = ? AND status IN (?, ?) AND owner = ?",
+                    (
+                        INTERRUPTED,
+                        "The process running this run ended before it finished.",
+                        now,
+                        run_id,
+                        *ACTIVE_STATUSES,
+                        next(r["owner"] for r in rows if r["run_id"] == run_id),
+                    ),
+                )
+            if cur.rowcount:
+                interrupted.append(run_id)
+                self._write_record(run_id)
+        if gone_workers:
+            with self._connect() as db:
+                db.executemany(
+                    "DELETE FROM workers WHERE token = ? AND heartbeat_at = ?",
+                    [(t, workers[t]["heartbeat_at"]) for t in gone_workers],
+                )
+        return interrupted
+
+    # -- the queue of worker processes ----------------------------------------------------
+    @staticmethod
+    def _worker_alive(worker: WorkerRow, now: float, host: str) -> bool:
+        """Whether a ``workers`` row stands for a live worker (or one being started)."""
+        here = worker["host"] == host
+        if worker["state"] == WORKER_STARTING:
+            if now - worker["started_at"] > STARTING_GRACE_S:
+                return False
+            return not here or not worker["pid"] or _pid_alive(worker["pid"])
+        if now - worker["heartbeat_at"] > HEARTBEAT_STALE_S:
+            return False  # frozen, or on another machine and gone
+        return not here or _owner_alive(worker["token"])
+
+    @contextmanager
+    def _immediate(self) -> Iterator[sqlite3.Connection]:
+        """A write transaction taken at its start (``BEGIN IMMEDIATE``): what it reads cannot
+        change before it writes, in any process."""
+        with self._connect() as db:
+            db.isolation_level = None  # the transaction below is ours, not the module's
+            db.execute("BEGIN IMMEDIATE")
+            try:
+                yield db
+            except BaseException:
+                db.execute("ROLLBACK")
+                raise
+            db.execute("COMMIT")
+
+    def pending(self) -> list[str]:
+        """Queued runs no process has claimed, in the order workers take them."""
+        with self._connect() as db:
+            rows = db.execute(
+                "SELECT run_id FROM runs WHERE status = ? AND owner IS NULL ORDER BY seq", (QUEUED,)
+            ).fetchall()
+        return [r[0] for r in rows]
+
+    def claim_next(self, token: str) -> str | None:
+        """Take the oldest unclaimed queued run for worker ``token``: it becomes ``running``,
+        owned by the worker. Atomic across processes: two workers never take the same run.
+        Returns its id, or None when nothing waits."""
+        with self._connect() as db:  # a cheap read first: an idle worker polls this
+            if not db.execute(
+                "SELECT 1 FROM runs WHERE status = ? AND owner IS NULL LIMIT 1", (QUEUED,)
+            ).fetchone():
+                return None
+        now = time.time()
+        with self._immediate() as db:
+            row = db.execute(
+                "SELECT run_id FROM runs WHERE status = ? AND owner IS NULL ORDER BY seq LIMIT 1",
+                (QUEUED,),
+            ).fetchone()
+            if row is None:
+                return None
+            run_id = str(row[0])
+            cur = db.execute(
+                "UPDATE runs SET status = ?, owner = ?, started_at = ?, error = NULL"
+                " WHERE run_id = ? AND status = ? AND owner IS NULL",
+                (RUNNING, token, now, run_id, QUEUED),
             )
-        return dead
+            if cur.rowcount != 1:
+                return None
+            db.execute(
+                "UPDATE workers SET state = ?, run_id = ?, heartbeat_at = ? WHERE token = ?",
+                (WORKER_RUNNING, run_id, now, token),
+            )
+        self._write_record(run_id)
+        return run_id
+
+    def cancel_queued(self, run_id: str) -> bool:
+        """Stop a run that is still queued and unclaimed (atomically); False if a process holds
+        it already (then ``request_stop`` reaches it)."""
+        with self._connect() as db:
+            cur = db.execute(
+                "UPDATE runs SET status = ?, stop_requested = 1, finished_at = ?"
+                " WHERE run_id = ? AND status = ? AND owner IS NULL",
+                (STOPPED, time.time(), run_id, QUEUED),
+            )
+        if cur.rowcount:
+            self._write_record(run_id)
+        return bool(cur.rowcount)
+
+    def register_worker(
+        self, token: str, device: str | None = None, replaces: str | None = None
+    ) -> None:
+        """Add this worker process's row, replacing the ``starting`` row its starter reserved
+        (``replaces``, from ``reserve_worker_start``)."""
+        now = time.time()
+        pid = int(token.partition(":")[0])
+        with self._connect() as db:
+            db.execute(
+                "DELETE FROM workers WHERE state = ? AND (pid = ? OR token = ?)",
+                (WORKER_STARTING, pid, replaces),
+            )
+            db.execute(
+                "INSERT OR REPLACE INTO workers (token, pid, host, device, runs_dir, state,"
+                " started_at, heartbeat_at, run_id) VALUES (?, ?, ?, ?, ?, ?, ?, ?, NULL)",
+                (token, pid, socket.gethostname(), device, str(self.root), WORKER_IDLE, now, now),
+            )
+
+    def heartbeat(self, token: str) -> bool:
+        """Say the worker is alive; False if its row is gone (removed as dead: register again)."""
+        with self._connect() as db:
+            cur = db.execute(
+                "UPDATE workers SET heartbeat_at = ? WHERE token = ?", (time.time(), token)
+            )
+        return bool(cur.rowcount)
+
+    def hold_run(self, token: str, run_id: str) -> None:
+        """Record that worker ``token`` holds ``run_id`` (again, after re-registering)."""
+        with self._connect() as db:
+            db.execute(
+                "UPDATE workers SET state = ?, run_id = ? WHERE token = ?",
+                (WORKER_RUNNING, run_id, token),
+            )
+
+    def release_worker_run(self, token: str) -> None:
+        """The worker let go of its run (recorded, checkpoint removed): it is idle again."""
+        with self._connect() as db:
+            db.execute(
+                "UPDATE workers SET state = ?, run_id = NULL, heartbeat_at = ? WHERE token = ?",
+                (WORKER_IDLE, time.time(), token),
+            )
+
+    def remove_worker(self, token: str) -> None:
+        """Remove a worker's row (it exits, or it never started)."""
+        with self._connect() as db:
+            db.execute("DELETE FROM workers WHERE token = ?", (token,))
+
+    def workers(self) -> list[WorkerRow]:
+        """The rows of the ``workers`` table (live or not: see ``live_workers``)."""
+        with self._connect() as db:
+            rows = db.execute("SELECT * FROM workers ORDER BY started_at").fetchall()
+        return [cast(WorkerRow, dict(r)) for r in rows]
+
+    def live_workers(self) -> list[WorkerRow]:
+        """Workers alive now (fresh heartbeat, live process), those being started included."""
+        now, host = time.time(), socket.gethostname()
+        return [w for w in self.workers() if self._worker_alive(w, now, host)]
+
+    def worker_holds(self, run_id: str) -> bool:
+        """Whether a live worker still holds the run (it may be cleaning up after finishing)."""
+        now, host = time.time(), socket.gethostname()
+        with self._connect() as db:
+            rows = db.execute("SELECT * FROM workers WHERE run_id = ?", (run_id,)).fetchall()
+        return any(self._worker_alive(cast(WorkerRow, dict(r)), now, host) for r in rows)
+
+    def reserve_worker_start(self) -> str | None:
+        """Reserve the start of a worker when no live worker (or one being started) serves this
+        folder: a ``starting`` row, written atomically, so that two pages (or processes)
+        polling at once start one worker, not two. Returns the row's token, else None."""
+        now, host = time.time(), socket.gethostname()
+        with self._immediate() as db:
+            for r in db.execute("SELECT * FROM workers").fetchall():
+                if self._worker_alive(cast(WorkerRow, dict(r)), now, host):
+                    return None
+            token = f"{WORKER_STARTING}:{secrets.token_hex(4)}"
+            db.execute(
+                "INSERT INTO workers (token, pid, host, device, runs_dir, state, started_at,"
+                " heartbeat_at, run_id) VALUES (?, 0, ?, NULL, ?, ?, ?, ?, NULL)",
+                (token, host, str(self.root), WORKER_STARTING, now, now),
+            )
+        return token
+
+    def worker_started(self, token: str, pid: int) -> None:
+        """The reserved worker's process exists: its pid (so a crash at start is seen)."""
+        with self._connect() as db:
+            db.execute("UPDATE workers SET pid = ? WHERE token = ?", (pid, token))
 
     def rename(self, run_id: str, name: str) -> str:
         """Give a run a name of the user's (trimmed, capped); returns the name stored.
