@@ -61,6 +61,20 @@ MODES: tuple[str, ...] = tuple(m.value for m in Mode)
 AUGMENTATIONS = ("flip", "rotation", "zoom", "contrast")
 FEATURE_CACHE_CHOICES = ("auto", "off")
 CLASS_WEIGHT_CHOICES = ("none", "balanced")
+DISTRIBUTE_CHOICES = ("none", "mirrored")
+DISTRIBUTE_HELP: Mapping[str, str] = {
+    "none": "Train on one device: the first GPU, else the CPU.",
+    "mirrored": "One run over every visible GPU (else every logical CPU, see "
+    "TRANSFER_STUDIO_LOGICAL_CPUS) with tf.distribute.MirroredStrategy: batch size is per "
+    "device (global batch = batch size × replicas) and learning rates scale linearly "
+    "(lr × replicas). With one device it trains on 1 replica.",
+}
+MIXED_PRECISION_CHOICES = ("auto", "on", "off")
+MIXED_PRECISION_HELP: Mapping[str, str] = {
+    "auto": "On only where it pays: a GPU with compute capability 7.0 or more; never on a CPU.",
+    "on": "mixed_float16: float16 compute, float32 weights and softmax output, loss scaling.",
+    "off": "float32 everywhere.",
+}
 CLASS_WEIGHT_HELP: Mapping[str, str] = {
     "none": "Every image counts the same: common classes dominate the loss.",
     "balanced": "Each class weighs n_images / (n_classes × its images) in the training loss, "
@@ -118,6 +132,11 @@ class RunConfig:
     # "balanced": each class's training loss is weighted by n_images / (n_classes * its images)
     # (scikit-learn's rule), in every training path; "none": every image counts the same.
     class_weight: str = "none"
+    # "mirrored": one run over every visible device (tf.distribute.MirroredStrategy);
+    # ``batch_size`` stays per device. "none": one device. (core/devices.py)
+    distribute: str = "none"
+    # "auto": mixed_float16 only on a GPU where it pays (compute capability >= 7.0).
+    mixed_precision: str = "auto"
     name: str = ""
     extra: dict[str, Any] = field(default_factory=dict)  # forward-compatible: unknown JSON keys
 
@@ -208,13 +227,30 @@ class RunConfig:
                 "as common ones).",
                 settings=("class_weight",),
             )
+        if self.distribute not in DISTRIBUTE_CHOICES:
+            raise ConfigError(
+                f"Distribute {self.distribute!r} is invalid. Expected one of: "
+                f"{', '.join(DISTRIBUTE_CHOICES)} (mirrored trains one run on every visible GPU, "
+                "or every logical CPU).",
+                settings=("distribute",),
+            )
+        if self.mixed_precision not in MIXED_PRECISION_CHOICES:
+            raise ConfigError(
+                f"Mixed precision {self.mixed_precision!r} is invalid. Expected one of: "
+                f"{', '.join(MIXED_PRECISION_CHOICES)} (auto turns it on only on a GPU where "
+                "it pays).",
+                settings=("mixed_precision",),
+            )
         return self
 
     def _check_types(self) -> None:
         """Fields of the wrong JSON type (``"0.2"`` for a number, ``3`` for a name) are named
         with the setting and an example, before any check compares or looks them up."""
         defaults = RunConfig()
-        texts = ("backbone", "weights", "mode", "data", "feature_cache", "class_weight", "name")
+        texts = (
+            "backbone", "weights", "mode", "data", "feature_cache", "class_weight", "distribute",
+            "mixed_precision", "name",
+        )  # fmt: skip
         for name in texts:
             value = getattr(self, name)
             if not isinstance(value, str):

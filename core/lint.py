@@ -149,5 +149,40 @@ def lint_config(config: RunConfig, train_images: int | None = None) -> list[dict
                 "with imagenet weights.",
             )
         )
+    found += _device_findings(config)
     order = {WARNING: 0, INFO: 1}
     return sorted(found, key=lambda f: order[f["level"]])  # stable: rule order within a level
+
+
+def _device_findings(config: RunConfig) -> list[dict[str, str]]:
+    """Mixed precision forced on without a GPU; a mirrored run with one device to mirror over.
+
+    Only these non-default settings look at the devices (which loads TensorFlow).
+    """
+    from core import devices
+
+    found: list[dict[str, str]] = []
+    if config.mixed_precision == "on" and not devices.gpu_capabilities():
+        found.append(
+            _finding(
+                WARNING,
+                "mixed_precision_on_cpu",
+                "Mixed precision is on, but this machine has no GPU: a CPU computes float16 "
+                "slower than float32, so the run gets slower and slightly less exact. Use mixed "
+                "precision auto (on only where it pays) or off.",
+            )
+        )
+    if config.distribute == "mirrored":
+        kind, names = devices.training_devices()
+        if len(names) == 1:
+            found.append(
+                _finding(
+                    INFO,
+                    "mirrored_one_device",
+                    f"Distribute mirrored sees one device ({kind}): the run trains on 1 replica, "
+                    "as with distribute none. For several devices use a machine with more GPUs, "
+                    f"or split the CPU with {devices.LOGICAL_CPUS_ENV}=2 (to try the strategy; "
+                    "it is not faster on one CPU).",
+                )
+            )
+    return found

@@ -20,6 +20,10 @@ from core.config import (
     AUGMENTATIONS,
     CLASS_WEIGHT_CHOICES,
     CLASS_WEIGHT_HELP,
+    DISTRIBUTE_CHOICES,
+    DISTRIBUTE_HELP,
+    MIXED_PRECISION_CHOICES,
+    MIXED_PRECISION_HELP,
     MODE_HELP,
     MODES,
     RunConfig,
@@ -68,6 +72,16 @@ with setup:  # the page's own scroll: no inner scroll box cutting the section he
             f"{widgets.md_escape(name)}'s ImageNet weights are not cached: "
             "the run needs network access."
         )
+    d = st.columns(2)
+    distribute = d[0].selectbox(
+        "Devices", DISTRIBUTE_CHOICES, key="distribute",
+        format_func={"none": "one device", "mirrored": "all (mirrored)"}.__getitem__,
+        help=" ".join(f"{k}: {v}" for k, v in DISTRIBUTE_HELP.items()),
+    )  # fmt: skip
+    mixed_precision = d[1].selectbox(
+        "Mixed precision", MIXED_PRECISION_CHOICES, key="mixed_precision",
+        help=" ".join(f"{k}: {v}" for k, v in MIXED_PRECISION_HELP.items()),
+    )  # fmt: skip
     model_checks = st.container()
 
     st.subheader("Data", divider="gray")
@@ -138,7 +152,7 @@ with setup:  # the page's own scroll: no inner scroll box cutting the section he
         batch_size=batch, epochs=epochs, fine_tune_epochs=ft_epochs, lr=lr, fine_tune_lr=ft_lr,
         unfreeze=unfreeze, augment=augment, augmentations=tuple(augs or ()),
         val_split=val_split, seed=seed, feature_cache="auto" if cache else "off",
-        class_weight=class_weight,
+        class_weight=class_weight, distribute=distribute, mixed_precision=mixed_precision,
     )  # fmt: skip
     # The form as the user left it (the weights choice too, which scratch only greys out).
     widgets.remember_train_form(config.with_changes(weights=state["weights"]))

@@ -488,6 +488,7 @@ FORM_FIELDS = {
     "size": "image_size", "batch": "batch_size", "val_split": "val_split", "seed": "seed",
     "augment": "augment", "cache": "feature_cache", "augs": "augmentations", "epochs": "epochs",
     "lr": "lr", "ft": "fine_tune_epochs", "ft_lr": "fine_tune_lr", "unfreeze": "unfreeze",
+    "distribute": "distribute", "mixed_precision": "mixed_precision",
 }  # fmt: skip
 LRS = (1e-6, 3e-6, 1e-5, 3e-5, 1e-4, 3e-4, 1e-3, 3e-3, 1e-2)  # the learning-rate sliders' stops
 
@@ -522,6 +523,8 @@ def train_form_values(config: RunConfig) -> dict[str, Any]:
         "ft": config.fine_tune_epochs,
         "ft_lr": _nearest(config.fine_tune_lr, LRS),
         "unfreeze": unfreeze,
+        "distribute": config.distribute,
+        "mixed_precision": config.mixed_precision,
     }
 
 
@@ -535,6 +538,8 @@ LINT_SECTIONS = {
     "fine_tune_lr_high": "schedule",
     "head_lr_not_above_fine_tune_lr": "schedule",
     "no_fine_tune_phase": "schedule",
+    "mixed_precision_on_cpu": "model",
+    "mirrored_one_device": "model",
 }
 
 

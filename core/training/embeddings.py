@@ -84,6 +84,12 @@ def cache_key(
         "preprocessing": backbone.spec.preprocessing,
         "files": [sha256_file(p) for p in paths],
     }
+    # Features computed in float16 (a mixed-precision run) differ slightly from float32 ones:
+    # keyed apart. Float32 keeps its old keys; ``distribute`` is never part of the key (the
+    # features are the same on one device or many).
+    policy = keras.mixed_precision.global_policy()
+    if policy.compute_dtype != "float32":
+        parts["policy"] = policy.name
     if views > 1:
         parts["augmented_views"] = {
             "augmentations": list(config.active_augmentations()),
@@ -139,15 +145,19 @@ def forward_once(
     image_size: int,
     stage: StageFn | None = None,
     pick: RuntimePick | None = None,
+    strategy: Any = None,
 ) -> np.ndarray:
     """``model`` (frozen, inference mode) over every image of ``paths``, in order.
 
     ``pick(first_batch)``: a faster runtime of ``model`` to run instead of Keras, or ``None``.
+    ``strategy``: a ``tf.distribute`` strategy (``model`` built in its scope) whose replicas
+    each take ``FEATURE_BATCH`` images of every step; ``None``: the default device.
     """
     from core.data.pipeline import make_dataset
 
-    ds = make_dataset(paths, [0] * len(paths), image_size, FEATURE_BATCH, training=False)
-    return _forward(model, ds.map(lambda x, _y: x), len(paths), stage, pick)
+    batch = FEATURE_BATCH * _replicas(strategy)
+    ds = make_dataset(paths, [0] * len(paths), image_size, batch, training=False)
+    return _forward(model, ds.map(lambda x, _y: x), len(paths), stage, pick, strategy)
 
 
 def forward_views(
@@ -159,14 +169,17 @@ def forward_views(
     seed: int,
     stage: StageFn | None = None,
     pick: RuntimePick | None = None,
+    strategy: Any = None,
 ) -> np.ndarray:
-    """``model`` over ``views`` augmented views of each image: shape ``(views, n, ...)``."""
+    """``model`` over ``views`` augmented views of each image: shape ``(views, n, ...)``.
+    ``strategy``: as for ``forward_once``."""
     from core.data.pipeline import views_dataset
 
+    batch = FEATURE_BATCH * _replicas(strategy)
     ds = views_dataset(
-        paths, image_size, FEATURE_BATCH, augmentations=augmentations, views=views, seed=seed
+        paths, image_size, batch, augmentations=augmentations, views=views, seed=seed
     )
-    out = _forward(model, ds, views * len(paths), stage, pick)
+    out = _forward(model, ds, views * len(paths), stage, pick, strategy)
     return out.reshape(views, len(paths), *out.shape[1:])
 
 
@@ -182,22 +195,49 @@ def _compiled(model: keras.Model) -> Any:
     return forward
 
 
+def _replicas(strategy: Any) -> int:
+    return 1 if strategy is None else int(strategy.num_replicas_in_sync)
+
+
+def _distributed(model: keras.Model, strategy: Any) -> Callable[[Any], Any]:
+    """``model``'s inference call with each batch split over ``strategy``'s replicas: a
+    ``tf.function`` taking a distributed batch, returning the replicas' outputs concatenated
+    in replica order, which is the batch's own order (``experimental_distribute_dataset``
+    gives replica ``i`` the ``i``-th slice of each global batch)."""
+    import tensorflow as tf
+
+    @tf.function
+    def step(batch: Any) -> tf.Tensor:
+        out = strategy.run(lambda x: model(x, training=False), args=(batch,))
+        return tf.concat(strategy.experimental_local_results(out), axis=0)
+
+    return step
+
+
 def _forward(
     model: keras.Model,
     images: Any,
     rows: int,
     stage: StageFn | None,
     pick: RuntimePick | None = None,
+    strategy: Any = None,
 ) -> np.ndarray:
     """``model`` over a dataset of image batches (``rows`` images in all), in order.
 
     Batches of ``FEATURE_BATCH`` and a compiled call: an eager call walks the layers in Python
     and is ~3x slower per batch; or the runtime ``pick`` returns for the first batch. The
     output is filled in place (no copies of what may be hundreds of MB of activations).
+    With a ``strategy`` of several replicas, every batch is split over them (``pick`` is not
+    used: the converted runtime runs on the host CPU alone).
     """
     from core.data.pipeline import image_errors
 
-    forward = _compiled(model)
+    if _replicas(strategy) > 1:
+        forward = _distributed(model, strategy)
+        images = strategy.experimental_distribute_dataset(images)
+        pick = None
+    else:
+        forward = _compiled(model)
     shape = tuple(int(d) for d in model.output.shape[1:])
     out = np.empty((rows, *shape), np.float32)
     done = 0
@@ -206,7 +246,7 @@ def _forward(
         for batch in images:
             if done == 0 and pick is not None:
                 runtime = pick(batch.numpy())
-            result = runtime(batch.numpy()) if runtime else forward(batch).numpy()
+            result = runtime(batch.numpy()) if runtime else np.asarray(forward(batch))
             out[done : done + len(result)] = result
             done += len(result)
             if stage:
@@ -218,7 +258,9 @@ def compute_features(
     built: BuiltModel, paths: Sequence[str], stage: StageFn | None = None
 ) -> np.ndarray:
     """Run the frozen base once over ``paths``: pooled features, one row per image."""
-    return forward_once(feature_extractor(built), paths, built.image_size, stage)
+    return forward_once(
+        feature_extractor(built), paths, built.image_size, stage, strategy=built.strategy
+    )
 
 
 def features_for(
@@ -278,13 +320,15 @@ def _cached(
             return cached, True
     model = feature_extractor(built)
     pick = _runtime_pick(model, built, runtime, stage) if runtime is not None else None
+    if runtime is not None and _replicas(built.strategy) > 1:
+        runtime.update(runtime="keras", reason="distribute=mirrored: every replica runs the pass")
     if extra:
         features = forward_views(
             model, paths, built.image_size, config.active_augmentations(), extra, config.seed,
-            stage, pick,
+            stage, pick, built.strategy,
         )  # fmt: skip
     else:
-        features = forward_once(model, paths, built.image_size, stage, pick)
+        features = forward_once(model, paths, built.image_size, stage, pick, built.strategy)
     if key is not None:
         store_cached(key, features)
     return features, False
@@ -320,6 +364,14 @@ def _runtime_pick(
         if identity is None:
             request.update(runtime="keras", reason="random weights")
             return None
+        if keras.mixed_precision.global_policy().compute_dtype != "float32":
+            # The converted runtime is float32: it would not compute this run's features.
+            request.update(runtime="keras", reason="mixed precision")
+            return None
+        if _gpu_visible():
+            # The converted runtime runs on the CPU: faster than Keras there, not than a GPU.
+            request.update(runtime="keras", reason="a GPU runs the pass")
+            return None
         converted = (litert.runtime_dir() / f"{litert.runtime_key(identity)}.tflite").is_file()
         if not converted and not request.get("convert"):
             request.update(runtime="keras", reason="not converted; too few images to pay for it")
@@ -337,6 +389,12 @@ def _runtime_pick(
         return extractor
 
     return pick
+
+
+def _gpu_visible() -> bool:
+    import tensorflow as tf
+
+    return bool(tf.config.list_logical_devices("GPU"))
 
 
 def build_head(config: RunConfig, built: BuiltModel) -> keras.Model:

@@ -70,7 +70,10 @@ def _compiled_epoch(
                 # Class weights as ``fit`` applies them: sum(w_i * loss_i) / batch size.
                 sw = None if weights is None else tf.gather(weights, yb)
                 loss = head.compute_loss(x=xb, y=yb, y_pred=probs, sample_weight=sw, training=True)
-            optimizer.apply(tape.gradient(loss, variables), variables)
+                # Mixed precision: the compiled optimizer is a LossScaleOptimizer, whose
+                # ``apply`` unscales gradients of the scaled loss (identity otherwise).
+                scaled = optimizer.scale_loss(loss)
+            optimizer.apply(tape.gradient(scaled, variables), variables)
             loss_sum += loss * tf.cast(tf.shape(rows)[0], tf.float32)
             correct += hits(yb, probs)
         if n_val == 0:
@@ -137,6 +140,12 @@ def fit_head(
         raise ValueError(
             f"fit_head got {per_class.shape[0]} class weights for labels up to {y_train.max()}."
         )
+    strategy = getattr(head, "distribute_strategy", None)
+    if strategy is not None and strategy.num_replicas_in_sync > 1:
+        return _fit_distributed(
+            head, (x_train, y_train), (x_val, y_val), batch_size=batch_size, epochs=epochs,
+            initial_epoch=initial_epoch, seed=seed, callbacks=callbacks, class_weight=per_class,
+        )  # fmt: skip
     run_epoch, steps = _compiled_epoch(
         head, (x_train, y_train), (x_val, y_val), batch_size, per_class
     )
@@ -160,6 +169,72 @@ def fit_head(
         if head.stop_training:
             break
     dispatch.on_train_end()
+    return history
+
+
+def _fit_distributed(
+    head: keras.Model,
+    train: tuple[np.ndarray, np.ndarray],
+    val: tuple[np.ndarray, np.ndarray],
+    *,
+    batch_size: int,
+    epochs: int,
+    initial_epoch: int,
+    seed: int,
+    callbacks: Sequence[keras.callbacks.Callback] | keras.callbacks.CallbackList,
+    class_weight: np.ndarray | None,
+) -> dict[str, list[float]]:
+    """``fit_head`` for a head built under a strategy of several replicas (a mirrored run).
+
+    The single compiled epoch above updates variables outside any replica context, which a
+    ``MirroredStrategy`` refuses; here Keras ``fit`` (which splits each batch of ``batch_size``,
+    the global batch, over the replicas and all-reduces the gradients) runs one epoch at a
+    time on the rows ``epoch_rows`` draws, so an epoch sees the same images in the same order
+    as on one device.
+    """
+    import keras
+    import tensorflow as tf
+
+    from core.training.callbacks import fit_until_stopped
+
+    x, y = train
+    views = x.shape[0] if x.ndim == 3 else 1
+    n = len(y)
+    x_rows, y_rows = x.reshape(-1, x.shape[-1]), np.tile(y, views)
+    val_ds = None
+    if len(val[1]):
+        val_ds = tf.data.Dataset.from_tensor_slices(val).batch(batch_size)
+    weights = None if class_weight is None else dict(enumerate(map(float, class_weight)))
+    history: dict[str, list[float]] = {}
+    head.stop_training = False
+    for epoch in range(initial_epoch, epochs):
+        order = epoch_rows(seed, epoch, n, views)
+        ds = tf.data.Dataset.from_tensor_slices((x_rows[order], y_rows[order])).batch(batch_size)
+        fitted: list[Any] = []
+
+        def fit(ds: Any = ds, epoch: int = epoch, fitted: list[Any] = fitted) -> None:
+            fitted.append(
+                head.fit(
+                    ds,
+                    validation_data=val_ds,
+                    initial_epoch=epoch,
+                    epochs=epoch + 1,
+                    callbacks=callbacks,
+                    verbose=0,
+                    shuffle=False,
+                    class_weight=weights,
+                )
+            )
+
+        if isinstance(callbacks, keras.callbacks.CallbackList):
+            fit_until_stopped(fit, callbacks)
+        else:
+            fit()
+        logs = (getattr(fitted[0], "history", None) or {}) if fitted else {}
+        for key, values in logs.items():
+            history.setdefault(key, []).extend(float(v) for v in values)
+        if head.stop_training or not fitted:
+            break
     return history
 
 

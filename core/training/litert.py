@@ -10,7 +10,9 @@ Nothing is trusted unchecked: on first use per process, the runtime's features f
 real images must match Keras' (per-image cosine similarity ``>= MIN_COSINE``), otherwise the
 caller gets ``None`` and stays on Keras. A failed check (or a conversion the builtin op set cannot
 express) is recorded next to the cache entry, so later runs fall back without reconverting.
-``TRANSFER_STUDIO_FEATURE_RUNTIME=keras`` turns the runtime off.
+``TRANSFER_STUDIO_FEATURE_RUNTIME=keras`` turns the runtime off. It is a CPU float32 runtime, so
+a pass on a GPU, in mixed precision or split over a mirrored run's replicas stays on Keras
+(``core.training.embeddings``).
 """
 
 from __future__ import annotations

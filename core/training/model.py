@@ -65,6 +65,9 @@ class BuiltModel:
     weights_id: str | None = None  # ``Backbone.weights_id`` of the run that built it
     # ``embeddings.feature_extractor``'s model (images → pooled features), built on first use.
     extractor: keras.Model | None = field(default=None, repr=False, compare=False)
+    # The ``tf.distribute`` strategy the model was built under (``None``: the default device):
+    # its one-off forward passes split their batches over the strategy's replicas.
+    strategy: Any = field(default=None, repr=False, compare=False)
 
 
 # Frozen trunks (preprocess → pretrained base → pooling) of recent feature-extraction runs, so
@@ -77,10 +80,21 @@ _trunks_lock = threading.Lock()
 
 
 def _trunk_key(config: RunConfig, size: int, identity: str | None) -> tuple | None:
-    if config.mode != "feature_extraction":
+    if config.mode != "feature_extraction" or _current_strategy() is not None:
+        # A distributed run's variables belong to its own strategy: never shared.
         return None
     # None for random weights: those follow the seed
-    return None if identity is None else (config.backbone, identity, size, keras.__version__)
+    if identity is None:
+        return None
+    policy = keras.mixed_precision.global_policy().name  # a float16 trunk is another trunk
+    return (config.backbone, identity, size, keras.__version__, policy)
+
+
+def _current_strategy() -> Any:
+    """The ``tf.distribute`` strategy whose scope this is, ``None`` outside any."""
+    import tensorflow as tf
+
+    return tf.distribute.get_strategy() if tf.distribute.has_strategy() else None
 
 
 def _build_trunk(config: RunConfig, spec: BackboneSpec, size: int) -> tuple[keras.Model, Any, Any]:
@@ -125,9 +139,16 @@ def build_model(
     base, inputs, pooled = trunk
     x = keras.layers.Dropout(config.dropout, name="head_dropout")(pooled)
     x = keras.layers.Dense(config.dense_units, activation="relu", name="head_dense")(x)
-    outputs = keras.layers.Dense(num_classes, activation="softmax", name="predictions")(x)
+    # Under mixed precision the softmax runs (and outputs) float32: float16 probabilities
+    # underflow, and the loss needs them exact.
+    mixed = keras.mixed_precision.global_policy().compute_dtype != "float32"
+    outputs = keras.layers.Dense(
+        num_classes, activation="softmax", name="predictions", dtype="float32" if mixed else None
+    )(x)
     model = keras.Model(inputs, outputs, name=f"{spec.name}_{config.mode}")
-    return BuiltModel(model, base, spec, size, num_classes, backbone.weights_id)
+    built = BuiltModel(model, base, spec, size, num_classes, backbone.weights_id)
+    built.strategy = _current_strategy()
+    return built
 
 
 def count_params(model: keras.Model) -> tuple[int, int]:

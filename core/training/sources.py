@@ -138,6 +138,10 @@ class Source(ABC):
 
     def __init__(self, config: RunConfig, built: BuiltModel, reason: str) -> None:
         self.config, self.built, self.reason = config, built, reason
+        # Images per training step: ``batch_size`` per replica, times the replicas of the
+        # strategy the model was built under (1 on one device).
+        replicas = 1 if built.strategy is None else int(built.strategy.num_replicas_in_sync)
+        self.batch = config.batch_size * replicas
         self.timings: dict[str, float] = {}  # seconds of what ``prepare`` did, by stage
         # Per-class training-loss weights (``config.class_weight``), set by ``prepare``.
         self.class_weight: np.ndarray | None = None
@@ -190,11 +194,11 @@ class ImageSource(Source):
         self._weigh_classes(data)
         config, size = self.config, self.built.image_size
         self.train_ds = make_dataset(
-            data.train_paths, data.train_labels, size, config.batch_size, training=True,
+            data.train_paths, data.train_labels, size, self.batch, training=True,
             augmentations=config.active_augmentations(), seed=config.seed,
         )  # fmt: skip
         self.val_ds = make_dataset(
-            data.val_paths, data.val_labels, size, config.batch_size, training=False
+            data.val_paths, data.val_labels, size, self.batch, training=False
         )
         self.timings[self.stage] = time.perf_counter() - started
 
@@ -238,7 +242,7 @@ class _HeadOnFeatures(Source):
         from core.training.head_fit import fit_head
 
         fit_head(
-            self.head, self.train_features, self.val_features, batch_size=self.config.batch_size,
+            self.head, self.train_features, self.val_features, batch_size=self.batch,
             epochs=epochs, initial_epoch=initial_epoch, seed=self.config.seed, callbacks=callbacks,
             class_weight=self.class_weight,
         )  # fmt: skip
@@ -315,22 +319,26 @@ class ActivationSource(_HeadOnFeatures):
 
     def prepare(self, data: DatasetIndex, reporter: StageReporter) -> None:
         from core.data.pipeline import array_dataset
-        from core.training.cut import compute_activations, pooled_features
+        from core.training.cut import pooled_features
+        from core.training.embeddings import forward_once
 
         started = time.perf_counter()
         self._weigh_classes(data)
         config, cut = self.config, self.cut
         paths = [*data.train_paths, *data.val_paths]
         stage = reporter(activations=list(cut.shape))
-        acts = compute_activations(cut, paths, self.built.image_size, stage)
+        # ``cut.compute_activations``, with the pass split over the replicas of a mirrored run.
+        acts = forward_once(
+            cut.prefix, paths, self.built.image_size, stage, strategy=self.built.strategy
+        )
         stage(len(paths), len(paths), cached=False)
         n = len(data.train_paths)
         self._set_features(data, pooled_features(cut, acts))
         self.train_ds = array_dataset(
-            acts[:n], data.train_labels, config.batch_size, training=True, seed=config.seed
+            acts[:n], data.train_labels, self.batch, training=True, seed=config.seed
         )
         self.val_ds = array_dataset(
-            acts[n:], data.val_labels, config.batch_size, training=False, seed=config.seed
+            acts[n:], data.val_labels, self.batch, training=False, seed=config.seed
         )
         self.timings[self.stage] = time.perf_counter() - started
 

@@ -9,6 +9,13 @@ Where training reads from (pooled features, activations at the freeze cut, or im
 checkpoints are the Keras callbacks of ``core.training.callbacks``; checkpoint files are
 ``core.training.checkpoint``'s. The trainer times its own stages (scan, build, the source's pass,
 fit, save) into the run's ``timings``.
+
+Devices (``core.devices``): a run trains under its config's strategy and precision. With
+``distribute="mirrored"`` the model and its optimizer are made in the strategy's scope,
+``batch_size`` is per replica (every step takes ``batch_size × replicas`` images) and each phase's
+learning rate is scaled linearly (``lr × replicas``, recorded as ``lr`` with ``base_lr`` and
+``lr_rule`` in the run's ``phases``). Mixed precision sets Keras' global policy for the run only.
+The run records ``device`` and ``replicas``.
 """
 
 from __future__ import annotations
@@ -19,13 +26,14 @@ import threading
 import time
 import traceback
 from collections.abc import Callable, Iterator
-from contextlib import contextmanager
+from contextlib import AbstractContextManager, contextmanager, nullcontext
 from pathlib import Path
 from typing import Any
 
 import keras
 
 from core.config import RunConfig
+from core.devices import RunDevices, precision_policy, run_devices
 from core.errors import DataError, StudioError, exception_chain, storage_error
 from core.files import atomic_path
 from core.runs.store import COMPLETED, FAILED, STOPPED, RunStore
@@ -143,6 +151,12 @@ class _Trainer:
         self.store, self.run_id, self.config = store, run_id, config
         self.stop_event, self.progress = stop_event, progress
         self.timings: dict[str, float] = {}  # seconds per stage, recorded in the run
+        self.devices = RunDevices(None, 1, "CPU", False)  # set by ``_train`` (``run_devices``)
+
+    def _scope(self) -> AbstractContextManager[Any]:
+        """The strategy's scope (where a mirrored run's variables must be made), else nothing."""
+        strategy = self.devices.strategy
+        return nullcontext() if strategy is None else strategy.scope()
 
     @contextmanager
     def _timed(self, stage: str) -> Iterator[None]:
@@ -184,13 +198,15 @@ class _Trainer:
         self.data = data
         building = {"stage": "build", "converting": _converts_weights(config), "t": time.time()}
         store.update(run_id, stage=building)
-        with self._timed("build"):
+        with self._timed("build"), self._scope():
             # The backbone's spec and weights identity, looked up once for the whole run.
             backbone = resolve_backbone(config)
             self.built = build_model(config, len(data.class_names), backbone)
-        self.steps = -(-len(data.train_paths) // config.batch_size)
+        self.batch = self.devices.global_batch(config.batch_size)
+        self.steps = -(-len(data.train_paths) // self.batch)
         n_images = len(data.train_paths) + len(data.val_paths)
-        self.source = choose_source(config, self.built, n_images)
+        with self._scope():  # the head and cut models it builds share the model's variables
+            self.source = choose_source(config, self.built, n_images)
         self.source.prepare(data, self._stage_reporter)
         self.timings.update(self.source.timings)
 
@@ -220,7 +236,8 @@ class _Trainer:
         if done > 0:
             # The full model's weights of the last checkpointed epoch, whatever phase and input
             # path wrote them; a run whose every epoch is done then just saves its model.
-            load_checkpoint_weights(store, run_id, self.built.model)
+            with self._scope():
+                load_checkpoint_weights(store, run_id, self.built.model)
         phases: list[dict[str, Any]] = []
         epoch_offset, step_offset = 0, store.last_step(run_id)
         for phase in config.phases:
@@ -228,8 +245,9 @@ class _Trainer:
             if epochs == 0:
                 continue
             info = set_phase(config, self.built, phase)
-            lr = phase_lr(config, phase)
+            lr = self.devices.scaled_lr(phase_lr(config, phase))
             info.update(epochs=epochs, lr=lr, start_epoch=epoch_offset + 1)
+            info.update(self._device_info(phase))
             model = source.model_for(phase)
             info.update(source.phase_info(phase))
             phases.append(info)
@@ -237,15 +255,17 @@ class _Trainer:
             if done >= epoch_offset + epochs:  # finished before an interruption
                 epoch_offset += epochs
                 continue
-            compile_model(model, lr)
-            if done > epoch_offset and meta.get("phase") == phase:
-                # Resuming inside this phase: its optimizer continues where it was (Adam's
-                # moments and step count), not from zero.
-                info["optimizer_restored"] = restore_optimizer(store, run_id, model, meta)
+            with self._scope():  # a mirrored run's optimizer variables are mirrored too
+                compile_model(model, lr)
+                if done > epoch_offset and meta.get("phase") == phase:
+                    # Resuming inside this phase: its optimizer continues where it was (Adam's
+                    # moments and step count), not from zero.
+                    info["optimizer_restored"] = restore_optimizer(store, run_id, model, meta)
+                    store.update(run_id, phases=phases)  # the run's record says so too
             callbacks = training_callbacks(
                 store, run_id, model=model, full_model=self.built.model, phase=phase,
                 epoch_offset=epoch_offset, step_offset=step_offset, steps_per_epoch=self.steps,
-                batch_size=config.batch_size, stop_event=self.stop_event,
+                batch_size=self.batch, stop_event=self.stop_event,
                 checkpoint_every=source.checkpoint_every, progress=self.progress,
             )  # fmt: skip
             source.fit(model, callbacks, epochs, initial_epoch=max(done - epoch_offset, 0))
@@ -254,6 +274,24 @@ class _Trainer:
             if self.stop_event.is_set():
                 return STOPPED
         return COMPLETED
+
+    def _device_info(self, phase: str) -> dict[str, Any]:
+        """What the run's ``phases`` record says of its devices and batch/learning-rate rule."""
+        from core.training.model import phase_lr
+
+        devices = self.devices
+        info: dict[str, Any] = {
+            "device": devices.label,
+            "replicas": devices.replicas,
+            "mixed_precision": devices.mixed_precision,
+        }
+        if devices.strategy is not None:
+            info.update(
+                global_batch=devices.global_batch(self.config.batch_size),
+                base_lr=phase_lr(self.config, phase),
+                lr_rule="linear: lr × replicas (global batch = batch size × replicas)",
+            )
+        return info
 
     def save(self) -> None:
         """The full model (images in, probabilities out) as ``model.keras``."""
@@ -281,14 +319,19 @@ def _train(trainer: _Trainer) -> str:
     """Prepare, train and save; returns the status. The trainer keeps the model and the data,
     which the run's evaluation then reuses."""
     store, run_id = trainer.store, trainer.run_id
+    # Devices first: a bad TRANSFER_STUDIO_LOGICAL_CPUS fails the run before any work.
+    trainer.devices = devices = run_devices(trainer.config)
     keras.utils.set_random_seed(trainer.config.seed)
-    trainer.prepare()
-    trainer.record_timings()
-    with trainer._timed("fit"):
-        status = trainer.train()
-    trainer.record_timings()
-    if store.get_run(run_id)["epochs_done"] > 0:
-        with trainer._timed("save"):
-            trainer.save()
+    store.update(run_id, device=devices.label, replicas=devices.replicas)
+    # The policy holds for this run only: the process (a worker, the dashboard) trains others.
+    with precision_policy(devices.mixed_precision):
+        trainer.prepare()
         trainer.record_timings()
+        with trainer._timed("fit"):
+            status = trainer.train()
+        trainer.record_timings()
+        if store.get_run(run_id)["epochs_done"] > 0:
+            with trainer._timed("save"):
+                trainer.save()
+            trainer.record_timings()
     return status
