@@ -1,8 +1,9 @@
 """``python -m core dataset ...``: managed datasets from the command line.
 
 ``core.cli`` registers it: ``add_parsers(sub)`` adds the ``dataset`` command and its actions
-(create, add, list, show, relabel, exclude, restore, undo); ``COMMANDS`` maps ``dataset`` to
-its handler. Errors are ``StudioError``s, printed on one line by ``core.cli.main``.
+(create, add, list, show, relabel, exclude, restore, keep, undo), and ``review``
+(``core.cli_review``, whose ids ``relabel``, ``exclude`` and ``keep`` take); ``COMMANDS`` maps
+both to their handlers. Errors are ``StudioError``s, printed on one line by ``core.cli.main``.
 """
 
 from __future__ import annotations
@@ -18,6 +19,7 @@ DATASET_EPILOG = """examples:
   python -m core dataset add pets cats ~/Pictures/cat1.jpg ~/Pictures/more-cats/
   python -m core dataset show pets --json
   python -m core dataset relabel pets 3f2a9c01b7de --to dogs
+  python -m core review --run RUN_ID --top 20           # likely label mistakes (ids to edit)
   python -m core dataset undo pets
   python -m core train --data dataset:pets
 """
@@ -80,8 +82,16 @@ def add_parsers(sub: Any) -> None:
     a.add_argument("name", help="the dataset")
     a.add_argument("images", metavar="IMAGE", nargs="+", help="image ids")
 
+    a = actions.add_parser("keep", help="mark images reviewed and right as labelled (review)")
+    a.add_argument("name", help="the dataset")
+    a.add_argument("images", metavar="IMAGE", nargs="+", help="image ids (from review)")
+
     a = actions.add_parser("undo", help="revert the last edit")
     a.add_argument("name", help="the dataset")
+
+    from core import cli_review
+
+    cli_review.add_parsers(sub)  # review's ids are what relabel/exclude take
 
 
 def _print_json(obj: Any) -> None:
@@ -210,6 +220,15 @@ def _restore(args: argparse.Namespace) -> int:
     return 0
 
 
+def _keep(args: argparse.Namespace) -> int:
+    from core.data.datasets import open_dataset
+
+    with open_dataset(args.name) as ds:
+        changed = ds.mark_reviewed(args.images)
+    print(f"kept {_plural(len(changed), 'image')} as labelled (review lists them last)")
+    return 0
+
+
 def _undo(args: argparse.Namespace) -> int:
     from core.data.datasets import open_dataset
 
@@ -227,6 +246,7 @@ _ACTIONS = {
     "relabel": _relabel,
     "exclude": _exclude,
     "restore": _restore,
+    "keep": _keep,
     "undo": _undo,
 }
 
@@ -242,4 +262,10 @@ def cmd_dataset(args: argparse.Namespace) -> int:
         raise
 
 
-COMMANDS = {"dataset": cmd_dataset}
+def _review_commands() -> dict[str, Any]:
+    from core import cli_review
+
+    return dict(cli_review.COMMANDS)
+
+
+COMMANDS = {"dataset": cmd_dataset, **_review_commands()}

@@ -5,6 +5,7 @@ from __future__ import annotations
 import argparse
 import json
 import os
+import shutil
 import sqlite3
 import subprocess
 import sys
@@ -427,3 +428,67 @@ def test_a_managed_dataset_is_shown_by_its_name() -> None:
     from core.data.names import display_name
 
     assert display_name("dataset:pets") == "pets"
+
+
+# --------------------------------------------------------------------------- for review
+
+
+def _in_use(ds: Dataset) -> dict[str, str]:
+    return {i.id: i.label for i in ds.images(include_excluded=False)}
+
+
+def test_images_at_a_time_takes_later_edits_back(pets: Dataset) -> None:
+    """What a run that started at ``t0`` trained on, rebuilt after any edits since."""
+    import time
+
+    cat, cat2, *_ = _ids(pets, "cats")
+    dog, dog2, *_ = _ids(pets, "dogs")
+    pets.exclude([dog2])  # before t0, undone after: replayed
+    pets.relabel([cat2], "dogs")  # before t0, undone after: replayed
+    time.sleep(0.01)
+    t0 = time.time()
+    then = _in_use(pets)
+    time.sleep(0.01)
+    pets.undo()  # the relabel
+    pets.undo()  # the exclude
+    pets.relabel([cat], "dogs")
+    pets.exclude([dog])
+    pets.rename_class("dogs", "hounds")
+    pets.add_images("hounds", [("new.png", _png(3))])
+    pets.delete_class("cats")
+    assert _in_use(pets) != then
+    at = pets.images_at(t0)
+    assert {i.id: i.label for i in at} == then
+    assert all(Path(i.path).is_file() for i in at)  # where each file is now
+    assert [i.label for i in at] == sorted(i.label for i in at)  # the loader's order
+    assert {i.id: i.label for i in pets.images_at(time.time())} == _in_use(pets)
+
+
+def test_undoing_a_relabel_gives_back_the_reviewed_mark(pets: Dataset) -> None:
+    cat = _ids(pets, "cats")[0]
+    pets.relabel([cat], "dogs")
+    assert next(i for i in pets.images() if i.id == cat).reviewed
+    pets.undo()
+    assert not next(i for i in pets.images() if i.id == cat).reviewed
+    pets.mark_reviewed([cat])
+    pets.relabel([cat], "dogs")
+    pets.undo()
+    assert next(i for i in pets.images() if i.id == cat).reviewed  # kept before: still kept
+
+
+def test_the_managed_copy_of_a_source_is_made_once(pics: Path) -> None:
+    assert datasets.find_copy(str(pics)) is None
+    assert datasets.copy_of(str(pics)) == ("pics", True)
+    assert datasets.copy_of(str(pics) + "/") == ("pics", False)
+    assert datasets.find_copy(str(pics / ".." / "pics")) == "pics"
+    with open_dataset("pics") as ds:
+        assert ds.meta(datasets.COPIED_FROM) == str(pics)
+        assert ds.meta("nothing") is None
+        assert sorted(i.label for i in ds.images()) == ["a"] * 4 + ["b"] * 3
+        shas = ds.shas()
+        assert all(sha.startswith(image) for image, sha in shas.items())
+    with create("pics 2"):
+        pass
+    other = pics.parent / "other" / "pics"
+    shutil.copytree(pics, other)
+    assert datasets.copy_of(str(other)) == ("pics 3", True)

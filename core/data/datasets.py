@@ -256,6 +256,59 @@ class Dataset:
         row = self._db.execute("SELECT id FROM images WHERE id = ?", (stem,)).fetchone()
         return row[0] if row else None
 
+    def shas(self) -> dict[str, str]:
+        """``{image id: full SHA-256}`` of every image, excluded ones too."""
+        return dict(self._db.execute("SELECT id, sha256 FROM images").fetchall())
+
+    def meta(self, key: str) -> str | None:
+        """A value of the dataset's meta table (e.g. ``copied_from``), or None."""
+        row = self._db.execute("SELECT value FROM meta WHERE key = ?", (key,)).fetchone()
+        return None if row is None else str(row[0])
+
+    def set_meta(self, key: str, value: str) -> None:
+        """Set a value of the dataset's meta table (not an edit: nothing to undo)."""
+        with self._edit() as db:
+            db.execute("INSERT OR REPLACE INTO meta (key, value) VALUES (?, ?)", (key, value))
+
+    def images_at(self, when: float) -> list[ImageInfo]:
+        """The images in use at time ``when`` (a run's start), with their labels then.
+
+        Rebuilt from today's rows by taking back every edit made after ``when`` and replaying
+        every edit undone after it. ``path`` is where each file is now (files are never
+        deleted, only moved). An addition undone since cannot be replayed (its row is gone).
+        """
+        rows = self._db.execute(
+            "SELECT id, class_id, ext, original_name, excluded, reviewed FROM images"
+        ).fetchall()
+        state = {r[0]: [int(r[1]), bool(r[4])] for r in rows}
+        present = set(state)
+        classes = self._db.execute("SELECT id, name, deleted FROM classes").fetchall()
+        names = {int(c): str(n) for c, n, _d in classes}
+        gone = {int(c): bool(d) for c, _n, d in classes}
+        events = []
+        for seq, at, action, raw, undone_at in self._db.execute(
+            "SELECT seq, at, action, undo, undone_at FROM edits"
+        ):
+            data = json.loads(raw)
+            if at > when:
+                events.append((at, seq, action, data, False))  # made since: take it back
+            if undone_at is not None and undone_at > when:
+                events.append((undone_at, seq, action, data, True))  # undone since: redo it
+        events.sort(key=lambda e: (e[0], e[1]), reverse=True)  # newest first
+        for _t, _seq, action, data, redo in events:
+            _replay(action, data, redo, state, present, names, gone)
+        now_names = {int(c): str(n) for c, n, _d in classes}
+        out = []
+        for image_id, class_now, ext, original, excluded_now, reviewed in rows:
+            class_id, excluded = state[image_id]
+            if image_id not in present or excluded or gone.get(class_id, True):
+                continue
+            path = self._path(image_id, ext, now_names[int(class_now)], bool(excluded_now))
+            out.append(
+                ImageInfo(image_id, names[class_id], str(path), original, False, bool(reviewed))
+            )
+        return sorted(out, key=lambda i: (i.label, Path(i.path).name))
+
     def edits(self) -> list[dict[str, Any]]:
         """The edit history, oldest first: seq, time, action, summary, undone."""
         rows = self._db.execute(
@@ -308,7 +361,7 @@ class Dataset:
             if text.casefold() != old_name.casefold():
                 self._refuse_taken(db, text)
             self._rename(db, class_id, old_name, text)
-            undo = {"class_id": class_id, "name": old_name}
+            undo = {"class_id": class_id, "name": old_name, "to": text}
             self._record(db, "rename_class", f"renamed class {old_name!r} to {text!r}", undo)
         return text
 
@@ -409,6 +462,12 @@ class Dataset:
             class_id, label = self._class(db, to_class)
             rows = self._lookup(db, ids)
             before = {r[0]: r[1] for r in rows if r[1] != class_id}
+            # Relabelling marks an image reviewed; undo gives back the mark it had.
+            unreviewed = [
+                i
+                for i in before
+                if not db.execute("SELECT reviewed FROM images WHERE id = ?", (i,)).fetchone()[0]
+            ]
             for image_id, old_class, ext, excluded in rows:
                 if old_class == class_id:
                     continue
@@ -425,7 +484,10 @@ class Dataset:
             if before:
                 n = len(before)
                 what = f"relabelled {n} image{'s' if n != 1 else ''} to {label!r}"
-                self._record(db, "relabel", what, {"before": before})
+                # "to": what redoing it means (a run's view of the dataset at its start time
+                # replays edits undone since, see ``images_at``).
+                undo = {"before": before, "to": class_id, "unreviewed": unreviewed}
+                self._record(db, "relabel", what, undo)
         return list(before)
 
     def exclude(self, ids: Sequence[str]) -> list[str]:
@@ -497,6 +559,10 @@ class Dataset:
                             self._path(image_id, ext, self._class_name(db, old_class), False),
                         )
                     db.execute("UPDATE images SET class_id = ? WHERE id = ?", (old_class, image_id))
+                db.executemany(
+                    "UPDATE images SET reviewed = 0 WHERE id = ?",
+                    [(i,) for i in data.get("unreviewed", [])],
+                )
             elif action in ("exclude", "restore"):
                 self._set_excluded(db, data["ids"], action == "restore")
             elif action == "keep":
@@ -715,6 +781,50 @@ class Dataset:
         return staged
 
 
+def _replay(
+    action: str,
+    data: dict[str, Any],
+    redo: bool,
+    state: dict[str, list[Any]],
+    present: set[str],
+    names: dict[int, str],
+    gone: dict[int, bool],
+) -> None:
+    """Apply one edit (``redo``) or take it back, on ``images_at``'s in-memory picture."""
+
+    def exclude(ids: Iterable[str], flag: bool) -> None:
+        for image_id in ids:
+            if image_id in state:
+                state[image_id][1] = flag
+
+    if action == "add_class":
+        gone[data["class_id"]] = not redo
+    elif action == "rename_class":
+        if not redo:
+            names[data["class_id"]] = data["name"]
+        elif "to" in data:
+            names[data["class_id"]] = data["to"]
+    elif action == "delete_class":
+        gone[data["class_id"]] = redo
+        exclude(data["excluded"], redo)
+    elif action == "add_images":
+        for image_id in data["ids"]:
+            if redo and image_id in state:
+                present.add(image_id)
+            elif not redo:
+                present.discard(image_id)
+    elif action == "relabel":
+        for image_id, old_class in data["before"].items():
+            if image_id not in state:
+                continue
+            if not redo:
+                state[image_id][0] = int(old_class)
+            elif "to" in data:
+                state[image_id][0] = int(data["to"])
+    elif action in ("exclude", "restore"):
+        exclude(data["ids"], (action == "exclude") == redo)
+
+
 def _sniff_ext(data: bytes) -> str | None:
     from PIL import Image
 
@@ -851,6 +961,83 @@ def _import(dataset: Dataset, source: str) -> None:
         dataset.add_images(name, files, create_class=True)
 
 
+COPIED_FROM = "copied_from"  # meta key: the source a dataset is the managed copy of
+COPIED_FROM_KEY = "copied_from_key"  # ... in the canonical form ``source_key`` gives
+
+
+def source_key(source: str) -> str:
+    """A source in a form that compares equal however it was typed (a folder or zip by its
+    real path, a builtin or Kaggle handle by kind and name)."""
+    from core.data.sources import parse_source
+
+    kind, value = parse_source(source)
+    if kind in ("folder", "zip"):
+        return f"{kind}:{os.path.realpath(value)}"
+    return f"{kind}:{value.strip().lower() if kind == 'builtin' else value.strip()}"
+
+
+def find_copy(source: str) -> str | None:
+    """The name of the managed copy of ``source`` (see ``copy_of``), or None."""
+    key = source_key(source)
+    for name in dataset_names():
+        with contextlib.suppress(sqlite3.Error, OSError):
+            db = sqlite3.connect(f"file:{datasets_root() / name / DB_NAME}?mode=ro", uri=True)
+            try:
+                row = db.execute(
+                    "SELECT value FROM meta WHERE key = ?", (COPIED_FROM_KEY,)
+                ).fetchone()
+            finally:
+                db.close()
+            if row and row[0] == key:
+                return name
+    return None
+
+
+@contextlib.contextmanager
+def _copy_lock() -> Iterator[None]:
+    """One session at a time makes copies: two first edits at once make one copy, not two."""
+    try:
+        import fcntl
+    except ImportError:  # Windows: no advisory locks; a rare double copy is harmless
+        yield
+        return
+    with open(datasets_root() / ".copies.lock", "a+b") as fh:
+        fcntl.flock(fh, fcntl.LOCK_EX)
+        try:
+            yield
+        finally:
+            fcntl.flock(fh, fcntl.LOCK_UN)
+
+
+def copy_of(source: str) -> tuple[str, bool]:
+    """The managed copy of an unmanaged ``source`` (folder, zip, builtin, Kaggle), made on the
+    first call: ``(name, made_now)``. Named after the source (``photos.zip`` → ``photos``; a
+    taken name gets `` 2``, `` 3``...); the link is kept in its meta table, so every later call
+    (from any run on the same source) finds the same copy. Image ids are content hashes, so
+    the copy's ids are the ids review computed for the source's files."""
+    with _copy_lock():
+        found = find_copy(source)
+        if found is not None:
+            return found, False
+        base = suggest_name(source)
+        taken = {n.casefold() for n in dataset_names()}
+        name, k = base, 1
+        while name.casefold() in taken:
+            k += 1
+            name = f"{base[: MAX_NAME - len(str(k)) - 1]} {k}"
+        dataset = create(name)
+        try:
+            dataset.set_meta(COPIED_FROM, source)
+            dataset.set_meta(COPIED_FROM_KEY, source_key(source))
+            _import(dataset, source)
+        except BaseException:
+            dataset.close()
+            shutil.rmtree(dataset.folder, ignore_errors=True)
+            raise
+        dataset.close()
+        return name, True
+
+
 def open_dataset(name: str) -> Dataset:
     """Open existing dataset ``name`` (DataError listing the datasets if unknown)."""
     return Dataset(name)
@@ -894,13 +1081,16 @@ __all__ = [
     "ImageInfo",
     "check_class_name",
     "check_dataset_name",
+    "copy_of",
     "create",
     "dataset_names",
     "dataset_path",
     "datasets_root",
+    "find_copy",
     "images_folder",
     "list_datasets",
     "open_dataset",
     "show",
+    "source_key",
     "suggest_name",
 ]
