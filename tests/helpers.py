@@ -2,6 +2,10 @@
 
 from __future__ import annotations
 
+import contextlib
+import os
+import signal
+import time
 from pathlib import Path
 
 from PIL import Image
@@ -29,3 +33,25 @@ def write_pngs(folder: Path, n: int, side: int = 24) -> list[str]:
         Image.new("RGB", (side, side), (i * 30 % 256, 60, 90)).save(path)
         paths.append(str(path))
     return paths
+
+
+def stop_studio_workers(home: str | os.PathLike[str], timeout: float = 15.0) -> None:
+    """SIGTERM the worker processes serving ``home``'s runs (a dashboard server started them in
+    their own session, so stopping the server leaves a run in progress training on)."""
+    from core.runs.store import RunStore
+
+    pids = {w["pid"] for w in RunStore(home, recover=False).workers() if w["pid"] > 0}
+    for pid in pids:
+        with contextlib.suppress(ProcessLookupError):
+            os.kill(pid, signal.SIGTERM)
+    deadline = time.monotonic() + timeout
+    for pid in pids:
+        while time.monotonic() < deadline:
+            try:
+                os.kill(pid, 0)
+            except ProcessLookupError:
+                break
+            time.sleep(0.2)
+        else:
+            with contextlib.suppress(ProcessLookupError):
+                os.kill(pid, signal.SIGKILL)

@@ -18,6 +18,8 @@ from pathlib import Path
 
 import pytest
 
+from tests.helpers import stop_studio_workers
+
 ROOT = Path(__file__).resolve().parents[1]
 _STARTED = [time.monotonic()]  # reset when the test starts; screenshots log their time (-s)
 CHROMIUM = "/usr/bin/chromium"
@@ -87,6 +89,7 @@ def server():
         except subprocess.TimeoutExpired:
             proc.kill()
             proc.wait(timeout=10)
+        stop_studio_workers(home)  # they outlive the server while a run is in progress
         log.close()
 
 

@@ -55,6 +55,8 @@ active_now = bool(queue.store.list_runs(ACTIVE_STATUSES))
 @st.fragment(run_every=widgets.poll_interval(active_now))
 def queue_panel(polling: bool) -> None:
     """The job queue (live while something is active) and the recent runs."""
+    if polling:
+        widgets.ensure_worker(queue)  # a worker killed mid-run: the next queued run still starts
     runs = queue.store.list_runs()
     active = [r for r in runs if r["status"] in ACTIVE_STATUSES]
     if polling and not active:
