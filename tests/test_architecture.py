@@ -169,8 +169,9 @@ def test_the_server_process_never_trains(tmp_path) -> None:
     in a fresh interpreter, submitting, resuming and stopping through it with the dashboard's
     widgets loaded never imports the trainer, Keras or TensorFlow. That is why Streamlit's
     cleanup after each script run (``keras.backend.clear_session()``, ``gc.collect()``) is left
-    as it is: no ``_clean_problem_modules`` replacement, no ``postScriptGC = false``.
+    as it is: none of its functions replaced, its runner settings left at their defaults.
     """
+    import inspect
     import subprocess
     import sys
     import tomllib
@@ -211,9 +212,16 @@ print(json.dumps({{
 
     import app.widgets  # noqa: F401
 
-    assert not getattr(script_runner._clean_problem_modules, "transfer_studio", False)
+    replaced = [
+        name
+        for name, value in vars(script_runner).items()
+        if inspect.isfunction(value)
+        and value.__module__ != script_runner.__name__
+        and value.__module__.split(".")[0] in {"app", "core"}
+    ]
+    assert replaced == [], "Streamlit's script runner must be left as it is"
     config = tomllib.loads((ROOT / ".streamlit" / "config.toml").read_text())
-    assert "postScriptGC" not in config.get("runner", {})
+    assert "runner" not in config, "the runner's settings (its cleanup after a run) stay default"
     assert not any(
         name in {"execute_run", "core.training.trainer"} or name.endswith(".execute_run")
         for path in _modules(APP)
