@@ -197,17 +197,18 @@ def finished_runs(
 ) -> tuple[list[RunSummary], dict[str, str]]:
     """Runs that have a model (newest first) and their labels by id; stops the page if none.
 
-    ``include_failed`` adds the failed runs (the Run page shows their error and its fix). The
-    labels are plain text, for ``st.selectbox``/``st.multiselect`` options (which show their
-    options as typed): escape them with ``md_escape`` anywhere Markdown is rendered.
+    ``include_failed`` adds the failed and interrupted runs (the Run page shows what happened
+    and Resume). The labels are plain text, for ``st.selectbox``/``st.multiselect`` options
+    (which show them as typed): escape them with ``md_escape`` anywhere Markdown is rendered.
     """
     from app.views.dashboard import predictable_runs, run_choice_label
-    from core.runs.store import FAILED
+    from core.runs.store import FAILED, INTERRUPTED
 
     runs = predictable_runs(store)
     if include_failed:
         ids = {r["run_id"] for r in runs}
-        runs = [r for r in store.list_runs() if r["run_id"] in ids or r["status"] == FAILED]
+        ended = (FAILED, INTERRUPTED)
+        runs = [r for r in store.list_runs() if r["run_id"] in ids or r["status"] in ended]
     if not runs:
         st.info(empty_message)
         st.page_link(TRAIN, label="Go to Train", icon=":material/model_training:")

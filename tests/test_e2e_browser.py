@@ -285,7 +285,7 @@ def test_refresh_stop_resume_and_following_the_queue(server):
             _number(page, "batch", 8)  # the three modes in about a minute
             page.locator(".st-key-compare button").click()
             deadline = time.monotonic() + 60
-            group: list[dict] = []
+            group: list = []
             while time.monotonic() < deadline and len(group) < 3:
                 group = [r for r in store.list_runs() if r["status"] in ("queued", "running")]
                 time.sleep(0.3)

@@ -222,6 +222,30 @@ def test_run_page_deletes_a_run_after_a_confirmation(seeded):
 
 
 @pytest.mark.slow
+def test_run_page_lists_an_interrupted_run_and_resumes_it(seeded, monkeypatch):
+    """A run whose worker died (kill -9) is on the Run page with what happened and Resume."""
+    from core.runs.store import INTERRUPTED
+
+    queue, _ = seeded
+    store = queue.store
+    run_id = store.create_run(TINY)
+    store.mark_running(run_id)
+    lost = "The process running this run ended before it finished."
+    store.update(run_id, status=INTERRUPTED, error=lost)
+    resumed: list[str] = []
+    monkeypatch.setattr(type(queue), "resume", lambda self, rid, progress=None: resumed.append(rid))
+    try:
+        at = _open_run(run_id)
+        assert not at.exception, [e.value for e in at.exception]
+        assert at.selectbox(key="run_page_run").value == run_id
+        assert any(lost in w.value for w in at.warning)
+        at.button(key="run_page_resume").click().run()
+        assert resumed == [run_id] and any("Resumed" in s.value for s in at.success)
+    finally:
+        store.delete_run(run_id)
+
+
+@pytest.mark.slow
 def test_run_page_offers_the_fix_of_a_run_failed_for_offline_weights(seeded, tmp_path, monkeypatch):
     """ImageNet weights that need the network: Resume would fail again, so the page offers the
     offline backbone or random weights instead, and a click queues that run."""

@@ -1,4 +1,8 @@
-"""Compare: finished runs side by side — curves, a table with the best marked, accuracy vs time."""
+"""Compare: finished runs side by side — curves, a table with the best marked, accuracy vs time.
+
+``?runs=ID,ID`` (the Run page's "Compare before and after" link) preselects those runs; one still
+training is named and joins the comparison once it finishes (the link survives a refresh).
+"""
 
 from __future__ import annotations
 
@@ -6,6 +10,7 @@ import streamlit as st
 
 from app import widgets
 from app.views import charts, dashboard
+from app.views import review as review_views
 from app.views.labels import mode_label
 
 COMPARE_TABLE_WIDTH = 820  # px of the main column in a 1280 px window with the sidebar open
@@ -16,7 +21,19 @@ COMPARE_COLUMNS = (
 
 st.title("Compare")
 store = widgets.job_queue().store
-finished = dashboard.finished_runs(store.list_runs())[:60]
+asked = st.query_params.get(review_views.COMPARE_PARAM)
+runs = store.list_runs()
+finished = dashboard.finished_runs(runs)[:60]
+known = {r["run_id"] for r in runs}  # ids in the link that are no run are ignored
+if waiting := [
+    run_id
+    for run_id in review_views.pending_runs(asked, [r["run_id"] for r in finished])
+    if run_id in known
+]:
+    st.info(
+        f"Run {', '.join(f'`{run_id}`' for run_id in waiting)} is not finished yet: it joins "
+        "this comparison once it has (refresh the page then)."
+    )
 if not finished:
     st.info("No finished runs yet. On the Train page, **Compare all modes** queues one per mode.")
     st.page_link(widgets.TRAIN, label="Go to Train", icon=":material/model_training:")
@@ -27,7 +44,8 @@ labels = {r["run_id"]: dashboard.run_choice_label(r) for r in finished}
 chosen = st.multiselect(
     "Runs to compare",
     list(results),
-    default=dashboard.default_compare_selection(list(results.values())),
+    default=review_views.compare_preselection(asked, list(results))
+    or dashboard.default_compare_selection(list(results.values())),
     format_func=labels.__getitem__,
     key="compare_runs",
 )

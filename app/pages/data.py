@@ -1,5 +1,8 @@
 """Data: choose a source, then see its classes, samples, skipped files and health warnings.
 
+"Your dataset" (``app.dataset_builder``) makes a managed dataset in the app: create one, name
+its classes, drop images per class or take camera pictures, or import any other source once.
+
 Two sources can be on screen: the one *in use* (what the Train page trains on, kept across a
 refresh by ``widgets.chosen_data``) and the one being *selected* on the tabs, which only becomes
 the one in use when "Use this data" is clicked. Each is labelled as such, by the name a person
@@ -12,6 +15,7 @@ import os
 
 import streamlit as st
 
+from app import dataset_builder as builder
 from app import widgets
 from app.views import charts
 from core.config import DEFAULT_DATA
@@ -28,8 +32,9 @@ from core.data.sources import (
 from core.errors import StudioError
 from core.paths import runs_root
 
-KINDS = ["Built-in", "Local folder", "Zip upload", "Kaggle"]
+KINDS = [builder.KIND, "Built-in", "Local folder", "Zip upload", "Kaggle"]
 KIND_OF = {"builtin": "Built-in", "folder": "Local folder", "zip": "Zip upload", "kaggle": "Kaggle"}
+KIND_OF["dataset"] = builder.KIND
 TYPED = "typed folder"  # the recent-folders choice that means "the path typed above"
 
 
@@ -55,15 +60,18 @@ def _source_kind(source: str | None) -> str | None:
 def _labelled(title: str, source: str) -> None:
     """A heading with the source's recognisable name, and its full text in a caption."""
     st.subheader(f"{title}: {widgets.md_escape(display_name(source), inline=True)}")
-    st.caption(widgets.md_escape(source, inline=True))
+    mine = _source_kind(source) == "dataset"  # a managed dataset says so: it can be edited
+    st.caption(("Your dataset · " if mine else "") + widgets.md_escape(source, inline=True))
 
 
 st.title("Data")
+builder.take_pending()  # a dataset just imported or created: its tab, before the widgets
 chosen = widgets.chosen_data()
 chosen_kind = _source_kind(chosen)
 if chosen:
+    mine = " (your dataset)" if chosen_kind == "dataset" else ""
     st.markdown(
-        f"**In use:** {widgets.md_escape(display_name(chosen), inline=True)} "
+        f"**In use:** {widgets.md_escape(display_name(chosen), inline=True)}{mine} "
         "(what the Train page trains on)",
         help=widgets.md_escape(chosen),
     )
@@ -74,7 +82,9 @@ kind = st.segmented_control(
     key="kind",
 )
 source: str | None = None  # what the tabs select, usable as it is
-if kind == "Built-in":
+if kind == builder.KIND:
+    builder.render(chosen)
+elif kind == "Built-in":
     builtins = sorted(list_builtins(), key=lambda b: b["source"] != DEFAULT_DATA)  # default first
     sources = [b["source"] for b in builtins]
     builtin = st.selectbox(
@@ -141,17 +151,22 @@ selected = source if source and source != chosen else None
 if selected:
     _labelled("Selected (not in use yet)", selected)
     st.caption("Click **Use this data** to check every image and train on it.")
+    with st.expander("Make it a dataset you can edit (add, relabel, exclude images)"):
+        builder.import_source(selected, "import_selected")
 cols = st.columns([1, 1, 2], vertical_alignment="bottom")
 val_split = cols[0].number_input("Validation split", 0.05, 0.9, 0.2, 0.05, key="val_split")
 seed = int(cols[1].number_input("Seed", 0, 2**31 - 1, 42, key="seed"))
-use = cols[2].button("Use this data", type="primary", disabled=not selected, key="use_data")
+use = kind != builder.KIND and cols[2].button(  # "Your dataset" has its own Use button
+    "Use this data", type="primary", disabled=not selected, key="use_data"
+)
 if use and selected and widgets.fetch_data(selected, val_split, seed):
     widgets.choose_data(selected)
     remember_source(selected)
     st.rerun()  # redraw the sidebar and the Train page's default with the new source
 
 if not chosen:
-    st.info("Pick a source and click **Use this data**. The Train page will use it.")
+    button = "**Use this dataset**" if kind == builder.KIND else "**Use this data**"
+    st.info(f"Pick a source and click {button}. The Train page will use it.")
     st.stop()
 st.divider()
 try:

@@ -1,12 +1,13 @@
 """Predict: drop images (or take a photo) and see each chosen run's top-k side by side, optionally
-with a Grad-CAM map of where each model looked."""
+with a Grad-CAM map of where each model looked; "Add to dataset…" files an image into one of your
+datasets (class defaulting to the prediction)."""
 
 from __future__ import annotations
 
 import numpy as np
 import streamlit as st
 
-from app import widgets
+from app import dataset_builder, widgets
 from app.views import charts
 from app.views import run_page as run_views
 from app.views.labels import mode_label
@@ -77,6 +78,7 @@ for i, (name, data) in enumerate(images):
             cols[0].error(widgets.md_escape(f"{name}: {exc}"))
             continue
         slots = [cols[1]] * len(chosen) if explain else cols[1:]
+        top1: str | None = None  # the first model's prediction: the class offered to add it to
         for col, run_id in zip(slots, chosen, strict=True):
             with col:
                 try:
@@ -84,6 +86,7 @@ for i, (name, data) in enumerate(images):
                 except StudioError as exc:
                     widgets.show_error(exc)
                     continue
+                top1 = top1 or result["predictions"][0]["label"]
                 run = next(r for r in runs if r["run_id"] == run_id)
                 title = f"{run['name']} · {mode_label(run['mode'])}"  # a name people know
                 bars, cam = st.columns([3, 2]) if explain else (st.container(), None)
@@ -94,3 +97,6 @@ for i, (name, data) in enumerate(images):
                 if cam is not None:
                     with cam:
                         show_gradcam(run_id, np.asarray(preview))
+        with cols[0]:
+            first = next(r for r in runs if r["run_id"] == chosen[0])
+            dataset_builder.add_to_dataset(data, name, first["data"], top1, f"add{i}")

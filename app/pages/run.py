@@ -1,6 +1,7 @@
 """Run: one finished run in depth — summary, evaluation (confusion matrix, per-class metrics, the
-images behind any cell) and a verified export to download; its name and its files. A failed run
-shows its error and the fix (a corrected run to queue) or Resume."""
+images behind any cell), a review of its likely mistakes (``app.review_panel``) and a verified
+export to download; its name and its files. A failed run shows its error and the fix (a corrected
+run to queue) or Resume."""
 
 from __future__ import annotations
 
@@ -9,11 +10,11 @@ from typing import Any
 
 import streamlit as st
 
-from app import widgets
+from app import review_panel, widgets
 from app.views import run_page as run_views
 from core.errors import StudioError
 from core.runs.export import FORMATS, export_all, export_run
-from core.runs.store import FAILED, MAX_RUN_NAME
+from core.runs.store import FAILED, INTERRUPTED, MAX_RUN_NAME
 
 DELETING = "run_page_delete"  # session key: the run whose deletion awaits a confirmation
 NOTE = "run_page_note"  # session key: a message to show after the rerun a change needs
@@ -89,9 +90,10 @@ with st.expander("Rename or delete this run", icon=":material/edit:"):
             st.session_state.pop(DELETING, None)
             st.rerun()
 
-if result["status"] == FAILED:
+if result["status"] in (FAILED, INTERRUPTED):
     # No model to evaluate or export: what went wrong, and what to do about it.
-    st.error(widgets.md_escape(result["error"] or "The run failed (no message was recorded)."))
+    said = st.error if result["status"] == FAILED else st.warning
+    said(widgets.md_escape(result["error"] or f"The run {result['status']} (no message recorded)."))
     if widgets.run_fixes(queue, result, "run_page"):
         st.caption(
             f"**Resume** continues from the end of epoch {result['epochs_done']} "
@@ -189,6 +191,8 @@ if evaluation is not None:
                  width=128)  # fmt: skip
     else:
         st.caption("No image in this cell.")
+
+review_panel.render(queue, result)  # likely mistakes: relabel, exclude, keep, retrain
 
 st.subheader("Export", divider="gray")
 st.caption(
