@@ -14,7 +14,8 @@ from core.runs.store import ACTIVE_STATUSES, RUNNING
 st.title("🧠 Transfer Studio")
 st.markdown(
     "Teach a pretrained image model a new task, on this computer and offline.  \n"
-    "**Data** — pick a built-in set, a folder, a zip or a Kaggle dataset and check its health.  \n"
+    "**Data** — pick a built-in set, a folder, a zip or a Kaggle dataset, or build your own "
+    "class by class, and check its health.  \n"
     "**Train** — choose a backbone and a transfer mode, watch it learn, **Compare** the modes, "
     "then **Predict** on your own images."
 )
