@@ -1,6 +1,8 @@
 """The Train page's tools beside the form: the LR finder, the search for the best model, class
 weights restored from the draft and the imbalance hint. Each runs its work in a background task of
-``core`` and shows it here; the page stays a short script."""
+``core`` (a process of its own: nothing here builds a Keras model, so Streamlit clearing the Keras
+session after each rerun cannot break one) and shows it from the task's state file; the page
+stays a short script."""
 
 from __future__ import annotations
 
@@ -18,7 +20,15 @@ from core.config import (
 from core.data.sources import parse_source
 from core.errors import StudioError
 from core.paths import runs_root
-from core.search import RUNNING, SEARCH_TASK, start_search, stop_task, task_state
+from core.search import (
+    INTERRUPTED,
+    RUNNING,
+    SEARCH_TASK,
+    start_search,
+    stop_task,
+    task_log_path,
+    task_state,
+)
 from core.training.lr_find import LR_FIND_TASK, phases_for, start_lr_find
 
 SEARCH_NOTE = "search_use_note"  # session key: what "Use this" changed, shown once
@@ -109,6 +119,14 @@ def lr_finder(config: RunConfig) -> None:
         live()
         if shown.get("status") == "failed":
             st.error(widgets.md_escape(shown.get("error") or "The learning-rate test failed."))
+        if shown.get("status") == INTERRUPTED:
+            st.warning(
+                widgets.md_escape(
+                    "The learning-rate test ended without finishing: its process stopped (it "
+                    "was killed, or ran out of memory). Start it again; its output is in "
+                    f"{task_log_path(root, LR_FIND_TASK)}."
+                )
+            )
         if shown.get("status") == RUNNING:
             return
         used = shown.get("config") or {}
@@ -220,6 +238,8 @@ def best_model_search(config: RunConfig) -> None:
             return
         level, sentence = search_views.search_outcome(shown)
         getattr(st, level)(widgets.md_escape(sentence))
+        if shown["status"] == INTERRUPTED:  # its process died: what it said is in its log
+            st.caption(widgets.md_escape(f"Its output: {task_log_path(root, SEARCH_TASK)}"))
         usable = [dict(c) for c in search_views.usable_candidates(shown.get("candidates") or [])]
         if usable:
             u = st.columns([3, 2, 1], vertical_alignment="bottom")

@@ -1,6 +1,7 @@
-"""``python -m core search`` and ``python -m core lr-find``, and the ``--class-weight`` flag.
+"""``python -m core search`` and ``python -m core lr-find``, the hidden ``python -m core task``
+(the process a dashboard's background task runs in), and the ``--class-weight`` flag.
 
-``core.cli`` registers them: ``add_parsers(sub, ...)`` adds both commands (their handlers are in
+``core.cli`` registers them: ``add_parsers(sub, ...)`` adds the commands (their handlers are in
 ``COMMANDS``), ``add_class_weight_flag(parser)`` adds ``--class-weight`` to a run's flags.
 """
 
@@ -120,6 +121,22 @@ def add_parsers(
     p.add_argument("--max-lr", type=float, help="highest rate (default 10; fine_tune 1)")
     p.add_argument("--json", action="store_true", help="print the result as one JSON object")
 
+    # Hidden (no help: not in the command list): the process a background task of the dashboard
+    # runs in (core.search.start_task spawns it).
+    p = sub.add_parser(
+        "task",
+        description="Run a background task of the dashboard (search, lr_find) in this process, "
+        "from its state file RUNS_DIR/NAME.json; NAME.stop next to it asks it to stop. The "
+        "dashboard starts it; run by hand, it runs the last task of that name again.",
+    )
+    p.add_argument("name", metavar="NAME", help="the task: search or lr_find")
+    p.add_argument("--runs-dir", required=True, metavar="D", help="the runs folder of the task")
+    p.add_argument(
+        "--factory",
+        metavar="MODULE:FUNCTION",
+        help="the task kind's factory (default: the one registered as NAME)",
+    )
+
 
 def _candidate_line(c: Any) -> str:
     if c.status != "ok":
@@ -194,4 +211,27 @@ def cmd_lr_find(args: argparse.Namespace) -> int:
     return 0
 
 
-COMMANDS = {"search": cmd_search, "lr-find": cmd_lr_find}
+def cmd_task(args: argparse.Namespace) -> int:
+    """Run a background task from its state file; exit code 0 when it ended done or stopped."""
+    import signal
+
+    from core.search import DONE, STOPPED, load_factory, run_task, task_stop_path
+
+    stop_file = task_stop_path(args.runs_dir, args.name)
+
+    def on_term(_signum: int, _frame: Any) -> None:
+        # A SIGTERM (a server shutting down, a test's cleanup) stops the task at its next check
+        # and leaves a readable state, as the Stop button does.
+        try:
+            stop_file.touch()
+        except OSError:
+            raise SystemExit(143) from None
+
+    signal.signal(signal.SIGTERM, on_term)
+    factory = load_factory(args.factory) if args.factory else None
+    status = run_task(args.runs_dir, args.name, factory)
+    print(f"task {args.name}: {status}", file=sys.stderr)
+    return 0 if status in (DONE, STOPPED) else 1
+
+
+COMMANDS = {"search": cmd_search, "lr-find": cmd_lr_find, "task": cmd_task}

@@ -32,10 +32,12 @@ import math
 import os
 import platform
 import statistics
-import threading
+import subprocess
+import sys
 import time
-from collections.abc import Callable, Sequence
-from contextlib import AbstractContextManager, nullcontext
+import traceback
+from collections.abc import Callable, Iterator, Sequence
+from contextlib import AbstractContextManager, contextmanager, nullcontext
 from dataclasses import asdict, dataclass, field
 from pathlib import Path
 from typing import TYPE_CHECKING, Any
@@ -44,6 +46,7 @@ import numpy as np
 
 from core.config import RunConfig
 from core.errors import ConfigError, DataError, StudioError, WeightsUnavailableError
+from core.processes import Children, child_environment, core_command
 
 if TYPE_CHECKING:
     from core.data import DatasetIndex
@@ -942,19 +945,36 @@ def format_table(result: SearchResult) -> str:
 
 # --------------------------------------------------------------------------- in the background
 #
-# The dashboard runs a search (or an LR finder) in a thread of the server process and shows
-# its progress from a small JSON file in the runs folder: a browser refresh (a new session)
-# finds it there, and only one task of a kind runs per runs folder at a time. The search only
-# reads the embedding cache's entries it did not write, so it can run next to a training job.
+# The dashboard runs a search (or an LR finder) as a child process, ``python -m core task NAME``,
+# and shows its progress from a small JSON file in the runs folder: a browser refresh (a new
+# session) or a restarted server finds it there, and only one task of a kind runs per runs folder
+# at a time. Not in a thread of the server: Streamlit clears the Keras session after every script
+# run (each 2 s poll), under the models such a thread builds ("The name 'dense' is used 2 times").
+# The search only reads the embedding cache's entries it did not write, so it can run next to a
+# training job.
+#
+# Next to the state file ``NAME.json``: ``NAME.stop`` (asks the child to stop), ``NAME.log`` (the
+# child's output) and ``NAME.lock`` (one writer at a time: a starter and the child it spawned).
 
 RUNNING, DONE, STOPPED, FAILED, INTERRUPTED = "running", "done", "stopped", "failed", "interrupted"
 SEARCH_TASK = "search"
 UpdateFn = Callable[[dict[str, Any]], None]
 TaskFn = Callable[[UpdateFn, Callable[[], bool]], dict[str, Any]]
+# A task kind: the task's state (its ``initial`` settings) → its ``run(update, should_stop)``.
+TaskFactory = Callable[[dict[str, Any]], TaskFn]
+TASK_KINDS: dict[str, TaskFactory] = {}
+# Importing these registers the built-in kinds (a child started by hand imports them by name).
+TASK_MODULES = ("core.search", "core.training.lr_find")
+_WAIT_POLL_S = 0.05
 
-# (runs folder, task name): (its thread, its stop event)
-_TASKS: dict[tuple[str, str], tuple[threading.Thread, threading.Event]] = {}
-_TASKS_LOCK = threading.Lock()
+# The task processes this process started, by (runs folder, task name): reaped, stoppable.
+_CHILDREN = Children()
+
+
+def register_task(name: str, factory: TaskFactory) -> None:
+    """Make ``name`` a task kind: ``start_task(root, name, ...)`` runs ``factory(initial)`` in a
+    child process. ``factory`` must be a module-level function (the child imports it by name)."""
+    TASK_KINDS[name] = factory
 
 
 def task_path(root: str | os.PathLike[str], name: str) -> Path:
@@ -962,82 +982,283 @@ def task_path(root: str | os.PathLike[str], name: str) -> Path:
     return Path(root) / f"{name}.json"
 
 
+def task_stop_path(root: str | os.PathLike[str], name: str) -> Path:
+    """The file that asks task ``name`` of ``root`` to stop (``stop_task`` writes it)."""
+    return Path(root) / f"{name}.stop"
+
+
+def task_log_path(root: str | os.PathLike[str], name: str) -> Path:
+    """Where the process of task ``name`` of ``root`` writes its output (appended)."""
+    return Path(root) / f"{name}.log"
+
+
 def _task_key(root: str | os.PathLike[str], name: str) -> tuple[str, str]:
     return (os.path.realpath(root), name)
 
 
+@contextmanager
+def _task_lock(root: str | os.PathLike[str], name: str) -> Iterator[None]:
+    """Hold task ``name``'s lock: a starter's check-spawn-write and the child's writes never
+    interleave (the child's first write waits for the state naming its pid)."""
+    try:
+        import fcntl
+    except ImportError:  # Windows: no advisory locks; a start racing another is rare
+        yield
+        return
+    with open(Path(root) / f"{name}.lock", "a+b") as fh:
+        fcntl.flock(fh, fcntl.LOCK_EX)
+        try:
+            yield
+        finally:
+            fcntl.flock(fh, fcntl.LOCK_UN)
+
+
+def _alive(state: Any) -> bool:
+    from core.runs.store import _owner_alive
+
+    return (
+        isinstance(state, dict)
+        and state.get("status") == RUNNING
+        and _owner_alive(state.get("pid") if isinstance(state.get("pid"), str) else None)
+    )
+
+
 def task_running(root: str | os.PathLike[str], name: str) -> bool:
-    """Whether task ``name`` of runs folder ``root`` is running in this process."""
-    entry = _TASKS.get(_task_key(root, name))
-    return entry is not None and entry[0].is_alive()
+    """Whether task ``name`` of runs folder ``root`` is running: its state says so and the
+    process it records (``pid``: pid and start time) is alive, whoever started it."""
+    _CHILDREN.reap()
+    return _alive(_read_json(task_path(root, name)))
 
 
 def task_state(root: str | os.PathLike[str], name: str) -> dict[str, Any] | None:
     """The last state of task ``name`` (``None``: never run here). One the file says is running
-    but no thread of this process runs (the server restarted) reads as ``interrupted``."""
+    but whose process is gone (killed, or a state from before tasks had a ``pid``) reads as
+    ``interrupted``."""
+    _CHILDREN.reap()
     state = _read_json(task_path(root, name))
     if not isinstance(state, dict):
         return None
-    if state.get("status") == RUNNING and not task_running(root, name):
+    if state.get("status") == RUNNING and not _alive(state):
         state["status"] = INTERRUPTED
     return state
 
 
+def _factory_name(factory: TaskFactory) -> str:
+    """``module:qualname`` of a factory, checked to be importable by a child."""
+    module, qualname = getattr(factory, "__module__", None), getattr(factory, "__qualname__", "")
+    if not module or module == "__main__" or "<" in qualname:
+        raise ConfigError(
+            f"Task factory {factory!r} cannot be found by a child process: it is not a "
+            "module-level function of an importable module. Register a function defined at the "
+            "top level of a module (register_task(name, factory))."
+        )
+    return f"{module}:{qualname}"
+
+
+def _import_root(module: str) -> str | None:
+    """The folder ``module`` (``a.b.c``) is imported from in this process (``None``: unknown)."""
+    file = getattr(sys.modules.get(module), "__file__", None)
+    if not file:
+        return None
+    path = Path(file).resolve()
+    if path.name == "__init__.py":
+        path = path.parent
+    return str(path.parents[module.count(".")])
+
+
+def _spawn_task(root: str, name: str, factory: TaskFactory) -> subprocess.Popen[bytes]:
+    """``python -m core task NAME --runs-dir ROOT`` in its own session (a Ctrl+C in the server's
+    terminal or a server restart does not end it), its output appended to ``NAME.log``."""
+    args = ["task", name, "--runs-dir", root, "--factory", _factory_name(factory)]
+    # The factory's module found where this process found it (pytest imports a test module
+    # from its own folder).
+    env = child_environment([_import_root(factory.__module__)])
+    try:
+        return _CHILDREN.start(
+            core_command(args), task_log_path(root, name), env, key=_task_key(root, name)
+        )
+    except OSError as exc:
+        raise StudioError(
+            f"Could not start the {name} task ({sys.executable} -m core task {name}): {exc}. "
+            f"Check that the runs folder {root} is writable and the Python environment is "
+            "still there."
+        ) from exc
+
+
 def start_task(
-    root: str | os.PathLike[str], name: str, run: TaskFn, initial: dict[str, Any]
+    root: str | os.PathLike[str], name: str, run: TaskFn | None, initial: dict[str, Any]
 ) -> bool:
-    """Run ``run(update, should_stop)`` in a background thread unless task ``name`` already
-    runs for ``root``; ``False`` then. Its state (``initial``, each ``update(fields)`` merged
-    in, then what it returns) is written to ``task_path``; ``status`` goes from ``running`` to
-    ``done``, ``stopped`` (``stop_task``) or ``failed`` (with ``error``, in the user's words)."""
-    key = _task_key(root, name)
-    path = task_path(root, name)
-    with _TASKS_LOCK:
-        if task_running(root, name):
+    """Start task ``name`` for runs folder ``root`` in a child process unless it already runs
+    there; ``False`` then. The child runs the registered kind's ``factory(initial)`` (``run``
+    is not used: a closure cannot cross into another process; pass ``None``).
+
+    Its state (``initial``, each ``update(fields)`` merged in, then what it returns) is written to
+    ``task_path``; ``status`` goes from ``running`` to ``done``, ``stopped`` (``stop_task``) or
+    ``failed`` (with ``error``, in the user's words); ``pid`` identifies the child process.
+    """
+    factory = TASK_KINDS.get(name)
+    if factory is None:
+        raise ConfigError(
+            f"Background task {name!r} is unknown. Expected one of "
+            f"{', '.join(sorted(TASK_KINDS)) or 'none registered'}; register it with "
+            "core.search.register_task(name, factory)."
+        )
+    folder = os.path.realpath(root)
+    Path(folder).mkdir(parents=True, exist_ok=True)
+    path = task_path(folder, name)
+    with _task_lock(folder, name):
+        if task_running(folder, name):
             return False
-        stop = threading.Event()
+        task_stop_path(folder, name).unlink(missing_ok=True)  # a stop asked of an earlier run
+        proc = _spawn_task(folder, name, factory)
+        from core.runs.store import _process_token
+
         state: dict[str, Any] = {
             **initial, "status": RUNNING, "error": None, "started_at": time.time(),
-            "finished_at": None,
+            "finished_at": None, "pid": _process_token(proc.pid),
         }  # fmt: skip
-        write_lock = threading.Lock()
+        try:
+            from core.files import atomic_path
 
-        def update(fields: dict[str, Any]) -> None:
-            with write_lock:
-                state.update(fields)
-                _write_json(path, state)
-
-        def work() -> None:
-            try:
-                final = run(update, stop.is_set)
-                status = STOPPED if stop.is_set() else DONE
-                update({**final, "status": status, "finished_at": time.time()})
-            except Exception as exc:  # shown on the page; the thread must not die silently
-                text = str(exc) if isinstance(exc, StudioError) else f"{type(exc).__name__}: {exc}"
-                update({"status": FAILED, "error": text, "finished_at": time.time()})
-
-        update({})
-        thread = threading.Thread(target=work, name=f"studio-{name}", daemon=True)
-        _TASKS[key] = (thread, stop)
-        thread.start()
+            with atomic_path(path) as tmp:
+                tmp.write_text(json.dumps(state))
+        except OSError as exc:
+            proc.kill()
+            proc.wait()
+            raise StudioError(
+                f"Could not write the {name} task's state to {path}: {exc}. Make the runs "
+                "folder writable (or free some disk space) and start it again."
+            ) from exc
     return True
 
 
+def run_task(root: str | os.PathLike[str], name: str, factory: TaskFactory | None = None) -> str:
+    """Run task ``name`` of runs folder ``root`` in this process from its state file (what
+    ``python -m core task`` does in the child ``start_task`` spawns); its final status.
+
+    ``factory``: the kind's (default: the one registered as ``name``). Run by hand on a state
+    whose process is gone, it runs that task again with the same settings.
+    """
+    from core.runs.store import _owner_alive, _process_token
+
+    make = factory or _registered(name)  # an unknown kind is said before anything is written
+    path, me = task_path(root, name), _process_token()
+    with _task_lock(root, name):  # waits for the starter's state naming this process
+        state = _read_json(path)
+        if not isinstance(state, dict):
+            raise ConfigError(
+                f"No {name} task to run in {root}: {path} is missing or is not a JSON object. "
+                "Start the task from the Train page, which writes its settings there."
+            )
+        owner = state.get("pid") if isinstance(state.get("pid"), str) else None
+        if owner != me and state.get("status") == RUNNING and _owner_alive(owner):
+            raise ConfigError(
+                f"The {name} task of {root} is already running (process {owner}). Stop it "
+                "first, or wait for it to end."
+            )
+        if owner != me:  # run by hand: this process takes the task over
+            state["started_at"] = time.time()
+        state.update(status=RUNNING, error=None, finished_at=None, pid=me)
+        _write_json(path, state)
+    stop_file = task_stop_path(root, name)
+
+    def update(fields: dict[str, Any]) -> None:
+        state.update(fields)
+        with _task_lock(root, name):
+            _write_json(path, state)
+
+    def should_stop() -> bool:
+        return stop_file.exists()
+
+    try:
+        work = make(dict(state))
+        final = work(update, should_stop)
+        update({**final, "status": STOPPED if should_stop() else DONE, "finished_at": time.time()})
+    except Exception as exc:  # shown on the page; the traceback goes to the task's log
+        traceback.print_exc()
+        text = str(exc) if isinstance(exc, StudioError) else f"{type(exc).__name__}: {exc}"
+        update({"status": FAILED, "error": text, "finished_at": time.time()})
+    finally:
+        stop_file.unlink(missing_ok=True)
+    return str(state["status"])
+
+
+def _registered(name: str) -> TaskFactory:
+    """The factory of kind ``name``, the built-in kinds' modules imported first."""
+    import importlib
+
+    for module in TASK_MODULES:
+        importlib.import_module(module)
+    if name not in TASK_KINDS:
+        raise ConfigError(
+            f"Background task {name!r} is unknown. Expected one of {', '.join(sorted(TASK_KINDS))}."
+        )
+    return TASK_KINDS[name]
+
+
+def load_factory(spec: str) -> TaskFactory:
+    """The factory a child is told to run: ``"module:qualname"`` (``python -m core task
+    --factory``)."""
+    import importlib
+
+    module, _, qualname = spec.partition(":")
+    try:
+        target: Any = importlib.import_module(module)
+        for part in qualname.split("."):
+            target = getattr(target, part)
+    except (ImportError, AttributeError, ValueError) as exc:
+        raise ConfigError(
+            f"Task factory {spec!r} cannot be imported ({exc}). Expected module:function, "
+            "e.g. core.search:search_task."
+        ) from exc
+    if not callable(target):
+        raise ConfigError(f"Task factory {spec!r} is not a function. Expected module:function.")
+    return target  # type: ignore[no-any-return]
+
+
 def stop_task(root: str | os.PathLike[str], name: str) -> bool:
-    """Ask task ``name`` of ``root`` to stop (it ends at its next check); whether it ran."""
-    entry = _TASKS.get(_task_key(root, name))
-    if entry is None or not entry[0].is_alive():
+    """Ask task ``name`` of ``root`` to stop (it ends at its next check, in whichever process
+    runs it); whether it was running."""
+    if not task_running(root, name):
         return False
-    entry[1].set()
+    try:
+        task_stop_path(root, name).touch()
+    except OSError as exc:
+        raise StudioError(
+            f"Could not ask the {name} task to stop: {exc}. Make the runs folder {root} "
+            "writable, or end its process."
+        ) from exc
     return True
 
 
 def wait_task(root: str | os.PathLike[str], name: str, timeout: float | None = None) -> bool:
-    """Wait for task ``name`` of ``root`` to end; whether it has (tests, the CLI)."""
-    entry = _TASKS.get(_task_key(root, name))
-    if entry is not None:
-        entry[0].join(timeout)
-    return not task_running(root, name)
+    """Wait for task ``name`` of ``root`` to end (and its process, if this one started it, to
+    exit); whether it has (tests, the CLI)."""
+    deadline = None if timeout is None else time.monotonic() + timeout
+    while task_running(root, name):
+        if deadline is not None and time.monotonic() >= deadline:
+            return False
+        time.sleep(_WAIT_POLL_S)
+    proc = _CHILDREN.get(_task_key(root, name))
+    if proc is not None:  # its last write is done; let it exit
+        left = 10.0 if deadline is None else max(deadline - time.monotonic(), 0.1)
+        try:
+            proc.wait(left)
+        except subprocess.TimeoutExpired:
+            return False
+    _CHILDREN.reap()
+    return True
+
+
+def task_processes() -> list[subprocess.Popen[bytes]]:
+    """The task processes this process started that are still running."""
+    return _CHILDREN.running()
+
+
+def stop_task_processes(timeout: float = 10.0) -> None:
+    """SIGTERM the task processes this process started (each stops at its next check), then
+    SIGKILL what is left after ``timeout`` seconds. For tests and a server shutting down."""
+    _CHILDREN.stop(timeout)
 
 
 def start_search(
@@ -1052,10 +1273,10 @@ def start_search(
     seed: int = 42,
     val_split: float = 0.2,
 ) -> bool:
-    """``search`` in the background (``start_task``: ``False`` if one runs for ``root``).
+    """``search`` in a background process (``start_task``: ``False`` if one runs for ``root``).
 
-    The state file holds the ranked candidates settled so far (``candidates``, as in
-    ``search --json``), the feature pass under way (``stage``) and, once done, the result's
+    The state file holds the settings, the ranked candidates settled so far (``candidates``, as
+    in ``search --json``), the feature pass under way (``stage``) and, once done, the result's
     other fields.
     """
     from core.data.sources import check_source
@@ -1066,10 +1287,32 @@ def start_search(
         raise ConfigError(
             f"Search budget {budget_s!r} s is invalid. Expected a number of minutes above 0."
         )
+    plan_candidates(backbones, sizes, weights)  # an unknown backbone or size: said now too
     check_source(data)
     settings = {
         "data": data, "budget_s": budget_s, "weights": weights, "class_weight": class_weight,
         "seed": seed, "val_split": val_split,
+        "backbones": backbones if backbones is None or isinstance(backbones, str)
+        else list(backbones),
+        "sizes": None if sizes is None else list(sizes),
+    }  # fmt: skip
+    return start_task(root, SEARCH_TASK, None, {**settings, "candidates": [], "stage": None})
+
+
+def search_task(initial: dict[str, Any]) -> TaskFn:
+    """The search a task's state describes (``start_search`` put its settings there)."""
+    missing = [key for key in ("data", "weights", "class_weight", "seed", "val_split")
+               if key not in initial]  # fmt: skip
+    if missing:
+        raise ConfigError(
+            f"The search task's state has no {', '.join(missing)}. Expected the settings "
+            "start_search writes; start the search again from the Train page."
+        )
+    data, budget_s = str(initial["data"]), initial.get("budget_s")
+    settings = {
+        "backbones": initial.get("backbones"), "sizes": initial.get("sizes"),
+        "budget_s": budget_s, "seed": initial["seed"], "val_split": initial["val_split"],
+        "weights": initial["weights"], "class_weight": initial["class_weight"],
     }  # fmt: skip
 
     def run(update: UpdateFn, should_stop: Callable[[], bool]) -> dict[str, Any]:
@@ -1089,10 +1332,11 @@ def start_search(
                                   "done": done, "total": total}})  # fmt: skip
 
         result = search(  # looked up at call time: tests replace it with a fast fake
-            data, backbones=backbones, sizes=sizes, budget_s=budget_s, seed=seed,
-            val_split=val_split, progress=progress, weights=weights, class_weight=class_weight,
-            stage=stage, should_stop=should_stop,
-        )  # fmt: skip
+            data, progress=progress, stage=stage, should_stop=should_stop, **settings
+        )
         return {**result.to_json(), "stage": None}
 
-    return start_task(root, SEARCH_TASK, run, {**settings, "candidates": [], "stage": None})
+    return run
+
+
+register_task(SEARCH_TASK, search_task)

@@ -27,12 +27,15 @@ if TYPE_CHECKING:
 
 @pytest.fixture(autouse=True)
 def _no_worker_left_behind() -> Iterator[None]:
-    """Worker processes a test started (the dashboard's queue starts them) end with the test:
+    """Worker and task processes a test started (the dashboard starts them) end with the test:
     none keeps training into a folder that is gone, or on the cores the next test needs."""
     yield
     jobs = sys.modules.get("core.training.jobs")
     if jobs is not None and jobs.spawned_workers():
         jobs.stop_spawned_workers(timeout=5.0)
+    search = sys.modules.get("core.search")  # the Train page's LR finder and search tasks
+    if search is not None and search.task_processes():
+        search.stop_task_processes(timeout=5.0)
 
 
 @pytest.fixture(scope="session")

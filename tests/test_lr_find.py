@@ -11,7 +11,7 @@ import numpy as np
 import pytest
 
 from core.config import RunConfig
-from core.errors import ConfigError
+from core.errors import ConfigError, DataError
 from core.training.lr_find import (
     lr_find,
     lr_schedule,
@@ -105,3 +105,37 @@ def test_lr_find_on_real_photos_head_and_fine_tune_phases() -> None:
     assert tune.phase == "fine_tune" and tune.extra["reads"] == "activations"
     assert tune.extra["features_cached"] is True  # the head phase's pass is reused
     assert tune.suggested_lr is not None and tune.lrs[0] <= tune.suggested_lr <= tune.lrs[-1]
+
+
+def test_the_background_finder_keeps_its_settings_in_its_state(tmp_path) -> None:
+    """What the task's process rebuilds the finder from: the config, phases and steps."""
+    from core.search import TASK_KINDS
+    from core.training.lr_find import LR_FIND_TASK, lr_find_task, start_lr_find
+
+    assert TASK_KINDS[LR_FIND_TASK] is lr_find_task
+    with pytest.raises(ConfigError, match="phase 'warmup' is invalid"):
+        start_lr_find(tmp_path, RunConfig(), ["warmup"])
+    with pytest.raises(DataError, match="not found"):  # on the page at once, not a failed task
+        start_lr_find(tmp_path, RunConfig(data=str(tmp_path / "no-such-folder")))
+    assert not (tmp_path / f"{LR_FIND_TASK}.json").exists()  # nothing started
+    with pytest.raises(ConfigError, match="has no run config"):
+        lr_find_task({"phases": ["head"]})
+    seen: list[tuple] = []
+    stop = [False]
+
+    def fake(config: RunConfig, phase: str, steps=None, progress=None):
+        seen.append((config.mode, phase, steps))
+        progress(10, 20)
+        stop[0] = True  # asked to stop during the first phase: the second never starts
+        progress(20, 20)
+        raise AssertionError("a stop ends the test at its next step")
+
+    config = RunConfig(mode="fine_tuning", epochs=1)
+    initial = {"config": config.to_dict(), "phases": ["head", "fine_tune"], "steps": 20}
+    updates: list[dict] = []
+    with pytest.MonkeyPatch.context() as mp:
+        mp.setattr("core.training.lr_find.lr_find", fake)
+        final = lr_find_task(initial)(updates.append, lambda: stop[0])
+    assert seen == [("fine_tuning", "head", 20)]
+    assert updates == [{"step": {"phase": "head", "done": 10, "total": 20}}]
+    assert final == {"results": {}, "step": None}

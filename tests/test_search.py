@@ -4,28 +4,47 @@ from __future__ import annotations
 
 import argparse
 import json
+import os
+import signal
+import subprocess
+import sys
+import time
+from collections.abc import Callable, Iterator
 from pathlib import Path
+from typing import Any
 
 import numpy as np
 import pytest
 from PIL import Image
 
+from core import search as search_module
 from core.config import RunConfig
+from core.errors import ConfigError, DataError
+from core.runs.store import _process_token
 from core.search import (
     HEADS,
     LEARNING_RATES,
     NEEDS_NETWORK,
     OK,
+    SEARCH_TASK,
     SKIPPED_BUDGET,
     Candidate,
     HeadResult,
     plan_candidates,
     rank_candidates,
+    run_task,
     search,
     smaller_size,
+    start_task,
+    stop_task,
+    task_path,
+    task_running,
+    task_state,
     train_head,
+    wait_task,
 )
 
+ROOT = Path(__file__).resolve().parents[1]
 CONTRACT = {"backbone", "image_size", "head", "val_accuracy", "latency_ms", "size_mb", "status"}
 
 
@@ -59,7 +78,7 @@ def test_default_candidates_are_each_backbones_size_and_one_smaller(
 ) -> None:
     monkeypatch.setenv("KERAS_HOME", str(tmp_path))  # no Keras weights cached: only Lite0 is here
     planned = plan_candidates()
-    by_name = {}
+    by_name: dict[str, list[Candidate]] = {}
     for c in planned:
         by_name.setdefault(c.backbone, []).append(c)
     assert [c.image_size for c in by_name["efficientnet_lite0"]] == [224, 160]
@@ -108,7 +127,8 @@ def test_search_measures_ranks_and_reuses_cached_features(
         assert c.latency_ms is not None and c.latency_ms > 0
         assert c.params is not None and c.size_mb == round(c.params * 4 / 1e6, 2)
         assert c.features_cached is False and c.latency_cached is False
-    accuracies = [c.val_accuracy for c in first.candidates]
+    accuracies = [c.val_accuracy for c in first.candidates if c.val_accuracy is not None]
+    assert len(accuracies) == len(first.candidates)  # every candidate measured
     assert accuracies == sorted(accuracies, reverse=True)  # best first
     assert first.candidates[0].pareto  # the most accurate is never dominated
     document = json.loads(json.dumps(first.to_json()))
@@ -333,3 +353,191 @@ def test_search_command_prints_the_json_contract(
     (row,) = document["candidates"]
     assert CONTRACT <= row.keys() and row["status"] == OK
     assert "mobilenet_v2 @ 32 px: val_acc" in err  # a line per finished candidate
+
+
+# --------------------------------------------------------------------------- background tasks
+#
+# A task runs in a child process (python -m core task); these kinds are imported there by name.
+
+
+def sleepy_task(initial: dict[str, Any]) -> Callable[..., dict[str, Any]]:
+    """A task kind for the process tests: says which process it runs in, then waits for a stop
+    (or ``seconds``)."""
+
+    def run(update: Callable[[dict[str, Any]], None], should_stop: Callable[[], bool]) -> dict:
+        update({"child_pid": os.getpid()})
+        deadline = time.monotonic() + float(initial.get("seconds", 30))
+        while not should_stop() and time.monotonic() < deadline:
+            time.sleep(0.02)
+        return {"waited": True}
+
+    return run
+
+
+def failing_task(initial: dict[str, Any]) -> Callable[..., dict[str, Any]]:
+    """A task kind whose run fails as a user's data can."""
+
+    def run(update: Callable[[dict[str, Any]], None], should_stop: Callable[[], bool]) -> dict:
+        raise DataError(f"No images in {initial['data']}.")
+
+    return run
+
+
+@pytest.fixture
+def kinds(monkeypatch: pytest.MonkeyPatch) -> Iterator[None]:
+    """The test task kinds registered; every task process a test started ends with it."""
+    monkeypatch.setitem(search_module.TASK_KINDS, "sleepy", sleepy_task)
+    monkeypatch.setitem(search_module.TASK_KINDS, "failing", failing_task)
+    yield
+    search_module.stop_task_processes(timeout=5)
+    assert search_module.task_processes() == []
+
+
+def _child_pid(root: Path, name: str, timeout: float = 30) -> int:
+    """The pid the task reports from inside its process, once it runs."""
+    deadline = time.monotonic() + timeout
+    while time.monotonic() < deadline:
+        state = task_state(root, name) or {}
+        if state.get("child_pid"):
+            return int(state["child_pid"])
+        assert state.get("status") in (None, "running"), state
+        time.sleep(0.05)
+    raise AssertionError(f"task {name} did not start within {timeout} s: {task_state(root, name)}")
+
+
+def test_a_task_runs_in_its_own_process_one_at_a_time_and_stops_from_another(
+    tmp_path: Path, kinds: None
+) -> None:
+    assert start_task(tmp_path, "sleepy", None, {"seconds": 60})
+    assert not start_task(tmp_path, "sleepy", None, {"seconds": 60})  # one at a time
+    child = _child_pid(tmp_path, "sleepy")
+    state = task_state(tmp_path, "sleepy")
+    assert state is not None and state["status"] == "running" and state["seconds"] == 60
+    assert child != os.getpid() and state["pid"].startswith(f"{child}:")  # the recorded one
+    assert task_running(tmp_path, "sleepy")
+    assert not start_task(tmp_path, "sleepy", None, {"seconds": 60})  # still one at a time
+
+    # the stop goes through the runs folder: any process (another server) can ask for it
+    code = (
+        "import sys; from core.search import stop_task; "
+        f"sys.exit(0 if stop_task({str(tmp_path)!r}, 'sleepy') else 3)"
+    )
+    subprocess.run([sys.executable, "-c", code], cwd=ROOT, check=True, timeout=60)
+    assert wait_task(tmp_path, "sleepy", timeout=20)
+    state = task_state(tmp_path, "sleepy")
+    assert state is not None and (state["status"], state["waited"]) == ("stopped", True)
+    assert state["finished_at"] >= state["started_at"]
+    assert search_module.task_processes() == []  # wait_task saw the process exit
+    assert not search_module.task_stop_path(tmp_path, "sleepy").exists()
+    assert "task sleepy: stopped" in search_module.task_log_path(tmp_path, "sleepy").read_text()
+    assert not stop_task(tmp_path, "sleepy")  # nothing runs now
+
+
+@pytest.mark.slow
+def test_a_killed_task_reads_as_interrupted_and_a_failure_is_said(
+    tmp_path: Path, kinds: None
+) -> None:
+    assert start_task(tmp_path, "sleepy", None, {"seconds": 60})
+    child = _child_pid(tmp_path, "sleepy")
+    os.kill(child, signal.SIGKILL)
+    assert wait_task(tmp_path, "sleepy", timeout=10)
+    state = task_state(tmp_path, "sleepy")
+    assert state is not None and state["status"] == "interrupted"
+    assert not task_running(tmp_path, "sleepy") and not stop_task(tmp_path, "sleepy")
+    raw = json.loads(task_path(tmp_path, "sleepy").read_text())
+    assert raw["status"] == "running"  # the file as the dead child left it
+
+    assert start_task(tmp_path, "failing", None, {"data": "/no/such/folder"})
+    assert wait_task(tmp_path, "failing", timeout=30)
+    state = task_state(tmp_path, "failing")
+    assert state is not None and state["status"] == "failed"
+    assert state["error"] == "No images in /no/such/folder."  # the user's sentence, no class name
+    assert "DataError" in search_module.task_log_path(tmp_path, "failing").read_text()
+
+
+def test_a_state_without_a_pid_reads_as_interrupted(tmp_path: Path) -> None:
+    """A state file written by a version that ran tasks in threads (no ``pid``) or whose pid is
+    some other live process (a reused pid: the start time differs) is not running."""
+    path = task_path(tmp_path, SEARCH_TASK)
+    path.write_text(json.dumps({"status": "running", "candidates": [], "stage": None}))
+    assert task_state(tmp_path, SEARCH_TASK)["status"] == "interrupted"  # type: ignore[index]
+    assert not task_running(tmp_path, SEARCH_TASK) and not stop_task(tmp_path, SEARCH_TASK)
+    assert wait_task(tmp_path, SEARCH_TASK, timeout=0)
+    path.write_text(json.dumps({"status": "running", "pid": f"{os.getpid()}:1"}))
+    assert task_state(tmp_path, SEARCH_TASK)["status"] == "interrupted"  # type: ignore[index]
+    path.write_text(json.dumps({"status": "running", "pid": _process_token()}))
+    assert task_running(tmp_path, SEARCH_TASK)  # this very process: alive
+
+
+def test_run_task_runs_in_this_process_from_the_state_file(tmp_path: Path, kinds: None) -> None:
+    """What the child does, in-process: the state file is the input, stop is the flag file."""
+    with pytest.raises(ConfigError, match="No sleepy task to run"):
+        run_task(tmp_path, "sleepy", sleepy_task)
+    task_path(tmp_path, "sleepy").write_text(json.dumps({"seconds": 30, "status": "done"}))
+    search_module.task_stop_path(tmp_path, "sleepy").touch()  # asked to stop: ends at once
+    assert run_task(tmp_path, "sleepy", sleepy_task) == "stopped"
+    state = task_state(tmp_path, "sleepy")
+    assert state is not None and state["child_pid"] == os.getpid()
+    assert state["pid"] == _process_token() and state["waited"] is True
+    assert not search_module.task_stop_path(tmp_path, "sleepy").exists()
+    with pytest.raises(ConfigError, match="Background task 'nope' is unknown"):
+        start_task(tmp_path, "nope", None, {})
+    with pytest.raises(ConfigError, match="cannot be found by a child process"):
+        search_module.register_task("local", lambda initial: sleepy_task(initial))
+        start_task(tmp_path, "local", None, {})
+    search_module.TASK_KINDS.pop("local", None)
+    with pytest.raises(ConfigError, match="cannot be imported"):
+        search_module.load_factory("tests.no_such_module:task")
+    assert search_module.load_factory("core.search:search_task") is search_module.search_task
+
+
+def test_the_task_command_is_hidden_and_parses() -> None:
+    args = _parser().parse_args(["task", "search", "--runs-dir", "/r", "--factory", "m:f"])
+    assert (args.command, args.name, args.runs_dir, args.factory) == ("task", "search", "/r", "m:f")
+    from core.cli import build_parser
+
+    listed = [line.split()[0] for line in build_parser().format_help().splitlines()
+              if line.startswith("    ") and line.strip()]  # fmt: skip
+    assert "search" in listed and "task" not in listed  # not in the command list
+
+
+@pytest.mark.slow
+def test_a_real_search_and_lr_finder_train_in_their_process_not_the_callers(
+    tiny_data: str, tmp_path: Path
+) -> None:
+    """The dashboard's way in a fresh interpreter: both tasks end with results, and the
+    starting process never loads Keras or TensorFlow (Streamlit's session clearing cannot
+    reach a model the task builds)."""
+    code = f"""
+import json, sys
+from core.config import RunConfig
+from core.search import SEARCH_TASK, start_search, stop_task_processes, task_state, wait_task
+from core.training.lr_find import LR_FIND_TASK, start_lr_find
+root = {str(tmp_path)!r}
+assert start_search(root, {tiny_data!r}, backbones=["mobilenet_v2"], sizes=[32], weights="none")
+config = RunConfig(data={tiny_data!r}, backbone="mobilenet_v2", weights="none", image_size=32,
+                   augment=False, epochs=1, batch_size=8)
+assert start_lr_find(root, config, steps=12)
+try:
+    ended = [wait_task(root, SEARCH_TASK, timeout=240), wait_task(root, LR_FIND_TASK, timeout=240)]
+finally:
+    stop_task_processes(timeout=5)  # none left behind, whatever happened
+print(json.dumps({{
+    "ended": ended, "search": task_state(root, SEARCH_TASK), "lr": task_state(root, LR_FIND_TASK),
+    "loaded": [m for m in ("keras", "tensorflow") if m in sys.modules],
+}}))
+"""
+    done = subprocess.run(
+        [sys.executable, "-c", code], cwd=ROOT, capture_output=True, text=True, timeout=300
+    )
+    assert done.returncode == 0, done.stderr
+    facts = json.loads(done.stdout.strip().splitlines()[-1])
+    assert facts["loaded"] == [] and facts["ended"] == [True, True]
+    search_state, lr_state = facts["search"], facts["lr"]
+    assert search_state["status"] == "done", search_state
+    (row,) = search_state["candidates"]
+    assert CONTRACT <= row.keys() and row["status"] == OK
+    assert lr_state["status"] == "done", lr_state
+    assert lr_state["phases"] == ["head"] and lr_state["steps"] == 12
+    head = lr_state["results"]["head"]
+    assert len(head["lrs"]) == len(head["losses"]) > 0 and head["reads"] == "features"

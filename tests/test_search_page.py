@@ -2,13 +2,16 @@
 
 The engine's search and LR finder are replaced by fast fakes (they are tested in
 tests/test_search.py and tests/test_lr_find.py): what is tested here is the page: the
-background task, the live table, "Use this", "Use <lr>", the class-weight suggestion.
+background task, the live table, "Use this", "Use <lr>", the class-weight suggestion. The tasks
+run in child processes, so the fakes are task kinds (``*_task`` below) the child imports by name.
 """
 
 from __future__ import annotations
 
 import json
+import os
 import time
+from collections.abc import Iterator
 from pathlib import Path
 from typing import Any
 
@@ -88,26 +91,66 @@ def fake_search(data: str, progress: Any = None, **_kw: Any) -> SearchResult:
     return SearchResult(data, rank_candidates(settled), ["a", "b"], 8, 2, 0.2, 0)
 
 
+CALL = "search-call.json"  # where the fake search of a task process says how it was called
+
+
+def recorded_search(data: str, **kw: Any) -> SearchResult:
+    """``fake_search``, its call kept in the studio home's ``CALL`` (the test's process reads
+    it: the task runs in another)."""
+    settings = {k: v for k, v in kw.items() if not callable(v)}
+    (Path(os.environ["TRANSFER_STUDIO_HOME"]) / CALL).write_text(
+        json.dumps({"data": data, **settings})
+    )
+    return fake_search(data, **kw)
+
+
+def fake_search_task(initial: dict[str, Any]) -> Any:
+    """The search task kind with ``recorded_search`` for the engine (in the task's process)."""
+    search_module.search = recorded_search  # type: ignore[assignment]
+    return search_module.search_task(initial)
+
+
+def slow_search(data: str, progress: Any = None, should_stop: Any = None, **_kw: Any) -> Any:
+    """One candidate at once, then nothing until asked to stop (a minute at most)."""
+    c = _candidate("mobilenet_v2", 160, 0.8, 9.0, 1e-3)
+    progress(c)
+    deadline = time.monotonic() + 60
+    while not should_stop() and time.monotonic() < deadline:
+        time.sleep(0.02)
+    return SearchResult(data, [c], ["a", "b"], 8, 2, 0.1, 0)
+
+
+def slow_search_task(initial: dict[str, Any]) -> Any:
+    """The search task kind with ``slow_search`` for the engine (in the task's own process)."""
+    search_module.search = slow_search  # type: ignore[assignment]
+    return search_module.search_task(initial)
+
+
+@pytest.fixture
+def no_task_left() -> Iterator[None]:
+    """Every task process a test started ends with it."""
+    yield
+    search_module.stop_task_processes(timeout=5)
+    assert search_module.task_processes() == []
+
+
 @pytest.mark.slow
 def test_the_search_runs_in_the_background_fills_the_table_and_use_this_sets_the_form(
-    home: Path, monkeypatch: pytest.MonkeyPatch
+    home: Path, monkeypatch: pytest.MonkeyPatch, no_task_left: None
 ) -> None:
-    calls: list[dict[str, Any]] = []
-
-    def recorded(data: str, **kw: Any) -> SearchResult:
-        calls.append({"data": data, **kw})
-        return fake_search(data, **kw)
-
-    monkeypatch.setattr(search_module, "search", recorded)
+    monkeypatch.setitem(search_module.TASK_KINDS, SEARCH_TASK, fake_search_task)
     at = _open()
     at.number_input(key="search_budget").set_value(2.0)
     at.button(key="search_start").click().run()
-    assert wait_task(home, SEARCH_TASK, timeout=30)
-    (call,) = calls
+    assert wait_task(home, SEARCH_TASK, timeout=60)
+    state = task_state(home, SEARCH_TASK)
+    assert state is not None and state["status"] == "done", state
+    assert int(state["pid"].split(":")[0]) != os.getpid()  # not in the server's process
+    # the page's settings reached the search (through the state file)
+    call = json.loads((home / CALL).read_text())
     assert call["data"] == "builtin:photos" and call["budget_s"] == 120.0
     assert call["backbones"] == "available" and call["class_weight"] == "none"
-    state = task_state(home, SEARCH_TASK)
-    assert state is not None and state["status"] == "done"
+    assert call["sizes"] is None and call["weights"] == "imagenet"
     assert [c["backbone"] for c in state["candidates"]][:2] == [
         "efficientnet_lite0",
         "mobilenet_v2",
@@ -143,49 +186,42 @@ def test_the_search_runs_in_the_background_fills_the_table_and_use_this_sets_the
 
 @pytest.mark.slow
 def test_one_search_per_runs_folder_live_while_it_runs_and_stop(
-    home: Path, monkeypatch: pytest.MonkeyPatch
+    home: Path, monkeypatch: pytest.MonkeyPatch, no_task_left: None
 ) -> None:
-    import threading
-
-    release = threading.Event()
-    seen: list[int] = []
-
-    def slow(data: str, progress: Any = None, should_stop: Any = None, **kw: Any) -> SearchResult:
-        c = _candidate("mobilenet_v2", 160, 0.8, 9.0, 1e-3)
-        progress(c)
-        seen.append(len(task_state(home, SEARCH_TASK)["candidates"]))  # type: ignore[index]
-        while not release.is_set() and not should_stop():
-            time.sleep(0.02)
-        return SearchResult(data, [c], ["a", "b"], 8, 2, 0.1, 0)
-
-    monkeypatch.setattr(search_module, "search", slow)
+    monkeypatch.setitem(search_module.TASK_KINDS, SEARCH_TASK, slow_search_task)
     with pytest.raises(DataError, match="not found"):  # said at once, on the page
         search_module.start_search(home, str(home / "no-such-folder"))
     assert task_state(home, SEARCH_TASK) is None  # nothing started
     assert search_module.start_search(home, "builtin:photos", budget_s=60)
     assert not search_module.start_search(home, "builtin:photos")  # one at a time
-    for _ in range(100):
-        if seen:
-            break
+    deadline = time.monotonic() + 60
+    while not (task_state(home, SEARCH_TASK) or {}).get("candidates"):
+        assert time.monotonic() < deadline, task_state(home, SEARCH_TASK)
         time.sleep(0.05)
-    assert seen == [1]  # the finished candidate is in the file while the search runs
-    assert task_state(home, SEARCH_TASK)["status"] == "running"  # type: ignore[index]
+    # the finished candidate is in the file while the search runs
+    state = task_state(home, SEARCH_TASK)
+    assert state is not None and state["status"] == "running" and len(state["candidates"]) == 1
 
     at = _open()  # the page while it runs: the partial table, the progress line, Stop
     assert list(_table(at)["backbone"]) == ["mobilenet_v2"]
     assert any("1 candidates settled, 1 measured" in c.value for c in at.caption)
     assert at.button(key="search_start").disabled
     at.button(key="search_stop").click().run()
-    assert wait_task(home, SEARCH_TASK, timeout=10)
+    assert wait_task(home, SEARCH_TASK, timeout=20)
     assert task_state(home, SEARCH_TASK)["status"] == "stopped"  # type: ignore[index]
     at.run()  # the poll sees it ended: the page is redrawn with the outcome
     _ok(at)
     assert any("Stopped early" in md_unescape(s.value) for s in at.success)
 
-    # a file left "running" by a server that died reads as interrupted
+    # a file left "running" by a server that died (a version without task processes: no pid)
+    # reads as interrupted
     path = search_module.task_path(home, SEARCH_TASK)
     path.write_text(json.dumps({"status": "running", "candidates": []}))
     assert task_state(home, SEARCH_TASK)["status"] == "interrupted"  # type: ignore[index]
+    at = _open()  # and the page says so, with where its process wrote
+    assert any("interrupted" in md_unescape(w.value) for w in at.warning)
+    log = str(search_module.task_log_path(home, SEARCH_TASK))
+    assert any(log in md_unescape(c.value) for c in at.caption)
 
 
 def fake_lr_find(config: Any, phase: str = "head", **_kw: Any) -> LrFindResult:
@@ -195,15 +231,24 @@ def fake_lr_find(config: Any, phase: str = "head", **_kw: Any) -> LrFindResult:
     return LrFindResult(phase, lrs, losses, losses, suggested, False)
 
 
+def fake_lr_find_task(initial: dict[str, Any]) -> Any:
+    """The LR finder task kind with ``fake_lr_find`` for the engine (in the task's process)."""
+    lr_module.lr_find = fake_lr_find
+    return lr_module.lr_find_task(initial)
+
+
 @pytest.mark.slow
 def test_the_lr_finder_use_button_applies_the_nearest_slider_stop(
-    home: Path, monkeypatch: pytest.MonkeyPatch
+    home: Path, monkeypatch: pytest.MonkeyPatch, no_task_left: None
 ) -> None:
-    monkeypatch.setattr(lr_module, "lr_find", fake_lr_find)
+    monkeypatch.setitem(search_module.TASK_KINDS, LR_FIND_TASK, fake_lr_find_task)
     at = _open()
     at.radio(key="mode").set_value("fine_tuning").run()
     at.button(key="lr_find_start").click().run()
-    assert wait_task(home, LR_FIND_TASK, timeout=30)
+    assert wait_task(home, LR_FIND_TASK, timeout=60)
+    state = task_state(home, LR_FIND_TASK)
+    assert state is not None and state["status"] == "done", state
+    assert state["phases"] == ["head", "fine_tune"] and state["config"]["mode"] == "fine_tuning"
     at.run()
     _ok(at)
     assert at.button(key="lr_use_head").label == "Use 0.001"  # 1.6e-3 -> the 1e-3 stop
@@ -214,6 +259,14 @@ def test_the_lr_finder_use_button_applies_the_nearest_slider_stop(
     assert any("nearest stop to the suggested 0.0016" in md_unescape(i.value) for i in at.info)
     at.button(key="lr_use_fine_tune").click().run()
     assert at.select_slider(key="ft_lr").value == 3e-5
+
+    # a test whose process died mid-way (its state says running, its pid is gone)
+    path = search_module.task_path(home, LR_FIND_TASK)
+    path.write_text(json.dumps({**state, "status": "running", "pid": "1:0", "results": {}}))
+    at = _open()
+    _ok(at)
+    assert any("ended without finishing" in md_unescape(w.value) for w in at.warning)
+    assert not at.button(key="lr_find_start").disabled  # it can be started again
 
 
 def _imbalanced(folder: Path) -> str:

@@ -113,7 +113,10 @@ def search_outcome(state: Mapping[str, Any]) -> tuple[str, str]:
     if status == "failed":
         return "error", f"The search failed: {state.get('error') or 'no reason given'}"
     if status == "interrupted":
-        return "warning", "The search was interrupted (the server restarted). Start it again."
+        return "warning", (
+            "The search was interrupted: its process stopped before it finished (killed, or "
+            "out of memory). Start it again."
+        )
     if best is None:
         return "warning", (
             "No candidate could be measured: see each one's status. Choose backbones whose "

@@ -34,6 +34,7 @@ from typing import TYPE_CHECKING
 from core.config import RunConfig, Status
 from core.errors import ConfigError, StorageError, StudioError
 from core.paths import runs_root
+from core.processes import Children, child_environment, core_command
 from core.runs.store import (
     ACTIVE_STATUSES,
     FAILED,
@@ -53,7 +54,6 @@ RESUMABLE: tuple[Status, ...] = (STOPPED, INTERRUPTED, FAILED)
 WORKER_LOG = "worker.log"  # in the runs folder: the output of the workers the dashboard starts
 IDLE_POLL_S = 0.5  # how often an idle worker looks for a queued run
 RECOVER_EVERY_S = 2.0  # how often an idle worker (or a waiting caller) looks for lost runs
-PROJECT_ROOT = Path(__file__).resolve().parents[2]  # on a started worker's PYTHONPATH
 # A started worker's reservation (its ``starting`` row), which it replaces with its own row.
 SLOT_ENV = "TRANSFER_STUDIO_WORKER_SLOT"
 _DEVICE = re.compile(r"^(CPU|GPU:(\d+))$", re.IGNORECASE)
@@ -199,7 +199,7 @@ class JobQueue:
         started. Cheap (a few reads): the dashboard calls it on its polls."""
         if not self.processes:
             return False
-        _reap_spawned()
+        _SPAWNED.reap()
         now = time.monotonic()
         if now - self._last_recover >= HEARTBEAT_S:
             self._last_recover = now
@@ -265,8 +265,7 @@ def get_job_queue(
 
 
 # -- worker processes ---------------------------------------------------------------------------
-_SPAWNED: list[subprocess.Popen[bytes]] = []  # workers this process started (reaped, stoppable)
-_SPAWNED_LOCK = threading.Lock()
+_SPAWNED = Children()  # workers this process started (reaped, stoppable)
 
 
 def spawn_worker(
@@ -275,57 +274,22 @@ def spawn_worker(
     """Start ``python -m core worker --runs-dir root [--parent PID]`` detached from this process
     (its own session: a Ctrl+C in the server's terminal does not kill a run), its output
     appended to ``root/worker.log``. ``slot``: the ``starting`` row it replaces when it runs."""
-    command = [sys.executable, "-m", "core", "worker", "--runs-dir", str(root)]
+    args = ["worker", "--runs-dir", str(root)]
     if parent is not None:
-        command += ["--parent", str(parent)]
-    env = dict(os.environ)
-    # ``-m core`` from wherever the server was started (relative data paths keep their meaning)
-    env["PYTHONPATH"] = os.pathsep.join(p for p in (str(PROJECT_ROOT), env.get("PYTHONPATH")) if p)
-    env.setdefault("TF_CPP_MIN_LOG_LEVEL", "2")
-    env.pop(SLOT_ENV, None)
-    if slot is not None:
-        env[SLOT_ENV] = slot
-    with open(root / WORKER_LOG, "ab") as log:
-        proc = subprocess.Popen(
-            command,
-            stdin=subprocess.DEVNULL,
-            stdout=log,
-            stderr=log,
-            env=env,
-            start_new_session=True,
-        )
-    with _SPAWNED_LOCK:
-        _SPAWNED.append(proc)
-    return proc
-
-
-def _reap_spawned() -> None:
-    """Collect the exit of workers this process started (no zombies left in the table)."""
-    with _SPAWNED_LOCK:
-        _SPAWNED[:] = [p for p in _SPAWNED if p.poll() is None]
+        args += ["--parent", str(parent)]
+    env = child_environment(set_env={SLOT_ENV: slot})
+    return _SPAWNED.start(core_command(args), root / WORKER_LOG, env)
 
 
 def spawned_workers() -> list[subprocess.Popen[bytes]]:
     """The worker processes this process started that are still running."""
-    _reap_spawned()
-    with _SPAWNED_LOCK:
-        return list(_SPAWNED)
+    return _SPAWNED.running()
 
 
 def stop_spawned_workers(timeout: float = 15.0) -> None:
     """SIGTERM the workers this process started (each stops its run cleanly), then SIGKILL
     what is left after ``timeout`` seconds. For tests and a server shutting down."""
-    procs = spawned_workers()
-    for proc in procs:
-        proc.terminate()
-    deadline = time.monotonic() + timeout
-    for proc in procs:
-        try:
-            proc.wait(max(deadline - time.monotonic(), 0.1))
-        except subprocess.TimeoutExpired:
-            proc.kill()
-            proc.wait(5)
-    _reap_spawned()
+    _SPAWNED.stop(timeout)
 
 
 def device_environment(device: str | None) -> tuple[str | None, dict[str, str]]:

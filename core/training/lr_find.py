@@ -31,6 +31,7 @@ import numpy as np
 
 from core.config import RunConfig
 from core.errors import ConfigError, DataError
+from core.search import register_task
 
 SMOOTHING = 0.98  # fastai's beta for the smoothed loss
 DIVERGE_FACTOR = 4.0  # stop once the smoothed loss exceeds this many times its minimum
@@ -339,13 +340,40 @@ def start_lr_find(
     root: Any, config: RunConfig, phases: Sequence[str] | None = None, steps: int | None = None
 ) -> bool:
     """``lr_find`` of each of ``phases`` (default ``phases_for(config)``) in a background
-    thread of this process (``core.search.start_task``: ``False`` if one runs for runs folder
-    ``root``). The state file holds each finished phase's result under ``results[phase]`` and
-    the test under way under ``step``."""
+    process (``core.search.start_task``: ``False`` if one runs for runs folder ``root``). The
+    state file holds the settings (``config``, ``phases``, ``steps``), each finished phase's
+    result under ``results[phase]`` and the test under way under ``step``."""
+    from core.data.sources import check_source
     from core.search import start_task
 
     config = config.validate()
+    check_source(config.data)  # a missing folder: said now, on the page, not by a failed task
     wanted = list(phases or phases_for(config))
+    for phase in wanted:  # as the data: said now, not by a failed task
+        if phase not in DEFAULTS:
+            raise ConfigError(
+                f"Learning-rate finder phase {phase!r} is invalid. Expected head or fine_tune."
+            )
+    initial = {
+        "config": config.to_dict(), "phases": wanted, "steps": steps, "results": {}, "step": None,
+    }  # fmt: skip
+    return start_task(root, LR_FIND_TASK, None, initial)
+
+
+class _Stopped(Exception):
+    """A stop was asked for in the middle of a test."""
+
+
+def lr_find_task(initial: dict[str, Any]) -> Callable[..., dict[str, Any]]:
+    """The LR finder a task's state describes (``start_lr_find`` put its settings there)."""
+    if not isinstance(initial.get("config"), dict):
+        raise ConfigError(
+            "The learning-rate task's state has no run config. Expected the settings "
+            "start_lr_find writes; start the test again from the Train page."
+        )
+    config = RunConfig.from_dict(initial["config"]).validate()
+    wanted = list(initial.get("phases") or phases_for(config))
+    steps = initial.get("steps")
 
     def run(update: Any, should_stop: Callable[[], bool]) -> dict[str, Any]:
         results: dict[str, Any] = {}
@@ -354,12 +382,19 @@ def start_lr_find(
                 break
 
             def step(done: int, total: int, phase: str = phase) -> None:
+                if should_stop():  # a stop ends the test within a step, not after the phase
+                    raise _Stopped
                 if done % 10 == 0 or done == total:
                     update({"step": {"phase": phase, "done": done, "total": total}})
 
-            results[phase] = lr_find(config, phase, steps=steps, progress=step).to_json()
+            try:  # lr_find is looked up at call time: tests replace it with a fast fake
+                results[phase] = lr_find(config, phase, steps=steps, progress=step).to_json()
+            except _Stopped:
+                break
             update({"results": dict(results), "step": None})
         return {"results": results, "step": None}
 
-    initial = {"config": config.to_dict(), "phases": wanted, "results": {}, "step": None}
-    return start_task(root, LR_FIND_TASK, run, initial)
+    return run
+
+
+register_task(LR_FIND_TASK, lr_find_task)
