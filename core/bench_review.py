@@ -34,13 +34,13 @@ PER_CLASS = 50  # 200 photos, 160 training images, 16 swapped
 
 def _val_ids(labels: dict[str, str], names: dict[str, str], val_split: float, seed: int) -> set:
     """Ids the loader puts in validation for ``labels`` ({id: class}): classes sorted, files by
-    name within a class (a managed dataset's layout), then the loader's stratified split."""
+    name within a class (a managed dataset's layout), then the loader's stable split."""
     from core.data.index import _stratified_split
 
     classes = sorted(set(labels.values()))
     order = sorted(labels, key=lambda i: (classes.index(labels[i]), names[i]))
     y = [classes.index(labels[i]) for i in order]
-    _train, val = _stratified_split(y, val_split, seed)
+    _train, val = _stratified_split(y, val_split, seed, [names[i] for i in order])
     return {order[i] for i in val}
 
 

@@ -87,13 +87,39 @@ def _split_ok(labels: np.ndarray, val_idx: np.ndarray) -> bool:
     return bool(np.all(in_val[big] >= 1) and np.all(in_val[big] <= total[big] - 1))
 
 
-def _stratified_split(labels: list[int], val_split: float, seed: int) -> tuple[list, list]:
+def _val_count(n: int, val_split: float) -> int:
+    """Validation images of a class of ``n``: at least one in each split once ``n >= 2``."""
+    return 0 if n < 2 else min(max(round(n * val_split), 1), n - 1)
+
+
+def _stratified_split(
+    labels: list[int], val_split: float, seed: int, keys: list[str] | None = None
+) -> tuple[list, list]:
     """Split indices into (train, val): sklearn's stratified split, or per class for tiny classes.
 
-    Either way each class with at least 2 images keeps at least one in each split.
+    With ``keys`` (one stable name per image, e.g. a managed dataset's content-hash file names)
+    the split is **stable under edits**: within each class the images are ranked by a seeded hash
+    of their key and the first ones validate. Relabelling or excluding one image then moves at
+    most one other image of each class it touches between the splits, so a run retrained after
+    fixes is validated on (almost) the same images as the run it fixes. Either way each class
+    with at least 2 images keeps at least one in each split.
     """
     y = np.asarray(labels, dtype=np.int64)
     idx = np.arange(len(y))
+    if keys is not None:
+        import hashlib
+
+        def rank(i: int) -> str:
+            return hashlib.sha256(f"{seed}:{keys[i]}".encode()).hexdigest()
+
+        train_s: list[int] = []
+        val_s: list[int] = []
+        for label in np.unique(y):
+            ranked = sorted(idx[y == label].tolist(), key=rank)
+            n_val = _val_count(len(ranked), val_split)
+            val_s.extend(ranked[:n_val])
+            train_s.extend(ranked[n_val:])
+        return sorted(train_s), sorted(val_s)
     try:
         from sklearn.model_selection import train_test_split
 
@@ -109,8 +135,7 @@ def _stratified_split(labels: list[int], val_split: float, seed: int) -> tuple[l
     val: list[int] = []
     for label in np.unique(y):
         members = rng.permutation(idx[y == label])
-        n = len(members)
-        n_val = 0 if n < 2 else min(max(round(n * val_split), 1), n - 1)
+        n_val = _val_count(len(members), val_split)
         val.extend(members[:n_val].tolist())
         train.extend(members[n_val:].tolist())
     return sorted(train), sorted(val)
@@ -162,7 +187,8 @@ def load_dataset(
     root = str(root_path)
     root_real = os.path.realpath(root)
     skipped: list[dict] = []
-    if parse_source(source)[0] == "zip":  # members refused at extraction are skipped files too
+    source_kind = parse_source(source)[0]
+    if source_kind == "zip":  # members refused at extraction are skipped files too
         skipped.extend((_read_zip_marker(root_path) or {}).get("skipped", []))
 
     layout = _find_layout(root, root_real)
@@ -213,7 +239,9 @@ def load_dataset(
         val_paths = [p for name in class_names for p in val_files.get(name, [])]
         val_labels = [label_of[name] for name in class_names for _ in val_files.get(name, [])]
     else:
-        train_idx, val_idx = _stratified_split(labels, float(val_split), int(seed))
+        # A managed dataset is edited between runs: its split must not reshuffle on each edit.
+        keys = [os.path.basename(p) for p in paths] if source_kind == "dataset" else None
+        train_idx, val_idx = _stratified_split(labels, float(val_split), int(seed), keys)
         train_paths = [paths[i] for i in train_idx]
         train_labels = [labels[i] for i in train_idx]
         val_paths = [paths[i] for i in val_idx]

@@ -254,7 +254,10 @@ def _run_images(
         # load_dataset's order: classes sorted, files by name within a class (images_at's).
         then.sort(key=lambda i: (label_of[i.label], Path(i.path).name))
         labels = [label_of[i.label] for i in then]
-        train_idx, val_idx = _stratified_split(labels, float(config.val_split), int(config.seed))
+        keys = [Path(i.path).name for i in then]  # the loader's stable split of a dataset
+        train_idx, val_idx = _stratified_split(
+            labels, float(config.val_split), int(config.seed), keys
+        )
         order = [(i, TRAIN) for i in train_idx] + [(i, VAL) for i in val_idx]
         ids = [then[i].id for i, _ in order]
         shas = [sha_of[then[i].id] for i, _ in order]
