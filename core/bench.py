@@ -515,7 +515,7 @@ def run_bench(
     return json.loads(json.dumps(result, allow_nan=False))
 
 
-ALL_FIGURES = tuple(range(1, 11))
+ALL_FIGURES = tuple(range(1, 13))
 CLASSIC_FIGURES = frozenset({1, 2, 3, 4})
 PHOTOS_PER_CLASS = 150  # figure 6's real photos: 600 in all, 480 training images
 
@@ -535,7 +535,8 @@ def _selected(figures: Collection[int] | None) -> list[int]:
 def _fast_figures(
     selected: list[int], jobs: Any, out: Path, quick: bool, epochs: int, batch: int, say: ProgressCb
 ) -> dict[str, Any]:
-    """Figures 5-10 (``core.bench_fast``, ``core.bench_server``); quick: tiny, 5 and 7 skipped."""
+    """Figures 5-12 (``core.bench_fast``, ``core.bench_server``, ``core.bench_review``); quick:
+    tiny, 5 and 7 skipped (8 runs, with a real server and page, when Chromium is there)."""
     from core import bench_fast, bench_server
 
     figures: dict[str, Any] = {}
@@ -568,20 +569,42 @@ def _fast_figures(
             if quick
             else bench_server.dashboard_vs_headless(config, progress=say, rounds=2)
         )
-    if 8 in selected:
+    if 8 in selected:  # a real server and page (skipped without Chromium)
         figures["sequential_runs_rss"] = bench_server.sequential_runs_rss(
             runs=2 if quick else 5, progress=say,
             make_config=_tiny_rss_config if quick else None,
         )  # fmt: skip
     if 9 in selected:
         figures["idle_server_cpu"] = bench_server.idle_server_cpu(3 if quick else 30, progress=say)
+    if 11 in selected:
+        from core import bench_review
+
+        quick_config = RunConfig(image_size=64, epochs=3, augment=False, batch_size=batch)
+        figures["review"] = bench_review.review_figure(
+            jobs, out, per_class=12 if quick else bench_review.PER_CLASS,
+            config=quick_config if quick else None, progress=say,
+        )  # fmt: skip
+    if 12 in selected:
+        figures["worker_kill"] = bench_server.worker_kill(
+            _tiny_kill_config() if quick else None, kill_after=2 if quick else None,
+            progress=say,
+        )  # fmt: skip
     return figures
 
 
 def _tiny_rss_config(index: int) -> RunConfig:
+    # Learning rates the Train page's slider has: the page launches these runs.
     return RunConfig(
         data="builtin:textures", backbone="mobilenet_v2", weights="none", image_size=32,
-        epochs=1, augment=False, lr=1e-3 * (index + 1),
+        epochs=1, augment=False, lr=(1e-3, 3e-3)[index % 2],
+    )  # fmt: skip
+
+
+def _tiny_kill_config() -> RunConfig:
+    # Twelve short epochs: still running when the second is recorded and the worker is killed.
+    return RunConfig(
+        data="builtin:textures", backbone="mobilenet_v2", weights="none", image_size=32,
+        mode="feature_extraction", epochs=12, augment=False, feature_cache="off",
     )  # fmt: skip
 
 
@@ -662,13 +685,16 @@ def _fast_lines(f: dict[str, Any]) -> list[str]:
         )
     if (d := f.get("dashboard_vs_headless")) and "skipped" not in d:
         lines.append(
-            f"7. dashboard open vs headless: {d['ratio']} ({d['dashboard_images_per_s']} vs "
-            f"{d['headless_images_per_s']} img/s) — target ≥ {d['target']:g}: {_met(d['met'])}"
+            f"7. dashboard open (run in a worker process) vs headless: {d['ratio']} "
+            f"({d['dashboard_images_per_s']} vs {d['headless_images_per_s']} img/s, trained in "
+            f"workers: {d['trained_in_workers']}) — target ≥ {d['target']:g}: {_met(d['met'])}"
         )
-    if d := f.get("sequential_runs_rss"):
+    if (d := f.get("sequential_runs_rss")) and "skipped" not in d:
         lines.append(
-            f"8. five sequential runs: RSS {d['rss_mb']} MB, growth after the first "
-            f"{d['growth_mb']} MB — target ≤ {d['target_growth_mb']:g} MB: {_met(d['met'])}"
+            f"8. server RSS over {len(d['runs'])} dashboard runs: {d['server_rss_before_mb']} MB "
+            f"before, {d['server_rss_mb']} MB after each, growth {d['growth_mb']} MB (worker "
+            f"RSS {d['worker_rss_mb']} MB) — target ≤ {d['target_growth_mb']:g} MB: "
+            f"{_met(d['met'])}"
         )
     if d := f.get("idle_server_cpu"):
         lines.append(
@@ -681,6 +707,21 @@ def _fast_lines(f: dict[str, Any]) -> list[str]:
             f"10. feature pass at {d['image_size']} px: Keras {d['keras_images_per_s']:.1f} img/s "
             f"vs LiteRT {d['litert_images_per_s']:.1f} img/s ({d['ratio']:.2f}x, lowest cosine "
             f"{d['min_cosine']:.5f}) — target ≥ {d['target']:g}x: {_met(d['met'])}"
+        )
+    if d := f.get("review"):
+        from core.bench_review import format_line
+
+        lines.append(format_line(d))
+    if d := f.get("worker_kill"):
+        base, resumed = d["baseline"], d["resumed"]
+        lines.append(
+            f"12. kill -9 of a worker after {d['killed']['epochs_at_kill']}/"
+            f"{d['planned_epochs']} epochs: {d['killed']['status_after_kill']} after "
+            f"{d['seconds_to_interrupted']:.2f} s; resume {resumed['status']} with "
+            f"{d['epochs_completed']}/{d['planned_epochs']} epochs (each once: "
+            f"{d['every_epoch_once']}), {d['ratio']}x the uninterrupted run's wall "
+            f"({base['wall_s']:.1f} s) — target ≤ {d['target_s']:g} s and every epoch: "
+            f"{_met(d['met'])}"
         )
     return lines
 

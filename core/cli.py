@@ -316,9 +316,12 @@ def build_parser() -> argparse.ArgumentParser:
         "throughput from files vs from tensors in memory; 4. playground prediction latency; "
         "5. the one-click default run (brand-new home, then again); 6. augmented feature "
         "extraction, cached views vs per-epoch augmentation; 7. training throughput with a "
-        "browser page following the run vs headless; 8. RSS over five sequential runs; 9. idle "
-        "server CPU; 10. the feature pass, Keras vs the converted LiteRT runtime. Each figure "
-        "is a ratio against a baseline measured in the same run (see docs/benchmark.md).",
+        "browser page following the run (trained by the dashboard's worker process) vs "
+        "headless; 8. the dashboard server's RSS over five runs launched from the Train page; "
+        "9. idle server CPU; 10. the feature pass, Keras vs the converted LiteRT runtime; "
+        "11. review: recall of deliberately swapped labels, accuracy before and after the "
+        "fixes; 12. kill -9 of a worker mid-run: seconds until interrupted, then resume. Each "
+        "figure is a ratio against a baseline measured in the same run (see docs/benchmark.md).",
     )
     p.add_argument("--images-per-class", type=int, default=1000, help="default 1000 (3 classes)")
     p.add_argument(

@@ -13,7 +13,10 @@ from __future__ import annotations
 
 import ast
 import json
+import os
 from pathlib import Path
+
+import pytest
 
 ROOT = Path(__file__).resolve().parents[1]
 CORE, APP, VIEWS = ROOT / "core", ROOT / "app", ROOT / "app" / "views"
@@ -235,3 +238,38 @@ def test_the_router_menu_is_shown() -> None:
 
     config = tomllib.loads((ROOT / ".streamlit" / "config.toml").read_text())
     assert config.get("client", {}).get("showSidebarNavigation", True) is True
+
+
+@pytest.mark.slow
+def test_following_a_run_keeps_tensorflow_out_of_the_server(tmp_path) -> None:
+    """Home and Train (the pages that follow a run) render without importing Keras or
+    TensorFlow: with them loaded, Streamlit's cleanup after every 2-s poll
+    (``keras.backend.clear_session()`` and ``gc.collect(2)``) cost ~0.2 s of CPU on the cores
+    the worker trains on. And once a page did load them, the server freezes what is alive
+    (``widgets.freeze_long_lived``), so a collection no longer walks TensorFlow's objects."""
+    import subprocess
+    import sys
+
+    code = """
+import gc, json, sys
+from streamlit.testing.v1 import AppTest
+at = AppTest.from_file("streamlit_app.py", default_timeout=120).run()
+for page in ("app/pages/home.py", "app/pages/train.py"):
+    at.switch_page(page).run()
+errors = [e.value for e in at.exception]
+loaded = [m for m in ("keras", "tensorflow") if m in sys.modules]
+import keras  # what Predict or Run does
+frozen_before = gc.get_freeze_count()
+at.switch_page("app/pages/home.py").run()
+print(json.dumps({"errors": errors, "loaded": loaded,
+                  "froze": gc.get_freeze_count() > frozen_before}))
+"""
+    env = {**os.environ, "TRANSFER_STUDIO_HOME": str(tmp_path)}
+    done = subprocess.run(
+        [sys.executable, "-c", code], cwd=ROOT, env=env, capture_output=True, text=True,
+        timeout=300,
+    )  # fmt: skip
+    assert done.returncode == 0, done.stderr[-2000:]
+    facts = json.loads(done.stdout.strip().splitlines()[-1])
+    assert facts["errors"] == [] and facts["loaded"] == []
+    assert facts["froze"], "the objects TensorFlow brought are frozen at the next script run"

@@ -131,13 +131,14 @@ def test_the_run_records_hold_the_stage_timings_the_profiles_come_from(quick: tu
     for run in (fc["cached"], fc["per_epoch"], result["figures"]["warm_cache"]["warm"]):
         recorded = store.result(run["run_id"])
         timings = recorded["timings"]
+        assert timings is not None and recorded["duration_s"] is not None
         assert {"scan", "build", "fit", "save"} <= set(timings)
         assert all(v >= 0 for v in timings.values())
         top = ("scan", "build", "features", "activations", "inputs", "fit", "save")
         assert sum(timings.get(k, 0.0) for k in top) <= recorded["duration_s"]
         assert run["profile"]["fit_s"] == pytest.approx(timings["fit"], abs=1e-3)
-    assert "features" in store.result(fc["cached"]["run_id"])["timings"]
-    assert "features" not in store.result(fc["per_epoch"]["run_id"])["timings"]
+    assert "features" in (store.result(fc["cached"]["run_id"])["timings"] or {})
+    assert "features" not in (store.result(fc["per_epoch"]["run_id"])["timings"] or {})
 
 
 def test_generation_is_deterministic_and_reused(tmp_path: Path) -> None:
@@ -160,8 +161,9 @@ def test_figures_are_chosen_by_number_and_range() -> None:
     assert _figure_list("1,5-7") == [1, 5, 6, 7] and _figure_list(None) is None
     assert bench._selected(None) == list(bench.ALL_FIGURES)
     assert bench._selected([6, 5, 6]) == [5, 6]
+    assert bench._selected([12, 11]) == [11, 12]
     with pytest.raises(ConfigError, match="figure"):
-        bench._selected([11])
+        bench._selected([13])
     with pytest.raises(ConfigError, match="5-10"):
         _figure_list("five")
 
@@ -173,18 +175,18 @@ def test_the_fast_path_figures_on_tiny_data(
     from core.training import litert
 
     monkeypatch.setenv(litert.RUNTIME_ENV, "auto")
-    result = bench.run_bench(out_dir=tmp_path, quick=True, figures=[5, 6, 8, 10])
+    # Figure 8 needs a real server and page: tests/test_bench_server.py runs it.
+    result = bench.run_bench(out_dir=tmp_path, quick=True, figures=[5, 6, 10])
     f = result["figures"]
-    assert set(f) == {"one_click_default", "augmented_views", "sequential_runs_rss", "feature_pass"}
+    assert set(f) == {"one_click_default", "augmented_views", "feature_pass"}
     assert f["one_click_default"] == {"skipped": "quick"}
     views = f["augmented_views"]
     assert views["cached"]["feature_stage"]["cached"] is False  # cold, as the figure says
     assert set(views["sweep"]) == {"2", str(views["views"])} and _positive(views["ratio"])
     assert views["data"]["files"] == 4 * 8
-    assert len(f["sequential_runs_rss"]["rss_mb"]) == 2
     rates = f["feature_pass"]
     assert _positive(rates["keras_images_per_s"]) and _positive(rates["litert_images_per_s"])
     assert rates["min_cosine"] >= 0.999 and rates["check"]["runtime"] == "litert"
     text = bench.format_bench(result)
-    assert all(f"{n}. " in text for n in (6, 8, 10)) and "1. feature cache" not in text
+    assert all(f"{n}. " in text for n in (6, 10)) and "1. feature cache" not in text
     assert json.loads(json.dumps(result, allow_nan=False)) == result

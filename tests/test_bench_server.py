@@ -1,10 +1,19 @@
-"""The server-side benchmark figures (core/bench_server.py) at tiny scale: structure, not timing."""
+"""The server-side benchmark figures (core/bench_server.py) at tiny scale: structure, not timing.
+
+Since issue 15 the dashboard's runs train in worker processes: figures 7 and 8 check that the
+server never trained them, figure 12 kills a worker mid-run.
+"""
 
 from __future__ import annotations
 
 import json
 import os
+import signal
 import socket
+import subprocess
+import sys
+import time
+from pathlib import Path
 from typing import Any
 
 import pytest
@@ -32,11 +41,11 @@ def _listening(port: int) -> bool:
 
 
 def _alive(pid: int) -> bool:
-    try:
-        os.kill(pid, 0)
-    except ProcessLookupError:
-        return False
-    return True
+    """Whether ``pid`` runs (a zombie does not: a worker whose parent, the killed server, is
+    gone may wait for PID 1 to reap it)."""
+    from core.runs.store import _pid_alive
+
+    return _pid_alive(pid)
 
 
 def _json_roundtrip(result: dict[str, Any]) -> None:
@@ -110,35 +119,70 @@ def test_idle_server_is_killed_when_the_measurement_fails(
     assert not _listening(port)
 
 
-@pytest.mark.slow
-def test_sequential_runs_report_rss_after_each_run(tmp_path: Any) -> None:
-    def tiny(i: int) -> RunConfig:
-        return RunConfig(
-            data="builtin:textures",
-            weights="none",
-            image_size=32,
-            epochs=1,
-            augment=False,
-            dense_units=32 * (i + 1),
-        )
+def _tiny_rss(i: int) -> RunConfig:
+    # Only what the Train page sets changes; learning rates are its slider's stops.
+    return RunConfig(
+        data="builtin:textures",
+        backbone="mobilenet_v2",
+        weights="none",
+        image_size=32,
+        epochs=1,
+        augment=False,
+        lr=(1e-3, 3e-3)[i % 2],
+    )
 
+
+def test_sequential_runs_rss_skips_without_a_browser() -> None:
+    result = bench_server.sequential_runs_rss(2, chromium="/nonexistent/chromium")
+    assert set(result) == {"skipped"} and "/nonexistent/chromium" in result["skipped"]
+
+
+@pytest.mark.slow
+@pytest.mark.e2e
+@needs_browser
+def test_sequential_runs_report_the_servers_rss_and_train_in_workers() -> None:
+    from core import bench
+
+    port = _free_port()
     messages: list[str] = []
     result = bench_server.sequential_runs_rss(
-        2, make_config=tiny, progress=messages.append, runs_dir=tmp_path / "runs"
+        2, make_config=_tiny_rss, progress=messages.append, port=port
     )
-    assert len(result["runs"]) == len(result["rss_mb"]) == 2
-    assert [r["dense_units"] for r in result["runs"]] == [32, 64]
-    if result["rss_source"] is not None:
-        assert all(isinstance(x, float) and x > 0 for x in result["rss_mb"])
-        assert result["growth_mb"] == pytest.approx(result["rss_mb"][1] - result["rss_mb"][0])
-    assert result["target_growth_mb"] == 300
+    runs = result["runs"]
+    assert len(runs) == len(result["server_rss_mb"]) == len(result["worker_rss_mb"]) == 2
+    assert [r["lr"] for r in runs] == [1e-3, 3e-3]
+    assert result["same_config"] is True, [r["config_differences"] for r in runs]
+    assert result["trained_in_workers"] is True
+    assert all(r["worker_pid"] not in (None, os.getpid()) for r in runs)
+    if result["rss_source"] is not None:  # Linux
+        assert all(isinstance(x, float) and x > 0 for x in result["server_rss_mb"])
+        assert result["server_rss_before_mb"] > 0
+        assert result["growth_mb"] == pytest.approx(
+            result["server_rss_mb"][-1] - result["server_rss_before_mb"], abs=0.11
+        )
+        assert result["growth_after_first_mb"] == pytest.approx(
+            result["server_rss_mb"][1] - result["server_rss_mb"][0], abs=0.11
+        )
+        assert all(x is not None and x > 0 for x in result["worker_rss_mb"])
+        # Reported, not a criterion: the server may import TensorFlow for its pages.
+        assert isinstance(result["server_loaded_tensorflow"], bool)
+    assert result["target_growth_mb"] == 100
     assert isinstance(result["met"], bool)
-    assert len({r["run_id"] for r in result["runs"]}) == 2
-    assert len(messages) >= 2
+    assert len({r["run_id"] for r in runs}) == 2
+    assert result["server_stopped"] is True and not _listening(port)
+    assert not any(_alive(pid) for pid in result["workers"]), "no worker left behind"
+    assert messages
     _json_roundtrip(result)
+    assert "8. server RSS over 2 dashboard runs" in "\n".join(
+        bench._fast_lines({"sequential_runs_rss": result})
+    )
 
 
 def test_default_rss_configs_vary_and_include_fine_tuning() -> None:
+    from core.config import RunConfig as Config
+
+    lrs = (1e-6, 3e-6, 1e-5, 3e-5, 1e-4, 3e-4, 1e-3, 3e-3, 1e-2)  # the Train page's stops
+    default = Config()
     configs = [bench_server.default_rss_config(i) for i in range(5)]
     for config in configs:
         config.validate()
@@ -148,8 +192,11 @@ def test_default_rss_configs_vary_and_include_fine_tuning() -> None:
             "imagenet",
         )
         assert (config.image_size, config.epochs, config.augment) == (96, 2, False)
+        assert config.lr in lrs, "the page launches these runs: its slider must have the rate"
+        # Not on the Train page: left at their defaults.
+        assert (config.dense_units, config.dropout) == (default.dense_units, default.dropout)
     assert "fine_tuning" in {str(c.mode) for c in configs}
-    heads = {(c.mode, c.lr, c.dense_units, c.dropout, c.feature_cache) for c in configs}
+    heads = {(c.mode, c.lr, c.feature_cache) for c in configs}
     assert len(heads) == 5
 
 
@@ -258,7 +305,93 @@ def test_dashboard_vs_headless_on_a_tiny_config() -> None:
     assert result["ratio"] == pytest.approx(
         result["dashboard_images_per_s"] / result["headless_images_per_s"], rel=1e-2
     )
-    assert result["target"] == 0.9 and isinstance(result["met"], bool)
+    # The dashboard's run trained in a worker process, not in the server (nor here).
+    assert dash["trained_in_worker"] is True and result["trained_in_workers"] is True
+    assert dash["worker_pid"] not in (None, os.getpid())
+    assert dash["worker_cpu_s"] is None or dash["worker_cpu_s"] > 0
+    assert not _alive(dash["worker_pid"]), "the server's worker is gone with it"
+    assert result["target"] == 0.95 and isinstance(result["met"], bool)
     assert result["server_stopped"] is True
     assert messages
     _json_roundtrip(result)
+
+
+# --------------------------------------------------------------------------- figure 12
+
+
+def test_worker_kill_needs_a_kill_before_the_last_epoch() -> None:
+    from core.errors import ConfigError
+
+    config = RunConfig(data="builtin:textures", epochs=3, augment=False, mode="feature_extraction")
+    for bad in (3, 4):
+        with pytest.raises(ConfigError, match="expected 1 to 2"):
+            bench_server.worker_kill(config, kill_after=bad)
+
+
+@pytest.mark.slow
+def test_worker_kill_interrupts_within_seconds_and_resume_trains_every_epoch(
+    tmp_path: Path,
+) -> None:
+    from core import bench
+    from core.runs.store import RunStore
+
+    config = bench._tiny_kill_config()
+    messages: list[str] = []
+    result = bench_server.worker_kill(
+        config, kill_after=2, progress=messages.append, runs_dir=tmp_path / "runs"
+    )
+    planned = config.planned_epochs
+    killed, resumed, baseline = result["killed"], result["resumed"], result["baseline"]
+    assert result["planned_epochs"] == planned == 12
+    assert 2 <= killed["epochs_at_kill"] < planned
+    assert killed["status_after_kill"] == "interrupted"
+    assert killed["worker_pid"] != os.getpid() and not _alive(killed["worker_pid"])
+    assert 0 <= result["seconds_to_interrupted"] <= 10
+    assert baseline["status"] == resumed["status"] == "completed"
+    assert baseline["epochs"] == resumed["epochs"] == list(range(1, planned + 1))
+    assert result["epochs_completed"] == planned and result["every_epoch_once"] is True
+    assert result["new_worker_resumed"] is True
+    assert resumed["worker_pid"] != killed["worker_pid"]
+    assert result["ratio"] > 0 and result["target_s"] == 5
+    assert result["met"] is (result["seconds_to_interrupted"] <= 5)
+    # The runs are in the store as reported; no worker of this figure is left running.
+    store = RunStore(tmp_path / "runs")
+    assert store.status(killed["run_id"]) == "completed"
+    assert store.live_workers() == []
+    assert messages
+    _json_roundtrip(result)
+    line = "\n".join(bench._fast_lines({"worker_kill": result}))
+    assert "12. kill -9 of a worker" in line and "interrupted" in line
+
+
+def test_stop_workers_kills_only_live_registered_workers() -> None:
+    from core.runs.store import RunStore, _process_token
+
+    sleeper = subprocess.Popen([sys.executable, "-c", "import time; time.sleep(60)"])
+    try:
+        store = RunStore(Path(os.environ["TRANSFER_STUDIO_HOME"]) / f"stop-{time.time_ns()}")
+        store.register_worker(_process_token(sleeper.pid))
+        # A row whose pid exists but whose start time does not match: a reused pid, not ours.
+        store.register_worker(f"{os.getpid()}:1")
+        messages: list[str] = []
+        killed = bench_server._stop_workers(store, messages.append, grace_s=0.3)
+        assert killed == [sleeper.pid]
+        assert sleeper.wait(5) == -signal.SIGKILL
+        assert _alive(os.getpid()) and messages
+    finally:
+        if sleeper.poll() is None:
+            sleeper.kill()
+        sleeper.wait(5)
+
+
+def test_loaded_tensorflow_reads_the_process_maps() -> None:
+    if not Path("/proc/self/maps").exists():
+        pytest.skip("no /proc here")
+    probe = [sys.executable, "-c", "import sys; sys.stdin.read()"]
+    proc = subprocess.Popen(probe, stdin=subprocess.PIPE)
+    try:
+        time.sleep(0.3)
+        assert bench_server._loaded_tensorflow(proc.pid) is False
+    finally:
+        proc.communicate(b"")
+    assert bench_server._loaded_tensorflow(proc.pid) is None, "a gone process: no answer"

@@ -33,7 +33,7 @@ from core.errors import StudioError
 from core.lint import count_train_images, lint_config
 from core.models.backbones import REGISTRY
 from core.training.compare import submit_compare_all
-from core.training.sources import input_path
+from core.training.input_path import input_path
 
 st.title("Train")
 queue = widgets.job_queue()

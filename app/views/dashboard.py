@@ -27,6 +27,7 @@ from core.runs.store import (
     RunSummary,
 )
 from core.training.compare import compare_group
+from core.training.input_path import IMAGES
 
 ETA_WINDOW = 50  # recent batches used for the speed estimate
 
@@ -551,11 +552,11 @@ def lint_section(code: str) -> str:
 def cache_control(kind: str, reason: str, blocker: str | None) -> tuple[bool, str | None]:
     """Whether the Feature cache toggle applies to the run, and if not, why (its help text).
 
-    ``kind``/``reason``/``blocker`` are ``core.training.sources.input_path`` of the config with
+    ``kind``/``reason``/``blocker`` are ``core.training.input_path.input_path`` of the config with
     the cache on: when even then the run reads images (the mode trains the base, or fine-tuning
     with augmentation), the toggle changes nothing and must not show ON.
     """
-    if kind == "images" and blocker != "feature cache":  # sources.IMAGES (that module is Keras)
+    if kind == IMAGES and blocker != "feature cache":
         return False, f"Not used by this run: {reason}."
     return True, None
 
