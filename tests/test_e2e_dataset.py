@@ -233,3 +233,45 @@ def test_build_a_dataset_train_review_and_retrain(server) -> None:  # noqa: F811
             _shot(page, "10_compare_before_after")
         finally:
             browser.close()
+
+
+def test_a_denied_camera_says_so_and_the_uploads_still_work(server, tmp_path) -> None:  # noqa: F811
+    """Camera permission denied: the camera says it has no access, our caption says how to allow
+    it, and adding images by upload to the same class still works (nothing is lost)."""
+    from playwright.sync_api import expect, sync_playwright
+
+    url, _ = server
+    expect.set_options(timeout=90_000)
+    with sync_playwright() as pw:
+        # No fake-UI flag: Chromium asks, and a context without the permission is refused.
+        browser = pw.chromium.launch(
+            executable_path=CHROMIUM,
+            args=[
+                *CHROMIUM_ARGS,
+                "--use-fake-device-for-media-stream",
+                "--deny-permission-prompts",
+            ],
+        )
+        try:
+            page = browser.new_context(viewport={"width": 1280, "height": 800}).new_page()
+            page.set_default_timeout(90_000)
+            page.goto(f"{url}/data")
+            page.locator(".st-key-kind button").filter(has_text="Your dataset").click()
+            _settle(page)
+            _type(page, "builder_new_name", "nocam")
+            _click(page, "builder_create")
+            _type(page, "builder_class_name", "things")
+            _click(page, "builder_add_class")
+            page.locator(".st-key-builder_camera_on label").click()
+            _settle(page)
+            expect(page.get_by_text("If the browser blocked the camera, allow it")).to_be_visible()
+            camera = page.locator("[data-testid='stCameraInput']")
+            expect(camera).to_contain_text(re.compile("allow|access|permission", re.I))
+            _shot(page, "camera_denied")
+            paths = _pictures(tmp_path / "things", (30, 160, 60), 3, 5)
+            page.locator(
+                ".st-key-builder_files_nocam_things input[type='file']"
+            ).first.set_input_files(paths)
+            expect(page.get_by_text("Added 3 images to things")).to_be_visible()
+        finally:
+            browser.close()
