@@ -6,6 +6,7 @@ drop an image → the probability chart appears. Screenshots of every step go to
 
 from __future__ import annotations
 
+import contextlib
 import os
 import re
 import socket
@@ -14,6 +15,7 @@ import sys
 import tempfile
 import time
 import urllib.request
+from collections.abc import Iterator
 from pathlib import Path
 
 import pytest
@@ -56,6 +58,13 @@ def _free_port() -> int:
 @pytest.fixture(scope="module")
 def server():
     """A `streamlit run` of the app on a free port with its own studio home."""
+    with serve() as started:
+        yield started
+
+
+@contextlib.contextmanager
+def serve() -> Iterator[tuple[str, Path]]:
+    """Start `streamlit run` on a free port with a new studio home; yield (url, home)."""
     home = tempfile.mkdtemp(prefix="transfer-studio-e2e-")
     port = _free_port()
     env = {**os.environ, "TRANSFER_STUDIO_HOME": home, "TF_CPP_MIN_LOG_LEVEL": "2"}

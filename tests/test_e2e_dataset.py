@@ -14,6 +14,7 @@ import os
 import re
 import tempfile
 import time
+from collections.abc import Iterator
 from pathlib import Path
 
 import numpy as np
@@ -26,6 +27,7 @@ from tests.test_e2e_browser import (  # the same server, browser and waiting hel
     REQUIRE_BROWSER,
     _number,
     _settle,
+    serve,
     server,  # noqa: F401  (a fixture)
 )
 
@@ -235,12 +237,19 @@ def test_build_a_dataset_train_review_and_retrain(server) -> None:  # noqa: F811
             browser.close()
 
 
-def test_a_denied_camera_says_so_and_the_uploads_still_work(server, tmp_path) -> None:  # noqa: F811
+@pytest.fixture
+def own_server() -> Iterator[tuple[str, Path]]:
+    """A server of its own: a studio home without the other test's datasets."""
+    with serve() as started:
+        yield started
+
+
+def test_a_denied_camera_says_so_and_the_uploads_still_work(own_server, tmp_path) -> None:
     """Camera permission denied: the camera says it has no access, our caption says how to allow
     it, and adding images by upload to the same class still works (nothing is lost)."""
     from playwright.sync_api import expect, sync_playwright
 
-    url, _ = server
+    url, _ = own_server
     expect.set_options(timeout=90_000)
     with sync_playwright() as pw:
         # No fake-UI flag: Chromium asks, and a context without the permission is refused.
