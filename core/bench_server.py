@@ -39,7 +39,7 @@ import tempfile
 import threading
 import time
 import urllib.request
-from collections.abc import Callable, Iterator
+from collections.abc import Callable, Iterable, Iterator
 from pathlib import Path
 from typing import Any
 
@@ -308,26 +308,34 @@ def _wait_claimed(store: Any, run_id: str, timeout_s: float) -> int | None:
     return None
 
 
-def _stop_workers(store: Any, say: ProgressCb, grace_s: float = 10.0) -> list[int]:
-    """End the worker processes registered in ``store`` (those a benchmark's server started).
+def _stop_workers(
+    store: Any, say: ProgressCb, grace_s: float = 10.0, seen: Iterable[int | None] = ()
+) -> list[int]:
+    """End the worker processes registered in ``store`` (those a benchmark's server started)
+    and the worker pids in ``seen`` (a worker removes its row before Python and TensorFlow
+    have finished shutting down, which can take seconds).
 
     They run in their own session, so killing the server's process group leaves them; they
     exit by themselves once the server is gone and they are idle. Whatever is still alive after
-    ``grace_s`` is killed (only processes whose pid and start time match a worker row, so a
-    reused pid is never hit). Returns the pids that had to be killed."""
-    from core.runs.store import _owner_alive
+    ``grace_s`` is killed (a registered worker only if its pid and start time still match its
+    row, so a reused pid is never hit). Returns the pids that had to be killed."""
+    from core.runs.store import _owner_alive, _pid_alive, _process_token
 
     host = socket.gethostname()
-    rows = [w for w in store.workers() if w["host"] == host and w["pid"]]
+    tokens = {w["token"] for w in store.workers() if w["host"] == host and w["pid"]}
+    # A pid seen a moment ago is identified by its start time now, so the wait below never
+    # follows a pid the system has handed to another process since.
+    tokens |= {_process_token(pid) for pid in seen if pid is not None and _pid_alive(pid)}
     deadline = time.monotonic() + grace_s
-    while any(_owner_alive(w["token"]) for w in rows) and time.monotonic() < deadline:
+    while any(_owner_alive(t) for t in tokens) and time.monotonic() < deadline:
         time.sleep(0.2)
     killed = []
-    for w in rows:
-        if _owner_alive(w["token"]):
+    for token in sorted(tokens):
+        if _owner_alive(token):
+            pid = int(token.partition(":")[0])
             with contextlib.suppress(ProcessLookupError, PermissionError):
-                os.kill(int(w["pid"]), getattr(signal, "SIGKILL", signal.SIGTERM))
-                killed.append(int(w["pid"]))
+                os.kill(pid, getattr(signal, "SIGKILL", signal.SIGTERM))
+                killed.append(pid)
     if killed:
         say(f"workers: killed {killed} (still alive {grace_s:g} s after the server stopped)")
     return killed
@@ -584,7 +592,7 @@ def sequential_runs_rss(
             stopped = bool(server.stopped)
         finally:
             with contextlib.suppress(Exception):  # an earlier error is the one to report
-                killed = _stop_workers(store, say)
+                killed = _stop_workers(store, say, seen=(r["worker_pid"] for r in records))
     finally:
         shutil.rmtree(home, ignore_errors=True)
     server_list = [r["server_rss_mb"] for r in records]
@@ -994,7 +1002,7 @@ def dashboard_vs_headless(
         stopped = bool(server.stopped)
     finally:
         with contextlib.suppress(Exception):  # an earlier error is the one to report
-            killed = _stop_workers(store, say)
+            killed = _stop_workers(store, say, seen=(d["worker_pid"] for d in dashboard))
         shutil.rmtree(home, ignore_errors=True)
     head = [h["images_per_s"] for h in headless if h["images_per_s"]]
     dash = [d["images_per_s"] for d in dashboard if d["images_per_s"]]

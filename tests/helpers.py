@@ -8,6 +8,7 @@ import signal
 import time
 from pathlib import Path
 
+import numpy as np
 from PIL import Image
 
 from core.config import RunConfig
@@ -55,3 +56,11 @@ def stop_studio_workers(home: str | os.PathLike[str], timeout: float = 15.0) -> 
         else:
             with contextlib.suppress(ProcessLookupError):
                 os.kill(pid, signal.SIGKILL)
+
+
+def off_by_one_class(probabilities: np.ndarray) -> np.ndarray:
+    """What a tampered export would answer: certain of the class after each live top-1. (A roll of
+    the probabilities changes nothing when a tiny model is unsure of everything.)"""
+    classes = probabilities.shape[1]
+    wrong = (probabilities.argmax(axis=1) + 1) % classes
+    return np.eye(classes, dtype=probabilities.dtype)[wrong]

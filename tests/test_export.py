@@ -25,6 +25,7 @@ from core.runs.export import (
     predict_with_export,
 )
 from core.runs.predict import predict_images
+from tests.helpers import off_by_one_class
 
 # VGG16 has few layers, so SavedModel tracing and TFLite conversion take seconds, not tens of
 # seconds as for the MobileNets; random weights are fine for checking that formats agree.
@@ -134,7 +135,7 @@ def test_tampered_export_is_rejected_and_not_kept(run, out, monkeypatch):
 
     def shifted(path, fmt, images, latency_runs=1):  # a "loaded model" with classes off by one
         ran = real(path, fmt, images, latency_runs=1)
-        ran["probabilities"] = np.roll(ran["probabilities"], 1, axis=1)
+        ran["probabilities"] = off_by_one_class(ran["probabilities"])
         return ran
 
     monkeypatch.setattr(export_mod, "verify_in_runtime", shifted)

@@ -32,7 +32,7 @@ from core.runs.export import (
     export_run,
 )
 from core.runs.store import FAILED, RunStore
-from tests.helpers import TINY
+from tests.helpers import TINY, off_by_one_class
 
 VERIFY = Path(export_mod.__file__).with_name("verify_export.py")
 
@@ -224,7 +224,7 @@ def test_a_tampered_export_is_an_error_and_not_kept(tiny, tmp_path, monkeypatch)
 
     def shifted(path, fmt, images, latency_runs=1):  # a "runtime" whose classes are off by one
         ran = real(path, fmt, images, latency_runs=1)
-        ran["probabilities"] = np.roll(ran["probabilities"], 1, axis=1)
+        ran["probabilities"] = off_by_one_class(ran["probabilities"])
         return ran
 
     monkeypatch.setattr(export_mod, "verify_in_runtime", shifted)
