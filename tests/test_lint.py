@@ -160,7 +160,7 @@ def test_the_cli_prints_the_dataset_size_warning_for_a_tiny_folder(tmp_path):
         write_pngs(tmp_path / "data" / name, 4, side=32)
     done = subprocess.run(
         [sys.executable, "-m", "core", "train", "--data", str(tmp_path / "data"),
-         "--backbone", "mobilenet_v2", "--mode", "scratch", "--image-size", "32",
+         "--backbone", "vgg16", "--mode", "scratch", "--image-size", "32",
          "--epochs", "1", "--batch-size", "4", "--runs-dir", str(tmp_path / "runs")],
         cwd=Path(__file__).resolve().parents[1], capture_output=True, text=True, timeout=600,
         env={**os.environ, "TF_CPP_MIN_LOG_LEVEL": "2"},
