@@ -85,6 +85,17 @@ def choose_data(source: str) -> None:
     st.session_state.pop("data", None)  # so the Train form re-reads it from the draft
 
 
+def choose_form_data() -> None:
+    """``on_change`` of the Train form's data: data picked there is the chosen data, so the
+    sidebar and the Data page say what Launch will train on (the form keeps its value)."""
+    from core.runs.drafts import save_chosen_data
+
+    source = str(st.session_state.get("data") or "").strip()
+    if source:
+        st.session_state[DATA_SOURCE] = source
+        save_chosen_data(runs_root(), source)
+
+
 def restore_train_form() -> None:
     """Give every Train form widget without a value the runs folder's draft value (or, with no
     draft, the defaults on the chosen data): a refresh, a server restart or a visit to another

@@ -127,6 +127,23 @@ def test_the_chosen_data_survives_a_new_session(home):
 
 
 @pytest.mark.slow
+def test_data_picked_on_the_train_page_is_the_chosen_data(home):
+    from app import widgets
+
+    at = _open()
+    assert any(c.value == "Data: not chosen yet (Data page)" for c in at.sidebar.caption)
+    at.selectbox(key="data").set_value("builtin:textures").run()
+    # the sidebar says what Launch trains on, and the form kept the pick
+    assert any(c.value == "Data: textures" for c in at.sidebar.caption)
+    assert at.selectbox(key="data").value == "builtin:textures"
+    assert drafts.load_chosen_data(home) == "builtin:textures"
+    again = _open()  # a new session: the Data page's choice, the form and the sidebar agree
+    assert again.session_state[widgets.DATA_SOURCE] == "builtin:textures"
+    assert again.selectbox(key="data").value == "builtin:textures"
+    assert any(c.value == "Data: textures" for c in again.sidebar.caption)
+
+
+@pytest.mark.slow
 def test_the_feature_cache_toggle_never_shows_on_when_unused(home):
     at = _open()
     assert at.toggle(key="cache").value is True  # feature extraction: the cache applies

@@ -94,6 +94,7 @@ with setup:  # the page's own scroll: no inner scroll box cutting the section he
         key="data",
         accept_new_options=True,
         format_func=dashboard.data_label,
+        on_change=widgets.choose_form_data,  # the sidebar and the Data page show it too
         help="Chosen on the Data page: a built-in, a folder, a .zip, a Kaggle dataset or your own",
     )
     if data and dashboard.data_label(data) != data:
