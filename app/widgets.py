@@ -77,23 +77,24 @@ def chosen_data() -> str | None:
 
 def choose_data(source: str) -> None:
     """Make ``source`` the chosen data: in this session and in the runs folder's draft."""
-    from core.runs.drafts import save_chosen_data
-
-    source = source.strip()
-    st.session_state[DATA_SOURCE] = source
-    save_chosen_data(runs_root(), source)  # the draft's Train form takes it as its data too
+    _keep_chosen_data(source)
     st.session_state.pop("data", None)  # so the Train form re-reads it from the draft
 
 
 def choose_form_data() -> None:
     """``on_change`` of the Train form's data: data picked there is the chosen data, so the
     sidebar and the Data page say what Launch will train on (the form keeps its value)."""
+    source = str(st.session_state.get("data") or "")
+    if source.strip():
+        _keep_chosen_data(source)
+
+
+def _keep_chosen_data(source: str) -> None:
     from core.runs.drafts import save_chosen_data
 
-    source = str(st.session_state.get("data") or "").strip()
-    if source:
-        st.session_state[DATA_SOURCE] = source
-        save_chosen_data(runs_root(), source)
+    source = source.strip()
+    st.session_state[DATA_SOURCE] = source
+    save_chosen_data(runs_root(), source)  # the draft's Train form takes it as its data too
 
 
 def restore_train_form() -> None:
