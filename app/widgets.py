@@ -21,6 +21,7 @@ from core.errors import StudioError
 from core.paths import runs_root
 
 if TYPE_CHECKING:
+    from app.views.dashboard import Progress
     from core.config import RunConfig
     from core.runs.store import BatchRecord, RunResult, RunStore, RunSummary
     from core.training.jobs import JobQueue
@@ -46,7 +47,15 @@ PAGES = (  # path (relative to streamlit_app.py), title, icon
 # How often a live fragment polls. Each poll costs the browser ~40-80 ms of CPU however little
 # changed (next to a run training in this process, on the same cores): every 2 s still moves the
 # progress and ETA on visibly; the chart is redrawn less often (``charts.CURVES_REFRESH_S``).
-POLL_SECONDS = 2.0
+POLL_SECONDS = 3.0
+# Progress bars and metrics are redrawn at every poll while a run trains; their CSS transitions
+# then animate each time, which costs a browser more than drawing them (~0.1 s of CPU per poll,
+# measured in headless Chromium, on the cores the worker trains on). They jump instead.
+LIVE_STYLE = """<style>
+[data-testid="stProgress"] *, [data-testid="stMetric"] * {
+  transition: none !important; animation: none !important;
+}
+</style>"""
 # The Train page's form is longer than a laptop screen: its monitor column stays in view while
 # the form scrolls (Launch sits at the form's end), instead of an inner scroll box for the form.
 STICKY_MONITOR = """<style>
@@ -146,6 +155,7 @@ def setup_app() -> None:
     """Page config and the sidebar below the navigation: the chosen data and the runs folder."""
     freeze_long_lived()
     st.set_page_config(page_title="Transfer Studio", page_icon="🧠", layout="wide")
+    st.html(LIVE_STYLE)
     with st.sidebar:
         source = chosen_data()
         if source:
@@ -458,95 +468,126 @@ def follow_run(queue: JobQueue) -> None:
 def run_monitor(queue: JobQueue, run_id: str, shown_status: str | None = None) -> None:
     """Live view of one run: progress, ETA, curves, Stop; polls only while the run is active.
 
-    ``shown_status`` is the status the rest of the page was drawn with; when the run's status
-    moves on (queued → running → done) the whole page is redrawn once. Everything shown comes
-    from one ``progress_summary``: the badge, the metrics and the progress text never disagree.
+    ``shown_status`` is the status the rest of the page was drawn with. Only what moves polls
+    (the metrics and the progress bar every ``POLL_SECONDS``, the chart every
+    ``charts.CURVES_REFRESH_S``): each poll resends all it draws and the browser redraws it, on
+    the cores the worker trains on. The badge, Stop and the device are drawn with the page, which
+    is redrawn once when the run's status or phase moves on (queued → preparing → training →
+    done). The badge, the metrics and the progress text come from one ``progress_summary``.
     """
-    from app.views import dashboard
-    from core.runs.store import ACTIVE_STATUSES, COMPLETED, FAILED, STOPPED
-    from core.training.jobs import RESUMABLE
+    from app.views import charts, dashboard
+    from core.runs.store import ACTIVE_STATUSES
 
     store = queue.store
     initial = shown_status or store.status(run_id)
     polling = initial in ACTIVE_STATUSES
+    result = store.result(run_id)
+    shown = dashboard.progress_summary(result, store.batch_sample(run_id, 1, dashboard.ETA_WINDOW))
+    active = result["status"] in ACTIVE_STATUSES
+    icon, color = status_badge(result["status"])
+    # wide enough for "Resume" with its icon at 1280 px (a [4, 1] split cut it to "Resu…")
+    top = st.columns([3, 2], vertical_alignment="center")
+    phase = f" · {shown['phase_label']}" if active and shown["phase_label"] else ""
+    top[0].badge(f"{result['status']}{phase}", icon=icon, color=color)
+    if active and top[1].button("Stop", icon=":material/stop:", key="stop", width="stretch"):
+        queue.stop(run_id)
+        st.toast("Stopping after the current batch…")
 
     @st.fragment(run_every=poll_interval(polling))
     def monitor() -> None:
         if polling:  # a killed worker's run shows interrupted, the next queued run gets one
             ensure_worker(queue)
-        result = store.result(run_id)
+        now = store.result(run_id)
         # The first and the recent rows are all the progress summary reads (speed, ETA), however
         # long the run: not every row each poll.
-        batches = store.batch_sample(run_id, 1, dashboard.ETA_WINDOW)
-        active = result["status"] in ACTIVE_STATUSES
-        if result["status"] != initial:
-            st.rerun()  # started or finished: redraw the page (labels, polling on or off)
-        p = dashboard.progress_summary(result, batches)
-        icon, color = status_badge(result["status"])
-        # wide enough for "Resume" with its icon at 1280 px (a [4, 1] split cut it to "Resu…")
-        top = st.columns([3, 2], vertical_alignment="center")
-        phase = f" · {p['phase_label']}" if active and p["phase_label"] else ""
-        top[0].badge(f"{result['status']}{phase}", icon=icon, color=color)
-        if active and top[1].button("Stop", icon=":material/stop:", key="stop", width="stretch"):
-            queue.stop(run_id)
-            st.toast("Stopping after the current batch…")
-        cols = st.columns(4)
-        if active:
-            cols[0].metric("Epoch", f"{p['epoch']}/{p['planned_epochs']}" if p["epoch"] else "–")
-            step = f"{p['step']}/{p['steps_per_epoch']}" if p["step"] else "–"
-            cols[1].metric("Step", "–" if p["preparing"] else step)
-            speed = p["images_per_s"]
-            cols[2].metric("Images/s", f"{speed:.0f}" if speed else "–")
-            cols[3].metric("ETA", p["eta_text"] if p["eta_s"] is not None else "–")
-        else:  # where it ended, in the words of the message below: no stale "step 1/2"
-            cols[0].metric("Epochs done", f"{p['epochs_done']}/{p['planned_epochs']}")
-            acc = result["best_val_accuracy"]
-            cols[1].metric("Best val acc", f"{acc:.3f}" if acc is not None else "–")
-            speed = p["images_per_s"]
-            cols[2].metric("Images/s", f"{speed:.0f}" if speed else "–")
-            cols[3].metric("Wall time", dashboard.format_duration(p["elapsed_s"]))
-        st.progress(p["fraction"], text=p["text"])
-        if result.get("device"):  # which worker's device: CPU, GPU:0, 2 x GPU (mirrored)
-            where = "Training" if active else "Trained"
-            st.caption(f"{where} on {md_escape(result['device'], inline=True)}")
-        st.plotly_chart(
-            _live_curves(store, result, batches[-1] if batches else None), key="training_curves"
-        )
-        can_resume = True
-        if result["status"] == FAILED:
-            st.error(md_escape(result["error"]) if result["error"] else "The run failed.")
-            # a failure Resume cannot get past (weights offline) offers its fixes instead
-            can_resume = run_fixes(queue, result, "train", follow=True)
-        if (
-            result["status"] in RESUMABLE
-            and can_resume
-            and top[1].button("Resume", icon=":material/replay:", key="resume", width="stretch")
-        ):
-            try:
-                queue.resume(run_id)
-                st.rerun()
-            except StudioError as exc:
-                show_error(exc)
-        if result["status"] == COMPLETED:
-            acc = result["best_val_accuracy"]
-            st.success(
-                f"Completed: best validation accuracy {acc:.3f}"
-                if acc is not None
-                else "Completed."
-            )
-        elif not active:
-            where = (
-                dashboard.stopped_text(p["epoch"], p["step"], p["steps_per_epoch"]).capitalize()
-                if result["status"] == STOPPED and p["epoch"]
-                else f"Run {result['status']}"
-            )
-            st.warning(
-                f"{where}: {p['epochs_done']} of {p['planned_epochs']} epochs finished. "
-                f"{md_escape(result['error'] or '')} **Resume** continues from the end of epoch "
-                f"{p['epochs_done']}."
-            )
+        p = dashboard.progress_summary(now, store.batch_sample(run_id, 1, dashboard.ETA_WINDOW))
+        if now["status"] != initial or (polling and p["phase_label"] != shown["phase_label"]):
+            st.rerun()  # started, finished or a new phase: redraw the page (badge, polling)
+        _progress_metrics(now, p)
 
     monitor()
+    if result.get("device"):  # which worker's device: CPU, GPU:0, 2 x GPU (mirrored)
+        where = "Training" if active else "Trained"
+        st.caption(f"{where} on {md_escape(result['device'], inline=True)}")
+    if not active:
+        _run_ended(queue, result, shown, top[1])
+
+    # The chart polls in a fragment of its own, less often than the progress. Until the first
+    # batch it polls as often as the progress, so the first curves show at once; then the page
+    # is redrawn once and the chart polls at its own pace.
+    waiting = polling and not store.batch_sample(run_id, 0, 1)
+    every = (POLL_SECONDS if waiting else charts.CURVES_REFRESH_S) if polling else None
+
+    @st.fragment(run_every=every)
+    def curves() -> None:
+        last = store.batch_sample(run_id, 0, 1)
+        if waiting and last:
+            st.rerun()  # the first batch: draw it, and the chart at its own pace from now on
+        chart = _live_curves(store, store.result(run_id), last[-1] if last else None)
+        st.plotly_chart(chart, key="training_curves")
+
+    curves()
+
+
+def _progress_metrics(result: RunResult, p: Progress) -> None:
+    """The monitor's four metrics and progress bar: where an active run is, or where it ended."""
+    from app.views import dashboard
+    from core.runs.store import ACTIVE_STATUSES
+
+    cols = st.columns(4)
+    speed = p["images_per_s"]
+    if result["status"] in ACTIVE_STATUSES:
+        cols[0].metric("Epoch", f"{p['epoch']}/{p['planned_epochs']}" if p["epoch"] else "–")
+        step = f"{p['step']}/{p['steps_per_epoch']}" if p["step"] else "–"
+        cols[1].metric("Step", "–" if p["preparing"] else step)
+        cols[2].metric("Images/s", f"{speed:.0f}" if speed else "–")
+        cols[3].metric("ETA", p["eta_text"] if p["eta_s"] is not None else "–")
+    else:  # where it ended, in the words of the message below: no stale "step 1/2"
+        cols[0].metric("Epochs done", f"{p['epochs_done']}/{p['planned_epochs']}")
+        acc = result["best_val_accuracy"]
+        cols[1].metric("Best val acc", f"{acc:.3f}" if acc is not None else "–")
+        cols[2].metric("Images/s", f"{speed:.0f}" if speed else "–")
+        cols[3].metric("Wall time", dashboard.format_duration(p["elapsed_s"]))
+    st.progress(p["fraction"], text=p["text"])
+
+
+def _run_ended(queue: JobQueue, result: RunResult, p: Progress, slot: Any) -> None:
+    """How a finished run ended: success, or the error or stop with Resume (in ``slot``) or
+    the fixes a failure Resume cannot get past (weights offline) needs instead."""
+    from app.views import dashboard
+    from core.runs.store import COMPLETED, FAILED, STOPPED
+    from core.training.jobs import RESUMABLE
+
+    can_resume = True
+    if result["status"] == FAILED:
+        st.error(md_escape(result["error"]) if result["error"] else "The run failed.")
+        can_resume = run_fixes(queue, result, "train", follow=True)
+    if (
+        result["status"] in RESUMABLE
+        and can_resume
+        and slot.button("Resume", icon=":material/replay:", key="resume", width="stretch")
+    ):
+        try:
+            queue.resume(result["run_id"])
+            st.rerun()
+        except StudioError as exc:
+            show_error(exc)
+    if result["status"] == COMPLETED:
+        acc = result["best_val_accuracy"]
+        st.success(
+            f"Completed: best validation accuracy {acc:.3f}" if acc is not None else "Completed."
+        )
+    else:
+        where = (
+            dashboard.stopped_text(p["epoch"], p["step"], p["steps_per_epoch"]).capitalize()
+            if result["status"] == STOPPED and p["epoch"]
+            else f"Run {result['status']}"
+        )
+        st.warning(
+            f"{where}: {p['epochs_done']} of {p['planned_epochs']} epochs finished. "
+            f"{md_escape(result['error'] or '')} **Resume** continues from the end of epoch "
+            f"{p['epochs_done']}."
+        )
 
 
 def queue_chart(store: RunStore, run_id: str) -> Any:
@@ -572,18 +613,17 @@ def queue_chart(store: RunStore, run_id: str) -> Any:
 
 def _live_curves(store: RunStore, result: RunResult, last: BatchRecord | None) -> Any:
     """``charts.training_curves`` of a followed run, kept in the session and rebuilt only when
-    ``charts.curves_due``: a poll that finds the same chart sends the same figure, which the
-    browser does not redraw. The chart reads a thinned sample of the batches, not every row."""
+    its ``charts.curves_key`` moved on (a status, a finished epoch, a step bucket): otherwise
+    the same figure is sent. The chart reads a thinned sample of the batches, not every row."""
     from app.views import charts
 
     key = charts.curves_key(result, last)
-    now = time.monotonic()
     cached = st.session_state.get(CURVES)
-    if cached is not None and not charts.curves_due(cached[0], cached[1], key, now):
-        return cached[2]
+    if cached is not None and cached[0] == key:
+        return cached[1]
     batches = store.batch_sample(result["run_id"], charts.LIVE_BATCH_POINTS - 1, 1) if last else []
     figure = charts.training_curves(result, batches)
-    st.session_state[CURVES] = (key, now, figure)
+    st.session_state[CURVES] = (key, figure)
     return figure
 
 

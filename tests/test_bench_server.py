@@ -6,6 +6,7 @@ server never trained them, figure 12 kills a worker mid-run.
 
 from __future__ import annotations
 
+import itertools
 import json
 import os
 import signal
@@ -211,46 +212,21 @@ def test_config_differences_ignore_what_does_not_change_the_work() -> None:
     }
 
 
-class FakeStore:
-    """What ``throughput`` reads: a result, epoch rows and batch rows."""
-
-    def __init__(self, fit: float | None = 9.0) -> None:
-        self.fit = fit
-
-    def result(self, run_id: str) -> dict[str, Any]:
-        return {
-            "status": "completed",
-            "train_images": 100,
-            "timings": {"fit": self.fit} if self.fit else None,
-            "duration_s": 12.0,
-            "best_val_accuracy": 1.0,
-        }
-
-    def epochs(self, run_id: str) -> list[dict[str, Any]]:
-        rows = [("head", 1, 5.0), ("head", 2, 2.0), ("fine_tune", 1, 4.0), ("fine_tune", 2, 3.0)]
-        return [
-            {"epoch": i + 1, "phase": p, "phase_epoch": n, "duration_s": d}
-            for i, (p, n, d) in enumerate(rows)
-        ]
-
-    def batches(self, run_id: str) -> list[dict[str, Any]]:
-        return [
-            {"epoch": 1, "images_per_s": 1.0},
-            {"epoch": 2, "images_per_s": 40.0},
-            {"epoch": 4, "images_per_s": 60.0},
-            {"epoch": 4, "images_per_s": 50.0},
-        ]
-
-
-def test_throughput_leaves_out_each_phases_first_epoch() -> None:
-    out = bench_server.throughput(FakeStore(), "r")
-    assert out["steady_epochs"] == 2
-    # Epochs 2 and 4 (2 s and 3 s for 100 images): the median rate, and the overall rate.
-    assert out["images_per_s"] == pytest.approx((50.0 + 100 / 3) / 2, abs=1e-3)
-    assert out["steady_mean_images_per_s"] == pytest.approx(200 / 5.0)
-    assert out["fit_images_per_s"] == pytest.approx(400 / 9.0, abs=1e-3)
-    assert out["batch_median_images_per_s"] == 50.0  # epochs 1 and 3 left out
-    _json_roundtrip(out)
+def test_window_rate_counts_the_batches_that_ended_in_the_window() -> None:
+    # 10 training images, batches of 4: steps of 4, 4 and the last batch's 2 images.
+    rows = [
+        {"t": 100.0 + k, "step": k % 3 + 1, "steps_per_epoch": 3} for k in range(9)
+    ]  # t 100..108: epoch 1 steps 1-3, epoch 2 steps 1-3, epoch 3 steps 1-3
+    images, rate = bench_server.window_rate(rows, 101.0, 105.0, 4, 10)
+    # t 101 (step 2), 102 (step 3: 2 images), 103 (step 1), 104 (step 2); t 105 is outside
+    assert images == 4 + 2 + 4 + 4
+    assert rate == pytest.approx(14 / 4.0)
+    assert bench_server.window_rate(rows, 200.0, 210.0, 4, 10) == (0, 0.0)
+    # steps per epoch unknown: every batch counts as a whole batch
+    assert (
+        bench_server.window_rate([{"t": 1.0, "step": 3, "steps_per_epoch": None}], 0, 2, 4, 10)[0]
+        == 4
+    )
 
 
 def test_process_tree_cpu_and_rss_of_this_process() -> None:
@@ -277,7 +253,7 @@ def test_dashboard_vs_headless_on_a_tiny_config() -> None:
         backbone="mobilenet_v2",
         weights="none",
         image_size=32,
-        epochs=2,
+        epochs=1000,  # stopped after the windows
         batch_size=16,
         augment=False,
         feature_cache="off",
@@ -285,34 +261,34 @@ def test_dashboard_vs_headless_on_a_tiny_config() -> None:
         seed=7,
     )
     messages: list[str] = []
-    result = bench_server.dashboard_vs_headless(config, progress=messages.append)
-    assert "skipped" not in result
-    assert len(result["headless"]) == 2 and len(result["dashboard"]) == 1
-    dash = result["dashboard"][0]
-    assert dash["config_differences"] == {}
-    assert result["same_config"] is True
-    assert dash["page_showed_stop_while_running"] and dash["page_showed_completion"]
-    assert result["page_followed"] is True
-    runs = [*result["headless"], dash]
-    assert len({r["run_id"] for r in runs}) == 3
-    assert result["order"] == [result["headless"][0]["run_id"], dash["run_id"],
-                               result["headless"][1]["run_id"]]  # fmt: skip
-    for run in runs:
-        assert run["status"] == "completed"
-        assert run["epochs"] == 2 and run["steady_epochs"] == 1
-        assert run["images_per_s"] > 0
-    assert len(result["round_ratios"]) == 1
-    assert result["ratio"] == pytest.approx(
-        result["dashboard_images_per_s"] / result["headless_images_per_s"], rel=1e-2
+    result = bench_server.dashboard_vs_headless(
+        config, progress=messages.append, pairs=1, window_s=3.0, settle_s=1.0
     )
-    # The dashboard's run trained in a worker process, not in the server (nor here).
-    assert dash["trained_in_worker"] is True and result["trained_in_workers"] is True
-    assert dash["worker_pid"] not in (None, os.getpid())
-    assert dash["worker_cpu_s"] is None or dash["worker_cpu_s"] > 0
-    assert not _alive(dash["worker_pid"]), "the server's worker is gone with it"
+    assert "skipped" not in result
+    assert result["config_differences"] == {} and result["same_config"] is True
+    windows = result["windows"]
+    assert [w["page_following"] for w in windows] == [False, True, False]
+    assert windows[1]["page_showed_stop"] is True and result["page_followed"] is True
+    assert [w["page_showed_stop"] for w in windows[::2]] == [None, None]
+    for before, after in itertools.pairwise(windows):
+        assert after["t0"] >= before["t1"]  # one after another, never overlapping
+    for w in windows:
+        assert w["t1"] - w["t0"] == pytest.approx(3.0, abs=0.5)
+        assert w["images"] > 0
+        assert w["images_per_s"] == pytest.approx(w["images"] / (w["t1"] - w["t0"]), rel=0.01)
+    assert windows[1]["browser_cpu_s"] is None or windows[1]["browser_cpu_s"] > 0
+    none = (windows[0]["images_per_s"] + windows[2]["images_per_s"]) / 2
+    assert result["pair_ratios"] == [pytest.approx(windows[1]["images_per_s"] / none, abs=1e-3)]
+    assert result["ratio"] == result["pair_ratios"][0]
+    # One run, trained in the server's worker process (not in the server, nor here), stopped
+    # after the windows; the worker is gone with the server.
+    assert result["status_after"] == "stopped" and result["epochs_done"] >= 1
+    assert result["trained_in_workers"] is True
+    assert result["worker_pid"] not in (None, os.getpid())
+    assert not _alive(result["worker_pid"]), "the server's worker is gone with it"
     assert result["target"] == 0.95 and isinstance(result["met"], bool)
     assert result["server_stopped"] is True
-    assert messages
+    assert any("window 3/3" in m for m in messages)
     _json_roundtrip(result)
 
 

@@ -203,21 +203,29 @@ def test_curves_key_of_a_long_run_moves_by_a_fraction_of_the_run():
     assert odd.step_bucket == 7
 
 
-def test_curves_due_rebuilds_at_most_every_refresh_unless_something_else_changed():
-    refresh = charts.CURVES_REFRESH_S
-    key = charts.CurvesKey("r", "running", 2, 30)
-    newer = key._replace(step_bucket=31)
-    assert charts.curves_due(None, 0.0, key, 0.0)  # nothing cached
-    assert not charts.curves_due(key, 0.0, key, 1e6)  # nothing moved on: never
-    assert not charts.curves_due(key, 100.0, newer, 100.0 + refresh / 2)
-    assert charts.curves_due(key, 100.0, newer, 100.0 + refresh)
-    assert not charts.curves_due(key, 100.0, key._replace(epochs_done=3), 101.0)
-    # another run or status (finished, resumed): at once
-    assert charts.curves_due(key, 100.0, newer._replace(run_id="other"), 100.5)
-    assert charts.curves_due(key, 100.0, key._replace(status="completed"), 100.5)
-    # the first batch replaces "Waiting for the first batch…" at once
-    empty = charts.CurvesKey("r", "running", 0, -1)
-    assert charts.curves_due(empty, 100.0, empty._replace(step_bucket=0), 100.5)
+def test_a_followed_runs_chart_is_rebuilt_only_when_it_moved_on(monkeypatch):
+    from app import widgets
+
+    class Store:
+        samples = 0
+
+        def batch_sample(self, run_id, points, tail=0):
+            self.samples += 1
+            return _batches(epochs=1, steps=3)
+
+    monkeypatch.setattr(widgets.st, "session_state", {})
+    store = Store()
+    run = _result(run_id="r", status="running", planned_epochs=4, epochs_done=0)
+    first = widgets._live_curves(store, run, _last(2))
+    assert widgets._live_curves(store, run, _last(2)) is first  # nothing moved on: same figure
+    assert store.samples == 1
+    moved = widgets._live_curves(store, run, _last(3))
+    assert moved is not first and store.samples == 2
+    done = widgets._live_curves(store, {**run, "status": "completed"}, _last(3))
+    assert done is not moved and store.samples == 3
+    # before the first batch no batch row is read
+    waiting = widgets._live_curves(store, {**run, "run_id": "s"}, None)
+    assert store.samples == 3 and waiting is not done
 
 
 def test_training_curves_of_a_thinned_sample_spans_the_run():

@@ -35,11 +35,15 @@ PALETTE = (
 )
 MAX_BATCH_POINTS = 1500  # per-batch curves are thinned to about this many points
 LIVE_BATCH_POINTS = 600  # batches a followed run's chart reads (about one per pixel of a panel)
-# A followed run's chart is rebuilt, sent and redrawn by the browser (~0.2 s of its CPU each
-# time, on the cores the training uses) at most this often, and only once the run moved on: a
-# new epoch, or 1/CURVES_STEPS of its planned steps. Progress, speed and ETA update every poll.
-CURVES_REFRESH_S = 5.0
+# A followed run's chart polls this often (in a fragment apart from the progress, which polls
+# every ``widgets.POLL_SECONDS``): each redraw costs the browser ~0.1-0.2 s of CPU on the cores
+# training uses. It is rebuilt only once the run moved on: a new epoch, status, or 1/CURVES_STEPS
+# of its planned steps (TensorBoard reloads every 30 s).
+CURVES_REFRESH_S = 15.0
 CURVES_STEPS = 200
+# Epoch curves carry a marker per epoch up to this many epochs; beyond, the markers overlap
+# into a thick line and each redraw of hundreds of them costs the browser (a live chart).
+MARKED_EPOCHS = 40
 _FONT = {"family": "Inter, Segoe UI, Helvetica, Arial, sans-serif", "size": 13}
 # Accuracy axes end a little above 1.0: a marker (or a label) at 100 % is drawn whole, not cut
 # in half by the plot's edge (the traces also draw outside the axes: ``cliponaxis=False``).
@@ -214,7 +218,7 @@ def training_curves(
                         **common,
                         "x": x,
                         "y": y,
-                        "mode": "lines+markers",
+                        "mode": "lines+markers" if len(x) <= MARKED_EPOCHS else "lines",
                         "name": name,
                         "legendgroup": name,
                         "line": {"color": color, "width": 2.5},
@@ -285,27 +289,6 @@ def curves_key(result: RunResult, last: BatchRecord | None) -> CurvesKey:
         int(result.get("epochs_done") or 0),
         bucket,
     )
-
-
-def curves_due(
-    cached: CurvesKey | None,
-    built_at: float,
-    key: CurvesKey,
-    now: float,
-    refresh_s: float = CURVES_REFRESH_S,
-) -> bool:
-    """Whether a chart built for ``cached`` at ``built_at`` must be rebuilt for ``key``.
-
-    At once for another run or status and for the first data; never when nothing it shows moved
-    on; otherwise once ``refresh_s`` passed since it was built (times from one clock).
-    """
-    if cached is None or cached[:2] != key[:2]:
-        return True
-    if cached == key:
-        return False
-    if cached.step_bucket < 0 and cached.epochs_done == 0:
-        return True  # "Waiting for the first batch…" gives way to the first curves at once
-    return now - built_at >= refresh_s
 
 
 def class_counts_figure(class_counts: dict[str, dict[str, int]], height: int = 320) -> go.Figure:
