@@ -228,13 +228,16 @@ def test_submit_queues_at_once_without_tensorflow(tmp_path) -> None:
 
 def test_an_idle_worker_exits_after_idle_exit_or_when_its_parent_is_gone(tmp_path, procs) -> None:
     idle = _worker(tmp_path, "--idle-exit", "0.5")
-    parent = subprocess.Popen([sys.executable, "-c", "import time; time.sleep(1.5)"])
+    # The parent lives until told (a timed one could be gone before a slow worker registers).
+    parent = subprocess.Popen([sys.executable, "-c", "import time; time.sleep(600)"])
     orphan = _worker(tmp_path, "--parent", str(parent.pid))
     procs += [idle, orphan, parent]  # the fixture kills what is left
     assert idle.wait(30) == 0
     store = RunStore(tmp_path, recover=False)
-    _until(lambda: any(w["pid"] == orphan.pid for w in store.workers()), 30)
+    _until(lambda: any(w["pid"] == orphan.pid for w in store.workers()), 60)
+    time.sleep(1.0)  # a few idle polls with the parent alive
     assert orphan.poll() is None, "alive while its parent is"
+    parent.kill()  # not waited for: a zombie until the fixture reaps it
     assert orphan.wait(30) == 0, "exits once the parent is gone (a zombie counts as gone)"
     assert store.workers() == [], "each removed its row"
 
