@@ -55,6 +55,7 @@ LIVE_STYLE = """<style>
 [data-testid="stProgress"] *, [data-testid="stMetric"] * {
   transition: none !important; animation: none !important;
 }
+.st-key-monitor_panel [data-testid="stMetricValue"] { font-size: 1.6rem; }
 </style>"""
 # The Train page's form is longer than a laptop screen: its monitor column stays in view while
 # the form scrolls (Launch sits at the form's end), instead of an inner scroll box for the form.
