@@ -44,9 +44,9 @@ PAGES = (  # path (relative to streamlit_app.py), title, icon
     (PREDICT, "Predict", ":material/image_search:"),
     (RUN, "Run", ":material/analytics:"),
 )
-# How often a live fragment polls. Each poll costs the browser ~40-80 ms of CPU however little
-# changed (next to a run training in this process, on the same cores): every 2 s still moves the
-# progress and ETA on visibly; the chart is redrawn less often (``charts.CURVES_REFRESH_S``).
+# How often a live fragment polls. Each poll costs the browser ~50-100 ms of CPU however little
+# changed (on the cores a worker trains on): every 3 s still moves the progress and ETA on
+# visibly; a followed run's chart polls apart, less often (``charts.CURVES_REFRESH_S``).
 POLL_SECONDS = 3.0
 # Progress bars and metrics are redrawn at every poll while a run trains; their CSS transitions
 # then animate each time, which costs a browser more than drawing them (~0.1 s of CPU per poll,
@@ -483,7 +483,8 @@ def run_monitor(queue: JobQueue, run_id: str, shown_status: str | None = None) -
     initial = shown_status or store.status(run_id)
     polling = initial in ACTIVE_STATUSES
     result = store.result(run_id)
-    shown = dashboard.progress_summary(result, store.batch_sample(run_id, 1, dashboard.ETA_WINDOW))
+    recent = store.batch_sample(run_id, 1, dashboard.ETA_WINDOW)
+    shown = dashboard.progress_summary(result, recent)
     active = result["status"] in ACTIVE_STATUSES
     icon, color = status_badge(result["status"])
     # wide enough for "Resume" with its icon at 1280 px (a [4, 1] split cut it to "Resu…")
@@ -516,7 +517,7 @@ def run_monitor(queue: JobQueue, run_id: str, shown_status: str | None = None) -
     # The chart polls in a fragment of its own, less often than the progress. Until the first
     # batch it polls as often as the progress, so the first curves show at once; then the page
     # is redrawn once and the chart polls at its own pace.
-    waiting = polling and not store.batch_sample(run_id, 0, 1)
+    waiting = polling and not recent
     every = (POLL_SECONDS if waiting else charts.CURVES_REFRESH_S) if polling else None
 
     @st.fragment(run_every=every)
