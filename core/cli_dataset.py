@@ -94,6 +94,13 @@ def add_parsers(sub: Any) -> None:
     cli_review.add_parsers(sub)  # review's ids are what relabel/exclude take
 
 
+def _shown(text: str) -> str:
+    """A stored name as printed: invisible controls escaped (a name stays what it reads as)."""
+    from core.data.names import escape_unprintable
+
+    return escape_unprintable(text)
+
+
 def _print_json(obj: Any) -> None:
     print(json.dumps(obj, default=str))
 
@@ -104,9 +111,9 @@ def _plural(n: int, word: str) -> str:
 
 def _report_add(result: Any) -> None:
     for item in result.skipped:
-        print(f"skipped {item['path']}: {item['reason']}", file=sys.stderr)
+        print(f"skipped {_shown(item['path'])}: {item['reason']}", file=sys.stderr)
     for item in result.duplicates:
-        print(f"duplicate {item['path']}: {item['reason']}", file=sys.stderr)
+        print(f"duplicate {_shown(item['path'])}: {_shown(item['reason'])}", file=sys.stderr)
 
 
 def _create(args: argparse.Namespace) -> int:
@@ -166,7 +173,7 @@ def _list(args: argparse.Namespace) -> int:
         print("no datasets yet: create one with 'python -m core dataset create NAME'")
     for r in rows:
         print(
-            f"{r['name']:<20} {_plural(r['classes'], 'class'):>10}  "
+            f"{_shown(r['name']):<20} {_plural(r['classes'], 'class'):>10}  "
             f"{_plural(r['images'], 'image'):>12}  {r['excluded']} excluded  "
             f"{_plural(r['edits'], 'edit')}"
         )
@@ -183,13 +190,16 @@ def _show(args: argparse.Namespace) -> int:
     if args.json:
         _print_json(info)
         return 0
-    print(f"{info['name']}: {_plural(info['images'], 'image')}, {info['excluded']} excluded")
+    print(
+        f"{_shown(info['name'])}: {_plural(info['images'], 'image')}, {info['excluded']} excluded"
+    )
     for c in info["classes"]:
-        print(f"  {c['name']:<24} {c['images']}")
+        print(f"  {_shown(c['name']):<24} {c['images']}")
     for e in info["edits"][-10:]:
-        print(f"  edit {e['seq']}: {e['summary']}" + (" (undone)" if e["undone"] else ""))
+        print(f"  edit {e['seq']}: {_shown(e['summary'])}" + (" (undone)" if e["undone"] else ""))
     for i in info.get("image_list", []):
-        print(f"  {i['id']}  {i['label']:<20} {'excluded ' if i['excluded'] else ''}{i['path']}")
+        where = f"{'excluded ' if i['excluded'] else ''}{_shown(i['path'])}"
+        print(f"  {i['id']}  {_shown(i['label']):<20} {where}")
     return 0
 
 

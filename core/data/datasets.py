@@ -23,6 +23,7 @@ import json
 import os
 import shutil
 import sqlite3
+import stat
 import time
 import uuid
 from collections.abc import Iterable, Iterator, Sequence
@@ -30,8 +31,14 @@ from dataclasses import asdict, dataclass, field
 from pathlib import Path
 from typing import Any
 
-from core.data.images import IMAGE_EXTENSIONS, MAX_FILE_BYTES, check_image
+from core.data.images import (
+    IMAGE_EXTENSIONS,
+    MAX_FILE_BYTES,
+    NotRegularFileError,
+    check_image,
+)
 from core.data.layout import unsafe_name_characters
+from core.data.names import bidi_controls, describe_character
 from core.data.sources import (
     MANAGED_DB,
     MANAGED_IMAGES_DIR,
@@ -41,6 +48,7 @@ from core.data.sources import (
     resolve_source,
 )
 from core.errors import DataError, StorageError, StudioError, storage_error
+from core.files import discard_folder
 
 DB_NAME = MANAGED_DB
 IMAGES_DIR = MANAGED_IMAGES_DIR
@@ -107,6 +115,13 @@ def _check_name(name: object, what: str) -> str:
         problem = "starts with a dot (such folders are hidden)"
     elif unsafe_name_characters(text):
         problem = "contains a line break or control character"
+    elif bidi_controls(text):
+        shown = ", ".join(dict.fromkeys(map(describe_character, bidi_controls(text))))
+        raise DataError(
+            f"The {what} name {text!r} contains the invisible text-direction character {shown}, "
+            "which makes a name read differently from what it is. Type the name again without "
+            "it (it often comes with text copied from a web page or document), e.g. 'cats'."
+        )
     elif len(text) > MAX_NAME:
         problem = f"is {len(text)} characters long (at most {MAX_NAME})"
     if problem is None:
@@ -144,12 +159,13 @@ def suggest_name(source: str) -> str:
     ``pets``, an uploaded zip → the name the user dropped (never ``upload-<hash>``)."""
     from core.data.names import display_name
 
-    shown = display_name(source)
+    shown = display_name(source, escape=False)
     stem, ext = os.path.splitext(shown)
     if ext.lower() == ".zip":
         shown = stem
     shown = shown.replace("/", "-").replace("\\", "-").strip().lstrip(".").strip()
-    shown = "".join(ch for ch in shown if not unsafe_name_characters(ch))[:MAX_NAME].strip()
+    bad = {*unsafe_name_characters(shown), *bidi_controls(shown)}
+    shown = "".join(ch for ch in shown if ch not in bad)[:MAX_NAME].strip()
     return shown or "dataset"
 
 
@@ -159,8 +175,11 @@ def dataset_names() -> list[str]:
 
 
 def dataset_path(name: str) -> Path:
-    """The folder of an existing dataset ``name``; DataError listing the datasets if unknown."""
-    return managed_dataset_folder(check_dataset_name(name))
+    """The folder of an existing dataset ``name``; DataError listing the datasets if unknown.
+
+    Only a new name must follow every rule: one stored before a rule existed still opens.
+    """
+    return managed_dataset_folder(name)
 
 
 def images_folder(name: str) -> Path:
@@ -759,6 +778,11 @@ class Dataset:
                 with opener() as fh:
                     # One byte over the cap is enough for the check to say "too large".
                     data = fh.read(MAX_FILE_BYTES + 1)
+            except NotRegularFileError as exc:  # swapped for a FIFO since the walk looked
+                result.skipped.append(
+                    {"path": original, "reason": f"not a regular file ({exc.kind})"}
+                )
+                continue
             except OSError as exc:
                 result.skipped.append(
                     {"path": original, "reason": f"unreadable ({exc.strerror or exc})"}
@@ -856,14 +880,33 @@ def _expand(
                     if os.path.splitext(fname)[1].lower() not in IMAGE_EXTENSIONS:
                         result.skipped.append({"path": full, "reason": "not an image file"})
                         continue
+                    # A FIFO, socket or device named like an image would block a plain open()
+                    # forever: only regular files are read (and opened without blocking).
+                    kind = _special_kind(full)
+                    if kind:
+                        result.skipped.append(
+                            {"path": full, "reason": f"not a regular file ({kind})"}
+                        )
+                        continue
                     found = True
-                    yield full, (lambda full=full: open(full, "rb"))
+                    yield full, (lambda full=full: _open_file(full))
             if not found:
                 result.skipped.append({"path": path, "reason": "folder holds no image files"})
         elif os.path.exists(path):
             yield path, (lambda path=path: _open_file(path))
         else:
             result.skipped.append({"path": path, "reason": "not found"})
+
+
+def _special_kind(path: str) -> str | None:
+    """What ``path`` is when it is not a regular file (``"FIFO"``...), else None."""
+    from core.data.images import file_kind
+
+    try:
+        mode = os.stat(path).st_mode
+    except OSError:
+        return None  # vanished or unreadable: opening it says why
+    return None if stat.S_ISREG(mode) else file_kind(mode)
 
 
 def _open_file(path: str) -> Any:
@@ -954,11 +997,23 @@ def create(name: str, source: str | None = None) -> Dataset:
 
 
 def _import(dataset: Dataset, source: str) -> None:
+    from core.data.archives import extraction_folder
     from core.data.index import load_dataset
+    from core.data.sources import parse_source
 
+    # A zip is unpacked into the data cache to be read; once its images are copied into the
+    # dataset that copy is dead weight (as large as the data), so an extraction this import
+    # made is removed. One made earlier is left: a run on the zip itself may be reading it.
+    kind, value = parse_source(source)
+    made = None
+    if kind == "zip":
+        folder, finished = extraction_folder(value)
+        made = None if finished else folder
     index = load_dataset(source)
     for name, files in index.paths_by_class().items():
         dataset.add_images(name, files, create_class=True)
+    if made is not None:
+        discard_folder(made)
 
 
 COPIED_FROM = "copied_from"  # meta key: the source a dataset is the managed copy of

@@ -307,8 +307,8 @@ def _visible_dirs_and_images(folder: str) -> tuple[list[str], int]:
                 continue
             if entry.is_dir():
                 dirs.append(entry.path)
-            elif os.path.splitext(entry.name)[1].lower() in IMAGE_EXTENSIONS:
-                images += 1
+            elif entry.is_file() and os.path.splitext(entry.name)[1].lower() in IMAGE_EXTENSIONS:
+                images += 1  # a FIFO or device named like an image is no image
     return sorted(dirs), images
 
 
@@ -324,7 +324,9 @@ def _holds_an_image(folder: str, depth: int = 3) -> bool:
                     continue
                 if entry.is_dir():
                     subdirs.append(entry.path)
-                elif os.path.splitext(entry.name)[1].lower() in IMAGE_EXTENSIONS:
+                elif (
+                    entry.is_file() and os.path.splitext(entry.name)[1].lower() in IMAGE_EXTENSIONS
+                ):
                     return True
     except OSError:
         return False
