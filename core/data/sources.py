@@ -127,7 +127,12 @@ def resolve_source(source: str) -> Path:
     if kind == "builtin":
         return builtin_path(value)
     if kind == "dataset":
-        images = managed_dataset_folder(value) / MANAGED_IMAGES_DIR
+        from core.data.datasets import open_dataset  # lazy: it imports this module
+
+        # Opening it finishes or undoes an edit a kill interrupted (and repairs a damaged
+        # index), so what is trained on is what the dataset shows.
+        with open_dataset(value) as dataset:
+            images = dataset.folder / MANAGED_IMAGES_DIR
         images.mkdir(exist_ok=True)  # a dataset with no image yet: the loader says so
         return images
     if kind == "kaggle":
@@ -158,12 +163,26 @@ def managed_datasets_root() -> Path:
     return ensure_folder(path, f"The datasets folder {path}", "Move that file away, or delete it.")
 
 
+MANAGED_BACKUP = MANAGED_DB + ".bak"  # the index's rolling backup
+
+
+def is_managed_dataset_folder(folder: Path) -> bool:
+    """Whether ``folder`` holds a managed dataset: its index, the index's backup or, with both
+    lost, its images folder (from which the index is rebuilt when it is opened)."""
+    if folder.name.startswith(".") or not folder.is_dir():
+        return False
+    return (
+        (folder / MANAGED_DB).exists()
+        or (folder / MANAGED_BACKUP).is_file()
+        or (folder / MANAGED_IMAGES_DIR).is_dir()
+    )
+
+
 def managed_dataset_names() -> list[str]:
     """Names of the managed datasets, sorted case-insensitively."""
     root = managed_datasets_root()
     return sorted(
-        (p.name for p in root.iterdir() if p.is_dir() and (p / MANAGED_DB).is_file()),
-        key=str.casefold,
+        (p.name for p in root.iterdir() if is_managed_dataset_folder(p)), key=str.casefold
     )
 
 
@@ -172,7 +191,7 @@ def managed_dataset_folder(name: str) -> Path:
     text = name.strip() if isinstance(name, str) else ""
     if text and not any(c in text for c in "/\\") and not text.startswith("."):
         folder = managed_datasets_root() / text
-        if (folder / MANAGED_DB).is_file():
+        if is_managed_dataset_folder(folder):
             return folder
     names = managed_dataset_names()
     for other in names:  # a different case still finds it (case-insensitive disks agree)
