@@ -4,6 +4,7 @@ index, files removed behind the studio's back, invisible characters in names, le
 from __future__ import annotations
 
 import io
+import json
 import os
 import threading
 import zipfile
@@ -15,7 +16,7 @@ from PIL import Image
 
 from core import cli
 from core.data import datasets
-from core.data.datasets import Dataset, create
+from core.data.datasets import Dataset, create, open_dataset
 from core.data.names import display_name
 from core.errors import DataError
 from core.paths import data_cache_dir
@@ -167,3 +168,218 @@ def test_importing_a_zip_leaves_no_extracted_copy_behind(tmp_path: Path) -> None
     with create("photos 2", str(archive)) as ds:
         assert ds.show()["images"] == 5
     assert kept.is_dir()
+
+
+# --------------------------------------------------------------------------- kills
+
+# Runs ``python -m core ARGV`` and SIGKILLs itself at the Nth call of one step of an add:
+# writing a staged copy, moving a file into its class folder, recording the edit (every file
+# moved, nothing committed) or backing the index up (committed).
+_KILLER = """
+import os, signal, sys
+from pathlib import Path
+import core.data.datasets as d
+point, at = sys.argv[1], int(sys.argv[2])
+calls = [0]
+def kill_at(fn):
+    def wrapper(*args, **kwargs):
+        calls[0] += 1
+        if calls[0] == at:
+            os.kill(os.getpid(), signal.SIGKILL)
+        return fn(*args, **kwargs)
+    return wrapper
+if point == "stage":
+    Path.write_bytes = kill_at(Path.write_bytes)
+elif point == "move":
+    os.replace = kill_at(os.replace)
+elif point == "record":
+    d.Dataset._record = kill_at(d.Dataset._record)
+elif point == "backup":
+    d.sqlite_backup = kill_at(d.sqlite_backup)
+from core.cli import main
+sys.exit(main(sys.argv[3:]))
+"""
+
+
+def _distinct_pngs(folder: Path, n: int) -> None:
+    folder.mkdir(parents=True)
+    for i in range(n):
+        Image.new("RGB", (8, 8), (i % 256, i // 256, 77)).save(folder / f"{i}.png")
+
+
+def _loader_count(name: str) -> int:
+    from core.data.index import load_dataset
+
+    index = load_dataset(f"dataset:{name}")
+    return len(index.train_paths) + len(index.val_paths)
+
+
+@pytest.mark.slow
+@pytest.mark.parametrize(
+    ("point", "at"), [("stage", 120), ("move", 2), ("move", 150), ("record", 1), ("backup", 1)]
+)
+def test_a_killed_add_leaves_the_index_and_the_folder_agreeing(
+    point: str, at: int, tmp_path: Path, home: Path
+) -> None:
+    import subprocess
+    import sys
+
+    _distinct_pngs(tmp_path / "many", 300)
+    with create("pets") as ds:
+        ds.add_images("cats", write_pngs(tmp_path / "cats", 3, side=20), True)
+        ds.add_images("dogs", write_pngs(tmp_path / "dogs", 2, side=30), True)
+    env = {**os.environ, "TRANSFER_STUDIO_HOME": str(home)}
+    argv = ["dataset", "add", "pets", "dogs", str(tmp_path / "many")]
+    proc = subprocess.run(
+        [sys.executable, "-c", _KILLER, point, str(at), *argv],
+        env=env,
+        capture_output=True,
+        text=True,
+        timeout=120,
+    )
+    assert proc.returncode == -9, proc.stderr
+    folder = datasets.dataset_path("pets")
+    moved_before_open = len(list((folder / "images" / "dogs").glob("*.png")))
+
+    shown = subprocess.run(
+        [sys.executable, "-m", "core", "dataset", "show", "pets", "--json"],
+        env=env,
+        capture_output=True,
+        text=True,
+        timeout=120,
+    )
+    assert shown.returncode == 0, shown.stderr
+    info = json.loads(shown.stdout)
+    assert info["images"] == _loader_count("pets")  # what training reads
+    assert info["missing"] == []
+    assert not (folder / ".staging").exists() or not list((folder / ".staging").iterdir())
+    assert not list(folder.glob(".editing-*"))
+    counts = {c["name"]: c["images"] for c in info["classes"]}
+    if point == "backup":  # committed before the kill: all there, nothing to say
+        assert counts == {"cats": 3, "dogs": 302} and "warning" not in shown.stderr
+    elif point == "stage":  # killed before any file moved: only the copies to sweep
+        assert counts == {"cats": 3, "dogs": 2}
+        assert "warning: dataset 'pets': removed the 119 staged copies" in shown.stderr
+    else:  # the files already moved are added (an edit undo takes back)
+        assert counts == {"cats": 3, "dogs": moved_before_open}
+        assert "an edit was cut short" in shown.stderr
+        assert "finished an interrupted add" in info["edits"][-1]["summary"]
+
+
+def test_a_live_adds_staging_folder_is_not_swept(pets: Dataset) -> None:
+    from core.data.datasets import STAGING_DIR, _hold_lock, _release_lock
+
+    staging = pets.folder / STAGING_DIR / "live"
+    lock = _hold_lock(staging.with_name("live.lock"))
+    staging.mkdir()
+    (staging / "0.png").write_bytes(b"x")
+    open_dataset("pets").close()
+    assert (staging / "0.png").exists()
+    _release_lock(lock)
+    with open_dataset("pets") as again:
+        assert any("removed the 1 staged copy" in n for n in again.notices)
+    assert not staging.exists()
+
+
+# --------------------------------------------------------------------------- a lost index
+
+
+def _index(ds: Dataset) -> Path:
+    return ds.folder / "dataset.sqlite"
+
+
+def test_an_emptied_index_is_restored_from_its_backup_with_a_warning(
+    pets: Dataset, capsys: pytest.CaptureFixture[str]
+) -> None:
+    cat = next(i.id for i in pets.images() if i.label == "cats")
+    pets.relabel([cat], "dogs")  # the backup is refreshed after every edit
+    before = pets.show()
+    pets.close()
+    assert (pets.folder / "dataset.sqlite.bak").is_file()
+    _index(pets).write_bytes(b"")
+    for side in ("-wal", "-shm"):
+        _index(pets).with_name("dataset.sqlite" + side).unlink(missing_ok=True)
+    code, out, err = _cli(["dataset", "show", "pets", "--json"], capsys)
+    assert code == 0
+    assert json.loads(out) == before  # classes, counts and the edit history
+    assert err.count("warning: ") == 1
+    assert "emptied (0 bytes)" in err and "restored its last backup" in err
+    assert list(pets.folder.glob("dataset.sqlite.damaged-*"))  # kept for inspection
+    code, out, err = _cli(["dataset", "show", "pets"], capsys)
+    assert code == 0 and err == ""  # said once, not on every open
+
+
+@pytest.mark.parametrize("damage", ["garbage", "deleted"])
+def test_with_index_and_backup_lost_the_index_is_rebuilt_from_the_images_folder(
+    damage: str, pets: Dataset, capsys: pytest.CaptureFixture[str]
+) -> None:
+    dog = next(i.id for i in pets.images() if i.label == "dogs")
+    pets.exclude([dog])
+    pets.close()
+    (pets.folder / "dataset.sqlite.bak").unlink()
+    for side in ("-wal", "-shm"):
+        _index(pets).with_name("dataset.sqlite" + side).unlink(missing_ok=True)
+    if damage == "garbage":
+        _index(pets).write_bytes(b"this is not a database" * 100)
+    else:
+        _index(pets).unlink()
+    code, out, err = _cli(["dataset", "list", "--json"], capsys)
+    assert code == 0
+    (row,) = json.loads(out)
+    assert (row["name"], row["classes"], row["images"]) == ("pets", 2, 6)
+    assert err.count("warning: ") == 1
+    assert "no sound backup" in err and "rebuilt it from the images folder (6 images" in err
+    assert "edit history is lost" in err and "1 image set aside in excluded/ is not in it" in err
+    with open_dataset("pets") as ds:
+        assert {c["name"]: c["images"] for c in ds.show()["classes"]} == {"cats": 4, "dogs": 2}
+        assert ds.show()["images"] == _loader_count("pets")
+        assert ds.undo() is not None  # the rebuild is itself an edit
+
+
+def test_list_names_a_dataset_it_cannot_open_and_shows_the_others(
+    pets: Dataset, capsys: pytest.CaptureFixture[str]
+) -> None:
+    with create("birds") as birds:
+        _index(birds).unlink()
+        _index(birds).mkdir()  # nothing can open or repair that
+    code, out, err = _cli(["dataset", "list"], capsys)
+    assert code == 0
+    assert "birds" in out and "cannot be opened" in out and "dataset.sqlite" not in err
+    assert any(line.startswith("pets ") and "7 images" in line for line in out.splitlines())
+    code, out, _ = _cli(["dataset", "list", "--json"], capsys)
+    rows = {r["name"]: r for r in json.loads(out)}
+    assert "error" in rows["birds"] and rows["pets"]["images"] == 7
+
+
+# --------------------------------------------------------------------------- missing files
+
+
+def test_files_removed_behind_the_datasets_back_are_named_and_can_be_forgotten(
+    pets: Dataset, capsys: pytest.CaptureFixture[str]
+) -> None:
+    cats = [i for i in pets.images() if i.label == "cats"]
+    pets.relabel([cats[0].id], "dogs")  # an edit to undo later, whose file then goes
+    moved = next(i for i in pets.images() if i.id == cats[0].id)
+    Path(moved.path).unlink()
+    Path(cats[1].path).unlink()
+    info = pets.show()
+    assert {c["name"]: c["images"] for c in info["classes"]} == {"cats": 2, "dogs": 3}
+    assert info["images"] == 5 == _loader_count("pets")
+    assert sorted(m["id"] for m in info["missing"]) == sorted([cats[0].id, cats[1].id])
+    code, out, _ = _cli(["dataset", "show", "pets"], capsys)
+    assert "2 missing" in out and cats[1].id in out and "forget-missing" in out
+
+    with pytest.raises(DataError, match="forget the dataset's missing images"):
+        pets.relabel([cats[1].id], "dogs")
+    assert pets.undo()["action"] == "relabel"  # type: ignore[index]  # no dead end
+    assert {m["id"] for m in pets.show()["missing"]} == {cats[0].id, cats[1].id}
+
+    code, out, _ = _cli(["dataset", "forget-missing", "pets"], capsys)
+    assert code == 0 and "forgot 2 missing images" in out
+    with open_dataset("pets") as ds:
+        assert ds.show()["missing"] == [] and ds.show()["images"] == 5
+        assert ds.images_at(0.0) is not None  # the history still replays
+        assert ds.undo()["action"] == "forget_missing"  # type: ignore[index]
+        assert len(ds.show()["missing"]) == 2
+    code, out, _ = _cli(["dataset", "list", "--json"], capsys)
+    assert json.loads(out)[0]["missing"] == 2

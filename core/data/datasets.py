@@ -320,9 +320,9 @@ class Dataset:
         swept = self._sweep_staging()
         if swept:
             self._notice(
-                f"dataset {self.name!r}: removed {swept} unfinished cop"
-                f"{'y' if swept == 1 else 'ies'} of images an interrupted add left in "
-                f"{STAGING_DIR} (the add itself was finished or undone)."
+                f"dataset {self.name!r}: removed the {swept} staged cop"
+                f"{'y' if swept == 1 else 'ies'} of images that an add cut short left in "
+                f"{STAGING_DIR} (they were never part of the dataset)."
             )
 
     def _say_repaired(self, report: dict[str, int]) -> None:
@@ -344,11 +344,12 @@ class Dataset:
         set_aside = report.get("unindexed_excluded", 0)
         self._notice(
             f"the index of dataset {self.name!r} was {problem} and there was no sound backup: "
-            f"{kept_note}rebuilt it from the images folder ({report.get('added', 0)} images in "
-            f"{report.get('classes', 0)} classes). Its edit history is lost"
+            f"{kept_note}rebuilt it from the images folder "
+            f"({_count(report.get('added', 0), 'image')} in "
+            f"{_count(report.get('classes', 0), 'class')}). Its edit history is lost"
             + (
-                f", and the {set_aside} images set aside in {EXCLUDED_DIR}/ are not in it "
-                "(their class was only in the index)"
+                f", and {_count(set_aside, 'image')} set aside in {EXCLUDED_DIR}/ "
+                f"{'is' if set_aside == 1 else 'are'} not in it (the class was only in the index)"
                 if set_aside
                 else ""
             )
@@ -474,7 +475,8 @@ class Dataset:
         self._move(file, target)
 
     def _sweep_staging(self) -> int:
-        """Remove copies that an add killed mid-way left in ``.staging``; returns how many.
+        """Remove copies that an add killed mid-way left in ``.staging``; returns how many
+        files they held.
 
         A live add holds a lock on ``<folder>.lock`` (taken before the folder is made), so
         only a folder whose lock is free is stale; without file locks, only old ones are.
@@ -496,9 +498,9 @@ class Dataset:
             lock = _try_lock(lock_file) if lock_file.exists() else None
             if lock_file.exists() and lock is None:
                 continue  # an add under way
+            swept += len(_regular_files(entry))
             shutil.rmtree(entry, ignore_errors=True)
             _release_lock(lock, remove=True)
-            swept += 1
         with contextlib.suppress(OSError):
             root.rmdir()  # only when empty
         return swept
@@ -908,6 +910,7 @@ class Dataset:
         except sqlite3.OperationalError as exc:
             raise _db_error(exc, self.folder, "busy") from exc
         committed = False
+        changes = self._db.total_changes
         try:
             # Files move before the index commits: a kill in between leaves files where the
             # index does not expect them. This marker (removed once the edit is over) makes
@@ -934,7 +937,7 @@ class Dataset:
             if self._marker is not None:
                 self._marker.unlink(missing_ok=True)
                 self._marker = None
-        if committed:
+        if committed and self._db.total_changes != changes:  # a look-only edit changes nothing
             self._backup()
 
     def _backup(self) -> None:
@@ -1289,6 +1292,10 @@ def _regular_files(folder: Path) -> list[Path]:
             )
     except OSError:
         return []
+
+
+def _count(n: int, word: str) -> str:
+    return f"{n} {word}{'' if n == 1 else 'es' if word.endswith('s') else 's'}"
 
 
 def _recovery_summary(report: dict[str, int]) -> str:
