@@ -219,7 +219,7 @@ def _loader_count(name: str) -> int:
     ("point", "at"), [("stage", 120), ("move", 2), ("move", 150), ("record", 1), ("backup", 1)]
 )
 def test_a_killed_add_leaves_the_index_and_the_folder_agreeing(
-    point: str, at: int, tmp_path: Path, home: Path
+    point: str, at: int, tmp_path: Path, home: Path, capsys: pytest.CaptureFixture[str]
 ) -> None:
     import subprocess
     import sys
@@ -240,6 +240,9 @@ def test_a_killed_add_leaves_the_index_and_the_folder_agreeing(
     assert proc.returncode == -9, proc.stderr
     folder = datasets.dataset_path("pets")
     moved_before_open = len(list((folder / "images" / "dogs").glob("*.png")))
+    capsys.readouterr()
+    trained_on = _loader_count("pets")  # the first thing after the kill, as `train` would
+    said = capsys.readouterr().err
 
     shown = subprocess.run(
         [sys.executable, "-m", "core", "dataset", "show", "pets", "--json"],
@@ -250,19 +253,19 @@ def test_a_killed_add_leaves_the_index_and_the_folder_agreeing(
     )
     assert shown.returncode == 0, shown.stderr
     info = json.loads(shown.stdout)
-    assert info["images"] == _loader_count("pets")  # what training reads
-    assert info["missing"] == []
+    assert info["images"] == trained_on == _loader_count("pets")
+    assert info["missing"] == [] and shown.stderr == ""  # said once, by the first to open it
     assert not (folder / ".staging").exists() or not list((folder / ".staging").iterdir())
     assert not list(folder.glob(".editing-*"))
     counts = {c["name"]: c["images"] for c in info["classes"]}
     if point == "backup":  # committed before the kill: all there, nothing to say
-        assert counts == {"cats": 3, "dogs": 302} and "warning" not in shown.stderr
+        assert counts == {"cats": 3, "dogs": 302} and "warning" not in said
     elif point == "stage":  # killed before any file moved: only the copies to sweep
         assert counts == {"cats": 3, "dogs": 2}
-        assert "warning: dataset 'pets': removed the 119 staged copies" in shown.stderr
+        assert "warning: dataset 'pets': removed the 119 staged copies" in said
     else:  # the files already moved are added (an edit undo takes back)
         assert counts == {"cats": 3, "dogs": moved_before_open}
-        assert "an edit was cut short" in shown.stderr
+        assert "an edit was cut short" in said
         assert "finished an interrupted add" in info["edits"][-1]["summary"]
 
 

@@ -42,6 +42,7 @@ from core.data.images import (
 from core.data.layout import unsafe_name_characters
 from core.data.names import bidi_controls, describe_character
 from core.data.sources import (
+    DATASET_REPAIRS,
     MANAGED_BACKUP,
     MANAGED_DB,
     MANAGED_IMAGES_DIR,
@@ -1540,6 +1541,15 @@ def copy_of(source: str) -> tuple[str, bool]:
 def open_dataset(name: str) -> Dataset:
     """Open existing dataset ``name`` (DataError listing the datasets if unknown)."""
     return Dataset(name)
+
+
+def repair(name: str) -> None:
+    """Open dataset ``name`` once: an edit cut short is finished or undone, a lost or damaged
+    index restored or rebuilt (each said in a ``warning:`` line)."""
+    Dataset(name).close()
+
+
+DATASET_REPAIRS.append(repair)  # resolving ``dataset:NAME`` (the loader, training) repairs first
 
 
 def list_datasets() -> list[dict[str, Any]]:

@@ -6,6 +6,7 @@ import json
 import os
 import re
 import sys
+from collections.abc import Callable
 from pathlib import Path
 from typing import NamedTuple
 
@@ -127,12 +128,10 @@ def resolve_source(source: str) -> Path:
     if kind == "builtin":
         return builtin_path(value)
     if kind == "dataset":
-        from core.data.datasets import open_dataset  # lazy: it imports this module
-
-        # Opening it finishes or undoes an edit a kill interrupted (and repairs a damaged
-        # index), so what is trained on is what the dataset shows.
-        with open_dataset(value) as dataset:
-            images = dataset.folder / MANAGED_IMAGES_DIR
+        folder = managed_dataset_folder(value)
+        for repair in DATASET_REPAIRS:  # what is trained on is then what the dataset shows
+            repair(folder.name)
+        images = folder / MANAGED_IMAGES_DIR
         images.mkdir(exist_ok=True)  # a dataset with no image yet: the loader says so
         return images
     if kind == "kaggle":
@@ -164,6 +163,11 @@ def managed_datasets_root() -> Path:
 
 
 MANAGED_BACKUP = MANAGED_DB + ".bak"  # the index's rolling backup
+# Called with a managed dataset's name before its folder is read: opening it puts right what an
+# edit cut short by a kill or a lost index left. ``core.data.datasets`` adds its opener when
+# ``core.data`` is imported (it cannot be imported from here: it reads sources through the
+# loader).
+DATASET_REPAIRS: list[Callable[[str], None]] = []
 
 
 def is_managed_dataset_folder(folder: Path) -> bool:
