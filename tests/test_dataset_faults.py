@@ -269,16 +269,25 @@ def test_a_killed_add_leaves_the_index_and_the_folder_agreeing(
         assert "finished an interrupted add" in info["edits"][-1]["summary"]
 
 
+def _locked(path: Path) -> io.BufferedRandom:
+    """``path`` (created) held under an exclusive lock, as a live edit or add holds its own."""
+    fcntl = pytest.importorskip("fcntl")
+    path.parent.mkdir(parents=True, exist_ok=True)
+    fh = open(path, "a+b")  # closed by the test: the lock goes with it
+    fcntl.flock(fh, fcntl.LOCK_EX)
+    return fh
+
+
 def test_a_live_adds_staging_folder_is_not_swept(pets: Dataset) -> None:
-    from core.data.datasets import STAGING_DIR, _hold_lock, _release_lock
+    from core.data.datasets import STAGING_DIR
 
     staging = pets.folder / STAGING_DIR / "live"
-    lock = _hold_lock(staging.with_name("live.lock"))
+    lock = _locked(staging.with_name("live.lock"))  # what a live add holds
     staging.mkdir()
     (staging / "0.png").write_bytes(b"x")
     open_dataset("pets").close()
     assert (staging / "0.png").exists()
-    _release_lock(lock)
+    lock.close()  # the add is killed: its lock goes with it
     with open_dataset("pets") as again:
         assert any("removed the 1 staged copy" in n for n in again.notices)
     assert not staging.exists()
@@ -386,3 +395,24 @@ def test_files_removed_behind_the_datasets_back_are_named_and_can_be_forgotten(
         assert len(ds.show()["missing"]) == 2
     code, out, _ = _cli(["dataset", "list", "--json"], capsys)
     assert json.loads(out)[0]["missing"] == 2
+
+
+def test_an_edit_under_way_is_left_alone_and_a_dead_ones_moves_are_put_back(
+    pets: Dataset,
+) -> None:
+    from core.data.datasets import EDIT_MARKER
+
+    cat = next(i for i in pets.images() if i.label == "cats")
+    # A relabel in another session: its file moved, its row not yet committed.
+    moved = pets.folder / "images" / "dogs" / Path(cat.path).name
+    os.replace(cat.path, moved)
+    marker = _locked(pets.folder / f"{EDIT_MARKER}other")
+    with open_dataset("pets") as ds:  # neither waits for it nor undoes it
+        assert ds.notices == [] and moved.exists()
+    marker.close()  # that session is killed: its lock goes, its marker stays
+    with open_dataset("pets") as ds:
+        (notice,) = ds.notices
+        assert "an edit was cut short" in notice and "put 1 file back" in notice
+        assert Path(cat.path).exists() and not moved.exists()
+        assert ds.show()["images"] == 7 == _loader_count("pets")
+    assert not list(pets.folder.glob(f"{EDIT_MARKER}*"))

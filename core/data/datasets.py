@@ -68,6 +68,8 @@ BACKUP_NAME = MANAGED_BACKUP  # SQLite's online backup of the index, refreshed a
 EDIT_MARKER = ".editing-"  # + a unique suffix: an edit that moves files is under way
 REPAIR_LOCK = ".repair.lock"  # one session at a time sets a damaged index aside
 STAGING_GRACE_S = 24 * 3600  # where no file lock tells a live add from a dead one
+RENAME_PREFIX = ".rename-"  # a class folder on its way to a new name
+LOCK_GRACE_S = 60  # a lock file with no staging folder is left alone this long (being set up)
 ID_LENGTH = 12
 MAX_NAME = 64
 BUSY_TIMEOUT_MS = 30_000  # another session's edit holds the write lock for at most a few seconds
@@ -279,7 +281,10 @@ class Dataset:
         fills from the images folder.
         """
         path = self.folder / DB_NAME
-        lock = _hold_lock(self.folder / REPAIR_LOCK)
+        try:
+            lock = _hold_lock(self.folder / REPAIR_LOCK)
+        except OSError:  # a read-only folder: nothing could be repaired in it anyway
+            lock = None
         try:
             problem = _index_problem(path)
             if problem is None:
@@ -302,9 +307,9 @@ class Dataset:
         """Put right what a kill or a lost index left: files the index does not expect where
         they are (an edit cut short: its moves are undone, an interrupted add's files are
         added), and copies of an interrupted add left in ``.staging``. Says what it did."""
-        if repaired is not None or any(self.folder.glob(f"{EDIT_MARKER}*")):
-            with self._edit() as db:  # waits for an edit under way in another session
-                stale = [m for m in self.folder.glob(f"{EDIT_MARKER}*") if m != self._marker]
+        if repaired is not None or self._stale_markers():
+            with self._edit() as db:  # holding the write lock: no edit can start meanwhile
+                stale = self._stale_markers()
                 if repaired is not None or stale:
                     report = self._reconcile(db, rebuilt=repaired is not None)
                 else:
@@ -325,6 +330,18 @@ class Dataset:
                 f"{'y' if swept == 1 else 'ies'} of images that an add cut short left in "
                 f"{STAGING_DIR} (they were never part of the dataset)."
             )
+
+    def _stale_markers(self) -> list[Path]:
+        """Markers of edits whose session died mid-edit (a live one holds a lock on its own)."""
+        stale = []
+        for marker in self.folder.glob(f"{EDIT_MARKER}*"):
+            if marker == self._marker:
+                continue
+            lock = _try_lock(marker, create=False)
+            if lock is not None:
+                stale.append(marker)
+                _release_lock(lock)
+        return stale
 
     def _say_repaired(self, report: dict[str, int]) -> None:
         problem, kept, restored = self._repair
@@ -370,7 +387,13 @@ class Dataset:
         images_root = self.folder / IMAGES_DIR
         images_root.mkdir(exist_ok=True)
         found: dict[str, list[Path]] = {}
-        class_dirs = sorted(d for d in images_root.iterdir() if d.is_dir() and not d.is_symlink())
+        class_dirs = sorted(
+            d
+            for d in images_root.iterdir()
+            if d.is_dir()
+            and not d.is_symlink()
+            and (not d.name.startswith(".") or d.name.startswith(RENAME_PREFIX))
+        )
         places = [*class_dirs, self.folder / EXCLUDED_DIR, self.folder / REMOVED_DIR]
         for place in places:
             for file in _regular_files(place):
@@ -490,6 +513,10 @@ class Dataset:
             return 0
         for entry in entries:
             if not entry.is_dir():
+                if entry.suffix == ".lock" and not entry.with_suffix("").exists():
+                    with contextlib.suppress(OSError):  # an add that died while tidying up
+                        if time.time() - entry.stat().st_mtime > LOCK_GRACE_S:
+                            _release_lock(_try_lock(entry, create=False), remove=True)
                 continue
             lock_file = entry.with_name(entry.name + ".lock")
             if fcntl is None:
@@ -911,13 +938,14 @@ class Dataset:
         except sqlite3.OperationalError as exc:
             raise _db_error(exc, self.folder, "busy") from exc
         committed = False
+        marker_lock = None
         changes = self._db.total_changes
         try:
             # Files move before the index commits: a kill in between leaves files where the
             # index does not expect them. This marker (removed once the edit is over) makes
             # the next session to open the dataset put them right (``_recover``).
             self._marker = self.folder / f"{EDIT_MARKER}{uuid.uuid4().hex}"
-            self._marker.touch()
+            marker_lock = _hold_lock(self._marker)  # held while the edit lives
             yield self._db
             self._db.execute("COMMIT")
             committed = True
@@ -936,7 +964,7 @@ class Dataset:
             self._moved = []
             self._tidy()
             if self._marker is not None:
-                self._marker.unlink(missing_ok=True)
+                _release_lock(marker_lock, remove=True)
                 self._marker = None
         if committed and self._db.total_changes != changes:  # a look-only edit changes nothing
             self._backup()
@@ -1023,7 +1051,7 @@ class Dataset:
     def _rename(self, db: sqlite3.Connection, class_id: int, old: str, new: str) -> None:
         src = self.folder / IMAGES_DIR / old
         if src.is_dir():
-            tmp = src.with_name(f".rename-{uuid.uuid4().hex}")  # case-only renames need a hop
+            tmp = src.with_name(f"{RENAME_PREFIX}{uuid.uuid4().hex}")  # case-only renames hop
             self._move(src, tmp)
             self._move(tmp, self.folder / IMAGES_DIR / new)
         db.execute(
@@ -1302,11 +1330,15 @@ def _count(n: int, word: str) -> str:
 def _recovery_summary(report: dict[str, int]) -> str:
     parts = []
     if report.get("put_back"):
-        parts.append(f"put {report['put_back']} files back where the index has them")
+        parts.append(f"put {_count(report['put_back'], 'file')} back where the index has them")
     if report.get("added"):
-        parts.append(f"added {report['added']} images it had copied in (undo takes them back)")
+        parts.append(
+            f"added the {_count(report['added'], 'image')} it had moved in (undo takes them back)"
+        )
     if report.get("set_aside"):
-        parts.append(f"set {report['set_aside']} files it could not use aside in {REMOVED_DIR}/")
+        parts.append(
+            f"set {_count(report['set_aside'], 'file')} it could not use aside in {REMOVED_DIR}/"
+        )
     return ", ".join(parts) or "nothing had to change"
 
 
@@ -1325,10 +1357,11 @@ def _hold_lock(path: Path) -> Any:
     return fh
 
 
-def _try_lock(path: Path) -> Any:
-    """Like ``_hold_lock`` but never waits: None if another process holds the lock."""
+def _try_lock(path: Path, create: bool = True) -> Any:
+    """Like ``_hold_lock`` but never waits: None if another process holds the lock (or, with
+    ``create`` False, if there is no such file)."""
     try:
-        fh = open(path, "a+b")  # held until _release_lock
+        fh = open(path, "a+b" if create else "r+b")  # held until _release_lock
     except OSError:
         return None
     if fcntl is not None:
