@@ -52,9 +52,11 @@ def _jpeg(seed: int = 0) -> bytes:
     return buf.getvalue()
 
 
-def _without_hanging(work: Callable[[], object], fifos: list[Path]) -> object:
+def _without_hanging(
+    work: Callable[[], tuple[int, str, str]], fifos: list[Path]
+) -> tuple[int, str, str]:
     """``work()``'s result; fails (not hangs) if it blocks, e.g. reading a FIFO."""
-    out: list[object] = []
+    out: list[tuple[int, str, str] | BaseException] = []
 
     def target() -> None:
         try:
@@ -94,10 +96,9 @@ def test_a_fifo_named_like_an_image_in_a_folder_is_skipped_not_read(
     (folder / "b.jpg").write_bytes(_jpeg())
     os.mkfifo(folder / "a.jpg")
     create("pets").close()
-    result = _without_hanging(
+    code, out, err = _without_hanging(
         lambda: _cli(["dataset", "add", "pets", "cats", str(folder)], capsys), [folder / "a.jpg"]
     )
-    code, out, err = result  # type: ignore[misc]
     assert code == 0
     assert "added 1 image to 'cats'" in out and "1 skipped" in out
     assert f"skipped {folder / 'a.jpg'}: not a regular file (FIFO)" in err
