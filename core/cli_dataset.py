@@ -89,7 +89,7 @@ def add_parsers(sub: Any) -> None:
 
     a = actions.add_parser(
         "forget-missing",
-        help="forget images whose file was removed outside the studio (an edit undo reverts)",
+        help="forget images whose file was removed outside the studio (one edit: undo reverts it)",
     )
     a.add_argument("name", help="the dataset")
 
