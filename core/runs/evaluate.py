@@ -4,6 +4,12 @@ per-image predictions (for the misclassification gallery).
 The validation split is rebuilt with ``core.data.load_dataset`` from the run's own config (same
 source, ``val_split`` and ``seed``), so it is the exact split the run was validated on. The result
 is cached as ``evaluation.json`` in the run folder and recomputed when the model file changes.
+Per image it keeps the top ``TOP_K`` classes and the true class's probability; the full
+``(images, classes)`` probability matrix is kept beside it as ``evaluation_probabilities.npy``
+(at 200 classes every probability as JSON would be tens of MB that every page parses), and
+inline as ``probabilities`` only for runs of up to ``INLINE_MAX_CLASSES`` classes. Readers go
+through ``class_probability`` and ``probability_matrix``, which also read older files (every
+probability inline, no array file).
 The training worker writes it as a run completes (``core.training.trainer``), so the Run page
 only reads it; a run that was not evaluated then (an older run, an evaluation that failed) is
 evaluated when the page first asks.
@@ -20,13 +26,17 @@ import numpy as np
 
 from core.config import RunConfig
 from core.errors import StudioError
-from core.files import atomic_write_text
+from core.files import atomic_path, atomic_write_text
 from core.runs.store import RunStore
 
 if TYPE_CHECKING:
     from core.data import DatasetIndex
 
 EVALUATION_FILE = "evaluation.json"
+PROBABILITIES_FILE = "evaluation_probabilities.npy"  # (images, classes) float32, images in order
+TOP_K = 5  # classes kept per image in the JSON
+INLINE_MAX_CLASSES = 10  # up to this many classes, every probability is also kept inline
+MATRIX_KEY = "probability_matrix"  # the loaded array file in a returned evaluation (not JSON)
 # Bump when the evaluation's content or meaning changes, so older cached files are recomputed.
 EVALUATION_VERSION = 1
 MAX_BATCH = 64
@@ -50,7 +60,87 @@ def _read_cache(path: Path, fingerprint: dict[str, Any]) -> dict[str, Any] | Non
         return None  # missing or half-written by a crashed process: just recompute
     if not isinstance(data, dict) or data.get("cache_key") != fingerprint:
         return None
+    name = data.get("probabilities_file")
+    if name:  # the array must be the one written with this file: same images, same classes
+        try:
+            matrix = np.load(path.parent / str(name), mmap_mode="r", allow_pickle=False)
+        except (OSError, ValueError):
+            return None
+        shape = (len(data.get("images") or []), len(data.get("class_names") or []))
+        if matrix.shape != shape:
+            return None
+        data[MATRIX_KEY] = matrix
     return data
+
+
+def image_entry(
+    path: str, class_names: list[str], true: int, probs: np.ndarray, top_k: int = TOP_K
+) -> dict[str, Any]:
+    """One validation image as ``evaluation.json`` stores it: path, true and predicted class,
+    the ``top_k`` most probable classes (``[{label, probability}]``, most probable first), the
+    true class's probability and, for few classes, every probability (``probabilities``)."""
+    order = np.argsort(-probs, kind="stable")[: max(1, top_k)]
+    entry: dict[str, Any] = {
+        "path": path,
+        "true": class_names[true],
+        "predicted": class_names[int(order[0])],
+        "top": [
+            {"label": class_names[int(i)], "probability": round(float(probs[i]), 6)} for i in order
+        ],
+        "true_probability": round(float(probs[true]), 6),
+    }
+    if len(class_names) <= INLINE_MAX_CLASSES:
+        entry["probabilities"] = [round(float(v), 6) for v in probs]
+    return entry
+
+
+def write_evaluation(run_dir: Path, result: dict[str, Any], probs: np.ndarray) -> dict[str, Any]:
+    """Write ``result`` as ``evaluation.json`` and ``probs`` as the array file beside it.
+
+    The array goes first and both are written then renamed, so a reader sees either the old
+    pair, or a new array with the old JSON (rejected by its shape or fingerprint: recomputed),
+    or the new pair. Returns ``result`` with ``probabilities_file`` set (and the array attached
+    under ``MATRIX_KEY``, which is not written to the JSON).
+    """
+    matrix = np.asarray(probs, dtype=np.float32)
+    with atomic_path(run_dir / PROBABILITIES_FILE) as tmp, open(tmp, "wb") as handle:
+        np.save(handle, matrix, allow_pickle=False)
+    stored = {k: v for k, v in result.items() if k != MATRIX_KEY}
+    stored["probabilities_file"] = PROBABILITIES_FILE
+    atomic_write_text(run_dir / EVALUATION_FILE, json.dumps(stored))
+    return {**stored, MATRIX_KEY: matrix}
+
+
+def probability_matrix(evaluation: dict[str, Any]) -> np.ndarray:
+    """Every validation image's class probabilities, ``(images, classes)``: the array file of
+    an evaluation, or the inline lists of an older one."""
+    matrix = evaluation.get(MATRIX_KEY)
+    if matrix is not None:
+        return np.asarray(matrix, dtype=np.float32)
+    images = evaluation.get("images") or []
+    classes = len(evaluation["class_names"])
+    if images and all("probabilities" in img for img in images):
+        return np.asarray([img["probabilities"] for img in images], dtype=np.float32)
+    raise StudioError(
+        f"Run {evaluation.get('run_id')}'s evaluation keeps only the top classes of its "
+        f"{len(images)} images and its {PROBABILITIES_FILE} is missing; evaluate it again to "
+        f"get every one of the {classes} classes' probabilities."
+    )
+
+
+def class_probability(evaluation: dict[str, Any], image: dict[str, Any], name: str) -> float:
+    """The probability of class ``name`` for one image of ``evaluation["images"]``, from what it
+    holds: every probability (few classes, older files), its top classes or the true class's
+    (always there for the predicted and the true class); 0.0 for a class outside its top ones
+    (below the top ``TOP_K``, so at most the last top probability)."""
+    if "probabilities" in image:
+        return float(image["probabilities"][evaluation["class_names"].index(name)])
+    if name == image.get("true") and "true_probability" in image:
+        return float(image["true_probability"])
+    for item in image.get("top") or []:
+        if item["label"] == name:
+            return float(item["probability"])
+    return 0.0
 
 
 def predict_paths(model: Any, paths: list[str], image_size: int, batch_size: int) -> np.ndarray:
@@ -77,7 +167,8 @@ def evaluate_run(
 
     Returns ``{run_id, accuracy, class_names, confusion_matrix, per_class, images, ...}`` where
     ``confusion_matrix[i][j]`` counts images of true class i predicted as class j, and each image
-    is ``{path, true, predicted, probabilities}`` (class names and one probability per class).
+    is ``image_entry``'s ``{path, true, predicted, top, true_probability[, probabilities]}``; the
+    full probability matrix is under ``MATRIX_KEY`` (see ``probability_matrix``).
     ``from_cache`` tells whether the stored result was reused; ``force`` recomputes it.
 
     The training worker passes the ``model`` it just saved and the ``data`` it trained on, so the
@@ -153,21 +244,16 @@ def evaluate_run(
         },
         "val_images": total,
         "images": [
-            {
-                "path": path,
-                "true": class_names[t],
-                "predicted": class_names[p],
-                "probabilities": [round(float(v), 6) for v in row],
-            }
-            for path, t, p, row in zip(data.val_paths, y_true, y_pred, probs, strict=True)
+            image_entry(path, class_names, int(t), row)
+            for path, t, row in zip(data.val_paths, y_true, probs, strict=True)
         ],
         "duration_s": round(time.perf_counter() - started, 3),
         "evaluated_at": time.time(),
         "cache_key": fingerprint,
     }
     # Write-then-rename: a page reading concurrently never sees a truncated file.
-    atomic_write_text(cache_path, json.dumps(result))
-    return {**result, "from_cache": False}
+    written = write_evaluation(cache_path.parent, result, probs)
+    return {**written, "from_cache": False}
 
 
 def _class_name(evaluation: dict[str, Any], cls: str | int) -> str:
@@ -191,11 +277,10 @@ def misclassified(
     """
     true_name = _class_name(evaluation, true_class)
     pred_name = _class_name(evaluation, predicted_class)
-    pred_index = evaluation["class_names"].index(pred_name)
     cell = [
         img
         for img in evaluation["images"]
         if img["true"] == true_name and img["predicted"] == pred_name
     ]
     # Confident mistakes are the most instructive ones to look at first.
-    return sorted(cell, key=lambda img: -img["probabilities"][pred_index])
+    return sorted(cell, key=lambda img: -class_probability(evaluation, img, pred_name))

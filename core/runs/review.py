@@ -25,6 +25,7 @@ from __future__ import annotations
 import json
 import math
 import os
+from collections.abc import Sequence
 from dataclasses import asdict, dataclass
 from pathlib import Path
 from typing import TYPE_CHECKING, Any
@@ -48,6 +49,9 @@ PROB_FLOOR = 1e-7  # -log of it (~16.1) is the largest loss reported (JSON has n
 LOGREG_C = 0.01  # L2 strength of the k-fold heads on standardised features (see docs/review.md)
 HEAD_LAYERS = ("head_dropout", "head_dense", "predictions")
 MAP_METHODS = ("pca", "tsne")
+# The map draws at most this many images (a stratified sample, every class kept): t-SNE of 50,000
+# points takes many minutes, and a browser draws 5,000 markers without stutter.
+MAP_MAX_POINTS = 5000
 TRAIN, VAL = "train", "val"
 
 
@@ -117,10 +121,24 @@ class EmbeddingMap:
 
     method: str
     points: list[MapPoint]
+    scored: int = 0  # images the run scored
+    drawn: int = 0  # of which the map's sample took (all of them up to ``MAP_MAX_POINTS``)
+    classes: int = 0  # classes among the scored images (every one is in the sample)
+
+    @property
+    def sampled(self) -> bool:
+        """Whether the map shows a sample of the scored images."""
+        return self.drawn < self.scored
 
     def to_json(self) -> dict[str, Any]:
         """JSON-able form."""
-        return {"method": self.method, "points": [asdict(p) for p in self.points]}
+        return {
+            "method": self.method,
+            "points": [asdict(p) for p in self.points],
+            "scored": self.scored,
+            "drawn": self.drawn,
+            "classes": self.classes,
+        }
 
 
 # --------------------------------------------------------------------------- scores
@@ -570,16 +588,50 @@ def suspects_by_class(review: Review, per_class: int) -> dict[str, list[Suspect]
     return out
 
 
-def embedding_map(store: RunStore, run_id: str, method: str = "pca") -> EmbeddingMap:
+def stratified_sample(labels: Sequence[int] | np.ndarray, limit: int, seed: int) -> np.ndarray:
+    """Sorted indices of at most ``limit`` items, every label kept (when ``limit`` allows one
+    each) and the rest shared in proportion to each label's count; all items if they fit. With
+    more labels than ``limit``, one item of each label (more than ``limit``)."""
+    y = np.asarray(labels, dtype=np.int64)
+    if len(y) <= limit:
+        return np.arange(len(y))
+    classes, counts = np.unique(y, return_counts=True)
+    if len(classes) >= limit:
+        take = np.ones_like(counts)
+    else:  # one each, the rest in proportion to what each class has left (largest remainder)
+        rest = counts - 1
+        share = rest / rest.sum() * (limit - len(classes))
+        extra = np.floor(share).astype(np.int64)
+        spare = limit - len(classes) - int(extra.sum())
+        extra[np.argsort(-(share - extra), kind="stable")[:spare]] += 1
+        take = 1 + extra
+    rng = np.random.default_rng(seed)
+    chosen = [
+        rng.choice(np.flatnonzero(y == c), size=int(n), replace=False)
+        for c, n in zip(classes, take, strict=True)
+    ]
+    return np.sort(np.concatenate(chosen))
+
+
+def embedding_map(
+    store: RunStore, run_id: str, method: str = "pca", max_points: int = MAP_MAX_POINTS
+) -> EmbeddingMap:
     """2-D positions of the run's image embeddings (the scored features): ``pca`` (default,
-    instant) or ``tsne`` (sklearn; seconds for a few thousand images). The layout is computed
-    over every scored image once and cached, so edits recolour the map without moving it."""
+    instant) or ``tsne`` (sklearn; seconds for a few thousand images). Past ``max_points``
+    scored images the map is a stratified sample of them (``stratified_sample`` by the labels
+    the run trained on: every class shown). The layout is computed once and cached, so edits
+    recolour the map without moving it."""
     if method not in MAP_METHODS:
         raise StudioError(
             f"Unknown map method {method!r}; expected one of {', '.join(MAP_METHODS)}."
         )
     scores = _scores(store, run_id)
-    xy = _layout(store, run_id, scores, method)
+    seed = int(store.config(run_id).seed)
+    sample = stratified_sample(scores.labels, max_points, seed)
+    xy = np.zeros((len(scores.labels), 2), np.float64)
+    xy[sample] = _layout(store, run_id, scores, method, sample)
+    keep = np.zeros(len(scores.labels), dtype=bool)
+    keep[sample] = True
     joined = _join(scores)
     points = [
         MapPoint(
@@ -593,20 +645,27 @@ def embedding_map(store: RunStore, run_id: str, method: str = "pca") -> Embeddin
             y=float(xy[r.index, 1]),
         )  # fmt: skip
         for r in joined.rows
+        if keep[r.index]
     ]
-    return EmbeddingMap(method, points)
+    classes = len(np.unique(np.asarray(scores.labels)))
+    return EmbeddingMap(
+        method, points, scored=len(scores.labels), drawn=len(sample), classes=classes
+    )
 
 
-def _layout(store: RunStore, run_id: str, scores: _Scores, method: str) -> np.ndarray:
+def _layout(
+    store: RunStore, run_id: str, scores: _Scores, method: str, sample: np.ndarray
+) -> np.ndarray:
+    """Positions of the ``sample`` images (in its order), cached by their content."""
     path = store.run_dir(run_id) / MAP_FILE.format(method=method)
-    key = np.asarray(scores.shas, dtype=str)
+    key = np.asarray(scores.shas, dtype=str)[sample]
     try:
         with np.load(path, allow_pickle=False) as z:
             if z["shas"].shape == key.shape and bool(np.all(z["shas"] == key)):
                 return np.asarray(z["xy"], np.float64)
     except (OSError, ValueError, KeyError):
         pass
-    xy = _project(scores.features, method, int(store.config(run_id).seed))
+    xy = _project(scores.features[sample], method, int(store.config(run_id).seed))
     with atomic_path(path) as tmp, open(tmp, "wb") as fh:
         np.savez(fh, shas=key, xy=xy)
     return xy
