@@ -19,6 +19,7 @@ from __future__ import annotations
 
 import json
 import time
+from collections.abc import Callable
 from pathlib import Path
 from typing import TYPE_CHECKING, Any
 
@@ -40,6 +41,7 @@ MATRIX_KEY = "probability_matrix"  # the loaded array file in a returned evaluat
 # Bump when the evaluation's content or meaning changes, so older cached files are recomputed.
 EVALUATION_VERSION = 1
 MAX_BATCH = 64
+ProgressFn = Callable[[int, int], None]  # progress(done, total)
 
 
 def _model_fingerprint(model_path: Path) -> dict[str, Any]:
@@ -143,16 +145,32 @@ def class_probability(evaluation: dict[str, Any], image: dict[str, Any], name: s
     return 0.0
 
 
-def predict_paths(model: Any, paths: list[str], image_size: int, batch_size: int) -> np.ndarray:
-    """Class probabilities for image files, in batches through a tf.data pipeline."""
+def predict_paths(
+    model: Any,
+    paths: list[str],
+    image_size: int,
+    batch_size: int,
+    progress: ProgressFn | None = None,
+) -> np.ndarray:
+    """Class probabilities for image files, in batches through a tf.data pipeline;
+    ``progress(done, total)`` after each batch."""
+    import keras
+
     from core.data.pipeline import image_errors, make_dataset
 
     if not paths:
         return np.zeros((0, int(model.outputs[0].shape[-1])), dtype=np.float32)
     dataset = make_dataset(paths, [0] * len(paths), image_size, batch_size, training=False)
+    total = len(paths)
+
+    class _Progress(keras.callbacks.Callback):
+        def on_predict_batch_end(self, batch: int, logs: dict | None = None) -> None:
+            if progress is not None:
+                progress(min((batch + 1) * batch_size, total), total)
+
     # Labels are dummies: predict() only looks at the images.
     with image_errors():  # a file that changed since the scan: a DataError naming it
-        probs = model.predict(dataset.map(lambda x, _y: x), verbose=0)
+        probs = model.predict(dataset.map(lambda x, _y: x), verbose=0, callbacks=[_Progress()])
     return np.asarray(probs, dtype=np.float32)
 
 
@@ -162,8 +180,10 @@ def evaluate_run(
     force: bool = False,
     model: Any = None,
     data: DatasetIndex | None = None,
+    progress: ProgressFn | None = None,
 ) -> dict[str, Any]:
-    """Evaluate a run on its validation split (cached in ``evaluation.json``).
+    """Evaluate a run on its validation split (cached in ``evaluation.json``); ``progress(done,
+    total)`` follows the validation images through the model.
 
     Returns ``{run_id, accuracy, class_names, confusion_matrix, per_class, images, ...}`` where
     ``confusion_matrix[i][j]`` counts images of true class i predicted as class j, and each image
@@ -206,7 +226,8 @@ def evaluate_run(
     if not data.val_paths:
         raise StudioError(f"Run {run_id}'s data {config.data!r} has no validation images.")
 
-    probs = predict_paths(model, data.val_paths, image_size, min(config.batch_size, MAX_BATCH))
+    batch = min(config.batch_size, MAX_BATCH)
+    probs = predict_paths(model, data.val_paths, image_size, batch, progress)
     y_true = np.asarray(data.val_labels, dtype=np.int64)
     y_pred = probs.argmax(axis=1)
     labels = list(range(len(class_names)))
