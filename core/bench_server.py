@@ -318,19 +318,19 @@ def _stop_workers(
     exit by themselves once the server is gone and they are idle. Whatever is still alive after
     ``grace_s`` is killed (a registered worker only if its pid and start time still match its
     row, so a reused pid is never hit). Returns the pids that had to be killed."""
-    from core.runs.store import _owner_alive, _pid_alive, _process_token
+    from core.processes import owner_alive, pid_alive, process_token
 
     host = socket.gethostname()
     tokens = {w["token"] for w in store.workers() if w["host"] == host and w["pid"]}
     # A pid seen a moment ago is identified by its start time now, so the wait below never
     # follows a pid the system has handed to another process since.
-    tokens |= {_process_token(pid) for pid in seen if pid is not None and _pid_alive(pid)}
+    tokens |= {process_token(pid) for pid in seen if pid is not None and pid_alive(pid)}
     deadline = time.monotonic() + grace_s
-    while any(_owner_alive(t) for t in tokens) and time.monotonic() < deadline:
+    while any(owner_alive(t) for t in tokens) and time.monotonic() < deadline:
         time.sleep(0.2)
     killed = []
     for token in sorted(tokens):
-        if _owner_alive(token):
+        if owner_alive(token):
             pid = int(token.partition(":")[0])
             with contextlib.suppress(ProcessLookupError, PermissionError):
                 os.kill(pid, getattr(signal, "SIGKILL", signal.SIGTERM))
@@ -993,7 +993,8 @@ def dashboard_vs_headless(
     following the run, ... ending with a no-page window: ``pairs`` page windows in all. A page
     is opened and loaded before its window starts, which waits at least ``settle_s`` and then
     until the browser is quiet between polls (``_quiet``): a user opens the page once and
-    watches, and a load costs Chromium seconds of CPU on a busy machine (reported apart). Each window's throughput is the training
+    watches, and a load costs Chromium seconds of CPU on a busy machine (reported apart).
+    Each window's throughput is the training
     images of the batches that ended in it over its length (``window_rate``). The figure is the
     median over pairs of each page window against the mean of the no-page windows either side:
     both sides are one run in one process seconds apart, so neither the drift of the machine's

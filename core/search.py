@@ -1014,12 +1014,12 @@ def _task_lock(root: str | os.PathLike[str], name: str) -> Iterator[None]:
 
 
 def _alive(state: Any) -> bool:
-    from core.runs.store import _owner_alive
+    from core.processes import owner_alive
 
     return (
         isinstance(state, dict)
         and state.get("status") == RUNNING
-        and _owner_alive(state.get("pid") if isinstance(state.get("pid"), str) else None)
+        and owner_alive(state.get("pid") if isinstance(state.get("pid"), str) else None)
     )
 
 
@@ -1111,11 +1111,11 @@ def start_task(
             return False
         task_stop_path(folder, name).unlink(missing_ok=True)  # a stop asked of an earlier run
         proc = _spawn_task(folder, name, factory)
-        from core.runs.store import _process_token
+        from core.processes import process_token
 
         state: dict[str, Any] = {
             **initial, "status": RUNNING, "error": None, "started_at": time.time(),
-            "finished_at": None, "pid": _process_token(proc.pid),
+            "finished_at": None, "pid": process_token(proc.pid),
         }  # fmt: skip
         try:
             from core.files import atomic_path
@@ -1139,10 +1139,10 @@ def run_task(root: str | os.PathLike[str], name: str, factory: TaskFactory | Non
     ``factory``: the kind's (default: the one registered as ``name``). Run by hand on a state
     whose process is gone, it runs that task again with the same settings.
     """
-    from core.runs.store import _owner_alive, _process_token
+    from core.processes import owner_alive, process_token
 
     make = factory or _registered(name)  # an unknown kind is said before anything is written
-    path, me = task_path(root, name), _process_token()
+    path, me = task_path(root, name), process_token()
     with _task_lock(root, name):  # waits for the starter's state naming this process
         state = _read_json(path)
         if not isinstance(state, dict):
@@ -1151,7 +1151,7 @@ def run_task(root: str | os.PathLike[str], name: str, factory: TaskFactory | Non
                 "Start the task from the Train page, which writes its settings there."
             )
         owner = state.get("pid") if isinstance(state.get("pid"), str) else None
-        if owner != me and state.get("status") == RUNNING and _owner_alive(owner):
+        if owner != me and state.get("status") == RUNNING and owner_alive(owner):
             raise ConfigError(
                 f"The {name} task of {root} is already running (process {owner}). Stop it "
                 "first, or wait for it to end."

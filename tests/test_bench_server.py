@@ -44,9 +44,9 @@ def _listening(port: int) -> bool:
 def _alive(pid: int) -> bool:
     """Whether ``pid`` runs (a zombie does not: a worker whose parent, the killed server, is
     gone may wait for PID 1 to reap it)."""
-    from core.runs.store import _pid_alive
+    from core.processes import pid_alive
 
-    return _pid_alive(pid)
+    return pid_alive(pid)
 
 
 def _json_roundtrip(result: dict[str, Any]) -> None:
@@ -341,12 +341,13 @@ def test_worker_kill_interrupts_within_seconds_and_resume_trains_every_epoch(
 
 
 def test_stop_workers_kills_only_live_registered_workers() -> None:
-    from core.runs.store import RunStore, _process_token
+    from core.processes import process_token
+    from core.runs.store import RunStore
 
     sleeper = subprocess.Popen([sys.executable, "-c", "import time; time.sleep(60)"])
     try:
         store = RunStore(Path(os.environ["TRANSFER_STUDIO_HOME"]) / f"stop-{time.time_ns()}")
-        store.register_worker(_process_token(sleeper.pid))
+        store.register_worker(process_token(sleeper.pid))
         # A row whose pid exists but whose start time does not match: a reused pid, not ours.
         store.register_worker(f"{os.getpid()}:1")
         messages: list[str] = []

@@ -20,7 +20,7 @@ from PIL import Image
 from core import search as search_module
 from core.config import RunConfig
 from core.errors import ConfigError, DataError
-from core.runs.store import _process_token
+from core.processes import process_token
 from core.search import (
     HEADS,
     LEARNING_RATES,
@@ -465,7 +465,7 @@ def test_a_state_without_a_pid_reads_as_interrupted(tmp_path: Path) -> None:
     assert wait_task(tmp_path, SEARCH_TASK, timeout=0)
     path.write_text(json.dumps({"status": "running", "pid": f"{os.getpid()}:1"}))
     assert task_state(tmp_path, SEARCH_TASK)["status"] == "interrupted"  # type: ignore[index]
-    path.write_text(json.dumps({"status": "running", "pid": _process_token()}))
+    path.write_text(json.dumps({"status": "running", "pid": process_token()}))
     assert task_running(tmp_path, SEARCH_TASK)  # this very process: alive
 
 
@@ -478,7 +478,7 @@ def test_run_task_runs_in_this_process_from_the_state_file(tmp_path: Path, kinds
     assert run_task(tmp_path, "sleepy", sleepy_task) == "stopped"
     state = task_state(tmp_path, "sleepy")
     assert state is not None and state["child_pid"] == os.getpid()
-    assert state["pid"] == _process_token() and state["waited"] is True
+    assert state["pid"] == process_token() and state["waited"] is True
     assert not search_module.task_stop_path(tmp_path, "sleepy").exists()
     with pytest.raises(ConfigError, match="Background task 'nope' is unknown"):
         start_task(tmp_path, "nope", None, {})

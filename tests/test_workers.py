@@ -23,6 +23,7 @@ from pathlib import Path
 import pytest
 
 from core.config import RunConfig
+from core.processes import process_token
 from core.runs.store import (
     COMPLETED,
     INTERRUPTED,
@@ -30,7 +31,6 @@ from core.runs.store import (
     RUNNING,
     STOPPED,
     RunStore,
-    _process_token,
 )
 from tests.helpers import TINY
 
@@ -147,7 +147,7 @@ def test_a_queued_run_waits_for_a_worker_after_its_submitter_is_gone(tmp_path) -
 
 def test_a_worker_with_a_stale_heartbeat_loses_its_run(tmp_path) -> None:
     store = RunStore(tmp_path)
-    token = _process_token()  # a live process: only the heartbeat says it is lost
+    token = process_token()  # a live process: only the heartbeat says it is lost
     store.register_worker(token, "CPU")
     run_id = store.create_run(FAKE, claimed=False)
     assert store.claim_next(token) == run_id
@@ -179,7 +179,7 @@ def test_one_worker_start_is_reserved_however_many_pages_poll_at_once(tmp_path) 
     reserved = [t for t in tokens if t is not None]
     assert len(reserved) == 1 and len(tokens) == 8, tokens
     assert store.reserve_worker_start() is None, "a start under way counts as a live worker"
-    worker = _process_token()
+    worker = process_token()
     store.worker_started(reserved[0], os.getpid())
     store.register_worker(worker, "CPU", replaces=reserved[0])
     assert [(w["token"], w["state"]) for w in store.workers()] == [(worker, "idle")]
@@ -197,7 +197,7 @@ def test_an_old_store_gains_the_workers_table(tmp_path) -> None:
         db.execute("DROP TABLE workers")
     reopened = RunStore(tmp_path)
     assert reopened.status(run_id) == QUEUED
-    reopened.register_worker(_process_token())
+    reopened.register_worker(process_token())
     assert [w["state"] for w in reopened.workers()] == ["idle"]
 
 

@@ -30,6 +30,7 @@ from core.data.names import display_name
 from core.errors import ConfigError, RunNotFoundError, StudioError, storage_error
 from core.files import atomic_path, atomic_write_text
 from core.paths import runs_root
+from core.processes import owner_alive, pid_alive, process_token
 
 # Aliases of the ``Status`` members: ``from core.runs.store import QUEUED`` and the like work.
 QUEUED, RUNNING, COMPLETED = Status.QUEUED, Status.RUNNING, Status.COMPLETED
@@ -125,7 +126,7 @@ CREATE TABLE IF NOT EXISTS batches (
 class WorkerRow(TypedDict):
     """A row of the ``workers`` table: one worker process serving this runs folder."""
 
-    token: str  # ``_process_token()`` of the worker ("starting:N" while it is being started)
+    token: str  # ``process_token()`` of the worker ("starting:N" while it is being started)
     pid: int
     host: str
     device: str | None  # its ``--device`` (None: whatever TensorFlow finds)
@@ -258,51 +259,6 @@ _REFRESH_SUMMARY = (
     " best_val_accuracy = (SELECT MAX(val_accuracy) FROM epochs WHERE run_id = ?)"
     " WHERE run_id = ?"
 )
-
-
-def _process_token(pid: int | None = None) -> str:
-    """Identify a live process robustly: pid plus its start time (guards against pid reuse)."""
-    pid = os.getpid() if pid is None else pid
-    start = ""
-    try:
-        with open(f"/proc/{pid}/stat", "rb") as fh:
-            # Field 22 is starttime; field 2 (the command) may hold spaces, so split after ')'.
-            start = fh.read().rsplit(b")", 1)[1].split()[19].decode()
-    except (OSError, IndexError):
-        pass
-    return f"{pid}:{start}"
-
-
-def _pid_alive(pid: int) -> bool:
-    """Whether process ``pid`` exists and is not a zombie (a killed child its parent has not
-    reaped yet is one: still in the process table, but it will never write again)."""
-    if pid <= 0:
-        return False
-    try:
-        os.kill(pid, 0)
-    except ProcessLookupError:
-        return False
-    except PermissionError:  # exists, owned by someone else
-        pass
-    try:
-        with open(f"/proc/{pid}/stat", "rb") as fh:
-            state = fh.read().rsplit(b")", 1)[1].split()[0]
-    except (OSError, IndexError):
-        return True  # no /proc (not Linux): os.kill said it exists
-    return state not in (b"Z", b"X")
-
-
-def _owner_alive(owner: str | None) -> bool:
-    if not owner:
-        return False
-    pid_text, _, _ = owner.partition(":")
-    try:
-        pid = int(pid_text)
-    except ValueError:
-        return False
-    if not _pid_alive(pid):
-        return False
-    return _process_token(pid) == owner
 
 
 def _is_damaged(exc: sqlite3.DatabaseError) -> bool:
@@ -605,7 +561,7 @@ class RunStore:
             # No record (written before records existed): a saved model means a finished run.
             row["status"] = COMPLETED if model.is_file() else INTERRUPTED
         waiting = row["status"] == QUEUED and not row.get("owner")  # for any worker: it still can
-        if row["status"] in ACTIVE_STATUSES and not waiting and not _owner_alive(row.get("owner")):
+        if row["status"] in ACTIVE_STATUSES and not waiting and not owner_alive(row.get("owner")):
             row["status"] = INTERRUPTED
             row["error"] = "The run index was rebuilt from the run folder before it finished."
         if model.is_file():
@@ -692,7 +648,7 @@ class RunStore:
                     time.time(),
                     status,
                     config.to_json(indent=None),
-                    _process_token() if claimed else None,
+                    process_token() if claimed else None,
                     config.planned_epochs,
                 ),
             )
@@ -720,7 +676,7 @@ class RunStore:
     def mark_running(self, run_id: str) -> None:
         """The worker picked the run up (in this process)."""
         self.update(
-            run_id, status=RUNNING, started_at=time.time(), owner=_process_token(), error=None
+            run_id, status=RUNNING, started_at=time.time(), owner=process_token(), error=None
         )
 
     def mark_finished(self, run_id: str, status: str, error: str | None = None) -> None:
@@ -803,7 +759,7 @@ class RunStore:
             ).fetchone()[0]
         row = self.get_run(run_id)
         self.update(
-            run_id, status=QUEUED, owner=_process_token() if claimed else None,
+            run_id, status=QUEUED, owner=process_token() if claimed else None,
             stop_requested=0, error=None,
             finished_at=None, duration_s=row["duration_s"] or spent,
         )  # fmt: skip
@@ -835,7 +791,7 @@ class RunStore:
             if worker is not None:
                 alive = r["owner"] not in gone_workers
             else:  # an in-process queue (CLI train, tests) or an older version: the pid says
-                alive = _owner_alive(r["owner"])
+                alive = owner_alive(r["owner"])
             if not alive:
                 lost.append(r["run_id"])
         interrupted = []
@@ -873,10 +829,10 @@ class RunStore:
         if worker["state"] == WORKER_STARTING:
             if now - worker["started_at"] > STARTING_GRACE_S:
                 return False
-            return not here or not worker["pid"] or _pid_alive(worker["pid"])
+            return not here or not worker["pid"] or pid_alive(worker["pid"])
         if now - worker["heartbeat_at"] > HEARTBEAT_STALE_S:
             return False  # frozen, or on another machine and gone
-        return not here or _owner_alive(worker["token"])
+        return not here or owner_alive(worker["token"])
 
     @contextmanager
     def _immediate(self) -> Iterator[sqlite3.Connection]:
