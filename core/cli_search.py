@@ -122,7 +122,7 @@ def add_parsers(
     p.add_argument("--json", action="store_true", help="print the result as one JSON object")
 
     # Hidden (no help: not in the command list): the process a background task of the dashboard
-    # runs in (core.search.start_task spawns it).
+    # runs in (core.tasks.start_task spawns it).
     p = sub.add_parser(
         "task",
         description="Run a background task of the dashboard (search, lr_find) in this process, "
@@ -156,7 +156,7 @@ def _candidate_line(c: Any) -> str:
 def cmd_search(args: argparse.Namespace) -> int:
     """Search backbones x sizes and print the ranking."""
     from core.data.sources import check_source
-    from core.search import format_table, search
+    from core.training.search import format_table, search
 
     if args.budget is not None and not args.budget > 0:
         raise ConfigError(f"--budget {args.budget} is invalid. Expected minutes above 0, e.g. 10.")
@@ -215,7 +215,7 @@ def cmd_task(args: argparse.Namespace) -> int:
     """Run a background task from its state file; exit code 0 when it ended done or stopped."""
     import signal
 
-    from core.search import DONE, STOPPED, load_factory, run_task, task_stop_path
+    from core.tasks import DONE, STOPPED, load_factory, run_task, task_stop_path
 
     stop_file = task_stop_path(args.runs_dir, args.name)
 

@@ -33,9 +33,9 @@ def _no_worker_left_behind() -> Iterator[None]:
     jobs = sys.modules.get("core.training.jobs")
     if jobs is not None and jobs.spawned_workers():
         jobs.stop_spawned_workers(timeout=5.0)
-    search = sys.modules.get("core.search")  # the Train page's LR finder and search tasks
-    if search is not None and search.task_processes():
-        search.stop_task_processes(timeout=5.0)
+    tasks = sys.modules.get("core.tasks")  # the Train page's LR finder and search tasks
+    if tasks is not None and tasks.task_processes():
+        tasks.stop_task_processes(timeout=5.0)
 
 
 @pytest.fixture(scope="session")

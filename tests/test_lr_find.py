@@ -109,7 +109,7 @@ def test_lr_find_on_real_photos_head_and_fine_tune_phases() -> None:
 
 def test_the_background_finder_keeps_its_settings_in_its_state(tmp_path) -> None:
     """What the task's process rebuilds the finder from: the config, phases and steps."""
-    from core.search import TASK_KINDS
+    from core.tasks import TASK_KINDS
     from core.training.lr_find import LR_FIND_TASK, lr_find_task, start_lr_find
 
     assert TASK_KINDS[LR_FIND_TASK] is lr_find_task

@@ -17,11 +17,21 @@ import numpy as np
 import pytest
 from PIL import Image
 
-from core import search as search_module
+from core import tasks as tasks_module
 from core.config import RunConfig
 from core.errors import ConfigError, DataError
 from core.processes import process_token
-from core.search import (
+from core.tasks import (
+    run_task,
+    start_task,
+    stop_task,
+    task_path,
+    task_running,
+    task_state,
+    wait_task,
+)
+from core.training import search as search_module
+from core.training.search import (
     HEADS,
     LEARNING_RATES,
     NEEDS_NETWORK,
@@ -32,16 +42,9 @@ from core.search import (
     HeadResult,
     plan_candidates,
     rank_candidates,
-    run_task,
     search,
     smaller_size,
-    start_task,
-    stop_task,
-    task_path,
-    task_running,
-    task_state,
     train_head,
-    wait_task,
 )
 
 ROOT = Path(__file__).resolve().parents[1]
@@ -162,7 +165,7 @@ def test_search_measures_ranks_and_reuses_cached_features(
 
 REPEAT_SCRIPT = """
 import json, sys
-import core.search as search_module
+import core.training.search as search_module
 
 def no_head(*args, **kw):
     raise AssertionError("the repeated search trained a head")
@@ -201,7 +204,7 @@ def test_the_dataset_index_is_read_back_until_a_file_changes(
     tmp_path: Path, monkeypatch: pytest.MonkeyPatch
 ) -> None:
     from core import data as data_module
-    from core.search import load_index
+    from core.training.search import load_index
 
     root = tmp_path / "data"
     for c in ("a", "b"):
@@ -386,11 +389,11 @@ def failing_task(initial: dict[str, Any]) -> Callable[..., dict[str, Any]]:
 @pytest.fixture
 def kinds(monkeypatch: pytest.MonkeyPatch) -> Iterator[None]:
     """The test task kinds registered; every task process a test started ends with it."""
-    monkeypatch.setitem(search_module.TASK_KINDS, "sleepy", sleepy_task)
-    monkeypatch.setitem(search_module.TASK_KINDS, "failing", failing_task)
+    monkeypatch.setitem(tasks_module.TASK_KINDS, "sleepy", sleepy_task)
+    monkeypatch.setitem(tasks_module.TASK_KINDS, "failing", failing_task)
     yield
-    search_module.stop_task_processes(timeout=5)
-    assert search_module.task_processes() == []
+    tasks_module.stop_task_processes(timeout=5)
+    assert tasks_module.task_processes() == []
 
 
 def _child_pid(root: Path, name: str, timeout: float = 30) -> int:
@@ -419,7 +422,7 @@ def test_a_task_runs_in_its_own_process_one_at_a_time_and_stops_from_another(
 
     # the stop goes through the runs folder: any process (another server) can ask for it
     code = (
-        "import sys; from core.search import stop_task; "
+        "import sys; from core.tasks import stop_task; "
         f"sys.exit(0 if stop_task({str(tmp_path)!r}, 'sleepy') else 3)"
     )
     subprocess.run([sys.executable, "-c", code], cwd=ROOT, check=True, timeout=60)
@@ -427,9 +430,9 @@ def test_a_task_runs_in_its_own_process_one_at_a_time_and_stops_from_another(
     state = task_state(tmp_path, "sleepy")
     assert state is not None and (state["status"], state["waited"]) == ("stopped", True)
     assert state["finished_at"] >= state["started_at"]
-    assert search_module.task_processes() == []  # wait_task saw the process exit
-    assert not search_module.task_stop_path(tmp_path, "sleepy").exists()
-    assert "task sleepy: stopped" in search_module.task_log_path(tmp_path, "sleepy").read_text()
+    assert tasks_module.task_processes() == []  # wait_task saw the process exit
+    assert not tasks_module.task_stop_path(tmp_path, "sleepy").exists()
+    assert "task sleepy: stopped" in tasks_module.task_log_path(tmp_path, "sleepy").read_text()
     assert not stop_task(tmp_path, "sleepy")  # nothing runs now
 
 
@@ -452,7 +455,7 @@ def test_a_killed_task_reads_as_interrupted_and_a_failure_is_said(
     state = task_state(tmp_path, "failing")
     assert state is not None and state["status"] == "failed"
     assert state["error"] == "No images in /no/such/folder."  # the user's sentence, no class name
-    assert "DataError" in search_module.task_log_path(tmp_path, "failing").read_text()
+    assert "DataError" in tasks_module.task_log_path(tmp_path, "failing").read_text()
 
 
 def test_a_state_without_a_pid_reads_as_interrupted(tmp_path: Path) -> None:
@@ -474,21 +477,23 @@ def test_run_task_runs_in_this_process_from_the_state_file(tmp_path: Path, kinds
     with pytest.raises(ConfigError, match="No sleepy task to run"):
         run_task(tmp_path, "sleepy", sleepy_task)
     task_path(tmp_path, "sleepy").write_text(json.dumps({"seconds": 30, "status": "done"}))
-    search_module.task_stop_path(tmp_path, "sleepy").touch()  # asked to stop: ends at once
+    tasks_module.task_stop_path(tmp_path, "sleepy").touch()  # asked to stop: ends at once
     assert run_task(tmp_path, "sleepy", sleepy_task) == "stopped"
     state = task_state(tmp_path, "sleepy")
     assert state is not None and state["child_pid"] == os.getpid()
     assert state["pid"] == process_token() and state["waited"] is True
-    assert not search_module.task_stop_path(tmp_path, "sleepy").exists()
+    assert not tasks_module.task_stop_path(tmp_path, "sleepy").exists()
     with pytest.raises(ConfigError, match="Background task 'nope' is unknown"):
         start_task(tmp_path, "nope", None, {})
     with pytest.raises(ConfigError, match="cannot be found by a child process"):
-        search_module.register_task("local", lambda initial: sleepy_task(initial))
+        tasks_module.register_task("local", lambda initial: sleepy_task(initial))
         start_task(tmp_path, "local", None, {})
-    search_module.TASK_KINDS.pop("local", None)
+    tasks_module.TASK_KINDS.pop("local", None)
     with pytest.raises(ConfigError, match="cannot be imported"):
-        search_module.load_factory("tests.no_such_module:task")
-    assert search_module.load_factory("core.search:search_task") is search_module.search_task
+        tasks_module.load_factory("tests.no_such_module:task")
+    assert (
+        tasks_module.load_factory("core.training.search:search_task") is search_module.search_task
+    )
 
 
 def test_the_task_command_is_hidden_and_parses() -> None:
@@ -511,7 +516,8 @@ def test_a_real_search_and_lr_finder_train_in_their_process_not_the_callers(
     code = f"""
 import json, sys
 from core.config import RunConfig
-from core.search import SEARCH_TASK, start_search, stop_task_processes, task_state, wait_task
+from core.tasks import stop_task_processes, task_state, wait_task
+from core.training.search import SEARCH_TASK, start_search
 from core.training.lr_find import LR_FIND_TASK, start_lr_find
 root = {str(tmp_path)!r}
 assert start_search(root, {tiny_data!r}, backbones=["mobilenet_v2"], sizes=[32], weights="none")
