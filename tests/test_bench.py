@@ -155,17 +155,17 @@ def test_generation_is_deterministic_and_reused(tmp_path: Path) -> None:
 
 
 def test_figures_are_chosen_by_number_and_range() -> None:
-    from core.cli import _figure_list
+    from core.cli.bench import figure_list
     from core.errors import ConfigError
 
-    assert _figure_list("1,5-7") == [1, 5, 6, 7] and _figure_list(None) is None
+    assert figure_list("1,5-7") == [1, 5, 6, 7] and figure_list(None) is None
     assert bench._selected(None) == list(bench.ALL_FIGURES)
     assert bench._selected([6, 5, 6]) == [5, 6]
     assert bench._selected([12, 11]) == [11, 12]
     with pytest.raises(ConfigError, match="figure"):
         bench._selected([13])
     with pytest.raises(ConfigError, match="5-10"):
-        _figure_list("five")
+        figure_list("five")
 
 
 @pytest.mark.slow

@@ -187,7 +187,7 @@ def test_balanced_weights_raise_the_minority_recall_on_imbalanced_photos(tmp_pat
 
 
 def test_the_class_weight_flag() -> None:
-    from core.cli_search import add_class_weight_flag
+    from core.cli.flags import add_class_weight_flag
 
     parser = argparse.ArgumentParser()
     add_class_weight_flag(parser)

@@ -141,7 +141,7 @@ def test_evaluate_json_matrix_sums_to_the_validation_images(
 
 
 def test_core_names_settings_and_the_cli_adds_their_flags(tmp_path) -> None:
-    from core.cli import setting_flags
+    from core.cli.flags import setting_flags
     from core.config import RunConfig
     from core.errors import StudioError
 
@@ -265,3 +265,34 @@ def test_help_documents_rename_and_delete() -> None:
     assert "rename" in top and "delete" in top
     assert "--yes" in cli("delete", "--help").stdout
     assert "at most 60 characters" in " ".join(cli("rename", "--help").stdout.split())
+
+
+def test_the_worker_command_builds_only_its_own_parser(tmp_path) -> None:
+    """``python -m core worker`` (the process the dashboard starts) reaches the job loop through
+    its own family module: no other command's module is imported, no other parser is built."""
+    code = f"""
+import argparse, json, sys
+from core.training import jobs
+seen = {{}}
+def run_worker(options, progress_for):
+    seen.update(once=options.once, runs_dir=options.runs_dir)
+    return 0
+jobs.run_worker = run_worker
+built = []
+add_parser = argparse._SubParsersAction.add_parser
+def spy(self, name, **kw):
+    built.append(name)
+    return add_parser(self, name, **kw)
+argparse._SubParsersAction.add_parser = spy
+from core.cli import main
+rc = main(["worker", "--once", "--runs-dir", {str(tmp_path)!r}])
+print(json.dumps({{"rc": rc, "seen": seen, "parsers": built,
+                  "cli": sorted(m for m in sys.modules if m.startswith("core.cli"))}}))
+"""
+    proc = subprocess.run(
+        [sys.executable, "-c", code], cwd=ROOT, capture_output=True, text=True, timeout=120
+    )
+    facts = json.loads(proc.stdout.strip().splitlines()[-1])
+    assert facts["rc"] == 0 and facts["seen"] == {"once": True, "runs_dir": str(tmp_path)}
+    assert facts["parsers"] == ["worker"]
+    assert facts["cli"] == ["core.cli", "core.cli.output", "core.cli.worker"]

@@ -19,7 +19,7 @@ import pytest
 from PIL import Image
 
 import core.cli as cli
-from core import cli_dataset
+from core.cli import dataset as cli_dataset
 from core.data import datasets
 from core.data.datasets import Dataset, create, open_dataset
 from core.data.images import check_image

@@ -126,7 +126,8 @@ def test_bad_device_settings_name_the_setting(changes: dict, setting: str, text:
 
 
 def test_train_flags_set_the_device_settings() -> None:
-    from core.cli import build_parser, config_from_args
+    from core.cli import build_parser
+    from core.cli.flags import config_from_args
 
     args = build_parser().parse_args(
         ["train", "--distribute", "mirrored", "--mixed-precision", "off"]

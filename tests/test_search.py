@@ -311,11 +311,10 @@ def test_bad_search_settings_are_one_sentence(tiny_data: str) -> None:
 
 
 def _parser() -> argparse.ArgumentParser:
-    from core.cli import _add_train_flags, config_from_args
-    from core.cli_search import add_parsers
+    from core.cli.search import add_parsers
 
     parser = argparse.ArgumentParser(prog="python -m core")
-    add_parsers(parser.add_subparsers(dest="command"), _add_train_flags, config_from_args)
+    add_parsers(parser.add_subparsers(dest="command"))
     return parser
 
 
@@ -344,7 +343,7 @@ def test_search_and_lr_find_flags_parse() -> None:
 def test_search_command_prints_the_json_contract(
     tiny_data: str, capsys: pytest.CaptureFixture[str]
 ) -> None:
-    from core.cli_search import cmd_search
+    from core.cli.search import cmd_search
 
     args = _parser().parse_args(
         ["search", "--data", tiny_data, "--backbones", "mobilenet_v2", "--sizes", "32",

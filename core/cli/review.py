@@ -1,8 +1,5 @@
 """``python -m core review --run RUN_ID``: a finished run's likely label mistakes.
 
-Registered through ``core.cli_dataset`` (its ``add_parsers`` and ``COMMANDS`` include this
-command), so ``core/cli.py`` needs no line of its own.
-
 ``--json`` prints the public contract: a JSON list of suspects, most suspicious first, each with
 ``image`` (an id ``dataset relabel/exclude`` accept), ``path``, ``label``, ``predicted``,
 ``confidence``, ``loss``, ``split`` and ``reviewed``. Warnings about the dataset having changed
@@ -15,6 +12,8 @@ import argparse
 import json
 import sys
 from typing import Any
+
+__all__ = ["COMMANDS", "add_parsers", "cmd_review"]
 
 REVIEW_EPILOG = """examples:
   python -m core review --run RUN_ID --top 20
@@ -31,7 +30,7 @@ are content hashes). Then retrain on it with: python -m core train --config RUN_
 
 
 def add_parsers(sub: Any) -> None:
-    """Register ``review`` on ``core.cli``'s subparsers."""
+    """Register ``review``."""
     p = sub.add_parser(
         "review",
         help="the images a finished run's model most disagrees with (likely label mistakes)",

@@ -1,17 +1,20 @@
 """``python -m core dataset ...``: managed datasets from the command line.
 
-``core.cli`` registers it: ``add_parsers(sub)`` adds the ``dataset`` command and its actions
-(create, add, list, show, relabel, exclude, restore, keep, undo), and ``review``
-(``core.cli_review``, whose ids ``relabel``, ``exclude`` and ``keep`` take); ``COMMANDS`` maps
-both to their handlers. Errors are ``StudioError``s, printed on one line by ``core.cli.main``.
+``add_parsers(sub)`` adds the ``dataset`` command and its actions (create, add, list, show,
+relabel, exclude, restore, keep, undo); ``review`` (``core.cli.review``) lists the ids
+``relabel``, ``exclude`` and ``keep`` take. Errors are ``StudioError``s, printed on one line by
+``core.cli.main``.
 """
 
 from __future__ import annotations
 
 import argparse
-import json
 import sys
 from typing import Any
+
+from core.cli.output import print_json
+
+__all__ = ["COMMANDS", "add_parsers", "cmd_dataset"]
 
 DATASET_EPILOG = """examples:
   python -m core dataset create pets                     # an empty dataset
@@ -26,7 +29,7 @@ DATASET_EPILOG = """examples:
 
 
 def add_parsers(sub: Any) -> None:
-    """Register ``dataset`` and its actions on ``core.cli``'s subparsers."""
+    """Register ``dataset`` and its actions."""
     p = sub.add_parser(
         "dataset",
         help="datasets the studio keeps: create, add images, list, show, relabel, exclude, undo",
@@ -89,14 +92,6 @@ def add_parsers(sub: Any) -> None:
     a = actions.add_parser("undo", help="revert the last edit")
     a.add_argument("name", help="the dataset")
 
-    from core import cli_review
-
-    cli_review.add_parsers(sub)  # review's ids are what relabel/exclude take
-
-
-def _print_json(obj: Any) -> None:
-    print(json.dumps(obj, default=str))
-
 
 def _plural(n: int, word: str) -> str:
     return f"{n} {word}{'' if n == 1 else 'es' if word.endswith('s') else 's'}"
@@ -126,7 +121,7 @@ def _create(args: argparse.Namespace) -> int:
     with datasets.create(name, args.source) as ds:
         info = ds.show()
     if args.json:
-        _print_json(info)
+        print_json(info)
     else:
         counts = ", ".join(f"{c['name']} {c['images']}" for c in info["classes"]) or "no classes"
         print(
@@ -143,7 +138,7 @@ def _add(args: argparse.Namespace) -> int:
         result = ds.add_images(args.label, args.files, create_class=True)
         counts = {c["name"]: c["images"] for c in ds.show()["classes"]}
     if args.json:
-        _print_json(result.to_json())
+        print_json(result.to_json())
     else:
         _report_add(result)
         label = next((c for c in counts if c.casefold() == args.label.strip().casefold()), "")
@@ -160,7 +155,7 @@ def _list(args: argparse.Namespace) -> int:
 
     rows = list_datasets()
     if args.json:
-        _print_json(rows)
+        print_json(rows)
         return 0
     if not rows:
         print("no datasets yet: create one with 'python -m core dataset create NAME'")
@@ -181,7 +176,7 @@ def _show(args: argparse.Namespace) -> int:
         if args.images:
             info["image_list"] = [vars(i) for i in ds.images()]
     if args.json:
-        _print_json(info)
+        print_json(info)
         return 0
     print(f"{info['name']}: {_plural(info['images'], 'image')}, {info['excluded']} excluded")
     for c in info["classes"]:
@@ -262,10 +257,4 @@ def cmd_dataset(args: argparse.Namespace) -> int:
         raise
 
 
-def _review_commands() -> dict[str, Any]:
-    from core import cli_review
-
-    return dict(cli_review.COMMANDS)
-
-
-COMMANDS = {"dataset": cmd_dataset, **_review_commands()}
+COMMANDS = {"dataset": cmd_dataset}

@@ -1,36 +1,24 @@
-"""``python -m core search`` and ``python -m core lr-find``, the hidden ``python -m core task``
-(the process a dashboard's background task runs in), and the ``--class-weight`` flag.
-
-``core.cli`` registers them: ``add_parsers(sub, ...)`` adds the commands (their handlers are in
-``COMMANDS``), ``add_class_weight_flag(parser)`` adds ``--class-weight`` to a run's flags.
-"""
+"""``python -m core search`` and ``python -m core lr-find``, and the hidden ``python -m core task``
+(the process a dashboard's background task runs in)."""
 
 from __future__ import annotations
 
 import argparse
 import json
 import sys
-from collections.abc import Callable
 from typing import Any
 
-from core.config import CLASS_WEIGHT_CHOICES, CLASS_WEIGHT_HELP, DEFAULT_DATA, RunConfig
+from core.cli.flags import add_class_weight_flag, add_train_flags, config_from_args
+from core.config import DEFAULT_DATA
 from core.errors import ConfigError
+
+__all__ = ["COMMANDS", "add_parsers", "cmd_lr_find", "cmd_search", "cmd_task"]
 
 SEARCH_EPILOG = """examples:
   python -m core search --json                          # offline backbones on builtin:photos
   python -m core search --data ~/pets --backbones available --budget 10
   python -m core search --backbones efficientnet_lite0,mobilenet_v2 --sizes 224,160,128
 """
-
-
-def add_class_weight_flag(parser: argparse.ArgumentParser) -> None:
-    """``--class-weight none|balanced`` (RunConfig ``class_weight``; default: the config's)."""
-    parser.add_argument(
-        "--class-weight",
-        choices=CLASS_WEIGHT_CHOICES,
-        help="; ".join(f"{k}: {v.rstrip('.')}" for k, v in CLASS_WEIGHT_HELP.items())
-        + " (default none)",
-    )
 
 
 def _sizes(text: str) -> list[int]:
@@ -42,16 +30,8 @@ def _sizes(text: str) -> list[int]:
         ) from None
 
 
-def add_parsers(
-    sub: Any,
-    add_train_flags: Callable[[argparse.ArgumentParser], None],
-    config_from_args: Callable[[argparse.Namespace], RunConfig],
-) -> None:
-    """Register ``search`` and ``lr-find`` on ``core.cli``'s subparsers.
-
-    ``core.cli`` hands over its train flags and their reader (no import back: no cycle).
-    """
-    _add_train_flags = add_train_flags
+def add_parsers(sub: Any) -> None:
+    """Register ``search``, ``lr-find`` and the hidden ``task``."""
 
     p = sub.add_parser(
         "search",
@@ -104,8 +84,7 @@ def add_parsers(
         "fastai's 'valley' rule. --phase head: the new head on the frozen base's features; "
         "fine_tune: the unfrozen layers after the head warm-up. Nothing is recorded.",
     )
-    _add_train_flags(p)
-    p.set_defaults(config_from_args=config_from_args)
+    add_train_flags(p)
     try:
         add_class_weight_flag(p)
     except argparse.ArgumentError:
@@ -183,7 +162,7 @@ def cmd_lr_find(args: argparse.Namespace) -> int:
     """The range test of one phase of the run the flags describe."""
     from core.training.lr_find import lr_find
 
-    config = args.config_from_args(args).validate()
+    config = config_from_args(args).validate()
 
     def step(done: int, total: int) -> None:
         if done % 20 == 0 or done == total:
