@@ -10,7 +10,7 @@ from typing import Any
 import numpy as np
 import pytest
 
-from core import bench
+from core.bench import run as bench
 
 FIGURES = ("feature_cache", "warm_cache", "input_pipeline", "predict_latency")
 

@@ -1,4 +1,4 @@
-"""The server-side benchmark figures (core/bench_server.py) at tiny scale: structure, not timing.
+"""The server-side benchmark figures (core/bench/) at tiny scale: structure, not timing.
 
 Since issue 15 the dashboard's runs train in worker processes: figures 7 and 8 check that the
 server never trained them, figure 12 kills a worker mid-run.
@@ -19,13 +19,14 @@ from typing import Any
 
 import pytest
 
-from core import bench_server
+from core.bench import browser, procstat, server
+from core.bench import dashboard as bench_server
 from core.config import RunConfig
 
-CHROMIUM = bench_server.CHROMIUM
+CHROMIUM = browser.CHROMIUM
 needs_browser = pytest.mark.skipif(
-    bench_server._browser_missing(CHROMIUM) is not None,
-    reason=f"{bench_server._browser_missing(CHROMIUM)}",
+    browser.browser_missing(CHROMIUM) is not None,
+    reason=f"{browser.browser_missing(CHROMIUM)}",
 )
 
 
@@ -103,7 +104,7 @@ def test_idle_server_is_killed_when_the_measurement_fails(
 ) -> None:
     port = _free_port()
     started: list[int] = []
-    real_start = bench_server._Server.start
+    real_start = server.StreamlitServer.start
 
     def start(self: Any) -> None:
         real_start(self)
@@ -112,8 +113,8 @@ def test_idle_server_is_killed_when_the_measurement_fails(
     def boom(*args: Any, **kwargs: Any) -> Any:
         raise RuntimeError("browser exploded")
 
-    monkeypatch.setattr(bench_server._Server, "start", start)
-    monkeypatch.setattr(bench_server, "_open_home_once", boom)
+    monkeypatch.setattr(server.StreamlitServer, "start", start)
+    monkeypatch.setattr(bench_server, "open_home_once", boom)
     with pytest.raises(RuntimeError, match="browser exploded"):
         bench_server.idle_server_cpu(1.0, port=port)
     assert started and not _alive(started[0])
@@ -142,7 +143,7 @@ def test_sequential_runs_rss_skips_without_a_browser() -> None:
 @pytest.mark.e2e
 @needs_browser
 def test_sequential_runs_report_the_servers_rss_and_train_in_workers() -> None:
-    from core import bench
+    from core.bench import run as bench
 
     port = _free_port()
     messages: list[str] = []
@@ -230,11 +231,11 @@ def test_window_rate_counts_the_batches_that_ended_in_the_window() -> None:
 
 
 def test_process_tree_cpu_and_rss_of_this_process() -> None:
-    cpu = bench_server._tree_cpu_s(os.getpid())
+    cpu = procstat.tree_cpu_s(os.getpid())
     if cpu is None:
         pytest.skip("no /proc here")
     assert cpu > 0
-    rss = bench_server._status_mb("VmRSS")
+    rss = procstat.status_mb("VmRSS")
     assert rss is not None and rss > 10
 
 
@@ -308,7 +309,7 @@ def test_worker_kill_needs_a_kill_before_the_last_epoch() -> None:
 def test_worker_kill_interrupts_within_seconds_and_resume_trains_every_epoch(
     tmp_path: Path,
 ) -> None:
-    from core import bench
+    from core.bench import run as bench
     from core.runs.store import RunStore
 
     config = bench._tiny_kill_config()
@@ -351,7 +352,7 @@ def test_stop_workers_kills_only_live_registered_workers() -> None:
         # A row whose pid exists but whose start time does not match: a reused pid, not ours.
         store.register_worker(f"{os.getpid()}:1")
         messages: list[str] = []
-        killed = bench_server._stop_workers(store, messages.append, grace_s=0.3)
+        killed = server.stop_workers(store, messages.append, grace_s=0.3)
         assert killed == [sleeper.pid]
         assert sleeper.wait(5) == -signal.SIGKILL
         assert _alive(os.getpid()) and messages
@@ -368,7 +369,7 @@ def test_loaded_tensorflow_reads_the_process_maps() -> None:
     proc = subprocess.Popen(probe, stdin=subprocess.PIPE)
     try:
         time.sleep(0.3)
-        assert bench_server._loaded_tensorflow(proc.pid) is False
+        assert procstat.loaded_tensorflow(proc.pid) is False
     finally:
         proc.communicate(b"")
-    assert bench_server._loaded_tensorflow(proc.pid) is None, "a gone process: no answer"
+    assert procstat.loaded_tensorflow(proc.pid) is None, "a gone process: no answer"

@@ -433,7 +433,7 @@ def test_review_of_a_fine_tuned_run_uses_the_saved_model_features(
 @pytest.mark.slow
 def test_the_acceptance_figure_quick(tmp_path: Path) -> None:
     """Figure 11 on a small photo set: swapped labels found, numbers reported."""
-    from core import bench
+    from core.bench import run as bench
 
     result = bench.run_bench(out_dir=tmp_path / "bench", quick=True, figures=[11])
     figure = result["figures"]["review"]

@@ -9,7 +9,7 @@
 10. the frozen base's feature pass, images/s, Keras vs the converted LiteRT runtime on the same
    images.
 
-Like ``core.bench``: ratios against baselines of the same run, targets reported, never asserted.
+Like ``core.bench.run``: ratios against baselines of the same run, targets reported, never asserted.
 """
 
 from __future__ import annotations
@@ -27,7 +27,7 @@ from typing import Any
 from core.config import RunConfig
 
 ProgressCb = Callable[[str], None]
-PROJECT = Path(__file__).resolve().parents[1]
+PROJECT = Path(__file__).resolve().parents[2]
 DEFAULT_TARGETS = {"warm_s": 15.0, "brand_new_s": 60.0}
 AUGMENTED_TARGETS = {"ratio": 5.0, "accuracy_points": 1.0}
 RUNTIME_TARGET = 2.0
@@ -119,7 +119,7 @@ def augmented_views(
     Every cached run starts from a cold embedding cache (its entries are deleted first), so it
     pays the frozen base's pass over the clean images and over its views.
     """
-    from core.bench_common import clear_embeddings, timed_run
+    from core.bench.common import clear_embeddings, timed_run
     from core.data import load_dataset
 
     say = progress or (lambda _msg: None)

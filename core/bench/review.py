@@ -1,7 +1,7 @@
 """Benchmark figure 11: review finds deliberately swapped labels, and fixing them does not hurt.
 
-The acceptance experiment of issue 14 on real photos (``core.bench_fast.photo_dataset``: views of
-four scikit-image photos, 4 classes): a managed dataset is built with 10 % of its *training*
+Measured on real photos (``core.bench.fast.photo_dataset``: views of four scikit-image photos,
+4 classes): a managed dataset is built with 10 % of its *training*
 labels swapped to another class (which images land in training is known in advance: the split
 is a function of the labels and file names, simulated here with the loader's own function);
 a run trains on it (EfficientNet-Lite0, feature extraction); ``review --top 2N`` (N swapped
@@ -28,7 +28,7 @@ from core.config import RunConfig
 ProgressCb = Callable[[str], None]
 SWAP_FRACTION = 0.10
 TARGET_RECALL = 0.80
-SWAP_SEED = 14  # issue 14
+SWAP_SEED = 14
 PER_CLASS = 50  # 200 photos, 160 training images, 16 swapped
 
 
@@ -75,13 +75,13 @@ def review_figure(
 ) -> dict[str, Any]:
     """Figure 11 (see the module docstring): recall of ``review --top 2N`` and best validation
     accuracy before and after relabelling what it found; a JSON-able dict."""
-    from core import bench_fast
+    from core.bench.fast import photo_dataset
     from core.data import datasets
     from core.files import sha256_file
     from core.runs.review import retrain_config, review_run
 
     say = progress or (lambda _msg: None)
-    photos = bench_fast.photo_dataset(out / f"photos-4x{per_class}", per_class)
+    photos = photo_dataset(out / f"photos-4x{per_class}", per_class)
     config = config or RunConfig(epochs=10, augment=False)
     root = Path(photos["root"])
     files = sorted(root.glob("*/*.jpg"))

@@ -1,9 +1,9 @@
-"""Server-side benchmark figures: the dashboard's process as a user runs it.
+"""Server-side benchmark figures (7, 8, 9, 12): the dashboard's process as a user runs it.
 
-Since issue 15 the dashboard's server never trains: its queue (``JobQueue(processes=True)``)
+The dashboard's server never trains: its queue (``JobQueue(processes=True)``)
 writes queued rows and ``python -m core worker`` processes, started by the server, train them.
 Four measurements, each a JSON-able dict with its raw numbers, its target and ``met`` (targets
-are reported, never asserted, as in ``core.bench``):
+are reported, never asserted, as in ``core.bench.run``):
 
 7. ``dashboard_vs_headless``: training throughput of one run, launched from the Train page of a
    real ``streamlit run`` server and trained by the worker process the server starts, in
@@ -27,389 +27,58 @@ from __future__ import annotations
 import contextlib
 import json
 import os
-import re
 import shutil
 import signal
-import socket
 import statistics
 import subprocess
-import sys
 import tempfile
-import threading
 import time
-import urllib.request
-from collections.abc import Callable, Iterable, Iterator
+from collections.abc import Callable, Iterable
 from pathlib import Path
 from typing import Any
 
-from core.config import AUGMENTATIONS, RunConfig
-from core.paths import HOME_ENV
+from core.bench.browser import (
+    CHROMIUM,
+    browser_missing,
+    config_differences,
+    launch,
+    new_page,
+    open_browser,
+    open_home_once,
+    quiet,
+    render_page,
+)
+from core.bench.common import ProgressCb
+from core.bench.procstat import delta, loaded_tensorflow, own_cpu_s, status_mb, tree_cpu_s
+from core.bench.server import (
+    StreamlitServer,
+    new_home,
+    owner_pid,
+    running_server,
+    stop_workers,
+    wait_claimed,
+)
+from core.config import RunConfig
 
-ProgressCb = Callable[[str], None]
+__all__ = [
+    "FIRST_LINES",
+    "TARGETS",
+    "dashboard_vs_headless",
+    "default_kill_config",
+    "default_rss_config",
+    "idle_server_cpu",
+    "sequential_runs_rss",
+    "window_rate",
+    "worker_kill",
+]
 
-ROOT = Path(__file__).resolve().parents[1]  # the project: streamlit_app.py and .streamlit/
-CHROMIUM = "/usr/bin/chromium"
-CHROMIUM_ARGS = ["--no-sandbox", "--disable-background-networking", "--disable-gpu"]
 TARGETS = {
     "dashboard_vs_headless": 0.95,  # dashboard / headless training throughput
     "sequential_runs_rss": 100.0,  # MB of the server's RSS growth over the runs
     "idle_server_cpu": 2.0,  # % of one core, and nothing printed
     "worker_kill": 5.0,  # s from kill -9 of the worker to the run showing interrupted
 }
-SERVER_START_S = 120.0
-PAGE_TIMEOUT_MS = 180_000  # the first page of a fresh server imports TensorFlow
-WIDGET_TIMEOUT_MS = 30_000
-BUSY = "[data-testid='stStatusWidget'], [data-testid='stSpinner'], [data-testid='stSkeleton']"
 FIRST_LINES = 5  # idle output lines quoted in the result
-
-
-# --------------------------------------------------------------------------- /proc
-
-
-def _clock_ticks() -> int:
-    try:
-        return int(os.sysconf("SC_CLK_TCK"))
-    except (AttributeError, ValueError, OSError):
-        return 100
-
-
-_TICKS = _clock_ticks()
-
-
-def _stat(pid: int) -> tuple[int, int] | None:
-    """(parent pid, CPU ticks: utime + stime + cutime + cstime) of a live process."""
-    try:
-        text = Path(f"/proc/{pid}/stat").read_text()
-    except OSError:
-        return None
-    # Fields after "(comm)": state, ppid, ... utime is field 14 (index 11 here), stime 15,
-    # cutime 16 (reaped children), cstime 17.
-    rest = text[text.rindex(")") + 2 :].split()
-    return int(rest[1]), sum(int(x) for x in rest[11:15])
-
-
-def _have_proc() -> bool:
-    return _stat(os.getpid()) is not None
-
-
-def _processes() -> dict[int, tuple[int, int]]:
-    """Every live process: pid -> (ppid, ticks)."""
-    out: dict[int, tuple[int, int]] = {}
-    for entry in Path("/proc").iterdir():
-        if entry.name.isdigit():
-            stat = _stat(int(entry.name))
-            if stat is not None:
-                out[int(entry.name)] = stat
-    return out
-
-
-def _tree(root: int, procs: dict[int, tuple[int, int]]) -> set[int]:
-    """``root`` and its live descendants."""
-    children: dict[int, list[int]] = {}
-    for pid, (ppid, _) in procs.items():
-        children.setdefault(ppid, []).append(pid)
-    found, todo = set(), [root]
-    while todo:
-        pid = todo.pop()
-        if pid in procs and pid not in found:
-            found.add(pid)
-            todo.extend(children.get(pid, []))
-    return found
-
-
-def _tree_cpu_s(root: int, exclude: frozenset[int] = frozenset()) -> float | None:
-    """CPU seconds of ``root`` and its descendants (live ones, and reaped ones through their
-    parents' cutime/cstime); ``None`` off Linux. Subtrees rooted at ``exclude`` are left out."""
-    if not _have_proc():
-        return None
-    procs = _processes()
-    skip: set[int] = set()
-    for pid in exclude:
-        skip |= _tree(pid, procs)
-    pids = _tree(root, procs) - skip
-    return sum(procs[pid][1] for pid in pids) / _TICKS
-
-
-def _status_mb(field: str, pid: int | None = None) -> float | None:
-    """A ``/proc/<pid>/status`` memory field (VmRSS, VmHWM) in MB (default: this process);
-    ``None`` off Linux or when the process is gone."""
-    try:
-        where = "self" if pid is None else str(pid)
-        for line in Path(f"/proc/{where}/status").read_text().splitlines():
-            if line.startswith(field + ":"):
-                return int(line.split()[1]) / 1024.0
-    except (OSError, ValueError, IndexError):
-        pass
-    return None
-
-
-# --------------------------------------------------------------------------- server
-
-
-def _free_port() -> int:
-    with socket.socket() as sock:
-        sock.bind(("127.0.0.1", 0))
-        return int(sock.getsockname()[1])
-
-
-def _port_open(port: int) -> bool:
-    with socket.socket() as sock:
-        sock.settimeout(1.0)
-        return sock.connect_ex(("127.0.0.1", port)) == 0
-
-
-def _new_home(prefix: str) -> Path:
-    """A temporary studio home, seeded with the converted ImageNet weights of the current home
-    (when there are some): a fresh home would otherwise convert them again in its first run."""
-    from core.paths import studio_home
-
-    home = Path(tempfile.mkdtemp(prefix=prefix))
-    weights = studio_home() / "weights"
-    if weights.is_dir():
-        shutil.copytree(weights, home / "weights")
-    return home
-
-
-class _Server:
-    """``streamlit run streamlit_app.py`` in its own process group, its output kept by line."""
-
-    def __init__(self, home: Path, port: int | None, say: ProgressCb) -> None:
-        self.home, self.say = home, say
-        self.port = port or _free_port()
-        self.url = f"http://127.0.0.1:{self.port}"
-        self.lines: list[tuple[float, str, str]] = []  # (monotonic time, stream, text)
-        self.proc: subprocess.Popen[str] | None = None
-        self._readers: list[threading.Thread] = []
-        self.startup_s: float | None = None
-        self.stopped: bool | None = None  # set by ``stop``: the port was free afterwards
-
-    def start(self) -> None:
-        env = {
-            **os.environ,
-            HOME_ENV: str(self.home),
-            # Unbuffered, so each line is read when it is printed, not when the pipe's buffer
-            # fills or the server exits (what is printed does not change).
-            "PYTHONUNBUFFERED": "1",
-        }
-        command = [
-            sys.executable, "-m", "streamlit", "run", "streamlit_app.py",
-            "--server.headless", "true", "--server.port", str(self.port),
-        ]  # fmt: skip
-        started = time.monotonic()
-        self.say(f"server: streamlit run on port {self.port}, studio home {self.home}")
-        self.proc = subprocess.Popen(
-            command,
-            cwd=ROOT,
-            env=env,
-            stdin=subprocess.DEVNULL,
-            stdout=subprocess.PIPE,
-            stderr=subprocess.PIPE,
-            text=True,
-            errors="replace",
-            bufsize=1,
-            start_new_session=os.name == "posix",  # its own process group: killed as one
-        )
-        for name, stream in (("stdout", self.proc.stdout), ("stderr", self.proc.stderr)):
-            reader = threading.Thread(target=self._read, args=(name, stream), daemon=True)
-            reader.start()
-            self._readers.append(reader)
-        deadline = started + SERVER_START_S
-        while True:
-            try:
-                with urllib.request.urlopen(f"{self.url}/_stcore/health", timeout=2) as response:
-                    if response.status == 200 and response.read().strip() == b"ok":
-                        break
-            except OSError:
-                pass
-            if self.proc.poll() is not None or time.monotonic() > deadline:
-                from core.errors import StudioError
-
-                tail = "\n".join(text for _, _, text in self.lines[-10:])
-                raise StudioError(f"streamlit did not start on port {self.port}:\n{tail}")
-            time.sleep(0.25)
-        self.startup_s = time.monotonic() - started
-        self.say(f"server: healthy after {self.startup_s:.1f} s (pid {self.proc.pid})")
-
-    def _read(self, name: str, stream: Any) -> None:
-        for line in stream:
-            self.lines.append((time.monotonic(), name, line.rstrip("\n")))
-
-    @property
-    def pid(self) -> int:
-        assert self.proc is not None
-        return self.proc.pid
-
-    def lines_between(self, start: float, end: float) -> list[str]:
-        return [f"{name}: {text}" for t, name, text in list(self.lines) if start <= t <= end]
-
-    def stop(self) -> bool:
-        """Kill the server's process group; whether its port is free afterwards."""
-        proc = self.proc
-        if proc is None:
-            return True
-        if proc.poll() is None:
-            self._signal(signal.SIGTERM, proc)
-            try:
-                proc.wait(timeout=15)
-            except subprocess.TimeoutExpired:
-                pass
-        self._signal(getattr(signal, "SIGKILL", signal.SIGTERM), proc)  # stragglers too
-        with contextlib.suppress(subprocess.TimeoutExpired):
-            proc.wait(timeout=10)
-        for reader in self._readers:
-            reader.join(timeout=5)
-        deadline = time.monotonic() + 10
-        while _port_open(self.port) and time.monotonic() < deadline:
-            time.sleep(0.2)
-        self.stopped = not _port_open(self.port)
-        return self.stopped
-
-    @staticmethod
-    def _signal(sig: int, proc: subprocess.Popen[str]) -> None:
-        try:
-            if os.name == "posix":
-                os.killpg(proc.pid, sig)  # start_new_session: its pgid is its pid
-            else:
-                proc.kill()
-        except (ProcessLookupError, PermissionError):
-            pass
-
-
-@contextlib.contextmanager
-def _server(home: Path, port: int | None, say: ProgressCb) -> Iterator[_Server]:
-    server = _Server(home, port, say)
-    try:
-        server.start()
-        yield server
-    finally:
-        say(f"server: stopped (port free: {server.stop()})")
-
-
-# --------------------------------------------------------------------------- workers
-
-
-def _owner_pid(store: Any, run_id: str) -> int | None:
-    """The pid of the process that holds (or held) ``run_id``, from its owner token."""
-    head = (store.get_run(run_id)["owner"] or "").partition(":")[0]
-    return int(head) if head.isdigit() else None
-
-
-def _wait_claimed(store: Any, run_id: str, timeout_s: float) -> int | None:
-    """Wait until some process took ``run_id`` off the queue; that process's pid (``None`` if
-    nobody did within ``timeout_s``: no worker was started)."""
-    from core.runs.store import QUEUED
-
-    deadline = time.monotonic() + timeout_s
-    while time.monotonic() < deadline:
-        if store.status(run_id) != QUEUED:
-            return _owner_pid(store, run_id)
-        time.sleep(0.1)
-    return None
-
-
-def _stop_workers(
-    store: Any, say: ProgressCb, grace_s: float = 10.0, seen: Iterable[int | None] = ()
-) -> list[int]:
-    """End the worker processes registered in ``store`` (those a benchmark's server started)
-    and the worker pids in ``seen`` (a worker removes its row before Python and TensorFlow
-    have finished shutting down, which can take seconds).
-
-    They run in their own session, so killing the server's process group leaves them; they
-    exit by themselves once the server is gone and they are idle. Whatever is still alive after
-    ``grace_s`` is killed (a registered worker only if its pid and start time still match its
-    row, so a reused pid is never hit). Returns the pids that had to be killed."""
-    from core.processes import owner_alive, pid_alive, process_token
-
-    host = socket.gethostname()
-    tokens = {w["token"] for w in store.workers() if w["host"] == host and w["pid"]}
-    # A pid seen a moment ago is identified by its start time now, so the wait below never
-    # follows a pid the system has handed to another process since.
-    tokens |= {process_token(pid) for pid in seen if pid is not None and pid_alive(pid)}
-    deadline = time.monotonic() + grace_s
-    while any(owner_alive(t) for t in tokens) and time.monotonic() < deadline:
-        time.sleep(0.2)
-    killed = []
-    for token in sorted(tokens):
-        if owner_alive(token):
-            pid = int(token.partition(":")[0])
-            with contextlib.suppress(ProcessLookupError, PermissionError):
-                os.kill(pid, getattr(signal, "SIGKILL", signal.SIGTERM))
-                killed.append(pid)
-    if killed:
-        say(f"workers: killed {killed} (still alive {grace_s:g} s after the server stopped)")
-    return killed
-
-
-def _loaded_tensorflow(pid: int) -> bool | None:
-    """Whether process ``pid`` has TensorFlow's library mapped (``None`` without /proc)."""
-    try:
-        with open(f"/proc/{pid}/maps", encoding="utf-8", errors="replace") as fh:
-            return any("libtensorflow" in line for line in fh)
-    except OSError:
-        return None
-
-
-# --------------------------------------------------------------------------- browser
-
-
-def _browser_missing(chromium: str) -> str | None:
-    """Why a headless browser cannot be used, or ``None``."""
-    if not os.path.exists(chromium):
-        return f"{chromium} is not installed (apt-get install chromium)"
-    try:
-        import playwright.sync_api  # noqa: F401
-    except ImportError:
-        return "playwright is not installed (pip install -r requirements-dev.txt)"
-    return None
-
-
-@contextlib.contextmanager
-def _browser(chromium: str) -> Iterator[Any]:
-    from playwright.sync_api import sync_playwright
-
-    with sync_playwright() as pw:
-        browser = pw.chromium.launch(executable_path=chromium, args=CHROMIUM_ARGS)
-        try:
-            yield browser
-        finally:
-            browser.close()
-
-
-def _new_page(browser: Any) -> Any:
-    page = browser.new_page(viewport={"width": 1440, "height": 1800})
-    page.set_default_timeout(PAGE_TIMEOUT_MS)
-    return page
-
-
-def _settle(page: Any, timeout: float = 120.0) -> None:
-    """Wait until the app has finished its current script run (no spinner, skeleton, status)."""
-    deadline = time.monotonic() + timeout
-    calm = 0
-    while time.monotonic() < deadline:
-        calm = calm + 1 if page.locator(BUSY).count() == 0 else 0
-        if calm >= 3:
-            return
-        time.sleep(0.3)
-
-
-def _open_home_once(url: str, chromium: str, say: ProgressCb) -> tuple[bool, str]:
-    """Open the Home page in headless Chromium until its script has run, then close it."""
-    missing = _browser_missing(chromium)
-    if missing:
-        return False, missing
-    started = time.monotonic()
-    with _browser(chromium) as browser:
-        page = _new_page(browser)
-        page.goto(url)
-        page.locator(".st-key-train_default").wait_for(state="visible")
-        _settle(page)
-        page.close()
-    note = f"Home page rendered in {time.monotonic() - started:.1f} s, then closed"
-    say(f"browser: {note}")
-    return True, note
-
-
-# --------------------------------------------------------------------------- figure 9
 
 
 def idle_server_cpu(
@@ -427,16 +96,16 @@ def idle_server_cpu(
     from ``/proc`` before and after ``seconds`` of idling. The server is always killed.
     """
     say = progress or (lambda _msg: None)
-    home = _new_home("transfer-studio-idle-")
+    home = new_home("transfer-studio-idle-")
     result: dict[str, Any] = {}
     try:
-        with _server(home, port, say) as server:
-            opened, note = _open_home_once(server.url, chromium, say)
+        with running_server(home, port, say) as server:
+            opened, note = open_home_once(server.url, chromium, say)
             time.sleep(settle_s)
             say(f"idle: sampling the server's CPU time for {seconds:g} s")
-            cpu0, t0 = _tree_cpu_s(server.pid), time.monotonic()
+            cpu0, t0 = tree_cpu_s(server.pid), time.monotonic()
             time.sleep(seconds)
-            cpu1, t1 = _tree_cpu_s(server.pid), time.monotonic()
+            cpu1, t1 = tree_cpu_s(server.pid), time.monotonic()
             lines = server.lines_between(t0, t1)
             cpu_s = None if cpu0 is None or cpu1 is None else max(cpu1 - cpu0, 0.0)
             percent = None if cpu_s is None else 100.0 * cpu_s / (t1 - t0)
@@ -469,9 +138,6 @@ def idle_server_cpu(
     return _jsonable(result)
 
 
-# --------------------------------------------------------------------------- figure 8
-
-
 def default_rss_config(index: int) -> RunConfig:
     """The ``index``-th run of figure 8: small runs on built-in textures, modes and learning
     rates varied (one fine-tuning run, one on the per-epoch pipeline), as a user tries things in
@@ -493,20 +159,6 @@ def default_rss_config(index: int) -> RunConfig:
         {"lr": 3e-3},
     ]
     return base.with_changes(**variants[index % len(variants)])
-
-
-def _render_page(browser: Any, url: str, key: str) -> float:
-    """Open ``url`` until the widget ``key`` shows and the script settled, then close it;
-    the seconds it took."""
-    started = time.monotonic()
-    page = _new_page(browser)
-    try:
-        page.goto(url)
-        page.locator(f".st-key-{key}").wait_for(state="visible")
-        _settle(page)
-    finally:
-        page.close()
-    return time.monotonic() - started
 
 
 def sequential_runs_rss(
@@ -532,12 +184,12 @@ def sequential_runs_rss(
     from core.runs.store import RunStore
 
     say = progress or (lambda _msg: None)
-    missing = _browser_missing(chromium)
+    missing = browser_missing(chromium)
     if missing:
         say(f"rss: skipped: {missing}")
         return {"skipped": missing}
     make = make_config or default_rss_config
-    home = _new_home("transfer-studio-rss-")
+    home = new_home("transfer-studio-rss-")
     records: list[dict[str, Any]] = []
     before: float | None = None
     server_peak: float | None = None
@@ -546,11 +198,11 @@ def sequential_runs_rss(
     try:
         store = RunStore(home, recover=False)
         try:
-            with _server(home, port, say) as server, _browser(chromium) as browser:
-                rendered = _render_page(browser, f"{server.url}/train", "launch")
+            with running_server(home, port, say) as server, open_browser(chromium) as browser:
+                rendered = render_page(browser, f"{server.url}/train", "launch")
                 say(f"rss: Train page rendered in {rendered:.1f} s")
                 time.sleep(settle_s)
-                before = _status_mb("VmRSS", server.pid)
+                before = status_mb("VmRSS", server.pid)
                 say(f"rss: server RSS before the runs {_mb(before)}")
                 for i in range(runs):
                     config = make(i)
@@ -558,9 +210,9 @@ def sequential_runs_rss(
                     label = f"rss run {i + 1}/{runs}"
                     seen = _dashboard_run(server, browser, store, config, say, label, timeout_s)
                     time.sleep(settle_s)  # the closed page's session is cleaned up
-                    server_rss = _status_mb("VmRSS", server.pid)
+                    server_rss = status_mb("VmRSS", server.pid)
                     worker = seen["worker_pid"]
-                    worker_rss = None if worker is None else _status_mb("VmRSS", worker)
+                    worker_rss = None if worker is None else status_mb("VmRSS", worker)
                     result = store.result(seen["run_id"])
                     records.append(
                         {
@@ -578,7 +230,7 @@ def sequential_runs_rss(
                             "server_rss_mb": _round(server_rss, 1),
                             "worker_rss_mb": _round(worker_rss, 1),
                             "worker_peak_rss_mb": _round(
-                                None if worker is None else _status_mb("VmHWM", worker), 1
+                                None if worker is None else status_mb("VmHWM", worker), 1
                             ),
                         }
                     )
@@ -586,12 +238,12 @@ def sequential_runs_rss(
                         f"rss: run {i + 1}/{runs} ({config.mode}) done in worker {worker}: "
                         f"server RSS {_mb(server_rss)}, worker RSS {_mb(worker_rss)}"
                     )
-                server_peak = _status_mb("VmHWM", server.pid)
-                loaded_tf = _loaded_tensorflow(server.pid)
+                server_peak = status_mb("VmHWM", server.pid)
+                loaded_tf = loaded_tensorflow(server.pid)
             stopped = bool(server.stopped)
         finally:
             with contextlib.suppress(Exception):  # an earlier error is the one to report
-                killed = _stop_workers(store, say, seen=(r["worker_pid"] for r in records))
+                killed = stop_workers(store, say, seen=(r["worker_pid"] for r in records))
     finally:
         shutil.rmtree(home, ignore_errors=True)
     server_list = [r["server_rss_mb"] for r in records]
@@ -631,169 +283,8 @@ def _round(value: float | None, digits: int) -> float | None:
     return None if value is None else round(value, digits)
 
 
-# --------------------------------------------------------------------------- figure 7
-
-
-def _live(page: Any, key: str, inner: str) -> Any:
-    """The ``inner`` elements of widget ``key`` that are not stale: while a script reruns,
-    Streamlit keeps the previous run's element (marked ``data-stale``) beside the new one
-    when the layout moved, and a strict locator would match both."""
-    return page.locator(
-        f".st-key-{key}:not([data-stale='true']):not([data-stale='true'] *) {inner}"
-    )
-
-
-def _widget(page: Any, key: str, inner: str) -> Any:
-    return _live(page, key, inner).first
-
-
-def _fill_number(page: Any, key: str, value: float | int | None) -> None:
-    if value is None:
-        return
-    box = _widget(page, key, "input")
-    current = box.input_value()
-    try:
-        if current.strip() and float(current) == float(value):
-            return
-    except ValueError:
-        pass
-    box.fill(str(value))
-    box.press("Enter")
-    _settle(page)
-
-
-def _set_toggle(page: Any, key: str, on: bool) -> None:
-    if _widget(page, key, "input[type='checkbox']").is_checked() != on:
-        _widget(page, key, "label").click()
-        _settle(page)
-
-
-def _choose(page: Any, key: str, text: str, prefix: str | None = None) -> None:
-    """A selectbox: type ``text`` and pick the option that is exactly it (or that starts with
-    ``prefix``); a new option (Enter) when the box accepts them and none matches."""
-    combo = _widget(page, key, "input[role='combobox']")
-    shown = combo.input_value().strip()
-    if shown == text or (prefix and shown.startswith(prefix)):
-        return
-    combo.click()
-    combo.fill(prefix.split(" ·")[0] if prefix else text)  # typing filters the options
-    wanted = re.compile(rf"^\s*{re.escape(prefix)}" if prefix else rf"^\s*{re.escape(text)}\s*$")
-    option = page.get_by_role("option").filter(has_text=wanted).first
-    try:
-        option.wait_for(state="visible", timeout=5_000)
-        option.click()
-    except Exception:  # playwright's TimeoutError: no such option
-        combo.press("Enter")
-    _settle(page)
-
-
-def _radio(page: Any, key: str, option: str) -> None:
-    label = _live(page, key, "label").filter(has_text=re.compile(rf"^\s*{re.escape(option)}(\s|$)"))
-    if not label.first.locator("input").is_checked():
-        label.first.click()
-        _settle(page)
-
-
-def _slide_to(page: Any, key: str, value: float) -> None:
-    """A select_slider of numbers shown with ``{:g}``: arrow keys until it shows ``value``."""
-    thumb = _widget(page, key, "input[type='range']")
-    target = format(value, "g")
-    for _ in range(32):
-        shown = (thumb.get_attribute("aria-valuetext") or "").strip()
-        if shown == target:
-            return
-        try:
-            right = float(shown) < value
-        except ValueError:
-            return  # not a numeric select_slider: the config check reports the difference
-        thumb.focus()
-        thumb.press("ArrowRight" if right else "ArrowLeft")
-        _settle(page)
-
-
-def _pills(page: Any, key: str, wanted: tuple[str, ...]) -> None:
-    for name in AUGMENTATIONS:
-        button = _live(page, key, "button").filter(has_text=name).first
-        active = button.get_attribute("aria-pressed") == "true"
-        if active != (name in wanted):
-            button.click()
-            _settle(page)
-
-
-def _configure_train_page(page: Any, config: RunConfig) -> None:
-    """Set the Train page's widgets to ``config`` (what the page has: dropout, head units and
-    the name are not on it; ``config_differences`` reports what could not be set)."""
-    from core.models.backbones import get_backbone
-
-    _choose(
-        page, "backbone", config.backbone, prefix=f"{get_backbone(config.backbone).display_name} ·"
-    )
-    _radio(page, "mode", str(config.mode))
-    if config.mode != "scratch" and config.weights in ("imagenet", "none"):
-        _radio(page, "weights", config.weights)
-    _choose(page, "data", config.data)
-    _fill_number(page, "size", config.image_size)
-    _fill_number(page, "batch", config.batch_size)
-    _fill_number(page, "val_split", config.val_split)
-    _fill_number(page, "seed", config.seed)
-    _set_toggle(page, "augment", config.augment)
-    _set_toggle(page, "cache", config.feature_cache == "auto")
-    if config.augment:
-        _pills(page, "augs", config.augmentations)
-    _fill_number(page, "epochs", config.epochs)
-    _slide_to(page, "lr", config.lr)
-    _fill_number(page, "ft", config.fine_tune_epochs)
-    _slide_to(page, "ft_lr", config.fine_tune_lr)
-    _fill_number(page, "unfreeze", config.unfreeze)
-
-
-def config_differences(wanted: RunConfig, got: RunConfig) -> dict[str, list[Any]]:
-    """Fields that change the work and differ: {field: [wanted, got]} (the name never counts,
-    nor the augmentation list without augmentation, nor the weights of a scratch run)."""
-    a, b = wanted.to_dict(), got.to_dict()
-    ignore = {"name"}
-    if not wanted.augment and not got.augment:
-        ignore.add("augmentations")
-    if wanted.mode == got.mode == "scratch":
-        ignore.add("weights")
-    out: dict[str, list[Any]] = {}
-    for key in sorted(set(a) | set(b)):
-        if key in ignore:
-            continue
-        x, y = a.get(key), b.get(key)
-        if key == "augmentations" and set(x or ()) == set(y or ()):
-            continue
-        if x != y:
-            out[key] = [x, y]
-    return out
-
-
-def _launch(
-    page: Any, server: _Server, store: Any, config: RunConfig, say: ProgressCb, label: str
-) -> str:
-    """Open the Train page in ``page``, set its widgets to ``config``, click Launch; the run id."""
-    from core.errors import StudioError
-
-    page.goto(f"{server.url}/train")
-    page.locator(".st-key-launch").wait_for(state="visible")
-    _settle(page)
-    page.set_default_timeout(WIDGET_TIMEOUT_MS)
-    _configure_train_page(page, config)
-    before = {r["run_id"] for r in store.list_runs()}
-    say(f"{label}: Launch on the Train page")
-    _widget(page, "launch", "button").click()
-    started = time.monotonic()
-    while True:
-        new = [r["run_id"] for r in store.list_runs() if r["run_id"] not in before]
-        if new:
-            return str(new[0])
-        if time.monotonic() - started > 60:
-            raise StudioError("The Train page's Launch queued no run within 60 s.")
-        time.sleep(0.2)
-
-
 def _dashboard_run(
-    server: _Server,
+    server: StreamlitServer,
     browser: Any,
     store: Any,
     config: RunConfig,
@@ -805,19 +296,19 @@ def _dashboard_run(
     from core.errors import StudioError
     from core.runs.store import ACTIVE_STATUSES
 
-    page = _new_page(browser)
+    page = new_page(browser)
     try:
-        run_id = _launch(page, server, store, config, say, label)
+        run_id = launch(page, server, store, config, say, label)
         started = time.monotonic()
         me = os.getpid()
         # The server starts a worker process (its child) that claims the run: the worker's CPU
         # is counted apart from the server's.
-        worker = _wait_claimed(store, run_id, timeout_s=120.0)
+        worker = wait_claimed(store, run_id, timeout_s=120.0)
         workers = frozenset({worker} if worker is not None else ())
-        server_cpu0 = _tree_cpu_s(server.pid, exclude=workers)
-        worker_cpu0 = None if worker is None else _tree_cpu_s(worker)
-        browser_cpu0 = _tree_cpu_s(me, exclude=frozenset({server.pid}))
-        own0 = _own_cpu_s()
+        server_cpu0 = tree_cpu_s(server.pid, exclude=workers)
+        worker_cpu0 = None if worker is None else tree_cpu_s(worker)
+        browser_cpu0 = tree_cpu_s(me, exclude=frozenset({server.pid}))
+        own0 = own_cpu_s()
         differences = config_differences(config, store.config(run_id))
         if differences:
             say(f"{label}: the page's config differs from the wanted one: {differences}")
@@ -832,10 +323,10 @@ def _dashboard_run(
                 raise StudioError(f"Dashboard run {run_id} still active after {timeout_s:g} s.")
             time.sleep(1.0)
         wall = time.monotonic() - started
-        server_cpu1 = _tree_cpu_s(server.pid, exclude=workers)
-        worker_cpu1 = None if worker is None else _tree_cpu_s(worker)
-        browser_cpu1 = _tree_cpu_s(me, exclude=frozenset({server.pid}))
-        own1 = _own_cpu_s()
+        server_cpu1 = tree_cpu_s(server.pid, exclude=workers)
+        worker_cpu1 = None if worker is None else tree_cpu_s(worker)
+        browser_cpu1 = tree_cpu_s(me, exclude=frozenset({server.pid}))
+        own1 = own_cpu_s()
         done = page.get_by_text("Completed: best validation accuracy")
         try:
             done.wait_for(state="visible", timeout=60_000)
@@ -847,8 +338,8 @@ def _dashboard_run(
             raise StudioError(f"Dashboard run {run_id} {status}: {store.result(run_id)['error']}")
     finally:
         page.close()
-    browser_cpu = _delta(browser_cpu0, browser_cpu1)
-    own = _delta(own0, own1)
+    browser_cpu = delta(browser_cpu0, browser_cpu1)
+    own = delta(own0, own1)
     return {
         "run_id": run_id,
         "wall_s": round(wall, 2),
@@ -858,22 +349,13 @@ def _dashboard_run(
         "worker_pid": worker,
         # Trained by another process than the server (and than this benchmark).
         "trained_in_worker": worker is not None and worker not in (server.pid, os.getpid()),
-        "server_cpu_s": _round(_delta(server_cpu0, server_cpu1), 2),
-        "worker_cpu_s": _round(_delta(worker_cpu0, worker_cpu1), 2),
+        "server_cpu_s": _round(delta(server_cpu0, server_cpu1), 2),
+        "worker_cpu_s": _round(delta(worker_cpu0, worker_cpu1), 2),
         # Chromium and Playwright's driver: this process's descendants except the server.
         "browser_cpu_s": _round(
             None if browser_cpu is None or own is None else browser_cpu - own, 2
         ),
     }
-
-
-def _own_cpu_s() -> float | None:
-    stat = _stat(os.getpid())
-    return None if stat is None else stat[1] / _TICKS
-
-
-def _delta(a: float | None, b: float | None) -> float | None:
-    return None if a is None or b is None else b - a
 
 
 def window_rate(
@@ -890,31 +372,8 @@ def window_rate(
     return images, images / (t1 - t0) if t1 > t0 else 0.0
 
 
-def _quiet(
-    me: int, server_pid: int, min_s: float, max_s: float = 60.0, quiet_cpu: float = 0.25
-) -> bool:
-    """Wait at least ``min_s``, then until the browser (this process's descendants but the
-    server) used under ``quiet_cpu`` s of CPU in each of two seconds running, at most ``max_s``:
-    a page polling every few seconds has such seconds between its polls once it has loaded.
-    Whether it got quiet (always ``True`` without /proc)."""
-    time.sleep(min_s)
-    deadline = time.monotonic() + max_s
-    calm = 0
-    last = _tree_cpu_s(me, exclude=frozenset({server_pid}))
-    while calm < 2:
-        if last is None:
-            return True
-        if time.monotonic() > deadline:
-            return False
-        time.sleep(1.0)
-        now = _tree_cpu_s(me, exclude=frozenset({server_pid}))
-        calm = calm + 1 if now is not None and now - last < quiet_cpu else 0
-        last = now
-    return True
-
-
 def _window(
-    server: _Server,
+    server: StreamlitServer,
     browser: Any,
     store: Any,
     run_id: str,
@@ -932,21 +391,21 @@ def _window(
     me = os.getpid()
     started = time.monotonic()
     if following:
-        page = _new_page(browser)
+        page = new_page(browser)
         page.goto(f"{server.url}/train")
         page.locator(".st-key-stop").wait_for(state="visible")  # following the running run
     # A page's load (seconds of Chromium's CPU on a busy machine), or a closed page's last
-    # work, stays out of the window: it starts once the browser is quiet (``_quiet``).
-    settled = _quiet(me, server.pid, settle_s)
+    # work, stays out of the window: it starts once the browser is quiet (``quiet``).
+    settled = quiet(me, server.pid, settle_s)
     settled_after = time.monotonic() - started
     workers = frozenset({worker} if worker is not None else ())
-    browser0 = _tree_cpu_s(me, exclude=frozenset({server.pid}))
-    own0, server0 = _own_cpu_s(), _tree_cpu_s(server.pid, exclude=workers)
+    browser0 = tree_cpu_s(me, exclude=frozenset({server.pid}))
+    own0, server0 = own_cpu_s(), tree_cpu_s(server.pid, exclude=workers)
     t0 = time.time()
     time.sleep(window_s)
     t1 = time.time()
-    browser1 = _tree_cpu_s(me, exclude=frozenset({server.pid}))
-    own1, server1 = _own_cpu_s(), _tree_cpu_s(server.pid, exclude=workers)
+    browser1 = tree_cpu_s(me, exclude=frozenset({server.pid}))
+    own1, server1 = own_cpu_s(), tree_cpu_s(server.pid, exclude=workers)
     showed_stop = None
     if page is not None:
         showed_stop = page.locator(".st-key-stop").count() > 0
@@ -956,7 +415,7 @@ def _window(
             f"Run {run_id} ended ({store.status(run_id)}) before the windows did: give it more "
             "epochs."
         )
-    browser_cpu, own = _delta(browser0, browser1), _delta(own0, own1)
+    browser_cpu, own = delta(browser0, browser1), delta(own0, own1)
     return {
         "page_following": following,
         "settled_after_s": round(settled_after, 2),
@@ -969,7 +428,7 @@ def _window(
         "browser_cpu_s": _round(
             None if browser_cpu is None or own is None else browser_cpu - own, 2
         ),
-        "server_cpu_s": _round(_delta(server0, server1), 2),
+        "server_cpu_s": _round(delta(server0, server1), 2),
     }
 
 
@@ -992,7 +451,7 @@ def dashboard_vs_headless(
     page open (the headless side: the same worker, the server idle, no page), then a Train page
     following the run, ... ending with a no-page window: ``pairs`` page windows in all. A page
     is opened and loaded before its window starts, which waits at least ``settle_s`` and then
-    until the browser is quiet between polls (``_quiet``): a user opens the page once and
+    until the browser is quiet between polls (``quiet``): a user opens the page once and
     watches, and a load costs Chromium seconds of CPU on a busy machine (reported apart).
     Each window's throughput is the training
     images of the batches that ended in it over its length (``window_rate``). The figure is the
@@ -1005,24 +464,24 @@ def dashboard_vs_headless(
     from core.runs.store import ACTIVE_STATUSES, RunStore
 
     say = progress or (lambda _msg: None)
-    missing = _browser_missing(chromium)
+    missing = browser_missing(chromium)
     if missing:
         say(f"dashboard vs headless: skipped: {missing}")
         return {"skipped": missing}
     config.validate()
-    home = _new_home("transfer-studio-dash-")
+    home = new_home("transfer-studio-dash-")
     windows: list[dict[str, Any]] = []
     worker: int | None = None
     killed: list[int] = []
     try:
         store = RunStore(home, recover=False)
-        with _server(home, port, say) as server, _browser(chromium) as browser:
-            page = _new_page(browser)
+        with running_server(home, port, say) as server, open_browser(chromium) as browser:
+            page = new_page(browser)
             try:
-                run_id = _launch(page, server, store, config, say, "dashboard")
+                run_id = launch(page, server, store, config, say, "dashboard")
             finally:
                 page.close()
-            worker = _wait_claimed(store, run_id, timeout_s=120.0)
+            worker = wait_claimed(store, run_id, timeout_s=120.0)
             differences = config_differences(config, store.config(run_id))
             if differences:
                 say(f"dashboard: the page's config differs from the wanted one: {differences}")
@@ -1054,7 +513,7 @@ def dashboard_vs_headless(
         rows = store.batches(run_id)
     finally:
         with contextlib.suppress(Exception):  # an earlier error is the one to report
-            killed = _stop_workers(store, say, seen=(worker,))
+            killed = stop_workers(store, say, seen=(worker,))
         shutil.rmtree(home, ignore_errors=True)
     train_images = int(result["train_images"] or 0)
     t_start = windows[0]["t0"]
@@ -1116,11 +575,8 @@ def _load() -> list[float] | None:
 
 
 def _jsonable(result: dict[str, Any]) -> dict[str, Any]:
-    """Plain JSON types only (the contract of ``core.bench``'s results)."""
+    """Plain JSON types only (the contract of ``core.bench.run``'s results)."""
     return json.loads(json.dumps(result, allow_nan=False, default=str))
-
-
-# --------------------------------------------------------------------------- figure 12
 
 
 def default_kill_config() -> RunConfig:
@@ -1147,7 +603,7 @@ def _history(store: Any, run_id: str) -> dict[str, Any]:
         "epochs": [int(e) for e in result["history"].get("epoch") or []],
         "duration_s": result["duration_s"],
         "best_val_accuracy": result["best_val_accuracy"],
-        "worker_pid": _owner_pid(store, run_id),
+        "worker_pid": owner_pid(store, run_id),
     }
 
 
@@ -1228,7 +684,7 @@ def worker_kill(
                 break
             time.sleep(0.05)
         epochs_at_kill = store.get_run(run_id)["epochs_done"]
-        worker = _owner_pid(store, run_id)
+        worker = owner_pid(store, run_id)
         if store.status(run_id) != RUNNING or worker is None or worker == os.getpid():
             raise StudioError(
                 f"Run {run_id} was {store.status(run_id)} with {epochs_at_kill} of {planned} "

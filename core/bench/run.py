@@ -35,7 +35,7 @@ from typing import Any
 
 import numpy as np
 
-from core.bench_common import clear_embeddings, timed_run
+from core.bench.common import clear_embeddings, timed_run
 from core.config import RunConfig
 from core.files import build_folder, read_marker
 
@@ -535,29 +535,29 @@ def _selected(figures: Collection[int] | None) -> list[int]:
 def _fast_figures(
     selected: list[int], jobs: Any, out: Path, quick: bool, epochs: int, batch: int, say: ProgressCb
 ) -> dict[str, Any]:
-    """Figures 5-12 (``core.bench_fast``, ``core.bench_server``, ``core.bench_review``); quick:
+    """Figures 5-12 (``core.bench.fast``, ``core.bench.dashboard``, ``core.bench.review``); quick:
     tiny, 5 and 7 skipped (8 runs, with a real server and page, when Chromium is there)."""
-    from core import bench_fast, bench_server
+    from core.bench import dashboard, fast
 
     figures: dict[str, Any] = {}
     size = 64 if quick else 224
     if {6, 10} & set(selected):
         per_class = 8 if quick else PHOTOS_PER_CLASS
-        photos = bench_fast.photo_dataset(out / f"photos-4x{per_class}", per_class)
+        photos = fast.photo_dataset(out / f"photos-4x{per_class}", per_class)
         if 10 in selected:  # first: it also converts the runtime that figure 6's runs use
-            figures["feature_pass"] = bench_fast.feature_pass_rates(
+            figures["feature_pass"] = fast.feature_pass_rates(
                 photos["root"], size, images=16 if quick else 64, reps=1 if quick else 3,
                 progress=say,
             )  # fmt: skip
         if 6 in selected:
-            figures["augmented_views"] = bench_fast.augmented_views(
+            figures["augmented_views"] = fast.augmented_views(
                 jobs, photos["root"], epochs=epochs, image_size=size, batch_size=batch,
                 views=(2,) if quick else (2, 4, 8), progress=say,
             )  # fmt: skip
             figures["augmented_views"]["data"] = photos
     if 5 in selected:
         figures["one_click_default"] = (
-            {"skipped": "quick"} if quick else bench_fast.one_click_default(say)
+            {"skipped": "quick"} if quick else fast.one_click_default(say)
         )
     if 7 in selected:
         # Epochs enough to outlast the 13 windows (~6 min): the run is stopped after them.
@@ -566,27 +566,25 @@ def _fast_figures(
             feature_cache="off",
         )  # fmt: skip
         figures["dashboard_vs_headless"] = (
-            {"skipped": "quick"}
-            if quick
-            else bench_server.dashboard_vs_headless(config, progress=say)
+            {"skipped": "quick"} if quick else dashboard.dashboard_vs_headless(config, progress=say)
         )
     if 8 in selected:  # a real server and page (skipped without Chromium)
-        figures["sequential_runs_rss"] = bench_server.sequential_runs_rss(
+        figures["sequential_runs_rss"] = dashboard.sequential_runs_rss(
             runs=2 if quick else 5, progress=say,
             make_config=_tiny_rss_config if quick else None,
         )  # fmt: skip
     if 9 in selected:
-        figures["idle_server_cpu"] = bench_server.idle_server_cpu(3 if quick else 30, progress=say)
+        figures["idle_server_cpu"] = dashboard.idle_server_cpu(3 if quick else 30, progress=say)
     if 11 in selected:
-        from core import bench_review
+        from core.bench import review
 
         quick_config = RunConfig(image_size=64, epochs=3, augment=False, batch_size=batch)
-        figures["review"] = bench_review.review_figure(
-            jobs, out, per_class=12 if quick else bench_review.PER_CLASS,
+        figures["review"] = review.review_figure(
+            jobs, out, per_class=12 if quick else review.PER_CLASS,
             config=quick_config if quick else None, progress=say,
         )  # fmt: skip
     if 12 in selected:
-        figures["worker_kill"] = bench_server.worker_kill(
+        figures["worker_kill"] = dashboard.worker_kill(
             _tiny_kill_config() if quick else None, kill_after=2 if quick else None,
             progress=say,
         )  # fmt: skip
@@ -712,7 +710,7 @@ def _fast_lines(f: dict[str, Any]) -> list[str]:
             f"{d['min_cosine']:.5f}) — target ≥ {d['target']:g}x: {_met(d['met'])}"
         )
     if d := f.get("review"):
-        from core.bench_review import format_line
+        from core.bench.review import format_line
 
         lines.append(format_line(d))
     if d := f.get("worker_kill"):
