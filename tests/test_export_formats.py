@@ -22,6 +22,7 @@ import pytest
 
 import core.runs.export as export_mod
 from core.errors import ConfigError, StudioError
+from core.runs import formats
 from core.runs.export import (
     ARTIFACT_NAMES,
     FORMATS,
@@ -256,7 +257,7 @@ def test_int8_tolerance_is_stated_and_enforced():
 
 def test_unsupported_op_names_are_pulled_from_converter_errors():
     message = "loc(...): error: 'tf.Erfinv' op is neither a custom op nor a flex op"
-    assert export_mod._unsupported_ops(message) == ["tf.Erfinv"]
+    assert formats.unsupported_ops(message) == ["tf.Erfinv"]
 
 
 # --------------------------------------------------------------------------- bad input
