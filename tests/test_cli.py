@@ -80,6 +80,26 @@ def test_runs_show_and_predict(feature_run: dict, runs_dir: str) -> None:
 
 
 @pytest.mark.slow
+def test_the_run_records_its_split_and_show_json_carries_it(feature_run: dict, runs_dir: str):
+    """The trainer writes the images it trained and validated on (relative path, label, content
+    hash) into the run folder; ``train --json`` and ``show --json`` carry them as ``split``."""
+    run_id = feature_run["run_id"]
+    shown = last_json(cli("show", run_id, "--runs-dir", runs_dir, "--json"))
+    split = shown["split"]
+    assert split == feature_run["split"]
+    assert len(split["train"]) == feature_run["train_images"]
+    assert len(split["val"]) == feature_run["val_images"]
+    root = Path(feature_run["dataset"]["root"]).resolve()
+    for row in split["train"] + split["val"]:
+        assert row["label"] == Path(row["path"]).parent.name  # class folders: the label
+        assert (root / row["path"]).is_file() and len(row["sha256"]) == 64
+    trained = {r["path"] for r in split["train"]}
+    assert not trained & {r["path"] for r in split["val"]}
+    text = cli("show", run_id, "--runs-dir", runs_dir).stdout
+    assert '"split"' not in text  # the text view stays short
+
+
+@pytest.mark.slow
 def test_fine_tuning_records_two_phases_with_different_trainable_counts(runs_dir: str) -> None:
     proc = cli(
         *TRAIN, "--mode", "fine_tuning", "--epochs", "1", "--fine-tune-epochs", "1",

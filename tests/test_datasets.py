@@ -498,7 +498,7 @@ def test_a_datasets_split_is_stable_under_edits(tmp_path: Path) -> None:
     """Relabelling one image reshuffles almost nothing: a run retrained after fixes validates on
     (nearly) the same images as the run it fixes. (The plain stratified split of a folder moves
     about half of them: the test of that contrast is the first assertion.)"""
-    from core.data.index import _stratified_split
+    from core.data.index import stratified_split as _stratified_split
 
     labels = [0] * 30 + [1] * 30
     keys = [f"{i:03d}.png" for i in range(60)]

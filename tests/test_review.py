@@ -1,4 +1,4 @@
-"""Review (core.runs.review, ``python -m core review``): likely label mistakes of a finished run.
+"""Review (core.training.review, ``python -m core review``): likely label mistakes of a run.
 
 Most tests use a stand-in run: a completed run record whose saved model is a tiny Keras model
 with the studio's layer names (pooled colour → head), on small single-colour pictures where a
@@ -24,8 +24,9 @@ from core.data import datasets
 from core.data.index import load_dataset
 from core.errors import StudioError
 from core.files import sha256_file
-from core.runs import review as rv
+from core.runs.split import record_split
 from core.runs.store import COMPLETED, RunStore
+from core.training import review as rv
 
 CLASSES = {"blue": (20, 20, 220), "green": (20, 200, 20), "red": (220, 20, 20)}
 SIZE = 32
@@ -90,6 +91,7 @@ def fake_run(store: RunStore, data: str, status: str = COMPLETED) -> str:
     run_id = store.create_run(config)
     store.mark_running(run_id)
     index = load_dataset(data, val_split=config.val_split, seed=config.seed)
+    record_split(store.run_dir(run_id), index)  # what the trainer writes as it scans the data
     store.update(
         run_id,
         class_names=index.class_names,
@@ -447,3 +449,35 @@ def test_the_acceptance_figure_quick(tmp_path: Path) -> None:
 
 if __name__ == "__main__":  # pragma: no cover
     sys.exit(pytest.main([__file__, "-q"]))
+
+
+def test_review_flags_files_changed_or_added_since_the_run(
+    store: RunStore, tmp_path: Path, capsys: pytest.CaptureFixture[str]
+) -> None:
+    """A folder edited after training: a replaced training file is scored as it is now and
+    flagged ``changed``; a file added since is listed as new, not scored as a training image."""
+    pics = tmp_path / "pics"
+    make_pictures(pics, swapped=0)
+    run_id = fake_run(store, str(pics))
+    split = store.split(run_id)
+    assert split is not None
+    replaced = split.absolute(split.train[0])
+    _picture(Path(replaced), CLASSES[split.train[0].label], seed=999)  # other content
+    added = pics / "red" / "red_new.png"
+    _picture(added, CLASSES["red"], seed=998)
+
+    review = rv.review_run(store, run_id)
+    by_path = {s.path: s for s in review.suspects}
+    assert str(added) not in by_path and str(added.resolve()) not in by_path
+    assert review.new_images == [sha256_file(added)[:12]]
+    assert by_path[replaced].changed and by_path[replaced].split == "train"
+    assert review.changed_images == [by_path[replaced].image]
+    assert [s.path for s in review.suspects if s.changed] == [replaced]
+    assert len(review.suspects) == 30  # what the run trained on, no more
+    assert by_path[replaced].to_json()["changed"] is True
+
+    runs = ["--runs-dir", str(store.root)]
+    assert cli.main(["review", "--run", run_id, *runs]) == 0
+    err = capsys.readouterr().err.splitlines()
+    assert any(line.startswith("warning: 1 image new since the run trained") for line in err)
+    assert any(line.startswith("warning: 1 image changed since the run trained") for line in err)

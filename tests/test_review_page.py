@@ -17,7 +17,7 @@ from streamlit.testing.v1 import AppTest
 from app.views import review as views
 from app.views.text import md_escape, md_unescape
 from core.data import datasets
-from core.runs.review import MapPoint, Review, Suspect
+from core.training.review import MapPoint, Review, Suspect
 from tests.helpers import TINY, stop_studio_workers
 
 ROOT = Path(__file__).resolve().parents[1]
@@ -93,7 +93,7 @@ def _card_ids(at: AppTest) -> list[str]:
 
 @pytest.mark.slow
 def test_review_relabel_exclude_keep_undo_and_retrain(studio) -> None:
-    from core.runs.review import review_run
+    from core.training.review import review_run
 
     queue, run_id, _, _ = studio
     at = _run_page(run_id)

@@ -365,3 +365,50 @@ def test_a_rebuilt_index_keeps_the_runs_numbers_and_default_names(tmp_path) -> N
     rebuilt = RunStore(tmp_path)
     assert {r["run_id"]: r["name"] for r in rebuilt.list_runs()} == names
     assert [r["run_id"] for r in rebuilt.list_runs()] == [runs[3], runs[2], runs[0]]
+
+
+def test_update_sets_only_run_columns(tmp_path) -> None:
+    """``update``'s keyword names are the ``RunUpdate`` columns: anything else (a typo, or a
+    name that would be spliced into the SQL) is refused before the database is touched."""
+    from core.runs.store import UPDATABLE_COLUMNS
+
+    store = RunStore(tmp_path)
+    run_id = store.create_run(RunConfig(data="builtin:textures"))
+    with pytest.raises(TypeError, match="not run columns"):
+        store.update(run_id, **{"status = 'x', name": "y"})  # type: ignore[arg-type]
+    with pytest.raises(TypeError, match="config_json"):
+        store.update(run_id, config_json="{}")  # type: ignore[call-arg]
+    assert store.status(run_id) == QUEUED
+    assert {"status", "stage", "model_path", "device"} <= UPDATABLE_COLUMNS
+    assert "config_json" not in UPDATABLE_COLUMNS and "run_id" not in UPDATABLE_COLUMNS
+
+
+def test_a_recorded_split_round_trips_and_sees_changes(tmp_path) -> None:
+    from core.data.index import load_dataset
+    from core.runs.split import read_split, record_split
+    from tests.helpers import write_pngs
+
+    data = tmp_path / "data"
+    for label in ("a", "b"):
+        write_pngs(data / label, 5)
+    index = load_dataset(str(data), val_split=0.2, seed=1)
+    store = RunStore(tmp_path / "runs")
+    run_id = store.create_run(RunConfig(data=str(data)))
+    assert store.split(run_id) is None and store.result(run_id, split=True)["split"] is None
+    written = record_split(store.run_dir(run_id), index)
+    assert read_split(store.run_dir(run_id)) == written == store.split(run_id)
+    assert [written.absolute(i) for i in written.train] == [
+        os.path.realpath(p) for p in index.train_paths
+    ]
+    assert {i.label for i in written.val} == {"a", "b"} and written.changes().changed == []
+    document = store.result(run_id, split=True)["split"]
+    assert document is not None and len(document["train"]) == len(index.train_paths)
+    assert "split" not in store.result(run_id)  # the pages' polls do not read it
+    first = written.train[0]
+    with open(written.absolute(first), "ab") as fh:
+        fh.write(b"more")
+    os.remove(written.absolute(written.val[0]))
+    changes = written.changes()
+    assert changes.changed == [first.path] and changes.missing == [written.val[0].path]
+    (store.run_dir(run_id) / "split.json").write_text("{not json")
+    assert store.split(run_id) is None  # a damaged file reads as none recorded

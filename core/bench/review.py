@@ -33,15 +33,24 @@ PER_CLASS = 50  # 200 photos, 160 training images, 16 swapped
 
 
 def _val_ids(labels: dict[str, str], names: dict[str, str], val_split: float, seed: int) -> set:
-    """Ids the loader puts in validation for ``labels`` ({id: class}): classes sorted, files by
-    name within a class (a managed dataset's layout), then the loader's stable split."""
-    from core.data.index import _stratified_split
+    """Ids the loader will put in validation for ``labels`` ({id: class}), before any run
+    trains on them: classes sorted, files by name within a class (a managed dataset's layout),
+    then the loader's stable split."""
+    from core.data.index import stratified_split
 
     classes = sorted(set(labels.values()))
     order = sorted(labels, key=lambda i: (classes.index(labels[i]), names[i]))
     y = [classes.index(labels[i]) for i in order]
-    _train, val = _stratified_split(y, val_split, seed, [names[i] for i in order])
+    _train, val = stratified_split(y, val_split, seed, [names[i] for i in order])
     return {order[i] for i in val}
+
+
+def _validated(store: Any, run_id: str) -> set[str]:
+    """Ids (content hashes) of the images run ``run_id`` validated on, as it recorded them."""
+    split = store.split(run_id)
+    if split is None:
+        raise RuntimeError(f"run {run_id} recorded no split")
+    return {image.sha256[:12] for image in split.val}
 
 
 def choose_swaps(
@@ -78,7 +87,7 @@ def review_figure(
     from core.bench.fast import photo_dataset
     from core.data import datasets
     from core.files import sha256_file
-    from core.runs.review import retrain_config, review_run
+    from core.training.review import retrain_config, review_run
 
     say = progress or (lambda _msg: None)
     photos = photo_dataset(out / f"photos-4x{per_class}", per_class)
@@ -115,10 +124,8 @@ def review_figure(
         second = _train(jobs, retrain_config(jobs.store, first["run_id"]), say, "relabelled")
         # The two runs validate on different images (relabelling changes the split): compare
         # them also on the images both held out, against their true labels.
-        fixed = {i: c for i, c in swaps.items() if i not in found}
         common = sorted(
-            _val_ids({**truth, **swaps}, names, config.val_split, config.seed)
-            & _val_ids({**truth, **fixed}, names, config.val_split, config.seed)
+            _validated(jobs.store, first["run_id"]) & _validated(jobs.store, second["run_id"])
         )
         with datasets.open_dataset(name) as ds:
             where = {i.id: i.path for i in ds.images()}

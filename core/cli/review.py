@@ -2,8 +2,9 @@
 
 ``--json`` prints the public contract: a JSON list of suspects, most suspicious first, each with
 ``image`` (an id ``dataset relabel/exclude`` accept), ``path``, ``label``, ``predicted``,
-``confidence``, ``loss``, ``split`` and ``reviewed``. Warnings about the dataset having changed
-since the run trained go to stderr, one line each.
+``confidence``, ``loss``, ``split`` and ``reviewed``, and ``"changed": true`` on a file whose
+content is not what the run trained on. Warnings about the data having changed since the run
+trained (images new, gone or changed) go to stderr, one line each.
 """
 
 from __future__ import annotations
@@ -47,7 +48,7 @@ def add_parsers(sub: Any) -> None:
         "--json",
         action="store_true",
         help="print a JSON list of suspects (image, path, label, predicted, confidence, loss, "
-        "split, reviewed), most suspicious first",
+        "split, reviewed; changed: true on a file edited since the run), most suspicious first",
     )
     p.add_argument(
         "--edit-target",
@@ -70,8 +71,8 @@ def _table(rows: list[list[str]]) -> list[str]:
 def cmd_review(args: argparse.Namespace) -> int:
     """Print a run's suspects (or, with --edit-target, the dataset its edits go to)."""
     from core.errors import ConfigError, StudioError
-    from core.runs.review import edit_target, review_run
     from core.runs.store import RunStore
+    from core.training.review import edit_target, review_run
 
     try:
         store = RunStore(args.runs_dir)
@@ -120,7 +121,7 @@ def cmd_review(args: argparse.Namespace) -> int:
                 s.predicted,
                 f"{s.confidence:.2f}",
                 f"{s.loss:.2f}",
-                "kept" if s.reviewed else "",
+                ", ".join(m for m, on in (("kept", s.reviewed), ("changed", s.changed)) if on),
                 s.path,
             ]  # fmt: skip
         )
@@ -133,6 +134,10 @@ def _warnings(review: Any) -> list[str]:
     for ids, what in (
         (review.new_images, "new since the run trained (not scored; retrain to include them)"),
         (review.gone_images, "the run trained on are no longer in use (excluded or removed)"),
+        (
+            review.changed_images,
+            "changed since the run trained (scored as they are now: the run saw other content)",
+        ),
     ):
         if ids:
             shown = ", ".join(ids[:10]) + (f" and {len(ids) - 10} more" if len(ids) > 10 else "")

@@ -215,7 +215,7 @@ def _wait_and_report(jobs: JobQueue, run_id: str, as_json: bool) -> int:
         print("stopping after the current batch…", file=sys.stderr)
         jobs.stop(run_id)
         status = jobs.wait(run_id)
-    result = jobs.store.result(run_id)
+    result = jobs.store.result(run_id, split=as_json)
     if as_json:
         print_json(result)
     else:
@@ -324,7 +324,7 @@ def cmd_show(args: argparse.Namespace) -> int:
     """Print one run's result object."""
     from core.runs.store import RunStore
 
-    result = RunStore(args.runs_dir).result(args.run_id)
+    result = RunStore(args.runs_dir).result(args.run_id, split=args.json)
     if args.json:
         print_json(result)
     else:

@@ -92,7 +92,7 @@ def _val_count(n: int, val_split: float) -> int:
     return 0 if n < 2 else min(max(round(n * val_split), 1), n - 1)
 
 
-def _stratified_split(
+def stratified_split(
     labels: list[int], val_split: float, seed: int, keys: list[str] | None = None
 ) -> tuple[list, list]:
     """Split indices into (train, val): sklearn's stratified split, or per class for tiny classes.
@@ -241,7 +241,7 @@ def load_dataset(
     else:
         # A managed dataset is edited between runs: its split must not reshuffle on each edit.
         keys = [os.path.basename(p) for p in paths] if source_kind == "dataset" else None
-        train_idx, val_idx = _stratified_split(labels, float(val_split), int(seed), keys)
+        train_idx, val_idx = stratified_split(labels, float(val_split), int(seed), keys)
         train_paths = [paths[i] for i in train_idx]
         train_labels = [labels[i] for i in train_idx]
         val_paths = [paths[i] for i in val_idx]

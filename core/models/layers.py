@@ -7,6 +7,7 @@ A registered layer (not a ``Lambda``) keeps ``.keras`` files loadable with ``saf
 
 from __future__ import annotations
 
+import math
 from typing import Any
 
 import keras
@@ -66,3 +67,10 @@ class PixelNormalize(keras.layers.Layer):
 
     def get_config(self) -> dict[str, Any]:  # Keras hook
         return {**super().get_config(), "mode": self.mode}
+
+
+def count_params(model: keras.Model) -> tuple[int, int]:
+    """``(trainable, non_trainable)`` parameter counts as Keras sees them."""
+    trainable = sum(math.prod(w.shape) for w in model.trainable_weights)
+    frozen = sum(math.prod(w.shape) for w in model.non_trainable_weights)
+    return trainable, frozen

@@ -1,8 +1,10 @@
 """Evaluation of a finished run on its validation split: confusion matrix, per-class metrics and
 per-image predictions (for the misclassification gallery).
 
-The validation split is rebuilt with ``core.data.load_dataset`` from the run's own config (same
-source, ``val_split`` and ``seed``), so it is the exact split the run was validated on. The result
+The validation images are the ones the run recorded (``split.json``, ``core.runs.split``), so it
+is the exact split the run was validated on (a run from before splits were recorded: rebuilt
+with ``core.data.load_dataset`` from its config, same source, ``val_split`` and ``seed``). The
+result
 is cached as ``evaluation.json`` in the run folder and recomputed when the model file changes.
 The training worker writes it as a run completes (``core.training.trainer``), so the Run page
 only reads it; a run that was not evaluated then (an older run, an evaluation that failed) is
@@ -104,19 +106,24 @@ def evaluate_run(
         model, class_names, image_size = run.model, list(run.class_names), run.image_size
     else:
         class_names, image_size = list(stored["class_names"]), int(model.inputs[0].shape[1])
-    if data is None:
-        data = load_dataset(config.data, val_split=config.val_split, seed=config.seed)
-    if list(data.class_names) != class_names:
-        raise StudioError(
-            f"The data source {config.data!r} now has classes {data.class_names}, but run "
-            f"{run_id} was trained on {class_names}; the validation split cannot be rebuilt. "
-            "Restore the original data or train a new run on the current data."
-        )
-    if not data.val_paths:
+    recorded = store.split(run_id) if data is None else None
+    if recorded is not None:
+        val_paths, val_labels = recorded.labelled("val", class_names)
+    else:
+        if data is None:  # a run that recorded no split: rebuilt from its config
+            data = load_dataset(config.data, val_split=config.val_split, seed=config.seed)
+        if list(data.class_names) != class_names:
+            raise StudioError(
+                f"The data source {config.data!r} now has classes {data.class_names}, but run "
+                f"{run_id} was trained on {class_names}; the validation split cannot be rebuilt. "
+                "Restore the original data or train a new run on the current data."
+            )
+        val_paths, val_labels = list(data.val_paths), list(data.val_labels)
+    if not val_paths:
         raise StudioError(f"Run {run_id}'s data {config.data!r} has no validation images.")
 
-    probs = predict_paths(model, data.val_paths, image_size, min(config.batch_size, MAX_BATCH))
-    y_true = np.asarray(data.val_labels, dtype=np.int64)
+    probs = predict_paths(model, val_paths, image_size, min(config.batch_size, MAX_BATCH))
+    y_true = np.asarray(val_labels, dtype=np.int64)
     y_pred = probs.argmax(axis=1)
     labels = list(range(len(class_names)))
     # labels= keeps the matrix N x N even when a class is absent from the split or the predictions.
@@ -159,7 +166,7 @@ def evaluate_run(
                 "predicted": class_names[p],
                 "probabilities": [round(float(v), 6) for v in row],
             }
-            for path, t, p, row in zip(data.val_paths, y_true, y_pred, probs, strict=True)
+            for path, t, p, row in zip(val_paths, y_true, y_pred, probs, strict=True)
         ],
         "duration_s": round(time.perf_counter() - started, 3),
         "evaluated_at": time.time(),

@@ -187,7 +187,7 @@ def _validation_items(
     store: RunStore, run_id: str, config: RunConfig
 ) -> tuple[list[str], list[int] | None]:
     """Validation image paths and labels: from a cached evaluation if any (cheap), else the
-    rebuilt split."""
+    split the run recorded (a run without one: rebuilt from its config)."""
     from core.runs.evaluate import EVALUATION_FILE
 
     try:
@@ -199,6 +199,9 @@ def _validation_items(
             return paths, labels
     except (OSError, ValueError, KeyError, TypeError):
         pass
+    recorded = store.split(run_id)
+    if recorded is not None:
+        return recorded.labelled("val", list(store.result(run_id)["class_names"]))
     from core.data import load_dataset
 
     data = load_dataset(config.data, val_split=config.val_split, seed=config.seed)
@@ -255,16 +258,21 @@ def representative_images(
     from core.data import load_dataset
     from core.data.images import load_rgb
 
-    config = RunConfig.from_dict(store.result(run_id)["config"])
-    try:
-        data = load_dataset(config.data, val_split=config.val_split, seed=config.seed)
-    except DataError as exc:
-        raise StudioError(
-            f"The int8 export calibrates on the run's training images, but its data "
-            f"{config.data!r} cannot be read any more ({exc}). Restore the data, or export "
-            "tflite-fp16 or tflite (dynamic range), which need no images."
-        ) from exc
-    paths = list(data.train_paths)
+    result = store.result(run_id)
+    config = RunConfig.from_dict(result["config"])
+    recorded = store.split(run_id)
+    if recorded is not None:
+        paths = recorded.labelled("train", list(result["class_names"]))[0]
+    else:  # a run that recorded no split: rebuilt from its config
+        try:
+            data = load_dataset(config.data, val_split=config.val_split, seed=config.seed)
+        except DataError as exc:
+            raise StudioError(
+                f"The int8 export calibrates on the run's training images, but its data "
+                f"{config.data!r} cannot be read any more ({exc}). Restore the data, or export "
+                "tflite-fp16 or tflite (dynamic range), which need no images."
+            ) from exc
+        paths = list(data.train_paths)
     if not paths:
         raise StudioError(f"Run {run_id}'s data {config.data!r} has no training images left.")
     return np.stack([load_rgb(paths[i], image_size) for i in _spread(len(paths), count)])

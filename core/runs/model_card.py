@@ -257,7 +257,7 @@ def write_card(
         evaluation = None
     params = None
     if model is not None:
-        from core.training.model import count_params
+        from core.models.layers import count_params
 
         trainable, frozen = count_params(model)
         params = (int(trainable), int(frozen))

@@ -23,7 +23,7 @@ import time
 from collections.abc import Iterator, Mapping, Sequence
 from contextlib import contextmanager
 from pathlib import Path
-from typing import Any, TypedDict, cast
+from typing import Any, NotRequired, TypedDict, Unpack, cast
 
 from core.config import RunConfig, Status
 from core.data.names import display_name
@@ -31,6 +31,7 @@ from core.errors import ConfigError, RunNotFoundError, StudioError, storage_erro
 from core.files import atomic_path, atomic_write_text
 from core.paths import runs_root
 from core.processes import owner_alive, pid_alive, process_token
+from core.runs.split import RunSplit, read_split
 
 # Aliases of the ``Status`` members: ``from core.runs.store import QUEUED`` and the like work.
 QUEUED, RUNNING, COMPLETED = Status.QUEUED, Status.RUNNING, Status.COMPLETED
@@ -251,6 +252,39 @@ class RunResult(RunSummary):
     device: str | None
     replicas: int | None
     run_dir: str
+    # ``{"root", "train": [{path, label, sha256}], "val": [...]}`` (``core.runs.split``); only
+    # when asked for (``result(run_id, split=True)``: ``show``/``train --json``), ``None`` for a
+    # run that recorded none.
+    split: NotRequired[dict[str, Any] | None]
+
+
+class RunUpdate(TypedDict, total=False):
+    """The columns ``RunStore.update`` may set (lists and dicts go to their ``*_json`` column):
+    keyword names are checked against these, so none becomes an arbitrary SQL column."""
+
+    status: str
+    error: str | None
+    owner: str | None
+    started_at: float | None
+    finished_at: float | None
+    duration_s: float | None
+    stop_requested: int
+    name: str | None
+    class_names: list[str]
+    train_images: int | None
+    val_images: int | None
+    skipped_files: list[dict[str, Any]]
+    dataset: dict[str, Any] | None
+    phases: list[dict[str, Any]]
+    stage: dict[str, Any] | None
+    timings: dict[str, float] | None
+    model_path: str | None
+    model_bytes: int | None
+    device: str | None
+    replicas: int | None
+
+
+UPDATABLE_COLUMNS = frozenset(RunUpdate.__annotations__)
 
 
 # Keeps the runs row's summary columns in step with its epochs.
@@ -655,8 +689,14 @@ class RunStore:
         atomic_write_text(self.run_dir(run_id) / "config.json", config.to_json() + "\n")
         return run_id
 
-    def update(self, run_id: str, **values: Any) -> None:
-        """Set columns of a run; lists/dicts go to their ``*_json`` column."""
+    def update(self, run_id: str, **values: Unpack[RunUpdate]) -> None:
+        """Set columns of a run (``RunUpdate``); lists/dicts go to their ``*_json`` column."""
+        unknown = sorted(set(values) - UPDATABLE_COLUMNS)
+        if unknown:
+            raise TypeError(
+                f"RunStore.update got {', '.join(unknown)}, which are not run columns it sets. "
+                f"Expected some of: {', '.join(sorted(UPDATABLE_COLUMNS))}."
+            )
         cols: list[str] = []
         params: list[Any] = []
         for key, value in values.items():
@@ -1209,8 +1249,14 @@ class RunStore:
             "error": row["error"],
         }
 
-    def result(self, run_id: str) -> RunResult:
-        """Everything about a run: the object ``train --json`` and ``show --json`` print."""
+    def split(self, run_id: str) -> RunSplit | None:
+        """The training and validation images the run recorded (``None``: none recorded)."""
+        self.get_run(run_id)  # an unknown run is named
+        return read_split(self.run_dir(run_id))
+
+    def result(self, run_id: str, split: bool = False) -> RunResult:
+        """Everything about a run: the object ``train --json`` and ``show --json`` print;
+        ``split``: with the images it trained and validated on (``split.json``)."""
         row = self.get_run(run_id)
         epochs = self.epochs(run_id)
         history: History = {  # the keys in HISTORY_KEYS order, then "epoch"
@@ -1226,7 +1272,7 @@ class RunStore:
         def loads(column: str) -> Any:
             return self._loads(row, column)
 
-        return {
+        out: RunResult = {
             **self._summary(row),
             "config": loads("config_json"),
             "history": history,
@@ -1246,3 +1292,7 @@ class RunStore:
             "replicas": row.get("replicas"),
             "run_dir": str(self.root / "runs" / run_id),
         }
+        if split:
+            recorded = read_split(self.run_dir(run_id))
+            out["split"] = None if recorded is None else recorded.to_json()
+        return out

@@ -173,6 +173,7 @@ class _Trainer:
     def prepare(self) -> None:
         """Data, model and the input source (pipelines, or one pass of the frozen base)."""
         from core.data import load_dataset
+        from core.runs.split import record_split
         from core.training.model import build_model, resolve_backbone
         from core.training.sources import choose_source
 
@@ -190,6 +191,8 @@ class _Trainer:
             skipped_files=data.skipped_files,
             dataset=data.summary(),
         )
+        # What the run trains on, for review, evaluation and export to read back.
+        record_split(store.run_dir(run_id), data)
         if not data.val_paths:
             raise DataError(
                 f"No validation images: every class in {data.root} has a single usable image. "

@@ -2,9 +2,11 @@
 
 How an image is scored (once per run, cached in the run folder as ``review_scores.npz``):
 
-* the run's images are the ones it trained and validated on: for ``dataset:NAME`` the dataset as
-  it was when the run started (``Dataset.images_at`` takes later edits back), else the source
-  loaded again with the run's ``val_split`` and ``seed`` (the same split);
+* the run's images are the ones it trained and validated on, as the run recorded them
+  (``split.json``, ``core.runs.split``): a file whose content changed since is scored as it is
+  now and flagged ``changed``, a file added since is listed as new, not scored (a run from before
+  splits were recorded: for ``dataset:NAME`` the dataset as it was when the run started, else
+  the source loaded again with the run's ``val_split`` and ``seed``);
 * every image gets the features the model's head sees (the pooled base output): from the
   embedding cache the feature pass filled (feature extraction), else one pass of the saved
   model's base, kept in the score file;
@@ -25,7 +27,7 @@ from __future__ import annotations
 import json
 import math
 import os
-from dataclasses import asdict, dataclass
+from dataclasses import asdict, dataclass, field
 from pathlib import Path
 from typing import TYPE_CHECKING, Any
 
@@ -42,7 +44,7 @@ if TYPE_CHECKING:
 SCORES_FILE = "review_scores.npz"
 MAP_FILE = "review_map_{method}.npz"
 # Bump when the scores' content or meaning changes, so older cached files are recomputed.
-SCORES_VERSION = 1
+SCORES_VERSION = 2
 FOLDS = 5
 PROB_FLOOR = 1e-7  # -log of it (~16.1) is the largest loss reported (JSON has no infinity)
 LOGREG_C = 0.01  # L2 strength of the k-fold heads on standardised features (see docs/review.md)
@@ -66,10 +68,14 @@ class Suspect:
     loss: float  # -log p(label)
     split: str  # "train" | "val"
     reviewed: bool  # the user chose "keep" (or relabelled it)
+    changed: bool = False  # the file's content is not what the run trained on
 
     def to_json(self) -> dict[str, Any]:
-        """JSON-able form (``review --json``)."""
-        return asdict(self)
+        """JSON-able form (``review --json``): ``changed`` only on a changed file (``true``)."""
+        out = asdict(self)
+        if not self.changed:
+            del out["changed"]
+        return out
 
 
 @dataclass(frozen=True)
@@ -83,6 +89,7 @@ class Review:
     new_images: list[str]  # ids in the dataset now that the run never saw
     gone_images: list[str]  # ids the run saw that are no longer in use
     method: str  # one sentence: how the scores were made
+    changed_images: list[str] = field(default_factory=list)  # content changed since the run
 
     def to_json(self) -> dict[str, Any]:
         """JSON-able form."""
@@ -93,6 +100,7 @@ class Review:
             "method": self.method,
             "new_images": list(self.new_images),
             "gone_images": list(self.gone_images),
+            "changed_images": list(self.changed_images),
             "suspects": [s.to_json() for s in self.suspects],
         }
 
@@ -141,6 +149,8 @@ class _Scores:
     features: np.ndarray  # (n, width)
     method: str
     notes: list[str]
+    changed: list[bool]  # content not what the run trained on (recorded split)
+    roots: list[str] = field(default_factory=list)  # the recorded split's root (to find new files)
 
 
 def _check_run(store: RunStore, run_id: str) -> Path:
@@ -180,6 +190,8 @@ def _read_scores(path: Path, fingerprint: dict[str, Any]) -> _Scores | None:
                 features=np.asarray(z["features"], np.float32),
                 method=meta["method"],
                 notes=list(meta.get("notes", [])),
+                changed=[bool(x) for x in z["changed"]],
+                roots=list(meta.get("roots", [])),
             )
     except (OSError, ValueError, KeyError):
         return None  # missing, half-written or from another version: recompute
@@ -192,6 +204,7 @@ def _write_scores(path: Path, scores: _Scores, fingerprint: dict[str, Any]) -> N
         "class_names": scores.class_names,
         "method": scores.method,
         "notes": scores.notes,
+        "roots": scores.roots,
     }
     with atomic_path(path) as tmp, open(tmp, "wb") as fh:
         np.savez(
@@ -204,6 +217,7 @@ def _write_scores(path: Path, scores: _Scores, fingerprint: dict[str, Any]) -> N
             splits=np.asarray(scores.splits, dtype=str),
             probs=scores.probs.astype(np.float32),
             features=scores.features.astype(np.float32),
+            changed=np.asarray(scores.changed, dtype=bool),
         )
 
 
@@ -227,13 +241,71 @@ def _scores(store: RunStore, run_id: str) -> _Scores:
     return scores
 
 
-def _run_images(
-    store: RunStore, run_id: str, config: RunConfig
-) -> tuple[list[str], list[str], list[str], list[int], list[str], list[str]]:
-    """``(ids, shas, paths, labels, splits, notes)`` of the images the run trained on, training
-    images first then validation images, each in the order the trainer listed them."""
+@dataclass
+class _RunImages:
+    """The images a run trained on, training images first then validation images, each in the
+    order the trainer listed them."""
+
+    ids: list[str] = field(default_factory=list)
+    shas: list[str] = field(default_factory=list)  # of the content now
+    paths: list[str] = field(default_factory=list)
+    labels: list[int] = field(default_factory=list)
+    splits: list[str] = field(default_factory=list)
+    notes: list[str] = field(default_factory=list)
+    changed: list[bool] = field(default_factory=list)  # content not what the run trained on
+    roots: list[str] = field(default_factory=list)
+
+
+def _run_images(store: RunStore, run_id: str, config: RunConfig) -> _RunImages:
+    """The run's images from the split it recorded (a run without one: derived again)."""
     from core.data.datasets import open_dataset, parse_dataset_source
-    from core.data.index import _stratified_split, load_dataset
+
+    split = store.split(run_id)
+    if split is None:
+        return _derived_images(store, run_id, config)
+    label_of = {name: i for i, name in enumerate(store.result(run_id)["class_names"])}
+    found = _RunImages(roots=[split.root])
+    id_of_sha: dict[str, str] = {}
+    path_of_id: dict[str, str] = {}
+    name = parse_dataset_source(config.data)
+    if name is not None:  # a managed dataset: its ids, and where each file is now
+        with open_dataset(name) as ds:
+            id_of_sha = {sha: i for i, sha in ds.shas().items()}
+            path_of_id = {i.id: i.path for i in ds.images()}
+    left_out: set[str] = set()
+    missing = 0
+    for where, image in split.images():
+        if image.label not in label_of:
+            left_out.add(image.label)
+            continue
+        image_id = id_of_sha.get(image.sha256, image.sha256[:12])
+        path = path_of_id.get(image_id) or split.absolute(image)
+        try:  # a managed dataset's files are named by their content: only a folder's can change
+            sha = image.sha256 if name is not None and os.path.isfile(path) else sha256_file(path)
+        except OSError:
+            missing += 1
+            continue
+        found.ids.append(image_id if sha == image.sha256 else sha[:12])
+        found.shas.append(sha)
+        found.paths.append(path)
+        found.labels.append(label_of[image.label])
+        found.splits.append(where)
+        found.changed.append(sha != image.sha256)
+    if left_out:
+        found.notes.append(
+            f"class(es) {', '.join(map(repr, sorted(left_out)))} are not the run's; their images "
+            "were left out"
+        )
+    if missing:
+        found.notes.append(f"{missing} image(s) the run trained on are gone and were not scored")
+    return found
+
+
+def _derived_images(store: RunStore, run_id: str, config: RunConfig) -> _RunImages:
+    """The images of a run that recorded no split: a managed dataset as it was when the run
+    started, else the source loaded again with the run's ``val_split`` and ``seed``."""
+    from core.data.datasets import open_dataset, parse_dataset_source
+    from core.data.index import load_dataset, stratified_split
 
     result = store.result(run_id)
     class_names = list(result["class_names"])
@@ -255,7 +327,7 @@ def _run_images(
         then.sort(key=lambda i: (label_of[i.label], Path(i.path).name))
         labels = [label_of[i.label] for i in then]
         keys = [Path(i.path).name for i in then]  # the loader's stable split of a dataset
-        train_idx, val_idx = _stratified_split(
+        train_idx, val_idx = stratified_split(
             labels, float(config.val_split), int(config.seed), keys
         )
         order = [(i, TRAIN) for i in train_idx] + [(i, VAL) for i in val_idx]
@@ -294,7 +366,7 @@ def _run_images(
             "the data differs from what the run trained on (images per class and split "
             "changed), so some scores are for images it never saw"
         )
-    return ids, shas, paths, out_labels, splits, notes
+    return _RunImages(ids, shas, paths, out_labels, splits, notes, [False] * len(ids))
 
 
 def _counts(class_names: list[str], labels: list[int], splits: list[str]) -> dict[str, Any]:
@@ -307,7 +379,14 @@ def _counts(class_names: list[str], labels: list[int], splits: list[str]) -> dic
 def _compute_scores(store: RunStore, run_id: str) -> _Scores:
     config = store.config(run_id)
     class_names = list(store.result(run_id)["class_names"])
-    ids, shas, paths, labels, splits, notes = _run_images(store, run_id, config)
+    found = _run_images(store, run_id, config)
+    ids, shas, paths, labels, splits = (
+        found.ids,
+        found.shas,
+        found.paths,
+        found.labels,
+        found.splits,
+    )
     if not ids:
         raise StudioError(
             f"None of the images run {run_id} trained on can be found in {config.data!r}; "
@@ -338,7 +417,8 @@ def _compute_scores(store: RunStore, run_id: str) -> _Scores:
     )
     return _Scores(
         source=config.data, class_names=class_names, ids=ids, shas=shas, paths=paths,
-        labels=y, splits=splits, probs=probs, features=features, method=method, notes=notes,
+        labels=y, splits=splits, probs=probs, features=features, method=method,
+        notes=found.notes, changed=found.changed, roots=found.roots,
     )  # fmt: skip
 
 
@@ -444,6 +524,7 @@ class _Row:
     split: str
     reviewed: bool
     relabelled: bool
+    changed: bool
 
 
 @dataclass
@@ -452,6 +533,7 @@ class _Joined:
     rows: list[_Row]  # images still in use, one per id
     new: list[str]
     gone: list[str]
+    changed: list[str]
 
 
 def _managed_name(source: str) -> str | None:
@@ -501,12 +583,33 @@ def _join(scores: _Scores) -> _Joined:
             confidence=round(float(p[pred]), 6),
             loss=round(-math.log(max(p_label, PROB_FLOOR)), 6),
             split=scores.splits[k], reviewed=reviewed, relabelled=label != trained_label,
+            changed=scores.changed[k],
         )  # fmt: skip
         # The same picture twice in a source: one image in its copy; keep its worse score.
         if image not in rows or row.loss > rows[image].loss:
             rows[image] = row
-    new = [i.id for i in now.values() if not i.excluded and i.id not in seen]
-    return _Joined(dataset, list(rows.values()), new, sorted(set(gone)))
+    if dataset is None:
+        new = _new_in_folder(scores)
+    else:
+        new = [i.id for i in now.values() if not i.excluded and i.id not in seen]
+    changed = sorted({r.image for r in rows.values() if r.changed})
+    return _Joined(dataset, list(rows.values()), new, sorted(set(gone)), changed)
+
+
+def _new_in_folder(scores: _Scores) -> list[str]:
+    """Ids of the files in an unmanaged source now that the run did not train on (only known
+    for a run that recorded its split; the ids are content hashes, as the managed copy's)."""
+    from core.data.index import load_dataset
+
+    if not scores.roots:
+        return []
+    try:
+        data = load_dataset(scores.source)
+    except StudioError:  # the source is gone or unreadable: nothing new to list
+        return []
+    scored = {os.path.realpath(p) for p in scores.paths}
+    now = [p for p in (*data.train_paths, *data.val_paths) if os.path.realpath(p) not in scored]
+    return sorted({sha256_file(p)[:12] for p in now})
 
 
 # --------------------------------------------------------------------------- public API
@@ -527,7 +630,17 @@ def review_run(store: RunStore, run_id: str, top: int | None = None) -> Review:
     rows = [r for r in joined.rows if not (r.relabelled and r.label == r.predicted)]
     rows.sort(key=lambda r: (r.reviewed, -r.loss, r.image))
     suspects = [
-        Suspect(r.image, r.path, r.label, r.predicted, r.confidence, r.loss, r.split, r.reviewed)
+        Suspect(
+            r.image,
+            r.path,
+            r.label,
+            r.predicted,
+            r.confidence,
+            r.loss,
+            r.split,
+            r.reviewed,
+            r.changed,
+        )  # fmt: skip
         for r in rows[:top]
     ]
     method = scores.method
@@ -536,6 +649,7 @@ def review_run(store: RunStore, run_id: str, top: int | None = None) -> Review:
     return Review(
         run_id=run_id, source=scores.source, dataset=joined.dataset, suspects=suspects,
         new_images=joined.new, gone_images=joined.gone, method=method,
+        changed_images=joined.changed,
     )  # fmt: skip
 
 
