@@ -27,6 +27,27 @@ from core.errors import ConfigError, StudioError
 from core.files import atomic_path
 from core.processes import Children, child_environment, core_command, owner_alive, process_token
 
+__all__ = [
+    "TASK_KINDS",
+    "TASK_MODULES",
+    "TaskFactory",
+    "TaskFn",
+    "UpdateFn",
+    "load_factory",
+    "register_task",
+    "run_task",
+    "start_task",
+    "stop_task",
+    "stop_task_processes",
+    "task_log_path",
+    "task_path",
+    "task_processes",
+    "task_running",
+    "task_state",
+    "task_stop_path",
+    "wait_task",
+]
+
 RUNNING, DONE, STOPPED, FAILED, INTERRUPTED = "running", "done", "stopped", "failed", "interrupted"
 UpdateFn = Callable[[dict[str, Any]], None]
 TaskFn = Callable[[UpdateFn, Callable[[], bool]], dict[str, Any]]

@@ -8,6 +8,14 @@ from typing import Any
 
 from core.config import RunConfig
 
+__all__ = [
+    "ProgressCb",
+    "as_float",
+    "breakdown",
+    "clear_embeddings",
+    "timed_run",
+]
+
 ProgressCb = Callable[[str], None]
 
 

@@ -26,6 +26,21 @@ from typing import Any
 
 from core.config import RunConfig
 
+__all__ = [
+    "AUGMENTED_TARGETS",
+    "DEFAULT_TARGETS",
+    "PHOTO_MARKER",
+    "PHOTO_SEED",
+    "PHOTO_VERSION",
+    "PROJECT",
+    "RUNTIME_TARGET",
+    "ProgressCb",
+    "augmented_views",
+    "feature_pass_rates",
+    "one_click_default",
+    "photo_dataset",
+]
+
 ProgressCb = Callable[[str], None]
 PROJECT = Path(__file__).resolve().parents[2]
 DEFAULT_TARGETS = {"warm_s": 15.0, "brand_new_s": 60.0}

@@ -25,6 +25,17 @@ import numpy as np
 
 from core.config import RunConfig
 
+__all__ = [
+    "PER_CLASS",
+    "SWAP_FRACTION",
+    "SWAP_SEED",
+    "TARGET_RECALL",
+    "ProgressCb",
+    "choose_swaps",
+    "format_line",
+    "review_figure",
+]
+
 ProgressCb = Callable[[str], None]
 SWAP_FRACTION = 0.10
 TARGET_RECALL = 0.80

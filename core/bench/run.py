@@ -39,6 +39,26 @@ from core.bench.common import clear_embeddings, timed_run
 from core.config import RunConfig
 from core.files import build_folder, read_marker
 
+__all__ = [
+    "ACCURACY_POINTS",
+    "ALL_FIGURES",
+    "BACKBONE",
+    "CLASSIC_FIGURES",
+    "DATA_CLASSES",
+    "DATA_SEED",
+    "DATA_VERSION",
+    "FILE_SIZE",
+    "MARKER",
+    "PHOTOS_PER_CLASS",
+    "PIPELINE_SIZE",
+    "PREDICT_SIZE",
+    "TARGETS",
+    "ProgressCb",
+    "format_bench",
+    "generate_dataset",
+    "run_bench",
+]
+
 ProgressCb = Callable[[str], None]
 
 DATA_VERSION = 1  # bump when the generator changes so cached copies are rebuilt

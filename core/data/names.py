@@ -12,6 +12,16 @@ import json
 import os
 import re
 
+__all__ = [
+    "MAX_NAME",
+    "SIDECAR_SUFFIX",
+    "UPLOADS_FOLDER",
+    "UPLOAD_PREFIX",
+    "display_name",
+    "upload_sidecar",
+    "uploaded_name",
+]
+
 UPLOAD_PREFIX = "upload-"  # save_upload's hash-named files: upload-<hash>.zip
 UPLOADS_FOLDER = "uploads"
 SIDECAR_SUFFIX = ".json"  # upload-<hash>.zip.json: {"original_name": "photos.zip", ...}

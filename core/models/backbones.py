@@ -15,6 +15,26 @@ from typing import Any
 
 from core.errors import BackboneError, WeightsUnavailableError
 
+__all__ = [
+    "DEFAULT_BACKBONE",
+    "KERAS_WEIGHTS_BASE",
+    "REGISTRY",
+    "SOURCE_BUNDLED",
+    "SOURCE_KERAS",
+    "STATUS_BUNDLED",
+    "STATUS_CACHED",
+    "STATUS_NEEDS_NETWORK",
+    "BackboneSpec",
+    "build_base",
+    "check_image_size",
+    "default_unfreeze",
+    "get_backbone",
+    "keras_models_dir",
+    "last_block_start",
+    "list_backbones",
+    "weights_identity",
+]
+
 # Where ImageNet weights come from.
 SOURCE_KERAS = "keras"  # keras.applications downloads them into ~/.keras/models on first use
 SOURCE_BUNDLED = "bundled"  # shipped inside an installed Python package: works offline

@@ -13,6 +13,16 @@ from typing import Any
 import keras
 from keras import ops
 
+__all__ = [
+    "CAFFE_MEAN_RGB",
+    "PREPROCESSING_MODES",
+    "TORCH_MEAN_RGB",
+    "TORCH_STD_RGB",
+    "PixelNormalize",
+    "count_params",
+    "normalization_constants",
+]
+
 # Per-family constants, as in keras.applications.imagenet_utils.
 CAFFE_MEAN_RGB = (123.68, 116.779, 103.939)
 TORCH_MEAN_RGB = (0.485 * 255.0, 0.456 * 255.0, 0.406 * 255.0)

@@ -16,7 +16,7 @@ from __future__ import annotations
 import json
 import time
 from pathlib import Path
-from typing import TYPE_CHECKING, Any
+from typing import TYPE_CHECKING, Any, NotRequired, TypedDict
 
 import numpy as np
 
@@ -27,6 +27,19 @@ from core.runs.store import RunStore
 
 if TYPE_CHECKING:
     from core.data import DatasetIndex
+
+__all__ = [
+    "ClassMetrics",
+    "ClassRow",
+    "Evaluation",
+    "ImagePrediction",
+    "EVALUATION_FILE",
+    "EVALUATION_VERSION",
+    "MAX_BATCH",
+    "evaluate_run",
+    "misclassified",
+    "predict_paths",
+]
 
 EVALUATION_FILE = "evaluation.json"
 # Bump when the evaluation's content or meaning changes, so older cached files are recomputed.
@@ -66,6 +79,47 @@ def predict_paths(model: Any, paths: list[str], image_size: int, batch_size: int
     with image_errors():  # a file that changed since the scan: a DataError naming it
         probs = model.predict(dataset.map(lambda x, _y: x), verbose=0)
     return np.asarray(probs, dtype=np.float32)
+
+
+class ClassMetrics(TypedDict):
+    """Precision, recall and F1 of one class on the validation images."""
+
+    precision: float
+    recall: float
+    f1: float
+
+
+# One class's row of ``per_class``: its name, metrics and ``support`` (its validation images).
+# Functional syntax: ``class`` is a Python keyword.
+ClassRow = TypedDict(
+    "ClassRow", {"class": str, "precision": float, "recall": float, "f1": float, "support": int}
+)
+
+
+class ImagePrediction(TypedDict):
+    """One validation image: its file, true and predicted class, and every class's probability."""
+
+    path: str
+    true: str
+    predicted: str
+    probabilities: list[float]
+
+
+class Evaluation(TypedDict):
+    """A run's evaluation (``evaluate --json`` prints a subset; ``evaluation.json`` holds it)."""
+
+    run_id: str
+    accuracy: float
+    class_names: list[str]
+    confusion_matrix: list[list[int]]  # rows: true class, columns: predicted
+    per_class: list[ClassRow]
+    macro_avg: ClassMetrics
+    val_images: int
+    images: list[ImagePrediction]
+    duration_s: float
+    evaluated_at: float
+    cache_key: dict[str, Any]
+    from_cache: NotRequired[bool]
 
 
 def evaluate_run(
@@ -136,7 +190,7 @@ def evaluate_run(
     macro = precision_recall_fscore_support(
         y_true, y_pred, labels=labels, average="macro", zero_division=0
     )
-    per_class = [
+    per_class: list[ClassRow] = [
         {
             "class": name,
             "precision": float(precision[i]),
@@ -147,7 +201,7 @@ def evaluate_run(
         for i, name in enumerate(class_names)
     ]
     total = int(matrix.sum())
-    result: dict[str, Any] = {
+    result: Evaluation = {
         "run_id": run_id,
         "accuracy": float(np.trace(matrix) / total) if total else 0.0,
         "class_names": class_names,
@@ -174,7 +228,7 @@ def evaluate_run(
     }
     # Write-then-rename: a page reading concurrently never sees a truncated file.
     atomic_write_text(cache_path, json.dumps(result))
-    return {**result, "from_cache": False}
+    return {**result, "from_cache": False}  # an ``Evaluation`` (the pages take it as a dict)
 
 
 def _class_name(evaluation: dict[str, Any], cls: str | int) -> str:

@@ -26,7 +26,7 @@ import sys
 import tempfile
 from collections.abc import Sequence
 from pathlib import Path
-from typing import Any
+from typing import Any, NotRequired, TypedDict
 
 import numpy as np
 
@@ -52,6 +52,8 @@ from core.runs.formats import (
 from core.runs.store import RunStore
 
 __all__ = [
+    "ExportRow",
+    "Verification",
     # the format table's views, re-exported: what callers of the export need
     "ARTIFACT_NAMES",
     "FORMATS",
@@ -98,6 +100,30 @@ _SAVEDMODEL_FILES = re.compile(
     r"(saved_model\.pb(?:txt)?|fingerprint\.pb|keras_metadata\.pb"
     r"|variables/variables\.index|variables/variables\.data-\d+-of-\d+)"
 )
+
+
+class Verification(TypedDict):
+    """How an export's predictions compare with the live model's (``compare_predictions``)."""
+
+    top1_agreement: float
+    near_ties: int  # top-1 differences where the live model itself had a near-tie
+    max_abs_diff: float
+    tolerance: str
+    clear_agreement: NotRequired[float]  # int8: agreement on the images without a near-tie
+
+
+class ExportRow(Verification):
+    """One exported format: what ``export --json`` lists under ``formats`` (and the table)."""
+
+    format: str
+    quantized: bool
+    file: str
+    bytes: int
+    runtime: str
+    latency_ms_p50: float
+    accuracy: float | None
+    accuracy_drop: float | None
+    path: NotRequired[str]  # where it was placed
 
 
 class ExportVerificationError(StudioError):
@@ -280,7 +306,7 @@ def representative_images(
 
 def compare_predictions(
     live: np.ndarray, exported: np.ndarray, quantized: bool = False, kind: str | None = None
-) -> dict[str, Any]:
+) -> Verification:
     """Top-1 agreement and probability differences; raises ExportVerificationError on mismatch.
 
     ``kind``: "float" (default), "fp16", "dynamic" (what ``quantized=True`` means) or "int8".
@@ -300,7 +326,7 @@ def compare_predictions(
     tie = tolerance.near_tie
     bad = np.flatnonzero((live_top != export_top) & (gap > tie))
     max_diff = float(np.abs(live - exported).max()) if live.size else 0.0
-    summary = {
+    summary: Verification = {
         "top1_agreement": float(np.mean(live_top == export_top)) if len(live) else 1.0,
         "near_ties": int(np.sum((live_top != export_top) & (gap <= tie))),
         "max_abs_diff": max_diff,
@@ -558,7 +584,7 @@ def _export(
         batch = images.astype(np.float32)
         live = _live_probabilities(run.model, batch)
         live_accuracy = _accuracy(live, truth)
-        rows = []
+        rows: list[ExportRow] = []
         for (fmt, quantize), artifact in zip(jobs, artifacts, strict=True):
             target = staging / artifact
             options = WriteOptions(

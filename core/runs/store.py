@@ -33,6 +33,33 @@ from core.paths import runs_root
 from core.processes import owner_alive, pid_alive, process_token
 from core.runs.split import RunSplit, read_split
 
+__all__ = [
+    "ACTIVE_STATUSES",
+    "BACKUP_NAME",
+    "DB_NAME",
+    "HEARTBEAT_S",
+    "HEARTBEAT_STALE_S",
+    "HISTORY_KEYS",
+    "JSON_COLUMNS",
+    "MAX_RUN_NAME",
+    "RECORD_FILE",
+    "STARTING_GRACE_S",
+    "UPDATABLE_COLUMNS",
+    "BatchRecord",
+    "EpochRecord",
+    "History",
+    "RunResult",
+    "RunRow",
+    "RunStore",
+    "RunSummary",
+    "RunUpdate",
+    "StoreDamagedError",
+    "WorkerRow",
+    "clean_run_name",
+    "default_run_name",
+    "new_run_id",
+]
+
 # Aliases of the ``Status`` members: ``from core.runs.store import QUEUED`` and the like work.
 QUEUED, RUNNING, COMPLETED = Status.QUEUED, Status.RUNNING, Status.COMPLETED
 STOPPED, FAILED, INTERRUPTED = Status.STOPPED, Status.FAILED, Status.INTERRUPTED

@@ -48,6 +48,22 @@ from core.runs.store import (
 if TYPE_CHECKING:  # the trainer imports Keras: only a thread or process that trains loads it
     from core.training.trainer import ProgressFn
 
+__all__ = [
+    "IDLE_POLL_S",
+    "RECOVER_EVERY_S",
+    "RESUMABLE",
+    "SLOT_ENV",
+    "WORKER_LOG",
+    "JobQueue",
+    "WorkerOptions",
+    "device_environment",
+    "get_job_queue",
+    "run_worker",
+    "spawn_worker",
+    "spawned_workers",
+    "stop_spawned_workers",
+]
+
 RESUMABLE: tuple[Status, ...] = (STOPPED, INTERRUPTED, FAILED)
 WORKER_LOG = "worker.log"  # in the runs folder: the output of the workers the dashboard starts
 IDLE_POLL_S = 0.5  # how often an idle worker looks for a queued run

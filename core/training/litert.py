@@ -37,6 +37,25 @@ from core.files import TEMP_PREFIX, atomic_path, atomic_write_text
 from core.paths import studio_home
 from core.runs.formats import EXPORT_FORMATS, WriteOptions, litert_interpreter_class
 
+__all__ = [
+    "CONVERTER_VERSION",
+    "KERAS_BATCH",
+    "MIN_COSINE",
+    "RUNTIME_CHOICES",
+    "RUNTIME_ENV",
+    "RUN_BATCH",
+    "SAMPLE_LIMIT",
+    "LiteRTExtractor",
+    "StageFn",
+    "convert",
+    "measure_rates",
+    "min_cosine",
+    "runtime_choice",
+    "runtime_dir",
+    "runtime_extractor",
+    "runtime_key",
+]
+
 CONVERTER_VERSION = 1  # bump when ``convert`` changes what it writes
 MIN_COSINE = 0.999
 RUNTIME_ENV = "TRANSFER_STUDIO_FEATURE_RUNTIME"

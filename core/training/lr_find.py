@@ -33,6 +33,26 @@ from core.config import RunConfig
 from core.errors import ConfigError, DataError
 from core.tasks import register_task
 
+__all__ = [
+    "DEFAULTS",
+    "DIVERGE_FACTOR",
+    "LOSS_FLOOR",
+    "LR_FIND_TASK",
+    "RULE",
+    "SMOOTHING",
+    "LrFindResult",
+    "ProgressFn",
+    "StepFn",
+    "lr_find",
+    "lr_find_task",
+    "lr_schedule",
+    "phases_for",
+    "range_test",
+    "range_test_model",
+    "start_lr_find",
+    "suggest_valley",
+]
+
 SMOOTHING = 0.98  # fastai's beta for the smoothed loss
 DIVERGE_FACTOR = 4.0  # stop once the smoothed loss exceeds this many times its minimum
 # ... or this, whichever is higher: after the head warm-up the training loss can start near 0,

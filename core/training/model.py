@@ -29,6 +29,24 @@ from core.models.backbones import (
 )
 from core.models.layers import PixelNormalize, count_params
 
+__all__ = [
+    "MAX_CACHED_TRUNKS",
+    "Backbone",
+    "BuiltModel",
+    "base_layer_trains",
+    "build_model",
+    "clear_trunk_cache",
+    "compile_model",
+    "layer_preview",
+    "layer_preview_summary",
+    "phase_epochs",
+    "phase_lr",
+    "resolve_backbone",
+    "set_phase",
+    "statistics_params",
+    "unfreeze_count",
+]
+
 HEAD_PHASE, FINE_TUNE_PHASE, SCRATCH_PHASE = "head", "fine_tune", "scratch"
 
 

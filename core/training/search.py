@@ -49,6 +49,40 @@ if TYPE_CHECKING:
     from core.data import DatasetIndex
     from core.training.model import BuiltModel
 
+__all__ = [
+    "HEADS",
+    "HEAD_BATCH",
+    "HEAD_DROPOUT",
+    "HEAD_EPOCHS",
+    "LATENCY_CALLS",
+    "LATENCY_ROUNDS",
+    "LEARNING_RATES",
+    "NEEDS_NETWORK",
+    "OK",
+    "PENDING",
+    "RESULT_CACHE_VERSION",
+    "SEARCH_TASK",
+    "SIZE_NOTE",
+    "SKIPPED_BUDGET",
+    "SKIPPED_STOPPED",
+    "SMALLER_SIZE_FACTOR",
+    "Candidate",
+    "HeadResult",
+    "ProgressFn",
+    "SearchResult",
+    "StageFn",
+    "format_table",
+    "load_index",
+    "measure_latency",
+    "plan_candidates",
+    "rank_candidates",
+    "search",
+    "search_task",
+    "smaller_size",
+    "start_search",
+    "train_head",
+]
+
 # The head grid: (kind, hidden units) × learning rates, HEAD_EPOCHS epochs each.
 HEADS: tuple[tuple[str, int], ...] = (("linear", 0), ("hidden", 256))
 LEARNING_RATES: tuple[float, ...] = (3e-4, 1e-3, 3e-3)

@@ -45,6 +45,13 @@ from core.training.checkpoint import (
     resume_point,
 )
 
+__all__ = [
+    "MODEL_FILE",
+    "STAGE_EVERY_S",
+    "ProgressFn",
+    "execute_run",
+]
+
 ProgressFn = Callable[[dict[str, Any]], None]
 MODEL_FILE = "model.keras"
 STAGE_EVERY_S = 0.5  # at most this often, a one-off pass's progress is written to the store
