@@ -6,7 +6,6 @@ import os
 import sys
 import tempfile
 from collections.abc import Iterator
-from contextlib import contextmanager
 from pathlib import Path
 from typing import TYPE_CHECKING
 
@@ -20,9 +19,11 @@ os.environ["TRANSFER_STUDIO_FEATURE_RUNTIME"] = "keras"
 
 import pytest  # noqa: E402
 
+# The page tests import it from here (it lives with the other shared helpers).
+from tests.helpers import seeded_studio  # noqa: E402, F401
+
 if TYPE_CHECKING:
-    from core.config import RunConfig
-    from core.training.jobs import JobQueue
+    pass
 
 
 @pytest.fixture(autouse=True)
@@ -44,17 +45,14 @@ def studio_home() -> Path:
     return _SESSION_HOME
 
 
-@contextmanager
-def seeded_studio(home: Path, config: RunConfig) -> Iterator[tuple[JobQueue, str]]:
-    """A studio home of its own holding one completed run of ``config``: (queue, run_id).
+@pytest.fixture
+def recorded_studio(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> Iterator[tuple[Path, str]]:
+    """A studio home of its own holding one completed run of ``builtin:textures``, recorded as
+    the trainer records one but never trained (``helpers.fake_run``): ``(home, run_id)``. For
+    pages and commands that only need a finished run's record."""
+    from core.runs.store import RunStore
+    from tests.helpers import fake_run
 
-    The queue is the process-wide one the pages get through ``widgets.job_queue()``.
-    """
-    with pytest.MonkeyPatch.context() as mp:
-        mp.setenv("TRANSFER_STUDIO_HOME", str(home))
-        from core.training.jobs import get_job_queue
-
-        queue = get_job_queue(home)
-        run_id = queue.submit(config)
-        assert queue.wait(run_id, timeout=300) == "completed"
-        yield queue, run_id
+    home = tmp_path / "studio"
+    monkeypatch.setenv("TRANSFER_STUDIO_HOME", str(home))
+    yield home, fake_run(RunStore(home), "builtin:textures")

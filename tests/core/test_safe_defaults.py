@@ -7,7 +7,7 @@ from pathlib import Path
 
 from packaging.version import Version
 
-ROOT = Path(__file__).resolve().parents[1]
+ROOT = Path(__file__).resolve().parents[2]
 
 
 def test_server_defaults() -> None:

@@ -162,7 +162,7 @@ def test_the_cli_prints_the_dataset_size_warning_for_a_tiny_folder(tmp_path):
         [sys.executable, "-m", "core", "train", "--data", str(tmp_path / "data"),
          "--backbone", "vgg16", "--mode", "scratch", "--image-size", "32",
          "--epochs", "1", "--batch-size", "4", "--runs-dir", str(tmp_path / "runs")],
-        cwd=Path(__file__).resolve().parents[1], capture_output=True, text=True, timeout=600,
+        cwd=Path(__file__).resolve().parents[2], capture_output=True, text=True, timeout=600,
         env={**os.environ, "TF_CPP_MIN_LOG_LEVEL": "2"},
     )  # fmt: skip
     assert done.returncode == 0, done.stderr

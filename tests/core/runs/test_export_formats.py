@@ -437,12 +437,12 @@ def _export_frames(at) -> list:
 
 @pytest.mark.slow
 def test_run_page_exports_every_format_with_table_card_and_zip(tmp_path_factory, monkeypatch):
-    from conftest import seeded_studio
     from streamlit.testing.v1 import AppTest
 
     import core.runs.export
+    from tests.helpers import seeded_studio
 
-    root = Path(__file__).resolve().parents[1]
+    root = Path(__file__).resolve().parents[3]
     calls = []
 
     def fake_export_all(store, run_id, *args, **kwargs):

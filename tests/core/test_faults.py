@@ -14,7 +14,7 @@ import pytest
 
 from core.runs.store import COMPLETED, INTERRUPTED, RunStore
 
-ROOT = Path(__file__).resolve().parents[1]
+ROOT = Path(__file__).resolve().parents[2]
 
 
 def _core(*args: str) -> list[str]:

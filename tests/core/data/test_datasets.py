@@ -413,7 +413,7 @@ def test_train_on_a_managed_dataset_end_to_end(pets: Dataset, tmp_path: Path) ->
             "--batch-size", "8", "--mode", "feature_extraction", "--epochs", "1",
             "--runs-dir", str(tmp_path / "runs"), "--json",
         ],
-        cwd=Path(__file__).resolve().parents[1],
+        cwd=Path(__file__).resolve().parents[3],
         env={**os.environ, "TF_CPP_MIN_LOG_LEVEL": "2"},
         capture_output=True, text=True, timeout=600,
     )  # fmt: skip

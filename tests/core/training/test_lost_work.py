@@ -20,7 +20,7 @@ from core.runs.store import COMPLETED, FAILED, INTERRUPTED, RUNNING, RunStore
 from core.training.jobs import JobQueue
 from tests.helpers import TINY
 
-ROOT = Path(__file__).resolve().parents[1]
+ROOT = Path(__file__).resolve().parents[3]
 
 
 # -- 1. a killed final save -------------------------------------------------------------------

@@ -106,7 +106,7 @@ def test_fine_tuning_falls_back_to_images_when_the_model_cannot_be_cut() -> None
 
 
 def test_the_trainer_no_longer_branches_on_a_source_name() -> None:
-    trainer = Path(__file__).resolve().parents[1] / "core" / "training" / "trainer.py"
+    trainer = Path(__file__).resolve().parents[3] / "core" / "training" / "trainer.py"
     strings = {
         node.value
         for node in ast.walk(ast.parse(trainer.read_text()))

@@ -1,5 +1,11 @@
 """The house rules, checked over every module (folders walked recursively).
 
+- ``core``'s floor plan: ``data < models < runs < training < the rest`` (``cli``, ``bench`` and
+  any feature package above training); a floor imports only its own and lower floors, and the
+  root modules (the ground floor: config, errors, files, ...). So ``core.runs`` never imports
+  ``core.training``. The root holds at most 10 modules.
+- no module imports another module's ``_private`` names; every module with a public face
+  declares ``__all__``; no test module imports another (shared helpers: ``tests/helpers.py``).
 - ``core`` never imports ``app`` or streamlit: the engine runs without the dashboard.
 - ``app/views`` are pure: no Keras model building (no keras/tensorflow, no model builder).
 - no import cycles inside ``core``, counting imports inside functions too (a hidden cycle is
@@ -18,7 +24,7 @@ from pathlib import Path
 
 import pytest
 
-ROOT = Path(__file__).resolve().parents[1]
+ROOT = Path(__file__).resolve().parents[2]
 CORE, APP, VIEWS = ROOT / "core", ROOT / "app", ROOT / "app" / "views"
 
 
@@ -50,10 +56,190 @@ def _imports(path: Path) -> list[str]:
 
 def test_the_layout_walk_sees_every_room() -> None:
     found = {_module_name(p) for p in _modules(CORE)}
-    for expected in ("core.cli", "core.data.index", "core.models.backbones", "core.runs.store",
-                     "core.training.trainer", "core.training.sources"):  # fmt: skip
+    for expected in ("core.cli", "core.cli.worker", "core.bench.dashboard", "core.data.index",
+                     "core.models.backbones", "core.runs.store", "core.runs.formats",
+                     "core.training.trainer", "core.training.sources", "core.tasks"):  # fmt: skip
         assert expected in found
     assert {_module_name(p) for p in _modules(VIEWS)} >= {"app.views.dashboard", "app.views.charts"}
+
+
+FLOORS = ("data", "models", "runs", "training")  # bottom up; any other package is above them
+MAX_ROOT_MODULES = 10
+
+
+def _floor(module: str) -> int | None:
+    """A ``core`` module's floor: 0 data, 1 models, 2 runs, 3 training, 4 the rest (cli, bench,
+    feature packages); ``None`` for a root module (the ground floor)."""
+    parts = module.split(".")
+    if len(parts) < 2 or (CORE / f"{parts[1]}.py").exists():
+        return None
+    return FLOORS.index(parts[1]) if parts[1] in FLOORS else len(FLOORS)
+
+
+def test_the_floor_plan_is_kept() -> None:
+    graph = _core_graph()
+    upward = [
+        f"{name} -> {target}"
+        for name, targets in graph.items()
+        for target in targets
+        if (low := _floor(name)) is not None and (high := _floor(target)) is not None and high > low
+    ]
+    assert upward == [], "a lower floor imports a higher one"
+    # The ground floor serves everyone: it never reaches up to the command line or benchmarks.
+    ground = [
+        f"{name} -> {target}"
+        for name, targets in graph.items()
+        if _floor(name) is None and name not in ("core", "core.__main__")
+        for target in targets
+        if _floor(target) == len(FLOORS)
+    ]
+    assert ground == []
+
+
+def test_runs_never_imports_training() -> None:
+    graph = _core_graph()
+    crossing = [
+        f"{name} -> {target}"
+        for name, targets in graph.items()
+        if name.startswith("core.runs")
+        for target in targets
+        if target.startswith("core.training")
+    ]
+    assert crossing == []
+
+
+def test_the_floor_finder_places_modules() -> None:
+    assert [_floor(m) for m in ("core.data.index", "core.models", "core.runs.store",
+                                "core.training.trainer", "core.cli.runs", "core.bench")] == [
+        0, 1, 2, 3, 4, 4
+    ]  # fmt: skip
+    assert _floor("core.config") is None and _floor("core") is None
+
+
+def test_the_core_root_holds_at_most_ten_modules() -> None:
+    root = sorted(p.name for p in CORE.glob("*.py"))
+    assert len(root) <= MAX_ROOT_MODULES, root
+
+
+def _private_imports(path: Path) -> list[str]:
+    """``from x import _name`` of another module, and ``module._name`` of an imported module."""
+    tree = ast.parse(path.read_text())
+    own = _module_name(path) if path.is_relative_to(ROOT) else path.stem
+    modules: set[str] = set()  # local names bound to imported modules
+    found = []
+    for node in ast.walk(tree):
+        if isinstance(node, ast.ImportFrom) and node.module and node.module != own:
+            for alias in node.names:
+                if alias.name.startswith("_") and not alias.name.startswith("__"):
+                    found.append(f"{own}:{node.lineno} {node.module}.{alias.name}")
+                elif node.module.split(".")[0] in ("core", "app"):
+                    modules.add(alias.asname or alias.name)
+        elif isinstance(node, ast.Import):
+            for alias in node.names:
+                if alias.name.split(".")[0] in ("core", "app"):
+                    modules.add(alias.asname or alias.name.split(".")[0])
+    for node in ast.walk(tree):
+        if (
+            isinstance(node, ast.Attribute)
+            and node.attr.startswith("_")
+            and not node.attr.startswith("__")
+            and isinstance(node.value, ast.Name)
+            and node.value.id in modules
+        ):
+            found.append(f"{own}:{node.lineno} {node.value.id}.{node.attr}")
+    return found
+
+
+def test_no_module_imports_another_modules_private_names() -> None:
+    found = [hit for path in _modules(CORE) for hit in _private_imports(path)]
+    assert found == []
+
+
+def test_the_private_import_finder_finds_both_forms(tmp_path: Path) -> None:
+    (tmp_path / "m.py").write_text(
+        "from core.data.index import _hidden, shown\nfrom core import files\nfiles._remove(1)\n"
+    )
+    hits = _private_imports(tmp_path / "m.py")
+    assert [h.split(" ")[1] for h in hits] == ["core.data.index._hidden", "files._remove"]
+
+
+def _public_names(tree: ast.Module) -> list[str]:
+    names = []
+    for node in tree.body:
+        if isinstance(node, (ast.FunctionDef, ast.ClassDef)):
+            names.append(node.name)
+        elif isinstance(node, ast.Assign):
+            for target in node.targets:
+                elts = target.elts if isinstance(target, ast.Tuple) else [target]
+                names += [t.id for t in elts if isinstance(t, ast.Name)]
+    return [n for n in names if not n.startswith("_")]
+
+
+def _declared_all(tree: ast.Module) -> list[str] | None:
+    for node in tree.body:
+        if isinstance(node, ast.Assign) and any(
+            isinstance(t, ast.Name) and t.id == "__all__" for t in node.targets
+        ):
+            return [ast.literal_eval(e) for e in node.value.elts]  # type: ignore[attr-defined]
+    return None
+
+
+def test_every_module_with_a_public_face_declares_all() -> None:
+    missing, unknown = [], []
+    for path in _modules(CORE):
+        if path.name == "__main__.py":
+            continue
+        tree = ast.parse(path.read_text())
+        declared = _declared_all(tree)
+        if declared is None:
+            if _public_names(tree):
+                missing.append(_module_name(path))
+            continue
+        bound = (
+            set(_public_names(tree))
+            | {
+                alias.asname or alias.name.split(".")[0]
+                for node in tree.body
+                if isinstance(node, (ast.Import, ast.ImportFrom))
+                for alias in node.names
+            }
+            | {
+                node.target.id
+                for node in tree.body
+                if isinstance(node, ast.AnnAssign) and isinstance(node.target, ast.Name)
+            }
+        )
+        unknown += [f"{_module_name(path)}.{name}" for name in declared if name not in bound]
+    assert missing == [] and unknown == []
+
+
+def test_no_test_module_imports_another() -> None:
+    """Shared helpers live in ``tests/helpers.py`` (fixtures in conftest): a test module is
+    never imported by another (checked over the engine's tests and the shared modules)."""
+    tests = ROOT / "tests"
+    checked = [*sorted((tests / "core").rglob("*.py")), tests / "helpers.py", tests / "conftest.py"]
+    test_modules = {p.stem for p in tests.rglob("test_*.py")}
+    offenders = [
+        f"{p.relative_to(ROOT)}: {name}"
+        for p in checked
+        for name in _imports(p)
+        if name.split(".")[-1] in test_modules or name.split(".")[-1] == "conftest"
+    ]
+    assert offenders == []
+
+
+def test_core_speaks_of_the_product_not_its_history() -> None:
+    """No issue numbers in code, docstrings or comments of the engine."""
+    import re
+
+    pattern = re.compile(r"\bissues?\s+#?\d+", re.IGNORECASE)
+    found = [
+        f"{_module_name(p)}:{n}"
+        for p in _modules(CORE)
+        for n, line in enumerate(p.read_text().splitlines(), 1)
+        if pattern.search(line)
+    ]
+    assert found == []
 
 
 def test_core_never_imports_app_or_streamlit() -> None:

@@ -15,8 +15,9 @@ from core.training import embeddings
 from core.training.head_fit import epoch_rows, fit_head
 from core.training.jobs import JobQueue
 from core.training.model import compile_model
+from tests.helpers import blobs as _blobs
+from tests.helpers import small_head as _head
 from tests.helpers import write_pngs
-from tests.test_head_training import _blobs, _head
 
 AUGMENTED = RunConfig(data="builtin:faces", image_size=64, epochs=2, augment=True)
 

@@ -47,7 +47,7 @@ from core.training.search import (
     train_head,
 )
 
-ROOT = Path(__file__).resolve().parents[1]
+ROOT = Path(__file__).resolve().parents[3]
 CONTRACT = {"backbone", "image_size", "head", "val_accuracy", "latency_ms", "size_mb", "status"}
 
 
@@ -191,7 +191,7 @@ def _search_in_subprocess(data: str, backbones: list[str], sizes: list[int]) -> 
     import subprocess
     import sys
 
-    root = Path(__file__).resolve().parents[1]
+    root = Path(__file__).resolve().parents[3]
     done = subprocess.run(
         [sys.executable, "-c", REPEAT_SCRIPT, json.dumps([data, backbones, sizes])],
         capture_output=True, text=True, cwd=root, env=dict(os.environ), timeout=120,

@@ -8,20 +8,8 @@ import pytest
 
 from core.training.head_fit import fit_head
 from core.training.model import compile_model
-
-
-def _head(width: int = 16, classes: int = 3) -> keras.Model:
-    inputs = keras.Input((width,))
-    x = keras.layers.Dropout(0.2)(inputs)
-    x = keras.layers.Dense(32, activation="relu")(x)
-    return keras.Model(inputs, keras.layers.Dense(classes, activation="softmax")(x))
-
-
-def _blobs(n: int, seed: int, width: int = 16, classes: int = 3) -> tuple[np.ndarray, np.ndarray]:
-    rng = np.random.default_rng(seed)
-    centres = np.random.default_rng(0).normal(0, 3, (classes, width))
-    labels = rng.integers(0, classes, n)
-    return (centres[labels] + rng.normal(0, 1, (n, width))).astype(np.float32), labels
+from tests.helpers import blobs as _blobs
+from tests.helpers import small_head as _head
 
 
 class Recorder(keras.callbacks.Callback):

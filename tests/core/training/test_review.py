@@ -21,12 +21,11 @@ from PIL import Image
 import core.cli as cli
 from core.config import RunConfig
 from core.data import datasets
-from core.data.index import load_dataset
 from core.errors import StudioError
 from core.files import sha256_file
-from core.runs.split import record_split
 from core.runs.store import COMPLETED, RunStore
 from core.training import review as rv
+from tests.helpers import fake_run as recorded_run
 
 CLASSES = {"blue": (20, 20, 220), "green": (20, 200, 20), "red": (220, 20, 20)}
 SIZE = 32
@@ -88,22 +87,7 @@ def _colour_model(class_names: list[str]) -> object:
 def fake_run(store: RunStore, data: str, status: str = COMPLETED) -> str:
     """A run of ``data`` recorded as the trainer records one, with a hand-made model."""
     config = RunConfig(data=data, image_size=SIZE, epochs=1, augment=False)
-    run_id = store.create_run(config)
-    store.mark_running(run_id)
-    index = load_dataset(data, val_split=config.val_split, seed=config.seed)
-    record_split(store.run_dir(run_id), index)  # what the trainer writes as it scans the data
-    store.update(
-        run_id,
-        class_names=index.class_names,
-        train_images=len(index.train_paths),
-        val_images=len(index.val_paths),
-        dataset=index.summary(),
-    )
-    path = store.run_dir(run_id) / "model.keras"
-    _colour_model(index.class_names).save(path)  # type: ignore[attr-defined]
-    store.update(run_id, model_path=str(path), model_bytes=path.stat().st_size)
-    store.mark_finished(run_id, status)
-    return run_id
+    return recorded_run(store, data, status, config, model=_colour_model)
 
 
 @pytest.fixture

@@ -34,7 +34,7 @@ from core.runs.store import (
 )
 from tests.helpers import TINY
 
-ROOT = Path(__file__).resolve().parents[1]
+ROOT = Path(__file__).resolve().parents[3]
 FAKE = RunConfig(data="builtin:textures")  # never trained: claim and recovery only
 # A run slow enough to be caught mid-run: the per-epoch pipeline (no feature cache), many epochs.
 SLOW = TINY.with_changes(mode="feature_extraction", feature_cache="off", augment=False, epochs=12)

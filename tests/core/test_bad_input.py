@@ -283,7 +283,7 @@ def test_unknown_source_fails_the_run_and_the_queue_still_answers(tmp_path: Path
 def test_a_bad_config_file_is_one_line_with_the_flag(
     tmp_path: Path, content: bytes, message: str
 ) -> None:
-    from tests.test_cli import cli
+    from tests.helpers import cli
 
     path = tmp_path / "config.json"
     path.write_bytes(content)
@@ -332,7 +332,7 @@ def _stored_runs(folder: Path, count: int = 3, batches: int = 0) -> list[str]:
 
 @pytest.mark.parametrize("where", ["file", "under a file"])
 def test_export_to_a_file_is_one_line(tmp_path: Path, where: str) -> None:
-    from tests.test_cli import cli
+    from tests.helpers import cli
 
     (run_id,) = _stored_runs(tmp_path / "runs", 1)
     blocker = tmp_path / "model.bin"
@@ -347,7 +347,7 @@ def test_export_to_a_file_is_one_line(tmp_path: Path, where: str) -> None:
 
 @pytest.mark.parametrize("damage", ["garbage", "truncated", "garbage, no backup"])
 def test_a_damaged_store_says_which_file_and_recovers(tmp_path: Path, damage: str) -> None:
-    from tests.test_cli import cli, last_json
+    from tests.helpers import cli, last_json
 
     runs = _stored_runs(tmp_path, batches=2000)
     index = tmp_path / "runs.sqlite"
@@ -375,7 +375,7 @@ def test_a_row_with_broken_json_hides_no_other_run(tmp_path: Path) -> None:
     import shutil
     import sqlite3
 
-    from tests.test_cli import cli, last_json
+    from tests.helpers import cli, last_json
 
     runs = _stored_runs(tmp_path)
     with sqlite3.connect(tmp_path / "runs.sqlite") as db:
@@ -404,7 +404,7 @@ def test_a_row_with_broken_json_hides_no_other_run(tmp_path: Path) -> None:
 def test_a_studio_home_that_is_a_file_is_one_line(
     tmp_path: Path, monkeypatch: pytest.MonkeyPatch, command: list[str], where: str
 ) -> None:
-    from tests.test_cli import cli
+    from tests.helpers import cli
 
     blocker = tmp_path / "studio"
     blocker.write_text("a file")
@@ -418,7 +418,7 @@ def test_a_studio_home_that_is_a_file_is_one_line(
 
 def test_datasets_needs_no_studio_home(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
     """Listing the built-ins writes nothing: a home that is a file does not stop it."""
-    from tests.test_cli import cli, last_json
+    from tests.helpers import cli, last_json
 
     (tmp_path / "studio").write_text("a file")
     monkeypatch.setenv("TRANSFER_STUDIO_HOME", str(tmp_path / "studio"))
@@ -437,7 +437,7 @@ def test_the_dashboard_starts_on_a_damaged_store_and_says_so(
     from streamlit.testing.v1 import AppTest
 
     from app.views.text import md_unescape
-    from tests.test_cli import ROOT
+    from tests.helpers import ROOT
 
     runs = _stored_runs(tmp_path)
     with sqlite3.connect(tmp_path / "runs.sqlite") as db:

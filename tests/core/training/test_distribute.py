@@ -20,7 +20,7 @@ from core.config import RunConfig
 from core.errors import ConfigError
 from tests.helpers import TINY
 
-ROOT = Path(__file__).resolve().parents[1]
+ROOT = Path(__file__).resolve().parents[3]
 # Tiny, fast Lite0 runs: bundled ImageNet weights, 64 px, no augmentation (cached features).
 LITE0 = [
     "--data", "builtin:textures", "--image-size", "64", "--no-augment", "--dropout", "0",
