@@ -13,15 +13,8 @@ from typing import Literal, TypedDict
 from core.config import RunConfig
 from core.errors import StudioError
 
-__all__ = [
-    "LintFinding",
-    "FINE_TUNE_MODES",
-    "FULL_FINE_TUNE_MIN_IMAGES",
-    "MAX_FINE_TUNE_LR",
-    "SCRATCH_MIN_IMAGES",
-    "count_train_images",
-    "lint_config",
-]
+# The checks' thresholds are module constants; the public face is the lint itself.
+__all__ = ["LintFinding", "count_train_images", "lint_config"]
 
 WARNING: Literal["warning"] = "warning"
 INFO: Literal["info"] = "info"

@@ -18,16 +18,26 @@ import subprocess
 import sys
 import time
 import traceback
-from collections.abc import Callable, Iterator
+from collections.abc import Callable, Iterator, Mapping
 from contextlib import contextmanager
+from dataclasses import dataclass, field
+from enum import StrEnum
 from pathlib import Path
-from typing import Any
+from typing import Any, ClassVar
 
 from core.errors import ConfigError, StudioError
 from core.files import atomic_path
 from core.processes import Children, child_environment, core_command, owner_alive, process_token
 
 __all__ = [
+    "DONE",
+    "FAILED",
+    "INTERRUPTED",
+    "RUNNING",
+    "STOPPED",
+    "TaskState",
+    "TaskStatus",
+    "read_task",
     "TASK_KINDS",
     "TASK_MODULES",
     "TaskFactory",
@@ -48,7 +58,86 @@ __all__ = [
     "wait_task",
 ]
 
-RUNNING, DONE, STOPPED, FAILED, INTERRUPTED = "running", "done", "stopped", "failed", "interrupted"
+
+class TaskStatus(StrEnum):
+    """Where a task is: ``running``, then ``done``, ``stopped`` or ``failed``; ``interrupted`` is
+    a running task whose process is gone."""
+
+    RUNNING = "running"
+    DONE = "done"
+    STOPPED = "stopped"
+    FAILED = "failed"
+    INTERRUPTED = "interrupted"
+
+
+RUNNING, DONE, STOPPED, FAILED, INTERRUPTED = (
+    TaskStatus.RUNNING, TaskStatus.DONE, TaskStatus.STOPPED, TaskStatus.FAILED,
+    TaskStatus.INTERRUPTED,
+)  # fmt: skip
+
+
+@dataclass
+class TaskState:
+    """A task's state file: the runner's own fields, and the kind's (its settings, progress and
+    result) in ``fields``. The file is one flat JSON object (``to_json``), what the pages read."""
+
+    status: TaskStatus
+    error: str | None = None  # why it failed, in the user's words
+    started_at: float | None = None
+    finished_at: float | None = None
+    pid: str | None = None  # ``process_token`` of the process running it
+    fields: dict[str, Any] = field(default_factory=dict)
+
+    RUNNER_KEYS: ClassVar[tuple[str, ...]] = (
+        "status", "error", "started_at", "finished_at", "pid",
+    )  # fmt: skip
+
+    @classmethod
+    def from_json(cls, data: Any) -> TaskState | None:
+        """The state a state file holds (``None``: not a JSON object). An unknown status reads
+        as ``interrupted``."""
+        if not isinstance(data, dict):
+            return None
+        status = data.get("status")
+        pid = data.get("pid")
+
+        def number(key: str) -> float | None:
+            value = data.get(key)
+            return float(value) if isinstance(value, (int, float)) else None
+
+        return cls(
+            status=TaskStatus(str(status))
+            if status in TaskStatus._value2member_map_
+            else INTERRUPTED,
+            error=data.get("error") if isinstance(data.get("error"), str) else None,
+            started_at=number("started_at"),
+            finished_at=number("finished_at"),
+            pid=pid if isinstance(pid, str) else None,
+            fields={k: v for k, v in data.items() if k not in cls.RUNNER_KEYS},
+        )
+
+    def to_json(self) -> dict[str, Any]:
+        """The flat JSON object of the state file: the kind's fields, then the runner's."""
+        return {
+            **self.fields, "status": self.status.value, "error": self.error,
+            "started_at": self.started_at, "finished_at": self.finished_at, "pid": self.pid,
+        }  # fmt: skip
+
+    def merge(self, values: Mapping[str, Any]) -> None:
+        """Take ``values`` in: runner keys set their field, the others the kind's."""
+        for key, value in values.items():
+            if key == "status":
+                self.status = TaskStatus(value)
+            elif key in self.RUNNER_KEYS:
+                setattr(self, key, value)
+            else:
+                self.fields[key] = value
+
+    def alive(self) -> bool:
+        """Whether it runs: its status says so and the process it names is alive."""
+        return self.status == RUNNING and owner_alive(self.pid)
+
+
 UpdateFn = Callable[[dict[str, Any]], None]
 TaskFn = Callable[[UpdateFn, Callable[[], bool]], dict[str, Any]]
 # A task kind: the task's state (its ``initial`` settings) → its ``run(update, should_stop)``.
@@ -104,32 +193,31 @@ def _task_lock(root: str | os.PathLike[str], name: str) -> Iterator[None]:
             fcntl.flock(fh, fcntl.LOCK_UN)
 
 
-def _alive(state: Any) -> bool:
-    return (
-        isinstance(state, dict)
-        and state.get("status") == RUNNING
-        and owner_alive(state.get("pid") if isinstance(state.get("pid"), str) else None)
-    )
-
-
 def task_running(root: str | os.PathLike[str], name: str) -> bool:
     """Whether task ``name`` of runs folder ``root`` is running: its state says so and the
     process it records (``pid``: pid and start time) is alive, whoever started it."""
     _CHILDREN.reap()
-    return _alive(_read_json(task_path(root, name)))
+    state = TaskState.from_json(_read_json(task_path(root, name)))
+    return state is not None and state.alive()
+
+
+def read_task(root: str | os.PathLike[str], name: str) -> TaskState | None:
+    """The last state of task ``name`` (``None``: never run here). One the file says is running
+    but whose process is gone (killed, or a state from before tasks had a ``pid``) reads as
+    ``interrupted``."""
+    _CHILDREN.reap()
+    state = TaskState.from_json(_read_json(task_path(root, name)))
+    if state is not None and state.status == RUNNING and not state.alive():
+        state.status = INTERRUPTED
+    return state
 
 
 def task_state(root: str | os.PathLike[str], name: str) -> dict[str, Any] | None:
     """The last state of task ``name`` (``None``: never run here). One the file says is running
     but whose process is gone (killed, or a state from before tasks had a ``pid``) reads as
     ``interrupted``."""
-    _CHILDREN.reap()
-    state = _read_json(task_path(root, name))
-    if not isinstance(state, dict):
-        return None
-    if state.get("status") == RUNNING and not _alive(state):
-        state["status"] = INTERRUPTED
-    return state
+    state = read_task(root, name)
+    return None if state is None else state.to_json()
 
 
 def _factory_name(factory: TaskFactory) -> str:
@@ -200,13 +288,12 @@ def start_task(
             return False
         task_stop_path(folder, name).unlink(missing_ok=True)  # a stop asked of an earlier run
         proc = _spawn_task(folder, name, factory)
-        state: dict[str, Any] = {
-            **initial, "status": RUNNING, "error": None, "started_at": time.time(),
-            "finished_at": None, "pid": process_token(proc.pid),
-        }  # fmt: skip
+        state = TaskState(
+            RUNNING, started_at=time.time(), pid=process_token(proc.pid), fields=dict(initial)
+        )
         try:
             with atomic_path(path) as tmp:
-                tmp.write_text(json.dumps(state))
+                tmp.write_text(json.dumps(state.to_json()))
         except OSError as exc:
             proc.kill()
             proc.wait()
@@ -227,34 +314,34 @@ def run_task(root: str | os.PathLike[str], name: str, factory: TaskFactory | Non
     make = factory or _registered(name)  # an unknown kind is said before anything is written
     path, me = task_path(root, name), process_token()
     with _task_lock(root, name):  # waits for the starter's state naming this process
-        state = _read_json(path)
-        if not isinstance(state, dict):
+        state = TaskState.from_json(_read_json(path))
+        if state is None:
             raise ConfigError(
                 f"No {name} task to run in {root}: {path} is missing or is not a JSON object. "
                 "Start the task from the Train page, which writes its settings there."
             )
-        owner = state.get("pid") if isinstance(state.get("pid"), str) else None
-        if owner != me and state.get("status") == RUNNING and owner_alive(owner):
+        owner = state.pid
+        if owner != me and state.status == RUNNING and owner_alive(owner):
             raise ConfigError(
                 f"The {name} task of {root} is already running (process {owner}). Stop it "
                 "first, or wait for it to end."
             )
         if owner != me:  # run by hand: this process takes the task over
-            state["started_at"] = time.time()
-        state.update(status=RUNNING, error=None, finished_at=None, pid=me)
-        _write_json(path, state)
+            state.started_at = time.time()
+        state.merge({"status": RUNNING, "error": None, "finished_at": None, "pid": me})
+        _write_json(path, state.to_json())
     stop_file = task_stop_path(root, name)
 
     def update(fields: dict[str, Any]) -> None:
-        state.update(fields)
+        state.merge(fields)
         with _task_lock(root, name):
-            _write_json(path, state)
+            _write_json(path, state.to_json())
 
     def should_stop() -> bool:
         return stop_file.exists()
 
     try:
-        work = make(dict(state))
+        work = make(state.to_json())
         final = work(update, should_stop)
         update({**final, "status": STOPPED if should_stop() else DONE, "finished_at": time.time()})
     except Exception as exc:  # shown on the page; the traceback goes to the task's log
@@ -263,7 +350,7 @@ def run_task(root: str | os.PathLike[str], name: str, factory: TaskFactory | Non
         update({"status": FAILED, "error": text, "finished_at": time.time()})
     finally:
         stop_file.unlink(missing_ok=True)
-    return str(state["status"])
+    return state.status.value
 
 
 def _registered(name: str) -> TaskFactory:

@@ -546,3 +546,25 @@ print(json.dumps({{
     assert lr_state["phases"] == ["head"] and lr_state["steps"] == 12
     head = lr_state["results"]["head"]
     assert len(head["lrs"]) == len(head["losses"]) > 0 and head["reads"] == "features"
+
+
+def test_a_task_state_is_a_typed_record_of_its_flat_file(tmp_path: Path) -> None:
+    """The state file is one flat JSON object (what the pages read); the runner reads it as a
+    ``TaskState``: its own fields typed, the kind's kept apart, a bad status as interrupted."""
+    from core.tasks import TaskState, TaskStatus, read_task
+
+    flat = {"data": "builtin:photos", "candidates": [], "status": "stopped", "error": None,
+            "started_at": 1.0, "finished_at": 2.0, "pid": "1:2"}  # fmt: skip
+    state = TaskState.from_json(flat)
+    assert state is not None and state.status is TaskStatus.STOPPED and state.pid == "1:2"
+    assert state.fields == {"data": "builtin:photos", "candidates": []}
+    assert state.to_json() == flat
+    state.merge({"status": "done", "candidates": [1], "finished_at": 3.0})
+    assert (state.status, state.fields["candidates"], state.finished_at) == ("done", [1], 3.0)
+    assert TaskState.from_json(["not", "a", "state"]) is None
+    odd = TaskState.from_json({"status": "exploded"})
+    assert odd is not None and odd.status is TaskStatus.INTERRUPTED
+    tasks_module.task_path(tmp_path, "x").write_text(json.dumps({**flat, "status": "running"}))
+    again = read_task(tmp_path, "x")  # its process (pid 1, another start time) is not it
+    assert again is not None and again.status == "interrupted"
+    assert task_state(tmp_path, "x") == {**flat, "status": "interrupted"}
