@@ -14,7 +14,8 @@ os.environ.setdefault("TF_CPP_MIN_LOG_LEVEL", "2")
 _SESSION_HOME = Path(tempfile.mkdtemp(prefix="transfer-studio-test-home-"))
 os.environ["TRANSFER_STUDIO_HOME"] = str(_SESSION_HOME)
 # Feature passes run on Keras: converting each backbone/size the tests use to LiteRT would cost
-# seconds per test module. tests/test_litert_features.py turns the runtime on where it is tested.
+# seconds per test module. tests/core/training/test_litert_features.py turns the runtime on where
+# it is tested.
 os.environ["TRANSFER_STUDIO_FEATURE_RUNTIME"] = "keras"
 
 import pytest  # noqa: E402

@@ -2,7 +2,8 @@
 
 Each entry knows its Keras constructor, input sizes, preprocessing family, feature width, parameter
 count, where its last block starts (the default fine-tuning depth) and where its ImageNet
-weights come from. ``tests/test_backbones.py`` checks this metadata against a real forward pass.
+weights come from. ``tests/core/models/test_backbones.py`` checks this metadata against a real
+forward pass.
 """
 
 from __future__ import annotations

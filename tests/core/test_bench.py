@@ -175,7 +175,7 @@ def test_the_fast_path_figures_on_tiny_data(
     from core.training import litert
 
     monkeypatch.setenv(litert.RUNTIME_ENV, "auto")
-    # Figure 8 needs a real server and page: tests/test_bench_server.py runs it.
+    # Figure 8 needs a real server and page: tests/core/test_bench_server.py runs it.
     result = bench.run_bench(out_dir=tmp_path, quick=True, figures=[5, 6, 10])
     f = result["figures"]
     assert set(f) == {"one_click_default", "augmented_views", "feature_pass"}

@@ -1,6 +1,6 @@
 """Exports to .keras, SavedModel and TFLite: files, verified predictions, tampering caught.
 
-(The newer formats, runtimes and the model card: tests/test_export_formats.py.)"""
+(The newer formats, runtimes and the model card: tests/core/runs/test_export_formats.py.)"""
 
 from __future__ import annotations
 
