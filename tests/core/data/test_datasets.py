@@ -2,7 +2,6 @@
 
 from __future__ import annotations
 
-import argparse
 import json
 import os
 import shutil
@@ -13,13 +12,11 @@ import threading
 import zipfile
 from collections.abc import Iterator
 from pathlib import Path
-from unittest import mock
 
 import pytest
 from PIL import Image
 
 import core.cli as cli
-from core.cli import dataset as cli_dataset
 from core.data import datasets
 from core.data.datasets import Dataset, create, open_dataset
 from core.data.images import check_image
@@ -331,27 +328,9 @@ def test_a_failed_import_leaves_no_dataset(tmp_path: Path) -> None:
 # --------------------------------------------------------------------------- CLI
 
 
-_BUILD_PARSER = cli.build_parser
-_WIRED = "dataset" in cli.COMMANDS  # once core.cli registers the command itself
-
-
-def _parser() -> argparse.ArgumentParser:
-    parser = _BUILD_PARSER()
-    if not _WIRED:
-        (sub,) = [a for a in parser._actions if isinstance(a, argparse._SubParsersAction)]
-        cli_dataset.add_parsers(sub)
-    return parser
-
-
 def _cli(argv: list[str]) -> int:
     """``python -m core ARGV`` in-process (exit code; output through capsys)."""
-    if _WIRED:
-        return cli.main(argv)
-    with (
-        mock.patch.object(cli, "build_parser", _parser),
-        mock.patch.dict(cli.COMMANDS, cli_dataset.COMMANDS),
-    ):
-        return cli.main(argv)
+    return cli.main(argv)
 
 
 def test_cli_contract(pics: Path, capsys: pytest.CaptureFixture[str]) -> None:
