@@ -287,13 +287,26 @@ def test_suspect_caption_escapes_names() -> None:
     assert "<b>" not in caption
 
 
-def test_relabel_options_default_to_the_prediction() -> None:
+def test_relabel_options_default_to_the_prediction_only_when_it_differs() -> None:
     card = views.card_from_suspect(_suspect("a1", "cat", "dog"))
     assert views.relabel_options(["cat", "dog", "fox"], card) == (["dog", "fox"], 0)
     card = views.card_from_suspect(_suspect("a1", "cat", "gone"))  # a class deleted since
-    assert views.relabel_options(["cat", "dog", "fox"], card) == (["dog", "fox"], 0)
+    assert views.relabel_options(["cat", "dog", "fox"], card) == (["dog", "fox"], None)
     card = views.card_from_suspect(_suspect("a1", "cat", "fox"))
     assert views.relabel_options(["cat", "dog", "fox"], card) == (["dog", "fox"], 1)
+    # The model agrees with the label: no class is chosen for the user (one click must not
+    # move a correct image to the first other class).
+    card = views.card_from_suspect(_suspect("a1", "cat", "cat"))
+    assert views.relabel_options(["cat", "dog", "fox"], card) == (["dog", "fox"], None)
+
+
+def test_edit_notes_name_the_file_and_the_footnote_is_plain_words() -> None:
+    assert views.edit_note("exclude", "IMG_0042.jpg").startswith("Excluded **IMG_0042.jpg**")
+    relabelled = views.edit_note("relabel", "a.png", "<b>dog")
+    assert relabelled.startswith("Relabelled **a.png** to **") and "<b>" not in relabelled
+    assert views.edit_note("keep", "a.png").startswith("Kept **a.png** as labelled")
+    for jargon in ("out-of-fold", "logistic", "log p", "fold"):
+        assert jargon not in views.REVIEW_FOOTNOTE
 
 
 def test_target_and_change_notices() -> None:

@@ -10,7 +10,7 @@ from __future__ import annotations
 import csv
 import io
 import zipfile
-from collections.abc import Iterable, Sequence
+from collections.abc import Iterable, Mapping, Sequence
 from pathlib import Path
 from typing import Any
 
@@ -183,10 +183,23 @@ def run_summary(result: RunResult) -> list[tuple[str, str]]:
     ]
 
 
+def input_size(config: Mapping[str, Any]) -> int | None:
+    """The input size a run's config trains at: its ``image_size``, or when unset the
+    backbone's default (what the run used); ``None`` for an unknown backbone."""
+    from core.models.backbones import get_backbone
+
+    if config.get("image_size"):
+        return int(config["image_size"])
+    try:
+        return get_backbone(str(config.get("backbone"))).default_size
+    except StudioError:
+        return None
+
+
 def run_details(result: RunResult) -> str:
     """Markdown, one line: weights, input size, image counts and the run folder (escaped)."""
     config = result.get("config") or {}
-    size = config.get("image_size") or "default"
+    size = input_size(config) or "?"
     return (
         f"weights {md_escape(config.get('weights'), inline=True)} · "
         f"input {md_escape(size, inline=True)} px · "
