@@ -7,6 +7,7 @@ preview) lives in ``core``.
 
 from __future__ import annotations
 
+import math
 import time
 from collections.abc import Sequence
 from pathlib import Path
@@ -481,14 +482,22 @@ def trainable_params(result: RunResult) -> int | None:
     return max(counts) if counts else None
 
 
-def best_run(results: Sequence[RunResult]) -> str | None:
-    """The run with the highest best validation accuracy; ties go to the fastest one."""
+def best_run_key(run: RunSummary) -> tuple[float, float, float]:
+    """The one order of "best run", for Compare's ★ and banner and Predict's preselection:
+    the highest best validation accuracy; a tie goes to the shortest wall time, then to the
+    newest run. A run without an accuracy ranks below every run with one."""
+    acc, duration = run.get("best_val_accuracy"), run.get("duration_s")
+    return (
+        float(acc) if isinstance(acc, (int, float)) else -1.0,
+        -float(duration) if isinstance(duration, (int, float)) and duration > 0 else -math.inf,
+        float(run.get("created_at") or 0.0),
+    )
+
+
+def best_run(results: Sequence[RunSummary]) -> str | None:
+    """The best run by ``best_run_key`` among those with an accuracy; ``None`` if none has."""
     scored = [r for r in results if r.get("best_val_accuracy") is not None]
-    if not scored:
-        return None
-    inf = float("inf")
-    best = max(scored, key=lambda r: (r["best_val_accuracy"], -(r.get("duration_s") or inf)))
-    return best["run_id"]
+    return max(scored, key=best_run_key)["run_id"] if scored else None
 
 
 def compare_table(results: Sequence[RunResult]) -> list[dict[str, Any]]:
