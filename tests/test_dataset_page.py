@@ -229,9 +229,28 @@ def test_use_this_dataset_makes_it_the_data_in_use(studio) -> None:
 
 
 @pytest.mark.slow
+def test_a_newcomer_is_not_told_to_use_a_dataset_that_does_not_exist(studio) -> None:
+    at = _builder()
+    (hint,) = [i.value for i in at.info if "Use this dataset" in i.value]
+    assert hint.startswith("Create a dataset above")  # not "click Use this dataset" at once
+    assert at.selectbox(key="builder_import_source").value is None  # no built-in preselected
+    assert "builder_import_go" not in [b.key for b in at.button]  # nothing to import yet
+    _create(at, "empty")
+    assert at.button(key="builder_use").disabled  # 0 classes: nothing to use
+    _add_class(at, "cats")
+    assert at.button(key="builder_use").disabled  # a class with no image: still nothing
+    at.file_uploader(key="builder_files_empty_cats").upload("a.png", _png(1), "image/png").run()
+    _ok(at)
+    assert not at.button(key="builder_use").disabled
+    (hint,) = [i.value for i in at.info if "Use this dataset" in i.value]
+    assert hint.startswith("Pick a dataset and click **Use this dataset**")
+
+
+@pytest.mark.slow
 def test_import_a_builtin_and_a_zip_named_after_the_source(studio) -> None:
     at = _builder()
-    assert at.selectbox(key="builder_import_source").value == "builtin:photos"
+    assert at.selectbox(key="builder_import_source").value is None  # nothing chosen for them
+    at.selectbox(key="builder_import_source").set_value("builtin:photos").run()
     at.button(key="builder_import_go").click().run()
     _ok(at)
     assert at.selectbox(key="builder_pick").value == "photos"
