@@ -114,7 +114,8 @@ def test_review_relabel_exclude_keep_undo_and_retrain(studio) -> None:
     at.selectbox(key=f"review_s_to_{image}").set_value(to)
     at.button(key=f"review_s_relabel_{image}").click().run()
     _ok(at)
-    assert f"Relabelled image {image} to **{to}**." in [s.value for s in at.success]
+    shown = Path(first[image].path).name  # the file, not the hash
+    assert f"Relabelled **{shown}** to **{to}**." in [s.value for s in at.success]
     with datasets.open_dataset("toy") as ds:
         assert {i.id: i.label for i in ds.images()}[image] == to
     now = {s.image: s for s in review_run(queue.store, run_id).suspects}
@@ -357,3 +358,36 @@ def test_compare_link_values() -> None:
     edits = [{"seq": 1, "undone": False}, {"seq": 2, "undone": True}]
     assert views.retrain_key("r", edits) == "retrain-r-2-1"
     assert views.retrain_key("r", edits + [{"seq": 3, "undone": False}]) == "retrain-r-3-3"
+
+
+@pytest.mark.slow
+def test_relabel_preselects_the_prediction_only_where_the_model_disagrees(studio) -> None:
+    """Where the model agrees with the label no class is chosen and Relabel waits for one (one
+    click moved a correct image to the first other class); where it disagrees, its prediction
+    is chosen. The edit names the file."""
+    from core.runs.review import review_run
+
+    queue, run_id, _, _ = studio
+    at = _run_page(run_id)
+    suspects = {s.image: s for s in review_run(queue.store, run_id).suspects}
+    agree = []
+    for image in _card_ids(at):
+        suspect = suspects[image]
+        box = at.selectbox(key=f"review_s_to_{image}")
+        button = at.button(key=f"review_s_relabel_{image}")
+        if suspect.predicted == suspect.label:
+            assert box.value is None and button.disabled, image
+            agree.append(suspect)
+        else:
+            assert box.value == suspect.predicted and not button.disabled, image
+    assert agree, "the toy run agrees with most labels"
+    chosen = agree[0]
+    to = "red" if chosen.label == "blue" else "blue"
+    at.selectbox(key=f"review_s_to_{chosen.image}").set_value(to).run()
+    assert not at.button(key=f"review_s_relabel_{chosen.image}").disabled
+    at.button(key=f"review_s_relabel_{chosen.image}").click().run()
+    _ok(at)
+    assert f"Relabelled **{Path(chosen.path).name}** to **{to}**." in [s.value for s in at.success]
+    assert views.REVIEW_FOOTNOTE in [c.value for c in at.caption]  # plain words on the page
+    at.button(key=f"review_undo_{run_id}").click().run()  # leave the dataset as it was
+    _ok(at)
