@@ -61,17 +61,14 @@ def _act(store: RunStore, run_id: str, action: str, card: views.Card, widget: st
     from core.data.datasets import open_dataset
     from core.runs.review import edit_target
 
-    image, file_name = card.image, Path(card.path).name or card.image
+    image, file_name, path = card.image, Path(card.path).name or card.image, card.path
     try:
         name, made = edit_target(store, run_id)
         with open_dataset(name) as ds:
             if action == "relabel":
                 to = str(st.session_state.get(widget) or "")
                 if not to:
-                    _note(
-                        "warning",
-                        f"Choose the class to move **{md_escape(file_name, inline=True)}** to.",
-                    )
+                    _note("warning", "Choose the class to move the image to first.")
                     return
                 ds.relabel([image], to)
             elif action == "exclude":
@@ -80,6 +77,11 @@ def _act(store: RunStore, run_id: str, action: str, card: views.Card, widget: st
             else:
                 ds.mark_reviewed([image])
                 to = ""
+            # The name the user gave the file (stored files are named by content) and where it
+            # is now (a relabel moves it): what the message shows.
+            info = next((i for i in ds.images() if i.id == image), None)
+            if info is not None:
+                file_name, path = info.original_name or file_name, info.path
     except StudioError as exc:
         _note("error", md_escape(str(exc)))
         return
@@ -93,7 +95,7 @@ def _act(store: RunStore, run_id: str, action: str, card: views.Card, widget: st
             f"**{md_escape(display_name(result['data']), inline=True)}**: edits go there; the "
             "original is not changed.",
         )
-    _note("success", views.edit_note(action, file_name, to), card.path)
+    _note("success", views.edit_note(action, file_name, to), path)
     widgets.load_data.clear()  # the Data and Train pages must not show the old scan
     widgets.data_health.clear()
 

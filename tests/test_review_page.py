@@ -84,6 +84,11 @@ def _texts(elements) -> list[str]:
     return [md_unescape(e.value) for e in elements]
 
 
+def _original_name(dataset: str, image: str) -> str:
+    with datasets.open_dataset(dataset) as ds:
+        return next(i.original_name for i in ds.images() if i.id == image)
+
+
 def _card_ids(at: AppTest) -> list[str]:
     """Image ids with a card on the page (from their Keep buttons' keys), in page order."""
     prefix = "review_s_keep_"
@@ -114,7 +119,7 @@ def test_review_relabel_exclude_keep_undo_and_retrain(studio) -> None:
     at.selectbox(key=f"review_s_to_{image}").set_value(to)
     at.button(key=f"review_s_relabel_{image}").click().run()
     _ok(at)
-    shown = Path(first[image].path).name  # the file, not the hash
+    shown = md_escape(_original_name("toy", image), inline=True)  # as added, not its hash
     assert f"Relabelled **{shown}** to **{to}**." in [s.value for s in at.success]
     with datasets.open_dataset("toy") as ds:
         assert {i.id: i.label for i in ds.images()}[image] == to
@@ -387,7 +392,10 @@ def test_relabel_preselects_the_prediction_only_where_the_model_disagrees(studio
     assert not at.button(key=f"review_s_relabel_{chosen.image}").disabled
     at.button(key=f"review_s_relabel_{chosen.image}").click().run()
     _ok(at)
-    assert f"Relabelled **{Path(chosen.path).name}** to **{to}**." in [s.value for s in at.success]
+    shown = _original_name("toy", chosen.image)
+    assert f"Relabelled **{md_escape(shown, inline=True)}** to **{to}**." in [
+        s.value for s in at.success
+    ]
     assert views.REVIEW_FOOTNOTE in [c.value for c in at.caption]  # plain words on the page
     at.button(key=f"review_undo_{run_id}").click().run()  # leave the dataset as it was
     _ok(at)
