@@ -147,22 +147,27 @@ def test_add_images_per_class_with_counts_duplicates_and_skips(studio) -> None:
     _ok(at)
     assert _counts("toys") == {"cars": 2, "dolls": 3}
 
-    # The camera: one picture per click, each added at once, then a fresh camera.
+    # The camera: each picture is shown first; Retake drops it, Keep adds it; then a fresh one.
     at.toggle(key="builder_camera_on").set_value(True).run()
-    camera = at.camera_input(key="builder_camera_0")
-    camera.upload("photo.jpg", _jpeg(5)).run()
+    at.camera_input(key="builder_camera_0").upload("photo.jpg", _jpeg(5)).run()
+    _ok(at)
+    assert _counts("toys") == {"cars": 2, "dolls": 3}  # shown, not added yet
+    assert at.button(key="builder_camera_keep_0").label == "Keep: add to dolls"
+    at.button(key="builder_camera_retake_0").click().run()
+    _ok(at)
+    assert _counts("toys") == {"cars": 2, "dolls": 3}  # retaken: never added
+    at.camera_input(key="builder_camera_1").upload("photo.jpg", _jpeg(6)).run()
+    at.button(key="builder_camera_keep_1").click().run()
     _ok(at)
     assert _counts("toys") == {"cars": 2, "dolls": 4}
-    assert at.camera_input(key="builder_camera_1")  # ready for the next picture
-    at.camera_input(key="builder_camera_1").upload("photo.jpg", _jpeg(6)).run()
-    assert _counts("toys") == {"cars": 2, "dolls": 5}
+    assert at.camera_input(key="builder_camera_2")  # ready for the next picture
 
-    # Undo reverts the last edit (the second picture), and says so.
+    # Undo reverts the last edit (the kept picture), and says so.
     undo = at.button(key="builder_undo")
     assert "added 1 image to class" in md_unescape(undo.label)
     undo.click().run()
     _ok(at)
-    assert _counts("toys") == {"cars": 2, "dolls": 4}
+    assert _counts("toys") == {"cars": 2, "dolls": 3}
     assert any(t.startswith("Undone: added 1 image") for t in _texts(at.success))
 
 
