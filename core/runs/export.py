@@ -24,7 +24,8 @@ import shutil
 import subprocess
 import sys
 import tempfile
-from collections.abc import Sequence
+from collections.abc import Callable, Sequence
+from dataclasses import dataclass
 from pathlib import Path
 from typing import Any, NotRequired, TypedDict
 
@@ -52,7 +53,9 @@ from core.runs.formats import (
 from core.runs.store import RunStore
 
 __all__ = [
+    "ExportProgressFn",
     "ExportRow",
+    "ExportStep",
     "Verification",
     # the format table's views, re-exported: what callers of the export need
     "ARTIFACT_NAMES",
@@ -541,6 +544,37 @@ def _accuracy(probs: np.ndarray, labels: np.ndarray | None) -> float | None:
     return float(np.mean(probs.argmax(axis=1) == labels))
 
 
+@dataclass(frozen=True)
+class ExportStep:
+    """Where an export is, for a progress display: ``step`` is "preparing" (loading the model
+    and the verification images), "converting" or "verifying" (loading the file in its runtime,
+    checking its predictions and timing it) format ``index`` of ``total``, or "done" with that
+    format's finished ``row`` (the row ``export_all`` returns, without its final ``path``)."""
+
+    step: str
+    format: str
+    index: int
+    total: int
+    row: dict[str, Any] | None = None
+
+    @property
+    def text(self) -> str:
+        """One line: ``Converting onnx (6/7)…``."""
+        where = f"{self.format} ({self.index}/{self.total})"
+        if self.step == "preparing":
+            return "Loading the model and the verification images…"
+        if self.step == "converting":
+            return f"Converting {where}…"
+        if self.step == "verifying":
+            known = EXPORT_FORMATS.get(self.format)
+            runtime = known.runtime if known else "its runtime"
+            return f"Verifying and benchmarking {where} in {runtime}…"
+        return f"Done: {where}"
+
+
+ExportProgressFn = Callable[[ExportStep], None]
+
+
 def _export(
     store: RunStore,
     run_id: str,
@@ -549,9 +583,11 @@ def _export(
     overwrite: bool,
     default_folder: str,
     skipped: Sequence[dict[str, str]] = (),
+    progress: ExportProgressFn | None = None,
 ) -> dict[str, Any]:
     """Write, verify in their runtimes and place the artifacts of ``jobs`` (format, quantize),
-    with labels, config and the model card, in one folder."""
+    with labels, config and the model card, in one folder; ``progress`` hears each step."""
+    say = progress or (lambda step: None)
     from core.runs.model_card import CONFUSION_IMAGE, write_card
     from core.runs.predict import load_run
 
@@ -579,19 +615,23 @@ def _export(
             "write to."
         ) from exc
     try:
+        total = len(jobs)
+        say(ExportStep("preparing", jobs[0][0], 0, total))
         portable = portable_model(run.model)
         images, truth, source = verification_set(store, run_id, run.image_size)
         batch = images.astype(np.float32)
         live = _live_probabilities(run.model, batch)
         live_accuracy = _accuracy(live, truth)
         rows: list[ExportRow] = []
-        for (fmt, quantize), artifact in zip(jobs, artifacts, strict=True):
+        for index, ((fmt, quantize), artifact) in enumerate(zip(jobs, artifacts, strict=True), 1):
             target = staging / artifact
+            say(ExportStep("converting", fmt, index, total))
             options = WriteOptions(
                 quantize=quantize,
                 calibration=lambda: representative_images(store, run_id, run.image_size),
             )
             EXPORT_FORMATS[fmt].writer(portable, target, options)
+            say(ExportStep("verifying", fmt, index, total))
             ran = verify_in_runtime(target, fmt, batch)
             kind = "dynamic" if quantize else EXPORT_FORMATS[fmt].tolerance.kind
             check = compare_predictions(live, ran["probabilities"], kind=kind)
@@ -612,6 +652,7 @@ def _export(
                     else live_accuracy - accuracy,
                 }
             )
+            say(ExportStep("done", fmt, index, total, dict(rows[-1])))
         (staging / LABELS_FILE).write_text(labels, encoding="utf-8")
         (staging / CONFIG_FILE).write_text(
             json.dumps(result_row["config"], indent=2, sort_keys=True) + "\n", encoding="utf-8"
@@ -688,8 +729,12 @@ def export_all(
     out_dir: str | os.PathLike[str] | None = None,
     overwrite: bool = False,
     formats: Sequence[str] = FORMATS,
+    progress: ExportProgressFn | None = None,
 ) -> dict[str, Any]:
     """Export every format (default ``FORMATS``) into one folder, each verified in its runtime.
+
+    ``progress`` is called with an ``ExportStep`` as each format is converted, verified and
+    done (with its row): a page shows where the export is and each row as it finishes.
 
     Defaults to ``<run folder>/exports/all``. A format whose converter is not installed is left
     out and listed in ``skipped_formats`` with what to install; any other failure is an error.
@@ -709,4 +754,4 @@ def export_all(
     if not jobs:
         raise StudioError("No export format can be written here: " + "; ".join(
             f"{s['format']} {s['reason']}" for s in skipped))  # fmt: skip
-    return _export(store, run_id, jobs, out_dir, overwrite, "all", skipped)
+    return _export(store, run_id, jobs, out_dir, overwrite, "all", skipped, progress)
