@@ -4,7 +4,7 @@ AppTest (the page scripts as a server runs them, without a browser's drawing tim
 Run as ``python -m app.page_timing --run RUN_ID --image FILE`` with ``TRANSFER_STUDIO_HOME`` set
 to the studio holding the run; prints one JSON object: seconds for the Run page's first render
 (reads and parses the evaluation) and a rerun (cached), and for Predict's top-5 of one image
-(first: the model loads; second: loaded). The benchmark (``core.bench_scale``) runs it in a
+(first: the model loads; second: loaded). The benchmark (``core.bench.scale``) runs it in a
 process of its own, so the engine never imports Streamlit.
 """
 
@@ -19,7 +19,6 @@ from pathlib import Path
 from typing import Any
 
 ROOT = Path(__file__).resolve().parents[1]
-APP = ROOT / "streamlit_app.py"
 RUN_PAGE = "app/pages/run.py"
 PREDICT_PAGE = "app/pages/predict.py"
 TIMEOUT_S = 600.0
@@ -30,23 +29,22 @@ def _problems(at: Any) -> list[str]:
 
 
 def time_pages(run_id: str, image: Path, top_k: int = 5) -> dict[str, Any]:
-    """Seconds per render of the Run page and of Predict (``top_k`` of ``image``) on ``run_id``."""
+    """Seconds per render of the Run page and of Predict (``top_k`` of ``image``) on ``run_id``,
+    each page script run on its own (the studio holds this one run, so each page opens on it)."""
     from streamlit.testing.v1 import AppTest
 
     out: dict[str, Any] = {"run_id": run_id}
-    at = AppTest.from_file(str(APP), default_timeout=TIMEOUT_S).run()
     started = time.perf_counter()
-    at.switch_page(RUN_PAGE).run()
+    at = AppTest.from_file(str(ROOT / RUN_PAGE), default_timeout=TIMEOUT_S).run()
     out["run_page_s"] = round(time.perf_counter() - started, 3)
     started = time.perf_counter()
     at.run()
     out["run_page_rerun_s"] = round(time.perf_counter() - started, 3)
     out["run_page_problems"] = _problems(at)
-    at.switch_page(PREDICT_PAGE).run()
-    data = image.read_bytes()
+    at = AppTest.from_file(str(ROOT / PREDICT_PAGE), default_timeout=TIMEOUT_S).run()
     at.slider(key="top_k").set_value(top_k)
     started = time.perf_counter()
-    at.file_uploader(key="images").upload(image.name, data, "image/jpeg").run()
+    at.file_uploader(key="images").upload(image.name, image.read_bytes(), "image/jpeg").run()
     out["predict_s"] = round(time.perf_counter() - started, 3)
     started = time.perf_counter()
     at.run()  # the same image again: the model is loaded

@@ -21,8 +21,8 @@ from app.views import review as review_views
 from app.views import run_page as run_views
 from core.config import RunConfig
 from core.runs import evaluate
-from core.runs.review import stratified_sample
 from core.runs.store import COMPLETED, RUNNING
+from core.training.review import stratified_sample
 from tests.helpers import write_pngs
 
 ROOT = Path(__file__).resolve().parents[1]

@@ -28,6 +28,20 @@ from core.errors import DataError
 from core.files import build_folder
 from core.paths import data_cache_dir
 
+__all__ = [
+    "ClassStyle",
+    "DEFAULT_SIZE",
+    "MARKER_NAME",
+    "PHOTOS",
+    "SEED",
+    "VERSION",
+    "ProgressFn",
+    "class_names",
+    "class_style",
+    "generated_items",
+    "generated_path",
+]
+
 MARKER_NAME = ".generated-complete.json"
 VERSION = 1  # bump when the images change, so cached folders are rebuilt
 SEED = 20261206

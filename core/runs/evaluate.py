@@ -1,8 +1,10 @@
 """Evaluation of a finished run on its validation split: confusion matrix, per-class metrics and
 per-image predictions (for the misclassification gallery).
 
-The validation split is rebuilt with ``core.data.load_dataset`` from the run's own config (same
-source, ``val_split`` and ``seed``), so it is the exact split the run was validated on. The result
+The validation images are the ones the run recorded (``split.json``, ``core.runs.split``), so it
+is the exact split the run was validated on (a run from before splits were recorded: rebuilt
+with ``core.data.load_dataset`` from its config, same source, ``val_split`` and ``seed``). The
+result
 is cached as ``evaluation.json`` in the run folder and recomputed when the model file changes.
 Per image it keeps the top ``TOP_K`` classes and the true class's probability; the full
 ``(images, classes)`` probability matrix is kept beside it as ``evaluation_probabilities.npy``
@@ -19,9 +21,9 @@ from __future__ import annotations
 
 import json
 import time
-from collections.abc import Callable
+from collections.abc import Callable, Mapping
 from pathlib import Path
-from typing import TYPE_CHECKING, Any
+from typing import TYPE_CHECKING, Any, NotRequired, TypedDict
 
 import numpy as np
 
@@ -32,6 +34,29 @@ from core.runs.store import RunStore
 
 if TYPE_CHECKING:
     from core.data import DatasetIndex
+
+__all__ = [
+    "ClassMetrics",
+    "ClassRow",
+    "Evaluation",
+    "ImagePrediction",
+    "TopClass",
+    "EVALUATION_FILE",
+    "EVALUATION_VERSION",
+    "INLINE_MAX_CLASSES",
+    "MATRIX_KEY",
+    "MAX_BATCH",
+    "PROBABILITIES_FILE",
+    "TOP_K",
+    "ProgressFn",
+    "class_probability",
+    "evaluate_run",
+    "image_entry",
+    "misclassified",
+    "predict_paths",
+    "probability_matrix",
+    "write_evaluation",
+]
 
 EVALUATION_FILE = "evaluation.json"
 PROBABILITIES_FILE = "evaluation_probabilities.npy"  # (images, classes) float32, images in order
@@ -77,12 +102,12 @@ def _read_cache(path: Path, fingerprint: dict[str, Any]) -> dict[str, Any] | Non
 
 def image_entry(
     path: str, class_names: list[str], true: int, probs: np.ndarray, top_k: int = TOP_K
-) -> dict[str, Any]:
+) -> ImagePrediction:
     """One validation image as ``evaluation.json`` stores it: path, true and predicted class,
     the ``top_k`` most probable classes (``[{label, probability}]``, most probable first), the
     true class's probability and, for few classes, every probability (``probabilities``)."""
     order = np.argsort(-probs, kind="stable")[: max(1, top_k)]
-    entry: dict[str, Any] = {
+    entry: ImagePrediction = {
         "path": path,
         "true": class_names[true],
         "predicted": class_names[int(order[0])],
@@ -96,7 +121,7 @@ def image_entry(
     return entry
 
 
-def write_evaluation(run_dir: Path, result: dict[str, Any], probs: np.ndarray) -> dict[str, Any]:
+def write_evaluation(run_dir: Path, result: Mapping[str, Any], probs: np.ndarray) -> dict[str, Any]:
     """Write ``result`` as ``evaluation.json`` and ``probs`` as the array file beside it.
 
     The array goes first and both are written then renamed, so a reader sees either the old
@@ -174,6 +199,59 @@ def predict_paths(
     return np.asarray(probs, dtype=np.float32)
 
 
+class ClassMetrics(TypedDict):
+    """Precision, recall and F1 of one class on the validation images."""
+
+    precision: float
+    recall: float
+    f1: float
+
+
+# One class's row of ``per_class``: its name, metrics and ``support`` (its validation images).
+# Functional syntax: ``class`` is a Python keyword.
+ClassRow = TypedDict(
+    "ClassRow", {"class": str, "precision": float, "recall": float, "f1": float, "support": int}
+)
+
+
+class TopClass(TypedDict):
+    """One of an image's most probable classes."""
+
+    label: str
+    probability: float
+
+
+class ImagePrediction(TypedDict):
+    """One validation image: its file, true and predicted class, its top ``TOP_K`` classes and the
+    true class's probability; every class's probability for runs of up to ``INLINE_MAX_CLASSES``
+    classes (and in files written before the array file)."""
+
+    path: str
+    true: str
+    predicted: str
+    top: NotRequired[list[TopClass]]
+    true_probability: NotRequired[float]
+    probabilities: NotRequired[list[float]]
+
+
+class Evaluation(TypedDict):
+    """A run's evaluation (``evaluate --json`` prints a subset; ``evaluation.json`` holds it)."""
+
+    run_id: str
+    accuracy: float
+    class_names: list[str]
+    confusion_matrix: list[list[int]]  # rows: true class, columns: predicted
+    per_class: list[ClassRow]
+    macro_avg: ClassMetrics
+    val_images: int
+    images: list[ImagePrediction]
+    duration_s: float
+    evaluated_at: float
+    cache_key: dict[str, Any]
+    probabilities_file: NotRequired[str]  # the array file's name, in the run folder
+    from_cache: NotRequired[bool]
+
+
 def evaluate_run(
     store: RunStore,
     run_id: str,
@@ -215,20 +293,25 @@ def evaluate_run(
         model, class_names, image_size = run.model, list(run.class_names), run.image_size
     else:
         class_names, image_size = list(stored["class_names"]), int(model.inputs[0].shape[1])
-    if data is None:
-        data = load_dataset(config.data, val_split=config.val_split, seed=config.seed)
-    if list(data.class_names) != class_names:
-        raise StudioError(
-            f"The data source {config.data!r} now has classes {data.class_names}, but run "
-            f"{run_id} was trained on {class_names}; the validation split cannot be rebuilt. "
-            "Restore the original data or train a new run on the current data."
-        )
-    if not data.val_paths:
+    recorded = store.split(run_id) if data is None else None
+    if recorded is not None:
+        val_paths, val_labels = recorded.labelled("val", class_names)
+    else:
+        if data is None:  # a run that recorded no split: rebuilt from its config
+            data = load_dataset(config.data, val_split=config.val_split, seed=config.seed)
+        if list(data.class_names) != class_names:
+            raise StudioError(
+                f"The data source {config.data!r} now has classes {data.class_names}, but run "
+                f"{run_id} was trained on {class_names}; the validation split cannot be rebuilt. "
+                "Restore the original data or train a new run on the current data."
+            )
+        val_paths, val_labels = list(data.val_paths), list(data.val_labels)
+    if not val_paths:
         raise StudioError(f"Run {run_id}'s data {config.data!r} has no validation images.")
 
     batch = min(config.batch_size, MAX_BATCH)
-    probs = predict_paths(model, data.val_paths, image_size, batch, progress)
-    y_true = np.asarray(data.val_labels, dtype=np.int64)
+    probs = predict_paths(model, val_paths, image_size, batch, progress)
+    y_true = np.asarray(val_labels, dtype=np.int64)
     y_pred = probs.argmax(axis=1)
     labels = list(range(len(class_names)))
     # labels= keeps the matrix N x N even when a class is absent from the split or the predictions.
@@ -241,7 +324,7 @@ def evaluate_run(
     macro = precision_recall_fscore_support(
         y_true, y_pred, labels=labels, average="macro", zero_division=0
     )
-    per_class = [
+    per_class: list[ClassRow] = [
         {
             "class": name,
             "precision": float(precision[i]),
@@ -252,7 +335,7 @@ def evaluate_run(
         for i, name in enumerate(class_names)
     ]
     total = int(matrix.sum())
-    result: dict[str, Any] = {
+    result: Evaluation = {
         "run_id": run_id,
         "accuracy": float(np.trace(matrix) / total) if total else 0.0,
         "class_names": class_names,
@@ -266,7 +349,7 @@ def evaluate_run(
         "val_images": total,
         "images": [
             image_entry(path, class_names, int(t), row)
-            for path, t, row in zip(data.val_paths, y_true, probs, strict=True)
+            for path, t, row in zip(val_paths, y_true, probs, strict=True)
         ],
         "duration_s": round(time.perf_counter() - started, 3),
         "evaluated_at": time.time(),
@@ -274,7 +357,7 @@ def evaluate_run(
     }
     # Write-then-rename: a page reading concurrently never sees a truncated file.
     written = write_evaluation(cache_path.parent, result, probs)
-    return {**written, "from_cache": False}
+    return {**written, "from_cache": False}  # an ``Evaluation`` (the pages take it as a dict)
 
 
 def _class_name(evaluation: dict[str, Any], cls: str | int) -> str:

@@ -21,6 +21,22 @@ import keras
 from core.runs.store import RunStore
 from core.training.checkpoint import save_checkpoint
 
+__all__ = [
+    "BATCH_FLUSH_S",
+    "EPOCH_METRICS",
+    "STOP_POLL_S",
+    "BatchMetrics",
+    "Checkpoint",
+    "EpochMetrics",
+    "ProgressFn",
+    "StopOnRequest",
+    "StopTraining",
+    "current_lr",
+    "fit_until_stopped",
+    "global_step",
+    "training_callbacks",
+]
+
 ProgressFn = Callable[[dict[str, Any]], None]
 BATCH_FLUSH_S = 0.5  # how often buffered per-batch metrics reach the store
 STOP_POLL_S = 1.0  # how often the store's stop flag is read (another process may set it)
@@ -145,6 +161,15 @@ class StopOnRequest(keras.callbacks.Callback):
 
     def on_train_begin(self, logs: dict | None = None) -> None:
         self.stopped_mid_epoch = False
+
+    def on_epoch_begin(self, epoch: int, logs: dict | None = None) -> None:
+        # A stop asked during the last epoch's validation (or checkpoint) must not start another
+        # epoch: the first batch of a new one can take seconds (a fine-tuning step on a CPU).
+        if self.stop_wanted():
+            self.stopped_mid_epoch = False  # the epoch before is finished and recorded
+            self.model.stop_training = True
+            if self.interrupt:
+                raise StopTraining
 
     def on_train_batch_end(self, batch: int, logs: dict | None = None) -> None:
         if self.stop_wanted():

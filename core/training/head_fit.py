@@ -26,6 +26,13 @@ import numpy as np
 if TYPE_CHECKING:  # Keras (TensorFlow) loads on first fit: ``epoch_rows`` and
     import keras  # ``class_weights`` serve a search whose features are all cached without it.
 
+__all__ = [
+    "class_weights",
+    "epoch_rows",
+    "fit_head",
+    "even_batches",
+]
+
 
 def _compiled_epoch(
     head: keras.Model,
@@ -159,6 +166,8 @@ def fit_head(
     dispatch.on_train_begin()
     for epoch in range(initial_epoch, epochs):
         dispatch.on_epoch_begin(epoch)
+        if head.stop_training:  # a stop seen as the epoch begins: it does not run
+            break
         dispatch.on_train_batch_begin(0)
         order = epoch_rows(seed, epoch, len(y_train), views)
         logs = {k: float(v) for k, v in zip(names, run_epoch(order), strict=False)}
