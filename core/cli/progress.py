@@ -1,4 +1,5 @@
-"""Progress of long CLI stages on stderr: ``features 3,200/10,000 (32%), 250 img/s, ETA 27 s``.
+"""Progress of long CLI stages on stderr: ``computing features 3,200/10,000 (32%), 250 img/s,
+ETA 27 s``.
 
 One line every few seconds at most (a log stays readable, a terminal is not flooded), and always
 the last one. Stdout stays the command's result, so ``--json`` output is never mixed with it.
@@ -24,11 +25,12 @@ __all__ = [
 ]
 
 EVERY_S = 2.0
-STAGE_WORDS = {  # a run's stage record, in the words the Train page uses
-    "scan": "scanning images",
-    "runtime": "converting the runtime",
-    "features": "feature pass",
-    "activations": "cut pass",
+STAGE_WORDS = {  # a run's stage record, in the words the dashboard's monitor uses
+    "scan": "checking images",
+    "build": "building the model",
+    "runtime": "converting the backbone for the fast runtime (first use only)",
+    "features": "computing features",
+    "unfreeze": "unfreezing and compiling the model",
 }
 
 
@@ -86,13 +88,23 @@ class ProgressLine:
 
 
 def stage_text(record: Mapping[str, Any]) -> str | None:
-    """A run's ``stage`` record (what the dashboard's monitor shows) as one progress line; None
-    for a record without counts (building the model)."""
+    """A run's ``stage`` record (what the dashboard's monitor shows) as one progress line:
+    ``preparing 3/3: computing features 3,200/10,000 (32%), 250 img/s, ETA 27 s``; None for a
+    record that names no stage."""
+    kind = record.get("stage")
+    if not kind:
+        return None
+    word = STAGE_WORDS.get(str(kind), str(kind))
+    if kind == "build" and record.get("converting"):
+        word = "converting the backbone's weights (first use only)"
+    if kind == "features" and record.get("activations"):
+        word = "running the frozen layers"
+    step, steps = record.get("step"), record.get("steps")
+    text = f"preparing {step}/{steps}: {word}" if step and steps else word
     done, total = record.get("done"), record.get("total")
     if not isinstance(done, int) or not isinstance(total, int) or total <= 0:
-        return None
-    word = STAGE_WORDS.get(str(record.get("stage")), str(record.get("stage") or "preparing"))
-    text = f"{word} {done:,}/{total:,} ({done / total:.0%})"
+        return text
+    text += f" {done:,}/{total:,} ({done / total:.0%})"
     rate, eta = record.get("images_per_s"), record.get("eta_s")
     if isinstance(rate, (int, float)) and rate > 0:
         text += f", {rate:.0f} img/s"

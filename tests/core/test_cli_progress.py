@@ -42,12 +42,20 @@ def test_progress_line_prints_at_most_every_interval_and_always_the_last() -> No
 
 def test_stage_text_reads_the_trainer_s_stage_record() -> None:
     record = {"stage": "features", "done": 3200, "total": 10000, "images_per_s": 250.4,
-              "eta_s": 27.2}  # fmt: skip
-    assert stage_text(record) == "feature pass 3,200/10,000 (32%), 250 img/s, ETA 27 s"
-    assert stage_text({"stage": "scan", "done": 5, "total": 5, "eta_s": 0}) == (
-        "scanning images 5/5 (100%)"
+              "eta_s": 27.2, "step": 3, "steps": 3}  # fmt: skip
+    assert stage_text(record) == (
+        "preparing 3/3: computing features 3,200/10,000 (32%), 250 img/s, ETA 27 s"
     )
-    assert stage_text({"stage": "build", "converting": False}) is None
+    assert stage_text({"stage": "scan", "done": 5, "total": 5, "eta_s": 0}) == (
+        "checking images 5/5 (100%)"
+    )
+    assert stage_text({"stage": "build", "converting": True, "step": 2, "steps": 3}) == (
+        "preparing 2/3: converting the backbone's weights (first use only)"
+    )
+    assert stage_text({"stage": "features", "activations": True, "done": 1, "total": 4}) == (
+        "running the frozen layers 1/4 (25%)"
+    )
+    assert stage_text({}) is None
 
 
 class _Store:
@@ -67,9 +75,9 @@ def test_stage_watcher_prints_each_new_stage_once() -> None:
     printed = [watcher.poll() for _ in range(4)]
     assert printed == [
         None,
-        "feature pass 10/100 (10%), 5 img/s, ETA 18 s",
+        "computing features 10/100 (10%), 5 img/s, ETA 18 s",
         None,  # unchanged
-        "feature pass 100/100 (100%), 5 img/s",
+        "computing features 100/100 (100%), 5 img/s",
     ]
     assert out.getvalue().splitlines() == [p for p in printed if p]
     with StageWatcher(store, "r1", every_s=0.01, stream=out):
