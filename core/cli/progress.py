@@ -1,13 +1,16 @@
 """Progress of long CLI stages on stderr: ``computing features 3,200/10,000 (32%), 250 img/s,
 ETA 27 s``.
 
-One line every few seconds at most (a log stays readable, a terminal is not flooded), and always
-the last one. Stdout stays the command's result, so ``--json`` output is never mixed with it.
+Nothing for a stage that ends within ``after_s()`` seconds (environment variable
+``TRANSFER_STUDIO_PROGRESS_AFTER_S``, default 2; 0 shows every stage); then one line every few
+seconds at most (a log stays readable, a terminal is not flooded) and always the last one.
+Stdout stays the command's result, so ``--json`` output is never mixed with it.
 """
 
 from __future__ import annotations
 
 import json
+import os
 import sys
 import threading
 import time
@@ -15,16 +18,29 @@ from collections.abc import Callable, Mapping
 from typing import Any, TextIO
 
 __all__ = [
+    "AFTER_ENV",
     "EVERY_S",
     "STAGE_WORDS",
     "ProgressLine",
     "StageWatcher",
+    "after_s",
     "duration_text",
     "progress_text",
     "stage_text",
 ]
 
 EVERY_S = 2.0
+AFTER_ENV = "TRANSFER_STUDIO_PROGRESS_AFTER_S"
+
+
+def after_s() -> float:
+    """Seconds a stage runs before its progress is shown (``AFTER_ENV``, default ``EVERY_S``)."""
+    try:
+        return max(0.0, float(os.environ.get(AFTER_ENV, EVERY_S)))
+    except ValueError:
+        return EVERY_S
+
+
 STAGE_WORDS = {  # a run's stage record, in the words the dashboard's monitor uses
     "scan": "checking images",
     "build": "building the model",
@@ -60,8 +76,9 @@ def progress_text(label: str, done: int, total: int, elapsed_s: float, unit: str
 
 
 class ProgressLine:
-    """``line(done, total)``: prints ``progress_text`` on stderr at most every ``every_s``
-    seconds, the first and last call always. The clock starts at construction."""
+    """``line(done, total)``: prints ``progress_text`` on stderr once the stage has run
+    ``after`` seconds (default ``after_s()``), then at most every ``every_s`` seconds, and the
+    last call if anything was printed before it. The clock starts at construction."""
 
     def __init__(
         self,
@@ -70,8 +87,10 @@ class ProgressLine:
         every_s: float = EVERY_S,
         stream: TextIO | None = None,
         clock: Callable[[], float] = time.monotonic,
+        after: float | None = None,
     ) -> None:
         self.label, self.unit, self.every_s = label, unit, every_s
+        self.after = after_s() if after is None else after
         self.stream = stream
         self.clock = clock
         self.started = clock()
@@ -80,6 +99,8 @@ class ProgressLine:
     def __call__(self, done: int, total: int, **_more: Any) -> None:
         now = self.clock()
         final = done >= total
+        if self._last is None and now - self.started < self.after:
+            return  # a short stage stays silent
         if not final and self._last is not None and now - self._last < self.every_s:
             return
         self._last = now

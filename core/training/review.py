@@ -27,7 +27,7 @@ from __future__ import annotations
 import json
 import math
 import os
-from collections.abc import Sequence
+from collections.abc import Callable, Sequence
 from dataclasses import asdict, dataclass, field
 from pathlib import Path
 from typing import TYPE_CHECKING, Any
@@ -51,6 +51,9 @@ PROB_FLOOR = 1e-7  # -log of it (~16.1) is the largest loss reported (JSON has n
 LOGREG_C = 0.01  # L2 strength of the k-fold heads on standardised features (see docs/review.md)
 HEAD_LAYERS = ("head_dropout", "head_dense", "predictions")
 MAP_METHODS = ("pca", "tsne")
+# progress(step, done, total) while scores are computed: step "features" (the base's pass over the
+# images, when they are not in the embedding cache), then "heads" (the k-fold heads, one by one).
+ReviewProgress = Callable[[str, int, int], None]
 # The map draws at most this many images (a stratified sample, every class kept): t-SNE of 50,000
 # points takes many minutes, and a browser draws 5,000 markers without stutter.
 MAP_MAX_POINTS = 5000
@@ -267,7 +270,7 @@ def _load_model(store: RunStore, run_id: str) -> Any:
     return load_run(store, run_id).model
 
 
-def _scores(store: RunStore, run_id: str) -> _Scores:
+def _scores(store: RunStore, run_id: str, progress: ReviewProgress | None = None) -> _Scores:
     """The run's per-image scores: from the run folder, else computed once and kept there."""
     model_path = _check_run(store, run_id)
     fingerprint = _fingerprint(model_path)
@@ -275,7 +278,7 @@ def _scores(store: RunStore, run_id: str) -> _Scores:
     cached = _read_scores(path, fingerprint)
     if cached is not None:
         return cached
-    scores = _compute_scores(store, run_id)
+    scores = _compute_scores(store, run_id, progress)
     _write_scores(path, scores, fingerprint)
     return scores
 
@@ -415,7 +418,9 @@ def _counts(class_names: list[str], labels: list[int], splits: list[str]) -> dic
     return counts
 
 
-def _compute_scores(store: RunStore, run_id: str) -> _Scores:
+def _compute_scores(
+    store: RunStore, run_id: str, progress: ReviewProgress | None = None
+) -> _Scores:
     config = store.config(run_id)
     class_names = list(store.result(run_id)["class_names"])
     found = _run_images(store, run_id, config)
@@ -433,18 +438,26 @@ def _compute_scores(store: RunStore, run_id: str) -> _Scores:
         )
     model = _load_model(store, run_id)
     size = int(model.inputs[0].shape[1])
-    features, from_cache = _features(config, model, paths, size)
+    features, from_cache = _features(config, model, paths, size, progress)
     y = np.asarray(labels, np.int64)
     train = np.asarray([s == TRAIN for s in splits])
     probs = np.zeros((len(ids), len(class_names)), np.float32)
     classes, seed = len(class_names), int(config.seed)
-    probs[train] = _out_of_fold(features[train], y[train], classes, seed)
+    heads = [0, _fold_count(y[train]) + int((~train).any())]
+
+    def fitted_one() -> None:
+        heads[0] += 1
+        if progress is not None:
+            progress("heads", heads[0], heads[1])
+
+    probs[train] = _out_of_fold(features[train], y[train], classes, seed, fitted_one)
     if (~train).any():
         # Neither the saved model nor a head fitted on every training image saw these: their
         # mean is steadier than either (a short run's model can be barely trained).
         val_paths = [p for p, s in zip(paths, splits, strict=True) if s == VAL]
         saved = _head_probs(model, features[~train], val_paths)
         fitted = _fit_predict(features[train], y[train], features[~train], classes)
+        fitted_one()
         probs[~train] = (saved + fitted) / 2
     where = "the embedding cache" if from_cache else "one pass of the saved model's base"
     method = (
@@ -462,7 +475,11 @@ def _compute_scores(store: RunStore, run_id: str) -> _Scores:
 
 
 def _features(
-    config: RunConfig, model: Any, paths: list[str], size: int
+    config: RunConfig,
+    model: Any,
+    paths: list[str],
+    size: int,
+    progress: ReviewProgress | None = None,
 ) -> tuple[np.ndarray, bool]:
     """Pooled base features of ``paths`` as the saved model's head sees them; whether they came
     from the embedding cache (only where the base stayed frozen: feature extraction)."""
@@ -480,7 +497,13 @@ def _features(
             if cached is not None and cached.shape == (len(paths), width):
                 return np.asarray(cached, np.float32), True
     extractor = keras.Model(model.inputs, pooled)
-    return forward_once(extractor, paths, size), False
+    stage = None
+    if progress is not None:
+
+        def stage(done: int, total: int, **_more: Any) -> None:
+            progress("features", done, total)
+
+    return forward_once(extractor, paths, size, stage=stage), False
 
 
 def _head_probs(model: Any, features: np.ndarray, paths: list[str]) -> np.ndarray:
@@ -528,8 +551,24 @@ def _fit_predict(
     return out
 
 
-def _out_of_fold(features: np.ndarray, labels: np.ndarray, classes: int, seed: int) -> np.ndarray:
-    """Probabilities of each row from a logistic-regression head fitted without it (k folds)."""
+def _fold_count(labels: np.ndarray) -> int:
+    """How many folds ``_out_of_fold`` fits for ``labels`` (0 below two images)."""
+    n = len(labels)
+    if n < 2:
+        return 0
+    smallest = int(np.bincount(labels)[np.unique(labels)].min())
+    return min(FOLDS, n, smallest) if smallest >= 2 else min(FOLDS, n)
+
+
+def _out_of_fold(
+    features: np.ndarray,
+    labels: np.ndarray,
+    classes: int,
+    seed: int,
+    fitted: Callable[[], None] | None = None,
+) -> np.ndarray:
+    """Probabilities of each row from a logistic-regression head fitted without it (k folds);
+    ``fitted()`` after each fold's head."""
     from sklearn.model_selection import KFold, StratifiedKFold
 
     n = len(labels)
@@ -537,14 +576,15 @@ def _out_of_fold(features: np.ndarray, labels: np.ndarray, classes: int, seed: i
     if n < 2:
         return probs
     smallest = int(np.bincount(labels)[np.unique(labels)].min())
-    k = min(FOLDS, n)
     splitter: KFold | StratifiedKFold
     if smallest >= 2:
-        splitter = StratifiedKFold(min(k, smallest), shuffle=True, random_state=seed)
+        splitter = StratifiedKFold(_fold_count(labels), shuffle=True, random_state=seed)
     else:
-        splitter = KFold(k, shuffle=True, random_state=seed)
+        splitter = KFold(_fold_count(labels), shuffle=True, random_state=seed)
     for fit, held in splitter.split(features, labels):
         probs[held] = _fit_predict(features[fit], labels[fit], features[held], classes)
+        if fitted is not None:
+            fitted()
     return probs
 
 
@@ -654,8 +694,11 @@ def _new_in_folder(scores: _Scores) -> list[str]:
 # --------------------------------------------------------------------------- public API
 
 
-def review_run(store: RunStore, run_id: str, top: int | None = None) -> Review:
+def review_run(
+    store: RunStore, run_id: str, top: int | None = None, progress: ReviewProgress | None = None
+) -> Review:
     """Rank a completed run's images by how strongly the model disagrees with their label.
+    ``progress`` follows the scores' computation (see ``ReviewProgress``), the first time only.
 
     ``top``: keep the first ``top`` suspects (None: all scored images). Excluded images and
     images relabelled to what the model predicts drop out; "kept" ones are listed last. The
@@ -664,7 +707,7 @@ def review_run(store: RunStore, run_id: str, top: int | None = None) -> Review:
     """
     if top is not None and (isinstance(top, bool) or not isinstance(top, int) or top < 1):
         raise StudioError(f"top must be a whole number of at least 1, got {top!r}; e.g. 20.")
-    scores = _scores(store, run_id)
+    scores = _scores(store, run_id, progress)
     joined = _join(scores)
     rows = [r for r in joined.rows if not (r.relabelled and r.label == r.predicted)]
     rows.sort(key=lambda r: (r.reviewed, -r.loss, r.image))
@@ -834,6 +877,7 @@ def retrain_config(store: RunStore, run_id: str) -> RunConfig:
 
 __all__ = [
     "MAP_MAX_POINTS",
+    "ReviewProgress",
     "EmbeddingMap",
     "MapPoint",
     "Review",

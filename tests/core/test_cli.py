@@ -148,10 +148,11 @@ def test_evaluate_json_matrix_sums_to_the_validation_images(
 
 @pytest.mark.slow
 def test_evaluate_shows_its_progress_on_stderr_and_keeps_stdout_json(
-    feature_run: dict, runs_dir: str
+    feature_run: dict, runs_dir: str, monkeypatch: pytest.MonkeyPatch
 ) -> None:
-    proc = cli("evaluate", "--runs-dir", runs_dir, "--run", feature_run["run_id"], "--force",
-               "--json")  # fmt: skip
+    run = ["evaluate", "--runs-dir", runs_dir, "--run", feature_run["run_id"], "--force", "--json"]
+    monkeypatch.setenv("TRANSFER_STUDIO_PROGRESS_AFTER_S", "0")  # every stage shows
+    proc = cli(*run)
     n = feature_run["val_images"]
     lines = [line for line in proc.stderr.splitlines() if line.startswith("evaluating ")]
     assert lines and lines[-1].startswith(f"evaluating validation images {n}/{n} (100%)")

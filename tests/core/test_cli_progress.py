@@ -6,7 +6,17 @@ import io
 import json
 from typing import Any
 
-from core.cli.progress import ProgressLine, StageWatcher, duration_text, progress_text, stage_text
+import pytest
+
+from core.cli.progress import (
+    AFTER_ENV,
+    ProgressLine,
+    StageWatcher,
+    after_s,
+    duration_text,
+    progress_text,
+    stage_text,
+)
 
 
 def test_progress_text_has_counts_rate_and_time_left() -> None:
@@ -27,17 +37,31 @@ def test_duration_text() -> None:
                                                                 "1 h 2 min"]  # fmt: skip
 
 
-def test_progress_line_prints_at_most_every_interval_and_always_the_last() -> None:
+def test_progress_line_waits_then_prints_at_most_every_interval_and_the_last() -> None:
     now = [0.0]
     out = io.StringIO()
-    line = ProgressLine("pass", every_s=2.0, stream=out, clock=lambda: now[0])
+    line = ProgressLine("pass", every_s=2.0, stream=out, clock=lambda: now[0], after=2.5)
     for done in range(1, 11):  # one call a second
         now[0] = float(done)
         line(done, 10)
     printed = out.getvalue().splitlines()
-    # The first call, then one every 2 s (3, 5, 7, 9), then the last.
-    assert [p.split()[1] for p in printed] == ["1/10", "3/10", "5/10", "7/10", "9/10", "10/10"]
+    # Silent for 2.5 s, then one line every 2 s (3, 5, 7, 9), then the last.
+    assert [p.split()[1] for p in printed] == ["3/10", "5/10", "7/10", "9/10", "10/10"]
     assert printed[-1].endswith("took 10 s")
+    quick, now[0] = ProgressLine("quick", stream=out, clock=lambda: now[0], after=2.0), 0.0
+    quick(5, 5)  # over at once: nothing to follow
+    assert "quick" not in out.getvalue()
+
+
+def test_the_wait_before_progress_comes_from_the_environment(
+    monkeypatch: pytest.MonkeyPatch,
+) -> None:
+    monkeypatch.setenv(AFTER_ENV, "0")
+    assert after_s() == 0.0 and ProgressLine("x").after == 0.0
+    monkeypatch.setenv(AFTER_ENV, "soon")
+    assert after_s() == 2.0
+    monkeypatch.delenv(AFTER_ENV)
+    assert after_s() == 2.0
 
 
 def test_stage_text_reads_the_trainer_s_stage_record() -> None:

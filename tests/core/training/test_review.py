@@ -297,6 +297,26 @@ def test_embedding_map_has_one_finite_point_per_image(
         rv.embedding_map(store, run_id, "umap")
 
 
+def test_review_reports_the_feature_pass_and_each_head_once(
+    store: RunStore, managed: tuple[str, dict[str, str]]
+) -> None:
+    name, _wrong = managed
+    run_id = fake_run(store, f"dataset:{name}")
+    calls: list[tuple[str, int, int]] = []
+    rv.review_run(
+        store, run_id, progress=lambda step, done, total: calls.append((step, done, total))
+    )
+    features = [c for c in calls if c[0] == "features"]
+    heads = [c for c in calls if c[0] == "heads"]
+    assert features and features[-1][1:] == (30, 30)
+    assert calls.index(features[-1]) < calls.index(heads[0])  # the pass, then the heads
+    # Five folds over the training images, then one head on all of them for validation.
+    assert [(d, t) for _, d, t in heads] == [(k, 6) for k in range(1, 7)]
+    calls.clear()
+    rv.review_run(store, run_id, progress=lambda *a: calls.append(a))
+    assert calls == []  # cached: nothing to follow
+
+
 def test_embedding_map_past_its_cap_draws_a_stratified_sample(
     store: RunStore, managed: tuple[str, dict[str, str]]
 ) -> None:
