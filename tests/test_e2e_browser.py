@@ -266,10 +266,12 @@ def test_refresh_stop_resume_and_following_the_queue(server):
             store = RunStore(home, recover=False)
             running = store.list_runs(("queued", "running"))
             assert running, "Launch did not start a run"
-            deadline = time.monotonic() + 120  # stop in epoch 2: one epoch done, one under way
-            while (
-                time.monotonic() < deadline
-                and store.get_run(running[0]["run_id"])["epochs_done"] < 1
+            # Stop in epoch 2: one epoch done and a batch of the next recorded (a stop between
+            # epochs ends the run before the next one starts: "after epoch 1, step 48/48").
+            deadline = time.monotonic() + 120
+            run_id = running[0]["run_id"]
+            while time.monotonic() < deadline and not any(
+                b["epoch"] >= 2 for b in store.batches(run_id, after_step=0)
             ):
                 time.sleep(0.2)
             stop.click()
