@@ -1,9 +1,9 @@
 """A tour of the studio, as a person would take it, in headless Chromium.
 
 Starts `streamlit run streamlit_app.py` on a free port with a fresh studio home, then: Home
-(app/pages/home.py) → "Train the default" → Train (app/pages/train.py, watch the curves move) →
-"Compare all modes" on the same data → Compare (app/pages/compare.py, overlaid curves) → Predict
-(app/pages/predict.py, drop an image, one chart per run). The page URLs are the file names that
+(pages/home.py) → "Train the default" → Train (pages/train.py, watch the curves move) →
+"Compare all modes" on the same data → Compare (pages/compare.py, overlaid curves) → Predict
+(pages/predict.py, drop an image, one chart per run). The page URLs are the file names that
 streamlit_app.py routes with st.navigation. Screenshots go to artifacts/tour/.
 
     .venv/bin/python scripts/tour.py [--image-size 96] [--epochs 2]
@@ -18,9 +18,9 @@ import time
 from pathlib import Path
 
 ROOT = Path(__file__).resolve().parents[1]
-sys.path.insert(0, str(ROOT / "tests"))
+sys.path.insert(0, str(ROOT / "tests" / "e2e"))
 
-from test_e2e_browser import (  # noqa: E402  (reuses the e2e test's helpers)
+from test_browser import (  # noqa: E402  (reuses the e2e test's helpers)
     CHROMIUM,
     CHROMIUM_ARGS,
     _number,
