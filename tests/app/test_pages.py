@@ -14,7 +14,7 @@ from streamlit.testing.v1 import AppTest
 
 from core.config import RunConfig
 from core.runs.store import ACTIVE_STATUSES
-from tests.app._helpers import seeded_studio
+from tests.app._helpers import fake_run, fake_studio, seeded_studio
 from tests.helpers import TINY
 
 ROOT = Path(__file__).resolve().parents[2]
@@ -27,6 +27,14 @@ def seeded(tmp_path_factory):
     """A studio home of its own, holding one completed tiny run; yields (queue, run_id)."""
     with seeded_studio(tmp_path_factory.mktemp("pages-home"), TINY) as seeded:
         yield seeded
+
+
+@pytest.fixture
+def row(tmp_path):
+    """A studio home of its own holding one completed run as the worker leaves it, without
+    training (for the pages that only read the store): yields (store, run_id)."""
+    with fake_studio(tmp_path / "home") as store:
+        yield store, fake_run(store, TINY, ["banded", "dotted", "striped"], model_bytes=2_000_000)
 
 
 def _page(path: str | None = None) -> AppTest:
@@ -63,9 +71,8 @@ def _new_runs(queue, before: set[str]) -> list[str]:
     return [r["run_id"] for r in queue.store.list_runs() if r["run_id"] not in before]
 
 
-@pytest.mark.slow
-def test_home_shows_queue_and_recent_runs(seeded):
-    queue, run_id = seeded
+def test_home_shows_queue_and_recent_runs(row):
+    store, run_id = row
     at = _page()
     _ok(at)
     assert at.title[0].value.endswith("Transfer Studio")
@@ -92,8 +99,7 @@ def test_home_train_the_default_reaches_the_queue(seeded):
         _finish(queue, new)
 
 
-@pytest.mark.slow
-def test_data_page_builtin_shows_counts_samples_and_health(seeded):
+def test_data_page_builtin_shows_counts_samples_and_health(row):
     at = _page("pages/data.py")
     _ok(at)
     assert at.info[0].value.startswith("Pick a source")
@@ -109,8 +115,7 @@ def test_data_page_builtin_shows_counts_samples_and_health(seeded):
     assert len(at.get("image")) == 3  # one row of samples per class
 
 
-@pytest.mark.slow
-def test_data_page_zip_upload(seeded, tmp_path):
+def test_data_page_zip_upload(row, tmp_path):
     archive = io.BytesIO()
     with zipfile.ZipFile(archive, "w") as zf:
         for cls in ("cats", "dogs"):
@@ -131,8 +136,7 @@ def test_data_page_zip_upload(seeded, tmp_path):
     assert at.expander  # the skipped-files table
 
 
-@pytest.mark.slow
-def test_data_page_shows_errors_without_traceback(seeded, tmp_path):
+def test_data_page_shows_errors_without_traceback(row, tmp_path):
     at = _page("pages/data.py")
     at.session_state["kind"] = "Local folder"
     at.run()
@@ -148,9 +152,8 @@ def test_data_page_shows_errors_without_traceback(seeded, tmp_path):
     assert "Malformed Kaggle handle" in at.error[0].value
 
 
-@pytest.mark.slow
-def test_train_page_widgets_and_latest_run(seeded):
-    queue, run_id = seeded
+def test_train_page_widgets_and_latest_run(row):
+    store, run_id = row
     at = _page("pages/train.py")
     _ok(at)
     for key in ("backbone", "data"):
@@ -166,7 +169,7 @@ def test_train_page_widgets_and_latest_run(seeded):
         assert at.number_input(key=key) is not None
     assert at.button(key="launch") and at.button(key="compare")
     # an empty session follows the latest active, else the most recent, run from the store
-    assert at.selectbox[-1].value == queue.store.list_runs()[0]["run_id"]
+    assert at.selectbox[-1].value == store.list_runs()[0]["run_id"]
     assert len(at.get("plotly_chart")) == 1
     at.selectbox[-1].select(run_id).run()
     _ok(at)
@@ -245,9 +248,8 @@ def test_train_page_layer_preview_and_config_errors(seeded):
     assert any("below mobilenet_v2's minimum" in e.value for e in at.error)
 
 
-@pytest.mark.slow
-def test_compare_page_table_and_charts(seeded):
-    queue, run_id = seeded
+def test_compare_page_table_and_charts(row):
+    store, run_id = row
     at = _page("pages/compare.py")
     _ok(at)
     assert at.multiselect(key="compare_runs").value == [run_id]
@@ -258,15 +260,14 @@ def test_compare_page_table_and_charts(seeded):
     assert "Best" in at.success[0].value
     # The run's name, not its id, and columns that fit the ~820 px a 1280-px window leaves
     # beside the sidebar: no horizontal scroll bar hides the last column.
-    assert table["name"].iloc[0] == queue.store.result(run_id)["name"]
+    assert table["name"].iloc[0] == store.result(run_id)["name"]
     columns = json.loads(at.dataframe[0].proto.columns)
     shown = [c for c in columns.values() if not c.get("hidden")]
     assert len(shown) == 9 and sum(c["width"] for c in shown) <= 820
 
 
-@pytest.mark.slow
-def test_predict_page_offers_finished_runs(seeded):
-    _, run_id = seeded
+def test_predict_page_offers_finished_runs(row):
+    _, run_id = row
     at = _page("pages/predict.py")
     _ok(at)
     assert at.multiselect(key="models").value == [run_id]
