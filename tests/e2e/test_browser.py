@@ -417,3 +417,26 @@ def test_every_page_at_laptop_and_desktop_sizes(server):
 def _shot_path(name: str) -> Path:
     SHOTS.mkdir(parents=True, exist_ok=True)
     return SHOTS / f"{name}.png"
+
+
+def test_a_fresh_servers_first_page_lists_each_page_once_in_order():
+    """A new server asked for a page by its URL first (a bookmark): with a ``pages/`` folder,
+    Streamlit's folder mode would run that page alone and list every file of ``pages/`` plus the
+    main script, alphabetically. The page hands over to the router: its six pages, once each."""
+    from playwright.sync_api import sync_playwright
+
+    with serve() as (url, _home), sync_playwright() as pw:
+        browser = pw.chromium.launch(executable_path=CHROMIUM, args=CHROMIUM_ARGS)
+        try:
+            page = browser.new_page(viewport={"width": 1280, "height": 800})
+            page.goto(f"{url}/train")
+            page.locator("h1").first.wait_for(timeout=60_000)
+            _settle(page)
+            nav = page.locator("[data-testid='stSidebarNav'] a")
+            titles = [text.split("\n")[-1] for text in nav.all_inner_texts()]
+            assert titles == ["Home", "Data", "Train", "Compare", "Predict", "Run"]
+            assert page.locator("h1").first.inner_text() == "Train"
+            assert "Runs folder:" in page.locator("[data-testid='stSidebar']").inner_text()
+            _shot(page, "fresh-server-first-page")
+        finally:
+            browser.close()
