@@ -15,8 +15,8 @@ from streamlit.testing.v1 import AppTest
 
 from app.views import run_page as run_views
 from app.views.text import md_escape
-from tests.app._helpers import seeded_studio
-from tests.helpers import TINY
+from tests.app._helpers import fake_run, fake_studio, seeded_studio
+from tests.helpers import TINY, write_pngs
 
 ROOT = Path(__file__).resolve().parents[2]
 APP = str(ROOT / "streamlit_app.py")
@@ -44,6 +44,22 @@ def seeded(tmp_path_factory):
         yield seeded
 
 
+@pytest.fixture
+def row(tmp_path):
+    """A studio home of its own holding one completed run as the worker leaves it, evaluated,
+    without training (for the Run page's tests that never load the model): (store, run_id)."""
+    names = ["banded", "dotted", "striped"]
+    matrix = [[3, 0, 0], [0, 1, 1], [1, 0, 2]]  # the largest cell: 3 images of banded
+    pictures = [Path(p) for p in write_pngs(tmp_path / "pictures", 8)]
+    images = [  # one validation image per count of the matrix, as the evaluation lists them
+        {"path": str(pictures.pop()), "true": names[i], "predicted": names[j],
+         "probabilities": [0.8 if k == j else 0.1 for k in range(3)]}
+        for i in range(3) for j in range(3) for _ in range(matrix[i][j])
+    ]  # fmt: skip
+    with fake_studio(tmp_path / "home") as store:
+        yield store, fake_run(store, TINY, names, matrix=matrix, images=images)
+
+
 def _page(path: str) -> AppTest:
     at = AppTest.from_file(APP, default_timeout=TIMEOUT).run()
     assert not at.exception
@@ -65,9 +81,8 @@ def _png(seed: int = 0, size: int = 48) -> bytes:
 # --------------------------------------------------------------------------- pages
 
 
-@pytest.mark.slow
-def test_run_page_summary_matrix_and_gallery(seeded):
-    queue, run_id = seeded
+def test_run_page_summary_matrix_and_gallery(row):
+    store, run_id = row
     at = _page("pages/run.py")
     _ok(at)
     assert at.selectbox(key="run_page_run").value == run_id
@@ -85,7 +100,7 @@ def test_run_page_summary_matrix_and_gallery(seeded):
 
     from core.runs.evaluate import evaluate_run
 
-    evaluation = evaluate_run(queue.store, run_id)  # cached by the page's own call
+    evaluation = evaluate_run(store, run_id)  # cached by the page's own call
     matrix = np.array(evaluation["confusion_matrix"])
     i, j = np.unravel_index(matrix.argmax(), matrix.shape)
     names = evaluation["class_names"]
@@ -98,9 +113,8 @@ def test_run_page_summary_matrix_and_gallery(seeded):
     assert all(names[j] in caption and "%" in caption for caption in gallery.captions)
 
 
-@pytest.mark.slow
-def test_run_page_opens_the_run_in_the_query(seeded):
-    _, run_id = seeded
+def test_run_page_opens_the_run_in_the_query(row):
+    _, run_id = row
     at = AppTest.from_file(APP, default_timeout=TIMEOUT).run()
     at.query_params["run"] = "no-such-run"  # unknown ids fall back to the newest completed
     at.switch_page("pages/run.py").run()
@@ -174,17 +188,16 @@ def _open_run(run_id: str) -> AppTest:
     return at.switch_page("pages/run.py").run()
 
 
-@pytest.mark.slow
-def test_run_page_renames_the_run(seeded):
-    queue, run_id = seeded
-    before = queue.store.result(run_id)["name"]
+def test_run_page_renames_the_run(row):
+    store, run_id = row
+    before = store.result(run_id)["name"]
     at = _page("pages/run.py")
     assert at.text_input(key=f"name_{run_id}").value == before
     try:
         at.text_input(key=f"name_{run_id}").input("  cats   vs dogs  ").run()
         at.button(key="rename").click().run()
         _ok(at)
-        assert queue.store.result(run_id)["name"] == "cats vs dogs"
+        assert store.result(run_id)["name"] == "cats vs dogs"
         assert any("Renamed the run" in s.value for s in at.success)
         selector = at.selectbox(key="run_page_run")
         assert "cats vs dogs" in selector.format_func(selector.value)
@@ -192,15 +205,13 @@ def test_run_page_renames_the_run(seeded):
         at.text_input(key=f"name_{run_id}").input("   ").run()
         at.button(key="rename").click().run()
         assert not at.exception and "cannot be empty" in at.error[0].value
-        assert queue.store.result(run_id)["name"] == "cats vs dogs"
+        assert store.result(run_id)["name"] == "cats vs dogs"
     finally:
-        queue.store.rename(run_id, before)
+        store.rename(run_id, before)
 
 
-@pytest.mark.slow
-def test_run_page_deletes_a_run_after_a_confirmation(seeded):
-    queue, kept = seeded
-    store = queue.store
+def test_run_page_deletes_a_run_after_a_confirmation(row):
+    store, kept = row
     run_id = _failed_run(store, TINY, "Out of memory")
     folder = store.run_dir(run_id)
     (folder / "error.log").write_text("Traceback ...")
@@ -221,19 +232,18 @@ def test_run_page_deletes_a_run_after_a_confirmation(seeded):
     assert at.selectbox(key="run_page_run").value == kept  # back to the newest completed run
 
 
-@pytest.mark.slow
-def test_run_page_lists_an_interrupted_run_and_resumes_it(seeded, monkeypatch):
+def test_run_page_lists_an_interrupted_run_and_resumes_it(row, monkeypatch):
     """A run whose worker died (kill -9) is on the Run page with what happened and Resume."""
     from core.runs.store import INTERRUPTED
+    from core.training.jobs import JobQueue
 
-    queue, _ = seeded
-    store = queue.store
+    store, _ = row
     run_id = store.create_run(TINY)
     store.mark_running(run_id)
     lost = "The process running this run ended before it finished."
     store.update(run_id, status=INTERRUPTED, error=lost)
     resumed: list[str] = []
-    monkeypatch.setattr(type(queue), "resume", lambda self, rid, progress=None: resumed.append(rid))
+    monkeypatch.setattr(JobQueue, "resume", lambda self, rid, progress=None: resumed.append(rid))
     try:
         at = _open_run(run_id)
         assert not at.exception, [e.value for e in at.exception]
@@ -278,10 +288,8 @@ def test_run_page_offers_the_fix_of_a_run_failed_for_offline_weights(seeded, tmp
         store.delete_run(run_id)
 
 
-@pytest.mark.slow
-def test_run_page_offers_resume_for_a_failure_resume_can_get_past(seeded):
-    queue, _ = seeded
-    store = queue.store
+def test_run_page_offers_resume_for_a_failure_resume_can_get_past(row):
+    store, _ = row
     run_id = _failed_run(store, TINY, "No space left on device")  # random weights: no download
     try:
         at = _open_run(run_id)
