@@ -255,7 +255,6 @@ def test_the_picked_data_is_selected_not_in_use_until_used(studio) -> None:
     assert _headings(fresh) == ["In use: textures"]
 
 
-@pytest.mark.slow
 def test_the_folder_tab_checks_the_folder_as_it_is_typed(studio, folders) -> None:
     at = _data_page("Local folder")
     at.text_input(key="folder").input(str(folders / "missing")).run()
@@ -273,7 +272,6 @@ def test_the_folder_tab_checks_the_folder_as_it_is_typed(studio, folders) -> Non
     assert _headings(at) == ["In use: good"]
 
 
-@pytest.mark.slow
 def test_the_folder_tab_offers_folders_used_before(studio, folders) -> None:
     remember_source(str(folders / "split"))
     at = _data_page("Local folder")
@@ -284,7 +282,6 @@ def test_the_folder_tab_offers_folders_used_before(studio, folders) -> None:
     assert _headings(at) == ["Selected (not in use yet): split"]
 
 
-@pytest.mark.slow
 def test_the_kaggle_tab_understands_owner_slug(studio) -> None:
     at = _data_page("Kaggle")
     at.text_input(key="kaggle").input("owner/slug").run()
@@ -296,7 +293,6 @@ def test_the_kaggle_tab_understands_owner_slug(studio) -> None:
     assert "Malformed Kaggle handle" in at.error[0].value
 
 
-@pytest.mark.slow
 def test_a_dropped_zip_is_shown_by_its_own_name(studio) -> None:
     import io
     import zipfile

@@ -172,7 +172,6 @@ def _jpeg(i: int) -> bytes:
     return out.getvalue()
 
 
-@pytest.mark.slow
 def test_rename_and_delete_with_confirmation_then_undo(studio) -> None:
     with datasets.create("zoo") as ds:
         ds.add_images("lions", [("l.png", _png(1))], create_class=True)

@@ -64,7 +64,6 @@ def _predict(session: dict[str, str] | None = None) -> AppTest:
     return at
 
 
-@pytest.mark.slow
 def test_predict_preselects_the_best_run_for_the_data_in_use(studio):
     at = _predict({"data_source": "builtin:textures"})
     # Not the newest (the 33 % scratch baseline): the best on the data in use.
@@ -75,7 +74,6 @@ def test_predict_preselects_the_best_run_for_the_data_in_use(studio):
     assert at.multiselect(key="models").value == [studio["photos"]]
 
 
-@pytest.mark.slow
 def test_predict_preselects_the_run_just_watched_unless_clearly_worse(studio):
     watched = {"data_source": "builtin:textures", "run_id": studio["feature_extraction"]}
     assert _predict(watched).multiselect(key="models").value == [studio["feature_extraction"]]

@@ -99,7 +99,6 @@ def test_the_train_form_survives_a_refresh_and_a_restart(home):
     assert _form(visited) == FORM
 
 
-@pytest.mark.slow
 def test_a_damaged_draft_gives_the_defaults(home):
     drafts.draft_path(home).write_bytes(b"\x00\xff not a draft {")
     at = _open()
@@ -143,7 +142,6 @@ def test_data_picked_on_the_train_page_is_the_chosen_data(home):
     assert any(c.value == "Data: textures" for c in again.sidebar.caption)
 
 
-@pytest.mark.slow
 def test_the_feature_cache_toggle_never_shows_on_when_unused(home):
     at = _open()
     assert at.toggle(key="cache").value is True  # feature extraction: the cache applies
@@ -162,7 +160,6 @@ def test_the_feature_cache_toggle_never_shows_on_when_unused(home):
     assert weights.disabled and "random weights" in weights.help
 
 
-@pytest.mark.slow
 def test_checks_appear_above_the_launch_button(home):
     at = _open()
     at.radio(key="mode").set_value("fine_tuning")
@@ -225,7 +222,6 @@ def test_the_monitor_follows_the_queue_unless_pinned(home):
         queue.store.mark_finished(second, "stopped")
 
 
-@pytest.mark.slow
 def test_a_resumed_run_shows_no_stale_step_while_it_prepares(home):
     from core.training.jobs import get_job_queue
 
@@ -241,7 +237,6 @@ def test_a_resumed_run_shows_no_stale_step_while_it_prepares(home):
         queue.store.mark_finished(run_id, "stopped")
 
 
-@pytest.mark.slow
 def test_home_shows_names_disk_use_and_a_live_chart_of_the_running_job(home):
     from core.training.jobs import get_job_queue
 
@@ -261,7 +256,6 @@ def test_home_shows_names_disk_use_and_a_live_chart_of_the_running_job(home):
         queue.store.mark_finished(running, "stopped")
 
 
-@pytest.mark.slow
 def test_choose_data_is_kept_for_the_next_session_and_the_train_form(home):
     def choose() -> None:
         from app import navigation
@@ -276,7 +270,6 @@ def test_choose_data_is_kept_for_the_next_session_and_the_train_form(home):
     assert at.selectbox(key="data").value == "builtin:textures"
 
 
-@pytest.mark.slow
 def test_a_failure_resume_cannot_fix_offers_the_fixes_instead(home, monkeypatch):
     from core.models import backbones
     from core.training.jobs import get_job_queue
