@@ -18,9 +18,9 @@ import time
 from pathlib import Path
 
 ROOT = Path(__file__).resolve().parents[1]
-sys.path.insert(0, str(ROOT / "tests" / "e2e"))
+sys.path.insert(0, str(ROOT))  # run as a script: the project's packages (and tests/) importable
 
-from test_browser import (  # noqa: E402  (reuses the e2e test's helpers)
+from tests.e2e.test_browser import (  # noqa: E402  (reuses the e2e test's helpers)
     CHROMIUM,
     CHROMIUM_ARGS,
     _number,
