@@ -70,6 +70,7 @@ def _table(rows: list[list[str]]) -> list[str]:
 
 def cmd_review(args: argparse.Namespace) -> int:
     """Print a run's suspects (or, with --edit-target, the dataset its edits go to)."""
+    from core.data.names import escape_unprintable
     from core.errors import ConfigError, StudioError
     from core.runs.review import edit_target, review_run
     from core.runs.store import RunStore
@@ -82,7 +83,8 @@ def cmd_review(args: argparse.Namespace) -> int:
                 print(json.dumps({"dataset": name, "created": made}))
             else:
                 how = "made now as a managed copy of the run's data" if made else "existing"
-                print(f"{name}\t({how}; edit with: python -m core dataset relabel {name!r} ...)")
+                shown = escape_unprintable(name)
+                print(f"{shown}\t({how}; edit with: python -m core dataset relabel {name!r} ...)")
             return 0
         if args.top is not None and args.top < 1:
             raise ConfigError(f"--top must be at least 1, got {args.top}; e.g. --top 20.")
@@ -95,7 +97,7 @@ def cmd_review(args: argparse.Namespace) -> int:
     if args.json:
         print(json.dumps([s.to_json() for s in review.suspects]))
         return 0
-    print(f"run {review.run_id} on {review.source}")
+    print(f"run {review.run_id} on {escape_unprintable(review.source)}")
     print(f"method: {review.method}")
     if review.dataset:
         print(
@@ -117,12 +119,12 @@ def cmd_review(args: argparse.Namespace) -> int:
                 str(n),
                 s.image,
                 s.split,
-                s.label,
-                s.predicted,
+                escape_unprintable(s.label),  # names are shown as they are, never reordered
+                escape_unprintable(s.predicted),
                 f"{s.confidence:.2f}",
                 f"{s.loss:.2f}",
                 "kept" if s.reviewed else "",
-                s.path,
+                escape_unprintable(s.path),
             ]  # fmt: skip
         )
     print("\n".join(_table(rows)))

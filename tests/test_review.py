@@ -447,3 +447,19 @@ def test_the_acceptance_figure_quick(tmp_path: Path) -> None:
 
 if __name__ == "__main__":  # pragma: no cover
     sys.exit(pytest.main([__file__, "-q"]))
+
+
+def test_review_prints_invisible_characters_in_names_and_paths_escaped(
+    store: RunStore, tmp_path: Path, capsys: pytest.CaptureFixture[str]
+) -> None:
+    source = str(tmp_path / "sh\u202eots")
+    make_pictures(Path(source))
+    run_id = fake_run(store, source)
+    assert cli.main(["review", "--run", run_id, "--top", "3", "--runs-dir", str(store.root)]) == 0
+    out = capsys.readouterr().out
+    assert "\u202e" not in out and "sh\\u202eots" in out
+    assert (
+        cli.main(["review", "--run", run_id, "--edit-target", "--runs-dir", str(store.root)]) == 0
+    )
+    out = capsys.readouterr().out
+    assert "\u202e" not in out and out.startswith("shots\t")  # the copy's name drops it
