@@ -1,5 +1,5 @@
-"""The Data page's "Your dataset" (``app.dataset_builder``) under AppTest: create a dataset, name
-its classes (bad names refused with a message, HTML shown as text), add images per class by
+"""The Data page's "Your dataset" (``app.data.dataset_builder``) under AppTest: create a dataset,
+name its classes (bad names refused with a message, HTML shown as text), add images per class by
 files, folder and camera (counts, duplicates, skipped files), rename, delete with a confirmation,
 undo, use it, import a source once, two sessions editing at once; plus ``app.views.review``'s
 helpers for all that."""
