@@ -6,39 +6,26 @@ drop an image → the probability chart appears. Screenshots of every step go to
 
 from __future__ import annotations
 
-import contextlib
 import os
 import re
-import socket
-import subprocess
-import sys
-import tempfile
 import time
-import urllib.request
-from collections.abc import Iterator
 from pathlib import Path
 
 import pytest
 
-from tests.helpers import stop_studio_workers
+from tests.e2e._browser import (
+    CHROMIUM,
+    CHROMIUM_ARGS,
+    REQUIRE_BROWSER,
+    number,
+    select,
+    serve,
+    settle,
+)
 
 ROOT = Path(__file__).resolve().parents[2]
 _STARTED = [time.monotonic()]  # reset when the test starts; screenshots log their time (-s)
-CHROMIUM = "/usr/bin/chromium"
 SHOTS = ROOT / "tests" / "screenshots"
-CHROMIUM_ARGS = [
-    "--no-sandbox",
-    "--disable-gpu",
-    "--disable-background-networking",
-    "--disable-component-update",
-    "--disable-sync",
-    "--no-first-run",
-    "--disable-quic",
-]
-BUSY = "[data-testid='stStatusWidget'], [data-testid='stSpinner'], [data-testid='stSkeleton']"
-
-# CI sets TRANSFER_STUDIO_REQUIRE_BROWSER=1: there a missing browser fails instead of skipping.
-REQUIRE_BROWSER = os.environ.get("TRANSFER_STUDIO_REQUIRE_BROWSER") == "1"
 pytestmark = [  # e2e and slow: tests/e2e/conftest.py
     pytest.mark.skipif(
         not os.path.exists(CHROMIUM) and not REQUIRE_BROWSER,
@@ -47,87 +34,10 @@ pytestmark = [  # e2e and slow: tests/e2e/conftest.py
 ]
 
 
-def _free_port() -> int:
-    with socket.socket() as sock:
-        sock.bind(("127.0.0.1", 0))
-        return sock.getsockname()[1]
-
-
-@pytest.fixture(scope="module")
-def server():
-    """A `streamlit run` of the app on a free port with its own studio home."""
-    with serve() as started:
-        yield started
-
-
-@contextlib.contextmanager
-def serve() -> Iterator[tuple[str, Path]]:
-    """Start `streamlit run` on a free port with a new studio home; yield (url, home)."""
-    home = tempfile.mkdtemp(prefix="transfer-studio-e2e-")
-    port = _free_port()
-    env = {**os.environ, "TRANSFER_STUDIO_HOME": home, "TF_CPP_MIN_LOG_LEVEL": "2"}
-    log = open(Path(home) / "streamlit.log", "w")  # closed in the finalizer
-    proc = subprocess.Popen(
-        [
-            sys.executable, "-m", "streamlit", "run", "streamlit_app.py",
-            "--server.port", str(port), "--server.headless", "true",
-            "--server.fileWatcherType", "none", "--browser.gatherUsageStats", "false",
-        ],
-        cwd=ROOT, env=env, stdout=log, stderr=subprocess.STDOUT,
-    )  # fmt: skip
-    url = f"http://127.0.0.1:{port}"
-    try:
-        deadline = time.monotonic() + 60
-        while True:
-            try:
-                with urllib.request.urlopen(f"{url}/_stcore/health", timeout=2) as response:
-                    if response.status == 200:
-                        break
-            except OSError:
-                pass
-            if proc.poll() is not None or time.monotonic() > deadline:
-                raise RuntimeError(f"streamlit did not start; see {log.name}")
-            time.sleep(0.5)
-        yield url, Path(home)
-    finally:
-        proc.terminate()
-        try:
-            proc.wait(timeout=15)
-        except subprocess.TimeoutExpired:
-            proc.kill()
-            proc.wait(timeout=10)
-        stop_studio_workers(home)  # they outlive the server while a run is in progress
-        log.close()
-
-
-def _settle(page, timeout: float = 90) -> None:
-    """Wait until the app has finished its current run (no spinner, skeleton or status)."""
-    deadline = time.monotonic() + timeout
-    calm = 0
-    while time.monotonic() < deadline:
-        calm = calm + 1 if page.locator(BUSY).count() == 0 else 0
-        if calm >= 3:
-            return
-        time.sleep(0.4)
-
-
 def _shot(page, name: str) -> None:
     print(f"{time.monotonic() - _STARTED[0]:6.1f}s {name}", flush=True)
     SHOTS.mkdir(parents=True, exist_ok=True)
     page.screenshot(path=str(SHOTS / f"{name}.png"), full_page=True)
-
-
-def _select(page, key: str, option: str) -> None:
-    page.locator(f".st-key-{key} input[role='combobox']").click()
-    page.get_by_role("option").filter(has_text=option).first.click()
-    _settle(page)
-
-
-def _number(page, key: str, value: int) -> None:
-    box = page.locator(f".st-key-{key} input")
-    box.fill(str(value))
-    box.press("Enter")
-    _settle(page)
 
 
 def _traces(page) -> int:
@@ -148,18 +58,18 @@ def test_train_then_predict_in_browser(server):
             page.set_default_timeout(90_000)
             page.goto(f"{url}/train")
             expect(page.locator(".st-key-launch")).to_be_visible()
-            _settle(page)
+            settle(page)
             _shot(page, "1_train_page")
 
-            _select(page, "backbone", "MobileNetV2 ·")
+            select(page, "backbone", "MobileNetV2 ·")
             page.locator(".st-key-weights label").filter(has_text="none").click()
-            _settle(page)
-            _number(page, "size", 32)
-            _select(page, "data", "builtin:textures")
-            _number(page, "epochs", 3)
-            _number(page, "batch", 4)  # 24 steps per epoch: time to watch the curves grow
+            settle(page)
+            number(page, "size", 32)
+            select(page, "data", "builtin:textures")
+            number(page, "epochs", 3)
+            number(page, "batch", 4)  # 24 steps per epoch: time to watch the curves grow
             page.locator(".st-key-cache label").click()  # real per-batch training
-            _settle(page)
+            settle(page)
             _shot(page, "2_configured")
 
             page.locator(".st-key-launch button").click()
@@ -180,26 +90,26 @@ def test_train_then_predict_in_browser(server):
 
             done = page.get_by_text("Completed: best validation accuracy")
             expect(done).to_be_visible(timeout=150_000)
-            _settle(page)
+            settle(page)
             assert _traces(page) >= 3  # per-batch, per-epoch train and validation curves
             _shot(page, "4_completed")
 
             page.locator("[data-testid='stSidebar'] a").filter(has_text="Predict").click()
             expect(page.locator(".st-key-images")).to_be_visible()
-            _settle(page)
+            settle(page)
             expect(page.locator(".st-key-models")).to_contain_text("mobilenet_v2")
             image = next((home / "data" / "builtin" / "textures" / "brick").glob("*.png"))
             page.locator(".st-key-images input[type='file']").set_input_files(str(image))
             chart = page.locator("[data-testid='stPlotlyChart']").first
             expect(chart).to_be_visible()
-            _settle(page)
+            settle(page)
             expect(page.get_by_text(" ms", exact=False).first).to_be_visible()
             assert page.locator("[data-testid='stPlotlyChart'] .bars .point").count() >= 1
             _shot(page, "5_predict")
 
             page.locator(".st-key-gradcam label").click()  # Grad-CAM beside the bars
             expect(page.get_by_text("Grad-CAM ·")).to_be_visible()
-            _settle(page)
+            settle(page)
             expect(page.get_by_text("feature map is 1×1")).to_be_visible()  # a 32 px model
             _shot(page, "6_predict_gradcam")
         finally:
@@ -232,23 +142,23 @@ def test_refresh_stop_resume_and_following_the_queue(server):
             page.set_default_timeout(90_000)
             page.goto(f"{url}/train")
             expect(page.locator(".st-key-launch")).to_be_visible()
-            _settle(page)
-            _select(page, "backbone", "MobileNetV2")
+            settle(page)
+            select(page, "backbone", "MobileNetV2")
             page.locator(".st-key-weights label").filter(has_text="none").click()
-            _settle(page)
-            _number(page, "size", 32)
-            _select(page, "data", "builtin:textures")
-            _number(page, "epochs", 3)
-            _number(page, "ft", 1)
-            _number(page, "batch", 2)  # 48 steps per epoch: time to stop in the second
+            settle(page)
+            number(page, "size", 32)
+            select(page, "data", "builtin:textures")
+            number(page, "epochs", 3)
+            number(page, "ft", 1)
+            number(page, "batch", 2)  # 48 steps per epoch: time to stop in the second
             if page.locator(".st-key-cache input").is_checked():
                 page.locator(".st-key-cache label").click()  # per-batch training to stop
-                _settle(page)
+                settle(page)
 
             # 1. A reload is a new session: the form is the one the user left, not the defaults.
             page.reload()
             expect(page.locator(".st-key-launch")).to_be_visible()
-            _settle(page)
+            settle(page)
             assert "MobileNetV2" in page.locator(".st-key-backbone input").input_value()
             assert "textures" in page.locator(".st-key-data input").input_value()
             assert page.locator(".st-key-size input").input_value() == "32"
@@ -272,7 +182,7 @@ def test_refresh_stop_resume_and_following_the_queue(server):
                 time.sleep(0.2)
             stop.click()
             expect(page.get_by_text("Stopped after epoch 2, step").first).to_be_visible()
-            _settle(page)
+            settle(page)
             text = _monitor_text(page)
             assert "Epochs done" in text and "Step\n" not in text, text
             resume = page.locator(".st-key-resume button")
@@ -286,10 +196,10 @@ def test_refresh_stop_resume_and_following_the_queue(server):
             expect(page.get_by_text("Completed: best validation accuracy")).to_be_visible(
                 timeout=150_000
             )
-            _settle(page)
+            settle(page)
 
             # 5. Compare all modes: the monitor moves on to the run training now.
-            _number(page, "batch", 8)  # the three modes in about a minute
+            number(page, "batch", 8)  # the three modes in about a minute
             page.locator(".st-key-compare button").click()
             deadline = time.monotonic() + 60
             group: list = []
@@ -342,7 +252,7 @@ def test_refresh_stop_resume_and_following_the_queue(server):
                 expected = watched
             page.locator("[data-testid='stSidebar'] a").filter(has_text="Predict").click()
             expect(page.locator(".st-key-models")).to_be_visible()
-            _settle(page)
+            settle(page)
             _shot(page, "12_predict_preselects_the_best")
             models = page.locator(".st-key-models")
             expect(models).to_contain_text(re.compile(re.escape(expected["name"]) + " ·"))
@@ -385,7 +295,7 @@ def test_every_page_at_laptop_and_desktop_sizes(server):
                 for name in LAYOUT_PAGES:
                     page.goto(f"{url}/{name}")
                     page.locator("[data-testid='stMain'] h1").first.wait_for()
-                    _settle(page)
+                    settle(page)
                     page.screenshot(
                         path=str(_shot_path(f"layout_{name or 'home'}_{width}x{height}"))
                     )
@@ -431,7 +341,7 @@ def test_a_fresh_servers_first_page_lists_each_page_once_in_order():
             page = browser.new_page(viewport={"width": 1280, "height": 800})
             page.goto(f"{url}/train")
             page.locator("h1").first.wait_for(timeout=60_000)
-            _settle(page)
+            settle(page)
             nav = page.locator("[data-testid='stSidebarNav'] a")
             titles = [text.split("\n")[-1] for text in nav.all_inner_texts()]
             assert titles == ["Home", "Data", "Train", "Compare", "Predict", "Run"]

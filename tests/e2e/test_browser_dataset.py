@@ -21,14 +21,13 @@ import numpy as np
 import pytest
 from PIL import Image
 
-from tests.e2e.test_browser import (  # the same server, browser and waiting helpers
+from tests.e2e._browser import (  # the same server, browser and waiting helpers
     CHROMIUM,
     CHROMIUM_ARGS,
     REQUIRE_BROWSER,
-    _number,
-    _settle,
+    number,
     serve,
-    server,  # noqa: F401  (a fixture)
+    settle,
 )
 
 ROOT = Path(__file__).resolve().parents[2]
@@ -70,7 +69,7 @@ def _type(page, key: str, text: str) -> None:
     box = page.locator(f".st-key-{key} input")
     box.fill(text)
     box.press("Enter")
-    _settle(page)
+    settle(page)
 
 
 def _choose(page, key: str, option: str) -> None:
@@ -82,18 +81,18 @@ def _choose(page, key: str, option: str) -> None:
             choice.click(timeout=3_000)
             break
         except Exception:  # the list closed under a rerun: open it again
-            _settle(page)
-    _settle(page)
+            settle(page)
+    settle(page)
     value = page.locator(f".st-key-{key} input[role='combobox']").input_value()
     assert value == option, value
 
 
 def _click(page, key: str) -> None:
     page.locator(f".st-key-{key} button").first.click()
-    _settle(page)
+    settle(page)
 
 
-def test_build_a_dataset_train_review_and_retrain(server) -> None:  # noqa: F811
+def test_build_a_dataset_train_review_and_retrain(server) -> None:
     from playwright.sync_api import expect, sync_playwright
 
     from core.runs.store import RunStore
@@ -116,7 +115,7 @@ def test_build_a_dataset_train_review_and_retrain(server) -> None:  # noqa: F811
             # 1. Data → Your dataset → a new dataset named garden.
             page.goto(f"{url}/data")
             page.locator(".st-key-kind button").filter(has_text="Your dataset").click()
-            _settle(page)
+            settle(page)
             _type(page, "builder_new_name", "garden")
             _click(page, "builder_create")
             expect(page.get_by_text("Created dataset garden")).to_be_visible()
@@ -133,20 +132,20 @@ def test_build_a_dataset_train_review_and_retrain(server) -> None:  # noqa: F811
                 uploader = page.locator(f".st-key-builder_files_garden_{cls} input[type='file']")
                 uploader.first.set_input_files(paths)
                 expect(page.get_by_text(f"Added {len(paths)} images to {cls}")).to_be_visible()
-                _settle(page)
+                settle(page)
             main = page.locator("[data-testid='stMain']")
             assert main.inner_text().count("8 images") >= 2, main.inner_text()
             _shot(page, "2_classes_uploaded")
 
             # 3. One picture with the (fake) camera, into blue.
             page.locator(".st-key-builder_camera_on label").click()
-            _settle(page)
+            settle(page)
             take = page.locator(".st-key-builder_camera_0 button").filter(has_text="Take Photo")
             expect(take).to_be_enabled(timeout=60_000)
             page.wait_for_timeout(1500)  # the fake device's first frames
             take.click()
             expect(page.get_by_text("Added 1 image to blue")).to_be_visible()
-            _settle(page)
+            settle(page)
             page.get_by_text("Added 1 image to blue").scroll_into_view_if_needed()
             expect(page.locator(".st-key-builder_camera_1")).to_be_visible()  # ready again
             assert "9 images" in main.inner_text()
@@ -161,15 +160,15 @@ def test_build_a_dataset_train_review_and_retrain(server) -> None:  # noqa: F811
             # 5. Train: EfficientNet-Lite0 (offline weights), feature extraction, tiny.
             page.locator("[data-testid='stSidebar'] a").filter(has_text="Train").click()
             expect(page.locator(".st-key-launch")).to_be_visible()
-            _settle(page)
+            settle(page)
             expect(page.locator(".st-key-data input")).to_have_value(re.compile("garden"))
-            _number(page, "size", 96)
-            _number(page, "epochs", 3)
+            number(page, "size", 96)
+            number(page, "epochs", 3)
             page.locator(".st-key-launch button").click()
             expect(page.get_by_text("Completed: best validation accuracy")).to_be_visible(
                 timeout=240_000
             )
-            _settle(page)
+            settle(page)
             store = RunStore(home, recover=False)
             (before,) = [r for r in store.list_runs() if r["data"] == "dataset:garden"]
             _shot(page, "5_trained")
@@ -181,7 +180,7 @@ def test_build_a_dataset_train_review_and_retrain(server) -> None:  # noqa: F811
             page.locator(f".st-key-review_on_{run_id} label").click()
             relabel = page.locator("[class*='st-key-review_s_relabel_'] button")
             expect(relabel.first).to_be_visible(timeout=120_000)
-            _settle(page)
+            settle(page)
             notice = page.get_by_text("Edits go to your dataset garden")
             expect(notice).to_be_visible()
             notice.scroll_into_view_if_needed()
@@ -191,7 +190,7 @@ def test_build_a_dataset_train_review_and_retrain(server) -> None:  # noqa: F811
             relabel.first.click()
             done = page.get_by_text("Relabelled image")
             expect(done).to_be_visible()
-            _settle(page)
+            settle(page)
             done.scroll_into_view_if_needed()
             _shot(page, "7_relabelled")
 
@@ -199,7 +198,7 @@ def test_build_a_dataset_train_review_and_retrain(server) -> None:  # noqa: F811
             page.locator(f".st-key-review_map_on_{run_id} label").click()
             chart = page.locator(f".st-key-review_map_{run_id}_pca")
             expect(chart.locator(".scatterlayer .point").first).to_be_visible(timeout=120_000)
-            _settle(page)
+            settle(page)
             chart.scroll_into_view_if_needed()
             area = chart.locator(".nsewdrag").first.bounding_box()
             assert area is not None
@@ -209,7 +208,7 @@ def test_build_a_dataset_train_review_and_retrain(server) -> None:  # noqa: F811
             page.mouse.up()
             picked = page.get_by_text(re.compile(r"^\d+ selected images?"))
             expect(picked).to_be_visible()
-            _settle(page)
+            settle(page)
             expect(page.locator("[class*='st-key-review_m_relabel_']").first).to_be_visible()
             picked.scroll_into_view_if_needed()  # the map's lower half and the picked images
             _shot(page, "8_embedding_map")
@@ -229,7 +228,7 @@ def test_build_a_dataset_train_review_and_retrain(server) -> None:  # noqa: F811
             compare = page.locator(".st-key-compare_runs")
             expect(compare).to_contain_text("· fixed")
             expect(compare).to_contain_text(before["name"])
-            _settle(page)
+            settle(page)
             _shot(page, "10_compare_before_after")
         finally:
             browser.close()
@@ -264,13 +263,13 @@ def test_a_denied_camera_says_so_and_the_uploads_still_work(own_server, tmp_path
             page.set_default_timeout(90_000)
             page.goto(f"{url}/data")
             page.locator(".st-key-kind button").filter(has_text="Your dataset").click()
-            _settle(page)
+            settle(page)
             _type(page, "builder_new_name", "nocam")
             _click(page, "builder_create")
             _type(page, "builder_class_name", "things")
             _click(page, "builder_add_class")
             page.locator(".st-key-builder_camera_on label").click()
-            _settle(page)
+            settle(page)
             expect(page.get_by_text("If the browser blocked the camera, allow it")).to_be_visible()
             camera = page.locator("[data-testid='stCameraInput']")
             expect(camera).to_contain_text(re.compile("allow|access|permission", re.I))
