@@ -68,11 +68,21 @@ def _table(rows: list[list[str]]) -> list[str]:
     return ["  ".join(c.ljust(w) for c, w in zip(r, widths, strict=True)).rstrip() for r in rows]
 
 
+def _review_commands(exc: Any) -> str:
+    """The commands for a run review cannot read yet (a ``RunNotReviewableError``)."""
+    run, runs = exc.run_id, "python -m core runs"
+    if exc.status in ("stopped", "interrupted"):
+        return f"(python -m core resume {run}; completed runs: {runs})"
+    if exc.status == "failed":
+        return f"(its error: python -m core show {run}; completed runs: {runs})"
+    return f"(its progress: python -m core show {run}; completed runs: {runs})"
+
+
 def cmd_review(args: argparse.Namespace) -> int:
     """Print a run's suspects (or, with --edit-target, the dataset its edits go to)."""
     from core.data.names import escape_unprintable
     from core.errors import ConfigError, StudioError
-    from core.runs.review import edit_target, review_run
+    from core.runs.review import RunNotReviewableError, edit_target, review_run
     from core.runs.store import RunStore
 
     try:
@@ -89,6 +99,8 @@ def cmd_review(args: argparse.Namespace) -> int:
         if args.top is not None and args.top < 1:
             raise ConfigError(f"--top must be at least 1, got {args.top}; e.g. --top 20.")
         review = review_run(store, args.run, top=args.top)
+    except RunNotReviewableError as exc:
+        raise StudioError(f"{exc} {_review_commands(exc)}") from None
     except StudioError as exc:
         exc.settings = ()  # about --run/--top, not a training setting
         raise

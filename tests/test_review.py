@@ -361,10 +361,20 @@ def test_errors_unknown_run_unfinished_run_bad_top(
     assert err.startswith("error: No run 'nope'") and err.count("\n") == 1
     stopped = fake_run(store, f"dataset:{managed[0]}", status="stopped")
     assert cli.main(["review", "--run", stopped, *runs]) == 1
-    assert "is stopped, not completed" in capsys.readouterr().err
+    err = capsys.readouterr().err
+    assert "is stopped, not completed" in err and err.count("\n") == 1
+    assert f"python -m core resume {stopped}" in err
     queued = store.create_run(RunConfig(data=f"dataset:{managed[0]}"))
-    with pytest.raises(StudioError, match="is queued, not completed"):
+    with pytest.raises(StudioError, match="is queued, not completed") as info:
         rv.review_run(store, queued)
+    assert "python -m core" not in str(info.value)  # core speaks the dashboard's words
+    assert cli.main(["review", "--run", queued, *runs]) == 1
+    err = capsys.readouterr().err
+    assert f"python -m core show {queued}" in err and "core wait" not in err
+    failed = fake_run(store, f"dataset:{managed[0]}", status="failed")
+    assert cli.main(["review", "--run", failed, *runs]) == 1
+    err = capsys.readouterr().err
+    assert f"its error: python -m core show {failed}" in err and "core wait" not in err
     done = fake_run(store, f"dataset:{managed[0]}")
     assert cli.main(["review", "--run", done, "--top", "0", *runs]) == 1
     assert "--top must be at least 1, got 0" in capsys.readouterr().err

@@ -391,6 +391,9 @@ class RunStore:
         # (the CLI prints the same lines on stderr as they happen).
         self.notices: list[str] = []
         try:
+            if self._emptied():
+                # SQLite would open an empty file as a new, empty index without a word.
+                raise StoreDamagedError("the file is empty: 0 bytes")
             self._open_schema()
         except (sqlite3.DatabaseError, StoreDamagedError) as exc:
             if isinstance(exc, sqlite3.DatabaseError) and not sqlite_damaged(exc):
@@ -401,6 +404,19 @@ class RunStore:
         self.repair_rows()
         if recover:
             self.recover_interrupted()
+
+    def _emptied(self) -> bool:
+        """Whether the index was cut to 0 bytes after holding runs: a backup or a run folder
+        exists. (A new store's file is empty for a moment while its first process creates it:
+        with nothing recorded yet, that is no loss.)"""
+        try:
+            if self.db_path.stat().st_size > 0:
+                return False
+        except FileNotFoundError:
+            return False
+        if (self.root / BACKUP_NAME).is_file():
+            return True
+        return any((p / "config.json").is_file() for p in (self.root / "runs").iterdir())
 
     def _open_schema(self) -> None:
         with self._connect() as db:
