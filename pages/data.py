@@ -16,7 +16,9 @@ import streamlit as st
 from app import loaders, navigation
 from app.data import dataset_builder as builder
 from app.data import overview, sources
+from app.views import review as review_views
 from app.views.text import md_escape
+from core.data import datasets
 from core.data.names import display_name
 from core.data.sources import remember_source
 
@@ -57,7 +59,6 @@ if use and selected and loaders.fetch_data(selected, val_split, seed):
     st.rerun()  # redraw the sidebar and the Train page's default with the new source
 
 if not chosen:
-    button = "**Use this dataset**" if kind == builder.KIND else "**Use this data**"
-    st.info(f"Pick a source and click {button}. The Train page will use it.")
+    st.info(review_views.not_in_use_hint(kind == builder.KIND, len(datasets.dataset_names())))
     st.stop()
 overview.render(chosen, val_split, seed)

@@ -52,10 +52,28 @@ def render(store: RunStore, result: RunResult) -> None:
         help="All formats into one folder, each verified in its runtime: size, latency, agreement "
         "and accuracy side by side, with the model card and one zip to download",
     ):  # fmt: skip
+        # Where the export is (format n/7, converting or verifying) and each format's row as it
+        # finishes: the whole export takes minutes.
+        status = st.status("Exporting every format…", expanded=True)
+        bar = status.progress(0.0)
+        finished: list[dict[str, Any]] = []
+        table = status.empty()
+
+        def show(step: runs_export.ExportStep) -> None:
+            done = step.index if step.step == "done" else max(step.index - 1, 0)
+            bar.progress(done / step.total, text=step.text)
+            if step.row is not None:
+                finished.append(step.row)
+                table.dataframe(run_views.export_table(finished), hide_index=True)
+
         try:
-            with st.spinner("Exporting every format and benchmarking each in its runtime…"):
-                st.session_state[all_key] = runs_export.export_all(store, run_id)
+            st.session_state[all_key] = runs_export.export_all(store, run_id, progress=show)
+            table.empty()  # the full table follows below
+            status.update(
+                label="Every format exported and verified", state="complete", expanded=False
+            )
         except StudioError as exc:
+            status.update(label="The export stopped", state="error")
             widgets.show_error(exc)
     if export := st.session_state.get(export_key):
         st.success(run_views.export_message(export))

@@ -59,7 +59,7 @@ def test_two_sessions_share_one_queue(home):
     submitted = [_launch(a), _launch(b), _launch(a)]
     assert len(set(submitted)) == 3
 
-    queue = get_job_queue(home, processes=True)  # what both got through widgets.job_queue()
+    queue = get_job_queue(home, processes=True)  # what both got through loaders.job_queue()
     for run_id in submitted:
         assert queue.wait(run_id, timeout=300) == "completed", queue.store.result(run_id)["error"]
     runs = queue.store.list_runs()

@@ -17,6 +17,9 @@ from pathlib import Path
 from tests.helpers import stop_studio_workers
 
 ROOT = Path(__file__).resolve().parents[2]
+SHOTS = ROOT / "tests" / "screenshots"  # gitignored
+# Chromium grants the camera without asking and films its own test pattern.
+CAMERA_ARGS = ["--use-fake-ui-for-media-stream", "--use-fake-device-for-media-stream"]
 CHROMIUM = "/usr/bin/chromium"
 CHROMIUM_ARGS = [
     "--no-sandbox",
@@ -101,3 +104,19 @@ def number(page, key: str, value: int) -> None:
     box.fill(str(value))
     box.press("Enter")
     settle(page)
+
+
+# What a page must not do at a common screen size: scroll sideways, or cut a label short.
+LAYOUT_PROBE = """() => {
+  const cut = [];
+  for (const el of document.querySelectorAll('[data-testid="stMain"] *')) {
+    if (el.closest('.js-plotly-plot, [data-testid="stDataFrame"], svg')) continue;
+    const text = (el.tagName === 'INPUT' ? el.value : el.innerText || '').trim();
+    if (!text || el.offsetParent === null) continue;
+    const style = getComputedStyle(el);
+    const clips = el.tagName === 'INPUT' || style.textOverflow === 'ellipsis'
+      || ['hidden', 'clip'].includes(style.overflowX);
+    if (clips && el.scrollWidth > el.clientWidth + 1) cut.push(text.slice(0, 80));
+  }
+  return {overflow: document.documentElement.scrollWidth - window.innerWidth, cut};
+}"""

@@ -16,7 +16,9 @@ import pytest
 from tests.e2e._browser import (
     CHROMIUM,
     CHROMIUM_ARGS,
+    LAYOUT_PROBE,
     REQUIRE_BROWSER,
+    SHOTS,
     number,
     select,
     serve,
@@ -25,7 +27,6 @@ from tests.e2e._browser import (
 
 ROOT = Path(__file__).resolve().parents[2]
 _STARTED = [time.monotonic()]  # reset when the test starts; screenshots log their time (-s)
-SHOTS = ROOT / "tests" / "screenshots"
 pytestmark = [  # e2e and slow: tests/e2e/conftest.py
     pytest.mark.skipif(
         not os.path.exists(CHROMIUM) and not REQUIRE_BROWSER,
@@ -232,24 +233,16 @@ def test_refresh_stop_resume_and_following_the_queue(server):
                 timeout=300_000
             )
 
-            # 3. Predict starts with the best finished run on the data in use, or the run just
-            # watched if it is about as good (within WATCHED_SLACK): never simply the newest.
-            from app.views.run_page import WATCHED_SLACK
+            # 3. Predict starts with the best finished run on the data (the rule that names
+            # Compare's best, ties included): never simply the newest.
+            from app.views.dashboard import best_run
 
             runs = {
                 r["run_id"]: r
                 for r in RunStore(home, recover=False).list_runs()
                 if r["status"] == COMPLETED and r["data"] == "builtin:textures"
             }
-            best = max(runs.values(), key=lambda r: r["best_val_accuracy"] or 0.0)
-            watched = runs.get(last["run_id"])
-            expected = best
-            if (
-                watched
-                and (watched["best_val_accuracy"] or 0.0)
-                >= (best["best_val_accuracy"] or 0.0) - WATCHED_SLACK
-            ):
-                expected = watched
+            expected = runs[best_run(list(runs.values())) or ""]
             page.locator("[data-testid='stSidebar'] a").filter(has_text="Predict").click()
             expect(page.locator(".st-key-models")).to_be_visible()
             settle(page)
@@ -261,20 +254,6 @@ def test_refresh_stop_resume_and_following_the_queue(server):
             browser.close()
 
 
-# What a page must not do at a common screen size: scroll sideways, or cut a label short.
-LAYOUT_PROBE = """() => {
-  const cut = [];
-  for (const el of document.querySelectorAll('[data-testid="stMain"] *')) {
-    if (el.closest('.js-plotly-plot, [data-testid="stDataFrame"], svg')) continue;
-    const text = (el.tagName === 'INPUT' ? el.value : el.innerText || '').trim();
-    if (!text || el.offsetParent === null) continue;
-    const style = getComputedStyle(el);
-    const clips = el.tagName === 'INPUT' || style.textOverflow === 'ellipsis'
-      || ['hidden', 'clip'].includes(style.overflowX);
-    if (clips && el.scrollWidth > el.clientWidth + 1) cut.push(text.slice(0, 80));
-  }
-  return {overflow: document.documentElement.scrollWidth - window.innerWidth, cut};
-}"""
 SIZES = ((1280, 800), (1920, 1080))
 LAYOUT_PAGES = ("", "data", "train", "compare", "predict", "run")
 

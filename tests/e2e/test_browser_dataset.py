@@ -22,18 +22,17 @@ import pytest
 from PIL import Image
 
 from tests.e2e._browser import (  # the same server, browser and waiting helpers
+    CAMERA_ARGS,
     CHROMIUM,
     CHROMIUM_ARGS,
     REQUIRE_BROWSER,
+    SHOTS,
     number,
     serve,
     settle,
 )
 
 ROOT = Path(__file__).resolve().parents[2]
-SHOTS = ROOT / "tests" / "screenshots"
-# Chromium grants the camera without asking and films its own test pattern.
-CAMERA_ARGS = ["--use-fake-ui-for-media-stream", "--use-fake-device-for-media-stream"]
 pytestmark = [  # e2e and slow: tests/e2e/conftest.py
     pytest.mark.skipif(
         not os.path.exists(CHROMIUM) and not REQUIRE_BROWSER,
@@ -144,6 +143,10 @@ def test_build_a_dataset_train_review_and_retrain(server) -> None:
             expect(take).to_be_enabled(timeout=60_000)
             page.wait_for_timeout(1500)  # the fake device's first frames
             take.click()
+            keep = page.locator(".st-key-builder_camera_keep_0 button")  # shown, kept on a click
+            expect(keep).to_be_visible()
+            settle(page)
+            keep.click()
             expect(page.get_by_text("Added 1 image to blue")).to_be_visible()
             settle(page)
             page.get_by_text("Added 1 image to blue").scroll_into_view_if_needed()
@@ -186,9 +189,14 @@ def test_build_a_dataset_train_review_and_retrain(server) -> None:
             notice.scroll_into_view_if_needed()
             _shot(page, "6_review")
 
-            # 7. Relabel one image (to what the model predicts: the default choice).
-            relabel.first.click()
-            done = page.get_by_text("Relabelled image")
+            # 7. Relabel one image: one the model disagrees with (its prediction is chosen), or
+            # else pick a class first (none is chosen where the model agrees).
+            if not page.locator("[class*='st-key-review_s_relabel_'] button:enabled").count():
+                page.locator("[class*='st-key-review_s_to_'] input[role='combobox']").first.click()
+                page.get_by_role("option").first.click()
+                settle(page)
+            page.locator("[class*='st-key-review_s_relabel_'] button:enabled").first.click()
+            done = page.get_by_text(re.compile("^Relabelled "))
             expect(done).to_be_visible()
             settle(page)
             done.scroll_into_view_if_needed()
