@@ -21,8 +21,7 @@ from app.views import run_page as run_views
 from app.views.text import md_escape, md_unescape
 from core.config import RunConfig
 from core.runs.store import COMPLETED, FAILED, RUNNING, STOPPED, clean_run_name
-from tests.app._helpers import fake_run, fake_studio
-from tests.helpers import GFM_AUTOLINK, GFM_EMAIL, write_pngs
+from tests.helpers import GFM_AUTOLINK, GFM_EMAIL, fake_studio, stored_run, write_pngs
 
 ROOT = Path(__file__).resolve().parents[2]
 APP = str(ROOT / "streamlit_app.py")
@@ -80,10 +79,10 @@ def hostile(tmp_path_factory):
     ]  # fmt: skip
     with fake_studio(home) as store:
         runs = {
-            FAILED: fake_run(store, config, CLASSES, FAILED, error=f"Could not read {IMAGE}"),
-            STOPPED: fake_run(store, config, CLASSES, STOPPED, error=f"{LINK} stopped"),
-            COMPLETED: fake_run(store, config, CLASSES, matrix=matrix, images=images),
-            RUNNING: fake_run(store, config, CLASSES, RUNNING),
+            FAILED: stored_run(store, config, CLASSES, FAILED, error=f"Could not read {IMAGE}"),
+            STOPPED: stored_run(store, config, CLASSES, STOPPED, error=f"{LINK} stopped"),
+            COMPLETED: stored_run(store, config, CLASSES, matrix=matrix, images=images),
+            RUNNING: stored_run(store, config, CLASSES, RUNNING),
         }
         yield store, runs, str(data)
 
@@ -277,7 +276,7 @@ def thousand_classes(tmp_path_factory):
     config = RunConfig(backbone="mobilenet_v2", weights="none", data="builtin:textures",
                        image_size=32, epochs=1)  # fmt: skip
     with fake_studio(home) as store:
-        yield store, fake_run(store, config, names, matrix=matrix), names, matrix
+        yield store, stored_run(store, config, names, matrix=matrix), names, matrix
 
 
 def test_run_page_with_1000_classes_lists_confused_pairs(thousand_classes, monkeypatch):

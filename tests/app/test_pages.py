@@ -14,8 +14,7 @@ from streamlit.testing.v1 import AppTest
 
 from core.config import RunConfig
 from core.runs.store import ACTIVE_STATUSES
-from tests.app._helpers import fake_run, fake_studio, seeded_studio
-from tests.helpers import TINY
+from tests.helpers import TINY, fake_studio, seeded_studio, stored_run
 
 ROOT = Path(__file__).resolve().parents[2]
 APP = str(ROOT / "streamlit_app.py")
@@ -34,7 +33,7 @@ def row(tmp_path):
     """A studio home of its own holding one completed run as the worker leaves it, without
     training (for the pages that only read the store): yields (store, run_id)."""
     with fake_studio(tmp_path / "home") as store:
-        yield store, fake_run(store, TINY, ["banded", "dotted", "striped"], model_bytes=2_000_000)
+        yield store, stored_run(store, TINY, ["banded", "dotted", "striped"], model_bytes=2_000_000)
 
 
 def _page(path: str | None = None) -> AppTest:

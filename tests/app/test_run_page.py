@@ -15,8 +15,7 @@ from streamlit.testing.v1 import AppTest
 
 from app.views import run_page as run_views
 from app.views.text import md_escape
-from tests.app._helpers import fake_run, fake_studio, seeded_studio
-from tests.helpers import TINY, write_pngs
+from tests.helpers import TINY, fake_studio, seeded_studio, stored_run, write_pngs
 
 ROOT = Path(__file__).resolve().parents[2]
 APP = str(ROOT / "streamlit_app.py")
@@ -57,7 +56,7 @@ def row(tmp_path):
         for i in range(3) for j in range(3) for _ in range(matrix[i][j])
     ]  # fmt: skip
     with fake_studio(tmp_path / "home") as store:
-        yield store, fake_run(store, TINY, names, matrix=matrix, images=images)
+        yield store, stored_run(store, TINY, names, matrix=matrix, images=images)
 
 
 def _page(path: str) -> AppTest:
