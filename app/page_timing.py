@@ -19,8 +19,8 @@ from pathlib import Path
 from typing import Any
 
 ROOT = Path(__file__).resolve().parents[1]
-RUN_PAGE = "app/pages/run.py"
-PREDICT_PAGE = "app/pages/predict.py"
+RUN_PAGE = "pages/run.py"
+PREDICT_PAGE = "pages/predict.py"
 TIMEOUT_S = 600.0
 
 
