@@ -358,8 +358,11 @@ def run_bench(
     quick: bool = False,
     progress: Callable[[str], None] | None = None,
     figures: Collection[int] | None = None,
+    scale_classes: int = 200,
+    scale_per_class: int = 250,
 ) -> dict[str, Any]:
     """Generate the data, measure the four figures; a JSON-able dict (see module docstring).
+    ``scale_classes`` x ``scale_per_class`` is figure 16's generated set.
 
     ``out_dir`` (default ``<studio home>/bench``) keeps the generated data between runs (it is
     deterministic, so it is reused) and this benchmark's run store (emptied at each start).
@@ -522,6 +525,15 @@ def run_bench(
         )  # fmt: skip
 
     figures_out.update(_fast_figures(selected, jobs, out, quick, epochs, batch, say))
+    if 16 in selected:
+        from core.bench import scale
+
+        figures_out["many_classes"] = scale.many_classes(
+            out, classes=3 if quick else scale_classes, per_class=8 if quick else scale_per_class,
+            image_size=32 if quick else scale.IMAGE_SIZE, epochs=1 if quick else 3,
+            progress=say,
+        )  # fmt: skip
+        settings["many_classes"] = [scale_classes, scale_per_class]
     machine["load_average_end"] = [round(x, 2) for x in os.getloadavg()]
     result = {
         "figures": figures_out,
@@ -535,7 +547,7 @@ def run_bench(
     return json.loads(json.dumps(result, allow_nan=False))
 
 
-ALL_FIGURES = tuple(range(1, 13))
+ALL_FIGURES = (*range(1, 13), 16)
 CLASSIC_FIGURES = frozenset({1, 2, 3, 4})
 PHOTOS_PER_CLASS = 150  # figure 6's real photos: 600 in all, 480 training images
 
@@ -547,7 +559,7 @@ def _selected(figures: Collection[int] | None) -> list[int]:
         from core.errors import ConfigError
 
         raise ConfigError(
-            f"Unknown benchmark figure(s) {unknown}: expected numbers from 1 to {len(ALL_FIGURES)}."
+            f"Unknown benchmark figure(s) {unknown}: expected numbers from 1 to 12, or 16."
         )
     return chosen
 
@@ -637,6 +649,10 @@ def format_bench(result: dict[str, Any]) -> str:
     m = result["machine"]
     lines = _classic_lines(result) if "feature_cache" in f else []
     lines += _fast_lines(f)
+    if d := f.get("many_classes"):
+        from core.bench.scale import format_line
+
+        lines.append(format_line(d))
     lines.append(
         f"machine: {m['usable_cpus']} CPUs, TensorFlow {m['tensorflow']}, Keras {m['keras']}, "
         f"load {m['load_average_start'][0]:.1f} → {m['load_average_end'][0]:.1f}; "

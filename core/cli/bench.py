@@ -26,7 +26,9 @@ def add_parsers(sub: Any) -> None:
         "headless; 8. the dashboard server's RSS over five runs launched from the Train page; "
         "9. idle server CPU; 10. the feature pass, Keras vs the converted LiteRT runtime; "
         "11. review: recall of deliberately swapped labels, accuracy before and after the "
-        "fixes; 12. kill -9 of a worker mid-run: seconds until interrupted, then resume. Each "
+        "fixes; 12. kill -9 of a worker mid-run: seconds until interrupted, then resume; 16. "
+        "many classes (a generated 200 x 250 set): evaluation.json size, review and embedding-map "
+        "seconds, Run page and Predict render seconds. Each "
         "figure is a ratio against a baseline measured in the same run (see docs/benchmark.md).",
     )
     p.add_argument("--images-per-class", type=int, default=1000, help="default 1000 (3 classes)")
@@ -45,6 +47,13 @@ def add_parsers(sub: Any) -> None:
         "1-4 run together)",
     )
     p.add_argument("--out", metavar="DIR", help="keep the generated data and runs here")
+    p.add_argument(
+        "--scale-classes", type=int, default=200, metavar="N", help="figure 16: classes (200)"
+    )
+    p.add_argument(
+        "--scale-per-class", type=int, default=250, metavar="M",
+        help="figure 16: images per class (250: 50,000 images)",
+    )  # fmt: skip
     p.add_argument("--json", action="store_true", help="print JSON instead of text")
 
 
@@ -78,6 +87,8 @@ def cmd_bench(args: argparse.Namespace) -> int:
         quick=args.quick,
         progress=lambda line: print(line, file=sys.stderr, flush=True),
         figures=figure_list(args.figures),
+        scale_classes=args.scale_classes,
+        scale_per_class=args.scale_per_class,
     )
     if args.json:
         print_json(result)

@@ -239,7 +239,9 @@ def _stop_on_signals(jobs: JobQueue, run_id: str) -> Iterator[None]:
 
 
 def _wait_and_report(jobs: JobQueue, run_id: str, as_json: bool) -> int:
-    with _stop_on_signals(jobs, run_id):
+    from core.cli.progress import StageWatcher
+
+    with _stop_on_signals(jobs, run_id), StageWatcher(jobs.store, run_id):
         status = jobs.wait(run_id)
     result = jobs.store.result(run_id, split=as_json)
     if as_json:
@@ -387,10 +389,12 @@ def cmd_predict(args: argparse.Namespace) -> int:
 
 def cmd_evaluate(args: argparse.Namespace) -> int:
     """Confusion matrix and per-class metrics of a run's model on its validation set."""
+    from core.cli.progress import ProgressLine
     from core.runs.evaluate import evaluate_run
     from core.runs.store import RunStore
 
-    ev = evaluate_run(RunStore(args.runs_dir), args.run, force=args.force)
+    progress = ProgressLine("evaluating validation images")
+    ev = evaluate_run(RunStore(args.runs_dir), args.run, force=args.force, progress=progress)
     if args.json:
         keys = ("run_id", "accuracy", "class_names", "confusion_matrix", "per_class", "macro_avg")
         print_json({k: ev[k] for k in keys if k in ev})

@@ -6,6 +6,12 @@ is the exact split the run was validated on (a run from before splits were recor
 with ``core.data.load_dataset`` from its config, same source, ``val_split`` and ``seed``). The
 result
 is cached as ``evaluation.json`` in the run folder and recomputed when the model file changes.
+Per image it keeps the top ``TOP_K`` classes and the true class's probability; the full
+``(images, classes)`` probability matrix is kept beside it as ``evaluation_probabilities.npy``
+(at 200 classes every probability as JSON would be tens of MB that every page parses), and
+inline as ``probabilities`` only for runs of up to ``INLINE_MAX_CLASSES`` classes. Readers go
+through ``class_probability`` and ``probability_matrix``, which also read older files (every
+probability inline, no array file).
 The training worker writes it as a run completes (``core.training.trainer``), so the Run page
 only reads it; a run that was not evaluated then (an older run, an evaluation that failed) is
 evaluated when the page first asks.
@@ -15,6 +21,7 @@ from __future__ import annotations
 
 import json
 import time
+from collections.abc import Callable, Mapping
 from pathlib import Path
 from typing import TYPE_CHECKING, Any, NotRequired, TypedDict
 
@@ -22,7 +29,7 @@ import numpy as np
 
 from core.config import RunConfig
 from core.errors import StudioError
-from core.files import atomic_write_text
+from core.files import atomic_path, atomic_write_text
 from core.runs.store import RunStore
 
 if TYPE_CHECKING:
@@ -33,18 +40,33 @@ __all__ = [
     "ClassRow",
     "Evaluation",
     "ImagePrediction",
+    "TopClass",
     "EVALUATION_FILE",
     "EVALUATION_VERSION",
+    "INLINE_MAX_CLASSES",
+    "MATRIX_KEY",
     "MAX_BATCH",
+    "PROBABILITIES_FILE",
+    "TOP_K",
+    "ProgressFn",
+    "class_probability",
     "evaluate_run",
+    "image_entry",
     "misclassified",
     "predict_paths",
+    "probability_matrix",
+    "write_evaluation",
 ]
 
 EVALUATION_FILE = "evaluation.json"
+PROBABILITIES_FILE = "evaluation_probabilities.npy"  # (images, classes) float32, images in order
+TOP_K = 5  # classes kept per image in the JSON
+INLINE_MAX_CLASSES = 10  # up to this many classes, every probability is also kept inline
+MATRIX_KEY = "probability_matrix"  # the loaded array file in a returned evaluation (not JSON)
 # Bump when the evaluation's content or meaning changes, so older cached files are recomputed.
 EVALUATION_VERSION = 1
 MAX_BATCH = 64
+ProgressFn = Callable[[int, int], None]  # progress(done, total)
 
 
 def _model_fingerprint(model_path: Path) -> dict[str, Any]:
@@ -65,19 +87,115 @@ def _read_cache(path: Path, fingerprint: dict[str, Any]) -> dict[str, Any] | Non
         return None  # missing or half-written by a crashed process: just recompute
     if not isinstance(data, dict) or data.get("cache_key") != fingerprint:
         return None
+    name = data.get("probabilities_file")
+    if name:  # the array must be the one written with this file: same images, same classes
+        try:
+            matrix = np.load(path.parent / str(name), mmap_mode="r", allow_pickle=False)
+        except (OSError, ValueError):
+            return None
+        shape = (len(data.get("images") or []), len(data.get("class_names") or []))
+        if matrix.shape != shape:
+            return None
+        data[MATRIX_KEY] = matrix
     return data
 
 
-def predict_paths(model: Any, paths: list[str], image_size: int, batch_size: int) -> np.ndarray:
-    """Class probabilities for image files, in batches through a tf.data pipeline."""
+def image_entry(
+    path: str, class_names: list[str], true: int, probs: np.ndarray, top_k: int = TOP_K
+) -> ImagePrediction:
+    """One validation image as ``evaluation.json`` stores it: path, true and predicted class,
+    the ``top_k`` most probable classes (``[{label, probability}]``, most probable first), the
+    true class's probability and, for few classes, every probability (``probabilities``)."""
+    order = np.argsort(-probs, kind="stable")[: max(1, top_k)]
+    entry: ImagePrediction = {
+        "path": path,
+        "true": class_names[true],
+        "predicted": class_names[int(order[0])],
+        "top": [
+            {"label": class_names[int(i)], "probability": round(float(probs[i]), 6)} for i in order
+        ],
+        "true_probability": round(float(probs[true]), 6),
+    }
+    if len(class_names) <= INLINE_MAX_CLASSES:
+        entry["probabilities"] = [round(float(v), 6) for v in probs]
+    return entry
+
+
+def write_evaluation(run_dir: Path, result: Mapping[str, Any], probs: np.ndarray) -> dict[str, Any]:
+    """Write ``result`` as ``evaluation.json`` and ``probs`` as the array file beside it.
+
+    The array goes first and both are written then renamed, so a reader sees either the old
+    pair, or a new array with the old JSON (rejected by its shape or fingerprint: recomputed),
+    or the new pair. Returns ``result`` with ``probabilities_file`` set (and the array attached
+    under ``MATRIX_KEY``, which is not written to the JSON).
+    """
+    matrix = np.asarray(probs, dtype=np.float32)
+    with atomic_path(run_dir / PROBABILITIES_FILE) as tmp, open(tmp, "wb") as handle:
+        np.save(handle, matrix, allow_pickle=False)
+    stored = {k: v for k, v in result.items() if k != MATRIX_KEY}
+    stored["probabilities_file"] = PROBABILITIES_FILE
+    atomic_write_text(run_dir / EVALUATION_FILE, json.dumps(stored))
+    return {**stored, MATRIX_KEY: matrix}
+
+
+def probability_matrix(evaluation: dict[str, Any]) -> np.ndarray:
+    """Every validation image's class probabilities, ``(images, classes)``: the array file of
+    an evaluation, or the inline lists of an older one."""
+    matrix = evaluation.get(MATRIX_KEY)
+    if matrix is not None:
+        return np.asarray(matrix, dtype=np.float32)
+    images = evaluation.get("images") or []
+    classes = len(evaluation["class_names"])
+    if images and all("probabilities" in img for img in images):
+        return np.asarray([img["probabilities"] for img in images], dtype=np.float32)
+    raise StudioError(
+        f"Run {evaluation.get('run_id')}'s evaluation keeps only the top classes of its "
+        f"{len(images)} images and its {PROBABILITIES_FILE} is missing; evaluate it again to "
+        f"get every one of the {classes} classes' probabilities."
+    )
+
+
+def class_probability(evaluation: dict[str, Any], image: dict[str, Any], name: str) -> float:
+    """The probability of class ``name`` for one image of ``evaluation["images"]``, from what it
+    holds: every probability (few classes, older files), its top classes or the true class's
+    (always there for the predicted and the true class); 0.0 for a class outside its top ones
+    (below the top ``TOP_K``, so at most the last top probability)."""
+    if "probabilities" in image:
+        return float(image["probabilities"][evaluation["class_names"].index(name)])
+    if name == image.get("true") and "true_probability" in image:
+        return float(image["true_probability"])
+    for item in image.get("top") or []:
+        if item["label"] == name:
+            return float(item["probability"])
+    return 0.0
+
+
+def predict_paths(
+    model: Any,
+    paths: list[str],
+    image_size: int,
+    batch_size: int,
+    progress: ProgressFn | None = None,
+) -> np.ndarray:
+    """Class probabilities for image files, in batches through a tf.data pipeline;
+    ``progress(done, total)`` after each batch."""
+    import keras
+
     from core.data.pipeline import image_errors, make_dataset
 
     if not paths:
         return np.zeros((0, int(model.outputs[0].shape[-1])), dtype=np.float32)
     dataset = make_dataset(paths, [0] * len(paths), image_size, batch_size, training=False)
+    total = len(paths)
+
+    class _Progress(keras.callbacks.Callback):
+        def on_predict_batch_end(self, batch: int, logs: dict | None = None) -> None:
+            if progress is not None:
+                progress(min((batch + 1) * batch_size, total), total)
+
     # Labels are dummies: predict() only looks at the images.
     with image_errors():  # a file that changed since the scan: a DataError naming it
-        probs = model.predict(dataset.map(lambda x, _y: x), verbose=0)
+        probs = model.predict(dataset.map(lambda x, _y: x), verbose=0, callbacks=[_Progress()])
     return np.asarray(probs, dtype=np.float32)
 
 
@@ -96,13 +214,24 @@ ClassRow = TypedDict(
 )
 
 
+class TopClass(TypedDict):
+    """One of an image's most probable classes."""
+
+    label: str
+    probability: float
+
+
 class ImagePrediction(TypedDict):
-    """One validation image: its file, true and predicted class, and every class's probability."""
+    """One validation image: its file, true and predicted class, its top ``TOP_K`` classes and the
+    true class's probability; every class's probability for runs of up to ``INLINE_MAX_CLASSES``
+    classes (and in files written before the array file)."""
 
     path: str
     true: str
     predicted: str
-    probabilities: list[float]
+    top: NotRequired[list[TopClass]]
+    true_probability: NotRequired[float]
+    probabilities: NotRequired[list[float]]
 
 
 class Evaluation(TypedDict):
@@ -119,6 +248,7 @@ class Evaluation(TypedDict):
     duration_s: float
     evaluated_at: float
     cache_key: dict[str, Any]
+    probabilities_file: NotRequired[str]  # the array file's name, in the run folder
     from_cache: NotRequired[bool]
 
 
@@ -128,12 +258,15 @@ def evaluate_run(
     force: bool = False,
     model: Any = None,
     data: DatasetIndex | None = None,
+    progress: ProgressFn | None = None,
 ) -> dict[str, Any]:
-    """Evaluate a run on its validation split (cached in ``evaluation.json``).
+    """Evaluate a run on its validation split (cached in ``evaluation.json``); ``progress(done,
+    total)`` follows the validation images through the model.
 
     Returns ``{run_id, accuracy, class_names, confusion_matrix, per_class, images, ...}`` where
     ``confusion_matrix[i][j]`` counts images of true class i predicted as class j, and each image
-    is ``{path, true, predicted, probabilities}`` (class names and one probability per class).
+    is ``image_entry``'s ``{path, true, predicted, top, true_probability[, probabilities]}``; the
+    full probability matrix is under ``MATRIX_KEY`` (see ``probability_matrix``).
     ``from_cache`` tells whether the stored result was reused; ``force`` recomputes it.
 
     The training worker passes the ``model`` it just saved and the ``data`` it trained on, so the
@@ -176,7 +309,8 @@ def evaluate_run(
     if not val_paths:
         raise StudioError(f"Run {run_id}'s data {config.data!r} has no validation images.")
 
-    probs = predict_paths(model, val_paths, image_size, min(config.batch_size, MAX_BATCH))
+    batch = min(config.batch_size, MAX_BATCH)
+    probs = predict_paths(model, val_paths, image_size, batch, progress)
     y_true = np.asarray(val_labels, dtype=np.int64)
     y_pred = probs.argmax(axis=1)
     labels = list(range(len(class_names)))
@@ -214,21 +348,16 @@ def evaluate_run(
         },
         "val_images": total,
         "images": [
-            {
-                "path": path,
-                "true": class_names[t],
-                "predicted": class_names[p],
-                "probabilities": [round(float(v), 6) for v in row],
-            }
-            for path, t, p, row in zip(val_paths, y_true, y_pred, probs, strict=True)
+            image_entry(path, class_names, int(t), row)
+            for path, t, row in zip(val_paths, y_true, probs, strict=True)
         ],
         "duration_s": round(time.perf_counter() - started, 3),
         "evaluated_at": time.time(),
         "cache_key": fingerprint,
     }
     # Write-then-rename: a page reading concurrently never sees a truncated file.
-    atomic_write_text(cache_path, json.dumps(result))
-    return {**result, "from_cache": False}  # an ``Evaluation`` (the pages take it as a dict)
+    written = write_evaluation(cache_path.parent, result, probs)
+    return {**written, "from_cache": False}  # an ``Evaluation`` (the pages take it as a dict)
 
 
 def _class_name(evaluation: dict[str, Any], cls: str | int) -> str:
@@ -252,11 +381,10 @@ def misclassified(
     """
     true_name = _class_name(evaluation, true_class)
     pred_name = _class_name(evaluation, predicted_class)
-    pred_index = evaluation["class_names"].index(pred_name)
     cell = [
         img
         for img in evaluation["images"]
         if img["true"] == true_name and img["predicted"] == pred_name
     ]
     # Confident mistakes are the most instructive ones to look at first.
-    return sorted(cell, key=lambda img: -img["probabilities"][pred_index])
+    return sorted(cell, key=lambda img: -class_probability(evaluation, img, pred_name))

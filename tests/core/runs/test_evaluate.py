@@ -90,6 +90,18 @@ def test_per_class_matches_recomputation(evaluation):
 
 
 @pytest.mark.slow
+def test_evaluation_reports_progress_over_the_validation_images(run):
+    store, run_id = run
+    calls: list[tuple[int, int]] = []
+    evaluate_run(
+        store, run_id, force=True, progress=lambda done, total: calls.append((done, total))
+    )
+    n = store.result(run_id)["val_images"]
+    assert calls and calls[-1] == (n, n) and {t for _, t in calls} == {n}
+    assert [d for d, _ in calls] == sorted(d for d, _ in calls)
+
+
+@pytest.mark.slow
 def test_probabilities_match_single_image_prediction(run, evaluation):
     store, run_id = run
     names = evaluation["class_names"]
