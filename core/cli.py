@@ -12,7 +12,7 @@ from collections.abc import Callable, Sequence
 from dataclasses import fields
 from typing import TYPE_CHECKING, Any
 
-from core import cli_dataset, cli_search
+from core import cli_dataset, cli_search, cli_trackers
 from core.config import AUGMENTATIONS, FEATURE_CACHE_CHOICES, MODE_HELP, MODES, RunConfig, Status
 from core.errors import ConfigError, StudioError, storage_error
 
@@ -262,6 +262,7 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--run", required=True, metavar="RUN_ID", help="a completed run's id")
     p.add_argument("images", nargs="+", metavar="IMAGE")
     p.add_argument("--top-k", type=int, default=5, help="labels per image (default 5)")
+    cli_trackers.add_predict_flags(p)
     _add_common(p)
 
     p = sub.add_parser(
@@ -270,6 +271,7 @@ def build_parser() -> argparse.ArgumentParser:
     )
     p.add_argument("--run", required=True, metavar="RUN_ID", help="a finished run's id")
     p.add_argument("--force", action="store_true", help="recompute even if cached")
+    cli_trackers.add_evaluate_flags(p)
     _add_common(p)
 
     p = sub.add_parser(
@@ -348,6 +350,7 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--json", action="store_true", help="print JSON instead of text")
     cli_search.add_parsers(sub, _add_train_flags, config_from_args)
     cli_dataset.add_parsers(sub)
+    cli_trackers.add_parsers(sub)
     return parser
 
 
@@ -620,23 +623,21 @@ def cmd_stop(args: argparse.Namespace) -> int:
 
 def cmd_predict(args: argparse.Namespace) -> int:
     """Top-k labels per image from a run's model."""
-    from core.runs.predict import predict_images
-    from core.runs.store import RunStore
-
-    results = predict_images(RunStore(args.runs_dir), args.run, args.images, top_k=args.top_k)
-    _print_results(results, args.json, lambda p: f"{p['label']} {p['probability']:.3f}")
+    results = cli_trackers.predictions(args)
+    if args.json:
+        _print_json(results)
+        return 0
+    for result in results:
+        print(cli_trackers.prediction_line(result))
     return 0
 
 
 def cmd_evaluate(args: argparse.Namespace) -> int:
     """Confusion matrix and per-class metrics of a run's model on its validation set."""
-    from core.runs.evaluate import evaluate_run
-    from core.runs.store import RunStore
-
-    ev = evaluate_run(RunStore(args.runs_dir), args.run, force=args.force)
+    ev = cli_trackers.evaluation(args)
     if args.json:
         keys = ("run_id", "accuracy", "class_names", "confusion_matrix", "per_class", "macro_avg")
-        _print_json({k: ev[k] for k in keys if k in ev})
+        _print_json({k: ev[k] for k in keys + cli_trackers.EVALUATE_KEYS if k in ev})
         return 0
     print(f"accuracy {ev['accuracy']:.3f} on {sum(map(sum, ev['confusion_matrix']))} images")
     width = max(len(c) for c in ev["class_names"])
@@ -648,6 +649,8 @@ def cmd_evaluate(args: argparse.Namespace) -> int:
             f"{c['class']:>{width}}  precision {c['precision']:.3f}  recall {c['recall']:.3f}  "
             f"f1 {c['f1']:.3f}  support {c['support']}"
         )
+    for line in cli_trackers.evaluation_lines(ev):
+        print(line)
     return 0
 
 
@@ -793,6 +796,7 @@ def cmd_datasets(args: argparse.Namespace) -> int:
 COMMANDS = {
     **cli_dataset.COMMANDS,
     **cli_search.COMMANDS,
+    **cli_trackers.COMMANDS,
     "backbones": cmd_backbones,
     "datasets": cmd_datasets,
     "train": cmd_train,

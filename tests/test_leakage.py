@@ -1,0 +1,93 @@
+"""The leakage check's parts on planted twins: perceptual hashes and the pair finder."""
+
+from __future__ import annotations
+
+import io
+
+import numpy as np
+from PIL import Image
+
+from core.data.phash import hamming, phash_pixels
+from core.runs.leakage import SplitImages, describe, find_twins, leakage_summary, relative
+
+
+def _picture(seed: int, side: int = 64) -> np.ndarray:
+    """A distinct picture: smooth random colour blobs."""
+    small = (np.random.default_rng(seed).random((6, 6, 3)) * 255).astype(np.uint8)
+    return np.asarray(Image.fromarray(small).resize((side, side), Image.Resampling.BICUBIC))
+
+
+def _twin(rgb: np.ndarray, px: int = 2, quality: int = 85) -> np.ndarray:
+    """Cropped by ``px`` on each side and re-encoded as JPEG."""
+    im = Image.fromarray(rgb)
+    buf = io.BytesIO()
+    im.crop((px, px, im.width - px, im.height - px)).save(buf, "JPEG", quality=quality)
+    return np.asarray(Image.open(buf).convert("RGB"))
+
+
+def test_hash_tells_twins_from_other_pictures() -> None:
+    originals = [_picture(i) for i in range(40)]
+    a = np.asarray([phash_pixels(x) for x in originals], np.uint64)
+    b = np.asarray([phash_pixels(_twin(x)) for x in originals], np.uint64)
+    twins = np.diag(hamming(a, b))
+    others = hamming(a, a)[~np.eye(40, dtype=bool)]
+    # A 2-px crop moves a few bits (docs/leakage.md); two pictures differ in about half of them.
+    assert np.median(twins) * 2 < np.median(others)
+    assert np.percentile(others, 1) > 6  # the hash-alone threshold never pairs these
+    assert hamming(a[:1], a[:1])[0, 0] == 0
+
+
+def test_hamming_counts_bits() -> None:
+    got = hamming(np.array([0, 3, 2**64 - 1], np.uint64), np.array([0, 1], np.uint64))
+    assert got.tolist() == [[0, 1], [2, 1], [64, 63]]
+
+
+def _side(names: list[str], labels: list[int], hashes: list[int | None], feats) -> SplitImages:
+    return SplitImages([f"/data/{n}" for n in names], labels, [f"sha-{n}" for n in names], hashes,
+                       None if feats is None else np.asarray(feats, np.float32))  # fmt: skip
+
+
+def test_pairs_exact_near_and_relabelled() -> None:
+    rng = np.random.default_rng(0)
+    base = rng.normal(size=(6, 16))
+    train = _side(["a/0.png", "a/1.png", "b/2.png", "b/3.png"], [0, 0, 1, 1],
+                  [0, 0xFFFFFFFF, 0xFFFFFFFF00000000, 0xFFFF00000000FFFF], base[:4])  # fmt: skip
+    # v0: the same file as a/0 (sha); v1: a/1's embedding, hash far; v2: b/2's hash under
+    # label a, embedding unrelated; v3: nothing.
+    hashes = [0x5555555555555555, 0x3333333333333333, 0xFFFFFFFF00000000, 0x0F0F0F0F0F0F0F0F]
+    feats = [base[0], base[1] * 1.01, base[4], base[5]]
+    val = _side(["a/9.png", "a/8.png", "a/7.png", "b/6.png"], [0, 0, 0, 1], hashes, feats)
+    val.shas[0] = "sha-a/0.png"
+    pairs = find_twins(val, train, ["a", "b"], "/data")
+    by_val = {p["val"]: p for p in pairs}
+    assert set(by_val) == {"a/9.png", "a/8.png", "a/7.png"}
+    assert by_val["a/9.png"]["train"] == "a/0.png" and by_val["a/9.png"]["exact"]
+    assert by_val["a/9.png"]["similarity"] == 1.0
+    assert by_val["a/8.png"]["train"] == "a/1.png" and by_val["a/8.png"]["similarity"] > 0.99
+    assert by_val["a/7.png"]["train"] == "b/2.png" and by_val["a/7.png"]["same_label"] is False
+    assert by_val["a/7.png"]["hash_distance"] == 0
+
+    correct = [True, True, False, False]
+    summary = leakage_summary(pairs, val.paths, correct, "/data")
+    assert summary["val_images_with_train_twin"] == 3
+    assert summary["accuracy"] == 0.5
+    assert summary["accuracy_without_twins"] == 0.0  # only b/6 is left, predicted wrong
+    assert summary["different_labels"] == 1 and summary["exact_duplicates"] == 1
+    text = describe(summary)
+    assert text.startswith("3 of 4 validation images have a near-copy in training")
+    assert "0.00, not 0.50" in text and "labelled twice" in text
+
+
+def test_no_features_still_finds_hash_twins_and_no_data_no_pairs() -> None:
+    train = _side(["a/0.png"], [0], [5], None)
+    val = _side(["a/1.png", "a/2.png"], [0, 0], [5, None], None)
+    pairs = find_twins(val, train, ["a"], "/data")
+    assert [(p["val"], p["similarity"]) for p in pairs] == [("a/1.png", None)]
+    assert find_twins(_side([], [], [], None), train, ["a"], "/data") == []
+    clean = leakage_summary([], val.paths, [True, False], "/data")
+    assert describe(clean).startswith("None of the 2 validation images")
+
+
+def test_paths_are_relative_to_the_data_root() -> None:
+    assert relative("/data/cats/1.png", "/data") == "cats/1.png"
+    assert relative("/elsewhere/1.png", "/data") == "/elsewhere/1.png"
