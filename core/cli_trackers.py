@@ -42,7 +42,8 @@ def add_parsers(sub: Any) -> None:
         "--tracking-uri",
         required=True,
         metavar="URI",
-        help="the MLflow tracking store: file:/path/to/mlruns, sqlite:///mlflow.db or http(s)://",
+        help="the MLflow tracking store: file:/path/to/mlruns (a folder, no server needed) or "
+        "http(s)://host:port (an MLflow server)",
     )
     p.add_argument(
         "--experiment", metavar="NAME", help="MLflow experiment (default: transfer-studio)"

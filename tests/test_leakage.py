@@ -7,7 +7,7 @@ import io
 import numpy as np
 from PIL import Image
 
-from core.data.phash import hamming, phash_pixels
+from core.data.phash import CROPS, crop_distance, hamming, phash_crops, phash_pixels
 from core.runs.leakage import SplitImages, describe, find_twins, leakage_summary, relative
 
 
@@ -29,12 +29,18 @@ def test_hash_tells_twins_from_other_pictures() -> None:
     originals = [_picture(i) for i in range(40)]
     a = np.asarray([phash_pixels(x) for x in originals], np.uint64)
     b = np.asarray([phash_pixels(_twin(x)) for x in originals], np.uint64)
-    twins = np.diag(hamming(a, b))
     others = hamming(a, a)[~np.eye(40, dtype=bool)]
-    # A 2-px crop moves a few bits (docs/leakage.md); two pictures differ in about half of them.
-    assert np.median(twins) * 2 < np.median(others)
-    assert np.percentile(others, 1) > 6  # the hash-alone threshold never pairs these
-    assert hamming(a[:1], a[:1])[0, 0] == 0
+    # One hash per picture: a 2-px crop moves many bits, as many as some distinct pictures.
+    assert np.max(np.diag(hamming(a, b))) > 6
+    # With the crops' hashes the twins are a few bits apart, distinct pictures far more.
+    ca = np.asarray([phash_crops(x) for x in originals], np.uint64)
+    cb = np.asarray([phash_crops(_twin(x)) for x in originals], np.uint64)
+    assert ca.shape == (40, len(CROPS))
+    assert np.max(np.diag(crop_distance(ca, cb))) <= 6
+    assert np.min(crop_distance(ca, ca)[~np.eye(40, dtype=bool)]) > 6
+    assert np.median(others) > 20
+    # Symmetric: which side is the cropped one does not matter.
+    assert (crop_distance(ca, cb) == crop_distance(cb, ca).T).all()
 
 
 def test_hamming_counts_bits() -> None:
@@ -43,7 +49,9 @@ def test_hamming_counts_bits() -> None:
 
 
 def _side(names: list[str], labels: list[int], hashes: list[int | None], feats) -> SplitImages:
-    return SplitImages([f"/data/{n}" for n in names], labels, [f"sha-{n}" for n in names], hashes,
+    """One side of a split; each hash stands for all the picture's crop hashes."""
+    crops = [None if h is None else (h,) * len(CROPS) for h in hashes]
+    return SplitImages([f"/data/{n}" for n in names], labels, [f"sha-{n}" for n in names], crops,
                        None if feats is None else np.asarray(feats, np.float32))  # fmt: skip
 
 
@@ -52,9 +60,9 @@ def test_pairs_exact_near_and_relabelled() -> None:
     base = rng.normal(size=(6, 16))
     train = _side(["a/0.png", "a/1.png", "b/2.png", "b/3.png"], [0, 0, 1, 1],
                   [0, 0xFFFFFFFF, 0xFFFFFFFF00000000, 0xFFFF00000000FFFF], base[:4])  # fmt: skip
-    # v0: the same file as a/0 (sha); v1: a/1's embedding, hash far; v2: b/2's hash under
-    # label a, embedding unrelated; v3: nothing.
-    hashes = [0x5555555555555555, 0x3333333333333333, 0xFFFFFFFF00000000, 0x0F0F0F0F0F0F0F0F]
+    # v0: the same file as a/0 (sha); v1: a/1's embedding, hash 16 bits off (too far for the
+    # hash alone); v2: b/2's hash under label a, embedding unrelated; v3: nothing.
+    hashes = [0x5555555555555555, 0x00000000FFFF0000, 0xFFFFFFFF00000000, 0x0F0F0F0F0F0F0F0F]
     feats = [base[0], base[1] * 1.01, base[4], base[5]]
     val = _side(["a/9.png", "a/8.png", "a/7.png", "b/6.png"], [0, 0, 0, 1], hashes, feats)
     val.shas[0] = "sha-a/0.png"
@@ -66,6 +74,10 @@ def test_pairs_exact_near_and_relabelled() -> None:
     assert by_val["a/8.png"]["train"] == "a/1.png" and by_val["a/8.png"]["similarity"] > 0.99
     assert by_val["a/7.png"]["train"] == "b/2.png" and by_val["a/7.png"]["same_label"] is False
     assert by_val["a/7.png"]["hash_distance"] == 0
+    # The same embedding but hashes 32 bits apart: two different pictures a weak network maps
+    # alike, not twins.
+    val.hashes[1] = (0x3333333333333333,) * len(CROPS)
+    assert "a/8.png" not in {p["val"] for p in find_twins(val, train, ["a", "b"], "/data")}
 
     correct = [True, True, False, False]
     summary = leakage_summary(pairs, val.paths, correct, "/data")

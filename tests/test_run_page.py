@@ -81,7 +81,7 @@ def test_run_page_summary_matrix_and_gallery(seeded):
     assert list(phases["phase"]) == ["1 · head"] and phases["trainable params"].iloc[0] > 0
     assert list(per_class["class"])[-1] == "macro average"
     assert {"precision", "recall", "f1", "support"} <= set(per_class.columns)
-    assert len(at.get("plotly_chart")) == 1  # the confusion matrix
+    assert len(at.get("plotly_chart")) == 2  # the confusion matrix and the reliability diagram
 
     from core.runs.evaluate import evaluate_run
 
@@ -155,7 +155,7 @@ def test_run_page_reads_the_evaluation_the_worker_wrote(seeded, monkeypatch):
     _ok(at)
     metrics = {m.label: m.value for m in at.metric}
     assert metrics["Validation accuracy"].endswith("%")
-    assert len(at.get("plotly_chart")) == 1  # the confusion matrix
+    assert len(at.get("plotly_chart")) == 2  # the confusion matrix and the reliability diagram
 
 
 def _failed_run(store, config, error: str) -> str:

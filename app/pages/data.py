@@ -16,7 +16,7 @@ import os
 import streamlit as st
 
 from app import dataset_builder as builder
-from app import widgets
+from app import trust_panel, widgets
 from app.views import charts
 from core.config import DEFAULT_DATA
 from core.data import health as data_health
@@ -189,6 +189,7 @@ for item in report:
     (st.warning if item["level"] == "warning" else st.info)(widgets.md_escape(item["message"]))
 if not any(item["level"] == "warning" for item in report):
     st.success("Health check: no imbalance, empty classes, duplicates or tiny images found.")
+trust_panel.data_leakage(chosen, index, val_split, seed)  # near-copies, from cached features
 st.page_link(widgets.TRAIN, label="Train on this data", icon=":material/arrow_forward:")
 
 left, right = st.columns([2, 3])

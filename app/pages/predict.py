@@ -7,7 +7,7 @@ from __future__ import annotations
 import numpy as np
 import streamlit as st
 
-from app import dataset_builder, widgets
+from app import dataset_builder, trust_panel, widgets
 from app.views import charts
 from app.views import run_page as run_views
 from app.views.labels import mode_label
@@ -42,6 +42,7 @@ use_camera = right.toggle("Use the camera", key="use_camera")
 explain = right.toggle(
     "Explain with Grad-CAM", key="gradcam", help="Highlight the image regions behind each top-1"
 )
+coverage, tta = trust_panel.predict_options(right)  # prediction sets, test-time augmentation
 images = [(upload.name, upload.getvalue()) for upload in uploads or []]
 if use_camera and (shot := st.camera_input("Take a picture", key="camera")):
     images.append(("camera picture", shot.getvalue()))
@@ -82,7 +83,10 @@ for i, (name, data) in enumerate(images):
         for col, run_id in zip(slots, chosen, strict=True):
             with col:
                 try:
-                    result = predict_images(store, run_id, [data], top_k=top_k)[0]
+                    result = predict_images(
+                        store, run_id, [data], top_k=top_k, calibrated=True, coverage=coverage,
+                        tta=tta,
+                    )[0]  # fmt: skip
                 except StudioError as exc:
                     widgets.show_error(exc)
                     continue
@@ -94,6 +98,7 @@ for i, (name, data) in enumerate(images):
                     charts.prediction_bars(result["predictions"], title=title), key=f"p{i}{run_id}"
                 )
                 bars.caption(f"Run `{run_id}` · {result['latency_ms']:.1f} ms")
+                trust_panel.show_set(bars, result)
                 if cam is not None:
                     with cam:
                         show_gradcam(run_id, np.asarray(preview))

@@ -10,7 +10,7 @@ from typing import Any
 
 import streamlit as st
 
-from app import review_panel, widgets
+from app import review_panel, trust_panel, widgets
 from app.views import run_page as run_views
 from core.errors import StudioError
 from core.runs.export import FORMATS, export_all, export_run
@@ -193,6 +193,7 @@ if evaluation is not None:
         st.caption("No image in this cell.")
 
 review_panel.render(queue, result)  # likely mistakes: relabel, exclude, keep, retrain
+trust_panel.render(queue, result, evaluation)  # leakage, calibration, TTA, trackers
 
 st.subheader("Export", divider="gray")
 st.caption(

@@ -5,16 +5,17 @@ re-saved, cropped or resized) is scored on what the model memorised, not on what
 module finds such pairs from what the caller already has, pure numpy:
 
 * the SHA-256 of each file (exact duplicates),
-* a perceptual hash of each picture (``core.data.phash``): re-encodings, resizes, small crops,
+* perceptual hashes of each picture and of its crops (``core.data.phash``): re-encodings,
+  resizes, small crops,
 * the run's embeddings (cosine similarity of the pooled features the model's head sees, centred
   on their mean).
 
 A validation image and a training image are twins when their files are identical, or their hashes
 differ in at most ``HASH_BITS`` bits, or their embeddings' cosine similarity is at least
-``COSINE``, or both are close: at most ``HASH_BITS_WITH_COSINE`` bits and a cosine of at least
-``COSINE_WITH_HASH``. Both thresholds were chosen by measurement on planted twins
-(``scripts/leakage_thresholds.py``, numbers in ``docs/leakage.md``). A pair under two labels is
-the same picture labelled twice.
+``COSINE`` (with hashes at most ``COSINE_MAX_BITS`` apart), or both are close: at most
+``HASH_BITS_WITH_COSINE`` bits and a cosine of at least ``COSINE_WITH_HASH``. The thresholds
+were chosen by measurement on planted twins (``scripts/leakage_thresholds.py``, numbers in
+``docs/leakage.md``). A pair under two labels is the same picture labelled twice.
 """
 
 from __future__ import annotations
@@ -27,7 +28,7 @@ from typing import Any
 
 import numpy as np
 
-from core.data.phash import hamming
+from core.data.phash import CROPS, Hashes, crop_distance
 from core.files import atomic_write_text
 
 LEAKAGE_FILE = "leakage.json"
@@ -35,9 +36,11 @@ LEAKAGE_VERSION = 1
 # Chosen on planted twins (docs/leakage.md): re-encodings and resizes always caught, crops of a
 # few pixels mostly; about 2 false pairs in 10,000 pairs of distinct pictures.
 COSINE = 0.99
+COSINE_MAX_BITS = 20  # ... unless the pictures' hashes disagree this much (a random-weight
+# network's embeddings of two plain pictures can be as close as twins')
 HASH_BITS = 6
 # Weaker evidence of both kinds together (a crop moves the hash and the embedding a little each).
-HASH_BITS_WITH_COSINE = 16
+HASH_BITS_WITH_COSINE = 10
 COSINE_WITH_HASH = 0.8
 MAX_TWINS_PER_IMAGE = 3  # a validation image's closest training twins listed (all are counted)
 CHUNK_CELLS = 4_000_000  # similarity cells computed at once (memory: 8 bytes each)
@@ -50,7 +53,7 @@ class SplitImages:
     paths: list[str]
     labels: list[int]
     shas: list[str]
-    hashes: list[int | None]  # perceptual hashes; None for a file that could not be read
+    hashes: list[Hashes | None]  # crop hashes; None for a file that could not be read
     features: np.ndarray | None = None  # (n, width) embeddings, or None (hashes only)
 
 
@@ -69,9 +72,10 @@ def _unit(features: np.ndarray, mean: np.ndarray) -> np.ndarray:
     return f / np.maximum(norms, 1e-12)
 
 
-def _hash_array(hashes: list[int | None]) -> tuple[np.ndarray, np.ndarray]:
+def _hash_array(hashes: list[Hashes | None]) -> tuple[np.ndarray, np.ndarray]:
     known = np.asarray([h is not None for h in hashes], bool)
-    return np.asarray([h or 0 for h in hashes], np.uint64), known
+    rows = [h if h is not None else (0,) * len(CROPS) for h in hashes]
+    return np.asarray(rows, np.uint64).reshape(len(hashes), len(CROPS)), known
 
 
 def find_twins(
@@ -104,11 +108,11 @@ def find_twins(
     for start in range(0, len(val.paths), step):
         rows = range(start, min(start + step, len(val.paths)))
         sims = vf[rows.start : rows.stop] @ tf.T if vf is not None and tf is not None else None
-        bits = hamming(vh[rows.start : rows.stop], th)
+        bits = crop_distance(vh[rows.start : rows.stop], th)
         both = vknown[rows.start : rows.stop, None] & tknown[None, :]
         near = both & (bits <= hash_bits)
         if sims is not None:
-            near |= sims >= cosine
+            near |= (sims >= cosine) & (~both | (bits <= COSINE_MAX_BITS))
             near |= both & (bits <= HASH_BITS_WITH_COSINE) & (sims >= COSINE_WITH_HASH)
         for r, i in enumerate(rows):
             hits = set(np.flatnonzero(near[r]).tolist()) | set(sha_rows.get(val.shas[i], []))
@@ -164,6 +168,7 @@ def leakage_summary(
         "thresholds": {
             "cosine": COSINE,
             "hash_bits": HASH_BITS,
+            "cosine_max_bits": COSINE_MAX_BITS,
             "hash_bits_with_cosine": HASH_BITS_WITH_COSINE,
             "cosine_with_hash": COSINE_WITH_HASH,
         },

@@ -11,6 +11,7 @@ enough (``requirements-trackers.txt``).
 from __future__ import annotations
 
 import json
+import os
 import shlex
 import tempfile
 import time
@@ -90,6 +91,10 @@ def log_to_mlflow(
     result = store.result(run_id)
     model_path = saved_model_path(store, run_id)
     name = experiment or DEFAULT_EXPERIMENT
+    if tracking_uri.startswith("file:") or "://" not in tracking_uri:
+        # MLflow 3 keeps its file store working but refuses it unless asked: a folder store is
+        # what a user without a server has, so this command asks for it.
+        os.environ.setdefault("MLFLOW_ALLOW_FILE_STORE", "true")
     try:
         client = MlflowClient(tracking_uri=tracking_uri)
         found = client.get_experiment_by_name(name)
@@ -102,7 +107,8 @@ def log_to_mlflow(
     except MlflowException as exc:
         raise StudioError(
             f"Could not open the MLflow tracking store {tracking_uri!r}: {exc.message}. Give a "
-            "tracking URI such as file:/path/to/mlruns or http://host:5000."
+            "tracking URI such as file:/path/to/mlruns (a folder, no server) or "
+            "http://host:5000 (an MLflow server)."
         ) from exc
     mlflow_id = run.info.run_id
     params = [Param(k, v) for k, v in _params(result["config"]).items()]

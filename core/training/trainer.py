@@ -279,7 +279,7 @@ class _Trainer:
                 checkpoint_every=source.checkpoint_every, progress=self.progress,
             )  # fmt: skip
             folder = store.run_dir(run_id)
-            callbacks.append(tensorboard_callback(folder, phase, epoch_offset, callbacks))
+            callbacks.callbacks.append(tensorboard_callback(folder, phase, epoch_offset, callbacks))
             source.fit(model, callbacks, epochs, initial_epoch=max(done - epoch_offset, 0))
             epoch_offset += epochs
             step_offset = global_step(callbacks)

@@ -1,0 +1,81 @@
+"""The Run page's "Can you trust these numbers?" section and Predict's prediction sets, under
+AppTest against a studio seeded with one tiny finished run."""
+
+from __future__ import annotations
+
+import io
+import json
+from pathlib import Path
+
+import numpy as np
+import pytest
+from conftest import seeded_studio
+from PIL import Image
+from streamlit.testing.v1 import AppTest
+
+from tests.helpers import TINY
+
+ROOT = Path(__file__).resolve().parents[1]
+APP = str(ROOT / "streamlit_app.py")
+TIMEOUT = 120
+
+
+@pytest.fixture(scope="module")
+def seeded(tmp_path_factory):
+    with seeded_studio(tmp_path_factory.mktemp("trust-page-home"), TINY) as seeded:
+        yield seeded
+
+
+def _page(path: str) -> AppTest:
+    at = AppTest.from_file(APP, default_timeout=TIMEOUT).run()
+    assert not at.exception
+    at = at.switch_page(path).run()
+    assert not at.exception, [e.value for e in at.exception]
+    assert not at.error, [e.value for e in at.error]
+    return at
+
+
+def _png() -> bytes:
+    pixels = np.random.default_rng(3).integers(0, 255, (48, 48, 3), dtype=np.uint8)
+    out = io.BytesIO()
+    Image.fromarray(pixels).save(out, format="PNG")
+    return out.getvalue()
+
+
+@pytest.mark.slow
+def test_run_page_says_whether_to_trust_the_run(seeded) -> None:
+    queue, run_id = seeded
+    at = _page("app/pages/run.py")
+    leakage = json.loads((queue.store.run_dir(run_id) / "leakage.json").read_text())
+    said = [m.value for m in at.markdown if "validation images" in m.value]
+    assert said and f"of {leakage['val_images']} validation images" in said[0]
+    assert len(at.get("plotly_chart")) == 2  # the confusion matrix and the reliability diagram
+    assert any("calibration error" in c.value for c in at.caption)
+    assert any(c.value.startswith("tensorboard --logdir ") for c in at.code)
+    assert str(queue.store.run_dir(run_id) / "tensorboard") in at.code[0].value
+
+    at.button(key=f"tta_{run_id}").click().run()
+    assert any("without," in c.value and "per image" in c.value for c in at.caption)
+
+    uri = (queue.store.root / "mlruns-page").as_uri()
+    at.text_input(key="trust_mlflow_uri").set_value(uri).run()
+    at.button(key=f"mlflow_{run_id}").click().run()
+    assert not at.error, [e.value for e in at.error]
+    assert any("Logged to experiment" in s.value for s in at.success)
+    assert (queue.store.root / "mlruns-page").is_dir()
+
+
+@pytest.mark.slow
+def test_predict_page_shows_the_prediction_set(seeded) -> None:
+    at = _page("app/pages/predict.py")
+    at.file_uploader(key="images").set_value([("a.png", _png(), "image/png")]).run()
+    assert not at.exception
+    sets = [m.value for m in at.markdown if "prediction set" in m.value]
+    assert len(sets) == 1 and sets[0].split("] ", 1)[1].startswith(("Sure: ", "Not sure: "))
+    # Near-certain coverage: the set grows to hold more classes (never fewer).
+    before = sets[0].count(" or ") + sets[0].count(", ")
+    at.slider(key="predict_coverage").set_value(0.99).run()
+    wider = [m.value for m in at.markdown if "prediction set" in m.value][0]
+    assert wider.count(" or ") + wider.count(", ") >= before and "99%" in wider
+    at.toggle(key="predict_tta").set_value(True).run()
+    assert not at.exception and not at.error
