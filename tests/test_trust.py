@@ -165,8 +165,11 @@ def test_predict_json_carries_the_conformal_set(trained) -> None:
     assert calibrated["set"] == labels[: len(calibrated["set"])]  # most probable first
     from core.runs.calibration import scale
 
+    folder = Path(runs) / "runs" / run_id
+    temperature = json.loads((folder / "calibration.json").read_text())["temperature"]
+    assert calibrated["temperature"] == pytest.approx(temperature, abs=1e-4)
     raw_probs = {p["label"]: p["probability"] for p in raw["predictions"]}
-    expected = scale(np.array([[raw_probs[n] for n in labels]]), calibrated["temperature"])[0]
+    expected = scale(np.array([[raw_probs[n] for n in labels]]), temperature)[0]
     # Top-3 of 3 classes: all of them, so the scaled row is the full softmax.
     assert [p["probability"] for p in calibrated["predictions"]] == pytest.approx(expected, 1e-4)
     tta = json.loads(

@@ -36,7 +36,7 @@ LEAKAGE_VERSION = 1
 # Chosen on planted twins (docs/leakage.md): re-encodings and resizes always caught, crops of a
 # few pixels mostly; about 2 false pairs in 10,000 pairs of distinct pictures.
 COSINE = 0.99
-COSINE_MAX_BITS = 20  # ... unless the pictures' hashes disagree this much (a random-weight
+COSINE_MAX_BITS = 16  # ... unless the pictures' hashes disagree this much (a random-weight
 # network's embeddings of two plain pictures can be as close as twins')
 HASH_BITS = 6
 # Weaker evidence of both kinds together (a crop moves the hash and the embedding a little each).
