@@ -63,7 +63,7 @@ def cmd_log_mlflow(args: argparse.Namespace) -> int:
 
     logged = log_to_mlflow(RunStore(args.runs_dir), args.run, args.tracking_uri, args.experiment)
     if args.json:
-        print(json.dumps(logged.to_json(), indent=2))
+        print(json.dumps(logged.to_json()))
         return 0
     print(
         f"logged run {args.run} to {logged.tracking_uri} (experiment {logged.experiment!r}, "

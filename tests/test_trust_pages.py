@@ -47,8 +47,10 @@ def test_run_page_says_whether_to_trust_the_run(seeded) -> None:
     queue, run_id = seeded
     at = _page("app/pages/run.py")
     leakage = json.loads((queue.store.run_dir(run_id) / "leakage.json").read_text())
-    said = [m.value for m in at.markdown if "validation images" in m.value]
-    assert said and f"of {leakage['val_images']} validation images" in said[0]
+    said = [m.value for m in at.markdown if "near-copy in training" in m.value]
+    assert len(said) == 1 and f"{leakage['val_images']} validation images" in said[0]
+    twins = leakage["val_images_with_train_twin"]
+    assert said[0].split("] ", 1)[1].startswith(f"{twins} of" if twins else "None of")
     assert len(at.get("plotly_chart")) == 2  # the confusion matrix and the reliability diagram
     assert any("calibration error" in c.value for c in at.caption)
     assert any(c.value.startswith("tensorboard --logdir ") for c in at.code)
