@@ -202,8 +202,9 @@ def predict_options(container: Any) -> tuple[float, bool]:
         "run's validation images: higher coverage, larger sets",
     )  # fmt: skip
     tta = container.toggle(
-        "Test-time augmentation", key=TTA,
-        help="Average the image, its mirror and three small crops (about 5x slower)",
+        "TTA: average 5 views", key=TTA,
+        help="Test-time augmentation: average the predictions of the image, its mirror and "
+        "three small crops (about 5x slower)",
     )  # fmt: skip
     return float(coverage), bool(tta)
 

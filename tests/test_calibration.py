@@ -41,6 +41,12 @@ def test_ece_by_hand() -> None:
     assert rows[0]["confidence"] == pytest.approx(0.6)
 
 
+def test_diagram_bins_hold_about_ten_images() -> None:
+    from core.runs.calibration import diagram_bins
+
+    assert [diagram_bins(n) for n in (24, 80, 400)] == [5, 8, 15]
+
+
 def test_scaling_by_one_changes_nothing_and_keeps_the_ranking() -> None:
     probs, _ = _overconfident(50)
     assert np.allclose(scale(probs, 1.0), probs)
@@ -116,3 +122,14 @@ def test_model_card_records_the_temperature_exports_leave_out() -> None:
     assert "## Calibration" in text and "T = 1.7000" in text
     assert "keeps the model's own probabilities" in text
     assert "## Exports" not in text  # no export rows: no exports section
+
+
+def test_no_mistake_no_temperature() -> None:
+    """Every validation image right: the likelihood would push T towards 0 (sharper on no
+    evidence); the probabilities are left alone."""
+    probs = np.array([[0.7, 0.3], [0.2, 0.8], [0.9, 0.1]] * 10)
+    labels = np.array([0, 1, 0] * 10)
+    assert fit_temperature(probs, labels) < 0.1
+    result = calibrate(probs, labels)
+    assert result.temperature == 1.0 and result.ece_after == result.ece_before
+    assert "no mistake" in result.note

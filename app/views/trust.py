@@ -62,6 +62,11 @@ def calibration_text(calibration: dict[str, Any]) -> str:
             f"Confidence is left as the model gives it (calibration error {before:.3f}): "
             f"{calibration['note']}."
         )
+    if abs(before - after) < 0.001:
+        return (
+            f"The confidence already matched the accuracy (calibration error {before:.3f}); "
+            f"the fitted temperature of {t:.2f} changes little. Predict applies it."
+        )
     direction = "over-confident" if t > 1 else "under-confident"
     return (
         f"The model was {direction}: its probabilities are scaled by a temperature of {t:.2f}, "

@@ -103,6 +103,12 @@ def reliability(
     return rows
 
 
+def diagram_bins(images: int) -> int:
+    """Bins of a reliability diagram over ``images``: about ten images a bin, 5 to ``ECE_BINS``
+    (24 images in 15 bins would draw noise)."""
+    return max(5, min(ECE_BINS, images // 10))
+
+
 def ece(probs: np.ndarray, labels: np.ndarray, bins: int = ECE_BINS) -> float:
     """Expected calibration error: the image-weighted mean |accuracy - confidence| of the bins."""
     rows = reliability(probs, labels, bins)
@@ -158,7 +164,8 @@ def calibrate(probs: np.ndarray, labels: np.ndarray, seed: int = 0) -> Calibrati
 
     With fewer than ``SMALL_VALIDATION`` images ``ece_after`` is measured out-of-fold. A
     temperature that does not lower the measured ECE is not kept (``T = 1``): scaling that makes
-    the held-out confidence worse would be a calibration in name only.
+    the held-out confidence worse would be a calibration in name only. Nor is one fitted on a
+    validation set without a mistake (it would only sharpen).
     """
     p = np.asarray(probs, np.float64)
     y = np.asarray(labels, np.int64)
@@ -169,6 +176,12 @@ def calibrate(probs: np.ndarray, labels: np.ndarray, seed: int = 0) -> Calibrati
         return Calibration(1.0, before, before, "validation", n, fitted,
                            "too few validation images to fit a temperature",
                            conformal_scores(p, y))  # fmt: skip
+    if bool((p.argmax(axis=1) == y).all()):
+        # Without a single mistake the likelihood only grows as T falls to 0: a fitted
+        # temperature would make every future answer more confident on no evidence.
+        return Calibration(1.0, before, before, "validation", n, fitted,
+                           "every validation image was predicted right: there is no mistake "
+                           "to calibrate the confidence on", conformal_scores(p, y))  # fmt: skip
     small = n < SMALL_VALIDATION
     method = "out-of-fold" if small else "validation"
     after = _out_of_fold_ece(p, y, seed) if small else ece(scale(p, fitted), y)

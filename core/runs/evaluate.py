@@ -93,7 +93,14 @@ def evaluate_run(
     from sklearn.metrics import confusion_matrix, precision_recall_fscore_support
 
     from core.data import load_dataset
-    from core.runs.calibration import calibrate, model_key, reliability, scale, write_calibration
+    from core.runs.calibration import (
+        calibrate,
+        diagram_bins,
+        model_key,
+        reliability,
+        scale,
+        write_calibration,
+    )
     from core.runs.predict import load_run, saved_model_path
 
     model_path = saved_model_path(store, run_id)
@@ -165,8 +172,10 @@ def evaluate_run(
         "val_images": total,
         "calibration": calibration.summary(),
         "reliability": {
-            "before": reliability(probs, y_true),
-            "after": reliability(scale(probs, calibration.temperature), y_true),
+            "before": reliability(probs, y_true, diagram_bins(total)),
+            "after": reliability(
+                scale(probs, calibration.temperature), y_true, diagram_bins(total)
+            ),
         },
         "images": [
             {
