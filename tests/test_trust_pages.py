@@ -81,3 +81,43 @@ def test_predict_page_shows_the_prediction_set(seeded) -> None:
     assert wider.count(" or ") + wider.count(", ") >= before and "99%" in wider
     at.toggle(key="predict_tta").set_value(True).run()
     assert not at.exception and not at.error
+
+
+@pytest.mark.slow
+def test_one_click_excludes_the_validation_copies(seeded) -> None:
+    """With a pair found, the page shows both pictures and one click sets the validation copy
+    aside in the run's managed copy of its source (the original folder is never changed)."""
+    from app import trust_panel
+    from core.data.datasets import open_dataset
+    from core.files import sha256_file
+    from core.runs.leakage import LEAKAGE_FILE
+
+    queue, run_id = seeded
+    result = queue.store.result(run_id)
+    root = Path(result["dataset"]["root"])
+    folder = queue.store.run_dir(run_id)
+    stored = json.loads((folder / LEAKAGE_FILE).read_text())
+    val, train = sorted((root / "brick").iterdir())[:2]
+    stored["pairs"] = [
+        {"val": f"brick/{val.name}", "train": f"brick/{train.name}", "similarity": 0.995,
+         "same_label": True, "exact": False, "hash_distance": 2, "val_label": "brick",
+         "train_label": "brick"}
+    ]  # fmt: skip
+    stored["val_images_with_train_twin"] = 1
+    (folder / LEAKAGE_FILE).write_text(json.dumps(stored))
+    trust_panel._leakage.clear()
+    try:
+        at = _page("app/pages/run.py")
+        said = [m.value for m in at.markdown if "near-copy in training" in m.value]
+        assert said[0].split("] ", 1)[1].startswith("1 of ")
+        captions = [c for image in at.get("image") for c in image.proto.imgs[0].caption.split("\n")]
+        assert f"validation · brick · brick/{val.name}" in captions
+        at.button(key=f"exclude_twins_{run_id}").click().run()
+        assert not at.error, [e.value for e in at.error]
+        assert any("Excluded 1 validation image(s)" in s.value for s in at.success)
+        with open_dataset("textures") as ds:
+            excluded = {i.id for i in ds.images() if i.excluded}
+        assert excluded == {sha256_file(val)[:12]}
+        assert val.is_file()  # the source folder keeps its file
+    finally:
+        trust_panel._leakage.clear()
