@@ -14,6 +14,20 @@ from typing import Any
 
 from core.runs.calibration import DEFAULT_COVERAGE
 
+__all__ = [
+    "COMMANDS",
+    "EVALUATE_KEYS",
+    "LOG_MLFLOW_EPILOG",
+    "add_evaluate_flags",
+    "add_parsers",
+    "add_predict_flags",
+    "cmd_log_mlflow",
+    "evaluation",
+    "evaluation_lines",
+    "prediction_line",
+    "predictions",
+]
+
 LOG_MLFLOW_EPILOG = """examples:
   python -m core log-mlflow --run RUN_ID --tracking-uri file:/tmp/mlruns
   python -m core log-mlflow --run RUN_ID --tracking-uri http://localhost:5000 --experiment cats

@@ -20,6 +20,19 @@ from PIL import Image
 
 from core.data.images import load_rgb
 
+__all__ = [
+    "CROPS",
+    "Hashes",
+    "HASH_SIDE",
+    "LOW",
+    "crop_distance",
+    "hamming",
+    "phash_crops",
+    "phash_file",
+    "phash_files",
+    "phash_pixels",
+]
+
 HASH_SIDE = 32  # the picture is hashed at this size
 LOW = 8  # the LOW x LOW lowest frequencies give the bits
 CROPS = (0.0, 0.025, 0.05, 0.075, 0.1)  # share of each side removed before hashing

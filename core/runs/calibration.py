@@ -28,6 +28,30 @@ import numpy as np
 from core.errors import StudioError
 from core.files import atomic_write_text
 
+__all__ = [
+    "CALIBRATION_FILE",
+    "DEFAULT_COVERAGE",
+    "ECE_BINS",
+    "FOLDS",
+    "PROB_FLOOR",
+    "SMALL_VALIDATION",
+    "T_RANGE",
+    "calibrate",
+    "Calibration",
+    "check_coverage",
+    "conformal_scores",
+    "conformal_threshold",
+    "diagram_bins",
+    "ece",
+    "fit_temperature",
+    "model_key",
+    "prediction_set",
+    "read_calibration",
+    "reliability",
+    "scale",
+    "write_calibration",
+]
+
 CALIBRATION_FILE = "calibration.json"
 ECE_BINS = 15
 PROB_FLOOR = 1e-12  # log(0) guard: a softmax output can underflow to exactly 0

@@ -31,6 +31,25 @@ import numpy as np
 from core.data.phash import CROPS, Hashes, crop_distance
 from core.files import atomic_write_text
 
+__all__ = [
+    "CHUNK_CELLS",
+    "COSINE",
+    "COSINE_MAX_BITS",
+    "COSINE_WITH_HASH",
+    "HASH_BITS",
+    "HASH_BITS_WITH_COSINE",
+    "LEAKAGE_FILE",
+    "LEAKAGE_VERSION",
+    "MAX_TWINS_PER_IMAGE",
+    "describe",
+    "find_twins",
+    "leakage_summary",
+    "read_leakage",
+    "relative",
+    "SplitImages",
+    "write_leakage",
+]
+
 LEAKAGE_FILE = "leakage.json"
 LEAKAGE_VERSION = 1
 # Chosen on planted twins (docs/leakage.md): re-encodings and resizes always caught, crops of a

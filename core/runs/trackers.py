@@ -22,6 +22,15 @@ from typing import Any
 from core.errors import StudioError
 from core.runs.store import COMPLETED, RunStore
 
+__all__ = [
+    "DEFAULT_EXPERIMENT",
+    "EPOCH_KEYS",
+    "MAX_PARAM_CHARS",
+    "log_to_mlflow",
+    "MlflowLogged",
+    "tensorboard_command",
+]
+
 EPOCH_KEYS = ("loss", "accuracy", "val_loss", "val_accuracy", "lr", "images_per_s", "duration_s")
 DEFAULT_EXPERIMENT = "transfer-studio"
 MAX_PARAM_CHARS = 6000  # MLflow's limit on a param value

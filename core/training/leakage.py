@@ -36,6 +36,13 @@ from core.runs.store import RunStore
 if TYPE_CHECKING:
     from core.data import DatasetIndex
 
+__all__ = [
+    "check_leakage",
+    "leakage_before_training",
+    "run_split",
+    "SourceLeakage",
+]
+
 
 def run_split(store: RunStore, run_id: str, data: DatasetIndex | None = None) -> DatasetIndex:
     """The run's training and validation images.

@@ -20,6 +20,16 @@ import numpy as np
 
 from core.training.callbacks import EPOCH_METRICS, EpochMetrics, current_lr
 
+__all__ = [
+    "CELL_PX",
+    "TENSORBOARD_DIR",
+    "confusion_image",
+    "tensorboard_callback",
+    "tensorboard_dir",
+    "TensorBoardEpochs",
+    "write_confusion_matrix",
+]
+
 TENSORBOARD_DIR = "tensorboard"
 CELL_PX = 24  # pixels per confusion-matrix cell in the image
 
