@@ -99,6 +99,14 @@ def test_no_features_still_finds_hash_twins_and_no_data_no_pairs() -> None:
     assert find_twins(_side([], [], [], None), train, ["a"], "/data") == []
     clean = leakage_summary([], val.paths, [True, False], "/data")
     assert describe(clean).startswith("None of the 2 validation images")
+    before_training = leakage_summary(pairs, val.paths, None, "/data")  # the Data page's
+    assert before_training["accuracy"] is None
+    assert describe(before_training) == (
+        "1 of 2 validation images have a near-copy in training: a validation score on them "
+        "would measure memory, not learning."
+    )
+    everyone = leakage_summary(pairs, val.paths[:1], [True], "/data")
+    assert "every validation image has one" in describe(everyone)
 
 
 def test_paths_are_relative_to_the_data_root() -> None:

@@ -204,12 +204,12 @@ def describe(leakage: dict[str, Any]) -> str:
         )
     without, acc = leakage.get("accuracy_without_twins"), leakage.get("accuracy")
     text = f"{n} of {total} validation images have a near-copy in training"
-    if without is None:
-        text += "; every validation image has one, so the validation accuracy measures memory."
-    elif acc is not None:
+    if n == total:
+        text += "; every validation image has one, so the validation score measures memory."
+    elif without is not None and acc is not None:
         text += f"; without them accuracy is {without:.2f}, not {acc:.2f}."
-    else:
-        text += f"; without them accuracy is {without:.2f}."
+    else:  # before any model (the Data page): no accuracy to compare
+        text += ": a validation score on them would measure memory, not learning."
     labels = leakage.get("different_labels", 0)
     if labels:
         text += f" {labels} pair(s) carry different labels: the same picture labelled twice."
