@@ -1,9 +1,10 @@
 """The Data page's "Your dataset": make a managed dataset in the app and fill it.
 
 Create one from nothing (then name its classes) or import a folder, zip, Kaggle handle or
-built-in set once; per class drop many images, a whole folder, or take camera pictures one click
-at a time, with the running count per class; skipped files and duplicates are listed with their
-reason; Undo reverts the last edit; "Use this dataset" makes ``dataset:NAME`` the data in use.
+built-in set once; per class drop many images, a whole folder, or take camera pictures (each
+shown first, then kept or retaken), with the running count per class; skipped files and
+duplicates are listed with their reason; Undo reverts the last edit; "Use this dataset" makes
+``dataset:NAME`` the data in use.
 
 Edits open the dataset afresh on every click (``core.data.datasets``: one SQLite transaction
 each), so two browser sessions editing the same dataset both keep their edits, in order.
@@ -23,6 +24,7 @@ from app.views.text import md_escape
 from core.config import DEFAULT_DATA
 from core.data import datasets
 from core.data.images import IMAGE_EXTENSIONS
+from core.data.names import escape_unprintable
 from core.errors import StudioError
 
 NEW = "\u0000new"  # the "New dataset…" choice (no dataset name can hold a NUL)
@@ -158,9 +160,13 @@ def _import_section(chosen: str | None) -> None:
     candidates = [chosen] if chosen and not chosen.startswith("dataset:") else []
     builtins = sorted((b["source"] for b in list_builtins()), key=lambda s: s != DEFAULT_DATA)
     candidates += [s for s in builtins if s not in candidates]  # the default set first
+    # The data in use is offered first; nothing else is chosen for the user (a preselected
+    # built-in read as if it were theirs).
     source = st.selectbox(
         "Data to import",
         candidates,
+        index=0 if chosen and candidates and candidates[0] == chosen else None,
+        placeholder="Choose the data to import…",
         format_func=lambda s: f"{display_name(s)} (in use)" if s == chosen else display_name(s),
         key="builder_import_source",
         help="The data in use (a folder, zip or Kaggle dataset chosen on the other tabs) or a "
@@ -183,7 +189,7 @@ def render(chosen: str | None) -> None:
     name = st.selectbox(
         "Dataset",
         [NEW, *names],
-        format_func=lambda n: "➕ New dataset…" if n == NEW else n,
+        format_func=lambda n: "➕ New dataset…" if n == NEW else escape_unprintable(n),
         key=PICK,
     )
     _show_notes()
@@ -208,10 +214,14 @@ def render(chosen: str | None) -> None:
     try:
         with datasets.open_dataset(name) as ds:
             info = ds.show()
+            repaired = ds.notices  # an interrupted edit finished, a lost index restored...
     except StudioError as exc:
         widgets.show_error(exc)
         return
+    for text in repaired:
+        st.warning(md_escape(text))
     _overview(info, chosen)
+    _missing(info)
     _classes(info)
     _add_images(info)
 
@@ -228,8 +238,10 @@ def _overview(info: dict[str, Any], chosen: str | None) -> None:
         "In use" if in_use else "Use this dataset",
         key="builder_use",
         type="primary",
-        disabled=in_use,
+        # Nothing to train on before the dataset has images (and so classes).
+        disabled=in_use or not info["images"],
         icon=":material/check:",
+        help=None if info["images"] else "Add classes and their images first",
     ):
         split = float(st.session_state.get("val_split", 0.2))
         if widgets.fetch_data(source, split, int(st.session_state.get("seed", 42))):
@@ -245,6 +257,34 @@ def _overview(info: dict[str, Any], chosen: str | None) -> None:
         args=(name, _undo),
         help="Reverts the last edit of this dataset (by anyone); nothing is ever deleted",
     )
+
+
+def _missing(info: dict[str, Any]) -> None:
+    """Images whose file was removed outside the studio: named, and forgotten on request."""
+    missing = info["missing"]
+    if not missing:
+        return
+    names = ", ".join(md_escape(m["original_name"], inline=True) for m in missing[:5])
+    more = f" and {len(missing) - 5} more" if len(missing) > 5 else ""
+    row = st.container(horizontal=True, vertical_alignment="center")
+    row.warning(
+        f"{len(missing)} image{'s are' if len(missing) != 1 else ' is'} missing from the "
+        f"dataset's folder (removed outside the studio): {names}{more}. They are not counted "
+        "or trained on."
+    )
+    row.button(
+        "Forget missing images",
+        key="builder_forget_missing",
+        icon=":material/delete_sweep:",
+        on_click=_on_edit,
+        args=(info["name"], _forget_missing),
+        help="Drops them from the dataset as one edit; Undo brings them back",
+    )
+
+
+def _forget_missing(ds: datasets.Dataset) -> str:
+    n = len(ds.forget_missing())
+    return f"Forgot {n} missing image{'s' if n != 1 else ''} (Undo brings them back)."
 
 
 def _undo(ds: datasets.Dataset) -> str:
@@ -416,15 +456,30 @@ def _add_images(info: dict[str, Any]) -> None:
             f"Take a picture for {md_escape(cls, inline=True)}",
             key=f"builder_camera_{n}",
             width=420,  # a preview, not the whole column
-            help="Each picture is added to the class at once.",
+            help="The picture shows here first: Keep adds it to the class, Retake discards it.",
         )
         st.caption(
             "No picture? If the browser blocked the camera, allow it for this site (the camera "
             "icon in the address bar) and reload the page, or drop image files above instead."
         )
-        if shot is not None and add_uploads(name, cls, [shot]) is not None:
-            st.session_state[CAMERA_N] = n + 1  # a fresh camera: the next click, a new picture
-            st.rerun()
+        if shot is not None:
+            # Nothing is added before the user has seen the frame and chosen to keep it.
+            row = st.container(horizontal=True)
+            keep = row.button(
+                f"Keep: add to {cls}",
+                key=f"builder_camera_keep_{n}",
+                type="primary",
+                icon=":material/check:",
+            )
+            retake = row.button(
+                "Retake", key=f"builder_camera_retake_{n}", icon=":material/replay:"
+            )
+            if keep and add_uploads(name, cls, [shot]) is not None:
+                st.session_state[CAMERA_N] = n + 1  # a fresh camera: the next click, a new one
+                st.rerun()
+            if retake:
+                st.session_state[CAMERA_N] = n + 1  # the frame is dropped, never added
+                st.rerun()
         _show_notes(ADD_NOTES)  # an error adding the picture
 
 
