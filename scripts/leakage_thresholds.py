@@ -24,7 +24,7 @@ from PIL import Image
 
 sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
 
-from core.data.phash import crop_distance, phash_crops
+from core.data.phash import color_distance, crop_distance, phash_crops
 
 
 def smooth_field(rng: np.random.Generator, side: int = 96) -> np.ndarray:
@@ -116,6 +116,7 @@ def rates(bits_twin, cos_twin, bits_distinct, cos_distinct, rule) -> tuple[list[
 
 def main() -> None:
     from core.runs.leakage import (
+        COLOR_TOLERANCE,
         COSINE,
         COSINE_MAX_BITS,
         COSINE_WITH_HASH,
@@ -132,7 +133,16 @@ def main() -> None:
         np.diag(crop_distance(hashes, np.asarray([phash_crops(x) for x in ims], np.uint64)))
         for ims in twins.values()
     ]
+    colors = np.asarray([x.reshape(-1, 3).mean(axis=0) for x in originals], np.float32)
+    distinct_colors = color_distance(colors, colors) + np.eye(n, dtype=np.float32) * 255
+    twin_colors = [
+        np.diag(color_distance(colors, np.asarray([x.reshape(-1, 3).mean(axis=0) for x in ims])))
+        for ims in twins.values()
+    ]
     print(f"{n} distinct pictures, {len(twins)} kinds of twin: {', '.join(twins)}")
+    for name, diff in zip(twins, twin_colors, strict=True):
+        print(f"mean colour difference, twin {name:<22} 95th {np.percentile(diff, 95):.1f}, "
+              f"max {diff.max():.1f} (of 255)")  # fmt: skip
     print(
         f"hash bits, distinct pairs: min {distinct_bits.min()}, "
         f"1st percentile {np.percentile(distinct_bits, 1):.0f}"
@@ -180,15 +190,23 @@ def main() -> None:
                 + ", ".join(f"{r:.2f}" for r in recall)
             )
 
-        def chosen(b, c):
-            return (
+        def chosen(b, c, colours=None):
+            near = (
                 (b <= HASH_BITS)
                 | ((c >= COSINE) & (b <= COSINE_MAX_BITS))
                 | ((b <= HASH_BITS_WITH_COSINE) & (c >= COSINE_WITH_HASH))
             )
+            return near if colours is None else near & (colours <= COLOR_TOLERANCE)
 
-        recall, false = rates(twin_bits, twin_cos, distinct_bits, sims, chosen)
-        flagged = chosen(distinct_bits, sims) & np.triu(np.ones((n, n), bool), 1)
+        recall = [
+            float(chosen(b, c, d).mean())
+            for b, c, d in zip(twin_bits, twin_cos, twin_colors, strict=True)
+        ]
+        upper = np.triu(np.ones((n, n), bool), 1)
+        false = int((chosen(distinct_bits, sims, distinct_colors) & upper).sum())
+        without = int((chosen(distinct_bits, sims) & upper).sum())
+        print(f"[{weights} {size}px] CHOSEN without the colour gate: false pairs {without}")
+        flagged = chosen(distinct_bits, sims, distinct_colors) & upper
         groups = {"faces": slice(0, 200), "textures": slice(200, 320), "fields": slice(320, n)}
         within = {g: int(flagged[s, s].sum()) for g, s in groups.items()}
         print(f"[{weights} {size}px] CHOSEN false pairs within each group: {within}")

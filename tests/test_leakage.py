@@ -145,3 +145,24 @@ def test_data_page_check_runs_only_on_cached_features(tmp_path) -> None:
     assert len({split_of.get(p, "train") for p in across}) == 2  # seed 2 puts them apart
     pairs = {frozenset((p["val"], p["train"])) for p in found.leakage["pairs"]}
     assert frozenset(across) in pairs
+
+
+def test_flat_pictures_of_two_colours_are_not_twins(tmp_path) -> None:
+    """Solid colours all hash to 0 (no detail): their mean colours tell them apart; a re-saved
+    copy of one is still its twin."""
+    from core.data.phash import signature_file
+
+    paths = []
+    for i, colour in enumerate([(30, 60, 90), (60, 60, 90), (30, 60, 90)]):
+        path = tmp_path / f"{i}.{'jpg' if i == 2 else 'png'}"
+        Image.new("RGB", (24, 24), colour).save(path)
+        paths.append(str(path))
+    signatures = [signature_file(p) for p in paths]
+    assert all(s is not None for s in signatures)
+    hashes = [s[0] for s in signatures if s]
+    assert hashes[0] == hashes[1] == hashes[2]  # no detail, no bits
+    colors = [s[1] for s in signatures if s]
+    train = SplitImages(paths[:2], [0, 0], ["s0", "s1"], hashes[:2], None, colors[:2])
+    val = SplitImages(paths[2:], [0], ["s2"], hashes[2:], None, colors[2:])
+    pairs = find_twins(val, train, ["a"], str(tmp_path))
+    assert [(p["val"], p["train"]) for p in pairs] == [("2.jpg", "0.png")]

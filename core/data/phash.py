@@ -8,6 +8,10 @@ A crop of a few pixels rescales the content and moves the hash by 6-22 bits (as 
 distinct pictures are); so each picture is also hashed with ``CROPS`` of its border removed, and
 two pictures' distance is the smallest between one's full hash and the other's crops
 (``crop_distance``): a twin cropped by up to a tenth of a side is then 0-4 bits away.
+
+The hash is of the picture in grey without its mean brightness, so two flat pictures of
+different colours hash alike; each picture's mean colour (``Color``) is kept beside its hashes
+(``signature_file``) for the leakage check to tell those apart.
 """
 
 from __future__ import annotations
@@ -22,7 +26,9 @@ from core.data.images import load_rgb
 
 __all__ = [
     "CROPS",
+    "Color",
     "Hashes",
+    "Signature",
     "HASH_SIDE",
     "LOW",
     "crop_distance",
@@ -31,12 +37,17 @@ __all__ = [
     "phash_file",
     "phash_files",
     "phash_pixels",
+    "color_distance",
+    "signature_file",
+    "signature_files",
 ]
 
 HASH_SIDE = 32  # the picture is hashed at this size
 LOW = 8  # the LOW x LOW lowest frequencies give the bits
 CROPS = (0.0, 0.025, 0.05, 0.075, 0.1)  # share of each side removed before hashing
 Hashes = tuple[int, ...]  # one hash per crop of CROPS, the full picture first
+Color = tuple[float, float, float]  # mean R, G, B (0-255)
+Signature = tuple[Hashes, Color]
 
 
 def phash_pixels(rgb: np.ndarray) -> int:
@@ -72,6 +83,28 @@ def phash_files(paths: list[str]) -> list[Hashes | None]:
     """Hashes of many files (a few threads: decoding releases the GIL)."""
     with ThreadPoolExecutor(max_workers=2) as pool:
         return list(pool.map(phash_file, paths))
+
+
+def signature_file(path: str | os.PathLike[str]) -> Signature | None:
+    """A file's crop hashes and mean colour (one decode); ``None`` when it cannot be read."""
+    try:
+        rgb = load_rgb(path)
+    except Exception:  # an unreadable file has no twin: the leakage check goes on without it
+        return None
+    mean = rgb.reshape(-1, 3).mean(axis=0)
+    return phash_crops(rgb), (float(mean[0]), float(mean[1]), float(mean[2]))
+
+
+def signature_files(paths: list[str]) -> list[Signature | None]:
+    """Signatures of many files (a few threads: decoding releases the GIL)."""
+    with ThreadPoolExecutor(max_workers=2) as pool:
+        return list(pool.map(signature_file, paths))
+
+
+def color_distance(a: np.ndarray, b: np.ndarray) -> np.ndarray:
+    """The largest per-channel difference of mean colours, ``a`` (m, 3) against ``b`` (n, 3)."""
+    a, b = np.asarray(a, np.float32), np.asarray(b, np.float32)
+    return np.abs(a[:, None, :] - b[None, :, :]).max(axis=-1)
 
 
 def hamming(a: np.ndarray, b: np.ndarray) -> np.ndarray:

@@ -13,7 +13,8 @@ module finds such pairs from what the caller already has, pure numpy:
 A validation image and a training image are twins when their files are identical, or their hashes
 differ in at most ``HASH_BITS`` bits, or their embeddings' cosine similarity is at least
 ``COSINE`` (with hashes at most ``COSINE_MAX_BITS`` apart), or both are close: at most
-``HASH_BITS_WITH_COSINE`` bits and a cosine of at least ``COSINE_WITH_HASH``. The thresholds
+``HASH_BITS_WITH_COSINE`` bits and a cosine of at least ``COSINE_WITH_HASH``; and in every case
+their mean colours differ by at most ``COLOR_TOLERANCE`` per channel. The thresholds
 were chosen by measurement on planted twins (``scripts/leakage_thresholds.py``, numbers in
 ``docs/leakage.md``). A pair under two labels is the same picture labelled twice.
 """
@@ -28,7 +29,7 @@ from typing import Any
 
 import numpy as np
 
-from core.data.phash import CROPS, Hashes, crop_distance
+from core.data.phash import CROPS, Color, Hashes, color_distance, crop_distance
 from core.files import atomic_write_text
 
 __all__ = [
@@ -36,6 +37,7 @@ __all__ = [
     "COSINE",
     "COSINE_MAX_BITS",
     "COSINE_WITH_HASH",
+    "COLOR_TOLERANCE",
     "HASH_BITS",
     "HASH_BITS_WITH_COSINE",
     "LEAKAGE_FILE",
@@ -61,6 +63,8 @@ HASH_BITS = 6
 # Weaker evidence of both kinds together (a crop moves the hash and the embedding a little each).
 HASH_BITS_WITH_COSINE = 10
 COSINE_WITH_HASH = 0.8
+# Whatever the rule, twins' mean colours differ by at most this much in every channel (0-255).
+COLOR_TOLERANCE = 12.0
 MAX_TWINS_PER_IMAGE = 3  # a validation image's closest training twins listed (all are counted)
 CHUNK_CELLS = 4_000_000  # similarity cells computed at once (memory: 8 bytes each)
 
@@ -74,6 +78,7 @@ class SplitImages:
     shas: list[str]
     hashes: list[Hashes | None]  # crop hashes; None for a file that could not be read
     features: np.ndarray | None = None  # (n, width) embeddings, or None (hashes only)
+    colors: list[Color | None] | None = None  # mean colours; None: not compared
 
 
 def relative(path: str, root: str) -> str:
@@ -95,6 +100,14 @@ def _hash_array(hashes: list[Hashes | None]) -> tuple[np.ndarray, np.ndarray]:
     known = np.asarray([h is not None for h in hashes], bool)
     rows = [h if h is not None else (0,) * len(CROPS) for h in hashes]
     return np.asarray(rows, np.uint64).reshape(len(hashes), len(CROPS)), known
+
+
+def _color_array(colors: list[Color | None] | None, n: int) -> tuple[np.ndarray | None, np.ndarray]:
+    if colors is None:
+        return None, np.zeros(n, bool)
+    known = np.asarray([c is not None for c in colors], bool)
+    rows = [c if c is not None else (0.0, 0.0, 0.0) for c in colors]
+    return np.asarray(rows, np.float32).reshape(n, 3), known
 
 
 def find_twins(
@@ -119,6 +132,8 @@ def find_twins(
         vf, tf = _unit(val.features, mean), _unit(train.features, mean)
     vh, vknown = _hash_array(val.hashes)
     th, tknown = _hash_array(train.hashes)
+    vc, vcknown = _color_array(val.colors, len(val.paths))
+    tc, tcknown = _color_array(train.colors, len(train.paths))
     sha_rows: dict[str, list[int]] = {}
     for j, sha in enumerate(train.shas):
         sha_rows.setdefault(sha, []).append(j)
@@ -133,6 +148,12 @@ def find_twins(
         if sims is not None:
             near |= (sims >= cosine) & (~both | (bits <= COSINE_MAX_BITS))
             near |= both & (bits <= HASH_BITS_WITH_COSINE) & (sims >= COSINE_WITH_HASH)
+        if vc is not None and tc is not None:
+            # A twin keeps its colours: flat pictures of two colours hash alike, and a weak
+            # network can map them alike too.
+            colored = vcknown[rows.start : rows.stop, None] & tcknown[None, :]
+            apart = color_distance(vc[rows.start : rows.stop], tc) > COLOR_TOLERANCE
+            near &= ~(colored & apart)
         for r, i in enumerate(rows):
             hits = set(np.flatnonzero(near[r]).tolist()) | set(sha_rows.get(val.shas[i], []))
             if not hits:
@@ -190,6 +211,7 @@ def leakage_summary(
             "cosine_max_bits": COSINE_MAX_BITS,
             "hash_bits_with_cosine": HASH_BITS_WITH_COSINE,
             "cosine_with_hash": COSINE_WITH_HASH,
+            "color_tolerance": COLOR_TOLERANCE,
         },
     }
 

@@ -19,7 +19,7 @@ from typing import TYPE_CHECKING, Any
 import numpy as np
 
 from core.config import RunConfig
-from core.data.phash import phash_files
+from core.data.phash import signature_files
 from core.files import sha256_file
 from core.runs.calibration import model_key
 from core.runs.evaluate import evaluate_run
@@ -76,12 +76,14 @@ def _features(config: RunConfig, model: Any, paths: list[str], size: int) -> np.
 
 
 def _side(paths: list[str], labels: list[int], features: np.ndarray | None) -> SplitImages:
+    signatures = signature_files(list(paths))
     return SplitImages(
         list(paths),
         list(labels),
         [sha256_file(p) for p in paths],
-        phash_files(list(paths)),
+        [s[0] if s is not None else None for s in signatures],
         features,
+        [s[1] if s is not None else None for s in signatures],
     )
 
 
