@@ -51,11 +51,15 @@ def _model_stamp(store: RunStore, run_id: str) -> tuple[int, int]:
     return stat.st_mtime_ns, stat.st_size
 
 
-def render(queue: JobQueue, result: RunResult, evaluation: dict[str, Any] | None) -> None:
+def render(queue: JobQueue, result: RunResult) -> None:
     """The Run page's "Can you trust these numbers?" section for a completed run."""
     store, run_id = queue.store, result["run_id"]
     st.subheader("Can you trust these numbers?", divider="gray")
     _leakage_section(store, run_id, result)
+    try:
+        evaluation = widgets.evaluation(store, run_id)  # the page's (kept in memory)
+    except StudioError:
+        evaluation = None  # the Evaluate section above says why
     if evaluation is not None and evaluation.get("calibration"):
         _calibration_section(evaluation)
     _tta_section(store, run_id)

@@ -193,7 +193,7 @@ if evaluation is not None:
         st.caption("No image in this cell.")
 
 review_panel.render(queue, result)  # likely mistakes: relabel, exclude, keep, retrain
-trust_panel.render(queue, result, evaluation)  # leakage, calibration, TTA, trackers
+trust_panel.render(queue, result)  # leakage, calibration, TTA, trackers
 
 st.subheader("Export", divider="gray")
 st.caption(
