@@ -9,11 +9,10 @@ from pathlib import Path
 
 import numpy as np
 import pytest
-from conftest import seeded_studio
 from PIL import Image
 from streamlit.testing.v1 import AppTest
 
-from tests.helpers import TINY
+from tests.helpers import TINY, seeded_studio
 
 ROOT = Path(__file__).resolve().parents[1]
 APP = str(ROOT / "streamlit_app.py")

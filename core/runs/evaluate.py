@@ -1,8 +1,10 @@
 """Evaluation of a finished run on its validation split: confusion matrix, per-class metrics and
 per-image predictions (for the misclassification gallery).
 
-The validation split is rebuilt with ``core.data.load_dataset`` from the run's own config (same
-source, ``val_split`` and ``seed``), so it is the exact split the run was validated on. The result
+The validation images are the ones the run recorded (``split.json``, ``core.runs.split``), so it
+is the exact split the run was validated on (a run from before splits were recorded: rebuilt
+with ``core.data.load_dataset`` from its config, same source, ``val_split`` and ``seed``). The
+result
 is cached as ``evaluation.json`` in the run folder and recomputed when the model file changes.
 The training worker writes it as a run completes (``core.training.trainer``), so the Run page
 only reads it; a run that was not evaluated then (an older run, an evaluation that failed) is
@@ -19,7 +21,7 @@ from __future__ import annotations
 import json
 import time
 from pathlib import Path
-from typing import TYPE_CHECKING, Any
+from typing import TYPE_CHECKING, Any, NotRequired, TypedDict
 
 import numpy as np
 
@@ -30,6 +32,23 @@ from core.runs.store import RunStore
 
 if TYPE_CHECKING:
     from core.data import DatasetIndex
+
+__all__ = [
+    "ClassMetrics",
+    "ClassRow",
+    "Evaluation",
+    "ImagePrediction",
+    "EVALUATION_FILE",
+    "EVALUATION_VERSION",
+    "MAX_BATCH",
+    "TTA_FILE",
+    "TTA_VERSION",
+    "evaluate_run",
+    "misclassified",
+    "predict_paths",
+    "tta_report",
+    "tta_verdict",
+]
 
 EVALUATION_FILE = "evaluation.json"
 # Bump when the evaluation's content or meaning changes, so older cached files are recomputed.
@@ -71,6 +90,49 @@ def predict_paths(model: Any, paths: list[str], image_size: int, batch_size: int
     with image_errors():  # a file that changed since the scan: a DataError naming it
         probs = model.predict(dataset.map(lambda x, _y: x), verbose=0)
     return np.asarray(probs, dtype=np.float32)
+
+
+class ClassMetrics(TypedDict):
+    """Precision, recall and F1 of one class on the validation images."""
+
+    precision: float
+    recall: float
+    f1: float
+
+
+# One class's row of ``per_class``: its name, metrics and ``support`` (its validation images).
+# Functional syntax: ``class`` is a Python keyword.
+ClassRow = TypedDict(
+    "ClassRow", {"class": str, "precision": float, "recall": float, "f1": float, "support": int}
+)
+
+
+class ImagePrediction(TypedDict):
+    """One validation image: its file, true and predicted class, and every class's probability."""
+
+    path: str
+    true: str
+    predicted: str
+    probabilities: list[float]
+
+
+class Evaluation(TypedDict):
+    """A run's evaluation (``evaluate --json`` prints a subset; ``evaluation.json`` holds it)."""
+
+    run_id: str
+    accuracy: float
+    class_names: list[str]
+    confusion_matrix: list[list[int]]  # rows: true class, columns: predicted
+    per_class: list[ClassRow]
+    macro_avg: ClassMetrics
+    val_images: int
+    calibration: dict[str, Any]  # the temperature and ECE before/after (``Calibration.summary``)
+    reliability: dict[str, list[dict[str, Any]]]  # reliability bins, "before" and "after"
+    images: list[ImagePrediction]
+    duration_s: float
+    evaluated_at: float
+    cache_key: dict[str, Any]
+    from_cache: NotRequired[bool]
 
 
 def evaluate_run(
@@ -119,19 +181,24 @@ def evaluate_run(
         model, class_names, image_size = run.model, list(run.class_names), run.image_size
     else:
         class_names, image_size = list(stored["class_names"]), int(model.inputs[0].shape[1])
-    if data is None:
-        data = load_dataset(config.data, val_split=config.val_split, seed=config.seed)
-    if list(data.class_names) != class_names:
-        raise StudioError(
-            f"The data source {config.data!r} now has classes {data.class_names}, but run "
-            f"{run_id} was trained on {class_names}; the validation split cannot be rebuilt. "
-            "Restore the original data or train a new run on the current data."
-        )
-    if not data.val_paths:
+    recorded = store.split(run_id) if data is None else None
+    if recorded is not None:
+        val_paths, val_labels = recorded.labelled("val", class_names)
+    else:
+        if data is None:  # a run that recorded no split: rebuilt from its config
+            data = load_dataset(config.data, val_split=config.val_split, seed=config.seed)
+        if list(data.class_names) != class_names:
+            raise StudioError(
+                f"The data source {config.data!r} now has classes {data.class_names}, but run "
+                f"{run_id} was trained on {class_names}; the validation split cannot be rebuilt. "
+                "Restore the original data or train a new run on the current data."
+            )
+        val_paths, val_labels = list(data.val_paths), list(data.val_labels)
+    if not val_paths:
         raise StudioError(f"Run {run_id}'s data {config.data!r} has no validation images.")
 
-    probs = predict_paths(model, data.val_paths, image_size, min(config.batch_size, MAX_BATCH))
-    y_true = np.asarray(data.val_labels, dtype=np.int64)
+    probs = predict_paths(model, val_paths, image_size, min(config.batch_size, MAX_BATCH))
+    y_true = np.asarray(val_labels, dtype=np.int64)
     y_pred = probs.argmax(axis=1)
     labels = list(range(len(class_names)))
     # labels= keeps the matrix N x N even when a class is absent from the split or the predictions.
@@ -144,7 +211,7 @@ def evaluate_run(
     macro = precision_recall_fscore_support(
         y_true, y_pred, labels=labels, average="macro", zero_division=0
     )
-    per_class = [
+    per_class: list[ClassRow] = [
         {
             "class": name,
             "precision": float(precision[i]),
@@ -158,7 +225,7 @@ def evaluate_run(
     calibration = calibrate(probs, y_true, seed=int(config.seed))
     calibration.model_key = model_key(model_path)
     write_calibration(store.run_dir(run_id), calibration)
-    result: dict[str, Any] = {
+    result: Evaluation = {
         "run_id": run_id,
         "accuracy": float(np.trace(matrix) / total) if total else 0.0,
         "class_names": class_names,
@@ -184,7 +251,7 @@ def evaluate_run(
                 "predicted": class_names[p],
                 "probabilities": [round(float(v), 6) for v in row],
             }
-            for path, t, p, row in zip(data.val_paths, y_true, y_pred, probs, strict=True)
+            for path, t, p, row in zip(val_paths, y_true, y_pred, probs, strict=True)
         ],
         "duration_s": round(time.perf_counter() - started, 3),
         "evaluated_at": time.time(),
@@ -192,7 +259,7 @@ def evaluate_run(
     }
     # Write-then-rename: a page reading concurrently never sees a truncated file.
     atomic_write_text(cache_path, json.dumps(result))
-    return {**result, "from_cache": False}
+    return {**result, "from_cache": False}  # an ``Evaluation`` (the pages take it as a dict)
 
 
 def tta_report(store: RunStore, run_id: str, force: bool = False) -> dict[str, Any]:
@@ -217,12 +284,17 @@ def tta_report(store: RunStore, run_id: str, force: bool = False) -> dict[str, A
             return {k: v for k, v in cached.items() if k != "cache_key"}
     config = RunConfig.from_dict(store.result(run_id)["config"])
     run = load_run(store, run_id)
-    data = load_dataset(config.data, val_split=config.val_split, seed=config.seed)
-    if not data.val_paths:
+    recorded = store.split(run_id)
+    if recorded is not None:  # the images the run was validated on
+        val_paths, val_labels = recorded.labelled("val", list(run.class_names))
+    else:  # a run that recorded no split: rebuilt from its config
+        data = load_dataset(config.data, val_split=config.val_split, seed=config.seed)
+        val_paths, val_labels = list(data.val_paths), list(data.val_labels)
+    if not val_paths:
         raise StudioError(f"Run {run_id}'s data {config.data!r} has no validation images.")
-    labels = np.asarray(data.val_labels, np.int64)
+    labels = np.asarray(val_labels, np.int64)
     batch = min(config.batch_size, MAX_BATCH)
-    dataset = make_dataset(data.val_paths, data.val_labels, run.image_size, batch, training=False)
+    dataset = make_dataset(val_paths, val_labels, run.image_size, batch, training=False)
     plain, tta, plain_s, tta_s = [], [], 0.0, 0.0
     with image_errors():
         for i, (x, _y) in enumerate(dataset):

@@ -31,6 +31,18 @@ from core.runs.calibration import (
 )
 from core.runs.store import RunStore
 
+__all__ = [
+    "ImageInput",
+    "LoadedRun",
+    "TTA_CROPS",
+    "TTA_VIEWS",
+    "load_run",
+    "predict_images",
+    "saved_model_path",
+    "set_text",
+    "tta_views",
+]
+
 ImageInput = str | Path | bytes | np.ndarray
 # Test-time views: the image, its mirror, and three crops keeping 90 % of each side (centre, top
 # left, bottom right), each resized back to the model's input. Boxes are (y0, x0, y1, x1).

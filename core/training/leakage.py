@@ -41,22 +41,51 @@ __all__ = [
     "leakage_before_training",
     "run_split",
     "SourceLeakage",
+    "SplitFiles",
 ]
 
 
-def run_split(store: RunStore, run_id: str, data: DatasetIndex | None = None) -> DatasetIndex:
-    """The run's training and validation images.
+@dataclass
+class SplitFiles:
+    """A run's (or a source's) training and validation files, absolute paths."""
 
-    The split is rebuilt from the run's config (source, ``val_split``, ``seed``), as its
-    evaluation does, so the check and the evaluation see the same validation images; the worker
-    passes the ``data`` it trained on. This is the one place to read a recorded split from.
-    """
+    root: str
+    class_names: list[str]
+    train_paths: list[str]
+    train_labels: list[int]
+    val_paths: list[str]
+    val_labels: list[int]
+
+    @classmethod
+    def of(cls, data: DatasetIndex) -> SplitFiles:
+        """The split of a scanned source."""
+        return cls(
+            str(data.root),
+            list(data.class_names),
+            list(data.train_paths),
+            list(data.train_labels),
+            list(data.val_paths),
+            list(data.val_labels),
+        )
+
+
+def run_split(store: RunStore, run_id: str, data: DatasetIndex | None = None) -> SplitFiles:
+    """The run's training and validation images: the ``data`` the worker trained on, else the
+    split the run recorded (``split.json``), else (a run from before splits were recorded) the
+    split rebuilt from its config, as its evaluation does."""
     from core.data import load_dataset
 
     if data is not None:
-        return data
+        return SplitFiles.of(data)
+    class_names = list(store.result(run_id)["class_names"])
+    recorded = store.split(run_id)
+    if recorded is not None:
+        train_paths, train_labels = recorded.labelled("train", class_names)
+        val_paths, val_labels = recorded.labelled("val", class_names)
+        return SplitFiles(recorded.root, class_names, train_paths, train_labels, val_paths,
+                          val_labels)  # fmt: skip
     config = store.config(run_id)
-    return load_dataset(config.data, val_split=config.val_split, seed=config.seed)
+    return SplitFiles.of(load_dataset(config.data, val_split=config.val_split, seed=config.seed))
 
 
 def _features(config: RunConfig, model: Any, paths: list[str], size: int) -> np.ndarray:
@@ -119,7 +148,8 @@ def check_leakage(
     val = _side(split.val_paths, split.val_labels, None if features is None else features[n:])
     root = str(split.root)
     pairs = find_twins(val, train, list(split.class_names), root)
-    evaluation = evaluate_run(store, run_id, model=model, data=split)
+    # The same validation images: the worker's data, else the recorded (or rebuilt) split.
+    evaluation = evaluate_run(store, run_id, model=model, data=data)
     images = evaluation["images"]
     correct = [img["true"] == img["predicted"] for img in images]
     result = leakage_summary(pairs, [img["path"] for img in images], correct, root)
