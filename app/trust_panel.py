@@ -116,7 +116,7 @@ def _flagged(leakage: dict[str, Any], text: str) -> str:
 def _exclude(store: RunStore, run_id: str, paths: list[str]) -> None:
     from core.data.datasets import open_dataset, parse_dataset_source
     from core.files import sha256_file
-    from core.runs.review import edit_target
+    from core.training.review import edit_target
 
     try:
         name, made = edit_target(store, run_id)
