@@ -76,7 +76,7 @@ def _leakage_section(store: RunStore, run_id: str, result: RunResult) -> None:
     except StudioError as exc:
         widgets.show_error(exc)
         return
-    st.markdown(_flagged(leakage, views.leakage_text(leakage)))
+    st.markdown(views.flagged_text(leakage, views.leakage_text(leakage)))
     if not leakage["pairs"]:
         return
     root = str((result.get("dataset") or {}).get("root") or "")
@@ -100,17 +100,6 @@ def _leakage_section(store: RunStore, run_id: str, result: RunResult) -> None:
         "the model never saw. Undo in the Review section restores them.",
     ):  # fmt: skip
         _exclude(store, run_id, [str(Path(root) / rel) for rel in twins])
-
-
-def _flagged(leakage: dict[str, Any], text: str) -> str:
-    """The check's sentence behind a green tick or an orange warning sign (Markdown, not an
-    alert box: the page's alerts are for what the user just did)."""
-    icon = (
-        ":green[:material/check_circle:]"
-        if views.leakage_level(leakage) == "success"
-        else ":orange[:material/warning:]"
-    )
-    return f"{icon} {md_escape(text, inline=True)}"
 
 
 def _exclude(store: RunStore, run_id: str, paths: list[str]) -> None:
@@ -254,6 +243,6 @@ def data_leakage(source: str, index: DatasetIndex, val_split: float, seed: int) 
     if leakage is None:
         st.caption(f"Near-copies across the split: not checked ({md_escape(reason)}).")
         return
-    st.markdown(_flagged(leakage, views.leakage_text(leakage) + f" ({reason})"))
+    st.markdown(views.flagged_text(leakage, views.leakage_text(leakage) + f" ({reason})"))
     for card in views.pair_cards(leakage, str(index.root))[:3]:
         st.caption(md_escape(f"{card['val_caption']} ~ {card['train_caption']} ({card['how']})"))

@@ -69,3 +69,11 @@ def test_tta_text_carries_the_verdict() -> None:
            "ms_per_image_tta": 9.5, "verdict": verdict}  # fmt: skip
     text = views.tta_text(tta)
     assert "90.0% without, 95.0% with" in text and text.endswith("prediction time")
+
+
+def test_flagged_and_set_markdown_carry_an_icon() -> None:
+    assert views.flagged_text(_leakage(0), "fine").startswith(":green[:material/check_circle:]")
+    assert views.flagged_text(_leakage(3), "a*b").endswith("a\\*b")  # user text escaped
+    unsure = views.set_markdown({"set": ["cat", "lynx"], "coverage": 0.9})
+    assert unsure is not None and unsure.startswith(":orange[:material/help:] Not sure")
+    assert views.set_markdown({"set": None}) is None

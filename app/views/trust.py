@@ -26,6 +26,26 @@ def leakage_text(leakage: dict[str, Any]) -> str:
     return describe(leakage)
 
 
+def flagged_text(leakage: dict[str, Any], text: str) -> str:
+    """``text`` behind a green tick (no twin) or an orange warning sign, as Markdown (not an
+    alert box: the pages' alerts are for what the user just did)."""
+    icon = (
+        ":green[:material/check_circle:]"
+        if leakage_level(leakage) == "success"
+        else ":orange[:material/warning:]"
+    )
+    return f"{icon} {md_escape(text, inline=True)}"
+
+
+def set_markdown(result: dict[str, Any]) -> str | None:
+    """The prediction set in words behind its icon (``set_text``), or ``None``."""
+    text = set_text(result)
+    if text is None:
+        return None
+    icon = ":orange[:material/help:]" if text.startswith("Not sure") else ":green[:material/check:]"
+    return f"{icon} {text}"
+
+
 def pair_cards(leakage: dict[str, Any], root: str) -> list[dict[str, Any]]:
     """The first pairs to draw side by side: absolute paths and a caption for each side."""
     cards = []
