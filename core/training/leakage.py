@@ -154,6 +154,7 @@ def check_leakage(
     correct = [img["true"] == img["predicted"] for img in images]
     result = leakage_summary(pairs, [img["path"] for img in images], correct, root)
     result["embeddings"] = features is not None
+    result["root"] = root  # where the pairs' relative paths start
     write_leakage(folder, result, key)
     return result
 
