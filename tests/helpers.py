@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import contextlib
+import io
 import json
 import os
 import re
@@ -250,3 +251,21 @@ def stored_run(
         }
         (store.run_dir(run_id) / EVALUATION_FILE).write_text(json.dumps(evaluation))
     return run_id
+
+
+def smooth_picture(seed: int, side: int = 64, lean: int | None = None) -> np.ndarray:
+    """A distinct picture: smooth random colour blobs (``lean``: a colour channel pushed up, so
+    pictures of one class look alike)."""
+    small = (np.random.default_rng(seed).random((6, 6, 3)) * 255).astype(np.int64)
+    if lean is not None:
+        small[..., lean] = np.clip(small[..., lean] + 80, 0, 255)
+    im = Image.fromarray(small.astype(np.uint8)).resize((side, side), Image.Resampling.BICUBIC)
+    return np.asarray(im)
+
+
+def cropped_twin(rgb: np.ndarray, px: int = 2, quality: int = 85) -> bytes:
+    """A near-copy of a picture: ``px`` cropped from each side, re-encoded as JPEG (its bytes)."""
+    im = Image.fromarray(rgb)
+    buf = io.BytesIO()
+    im.crop((px, px, im.width - px, im.height - px)).save(buf, "JPEG", quality=quality)
+    return buf.getvalue()

@@ -36,7 +36,7 @@ EPILOG = """examples:
 
 
 # The families in the order their commands are listed by ``--help``.
-FAMILIES = ("runs", "worker", "bench", "search", "dataset", "review")
+FAMILIES = ("runs", "worker", "bench", "search", "dataset", "review", "trackers")
 # Every command → the family module that parses and runs it.
 COMMANDS: dict[str, str] = {
     **dict.fromkeys(
@@ -51,6 +51,7 @@ COMMANDS: dict[str, str] = {
     "task": "search",
     "dataset": "dataset",
     "review": "review",
+    "log-mlflow": "trackers",
 }  # fmt: skip
 
 

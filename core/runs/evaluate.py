@@ -15,6 +15,11 @@ probability inline, no array file).
 The training worker writes it as a run completes (``core.training.trainer``), so the Run page
 only reads it; a run that was not evaluated then (an older run, an evaluation that failed) is
 evaluated when the page first asks.
+
+Every evaluation also fits the run's temperature on the validation probabilities
+(``core.runs.calibration``): ``calibration`` and the ``reliability`` bins before and after are in
+the result, and ``calibration.json`` (the temperature and the conformal scores Predict uses) is
+written beside it. ``tta_report`` measures test-time augmentation on the same images.
 """
 
 from __future__ import annotations
@@ -50,12 +55,16 @@ __all__ = [
     "TOP_K",
     "ProgressFn",
     "class_probability",
+    "TTA_FILE",
+    "TTA_VERSION",
     "evaluate_run",
     "image_entry",
     "misclassified",
     "predict_paths",
     "probability_matrix",
     "write_evaluation",
+    "tta_report",
+    "tta_verdict",
 ]
 
 EVALUATION_FILE = "evaluation.json"
@@ -64,9 +73,11 @@ TOP_K = 5  # classes kept per image in the JSON
 INLINE_MAX_CLASSES = 10  # up to this many classes, every probability is also kept inline
 MATRIX_KEY = "probability_matrix"  # the loaded array file in a returned evaluation (not JSON)
 # Bump when the evaluation's content or meaning changes, so older cached files are recomputed.
-EVALUATION_VERSION = 1
+EVALUATION_VERSION = 2
 MAX_BATCH = 64
 ProgressFn = Callable[[int, int], None]  # progress(done, total)
+TTA_FILE = "tta.json"
+TTA_VERSION = 1
 
 
 def _model_fingerprint(model_path: Path) -> dict[str, Any]:
@@ -244,6 +255,8 @@ class Evaluation(TypedDict):
     per_class: list[ClassRow]
     macro_avg: ClassMetrics
     val_images: int
+    calibration: dict[str, Any]  # the temperature and ECE before/after (``Calibration.summary``)
+    reliability: dict[str, list[dict[str, Any]]]  # reliability bins, "before" and "after"
     images: list[ImagePrediction]
     duration_s: float
     evaluated_at: float
@@ -275,6 +288,14 @@ def evaluate_run(
     from sklearn.metrics import confusion_matrix, precision_recall_fscore_support
 
     from core.data import load_dataset
+    from core.runs.calibration import (
+        calibrate,
+        diagram_bins,
+        model_key,
+        reliability,
+        scale,
+        write_calibration,
+    )
     from core.runs.predict import load_run, saved_model_path
 
     model_path = saved_model_path(store, run_id)
@@ -335,6 +356,9 @@ def evaluate_run(
         for i, name in enumerate(class_names)
     ]
     total = int(matrix.sum())
+    calibration = calibrate(probs, y_true, seed=int(config.seed))
+    calibration.model_key = model_key(model_path)
+    write_calibration(store.run_dir(run_id), calibration)
     result: Evaluation = {
         "run_id": run_id,
         "accuracy": float(np.trace(matrix) / total) if total else 0.0,
@@ -347,6 +371,13 @@ def evaluate_run(
             "f1": float(macro[2]),
         },
         "val_images": total,
+        "calibration": calibration.summary(),
+        "reliability": {
+            "before": reliability(probs, y_true, diagram_bins(total)),
+            "after": reliability(
+                scale(probs, calibration.temperature), y_true, diagram_bins(total)
+            ),
+        },
         "images": [
             image_entry(path, class_names, int(t), row)
             for path, t, row in zip(val_paths, y_true, probs, strict=True)
@@ -358,6 +389,90 @@ def evaluate_run(
     # Write-then-rename: a page reading concurrently never sees a truncated file.
     written = write_evaluation(cache_path.parent, result, probs)
     return {**written, "from_cache": False}  # an ``Evaluation`` (the pages take it as a dict)
+
+
+def tta_report(store: RunStore, run_id: str, force: bool = False) -> dict[str, Any]:
+    """Validation accuracy with and without test-time augmentation, and what it costs per image
+    (cached as ``tta.json`` for this model file; ``force`` measures again).
+
+    ``{views, images, accuracy, accuracy_tta, gain, ms_per_image, ms_per_image_tta, slowdown,
+    worth_it, verdict}``: worth it when it gets at least two more images and one point more
+    right (less is within what a reshuffled split changes).
+    """
+    from core.data import load_dataset
+    from core.data.pipeline import image_errors, make_dataset
+    from core.runs.calibration import model_key
+    from core.runs.predict import TTA_VIEWS, load_run, saved_model_path
+
+    model_path = saved_model_path(store, run_id)
+    key = {**model_key(model_path), "version": TTA_VERSION}
+    path = store.run_dir(run_id) / TTA_FILE
+    if not force:
+        cached = _read_cache(path, key)
+        if cached is not None:
+            return {k: v for k, v in cached.items() if k != "cache_key"}
+    config = RunConfig.from_dict(store.result(run_id)["config"])
+    run = load_run(store, run_id)
+    recorded = store.split(run_id)
+    if recorded is not None:  # the images the run was validated on
+        val_paths, val_labels = recorded.labelled("val", list(run.class_names))
+    else:  # a run that recorded no split: rebuilt from its config
+        data = load_dataset(config.data, val_split=config.val_split, seed=config.seed)
+        val_paths, val_labels = list(data.val_paths), list(data.val_labels)
+    if not val_paths:
+        raise StudioError(f"Run {run_id}'s data {config.data!r} has no validation images.")
+    labels = np.asarray(val_labels, np.int64)
+    batch = min(config.batch_size, MAX_BATCH)
+    dataset = make_dataset(val_paths, val_labels, run.image_size, batch, training=False)
+    plain, tta, plain_s, tta_s = [], [], 0.0, 0.0
+    with image_errors():
+        for i, (x, _y) in enumerate(dataset):
+            pixels = np.asarray(x)
+            if i == 0:  # untimed: the first call of each batch shape traces the graph
+                run(pixels)
+                run(pixels, tta=True)
+            started = time.perf_counter()
+            plain.append(run(pixels))
+            plain_s += time.perf_counter() - started
+            started = time.perf_counter()
+            tta.append(run(pixels, tta=True))
+            tta_s += time.perf_counter() - started
+    n = len(labels)
+    acc = float((np.concatenate(plain).argmax(1) == labels).mean())
+    acc_tta = float((np.concatenate(tta).argmax(1) == labels).mean())
+    gain = acc_tta - acc
+    ms, ms_tta = plain_s * 1000 / n, tta_s * 1000 / n
+    slowdown = ms_tta / ms if ms > 0 else float(TTA_VIEWS)
+    worth = gain >= max(0.01, 2.0 / n)
+    result = {
+        "views": TTA_VIEWS,
+        "images": n,
+        "accuracy": round(acc, 4),
+        "accuracy_tta": round(acc_tta, 4),
+        "gain": round(gain, 4),
+        "ms_per_image": round(ms, 3),
+        "ms_per_image_tta": round(ms_tta, 3),
+        "slowdown": round(slowdown, 2),
+        "worth_it": worth,
+        "verdict": tta_verdict(gain, slowdown, worth, n),
+        "cache_key": key,
+    }
+    atomic_write_text(path, json.dumps(result))
+    return {k: v for k, v in result.items() if k != "cache_key"}
+
+
+def tta_verdict(gain: float, slowdown: float, worth: bool, images: int) -> str:
+    """Whether test-time augmentation is worth it for this run, in one sentence."""
+    points = f"{gain * 100:+.1f} points"
+    cost = f"{slowdown:.1f}x the prediction time"
+    if worth:
+        return f"Worth it if you can afford {cost}: {points} of validation accuracy."
+    if gain > 0:
+        return (
+            f"Not clearly worth it: {points} on {images} validation images is within noise, "
+            f"for {cost}."
+        )
+    return f"Not worth it: {points} of validation accuracy for {cost}."
 
 
 def _class_name(evaluation: dict[str, Any], cls: str | int) -> str:

@@ -109,15 +109,24 @@ def execute_run(
 
 def _evaluate(store: RunStore, run_id: str, trainer: _Trainer, folder: Path) -> None:
     """Evaluate a completed run once, here, with the model and data still in memory: the Run
-    page then only reads ``evaluation.json`` and opens at once. Never fails the run: a failure
-    is logged, and the page evaluates on demand as for an older run."""
+    page then only reads ``evaluation.json`` and opens at once. The evaluation fits the run's
+    temperature; then the leakage check runs and the confusion matrix goes to TensorBoard.
+    Never fails the run: a failure is logged, and the page evaluates on demand as for an older
+    run."""
     from core.runs.evaluate import evaluate_run
+    from core.training.leakage import check_leakage
+    from core.training.tensorboard import write_confusion_matrix
 
     if not hasattr(trainer, "built") or not hasattr(trainer, "data"):
         return  # nothing was trained here (a test's stand-in): the page evaluates on demand
     try:
+        model, data = trainer.built.model, trainer.data
         with trainer._timed("evaluate"):
-            evaluate_run(store, run_id, force=True, model=trainer.built.model, data=trainer.data)
+            evaluation = evaluate_run(store, run_id, force=True, model=model, data=data)
+        last_epoch = int(store.get_run(run_id)["epochs_done"])
+        write_confusion_matrix(folder, evaluation["confusion_matrix"], last_epoch)
+        with trainer._timed("leakage"):
+            check_leakage(store, run_id, model=model, data=data, force=True)
         trainer.record_timings()
     except Exception as exc:  # the run is completed and stays so
         print(
@@ -277,6 +286,7 @@ class _Trainer:
         """Run (or continue) every phase; returns completed or stopped."""
         from core.training.callbacks import global_step, training_callbacks
         from core.training.model import compile_model, phase_epochs, phase_lr, set_phase
+        from core.training.tensorboard import tensorboard_callback
 
         config, store, run_id, source = self.config, self.store, self.run_id, self.source
         done, meta = resume_point(store, run_id)
@@ -322,6 +332,8 @@ class _Trainer:
                 batch_size=self.batch, stop_event=self.stop_event,
                 checkpoint_every=source.checkpoint_every, progress=self.progress,
             )  # fmt: skip
+            folder = store.run_dir(run_id)
+            callbacks.callbacks.append(tensorboard_callback(folder, phase, epoch_offset, callbacks))
             source.fit(model, callbacks, epochs, initial_epoch=max(done - epoch_offset, 0))
             epoch_offset += epochs
             step_offset = global_step(callbacks)

@@ -168,7 +168,7 @@ def test_run_page_reads_the_evaluation_the_worker_wrote(seeded, monkeypatch):
     _ok(at)
     metrics = {m.label: m.value for m in at.metric}
     assert metrics["Validation accuracy"].endswith("%")
-    assert len(at.get("plotly_chart")) == 1  # the confusion matrix
+    assert len(at.get("plotly_chart")) == 2  # the confusion matrix and the reliability diagram
 
 
 def _failed_run(store, config, error: str) -> str:

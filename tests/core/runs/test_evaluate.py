@@ -209,3 +209,19 @@ def test_a_failed_evaluation_does_not_fail_the_run(tmp_path, monkeypatch, capfd)
     assert "evaluating it failed (OSError: disk hiccup)" in capfd.readouterr().err
     monkeypatch.undo()  # the page evaluates it on demand, as for an older run
     assert evaluate_run(queue.store, run_id)["from_cache"] is False
+
+
+@pytest.mark.slow
+def test_calibration_never_makes_the_confidence_worse(run, evaluation):
+    """The temperature fitted as the run is evaluated lowers (or keeps) the calibration error,
+    and Predict's stored scores are the validation images' under that temperature."""
+    from core.runs.calibration import read_calibration
+
+    store, run_id = run
+    c = evaluation["calibration"]
+    assert c["ece_after"] <= c["ece_before"]
+    assert c["images"] == evaluation["val_images"]
+    stored = read_calibration(store.run_dir(run_id))
+    assert stored is not None and stored.temperature == pytest.approx(c["temperature"], abs=1e-4)
+    assert len(stored.scores) == evaluation["val_images"]
+    assert [b["count"] for b in evaluation["reliability"]["before"]] != []
