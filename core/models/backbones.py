@@ -40,10 +40,16 @@ def _keras_app(name: str) -> Callable[..., Any]:
     return construct
 
 
-def _lite0(**kwargs: Any) -> Any:
-    from core.models.lite0 import EfficientNetLite0
+def _lite(variant: str) -> Callable[..., Any]:
+    """The EfficientNet-Lite ``variant``'s constructor, imported lazily like ``_keras_app``."""
 
-    return EfficientNetLite0(**kwargs)
+    def construct(**kwargs: Any) -> Any:
+        from core.models.efficientnet_lite import EfficientNetLite
+
+        return EfficientNetLite(variant, **kwargs)
+
+    construct.__name__ = construct.__qualname__ = f"EfficientNetLite[{variant}]"
+    return construct
 
 
 @dataclass(frozen=True)
@@ -67,10 +73,10 @@ class BackboneSpec:
     def weights_status(self) -> str:
         """Whether ImageNet weights are available right now: bundled, cached or needs network."""
         if self.imagenet_source == SOURCE_BUNDLED:
-            from core.models.lite0 import cached_weights_path, pth_source_path
+            from core.models.efficientnet_lite import is_available
 
             # Bundled means "shipped by an installed package" (or already converted here).
-            if pth_source_path() is not None or cached_weights_path().is_file():
+            if is_available(self.name):
                 return STATUS_BUNDLED
             return STATUS_NEEDS_NETWORK
         models = keras_models_dir()
@@ -109,20 +115,27 @@ def _spec(**kwargs: Any) -> BackboneSpec:
 _MOBILENET_V2_ROWS = (96, 128, 160, 192, 224)
 
 _SPECS: tuple[BackboneSpec, ...] = (
-    _spec(
-        name="efficientnet_lite0",
-        display_name="EfficientNet-Lite0 (offline)",
-        family="efficientnet_lite",
-        constructor=_lite0,
-        default_size=224,
-        min_size=32,
-        preprocessing="lite",
-        feature_width=1280,
-        params_millions=3.41,
-        last_block="prefix:block7a_",
-        imagenet_source=SOURCE_BUNDLED,
-        description="EfficientNet-B0 layout without squeeze-excite, ReLU6; ImageNet weights ship "
-        "with the package, so it works with no network.",
+    *(
+        _spec(
+            name=f"efficientnet_lite{n}",
+            display_name=f"EfficientNet-Lite{n} (offline)",
+            family="efficientnet_lite",
+            constructor=_lite(f"efficientnet_lite{n}"),
+            default_size=size,
+            min_size=32,
+            preprocessing="lite",
+            feature_width=1280,
+            params_millions=params,
+            last_block="prefix:block7a_",
+            imagenet_source=SOURCE_BUNDLED,
+            description=f"EfficientNet-{scaled} layout without squeeze-excite, ReLU6; ImageNet "
+            "weights ship with a pip package, so it works with no network.",
+        )
+        for n, size, params, scaled in (
+            (0, 224, 3.41, "B0"),
+            (1, 240, 4.19, "B1"),
+            (2, 260, 4.87, "B2"),
+        )
     ),
     _spec(
         name="vgg16",
@@ -363,9 +376,9 @@ def weights_identity(backbone: str, weights: str) -> str | None:
     if weights != "imagenet":
         return "file:" + sha256_file(weights)
     if spec.imagenet_source == SOURCE_BUNDLED:
-        from core.models import lite0
+        from core.models.efficientnet_lite import CONVERTER_VERSION, get_variant
 
-        return f"bundled:{lite0.PTH_SHA256}:{lite0.CONVERTER_VERSION}"
+        return f"bundled:{get_variant(spec.name).pth_sha256}:{CONVERTER_VERSION}"
     cached = [keras_models_dir() / f for f in spec.imagenet_files]
     sizes = [f"{p.name}:{p.stat().st_size}" for p in cached if p.is_file()]
     return "keras:" + ",".join(sizes)
