@@ -12,7 +12,7 @@ from collections.abc import Callable, Sequence
 from dataclasses import fields
 from typing import TYPE_CHECKING, Any
 
-from core import cli_dataset, cli_search
+from core import cli_dataset, cli_search, cli_weights
 from core.config import AUGMENTATIONS, FEATURE_CACHE_CHOICES, MODE_HELP, MODES, RunConfig, Status
 from core.errors import ConfigError, StudioError, storage_error
 
@@ -348,6 +348,7 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--json", action="store_true", help="print JSON instead of text")
     cli_search.add_parsers(sub, _add_train_flags, config_from_args)
     cli_dataset.add_parsers(sub)
+    cli_weights.add_parsers(sub)
     return parser
 
 
@@ -793,6 +794,7 @@ def cmd_datasets(args: argparse.Namespace) -> int:
 COMMANDS = {
     **cli_dataset.COMMANDS,
     **cli_search.COMMANDS,
+    **cli_weights.COMMANDS,
     "backbones": cmd_backbones,
     "datasets": cmd_datasets,
     "train": cmd_train,

@@ -24,6 +24,11 @@ STATUS_BUNDLED = "bundled"
 STATUS_CACHED = "cached"
 STATUS_NEEDS_NETWORK = "needs network"
 
+# What the user is told about a backbone's weights (``availability``).
+AVAILABLE_OFFLINE = "offline"  # bundled, or in Keras' cache
+AVAILABLE_IMPORTED = "imported"  # weights someone imported (``weights import``) are here
+AVAILABLE_NEEDS_NETWORK = "needs network"
+
 KERAS_WEIGHTS_BASE = "https://storage.googleapis.com/"  # host keras.applications downloads from
 
 
@@ -84,6 +89,17 @@ class BackboneSpec:
             return STATUS_CACHED
         return STATUS_NEEDS_NETWORK
 
+    def availability(self) -> str:
+        """What works without a network: offline (bundled/cached), imported or needs network."""
+        status = self.weights_status()
+        if status == STATUS_BUNDLED:
+            return AVAILABLE_OFFLINE
+        from core.models.weights_store import imported_for
+
+        if imported_for(self.name):
+            return AVAILABLE_IMPORTED
+        return AVAILABLE_OFFLINE if status == STATUS_CACHED else AVAILABLE_NEEDS_NETWORK
+
     def to_dict(self) -> dict[str, Any]:
         """JSON-able description, as printed by ``python -m core backbones --json``."""
         return {
@@ -98,6 +114,7 @@ class BackboneSpec:
             "imagenet_source": self.imagenet_source,
             "weights_status": self.weights_status(),
             "offline": self.weights_status() != STATUS_NEEDS_NETWORK,
+            "availability": self.availability(),
             "description": self.description,
         }
 
@@ -307,9 +324,13 @@ def _offline_message(spec: BackboneSpec, detail: str) -> str:
 def build_base(spec: BackboneSpec, weights: str, image_size: int) -> Any:
     """The headless base (no preprocessing, no pooling) for raw-preprocessed input.
 
-    ``weights`` is ``"imagenet"``, ``"none"`` or a path to a local weights file.
+    ``weights`` is ``"imagenet"``, ``"none"``, a path to a local weights file or the name of
+    imported weights (``core.models.weights_store``).
     """
+    from core.models.weights_store import resolve_weights
+
     check_image_size(spec, image_size)
+    weights = resolve_weights(weights)
     if weights == "none":
         keras_weights: str | None = None
     elif weights == "imagenet":
@@ -318,8 +339,9 @@ def build_base(spec: BackboneSpec, weights: str, image_size: int) -> Any:
         path = Path(weights).expanduser()
         if not path.is_file():
             raise BackboneError(
-                f"Weights file {weights!r} not found. Expected 'imagenet', 'none' or the path of "
-                "an existing .h5/.weights.h5 file for the chosen backbone."
+                f"Weights file {weights!r} not found. Expected 'imagenet', 'none', the path of "
+                "an existing .h5/.weights.h5 file for the chosen backbone or the name of "
+                "imported weights."
             )
         keras_weights = str(path)
     try:
@@ -369,12 +391,13 @@ def weights_identity(backbone: str, weights: str) -> str | None:
     other weights must never be reused.
     """
     from core.files import sha256_file
+    from core.models.weights_store import resolve_weights
 
     spec = get_backbone(backbone)
     if weights == "none":
         return None
     if weights != "imagenet":
-        return "file:" + sha256_file(weights)
+        return "file:" + sha256_file(resolve_weights(weights))
     if spec.imagenet_source == SOURCE_BUNDLED:
         from core.models.efficientnet_lite import CONVERTER_VERSION, get_variant
 

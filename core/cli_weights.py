@@ -1,0 +1,97 @@
+"""``python -m core weights ...``: weights files carried in by hand, and what works offline.
+
+``core.cli`` registers it: ``add_parsers(sub)`` adds ``weights import`` and ``weights list``;
+``COMMANDS`` maps ``weights`` to its handler. Errors are ``StudioError``s, printed on one line by
+``core.cli.main``.
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import os
+from collections.abc import Iterator
+from contextlib import contextmanager
+from typing import Any
+
+WEIGHTS_EPILOG = """examples:
+  python -m core weights import ~/Downloads/resnet50_weights_tf_dim_ordering_tf_kernels_notop.h5
+  python -m core weights import my_mobilenet.weights.h5 --backbone mobilenet_v2 --name lab
+  python -m core train --backbone mobilenet_v2 --weights lab
+  python -m core weights list
+"""
+
+
+def add_parsers(sub: Any) -> None:
+    """Register ``weights`` and its actions on ``core.cli``'s subparsers."""
+    p = sub.add_parser(
+        "weights",
+        help="import a weights file (works offline afterwards) and list the weights here",
+        description="Keras' own ImageNet files (e.g. resnet50_weights_tf_dim_ordering_tf_"
+        "kernels_notop.h5) are recognised by name, checked against the hash Keras pins for them "
+        "and placed where Keras looks, so later runs with --weights imagenet need no network. "
+        "Any other Keras weights file (.weights.h5, .h5, .keras) for a backbone is checked to "
+        "load into it and kept under a name, usable as --weights NAME.",
+        epilog=WEIGHTS_EPILOG,
+        formatter_class=argparse.RawDescriptionHelpFormatter,
+    )
+    actions = p.add_subparsers(dest="weights_action", metavar="ACTION", required=True)
+    a = actions.add_parser("import", help="check a weights file and make it available offline")
+    a.add_argument("file", metavar="FILE", help="a .h5, .weights.h5 or .keras weights file")
+    a.add_argument(
+        "--backbone",
+        help="the backbone the file was saved from (not needed for Keras' own ImageNet files)",
+    )
+    a.add_argument("--name", help="the name to use with --weights (default: the file's name)")
+    a.add_argument("--json", action="store_true", help="print the import record as JSON")
+    a = actions.add_parser("list", help="the weights usable offline and where they came from")
+    a.add_argument("--json", action="store_true", help="print the list as JSON")
+
+
+@contextmanager
+def _native_stderr_silenced() -> Iterator[None]:
+    """Discard what native libraries write to stderr (file descriptor 2) meanwhile.
+
+    TensorFlow's C++ start-up notices (absl, oneDNN) ignore ``TF_CPP_MIN_LOG_LEVEL``; a refused
+    import must still be one line of stderr.
+    """
+    saved = os.dup(2)
+    devnull = os.open(os.devnull, os.O_WRONLY)
+    try:
+        os.dup2(devnull, 2)
+        yield
+    finally:
+        os.dup2(saved, 2)
+        os.close(saved)
+        os.close(devnull)
+
+
+def cmd_weights(args: argparse.Namespace) -> int:
+    """``weights import`` / ``weights list``."""
+    from core.models import weights_store
+
+    if args.weights_action == "import":
+        with _native_stderr_silenced():
+            import keras  # noqa: F401  the checks build models: load TensorFlow quietly first
+
+        item = weights_store.import_weights(args.file, backbone=args.backbone, name=args.name)
+        if args.json:
+            print(json.dumps(item.to_dict()))
+        else:
+            use = (
+                "--weights imagenet"
+                if item.kind == weights_store.KIND_IMAGENET
+                else (f"--weights {item.name}")
+            )
+            print(f"imported {item.name} for {item.backbone}: {item.note}. Use it with {use}.")
+        return 0
+    rows = weights_store.available_weights()
+    if args.json:
+        print(json.dumps(rows))
+        return 0
+    for r in rows:
+        print(f"{r['backbone']:<20} {r['name']:<40} {r['origin']}")
+    return 0
+
+
+COMMANDS = {"weights": cmd_weights}
