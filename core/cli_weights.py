@@ -47,6 +47,24 @@ def add_parsers(sub: Any) -> None:
     a = actions.add_parser("list", help="the weights usable offline and where they came from")
     a.add_argument("--json", action="store_true", help="print the list as JSON")
 
+    p = sub.add_parser(
+        "teachable-machine",
+        help="import a Teachable Machine image project (keras_model.h5 + labels.txt) as a run",
+        description="The project's Keras export becomes a completed run (predict and export it "
+        "like any run; its labels are kept), and its MobileNetV2 trunk becomes the pretrained "
+        "weights of the backbone teachable_machine, to fine-tune on your own data.",
+        epilog="examples:\n  python -m core teachable-machine import keras_model.h5 labels.txt "
+        "--name pets\n  python -m core train --backbone teachable_machine --data ~/photos",
+        formatter_class=argparse.RawDescriptionHelpFormatter,
+    )
+    actions = p.add_subparsers(dest="tm_action", metavar="ACTION", required=True)
+    a = actions.add_parser("import", help="import keras_model.h5 and labels.txt as a run")
+    a.add_argument("model", metavar="MODEL_H5", help="the exported keras_model.h5")
+    a.add_argument("labels", metavar="LABELS_TXT", help="the exported labels.txt")
+    a.add_argument("--name", help="the run's name (default: the model file's folder)")
+    a.add_argument("--runs-dir", metavar="D", help="the run store (default: the studio home)")
+    a.add_argument("--json", action="store_true", help="print the run as JSON")
+
 
 @contextmanager
 def _native_stderr_silenced() -> Iterator[None]:
@@ -94,4 +112,21 @@ def cmd_weights(args: argparse.Namespace) -> int:
     return 0
 
 
-COMMANDS = {"weights": cmd_weights}
+def cmd_teachable_machine(args: argparse.Namespace) -> int:
+    """``teachable-machine import``: the project becomes a completed run."""
+    from core.runs.store import RunStore
+    from core.runs.teachable_machine import import_project
+
+    with _native_stderr_silenced():
+        import keras  # noqa: F401  load TensorFlow quietly (see _native_stderr_silenced)
+    store = RunStore(args.runs_dir)
+    run_id = import_project(store, args.model, args.labels, name=args.name)
+    result = store.result(run_id)
+    if args.json:
+        print(json.dumps(result, default=str))
+    else:
+        print(f"imported run {run_id} ({', '.join(result['class_names'])})")
+    return 0
+
+
+COMMANDS = {"weights": cmd_weights, "teachable-machine": cmd_teachable_machine}

@@ -18,16 +18,24 @@ from core.errors import BackboneError, WeightsUnavailableError
 # Where ImageNet weights come from.
 SOURCE_KERAS = "keras"  # keras.applications downloads them into ~/.keras/models on first use
 SOURCE_BUNDLED = "bundled"  # shipped inside an installed Python package: works offline
+SOURCE_IMPORTED = "imported"  # only what the user imported (a Teachable Machine project's trunk)
 
 # What `weights_status` answers.
 STATUS_BUNDLED = "bundled"
 STATUS_CACHED = "cached"
 STATUS_NEEDS_NETWORK = "needs network"
+STATUS_IMPORTED = "imported"  # SOURCE_IMPORTED backbones, once something was imported
+STATUS_NOT_IMPORTED = "not imported"
 
 # What the user is told about a backbone's weights (``availability``).
 AVAILABLE_OFFLINE = "offline"  # bundled, or in Keras' cache
 AVAILABLE_IMPORTED = "imported"  # weights someone imported (``weights import``) are here
 AVAILABLE_NEEDS_NETWORK = "needs network"
+AVAILABLE_NEEDS_IMPORT = "needs import"  # a SOURCE_IMPORTED backbone with nothing imported yet
+OFFLINE_STATUSES = (STATUS_BUNDLED, STATUS_CACHED, STATUS_IMPORTED)
+
+TEACHABLE_MACHINE = "teachable_machine"
+TEACHABLE_MACHINE_ALPHA = 0.35  # the MobileNetV2 width Teachable Machine's image projects use
 
 KERAS_WEIGHTS_BASE = "https://storage.googleapis.com/"  # host keras.applications downloads from
 
@@ -57,6 +65,14 @@ def _lite(variant: str) -> Callable[..., Any]:
     return construct
 
 
+def _teachable_machine(**kwargs: Any) -> Any:
+    """MobileNetV2 at Teachable Machine's width (an ``alpha`` argument overrides it)."""
+    import keras
+
+    kwargs.setdefault("alpha", TEACHABLE_MACHINE_ALPHA)
+    return keras.applications.MobileNetV2(**kwargs)
+
+
 @dataclass(frozen=True)
 class BackboneSpec:
     """Metadata of one backbone; ``constructor`` follows keras.applications' signature."""
@@ -76,7 +92,13 @@ class BackboneSpec:
     description: str = ""
 
     def weights_status(self) -> str:
-        """Whether ImageNet weights are available right now: bundled, cached or needs network."""
+        """Whether ImageNet weights are available right now: bundled, cached or needs network.
+
+        A ``SOURCE_IMPORTED`` backbone's pretrained weights are the latest imported file for it:
+        imported or not imported.
+        """
+        if self.imagenet_source == SOURCE_IMPORTED:
+            return STATUS_IMPORTED if imported_pretrained(self) is not None else STATUS_NOT_IMPORTED
         if self.imagenet_source == SOURCE_BUNDLED:
             from core.models.efficientnet_lite import is_available
 
@@ -89,11 +111,17 @@ class BackboneSpec:
             return STATUS_CACHED
         return STATUS_NEEDS_NETWORK
 
+    def works_offline(self) -> bool:
+        """Whether ``weights="imagenet"`` (its pretrained weights) needs no network."""
+        return self.weights_status() in OFFLINE_STATUSES
+
     def availability(self) -> str:
         """What works without a network: offline (bundled/cached), imported or needs network."""
         status = self.weights_status()
         if status == STATUS_BUNDLED:
             return AVAILABLE_OFFLINE
+        if status == STATUS_NOT_IMPORTED:
+            return AVAILABLE_NEEDS_IMPORT
         from core.models.weights_store import imported_for
 
         if imported_for(self.name):
@@ -113,7 +141,7 @@ class BackboneSpec:
             "params_millions": self.params_millions,
             "imagenet_source": self.imagenet_source,
             "weights_status": self.weights_status(),
-            "offline": self.weights_status() != STATUS_NEEDS_NETWORK,
+            "offline": self.works_offline(),
             "availability": self.availability(),
             "description": self.description,
         }
@@ -279,9 +307,34 @@ _SPECS: tuple[BackboneSpec, ...] = (
         imagenet_files=("weights_mobilenet_v3_large_224_1.0_float_no_top_v2.h5",),
         description="Fast mobile network; rescales 0-255 input itself.",
     ),
+    _spec(
+        name=TEACHABLE_MACHINE,
+        display_name="Teachable Machine (MobileNetV2 0.35)",
+        family="mobilenet",
+        constructor=_teachable_machine,
+        default_size=224,
+        min_size=32,
+        preprocessing="tf",
+        feature_width=1280,
+        params_millions=0.41,
+        last_block="prefix:block_16_",
+        imagenet_source=SOURCE_IMPORTED,
+        description="The trunk of an imported Teachable Machine project (MobileNetV2, width "
+        "0.35): its pretrained weights are the latest project imported.",
+    ),
 )
 
 REGISTRY: dict[str, BackboneSpec] = {spec.name: spec for spec in _SPECS}
+
+
+def imported_pretrained(spec: BackboneSpec) -> Path | None:
+    """The latest imported weights file of a ``SOURCE_IMPORTED`` backbone, if any."""
+    from core.models.weights_store import imported_for
+
+    found = imported_for(spec.name)
+    return Path(found[-1].path) if found else None
+
+
 DEFAULT_BACKBONE = "efficientnet_lite0"
 
 
@@ -331,6 +384,16 @@ def build_base(spec: BackboneSpec, weights: str, image_size: int) -> Any:
 
     check_image_size(spec, image_size)
     weights = resolve_weights(weights)
+    if weights == "imagenet" and spec.imagenet_source == SOURCE_IMPORTED:
+        pretrained = imported_pretrained(spec)
+        if pretrained is None:
+            raise WeightsUnavailableError(
+                f"{spec.display_name} has no pretrained weights yet: they come from an imported "
+                "Teachable Machine project. Import one (its keras_model.h5 and labels.txt), or "
+                "choose another backbone.",
+                settings=("weights", "backbone"),
+            )
+        weights = str(pretrained)
     if weights == "none":
         keras_weights: str | None = None
     elif weights == "imagenet":
@@ -398,6 +461,9 @@ def weights_identity(backbone: str, weights: str) -> str | None:
         return None
     if weights != "imagenet":
         return "file:" + sha256_file(resolve_weights(weights))
+    if spec.imagenet_source == SOURCE_IMPORTED:
+        pretrained = imported_pretrained(spec)
+        return "file:" + sha256_file(pretrained) if pretrained is not None else None
     if spec.imagenet_source == SOURCE_BUNDLED:
         from core.models.efficientnet_lite import CONVERTER_VERSION, get_variant
 

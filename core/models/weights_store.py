@@ -401,6 +401,17 @@ def import_weights(
             settings=("name",),
         )
     check_loads(spec, path)
+    return keep_file(
+        path,
+        spec,
+        label,
+        source=str(path.resolve()),
+        note=f"loads into {spec.display_name} (every layer's name and shape checked)",
+    )
+
+
+def keep_file(path: Path, spec: BackboneSpec, name: str, source: str, note: str) -> ImportedWeights:
+    """Copy an already checked weights file into the store and record it under ``name``."""
     sha = sha256_file(path)
     suffix = next((s for s in WEIGHT_SUFFIXES if path.name.endswith(s)), path.suffix)
     target = store_dir() / f"{sha[:16]}-{spec.name}{suffix}"
@@ -408,15 +419,15 @@ def import_weights(
         _copy(path, target)
     return _record(
         ImportedWeights(
-            name=label,
+            name=name,
             backbone=spec.name,
             kind=KIND_CUSTOM,
             verified=False,
             sha256=sha,
             path=str(target),
-            source=str(path.resolve()),
+            source=source,
             imported_at=time.time(),
-            note=f"loads into {spec.display_name} (every layer's name and shape checked)",
+            note=note,
         )
     )
 
