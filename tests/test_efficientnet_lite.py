@@ -27,7 +27,9 @@ NBT = ".num_batches_tracked"
 STRIDE_2_STAGES = {1, 2, 3, 5}
 
 for _name in NEW_VARIANTS:  # requirements.txt pins the packages: their absence is a bug
-    assert lite.pth_source_path(_name) is not None, f"pip install {lite.get_variant(_name).pth_requirement}"
+    assert lite.pth_source_path(_name) is not None, (
+        f"pip install {lite.get_variant(_name).pth_requirement}"
+    )
 
 
 def _state(name: str) -> dict[str, np.ndarray]:
