@@ -309,7 +309,7 @@ _SPECS: tuple[BackboneSpec, ...] = (
     ),
     _spec(
         name=TEACHABLE_MACHINE,
-        display_name="Teachable Machine (MobileNetV2 0.35)",
+        display_name="Teachable Machine",
         family="mobilenet",
         constructor=_teachable_machine,
         default_size=224,
