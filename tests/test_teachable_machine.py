@@ -77,7 +77,7 @@ def test_labels_keep_teachable_machines_numbering_out(tmp_path: Path) -> None:
 
 @pytest.mark.slow
 def test_an_export_becomes_a_run_that_predicts_like_keras_2(tmp_path: Path) -> None:
-    import tf_keras
+    tf_keras = pytest.importorskip("tf_keras")  # requirements-dev-nodeps.txt
 
     from core.data.images import to_array
 

@@ -119,7 +119,7 @@ def test_a_file_for_another_architecture_names_the_first_mismatch(home: Path) ->
 
 @pytest.mark.slow
 def test_an_unpinned_keras_file_is_load_checked_placed_and_marked_unverified(home: Path) -> None:
-    import tf_keras
+    tf_keras = pytest.importorskip("tf_keras")  # requirements-dev-nodeps.txt
 
     path = home / MOBILENET_V2_NOTOP
     model = tf_keras.applications.MobileNetV2(include_top=False, weights=None)
