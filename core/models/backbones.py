@@ -8,6 +8,7 @@ weights come from. ``tests/test_backbones.py`` checks this metadata against a re
 from __future__ import annotations
 
 import os
+import re
 from collections.abc import Callable
 from dataclasses import dataclass, field
 from pathlib import Path
@@ -366,11 +367,18 @@ def check_image_size(spec: BackboneSpec, image_size: int) -> None:
 
 
 def _offline_message(spec: BackboneSpec, detail: str) -> str:
+    url = re.search(r"https?://\S+?\.h5", detail)
+    carry = (
+        f", or download {url.group(0)} on a machine with internet and import that file "
+        f"({url.group(0).rsplit('/', 1)[1]})"
+        if url
+        else ""
+    )
     return (
         f"ImageNet weights for {spec.name} are not cached and could not be downloaded "
         f"(no network?): {detail}. Fix: connect to the internet once (Keras caches them in "
-        f"{keras_models_dir()}), or set the weights to none (random init) or to a local weights "
-        f"file, or use the offline backbone {DEFAULT_BACKBONE}."
+        f"{keras_models_dir()}){carry}, or set the weights to none (random init) or to a local "
+        f"weights file, or use the offline backbone {DEFAULT_BACKBONE}."
     )
 
 

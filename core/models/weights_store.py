@@ -19,10 +19,12 @@ The record is ``<studio home>/weights/imported/index.json``.
 
 from __future__ import annotations
 
+import functools
 import io
 import json
 import re
 import shutil
+import tempfile
 import threading
 import time
 import zipfile
@@ -36,6 +38,7 @@ from core.errors import BackboneError, ConfigError, StudioError
 from core.files import atomic_path, atomic_write_text, sha256_file
 from core.models.backbones import (
     SOURCE_BUNDLED,
+    SOURCE_KERAS,
     BackboneSpec,
     get_backbone,
     keras_models_dir,
@@ -129,6 +132,11 @@ def imported_for(backbone: str) -> list[ImportedWeights]:
     return [i for i in list_imported() if i.backbone == backbone]
 
 
+def imported_names(backbone: str) -> list[str]:
+    """Names of the custom weights imported for ``backbone`` (what ``weights=NAME`` takes)."""
+    return [i.name for i in imported_for(backbone) if i.kind == KIND_CUSTOM]
+
+
 def resolve_weights(weights: str) -> str:
     """``weights`` as a builder takes it: an imported name becomes its file's path."""
     if weights in ("imagenet", "none") or Path(weights).expanduser().is_file():
@@ -174,29 +182,63 @@ def _recording_get_file() -> Iterator[None]:
         file_utils.get_file = original
 
 
+def keras_request(spec: BackboneSpec, image_size: int, include_top: bool = False) -> KerasPin:
+    """The file ``spec``'s Keras constructor downloads for ``weights="imagenet"`` at that size."""
+    with _LOCK, _recording_get_file():
+        try:
+            spec.constructor(
+                include_top=include_top,
+                weights="imagenet",
+                input_shape=(image_size, image_size, 3),
+            )
+        except _Requested as asked:
+            return asked.pin
+    raise StudioError(f"{spec.name} downloads no weights file from Keras.")
+
+
+@functools.lru_cache(maxsize=64)
+def wanted_file(backbone: str, image_size: int | None = None) -> KerasPin | None:
+    """The headless ImageNet file a Keras backbone needs (``None`` for the others).
+
+    What a run that failed offline needs imported; cached (it builds the model once).
+    """
+    spec = get_backbone(backbone)
+    if spec.imagenet_source != SOURCE_KERAS:
+        return None
+    return keras_request(spec, image_size or spec.default_size)
+
+
 def keras_pin(spec: BackboneSpec, file_name: str, include_top: bool) -> KerasPin:
     """The URL and hash keras.applications uses for ``file_name``, read from its code."""
     sizes = [spec.default_size] + [
         int(n) for n in re.findall(r"\d+", file_name) if spec.min_size <= int(n) <= 1024
     ]
     seen: list[str] = []
-    with _LOCK, _recording_get_file():
-        for size in dict.fromkeys(sizes):
-            try:
-                spec.constructor(
-                    include_top=include_top, weights="imagenet", input_shape=(size, size, 3)
-                )
-            except _Requested as asked:
-                if asked.pin.file_name == file_name:
-                    return asked.pin
-                seen.append(asked.pin.file_name)
-            except ValueError:
-                continue  # a size this constructor refuses with its top
+    for size in dict.fromkeys(sizes):
+        try:
+            pin = keras_request(spec, size, include_top)
+        except ValueError:
+            continue  # a size this constructor refuses with its top
+        if pin.file_name == file_name:
+            return pin
+        seen.append(pin.file_name)
     raise StudioError(
         f"{file_name} looks like a Keras {spec.display_name} file, but this Keras version "
         f"asks for {', '.join(dict.fromkeys(seen)) or 'other files'}. Import the file Keras "
         "asks for."
     )
+
+
+def import_upload(
+    file_name: str, data: bytes, backbone: str | None = None, name: str | None = None
+) -> ImportedWeights:
+    """``import_weights`` for an uploaded file: its own name kept (Keras' files go by name)."""
+    if not file_name or Path(file_name).name != file_name:
+        raise ConfigError(f"Uploaded file name {file_name!r} is invalid. Expected a file name.")
+    with tempfile.TemporaryDirectory(prefix="weights-upload-") as tmp:
+        path = Path(tmp) / file_name
+        path.write_bytes(data)
+        return import_weights(path, backbone=backbone, name=name)
 
 
 def _hash_algorithm(file_hash: str) -> str:
