@@ -184,3 +184,39 @@ def test_feature_extraction_run_completes_offline(tmp_path: Path, name: str) -> 
     assert proc.returncode == 0, proc.stderr
     result = json.loads(proc.stdout.strip().splitlines()[-1])
     assert result["status"] == "completed" and result["config"]["backbone"] == name
+
+
+@pytest.mark.slow
+def test_search_scores_all_three_lites_offline(tmp_path: Path) -> None:
+    env = offline_env(tmp_path)
+    proc = run_cli(env, "search", "--data", "builtin:photos", "--sizes", "64", "--json")
+    assert proc.returncode == 0, proc.stderr
+    candidates = json.loads(proc.stdout.strip().splitlines()[-1])["candidates"]
+    scored = {c["backbone"] for c in candidates if c["val_accuracy"] is not None}
+    assert scored == {"efficientnet_lite0", "efficientnet_lite1", "efficientnet_lite2"}
+    assert all(c["status"] == "ok" for c in candidates if c["backbone"] in scored)
+    assert {c["status"] for c in candidates if c["backbone"] == "vgg16"} == {"needs network"}
+
+
+@pytest.mark.slow
+@pytest.mark.parametrize("name", NEW_VARIANTS)
+def test_litert_feature_runtime_covers_them(
+    name: str, tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    from core.config import RunConfig
+    from core.training import litert
+    from core.training.embeddings import feature_extractor
+    from core.training.model import build_model
+
+    monkeypatch.setenv("TRANSFER_STUDIO_HOME", str(tmp_path))
+    monkeypatch.delenv(litert.RUNTIME_ENV, raising=False)
+    monkeypatch.setattr(litert, "_verdicts", {})
+    built = build_model(RunConfig(backbone=name, image_size=64), num_classes=2)
+    model = feature_extractor(built)
+    rng = np.random.default_rng(0)
+    sample = rng.uniform(0, 255, (4, 64, 64, 3)).astype(np.float32)
+    extractor, info = litert.runtime_extractor(model, {"test": name, "size": 64}, sample)
+    assert extractor is not None and info["runtime"] == "litert", info
+    assert info["min_cosine"] >= litert.MIN_COSINE
+    expected = np.asarray(model([sample], training=False))
+    assert litert.min_cosine(expected, extractor(sample)) >= litert.MIN_COSINE
