@@ -35,7 +35,8 @@ def weights_uploader(backbone: str, key: str, image_size: int | None = None) -> 
     Keras' own ImageNet files are recognised by name (and checked against Keras' hash); any
     other weights file is checked to load into ``backbone`` and kept under its file name.
     """
-    from core.models.weights_store import KIND_IMAGENET, import_upload, recognise_keras_file
+    from core.models.imported_weights import KIND_IMAGENET
+    from core.models.weights_store import import_upload, recognise_keras_file
 
     wanted = wanted_text(backbone, image_size)
     upload = st.file_uploader(

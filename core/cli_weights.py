@@ -87,6 +87,7 @@ def _native_stderr_silenced() -> Iterator[None]:
 def cmd_weights(args: argparse.Namespace) -> int:
     """``weights import`` / ``weights list``."""
     from core.models import weights_store
+    from core.models.imported_weights import KIND_IMAGENET
 
     if args.weights_action == "import":
         with _native_stderr_silenced():
@@ -96,11 +97,7 @@ def cmd_weights(args: argparse.Namespace) -> int:
         if args.json:
             print(json.dumps(item.to_dict()))
         else:
-            use = (
-                "--weights imagenet"
-                if item.kind == weights_store.KIND_IMAGENET
-                else (f"--weights {item.name}")
-            )
+            use = "--weights imagenet" if item.kind == KIND_IMAGENET else f"--weights {item.name}"
             print(f"imported {item.name} for {item.backbone}: {item.note}. Use it with {use}.")
         return 0
     rows = weights_store.available_weights()

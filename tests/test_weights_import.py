@@ -12,7 +12,7 @@ from pathlib import Path
 import pytest
 
 from core.errors import BackboneError, ConfigError
-from core.models import weights_store
+from core.models import imported_weights, weights_store
 from core.models.backbones import get_backbone, weights_identity
 
 ROOT = Path(__file__).resolve().parents[1]
@@ -114,7 +114,7 @@ def test_a_file_for_another_architecture_names_the_first_mismatch(home: Path) ->
         weights_store.import_weights(path, backbone="vgg16")
     assert "does not load into VGG16" in str(info.value)
     assert "layer 'block1_conv1'" in str(info.value) and "(3, 3, 3, 64)" in str(info.value)
-    assert weights_store.list_imported() == []
+    assert imported_weights.list_imported() == []
 
 
 @pytest.mark.slow

@@ -33,7 +33,7 @@ from core.data.builtin import guess_num_classes
 from core.errors import StudioError
 from core.lint import count_train_images, lint_config
 from core.models.backbones import REGISTRY
-from core.models.weights_store import imported_names
+from core.models.imported_weights import imported_names
 from core.training.compare import submit_compare_all
 from core.training.input_path import input_path
 

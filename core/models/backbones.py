@@ -123,7 +123,7 @@ class BackboneSpec:
             return AVAILABLE_OFFLINE
         if status == STATUS_NOT_IMPORTED:
             return AVAILABLE_NEEDS_IMPORT
-        from core.models.weights_store import imported_for
+        from core.models.imported_weights import imported_for
 
         if imported_for(self.name):
             return AVAILABLE_IMPORTED
@@ -330,7 +330,7 @@ REGISTRY: dict[str, BackboneSpec] = {spec.name: spec for spec in _SPECS}
 
 def imported_pretrained(spec: BackboneSpec) -> Path | None:
     """The latest imported weights file of a ``SOURCE_IMPORTED`` backbone, if any."""
-    from core.models.weights_store import imported_for
+    from core.models.imported_weights import imported_for
 
     found = imported_for(spec.name)
     return Path(found[-1].path) if found else None
@@ -388,7 +388,7 @@ def build_base(spec: BackboneSpec, weights: str, image_size: int) -> Any:
     ``weights`` is ``"imagenet"``, ``"none"``, a path to a local weights file or the name of
     imported weights (``core.models.weights_store``).
     """
-    from core.models.weights_store import resolve_weights
+    from core.models.imported_weights import resolve_weights
 
     check_image_size(spec, image_size)
     weights = resolve_weights(weights)
@@ -462,7 +462,7 @@ def weights_identity(backbone: str, weights: str) -> str | None:
     other weights must never be reused.
     """
     from core.files import sha256_file
-    from core.models.weights_store import resolve_weights
+    from core.models.imported_weights import resolve_weights
 
     spec = get_backbone(backbone)
     if weights == "none":

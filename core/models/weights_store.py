@@ -21,21 +21,19 @@ from __future__ import annotations
 
 import functools
 import io
-import json
 import re
-import shutil
 import tempfile
 import threading
 import time
 import zipfile
 from collections.abc import Iterator
 from contextlib import contextmanager
-from dataclasses import asdict, dataclass
+from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
 from core.errors import BackboneError, ConfigError, StudioError
-from core.files import atomic_path, atomic_write_text, sha256_file
+from core.files import sha256_file
 from core.models.backbones import (
     SOURCE_BUNDLED,
     SOURCE_KERAS,
@@ -44,32 +42,19 @@ from core.models.backbones import (
     keras_models_dir,
     list_backbones,
 )
-from core.paths import weights_cache_dir
+from core.models.imported_weights import (
+    KIND_CUSTOM,
+    KIND_IMAGENET,
+    WEIGHT_SUFFIXES,
+    ImportedWeights,
+    copy_into,
+    keep_file,
+    list_imported,
+    record,
+)
 
-KIND_IMAGENET = "imagenet"  # one of Keras' ImageNet files, placed in Keras' cache
-KIND_CUSTOM = "custom"  # any other weights file for a registry backbone
-WEIGHT_SUFFIXES = (".weights.h5", ".h5", ".keras")
 _NAME_RE = re.compile(r"^[A-Za-z0-9][A-Za-z0-9_.-]{0,79}$")
 _LOCK = threading.Lock()
-
-
-@dataclass(frozen=True)
-class ImportedWeights:
-    """One imported file, as ``weights import --json`` prints it and the index stores it."""
-
-    name: str  # what ``--weights NAME`` resolves (Keras' file name for ImageNet files)
-    backbone: str
-    kind: str  # KIND_IMAGENET or KIND_CUSTOM
-    verified: bool  # the bytes match a hash Keras pins (custom files: never)
-    sha256: str
-    path: str  # where the studio keeps it now
-    source: str  # the file that was imported
-    imported_at: float
-    note: str  # what was checked, in words
-
-    def to_dict(self) -> dict[str, Any]:
-        """JSON-able record."""
-        return asdict(self)
 
 
 @dataclass(frozen=True)
@@ -87,62 +72,6 @@ class _Requested(Exception):
     def __init__(self, pin: KerasPin) -> None:
         super().__init__(pin.file_name)
         self.pin = pin
-
-
-def store_dir() -> Path:
-    """``<studio home>/weights/imported``: the imported files and their index."""
-    path = weights_cache_dir() / "imported"
-    path.mkdir(parents=True, exist_ok=True)
-    return path
-
-
-def _index_path() -> Path:
-    return store_dir() / "index.json"
-
-
-def list_imported() -> list[ImportedWeights]:
-    """Every imported file still present, oldest first."""
-    try:
-        rows = json.loads(_index_path().read_text(encoding="utf-8"))
-    except (OSError, ValueError):
-        return []
-    out: list[ImportedWeights] = []
-    for row in rows if isinstance(rows, list) else []:
-        try:
-            item = ImportedWeights(**row)
-        except TypeError:
-            continue  # a record written by another version: ignore it rather than fail
-        if Path(item.path).is_file():
-            out.append(item)
-    return out
-
-
-def _save_index(items: list[ImportedWeights]) -> None:
-    atomic_write_text(_index_path(), json.dumps([i.to_dict() for i in items], indent=2))
-
-
-def find_imported(name: str) -> ImportedWeights | None:
-    """The imported weights called ``name`` (the latest import wins)."""
-    matches = [i for i in list_imported() if i.name == name]
-    return matches[-1] if matches else None
-
-
-def imported_for(backbone: str) -> list[ImportedWeights]:
-    """The imported files for ``backbone``."""
-    return [i for i in list_imported() if i.backbone == backbone]
-
-
-def imported_names(backbone: str) -> list[str]:
-    """Names of the custom weights imported for ``backbone`` (what ``weights=NAME`` takes)."""
-    return [i.name for i in imported_for(backbone) if i.kind == KIND_CUSTOM]
-
-
-def resolve_weights(weights: str) -> str:
-    """``weights`` as a builder takes it: an imported name becomes its file's path."""
-    if weights in ("imagenet", "none") or Path(weights).expanduser().is_file():
-        return weights
-    found = find_imported(weights)
-    return found.path if found is not None else weights
 
 
 # --- Keras' own files ----------------------------------------------------------------------------
@@ -385,12 +314,6 @@ def check_loads(spec: BackboneSpec, path: Path, include_top: bool = False) -> No
 # --- importing -----------------------------------------------------------------------------------
 
 
-def _copy(source: Path, target: Path) -> None:
-    target.parent.mkdir(parents=True, exist_ok=True)
-    with atomic_path(target) as tmp:
-        shutil.copyfile(source, tmp)
-
-
 def _default_name(path: Path) -> str:
     name = path.name
     for suffix in WEIGHT_SUFFIXES:
@@ -399,13 +322,6 @@ def _default_name(path: Path) -> str:
             break
     name = re.sub(r"[^A-Za-z0-9_.-]+", "-", name).strip("-.") or "weights"
     return name[:80]
-
-
-def _record(item: ImportedWeights) -> ImportedWeights:
-    with _LOCK:
-        items = [i for i in list_imported() if i.name != item.name]  # a new import replaces
-        _save_index([*items, item])
-    return item
 
 
 def import_weights(
@@ -445,32 +361,10 @@ def import_weights(
     check_loads(spec, path)
     return keep_file(
         path,
-        spec,
+        spec.name,
         label,
         source=str(path.resolve()),
         note=f"loads into {spec.display_name} (every layer's name and shape checked)",
-    )
-
-
-def keep_file(path: Path, spec: BackboneSpec, name: str, source: str, note: str) -> ImportedWeights:
-    """Copy an already checked weights file into the store and record it under ``name``."""
-    sha = sha256_file(path)
-    suffix = next((s for s in WEIGHT_SUFFIXES if path.name.endswith(s)), path.suffix)
-    target = store_dir() / f"{sha[:16]}-{spec.name}{suffix}"
-    if not target.is_file():
-        _copy(path, target)
-    return _record(
-        ImportedWeights(
-            name=name,
-            backbone=spec.name,
-            kind=KIND_CUSTOM,
-            verified=False,
-            sha256=sha,
-            path=str(target),
-            source=source,
-            imported_at=time.time(),
-            note=note,
-        )
     )
 
 
@@ -486,8 +380,8 @@ def _import_keras_file(path: Path, spec: BackboneSpec, include_top: bool) -> Imp
         note = "Keras pins no hash for this file: load-checked only, unverified"
     target = keras_models_dir() / path.name
     if not (target.is_file() and target.samefile(path)):
-        _copy(path, target)
-    return _record(
+        copy_into(path, target)
+    return record(
         ImportedWeights(
             name=path.name,
             backbone=spec.name,

@@ -220,7 +220,7 @@ def import_project(
     """
     from core.config import RunConfig
     from core.files import atomic_path
-    from core.models import weights_store
+    from core.models.imported_weights import keep_file
 
     project = read_project(model_h5, labels_txt)
     model, base = build_model(project)
@@ -231,9 +231,9 @@ def import_project(
     with tempfile.TemporaryDirectory() as tmp:
         trunk_file = Path(tmp) / f"{weights_name}.weights.h5"
         base.save_weights(trunk_file)
-        kept = weights_store.keep_file(
+        kept = keep_file(
             trunk_file,
-            get_backbone(TEACHABLE_MACHINE),
+            TEACHABLE_MACHINE,
             weights_name,
             source=str(Path(model_h5).resolve()),
             note="the MobileNetV2 trunk of a Teachable Machine project",
