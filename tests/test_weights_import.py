@@ -160,3 +160,22 @@ def test_imported_weights_train_offline_by_path_and_by_name(home: Path) -> None:
     for weights in (str(path), "mine"):
         result = last_json(run_cli(env, *train, "--weights", weights))
         assert result["status"] == "completed" and result["config"]["weights"] == weights
+
+
+def test_an_upload_keeps_its_own_file_name_only(home: Path) -> None:
+    with pytest.raises(ConfigError, match="Expected a file name"):
+        weights_store.import_upload("../evil.h5", b"x", backbone="vgg16")
+    assert weights_store.wanted_file("efficientnet_lite1") is None  # bundled: nothing to carry
+
+
+@pytest.mark.slow
+def test_an_offline_failure_names_the_file_to_import(home: Path) -> None:
+    from core.errors import WeightsUnavailableError
+    from core.models.backbones import build_base
+
+    with pytest.raises(WeightsUnavailableError) as info:
+        build_base(get_backbone("vgg16"), "imagenet", 32)  # nothing cached, no network
+    text = str(info.value)
+    assert f"import that file ({VGG16_NOTOP})" in text and "storage.googleapis.com" in text
+    pin = weights_store.wanted_file("vgg16", 32)
+    assert pin is not None and pin.file_name == VGG16_NOTOP and pin.url in text
