@@ -119,6 +119,11 @@ def test_an_export_becomes_a_run_that_predicts_like_keras_2(tmp_path: Path) -> N
     got = [r["predictions"][0]["label"] for r in json.loads(proc.stdout.strip().splitlines()[-1])]
     assert got == expected
 
+    proc = run_cli(env, "export", "--runs-dir", runs, "--run", run["run_id"], "--format", "keras",
+                   "--out", str(tmp_path / "export"), "--json")  # fmt: skip
+    assert proc.returncode == 0, proc.stderr
+    assert (tmp_path / "export" / "labels.txt").read_text(encoding="utf-8").split() == LABELS
+
     # Its trunk is the teachable_machine backbone's pretrained weights: a new run starts there.
     backbones = {b["name"]: b for b in json.loads(run_cli(env, "backbones", "--json").stdout)}
     assert backbones["teachable_machine"]["availability"] == "imported"
