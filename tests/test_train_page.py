@@ -299,6 +299,19 @@ def _keys(at: AppTest) -> set[str]:
 
 
 @pytest.mark.slow
+def test_the_mode_radio_shows_words_and_the_config_keeps_its_keys(home) -> None:
+    at = _open()
+    mode = at.radio(key="mode")
+    assert mode.options == [
+        "Feature extraction", "Fine-tuning", "Full fine-tuning", "From scratch (baseline)",
+    ]  # fmt: skip
+    assert mode.value == "feature_extraction"
+    mode.set_value("full_fine_tuning").run()
+    _ok(at)
+    assert at.session_state["mode"] == "full_fine_tuning"
+
+
+@pytest.mark.slow
 def test_a_backbone_needing_the_network_offers_its_weights_file_for_import(
     home, tmp_path, monkeypatch
 ):
