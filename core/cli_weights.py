@@ -14,6 +14,8 @@ from collections.abc import Iterator
 from contextlib import contextmanager
 from typing import Any
 
+__all__ = ["COMMANDS", "WEIGHTS_EPILOG", "add_parsers", "cmd_teachable_machine", "cmd_weights"]
+
 WEIGHTS_EPILOG = """examples:
   python -m core weights import ~/Downloads/resnet50_weights_tf_dim_ordering_tf_kernels_notop.h5
   python -m core weights import my_mobilenet.weights.h5 --backbone mobilenet_v2 --name lab

@@ -43,6 +43,39 @@ from core.files import atomic_path, atomic_write_text, sha256_file
 from core.models.pth_reader import read_legacy_pth
 from core.paths import weights_cache_dir
 
+__all__ = [
+    "ACTIVATION",
+    "BN_EPSILON",
+    "BN_MOMENTUM",
+    "BlockSpec",
+    "CACHE_INFO_SUFFIX",
+    "CONVERTER_VERSION",
+    "CONV_KERNEL_INITIALIZER",
+    "DENSE_KERNEL_INITIALIZER",
+    "DROP_CONNECT_RATE",
+    "EfficientNetLite",
+    "EfficientNetLite0",
+    "EfficientNetLite1",
+    "EfficientNetLite2",
+    "FILTER_DIVISOR",
+    "LayerMapping",
+    "LiteVariant",
+    "MIN_SIZE",
+    "STEM_FILTERS",
+    "TOP_FILTERS",
+    "VARIANTS",
+    "block_layout",
+    "cached_weights_path",
+    "convert_pth_to_keras",
+    "ensure_imagenet_weights",
+    "get_variant",
+    "is_available",
+    "pth_source_path",
+    "round_filters",
+    "state_dict_to_keras",
+    "weight_mapping",
+]
+
 # --- architecture --------------------------------------------------------------------------------
 
 # EfficientNet-B0's stages (width/depth multipliers 1.0), without squeeze-excite.

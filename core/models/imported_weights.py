@@ -18,6 +18,22 @@ from typing import Any
 from core.files import atomic_path, atomic_write_text, sha256_file
 from core.paths import weights_cache_dir
 
+__all__ = [
+    "ImportedWeights",
+    "KIND_CUSTOM",
+    "KIND_IMAGENET",
+    "WEIGHT_SUFFIXES",
+    "copy_into",
+    "find_imported",
+    "imported_for",
+    "imported_names",
+    "keep_file",
+    "list_imported",
+    "record",
+    "resolve_weights",
+    "store_dir",
+]
+
 KIND_IMAGENET = "imagenet"  # one of Keras' ImageNet files, placed in Keras' cache
 KIND_CUSTOM = "custom"  # any other weights file for a registry backbone
 WEIGHT_SUFFIXES = (".weights.h5", ".h5", ".keras")

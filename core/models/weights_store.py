@@ -53,6 +53,22 @@ from core.models.imported_weights import (
     record,
 )
 
+__all__ = [
+    "KerasPin",
+    "available_weights",
+    "check_loads",
+    "file_layers",
+    "first_mismatch",
+    "import_upload",
+    "import_weights",
+    "keras_pin",
+    "keras_request",
+    "keras_top_files",
+    "recognise_keras_file",
+    "verify_pin",
+    "wanted_file",
+]
+
 _NAME_RE = re.compile(r"^[A-Za-z0-9][A-Za-z0-9_.-]{0,79}$")
 _LOCK = threading.Lock()
 

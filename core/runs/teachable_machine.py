@@ -28,6 +28,16 @@ from core.errors import ConfigError, StudioError
 from core.models.backbones import TEACHABLE_MACHINE, get_backbone
 from core.runs.store import COMPLETED, RunStore
 
+__all__ = [
+    "ALPHAS",
+    "PROBE_LAYER",
+    "TeachableMachineProject",
+    "build_model",
+    "import_project",
+    "read_labels",
+    "read_project",
+]
+
 ALPHAS = (0.35, 0.5, 0.75, 1.0, 1.3, 1.4)  # the widths keras.applications.MobileNetV2 builds
 PROBE_LAYER = "block_16_project"  # its output width tells the alphas apart
 
