@@ -84,9 +84,12 @@ def off_by_one_class(probabilities: np.ndarray) -> np.ndarray:
     return np.eye(classes, dtype=probabilities.dtype)[wrong]
 
 
-def cli(*args: str, check: bool = True) -> subprocess.CompletedProcess[str]:
-    """``python -m core ARGS`` in a subprocess from the project folder, as a user runs it."""
-    env = {**os.environ, "TF_CPP_MIN_LOG_LEVEL": "2"}
+def cli(
+    *args: str, check: bool = True, env: dict[str, str] | None = None
+) -> subprocess.CompletedProcess[str]:
+    """``python -m core ARGS`` in a subprocess from the project folder, as a user runs it
+    (``env``: its environment instead of this process's)."""
+    env = {**(os.environ if env is None else env), "TF_CPP_MIN_LOG_LEVEL": "2"}
     proc = subprocess.run(
         [sys.executable, "-m", "core", *args],
         cwd=ROOT, env=env, capture_output=True, text=True, timeout=600,
@@ -94,6 +97,22 @@ def cli(*args: str, check: bool = True) -> subprocess.CompletedProcess[str]:
     if check:
         assert proc.returncode == 0, proc.stderr
     return proc
+
+
+def offline_env(folder: Path) -> dict[str, str]:
+    """This environment with a brand-new studio home and an empty Keras cache under ``folder``,
+    and every HTTP(S) request sent to a port where nothing answers: offline, on a new home."""
+    dead = "http://127.0.0.1:9"  # the discard port
+    return {
+        **os.environ,
+        "TRANSFER_STUDIO_HOME": str(folder / "home"),
+        "KERAS_HOME": str(folder / "keras"),
+        "HTTP_PROXY": dead,
+        "HTTPS_PROXY": dead,
+        "http_proxy": dead,
+        "https_proxy": dead,
+        "NO_PROXY": "",
+    }
 
 
 def last_json(proc: subprocess.CompletedProcess[str]) -> Any:

@@ -3,10 +3,10 @@
 Flags and JSON keys are a public contract (users script against them): extend, don't rename.
 
 The commands come in families, one module each (``runs``, ``worker``, ``bench``, ``search``,
-``dataset``, ``review``), each with its ``add_parsers(sub)`` and ``COMMANDS``. ``COMMANDS`` here
-names the family of every command: ``main`` imports only that family and builds only its
-parser (a worker process reaches its job loop without the other commands); the whole parser is
-built for ``--help`` and for a command that is not known.
+``dataset``, ``review``, ``weights``), each with its ``add_parsers(sub)`` and ``COMMANDS``.
+``COMMANDS`` here names the family of every command: ``main`` imports only that family and
+builds only its parser (a worker process reaches its job loop without the other commands); the
+whole parser is built for ``--help`` and for a command that is not known.
 """
 
 from __future__ import annotations
@@ -36,7 +36,7 @@ EPILOG = """examples:
 
 
 # The families in the order their commands are listed by ``--help``.
-FAMILIES = ("runs", "worker", "bench", "search", "dataset", "review", "trackers")
+FAMILIES = ("runs", "worker", "bench", "search", "dataset", "review", "trackers", "weights")
 # Every command → the family module that parses and runs it.
 COMMANDS: dict[str, str] = {
     **dict.fromkeys(
@@ -52,6 +52,8 @@ COMMANDS: dict[str, str] = {
     "dataset": "dataset",
     "review": "review",
     "log-mlflow": "trackers",
+    "weights": "weights",
+    "teachable-machine": "weights",
 }  # fmt: skip
 
 

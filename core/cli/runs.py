@@ -487,7 +487,7 @@ def cmd_backbones(args: argparse.Namespace) -> int:
         print(
             f"{r['name']:<20} {r['default_size']:>3}px (min {r['min_size']:>2})  "
             f"{r['params_millions']:>5.1f}M params  features {r['feature_width']:>4}  "
-            f"imagenet: {r['weights_status']}"
+            f"imagenet: {r['weights_status']} ({r['availability']})"
         )
     return 0
 

@@ -376,9 +376,9 @@ def _converts_weights(config: RunConfig) -> bool:
         return False
     if spec.imagenet_source != SOURCE_BUNDLED:
         return False
-    from core.models.lite0 import cached_weights_path
+    from core.models.efficientnet_lite import cached_weights_path
 
-    return not cached_weights_path().is_file()
+    return not cached_weights_path(spec.name).is_file()
 
 
 def _train(trainer: _Trainer) -> str:
