@@ -12,7 +12,7 @@ from collections.abc import Callable, Sequence
 from dataclasses import fields
 from typing import TYPE_CHECKING, Any
 
-from core import cli_dataset, cli_search
+from core import cli_cluster, cli_dataset, cli_search
 from core.config import AUGMENTATIONS, FEATURE_CACHE_CHOICES, MODE_HELP, MODES, RunConfig, Status
 from core.errors import ConfigError, StudioError, storage_error
 
@@ -348,6 +348,7 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--json", action="store_true", help="print JSON instead of text")
     cli_search.add_parsers(sub, _add_train_flags, config_from_args)
     cli_dataset.add_parsers(sub)
+    cli_cluster.add_parsers(sub, config_from_args)  # features; --ray on train/search/worker
     return parser
 
 
@@ -440,6 +441,8 @@ def cmd_train(args: argparse.Namespace) -> int:
 
     jobs = JobQueue(args.runs_dir)
     run_id = jobs.submit(config, progress=_epoch_line(config))
+    if getattr(args, "ray_record", None):  # its features were computed on a Ray cluster
+        jobs.store.update(run_id, ray=args.ray_record)
     remember_source(config.data)  # offered on the Data page's folder tab
     print(f"run {run_id}: {config.mode} {config.backbone} on {config.data}", file=sys.stderr)
     return _wait_and_report(jobs, run_id, args.json)
@@ -810,6 +813,7 @@ COMMANDS = {
     "bench": cmd_bench,
     "classify": cmd_classify,
 }
+COMMANDS = cli_cluster.with_ray(COMMANDS)  # features; train/search/worker take --ray
 
 
 def main(argv: Sequence[str] | None = None) -> int:

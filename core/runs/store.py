@@ -51,7 +51,7 @@ WORKER_STARTING, WORKER_IDLE, WORKER_RUNNING = "starting", "idle", "running"
 # The runs columns holding JSON text: a damaged one must not hide the other runs.
 JSON_COLUMNS = (
     "config_json", "class_names_json", "skipped_files_json", "dataset_json", "phases_json",
-    "stage_json", "timings_json",
+    "stage_json", "timings_json", "ray_json",
 )  # fmt: skip
 
 _SCHEMA = """
@@ -82,7 +82,8 @@ CREATE TABLE IF NOT EXISTS runs (
     model_bytes INTEGER,
     name TEXT,
     device TEXT,
-    replicas INTEGER
+    replicas INTEGER,
+    ray_json TEXT
 );
 CREATE TABLE IF NOT EXISTS epochs (
     run_id TEXT NOT NULL,
@@ -249,6 +250,7 @@ class RunResult(RunSummary):
     model_bytes: int | None
     device: str | None
     replicas: int | None
+    ray: dict[str, Any] | None  # where a Ray cluster computed or trained it (None: here)
     run_dir: str
 
 
@@ -1288,5 +1290,6 @@ class RunStore:
             "model_bytes": row["model_bytes"],
             "device": row.get("device"),
             "replicas": row.get("replicas"),
+            "ray": loads("ray_json"),
             "run_dir": str(self.root / "runs" / run_id),
         }
