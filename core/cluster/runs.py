@@ -18,6 +18,7 @@ finished epochs' rows to its node first).
 
 from __future__ import annotations
 
+import os
 import shutil
 import tempfile
 import threading
@@ -143,7 +144,7 @@ def train_on_node(
             if not finished and ray.get(stop.is_set.remote()):
                 event.set()
             row = store.get_run(run_id)
-            delta: dict[str, Any] = {"node": node}
+            delta: dict[str, Any] = {"node": node, "pid": os.getpid()}
             new_batches = store.batches(run_id, last_step)
             delta["batches"] = [dict(b) for b in new_batches]
             if new_batches:
@@ -254,11 +255,13 @@ def _execute(
     watcher = threading.Thread(target=watch_stop, name="studio-ray-stop", daemon=True)
     watcher.start()
     status, error = INTERRUPTED, None
-    nodes: set[str] = set()
+    where: dict[str, Any] = {}
     try:
         for ref in stream:
             delta = ray.get(ref)
-            nodes.add(delta["node"])
+            if where.get("pid") != delta["pid"]:  # the record says where it trains, at once
+                where = {"nodes": 1, "shards": 0, "node": delta["node"], "pid": delta["pid"]}
+                store.update(run_id, ray=where)
             _apply(store, run_id, delta, progress)
             if "status" in delta:
                 status, error = delta["status"], delta["error"]
@@ -278,6 +281,5 @@ def _execute(
             ray.kill(flag)
         except Exception:
             pass
-    store.update(run_id, ray={"nodes": len(nodes), "shards": 0, "trained_on": sorted(nodes)})
     store.mark_finished(run_id, status, error=error)
     return str(status)
