@@ -173,11 +173,11 @@ def test_a_killed_actor_costs_its_shard_and_every_image_is_computed_once(cluster
 
     config = RunConfig(data=FACES, image_size=48, augment=False)
     data = load_dataset(FACES)
-    paths = [*data.train_paths, *data.val_paths]
+    paths = [*data.train_paths, *data.val_paths][:80]
     killed: list[int] = []
 
     def kill_once(sharded: ShardedPass) -> None:
-        if not killed and sharded.done_shards == 2:  # mid-pass: both actors busy
+        if not killed and sharded.done_shards == 1:  # mid-pass: both actors busy again
             killed.append(sharded.pids[0])
             os.kill(sharded.pids[0], signal.SIGKILL)
 
@@ -266,7 +266,7 @@ def test_stop_reaches_the_task_and_a_lost_node_leaves_a_resumable_run(
     assert 1 <= len(store.epochs(stopped)) < 30
 
     # The process training a run dies (as with its node): interrupted, checkpoint on the head.
-    lost = store.create_run(config.with_changes(epochs=3), claimed=False)
+    lost = store.create_run(config.with_changes(epochs=10), claimed=False)
     folder = store.run_dir(lost)
 
     def kill() -> None:
@@ -278,7 +278,64 @@ def test_stop_reaches_the_task_and_a_lost_node_leaves_a_resumable_run(
     assert "resume it" in result["error"]
     done = json.loads((folder / META_FILE).read_text())["epoch"]
     assert done >= 1
-    # Resume continues from that checkpoint on whichever node Ray picks.
+    kept = [e["t"] for e in store.epochs(lost)][:done]
+    # Resume continues from that checkpoint on whichever node Ray picks: the epochs it backs
+    # are kept as they were, not trained again.
     store.requeue(lost, claimed=False)
     assert execute(store, lost, threading.Event(), None) == "completed"
-    assert store.result(lost)["history"]["epoch"] == [1, 2, 3]
+    assert store.result(lost)["history"]["epoch"] == list(range(1, 11))
+    assert [e["t"] for e in store.epochs(lost)][:done] == kept
+
+
+HOLD_CLUSTER = """
+import sys, time
+from ray.cluster_utils import Cluster
+nodes = Cluster(initialize_head=True, head_node_args={
+    "num_cpus": 1, "include_dashboard": False, "object_store_memory": 2**28})
+nodes.add_node(num_cpus=1, object_store_memory=2**28)
+print(nodes.address, flush=True)
+while True:
+    time.sleep(1)
+"""
+
+
+@needs_ray
+@pytest.mark.slow
+def test_a_cluster_that_goes_away_is_one_clear_error_and_leaves_no_cache_entry(
+    tmp_path: Path,
+) -> None:
+    import subprocess
+
+    from core.training.embeddings import embedding_cache_dir
+
+    before = set(embedding_cache_dir().iterdir())
+    # A cluster of its own, in its own process group: the test ends it whole, mid-pass.
+    holder = subprocess.Popen(
+        [sys.executable, "-c", HOLD_CLUSTER], stdout=subprocess.PIPE, text=True,
+        start_new_session=True,
+    )  # fmt: skip
+    try:
+        assert holder.stdout is not None
+        address = holder.stdout.readline().strip()
+        driver = subprocess.Popen(
+            [sys.executable, "-m", "core", "features", "--data", FACES, "--image-size", "56",
+             "--ray", address, "--shard-size", "10", "--json"],
+            stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True,
+        )  # fmt: skip
+        assert driver.stderr is not None
+        lines = []
+        for line in driver.stderr:
+            lines.append(line)
+            if line.startswith("shard 2:"):
+                os.killpg(holder.pid, signal.SIGKILL)  # every process of the cluster
+                break
+        out, err = driver.communicate(timeout=300)
+    finally:
+        if holder.poll() is None:
+            os.killpg(holder.pid, signal.SIGKILL)
+        holder.wait()
+    assert driver.returncode == 1 and out == ""
+    last = err.strip().splitlines()[-1]
+    assert last.startswith("error: The Ray cluster stopped answering"), err[-2000:]
+    assert "Traceback" not in err
+    assert set(embedding_cache_dir().iterdir()) == before  # nothing written, not even a temp

@@ -86,6 +86,8 @@ def connect(address: str) -> Iterator[ClusterInfo]:
     ray = require_ray()
     owned = not ray.is_initialized()
     if owned:
+        # Ray's own C++ log lines would bury the one-line error a lost cluster gets here.
+        os.environ.setdefault("RAY_BACKEND_LOG_LEVEL", "fatal")
         try:
             ray.init(
                 address=None if address == "local" else address,
