@@ -502,6 +502,12 @@ def run_bench(
         )  # fmt: skip
 
     figures_out.update(_fast_figures(selected, jobs, out, quick, epochs, batch, say))
+    if {18, 19} & set(selected):
+        from core import bench_ray
+
+        figures_out.update(bench_ray.ray_figures(
+            selected, out, 10 if quick else images_per_class, image_size, say
+        ))  # fmt: skip
     machine["load_average_end"] = [round(x, 2) for x in os.getloadavg()]
     result = {
         "figures": figures_out,
@@ -515,7 +521,7 @@ def run_bench(
     return json.loads(json.dumps(result, allow_nan=False))
 
 
-ALL_FIGURES = tuple(range(1, 13))
+ALL_FIGURES = (*range(1, 13), 18, 19)  # 18-19: the Ray extra (core.bench_ray)
 CLASSIC_FIGURES = frozenset({1, 2, 3, 4})
 PHOTOS_PER_CLASS = 150  # figure 6's real photos: 600 in all, 480 training images
 
@@ -527,7 +533,7 @@ def _selected(figures: Collection[int] | None) -> list[int]:
         from core.errors import ConfigError
 
         raise ConfigError(
-            f"Unknown benchmark figure(s) {unknown}: expected numbers from 1 to {len(ALL_FIGURES)}."
+            f"Unknown benchmark figure(s) {unknown}: expected numbers from 1 to 12, 18 or 19."
         )
     return chosen
 
@@ -619,6 +625,9 @@ def format_bench(result: dict[str, Any]) -> str:
     m = result["machine"]
     lines = _classic_lines(result) if "feature_cache" in f else []
     lines += _fast_lines(f)
+    from core.bench_ray import format_lines
+
+    lines += format_lines(f)
     lines.append(
         f"machine: {m['usable_cpus']} CPUs, TensorFlow {m['tensorflow']}, Keras {m['keras']}, "
         f"load {m['load_average_start'][0]:.1f} → {m['load_average_end'][0]:.1f}; "

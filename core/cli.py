@@ -320,7 +320,9 @@ def build_parser() -> argparse.ArgumentParser:
         "headless; 8. the dashboard server's RSS over five runs launched from the Train page; "
         "9. idle server CPU; 10. the feature pass, Keras vs the converted LiteRT runtime; "
         "11. review: recall of deliberately swapped labels, accuracy before and after the "
-        "fixes; 12. kill -9 of a worker mid-run: seconds until interrupted, then resume. Each "
+        "fixes; 12. kill -9 of a worker mid-run: seconds until interrupted, then resume; 18. "
+        "the feature pass, local vs a two-node local Ray cluster; 19. a Ray actor killed "
+        "mid-pass (18-19 need requirements-ray.txt). Each "
         "figure is a ratio against a baseline measured in the same run (see docs/benchmark.md).",
     )
     p.add_argument("--images-per-class", type=int, default=1000, help="default 1000 (3 classes)")

@@ -94,6 +94,41 @@ def test_the_run_record_says_where_a_cluster_computed_it(tmp_path: Path) -> None
     assert store.result(run_id)["ray"] == {"nodes": 2, "shards": 5}
 
 
+def test_the_projection_spreads_compute_and_shards_but_not_start_up_or_the_driver() -> None:
+    from core.bench_ray import NODE_CORES, PROJECT_IMAGES, PROJECT_SHARD_ROWS, projection
+
+    local = {"images": 3000, "images_per_s": 50.0, "seconds": 70.0}  # 60 s pass, 10 s driver
+    on_ray = {"images": 3000, "compute_s": 100.0, "seconds": 80.0, "startup_s": 20.0, "shards": 10}
+    p = projection(local, on_ray)
+    assert p["per_shard_overhead_s"] == 2.0  # (80 - 20) s x 2 actors - 100 s, over 10 shards
+    driver = 10.0 / 3000 * PROJECT_IMAGES
+    assert p["driver_s"] == round(driver, 1)
+    shards = PROJECT_IMAGES / PROJECT_SHARD_ROWS
+    for n in (4, 16, 64):
+        compute = PROJECT_IMAGES * (100.0 / 3000) / (n * NODE_CORES)
+        expected = (20.0 + driver + compute + shards * 2.0 / n) / 3600
+        assert p["cpu_nodes"][str(n)] == round(expected, 2)
+    assert p["cpu_nodes"]["4"] > p["cpu_nodes"]["16"] > p["cpu_nodes"]["64"] > driver / 3600
+
+
+def test_ray_figures_are_skipped_with_the_reason_without_the_extra(
+    monkeypatch: pytest.MonkeyPatch, tmp_path: Path
+) -> None:
+    import importlib.util
+
+    from core import bench_ray
+
+    real = importlib.util.find_spec
+    monkeypatch.setattr(
+        importlib.util, "find_spec", lambda name, *a: None if name == "ray" else real(name, *a)
+    )
+    figures = bench_ray.ray_figures([18, 19], tmp_path, 10, 64, lambda _line: None)
+    assert set(figures) == {"ray_overhead", "ray_actor_kill"}
+    assert all("requirements-ray.txt" in f["skipped"] for f in figures.values())
+    assert bench_ray.format_lines(figures)[0].startswith("18. feature pass on Ray: skipped (")
+    assert bench_ray.ray_figures([5], tmp_path, 10, 64, lambda _line: None) == {}
+
+
 # -- on a two-node cluster --------------------------------------------------------------------
 
 
@@ -209,6 +244,26 @@ def test_train_on_ray_reaches_the_local_runs_accuracy(
     local = _cli_json(argv, capsys)
     assert local["stage"]["cached"] is False and local["ray"] is None
     assert abs(on_ray["best_val_accuracy"] - local["best_val_accuracy"]) <= 0.02
+
+
+@needs_ray
+@pytest.mark.slow
+def test_search_on_ray_computes_each_candidates_features_on_the_cluster(
+    cluster: str, capsys: pytest.CaptureFixture[str]
+) -> None:
+    from core.cli import main
+
+    argv = ["search", "--data", FACES, "--backbones", "efficientnet_lite0", "--sizes", "72,40",
+            "--ray", cluster, "--json"]  # fmt: skip
+    assert main(argv) == 0
+    captured = capsys.readouterr()
+    assert "efficientnet_lite0 @ 72 px: features on Ray (" in captured.err
+    assert "efficientnet_lite0 @ 40 px: features on Ray (" in captured.err
+    result = json.loads(captured.out.strip().splitlines()[-1])
+    assert [c["status"] for c in result["candidates"]] == ["ok", "ok"]
+    # The search itself found every candidate's features in the cache: the cluster made them.
+    assert all(c["features_cached"] for c in result["candidates"])
+    assert result["features_computed"] == 0
 
 
 @needs_ray

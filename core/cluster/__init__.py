@@ -14,6 +14,7 @@ cluster this machine belongs to, as ``ray start`` set it up), ``HOST:PORT`` of a
 
 from __future__ import annotations
 
+import logging
 import os
 import sys
 from collections.abc import Iterator
@@ -91,7 +92,7 @@ def connect(address: str) -> Iterator[ClusterInfo]:
         try:
             ray.init(
                 address=None if address == "local" else address,
-                logging_level="ERROR",
+                logging_level=logging.ERROR,
                 log_to_driver=False,  # worker logs stay on the nodes; errors come back raised
                 include_dashboard=False if address == "local" else None,
             )

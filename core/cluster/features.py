@@ -33,6 +33,8 @@ class FeatureEntry:
     restarts: int = 0  # actor processes replaced during the pass
     train_images: int = 0
     val_images: int = 0
+    startup_s: float = 0.0  # Ray: until every actor had loaded the backbone
+    compute_s: float = 0.0  # Ray: the actors' seconds inside shards, summed
 
     def to_json(self) -> dict[str, Any]:
         """The public JSON object (keys are a contract: extend, never rename)."""
@@ -147,6 +149,7 @@ def ensure_features(
             store_cached(views_key, sharded.augmented)
         entry.shards, entry.ray_nodes = sharded.shards, sharded.nodes
         entry.restarts = sharded.restarts
+        entry.startup_s, entry.compute_s = round(sharded.startup_s, 3), round(sharded.compute_s, 3)
     else:
         keras.utils.set_random_seed(config.seed)
         built = build_model(config, len(data.class_names), backbone)

@@ -84,6 +84,8 @@ class ShardedFeatures:
     seconds: float
     shipped_bytes: int  # image bytes sent to actors that could not read the driver's files
     node_rows: dict[str, int] = field(default_factory=dict)
+    startup_s: float = 0.0  # until every actor had loaded its backbone
+    compute_s: float = 0.0  # the actors' seconds inside shards, summed
 
 
 class ShardEncoder:
@@ -291,6 +293,8 @@ class ShardedPass:
         except Exception as exc:
             raise _unwrap(exc, "starting the feature actors") from None
         self.pids = {i: int(info["pid"]) for i, info in enumerate(infos)}
+        startup = time.perf_counter() - started
+        compute = 0.0
         first_pids = dict(self.pids)
         out: np.ndarray | None = None
         augmented: np.ndarray | None = None
@@ -338,6 +342,7 @@ class ShardedPass:
                 covered[shard.start : shard.stop] += 1
                 per_image.append(result.seconds / max(rows, 1))
             shards += 1
+            compute += result.seconds
             node_rows[result.node] = node_rows.get(result.node, 0) + rows * max(shard.views, 1)
             self.done_shards += 1
             self.done_rows += rows * max(shard.views, 1)
@@ -355,7 +360,7 @@ class ShardedPass:
         return ShardedFeatures(
             features=out, augmented=augmented, shards=shards, nodes=len(node_rows),
             actors=len(actors), restarts=restarts, seconds=time.perf_counter() - started,
-            shipped_bytes=shipped, node_rows=node_rows,
+            shipped_bytes=shipped, node_rows=node_rows, startup_s=startup, compute_s=compute,
         )  # fmt: skip
 
     def _next_rows(self, per_image: list[float], left: int, actors: int) -> int:
