@@ -87,6 +87,38 @@ def ensure_features(
 
     ``progress(pass)``: called after each shard (``core.cluster.shards.ShardedPass``).
     """
+    started = time.perf_counter()
+    if config.mode != "feature_extraction":
+        raise ConfigError(
+            f"Features are cached for feature_extraction runs only, got mode {config.mode!r}.",
+            settings=("mode",),
+        )
+    sharded = _early_actors(config, shard_rows, progress) if ray else None
+    try:
+        return _ensure(config, sharded, started)
+    finally:
+        if sharded is not None:
+            sharded.close()
+
+
+def _early_actors(config: RunConfig, shard_rows: int | None, progress: Any) -> Any:
+    """The sharded pass's actors, started before anything else: they import TensorFlow and
+    load the backbone while the driver does (and scans and hashes the files)."""
+    from core.cluster.shards import ShardedPass
+    from core.models.backbones import get_backbone, weights_identity
+
+    size = config.image_size or get_backbone(config.backbone).default_size
+    weights_id = weights_identity(config.backbone, config.weights)
+    sharded = ShardedPass(
+        config.with_changes(image_size=size), weights_id, [], shard_rows=shard_rows,
+        progress=progress,
+    )  # fmt: skip
+    if weights_id is not None:  # else not cacheable: ``_ensure`` says so
+        sharded.start()
+    return sharded
+
+
+def _ensure(config: RunConfig, sharded: Any, started: float) -> FeatureEntry:
     import keras
 
     from core.data import load_dataset
@@ -100,12 +132,6 @@ def ensure_features(
     )
     from core.training.model import build_model, resolve_backbone
 
-    started = time.perf_counter()
-    if config.mode != "feature_extraction":
-        raise ConfigError(
-            f"Features are cached for feature_extraction runs only, got mode {config.mode!r}.",
-            settings=("mode",),
-        )
     data = load_dataset(config.data, val_split=config.val_split, seed=config.seed)
     backbone = resolve_backbone(config)
     size = config.image_size or backbone.spec.default_size
@@ -132,24 +158,20 @@ def ensure_features(
     if entry.cached:
         entry.seconds = round(time.perf_counter() - started, 3)
         return entry
-    if ray:
-        from core.cluster.shards import ShardedPass
-
-        keras.utils.set_random_seed(config.seed)
-        sharded = ShardedPass(
-            config.with_changes(image_size=size), backbone.weights_id, paths,
-            train_rows=n_train if not have_views else 0, views=views if not have_views else 1,
-            convert=total >= CONVERT_MIN_ROWS, clean=not have_clean, shard_rows=shard_rows,
-            progress=progress,
-        ).run()  # fmt: skip
+    if sharded is not None:
+        sharded.plan(
+            paths, train_rows=0 if have_views else n_train, views=1 if have_views else views,
+            convert=total >= CONVERT_MIN_ROWS, clean=not have_clean,
+        )  # fmt: skip
+        result = sharded.run()
         # Written only now, every shard in: a pass that failed halfway left nothing behind.
         if not have_clean:
-            store_cached(key, sharded.features)
-        if views_key is not None and sharded.augmented is not None:
-            store_cached(views_key, sharded.augmented)
-        entry.shards, entry.ray_nodes = sharded.shards, sharded.nodes
-        entry.restarts = sharded.restarts
-        entry.startup_s, entry.compute_s = round(sharded.startup_s, 3), round(sharded.compute_s, 3)
+            store_cached(key, result.features)
+        if views_key is not None and result.augmented is not None:
+            store_cached(views_key, result.augmented)
+        entry.shards, entry.ray_nodes = result.shards, result.nodes
+        entry.restarts = result.restarts
+        entry.startup_s, entry.compute_s = round(result.startup_s, 3), round(result.compute_s, 3)
     else:
         keras.utils.set_random_seed(config.seed)
         built = build_model(config, len(data.class_names), backbone)

@@ -56,6 +56,7 @@ class Shard:
     start: int
     stop: int
     views: int = 0
+    convert: bool = False  # may the actor convert the LiteRT runtime (a pass large enough)
     paths: list[str] | None = None
     images: list[tuple[str, bytes]] | None = None  # (file suffix, bytes): no shared filesystem
 
@@ -91,9 +92,7 @@ class ShardedFeatures:
 class ShardEncoder:
     """A Ray actor's state: one backbone, loaded once, run over shard after shard."""
 
-    def __init__(
-        self, config_json: str, weights_id: str | None, convert: bool, threads: int | None
-    ) -> None:
+    def __init__(self, config_json: str, weights_id: str | None, threads: int | None) -> None:
         if threads:
             # Before TensorFlow starts its thread pools: this actor's share of the node's cores.
             import tensorflow as tf
@@ -113,7 +112,7 @@ class ShardEncoder:
             )
         self.built = build_model(self.config, 2, backbone)
         self.model = feature_extractor(self.built)
-        self.convert = convert
+        self.convert = False
         self.runtime: Any = None  # the converted runtime, once the first shard chose it
         self.runtime_info: dict[str, Any] = {}
         self.threads = threads
@@ -162,6 +161,7 @@ class ShardEncoder:
         from core.training.embeddings import forward_once, forward_views
 
         started = time.perf_counter()
+        self.convert = shard.convert
         with tempfile.TemporaryDirectory(prefix="studio-shard-") as tmp:
             paths = shard.paths or []
             if shard.images is not None:  # the node cannot read the driver's files
@@ -241,6 +241,8 @@ class ShardedPass:
         self.done_shards = 0
         self.done_rows = 0
         self.total_rows = len(self.paths) * clean + (views - 1) * train_rows
+        self.actors: list[Any] = []
+        self.started = 0.0
 
     def _payload(self, shard: Shard, ships: bool) -> Shard:
         part = self.paths[shard.start : shard.stop]
@@ -250,37 +252,66 @@ class ShardedPass:
             shard.paths = part
         return shard
 
-    def run(self) -> ShardedFeatures:
-        """Compute the pass on the cluster the driver is connected to."""
+    def plan(
+        self,
+        paths: Sequence[str],
+        *,
+        train_rows: int = 0,
+        views: int = 1,
+        convert: bool = False,
+        clean: bool = True,
+    ) -> None:
+        """Set the work of a pass whose actors were started before the files were known."""
+        self.paths, self.train_rows, self.views = list(paths), train_rows, views
+        self.convert, self.clean = convert, clean
+        self.total_rows = len(self.paths) * clean + (views - 1) * train_rows
+
+    def start(self) -> None:
+        """Create the actors (they load the backbone meanwhile); ``run`` does it if not done.
+        Starting early lets the actors load while the driver scans and hashes the files."""
+        if self.actors:
+            return
         ray = require_ray()
-        started = time.perf_counter()
+        self.started = time.perf_counter()
+        remote = ray.remote(ShardEncoder)
         try:
-            return self._run(ray, started)
+            self.actors = [
+                remote.options(
+                    num_cpus=p["num_cpus"], num_gpus=p["num_gpus"],
+                    scheduling_strategy=p["strategy"], max_restarts=MAX_RESTARTS,
+                    max_task_retries=MAX_RESTARTS, runtime_env={"env_vars": worker_env()},
+                ).remote(self.config.to_json(indent=None), self.weights_id, p["threads"])
+                for p in _actor_plan(ray)
+            ]  # fmt: skip
+        except StudioError:
+            raise
+        except Exception as exc:
+            raise _unwrap(exc, "starting the feature actors") from None
+
+    def close(self) -> None:
+        """End the actors (also when the cluster is gone: nothing left to free then)."""
+        if not self.actors:
+            return
+        ray = require_ray()
+        for actor in self.actors:
+            try:
+                ray.kill(actor, no_restart=True)
+            except Exception:
+                pass
+        self.actors = []
+
+    def run(self) -> ShardedFeatures:
+        """Compute the pass on the cluster the driver is connected to, then end the actors."""
+        ray = require_ray()
+        try:
+            self.start()
+            return self._dispatch(ray, self.actors, len(self.paths), self.started)
         except StudioError:
             raise
         except Exception as exc:
             raise _unwrap(exc, "the sharded feature pass") from None
-
-    def _run(self, ray: Any, started: float) -> ShardedFeatures:
-        n = len(self.paths)
-        plans = _actor_plan(ray)
-        remote = ray.remote(ShardEncoder)
-        actors = [
-            remote.options(
-                num_cpus=p["num_cpus"], num_gpus=p["num_gpus"], scheduling_strategy=p["strategy"],
-                max_restarts=MAX_RESTARTS, max_task_retries=MAX_RESTARTS,
-                runtime_env={"env_vars": worker_env()},
-            ).remote(self.config.to_json(indent=None), self.weights_id, self.convert, p["threads"])
-            for p in plans
-        ]  # fmt: skip
-        try:
-            return self._dispatch(ray, actors, n, started)
         finally:
-            for actor in actors:
-                try:
-                    ray.kill(actor, no_restart=True)
-                except Exception:  # the cluster may be gone: nothing left to free
-                    pass
+            self.close()
 
     def _dispatch(self, ray: Any, actors: list[Any], n: int, started: float) -> ShardedFeatures:
         if not n:
@@ -319,6 +350,7 @@ class ShardedPass:
                     cursor, index = shard.stop, index + 1
                 who = idle.pop(0)
                 shard = self._payload(shard, ships[who])
+                shard.convert = self.convert
                 shipped += sum(len(b) for _, b in shard.images or [])
                 busy[actors[who].encode.remote(shard)] = (who, shard)
             ready, _ = ray.wait(list(busy), num_returns=1)
