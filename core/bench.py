@@ -505,8 +505,10 @@ def run_bench(
     if {18, 19} & set(selected):
         from core import bench_ray
 
+        per_class = 10 if quick else images_per_class
+        tag = f"ray-textures-{len(DATA_CLASSES)}x{per_class}-v{DATA_VERSION}"
         figures_out.update(bench_ray.ray_figures(
-            selected, out, 10 if quick else images_per_class, image_size, say
+            selected, lambda: generate_dataset(out / tag, per_class), image_size, say
         ))  # fmt: skip
     machine["load_average_end"] = [round(x, 2) for x in os.getloadavg()]
     result = {

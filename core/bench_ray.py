@@ -23,7 +23,6 @@ import subprocess
 import sys
 import time
 from collections.abc import Callable, Collection
-from pathlib import Path
 from typing import Any
 
 import numpy as np
@@ -72,13 +71,13 @@ def _convert_runtime(data_root: str, size: int) -> None:
 
 def ray_figures(
     selected: Collection[int],
-    out: Path,
-    images_per_class: int,
+    make_data: Callable[[], dict[str, Any]],
     size: int,
     say: Callable[[str], None],
 ) -> dict[str, Any]:
     """Figures 18 and 19 (those of ``selected``): ``{"ray_overhead": ..., "ray_actor_kill":
-    ...}``, each ``{"skipped": reason}`` without the Ray extra."""
+    ...}``, each ``{"skipped": reason}`` without the Ray extra. ``make_data()``: the generated
+    dataset's info (``core.bench.generate_dataset``), called only when the figures run."""
     from importlib.util import find_spec
 
     wanted = {18: "ray_overhead", 19: "ray_actor_kill"}
@@ -90,10 +89,9 @@ def ray_figures(
         return {name: {"skipped": why} for name in names}
     from ray.cluster_utils import Cluster
 
-    from core.bench import generate_dataset
     from core.training.embeddings import embedding_cache_dir
 
-    data = generate_dataset(out / f"ray-textures-3x{images_per_class}", images_per_class)
+    data = make_data()
     root = data["root"]
     say(f"figures 18-19: {data['files']} images at {size} px; converting the runtime first")
     _convert_runtime(root, size)

@@ -112,7 +112,7 @@ def test_the_projection_spreads_compute_and_shards_but_not_start_up_or_the_drive
 
 
 def test_ray_figures_are_skipped_with_the_reason_without_the_extra(
-    monkeypatch: pytest.MonkeyPatch, tmp_path: Path
+    monkeypatch: pytest.MonkeyPatch,
 ) -> None:
     import importlib.util
 
@@ -122,11 +122,15 @@ def test_ray_figures_are_skipped_with_the_reason_without_the_extra(
     monkeypatch.setattr(
         importlib.util, "find_spec", lambda name, *a: None if name == "ray" else real(name, *a)
     )
-    figures = bench_ray.ray_figures([18, 19], tmp_path, 10, 64, lambda _line: None)
+
+    def no_data() -> dict[str, Any]:
+        raise AssertionError("no data is generated for skipped figures")
+
+    figures = bench_ray.ray_figures([18, 19], no_data, 64, lambda _line: None)
     assert set(figures) == {"ray_overhead", "ray_actor_kill"}
     assert all("requirements-ray.txt" in f["skipped"] for f in figures.values())
     assert bench_ray.format_lines(figures)[0].startswith("18. feature pass on Ray: skipped (")
-    assert bench_ray.ray_figures([5], tmp_path, 10, 64, lambda _line: None) == {}
+    assert bench_ray.ray_figures([5], no_data, 64, lambda _line: None) == {}
 
 
 # -- on a two-node cluster --------------------------------------------------------------------
