@@ -175,15 +175,14 @@ def projection(local: dict[str, Any], on_ray: dict[str, Any]) -> dict[str, Any]:
     Per image: the one-CPU actors' measured seconds (``compute_s / images``), a projected node
     having ``NODE_CORES`` such cores. Per shard: what the pass spent beyond start-up and compute,
     spread over its shards. Plus the actors' start-up once, and the driver's work that does not
-    spread (scan and file digests: ``local``'s seconds minus its pass, per image).
+    spread (scan, file digests and key: ``local``'s ``prepare_s``, per image).
     """
     images = float(on_ray["images"])
     per_image = float(on_ray["compute_s"]) / images  # one core's seconds per image
     actors = 2
     busy = (float(on_ray["seconds"]) - float(on_ray["startup_s"])) * actors
     per_shard = max(busy - float(on_ray["compute_s"]), 0.0) / max(int(on_ray["shards"]), 1)
-    local_pass = images / float(local["images_per_s"]) if local["images_per_s"] else 0.0
-    driver_per_image = max(float(local["seconds"]) - local_pass, 0.0) / images
+    driver_per_image = float(local["prepare_s"]) / images
     shards = PROJECT_IMAGES / PROJECT_SHARD_ROWS
     driver = driver_per_image * PROJECT_IMAGES
     out: dict[str, Any] = {

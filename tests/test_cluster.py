@@ -97,7 +97,7 @@ def test_the_run_record_says_where_a_cluster_computed_it(tmp_path: Path) -> None
 def test_the_projection_spreads_compute_and_shards_but_not_start_up_or_the_driver() -> None:
     from core.bench_ray import NODE_CORES, PROJECT_IMAGES, PROJECT_SHARD_ROWS, projection
 
-    local = {"images": 3000, "images_per_s": 50.0, "seconds": 70.0}  # 60 s pass, 10 s driver
+    local = {"images": 3000, "images_per_s": 50.0, "seconds": 70.0, "prepare_s": 10.0}
     on_ray = {"images": 3000, "compute_s": 100.0, "seconds": 80.0, "startup_s": 20.0, "shards": 10}
     p = projection(local, on_ray)
     assert p["per_shard_overhead_s"] == 2.0  # (80 - 20) s x 2 actors - 100 s, over 10 shards

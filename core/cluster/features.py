@@ -33,6 +33,7 @@ class FeatureEntry:
     restarts: int = 0  # actor processes replaced during the pass
     train_images: int = 0
     val_images: int = 0
+    prepare_s: float = 0.0  # the driver's scan, file digests and key (before any pass)
     startup_s: float = 0.0  # Ray: until every actor had loaded the backbone
     compute_s: float = 0.0  # Ray: the actors' seconds inside shards, summed
 
@@ -132,6 +133,7 @@ def _ensure(config: RunConfig, sharded: Any, started: float) -> FeatureEntry:
     )
     from core.training.model import build_model, resolve_backbone
 
+    scanning = time.perf_counter()
     data = load_dataset(config.data, val_split=config.val_split, seed=config.seed)
     backbone = resolve_backbone(config)
     size = config.image_size or backbone.spec.default_size
@@ -139,6 +141,7 @@ def _ensure(config: RunConfig, sharded: Any, started: float) -> FeatureEntry:
     n_train, views = len(data.train_paths), run_views(config)
     key = cache_key(config, size, paths, backbone)
     views_key = cache_key(config, size, data.train_paths, backbone, views) if views > 1 else None
+    prepared = time.perf_counter() - scanning  # the driver's own work: scan, digests, key
     if key is None:
         raise ConfigError(
             f"Features of {config.backbone} with weights {config.weights!r} are not cached "
@@ -153,7 +156,7 @@ def _ensure(config: RunConfig, sharded: Any, started: float) -> FeatureEntry:
     entry = FeatureEntry(
         images=total, shards=0, ray_nodes=0, cache_key=key, seconds=0.0, images_per_s=0.0,
         cached=have_clean and have_views, views_cache_key=views_key, train_images=n_train,
-        val_images=len(data.val_paths),
+        val_images=len(data.val_paths), prepare_s=round(prepared, 3),
     )  # fmt: skip
     if entry.cached:
         entry.seconds = round(time.perf_counter() - started, 3)
