@@ -23,6 +23,7 @@ from app.views.text import md_escape
 from core.config import DEFAULT_DATA
 from core.data import datasets
 from core.data.images import IMAGE_EXTENSIONS
+from core.data.names import escape_unprintable
 from core.errors import StudioError
 
 NEW = "\u0000new"  # the "New dataset…" choice (no dataset name can hold a NUL)
@@ -183,7 +184,7 @@ def render(chosen: str | None) -> None:
     name = st.selectbox(
         "Dataset",
         [NEW, *names],
-        format_func=lambda n: "➕ New dataset…" if n == NEW else n,
+        format_func=lambda n: "➕ New dataset…" if n == NEW else escape_unprintable(n),
         key=PICK,
     )
     _show_notes()
@@ -208,10 +209,14 @@ def render(chosen: str | None) -> None:
     try:
         with datasets.open_dataset(name) as ds:
             info = ds.show()
+            repaired = ds.notices  # an interrupted edit finished, a lost index restored...
     except StudioError as exc:
         widgets.show_error(exc)
         return
+    for text in repaired:
+        st.warning(md_escape(text))
     _overview(info, chosen)
+    _missing(info)
     _classes(info)
     _add_images(info)
 
@@ -245,6 +250,34 @@ def _overview(info: dict[str, Any], chosen: str | None) -> None:
         args=(name, _undo),
         help="Reverts the last edit of this dataset (by anyone); nothing is ever deleted",
     )
+
+
+def _missing(info: dict[str, Any]) -> None:
+    """Images whose file was removed outside the studio: named, and forgotten on request."""
+    missing = info["missing"]
+    if not missing:
+        return
+    names = ", ".join(md_escape(m["original_name"], inline=True) for m in missing[:5])
+    more = f" and {len(missing) - 5} more" if len(missing) > 5 else ""
+    row = st.container(horizontal=True, vertical_alignment="center")
+    row.warning(
+        f"{len(missing)} image{'s are' if len(missing) != 1 else ' is'} missing from the "
+        f"dataset's folder (removed outside the studio): {names}{more}. They are not counted "
+        "or trained on."
+    )
+    row.button(
+        "Forget missing images",
+        key="builder_forget_missing",
+        icon=":material/delete_sweep:",
+        on_click=_on_edit,
+        args=(info["name"], _forget_missing),
+        help="Drops them from the dataset as one edit; Undo brings them back",
+    )
+
+
+def _forget_missing(ds: datasets.Dataset) -> str:
+    n = len(ds.forget_missing())
+    return f"Forgot {n} missing image{'s' if n != 1 else ''} (Undo brings them back)."
 
 
 def _undo(ds: datasets.Dataset) -> str:

@@ -8,7 +8,8 @@ from __future__ import annotations
 import argparse
 import json
 import sys
-from collections.abc import Callable, Sequence
+from collections.abc import Callable, Iterator, Sequence
+from contextlib import contextmanager
 from dataclasses import fields
 from typing import TYPE_CHECKING, Any
 
@@ -465,12 +466,36 @@ def cmd_resume(args: argparse.Namespace) -> int:
     return _wait_and_report(jobs, args.run_id, args.json)
 
 
-def _wait_and_report(jobs: JobQueue, run_id: str, as_json: bool) -> int:
-    try:
-        status = jobs.wait(run_id)
-    except KeyboardInterrupt:
+@contextmanager
+def _stop_on_signals(jobs: JobQueue, run_id: str) -> Iterator[None]:
+    """While a run trains in this process, Ctrl+C (SIGINT) and SIGTERM (a service manager, a
+    closing terminal) stop it as the Stop button does: within a batch, its checkpoint written
+    whole, the run recorded ``stopped``. Further signals only say it is stopping: a second
+    Ctrl+C never tears the process down mid-write."""
+    import signal
+    import threading
+
+    asked: list[int] = []
+
+    def on_signal(signum: int, _frame: Any) -> None:
+        if asked:
+            print("already stopping: the run ends after the current batch", file=sys.stderr)
+            return
+        asked.append(signum)
         print("stopping after the current batch…", file=sys.stderr)
-        jobs.stop(run_id)
+        # Not here: the handler interrupts the main thread, which may hold the queue's lock.
+        threading.Thread(target=jobs.stop, args=(run_id,), daemon=True).start()
+
+    previous = {sig: signal.signal(sig, on_signal) for sig in (signal.SIGINT, signal.SIGTERM)}
+    try:
+        yield
+    finally:
+        for sig, handler in previous.items():
+            signal.signal(sig, handler)
+
+
+def _wait_and_report(jobs: JobQueue, run_id: str, as_json: bool) -> int:
+    with _stop_on_signals(jobs, run_id):
         status = jobs.wait(run_id)
     result = jobs.store.result(run_id)
     if as_json:
@@ -615,11 +640,19 @@ def cmd_show(args: argparse.Namespace) -> int:
 
 
 def cmd_stop(args: argparse.Namespace) -> int:
-    """Flag a run to stop; its worker sees the flag within a second."""
-    from core.runs.store import RunStore
+    """Cancel a queued run at once, or flag a running one to stop (its process sees the flag
+    within a batch); a run that has already ended is left as it is."""
+    from core.runs.store import ACTIVE_STATUSES, RunStore
 
-    RunStore(args.runs_dir).request_stop(args.run_id)
-    print(f"stop requested for {args.run_id}", file=sys.stderr)
+    store = RunStore(args.runs_dir)
+    status = store.get_run(args.run_id)["status"]
+    if status not in ACTIVE_STATUSES:
+        print(f"{args.run_id} has already ended ({status}): nothing to stop", file=sys.stderr)
+    elif store.cancel_queued(args.run_id):  # queued and not taken by any process yet
+        print(f"{args.run_id} was queued: cancelled (now stopped)", file=sys.stderr)
+    else:
+        store.request_stop(args.run_id)
+        print(f"stop requested for {args.run_id}", file=sys.stderr)
     return 0
 
 

@@ -1,7 +1,7 @@
 """``python -m core dataset ...``: managed datasets from the command line.
 
 ``core.cli`` registers it: ``add_parsers(sub)`` adds the ``dataset`` command and its actions
-(create, add, list, show, relabel, exclude, restore, keep, undo), and ``review``
+(create, add, list, show, relabel, exclude, restore, keep, forget-missing, undo), and ``review``
 (``core.cli_review``, whose ids ``relabel``, ``exclude`` and ``keep`` take); ``COMMANDS`` maps
 both to their handlers. Errors are ``StudioError``s, printed on one line by ``core.cli.main``.
 """
@@ -21,6 +21,7 @@ DATASET_EPILOG = """examples:
   python -m core dataset relabel pets 3f2a9c01b7de --to dogs
   python -m core review --run RUN_ID --top 20           # likely label mistakes (ids to edit)
   python -m core dataset undo pets
+  python -m core dataset forget-missing pets            # files deleted outside the studio
   python -m core train --data dataset:pets
 """
 
@@ -86,12 +87,25 @@ def add_parsers(sub: Any) -> None:
     a.add_argument("name", help="the dataset")
     a.add_argument("images", metavar="IMAGE", nargs="+", help="image ids (from review)")
 
+    a = actions.add_parser(
+        "forget-missing",
+        help="forget images whose file was removed outside the studio (one edit: undo reverts it)",
+    )
+    a.add_argument("name", help="the dataset")
+
     a = actions.add_parser("undo", help="revert the last edit")
     a.add_argument("name", help="the dataset")
 
     from core import cli_review
 
     cli_review.add_parsers(sub)  # review's ids are what relabel/exclude take
+
+
+def _shown(text: str) -> str:
+    """A stored name as printed: invisible controls escaped (a name stays what it reads as)."""
+    from core.data.names import escape_unprintable
+
+    return escape_unprintable(text)
 
 
 def _print_json(obj: Any) -> None:
@@ -104,9 +118,9 @@ def _plural(n: int, word: str) -> str:
 
 def _report_add(result: Any) -> None:
     for item in result.skipped:
-        print(f"skipped {item['path']}: {item['reason']}", file=sys.stderr)
+        print(f"skipped {_shown(item['path'])}: {item['reason']}", file=sys.stderr)
     for item in result.duplicates:
-        print(f"duplicate {item['path']}: {item['reason']}", file=sys.stderr)
+        print(f"duplicate {_shown(item['path'])}: {_shown(item['reason'])}", file=sys.stderr)
 
 
 def _create(args: argparse.Namespace) -> int:
@@ -165,10 +179,14 @@ def _list(args: argparse.Namespace) -> int:
     if not rows:
         print("no datasets yet: create one with 'python -m core dataset create NAME'")
     for r in rows:
+        if "error" in r:  # one damaged dataset does not hide the others
+            print(f"{_shown(r['name']):<20} cannot be opened: {r['error']}")
+            continue
         print(
-            f"{r['name']:<20} {_plural(r['classes'], 'class'):>10}  "
+            f"{_shown(r['name']):<20} {_plural(r['classes'], 'class'):>10}  "
             f"{_plural(r['images'], 'image'):>12}  {r['excluded']} excluded  "
             f"{_plural(r['edits'], 'edit')}"
+            + (f"  {r['missing']} missing" if r.get("missing") else "")
         )
     return 0
 
@@ -183,13 +201,26 @@ def _show(args: argparse.Namespace) -> int:
     if args.json:
         _print_json(info)
         return 0
-    print(f"{info['name']}: {_plural(info['images'], 'image')}, {info['excluded']} excluded")
+    print(
+        f"{_shown(info['name'])}: {_plural(info['images'], 'image')}, {info['excluded']} excluded"
+    )
     for c in info["classes"]:
-        print(f"  {c['name']:<24} {c['images']}")
+        print(f"  {_shown(c['name']):<24} {c['images']}")
+    missing = info["missing"]
+    if missing:
+        print(
+            f"  {len(missing)} missing (removed outside the studio; 'dataset forget-missing "
+            f"{_shown(info['name'])}' forgets them):"
+        )
+        for m in missing[:10]:
+            print(f"    {m['id']}  {_shown(m['label']):<20} {_shown(m['original_name'])}")
+        if len(missing) > 10:
+            print(f"    ... and {len(missing) - 10} more (--json lists them all)")
     for e in info["edits"][-10:]:
-        print(f"  edit {e['seq']}: {e['summary']}" + (" (undone)" if e["undone"] else ""))
+        print(f"  edit {e['seq']}: {_shown(e['summary'])}" + (" (undone)" if e["undone"] else ""))
     for i in info.get("image_list", []):
-        print(f"  {i['id']}  {i['label']:<20} {'excluded ' if i['excluded'] else ''}{i['path']}")
+        where = f"{'excluded ' if i['excluded'] else ''}{_shown(i['path'])}"
+        print(f"  {i['id']}  {_shown(i['label']):<20} {where}")
     return 0
 
 
@@ -229,6 +260,22 @@ def _keep(args: argparse.Namespace) -> int:
     return 0
 
 
+def _forget_missing(args: argparse.Namespace) -> int:
+    from core.data.datasets import open_dataset
+
+    with open_dataset(args.name) as ds:
+        forgotten = ds.forget_missing()
+    if forgotten:
+        print(
+            f"forgot {_plural(len(forgotten), 'missing image')} "
+            f"({', '.join(forgotten[:5])}{'...' if len(forgotten) > 5 else ''}); "
+            "'dataset undo' brings them back"
+        )
+    else:
+        print("no missing images: every image's file is in the dataset's folder")
+    return 0
+
+
 def _undo(args: argparse.Namespace) -> int:
     from core.data.datasets import open_dataset
 
@@ -247,6 +294,7 @@ _ACTIONS = {
     "exclude": _exclude,
     "restore": _restore,
     "keep": _keep,
+    "forget-missing": _forget_missing,
     "undo": _undo,
 }
 

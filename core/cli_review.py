@@ -68,10 +68,21 @@ def _table(rows: list[list[str]]) -> list[str]:
     return ["  ".join(c.ljust(w) for c, w in zip(r, widths, strict=True)).rstrip() for r in rows]
 
 
+def _review_commands(exc: Any) -> str:
+    """The commands for a run review cannot read yet (a ``RunNotReviewableError``)."""
+    run, runs = exc.run_id, "python -m core runs"
+    if exc.status in ("stopped", "interrupted"):
+        return f"(python -m core resume {run}; completed runs: {runs})"
+    if exc.status == "failed":
+        return f"(its error: python -m core show {run}; completed runs: {runs})"
+    return f"(its progress: python -m core show {run}; completed runs: {runs})"
+
+
 def cmd_review(args: argparse.Namespace) -> int:
     """Print a run's suspects (or, with --edit-target, the dataset its edits go to)."""
+    from core.data.names import escape_unprintable
     from core.errors import ConfigError, StudioError
-    from core.runs.review import edit_target, review_run
+    from core.runs.review import RunNotReviewableError, edit_target, review_run
     from core.runs.store import RunStore
 
     try:
@@ -82,11 +93,14 @@ def cmd_review(args: argparse.Namespace) -> int:
                 print(json.dumps({"dataset": name, "created": made}))
             else:
                 how = "made now as a managed copy of the run's data" if made else "existing"
-                print(f"{name}\t({how}; edit with: python -m core dataset relabel {name!r} ...)")
+                shown = escape_unprintable(name)
+                print(f"{shown}\t({how}; edit with: python -m core dataset relabel {name!r} ...)")
             return 0
         if args.top is not None and args.top < 1:
             raise ConfigError(f"--top must be at least 1, got {args.top}; e.g. --top 20.")
         review = review_run(store, args.run, top=args.top)
+    except RunNotReviewableError as exc:
+        raise StudioError(f"{exc} {_review_commands(exc)}") from None
     except StudioError as exc:
         exc.settings = ()  # about --run/--top, not a training setting
         raise
@@ -95,7 +109,7 @@ def cmd_review(args: argparse.Namespace) -> int:
     if args.json:
         print(json.dumps([s.to_json() for s in review.suspects]))
         return 0
-    print(f"run {review.run_id} on {review.source}")
+    print(f"run {review.run_id} on {escape_unprintable(review.source)}")
     print(f"method: {review.method}")
     if review.dataset:
         print(
@@ -117,12 +131,12 @@ def cmd_review(args: argparse.Namespace) -> int:
                 str(n),
                 s.image,
                 s.split,
-                s.label,
-                s.predicted,
+                escape_unprintable(s.label),  # names are shown as they are, never reordered
+                escape_unprintable(s.predicted),
                 f"{s.confidence:.2f}",
                 f"{s.loss:.2f}",
                 "kept" if s.reviewed else "",
-                s.path,
+                escape_unprintable(s.path),
             ]  # fmt: skip
         )
     print("\n".join(_table(rows)))

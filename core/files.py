@@ -158,3 +158,75 @@ def build_folder(
         if tmp.exists():
             shutil.rmtree(tmp, ignore_errors=True)
     return target
+
+
+# --------------------------------------------------------------------------- SQLite indexes
+# The run store and every managed dataset keep an SQLite index beside files that can rebuild it;
+# both keep a rolling backup and set a damaged index aside the same way.
+
+
+def sqlite_damaged(exc: BaseException) -> bool:
+    """Whether SQLite says the file itself is no database (as opposed to busy or unwritable)."""
+    text = str(exc).lower()
+    return "not a database" in text or "malformed" in text or "corrupt" in text
+
+
+def sound_database(path: str | os.PathLike[str], table: str) -> bool:
+    """Whether ``path`` is an SQLite file that passes a quick check and has ``table``."""
+    import sqlite3
+
+    if not os.path.isfile(path) or os.path.getsize(path) == 0:
+        return False
+    try:
+        db = sqlite3.connect(f"file:{os.fspath(path)}?mode=ro", uri=True)
+        try:
+            return db.execute("PRAGMA quick_check").fetchone()[0] == "ok" and bool(
+                db.execute("SELECT 1 FROM sqlite_master WHERE name = ?", (table,)).fetchone()
+            )
+        finally:
+            db.close()
+    except sqlite3.Error:
+        return False
+
+
+def sqlite_backup(db: Any, target: str | os.PathLike[str]) -> Path:
+    """Copy the open database ``db`` to ``target`` with SQLite's online backup (atomically: a
+    kill mid-copy leaves the previous backup)."""
+    import sqlite3
+
+    with atomic_path(target) as tmp:
+        copy = sqlite3.connect(tmp)
+        try:
+            db.backup(copy)
+        finally:
+            copy.close()
+    return Path(target)
+
+
+def set_aside_damaged(
+    db_path: str | os.PathLike[str], backup: str | os.PathLike[str], table: str
+) -> tuple[Path | None, bool]:
+    """Keep a damaged SQLite index for inspection and restore ``backup`` in its place if sound.
+
+    The index (with its ``-wal``/``-shm`` files, which belong to it and not to the backup) is
+    renamed ``<name>.damaged-<time>``. Returns (that name, or None if there was no file; whether
+    the backup was restored). Without a sound backup nothing is left at ``db_path``.
+    """
+    import time
+
+    path = Path(db_path)
+    kept = None
+    if path.exists():
+        kept = path.with_name(f"{path.name}.damaged-{time.strftime('%Y%m%d-%H%M%S')}")
+        os.replace(path, kept)
+    for suffix in ("-wal", "-shm"):
+        side = path.with_name(path.name + suffix)
+        if side.exists():
+            if kept is not None:
+                os.replace(side, kept.with_name(kept.name + suffix))
+            else:
+                side.unlink(missing_ok=True)
+    restored = sound_database(backup, table)
+    if restored:
+        shutil.copyfile(backup, path)
+    return kept, restored

@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import contextlib
 import os
+import re
 import signal
 import time
 from pathlib import Path
@@ -23,6 +24,13 @@ TINY = RunConfig(
     fine_tune_epochs=1,
     batch_size=32,
 )
+
+
+# The text patterns GFM renderers turn into links by themselves (autolink literals), as
+# mdast-util-gfm-autolink-literal (Streamlit's Markdown) matches them in text nodes, after
+# backslash escapes are resolved.
+GFM_AUTOLINK = re.compile(r"(https?://|www(?=\.))([-.\w]+)([^ \t\r\n]*)", re.IGNORECASE)
+GFM_EMAIL = re.compile(r"([-.\w+]+)@([-\w]+(?:\.[-\w]+)+)")
 
 
 def write_pngs(folder: Path, n: int, side: int = 24) -> list[str]:

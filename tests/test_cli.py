@@ -265,3 +265,97 @@ def test_help_documents_rename_and_delete() -> None:
     assert "rename" in top and "delete" in top
     assert "--yes" in cli("delete", "--help").stdout
     assert "at most 60 characters" in " ".join(cli("rename", "--help").stdout.split())
+
+
+def test_stop_cancels_a_queued_run_and_leaves_an_ended_one_alone(
+    tmp_path: Path, capsys: pytest.CaptureFixture[str]
+) -> None:
+    from core import cli as core_cli
+    from core.config import RunConfig
+    from core.runs.store import RunStore
+
+    store = RunStore(tmp_path)
+    runs = ["--runs-dir", str(tmp_path)]
+    queued = store.create_run(RunConfig(), claimed=False)  # waiting for a worker
+    assert core_cli.main(["stop", queued, *runs]) == 0
+    assert "cancelled" in capsys.readouterr().err
+    assert store.get_run(queued)["status"] == "stopped"  # at once: no worker needed
+    # Not a dead end: the cancelled run can be deleted (or resumed).
+    assert core_cli.main(["delete", queued, "--yes", *runs]) == 0
+    capsys.readouterr()
+    done = store.create_run(RunConfig())
+    store.mark_finished(done, "completed", error=None)
+    assert core_cli.main(["stop", done, *runs]) == 0
+    err = capsys.readouterr().err
+    assert f"{done} has already ended (completed): nothing to stop" in err
+    assert store.get_run(done)["status"] == "completed"
+    assert not store.stop_requested(done)
+
+
+@pytest.mark.parametrize(
+    "flags",
+    [["--steps", "0"], ["--steps", "1"], ["--max-lr", "inf"], ["--max-lr", "nan"],
+     ["--min-lr", "-1"], ["--min-lr", "0"], ["--min-lr", "1", "--max-lr", "0.5"]],
+)  # fmt: skip
+def test_lr_find_refuses_a_bad_range_in_one_line(
+    flags: list[str], tmp_path: Path, capsys: pytest.CaptureFixture[str]
+) -> None:
+    from core import cli as core_cli
+
+    code = core_cli.main(["lr-find", "--data", "builtin:textures", *flags])
+    err = capsys.readouterr().err
+    assert code == 1 and err.count("\n") == 1, err
+    assert err.startswith("error: Learning-rate finder range") and "is invalid" in err
+
+
+@pytest.mark.slow
+@pytest.mark.parametrize(
+    ("signals", "when"),
+    [(("SIGINT", "SIGINT"), "epoch "), (("SIGTERM",), "epoch "), (("SIGTERM",), "run ")],
+)
+def test_ctrl_c_twice_or_sigterm_stops_train_cleanly(
+    tmp_path: Path, signals: tuple, when: str
+) -> None:
+    """A terminal's Ctrl+C (pressed twice) and a service manager's SIGTERM end the run
+    ``stopped`` within a batch, while it trains or still prepares its inputs (``run ``: just
+    started): no traceback, no temporary file, nothing left ``running``."""
+    import signal
+    import time
+
+    from core.runs.store import RunStore
+    from core.training.checkpoint import TEMP_PATTERNS
+
+    env = {**os.environ, "TF_CPP_MIN_LOG_LEVEL": "2"}
+    # Just started: a feature-extraction run's one-off pass (the augmented views) comes first.
+    mode = "scratch" if when == "epoch " else "feature_extraction"
+    proc = subprocess.Popen(
+        [sys.executable, "-m", "core", *TRAIN, "--image-size", "32", "--batch-size", "4",
+         "--mode", mode, "--epochs", "200", "--runs-dir", str(tmp_path)],
+        cwd=ROOT, env=env, stderr=subprocess.PIPE, text=True,
+    )  # fmt: skip
+    assert proc.stderr is not None
+    try:
+        lines = []
+        while not any(line.startswith(when) for line in lines):
+            line = proc.stderr.readline()
+            assert line, "".join(lines)
+            lines.append(line)
+        for name in signals:
+            proc.send_signal(getattr(signal, name))
+            time.sleep(0.05)
+        started = time.monotonic()
+        _, err = proc.communicate(timeout=120)
+        stopped_in = time.monotonic() - started
+    finally:
+        if proc.poll() is None:
+            proc.kill()
+    err = "".join(lines) + err
+    assert "Traceback" not in err and "KeyboardInterrupt" not in err, err
+    assert "stopping after the current batch" in err
+    assert proc.returncode == 130, err
+    assert stopped_in < 60, stopped_in
+    (run,) = RunStore(tmp_path).list_runs()
+    assert run["status"] == "stopped" and run["epochs_done"] < 200
+    assert run["epochs_done"] >= (1 if when == "epoch " else 0)
+    folder = tmp_path / "runs" / run["run_id"]
+    assert not [p for pattern in TEMP_PATTERNS for p in folder.rglob(pattern)]

@@ -201,6 +201,25 @@ def test_rename_and_delete_with_confirmation_then_undo(studio) -> None:
 
 
 @pytest.mark.slow
+def test_missing_files_are_named_and_forgotten_with_one_click_then_undone(studio) -> None:
+    with datasets.create("zoo") as ds:
+        ds.add_images("lions", [("leo.png", _png(1)), ("l2.png", _png(4))], create_class=True)
+        ds.add_images("tigers", [("t.png", _png(2)), ("t2.png", _png(3))], create_class=True)
+        gone = next(i for i in ds.images() if i.original_name == "leo.png")
+    Path(gone.path).unlink()  # removed outside the studio
+    at = _builder()
+    (warning,) = _texts(at.warning)
+    assert "1 image is missing" in warning and "leo.png" in warning
+    assert at.metric[1].value == "3"  # counted from the files on disk
+    at.button(key="builder_forget_missing").click().run()
+    _ok(at)
+    assert "Forgot 1 missing image (Undo brings them back)." in _texts(at.success)
+    assert not at.warning and datasets.show("zoo")["missing"] == []
+    at.button(key="builder_undo").click().run()
+    assert len(datasets.show("zoo")["missing"]) == 1
+
+
+@pytest.mark.slow
 def test_use_this_dataset_makes_it_the_data_in_use(studio) -> None:
     with datasets.create("pets") as ds:
         for k, cls in enumerate(("cats", "dogs")):

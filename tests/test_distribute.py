@@ -377,6 +377,110 @@ def test_a_mirrored_fine_tuning_run_stops_resumes_and_predicts(tmp_path: Path) -
     assert found["sums"] == pytest.approx([1.0, 1.0, 1.0], abs=1e-5)
 
 
+# Training rows, global batch, validation rows: splits that are not multiples of the two
+# replicas or of the batch (a last partial batch, a dataset smaller than one batch, a batch of
+# one row that leaves a replica nothing).
+UNEVEN = [(57, 32, 15), (3, 2, 1), (1, 2, 1)]
+
+
+@pytest.mark.slow
+def test_uneven_splits_train_as_on_one_device() -> None:
+    """The head loop (``fit_head``) and Keras ``fit`` (``_fit_keras``: images, activations) over
+    two replicas, with class weights, on splits that do not divide evenly: the weights after
+    two epochs equal one device's (same global batch, same rows in the same order), and so do
+    the logged accuracies (padding rows are not counted)."""
+    proc = script(
+        f"""
+        import json
+        from core.devices import configure_on_import
+        configure_on_import()
+        import keras, numpy as np, tensorflow as tf
+        from core.data.pipeline import array_dataset
+        from core.training.callbacks import fit_until_stopped
+        from core.training.head_fit import fit_head
+        from core.training.model import compile_model
+        from core.training.sources import _fit_keras
+
+        mirrored = tf.distribute.MirroredStrategy(
+            ["/cpu:0", "/cpu:1"], cross_device_ops=tf.distribute.ReductionToOneDevice()
+        )
+        cw = np.array([1.0, 3.0], "float32")
+
+        def head(strategy):
+            with strategy.scope():
+                keras.utils.set_random_seed(0)
+                inputs = keras.Input((6,))
+                out = keras.layers.Dense(2, activation="softmax")(keras.layers.Dense(4)(inputs))
+                model = keras.Model(inputs, out)
+                compile_model(model, 0.05)
+            return model
+
+        found = []
+        for n, batch, n_val in {UNEVEN!r}:
+            rng = np.random.default_rng(n)
+            x = rng.normal(size=(n, 6)).astype("float32")
+            y = (np.arange(n) % 2).astype("int32")
+            xv = rng.normal(size=(n_val, 6)).astype("float32")
+            yv = (np.arange(n_val) % 2).astype("int32")
+            row = {{"case": [n, batch, n_val]}}
+            start = np.concatenate([w.ravel() for w in head(mirrored).get_weights()])
+            for path in ("head", "keras"):
+                weights, logs = [], []
+                for strategy in (tf.distribute.get_strategy(), mirrored):
+                    model = head(strategy)
+                    if path == "head":
+                        hist = fit_head(model, (x, y), (xv, yv), batch_size=batch, epochs=2,
+                                        class_weight=cw)
+                    else:
+                        history = keras.callbacks.History()
+                        callbacks = keras.callbacks.CallbackList([history], model=model)
+                        train = array_dataset(x, y, batch, training=False)
+                        val = array_dataset(xv, yv, batch, training=False)
+                        _fit_keras(model, train, val, callbacks, 2, 0, cw, batch)
+                        hist = history.history
+                    weights.append(np.concatenate([w.ravel() for w in model.get_weights()]))
+                    logs.append([hist["accuracy"], hist["val_accuracy"]])
+                row[path] = {{"diff": float(np.abs(weights[0] - weights[1]).max()),
+                             "moved": float(np.abs(weights[0] - start).max()), "acc": logs}}
+            found.append(row)
+        print(json.dumps(found))
+        """,
+        logical_cpus="2",
+    )
+    assert proc.returncode == 0, proc.stderr[-3000:]
+    rows = json.loads(proc.stdout.strip().splitlines()[-1])
+    assert [row["case"] for row in rows] == [list(case) for case in UNEVEN]
+    for row in rows:
+        for path in ("head", "keras"):
+            assert row[path]["moved"] > 1e-2, row  # the runs trained
+            assert row[path]["diff"] < 1e-5, row
+            single, mirrored = row[path]["acc"]
+            assert sum(mirrored, []) == pytest.approx(sum(single, []), abs=1e-6), row
+
+
+@pytest.mark.slow
+def test_a_mirrored_run_on_three_training_images_completes(tmp_path: Path) -> None:
+    """The smallest uneven run: 3 training images at a global batch of 2 (batch 1 on each of
+    two replicas), fine-tuning (head on features, then Keras fit on activations)."""
+    from tests.helpers import write_pngs
+
+    write_pngs(tmp_path / "data" / "a", 3, side=32)
+    write_pngs(tmp_path / "data" / "b", 2, side=32)
+    result = last_json(
+        cli(
+            "train", "--data", str(tmp_path / "data"), "--backbone", "mobilenet_v2",
+            "--weights", "none", "--image-size", "32", "--no-augment", "--mode", "fine_tuning",
+            "--epochs", "1", "--fine-tune-epochs", "1", "--batch-size", "1",
+            "--distribute", "mirrored", "--runs-dir", str(tmp_path / "runs"), "--json",
+            logical_cpus="2",
+        )
+    )  # fmt: skip
+    assert result["status"] == "completed", result["error"]
+    assert (result["train_images"], result["replicas"]) == (3, 2)
+    assert result["history"]["phase"] == ["head", "fine_tune"]
+    assert all(0.0 <= a <= 1.0 for a in result["history"]["accuracy"])
+
+
 def _pins(name: str) -> dict[str, str]:
     """``{package: requirement line}`` of a requirements file (comments dropped)."""
     lines = (ROOT / name).read_text().splitlines()

@@ -23,7 +23,7 @@ from app.views import run_page as run_views
 from app.views.text import md_escape, md_unescape
 from core.config import RunConfig
 from core.runs.store import COMPLETED, FAILED, RUNNING, STOPPED, clean_run_name
-from tests.helpers import write_pngs
+from tests.helpers import GFM_AUTOLINK, GFM_EMAIL, write_pngs
 
 ROOT = Path(__file__).resolve().parents[1]
 APP = str(ROOT / "streamlit_app.py")
@@ -237,10 +237,16 @@ def test_md_escape_shows_markdown_as_its_characters():
         escaped = md_escape(text)
         assert md_unescape(escaped) == text
         assert not [name for name, rx in RENDERED.items() if rx.search(escaped)], escaped
-    assert md_escape(IMAGE) == "\\!\\[t\\]\\(http\\://evil.example/track.png\\)"
+    # GFM finds autolink literals in the text once escapes are resolved: a word joiner (U+2060)
+    # inside ``http://``, ``www.`` and ``@`` keeps them text.
+    assert md_escape(IMAGE) == "\\!\\[t\\]\\(http\\:\u2060//evil.example/track.png\\)"
     assert md_escape(MATH) == "\\$\\\\frac\\{1\\}\\{2\\}\\$"
     assert md_escape(":red[x]") == "\\:red\\[x\\]"  # no Streamlit directive either
-    assert md_escape("www.evil.example") == "www\\.evil.example"  # no bare autolink
+    assert md_escape("www.evil.example") == "www\u2060.evil.example"  # no bare autolink
+    assert md_escape("me@evil.example") == "me\\@\u2060evil.example"
+    for text in (IMAGE, "see www.evil.example or me@evil.example", "https://evil.example"):
+        shown = md_escape(text).replace("\\", "")  # the text a renderer's autolinker reads
+        assert not GFM_AUTOLINK.search(shown) and not GFM_EMAIL.search(shown), shown
     # identifiers stay readable; block syntax only matters at a line start
     assert md_escape("mobilenet_v2's top-1 is 0.9") == "mobilenet_v2's top-1 is 0.9"
     assert md_escape("# a\n- b") == "\\# a  \n\\- b"

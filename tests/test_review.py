@@ -361,10 +361,20 @@ def test_errors_unknown_run_unfinished_run_bad_top(
     assert err.startswith("error: No run 'nope'") and err.count("\n") == 1
     stopped = fake_run(store, f"dataset:{managed[0]}", status="stopped")
     assert cli.main(["review", "--run", stopped, *runs]) == 1
-    assert "is stopped, not completed" in capsys.readouterr().err
+    err = capsys.readouterr().err
+    assert "is stopped, not completed" in err and err.count("\n") == 1
+    assert f"python -m core resume {stopped}" in err
     queued = store.create_run(RunConfig(data=f"dataset:{managed[0]}"))
-    with pytest.raises(StudioError, match="is queued, not completed"):
+    with pytest.raises(StudioError, match="is queued, not completed") as info:
         rv.review_run(store, queued)
+    assert "python -m core" not in str(info.value)  # core speaks the dashboard's words
+    assert cli.main(["review", "--run", queued, *runs]) == 1
+    err = capsys.readouterr().err
+    assert f"python -m core show {queued}" in err and "core wait" not in err
+    failed = fake_run(store, f"dataset:{managed[0]}", status="failed")
+    assert cli.main(["review", "--run", failed, *runs]) == 1
+    err = capsys.readouterr().err
+    assert f"its error: python -m core show {failed}" in err and "core wait" not in err
     done = fake_run(store, f"dataset:{managed[0]}")
     assert cli.main(["review", "--run", done, "--top", "0", *runs]) == 1
     assert "--top must be at least 1, got 0" in capsys.readouterr().err
@@ -447,3 +457,19 @@ def test_the_acceptance_figure_quick(tmp_path: Path) -> None:
 
 if __name__ == "__main__":  # pragma: no cover
     sys.exit(pytest.main([__file__, "-q"]))
+
+
+def test_review_prints_invisible_characters_in_names_and_paths_escaped(
+    store: RunStore, tmp_path: Path, capsys: pytest.CaptureFixture[str]
+) -> None:
+    source = str(tmp_path / "sh\u202eots")
+    make_pictures(Path(source))
+    run_id = fake_run(store, source)
+    assert cli.main(["review", "--run", run_id, "--top", "3", "--runs-dir", str(store.root)]) == 0
+    out = capsys.readouterr().out
+    assert "\u202e" not in out and "sh\\u202eots" in out
+    assert (
+        cli.main(["review", "--run", run_id, "--edit-target", "--runs-dir", str(store.root)]) == 0
+    )
+    out = capsys.readouterr().out
+    assert "\u202e" not in out and out.startswith("shots\t")  # the copy's name drops it

@@ -293,7 +293,7 @@ def _checkpointed(path) -> None:
         db.execute("PRAGMA wal_checkpoint(TRUNCATE)")
 
 
-@pytest.mark.parametrize("damage", ["garbage", "truncated"])
+@pytest.mark.parametrize("damage", ["garbage", "truncated", "emptied"])
 def test_a_damaged_file_is_set_aside_and_restored_with_a_notice(tmp_path, damage, capsys) -> None:
     store = RunStore(tmp_path)
     runs = {_finished(store, batches=2000) for _ in range(3)}
@@ -301,6 +301,8 @@ def test_a_damaged_file_is_set_aside_and_restored_with_a_notice(tmp_path, damage
     if damage == "garbage":
         with open(store.db_path, "r+b") as fh:
             fh.write(b"\x13garbage" * 512)
+    elif damage == "emptied":
+        os.truncate(store.db_path, 0)  # SQLite itself would take it for a new, empty index
     else:
         os.truncate(store.db_path, store.db_path.stat().st_size // 2)
     reopened = RunStore(tmp_path)
@@ -310,6 +312,14 @@ def test_a_damaged_file_is_set_aside_and_restored_with_a_notice(tmp_path, damage
     assert "refreshed after every finished run" in notice
     assert list(tmp_path.glob("runs.sqlite.damaged-*"))
     assert "warning: the run store" in capsys.readouterr().err
+
+
+def test_a_new_store_whose_file_is_still_empty_is_no_damage(tmp_path) -> None:
+    """Another process has just created the file and not yet its tables: nothing was lost."""
+    (tmp_path / "runs.sqlite").touch()
+    store = RunStore(tmp_path)
+    assert store.notices == [] and store.list_runs() == []
+    assert not list(tmp_path.glob("runs.sqlite.damaged-*"))
 
 
 def test_a_row_with_broken_json_is_rebuilt_from_its_folder(tmp_path) -> None:

@@ -23,6 +23,7 @@ from app.views.text import md_escape, plotly_text
 from core.config import RunConfig
 from core.errors import StudioError
 from core.runs.evaluate import misclassified
+from core.runs.safe_text import csv_cell
 from core.runs.store import COMPLETED, FAILED, INTERRUPTED, STOPPED, RunResult, RunSummary
 
 GALLERY_LIMIT = 24
@@ -289,12 +290,14 @@ def top_confused_pairs(
 
 
 def matrix_csv(class_names: Sequence[str], matrix: Any) -> bytes:
-    """The confusion matrix as UTF-8 CSV: a header of predicted classes, a row per true class."""
+    """The confusion matrix as UTF-8 CSV: a header of predicted classes, a row per true class.
+    Class names that start like a formula are kept as text for spreadsheets (``csv_cell``)."""
     out = io.StringIO()
     writer = csv.writer(out)
-    writer.writerow(["true \\ predicted", *map(str, class_names)])
-    for name, row in zip(class_names, np.asarray(matrix, dtype=np.int64).tolist(), strict=True):
-        writer.writerow([str(name), *row])
+    names = [csv_cell(str(name)) for name in class_names]
+    writer.writerow(["true \\ predicted", *names])
+    for name, row in zip(names, np.asarray(matrix, dtype=np.int64).tolist(), strict=True):
+        writer.writerow([name, *row])
     return out.getvalue().encode("utf-8")
 
 

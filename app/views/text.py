@@ -25,8 +25,11 @@ _ANYWHERE = re.compile(r"[\\`*\[\]()!|{}<>$~:&@]")
 # Emphasis with "_" needs a run that is not between two letters or digits (``mobilenet_v2`` is
 # plain text), so only the other runs are escaped: identifiers stay readable in the source.
 _UNDERSCORES = re.compile(r"_+")
-# A bare ``www.host`` becomes a link (GFM autolink literal); ``http://`` is broken by the ":".
-_WWW = re.compile(r"\b(www)\.", re.IGNORECASE)
+# GFM's autolink literals (``http://…``, ``www.…``, ``name@host``) are found in the text after
+# escapes are resolved, so escaping cannot stop them: an invisible word joiner (U+2060) inside
+# the pattern does.
+_AUTOLINKS = re.compile(r"(https?:)(//)|(www)(\.)|(@)", re.IGNORECASE)
+_JOINER = "\u2060"
 # Only at the start of a line: headings, lists, block quotes, setext and thematic breaks.
 _LINE_START = re.compile(r"^(\s*)([#+=-])")
 _ORDERED = re.compile(r"^(\s*\d+)\.")  # "1." starts an ordered list ("1)" has its ")" escaped)
@@ -39,10 +42,18 @@ def _underscores(match: re.Match[str]) -> str:
     return match.group() if inert else "\\_" * len(match.group())
 
 
+def _break_autolink(match: re.Match[str]) -> str:
+    if match.group(5):
+        return "@" + _JOINER
+    if match.group(1):
+        return match.group(1) + _JOINER + match.group(2)
+    return match.group(3) + _JOINER + match.group(4)
+
+
 def _escape_line(line: str) -> str:
+    line = _AUTOLINKS.sub(_break_autolink, line)
     line = _ANYWHERE.sub(lambda m: "\\" + m.group(), line)
     line = _UNDERSCORES.sub(_underscores, line)
-    line = _WWW.sub(r"\1\\.", line)
     line = _ORDERED.sub(r"\1\\.", line)
     return _LINE_START.sub(r"\1\\\2", line)
 
@@ -59,7 +70,8 @@ def md_escape(text: object, *, inline: bool = False) -> str:
 
 def md_unescape(markdown: str) -> str:
     """The text ``md_escape`` was given (its line breaks as ``\\n``): for tests and logs."""
-    return re.sub(r"\\([!-/:-@\[-`{-~])", r"\1", markdown.replace("  \n", "\n"))
+    text = markdown.replace("  \n", "\n").replace(_JOINER, "")
+    return re.sub(r"\\([!-/:-@\[-`{-~])", r"\1", text)
 
 
 def plotly_text(text: object) -> str:

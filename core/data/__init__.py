@@ -6,6 +6,9 @@ class folders and their files, ``index`` checks and splits them into a ``Dataset
 ``health`` reports problems and ``builtin`` makes the offline datasets.
 """
 
+# Imported with the package: it registers the repair that ``resolve_source`` runs on a managed
+# dataset before its folder is read (so any process that reads data has it).
+import core.data.datasets  # noqa: F401
 from core.data.archives import MAX_ZIP_MEMBERS, ZIP_MARKER_NAME, extract_zip
 from core.data.index import DatasetIndex, load_dataset
 from core.data.layout import unsafe_name_characters

@@ -167,6 +167,17 @@ def _remove_quietly(path: str) -> None:
         pass
 
 
+def extraction_folder(zip_path: str | os.PathLike[str]) -> tuple[Path, bool]:
+    """Where ``extract_zip`` puts ``zip_path``'s files, and whether a finished copy is there."""
+    path = os.path.abspath(os.path.expanduser(os.fspath(zip_path)))
+    try:
+        digest = sha256_file(path)[:16]
+    except OSError as exc:
+        raise DataError(f"Cannot read zip {path!r}: {exc.strerror or exc}.") from exc
+    target = data_cache_dir() / "zips" / digest
+    return target, _read_zip_marker(target) is not None
+
+
 def extract_zip(zip_path: str | os.PathLike[str]) -> Path:
     """Extract ``zip_path`` safely into ``data_cache_dir()/zips/<sha256[:16]>`` (reused if done).
 
@@ -176,12 +187,8 @@ def extract_zip(zip_path: str | os.PathLike[str]) -> Path:
     marker are skipped, not extracted.
     """
     path = os.path.abspath(os.path.expanduser(os.fspath(zip_path)))
-    try:
-        digest = sha256_file(path)[:16]
-    except OSError as exc:
-        raise DataError(f"Cannot read zip {path!r}: {exc.strerror or exc}.") from exc
-    target = data_cache_dir() / "zips" / digest
-    if _read_zip_marker(target) is not None:
+    target, finished = extraction_folder(path)
+    if finished:
         return target
     try:
         zf = zipfile.ZipFile(path)

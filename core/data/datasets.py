@@ -23,6 +23,8 @@ import json
 import os
 import shutil
 import sqlite3
+import stat
+import sys
 import time
 import uuid
 from collections.abc import Iterable, Iterator, Sequence
@@ -30,9 +32,18 @@ from dataclasses import asdict, dataclass, field
 from pathlib import Path
 from typing import Any
 
-from core.data.images import IMAGE_EXTENSIONS, MAX_FILE_BYTES, check_image
+from core.data.images import (
+    IMAGE_EXTENSIONS,
+    MAX_FILE_BYTES,
+    NotRegularFileError,
+    check_image,
+    open_regular_file,
+)
 from core.data.layout import unsafe_name_characters
+from core.data.names import bidi_controls, describe_character
 from core.data.sources import (
+    DATASET_REPAIRS,
+    MANAGED_BACKUP,
     MANAGED_DB,
     MANAGED_IMAGES_DIR,
     managed_dataset_folder,
@@ -41,12 +52,24 @@ from core.data.sources import (
     resolve_source,
 )
 from core.errors import DataError, StorageError, StudioError, storage_error
+from core.files import (
+    discard_folder,
+    set_aside_damaged,
+    sqlite_backup,
+    sqlite_damaged,
+)
 
 DB_NAME = MANAGED_DB
 IMAGES_DIR = MANAGED_IMAGES_DIR
 EXCLUDED_DIR = "excluded"
 REMOVED_DIR = "removed"
 STAGING_DIR = ".staging"  # hidden: never mistaken for data
+BACKUP_NAME = MANAGED_BACKUP  # SQLite's online backup of the index, refreshed after every edit
+EDIT_MARKER = ".editing-"  # + a unique suffix: an edit that moves files is under way
+REPAIR_LOCK = ".repair.lock"  # one session at a time sets a damaged index aside
+STAGING_GRACE_S = 24 * 3600  # where no file lock tells a live add from a dead one
+RENAME_PREFIX = ".rename-"  # a class folder on its way to a new name
+LOCK_GRACE_S = 60  # a lock file with no staging folder is left alone this long (being set up)
 ID_LENGTH = 12
 MAX_NAME = 64
 BUSY_TIMEOUT_MS = 30_000  # another session's edit holds the write lock for at most a few seconds
@@ -107,6 +130,13 @@ def _check_name(name: object, what: str) -> str:
         problem = "starts with a dot (such folders are hidden)"
     elif unsafe_name_characters(text):
         problem = "contains a line break or control character"
+    elif bidi_controls(text):
+        shown = ", ".join(dict.fromkeys(map(describe_character, bidi_controls(text))))
+        raise DataError(
+            f"The {what} name {text!r} contains the invisible text-direction character {shown}, "
+            "which makes a name read differently from what it is. Type the name again without "
+            "it (it often comes with text copied from a web page or document), e.g. 'cats'."
+        )
     elif len(text) > MAX_NAME:
         problem = f"is {len(text)} characters long (at most {MAX_NAME})"
     if problem is None:
@@ -144,12 +174,13 @@ def suggest_name(source: str) -> str:
     ``pets``, an uploaded zip → the name the user dropped (never ``upload-<hash>``)."""
     from core.data.names import display_name
 
-    shown = display_name(source)
+    shown = display_name(source, escape=False)
     stem, ext = os.path.splitext(shown)
     if ext.lower() == ".zip":
         shown = stem
     shown = shown.replace("/", "-").replace("\\", "-").strip().lstrip(".").strip()
-    shown = "".join(ch for ch in shown if not unsafe_name_characters(ch))[:MAX_NAME].strip()
+    bad = {*unsafe_name_characters(shown), *bidi_controls(shown)}
+    shown = "".join(ch for ch in shown if ch not in bad)[:MAX_NAME].strip()
     return shown or "dataset"
 
 
@@ -159,8 +190,11 @@ def dataset_names() -> list[str]:
 
 
 def dataset_path(name: str) -> Path:
-    """The folder of an existing dataset ``name``; DataError listing the datasets if unknown."""
-    return managed_dataset_folder(check_dataset_name(name))
+    """The folder of an existing dataset ``name``; DataError listing the datasets if unknown.
+
+    Only a new name must follow every rule: one stored before a rule existed still opens.
+    """
+    return managed_dataset_folder(name)
 
 
 def images_folder(name: str) -> Path:
@@ -214,8 +248,18 @@ class Dataset:
     def __init__(self, name: str) -> None:
         self.folder = dataset_path(name)
         self.name = self.folder.name
-        self._db = _connect(self.folder / DB_NAME)
         self._moved: list[tuple[Path, Path]] = []  # (to, from) of this edit's file moves
+        self._marker: Path | None = None  # this session's edit-under-way marker
+        # What was wrong with the dataset and what was done about it, for the pages to show
+        # (the CLI prints the same lines on stderr as they happen).
+        self.notices: list[str] = []
+        self._repair: tuple[str, Path | None, bool] = ("", None, False)  # see _open_index
+        self._db, repaired = self._open_index()
+        try:
+            self._recover(repaired)
+        except BaseException:
+            self._db.close()
+            raise
 
     def close(self) -> None:
         """Close the connection."""
@@ -226,6 +270,268 @@ class Dataset:
 
     def __exit__(self, *exc: object) -> None:
         self.close()
+
+    # ------------------------------------------------------------------ opening
+
+    def _open_index(self) -> tuple[sqlite3.Connection, str | None]:
+        """The index's connection, and why it had to be restored or rebuilt (None if sound).
+
+        A damaged, emptied or lost index is kept aside as ``dataset.sqlite.damaged-<time>``
+        and replaced by its backup if that is sound, else by a new one that ``_recover``
+        fills from the images folder.
+        """
+        path = self.folder / DB_NAME
+        try:
+            lock = _hold_lock(self.folder / REPAIR_LOCK)
+        except OSError:  # a read-only folder: nothing could be repaired in it anyway
+            lock = None
+        try:
+            problem = _index_problem(path)
+            if problem is None:
+                try:
+                    return _connect_checked(path), None
+                except sqlite3.DatabaseError as exc:
+                    if not sqlite_damaged(exc):
+                        raise _db_error(exc, self.folder, "open") from exc
+                    problem = f"damaged: {exc}"
+            try:
+                kept, restored = set_aside_damaged(path, self.folder / BACKUP_NAME, "images")
+            except OSError as exc:
+                raise _db_error(exc, self.folder, "open") from exc
+            self._repair = (problem, kept, restored)
+            return _connect(path), problem
+        finally:
+            _release_lock(lock)
+
+    def _recover(self, repaired: str | None) -> None:
+        """Put right what a kill or a lost index left: files the index does not expect where
+        they are (an edit cut short: its moves are undone, an interrupted add's files are
+        added), and copies of an interrupted add left in ``.staging``. Says what it did."""
+        if repaired is not None or self._stale_markers():
+            with self._edit() as db:  # holding the write lock: no edit can start meanwhile
+                stale = self._stale_markers()
+                if repaired is not None or stale:
+                    report = self._reconcile(db, rebuilt=repaired is not None)
+                else:
+                    report = None
+                for marker in stale:
+                    marker.unlink(missing_ok=True)
+            if repaired is not None:
+                self._say_repaired(report or {})
+            elif report and any(report.values()):
+                self._notice(
+                    f"dataset {self.name!r}: an edit was cut short (the studio was stopped "
+                    f"mid-edit); {_recovery_summary(report)}."
+                )
+        swept = self._sweep_staging()
+        if swept:
+            self._notice(
+                f"dataset {self.name!r}: removed the {swept} staged cop"
+                f"{'y' if swept == 1 else 'ies'} of images that an add cut short left in "
+                f"{STAGING_DIR} (they were never part of the dataset)."
+            )
+
+    def _stale_markers(self) -> list[Path]:
+        """Markers of edits whose session died mid-edit (a live one holds a lock on its own)."""
+        stale = []
+        for marker in self.folder.glob(f"{EDIT_MARKER}*"):
+            if marker == self._marker:
+                continue
+            lock = _try_lock(marker, create=False)
+            if lock is not None:
+                stale.append(marker)
+                _release_lock(lock)
+        return stale
+
+    def _say_repaired(self, report: dict[str, int]) -> None:
+        problem, kept, restored = self._repair
+        kept_note = f"kept it as {kept.name} and " if kept is not None else ""
+        if restored:
+            what = (
+                f"{kept_note}restored its last backup ({BACKUP_NAME}, refreshed after every edit)"
+            )
+            extra = _recovery_summary(report)
+            self._notice(
+                f"the index of dataset {self.name!r} was {problem}; {what}"
+                + (f"; {extra}" if any(report.values()) else "")
+                + ". Nothing needs doing."
+            )
+            return
+        if kept is None and not report.get("added"):
+            return  # a dataset being created: nothing was lost
+        set_aside = report.get("unindexed_excluded", 0)
+        self._notice(
+            f"the index of dataset {self.name!r} was {problem} and there was no sound backup: "
+            f"{kept_note}rebuilt it from the images folder "
+            f"({_count(report.get('added', 0), 'image')} in "
+            f"{_count(report.get('classes', 0), 'class')}). Its edit history is lost"
+            + (
+                f", and {_count(set_aside, 'image')} set aside in {EXCLUDED_DIR}/ "
+                f"{'is' if set_aside == 1 else 'are'} not in it (the class was only in the index)"
+                if set_aside
+                else ""
+            )
+            + "."
+        )
+
+    def _reconcile(self, db: sqlite3.Connection, rebuilt: bool) -> dict[str, int]:
+        """Make the folders agree with the index (inside an edit, holding the write lock).
+
+        Each indexed image's file is moved back to where the index says (from another class
+        folder, ``excluded/``, ``removed/`` or a class rename cut short); a usable image in a
+        class folder that the index does not know (an add cut short, or a rebuilt index) is
+        added to it as one edit per class, which ``undo`` takes back; anything else found
+        there is set aside in ``removed/`` (never deleted).
+        """
+        report = {"put_back": 0, "added": 0, "set_aside": 0, "classes": 0}
+        images_root = self.folder / IMAGES_DIR
+        images_root.mkdir(exist_ok=True)
+        found: dict[str, list[Path]] = {}
+        class_dirs = sorted(
+            d
+            for d in images_root.iterdir()
+            if d.is_dir()
+            and not d.is_symlink()
+            and (not d.name.startswith(".") or d.name.startswith(RENAME_PREFIX))
+        )
+        places = [*class_dirs, self.folder / EXCLUDED_DIR, self.folder / REMOVED_DIR]
+        for place in places:
+            for file in _regular_files(place):
+                found.setdefault(file.name, []).append(file)
+        rows = db.execute(
+            "SELECT i.id, i.ext, i.excluded, c.name FROM images i "
+            "JOIN classes c ON c.id = i.class_id"
+        ).fetchall()
+        claimed: set[Path] = set()
+        for image_id, ext, excluded, label in rows:
+            expected = self._path(image_id, ext, label, bool(excluded))
+            if expected.is_file():
+                claimed.add(expected)
+                continue
+            elsewhere = [p for p in found.get(expected.name, []) if p not in claimed]
+            if elsewhere:
+                self._move(elsewhere[0], expected)
+                claimed.update((expected, elsewhere[0]))
+                report["put_back"] += 1
+        added: dict[str, list[str]] = {}
+        for folder in class_dirs:
+            for file in _regular_files(folder):
+                if file in claimed:
+                    continue
+                label = self._adopt(db, folder.name, file, report, added)
+                if label is None:
+                    self._set_aside(file)
+                    report["set_aside"] += 1
+        for label, ids in added.items():
+            n = len(ids)
+            what = (
+                f"{'rebuilt the index with' if rebuilt else 'finished an interrupted add of'} "
+                f"{n} image{'s' if n != 1 else ''} in class {label!r}"
+            )
+            self._record(db, "add_images", what, {"ids": ids})
+        if rebuilt:
+            known = {f"{r[0]}{r[1]}" for r in db.execute("SELECT id, ext FROM images")}
+            report["unindexed_excluded"] = sum(
+                1 for f in _regular_files(self.folder / EXCLUDED_DIR) if f.name not in known
+            )
+        return report
+
+    def _adopt(
+        self,
+        db: sqlite3.Connection,
+        folder_name: str,
+        file: Path,
+        report: dict[str, int],
+        added: dict[str, list[str]],
+    ) -> str | None:
+        """Index ``file`` (found in class folder ``folder_name``); its class, or None if it
+        cannot be (not an image, a duplicate, a folder that is no class)."""
+        try:
+            label = check_class_name(folder_name)
+        except DataError:
+            return None
+        if label != folder_name:
+            return None
+        try:
+            with open_regular_file(file) as fh:
+                data = fh.read(MAX_FILE_BYTES + 1)
+        except OSError:
+            return None
+        stream = io.BytesIO(data)
+        ext = file.suffix.lower()
+        if check_image(stream) is not None:
+            return None
+        if ext not in IMAGE_EXTENSIONS:
+            ext = _sniff_ext(data) or ""
+            if not ext:
+                return None
+        sha = hashlib.sha256(data).hexdigest()
+        if db.execute("SELECT 1 FROM images WHERE sha256 = ?", (sha,)).fetchone():
+            return None  # the same picture is in the dataset already
+        row = db.execute(
+            "SELECT id, name FROM classes WHERE name_key = ? AND deleted = 0", (label.casefold(),)
+        ).fetchone()
+        if row is None:
+            cur = db.execute(
+                "INSERT INTO classes (name, name_key) VALUES (?, ?)", (label, label.casefold())
+            )
+            self._record(db, "add_class", f"added class {label!r}", {"class_id": cur.lastrowid})
+            row = (cur.lastrowid, label)
+            report["classes"] += 1
+        elif row[1] != label:
+            return None  # differs only in case from a class: not the folder the loader reads
+        image_id = self._new_id(db, sha)
+        db.execute(
+            "INSERT INTO images (id, sha256, class_id, ext, original_name, added_at)"
+            " VALUES (?, ?, ?, ?, ?, ?)",
+            (image_id, sha, row[0], ext, file.name, time.time()),
+        )
+        self._move(file, self._path(image_id, ext, label, False))
+        added.setdefault(label, []).append(image_id)
+        report["added"] += 1
+        return label
+
+    def _set_aside(self, file: Path) -> None:
+        """Move a file the index cannot take into ``removed/`` (kept, under a free name)."""
+        target = self.folder / REMOVED_DIR / file.name
+        if target.exists():
+            target = target.with_name(f"{uuid.uuid4().hex[:8]}-{file.name}")
+        self._move(file, target)
+
+    def _sweep_staging(self) -> int:
+        """Remove copies that an add killed mid-way left in ``.staging``; returns how many
+        files they held.
+
+        A live add holds a lock on ``<folder>.lock`` (taken before the folder is made), so
+        only a folder whose lock is free is stale; without file locks, only old ones are.
+        """
+        root = self.folder / STAGING_DIR
+        swept = 0
+        try:
+            entries = sorted(root.iterdir())
+        except OSError:
+            return 0
+        for entry in entries:
+            if not entry.is_dir():
+                if entry.suffix == ".lock" and not entry.with_suffix("").exists():
+                    with contextlib.suppress(OSError):  # an add that died while tidying up
+                        if time.time() - entry.stat().st_mtime > LOCK_GRACE_S:
+                            _release_lock(_try_lock(entry, create=False), remove=True)
+                continue
+            lock_file = entry.with_name(entry.name + ".lock")
+            if fcntl is None:
+                with contextlib.suppress(OSError):
+                    if time.time() - entry.stat().st_mtime < STAGING_GRACE_S:
+                        continue
+            lock = _try_lock(lock_file) if lock_file.exists() else None
+            if lock_file.exists() and lock is None:
+                continue  # an add under way
+            swept += len(_regular_files(entry))
+            shutil.rmtree(entry, ignore_errors=True)
+            _release_lock(lock, remove=True)
+        with contextlib.suppress(OSError):
+            root.rmdir()  # only when empty
+        return swept
 
     # ------------------------------------------------------------------ reading
 
@@ -319,12 +625,24 @@ class Dataset:
             for s, at, a, m, u in rows
         ]
 
+    def missing(self) -> list[ImageInfo]:
+        """Images whose file is gone from the dataset's folder (removed outside the studio)."""
+        return [i for i in self.images() if not os.path.isfile(i.path)]
+
     def show(self) -> dict[str, Any]:
-        """Classes with counts, the excluded count and the edit history (JSON-able)."""
+        """Classes with counts, the excluded count and the edit history (JSON-able).
+
+        Counts are of the files on disk (what training reads); ``missing`` lists the images
+        whose file was removed outside the studio (``forget_missing`` drops them)."""
         counts: dict[str, int] = {c: 0 for c in self.classes()}
         excluded = 0
+        missing = []
         for info in self.images():
-            if info.excluded:
+            if not os.path.isfile(info.path):
+                missing.append(
+                    {k: getattr(info, k) for k in ("id", "label", "original_name", "path")}
+                )
+            elif info.excluded:
                 excluded += 1
             elif info.label in counts:
                 counts[info.label] += 1
@@ -335,6 +653,7 @@ class Dataset:
             "classes": [{"name": c, "images": n} for c, n in counts.items()],
             "images": sum(counts.values()),
             "excluded": excluded,
+            "missing": missing,
             "edits": self.edits(),
         }
 
@@ -408,8 +727,9 @@ class Dataset:
             self._class(db, label)
         result = AddResult()
         staging = self.folder / STAGING_DIR / uuid.uuid4().hex
-        staging.mkdir(parents=True)
-        try:
+        lock = _hold_lock(staging.with_name(staging.name + ".lock"))  # before the folder: see
+        try:  # _sweep_staging
+            staging.mkdir(parents=True)
             # Checking and copying happen outside the write lock: another session is not
             # blocked while a large folder is read.
             staged = self._stage(items, staging, result)
@@ -453,6 +773,7 @@ class Dataset:
                     self._record(db, "add_images", what, {"ids": result.added})
         finally:
             shutil.rmtree(staging, ignore_errors=True)
+            _release_lock(lock, remove=True)
         return result
 
     def relabel(self, ids: Sequence[str], to_class: str) -> list[str]:
@@ -514,6 +835,22 @@ class Dataset:
                 self._record(db, "keep", what, {"ids": changed})
         return changed
 
+    def forget_missing(self) -> list[str]:
+        """Drop the images whose file was removed outside the studio (one edit: ``undo`` brings
+        the entries back, still missing until their files are put back). Returns their ids."""
+        with self._edit() as db:
+            rows = db.execute(
+                "SELECT i.id, i.sha256, i.class_id, i.ext, i.original_name, i.excluded, "
+                "i.reviewed, i.added_at, c.name FROM images i JOIN classes c ON c.id = i.class_id"
+            ).fetchall()
+            gone = [r[:8] for r in rows if not self._path(r[0], r[3], r[8], bool(r[5])).is_file()]
+            db.executemany("DELETE FROM images WHERE id = ?", [(r[0],) for r in gone])
+            if gone:
+                n = len(gone)
+                what = f"forgot {n} missing image{'s' if n != 1 else ''}"
+                self._record(db, "forget_missing", what, {"rows": [list(r) for r in gone]})
+        return [r[0] for r in gone]
+
     def undo(self) -> dict[str, Any] | None:
         """Revert the last edit not yet undone; returns it, or None if there is nothing to undo."""
         with self._edit() as db:
@@ -539,24 +876,35 @@ class Dataset:
                 ).fetchone()
                 self._refuse_taken(db, old)
                 db.execute("UPDATE classes SET deleted = 0 WHERE id = ?", (data["class_id"],))
-                self._set_excluded(db, data["excluded"], False)
+                self._set_excluded(db, _present(db, data["excluded"]), False, missing_ok=True)
             elif action == "add_images":
-                for image_id, _cls, ext, excluded in self._lookup(db, data["ids"]):
+                # Images forgotten since (their files were gone) have nothing left to take out.
+                known = [
+                    i
+                    for i in data["ids"]
+                    if db.execute("SELECT 1 FROM images WHERE id = ?", (i,)).fetchone()
+                ]
+                for image_id, _cls, ext, excluded in self._lookup(db, known) if known else []:
                     label = self._class_name(db, _cls)
                     self._move(
                         self._path(image_id, ext, label, bool(excluded)),
                         self.folder / REMOVED_DIR / f"{image_id}{ext}",
+                        missing_ok=True,
                     )
                     db.execute("DELETE FROM images WHERE id = ?", (image_id,))
             elif action == "relabel":
                 for image_id, old_class in data["before"].items():
-                    (ext, excluded, now) = db.execute(
+                    row = db.execute(
                         "SELECT ext, excluded, class_id FROM images WHERE id = ?", (image_id,)
                     ).fetchone()
+                    if row is None:  # forgotten since: its file was gone
+                        continue
+                    (ext, excluded, now) = row
                     if not excluded:
                         self._move(
                             self._path(image_id, ext, self._class_name(db, now), False),
                             self._path(image_id, ext, self._class_name(db, old_class), False),
+                            missing_ok=True,
                         )
                     db.execute("UPDATE images SET class_id = ? WHERE id = ?", (old_class, image_id))
                 db.executemany(
@@ -564,7 +912,14 @@ class Dataset:
                     [(i,) for i in data.get("unreviewed", [])],
                 )
             elif action in ("exclude", "restore"):
-                self._set_excluded(db, data["ids"], action == "restore")
+                ids = _present(db, data["ids"])
+                self._set_excluded(db, ids, action == "restore", missing_ok=True)
+            elif action == "forget_missing":
+                db.executemany(
+                    "INSERT OR IGNORE INTO images (id, sha256, class_id, ext, original_name, "
+                    "excluded, reviewed, added_at) VALUES (?, ?, ?, ?, ?, ?, ?, ?)",
+                    [tuple(r) for r in data["rows"]],
+                )
             elif action == "keep":
                 db.executemany(
                     "UPDATE images SET reviewed = 0 WHERE id = ?", [(i,) for i in data["ids"]]
@@ -582,9 +937,18 @@ class Dataset:
             self._db.execute("BEGIN IMMEDIATE")
         except sqlite3.OperationalError as exc:
             raise _db_error(exc, self.folder, "busy") from exc
+        committed = False
+        marker_lock = None
+        changes = self._db.total_changes
         try:
+            # Files move before the index commits: a kill in between leaves files where the
+            # index does not expect them. This marker (removed once the edit is over) makes
+            # the next session to open the dataset put them right (``_recover``).
+            self._marker = self.folder / f"{EDIT_MARKER}{uuid.uuid4().hex}"
+            marker_lock = _hold_lock(self._marker)  # held while the edit lives
             yield self._db
             self._db.execute("COMMIT")
+            committed = True
         except BaseException as exc:
             self._db.execute("ROLLBACK")
             for moved_to, moved_from in reversed(self._moved):
@@ -599,6 +963,22 @@ class Dataset:
         finally:
             self._moved = []
             self._tidy()
+            if self._marker is not None:
+                _release_lock(marker_lock, remove=True)
+                self._marker = None
+        if committed and self._db.total_changes != changes:  # a look-only edit changes nothing
+            self._backup()
+
+    def _backup(self) -> None:
+        """Refresh the index's rolling backup (a failure is said, never fatal: the edit is in)."""
+        try:
+            sqlite_backup(self._db, self.folder / BACKUP_NAME)
+        except (sqlite3.Error, OSError) as exc:
+            self._notice(f"could not back up dataset {self.name!r}'s index: {exc}")
+
+    def _notice(self, text: str) -> None:
+        self.notices.append(text)
+        print(f"warning: {text}", file=sys.stderr)
 
     def _tidy(self) -> None:
         """Remove class folders left empty, so the loader never meets an empty class."""
@@ -620,14 +1000,21 @@ class Dataset:
             return self.folder / EXCLUDED_DIR / f"{image_id}{ext}"
         return self.folder / IMAGES_DIR / label / f"{image_id}{ext}"
 
-    def _move(self, src: Path, dst: Path) -> None:
+    def _move(self, src: Path, dst: Path, missing_ok: bool = False) -> None:
+        """Move one file or folder as part of this edit (moved back if the edit fails).
+
+        ``missing_ok``: a file removed outside the studio is left missing (an undo changes
+        the index all the same, so it never dead-ends on a file that is gone)."""
         if src == dst:
             return
         if not src.exists():
+            if missing_ok:
+                return
             raise DataError(
                 f"The file of image {src.stem} is missing from dataset {self.name!r} ({src}); "
-                "it was moved or deleted outside the studio. Put it back, or undo the edit "
-                "that added it."
+                "it was moved or deleted outside the studio. Put it back, or forget the "
+                "dataset's missing images (Forget missing images on the Data page, or "
+                f"'dataset forget-missing {self.name}'); undo brings them back."
             )
         dst.parent.mkdir(parents=True, exist_ok=True)
         os.replace(src, dst)
@@ -664,7 +1051,7 @@ class Dataset:
     def _rename(self, db: sqlite3.Connection, class_id: int, old: str, new: str) -> None:
         src = self.folder / IMAGES_DIR / old
         if src.is_dir():
-            tmp = src.with_name(f".rename-{uuid.uuid4().hex}")  # case-only renames need a hop
+            tmp = src.with_name(f"{RENAME_PREFIX}{uuid.uuid4().hex}")  # case-only renames hop
             self._move(src, tmp)
             self._move(tmp, self.folder / IMAGES_DIR / new)
         db.execute(
@@ -699,7 +1086,9 @@ class Dataset:
             raise DataError(_unknown_ids(self.name, unknown))
         return rows  # type: ignore[return-value]
 
-    def _set_excluded(self, db: sqlite3.Connection, ids: Sequence[str], excluded: bool) -> None:
+    def _set_excluded(
+        self, db: sqlite3.Connection, ids: Sequence[str], excluded: bool, missing_ok: bool = False
+    ) -> None:
         for image_id, class_id, ext, was in self._lookup(db, ids) if ids else []:
             if bool(was) == excluded:
                 continue
@@ -707,6 +1096,7 @@ class Dataset:
             self._move(
                 self._path(image_id, ext, label, bool(was)),
                 self._path(image_id, ext, label, excluded),
+                missing_ok,
             )
             db.execute("UPDATE images SET excluded = ? WHERE id = ?", (int(excluded), image_id))
 
@@ -759,6 +1149,11 @@ class Dataset:
                 with opener() as fh:
                     # One byte over the cap is enough for the check to say "too large".
                     data = fh.read(MAX_FILE_BYTES + 1)
+            except NotRegularFileError as exc:  # swapped for a FIFO since the walk looked
+                result.skipped.append(
+                    {"path": original, "reason": f"not a regular file ({exc.kind})"}
+                )
+                continue
             except OSError as exc:
                 result.skipped.append(
                     {"path": original, "reason": f"unreadable ({exc.strerror or exc})"}
@@ -856,14 +1251,33 @@ def _expand(
                     if os.path.splitext(fname)[1].lower() not in IMAGE_EXTENSIONS:
                         result.skipped.append({"path": full, "reason": "not an image file"})
                         continue
+                    # A FIFO, socket or device named like an image would block a plain open()
+                    # forever: only regular files are read (and opened without blocking).
+                    kind = _special_kind(full)
+                    if kind:
+                        result.skipped.append(
+                            {"path": full, "reason": f"not a regular file ({kind})"}
+                        )
+                        continue
                     found = True
-                    yield full, (lambda full=full: open(full, "rb"))
+                    yield full, (lambda full=full: _open_file(full))
             if not found:
                 result.skipped.append({"path": path, "reason": "folder holds no image files"})
         elif os.path.exists(path):
             yield path, (lambda path=path: _open_file(path))
         else:
             result.skipped.append({"path": path, "reason": "not found"})
+
+
+def _special_kind(path: str) -> str | None:
+    """What ``path`` is when it is not a regular file (``"FIFO"``...), else None."""
+    from core.data.images import file_kind
+
+    try:
+        mode = os.stat(path).st_mode
+    except OSError:
+        return None  # vanished or unreadable: opening it says why
+    return None if stat.S_ISREG(mode) else file_kind(mode)
 
 
 def _open_file(path: str) -> Any:
@@ -893,7 +1307,106 @@ def _unknown_ids(name: str, unknown: list[str]) -> str:
     )
 
 
-def _db_error(exc: sqlite3.Error, folder: Path, context: str) -> StudioError:
+def _present(db: sqlite3.Connection, ids: Iterable[str]) -> list[str]:
+    """The ids of ``ids`` still in the index (an undo skips images forgotten since)."""
+    return [i for i in ids if db.execute("SELECT 1 FROM images WHERE id = ?", (i,)).fetchone()]
+
+
+def _regular_files(folder: Path) -> list[Path]:
+    """The regular files directly in ``folder`` (none if it does not exist)."""
+    try:
+        with os.scandir(folder) as it:
+            return sorted(
+                Path(e.path) for e in it if e.is_file(follow_symlinks=False) and e.name[0] != "."
+            )
+    except OSError:
+        return []
+
+
+def _count(n: int, word: str) -> str:
+    return f"{n} {word}{'' if n == 1 else 'es' if word.endswith('s') else 's'}"
+
+
+def _recovery_summary(report: dict[str, int]) -> str:
+    parts = []
+    if report.get("put_back"):
+        parts.append(f"put {_count(report['put_back'], 'file')} back where the index has them")
+    if report.get("added"):
+        parts.append(
+            f"added the {_count(report['added'], 'image')} it had moved in (undo takes them back)"
+        )
+    if report.get("set_aside"):
+        parts.append(
+            f"set {_count(report['set_aside'], 'file')} it could not use aside in {REMOVED_DIR}/"
+        )
+    return ", ".join(parts) or "nothing had to change"
+
+
+try:
+    import fcntl
+except ImportError:  # Windows: no advisory locks
+    fcntl = None  # type: ignore[assignment]
+
+
+def _hold_lock(path: Path) -> Any:
+    """An open file holding an exclusive lock on ``path`` (created); waits for it."""
+    path.parent.mkdir(parents=True, exist_ok=True)
+    fh = open(path, "a+b")  # held until _release_lock
+    if fcntl is not None:
+        fcntl.flock(fh, fcntl.LOCK_EX)
+    return fh
+
+
+def _try_lock(path: Path, create: bool = True) -> Any:
+    """Like ``_hold_lock`` but never waits: None if another process holds the lock (or, with
+    ``create`` False, if there is no such file)."""
+    try:
+        fh = open(path, "a+b" if create else "r+b")  # held until _release_lock
+    except OSError:
+        return None
+    if fcntl is not None:
+        try:
+            fcntl.flock(fh, fcntl.LOCK_EX | fcntl.LOCK_NB)
+        except OSError:
+            fh.close()
+            return None
+    return fh
+
+
+def _release_lock(fh: Any, remove: bool = False) -> None:
+    if fh is None:
+        return
+    if remove:  # still holding it: nobody can take a lock on the name in between
+        with contextlib.suppress(OSError):
+            os.unlink(fh.name)
+    fh.close()
+
+
+def _index_problem(path: Path) -> str | None:
+    """Why the index at ``path`` cannot be opened as it is, or None if it looks whole."""
+    if not path.exists():
+        return "missing"
+    if path.is_file() and path.stat().st_size == 0:
+        # SQLite would take an empty file for a new, empty database: every image and edit gone.
+        return "emptied (0 bytes)"
+    return None
+
+
+def _connect_checked(path: Path) -> sqlite3.Connection:
+    """``_connect``, with every page of the file read once: a file cut short or overwritten
+    in the middle opens fine and fails on the first read of a lost page, not here."""
+    db = _connect_raw(path)
+    try:
+        verdict = db.execute("PRAGMA quick_check(1)").fetchone()[0]
+        if verdict != "ok":
+            raise sqlite3.DatabaseError(f"database disk image is malformed ({verdict})")
+    except BaseException:
+        db.close()
+        raise
+    return db
+
+
+def _db_error(exc: sqlite3.Error | OSError, folder: Path, context: str) -> StudioError:
     disk = storage_error(exc, folder)
     if disk is not None:
         return disk
@@ -905,20 +1418,28 @@ def _db_error(exc: sqlite3.Error, folder: Path, context: str) -> StudioError:
     return StorageError(f"The dataset file in {folder} cannot be used ({exc}).")
 
 
-def _connect(path: Path) -> sqlite3.Connection:
+def _connect_raw(path: Path) -> sqlite3.Connection:
+    # check_same_thread off: Streamlit may rerun a session's script on another thread;
+    # a Dataset is still used by one thread at a time.
+    db = sqlite3.connect(
+        path, timeout=BUSY_TIMEOUT_MS / 1000, isolation_level=None, check_same_thread=False
+    )
     try:
-        # check_same_thread off: Streamlit may rerun a session's script on another thread;
-        # a Dataset is still used by one thread at a time.
-        db = sqlite3.connect(
-            path, timeout=BUSY_TIMEOUT_MS / 1000, isolation_level=None, check_same_thread=False
-        )
         db.execute(f"PRAGMA busy_timeout = {BUSY_TIMEOUT_MS}")
         db.execute("PRAGMA journal_mode = WAL")
         db.execute("PRAGMA synchronous = NORMAL")
         db.executescript(_SCHEMA)
+    except BaseException:
+        db.close()
+        raise
+    return db
+
+
+def _connect(path: Path) -> sqlite3.Connection:
+    try:
+        return _connect_raw(path)
     except sqlite3.Error as exc:
         raise _db_error(exc, path.parent, "open") from exc
-    return db
 
 
 # --------------------------------------------------------------------------- module API
@@ -954,11 +1475,23 @@ def create(name: str, source: str | None = None) -> Dataset:
 
 
 def _import(dataset: Dataset, source: str) -> None:
+    from core.data.archives import extraction_folder
     from core.data.index import load_dataset
+    from core.data.sources import parse_source
 
+    # A zip is unpacked into the data cache to be read; once its images are copied into the
+    # dataset that copy is dead weight (as large as the data), so an extraction this import
+    # made is removed. One made earlier is left: a run on the zip itself may be reading it.
+    kind, value = parse_source(source)
+    made = None
+    if kind == "zip":
+        folder, finished = extraction_folder(value)
+        made = None if finished else folder
     index = load_dataset(source)
     for name, files in index.paths_by_class().items():
         dataset.add_images(name, files, create_class=True)
+    if made is not None:
+        discard_folder(made)
 
 
 COPIED_FROM = "copied_from"  # meta key: the source a dataset is the managed copy of
@@ -1043,22 +1576,38 @@ def open_dataset(name: str) -> Dataset:
     return Dataset(name)
 
 
+def repair(name: str) -> None:
+    """Open dataset ``name`` once: an edit cut short is finished or undone, a lost or damaged
+    index restored or rebuilt (each said in a ``warning:`` line)."""
+    Dataset(name).close()
+
+
+DATASET_REPAIRS.append(repair)  # resolving ``dataset:NAME`` (the loader, training) repairs first
+
+
 def list_datasets() -> list[dict[str, Any]]:
-    """One row per dataset: name, source, classes, images, excluded, edits."""
-    rows = []
+    """One row per dataset: name, source, classes, images, excluded, edits, plus ``missing``
+    (images whose file was removed outside the studio) when there are any. A dataset that
+    cannot be opened is listed with ``error`` (what is wrong) instead of hiding the others."""
+    rows: list[dict[str, Any]] = []
     for name in dataset_names():
-        with Dataset(name) as ds:
-            info = ds.show()
-        rows.append(
-            {
-                "name": info["name"],
-                "source": info["source"],
-                "classes": len(info["classes"]),
-                "images": info["images"],
-                "excluded": info["excluded"],
-                "edits": sum(1 for e in info["edits"] if not e["undone"]),
-            }
-        )
+        try:
+            with Dataset(name) as ds:
+                info = ds.show()
+        except (StudioError, sqlite3.Error, OSError) as exc:
+            rows.append({"name": name, "source": f"dataset:{name}", "error": str(exc)})
+            continue
+        row = {
+            "name": info["name"],
+            "source": info["source"],
+            "classes": len(info["classes"]),
+            "images": info["images"],
+            "excluded": info["excluded"],
+            "edits": sum(1 for e in info["edits"] if not e["undone"]),
+        }
+        if info["missing"]:
+            row["missing"] = len(info["missing"])
+        rows.append(row)
     return rows
 
 

@@ -16,6 +16,7 @@ from typing import Any
 from PIL import Image
 
 from core.data import DatasetIndex
+from core.data.images import open_regular_file
 from core.files import sha256_file
 
 WARNING, INFO = "warning", "info"
@@ -73,7 +74,8 @@ def small_images(
     checked = 0
     for path in paths:
         try:
-            with Image.open(path) as im:
+            # Never a plain open: a file swapped for a FIFO since the scan would block it.
+            with open_regular_file(path) as fh, Image.open(fh) as im:
                 width, height = im.size
         except Exception:  # unreadable files are the scanner's business
             continue

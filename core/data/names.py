@@ -11,6 +11,7 @@ from __future__ import annotations
 import json
 import os
 import re
+import unicodedata
 
 UPLOAD_PREFIX = "upload-"  # save_upload's hash-named files: upload-<hash>.zip
 UPLOADS_FOLDER = "uploads"
@@ -19,6 +20,51 @@ MAX_NAME = 60
 
 _KAGGLE_PREFIXES = ("kaggle:", "https://www.kaggle.com/datasets/", "https://kaggle.com/datasets/")
 _KAGGLE_VERSION = re.compile(r"^(?P<handle>.+?)/versions/(?P<version>[0-9]+)$")
+
+
+# Bidirectional-text controls: invisible, they make a name display differently from what it is
+# (after U+202E, "photo" + "gpj.exe" reads "photoexe.jpg"): names never hold them, and names
+# stored before that rule are shown escaped.
+BIDI_CONTROLS = {
+    "\u061c": "ARABIC LETTER MARK",
+    "\u200e": "LEFT-TO-RIGHT MARK",
+    "\u200f": "RIGHT-TO-LEFT MARK",
+    "\u202a": "LEFT-TO-RIGHT EMBEDDING",
+    "\u202b": "RIGHT-TO-LEFT EMBEDDING",
+    "\u202c": "POP DIRECTIONAL FORMATTING",
+    "\u202d": "LEFT-TO-RIGHT OVERRIDE",
+    "\u202e": "RIGHT-TO-LEFT OVERRIDE",
+    "\u2066": "LEFT-TO-RIGHT ISOLATE",
+    "\u2067": "RIGHT-TO-LEFT ISOLATE",
+    "\u2068": "FIRST STRONG ISOLATE",
+    "\u2069": "POP DIRECTIONAL ISOLATE",
+}
+# Shown as \uXXXX: controls, line/paragraph separators, lone surrogates and the bidi controls.
+_ESCAPED_CATEGORIES = frozenset({"Cc", "Zl", "Zp", "Cs"})
+
+
+def bidi_controls(text: str) -> list[str]:
+    """The bidirectional-text control characters in ``text`` (in order, repeats kept)."""
+    return [ch for ch in text if ch in BIDI_CONTROLS]
+
+
+def describe_character(ch: str) -> str:
+    """``U+202E (RIGHT-TO-LEFT OVERRIDE)``: a character a person cannot see, named."""
+    name = BIDI_CONTROLS.get(ch) or unicodedata.name(ch, "control character")
+    return f"U+{ord(ch):04X} ({name})"
+
+
+def escape_unprintable(text: str) -> str:
+    """``text`` with invisible controls shown as ``\\u202e`` escapes (printable text unchanged),
+    so a stored name is shown as what it is, on one line."""
+    if all(ch.isprintable() for ch in text):
+        return text
+    return "".join(
+        f"\\u{ord(ch):04x}"
+        if ch in BIDI_CONTROLS or unicodedata.category(ch) in _ESCAPED_CATEGORIES
+        else ch
+        for ch in text
+    )
 
 
 def upload_sidecar(path: str | os.PathLike[str]) -> str:
@@ -52,13 +98,19 @@ def _kaggle_name(handle: str) -> str:
     return _short(slug + (f" v{version}" if version else ""))
 
 
-def display_name(source: object) -> str:
+def display_name(source: object, escape: bool = True) -> str:
     """The name a person recognises for the data source ``source`` (never raises).
 
     ``builtin:photos`` → ``photos``; a folder ``/x/y/pets/`` → ``pets``; ``/x/cats.zip`` →
     ``cats.zip``; an upload stored by ``save_upload`` → the file name the user dropped;
     ``kaggle:owner/slug/versions/3`` → ``slug v3``; anything else → its last path part.
+    Invisible control characters are shown escaped (``\\u202e``) unless ``escape`` is False.
     """
+    shown = _display_name(source)
+    return escape_unprintable(shown) if escape else shown
+
+
+def _display_name(source: object) -> str:
     try:
         if not isinstance(source, str) or not source.strip():
             return "no data"

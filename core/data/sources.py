@@ -6,6 +6,7 @@ import json
 import os
 import re
 import sys
+from collections.abc import Callable
 from pathlib import Path
 from typing import NamedTuple
 
@@ -127,7 +128,10 @@ def resolve_source(source: str) -> Path:
     if kind == "builtin":
         return builtin_path(value)
     if kind == "dataset":
-        images = managed_dataset_folder(value) / MANAGED_IMAGES_DIR
+        folder = managed_dataset_folder(value)
+        for repair in DATASET_REPAIRS:  # what is trained on is then what the dataset shows
+            repair(folder.name)
+        images = folder / MANAGED_IMAGES_DIR
         images.mkdir(exist_ok=True)  # a dataset with no image yet: the loader says so
         return images
     if kind == "kaggle":
@@ -158,12 +162,31 @@ def managed_datasets_root() -> Path:
     return ensure_folder(path, f"The datasets folder {path}", "Move that file away, or delete it.")
 
 
+MANAGED_BACKUP = MANAGED_DB + ".bak"  # the index's rolling backup
+# Called with a managed dataset's name before its folder is read: opening it puts right what an
+# edit cut short by a kill or a lost index left. ``core.data.datasets`` adds its opener when
+# ``core.data`` is imported (it cannot be imported from here: it reads sources through the
+# loader).
+DATASET_REPAIRS: list[Callable[[str], None]] = []
+
+
+def is_managed_dataset_folder(folder: Path) -> bool:
+    """Whether ``folder`` holds a managed dataset: its index, the index's backup or, with both
+    lost, its images folder (from which the index is rebuilt when it is opened)."""
+    if folder.name.startswith(".") or not folder.is_dir():
+        return False
+    return (
+        (folder / MANAGED_DB).exists()
+        or (folder / MANAGED_BACKUP).is_file()
+        or (folder / MANAGED_IMAGES_DIR).is_dir()
+    )
+
+
 def managed_dataset_names() -> list[str]:
     """Names of the managed datasets, sorted case-insensitively."""
     root = managed_datasets_root()
     return sorted(
-        (p.name for p in root.iterdir() if p.is_dir() and (p / MANAGED_DB).is_file()),
-        key=str.casefold,
+        (p.name for p in root.iterdir() if is_managed_dataset_folder(p)), key=str.casefold
     )
 
 
@@ -172,7 +195,7 @@ def managed_dataset_folder(name: str) -> Path:
     text = name.strip() if isinstance(name, str) else ""
     if text and not any(c in text for c in "/\\") and not text.startswith("."):
         folder = managed_datasets_root() / text
-        if (folder / MANAGED_DB).is_file():
+        if is_managed_dataset_folder(folder):
             return folder
     names = managed_dataset_names()
     for other in names:  # a different case still finds it (case-insensitive disks agree)
@@ -307,8 +330,8 @@ def _visible_dirs_and_images(folder: str) -> tuple[list[str], int]:
                 continue
             if entry.is_dir():
                 dirs.append(entry.path)
-            elif os.path.splitext(entry.name)[1].lower() in IMAGE_EXTENSIONS:
-                images += 1
+            elif entry.is_file() and os.path.splitext(entry.name)[1].lower() in IMAGE_EXTENSIONS:
+                images += 1  # a FIFO or device named like an image is no image
     return sorted(dirs), images
 
 
@@ -324,7 +347,9 @@ def _holds_an_image(folder: str, depth: int = 3) -> bool:
                     continue
                 if entry.is_dir():
                     subdirs.append(entry.path)
-                elif os.path.splitext(entry.name)[1].lower() in IMAGE_EXTENSIONS:
+                elif (
+                    entry.is_file() and os.path.splitext(entry.name)[1].lower() in IMAGE_EXTENSIONS
+                ):
                     return True
     except OSError:
         return False

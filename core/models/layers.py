@@ -66,3 +66,21 @@ class PixelNormalize(keras.layers.Layer):
 
     def get_config(self) -> dict[str, Any]:  # Keras hook
         return {**super().get_config(), "mode": self.mode}
+
+
+@keras.saving.register_keras_serializable(package="transfer_studio")
+class RealRowsAccuracy(keras.metrics.SparseCategoricalAccuracy):
+    """Accuracy over the rows whose sample weight is above 0, each counted once.
+
+    A run over several replicas pads every short batch to an even split with rows weighing 0
+    and scales its real rows' weights so the loss is exact (``even_batches``): this accuracy
+    ignores the padding and the scale, so it equals plain accuracy on one device.
+    """
+
+    def __init__(self, name: str = "accuracy", **kwargs: Any) -> None:
+        super().__init__(name=name, **kwargs)
+
+    def update_state(self, y_true: Any, y_pred: Any, sample_weight: Any = None) -> Any:
+        if sample_weight is not None:
+            sample_weight = ops.cast(ops.greater(sample_weight, 0), self.dtype)
+        return super().update_state(y_true, y_pred, sample_weight=sample_weight)

@@ -16,6 +16,7 @@ from typing import Any
 
 import numpy as np
 
+from core.runs.safe_text import md_text
 from core.runs.store import RunStore
 
 CARD_FILE = "model_card.md"
@@ -70,8 +71,9 @@ def _size(n: int | None) -> str:
 
 
 def _cell(text: Any) -> str:
-    """A Markdown table cell: pipes and line breaks would break the table."""
-    return str(text).replace("|", "\\|").replace("\n", " ")
+    """Text from a user or a folder (a name, a message quoting one) in the card's Markdown,
+    inline or in a table cell: shown as typed, never as a link, image or HTML."""
+    return md_text(text)
 
 
 def versions() -> dict[str, str]:
@@ -152,9 +154,10 @@ def card_text(
     names = list(result.get("class_names") or [])
     dataset = result.get("dataset") or {}
     size = config.get("image_size") or "?"
-    out = [f"# Model card: {result.get('name') or result.get('run_id')}", ""]
+    out = [f"# Model card: {_cell(result.get('name') or result.get('run_id'))}", ""]
     out += [
-        f"An image classifier for **{len(names)} classes**: {', '.join(names)}. Input: one RGB "
+        f"An image classifier for **{len(names)} classes**: {', '.join(map(_cell, names))}. "
+        "Input: one RGB "
         f"image of {size} x {size} px as raw 0-255 values (preprocessing is inside the model); "
         "output: one probability per class, in the order of `labels.txt`.",
         "",
@@ -162,7 +165,7 @@ def card_text(
         "",
         "## Data",
         "",
-        f"- Source: `{config.get('data')}`",
+        f"- Source: {_cell(config.get('data'))}",
         f"- Split: {result.get('train_images')} training / {result.get('val_images')} validation "
         f"images (validation share {config.get('val_split')}, seed {config.get('seed')})",
     ]

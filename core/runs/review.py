@@ -148,13 +148,34 @@ def _check_run(store: RunStore, run_id: str) -> Path:
     from core.runs.predict import saved_model_path
 
     row = store.get_run(run_id)  # RunNotFoundError names the runs folder
-    if row["status"] != COMPLETED:
-        raise StudioError(
-            f"Run {run_id} is {row['status']}, not completed: review needs the model of a "
-            "finished run. Wait for it to finish (python -m core wait), or pick a completed run "
-            "(python -m core runs)."
+    status = str(row["status"])
+    if status != COMPLETED:
+        raise RunNotReviewableError(
+            f"Run {run_id} is {status}, not completed: review needs the model of a finished "
+            f"run. {_NOT_REVIEWABLE_ADVICE.get(status, 'Pick a completed run.')}",
+            run_id=run_id,
+            status=status,
         )
     return saved_model_path(store, run_id)
+
+
+# What to do with a run review cannot read yet, by its status (in the dashboard's words).
+_NOT_REVIEWABLE_ADVICE = {
+    "queued": "It is waiting to train: review it once it has completed, or pick a completed run.",
+    "running": "It is still training: review it once it has completed, or pick a completed run.",
+    "stopped": "Resume it to finish its training, or pick a completed run.",
+    "interrupted": "Resume it to finish its training, or pick a completed run.",
+    "failed": "It has no model: fix the cause its error names and train it again, or pick a "
+    "completed run.",
+}
+
+
+class RunNotReviewableError(StudioError):
+    """A run without a finished model to review; ``status`` is the run's status."""
+
+    def __init__(self, message: str, *, run_id: str, status: str) -> None:
+        super().__init__(message)
+        self.run_id, self.status = run_id, status
 
 
 def _fingerprint(model_path: Path) -> dict[str, Any]:

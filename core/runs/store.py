@@ -28,7 +28,12 @@ from typing import Any, TypedDict, cast
 from core.config import RunConfig, Status
 from core.data.names import display_name
 from core.errors import ConfigError, RunNotFoundError, StudioError, storage_error
-from core.files import atomic_path, atomic_write_text
+from core.files import (
+    atomic_write_text,
+    set_aside_damaged,
+    sqlite_backup,
+    sqlite_damaged,
+)
 from core.paths import runs_root
 
 # Aliases of the ``Status`` members: ``from core.runs.store import QUEUED`` and the like work.
@@ -307,12 +312,6 @@ def _owner_alive(owner: str | None) -> bool:
     return _process_token(pid) == owner
 
 
-def _is_damaged(exc: sqlite3.DatabaseError) -> bool:
-    """Whether SQLite says the file itself is no database (as opposed to busy or unwritable)."""
-    text = str(exc).lower()
-    return "not a database" in text or "malformed" in text or "corrupt" in text
-
-
 def _loads_ok(text: object, must_be_object: bool = False) -> bool:
     """Whether a ``*_json`` column's text parses (NULL does)."""
     if text is None:
@@ -322,19 +321,6 @@ def _loads_ok(text: object, must_be_object: bool = False) -> bool:
     except ValueError:
         return False
     return isinstance(value, dict) or not must_be_object
-
-
-def _valid_database(path: Path) -> bool:
-    try:
-        db = sqlite3.connect(f"file:{path}?mode=ro", uri=True)
-        try:
-            return db.execute("PRAGMA quick_check").fetchone()[0] == "ok" and bool(
-                db.execute("SELECT 1 FROM sqlite_master WHERE name = 'runs'").fetchone()
-            )
-        finally:
-            db.close()
-    except sqlite3.Error:
-        return False
 
 
 def new_run_id() -> str:
@@ -407,9 +393,12 @@ class RunStore:
         # (the CLI prints the same lines on stderr as they happen).
         self.notices: list[str] = []
         try:
+            if self._emptied():
+                # SQLite would open an empty file as a new, empty index without a word.
+                raise StoreDamagedError("the file is empty: 0 bytes")
             self._open_schema()
         except (sqlite3.DatabaseError, StoreDamagedError) as exc:
-            if isinstance(exc, sqlite3.DatabaseError) and not _is_damaged(exc):
+            if isinstance(exc, sqlite3.DatabaseError) and not sqlite_damaged(exc):
                 raise self._storage_error(exc) from exc
             self._set_aside_damaged(exc)
             self._open_schema()
@@ -417,6 +406,19 @@ class RunStore:
         self.repair_rows()
         if recover:
             self.recover_interrupted()
+
+    def _emptied(self) -> bool:
+        """Whether the index was cut to 0 bytes after holding runs: a backup or a run folder
+        exists. (A new store's file is empty for a moment while its first process creates it:
+        with nothing recorded yet, that is no loss.)"""
+        try:
+            if self.db_path.stat().st_size > 0:
+                return False
+        except FileNotFoundError:
+            return False
+        if (self.root / BACKUP_NAME).is_file():
+            return True
+        return any((p / "config.json").is_file() for p in (self.root / "runs").iterdir())
 
     def _open_schema(self) -> None:
         with self._connect() as db:
@@ -457,7 +459,7 @@ class RunStore:
             error = storage_error(exc, self.root)
             if error is not None:
                 raise error from exc
-            if _is_damaged(exc):
+            if sqlite_damaged(exc):
                 raise StoreDamagedError(
                     f"The run store {self.db_path} is damaged ({exc}). Close the studio and "
                     "open it again (or run any `python -m core` command): it keeps the damaged "
@@ -486,17 +488,8 @@ class RunStore:
 
         Runs the backup does not know are re-added from their folders by ``reindex_folders``.
         """
-        stamp = time.strftime("%Y%m%d-%H%M%S")
-        kept = self.db_path.with_name(f"{DB_NAME}.damaged-{stamp}")
-        os.replace(self.db_path, kept)
-        for suffix in ("-wal", "-shm"):  # they belong to the damaged file, not to the backup
-            side = self.db_path.with_name(DB_NAME + suffix)
-            if side.exists():
-                os.replace(side, kept.with_name(kept.name + suffix))
-        backup = self.root / BACKUP_NAME
-        restored = _valid_database(backup)
-        if restored:
-            shutil.copyfile(backup, self.db_path)
+        kept_path, restored = set_aside_damaged(self.db_path, self.root / BACKUP_NAME, "runs")
+        kept = kept_path or self.db_path
         reason = exc.__cause__ if isinstance(exc, StoreDamagedError) and exc.__cause__ else exc
         self._notice(
             f"the run store {self.db_path} was damaged ({reason}); kept it as {kept.name} "
@@ -660,14 +653,8 @@ class RunStore:
 
     def backup(self) -> Path:
         """Copy the index with SQLite's online backup to ``runs.sqlite.bak`` (atomically)."""
-        target = self.root / BACKUP_NAME
-        with atomic_path(target) as tmp, self._connect() as db:
-            copy = sqlite3.connect(tmp)
-            try:
-                db.backup(copy)
-            finally:
-                copy.close()
-        return target
+        with self._connect() as db:
+            return sqlite_backup(db, self.root / BACKUP_NAME)
 
     def run_dir(self, run_id: str) -> Path:
         """The artifact folder of a run (created on demand)."""

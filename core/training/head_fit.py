@@ -203,13 +203,13 @@ def _fit_distributed(
     x_rows, y_rows = x.reshape(-1, x.shape[-1]), np.tile(y, views)
     val_ds = None
     if len(val[1]):
-        val_ds = tf.data.Dataset.from_tensor_slices(val).batch(batch_size)
-    weights = None if class_weight is None else dict(enumerate(map(float, class_weight)))
+        val_ds = even_batches(tf.data.Dataset.from_tensor_slices(val).batch(batch_size), batch_size)
     history: dict[str, list[float]] = {}
     head.stop_training = False
     for epoch in range(initial_epoch, epochs):
         order = epoch_rows(seed, epoch, n, views)
         ds = tf.data.Dataset.from_tensor_slices((x_rows[order], y_rows[order])).batch(batch_size)
+        ds = even_batches(ds, batch_size, class_weight)
         fitted: list[Any] = []
 
         def fit(ds: Any = ds, epoch: int = epoch, fitted: list[Any] = fitted) -> None:
@@ -222,7 +222,6 @@ def _fit_distributed(
                     callbacks=callbacks,
                     verbose=0,
                     shuffle=False,
-                    class_weight=weights,
                 )
             )
 
@@ -236,6 +235,41 @@ def _fit_distributed(
         if head.stop_training or not fitted:
             break
     return history
+
+
+def even_batches(ds: Any, global_batch: int, class_weight: np.ndarray | None = None) -> Any:
+    """``ds``'s batches of ``(x, labels)`` as ``(x, labels, weights)`` of exactly ``global_batch``
+    rows, for Keras ``fit``/``evaluate`` under a strategy of several replicas.
+
+    ``experimental_distribute_dataset`` splits each batch over the replicas; a last partial
+    batch (or a dataset smaller than one batch) would split unevenly, or leave a replica
+    nothing, which Keras's distributed step does not accept (its first batch is reduced across
+    replicas to find the input shapes). So a short batch of ``n`` rows is padded with repeats
+    of its own rows weighing 0 (repeats, not zeros: a layer in training mode normalises over
+    real images), and its real rows weigh ``global_batch / n`` (times their class weight):
+    each replica's ``sum_over_batch_size`` loss, scaled by Keras by ``1 / replicas`` and summed
+    over replicas, is then the mean (class-weighted) loss over the ``n`` real rows, as on one
+    device, and so is its gradient. Weighted metrics (accuracy) count only the real rows.
+    """
+    import tensorflow as tf
+
+    per_class = None if class_weight is None else tf.constant(class_weight, tf.float32)
+
+    def pad(x: Any, labels: Any) -> tuple[Any, Any, Any]:
+        n = tf.shape(labels)[0]
+        extra = global_batch - n
+        repeat = tf.range(extra) % tf.maximum(n, 1)
+        scale = tf.cast(global_batch, tf.float32) / tf.cast(tf.maximum(n, 1), tf.float32)
+        weights = tf.fill([n], scale)
+        if per_class is not None:
+            weights *= tf.gather(per_class, labels)
+        # Static shapes: the strategy then splits each batch into equal per-replica parts.
+        x = tf.ensure_shape(tf.concat([x, tf.gather(x, repeat)], 0), [global_batch, *x.shape[1:]])
+        labels = tf.ensure_shape(tf.concat([labels, tf.gather(labels, repeat)], 0), [global_batch])
+        weights = tf.ensure_shape(tf.concat([weights, tf.zeros([extra])], 0), [global_batch])
+        return x, labels, weights
+
+    return ds.map(pad)
 
 
 def class_weights(setting: str, labels: Sequence[int], num_classes: int) -> np.ndarray | None:

@@ -230,11 +230,14 @@ def lr_find(
             settings=("mode",),
         )
     lo, hi, n = DEFAULTS[phase]
-    min_lr, max_lr, steps = min_lr or lo, max_lr or hi, steps or n
-    if not 0 < min_lr < max_lr or not 2 <= steps <= 10_000:
+    # Unset means the phase's default; a value given (0 included) is checked, never replaced.
+    min_lr = lo if min_lr is None else min_lr
+    max_lr = hi if max_lr is None else max_lr
+    steps = n if steps is None else steps
+    if not (0 < min_lr < max_lr < math.inf) or not 2 <= steps <= 10_000:
         raise ConfigError(
             f"Learning-rate finder range {min_lr:g} to {max_lr:g} over {steps} steps is invalid. "
-            "Expected 0 < lowest rate < highest rate and 2 to 10000 steps."
+            "Expected finite rates with 0 < lowest rate < highest rate, and 2 to 10000 steps."
         )
     data = load_dataset(config.data, val_split=config.val_split, seed=config.seed)
     if not data.train_paths:

@@ -232,11 +232,22 @@ def set_phase(config: RunConfig, built: BuiltModel, phase: str) -> dict[str, Any
 
 
 def compile_model(model: keras.Model, lr: float) -> None:
-    """(Re-)compile; must follow every change of ``trainable``."""
+    """(Re-)compile; must follow every change of ``trainable``.
+
+    A model built under a strategy of several replicas trains on padded batches
+    (``even_batches``): its accuracy counts the real rows only (``RealRowsAccuracy``).
+    """
+    from core.models.layers import RealRowsAccuracy
+
+    strategy = getattr(model, "distribute_strategy", None)
+    if strategy is not None and strategy.num_replicas_in_sync > 1:
+        metrics: dict[str, Any] = {"weighted_metrics": [RealRowsAccuracy()]}
+    else:
+        metrics = {"metrics": ["accuracy"]}
     model.compile(
         optimizer=keras.optimizers.Adam(learning_rate=lr),
         loss="sparse_categorical_crossentropy",
-        metrics=["accuracy"],
+        **metrics,
     )
 
 

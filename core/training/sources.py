@@ -52,11 +52,21 @@ def _fit_keras(
     epochs: int,
     initial_epoch: int,
     class_weight: np.ndarray | None = None,
+    batch: int = 0,
 ) -> None:
+    """``model.fit`` on batches of ``batch`` images; under a strategy of several replicas every
+    batch is padded to an even split, the class weights folded into its weights
+    (``even_batches``)."""
     from core.data.pipeline import image_errors
     from core.training.callbacks import fit_until_stopped
+    from core.training.head_fit import even_batches
 
     weights = None if class_weight is None else dict(enumerate(map(float, class_weight)))
+    strategy = getattr(model, "distribute_strategy", None)
+    if strategy is not None and strategy.num_replicas_in_sync > 1:
+        train_ds = even_batches(train_ds, batch, class_weight)
+        val_ds = even_batches(val_ds, batch)
+        weights = None
 
     def fit() -> None:
         model.fit(
@@ -152,8 +162,9 @@ class ImageSource(Source):
         initial_epoch: int,
     ) -> None:
         _fit_keras(
-            model, self.train_ds, self.val_ds, callbacks, epochs, initial_epoch, self.class_weight
-        )
+            model, self.train_ds, self.val_ds, callbacks, epochs, initial_epoch, self.class_weight,
+            self.batch,
+        )  # fmt: skip
 
 
 class _HeadOnFeatures(Source):
@@ -297,7 +308,7 @@ class ActivationSource(_HeadOnFeatures):
         else:
             _fit_keras(
                 model, self.train_ds, self.val_ds, callbacks, epochs, initial_epoch,
-                self.class_weight,
+                self.class_weight, self.batch,
             )  # fmt: skip
 
     def phase_info(self, phase: str) -> dict[str, bool]:

@@ -217,10 +217,15 @@ class _Trainer:
         started, last = time.time(), [0.0]
 
         def stage(done: int, total: int, **more: Any) -> None:
+            if self.stop_event.is_set():
+                raise _StoppedPreparing  # a stop during a long one-off pass ends it too
             now = time.time()
             if done < total and not more and now - last[0] < STAGE_EVERY_S:
                 return  # a write per batch would cost more than the pages can show
             last[0] = now
+            if self.store.stop_requested(self.run_id):  # asked by another process
+                self.stop_event.set()
+                raise _StoppedPreparing
             record = {**describe_stage(done, total, started), **extra, **more}
             self.store.update(self.run_id, stage=record)
 
@@ -301,6 +306,10 @@ class _Trainer:
         self.store.update(self.run_id, model_path=str(path), model_bytes=path.stat().st_size)
 
 
+class _StoppedPreparing(Exception):
+    """A stop was asked during a one-off pass over the images (before any epoch)."""
+
+
 def _converts_weights(config: RunConfig) -> bool:
     """Whether building the model first converts bundled weights (once per studio home)."""
     from core.models.backbones import SOURCE_BUNDLED, get_backbone
@@ -325,7 +334,10 @@ def _train(trainer: _Trainer) -> str:
     store.update(run_id, device=devices.label, replicas=devices.replicas)
     # The policy holds for this run only: the process (a worker, the dashboard) trains others.
     with precision_policy(devices.mixed_precision):
-        trainer.prepare()
+        try:
+            trainer.prepare()
+        except _StoppedPreparing:
+            return STOPPED  # nothing trained yet: resuming starts from the beginning
         trainer.record_timings()
         with trainer._timed("fit"):
             status = trainer.train()
