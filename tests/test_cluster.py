@@ -205,6 +205,34 @@ def test_features_on_ray_use_both_nodes_and_warm_a_local_train(
 
 @needs_ray
 @pytest.mark.slow
+def test_augmented_views_on_ray_are_the_ones_a_local_pass_draws(
+    cluster: str, capsys: pytest.CaptureFixture[str]
+) -> None:
+    from core.data import load_dataset
+    from core.training.embeddings import feature_extractor, forward_views, load_cached
+    from core.training.model import build_model
+
+    entry = _cli_json(
+        ["features", "--data", FACES, "--image-size", "40", "--views", "3", "--ray", cluster,
+         "--json"],
+        capsys,
+    )  # fmt: skip
+    assert entry["views_cache_key"] and entry["images"] == 2 * entry["train_images"] + (
+        entry["train_images"] + entry["val_images"]
+    )
+    config = RunConfig(data=FACES, image_size=40, augment=True, augment_views=3)
+    data = load_dataset(FACES, val_split=config.val_split, seed=config.seed)
+    model = feature_extractor(build_model(config, 2))
+    local = forward_views(
+        model, data.train_paths, 40, config.active_augmentations(), 2, config.seed
+    )
+    on_ray = load_cached(entry["views_cache_key"])
+    assert on_ray is not None and on_ray.shape == local.shape
+    np.testing.assert_allclose(on_ray, local, atol=1e-5)
+
+
+@needs_ray
+@pytest.mark.slow
 def test_a_killed_actor_costs_its_shard_and_every_image_is_computed_once(cluster: str) -> None:
     from core.cluster.shards import ShardedPass
     from core.data import load_dataset
