@@ -84,6 +84,32 @@ def test_shards_grow_to_the_measured_target_and_split_the_tail_evenly() -> None:
     assert ShardedPass(RunConfig(), "w", ["a"], shard_rows=7)._next_rows([1.0], 99, 2) == 7
 
 
+@needs_ray
+def test_ray_failures_become_one_line_errors_in_the_users_words(tmp_path: Path) -> None:
+    from ray.exceptions import ActorDiedError, RayTaskError
+
+    from core.cluster import ClusterError
+    from core.cluster.runs import _lost_run
+    from core.cluster.shards import _unwrap
+    from core.errors import DataError
+    from core.runs.store import RunStore
+
+    unreadable = DataError("Cannot use image /data/cat.jpg: truncated or corrupt.")
+    raised = RayTaskError("encode", "traceback", unreadable)
+    assert _unwrap(raised, "the sharded feature pass") is unreadable  # the file, named
+    other = _unwrap(RayTaskError("encode", "tb", MemoryError("no room")), "the sharded pass")
+    assert isinstance(other, ClusterError)
+    assert str(other) == "The sharded pass failed on the Ray cluster: MemoryError: no room"
+    gone = _unwrap(ActorDiedError(), "the sharded feature pass")
+    assert isinstance(gone, ClusterError) and "\n" not in str(gone)
+    store = RunStore(tmp_path)
+    run_id = store.create_run(RunConfig())
+    status, error = _lost_run(store, run_id, raised)
+    assert status == "failed" and error.endswith("DataError: " + str(unreadable))
+    status, error = _lost_run(store, run_id, ActorDiedError())
+    assert status == "interrupted" and "(epoch 0)" in error and "resume it" in error
+
+
 def test_the_run_record_says_where_a_cluster_computed_it(tmp_path: Path) -> None:
     from core.runs.store import RunStore
 

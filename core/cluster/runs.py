@@ -26,7 +26,7 @@ from collections.abc import Callable, Iterator
 from pathlib import Path
 from typing import Any
 
-from core.cluster import lost_cluster, require_ray, worker_env
+from core.cluster import require_ray, worker_env
 from core.config import RunConfig
 from core.files import TEMP_PREFIX, atomic_path
 from core.runs.store import FAILED, INTERRUPTED, RunStore
@@ -191,6 +191,25 @@ def _apply(
         store.update(run_id, **fields)
 
 
+def _lost_run(store: RunStore, run_id: str, exc: Exception) -> tuple[str, str]:
+    """The status and error of a run whose task ended with ``exc`` instead of a final status:
+    ``failed`` when the task itself raised (its cause is the error), else ``interrupted`` (its
+    node or process went away) with the checkpoint epoch the head holds."""
+    from ray.exceptions import RayTaskError
+
+    from core.training.checkpoint import resume_point
+
+    if isinstance(exc, RayTaskError):
+        cause = exc.cause if exc.cause is not None else exc
+        first = str(cause).strip().splitlines()[0] if str(cause).strip() else ""
+        return FAILED, f"The run failed on its Ray node: {type(cause).__name__}: {first}"
+    last = resume_point(store, run_id)[0]
+    return INTERRUPTED, (
+        f"The Ray node training this run went away ({type(exc).__name__}); its last checkpoint "
+        f"(epoch {last}) is here: resume it to continue on any node."
+    )
+
+
 def run_resources(device: str | None) -> dict[str, float]:
     """What a run's task asks Ray for: one GPU when the worker serves GPUs, else one CPU."""
     if device is not None and device.upper().startswith("GPU"):
@@ -254,7 +273,8 @@ def _execute(
 
     watcher = threading.Thread(target=watch_stop, name="studio-ray-stop", daemon=True)
     watcher.start()
-    status, error = INTERRUPTED, None
+    status: str = INTERRUPTED
+    error: str | None = None
     where: dict[str, Any] = {}
     try:
         for ref in stream:
@@ -265,15 +285,8 @@ def _execute(
             _apply(store, run_id, delta, progress)
             if "status" in delta:
                 status, error = delta["status"], delta["error"]
-    except Exception as exc:  # the node (or the cluster) went away mid-run
-        last = resume_point(store, run_id)[0]
-        lost = lost_cluster(exc, f"run {run_id}")
-        why = str(lost) if lost is not None else f"{type(exc).__name__}"
-        error = (
-            f"The Ray node training this run went away ({why.split(' (')[0]}); "
-            f"its last checkpoint (epoch {last}) is here: resume it to continue on any node."
-        )
-        status = INTERRUPTED
+    except Exception as exc:
+        status, error = _lost_run(store, run_id, exc)
     finally:
         finished.set()
         watcher.join(2)

@@ -209,12 +209,21 @@ def _actor_plan(ray: Any) -> list[dict[str, Any]]:
 
 def _unwrap(exc: BaseException, what: str) -> BaseException:
     """The user's error inside a Ray task error (a ``DataError`` naming a file), a
-    ``ClusterError`` for a lost cluster, else ``exc`` itself."""
+    ``ClusterError`` for a lost cluster or any other Ray failure, else ``exc`` itself."""
+    from ray.exceptions import RayError
+
     cause = getattr(exc, "cause", None)
     if isinstance(cause, StudioError):
         return cause
     lost = lost_cluster(exc, what)
-    return lost if lost is not None else exc
+    if lost is not None:
+        return lost
+    if isinstance(exc, RayError):
+        inner = cause if isinstance(cause, BaseException) else exc
+        first = str(inner).strip().splitlines()[0] if str(inner).strip() else ""
+        failed = f"{what[:1].upper()}{what[1:]} failed on the Ray cluster"
+        return ClusterError(f"{failed}: {type(inner).__name__}: {first}")
+    return exc
 
 
 class ShardedPass:
