@@ -80,7 +80,11 @@ def add_parsers(sub: Any, config_from_args: Callable[[argparse.Namespace], Any])
     for name, extra in (
         ("train", "; a feature_extraction run computes its features there, then trains here"),
         ("search", "; each candidate's feature pass runs there"),
-        ("worker", "; each queued run trains as a Ray task on a node, followed here"),
+        (
+            "worker",
+            "; each queued run trains as a Ray task on a node, followed here (with "
+            "--device GPU each run asks Ray for one GPU)",
+        ),
     ):
         sub.choices[name].add_argument("--ray", metavar="ADDRESS", help=RAY_HELP + extra)
     sub.choices["train"].set_defaults(config_from_args=config_from_args)
