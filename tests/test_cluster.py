@@ -259,6 +259,32 @@ def test_augmented_views_on_ray_are_the_ones_a_local_pass_draws(
 
 @needs_ray
 @pytest.mark.slow
+def test_a_node_that_cannot_read_the_files_gets_their_bytes_and_the_same_features(
+    cluster: str, tmp_path: Path
+) -> None:
+    from core.cluster.shards import Shard, ShardedPass, ShardEncoder
+    from core.files import sha256_file
+    from core.training.model import resolve_backbone
+    from tests.helpers import write_pngs
+
+    paths = write_pngs(tmp_path / "imgs", 6, side=40)
+    config = RunConfig(image_size=32, augment=False)
+    weights_id = resolve_backbone(config).weights_id
+    encoder = ShardEncoder(config.to_json(indent=None), weights_id, threads=None)  # in-process
+    assert encoder.sees(paths[0], sha256_file(paths[0]))
+    assert not encoder.sees(str(tmp_path / "elsewhere.png"), sha256_file(paths[0]))
+    sharded = ShardedPass(config, weights_id, paths)
+    shipped = sharded._payload(Shard(0, 1, 5), ships=True)
+    assert shipped.paths is None and shipped.images is not None
+    assert [b for _, b in shipped.images] == [Path(p).read_bytes() for p in paths[1:5]]
+    by_bytes = encoder.encode(shipped).features
+    by_path = encoder.encode(sharded._payload(Shard(1, 1, 5), ships=False)).features
+    np.testing.assert_array_equal(by_bytes, by_path)
+    np.testing.assert_allclose(by_path, _local_features(config, paths)[1:5], atol=1e-5)
+
+
+@needs_ray
+@pytest.mark.slow
 def test_a_killed_actor_costs_its_shard_and_every_image_is_computed_once(cluster: str) -> None:
     from core.cluster.shards import ShardedPass
     from core.data import load_dataset
