@@ -1,9 +1,10 @@
 """The Data page's "Your dataset": make a managed dataset in the app and fill it.
 
 Create one from nothing (then name its classes) or import a folder, zip, Kaggle handle or
-built-in set once; per class drop many images, a whole folder, or take camera pictures one click
-at a time, with the running count per class; skipped files and duplicates are listed with their
-reason; Undo reverts the last edit; "Use this dataset" makes ``dataset:NAME`` the data in use.
+built-in set once; per class drop many images, a whole folder, or take camera pictures (each
+shown first, then kept or retaken), with the running count per class; skipped files and
+duplicates are listed with their reason; Undo reverts the last edit; "Use this dataset" makes
+``dataset:NAME`` the data in use.
 
 Edits open the dataset afresh on every click (``core.data.datasets``: one SQLite transaction
 each), so two browser sessions editing the same dataset both keep their edits, in order.
@@ -159,9 +160,13 @@ def _import_section(chosen: str | None) -> None:
     candidates = [chosen] if chosen and not chosen.startswith("dataset:") else []
     builtins = sorted((b["source"] for b in list_builtins()), key=lambda s: s != DEFAULT_DATA)
     candidates += [s for s in builtins if s not in candidates]  # the default set first
+    # The data in use is offered first; nothing else is chosen for the user (a preselected
+    # built-in read as if it were theirs).
     source = st.selectbox(
         "Data to import",
         candidates,
+        index=0 if chosen and candidates and candidates[0] == chosen else None,
+        placeholder="Choose the data to import…",
         format_func=lambda s: f"{display_name(s)} (in use)" if s == chosen else display_name(s),
         key="builder_import_source",
         help="The data in use (a folder, zip or Kaggle dataset chosen on the other tabs) or a "
@@ -233,8 +238,10 @@ def _overview(info: dict[str, Any], chosen: str | None) -> None:
         "In use" if in_use else "Use this dataset",
         key="builder_use",
         type="primary",
-        disabled=in_use,
+        # Nothing to train on before the dataset has images (and so classes).
+        disabled=in_use or not info["images"],
         icon=":material/check:",
+        help=None if info["images"] else "Add classes and their images first",
     ):
         split = float(st.session_state.get("val_split", 0.2))
         if widgets.fetch_data(source, split, int(st.session_state.get("seed", 42))):
@@ -449,15 +456,30 @@ def _add_images(info: dict[str, Any]) -> None:
             f"Take a picture for {md_escape(cls, inline=True)}",
             key=f"builder_camera_{n}",
             width=420,  # a preview, not the whole column
-            help="Each picture is added to the class at once.",
+            help="The picture shows here first: Keep adds it to the class, Retake discards it.",
         )
         st.caption(
             "No picture? If the browser blocked the camera, allow it for this site (the camera "
             "icon in the address bar) and reload the page, or drop image files above instead."
         )
-        if shot is not None and add_uploads(name, cls, [shot]) is not None:
-            st.session_state[CAMERA_N] = n + 1  # a fresh camera: the next click, a new picture
-            st.rerun()
+        if shot is not None:
+            # Nothing is added before the user has seen the frame and chosen to keep it.
+            row = st.container(horizontal=True)
+            keep = row.button(
+                f"Keep: add to {cls}",
+                key=f"builder_camera_keep_{n}",
+                type="primary",
+                icon=":material/check:",
+            )
+            retake = row.button(
+                "Retake", key=f"builder_camera_retake_{n}", icon=":material/replay:"
+            )
+            if keep and add_uploads(name, cls, [shot]) is not None:
+                st.session_state[CAMERA_N] = n + 1  # a fresh camera: the next click, a new one
+                st.rerun()
+            if retake:
+                st.session_state[CAMERA_N] = n + 1  # the frame is dropped, never added
+                st.rerun()
         _show_notes(ADD_NOTES)  # an error adding the picture
 
 

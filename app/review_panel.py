@@ -14,6 +14,7 @@ never changed). Scores and maps come from ``core.runs.review``; the shaping for 
 from __future__ import annotations
 
 from collections.abc import Sequence
+from pathlib import Path
 from typing import TYPE_CHECKING, Any
 
 import streamlit as st
@@ -33,34 +34,54 @@ RETRAINED = "review_retrained"  # session key: {run id: the run "Retrain with th
 PER_ROW = 4  # cards per row: 4 thumbnails fit the main column at 1280 px
 
 
-def _note(level: str, text: str) -> None:
-    st.session_state.setdefault(NOTES, []).append((level, text))
+def _note(level: str, text: str, image: str | None = None) -> None:
+    """One message for the next draw; ``image``: the path of the picture it is about."""
+    st.session_state.setdefault(NOTES, []).append((level, text, image))
 
 
 def _show_notes() -> None:
-    for level, text in st.session_state.pop(NOTES, []):
-        {"success": st.success, "warning": st.warning, "error": st.error}.get(level, st.info)(text)
+    for level, text, image in st.session_state.pop(NOTES, []):
+        show = {"success": st.success, "warning": st.warning, "error": st.error}.get(level, st.info)
+        if not image:
+            show(text)
+            continue
+        # The picture beside its message: a file name alone does not say which photo it was.
+        thumb, message = st.columns([1, 9], vertical_alignment="center")
+        try:
+            thumb.image(widgets.thumbnail(image, 64), width=64)
+        except StudioError:  # moved since: the message still names it
+            pass
+        with message:
+            show(text)
 
 
-def _act(store: RunStore, run_id: str, action: str, image: str, widget: str) -> None:
+def _act(store: RunStore, run_id: str, action: str, card: views.Card, widget: str) -> None:
     """``on_click`` of Relabel / Exclude / Keep: one edit of the run's edit target (a managed
     copy of an unmanaged source is made here, on the first edit, and the page says so)."""
     from core.data.datasets import open_dataset
     from core.runs.review import edit_target
 
+    image, file_name, path = card.image, Path(card.path).name or card.image, card.path
     try:
         name, made = edit_target(store, run_id)
         with open_dataset(name) as ds:
             if action == "relabel":
                 to = str(st.session_state.get(widget) or "")
+                if not to:
+                    _note("warning", "Choose the class to move the image to first.")
+                    return
                 ds.relabel([image], to)
-                text = f"Relabelled image {image} to **{md_escape(to, inline=True)}**."
             elif action == "exclude":
                 ds.exclude([image])
-                text = f"Excluded image {image} (set aside, never deleted: **Undo** restores it)."
+                to = ""
             else:
                 ds.mark_reviewed([image])
-                text = f"Kept image {image} as labelled (listed last from now on)."
+                to = ""
+            # The name the user gave the file (stored files are named by content) and where it
+            # is now (a relabel moves it): what the message shows.
+            info = next((i for i in ds.images() if i.id == image), None)
+            if info is not None:
+                file_name, path = info.original_name or file_name, info.path
     except StudioError as exc:
         _note("error", md_escape(str(exc)))
         return
@@ -74,7 +95,7 @@ def _act(store: RunStore, run_id: str, action: str, image: str, widget: str) -> 
             f"**{md_escape(display_name(result['data']), inline=True)}**: edits go there; the "
             "original is not changed.",
         )
-    _note("success", text)
+    _note("success", views.edit_note(action, file_name, to), path)
     widgets.load_data.clear()  # the Data and Train pages must not show the old scan
     widgets.data_health.clear()
 
@@ -109,20 +130,22 @@ def cards(
                 st.markdown(card.caption)
                 options, index = views.relabel_options(classes, card)
                 to_key = f"review_{where}_to_{card.image}"
-                st.selectbox(
+                # No preselected class where the model agrees with the label: a choice first.
+                chosen = st.selectbox(
                     "Relabel to",
                     options,
                     index=index,
                     key=to_key,
                     label_visibility="collapsed",
                     disabled=not options,
+                    placeholder="Relabel to…",
                 )
                 st.button(
                     "Relabel",
                     key=f"review_{where}_relabel_{card.image}",
-                    disabled=not options,
+                    disabled=not options or chosen is None,
                     on_click=_act,
-                    args=(store, run_id, "relabel", card.image, to_key),
+                    args=(store, run_id, "relabel", card, to_key),
                     help="Move it to the class chosen above",
                     width="stretch",
                 )
@@ -131,7 +154,7 @@ def cards(
                     "Exclude",
                     key=f"review_{where}_exclude_{card.image}",
                     on_click=_act,
-                    args=(store, run_id, "exclude", card.image, ""),
+                    args=(store, run_id, "exclude", card, ""),
                     help="Set it aside (not deleted; Undo restores it)",
                     width="stretch",
                 )
@@ -139,7 +162,7 @@ def cards(
                     "Keep",
                     key=f"review_{where}_keep_{card.image}",
                     on_click=_act,
-                    args=(store, run_id, "keep", card.image, ""),
+                    args=(store, run_id, "keep", card, ""),
                     help="The label is right: mark it reviewed",
                     width="stretch",
                 )
@@ -256,7 +279,7 @@ def render(queue: JobQueue, result: RunResult) -> None:
         if suspects:
             st.markdown(f"**{md_escape(cls, inline=True)}** · the {len(suspects)} most suspicious")
             cards(store, run_id, [views.card_from_suspect(s) for s in suspects], classes, "s")
-    st.caption(md_escape(review.method))
+    st.caption(views.REVIEW_FOOTNOTE, help=md_escape(review.method))
     _map(store, run_id, review, classes)
 
 

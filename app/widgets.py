@@ -484,16 +484,26 @@ def run_monitor(queue: JobQueue, run_id: str, shown_status: str | None = None) -
     polling = initial in ACTIVE_STATUSES
     result = store.result(run_id)
     recent = store.batch_sample(run_id, 1, dashboard.ETA_WINDOW)
-    shown = dashboard.progress_summary(result, recent)
+    stopping = store.stop_requested(run_id)
+    shown = dashboard.progress_summary(result, recent, stopping=stopping)
     active = result["status"] in ACTIVE_STATUSES
     icon, color = status_badge(result["status"])
     # wide enough for "Resume" with its icon at 1280 px (a [4, 1] split cut it to "Resu…")
     top = st.columns([3, 2], vertical_alignment="center")
     phase = f" · {shown['phase_label']}" if active and shown["phase_label"] else ""
     top[0].badge(f"{result['status']}{phase}", icon=icon, color=color)
-    if active and top[1].button("Stop", icon=":material/stop:", key="stop", width="stretch"):
-        queue.stop(run_id)
-        st.toast("Stopping after the current batch…")
+    if active:
+        # on_click: the flag is set before the page is drawn again, so the badge and the
+        # progress say "stopping…" with the click's own rerun, not at the next poll.
+        top[1].button(
+            "Stopping…" if stopping else "Stop",
+            icon=":material/stop:",
+            key="stop",
+            width="stretch",
+            disabled=stopping,
+            on_click=_stop,
+            args=(queue, run_id),
+        )
 
     @st.fragment(run_every=poll_interval(polling))
     def monitor() -> None:
@@ -502,7 +512,11 @@ def run_monitor(queue: JobQueue, run_id: str, shown_status: str | None = None) -
         now = store.result(run_id)
         # The first and the recent rows are all the progress summary reads (speed, ETA), however
         # long the run: not every row each poll.
-        p = dashboard.progress_summary(now, store.batch_sample(run_id, 1, dashboard.ETA_WINDOW))
+        p = dashboard.progress_summary(
+            now,
+            store.batch_sample(run_id, 1, dashboard.ETA_WINDOW),
+            stopping=stopping or store.stop_requested(run_id),
+        )
         if now["status"] != initial or (polling and p["phase_label"] != shown["phase_label"]):
             st.rerun()  # started, finished or a new phase: redraw the page (badge, polling)
         _progress_metrics(now, p)
@@ -531,6 +545,12 @@ def run_monitor(queue: JobQueue, run_id: str, shown_status: str | None = None) -
     curves()
 
 
+def _stop(queue: JobQueue, run_id: str) -> None:
+    """``on_click`` of Stop."""
+    queue.stop(run_id)
+    st.toast("Stopping: the batch in flight finishes, then the run ends.")
+
+
 def _progress_metrics(result: RunResult, p: Progress) -> None:
     """The monitor's four metrics and progress bar: where an active run is, or where it ended."""
     from app.views import dashboard
@@ -539,11 +559,8 @@ def _progress_metrics(result: RunResult, p: Progress) -> None:
     cols = st.columns(4)
     speed = p["images_per_s"]
     if result["status"] in ACTIVE_STATUSES:
-        cols[0].metric("Epoch", f"{p['epoch']}/{p['planned_epochs']}" if p["epoch"] else "–")
-        step = f"{p['step']}/{p['steps_per_epoch']}" if p["step"] else "–"
-        cols[1].metric("Step", "–" if p["preparing"] else step)
-        cols[2].metric("Images/s", f"{speed:.0f}" if speed else "–")
-        cols[3].metric("ETA", p["eta_text"] if p["eta_s"] is not None else "–")
+        for col, metric in zip(cols, dashboard.monitor_metrics(p), strict=True):
+            col.metric(metric.label, metric.value)
     else:  # where it ended, in the words of the message below: no stale "step 1/2"
         cols[0].metric("Epochs done", f"{p['epochs_done']}/{p['planned_epochs']}")
         acc = result["best_val_accuracy"]

@@ -154,8 +154,9 @@ def test_a_mid_epoch_stop_skips_the_pending_validation_pass(tmp_path) -> None:
     stop = threading.Event()
     spy = ValidationSpy()
     callbacks = _callbacks(store, run_id, model, stop=stop)
-    callbacks = keras.callbacks.CallbackList([*callbacks.callbacks, spy], model=model)
-    stop.set()  # asked to stop: the first batch is the last one
+    # Asked to stop while the first batch runs: it is the last one.
+    asks = keras.callbacks.LambdaCallback(on_train_batch_begin=lambda batch, logs: stop.set())
+    callbacks = keras.callbacks.CallbackList([asks, *callbacks.callbacks, spy], model=model)
     fit_until_stopped(
         lambda: model.fit(x, y, batch_size=BATCH, epochs=2, verbose=0, shuffle=False,
                           validation_data=(x, y), callbacks=callbacks),
@@ -165,3 +166,41 @@ def test_a_mid_epoch_stop_skips_the_pending_validation_pass(tmp_path) -> None:
     assert spy.validations == 0, "no validation pass for an epoch that is not recorded"
     assert spy.ended == 1, "callbacks still get on_train_end (metrics flushed)"
     assert store.epochs(run_id) == []
+
+
+class _StopAfterFirstEpoch(keras.callbacks.Callback):
+    """Asks for a stop as the first epoch ends (during its validation and checkpoint)."""
+
+    def __init__(self, stop: threading.Event) -> None:
+        super().__init__()
+        self.stop = stop
+
+    def on_epoch_end(self, epoch: int, logs: dict | None = None) -> None:
+        self.stop.set()
+
+
+@pytest.mark.parametrize("how", ["fit", "fit_head"])
+def test_a_stop_asked_between_epochs_starts_no_new_epoch(tmp_path, how) -> None:
+    """A stop that arrives while an epoch ends (its validation, its checkpoint) ends the run
+    there: no batch of the next epoch runs (on a CPU, one fine-tuning batch takes seconds)."""
+    from core.training.callbacks import fit_until_stopped
+
+    store, run_id = _run(tmp_path)
+    model = _model()
+    x, y = _data()
+    stop = threading.Event()
+    callbacks = _callbacks(store, run_id, model, stop=stop)
+    callbacks = keras.callbacks.CallbackList(
+        [*callbacks.callbacks, _StopAfterFirstEpoch(stop)], model=model
+    )
+    if how == "fit":
+        fit_until_stopped(
+            lambda: model.fit(x, y, batch_size=BATCH, epochs=3, verbose=0, shuffle=False,
+                              validation_data=(x, y), callbacks=callbacks),
+            callbacks,
+        )  # fmt: skip
+        assert len(store.batches(run_id)) == STEPS  # the first epoch's batches only
+    else:
+        fit_head(model, (x, y), (x, y), batch_size=BATCH, epochs=3, callbacks=callbacks)
+        assert len(store.batches(run_id)) == 1  # fit_head: one row per epoch
+    assert [e["epoch"] for e in store.epochs(run_id)] == [1]

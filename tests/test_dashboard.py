@@ -473,6 +473,72 @@ def test_a_stopped_run_never_shows_a_running_step():
     assert p["phase_label"] == "training the head"  # the monitor shows it only while active
 
 
+def test_stopping_shows_at_once_and_only_while_the_run_is_active():
+    p = dashboard.progress_summary(_result(), _batches(15), now=1010.0, stopping=True)
+    assert p["stopping"] and p["phase_label"] == "stopping…"  # the badge: running · stopping…
+    assert p["text"].startswith("Stopping:")
+    done = dashboard.progress_summary(_result(status="stopped"), _batches(15), stopping=True)
+    assert not done["stopping"] and done["phase_label"] != "stopping…"
+
+
+def test_preparing_shows_its_step_images_rate_and_eta_not_dashes():
+    """A first run's silent stretches: every preparation step says n/N, and a step with
+    nothing to count (building, converting, compiling) shows the time it has taken."""
+    features = {"stage": "features", "done": 96, "total": 408, "images_per_s": 12.0,
+                "eta_s": 26.0, "step": 3, "steps": 3, "started": 1001.0, "t": 1008.0}  # fmt: skip
+    p = dashboard.progress_summary(_result(stage=features), [], now=1009.0)
+    metrics = dashboard.monitor_metrics(p)
+    assert [tuple(m) for m in metrics] == [
+        ("Preparing", "step 3/3"), ("Images", "96/408"), ("Images/s", "12"), ("ETA", "26s"),
+    ]  # fmt: skip
+    runtime = {"stage": "runtime", "done": 0, "total": 8, "step": 3, "steps": 3,
+               "started": 1001.0, "t": 1001.0}  # fmt: skip
+    p = dashboard.progress_summary(_result(stage=runtime), [], now=1013.0)
+    assert [tuple(m) for m in dashboard.monitor_metrics(p)] == [
+        ("Preparing", "step 3/3"), ("Step", "–"), ("Images/s", "–"), ("Elapsed", "12s"),
+    ]  # fmt: skip
+    scan = {"stage": "scan", "done": 40, "total": 120, "images_per_s": 80.0, "eta_s": 1.0,
+            "step": 1, "steps": 3, "started": 1000.5, "t": 1001.0}  # fmt: skip
+    p = dashboard.progress_summary(_result(stage=scan), [], now=1001.5)
+    assert [m.value for m in dashboard.monitor_metrics(p)] == ["step 1/3", "40/120", "80", "1s"]
+    running = dashboard.progress_summary(_result(), _batches(15), now=1010.0)
+    assert [m.label for m in dashboard.monitor_metrics(running)] == [
+        "Epoch", "Step", "Images/s", "ETA",
+    ]  # fmt: skip
+
+
+def test_the_switch_to_fine_tuning_says_unfreezing_and_compiling():
+    from core.training.trainer import UNFREEZE_STAGE
+
+    assert dashboard.UNFREEZE_STAGE == UNFREEZE_STAGE  # one name, written and read
+    head = _batches(20)
+    stage = {"stage": UNFREEZE_STAGE, "started": head[-1]["t"] + 0.5, "t": head[-1]["t"] + 0.5}
+    p = dashboard.progress_summary(_result(stage=stage), head, now=head[-1]["t"] + 10.5)
+    assert p["phase_label"] == "unfreezing and compiling the model" and p["preparing"]
+    assert "Unfreezing and compiling" in p["text"]
+    metrics = {m.label: m.value for m in dashboard.monitor_metrics(p)}
+    assert metrics["Epoch"] == "2/4" and metrics["Step"] == "–"
+    # the fine-tuning phase's first batch: back to epochs and steps
+    tuned = {**head[-1], "global_step": 21, "step": 1, "epoch": 3, "phase": "fine_tune",
+             "t": head[-1]["t"] + 12.0}  # fmt: skip
+    q = dashboard.progress_summary(_result(stage=stage), [*head, tuned])
+    assert q["phase_label"] == "fine-tuning" and not q["preparing"]
+
+
+def test_a_resumed_run_reports_the_speed_of_its_last_attempt_not_across_the_pause():
+    """Stopped for an hour, resumed, completed: the rate is not the images over the hour."""
+    first = _batches(20, seconds_per_step=0.5)  # t 1000.5 … 1010
+    later = [{**b, "global_step": 20 + b["global_step"], "t": 5000.0 + b["t"] - 1000.0}
+             for b in _batches(20, seconds_per_step=0.5)]  # fmt: skip
+    result = _result(status="completed", started_at=5000.0, duration_s=3.0)
+    p = dashboard.progress_summary(result, [*first, *later])
+    assert p["images_per_s"] == pytest.approx(8 / 0.5)
+    stopped = _result(status="stopped", started_at=5000.0)
+    assert dashboard.progress_summary(stopped, [*first, *later])["images_per_s"] == pytest.approx(
+        8 / 0.5
+    )
+
+
 # --------------------------------------------------------------------------- the Train form
 
 

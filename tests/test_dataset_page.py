@@ -147,22 +147,27 @@ def test_add_images_per_class_with_counts_duplicates_and_skips(studio) -> None:
     _ok(at)
     assert _counts("toys") == {"cars": 2, "dolls": 3}
 
-    # The camera: one picture per click, each added at once, then a fresh camera.
+    # The camera: each picture is shown first; Retake drops it, Keep adds it; then a fresh one.
     at.toggle(key="builder_camera_on").set_value(True).run()
-    camera = at.camera_input(key="builder_camera_0")
-    camera.upload("photo.jpg", _jpeg(5)).run()
+    at.camera_input(key="builder_camera_0").upload("photo.jpg", _jpeg(5)).run()
+    _ok(at)
+    assert _counts("toys") == {"cars": 2, "dolls": 3}  # shown, not added yet
+    assert at.button(key="builder_camera_keep_0").label == "Keep: add to dolls"
+    at.button(key="builder_camera_retake_0").click().run()
+    _ok(at)
+    assert _counts("toys") == {"cars": 2, "dolls": 3}  # retaken: never added
+    at.camera_input(key="builder_camera_1").upload("photo.jpg", _jpeg(6)).run()
+    at.button(key="builder_camera_keep_1").click().run()
     _ok(at)
     assert _counts("toys") == {"cars": 2, "dolls": 4}
-    assert at.camera_input(key="builder_camera_1")  # ready for the next picture
-    at.camera_input(key="builder_camera_1").upload("photo.jpg", _jpeg(6)).run()
-    assert _counts("toys") == {"cars": 2, "dolls": 5}
+    assert at.camera_input(key="builder_camera_2")  # ready for the next picture
 
-    # Undo reverts the last edit (the second picture), and says so.
+    # Undo reverts the last edit (the kept picture), and says so.
     undo = at.button(key="builder_undo")
     assert "added 1 image to class" in md_unescape(undo.label)
     undo.click().run()
     _ok(at)
-    assert _counts("toys") == {"cars": 2, "dolls": 4}
+    assert _counts("toys") == {"cars": 2, "dolls": 3}
     assert any(t.startswith("Undone: added 1 image") for t in _texts(at.success))
 
 
@@ -248,9 +253,28 @@ def test_use_this_dataset_makes_it_the_data_in_use(studio) -> None:
 
 
 @pytest.mark.slow
+def test_a_newcomer_is_not_told_to_use_a_dataset_that_does_not_exist(studio) -> None:
+    at = _builder()
+    (hint,) = [i.value for i in at.info if "Use this dataset" in i.value]
+    assert hint.startswith("Create a dataset above")  # not "click Use this dataset" at once
+    assert at.selectbox(key="builder_import_source").value is None  # no built-in preselected
+    assert "builder_import_go" not in [b.key for b in at.button]  # nothing to import yet
+    _create(at, "empty")
+    assert at.button(key="builder_use").disabled  # 0 classes: nothing to use
+    _add_class(at, "cats")
+    assert at.button(key="builder_use").disabled  # a class with no image: still nothing
+    at.file_uploader(key="builder_files_empty_cats").upload("a.png", _png(1), "image/png").run()
+    _ok(at)
+    assert not at.button(key="builder_use").disabled
+    (hint,) = [i.value for i in at.info if "Use this dataset" in i.value]
+    assert hint.startswith("Pick a dataset and click **Use this dataset**")
+
+
+@pytest.mark.slow
 def test_import_a_builtin_and_a_zip_named_after_the_source(studio) -> None:
     at = _builder()
-    assert at.selectbox(key="builder_import_source").value == "builtin:photos"
+    assert at.selectbox(key="builder_import_source").value is None  # nothing chosen for them
+    at.selectbox(key="builder_import_source").set_value("builtin:photos").run()
     at.button(key="builder_import_go").click().run()
     _ok(at)
     assert at.selectbox(key="builder_pick").value == "photos"

@@ -324,24 +324,16 @@ def test_refresh_stop_resume_and_following_the_queue(server):
                 timeout=300_000
             )
 
-            # 3. Predict starts with the best finished run on the data in use, or the run just
-            # watched if it is about as good (within WATCHED_SLACK): never simply the newest.
-            from app.views.run_page import WATCHED_SLACK
+            # 3. Predict starts with the best finished run on the data (the rule that names
+            # Compare's best, ties included): never simply the newest.
+            from app.views.dashboard import best_run
 
             runs = {
                 r["run_id"]: r
                 for r in RunStore(home, recover=False).list_runs()
                 if r["status"] == COMPLETED and r["data"] == "builtin:textures"
             }
-            best = max(runs.values(), key=lambda r: r["best_val_accuracy"] or 0.0)
-            watched = runs.get(last["run_id"])
-            expected = best
-            if (
-                watched
-                and (watched["best_val_accuracy"] or 0.0)
-                >= (best["best_val_accuracy"] or 0.0) - WATCHED_SLACK
-            ):
-                expected = watched
+            expected = runs[best_run(list(runs.values())) or ""]
             page.locator("[data-testid='stSidebar'] a").filter(has_text="Predict").click()
             expect(page.locator(".st-key-models")).to_be_visible()
             _settle(page)

@@ -147,6 +147,10 @@ def test_build_a_dataset_train_review_and_retrain(server) -> None:  # noqa: F811
             expect(take).to_be_enabled(timeout=60_000)
             page.wait_for_timeout(1500)  # the fake device's first frames
             take.click()
+            keep = page.locator(".st-key-builder_camera_keep_0 button")  # shown, kept on a click
+            expect(keep).to_be_visible()
+            _settle(page)
+            keep.click()
             expect(page.get_by_text("Added 1 image to blue")).to_be_visible()
             _settle(page)
             page.get_by_text("Added 1 image to blue").scroll_into_view_if_needed()
@@ -189,9 +193,14 @@ def test_build_a_dataset_train_review_and_retrain(server) -> None:  # noqa: F811
             notice.scroll_into_view_if_needed()
             _shot(page, "6_review")
 
-            # 7. Relabel one image (to what the model predicts: the default choice).
-            relabel.first.click()
-            done = page.get_by_text("Relabelled image")
+            # 7. Relabel one image: one the model disagrees with (its prediction is chosen), or
+            # else pick a class first (none is chosen where the model agrees).
+            if not page.locator("[class*='st-key-review_s_relabel_'] button:enabled").count():
+                page.locator("[class*='st-key-review_s_to_'] input[role='combobox']").first.click()
+                page.get_by_role("option").first.click()
+                _settle(page)
+            page.locator("[class*='st-key-review_s_relabel_'] button:enabled").first.click()
+            done = page.get_by_text(re.compile("^Relabelled "))
             expect(done).to_be_visible()
             _settle(page)
             done.scroll_into_view_if_needed()

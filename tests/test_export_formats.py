@@ -26,6 +26,7 @@ from core.runs.export import (
     ARTIFACT_NAMES,
     FORMATS,
     INT8_MIN_AGREEMENT,
+    ExportStep,
     ExportVerificationError,
     compare_predictions,
     export_all,
@@ -50,9 +51,35 @@ def tiny(tmp_path_factory):
 
 
 @pytest.fixture(scope="module")
-def exported(tiny):
+def export_steps() -> list:
+    """The ``ExportStep``s the module's ``export_all`` reported, in order."""
+    return []
+
+
+@pytest.fixture(scope="module")
+def exported(tiny, export_steps):
     store, run_id, root = tiny
-    return export_all(store, run_id, root / "all")
+    return export_all(store, run_id, root / "all", progress=export_steps.append)
+
+
+@pytest.mark.slow
+def test_export_all_reports_each_format_as_it_is_converted_verified_and_done(
+    exported, export_steps
+):
+    """A page shows where a minutes-long export is and each row as soon as it is ready."""
+    total = len(FORMATS)
+    assert export_steps[0].step == "preparing"
+    expected = [
+        (step, fmt, i) for i, fmt in enumerate(FORMATS, 1)
+        for step in ("converting", "verifying", "done")
+    ]  # fmt: skip
+    assert [(s.step, s.format, s.index) for s in export_steps[1:]] == expected
+    assert {s.total for s in export_steps} == {total}
+    done = [s for s in export_steps if s.step == "done"]
+    rows = exported["formats"]
+    assert [s.row for s in done] == [{k: v for k, v in r.items() if k != "path"} for r in rows]
+    assert export_steps[1].text == f"Converting keras (1/{total})…"
+    assert export_steps[-2].text.startswith(f"Verifying and benchmarking openvino ({total}/")
 
 
 def _isolated(code: str, cwd: Path) -> dict:
@@ -444,9 +471,14 @@ def test_run_page_exports_every_format_with_table_card_and_zip(tmp_path_factory,
     root = Path(__file__).resolve().parents[1]
     calls = []
 
-    def fake_export_all(store, run_id, *args, **kwargs):
+    def fake_export_all(store, run_id, *args, progress=None, **kwargs):
         calls.append(run_id)
-        return _fake_all(tmp_path_factory.mktemp("fake-export") / "all", run_id)
+        done = _fake_all(tmp_path_factory.mktemp("fake-export") / "all", run_id)
+        total = len(done["formats"])
+        for i, row in enumerate(done["formats"], 1):
+            for step in ("converting", "verifying", "done"):
+                progress(ExportStep(step, row["format"], i, total, row if step == "done" else None))
+        return done
 
     with seeded_studio(tmp_path_factory.mktemp("export-page-home"), TINY) as (_, run_id):
         monkeypatch.setattr(core.runs.export, "export_all", fake_export_all)
@@ -458,6 +490,9 @@ def test_run_page_exports_every_format_with_table_card_and_zip(tmp_path_factory,
         at.button(key="export_all").click().run()
         assert not at.exception and not at.error, [e.value for e in at.error]
         assert calls == [run_id]
+        # Where the export went, step by step: the progress ends on the last format, done.
+        (bar,) = at.get("progress")
+        assert bar.proto.text == "Done: tflite-int8 (2/2)" and bar.proto.value == 100
         (frame,) = _export_frames(at)
         assert list(frame.value["format"]) == ["onnx", "tflite-int8"]
         assert list(frame.value["latency p50 (ms)"]) == [3.21, 1.0]

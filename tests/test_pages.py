@@ -155,11 +155,11 @@ def test_train_page_widgets_and_latest_run(seeded):
     _ok(at)
     for key in ("backbone", "data"):
         assert at.selectbox(key=key)
-    assert at.radio(key="mode").options == [
-        "feature_extraction",
-        "fine_tuning",
-        "full_fine_tuning",
-        "scratch",
+    assert at.radio(key="mode").options == [  # words on the page; the config keeps its keys
+        "Feature extraction",
+        "Fine-tuning",
+        "Full fine-tuning",
+        "From scratch (baseline)",
     ]
     assert at.radio(key="weights").value == "imagenet"
     for key in ("epochs", "ft", "size", "batch", "unfreeze", "val_split", "seed"):

@@ -1,5 +1,6 @@
 """Predict's default model under AppTest, against fake finished runs (no training): the best run
-for the data in use, or the run just watched, never simply the newest."""
+(Compare's rule) on the data of the run just watched or the data in use, never simply the
+newest."""
 
 from __future__ import annotations
 
@@ -76,8 +77,11 @@ def test_predict_preselects_the_best_run_for_the_data_in_use(studio):
 
 
 @pytest.mark.slow
-def test_predict_preselects_the_run_just_watched_unless_clearly_worse(studio):
+def test_predict_preselects_the_best_run_on_the_data_of_the_run_just_watched(studio):
+    # The run just watched does not win over a better one: Compare names the best the same way.
     watched = {"data_source": "builtin:textures", "run_id": studio["feature_extraction"]}
-    assert _predict(watched).multiselect(key="models").value == [studio["feature_extraction"]]
+    assert _predict(watched).multiselect(key="models").value == [studio["fine_tuning"]]
     watched["run_id"] = studio["scratch"]  # the monitor ended on the baseline: not that one
     assert _predict(watched).multiselect(key="models").value == [studio["fine_tuning"]]
+    watched = {"data_source": "builtin:textures", "run_id": studio["photos"]}
+    assert _predict(watched).multiselect(key="models").value == [studio["photos"]]

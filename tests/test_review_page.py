@@ -84,6 +84,11 @@ def _texts(elements) -> list[str]:
     return [md_unescape(e.value) for e in elements]
 
 
+def _original_name(dataset: str, image: str) -> str:
+    with datasets.open_dataset(dataset) as ds:
+        return next(i.original_name for i in ds.images() if i.id == image)
+
+
 def _card_ids(at: AppTest) -> list[str]:
     """Image ids with a card on the page (from their Keep buttons' keys), in page order."""
     prefix = "review_s_keep_"
@@ -114,7 +119,8 @@ def test_review_relabel_exclude_keep_undo_and_retrain(studio) -> None:
     at.selectbox(key=f"review_s_to_{image}").set_value(to)
     at.button(key=f"review_s_relabel_{image}").click().run()
     _ok(at)
-    assert f"Relabelled image {image} to **{to}**." in [s.value for s in at.success]
+    shown = md_escape(_original_name("toy", image), inline=True)  # as added, not its hash
+    assert f"Relabelled **{shown}** to **{to}**." in [s.value for s in at.success]
     with datasets.open_dataset("toy") as ds:
         assert {i.id: i.label for i in ds.images()}[image] == to
     now = {s.image: s for s in review_run(queue.store, run_id).suspects}
@@ -287,13 +293,26 @@ def test_suspect_caption_escapes_names() -> None:
     assert "<b>" not in caption
 
 
-def test_relabel_options_default_to_the_prediction() -> None:
+def test_relabel_options_default_to_the_prediction_only_when_it_differs() -> None:
     card = views.card_from_suspect(_suspect("a1", "cat", "dog"))
     assert views.relabel_options(["cat", "dog", "fox"], card) == (["dog", "fox"], 0)
     card = views.card_from_suspect(_suspect("a1", "cat", "gone"))  # a class deleted since
-    assert views.relabel_options(["cat", "dog", "fox"], card) == (["dog", "fox"], 0)
+    assert views.relabel_options(["cat", "dog", "fox"], card) == (["dog", "fox"], None)
     card = views.card_from_suspect(_suspect("a1", "cat", "fox"))
     assert views.relabel_options(["cat", "dog", "fox"], card) == (["dog", "fox"], 1)
+    # The model agrees with the label: no class is chosen for the user (one click must not
+    # move a correct image to the first other class).
+    card = views.card_from_suspect(_suspect("a1", "cat", "cat"))
+    assert views.relabel_options(["cat", "dog", "fox"], card) == (["dog", "fox"], None)
+
+
+def test_edit_notes_name_the_file_and_the_footnote_is_plain_words() -> None:
+    assert views.edit_note("exclude", "IMG_0042.jpg").startswith("Excluded **IMG_0042.jpg**")
+    relabelled = views.edit_note("relabel", "a.png", "<b>dog")
+    assert relabelled.startswith("Relabelled **a.png** to **") and "<b>" not in relabelled
+    assert views.edit_note("keep", "a.png").startswith("Kept **a.png** as labelled")
+    for jargon in ("out-of-fold", "logistic", "log p", "fold"):
+        assert jargon not in views.REVIEW_FOOTNOTE
 
 
 def test_target_and_change_notices() -> None:
@@ -344,3 +363,39 @@ def test_compare_link_values() -> None:
     edits = [{"seq": 1, "undone": False}, {"seq": 2, "undone": True}]
     assert views.retrain_key("r", edits) == "retrain-r-2-1"
     assert views.retrain_key("r", edits + [{"seq": 3, "undone": False}]) == "retrain-r-3-3"
+
+
+@pytest.mark.slow
+def test_relabel_preselects_the_prediction_only_where_the_model_disagrees(studio) -> None:
+    """Where the model agrees with the label no class is chosen and Relabel waits for one (one
+    click moved a correct image to the first other class); where it disagrees, its prediction
+    is chosen. The edit names the file."""
+    from core.runs.review import review_run
+
+    queue, run_id, _, _ = studio
+    at = _run_page(run_id)
+    suspects = {s.image: s for s in review_run(queue.store, run_id).suspects}
+    agree = []
+    for image in _card_ids(at):
+        suspect = suspects[image]
+        box = at.selectbox(key=f"review_s_to_{image}")
+        button = at.button(key=f"review_s_relabel_{image}")
+        if suspect.predicted == suspect.label:
+            assert box.value is None and button.disabled, image
+            agree.append(suspect)
+        else:
+            assert box.value == suspect.predicted and not button.disabled, image
+    assert agree, "the toy run agrees with most labels"
+    chosen = agree[0]
+    to = "red" if chosen.label == "blue" else "blue"
+    at.selectbox(key=f"review_s_to_{chosen.image}").set_value(to).run()
+    assert not at.button(key=f"review_s_relabel_{chosen.image}").disabled
+    at.button(key=f"review_s_relabel_{chosen.image}").click().run()
+    _ok(at)
+    shown = _original_name("toy", chosen.image)
+    assert f"Relabelled **{md_escape(shown, inline=True)}** to **{to}**." in [
+        s.value for s in at.success
+    ]
+    assert views.REVIEW_FOOTNOTE in [c.value for c in at.caption]  # plain words on the page
+    at.button(key=f"review_undo_{run_id}").click().run()  # leave the dataset as it was
+    _ok(at)

@@ -411,9 +411,34 @@ def test_predict_preselects_the_best_run_on_the_data_never_simply_the_newest():
     assert run_views.preselected_model([], "builtin:textures") is None
 
 
-def test_predict_preselects_the_watched_run_unless_it_is_clearly_worse():
+def test_predict_and_compare_name_the_same_best_run_whatever_the_tie():
+    """Two runs at 100 %: Compare's banner and Predict's preselection break the tie one way
+    (the faster run), whether or not the user just watched the other one."""
+    from app.views import dashboard
+
+    runs = [  # newest first
+        {**_summary("slower", 1.0), "duration_s": 30.0, "created_at": 2.0},
+        {**_summary("faster", 1.0), "duration_s": 20.0, "created_at": 1.0},
+        {**_summary("worse", 0.9), "duration_s": 5.0, "created_at": 0.5},
+    ]
+    assert dashboard.best_run(runs) == "faster"
+    assert run_views.preselected_model(runs, "builtin:textures") == "faster"
+    assert run_views.preselected_model(runs, None, watched="slower") == "faster"
+    assert (
+        dashboard.compare_table([{**r, "config": {}, "history": {}, "phases": []} for r in runs])[
+            1
+        ]["best"]
+        == "★"
+    )
+    # an equal wall time too: the newest
+    same = [{**r, "duration_s": 20.0} for r in runs]
+    assert dashboard.best_run(same) == run_views.preselected_model(same) == "slower"
+
+
+def test_predict_preselects_the_best_run_on_the_watched_runs_data():
     runs = [_summary("new", 0.90), _summary("old", 0.93), _summary("scratch", 0.33)]
-    assert run_views.preselected_model(runs, "builtin:textures", "new") == "new"
+    # Watched, but not the best: Compare's banner names "old", so does Predict.
+    assert run_views.preselected_model(runs, "builtin:textures", "new") == "old"
     assert run_views.preselected_model(runs, "builtin:textures", "scratch") == "old"
     assert run_views.preselected_model(runs, "builtin:textures", "gone") == "old"
     running = [_summary("live", None, status="running"), *runs]
@@ -475,3 +500,14 @@ def test_size_text():
     assert run_views.size_text(12_345_678) == "12.3 MB"
     assert run_views.size_text(3.2e12) == "3200.0 GB"
     assert run_views.size_text(None) == "–"
+
+
+def test_the_summary_line_says_the_input_size_the_run_used():
+    """An unset size is the backbone's default: the line says 224 px, never "default px"."""
+    result = {"config": {"weights": "imagenet", "backbone": "efficientnet_lite0",
+                         "image_size": None}, "train_images": 8, "val_images": 2,
+              "class_names": ["a", "b"], "run_dir": "/r"}  # fmt: skip
+    assert "input 224 px" in run_views.run_details(result)
+    result["config"]["image_size"] = 96
+    assert "input 96 px" in run_views.run_details(result)
+    assert run_views.input_size({"backbone": "no such backbone"}) is None

@@ -296,3 +296,16 @@ def test_a_failure_resume_cannot_fix_offers_the_fixes_instead(home, monkeypatch)
 
 def _keys(at: AppTest) -> set[str]:
     return {b.key for b in at.button if b.key}
+
+
+@pytest.mark.slow
+def test_the_mode_radio_shows_words_and_the_config_keeps_its_keys(home) -> None:
+    at = _open()
+    mode = at.radio(key="mode")
+    assert mode.options == [
+        "Feature extraction", "Fine-tuning", "Full fine-tuning", "From scratch (baseline)",
+    ]  # fmt: skip
+    assert mode.value == "feature_extraction"
+    mode.set_value("full_fine_tuning").run()
+    _ok(at)
+    assert at.session_state["mode"] == "full_fine_tuning"

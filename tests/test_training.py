@@ -93,3 +93,33 @@ def test_cancelling_a_queued_run(queue: JobQueue) -> None:
     queue.stop(first)
     assert queue.wait(first, timeout=120) == STOPPED
     assert queue.store.result(second)["epochs_done"] == 0
+
+
+@pytest.mark.slow
+def test_a_stop_during_the_feature_pass_ends_the_run_there(tmp_path) -> None:
+    """Stop while the frozen base computes features (a first run spends most of its time
+    there): the pass ends at its current batch, no epoch starts, the run is stopped and
+    resumable (before, the whole pass ran to its end first)."""
+    import threading
+
+    from core.runs.store import RunStore
+    from core.training.trainer import execute_run
+
+    store = RunStore(tmp_path)
+    run_id = store.create_run(TINY.with_changes(epochs=3, name="stopped early"))
+    stop = threading.Event()
+    written = store.update
+
+    def update(rid, **fields):  # the page's Stop, seen as the pass writes its first progress
+        stage = fields.get("stage") or {}
+        if stage.get("stage") == "features" and stage.get("done", 0) < stage.get("total", 0):
+            stop.set()
+        return written(rid, **fields)
+
+    store.update = update  # type: ignore[method-assign]
+    assert execute_run(store, run_id, stop) == STOPPED
+    result = store.result(run_id)
+    assert result["epochs_done"] == 0 and store.batches(run_id) == []
+    stage = result["stage"] or {}
+    assert stage["stage"] == "features" and stage["done"] < stage["total"]
+    assert stage["step"] == stage["steps"] == 3  # the pages' "Preparing · step 3/3"

@@ -18,7 +18,9 @@ import streamlit as st
 from app import dataset_builder as builder
 from app import widgets
 from app.views import charts
+from app.views import review as review_views
 from core.config import DEFAULT_DATA
+from core.data import datasets
 from core.data import health as data_health
 from core.data.builtin import list_builtins
 from core.data.names import display_name
@@ -165,8 +167,7 @@ if use and selected and widgets.fetch_data(selected, val_split, seed):
     st.rerun()  # redraw the sidebar and the Train page's default with the new source
 
 if not chosen:
-    button = "**Use this dataset**" if kind == builder.KIND else "**Use this data**"
-    st.info(f"Pick a source and click {button}. The Train page will use it.")
+    st.info(review_views.not_in_use_hint(kind == builder.KIND, len(datasets.dataset_names())))
     st.stop()
 st.divider()
 try:

@@ -97,6 +97,7 @@ for i, (name, data) in enumerate(images):
                 if cam is not None:
                     with cam:
                         show_gradcam(run_id, np.asarray(preview))
-        with cols[0]:
-            first = next(r for r in runs if r["run_id"] == chosen[0])
-            dataset_builder.add_to_dataset(data, name, first["data"], top1, f"add{i}")
+        # Below the row, not under the image: beside two or more models the image's column is
+        # too narrow for the button's label at 1280 px.
+        first = next(r for r in runs if r["run_id"] == chosen[0])
+        dataset_builder.add_to_dataset(data, name, first["data"], top1, f"add{i}")

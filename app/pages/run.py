@@ -13,7 +13,7 @@ import streamlit as st
 from app import review_panel, widgets
 from app.views import run_page as run_views
 from core.errors import StudioError
-from core.runs.export import FORMATS, export_all, export_run
+from core.runs.export import FORMATS, ExportStep, export_all, export_run
 from core.runs.store import FAILED, INTERRUPTED, MAX_RUN_NAME
 
 DELETING = "run_page_delete"  # session key: the run whose deletion awaits a confirmation
@@ -222,10 +222,26 @@ if st.button(
     help="All formats into one folder, each verified in its runtime: size, latency, agreement "
     "and accuracy side by side, with the model card and one zip to download",
 ):  # fmt: skip
+    # Where the export is (format n/7, converting or verifying) and each format's row as it
+    # finishes: the whole export takes minutes.
+    status = st.status("Exporting every format…", expanded=True)
+    bar = status.progress(0.0)
+    finished: list[dict[str, Any]] = []
+    table = status.empty()
+
+    def show(step: ExportStep) -> None:
+        done = step.index if step.step == "done" else max(step.index - 1, 0)
+        bar.progress(done / step.total, text=step.text)
+        if step.row is not None:
+            finished.append(step.row)
+            table.dataframe(run_views.export_table(finished), hide_index=True)
+
     try:
-        with st.spinner("Exporting every format and benchmarking each in its runtime…"):
-            st.session_state[all_key] = export_all(store, run_id)
+        st.session_state[all_key] = export_all(store, run_id, progress=show)
+        table.empty()  # the full table follows below
+        status.update(label="Every format exported and verified", state="complete", expanded=False)
     except StudioError as exc:
+        status.update(label="The export stopped", state="error")
         widgets.show_error(exc)
 
 

@@ -16,6 +16,7 @@ from app.train_tools import (
     restore_class_weight,
 )
 from app.views import dashboard
+from app.views.labels import mode_title
 from core.config import (
     AUGMENTATIONS,
     CLASS_WEIGHT_CHOICES,
@@ -58,13 +59,15 @@ with setup:  # the page's own scroll: no inner scroll box cutting the section he
     )
     spec = REGISTRY[name]
     st.caption(widgets.md_escape(dashboard.backbone_help(name)))
-    mode = st.radio("Mode", MODES, key="mode", captions=[MODE_HELP[m] for m in MODES])
+    mode = st.radio(
+        "Mode", MODES, key="mode", captions=[MODE_HELP[m] for m in MODES], format_func=mode_title
+    )
     scratch_mode = mode == "scratch"
     st.radio(
         "Weights", ["imagenet", "none"], horizontal=True, key="weights", disabled=scratch_mode,
-        help="Not used in mode scratch: the from-scratch baseline always starts from random "
-        "weights." if scratch_mode else "imagenet: pretrained weights (what transfer needs); "
-        "none: random weights.",
+        help="Not used when training from scratch: the from-scratch baseline always starts "
+        "from random weights." if scratch_mode else "imagenet: pretrained weights (what "
+        "transfer needs); none: random weights.",
     )  # fmt: skip
     weights = "none" if scratch_mode else state["weights"]
     if weights == "imagenet" and spec.weights_status() == "needs network":
@@ -138,14 +141,14 @@ with setup:  # the page's own scroll: no inner scroll box cutting the section he
     c = st.columns(2)
     epochs = c[0].number_input("Epochs (head)", 1, 1000, key="epochs")
     lr = c[1].select_slider("Learning rate", LRS, format_func="{:g}".format, key="lr")
-    phase2 = "Phase 2 of fine_tuning and full_fine_tuning (also used by Compare all modes)"
+    phase2 = "Phase 2 of Fine-tuning and Full fine-tuning (also used by Compare all modes)"
     ft_epochs = c[0].number_input("Fine-tune epochs", 0, 1000, key="ft", help=phase2)
     ft_lr = c[1].select_slider(
         "Fine-tune LR", LRS, format_func="{:g}".format, key="ft_lr", help=phase2
     )
     unfreeze = c[0].number_input(
         "Unfreeze depth", 1, 10_000, None, key="unfreeze", placeholder="last block",
-        help="fine_tuning: how many trailing base layers phase 2 unfreezes (BatchNormalization "
+        help="Fine-tuning: how many trailing base layers phase 2 unfreezes (BatchNormalization "
         "layers among them stay frozen). Also used by Compare all modes.",
     )  # fmt: skip
     config = RunConfig(

@@ -7,10 +7,11 @@ preview) lives in ``core``.
 
 from __future__ import annotations
 
+import math
 import time
 from collections.abc import Sequence
 from pathlib import Path
-from typing import Any, TypedDict
+from typing import Any, NamedTuple, TypedDict
 
 from app.views.labels import mode_label, phase_doing, status_emoji
 from core.config import AUGMENTATIONS, DEFAULT_DATA, RunConfig, Status
@@ -29,6 +30,11 @@ from core.runs.store import (
 from core.training.compare import compare_group
 from core.training.input_path import IMAGES
 
+# The trainer's stage record while it unfreezes and compiles for fine-tuning
+# (``core.training.trainer.UNFREEZE_STAGE``; named here: the views never import Keras).
+UNFREEZE_STAGE = "unfreeze"
+# Stages that count images (``done``/``total`` are images): checking them, the frozen base's pass.
+IMAGE_STAGES = ("scan", "features")
 ETA_WINDOW = 50  # recent batches used for the speed estimate
 
 
@@ -50,6 +56,19 @@ class Progress(TypedDict):
     eta_s: float | None
     eta_text: str
     text: str
+    stopping: bool  # a stop was asked and the run has not ended yet
+    stage_step: int | None  # preparing: which of the preparation's steps ("2" of "2/3")
+    stage_steps: int | None
+    stage_done: int | None  # preparing: images done in a pass over them (checking, features)
+    stage_total: int | None
+    stage_elapsed_s: float | None  # preparing: seconds in the current step so far
+
+
+class Metric(NamedTuple):
+    """One of the monitor's four metrics."""
+
+    label: str
+    value: str
 
 
 # --------------------------------------------------------------------------- progress
@@ -145,6 +164,9 @@ def preparing_step(stage: dict[str, Any]) -> tuple[str, str, float | None]:
     if kind == "runtime":
         text = "Preparing · converting the backbone for the fast runtime (first use only)"
         return text, "converting the backbone", None
+    if kind == UNFREEZE_STAGE:
+        text = "Unfreezing and compiling the model for fine-tuning (then its first batch)"
+        return text, "unfreezing and compiling the model", None
     if kind == "features" and total:
         views = int(stage.get("views") or 1)
         if stage.get("activations"):  # fine-tuning: the frozen layers, up to the cut
@@ -180,16 +202,21 @@ def _fresh_stage(result: RunResult, after: float | None) -> dict[str, Any]:
 def _mid_run_pass(stage: dict[str, Any], last: BatchRecord | None) -> bool:
     """Whether a one-off pass (fine-tuning's frozen layers, run once) is under way after the
     last batch: training is paused while it runs, so the page says so instead of the step."""
+    written = stage.get("t")
+    if stage.get("stage") == UNFREEZE_STAGE:  # until the next phase's first batch lands
+        return last is None or not isinstance(written, (int, float)) or written >= last["t"]
     if stage.get("stage") != "features" or not stage.get("total"):
         return False
     if int(stage.get("done") or 0) >= int(stage["total"]):
         return False
-    written = stage.get("t")
     return last is None or not isinstance(written, (int, float)) or written >= last["t"]
 
 
 def progress_summary(
-    result: RunResult, batches: Sequence[BatchRecord], now: float | None = None
+    result: RunResult,
+    batches: Sequence[BatchRecord],
+    now: float | None = None,
+    stopping: bool = False,
 ) -> Progress:
     """Where a run is: phase, epoch, step, speed, fraction done, elapsed time and ETA.
 
@@ -199,6 +226,7 @@ def progress_summary(
     *preparing* (or *resuming*) in the badge and the text alike, and shows no stale step or
     ETA of an earlier attempt. Speed and ETA are smoothed over the last ``ETA_WINDOW`` batches
     of the current phase and attempt; the ETA is ``None`` until two of them have been seen.
+    ``stopping``: a stop was asked (the store's flag); an active run then says so at once.
     """
     now = time.time() if now is None else now
     status = result.get("status")
@@ -224,9 +252,17 @@ def progress_summary(
         fraction = 0.0
 
     window = _window(attempt, phase)
-    if status == COMPLETED:
-        window = [attempt[0], attempt[-1]] if len(attempt) >= 2 else window  # the whole run
-    images_per_s = _throughput(window, result)
+    # Speed is measured within the last attempt: a resumed run's rows before the resume are
+    # separated from it by however long it stayed stopped, which no rate may include.
+    current = _attempt(result, batches)
+    timed = current if len(current) >= 2 else attempt
+    if status == COMPLETED:  # the whole attempt
+        speed_rows = [timed[0], timed[-1]] if len(timed) >= 2 else window
+    elif status == RUNNING:
+        speed_rows = window
+    else:
+        speed_rows = _window(timed, phase)
+    images_per_s = _throughput(speed_rows, result)
 
     eta_s: float | None = None
     if status == RUNNING and last is not None:
@@ -261,7 +297,7 @@ def progress_summary(
             fraction = min(epochs_done / planned, 1.0) if planned else 0.0
         elif last is None:
             fraction = prep_fraction if prep_fraction is not None else fraction
-        if stage.get("stage") == "features":
+        if stage.get("stage") in IMAGE_STAGES:
             images_per_s = stage.get("images_per_s") or None
             eta_s = stage.get("eta_s")
         elif last is None:
@@ -272,6 +308,12 @@ def progress_summary(
         text = stopped_text(epoch, step, steps_per_epoch)
     else:
         text = f"{status}: {epochs_done}/{planned} epochs"
+    stopping = stopping and status in ACTIVE_STATUSES
+    if stopping:  # from the click on: the run ends within its current batch
+        label = "stopping…"
+        text = "Stopping: the batch in flight finishes, then the run ends (Resume continues it)"
+    counted = preparing and stage.get("stage") in IMAGE_STAGES and bool(stage.get("total"))
+    begun = stage.get("started")
     return {
         "status": status,
         "phase": phase,
@@ -288,7 +330,43 @@ def progress_summary(
         "eta_s": eta_s,
         "eta_text": format_duration(eta_s) if eta_s is not None else "estimating…",
         "text": text,
+        "stopping": stopping,
+        "stage_step": int(stage["step"]) if preparing and stage.get("step") else None,
+        "stage_steps": int(stage["steps"]) if preparing and stage.get("steps") else None,
+        "stage_done": int(stage.get("done") or 0) if counted else None,
+        "stage_total": int(stage["total"]) if counted else None,
+        "stage_elapsed_s": max(now - float(begun), 0.0)
+        if preparing and isinstance(begun, (int, float))
+        else None,
     }
+
+
+def monitor_metrics(p: Progress) -> list[Metric]:
+    """The monitor's four metrics of an active run. While it prepares, the preparation's step
+    (n/N), the images of a pass (n/N), their rate and the ETA, or the time the step has taken
+    where there is nothing to count (building, converting, compiling): never four dashes."""
+    speed = f"{p['images_per_s']:.0f}" if p["images_per_s"] else "–"
+    eta = Metric("ETA", p["eta_text"] if p["eta_s"] is not None else "–")
+    if not p["preparing"]:
+        return [
+            Metric("Epoch", f"{p['epoch']}/{p['planned_epochs']}" if p["epoch"] else "–"),
+            Metric("Step", f"{p['step']}/{p['steps_per_epoch']}" if p["step"] else "–"),
+            Metric("Images/s", speed),
+            eta,
+        ]
+    if p["epoch"]:  # a pass between phases: the epoch reached stays shown
+        first = Metric("Epoch", f"{p['epoch']}/{p['planned_epochs']}")
+    elif p["stage_step"] and p["stage_steps"]:
+        first = Metric("Preparing", f"step {p['stage_step']}/{p['stage_steps']}")
+    else:
+        first = Metric("Epoch", "–")
+    if p["stage_total"]:
+        second = Metric("Images", f"{p['stage_done']}/{p['stage_total']}")
+    else:
+        second = Metric("Step", "–")
+    if p["eta_s"] is None and p["stage_elapsed_s"] is not None:
+        eta = Metric("Elapsed", format_duration(p["stage_elapsed_s"]))
+    return [first, second, Metric("Images/s", speed), eta]
 
 
 # --------------------------------------------------------------------------- choosing runs
@@ -404,14 +482,22 @@ def trainable_params(result: RunResult) -> int | None:
     return max(counts) if counts else None
 
 
-def best_run(results: Sequence[RunResult]) -> str | None:
-    """The run with the highest best validation accuracy; ties go to the fastest one."""
+def best_run_key(run: RunSummary) -> tuple[float, float, float]:
+    """The one order of "best run", for Compare's ★ and banner and Predict's preselection:
+    the highest best validation accuracy; a tie goes to the shortest wall time, then to the
+    newest run. A run without an accuracy ranks below every run with one."""
+    acc, duration = run.get("best_val_accuracy"), run.get("duration_s")
+    return (
+        float(acc) if isinstance(acc, (int, float)) else -1.0,
+        -float(duration) if isinstance(duration, (int, float)) and duration > 0 else -math.inf,
+        float(run.get("created_at") or 0.0),
+    )
+
+
+def best_run(results: Sequence[RunSummary]) -> str | None:
+    """The best run by ``best_run_key`` among those with an accuracy; ``None`` if none has."""
     scored = [r for r in results if r.get("best_val_accuracy") is not None]
-    if not scored:
-        return None
-    inf = float("inf")
-    best = max(scored, key=lambda r: (r["best_val_accuracy"], -(r.get("duration_s") or inf)))
-    return best["run_id"]
+    return max(scored, key=best_run_key)["run_id"] if scored else None
 
 
 def compare_table(results: Sequence[RunResult]) -> list[dict[str, Any]]:

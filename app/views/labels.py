@@ -52,6 +52,13 @@ MODE_LABELS: Mapping[str, str] = {
     Mode.FULL_FINE_TUNING: "full fine-tuning",
     Mode.SCRATCH: "from scratch",
 }
+# The Train page's mode choice: the same modes as titles (the config keeps its keys).
+MODE_TITLES: Mapping[str, str] = {
+    Mode.FEATURE_EXTRACTION: "Feature extraction",
+    Mode.FINE_TUNING: "Fine-tuning",
+    Mode.FULL_FINE_TUNING: "Full fine-tuning",
+    Mode.SCRATCH: "From scratch (baseline)",
+}
 
 
 def status_emoji(status: str | None) -> str:
@@ -87,3 +94,8 @@ def phase_title(phase: str) -> str:
 def mode_label(mode: str | None) -> str:
     """A mode in words ("fine-tuning"); the mode itself if unknown, ``?`` if missing."""
     return MODE_LABELS.get(mode or "", mode or "?")
+
+
+def mode_title(mode: str) -> str:
+    """A mode as the Train page offers it ("Fine-tuning"); the mode itself if unknown."""
+    return MODE_TITLES.get(mode, mode)

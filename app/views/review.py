@@ -47,6 +47,19 @@ def free_name(base: str, taken: Iterable[str]) -> str:
     return f"{base} {n}"
 
 
+def not_in_use_hint(your_dataset: bool, datasets: int) -> str:
+    """The Data page's hint while no data is in use: on "Your dataset" with no dataset yet, make
+    one first (there is nothing to use); elsewhere pick a source and use it."""
+    if not your_dataset:
+        return "Pick a source and click **Use this data**. The Train page will use it."
+    if not datasets:
+        return (
+            "Create a dataset above (name it, then add classes and images), or import data you "
+            "have; then click **Use this dataset**. The Train page will use it."
+        )
+    return "Pick a dataset and click **Use this dataset**. The Train page will use it."
+
+
 def dataset_source(name: str) -> str:
     """The data source string of managed dataset ``name``."""
     return f"dataset:{name}"
@@ -337,7 +350,26 @@ def cards_for(
     return cards
 
 
-def relabel_options(classes: Sequence[str], card: Card) -> tuple[list[str], int]:
-    """Classes to relabel ``card`` to (all but its own label) and the default: the prediction."""
+def relabel_options(classes: Sequence[str], card: Card) -> tuple[list[str], int | None]:
+    """Classes to relabel ``card`` to (all but its own label) and the one preselected: the
+    prediction when the model disagrees with the label, else none (``None``): where the model
+    agrees, a preselected class would move a correct image in one click."""
     options = [c for c in classes if c != card.label]
-    return options, options.index(card.predicted) if card.predicted in options else 0
+    return options, options.index(card.predicted) if card.predicted in options else None
+
+
+def edit_note(action: str, file_name: str, to: str = "") -> str:
+    """What one review edit did, naming the image by its file name (Markdown, names escaped)."""
+    shown = f"**{md_escape(file_name, inline=True)}**"
+    if action == "relabel":
+        return f"Relabelled {shown} to **{md_escape(to, inline=True)}**."
+    if action == "exclude":
+        return f"Excluded {shown} (set aside, never deleted: **Undo** restores it)."
+    return f"Kept {shown} as labelled (listed last from now on)."
+
+
+REVIEW_FOOTNOTE = (
+    "How these are found: every image is scored by a classifier that did not train on it "
+    "(training images by classifiers fitted on the other training images, validation images by "
+    "this run's model); the images least likely to carry their label are listed first."
+)

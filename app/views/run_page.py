@@ -10,14 +10,14 @@ from __future__ import annotations
 import csv
 import io
 import zipfile
-from collections.abc import Iterable, Sequence
+from collections.abc import Iterable, Mapping, Sequence
 from pathlib import Path
 from typing import Any
 
 import numpy as np
 import plotly.graph_objects as go
 
-from app.views.dashboard import format_count, format_duration
+from app.views.dashboard import best_run_key, format_count, format_duration
 from app.views.labels import phase_row
 from app.views.text import md_escape, plotly_text
 from core.config import RunConfig
@@ -33,8 +33,6 @@ GALLERY_LIMIT = 24
 HEATMAP_MAX_CLASSES = 30
 TOP_PAIRS = 100  # rows of the most-confused-pairs table
 MATRIX_COLORS = "Blues"
-# Predict keeps the run the user just watched unless a run on the same data beats it by more.
-WATCHED_SLACK = 0.05
 HIGHLIGHT = "#ea580c"  # the selected cell's outline (the charts' validation orange)
 _FONT = {"family": "Inter, Segoe UI, Helvetica, Arial, sans-serif", "size": 13}
 
@@ -57,30 +55,28 @@ def pick_run(runs: Sequence[RunSummary], requested: Iterable[str | None] = ()) -
 def preselected_model(
     runs: Sequence[RunSummary], data: str | None = None, watched: str | None = None
 ) -> str | None:
-    """The model Predict starts with: never simply the newest (after "Compare all modes" with a
+    """The model Predict starts with: the best run (``dashboard.best_run_key``, the rule that
+    also names Compare's best) among the completed runs on the data of the run the user just
+    watched (``watched``), else on ``data`` (the data in use), else on any data; else the best
+    offered run (a stopped one). Never simply the newest (after "Compare all modes" with a
     scratch baseline that is the worst one).
-
-    The run the user just watched (``watched``) when it completed and is not clearly worse
-    (``WATCHED_SLACK``) than the best completed run on the same data; else the completed run with
-    the best validation accuracy on ``data`` (the data in use), else on any data; else the best
-    offered run (a stopped one). Ties go to the newest (``runs`` is newest first).
     """
 
-    def accuracy(run: RunSummary) -> float:
-        acc = run.get("best_val_accuracy")
-        return float(acc) if isinstance(acc, (int, float)) else -1.0
-
     def best(candidates: Sequence[RunSummary]) -> RunSummary | None:
-        return max(candidates, key=accuracy) if candidates else None  # max keeps the first
+        return max(candidates, key=best_run_key) if candidates else None
+
+    def on(source: str | None) -> list[RunSummary]:
+        wanted = (source or "").strip()
+        return [r for r in completed if wanted and (r.get("data") or "").strip() == wanted]
 
     completed = [r for r in runs if r["status"] == COMPLETED]
     mine = next((r for r in completed if r["run_id"] == watched), None)
-    if mine is not None:
-        rival = best([r for r in completed if r.get("data") == mine.get("data")])
-        if rival is None or accuracy(mine) >= accuracy(rival) - WATCHED_SLACK:
-            return mine["run_id"]
-    on_data = [r for r in completed if data and (r.get("data") or "").strip() == data.strip()]
-    chosen = best(on_data) or best(completed) or best(runs)
+    chosen = (
+        best(on(mine.get("data")) if mine else [])
+        or best(on(data))
+        or best(completed)
+        or best(runs)
+    )
     return chosen["run_id"] if chosen else None
 
 
@@ -184,10 +180,23 @@ def run_summary(result: RunResult) -> list[tuple[str, str]]:
     ]
 
 
+def input_size(config: Mapping[str, Any]) -> int | None:
+    """The input size a run's config trains at: its ``image_size``, or when unset the
+    backbone's default (what the run used); ``None`` for an unknown backbone."""
+    from core.models.backbones import get_backbone
+
+    if config.get("image_size"):
+        return int(config["image_size"])
+    try:
+        return get_backbone(str(config.get("backbone"))).default_size
+    except StudioError:
+        return None
+
+
 def run_details(result: RunResult) -> str:
     """Markdown, one line: weights, input size, image counts and the run folder (escaped)."""
     config = result.get("config") or {}
-    size = config.get("image_size") or "default"
+    size = input_size(config) or "?"
     return (
         f"weights {md_escape(config.get('weights'), inline=True)} · "
         f"input {md_escape(size, inline=True)} px · "

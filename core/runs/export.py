@@ -803,6 +803,36 @@ def _accuracy(probs: np.ndarray, labels: np.ndarray | None) -> float | None:
     return float(np.mean(probs.argmax(axis=1) == labels))
 
 
+@dataclass(frozen=True)
+class ExportStep:
+    """Where an export is, for a progress display: ``step`` is "preparing" (loading the model
+    and the verification images), "converting" or "verifying" (loading the file in its runtime,
+    checking its predictions and timing it) format ``index`` of ``total``, or "done" with that
+    format's finished ``row`` (the row ``export_all`` returns, without its final ``path``)."""
+
+    step: str
+    format: str
+    index: int
+    total: int
+    row: dict[str, Any] | None = None
+
+    @property
+    def text(self) -> str:
+        """One line: ``Converting onnx (6/7)…``."""
+        where = f"{self.format} ({self.index}/{self.total})"
+        if self.step == "preparing":
+            return "Loading the model and the verification images…"
+        if self.step == "converting":
+            return f"Converting {where}…"
+        if self.step == "verifying":
+            runtime = FORMAT_RUNTIMES.get(self.format, "its runtime")
+            return f"Verifying and benchmarking {where} in {runtime}…"
+        return f"Done: {where}"
+
+
+ExportProgressFn = Callable[[ExportStep], None]
+
+
 def _export(
     store: RunStore,
     run_id: str,
@@ -811,9 +841,11 @@ def _export(
     overwrite: bool,
     default_folder: str,
     skipped: Sequence[dict[str, str]] = (),
+    progress: ExportProgressFn | None = None,
 ) -> dict[str, Any]:
     """Write, verify in their runtimes and place the artifacts of ``jobs`` (format, quantize),
-    with labels, config and the model card, in one folder."""
+    with labels, config and the model card, in one folder; ``progress`` hears each step."""
+    say = progress or (lambda step: None)
     from core.runs.model_card import CONFUSION_IMAGE, write_card
     from core.runs.predict import load_run
 
@@ -841,14 +873,17 @@ def _export(
             "write to."
         ) from exc
     try:
+        total = len(jobs)
+        say(ExportStep("preparing", jobs[0][0], 0, total))
         portable = portable_model(run.model)
         images, truth, source = verification_set(store, run_id, run.image_size)
         batch = images.astype(np.float32)
         live = _live_probabilities(run.model, batch)
         live_accuracy = _accuracy(live, truth)
         rows = []
-        for (fmt, quantize), artifact in zip(jobs, artifacts, strict=True):
+        for index, ((fmt, quantize), artifact) in enumerate(zip(jobs, artifacts, strict=True), 1):
             target = staging / artifact
+            say(ExportStep("converting", fmt, index, total))
             if fmt == "keras":
                 _write_keras(portable, target)
             elif fmt == "savedmodel":
@@ -862,6 +897,7 @@ def _export(
                 _write_tflite(portable, target, "int8", calibration)
             else:
                 _write_tflite(portable, target, "fp16" if fmt == "tflite-fp16" else quantize)
+            say(ExportStep("verifying", fmt, index, total))
             ran = verify_in_runtime(target, fmt, batch)
             kind = "dynamic" if quantize else _KINDS[fmt]
             check = compare_predictions(live, ran["probabilities"], kind=kind)
@@ -882,6 +918,7 @@ def _export(
                     else live_accuracy - accuracy,
                 }
             )
+            say(ExportStep("done", fmt, index, total, dict(rows[-1])))
         (staging / LABELS_FILE).write_text(labels, encoding="utf-8")
         (staging / CONFIG_FILE).write_text(
             json.dumps(result_row["config"], indent=2, sort_keys=True) + "\n", encoding="utf-8"
@@ -958,8 +995,12 @@ def export_all(
     out_dir: str | os.PathLike[str] | None = None,
     overwrite: bool = False,
     formats: Sequence[str] = FORMATS,
+    progress: ExportProgressFn | None = None,
 ) -> dict[str, Any]:
     """Export every format (default ``FORMATS``) into one folder, each verified in its runtime.
+
+    ``progress`` is called with an ``ExportStep`` as each format is converted, verified and
+    done (with its row): a page shows where the export is and each row as it finishes.
 
     Defaults to ``<run folder>/exports/all``. A format whose converter is not installed is left
     out and listed in ``skipped_formats`` with what to install; any other failure is an error.
@@ -979,4 +1020,4 @@ def export_all(
     if not jobs:
         raise StudioError("No export format can be written here: " + "; ".join(
             f"{s['format']} {s['reason']}" for s in skipped))  # fmt: skip
-    return _export(store, run_id, jobs, out_dir, overwrite, "all", skipped)
+    return _export(store, run_id, jobs, out_dir, overwrite, "all", skipped, progress)

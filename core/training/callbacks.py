@@ -146,6 +146,15 @@ class StopOnRequest(keras.callbacks.Callback):
     def on_train_begin(self, logs: dict | None = None) -> None:
         self.stopped_mid_epoch = False
 
+    def on_epoch_begin(self, epoch: int, logs: dict | None = None) -> None:
+        # A stop asked during the last epoch's validation (or checkpoint) must not start another
+        # epoch: the first batch of a new one can take seconds (a fine-tuning step on a CPU).
+        if self.stop_wanted():
+            self.stopped_mid_epoch = False  # the epoch before is finished and recorded
+            self.model.stop_training = True
+            if self.interrupt:
+                raise StopTraining
+
     def on_train_batch_end(self, batch: int, logs: dict | None = None) -> None:
         if self.stop_wanted():
             self.stopped_mid_epoch = batch + 1 < self.steps_per_epoch

@@ -159,6 +159,8 @@ def fit_head(
     dispatch.on_train_begin()
     for epoch in range(initial_epoch, epochs):
         dispatch.on_epoch_begin(epoch)
+        if head.stop_training:  # a stop seen as the epoch begins: it does not run
+            break
         dispatch.on_train_batch_begin(0)
         order = epoch_rows(seed, epoch, len(y_train), views)
         logs = {k: float(v) for k, v in zip(names, run_epoch(order), strict=False)}

@@ -48,6 +48,12 @@ from core.training.checkpoint import (
 ProgressFn = Callable[[dict[str, Any]], None]
 MODEL_FILE = "model.keras"
 STAGE_EVERY_S = 0.5  # at most this often, a one-off pass's progress is written to the store
+UNFREEZE_STAGE = "unfreeze"  # the stage record of the switch to fine-tuning (before its batch)
+
+
+class RunStopped(Exception):
+    """A stop request seen while the run prepares (no batch trains yet): the pass in flight
+    ends at its current batch and the run ends ``stopped``, resumable."""
 
 
 def _error_text(exc: BaseException, folder: Path) -> str:
@@ -152,6 +158,19 @@ class _Trainer:
         self.stop_event, self.progress = stop_event, progress
         self.timings: dict[str, float] = {}  # seconds per stage, recorded in the run
         self.devices = RunDevices(None, 1, "CPU", False)  # set by ``_train`` (``run_devices``)
+        self._stop_polled = 0.0
+
+    def stop_wanted(self) -> bool:
+        """Whether a stop was requested: this process's event, or the store's flag (another
+        process: the dashboard, ``python -m core stop``), read at most every ``STOP_POLL_S``."""
+        from core.training.callbacks import STOP_POLL_S
+
+        now = time.monotonic()
+        if not self.stop_event.is_set() and now - self._stop_polled >= STOP_POLL_S:
+            self._stop_polled = now
+            if self.store.stop_requested(self.run_id):
+                self.stop_event.set()
+        return self.stop_event.is_set()
 
     def _scope(self) -> AbstractContextManager[Any]:
         """The strategy's scope (where a mirrored run's variables must be made), else nothing."""
@@ -173,11 +192,15 @@ class _Trainer:
     def prepare(self) -> None:
         """Data, model and the input source (pipelines, or one pass of the frozen base)."""
         from core.data import load_dataset
+        from core.training.input_path import IMAGES, input_path
         from core.training.model import build_model, resolve_backbone
         from core.training.sources import choose_source
 
         config, store, run_id = self.config, self.store, self.run_id
-        scanning = self._stage_reporter(stage="scan")
+        # The preparation's steps, numbered for the pages ("step 2/3"): checking the images,
+        # building the model, and the one-off pass of the frozen base when the run has one.
+        steps = 2 if input_path(config).kind == IMAGES else 3
+        scanning = self._stage_reporter(stage="scan", step=1, steps=steps)
         with self._timed("scan"):
             data = load_dataset(
                 config.data, val_split=config.val_split, seed=config.seed, progress=scanning
@@ -196,7 +219,12 @@ class _Trainer:
                 "Add at least 2 images per class (or a val/ folder) so accuracy can be measured."
             )
         self.data = data
-        building = {"stage": "build", "converting": _converts_weights(config), "t": time.time()}
+        if self.stop_wanted():
+            raise RunStopped
+        building = {
+            "stage": "build", "converting": _converts_weights(config), "step": 2, "steps": steps,
+            "started": time.time(), "t": time.time(),
+        }  # fmt: skip
         store.update(run_id, stage=building)
         with self._timed("build"), self._scope():
             # The backbone's spec and weights identity, looked up once for the whole run.
@@ -207,7 +235,11 @@ class _Trainer:
         n_images = len(data.train_paths) + len(data.val_paths)
         with self._scope():  # the head and cut models it builds share the model's variables
             self.source = choose_source(config, self.built, n_images)
-        self.source.prepare(data, self._stage_reporter)
+        if self.stop_wanted():
+            raise RunStopped
+        self.source.prepare(
+            data, lambda **extra: self._stage_reporter(step=min(3, steps), steps=steps, **extra)
+        )
         self.timings.update(self.source.timings)
 
     def _stage_reporter(self, **extra: Any) -> Callable[..., None]:
@@ -217,16 +249,14 @@ class _Trainer:
         started, last = time.time(), [0.0]
 
         def stage(done: int, total: int, **more: Any) -> None:
-            if self.stop_event.is_set():
-                raise _StoppedPreparing  # a stop during a long one-off pass ends it too
+            # Every batch of a one-off pass reports here: a stop ends the pass at that batch.
+            if self.stop_wanted():
+                raise RunStopped
             now = time.time()
             if done < total and not more and now - last[0] < STAGE_EVERY_S:
                 return  # a write per batch would cost more than the pages can show
             last[0] = now
-            if self.store.stop_requested(self.run_id):  # asked by another process
-                self.stop_event.set()
-                raise _StoppedPreparing
-            record = {**describe_stage(done, total, started), **extra, **more}
+            record = {**describe_stage(done, total, started), "started": started, **extra, **more}
             self.store.update(self.run_id, stage=record)
 
         return stage
@@ -260,6 +290,13 @@ class _Trainer:
             if done >= epoch_offset + epochs:  # finished before an interruption
                 epoch_offset += epochs
                 continue
+            if self.stop_wanted():
+                return STOPPED  # asked between phases: the next one does not start
+            if epoch_offset > 0:
+                # Unfreezing and compiling (and the first batch's trace) take a while: the
+                # pages say so instead of the last batch of the phase before.
+                now = time.time()
+                store.update(run_id, stage={"stage": UNFREEZE_STAGE, "started": now, "t": now})
             with self._scope():  # a mirrored run's optimizer variables are mirrored too
                 compile_model(model, lr)
                 if done > epoch_offset and meta.get("phase") == phase:
@@ -306,10 +343,6 @@ class _Trainer:
         self.store.update(self.run_id, model_path=str(path), model_bytes=path.stat().st_size)
 
 
-class _StoppedPreparing(Exception):
-    """A stop was asked during a one-off pass over the images (before any epoch)."""
-
-
 def _converts_weights(config: RunConfig) -> bool:
     """Whether building the model first converts bundled weights (once per studio home)."""
     from core.models.backbones import SOURCE_BUNDLED, get_backbone
@@ -336,8 +369,9 @@ def _train(trainer: _Trainer) -> str:
     with precision_policy(devices.mixed_precision):
         try:
             trainer.prepare()
-        except _StoppedPreparing:
-            return STOPPED  # nothing trained yet: resuming starts from the beginning
+        except RunStopped:  # before any batch: nothing to save, the run resumes from scratch
+            trainer.record_timings()
+            return STOPPED
         trainer.record_timings()
         with trainer._timed("fit"):
             status = trainer.train()
