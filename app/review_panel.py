@@ -25,9 +25,9 @@ from app.views.text import md_escape
 from core.errors import StudioError
 
 if TYPE_CHECKING:
-    from core.runs.review import Review
     from core.runs.store import RunResult, RunStore
     from core.training.jobs import JobQueue
+    from core.training.review import Review
 
 NOTES = "review_notes"  # session key: (level, markdown) messages of the last action
 RETRAINED = "review_retrained"  # session key: {run id: the run "Retrain with these fixes" queued}
@@ -59,7 +59,7 @@ def _act(store: RunStore, run_id: str, action: str, card: views.Card, widget: st
     """``on_click`` of Relabel / Exclude / Keep: one edit of the run's edit target (a managed
     copy of an unmanaged source is made here, on the first edit, and the page says so)."""
     from core.data.datasets import open_dataset
-    from core.runs.review import edit_target
+    from core.training.review import edit_target
 
     image, file_name, path = card.image, Path(card.path).name or card.image, card.path
     try:
@@ -195,7 +195,7 @@ def _edits(name: str | None) -> list[dict[str, Any]]:
 
 def _retrain(queue: JobQueue, run_id: str, review: Review) -> None:
     """Queue the same RunConfig on the edited dataset, once per state of the edits."""
-    from core.runs.review import retrain_config
+    from core.training.review import retrain_config
 
     try:
         config = retrain_config(queue.store, run_id)
@@ -224,7 +224,7 @@ def _retrained(run_id: str) -> None:
 
 def render(queue: JobQueue, result: RunResult) -> None:
     """The Review section of a finished run (scored on demand: the toggle)."""
-    from core.runs import review as core_review
+    from core.training import review as core_review
 
     store, run_id = queue.store, result["run_id"]
     st.subheader("Review", divider="gray")
@@ -284,7 +284,7 @@ def render(queue: JobQueue, result: RunResult) -> None:
 
 
 def _map(store: RunStore, run_id: str, review: Review, classes: Sequence[str]) -> None:
-    from core.runs.review import embedding_map
+    from core.training.review import embedding_map
 
     if not st.toggle("Show the embedding map", key=f"review_map_on_{run_id}"):
         return

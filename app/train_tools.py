@@ -20,16 +20,9 @@ from core.config import (
 from core.data.sources import parse_source
 from core.errors import StudioError
 from core.paths import runs_root
-from core.search import (
-    INTERRUPTED,
-    RUNNING,
-    SEARCH_TASK,
-    start_search,
-    stop_task,
-    task_log_path,
-    task_state,
-)
+from core.tasks import INTERRUPTED, RUNNING, stop_task, task_log_path, task_state
 from core.training.lr_find import LR_FIND_TASK, phases_for, start_lr_find
+from core.training.search import SEARCH_TASK, start_search
 
 SEARCH_NOTE = "search_use_note"  # session key: what "Use this" changed, shown once
 LR_NOTE = "lr_use_note"  # session key: what "Use <lr>" changed, shown once

@@ -14,6 +14,26 @@ from typing import Any
 
 from core.errors import ConfigError
 
+__all__ = [
+    "AUGMENTATIONS",
+    "CLASS_WEIGHT_CHOICES",
+    "CLASS_WEIGHT_HELP",
+    "DEFAULT_DATA",
+    "DISTRIBUTE_CHOICES",
+    "DISTRIBUTE_HELP",
+    "FEATURE_CACHE_CHOICES",
+    "MIXED_PRECISION_CHOICES",
+    "MIXED_PRECISION_HELP",
+    "MODES",
+    "MODE_HELP",
+    "SETTING_LABELS",
+    "Mode",
+    "Phase",
+    "RunConfig",
+    "Status",
+    "setting_label",
+]
+
 # RunConfig fields in the words the dashboard and messages use (the CLI maps them to flags).
 SETTING_LABELS = {
     "lr": "learning rate",

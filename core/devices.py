@@ -35,6 +35,27 @@ if TYPE_CHECKING:  # TensorFlow loads only where a command or run needs it
 
     from core.config import RunConfig
 
+__all__ = [
+    "LOGICAL_CPUS_ENV",
+    "MAX_LOGICAL_CPUS",
+    "MIXED_POLICY",
+    "MIXED_PRECISION_MIN_CAPABILITY",
+    "DeviceSetup",
+    "RunDevices",
+    "configure",
+    "configure_on_import",
+    "describe_devices",
+    "device_label",
+    "gpu_capabilities",
+    "make_strategy",
+    "mixed_precision_pays",
+    "precision_policy",
+    "requested_logical_cpus",
+    "resolve_mixed_precision",
+    "run_devices",
+    "training_devices",
+]
+
 LOGICAL_CPUS_ENV = "TRANSFER_STUDIO_LOGICAL_CPUS"
 MAX_LOGICAL_CPUS = 64
 MIXED_PRECISION_MIN_CAPABILITY = (7, 0)  # Volta and later: tensor cores run float16 fast

@@ -8,6 +8,18 @@ command line can add its flags (``--image-size``) and the dashboard never shows 
 
 from collections.abc import Sequence
 
+__all__ = [
+    "BackboneError",
+    "ConfigError",
+    "DataError",
+    "RunNotFoundError",
+    "StorageError",
+    "StudioError",
+    "WeightsUnavailableError",
+    "exception_chain",
+    "storage_error",
+]
+
 
 class StudioError(Exception):
     """Base class for errors a user can act on."""

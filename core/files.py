@@ -22,6 +22,23 @@ from contextlib import contextmanager
 from pathlib import Path
 from typing import Any
 
+__all__ = [
+    "CHUNK",
+    "FOLDER_MODE",
+    "TEMP_PREFIX",
+    "atomic_path",
+    "atomic_write_bytes",
+    "atomic_write_text",
+    "build_folder",
+    "discard_folder",
+    "read_marker",
+    "sha256_file",
+    "sqlite_damaged",
+    "sound_database",
+    "sqlite_backup",
+    "set_aside_damaged",
+]
+
 CHUNK = 1 << 20  # bytes read at a time when hashing
 TEMP_PREFIX = "tmp-"  # how every temporary written by ``atomic_path`` is named: tmp-*-<name>
 FOLDER_MODE = 0o755  # a built folder is an ordinary folder, not mkdtemp's private one

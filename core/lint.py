@@ -8,19 +8,32 @@ Findings never block a run (the config is valid; ``RunConfig.validate`` refuses 
 
 from __future__ import annotations
 
-from typing import Any
+from typing import Literal, TypedDict
 
 from core.config import RunConfig
 from core.errors import StudioError
 
-WARNING, INFO = "warning", "info"
+# The checks' thresholds are module constants; the public face is the lint itself.
+__all__ = ["LintFinding", "count_train_images", "lint_config"]
+
+WARNING: Literal["warning"] = "warning"
+INFO: Literal["info"] = "info"
 FINE_TUNE_MODES = ("fine_tuning", "full_fine_tuning")
 MAX_FINE_TUNE_LR = 1e-4
 FULL_FINE_TUNE_MIN_IMAGES = 1000
 SCRATCH_MIN_IMAGES = 5000
 
 
-def _finding(level: str, code: str, message: str) -> dict[str, str]:
+class LintFinding(TypedDict):
+    """One finding: ``level`` (``warning`` or ``info``), a stable ``code`` (the CLI maps it to
+    flags, the Train page to a section) and a ``message`` in the settings' words."""
+
+    level: Literal["warning", "info"]
+    code: str
+    message: str
+
+
+def _finding(level: Literal["warning", "info"], code: str, message: str) -> LintFinding:
     return {"level": level, "code": code, "message": message}
 
 
@@ -47,7 +60,7 @@ def count_train_images(config: RunConfig, scan: bool = True) -> int | None:
     return None
 
 
-def lint_config(config: RunConfig, train_images: int | None = None) -> list[dict[str, Any]]:
+def lint_config(config: RunConfig, train_images: int | None = None) -> list[LintFinding]:
     """Findings ``{level: "warning"|"info", code, message}`` for ``config``, warnings first.
 
     ``train_images`` (the training split's size, when known) enables the dataset-size checks.
@@ -55,7 +68,7 @@ def lint_config(config: RunConfig, train_images: int | None = None) -> list[dict
     from core.errors import BackboneError
     from core.models.backbones import get_backbone
 
-    found: list[dict[str, str]] = []
+    found: list[LintFinding] = []
     fine_tune_phase = config.mode in FINE_TUNE_MODES and config.fine_tune_epochs > 0
 
     if config.mode in FINE_TUNE_MODES and config.fine_tune_epochs == 0:
@@ -154,14 +167,14 @@ def lint_config(config: RunConfig, train_images: int | None = None) -> list[dict
     return sorted(found, key=lambda f: order[f["level"]])  # stable: rule order within a level
 
 
-def _device_findings(config: RunConfig) -> list[dict[str, str]]:
+def _device_findings(config: RunConfig) -> list[LintFinding]:
     """Mixed precision forced on without a GPU; a mirrored run with one device to mirror over.
 
     Only these non-default settings look at the devices (which loads TensorFlow).
     """
     from core import devices
 
-    found: list[dict[str, str]] = []
+    found: list[LintFinding] = []
     if config.mixed_precision == "on" and not devices.gpu_capabilities():
         found.append(
             _finding(

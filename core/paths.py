@@ -15,6 +15,17 @@ from pathlib import Path
 
 from core.errors import StorageError, storage_error
 
+__all__ = [
+    "DEFAULT_HOME",
+    "HOME_ENV",
+    "blocking_file",
+    "data_cache_dir",
+    "ensure_folder",
+    "runs_root",
+    "studio_home",
+    "weights_cache_dir",
+]
+
 HOME_ENV = "TRANSFER_STUDIO_HOME"
 DEFAULT_HOME = Path("~/.transfer_studio")
 

@@ -1,8 +1,10 @@
-"""Child processes of ``python -m core``: the training workers and the Train page's tasks.
+"""Processes of ``python -m core``: who is alive, and the children a process starts.
 
-Both are started the same way (detached, in their own session, output appended to a log in the
-runs folder) and a process that started some must be able to list and end them (tests, a server
-shutting down), so that lives here once: ``Children``.
+A process is named by a token (pid plus start time, so a reused pid is not mistaken for the old
+process): run owners, workers and tasks are recorded by it and checked with ``owner_alive``.
+Training workers and the Train page's tasks are started the same way (detached, in their own
+session, output appended to a log in the runs folder) and a process that started some must be
+able to list and end them (tests, a server shutting down), so that lives here once: ``Children``.
 """
 
 from __future__ import annotations
@@ -14,7 +16,63 @@ import threading
 from collections.abc import Hashable, Iterable, Mapping, Sequence
 from pathlib import Path
 
+__all__ = [
+    "PROJECT_ROOT",
+    "Children",
+    "child_environment",
+    "core_command",
+    "owner_alive",
+    "pid_alive",
+    "process_token",
+]
+
 PROJECT_ROOT = Path(__file__).resolve().parents[1]  # on a child's PYTHONPATH
+
+
+def process_token(pid: int | None = None) -> str:
+    """Identify a live process robustly: pid plus its start time (guards against pid reuse)."""
+    pid = os.getpid() if pid is None else pid
+    start = ""
+    try:
+        with open(f"/proc/{pid}/stat", "rb") as fh:
+            # Field 22 is starttime; field 2 (the command) may hold spaces, so split after ')'.
+            start = fh.read().rsplit(b")", 1)[1].split()[19].decode()
+    except (OSError, IndexError):
+        pass
+    return f"{pid}:{start}"
+
+
+def pid_alive(pid: int) -> bool:
+    """Whether process ``pid`` exists and is not a zombie (a killed child its parent has not
+    reaped yet is one: still in the process table, but it will never write again)."""
+    if pid <= 0:
+        return False
+    try:
+        os.kill(pid, 0)
+    except ProcessLookupError:
+        return False
+    except PermissionError:  # exists, owned by someone else
+        pass
+    try:
+        with open(f"/proc/{pid}/stat", "rb") as fh:
+            state = fh.read().rsplit(b")", 1)[1].split()[0]
+    except (OSError, IndexError):
+        return True  # no /proc (not Linux): os.kill said it exists
+    return state not in (b"Z", b"X")
+
+
+def owner_alive(owner: str | None) -> bool:
+    """Whether the process a ``process_token`` names is still the one running under its pid."""
+    if not owner:
+        return False
+    pid_text, _, _ = owner.partition(":")
+    try:
+        pid = int(pid_text)
+    except ValueError:
+        return False
+    if not pid_alive(pid):
+        return False
+    return process_token(pid) == owner
 
 
 def core_command(args: Sequence[str]) -> list[str]:

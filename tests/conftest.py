@@ -6,7 +6,6 @@ import os
 import sys
 import tempfile
 from collections.abc import Iterator
-from contextlib import contextmanager
 from pathlib import Path
 from typing import TYPE_CHECKING
 
@@ -15,14 +14,17 @@ os.environ.setdefault("TF_CPP_MIN_LOG_LEVEL", "2")
 _SESSION_HOME = Path(tempfile.mkdtemp(prefix="transfer-studio-test-home-"))
 os.environ["TRANSFER_STUDIO_HOME"] = str(_SESSION_HOME)
 # Feature passes run on Keras: converting each backbone/size the tests use to LiteRT would cost
-# seconds per test module. tests/test_litert_features.py turns the runtime on where it is tested.
+# seconds per test module. tests/core/training/test_litert_features.py turns the runtime on where
+# it is tested.
 os.environ["TRANSFER_STUDIO_FEATURE_RUNTIME"] = "keras"
 
 import pytest  # noqa: E402
 
+# The page tests import it from here (it lives with the other shared helpers).
+from tests.helpers import seeded_studio  # noqa: E402, F401
+
 if TYPE_CHECKING:
-    from core.config import RunConfig
-    from core.training.jobs import JobQueue
+    pass
 
 
 @pytest.fixture(autouse=True)
@@ -33,9 +35,9 @@ def _no_worker_left_behind() -> Iterator[None]:
     jobs = sys.modules.get("core.training.jobs")
     if jobs is not None and jobs.spawned_workers():
         jobs.stop_spawned_workers(timeout=5.0)
-    search = sys.modules.get("core.search")  # the Train page's LR finder and search tasks
-    if search is not None and search.task_processes():
-        search.stop_task_processes(timeout=5.0)
+    tasks = sys.modules.get("core.tasks")  # the Train page's LR finder and search tasks
+    if tasks is not None and tasks.task_processes():
+        tasks.stop_task_processes(timeout=5.0)
 
 
 @pytest.fixture(scope="session")
@@ -44,17 +46,14 @@ def studio_home() -> Path:
     return _SESSION_HOME
 
 
-@contextmanager
-def seeded_studio(home: Path, config: RunConfig) -> Iterator[tuple[JobQueue, str]]:
-    """A studio home of its own holding one completed run of ``config``: (queue, run_id).
+@pytest.fixture
+def recorded_studio(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> Iterator[tuple[Path, str]]:
+    """A studio home of its own holding one completed run of ``builtin:textures``, recorded as
+    the trainer records one but never trained (``helpers.fake_run``): ``(home, run_id)``. For
+    pages and commands that only need a finished run's record."""
+    from core.runs.store import RunStore
+    from tests.helpers import fake_run
 
-    The queue is the process-wide one the pages get through ``widgets.job_queue()``.
-    """
-    with pytest.MonkeyPatch.context() as mp:
-        mp.setenv("TRANSFER_STUDIO_HOME", str(home))
-        from core.training.jobs import get_job_queue
-
-        queue = get_job_queue(home)
-        run_id = queue.submit(config)
-        assert queue.wait(run_id, timeout=300) == "completed"
-        yield queue, run_id
+    home = tmp_path / "studio"
+    monkeypatch.setenv("TRANSFER_STUDIO_HOME", str(home))
+    yield home, fake_run(RunStore(home), "builtin:textures")

@@ -1,18 +1,26 @@
-"""Constants shared by test modules (fixtures live in conftest.py)."""
+"""What test modules share (fixtures live in conftest.py): no test module imports another."""
 
 from __future__ import annotations
 
 import contextlib
+import json
 import os
 import re
 import signal
+import subprocess
+import sys
 import time
+from collections.abc import Callable, Iterator
+from contextlib import contextmanager
 from pathlib import Path
+from typing import Any
 
 import numpy as np
 from PIL import Image
 
 from core.config import RunConfig
+
+ROOT = Path(__file__).resolve().parents[1]  # the project: where ``python -m core`` runs
 
 # The smallest run that exercises the whole engine: random-weight MobileNetV2 at 32 px, 1 epoch.
 TINY = RunConfig(
@@ -72,3 +80,99 @@ def off_by_one_class(probabilities: np.ndarray) -> np.ndarray:
     classes = probabilities.shape[1]
     wrong = (probabilities.argmax(axis=1) + 1) % classes
     return np.eye(classes, dtype=probabilities.dtype)[wrong]
+
+
+def cli(*args: str, check: bool = True) -> subprocess.CompletedProcess[str]:
+    """``python -m core ARGS`` in a subprocess from the project folder, as a user runs it."""
+    env = {**os.environ, "TF_CPP_MIN_LOG_LEVEL": "2"}
+    proc = subprocess.run(
+        [sys.executable, "-m", "core", *args],
+        cwd=ROOT, env=env, capture_output=True, text=True, timeout=600,
+    )  # fmt: skip
+    if check:
+        assert proc.returncode == 0, proc.stderr
+    return proc
+
+
+def last_json(proc: subprocess.CompletedProcess[str]) -> Any:
+    """The JSON object on a command's last stdout line."""
+    return json.loads(proc.stdout.strip().splitlines()[-1])
+
+
+def blobs(n: int, seed: int, width: int = 16, classes: int = 3) -> tuple[np.ndarray, np.ndarray]:
+    """``n`` feature rows around ``classes`` fixed centres (separable), and their labels."""
+    rng = np.random.default_rng(seed)
+    centres = np.random.default_rng(0).normal(0, 3, (classes, width))
+    labels = rng.integers(0, classes, n)
+    return (centres[labels] + rng.normal(0, 1, (n, width))).astype(np.float32), labels
+
+
+def small_head(width: int = 16, classes: int = 3) -> Any:
+    """A head like the studio's (dropout, dense, softmax) on ``width`` features."""
+    import keras
+
+    inputs = keras.Input((width,))
+    x = keras.layers.Dropout(0.2)(inputs)
+    x = keras.layers.Dense(32, activation="relu")(x)
+    return keras.Model(inputs, keras.layers.Dense(classes, activation="softmax")(x))
+
+
+def fake_run(
+    store: Any,
+    data: str,
+    status: str = "completed",
+    config: RunConfig | None = None,
+    model: Callable[[list[str]], Any] | None = None,
+) -> str:
+    """A run of ``data`` recorded as the trainer records one, without training: the data scanned
+    (class names, counts, summary, the split in ``split.json``), one epoch and, with ``model``
+    (class names → a Keras model), its saved model. ``status``: how it ended."""
+    from core.data.index import load_dataset
+    from core.runs.split import record_split
+
+    config = config or RunConfig(data=data, epochs=1, augment=False)
+    run_id = store.create_run(config)
+    store.mark_running(run_id)
+    index = load_dataset(data, val_split=config.val_split, seed=config.seed)
+    record_split(store.run_dir(run_id), index)
+    store.update(
+        run_id,
+        class_names=index.class_names,
+        train_images=len(index.train_paths),
+        val_images=len(index.val_paths),
+        dataset=index.summary(),
+    )
+    store.add_epoch(
+        run_id,
+        {"epoch": 1, "phase": "head", "phase_epoch": 1, "loss": 0.9, "accuracy": 0.6,
+         "val_loss": 1.0, "val_accuracy": 0.5, "lr": 1e-3, "images_per_s": 100.0,
+         "duration_s": 1.0},
+    )  # fmt: skip
+    if model is not None:
+        path = store.run_dir(run_id) / "model.keras"
+        model(index.class_names).save(path)
+        store.update(run_id, model_path=str(path), model_bytes=path.stat().st_size)
+    store.mark_finished(run_id, status)
+    return run_id
+
+
+@contextmanager
+def seeded_studio(home: Path, config: RunConfig) -> Iterator[tuple[Any, str]]:
+    """A studio home of its own holding one completed run of ``config``: (queue, run_id).
+
+    The queue is the process-wide one the pages get through ``widgets.job_queue()``.
+    """
+    old = os.environ.get("TRANSFER_STUDIO_HOME")
+    os.environ["TRANSFER_STUDIO_HOME"] = str(home)
+    try:
+        from core.training.jobs import get_job_queue
+
+        queue = get_job_queue(home)
+        run_id = queue.submit(config)
+        assert queue.wait(run_id, timeout=300) == "completed"
+        yield queue, run_id
+    finally:
+        if old is None:
+            os.environ.pop("TRANSFER_STUDIO_HOME", None)
+        else:
+            os.environ["TRANSFER_STUDIO_HOME"] = old

@@ -17,7 +17,7 @@ from streamlit.testing.v1 import AppTest
 from app.views import review as views
 from app.views.text import md_escape, md_unescape
 from core.data import datasets
-from core.runs.review import MapPoint, Review, Suspect
+from core.training.review import MapPoint, Review, Suspect
 from tests.helpers import TINY, stop_studio_workers
 
 ROOT = Path(__file__).resolve().parents[1]
@@ -98,7 +98,7 @@ def _card_ids(at: AppTest) -> list[str]:
 
 @pytest.mark.slow
 def test_review_relabel_exclude_keep_undo_and_retrain(studio) -> None:
-    from core.runs.review import review_run
+    from core.training.review import review_run
 
     queue, run_id, _, _ = studio
     at = _run_page(run_id)
@@ -370,7 +370,7 @@ def test_relabel_preselects_the_prediction_only_where_the_model_disagrees(studio
     """Where the model agrees with the label no class is chosen and Relabel waits for one (one
     click moved a correct image to the first other class); where it disagrees, its prediction
     is chosen. The edit names the file."""
-    from core.runs.review import review_run
+    from core.training.review import review_run
 
     queue, run_id, _, _ = studio
     at = _run_page(run_id)

@@ -21,22 +21,22 @@ from streamlit.testing.v1 import AppTest
 
 from app.views import search as views
 from app.views.text import md_unescape
-from core import search as search_module
+from core import tasks as tasks_module
 from core.data.health import health_report
 from core.errors import DataError
 from core.runs import drafts
-from core.search import (
+from core.tasks import task_state, wait_task
+from core.training import lr_find as lr_module
+from core.training import search as search_module
+from core.training.lr_find import LR_FIND_TASK, LrFindResult
+from core.training.search import (
     OK,
     SEARCH_TASK,
     Candidate,
     HeadResult,
     SearchResult,
     rank_candidates,
-    task_state,
-    wait_task,
 )
-from core.training import lr_find as lr_module
-from core.training.lr_find import LR_FIND_TASK, LrFindResult
 
 ROOT = Path(__file__).resolve().parents[1]
 APP = str(ROOT / "streamlit_app.py")
@@ -130,15 +130,15 @@ def slow_search_task(initial: dict[str, Any]) -> Any:
 def no_task_left() -> Iterator[None]:
     """Every task process a test started ends with it."""
     yield
-    search_module.stop_task_processes(timeout=5)
-    assert search_module.task_processes() == []
+    tasks_module.stop_task_processes(timeout=5)
+    assert tasks_module.task_processes() == []
 
 
 @pytest.mark.slow
 def test_the_search_runs_in_the_background_fills_the_table_and_use_this_sets_the_form(
     home: Path, monkeypatch: pytest.MonkeyPatch, no_task_left: None
 ) -> None:
-    monkeypatch.setitem(search_module.TASK_KINDS, SEARCH_TASK, fake_search_task)
+    monkeypatch.setitem(tasks_module.TASK_KINDS, SEARCH_TASK, fake_search_task)
     at = _open()
     at.number_input(key="search_budget").set_value(2.0)
     at.button(key="search_start").click().run()
@@ -188,7 +188,7 @@ def test_the_search_runs_in_the_background_fills_the_table_and_use_this_sets_the
 def test_one_search_per_runs_folder_live_while_it_runs_and_stop(
     home: Path, monkeypatch: pytest.MonkeyPatch, no_task_left: None
 ) -> None:
-    monkeypatch.setitem(search_module.TASK_KINDS, SEARCH_TASK, slow_search_task)
+    monkeypatch.setitem(tasks_module.TASK_KINDS, SEARCH_TASK, slow_search_task)
     with pytest.raises(DataError, match="not found"):  # said at once, on the page
         search_module.start_search(home, str(home / "no-such-folder"))
     assert task_state(home, SEARCH_TASK) is None  # nothing started
@@ -215,12 +215,12 @@ def test_one_search_per_runs_folder_live_while_it_runs_and_stop(
 
     # a file left "running" by a server that died (a version without task processes: no pid)
     # reads as interrupted
-    path = search_module.task_path(home, SEARCH_TASK)
+    path = tasks_module.task_path(home, SEARCH_TASK)
     path.write_text(json.dumps({"status": "running", "candidates": []}))
     assert task_state(home, SEARCH_TASK)["status"] == "interrupted"  # type: ignore[index]
     at = _open()  # and the page says so, with where its process wrote
     assert any("interrupted" in md_unescape(w.value) for w in at.warning)
-    log = str(search_module.task_log_path(home, SEARCH_TASK))
+    log = str(tasks_module.task_log_path(home, SEARCH_TASK))
     assert any(log in md_unescape(c.value) for c in at.caption)
 
 
@@ -241,7 +241,7 @@ def fake_lr_find_task(initial: dict[str, Any]) -> Any:
 def test_the_lr_finder_use_button_applies_the_nearest_slider_stop(
     home: Path, monkeypatch: pytest.MonkeyPatch, no_task_left: None
 ) -> None:
-    monkeypatch.setitem(search_module.TASK_KINDS, LR_FIND_TASK, fake_lr_find_task)
+    monkeypatch.setitem(tasks_module.TASK_KINDS, LR_FIND_TASK, fake_lr_find_task)
     at = _open()
     at.radio(key="mode").set_value("fine_tuning").run()
     at.button(key="lr_find_start").click().run()
@@ -261,7 +261,7 @@ def test_the_lr_finder_use_button_applies_the_nearest_slider_stop(
     assert at.select_slider(key="ft_lr").value == 3e-5
 
     # a test whose process died mid-way (its state says running, its pid is gone)
-    path = search_module.task_path(home, LR_FIND_TASK)
+    path = tasks_module.task_path(home, LR_FIND_TASK)
     path.write_text(json.dumps({**state, "status": "running", "pid": "1:0", "results": {}}))
     at = _open()
     _ok(at)

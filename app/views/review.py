@@ -17,7 +17,7 @@ from app.views.text import md_escape, plotly_text
 if TYPE_CHECKING:
     import plotly.graph_objects as go
 
-    from core.runs.review import MapPoint, Review, Suspect
+    from core.training.review import MapPoint, Review, Suspect
 
 MAX_LISTED_IDS = 8  # image ids spelled out in a new/gone warning before "…"
 COMPARE_PARAM = "runs"  # the Compare page's query parameter: run ids to preselect, comma-joined

@@ -26,6 +26,16 @@ from typing import Any
 
 from core.errors import StudioError
 
+__all__ = [
+    "ClusterError",
+    "ClusterInfo",
+    "alive_nodes",
+    "connect",
+    "lost_cluster",
+    "require_ray",
+    "worker_env",
+]
+
 RAY_REQUIREMENTS = "requirements-ray.txt"
 INSTALL_HINT = f"pip install -r {RAY_REQUIREMENTS} (it pins ray)"
 # Environment every Ray worker of ours gets from the driver: the project on the import path,

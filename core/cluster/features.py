@@ -17,6 +17,13 @@ from typing import Any
 from core.config import RunConfig
 from core.errors import ConfigError
 
+__all__ = [
+    "FeatureEntry",
+    "ensure_features",
+    "feature_config",
+    "run_views",
+]
+
 
 @dataclass
 class FeatureEntry:

@@ -24,18 +24,25 @@ import tempfile
 import threading
 from collections.abc import Callable, Iterator
 from pathlib import Path
-from typing import Any
+from typing import Any, cast
 
 from core.cluster import require_ray, worker_env
 from core.config import RunConfig
 from core.files import TEMP_PREFIX, atomic_path
 from core.runs.store import FAILED, INTERRUPTED, RunStore
 
+__all__ = [
+    "StopFlag",
+    "ray_executor",
+    "run_resources",
+    "train_on_node",
+]
+
 RELAY_S = 1.0  # how often a node sends what changed
-# The run record's columns a node relays as they are (JSON columns as their text).
-RELAYED_COLUMNS = (
-    "class_names_json", "train_images", "val_images", "skipped_files_json", "dataset_json",
-    "phases_json", "stage_json", "timings_json", "device", "replicas", "model_bytes",
+# The run record's fields a node relays (``RunStore.update`` names, ``result`` values).
+RELAYED_FIELDS = (
+    "class_names", "train_images", "val_images", "skipped_files", "dataset", "phases", "stage",
+    "timings", "device", "replicas", "model_bytes",
 )  # fmt: skip
 # Files the head keeps for itself: its own copy of the config and of the record.
 HEAD_FILES = ("config.json", "record.json")
@@ -152,7 +159,8 @@ def train_on_node(
             current = store.epochs(run_id)
             delta["epochs"] = [dict(e) for e in current if (e["epoch"], e["t"]) not in seen_epochs]
             seen_epochs = {(e["epoch"], e["t"]) for e in current}
-            changed = {c: row[c] for c in RELAYED_COLUMNS if fields.get(c) != row[c]}  # type: ignore[literal-required]
+            record = cast(dict[str, Any], store.result(run_id))  # JSON columns decoded
+            changed = {k: record[k] for k in RELAYED_FIELDS if fields.get(k) != record[k]}
             fields.update(changed)
             delta["fields"] = changed
             state = _folder_state(folder)

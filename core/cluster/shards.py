@@ -41,6 +41,14 @@ from core.config import RunConfig
 from core.errors import StudioError
 from core.files import sha256_file
 
+__all__ = [
+    "Shard",
+    "ShardEncoder",
+    "ShardResult",
+    "ShardedFeatures",
+    "ShardedPass",
+]
+
 PROBE_ROWS = 64  # the first shard of each actor: measures the per-image time
 TARGET_SHARD_S = 30.0  # a later shard's planned seconds
 MAX_SHARD_ROWS = 4096

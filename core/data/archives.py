@@ -14,18 +14,31 @@ from core.errors import DataError
 from core.files import build_folder, read_marker, sha256_file
 from core.paths import data_cache_dir
 
+__all__ = [
+    "IGNORED_NAMES",
+    "MAX_ZIP_COMPRESSION_RATIO",
+    "MAX_ZIP_DEPTH",
+    "MAX_ZIP_MEMBERS",
+    "MAX_ZIP_UNCOMPRESSED_BYTES",
+    "ZIP_MARKER_NAME",
+    "ZIP_RATIO_MIN_BYTES",
+    "extract_zip",
+    "read_zip_marker",
+    "extraction_folder",
+]
+
 MAX_ZIP_UNCOMPRESSED_BYTES = 2 * 1024**3  # total, declared and actually written
 MAX_ZIP_COMPRESSION_RATIO = 200  # per member, only for members above the next size
 ZIP_RATIO_MIN_BYTES = 10 * 1024**2
 MAX_ZIP_MEMBERS = 50_000  # entries in one zip (a folder of images per class rarely has more)
 MAX_ZIP_DEPTH = 64  # folder levels of one zip member's path
 ZIP_MARKER_NAME = ".extracted-complete.json"
-_IGNORED_NAMES = frozenset({"__MACOSX"})  # folders archivers add, never data
+IGNORED_NAMES = frozenset({"__MACOSX"})  # folders archivers add, never data
 _ZIP_MARKER_VERSION = 1
 _CHUNK = 1024 * 1024
 
 
-def _read_zip_marker(folder: Path) -> dict | None:
+def read_zip_marker(folder: Path) -> dict | None:
     """The extraction marker of ``folder`` (``version``, ``zip``, ``skipped``) if it is finished."""
     return read_marker(folder, ZIP_MARKER_NAME, _ZIP_MARKER_VERSION)
 
@@ -60,7 +73,7 @@ def _plan_zip(
                 f"Refusing zip {zip_path!r}: member {info.filename!r} would be written outside "
                 "the extraction folder ('..')."
             )
-        if not parts or parts[0] in _IGNORED_NAMES:  # macOS resource forks are never data
+        if not parts or parts[0] in IGNORED_NAMES:  # macOS resource forks are never data
             continue
         where = f"{zip_path}::{info.filename}"
         if parts[0].lower() == ZIP_MARKER_NAME.lower():  # lower: case-insensitive file systems
@@ -175,7 +188,7 @@ def extraction_folder(zip_path: str | os.PathLike[str]) -> tuple[Path, bool]:
     except OSError as exc:
         raise DataError(f"Cannot read zip {path!r}: {exc.strerror or exc}.") from exc
     target = data_cache_dir() / "zips" / digest
-    return target, _read_zip_marker(target) is not None
+    return target, read_zip_marker(target) is not None
 
 
 def extract_zip(zip_path: str | os.PathLike[str]) -> Path:

@@ -22,6 +22,17 @@ from core.errors import DataError
 from core.files import build_folder
 from core.paths import data_cache_dir
 
+__all__ = [
+    "BUILTINS",
+    "MARKER_NAME",
+    "BuiltinDataset",
+    "builtin_path",
+    "guess_num_classes",
+    "list_builtins",
+    "photo_items",
+    "unknown_builtin",
+]
+
 MARKER_NAME = ".builtin-complete.json"
 _TEXTURE_CROPS_PER_CLASS = 40
 _TEXTURE_SIZE = 64
@@ -210,7 +221,8 @@ def list_builtins() -> list[dict]:
     return [BUILTINS[name].info() for name in sorted(BUILTINS)]
 
 
-def _unknown(name: str) -> DataError:
+def unknown_builtin(name: str) -> DataError:
+    """The error for a built-in dataset name that does not exist (it lists those that do)."""
     available = ", ".join(sorted(BUILTINS))
     return DataError(
         f"Unknown built-in dataset {name!r}. Available: {available} "
@@ -244,7 +256,7 @@ def builtin_path(name: str) -> Path:
     """Folder of the built-in dataset ``name`` (``<class>/<images>``), generated on first use."""
     spec = BUILTINS.get(name.strip().lower()) if isinstance(name, str) else None
     if spec is None:
-        raise _unknown(str(name))
+        raise unknown_builtin(str(name))
     parent = data_cache_dir() / "builtin"
 
     def generate(folder: Path) -> None:

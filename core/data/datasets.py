@@ -1642,4 +1642,6 @@ __all__ = [
     "show",
     "source_key",
     "suggest_name",
+    "repair",
+    "parse_dataset_source",
 ]

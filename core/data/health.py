@@ -19,6 +19,20 @@ from core.data import DatasetIndex
 from core.data.images import open_regular_file
 from core.files import sha256_file
 
+__all__ = [
+    "IMBALANCE_RATIO",
+    "MAX_HASHED_FILES",
+    "MIN_CLASS_IMAGES",
+    "MIN_SIDE",
+    "SIZE_SAMPLE",
+    "duplicates_across_splits",
+    "health_report",
+    "sample_images",
+    "skipped_table",
+    "small_images",
+    "total_counts",
+]
+
 WARNING, INFO = "warning", "info"
 IMBALANCE_RATIO = 3.0  # largest / smallest class above this is worth a warning
 MIN_CLASS_IMAGES = 5  # fewer images than this in a class: near-empty

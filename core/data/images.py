@@ -24,6 +24,22 @@ from PIL import Image, ImageOps, UnidentifiedImageError
 
 from core.errors import DataError
 
+__all__ = [
+    "IMAGE_EXTENSIONS",
+    "MAX_FILE_BYTES",
+    "MAX_IMAGE_PIXELS",
+    "MIN_IMAGE_SIDE",
+    "RESAMPLE",
+    "AnyImage",
+    "ImageSource",
+    "NotRegularFileError",
+    "check_image",
+    "file_kind",
+    "load_rgb",
+    "open_regular_file",
+    "to_array",
+]
+
 IMAGE_EXTENSIONS: frozenset[str] = frozenset(
     {".jpg", ".jpeg", ".png", ".bmp", ".gif", ".webp", ".tif", ".tiff"}
 )

@@ -17,17 +17,23 @@ from dataclasses import dataclass, field
 
 import numpy as np
 
-from core.data.archives import _read_zip_marker
+from core.data.archives import read_zip_marker
 from core.data.layout import (
-    _class_folders,
-    _entries,
-    _find_layout,
-    _is_image_name,
-    _reason_summary,
-    _usable_files,
+    class_folders,
+    find_layout,
+    folder_entries,
+    is_image_name,
+    reason_summary,
+    usable_files,
 )
 from core.data.sources import parse_source, resolve_source
 from core.errors import ConfigError, DataError
+
+__all__ = [
+    "DatasetIndex",
+    "load_dataset",
+    "stratified_split",
+]
 
 
 @dataclass
@@ -92,7 +98,7 @@ def _val_count(n: int, val_split: float) -> int:
     return 0 if n < 2 else min(max(round(n * val_split), 1), n - 1)
 
 
-def _stratified_split(
+def stratified_split(
     labels: list[int], val_split: float, seed: int, keys: list[str] | None = None
 ) -> tuple[list, list]:
     """Split indices into (train, val): sklearn's stratified split, or per class for tiny classes.
@@ -156,8 +162,8 @@ def _validate_split_args(val_split: float, seed: int) -> None:
 
 
 def _no_classes_error(folder: str, root_real: str) -> DataError:
-    _, files = _entries(folder, root_real, None)
-    images = [f for f in files if _is_image_name(f)]
+    _, files = folder_entries(folder, root_real, None)
+    images = [f for f in files if is_image_name(f)]
     if images:
         return DataError(
             f"Found {len(images)} images directly in {folder} but no class subfolders; put the "
@@ -189,10 +195,10 @@ def load_dataset(
     skipped: list[dict] = []
     source_kind = parse_source(source)[0]
     if source_kind == "zip":  # members refused at extraction are skipped files too
-        skipped.extend((_read_zip_marker(root_path) or {}).get("skipped", []))
+        skipped.extend((read_zip_marker(root_path) or {}).get("skipped", []))
 
-    layout = _find_layout(root, root_real)
-    train_dirs = _class_folders(layout.train_dir, root_real, skipped)
+    layout = find_layout(root, root_real)
+    train_dirs = class_folders(layout.train_dir, root_real, skipped)
     if not train_dirs:
         raise _no_classes_error(layout.train_dir, root_real)
     if len(train_dirs) == 1:
@@ -204,7 +210,7 @@ def load_dataset(
         )
     val_dirs: dict[str, str] = {}
     if layout.val_dir:
-        val_dirs = _class_folders(layout.val_dir, root_real, skipped)
+        val_dirs = class_folders(layout.val_dir, root_real, skipped)
         extra = sorted(set(val_dirs) - set(train_dirs))
         if extra:
             raise DataError(
@@ -215,18 +221,16 @@ def load_dataset(
 
     class_names = sorted(train_dirs)
     claimed: dict[str, str] = {}  # real path -> the one path it is used under
-    train_files, train_skips = _usable_files(
-        train_dirs, root, root_real, skipped, claimed, progress
-    )
-    val_files, _ = _usable_files(val_dirs, root, root_real, skipped, claimed, progress)
+    train_files, train_skips = usable_files(train_dirs, root, root_real, skipped, claimed, progress)
+    val_files, _ = usable_files(val_dirs, root, root_real, skipped, claimed, progress)
     usable_total = sum(map(len, train_files.values())) + sum(map(len, val_files.values()))
     if usable_total == 0:
-        detail = f" ({len(skipped)} files skipped: {_reason_summary(skipped)})" if skipped else ""
+        detail = f" ({len(skipped)} files skipped: {reason_summary(skipped)})" if skipped else ""
         raise DataError(f"No usable images found in {root}{detail}.")
     for name in class_names:
         if not train_files[name]:
             own = train_skips[name]
-            why = f"{len(own)} files skipped: {_reason_summary(own)}" if own else "it is empty"
+            why = f"{len(own)} files skipped: {reason_summary(own)}" if own else "it is empty"
             raise DataError(
                 f"Class folder {name!r} ({train_dirs[name]}) has no usable image: {why}."
             )
@@ -241,7 +245,7 @@ def load_dataset(
     else:
         # A managed dataset is edited between runs: its split must not reshuffle on each edit.
         keys = [os.path.basename(p) for p in paths] if source_kind == "dataset" else None
-        train_idx, val_idx = _stratified_split(labels, float(val_split), int(seed), keys)
+        train_idx, val_idx = stratified_split(labels, float(val_split), int(seed), keys)
         train_paths = [paths[i] for i in train_idx]
         train_labels = [labels[i] for i in train_idx]
         val_paths = [paths[i] for i in val_idx]

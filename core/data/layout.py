@@ -8,10 +8,23 @@ from collections import Counter
 from collections.abc import Callable
 from dataclasses import dataclass
 
-from core.data.archives import _IGNORED_NAMES, ZIP_MARKER_NAME
+from core.data.archives import IGNORED_NAMES, ZIP_MARKER_NAME
 from core.data.builtin import MARKER_NAME as _BUILTIN_MARKER_NAME
 from core.data.images import IMAGE_EXTENSIONS, check_image
 from core.errors import DataError
+
+__all__ = [
+    "MAX_CLASS_DEPTH",
+    "MAX_WRAPPER_DEPTH",
+    "FolderLayout",
+    "class_folders",
+    "find_layout",
+    "folder_entries",
+    "is_image_name",
+    "reason_summary",
+    "unsafe_name_characters",
+    "usable_files",
+]
 
 MAX_WRAPPER_DEPTH = 4  # wrapper folders descended through to find the class level
 MAX_CLASS_DEPTH = 16  # sub-folders followed inside one class folder
@@ -46,7 +59,7 @@ _UNSAFE_NAME_CATEGORIES = frozenset({"Cc", "Zl", "Zp"})
 
 def _silently_ignored(name: str) -> bool:
     """Bookkeeping of operating systems and tools (``.DS_Store``, ``.git``, ``._x`` forks...)."""
-    return name in _IGNORED_NAMES or name in _SILENT_HIDDEN_NAMES or name.startswith("._")
+    return name in IGNORED_NAMES or name in _SILENT_HIDDEN_NAMES or name.startswith("._")
 
 
 def unsafe_name_characters(name: str) -> list[str]:
@@ -66,7 +79,7 @@ def _skip(skipped: list[dict] | None, path: str, reason: str) -> None:
         skipped.append({"path": path, "reason": reason})
 
 
-def _entries(
+def folder_entries(
     folder: str, root_real: str, skipped: list[dict] | None
 ) -> tuple[list[str], list[str]]:
     """Visible sub-folders and files of ``folder`` (sorted); records what it leaves out."""
@@ -105,50 +118,56 @@ def _entries(
     return dirs, files
 
 
-def _is_image_name(path: str) -> bool:
+def is_image_name(path: str) -> bool:
+    """Whether ``path`` has an image file's extension."""
     return os.path.splitext(path)[1].lower() in IMAGE_EXTENSIONS
 
 
 def _has_class_dirs(folder: str, root_real: str) -> bool:
-    return bool(_entries(folder, root_real, None)[0])
+    return bool(folder_entries(folder, root_real, None)[0])
 
 
 @dataclass
-class _Layout:
+class FolderLayout:
+    """Where a folder's classes are: its training level, and a given validation level."""
+
     train_dir: str
     val_dir: str | None = None  # set when the data brings its own validation split
 
     @property
     def split(self) -> str:
+        """``random`` or ``given:<val folder>``."""
         return f"given:{os.path.basename(self.val_dir)}" if self.val_dir else "random"
 
 
-def _find_layout(root: str, root_real: str) -> _Layout:
+def find_layout(root: str, root_real: str) -> FolderLayout:
     """Find the class level, descending through up to MAX_WRAPPER_DEPTH wrapper folders."""
     folder = root
     for depth in range(MAX_WRAPPER_DEPTH + 1):
-        dirs, files = _entries(folder, root_real, None)
+        dirs, files = folder_entries(folder, root_real, None)
         by_name = {os.path.basename(d).lower(): d for d in dirs}
         if "train" in by_name:
             for name in _VAL_DIR_NAMES:
                 # A test/ folder of unlabelled images (no class subfolders) is no validation set.
                 if name in by_name and _has_class_dirs(by_name[name], root_real):
-                    return _Layout(by_name["train"], by_name[name])
-            return _Layout(by_name["train"])
-        if len(dirs) == 1 and depth < MAX_WRAPPER_DEPTH and not any(map(_is_image_name, files)):
-            sub_dirs, sub_files = _entries(dirs[0], root_real, None)
+                    return FolderLayout(by_name["train"], by_name[name])
+            return FolderLayout(by_name["train"])
+        if len(dirs) == 1 and depth < MAX_WRAPPER_DEPTH and not any(map(is_image_name, files)):
+            sub_dirs, sub_files = folder_entries(dirs[0], root_real, None)
             # One sub-folder holding folders and no images is a wrapper, not a lone class.
-            if sub_dirs and not any(map(_is_image_name, sub_files)):
+            if sub_dirs and not any(map(is_image_name, sub_files)):
                 folder = dirs[0]
                 continue
-        return _Layout(folder)
-    return _Layout(folder)
+        return FolderLayout(folder)
+    return FolderLayout(folder)
 
 
-def _class_folders(folder: str, root_real: str, skipped: list[dict]) -> dict[str, str]:
-    dirs, files = _entries(folder, root_real, skipped)
+def class_folders(folder: str, root_real: str, skipped: list[dict]) -> dict[str, str]:
+    """``{class name: folder}`` of ``folder``'s class sub-folders (what it leaves out is added
+    to ``skipped``)."""
+    dirs, files = folder_entries(folder, root_real, skipped)
     for path in files:
-        if _is_image_name(path):
+        if is_image_name(path):
             _skip(skipped, path, "image outside any class folder")
         else:
             _skip(skipped, path, _non_image_reason(path))
@@ -196,7 +215,7 @@ def _class_files(class_dir: str, root_real: str, skipped: list[dict]) -> list[st
     stack = [(class_dir, 1)]
     while stack:
         folder, depth = stack.pop()
-        dirs, files = _entries(folder, root_real, skipped)
+        dirs, files = folder_entries(folder, root_real, skipped)
         found.extend(files)
         for sub in dirs:
             real = os.path.realpath(sub)
@@ -220,7 +239,8 @@ def _check_all(
     return check_all(paths, check_image, progress)
 
 
-def _reason_summary(items: list[dict]) -> str:
+def reason_summary(items: list[dict]) -> str:
+    """The most common reasons of skipped ``items``, counted, in one phrase."""
     counts = Counter(item["reason"] for item in items)
     parts = [f"{n} {reason}" for reason, n in counts.most_common(4)]
     if len(counts) > 4:
@@ -277,7 +297,7 @@ def _direct(path: str, root: str, root_real: str, real: str) -> bool:
     return path.startswith(prefix) and root_real.rstrip(os.sep) + path[len(prefix) - 1 :] == real
 
 
-def _usable_files(
+def usable_files(
     class_dirs: dict[str, str],
     root: str,
     root_real: str,
@@ -295,7 +315,7 @@ def _usable_files(
     for name, folder in class_dirs.items():
         own: list[dict] = []
         for path in _class_files(folder, root_real, own):
-            if _is_image_name(path):
+            if is_image_name(path):
                 candidates.append((name, path))
             else:
                 own.append({"path": path, "reason": _non_image_reason(path)})

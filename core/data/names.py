@@ -13,6 +13,19 @@ import os
 import re
 import unicodedata
 
+__all__ = [
+    "MAX_NAME",
+    "SIDECAR_SUFFIX",
+    "UPLOADS_FOLDER",
+    "UPLOAD_PREFIX",
+    "display_name",
+    "upload_sidecar",
+    "uploaded_name",
+    "bidi_controls",
+    "describe_character",
+    "escape_unprintable",
+]
+
 UPLOAD_PREFIX = "upload-"  # save_upload's hash-named files: upload-<hash>.zip
 UPLOADS_FOLDER = "uploads"
 SIDECAR_SUFFIX = ".json"  # upload-<hash>.zip.json: {"original_name": "photos.zip", ...}

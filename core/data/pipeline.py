@@ -19,6 +19,18 @@ import tensorflow as tf
 from core.data.images import file_kind, load_rgb
 from core.errors import DataError
 
+__all__ = [
+    "AUTOTUNE",
+    "MEMORY_CACHE_BYTES",
+    "array_dataset",
+    "augmentation_layers",
+    "data_error_from",
+    "image_errors",
+    "load_batch",
+    "make_dataset",
+    "views_dataset",
+]
+
 AUTOTUNE = tf.data.AUTOTUNE
 # Decoded images are cached in memory when they fit in this budget (uint8 pixels).
 MEMORY_CACHE_BYTES = 2 * 1024**3

@@ -22,6 +22,14 @@ from concurrent.futures import ThreadPoolExecutor
 
 from core.paths import studio_home
 
+__all__ = [
+    "PROGRESS_EVERY",
+    "RULES_VERSION",
+    "Checker",
+    "Progress",
+    "check_all",
+]
+
 RULES_VERSION = 1  # bump when check_image's verdicts change for the same file
 _CHUNK = 500  # paths per SELECT (SQLite's variable limit is 32766; stay well below)
 Checker = Callable[[str], str | None]

@@ -15,6 +15,26 @@ from core.data.builtin import BUILTINS, builtin_path
 from core.data.images import IMAGE_EXTENSIONS
 from core.errors import DataError, StudioError
 
+__all__ = [
+    "MANAGED_DATASETS_DIR",
+    "MANAGED_DB",
+    "MANAGED_IMAGES_DIR",
+    "MAX_RECENT",
+    "RECENT_FILE",
+    "FolderCheck",
+    "check_folder",
+    "check_source",
+    "kaggle_source",
+    "managed_dataset_folder",
+    "managed_dataset_names",
+    "managed_datasets_root",
+    "parse_source",
+    "recent_sources",
+    "remember_source",
+    "resolve_source",
+    "is_managed_dataset_folder",
+]
+
 _KAGGLE_HANDLE = re.compile(
     r"^(?P<owner>[A-Za-z0-9][A-Za-z0-9_-]*)/(?P<slug>[A-Za-z0-9][A-Za-z0-9_-]*)"
     r"(?:/versions/(?P<version>[0-9]+))?$"
@@ -97,12 +117,12 @@ def check_source(source: str) -> None:
     malformed Kaggle handle raise the same ``DataError`` that ``resolve_source`` would raise
     later, so a command can refuse it before it loads TensorFlow.
     """
-    from core.data.builtin import BUILTINS, _unknown
+    from core.data.builtin import BUILTINS, unknown_builtin
 
     kind, value = parse_source(source)
     if kind == "builtin":
         if value.lower() not in BUILTINS:
-            raise _unknown(value)
+            raise unknown_builtin(value)
     elif kind == "dataset":
         managed_dataset_folder(value)  # an unknown name lists the datasets there are
     elif kind == "kaggle":

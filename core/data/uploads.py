@@ -16,6 +16,12 @@ from core.errors import DataError
 from core.files import atomic_write_bytes, atomic_write_text
 from core.paths import data_cache_dir
 
+__all__ = [
+    "MAX_UPLOAD_BYTES",
+    "MAX_UPLOAD_NAME_HASH",
+    "save_upload",
+]
+
 MAX_UPLOAD_NAME_HASH = 16
 # Same cap as .streamlit/config.toml's server.maxUploadSize (MB), enforced here too in case the
 # server is started with a larger one.

@@ -2,7 +2,8 @@
 
 Each entry knows its Keras constructor, input sizes, preprocessing family, feature width, parameter
 count, where its last block starts (the default fine-tuning depth) and where its ImageNet
-weights come from. ``tests/test_backbones.py`` checks this metadata against a real forward pass.
+weights come from. ``tests/core/models/test_backbones.py`` checks this metadata against a real
+forward pass.
 """
 
 from __future__ import annotations
@@ -14,6 +15,26 @@ from pathlib import Path
 from typing import Any
 
 from core.errors import BackboneError, WeightsUnavailableError
+
+__all__ = [
+    "DEFAULT_BACKBONE",
+    "KERAS_WEIGHTS_BASE",
+    "REGISTRY",
+    "SOURCE_BUNDLED",
+    "SOURCE_KERAS",
+    "STATUS_BUNDLED",
+    "STATUS_CACHED",
+    "STATUS_NEEDS_NETWORK",
+    "BackboneSpec",
+    "build_base",
+    "check_image_size",
+    "default_unfreeze",
+    "get_backbone",
+    "keras_models_dir",
+    "last_block_start",
+    "list_backbones",
+    "weights_identity",
+]
 
 # Where ImageNet weights come from.
 SOURCE_KERAS = "keras"  # keras.applications downloads them into ~/.keras/models on first use

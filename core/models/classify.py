@@ -30,6 +30,15 @@ from core.models.backbones import (
 )
 from core.models.imagenet import imagenet_labels
 
+__all__ = [
+    "BATCH_SIZE",
+    "KERAS_TOP_FILES",
+    "NUM_CLASSES",
+    "classify_images",
+    "clear_classifier_cache",
+    "get_classifier",
+]
+
 # File names keras.applications caches for the *with-top* ImageNet weights (from its source:
 # vgg16.py, resnet.py, inception_v3.py, efficientnet.py, mobilenet_v2.py, mobilenet_v3.py). The
 # registry only lists the headless ones, which cannot classify.

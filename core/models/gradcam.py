@@ -20,6 +20,12 @@ import numpy as np
 from core.data.images import to_array
 from core.errors import StudioError
 
+__all__ = [
+    "DEFAULT_ALPHA",
+    "gradcam",
+    "jet_colormap",
+]
+
 DEFAULT_ALPHA = 0.45
 
 _GRAD_MODELS: weakref.WeakKeyDictionary[Any, tuple[Any, Any, Any]] = weakref.WeakKeyDictionary()

@@ -17,6 +17,12 @@ from pathlib import Path
 
 from core.errors import StudioError
 
+__all__ = [
+    "LABELS_FILE",
+    "NUM_CLASSES",
+    "imagenet_labels",
+]
+
 LABELS_FILE = Path(__file__).resolve().parent / "data_files" / "imagenet_classes.json"
 NUM_CLASSES = 1000
 

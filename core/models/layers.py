@@ -7,10 +7,22 @@ A registered layer (not a ``Lambda``) keeps ``.keras`` files loadable with ``saf
 
 from __future__ import annotations
 
+import math
 from typing import Any
 
 import keras
 from keras import ops
+
+__all__ = [
+    "CAFFE_MEAN_RGB",
+    "PREPROCESSING_MODES",
+    "TORCH_MEAN_RGB",
+    "TORCH_STD_RGB",
+    "PixelNormalize",
+    "RealRowsAccuracy",
+    "count_params",
+    "normalization_constants",
+]
 
 # Per-family constants, as in keras.applications.imagenet_utils.
 CAFFE_MEAN_RGB = (123.68, 116.779, 103.939)
@@ -84,3 +96,10 @@ class RealRowsAccuracy(keras.metrics.SparseCategoricalAccuracy):
         if sample_weight is not None:
             sample_weight = ops.cast(ops.greater(sample_weight, 0), self.dtype)
         return super().update_state(y_true, y_pred, sample_weight=sample_weight)
+
+
+def count_params(model: keras.Model) -> tuple[int, int]:
+    """``(trainable, non_trainable)`` parameter counts as Keras sees them."""
+    trainable = sum(math.prod(w.shape) for w in model.trainable_weights)
+    frozen = sum(math.prod(w.shape) for w in model.non_trainable_weights)
+    return trainable, frozen

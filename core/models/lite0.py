@@ -39,6 +39,39 @@ from core.files import atomic_path, atomic_write_text, sha256_file
 from core.models.pth_reader import read_legacy_pth
 from core.paths import weights_cache_dir
 
+__all__ = [
+    "ACTIVATION",
+    "BN_EPSILON",
+    "BN_MOMENTUM",
+    "CACHE_FILE_NAME",
+    "CACHE_INFO_SUFFIX",
+    "CONVERTER_VERSION",
+    "CONV_KERNEL_INITIALIZER",
+    "DEFAULT_BLOCKS_ARGS",
+    "DEFAULT_SIZE",
+    "DENSE_KERNEL_INITIALIZER",
+    "DROPOUT_RATE",
+    "DROP_CONNECT_RATE",
+    "IGNORED_TENSOR_SUFFIXES",
+    "MIN_SIZE",
+    "PTH_FILE_NAME",
+    "PTH_PACKAGE",
+    "PTH_REQUIREMENT",
+    "PTH_SHA256",
+    "STEM_FILTERS",
+    "TOP_FILTERS",
+    "BlockSpec",
+    "EfficientNetLite0",
+    "LayerMapping",
+    "block_layout",
+    "cached_weights_path",
+    "convert_pth_to_keras",
+    "ensure_imagenet_weights",
+    "pth_source_path",
+    "state_dict_to_keras",
+    "weight_mapping",
+]
+
 # --- architecture --------------------------------------------------------------------------------
 
 # EfficientNet-B0's stages (width/depth multipliers 1.0), without squeeze-excite.

@@ -33,6 +33,13 @@ import numpy as np
 from core.errors import StudioError
 from core.files import sha256_file
 
+__all__ = [
+    "LEGACY_MAGIC_NUMBER",
+    "LEGACY_PROTOCOL_VERSION",
+    "read_legacy_pth",
+    "restricted_loads",
+]
+
 LEGACY_MAGIC_NUMBER = 0x1950A86A20F9469CFC6C
 LEGACY_PROTOCOL_VERSION = 1001
 

@@ -17,6 +17,16 @@ from core.config import RunConfig
 from core.errors import StudioError
 from core.files import atomic_write_text
 
+__all__ = [
+    "DRAFT_FILE",
+    "DRAFT_VERSION",
+    "draft_path",
+    "load_chosen_data",
+    "load_draft",
+    "save_chosen_data",
+    "save_draft",
+]
+
 DRAFT_FILE = "draft.json"
 DRAFT_VERSION = 1
 

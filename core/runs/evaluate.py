@@ -1,8 +1,10 @@
 """Evaluation of a finished run on its validation split: confusion matrix, per-class metrics and
 per-image predictions (for the misclassification gallery).
 
-The validation split is rebuilt with ``core.data.load_dataset`` from the run's own config (same
-source, ``val_split`` and ``seed``), so it is the exact split the run was validated on. The result
+The validation images are the ones the run recorded (``split.json``, ``core.runs.split``), so it
+is the exact split the run was validated on (a run from before splits were recorded: rebuilt
+with ``core.data.load_dataset`` from its config, same source, ``val_split`` and ``seed``). The
+result
 is cached as ``evaluation.json`` in the run folder and recomputed when the model file changes.
 The training worker writes it as a run completes (``core.training.trainer``), so the Run page
 only reads it; a run that was not evaluated then (an older run, an evaluation that failed) is
@@ -14,7 +16,7 @@ from __future__ import annotations
 import json
 import time
 from pathlib import Path
-from typing import TYPE_CHECKING, Any
+from typing import TYPE_CHECKING, Any, NotRequired, TypedDict
 
 import numpy as np
 
@@ -25,6 +27,19 @@ from core.runs.store import RunStore
 
 if TYPE_CHECKING:
     from core.data import DatasetIndex
+
+__all__ = [
+    "ClassMetrics",
+    "ClassRow",
+    "Evaluation",
+    "ImagePrediction",
+    "EVALUATION_FILE",
+    "EVALUATION_VERSION",
+    "MAX_BATCH",
+    "evaluate_run",
+    "misclassified",
+    "predict_paths",
+]
 
 EVALUATION_FILE = "evaluation.json"
 # Bump when the evaluation's content or meaning changes, so older cached files are recomputed.
@@ -66,6 +81,47 @@ def predict_paths(model: Any, paths: list[str], image_size: int, batch_size: int
     return np.asarray(probs, dtype=np.float32)
 
 
+class ClassMetrics(TypedDict):
+    """Precision, recall and F1 of one class on the validation images."""
+
+    precision: float
+    recall: float
+    f1: float
+
+
+# One class's row of ``per_class``: its name, metrics and ``support`` (its validation images).
+# Functional syntax: ``class`` is a Python keyword.
+ClassRow = TypedDict(
+    "ClassRow", {"class": str, "precision": float, "recall": float, "f1": float, "support": int}
+)
+
+
+class ImagePrediction(TypedDict):
+    """One validation image: its file, true and predicted class, and every class's probability."""
+
+    path: str
+    true: str
+    predicted: str
+    probabilities: list[float]
+
+
+class Evaluation(TypedDict):
+    """A run's evaluation (``evaluate --json`` prints a subset; ``evaluation.json`` holds it)."""
+
+    run_id: str
+    accuracy: float
+    class_names: list[str]
+    confusion_matrix: list[list[int]]  # rows: true class, columns: predicted
+    per_class: list[ClassRow]
+    macro_avg: ClassMetrics
+    val_images: int
+    images: list[ImagePrediction]
+    duration_s: float
+    evaluated_at: float
+    cache_key: dict[str, Any]
+    from_cache: NotRequired[bool]
+
+
 def evaluate_run(
     store: RunStore,
     run_id: str,
@@ -104,19 +160,24 @@ def evaluate_run(
         model, class_names, image_size = run.model, list(run.class_names), run.image_size
     else:
         class_names, image_size = list(stored["class_names"]), int(model.inputs[0].shape[1])
-    if data is None:
-        data = load_dataset(config.data, val_split=config.val_split, seed=config.seed)
-    if list(data.class_names) != class_names:
-        raise StudioError(
-            f"The data source {config.data!r} now has classes {data.class_names}, but run "
-            f"{run_id} was trained on {class_names}; the validation split cannot be rebuilt. "
-            "Restore the original data or train a new run on the current data."
-        )
-    if not data.val_paths:
+    recorded = store.split(run_id) if data is None else None
+    if recorded is not None:
+        val_paths, val_labels = recorded.labelled("val", class_names)
+    else:
+        if data is None:  # a run that recorded no split: rebuilt from its config
+            data = load_dataset(config.data, val_split=config.val_split, seed=config.seed)
+        if list(data.class_names) != class_names:
+            raise StudioError(
+                f"The data source {config.data!r} now has classes {data.class_names}, but run "
+                f"{run_id} was trained on {class_names}; the validation split cannot be rebuilt. "
+                "Restore the original data or train a new run on the current data."
+            )
+        val_paths, val_labels = list(data.val_paths), list(data.val_labels)
+    if not val_paths:
         raise StudioError(f"Run {run_id}'s data {config.data!r} has no validation images.")
 
-    probs = predict_paths(model, data.val_paths, image_size, min(config.batch_size, MAX_BATCH))
-    y_true = np.asarray(data.val_labels, dtype=np.int64)
+    probs = predict_paths(model, val_paths, image_size, min(config.batch_size, MAX_BATCH))
+    y_true = np.asarray(val_labels, dtype=np.int64)
     y_pred = probs.argmax(axis=1)
     labels = list(range(len(class_names)))
     # labels= keeps the matrix N x N even when a class is absent from the split or the predictions.
@@ -129,7 +190,7 @@ def evaluate_run(
     macro = precision_recall_fscore_support(
         y_true, y_pred, labels=labels, average="macro", zero_division=0
     )
-    per_class = [
+    per_class: list[ClassRow] = [
         {
             "class": name,
             "precision": float(precision[i]),
@@ -140,7 +201,7 @@ def evaluate_run(
         for i, name in enumerate(class_names)
     ]
     total = int(matrix.sum())
-    result: dict[str, Any] = {
+    result: Evaluation = {
         "run_id": run_id,
         "accuracy": float(np.trace(matrix) / total) if total else 0.0,
         "class_names": class_names,
@@ -159,7 +220,7 @@ def evaluate_run(
                 "predicted": class_names[p],
                 "probabilities": [round(float(v), 6) for v in row],
             }
-            for path, t, p, row in zip(data.val_paths, y_true, y_pred, probs, strict=True)
+            for path, t, p, row in zip(val_paths, y_true, y_pred, probs, strict=True)
         ],
         "duration_s": round(time.perf_counter() - started, 3),
         "evaluated_at": time.time(),
@@ -167,7 +228,7 @@ def evaluate_run(
     }
     # Write-then-rename: a page reading concurrently never sees a truncated file.
     atomic_write_text(cache_path, json.dumps(result))
-    return {**result, "from_cache": False}
+    return {**result, "from_cache": False}  # an ``Evaluation`` (the pages take it as a dict)
 
 
 def _class_name(evaluation: dict[str, Any], cls: str | int) -> str:

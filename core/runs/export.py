@@ -24,12 +24,10 @@ import shutil
 import subprocess
 import sys
 import tempfile
-import threading
-import warnings
 from collections.abc import Callable, Sequence
 from dataclasses import dataclass
 from pathlib import Path
-from typing import Any
+from typing import Any, NotRequired, TypedDict
 
 import numpy as np
 
@@ -37,73 +35,66 @@ from core.config import RunConfig
 from core.data.images import to_array
 from core.errors import ConfigError, DataError, StudioError
 from core.paths import blocking_file
+from core.runs.formats import (
+    ARTIFACT_NAMES,
+    EXPORT_FORMATS,
+    FORMATS,
+    INT8_MIN_AGREEMENT,
+    NEAR_TIE_FLOAT,
+    NEAR_TIE_QUANTIZED,
+    QUANTIZED_TFLITE_NAME,
+    TOLERANCES,
+    WriteOptions,
+    export_format,
+    litert_interpreter_class,
+    missing_packages,
+    normalize_format,
+)
 from core.runs.store import RunStore
 
-FORMATS = ("keras", "savedmodel", "tflite", "tflite-fp16", "tflite-int8", "onnx", "openvino")
-_ALIASES = {
-    "keras": "keras",
-    ".keras": "keras",
-    "savedmodel": "savedmodel",
-    "saved_model": "savedmodel",
-    "tf_saved_model": "savedmodel",
-    "tflite": "tflite",
-    "litert": "tflite",
-    "tflite-fp16": "tflite-fp16",
-    "tflite_fp16": "tflite-fp16",
-    "tflite-int8": "tflite-int8",
-    "tflite_int8": "tflite-int8",
-    "onnx": "onnx",
-    "openvino": "openvino",
-}
-ARTIFACT_NAMES = {
-    "keras": "model.keras",
-    "savedmodel": "saved_model",
-    "tflite": "model.tflite",
-    "tflite-fp16": "model_fp16.tflite",
-    "tflite-int8": "model_int8.tflite",
-    "onnx": "model.onnx",
-    "openvino": "model.xml",
-}
-# Files written beside an artifact (OpenVINO IR: the graph in model.xml, the weights in model.bin).
-COMPANION_FILES = {"openvino": ("model.bin",)}
-# What each format's converter or runtime needs beyond our requirements' core (pip names).
-FORMAT_PACKAGES = {
-    "onnx": ("tf2onnx", "onnx", "onnxruntime"),
-    "tflite-int8": ("ai_edge_litert",),
-    "openvino": ("openvino",),
-}
-FORMAT_RUNTIMES = {
-    "keras": "keras",
-    "savedmodel": "tensorflow (tf.saved_model)",
-    "tflite": "ai_edge_litert",
-    "tflite-fp16": "ai_edge_litert",
-    "tflite-int8": "ai_edge_litert",
-    "onnx": "onnxruntime",
-    "openvino": "openvino",
-}
-QUANTIZED_TFLITE_NAME = "model_dynamic_range.tflite"
+__all__ = [
+    "ExportProgressFn",
+    "ExportRow",
+    "ExportStep",
+    "Verification",
+    # the format table's views, re-exported: what callers of the export need
+    "ARTIFACT_NAMES",
+    "FORMATS",
+    "INT8_MIN_AGREEMENT",
+    "NEAR_TIE_FLOAT",
+    "NEAR_TIE_QUANTIZED",
+    "litert_interpreter_class",
+    "missing_packages",
+    "normalize_format",
+    # the export itself
+    "LATENCY_RUNS",
+    "REPRESENTATIVE_IMAGES",
+    "VERIFY_IMAGES",
+    "VERIFY_SCRIPT",
+    "VERIFY_TIMEOUT_S",
+    "ExportTargetError",
+    "ExportVerificationError",
+    "as_batch",
+    "compare_predictions",
+    "export_all",
+    "export_run",
+    "labels_text",
+    "portable_model",
+    "predict_with_export",
+    "representative_images",
+    "verification_images",
+    "verification_set",
+    "verify_in_runtime",
+]
+
 LABELS_FILE, CONFIG_FILE, CARD_FILE = "labels.txt", "config.json", "model_card.md"
 # Validation images each export is verified on (spread over the split): enough for a meaningful
 # agreement percentage, small enough that the inputs file stays a few tens of MB at 224 px.
 VERIFY_IMAGES = 64
 REPRESENTATIVE_IMAGES = 100  # training images calibrating int8 activation ranges
 LATENCY_RUNS = 20  # single-image calls timed per format (after 3 warm-up calls)
-# Float exports compute the same function: probabilities must match closely, not just top-1.
-FLOAT_ATOL = 1e-3
-# float16 weights move probabilities by up to about a percent; top-1 must still agree.
-FP16_ATOL = 0.02
-# A top-1 difference is tolerated only where the live model itself has a near-tie between the two
-# classes (argmax is then decided by rounding). Dynamic-range int8 weights move probabilities by
-# about a percent, so the quantized tolerance is wider.
-NEAR_TIE_FLOAT = 1e-4
-NEAR_TIE_FP16 = 0.01
-NEAR_TIE_QUANTIZED = 0.02
-# Full-integer int8: top-1 must agree with the live model on at least this share of the verified
-# images where the live model is not at a near-tie (uint8 outputs have a resolution of 1/256).
-INT8_MIN_AGREEMENT = 0.97
 VERIFY_TIMEOUT_S = 600
 _SEED = 1234
-_TF_LOCK = threading.RLock()  # SavedModel export and TFLite conversion are not re-entrant-safe
 
 
 # Every file Keras' SavedModel export writes, relative to saved_model/: even with overwrite on, an
@@ -114,6 +105,30 @@ _SAVEDMODEL_FILES = re.compile(
 )
 
 
+class Verification(TypedDict):
+    """How an export's predictions compare with the live model's (``compare_predictions``)."""
+
+    top1_agreement: float
+    near_ties: int  # top-1 differences where the live model itself had a near-tie
+    max_abs_diff: float
+    tolerance: str
+    clear_agreement: NotRequired[float]  # int8: agreement on the images without a near-tie
+
+
+class ExportRow(Verification):
+    """One exported format: what ``export --json`` lists under ``formats`` (and the table)."""
+
+    format: str
+    quantized: bool
+    file: str
+    bytes: int
+    runtime: str
+    latency_ms_p50: float
+    accuracy: float | None
+    accuracy_drop: float | None
+    path: NotRequired[str]  # where it was placed
+
+
 class ExportVerificationError(StudioError):
     """The exported artifact does not reproduce the live model's predictions."""
 
@@ -122,148 +137,7 @@ class ExportTargetError(StudioError):
     """The export folder holds files the export would overwrite or delete."""
 
 
-def normalize_format(fmt: str) -> str:
-    """Canonical format name; accepts a few common spellings (``saved_model``, ``litert``)."""
-    key = str(fmt).strip().lower()
-    if key not in _ALIASES:
-        raise ConfigError(
-            f"Unknown export format {fmt!r}. Available: {', '.join(FORMATS)} "
-            "(tflite can also be dynamic-range quantized)."
-        )
-    return _ALIASES[key]
-
-
 # --------------------------------------------------------------------------- loading artifacts
-
-
-def litert_interpreter_class() -> type:
-    """The TFLite interpreter: LiteRT's (``ai_edge_litert``) if installed, else ``tf.lite``'s.
-
-    ``tf.lite.Interpreter`` still works in TF 2.21 but warns that it is deprecated in favour of
-    the ``ai-edge-litert`` package, so that is preferred.
-    """
-    try:
-        from ai_edge_litert.interpreter import Interpreter
-
-        return Interpreter
-    except ImportError:
-        import tensorflow as tf
-
-        return tf.lite.Interpreter
-
-
-def _make_interpreter(path: Path) -> Any:
-    cls = litert_interpreter_class()
-    with warnings.catch_warnings():
-        warnings.simplefilter("ignore")  # tf.lite's deprecation notice, when it is the fallback
-        try:
-            return cls(model_path=str(path), num_threads=min(2, os.cpu_count() or 1))
-        except ValueError as exc:
-            raise StudioError(f"Cannot load TFLite model {path}: {exc}") from exc
-
-
-@dataclass
-class _Runner:
-    """An exported artifact loaded back: its input size and a batch → probabilities function."""
-
-    image_size: int
-    predict: Callable[[np.ndarray], np.ndarray]
-    keep_alive: Any = None  # SavedModel signatures only hold weak references to their object
-
-
-def _load_keras(path: Path) -> _Runner:
-    import keras
-
-    import core.models.layers  # noqa: F401  registers PixelNormalize for deserialisation
-
-    model = keras.saving.load_model(path, safe_mode=True)
-    return _Runner(
-        int(model.inputs[0].shape[1]),
-        lambda x: np.asarray(model(x, training=False)),
-        model,
-    )
-
-
-def _load_savedmodel(path: Path) -> _Runner:
-    import tensorflow as tf
-
-    loaded = tf.saved_model.load(str(path))
-    if "serve" not in loaded.signatures:
-        raise StudioError(
-            f"{path} has no 'serve' signature (found: {', '.join(loaded.signatures)}). "
-            "Export it again with Transfer Studio."
-        )
-    serve = loaded.signatures["serve"]
-    (name, spec), *more = serve.structured_input_signature[1].items()
-    if more:
-        raise StudioError(f"{path}: expected one input, found {len(more) + 1}.")
-
-    def predict(x: np.ndarray) -> np.ndarray:
-        outputs = serve(**{name: tf.constant(x, dtype=spec.dtype)})
-        (value,) = outputs.values()
-        return value.numpy()
-
-    return _Runner(int(spec.shape[1]), predict, loaded)
-
-
-def _load_tflite(path: Path) -> _Runner:
-    interpreter = _make_interpreter(path)
-    (inp,) = interpreter.get_input_details()
-    (out,) = interpreter.get_output_details()
-    lock = threading.Lock()  # an interpreter holds tensor state: one invocation at a time
-
-    def predict(x: np.ndarray) -> np.ndarray:
-        with lock:
-            # The batch dimension is dynamic (-1 in shape_signature): resize to the batch given.
-            interpreter.resize_tensor_input(inp["index"], list(x.shape))
-            interpreter.allocate_tensors()
-            if np.issubdtype(inp["dtype"], np.integer):  # full-integer model: quantize pixels
-                scale, zero = inp["quantization"]
-                info = np.iinfo(inp["dtype"])
-                x = np.clip(np.round(x / scale + zero), info.min, info.max)
-            interpreter.set_tensor(inp["index"], x.astype(inp["dtype"]))
-            interpreter.invoke()
-            y = np.array(interpreter.get_tensor(out["index"]))
-            if np.issubdtype(out["dtype"], np.integer):
-                scale, zero = out["quantization"]
-                y = (y.astype(np.float32) - zero) * scale
-            return y
-
-    return _Runner(int(inp["shape"][1]), predict, interpreter)
-
-
-def _load_onnx(path: Path) -> _Runner:
-    try:
-        import onnxruntime as ort
-    except ImportError as exc:
-        raise StudioError(
-            "Running an ONNX model needs the onnxruntime package, which is not installed. "
-            "Install it (pip install onnxruntime) and try again."
-        ) from exc
-    session = ort.InferenceSession(str(path), providers=["CPUExecutionProvider"])
-    inp = session.get_inputs()[0]
-    return _Runner(
-        int(inp.shape[1]), lambda x: np.asarray(session.run(None, {inp.name: x})[0]), session
-    )
-
-
-def _load_openvino(path: Path) -> _Runner:
-    import openvino as ov
-
-    compiled = ov.Core().compile_model(str(path), "CPU", {"INFERENCE_PRECISION_HINT": "f32"})
-    size = int(compiled.inputs[0].get_partial_shape()[1].get_length())
-    return _Runner(size, lambda x: np.asarray(compiled(x)[0]), compiled)
-
-
-_LOADERS = {
-    "keras": _load_keras,
-    "savedmodel": _load_savedmodel,
-    "tflite": _load_tflite,
-    "tflite-fp16": _load_tflite,
-    "tflite-int8": _load_tflite,
-    "onnx": _load_onnx,
-    "openvino": _load_openvino,
-}
 
 
 def as_batch(images: Any, size: int) -> np.ndarray:
@@ -283,7 +157,7 @@ def predict_with_export(path: str | os.PathLike[str], fmt: str, images: Any) -> 
     ``images`` is a ``(N, S, S, 3)`` array or a list of paths / bytes / HxWx3 arrays (resized to
     the artifact's input size). ``path`` is the ``.keras`` / ``.tflite`` file or SavedModel folder.
     """
-    runner = _LOADERS[normalize_format(fmt)](Path(path))
+    runner = export_format(fmt).loader(Path(path))
     return np.asarray(runner.predict(as_batch(images, runner.image_size)), dtype=np.float32)
 
 
@@ -329,134 +203,6 @@ def portable_model(model: Any) -> Any:
     return rebuilt
 
 
-def _write_keras(model: Any, target: Path) -> None:
-    model.save(str(target))
-
-
-def _write_savedmodel(model: Any, target: Path) -> None:
-    # Keras 3's own export: a "serve" endpoint calling the model with training=False.
-    with _TF_LOCK:
-        model.export(str(target), format="tf_saved_model", verbose=False)
-
-
-def _first_line(exc: BaseException) -> str:
-    text = str(exc).strip()
-    return text.splitlines()[0] if text else type(exc).__name__
-
-
-def _unsupported_ops(message: str) -> list[str]:
-    """Op names a converter error complains about (``'tf.Foo' op is neither ...``)."""
-    return sorted(set(re.findall(r"'((?:tf|tfl)\.\w+)'", message)))
-
-
-def _write_tflite(
-    model: Any,
-    target: Path,
-    quantize: bool | str = False,
-    representative: np.ndarray | None = None,
-) -> None:
-    """Convert to TFLite. ``quantize``: False (float32), True / "dynamic" (int8 weights, float
-    activations), "fp16" (float16 weights), "int8" (full-integer, uint8 input and output,
-    calibrated on ``representative`` raw 0-255 images)."""
-    import tensorflow as tf
-
-    mode = "dynamic" if quantize is True else (quantize or "float")
-    # TF 2.21's supported Keras 3 path: SavedModel first, then the converter (Keras' own
-    # format="litert" does the same but also allows SELECT_TF_OPS, which plain LiteRT runtimes
-    # cannot run; builtin ops only keeps the file portable).
-    with tempfile.TemporaryDirectory(prefix="savedmodel-", dir=target.parent) as tmp:
-        _write_savedmodel(model, Path(tmp) / "sm")
-        with _TF_LOCK:
-            converter = tf.lite.TFLiteConverter.from_saved_model(
-                str(Path(tmp) / "sm"), signature_keys=["serve"]
-            )
-            converter.target_spec.supported_ops = [tf.lite.OpsSet.TFLITE_BUILTINS]
-            if mode != "float":
-                # Without a representative dataset this is dynamic-range quantization (int8
-                # weights, float activations): the input stays float32 0-255.
-                converter.optimizations = [tf.lite.Optimize.DEFAULT]
-            if mode == "fp16":
-                converter.target_spec.supported_types = [tf.float16]
-            if mode == "int8":
-                if representative is None or not len(representative):
-                    raise StudioError("int8 quantization needs representative images; none given.")
-                samples = representative.astype(np.float32)  # a copy: the caller's stays
-                # One black and one white pixel make the calibrated input range exactly 0-255,
-                # so the uint8 input has scale 1 and zero point 0: raw pixels go in unchanged.
-                # (Without them a dim dataset gives e.g. scale 225/255, and a user feeding raw
-                # pixels would get wrong answers.) Two pixels barely move deeper ranges.
-                samples[0, 0, 0, :], samples[0, 0, -1, :] = 0.0, 255.0
-
-                def calibration() -> Any:
-                    for i in range(len(samples)):
-                        yield [samples[i : i + 1]]
-
-                converter.representative_dataset = calibration
-                # Integer ops only (no float fallback, no Flex): runs on int8-only accelerators.
-                converter.target_spec.supported_ops = [tf.lite.OpsSet.TFLITE_BUILTINS_INT8]
-                # Raw 0-255 pixels calibrate to scale 1, zero point 0: uint8 pixels go in as is.
-                converter.inference_input_type = tf.uint8
-                converter.inference_output_type = tf.uint8
-            try:
-                flatbuffer = converter.convert()
-            except Exception as exc:  # the converter raises ConverterError and plain errors
-                ops = _unsupported_ops(str(exc))
-                named = f" (unsupported: {', '.join(ops)})" if ops else ""
-                if mode == "int8":
-                    raise StudioError(
-                        f"Full-integer int8 conversion failed{named}: {_first_line(exc)}. The "
-                        "model uses an operation that has no int8 kernel; export tflite-fp16 or "
-                        "tflite (optionally quantized to dynamic range) instead."
-                    ) from exc
-                raise StudioError(
-                    f"TFLite conversion failed{named} ({type(exc).__name__}: {_first_line(exc)}). "
-                    "The model uses an operation TFLite's builtin op set lacks; export as "
-                    "savedmodel, onnx or keras."
-                ) from exc
-    target.write_bytes(flatbuffer)
-
-
-def missing_packages(fmt: str) -> list[str]:
-    """The pip packages ``fmt`` needs that are not installed (empty when it can be exported)."""
-    import importlib.util
-
-    return [
-        name for name in FORMAT_PACKAGES.get(normalize_format(fmt), ())
-        if importlib.util.find_spec(name) is None
-    ]  # fmt: skip
-
-
-def _write_onnx(model: Any, target: Path) -> None:
-    missing = missing_packages("onnx")
-    if missing:
-        raise StudioError(
-            f"The onnx export needs {', '.join(missing)}, which is not installed. Install it "
-            f"(pip install {' '.join(n.replace('_', '-') for n in missing)}) and export again; "
-            "the other formats work without it."
-        )
-    with _TF_LOCK, warnings.catch_warnings():
-        warnings.simplefilter("ignore")  # tf2onnx's numpy deprecation notices
-        try:
-            model.export(str(target), format="onnx", verbose=False)
-        except Exception as exc:  # tf2onnx raises plain errors naming the op
-            raise StudioError(
-                f"ONNX conversion failed ({type(exc).__name__}: {_first_line(exc)}). Export as "
-                "savedmodel or tflite instead."
-            ) from exc
-
-
-def _write_openvino(model: Any, target: Path) -> None:
-    # Keras converts through OpenVINO's own TensorFlow frontend: model.xml plus model.bin.
-    with _TF_LOCK:
-        try:
-            model.export(str(target), format="openvino", verbose=False)
-        except Exception as exc:
-            raise StudioError(
-                f"OpenVINO conversion failed ({type(exc).__name__}: {_first_line(exc)}). Export "
-                "as onnx instead (OpenVINO's runtime reads ONNX files too)."
-            ) from exc
-
-
 def _size_of(path: Path) -> int:
     if path.is_file():
         return path.stat().st_size
@@ -470,7 +216,7 @@ def _validation_items(
     store: RunStore, run_id: str, config: RunConfig
 ) -> tuple[list[str], list[int] | None]:
     """Validation image paths and labels: from a cached evaluation if any (cheap), else the
-    rebuilt split."""
+    split the run recorded (a run without one: rebuilt from its config)."""
     from core.runs.evaluate import EVALUATION_FILE
 
     try:
@@ -482,6 +228,9 @@ def _validation_items(
             return paths, labels
     except (OSError, ValueError, KeyError, TypeError):
         pass
+    recorded = store.split(run_id)
+    if recorded is not None:
+        return recorded.labelled("val", list(store.result(run_id)["class_names"]))
     from core.data import load_dataset
 
     data = load_dataset(config.data, val_split=config.val_split, seed=config.seed)
@@ -538,39 +287,29 @@ def representative_images(
     from core.data import load_dataset
     from core.data.images import load_rgb
 
-    config = RunConfig.from_dict(store.result(run_id)["config"])
-    try:
-        data = load_dataset(config.data, val_split=config.val_split, seed=config.seed)
-    except DataError as exc:
-        raise StudioError(
-            f"The int8 export calibrates on the run's training images, but its data "
-            f"{config.data!r} cannot be read any more ({exc}). Restore the data, or export "
-            "tflite-fp16 or tflite (dynamic range), which need no images."
-        ) from exc
-    paths = list(data.train_paths)
+    result = store.result(run_id)
+    config = RunConfig.from_dict(result["config"])
+    recorded = store.split(run_id)
+    if recorded is not None:
+        paths = recorded.labelled("train", list(result["class_names"]))[0]
+    else:  # a run that recorded no split: rebuilt from its config
+        try:
+            data = load_dataset(config.data, val_split=config.val_split, seed=config.seed)
+        except DataError as exc:
+            raise StudioError(
+                f"The int8 export calibrates on the run's training images, but its data "
+                f"{config.data!r} cannot be read any more ({exc}). Restore the data, or export "
+                "tflite-fp16 or tflite (dynamic range), which need no images."
+            ) from exc
+        paths = list(data.train_paths)
     if not paths:
         raise StudioError(f"Run {run_id}'s data {config.data!r} has no training images left.")
     return np.stack([load_rgb(paths[i], image_size) for i in _spread(len(paths), count)])
 
 
-_KINDS = {"keras": "float", "savedmodel": "float", "tflite": "float", "onnx": "float",
-          "openvino": "float", "tflite-fp16": "fp16", "tflite-int8": "int8"}  # fmt: skip
-
-
-def tolerance_text(kind: str) -> str:
-    """The stated tolerance of a format kind, for tables and the model card."""
-    if kind == "int8":
-        return f"top-1 ≥ {INT8_MIN_AGREEMENT:.0%} (near-ties of {NEAR_TIE_QUANTIZED} excluded)"
-    if kind == "dynamic":
-        return f"top-1 100 % (near-ties of {NEAR_TIE_QUANTIZED} excluded)"
-    if kind == "fp16":
-        return f"top-1 100 %, |Δp| ≤ {FP16_ATOL}"
-    return f"top-1 100 %, |Δp| ≤ {FLOAT_ATOL}"
-
-
 def compare_predictions(
     live: np.ndarray, exported: np.ndarray, quantized: bool = False, kind: str | None = None
-) -> dict[str, Any]:
+) -> Verification:
     """Top-1 agreement and probability differences; raises ExportVerificationError on mismatch.
 
     ``kind``: "float" (default), "fp16", "dynamic" (what ``quantized=True`` means) or "int8".
@@ -586,25 +325,26 @@ def compare_predictions(
     live_top, export_top = live.argmax(axis=1), exported.argmax(axis=1)
     # How much lower the live model scores the exported top-1 than its own top-1.
     gap = live[rows, live_top] - live[rows, export_top]
-    tie = {"float": NEAR_TIE_FLOAT, "fp16": NEAR_TIE_FP16}.get(kind, NEAR_TIE_QUANTIZED)
+    tolerance = TOLERANCES[kind]
+    tie = tolerance.near_tie
     bad = np.flatnonzero((live_top != export_top) & (gap > tie))
     max_diff = float(np.abs(live - exported).max()) if live.size else 0.0
-    summary = {
+    summary: Verification = {
         "top1_agreement": float(np.mean(live_top == export_top)) if len(live) else 1.0,
         "near_ties": int(np.sum((live_top != export_top) & (gap <= tie))),
         "max_abs_diff": max_diff,
-        "tolerance": tolerance_text(kind),
+        "tolerance": tolerance.text(),
     }
-    if kind == "int8":
+    if tolerance.min_agreement is not None:
         ordered = np.sort(live, axis=1)
         clear = ordered[:, -1] - ordered[:, -2] > tie if live.shape[1] > 1 else rows >= 0
         agreement = float(np.mean((live_top == export_top)[clear])) if clear.any() else 1.0
         summary["clear_agreement"] = agreement
-        if agreement < INT8_MIN_AGREEMENT:
+        if agreement < tolerance.min_agreement:
             raise ExportVerificationError(
                 f"Export verification failed: the int8 model agrees with the live model's top-1 "
                 f"on {agreement:.1%} of {int(clear.sum())} images (at least "
-                f"{INT8_MIN_AGREEMENT:.0%} required), so quantization costs too much accuracy "
+                f"{tolerance.min_agreement:.0%} required), so quantization costs too much accuracy "
                 "for this model. The artifact was not kept; export tflite-fp16 or tflite "
                 "(dynamic range) instead."
             )
@@ -617,7 +357,7 @@ def compare_predictions(
             f"p={live[i, live_top[i]]:.3f}, export class {export_top[i]}). The artifact was not "
             "kept; re-export, or report a bug if it persists."
         )
-    atol = {"float": FLOAT_ATOL, "fp16": FP16_ATOL}.get(kind)
+    atol = tolerance.atol
     if atol is not None and max_diff > atol:
         raise ExportVerificationError(
             f"Export verification failed: probabilities differ from the live model by up to "
@@ -640,6 +380,7 @@ def verify_in_runtime(
     this package would. Returns ``{probabilities (array), latency_ms_p50, runtime}``.
     """
     fmt = normalize_format(fmt)
+    runtime = EXPORT_FORMATS[fmt].runtime
     with tempfile.TemporaryDirectory(prefix="verify-export-") as tmp:
         inputs = Path(tmp) / "inputs.npy"
         np.save(inputs, np.asarray(images, dtype=np.float32))
@@ -653,20 +394,20 @@ def verify_in_runtime(
             )
         except subprocess.TimeoutExpired as exc:
             raise ExportVerificationError(
-                f"Loading the {fmt} export in {FORMAT_RUNTIMES[fmt]} took over "
+                f"Loading the {fmt} export in {runtime} took over "
                 f"{VERIFY_TIMEOUT_S} s; the artifact was not kept."
             ) from exc
     errors = [ln for ln in proc.stderr.splitlines() if ln.startswith("error: ")]
     if proc.returncode == 2:
         raise StudioError(
-            f"The {fmt} export cannot be checked: its runtime {FORMAT_RUNTIMES[fmt]} is not "
+            f"The {fmt} export cannot be checked: its runtime {runtime} is not "
             f"installed ({errors[-1][7:] if errors else 'import failed'}). Install it (pip "
-            f"install {FORMAT_RUNTIMES[fmt].split()[0].replace('_', '-')}) and export again."
+            f"install {runtime.split()[0].replace('_', '-')}) and export again."
         )
     if proc.returncode != 0:
         detail = errors[-1][7:] if errors else (proc.stderr.strip().splitlines() or ["?"])[-1]
         raise ExportVerificationError(
-            f"The {fmt} export does not load in {FORMAT_RUNTIMES[fmt]} without this package "
+            f"The {fmt} export does not load in {runtime} without this package "
             f"({detail}). The artifact was not kept; report a bug if it persists."
         )
     result = json.loads(proc.stdout.strip().splitlines()[-1])
@@ -825,7 +566,8 @@ class ExportStep:
         if self.step == "converting":
             return f"Converting {where}…"
         if self.step == "verifying":
-            runtime = FORMAT_RUNTIMES.get(self.format, "its runtime")
+            known = EXPORT_FORMATS.get(self.format)
+            runtime = known.runtime if known else "its runtime"
             return f"Verifying and benchmarking {where} in {runtime}…"
         return f"Done: {where}"
 
@@ -850,7 +592,7 @@ def _export(
     from core.runs.predict import load_run
 
     artifacts = [_artifact(fmt, q) for fmt, q in jobs]
-    companions = [name for fmt, _ in jobs for name in COMPANION_FILES.get(fmt, ())]
+    companions = [name for fmt, _ in jobs for name in EXPORT_FORMATS[fmt].companions]
     names = [*artifacts, *companions, LABELS_FILE, CONFIG_FILE, CARD_FILE, CONFUSION_IMAGE]
     dir_names = [a for a, (fmt, _) in zip(artifacts, jobs, strict=True) if fmt == "savedmodel"]
     if out_dir is not None:  # a wrong folder is refused before the model loads (seconds)
@@ -880,26 +622,18 @@ def _export(
         batch = images.astype(np.float32)
         live = _live_probabilities(run.model, batch)
         live_accuracy = _accuracy(live, truth)
-        rows = []
+        rows: list[ExportRow] = []
         for index, ((fmt, quantize), artifact) in enumerate(zip(jobs, artifacts, strict=True), 1):
             target = staging / artifact
             say(ExportStep("converting", fmt, index, total))
-            if fmt == "keras":
-                _write_keras(portable, target)
-            elif fmt == "savedmodel":
-                _write_savedmodel(portable, target)
-            elif fmt == "onnx":
-                _write_onnx(portable, target)
-            elif fmt == "openvino":
-                _write_openvino(portable, target)
-            elif fmt == "tflite-int8":
-                calibration = representative_images(store, run_id, run.image_size)
-                _write_tflite(portable, target, "int8", calibration)
-            else:
-                _write_tflite(portable, target, "fp16" if fmt == "tflite-fp16" else quantize)
+            options = WriteOptions(
+                quantize=quantize,
+                calibration=lambda: representative_images(store, run_id, run.image_size),
+            )
+            EXPORT_FORMATS[fmt].writer(portable, target, options)
             say(ExportStep("verifying", fmt, index, total))
             ran = verify_in_runtime(target, fmt, batch)
-            kind = "dynamic" if quantize else _KINDS[fmt]
+            kind = "dynamic" if quantize else EXPORT_FORMATS[fmt].tolerance.kind
             check = compare_predictions(live, ran["probabilities"], kind=kind)
             accuracy = _accuracy(ran["probabilities"], truth)
             rows.append(
@@ -908,7 +642,7 @@ def _export(
                     "quantized": quantize,
                     "file": artifact,
                     "bytes": _size_of(target)
-                    + sum(_size_of(staging / c) for c in COMPANION_FILES.get(fmt, ())),
+                    + sum(_size_of(staging / c) for c in EXPORT_FORMATS[fmt].companions),
                     "runtime": ran["runtime"],
                     "latency_ms_p50": ran["latency_ms_p50"],
                     **check,

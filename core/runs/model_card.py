@@ -10,6 +10,7 @@ short Python snippet per exported format that needs nothing from Transfer Studio
 from __future__ import annotations
 
 import platform
+from collections.abc import Mapping, Sequence
 from importlib.metadata import PackageNotFoundError, version
 from pathlib import Path
 from typing import Any
@@ -18,6 +19,18 @@ import numpy as np
 
 from core.runs.safe_text import md_text
 from core.runs.store import RunStore
+
+__all__ = [
+    "CARD_FILE",
+    "CONFUSION_IMAGE",
+    "SNIPPETS",
+    "VERSION_PACKAGES",
+    "card_text",
+    "confusion_png",
+    "export_table",
+    "versions",
+    "write_card",
+]
 
 CARD_FILE = "model_card.md"
 CONFUSION_IMAGE = "confusion_matrix.png"
@@ -87,7 +100,7 @@ def versions() -> dict[str, str]:
     return found
 
 
-def export_table(rows: list[dict[str, Any]]) -> str:
+def export_table(rows: Sequence[Mapping[str, Any]]) -> str:
     """The export benchmark as a Markdown table (one row per format)."""
     lines = [
         "| format | file | size | runtime | latency p50 (1 image) | top-1 agreement | "
@@ -144,7 +157,7 @@ def _health(config: dict[str, Any]) -> list[str]:
 def card_text(
     result: dict[str, Any],
     evaluation: dict[str, Any] | None,
-    rows: list[dict[str, Any]],
+    rows: Sequence[Mapping[str, Any]],
     summary: dict[str, Any],
     health: list[str] | None = None,
     params: tuple[int, int] | None = None,
@@ -245,7 +258,7 @@ def write_card(
     store: RunStore,
     run_id: str,
     folder: Path,
-    rows: list[dict[str, Any]],
+    rows: Sequence[Mapping[str, Any]],
     summary: dict[str, Any],
     model: Any = None,
 ) -> Path:
@@ -260,7 +273,7 @@ def write_card(
         evaluation = None
     params = None
     if model is not None:
-        from core.training.model import count_params
+        from core.models.layers import count_params
 
         trainable, frozen = count_params(model)
         params = (int(trainable), int(frozen))

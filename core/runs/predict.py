@@ -14,6 +14,14 @@ from core.data.images import to_array
 from core.errors import StudioError
 from core.runs.store import RunStore
 
+__all__ = [
+    "ImageInput",
+    "LoadedRun",
+    "load_run",
+    "predict_images",
+    "saved_model_path",
+]
+
 ImageInput = str | Path | bytes | np.ndarray
 
 

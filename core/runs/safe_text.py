@@ -19,6 +19,11 @@ from __future__ import annotations
 
 import re
 
+__all__ = [
+    "csv_cell",
+    "md_text",
+]
+
 # Punctuation that opens or closes inline Markdown anywhere (code, emphasis, links, images,
 # tables, math and strikethrough in the renderers that have them).
 _ANYWHERE = re.compile(r"[\\`*\[\]()!|{}$~]")

@@ -23,7 +23,7 @@ import time
 from collections.abc import Iterator, Mapping, Sequence
 from contextlib import contextmanager
 from pathlib import Path
-from typing import Any, TypedDict, cast
+from typing import Any, NotRequired, TypedDict, Unpack, cast
 
 from core.config import RunConfig, Status
 from core.data.names import display_name
@@ -35,6 +35,35 @@ from core.files import (
     sqlite_damaged,
 )
 from core.paths import runs_root
+from core.processes import owner_alive, pid_alive, process_token
+from core.runs.split import RunSplit, read_split
+
+__all__ = [
+    "ACTIVE_STATUSES",
+    "BACKUP_NAME",
+    "DB_NAME",
+    "HEARTBEAT_S",
+    "HEARTBEAT_STALE_S",
+    "HISTORY_KEYS",
+    "JSON_COLUMNS",
+    "MAX_RUN_NAME",
+    "RECORD_FILE",
+    "STARTING_GRACE_S",
+    "UPDATABLE_COLUMNS",
+    "BatchRecord",
+    "EpochRecord",
+    "History",
+    "RunResult",
+    "RunRow",
+    "RunStore",
+    "RunSummary",
+    "RunUpdate",
+    "StoreDamagedError",
+    "WorkerRow",
+    "clean_run_name",
+    "default_run_name",
+    "new_run_id",
+]
 
 # Aliases of the ``Status`` members: ``from core.runs.store import QUEUED`` and the like work.
 QUEUED, RUNNING, COMPLETED = Status.QUEUED, Status.RUNNING, Status.COMPLETED
@@ -131,7 +160,7 @@ CREATE TABLE IF NOT EXISTS batches (
 class WorkerRow(TypedDict):
     """A row of the ``workers`` table: one worker process serving this runs folder."""
 
-    token: str  # ``_process_token()`` of the worker ("starting:N" while it is being started)
+    token: str  # ``process_token()`` of the worker ("starting:N" while it is being started)
     pid: int
     host: str
     device: str | None  # its ``--device`` (None: whatever TensorFlow finds)
@@ -257,6 +286,40 @@ class RunResult(RunSummary):
     replicas: int | None
     ray: dict[str, Any] | None  # where a Ray cluster computed or trained it (None: here)
     run_dir: str
+    # ``{"root", "train": [{path, label, sha256}], "val": [...]}`` (``core.runs.split``); only
+    # when asked for (``result(run_id, split=True)``: ``show``/``train --json``), ``None`` for a
+    # run that recorded none.
+    split: NotRequired[dict[str, Any] | None]
+
+
+class RunUpdate(TypedDict, total=False):
+    """The columns ``RunStore.update`` may set (lists and dicts go to their ``*_json`` column):
+    keyword names are checked against these, so none becomes an arbitrary SQL column."""
+
+    status: str
+    error: str | None
+    owner: str | None
+    started_at: float | None
+    finished_at: float | None
+    duration_s: float | None
+    stop_requested: int
+    name: str | None
+    class_names: list[str]
+    train_images: int | None
+    val_images: int | None
+    skipped_files: list[dict[str, Any]]
+    dataset: dict[str, Any] | None
+    phases: list[dict[str, Any]]
+    stage: dict[str, Any] | None
+    timings: dict[str, float] | None
+    model_path: str | None
+    model_bytes: int | None
+    device: str | None
+    replicas: int | None
+    ray: dict[str, Any] | None  # where a Ray cluster computed or trained the run
+
+
+UPDATABLE_COLUMNS = frozenset(RunUpdate.__annotations__)
 
 
 # Keeps the runs row's summary columns in step with its epochs.
@@ -265,51 +328,6 @@ _REFRESH_SUMMARY = (
     " best_val_accuracy = (SELECT MAX(val_accuracy) FROM epochs WHERE run_id = ?)"
     " WHERE run_id = ?"
 )
-
-
-def _process_token(pid: int | None = None) -> str:
-    """Identify a live process robustly: pid plus its start time (guards against pid reuse)."""
-    pid = os.getpid() if pid is None else pid
-    start = ""
-    try:
-        with open(f"/proc/{pid}/stat", "rb") as fh:
-            # Field 22 is starttime; field 2 (the command) may hold spaces, so split after ')'.
-            start = fh.read().rsplit(b")", 1)[1].split()[19].decode()
-    except (OSError, IndexError):
-        pass
-    return f"{pid}:{start}"
-
-
-def _pid_alive(pid: int) -> bool:
-    """Whether process ``pid`` exists and is not a zombie (a killed child its parent has not
-    reaped yet is one: still in the process table, but it will never write again)."""
-    if pid <= 0:
-        return False
-    try:
-        os.kill(pid, 0)
-    except ProcessLookupError:
-        return False
-    except PermissionError:  # exists, owned by someone else
-        pass
-    try:
-        with open(f"/proc/{pid}/stat", "rb") as fh:
-            state = fh.read().rsplit(b")", 1)[1].split()[0]
-    except (OSError, IndexError):
-        return True  # no /proc (not Linux): os.kill said it exists
-    return state not in (b"Z", b"X")
-
-
-def _owner_alive(owner: str | None) -> bool:
-    if not owner:
-        return False
-    pid_text, _, _ = owner.partition(":")
-    try:
-        pid = int(pid_text)
-    except ValueError:
-        return False
-    if not _pid_alive(pid):
-        return False
-    return _process_token(pid) == owner
 
 
 def _loads_ok(text: object, must_be_object: bool = False) -> bool:
@@ -600,7 +618,7 @@ class RunStore:
             # No record (written before records existed): a saved model means a finished run.
             row["status"] = COMPLETED if model.is_file() else INTERRUPTED
         waiting = row["status"] == QUEUED and not row.get("owner")  # for any worker: it still can
-        if row["status"] in ACTIVE_STATUSES and not waiting and not _owner_alive(row.get("owner")):
+        if row["status"] in ACTIVE_STATUSES and not waiting and not owner_alive(row.get("owner")):
             row["status"] = INTERRUPTED
             row["error"] = "The run index was rebuilt from the run folder before it finished."
         if model.is_file():
@@ -681,15 +699,21 @@ class RunStore:
                     time.time(),
                     status,
                     config.to_json(indent=None),
-                    _process_token() if claimed else None,
+                    process_token() if claimed else None,
                     config.planned_epochs,
                 ),
             )
         atomic_write_text(self.run_dir(run_id) / "config.json", config.to_json() + "\n")
         return run_id
 
-    def update(self, run_id: str, **values: Any) -> None:
-        """Set columns of a run; lists/dicts go to their ``*_json`` column."""
+    def update(self, run_id: str, **values: Unpack[RunUpdate]) -> None:
+        """Set columns of a run (``RunUpdate``); lists/dicts go to their ``*_json`` column."""
+        unknown = sorted(set(values) - UPDATABLE_COLUMNS)
+        if unknown:
+            raise TypeError(
+                f"RunStore.update got {', '.join(unknown)}, which are not run columns it sets. "
+                f"Expected some of: {', '.join(sorted(UPDATABLE_COLUMNS))}."
+            )
         cols: list[str] = []
         params: list[Any] = []
         for key, value in values.items():
@@ -709,7 +733,7 @@ class RunStore:
     def mark_running(self, run_id: str) -> None:
         """The worker picked the run up (in this process)."""
         self.update(
-            run_id, status=RUNNING, started_at=time.time(), owner=_process_token(), error=None
+            run_id, status=RUNNING, started_at=time.time(), owner=process_token(), error=None
         )
 
     def mark_finished(self, run_id: str, status: str, error: str | None = None) -> None:
@@ -792,7 +816,7 @@ class RunStore:
             ).fetchone()[0]
         row = self.get_run(run_id)
         self.update(
-            run_id, status=QUEUED, owner=_process_token() if claimed else None,
+            run_id, status=QUEUED, owner=process_token() if claimed else None,
             stop_requested=0, error=None,
             finished_at=None, duration_s=row["duration_s"] or spent,
         )  # fmt: skip
@@ -824,7 +848,7 @@ class RunStore:
             if worker is not None:
                 alive = r["owner"] not in gone_workers
             else:  # an in-process queue (CLI train, tests) or an older version: the pid says
-                alive = _owner_alive(r["owner"])
+                alive = owner_alive(r["owner"])
             if not alive:
                 lost.append(r["run_id"])
         interrupted = []
@@ -862,10 +886,10 @@ class RunStore:
         if worker["state"] == WORKER_STARTING:
             if now - worker["started_at"] > STARTING_GRACE_S:
                 return False
-            return not here or not worker["pid"] or _pid_alive(worker["pid"])
+            return not here or not worker["pid"] or pid_alive(worker["pid"])
         if now - worker["heartbeat_at"] > HEARTBEAT_STALE_S:
             return False  # frozen, or on another machine and gone
-        return not here or _owner_alive(worker["token"])
+        return not here or owner_alive(worker["token"])
 
     @contextmanager
     def _immediate(self) -> Iterator[sqlite3.Connection]:
@@ -1242,8 +1266,14 @@ class RunStore:
             "error": row["error"],
         }
 
-    def result(self, run_id: str) -> RunResult:
-        """Everything about a run: the object ``train --json`` and ``show --json`` print."""
+    def split(self, run_id: str) -> RunSplit | None:
+        """The training and validation images the run recorded (``None``: none recorded)."""
+        self.get_run(run_id)  # an unknown run is named
+        return read_split(self.run_dir(run_id))
+
+    def result(self, run_id: str, split: bool = False) -> RunResult:
+        """Everything about a run: the object ``train --json`` and ``show --json`` print;
+        ``split``: with the images it trained and validated on (``split.json``)."""
         row = self.get_run(run_id)
         epochs = self.epochs(run_id)
         history: History = {  # the keys in HISTORY_KEYS order, then "epoch"
@@ -1259,7 +1289,7 @@ class RunStore:
         def loads(column: str) -> Any:
             return self._loads(row, column)
 
-        return {
+        out: RunResult = {
             **self._summary(row),
             "config": loads("config_json"),
             "history": history,
@@ -1280,3 +1310,7 @@ class RunStore:
             "ray": loads("ray_json"),
             "run_dir": str(self.root / "runs" / run_id),
         }
+        if split:
+            recorded = read_split(self.run_dir(run_id))
+            out["split"] = None if recorded is None else recorded.to_json()
+        return out

@@ -24,6 +24,13 @@ from typing import Any
 
 import numpy as np
 
+__all__ = [
+    "LOADERS",
+    "Predict",
+    "main",
+    "run",
+]
+
 Predict = Callable[[np.ndarray], np.ndarray]
 
 

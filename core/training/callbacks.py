@@ -21,6 +21,22 @@ import keras
 from core.runs.store import RunStore
 from core.training.checkpoint import save_checkpoint
 
+__all__ = [
+    "BATCH_FLUSH_S",
+    "EPOCH_METRICS",
+    "STOP_POLL_S",
+    "BatchMetrics",
+    "Checkpoint",
+    "EpochMetrics",
+    "ProgressFn",
+    "StopOnRequest",
+    "StopTraining",
+    "current_lr",
+    "fit_until_stopped",
+    "global_step",
+    "training_callbacks",
+]
+
 ProgressFn = Callable[[dict[str, Any]], None]
 BATCH_FLUSH_S = 0.5  # how often buffered per-batch metrics reach the store
 STOP_POLL_S = 1.0  # how often the store's stop flag is read (another process may set it)

@@ -23,6 +23,20 @@ import numpy as np
 from core.files import atomic_path, atomic_write_text
 from core.runs.store import RunStore
 
+__all__ = [
+    "META_FILE",
+    "OPTIMIZER_FILE",
+    "TEMP_PATTERNS",
+    "WEIGHTS_FILE",
+    "checkpoint_paths",
+    "load_checkpoint_weights",
+    "remove_checkpoint",
+    "remove_temp_files",
+    "restore_optimizer",
+    "resume_point",
+    "save_checkpoint",
+]
+
 WEIGHTS_FILE = "checkpoint.weights.h5"
 META_FILE = "checkpoint.json"
 OPTIMIZER_FILE = "checkpoint.optimizer.npz"  # the phase's optimizer state (Adam moments)

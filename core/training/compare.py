@@ -11,6 +11,14 @@ from core.config import Mode, RunConfig
 if TYPE_CHECKING:
     from core.training.jobs import JobQueue
 
+__all__ = [
+    "COMPARE_GROUP_KEY",
+    "COMPARE_MODES",
+    "compare_configs",
+    "compare_group",
+    "submit_compare_all",
+]
+
 COMPARE_MODES = (Mode.FEATURE_EXTRACTION, Mode.FINE_TUNING, Mode.FULL_FINE_TUNING)
 COMPARE_GROUP_KEY = "compare_group"  # stored in RunConfig.extra by submit_compare_all
 

@@ -26,6 +26,15 @@ import numpy as np
 from core.config import RunConfig
 from core.training.model import BuiltModel, unfreeze_count
 
+__all__ = [
+    "MAX_ACTIVATION_BYTES",
+    "Cut",
+    "StageFn",
+    "compute_activations",
+    "plan_cut",
+    "pooled_features",
+]
+
 MAX_ACTIVATION_BYTES = int(os.environ.get("TRANSFER_STUDIO_ACTIVATION_BYTES", 2 * 1024**3))
 StageFn = Callable[[int, int], None]
 

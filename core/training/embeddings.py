@@ -35,6 +35,29 @@ from core.models.backbones import get_backbone, weights_identity
 from core.paths import studio_home
 from core.training.model import Backbone, BuiltModel
 
+__all__ = [
+    "CACHE_FORMAT",
+    "CONVERT_MIN_ROWS",
+    "FEATURE_BATCH",
+    "MAX_CACHE_BYTES",
+    "RUNTIME_CHECK_IMAGES",
+    "RuntimePick",
+    "StageFn",
+    "augmented_features_for",
+    "build_head",
+    "cache_key",
+    "compute_features",
+    "describe_stage",
+    "embedding_cache_dir",
+    "feature_extractor",
+    "features_for",
+    "forward_once",
+    "forward_views",
+    "load_cached",
+    "runtime_identity",
+    "store_cached",
+]
+
 CACHE_FORMAT = 1
 MAX_CACHE_BYTES = int(os.environ.get("TRANSFER_STUDIO_EMBEDDING_CACHE_BYTES", 2 * 1024**3))
 FEATURE_BATCH = 32

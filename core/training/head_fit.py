@@ -26,6 +26,13 @@ import numpy as np
 if TYPE_CHECKING:  # Keras (TensorFlow) loads on first fit: ``epoch_rows`` and
     import keras  # ``class_weights`` serve a search whose features are all cached without it.
 
+__all__ = [
+    "class_weights",
+    "epoch_rows",
+    "fit_head",
+    "even_batches",
+]
+
 
 def _compiled_epoch(
     head: keras.Model,

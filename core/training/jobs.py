@@ -34,7 +34,7 @@ from typing import TYPE_CHECKING
 from core.config import RunConfig, Status
 from core.errors import ConfigError, StorageError, StudioError
 from core.paths import runs_root
-from core.processes import Children, child_environment, core_command
+from core.processes import Children, child_environment, core_command, pid_alive, process_token
 from core.runs.store import (
     ACTIVE_STATUSES,
     FAILED,
@@ -43,12 +43,26 @@ from core.runs.store import (
     QUEUED,
     STOPPED,
     RunStore,
-    _pid_alive,
-    _process_token,
 )
 
 if TYPE_CHECKING:  # the trainer imports Keras: only a thread or process that trains loads it
     from core.training.trainer import ProgressFn
+
+__all__ = [
+    "IDLE_POLL_S",
+    "RECOVER_EVERY_S",
+    "RESUMABLE",
+    "SLOT_ENV",
+    "WORKER_LOG",
+    "JobQueue",
+    "WorkerOptions",
+    "device_environment",
+    "get_job_queue",
+    "run_worker",
+    "spawn_worker",
+    "spawned_workers",
+    "stop_spawned_workers",
+]
 
 RESUMABLE: tuple[Status, ...] = (STOPPED, INTERRUPTED, FAILED)
 WORKER_LOG = "worker.log"  # in the runs folder: the output of the workers the dashboard starts
@@ -337,7 +351,7 @@ def run_worker(
         raise StudioError("--device must be set before TensorFlow is imported.")
     os.environ.update(env)
     store = RunStore(options.runs_dir)
-    token = _process_token()
+    token = process_token()
     store.register_worker(token, device, replaces=os.environ.pop(SLOT_ENV, None))
     shutdown = threading.Event()
     current: dict[str, threading.Event] = {}
@@ -393,7 +407,7 @@ def run_worker(
                     store.recover_interrupted()
                 if options.idle_exit is not None and now - idle_since >= options.idle_exit:
                     break
-                if options.parent is not None and not _pid_alive(options.parent):
+                if options.parent is not None and not pid_alive(options.parent):
                     break
                 shutdown.wait(IDLE_POLL_S)
                 continue

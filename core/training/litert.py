@@ -35,7 +35,26 @@ import numpy as np
 from core.errors import ConfigError, StudioError
 from core.files import TEMP_PREFIX, atomic_path, atomic_write_text
 from core.paths import studio_home
-from core.runs.export import _write_tflite, litert_interpreter_class
+from core.runs.formats import EXPORT_FORMATS, WriteOptions, litert_interpreter_class
+
+__all__ = [
+    "CONVERTER_VERSION",
+    "KERAS_BATCH",
+    "MIN_COSINE",
+    "RUNTIME_CHOICES",
+    "RUNTIME_ENV",
+    "RUN_BATCH",
+    "SAMPLE_LIMIT",
+    "LiteRTExtractor",
+    "StageFn",
+    "convert",
+    "measure_rates",
+    "min_cosine",
+    "runtime_choice",
+    "runtime_dir",
+    "runtime_extractor",
+    "runtime_key",
+]
 
 CONVERTER_VERSION = 1  # bump when ``convert`` changes what it writes
 MIN_COSINE = 0.999
@@ -146,10 +165,11 @@ def convert(model: keras.Model, target: Path) -> None:
     Raises ``StudioError`` when the builtin op set cannot express the model.
     """
     target.parent.mkdir(parents=True, exist_ok=True)
-    # ``_write_tflite`` exports the SavedModel into a temporary folder next to its target and
-    # removes it; the flatbuffer lands in atomic_path's temporary, renamed over ``target``.
+    # The tflite format's writer exports the SavedModel into a temporary folder next to its
+    # target and removes it; the flatbuffer lands in atomic_path's temporary, renamed over
+    # ``target``.
     with atomic_path(target) as tmp:
-        _write_tflite(model, tmp, quantize=False)
+        EXPORT_FORMATS["tflite"].writer(model, tmp, WriteOptions())
 
 
 def _cosines(a: np.ndarray, b: np.ndarray) -> np.ndarray:

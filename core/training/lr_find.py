@@ -31,7 +31,27 @@ import numpy as np
 
 from core.config import RunConfig
 from core.errors import ConfigError, DataError
-from core.search import register_task
+from core.tasks import register_task
+
+__all__ = [
+    "DEFAULTS",
+    "DIVERGE_FACTOR",
+    "LOSS_FLOOR",
+    "LR_FIND_TASK",
+    "RULE",
+    "SMOOTHING",
+    "LrFindResult",
+    "ProgressFn",
+    "StepFn",
+    "lr_find",
+    "lr_find_task",
+    "lr_schedule",
+    "phases_for",
+    "range_test",
+    "range_test_model",
+    "start_lr_find",
+    "suggest_valley",
+]
 
 SMOOTHING = 0.98  # fastai's beta for the smoothed loss
 DIVERGE_FACTOR = 4.0  # stop once the smoothed loss exceeds this many times its minimum
@@ -343,11 +363,11 @@ def start_lr_find(
     root: Any, config: RunConfig, phases: Sequence[str] | None = None, steps: int | None = None
 ) -> bool:
     """``lr_find`` of each of ``phases`` (default ``phases_for(config)``) in a background
-    process (``core.search.start_task``: ``False`` if one runs for runs folder ``root``). The
+    process (``core.tasks.start_task``: ``False`` if one runs for runs folder ``root``). The
     state file holds the settings (``config``, ``phases``, ``steps``), each finished phase's
     result under ``results[phase]`` and the test under way under ``step``."""
     from core.data.sources import check_source
-    from core.search import start_task
+    from core.tasks import start_task
 
     config = config.validate()
     check_source(config.data)  # a missing folder: said now, on the page, not by a failed task

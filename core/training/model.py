@@ -27,7 +27,25 @@ from core.models.backbones import (
     get_backbone,
     weights_identity,
 )
-from core.models.layers import PixelNormalize
+from core.models.layers import PixelNormalize, count_params
+
+__all__ = [
+    "MAX_CACHED_TRUNKS",
+    "Backbone",
+    "BuiltModel",
+    "base_layer_trains",
+    "build_model",
+    "clear_trunk_cache",
+    "compile_model",
+    "layer_preview",
+    "layer_preview_summary",
+    "phase_epochs",
+    "phase_lr",
+    "resolve_backbone",
+    "set_phase",
+    "statistics_params",
+    "unfreeze_count",
+]
 
 HEAD_PHASE, FINE_TUNE_PHASE, SCRATCH_PHASE = "head", "fine_tune", "scratch"
 
@@ -149,13 +167,6 @@ def build_model(
     built = BuiltModel(model, base, spec, size, num_classes, backbone.weights_id)
     built.strategy = _current_strategy()
     return built
-
-
-def count_params(model: keras.Model) -> tuple[int, int]:
-    """``(trainable, non_trainable)`` parameter counts as Keras sees them."""
-    trainable = sum(math.prod(w.shape) for w in model.trainable_weights)
-    frozen = sum(math.prod(w.shape) for w in model.non_trainable_weights)
-    return trainable, frozen
 
 
 def unfreeze_count(config: RunConfig, built: BuiltModel) -> int:

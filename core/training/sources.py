@@ -37,6 +37,17 @@ if TYPE_CHECKING:
     from core.data import DatasetIndex
     from core.training.cut import Cut
 
+__all__ = [
+    "CACHED_CHECKPOINT_S",
+    "ActivationSource",
+    "FeatureSource",
+    "ImageSource",
+    "Source",
+    "StageFn",
+    "StageReporter",
+    "choose_source",
+]
+
 CACHED_CHECKPOINT_S = 5.0  # minimum seconds between checkpoints when epochs read cached inputs
 StageFn = Callable[..., None]
 # ``reporter(**extra)`` returns ``stage(done, total, **more)``: the pages' progress record of a

@@ -45,6 +45,15 @@ from core.training.checkpoint import (
     resume_point,
 )
 
+__all__ = [
+    "MODEL_FILE",
+    "STAGE_EVERY_S",
+    "UNFREEZE_STAGE",
+    "ProgressFn",
+    "RunStopped",
+    "execute_run",
+]
+
 ProgressFn = Callable[[dict[str, Any]], None]
 MODEL_FILE = "model.keras"
 STAGE_EVERY_S = 0.5  # at most this often, a one-off pass's progress is written to the store
@@ -192,6 +201,7 @@ class _Trainer:
     def prepare(self) -> None:
         """Data, model and the input source (pipelines, or one pass of the frozen base)."""
         from core.data import load_dataset
+        from core.runs.split import record_split
         from core.training.input_path import IMAGES, input_path
         from core.training.model import build_model, resolve_backbone
         from core.training.sources import choose_source
@@ -213,6 +223,8 @@ class _Trainer:
             skipped_files=data.skipped_files,
             dataset=data.summary(),
         )
+        # What the run trains on, for review, evaluation and export to read back.
+        record_split(store.run_dir(run_id), data)
         if not data.val_paths:
             raise DataError(
                 f"No validation images: every class in {data.root} has a single usable image. "

@@ -1,0 +1,787 @@
+"""Review: the images a finished run's model most disagrees with, and a 2-D map of its embeddings.
+
+How an image is scored (once per run, cached in the run folder as ``review_scores.npz``):
+
+* the run's images are the ones it trained and validated on, as the run recorded them
+  (``split.json``, ``core.runs.split``): a file whose content changed since is scored as it is
+  now and flagged ``changed``, a file added since is listed as new, not scored (a run from before
+  splits were recorded: for ``dataset:NAME`` the dataset as it was when the run started, else
+  the source loaded again with the run's ``val_split`` and ``seed``);
+* every image gets the features the model's head sees (the pooled base output): from the
+  embedding cache the feature pass filled (feature extraction), else one pass of the saved
+  model's base, kept in the score file;
+* training images: out-of-fold probabilities from 5-fold logistic regression on those
+  features, so each is scored by a head that never saw it (the saved model memorised its
+  training labels, wrong ones included); validation images: the saved model's probabilities
+  (it never saw them);
+* ``loss`` is ``-log p(label)``; ranking by it puts the likely mistakes first.
+
+Every call joins the cached scores with the dataset's current state (labels after edits,
+excluded images, "keep" marks), so a second review is instant and shows the edits. An
+unmanaged source (folder, zip, builtin) is edited through its managed copy (``edit_target``),
+whose image ids are the same content hashes review reports.
+"""
+
+from __future__ import annotations
+
+import json
+import math
+import os
+from dataclasses import asdict, dataclass, field
+from pathlib import Path
+from typing import TYPE_CHECKING, Any
+
+import numpy as np
+
+from core.config import Mode, RunConfig
+from core.errors import StudioError
+from core.files import atomic_path, sha256_file
+from core.runs.store import COMPLETED, RunStore
+
+if TYPE_CHECKING:
+    from core.data.datasets import ImageInfo
+
+SCORES_FILE = "review_scores.npz"
+MAP_FILE = "review_map_{method}.npz"
+# Bump when the scores' content or meaning changes, so older cached files are recomputed.
+SCORES_VERSION = 2
+FOLDS = 5
+PROB_FLOOR = 1e-7  # -log of it (~16.1) is the largest loss reported (JSON has no infinity)
+LOGREG_C = 0.01  # L2 strength of the k-fold heads on standardised features (see docs/review.md)
+HEAD_LAYERS = ("head_dropout", "head_dense", "predictions")
+MAP_METHODS = ("pca", "tsne")
+TRAIN, VAL = "train", "val"
+
+
+# --------------------------------------------------------------------------- the contract
+
+
+@dataclass(frozen=True)
+class Suspect:
+    """One image the model may disagree with."""
+
+    image: str  # the id ``dataset relabel/exclude`` accept (the managed copy's, for a source)
+    path: str  # where the image file is now
+    label: str  # its label now (after edits)
+    predicted: str
+    confidence: float  # probability of ``predicted``
+    loss: float  # -log p(label)
+    split: str  # "train" | "val"
+    reviewed: bool  # the user chose "keep" (or relabelled it)
+    changed: bool = False  # the file's content is not what the run trained on
+
+    def to_json(self) -> dict[str, Any]:
+        """JSON-able form (``review --json``): ``changed`` only on a changed file (``true``)."""
+        out = asdict(self)
+        if not self.changed:
+            del out["changed"]
+        return out
+
+
+@dataclass(frozen=True)
+class Review:
+    """A run's suspects joined with its dataset's current state."""
+
+    run_id: str
+    source: str  # the run's data source string
+    dataset: str | None  # where edits go (None until an unmanaged source's first edit)
+    suspects: list[Suspect]  # most suspicious first; reviewed ("keep") ones last
+    new_images: list[str]  # ids in the dataset now that the run never saw
+    gone_images: list[str]  # ids the run saw that are no longer in use
+    method: str  # one sentence: how the scores were made
+    changed_images: list[str] = field(default_factory=list)  # content changed since the run
+
+    def to_json(self) -> dict[str, Any]:
+        """JSON-able form."""
+        return {
+            "run_id": self.run_id,
+            "source": self.source,
+            "dataset": self.dataset,
+            "method": self.method,
+            "new_images": list(self.new_images),
+            "gone_images": list(self.gone_images),
+            "changed_images": list(self.changed_images),
+            "suspects": [s.to_json() for s in self.suspects],
+        }
+
+
+@dataclass(frozen=True)
+class MapPoint:
+    """One image on the embedding map."""
+
+    image: str
+    path: str
+    label: str
+    predicted: str
+    correct: bool
+    split: str
+    x: float
+    y: float
+
+
+@dataclass(frozen=True)
+class EmbeddingMap:
+    """2-D positions of a run's image embeddings."""
+
+    method: str
+    points: list[MapPoint]
+
+    def to_json(self) -> dict[str, Any]:
+        """JSON-able form."""
+        return {"method": self.method, "points": [asdict(p) for p in self.points]}
+
+
+# --------------------------------------------------------------------------- scores
+
+
+@dataclass
+class _Scores:
+    """Per-image scores of one run, in the order the run listed them (training, validation)."""
+
+    source: str
+    class_names: list[str]
+    ids: list[str]  # the run's ids: a managed dataset's ids, else sha256[:12]
+    shas: list[str]
+    paths: list[str]  # where each file was found when scored
+    labels: np.ndarray  # label index at training time
+    splits: list[str]
+    probs: np.ndarray  # (n, classes)
+    features: np.ndarray  # (n, width)
+    method: str
+    notes: list[str]
+    changed: list[bool]  # content not what the run trained on (recorded split)
+    roots: list[str] = field(default_factory=list)  # the recorded split's root (to find new files)
+
+
+def _check_run(store: RunStore, run_id: str) -> Path:
+    """The run's saved model path, or a StudioError saying why the run cannot be reviewed."""
+    from core.runs.predict import saved_model_path
+
+    row = store.get_run(run_id)  # RunNotFoundError names the runs folder
+    status = str(row["status"])
+    if status != COMPLETED:
+        raise RunNotReviewableError(
+            f"Run {run_id} is {status}, not completed: review needs the model of a finished "
+            f"run. {_NOT_REVIEWABLE_ADVICE.get(status, 'Pick a completed run.')}",
+            run_id=run_id,
+            status=status,
+        )
+    return saved_model_path(store, run_id)
+
+
+# What to do with a run review cannot read yet, by its status (in the dashboard's words).
+_NOT_REVIEWABLE_ADVICE = {
+    "queued": "It is waiting to train: review it once it has completed, or pick a completed run.",
+    "running": "It is still training: review it once it has completed, or pick a completed run.",
+    "stopped": "Resume it to finish its training, or pick a completed run.",
+    "interrupted": "Resume it to finish its training, or pick a completed run.",
+    "failed": "It has no model: fix the cause its error names and train it again, or pick a "
+    "completed run.",
+}
+
+
+class RunNotReviewableError(StudioError):
+    """A run without a finished model to review; ``status`` is the run's status."""
+
+    def __init__(self, message: str, *, run_id: str, status: str) -> None:
+        super().__init__(message)
+        self.run_id, self.status = run_id, status
+
+
+def _fingerprint(model_path: Path) -> dict[str, Any]:
+    st = model_path.stat()
+    return {"version": SCORES_VERSION, "model_mtime_ns": st.st_mtime_ns, "model_bytes": st.st_size}
+
+
+def _read_scores(path: Path, fingerprint: dict[str, Any]) -> _Scores | None:
+    try:
+        with np.load(path, allow_pickle=False) as z:
+            meta = json.loads(str(z["meta"]))
+            if meta.get("fingerprint") != fingerprint:
+                return None
+            return _Scores(
+                source=meta["source"],
+                class_names=list(meta["class_names"]),
+                ids=[str(x) for x in z["ids"]],
+                shas=[str(x) for x in z["shas"]],
+                paths=[str(x) for x in z["paths"]],
+                labels=np.asarray(z["labels"], np.int64),
+                splits=[str(x) for x in z["splits"]],
+                probs=np.asarray(z["probs"], np.float32),
+                features=np.asarray(z["features"], np.float32),
+                method=meta["method"],
+                notes=list(meta.get("notes", [])),
+                changed=[bool(x) for x in z["changed"]],
+                roots=list(meta.get("roots", [])),
+            )
+    except (OSError, ValueError, KeyError):
+        return None  # missing, half-written or from another version: recompute
+
+
+def _write_scores(path: Path, scores: _Scores, fingerprint: dict[str, Any]) -> None:
+    meta = {
+        "fingerprint": fingerprint,
+        "source": scores.source,
+        "class_names": scores.class_names,
+        "method": scores.method,
+        "notes": scores.notes,
+        "roots": scores.roots,
+    }
+    with atomic_path(path) as tmp, open(tmp, "wb") as fh:
+        np.savez(
+            fh,
+            meta=np.asarray(json.dumps(meta)),
+            ids=np.asarray(scores.ids, dtype=str),
+            shas=np.asarray(scores.shas, dtype=str),
+            paths=np.asarray(scores.paths, dtype=str),
+            labels=scores.labels,
+            splits=np.asarray(scores.splits, dtype=str),
+            probs=scores.probs.astype(np.float32),
+            features=scores.features.astype(np.float32),
+            changed=np.asarray(scores.changed, dtype=bool),
+        )
+
+
+def _load_model(store: RunStore, run_id: str) -> Any:
+    """The run's saved Keras model (a seam: tests check a cached review never calls it)."""
+    from core.runs.predict import load_run
+
+    return load_run(store, run_id).model
+
+
+def _scores(store: RunStore, run_id: str) -> _Scores:
+    """The run's per-image scores: from the run folder, else computed once and kept there."""
+    model_path = _check_run(store, run_id)
+    fingerprint = _fingerprint(model_path)
+    path = store.run_dir(run_id) / SCORES_FILE
+    cached = _read_scores(path, fingerprint)
+    if cached is not None:
+        return cached
+    scores = _compute_scores(store, run_id)
+    _write_scores(path, scores, fingerprint)
+    return scores
+
+
+@dataclass
+class _RunImages:
+    """The images a run trained on, training images first then validation images, each in the
+    order the trainer listed them."""
+
+    ids: list[str] = field(default_factory=list)
+    shas: list[str] = field(default_factory=list)  # of the content now
+    paths: list[str] = field(default_factory=list)
+    labels: list[int] = field(default_factory=list)
+    splits: list[str] = field(default_factory=list)
+    notes: list[str] = field(default_factory=list)
+    changed: list[bool] = field(default_factory=list)  # content not what the run trained on
+    roots: list[str] = field(default_factory=list)
+
+
+def _run_images(store: RunStore, run_id: str, config: RunConfig) -> _RunImages:
+    """The run's images from the split it recorded (a run without one: derived again)."""
+    from core.data.datasets import open_dataset, parse_dataset_source
+
+    split = store.split(run_id)
+    if split is None:
+        return _derived_images(store, run_id, config)
+    label_of = {name: i for i, name in enumerate(store.result(run_id)["class_names"])}
+    found = _RunImages(roots=[split.root])
+    id_of_sha: dict[str, str] = {}
+    path_of_id: dict[str, str] = {}
+    name = parse_dataset_source(config.data)
+    if name is not None:  # a managed dataset: its ids, and where each file is now
+        with open_dataset(name) as ds:
+            id_of_sha = {sha: i for i, sha in ds.shas().items()}
+            path_of_id = {i.id: i.path for i in ds.images()}
+    left_out: set[str] = set()
+    missing = 0
+    for where, image in split.images():
+        if image.label not in label_of:
+            left_out.add(image.label)
+            continue
+        image_id = id_of_sha.get(image.sha256, image.sha256[:12])
+        path = path_of_id.get(image_id) or split.absolute(image)
+        try:  # a managed dataset's files are named by their content: only a folder's can change
+            sha = image.sha256 if name is not None and os.path.isfile(path) else sha256_file(path)
+        except OSError:
+            missing += 1
+            continue
+        found.ids.append(image_id if sha == image.sha256 else sha[:12])
+        found.shas.append(sha)
+        found.paths.append(path)
+        found.labels.append(label_of[image.label])
+        found.splits.append(where)
+        found.changed.append(sha != image.sha256)
+    if left_out:
+        found.notes.append(
+            f"class(es) {', '.join(map(repr, sorted(left_out)))} are not the run's; their images "
+            "were left out"
+        )
+    if missing:
+        found.notes.append(f"{missing} image(s) the run trained on are gone and were not scored")
+    return found
+
+
+def _derived_images(store: RunStore, run_id: str, config: RunConfig) -> _RunImages:
+    """The images of a run that recorded no split: a managed dataset as it was when the run
+    started, else the source loaded again with the run's ``val_split`` and ``seed``."""
+    from core.data.datasets import open_dataset, parse_dataset_source
+    from core.data.index import load_dataset, stratified_split
+
+    result = store.result(run_id)
+    class_names = list(result["class_names"])
+    label_of = {name: i for i, name in enumerate(class_names)}
+    notes: list[str] = []
+    name = parse_dataset_source(config.data)
+    if name is not None:
+        with open_dataset(name) as ds:
+            then: list[ImageInfo] = ds.images_at(float(result["started_at"] or 0.0))
+            sha_of = ds.shas()
+        unknown = sorted({i.label for i in then} - set(label_of))
+        if unknown:
+            notes.append(
+                f"class(es) {', '.join(map(repr, unknown))} of the dataset then are not the "
+                "run's; their images were left out"
+            )
+        then = [i for i in then if i.label in label_of]
+        # load_dataset's order: classes sorted, files by name within a class (images_at's).
+        then.sort(key=lambda i: (label_of[i.label], Path(i.path).name))
+        labels = [label_of[i.label] for i in then]
+        keys = [Path(i.path).name for i in then]  # the loader's stable split of a dataset
+        train_idx, val_idx = stratified_split(
+            labels, float(config.val_split), int(config.seed), keys
+        )
+        order = [(i, TRAIN) for i in train_idx] + [(i, VAL) for i in val_idx]
+        ids = [then[i].id for i, _ in order]
+        shas = [sha_of[then[i].id] for i, _ in order]
+        paths = [then[i].path for i, _ in order]
+        out_labels = [labels[i] for i, _ in order]
+        splits = [s for _, s in order]
+    else:
+        data = load_dataset(config.data, val_split=config.val_split, seed=config.seed)
+        unknown = sorted(set(data.class_names) - set(label_of))
+        if unknown:
+            notes.append(
+                f"class(es) {', '.join(map(repr, unknown))} are new in the source; their images "
+                "were left out"
+            )
+        ids, shas, paths, out_labels, splits = [], [], [], [], []
+        for split, split_paths, split_labels in (
+            (TRAIN, data.train_paths, data.train_labels),
+            (VAL, data.val_paths, data.val_labels),
+        ):
+            for p, y in zip(split_paths, split_labels, strict=True):
+                label = data.class_names[y]
+                if label not in label_of:
+                    continue
+                sha = sha256_file(p)
+                ids.append(sha[:12])  # the id the source's managed copy gives this picture
+                shas.append(sha)
+                paths.append(p)
+                out_labels.append(label_of[label])
+                splits.append(split)
+    counts = _counts(class_names, out_labels, splits)
+    trained = (result.get("dataset") or {}).get("class_counts")
+    if trained and trained != counts:
+        notes.append(
+            "the data differs from what the run trained on (images per class and split "
+            "changed), so some scores are for images it never saw"
+        )
+    return _RunImages(ids, shas, paths, out_labels, splits, notes, [False] * len(ids))
+
+
+def _counts(class_names: list[str], labels: list[int], splits: list[str]) -> dict[str, Any]:
+    counts = {s: dict.fromkeys(class_names, 0) for s in (TRAIN, VAL)}
+    for y, s in zip(labels, splits, strict=True):
+        counts[s][class_names[y]] += 1
+    return counts
+
+
+def _compute_scores(store: RunStore, run_id: str) -> _Scores:
+    config = store.config(run_id)
+    class_names = list(store.result(run_id)["class_names"])
+    found = _run_images(store, run_id, config)
+    ids, shas, paths, labels, splits = (
+        found.ids,
+        found.shas,
+        found.paths,
+        found.labels,
+        found.splits,
+    )
+    if not ids:
+        raise StudioError(
+            f"None of the images run {run_id} trained on can be found in {config.data!r}; "
+            "there is nothing to review."
+        )
+    model = _load_model(store, run_id)
+    size = int(model.inputs[0].shape[1])
+    features, from_cache = _features(config, model, paths, size)
+    y = np.asarray(labels, np.int64)
+    train = np.asarray([s == TRAIN for s in splits])
+    probs = np.zeros((len(ids), len(class_names)), np.float32)
+    classes, seed = len(class_names), int(config.seed)
+    probs[train] = _out_of_fold(features[train], y[train], classes, seed)
+    if (~train).any():
+        # Neither the saved model nor a head fitted on every training image saw these: their
+        # mean is steadier than either (a short run's model can be barely trained).
+        val_paths = [p for p, s in zip(paths, splits, strict=True) if s == VAL]
+        saved = _head_probs(model, features[~train], val_paths)
+        fitted = _fit_predict(features[train], y[train], features[~train], classes)
+        probs[~train] = (saved + fitted) / 2
+    where = "the embedding cache" if from_cache else "one pass of the saved model's base"
+    method = (
+        f"Training images: out-of-fold probabilities of {FOLDS}-fold logistic-regression heads on "
+        f"the run's {config.backbone} features ({where}), so no image is scored by a head that "
+        "saw it; validation images: the mean of the saved model's probabilities and a "
+        "logistic-regression head fitted on all training images (neither saw them); "
+        "loss = -log p(label)."
+    )
+    return _Scores(
+        source=config.data, class_names=class_names, ids=ids, shas=shas, paths=paths,
+        labels=y, splits=splits, probs=probs, features=features, method=method,
+        notes=found.notes, changed=found.changed, roots=found.roots,
+    )  # fmt: skip
+
+
+def _features(
+    config: RunConfig, model: Any, paths: list[str], size: int
+) -> tuple[np.ndarray, bool]:
+    """Pooled base features of ``paths`` as the saved model's head sees them; whether they came
+    from the embedding cache (only where the base stayed frozen: feature extraction)."""
+    import keras
+
+    from core.training.embeddings import cache_key, forward_once, load_cached
+
+    pooled = model.get_layer("avg_pool").output
+    width = int(pooled.shape[-1])
+    if config.mode == Mode.FEATURE_EXTRACTION:
+        # The trainer's key: the same base, size and file list (training then validation).
+        key = cache_key(config, size, paths)
+        if key is not None:
+            cached = load_cached(key)
+            if cached is not None and cached.shape == (len(paths), width):
+                return np.asarray(cached, np.float32), True
+    extractor = keras.Model(model.inputs, pooled)
+    return forward_once(extractor, paths, size), False
+
+
+def _head_probs(model: Any, features: np.ndarray, paths: list[str]) -> np.ndarray:
+    """The saved model's probabilities from pooled features (its own head layers); from the
+    images if the model's head is not the studio's usual one."""
+    if len(features) == 0:
+        return np.zeros((0, int(model.outputs[0].shape[-1])), np.float32)
+    try:
+        x: Any = features
+        for name in HEAD_LAYERS:
+            x = model.get_layer(name)(x)
+        return np.asarray(x, np.float32)
+    except ValueError:  # another head: run the whole model on the images
+        from core.runs.evaluate import predict_paths
+
+        return predict_paths(model, paths, int(model.inputs[0].shape[1]), 32)
+
+
+def _logreg() -> Any:
+    from sklearn.linear_model import LogisticRegression
+    from sklearn.pipeline import make_pipeline
+    from sklearn.preprocessing import StandardScaler
+
+    return make_pipeline(StandardScaler(), LogisticRegression(C=LOGREG_C, max_iter=2000))
+
+
+def _fit_predict(
+    features: np.ndarray, labels: np.ndarray, rows: np.ndarray, classes: int
+) -> np.ndarray:
+    """Probabilities of ``rows`` from a logistic-regression head fitted on ``features``."""
+    out = np.zeros((len(rows), classes), np.float32)
+    seen = np.unique(labels)
+    if len(rows) == 0 or len(seen) == 0:
+        return out + 1.0 / classes
+    if len(seen) == 1:
+        out[:, seen[0]] = 1.0
+        return out
+    from threadpoolctl import threadpool_limits
+
+    # One BLAS thread: these matrices are small, and on a busy CPU a thread pool made the same
+    # fits ~40x slower (4 s instead of 0.1 s for 160 images), spinning, not computing.
+    with threadpool_limits(1):
+        head = _logreg().fit(features, labels)
+        out[:, seen] = head.predict_proba(rows)
+    return out
+
+
+def _out_of_fold(features: np.ndarray, labels: np.ndarray, classes: int, seed: int) -> np.ndarray:
+    """Probabilities of each row from a logistic-regression head fitted without it (k folds)."""
+    from sklearn.model_selection import KFold, StratifiedKFold
+
+    n = len(labels)
+    probs = np.full((n, classes), 1.0 / classes, np.float32)  # no evidence: uniform
+    if n < 2:
+        return probs
+    smallest = int(np.bincount(labels)[np.unique(labels)].min())
+    k = min(FOLDS, n)
+    splitter: KFold | StratifiedKFold
+    if smallest >= 2:
+        splitter = StratifiedKFold(min(k, smallest), shuffle=True, random_state=seed)
+    else:
+        splitter = KFold(k, shuffle=True, random_state=seed)
+    for fit, held in splitter.split(features, labels):
+        probs[held] = _fit_predict(features[fit], labels[fit], features[held], classes)
+    return probs
+
+
+# --------------------------------------------------------------------------- joining
+
+
+@dataclass
+class _Row:
+    index: int  # into the scores
+    image: str
+    path: str
+    label: str
+    predicted: str
+    confidence: float
+    loss: float
+    split: str
+    reviewed: bool
+    relabelled: bool
+    changed: bool
+
+
+@dataclass
+class _Joined:
+    dataset: str | None
+    rows: list[_Row]  # images still in use, one per id
+    new: list[str]
+    gone: list[str]
+    changed: list[str]
+
+
+def _managed_name(source: str) -> str | None:
+    from core.data.datasets import find_copy, parse_dataset_source
+
+    name = parse_dataset_source(source)
+    return name if name is not None else find_copy(source)
+
+
+def _join(scores: _Scores) -> _Joined:
+    """The scores with each image's state now (label, file, excluded, kept)."""
+    from core.data.datasets import open_dataset, parse_dataset_source
+
+    names = scores.class_names
+    index_of = {c: i for i, c in enumerate(names)}
+    dataset = _managed_name(scores.source)
+    now: dict[str, ImageInfo] = {}
+    id_of_sha: dict[str, str] = {}
+    if dataset is not None:
+        with open_dataset(dataset) as ds:
+            now = {i.id: i for i in ds.images()}
+            id_of_sha = {sha: i for i, sha in ds.shas().items()}
+    own_ids = parse_dataset_source(scores.source) is not None
+    rows: dict[str, _Row] = {}
+    gone: list[str] = []
+    seen: set[str] = set()
+    for k, (run_id, sha) in enumerate(zip(scores.ids, scores.shas, strict=True)):
+        image = run_id if own_ids or dataset is None else id_of_sha.get(sha, run_id)
+        seen.add(image)
+        p = scores.probs[k]
+        trained_label = names[int(scores.labels[k])]
+        if dataset is None:  # an unmanaged source not edited yet: as it was, if still there
+            if not os.path.exists(scores.paths[k]):
+                gone.append(image)
+                continue
+            label, path, reviewed = trained_label, scores.paths[k], False
+        else:
+            info = now.get(image)
+            if info is None or info.excluded:
+                gone.append(image)
+                continue
+            label, path, reviewed = info.label, info.path, info.reviewed
+        pred = int(np.argmax(p))
+        p_label = float(p[index_of[label]]) if label in index_of else 0.0
+        row = _Row(
+            index=k, image=image, path=path, label=label, predicted=names[pred],
+            confidence=round(float(p[pred]), 6),
+            loss=round(-math.log(max(p_label, PROB_FLOOR)), 6),
+            split=scores.splits[k], reviewed=reviewed, relabelled=label != trained_label,
+            changed=scores.changed[k],
+        )  # fmt: skip
+        # The same picture twice in a source: one image in its copy; keep its worse score.
+        if image not in rows or row.loss > rows[image].loss:
+            rows[image] = row
+    if dataset is None:
+        new = _new_in_folder(scores)
+    else:
+        new = [i.id for i in now.values() if not i.excluded and i.id not in seen]
+    changed = sorted({r.image for r in rows.values() if r.changed})
+    return _Joined(dataset, list(rows.values()), new, sorted(set(gone)), changed)
+
+
+def _new_in_folder(scores: _Scores) -> list[str]:
+    """Ids of the files in an unmanaged source now that the run did not train on (only known
+    for a run that recorded its split; the ids are content hashes, as the managed copy's)."""
+    from core.data.index import load_dataset
+
+    if not scores.roots:
+        return []
+    try:
+        data = load_dataset(scores.source)
+    except StudioError:  # the source is gone or unreadable: nothing new to list
+        return []
+    scored = {os.path.realpath(p) for p in scores.paths}
+    now = [p for p in (*data.train_paths, *data.val_paths) if os.path.realpath(p) not in scored]
+    return sorted({sha256_file(p)[:12] for p in now})
+
+
+# --------------------------------------------------------------------------- public API
+
+
+def review_run(store: RunStore, run_id: str, top: int | None = None) -> Review:
+    """Rank a completed run's images by how strongly the model disagrees with their label.
+
+    ``top``: keep the first ``top`` suspects (None: all scored images). Excluded images and
+    images relabelled to what the model predicts drop out; "kept" ones are listed last. The
+    scores are computed once (cached in the run folder); every call joins them with the
+    dataset's current state.
+    """
+    if top is not None and (isinstance(top, bool) or not isinstance(top, int) or top < 1):
+        raise StudioError(f"top must be a whole number of at least 1, got {top!r}; e.g. 20.")
+    scores = _scores(store, run_id)
+    joined = _join(scores)
+    rows = [r for r in joined.rows if not (r.relabelled and r.label == r.predicted)]
+    rows.sort(key=lambda r: (r.reviewed, -r.loss, r.image))
+    suspects = [
+        Suspect(
+            r.image,
+            r.path,
+            r.label,
+            r.predicted,
+            r.confidence,
+            r.loss,
+            r.split,
+            r.reviewed,
+            r.changed,
+        )  # fmt: skip
+        for r in rows[:top]
+    ]
+    method = scores.method
+    if scores.notes:
+        method += " Note: " + "; ".join(scores.notes) + "."
+    return Review(
+        run_id=run_id, source=scores.source, dataset=joined.dataset, suspects=suspects,
+        new_images=joined.new, gone_images=joined.gone, method=method,
+        changed_images=joined.changed,
+    )  # fmt: skip
+
+
+def suspects_by_class(review: Review, per_class: int) -> dict[str, list[Suspect]]:
+    """The first ``per_class`` suspects of each current label, in review order."""
+    out: dict[str, list[Suspect]] = {}
+    for s in review.suspects:
+        group = out.setdefault(s.label, [])
+        if len(group) < per_class:
+            group.append(s)
+    return out
+
+
+def embedding_map(store: RunStore, run_id: str, method: str = "pca") -> EmbeddingMap:
+    """2-D positions of the run's image embeddings (the scored features): ``pca`` (default,
+    instant) or ``tsne`` (sklearn; seconds for a few thousand images). The layout is computed
+    over every scored image once and cached, so edits recolour the map without moving it."""
+    if method not in MAP_METHODS:
+        raise StudioError(
+            f"Unknown map method {method!r}; expected one of {', '.join(MAP_METHODS)}."
+        )
+    scores = _scores(store, run_id)
+    xy = _layout(store, run_id, scores, method)
+    joined = _join(scores)
+    points = [
+        MapPoint(
+            image=r.image,
+            path=r.path,
+            label=r.label,
+            predicted=r.predicted,
+            correct=r.label == r.predicted,
+            split=r.split,
+            x=float(xy[r.index, 0]),
+            y=float(xy[r.index, 1]),
+        )  # fmt: skip
+        for r in joined.rows
+    ]
+    return EmbeddingMap(method, points)
+
+
+def _layout(store: RunStore, run_id: str, scores: _Scores, method: str) -> np.ndarray:
+    path = store.run_dir(run_id) / MAP_FILE.format(method=method)
+    key = np.asarray(scores.shas, dtype=str)
+    try:
+        with np.load(path, allow_pickle=False) as z:
+            if z["shas"].shape == key.shape and bool(np.all(z["shas"] == key)):
+                return np.asarray(z["xy"], np.float64)
+    except (OSError, ValueError, KeyError):
+        pass
+    xy = _project(scores.features, method, int(store.config(run_id).seed))
+    with atomic_path(path) as tmp, open(tmp, "wb") as fh:
+        np.savez(fh, shas=key, xy=xy)
+    return xy
+
+
+def _project(features: np.ndarray, method: str, seed: int) -> np.ndarray:
+    n = len(features)
+    xy = np.zeros((n, 2), np.float64)
+    if n < 2:
+        return xy
+    x = features.astype(np.float64)
+    if method == "tsne" and n >= 5:
+        from sklearn.manifold import TSNE
+
+        perplexity = float(min(30.0, (n - 1) / 3))
+        out = TSNE(2, perplexity=perplexity, init="pca", random_state=seed).fit_transform(x)
+    else:
+        from sklearn.decomposition import PCA
+
+        out = PCA(min(2, n, x.shape[1]), random_state=seed).fit_transform(x)
+    xy[:, : out.shape[1]] = out
+    return np.nan_to_num(xy)
+
+
+def edit_target(store: RunStore, run_id: str) -> tuple[str, bool]:
+    """The managed dataset edits of this run's images go to: ``(name, made_now)``.
+
+    ``dataset:NAME`` → ``(NAME, False)``; an unmanaged source → its managed copy, made on the
+    first call (named after the source, ``photos.zip`` → ``photos``, a taken name gets `` 2``),
+    found again by every later call, from any run on the same source.
+    """
+    from core.data.datasets import copy_of, dataset_path, parse_dataset_source
+
+    source = store.config(run_id).data
+    name = parse_dataset_source(source)
+    if name is not None:
+        return dataset_path(name).name, False  # DataError listing the datasets if it is gone
+    return copy_of(source)
+
+
+def retrain_config(store: RunStore, run_id: str) -> RunConfig:
+    """The run's config on its edited dataset (``dataset:<edit target>``), named
+    ``"<run name> · fixed"``; makes the managed copy if the run's source has none yet."""
+    from core.runs.store import MAX_RUN_NAME
+
+    name, _made = edit_target(store, run_id)
+    run_name = str(store.result(run_id)["name"])
+    suffix = " · fixed"
+    cut = run_name[: MAX_RUN_NAME - len(suffix)].rstrip()
+    return store.config(run_id).with_changes(data=f"dataset:{name}", name=cut + suffix)
+
+
+__all__ = [
+    "EmbeddingMap",
+    "MapPoint",
+    "Review",
+    "Suspect",
+    "edit_target",
+    "embedding_map",
+    "retrain_config",
+    "review_run",
+    "suspects_by_class",
+    "RunNotReviewableError",
+]

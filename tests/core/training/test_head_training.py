@@ -1,0 +1,80 @@
+"""fit_head: the head trains on features like fit would, honours stop, resume and callbacks."""
+
+from __future__ import annotations
+
+import keras
+import numpy as np
+import pytest
+
+from core.training.head_fit import fit_head
+from core.training.model import compile_model
+from tests.helpers import blobs as _blobs
+from tests.helpers import small_head as _head
+
+
+class Recorder(keras.callbacks.Callback):
+    def __init__(self, stop_after: int | None = None) -> None:
+        super().__init__()
+        self.events: list[tuple] = []
+        self.stop_after = stop_after
+
+    def on_train_batch_end(self, batch: int, logs: dict | None = None) -> None:
+        self.events.append(("batch", batch, sorted(logs or {})))
+
+    def on_epoch_end(self, epoch: int, logs: dict | None = None) -> None:
+        self.events.append(("epoch", epoch, sorted(logs or {})))
+        if self.stop_after is not None and epoch + 1 >= self.stop_after:
+            self.model.stop_training = True
+
+
+@pytest.mark.slow
+def test_learns_separable_features_and_reports_like_fit() -> None:
+    keras.utils.set_random_seed(0)
+    head = _head()
+    compile_model(head, 1e-2)
+    train, val = _blobs(200, 1), _blobs(60, 2)
+    before = head.evaluate(*val, verbose=0)[0]
+    recorder = Recorder()
+    history = fit_head(head, train, val, batch_size=16, epochs=4, seed=3, callbacks=[recorder])
+    assert set(history) == {"loss", "accuracy", "val_loss", "val_accuracy"}
+    assert all(len(v) == 4 for v in history.values())
+    assert history["val_accuracy"][-1] >= 0.95
+    assert history["loss"][-1] < history["loss"][0]
+    # The reported validation metrics are Keras' own evaluation of the trained head.
+    val_loss, val_acc = head.evaluate(*val, verbose=0)
+    assert val_loss < before
+    assert history["val_loss"][-1] == pytest.approx(val_loss, rel=1e-4)
+    assert history["val_accuracy"][-1] == pytest.approx(val_acc, abs=1e-6)
+    # One batch-end per epoch carrying the last batch index (13 batches of 16 for 200 rows).
+    batches = [e for e in recorder.events if e[0] == "batch"]
+    assert [b[1] for b in batches] == [12] * 4
+    assert batches[0][2] == ["accuracy", "loss"]
+
+
+@pytest.mark.slow
+def test_stop_training_ends_after_the_current_epoch_and_initial_epoch_resumes() -> None:
+    head = _head()
+    compile_model(head, 1e-3)
+    data = _blobs(50, 4)
+    history = fit_head(head, data, data, batch_size=8, epochs=5, callbacks=[Recorder(2)])
+    assert len(history["loss"]) == 2
+    recorder = Recorder()
+    history = fit_head(head, data, data, batch_size=8, epochs=5, initial_epoch=3,
+                       callbacks=[recorder])  # fmt: skip
+    assert [e[1] for e in recorder.events if e[0] == "epoch"] == [3, 4]
+
+
+@pytest.mark.slow
+def test_same_seed_same_result_and_an_uncompiled_head_is_refused() -> None:
+    data = _blobs(64, 5)
+    weights = []
+    for _ in range(2):
+        keras.utils.set_random_seed(7)
+        head = _head()
+        compile_model(head, 1e-2)
+        fit_head(head, data, data, batch_size=8, epochs=2, seed=11)
+        weights.append(head.get_weights())
+    for a, b in zip(*weights, strict=True):
+        np.testing.assert_allclose(a, b, rtol=1e-5, atol=1e-6)
+    with pytest.raises(ValueError, match="compiled"):
+        fit_head(_head(), data, data, batch_size=8, epochs=1)
