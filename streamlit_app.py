@@ -1,12 +1,13 @@
 """Transfer Studio's dashboard: ``streamlit run streamlit_app.py``. The one router.
 
-Pages live in ``app/pages``, shared widgets in ``app/widgets.py``, pure view code in
-``app/views``; the engine they all drive is ``core``.
+The page scripts live in ``pages/`` (listed in ``app.navigation.PAGES``: with ``st.navigation``
+Streamlit shows only those, once each), their panels and shared widgets in ``app/``, pure view
+code in ``app/views``; the engine they all drive is ``core``.
 """
 
 import streamlit as st
 
-from app import widgets
+from app import navigation
 from core.devices import configure_on_import
 from core.errors import StudioError
 
@@ -15,5 +16,5 @@ try:
     configure_on_import()
 except StudioError as exc:  # a bad TRANSFER_STUDIO_LOGICAL_CPUS: said, the pages still work
     st.error(str(exc))
-widgets.setup_app()
-st.navigation(widgets.pages()).run()
+navigation.setup_app()
+st.navigation(navigation.pages()).run()

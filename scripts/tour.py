@@ -1,9 +1,9 @@
 """A tour of the studio, as a person would take it, in headless Chromium.
 
 Starts `streamlit run streamlit_app.py` on a free port with a fresh studio home, then: Home
-(app/pages/home.py) → "Train the default" → Train (app/pages/train.py, watch the curves move) →
-"Compare all modes" on the same data → Compare (app/pages/compare.py, overlaid curves) → Predict
-(app/pages/predict.py, drop an image, one chart per run). The page URLs are the file names that
+(pages/home.py) → "Train the default" → Train (pages/train.py, watch the curves move) →
+"Compare all modes" on the same data → Compare (pages/compare.py, overlaid curves) → Predict
+(pages/predict.py, drop an image, one chart per run). The page URLs are the file names that
 streamlit_app.py routes with st.navigation. Screenshots go to artifacts/tour/.
 
     .venv/bin/python scripts/tour.py [--image-size 96] [--epochs 2]
@@ -18,14 +18,14 @@ import time
 from pathlib import Path
 
 ROOT = Path(__file__).resolve().parents[1]
-sys.path.insert(0, str(ROOT / "tests"))
+sys.path.insert(0, str(ROOT))  # run as a script: the project's packages (and tests/) importable
 
-from test_e2e_browser import (  # noqa: E402  (reuses the e2e test's helpers)
+from tests.e2e._browser import (  # noqa: E402  (the e2e tests' server and browser helpers)
     CHROMIUM,
     CHROMIUM_ARGS,
-    _number,
-    _settle,
-    server,
+    number,
+    serve,
+    settle,
 )
 
 SHOTS = ROOT / "artifacts" / "tour"
@@ -45,18 +45,16 @@ def main() -> None:
     from playwright.sync_api import expect, sync_playwright
 
     expect.set_options(timeout=600_000)
-    serve = server.__wrapped__() if hasattr(server, "__wrapped__") else server()
-    url, home = next(serve)
-    try:
+    with serve() as (url, home):
         with sync_playwright() as pw:
             browser = pw.chromium.launch(executable_path=CHROMIUM, args=CHROMIUM_ARGS)
             page = browser.new_page(viewport={"width": 1440, "height": 1600})
             page.set_default_timeout(600_000)
             page.goto(url)
-            _settle(page)
+            settle(page)
             shot(page, "01_home")
             page.locator(".st-key-train_default button").click()
-            _settle(page)
+            settle(page)
             shot(page, "02_home_queued")
             page.goto(f"{url}/train")
             for i in range(40):  # watch the default run train
@@ -64,14 +62,14 @@ def main() -> None:
                 shot(page, f"03_default_training_{i:02d}")
                 if page.get_by_text("Completed: best validation accuracy").count():
                     break
-            _settle(page)
+            settle(page)
             shot(page, "04_default_completed")
 
-            _number(page, "size", args.image_size)
-            _number(page, "epochs", args.epochs)
-            _number(page, "ft", 1)
+            number(page, "size", args.image_size)
+            number(page, "epochs", args.epochs)
+            number(page, "ft", 1)
             page.locator(".st-key-compare button").click()
-            _settle(page)
+            settle(page)
             shot(page, "05_compare_all_queued")
             page.goto(url)
             for i in range(200):
@@ -82,26 +80,24 @@ def main() -> None:
                     break
             shot(page, "07_home_done")
             page.goto(f"{url}/compare")
-            _settle(page)
+            settle(page)
             shot(page, "08_compare")
             page.goto(f"{url}/predict")
-            _settle(page)
+            settle(page)
             # The newest run is preselected; add the other two modes of the comparison.
             for pattern in (r"^\W*fine_tuning", r"^\W*feature_extraction"):
                 page.locator(".st-key-models input[role='combobox']").click()
                 page.get_by_role("option").filter(has_text=re.compile(pattern)).first.click()
-                _settle(page)
+                settle(page)
                 page.keyboard.press("Escape")
             photos = home / "data" / "builtin" / "photos"  # the default data the runs used
             images = [sorted((photos / c).glob("*.jpg"))[3] for c in ("cat", "rocket")]
             page.locator(".st-key-images input[type='file']").set_input_files(images)
-            _settle(page)
+            settle(page)
             time.sleep(25)  # first use of each model compiles its forward pass
-            _settle(page)
+            settle(page)
             shot(page, "09_predict")
             browser.close()
-    finally:
-        next(serve, None)
 
 
 if __name__ == "__main__":

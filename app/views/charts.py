@@ -36,7 +36,7 @@ PALETTE = (
 MAX_BATCH_POINTS = 1500  # per-batch curves are thinned to about this many points
 LIVE_BATCH_POINTS = 600  # batches a followed run's chart reads (about one per pixel of a panel)
 # A followed run's chart polls this often (in a fragment apart from the progress, which polls
-# every ``widgets.POLL_SECONDS``): each redraw costs the browser ~0.1-0.2 s of CPU on the cores
+# every ``monitor.POLL_SECONDS``): each redraw costs the browser ~0.1-0.2 s of CPU on the cores
 # training uses. It is rebuilt only once the run moved on: a new epoch, status, or 1/CURVES_STEPS
 # of its planned steps (TensorBoard reloads every 30 s).
 CURVES_REFRESH_S = 15.0

@@ -1,6 +1,6 @@
 """Pure shaping of managed-dataset and review data for the pages (no Streamlit here).
 
-``app.dataset_builder`` (the Data page's "Your dataset") and ``app.review_panel`` (the Run
+``app.data.dataset_builder`` (the Data page's "Your dataset") and ``app.run.review_panel`` (the Run
 page's Review) draw what these functions return; tests call them directly. Every user-made name
 (classes, datasets, files) goes through ``md_escape`` where Markdown renders it and through
 ``plotly_text`` inside figures.

@@ -1,6 +1,7 @@
 """What the Train page shows of a backbone search and of the learning-rate finder (pure: no
-Streamlit). Inputs are the JSON the engine writes (``core.search.start_search``'s state file,
-``core.training.lr_find.LrFindResult.to_json``), so a page redrawn from the file shows the same.
+Streamlit). Inputs are the JSON the engine writes (``core.training.search.start_search``'s state
+file, ``core.training.lr_find.LrFindResult.to_json``), so a page redrawn from the file shows the
+same.
 """
 
 from __future__ import annotations
@@ -14,7 +15,7 @@ import plotly.graph_objects as go
 from app.views.charts import PALETTE, _base_layout
 from app.views.text import plotly_text
 
-OK = "ok"  # core.search.OK (that module imports NumPy: not needed to draw a table)
+OK = "ok"  # core.training.search.OK (that module imports NumPy: not needed to draw a table)
 NEEDS_NETWORK = "needs network"
 USE_MODES = ("feature_extraction", "fine_tuning")  # what "Use this" can turn a candidate into
 PARETO_COLOR = "#16a34a"

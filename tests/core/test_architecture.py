@@ -11,7 +11,8 @@
 - no import cycles inside ``core``, counting imports inside functions too (a hidden cycle is
   still a cycle).
 - public functions of ``core`` and ``app/views`` are typed.
-- ``streamlit_app.py`` is the only router.
+- only ``app/``, ``pages/`` and ``streamlit_app.py`` import streamlit.
+- ``streamlit_app.py`` is the only router; its page table lists each page of ``pages/`` once.
 - the dashboard's server process never trains: worker processes do.
 """
 
@@ -26,6 +27,7 @@ import pytest
 
 ROOT = Path(__file__).resolve().parents[2]
 CORE, APP, VIEWS = ROOT / "core", ROOT / "app", ROOT / "app" / "views"
+PAGES = ROOT / "pages"
 
 
 def _modules(folder: Path) -> list[Path]:
@@ -224,9 +226,9 @@ def test_every_module_with_a_public_face_declares_all() -> None:
 
 def test_no_test_module_imports_another() -> None:
     """Shared helpers live in ``tests/helpers.py`` (fixtures in conftest): a test module is
-    never imported by another (checked over the engine's tests and the shared modules)."""
+    never imported by another (checked over every test folder and the shared modules)."""
     tests = ROOT / "tests"
-    checked = [*sorted((tests / "core").rglob("*.py")), tests / "helpers.py", tests / "conftest.py"]
+    checked = sorted(p for p in tests.rglob("*.py") if "__pycache__" not in p.parts)
     test_modules = {p.stem for p in tests.rglob("test_*.py")}
     offenders = [
         f"{p.relative_to(ROOT)}: {name}"
@@ -262,7 +264,7 @@ def test_core_never_imports_app_or_streamlit() -> None:
 
 
 def test_only_app_imports_streamlit() -> None:
-    allowed = {ROOT / "streamlit_app.py", *_modules(APP)}
+    allowed = {ROOT / "streamlit_app.py", *_modules(APP), *_modules(PAGES)}
     outside = [p for p in ROOT.rglob("*.py") if ".venv" not in p.parts and "tests" not in p.parts]
     offenders = [
         str(p.relative_to(ROOT))
@@ -356,10 +358,33 @@ def test_streamlit_app_is_the_only_router() -> None:
             for node in ast.walk(ast.parse(path.read_text()))
         )
 
-    routers = [str(p.relative_to(ROOT)) for p in [ROOT / "streamlit_app.py", *_modules(APP)]
-               if routes(p)]  # fmt: skip
+    scripts = [ROOT / "streamlit_app.py", *_modules(APP), *_modules(PAGES)]
+    routers = [str(p.relative_to(ROOT)) for p in scripts if routes(p)]
     assert routers == ["streamlit_app.py"]
-    assert not (ROOT / "pages").exists(), "a pages/ folder would add pages behind the router's back"
+
+
+def test_the_page_table_lists_each_page_once_in_order() -> None:
+    """``st.navigation`` shows ``app.navigation.PAGES`` as the sidebar's page list: every script
+    of ``pages/`` once, Home first, in the order a person works (no file left out or doubled)."""
+    from app import navigation
+
+    paths = [path for path, _title, _icon in navigation.PAGES]
+    titles = [title for _path, title, _icon in navigation.PAGES]
+    assert titles == ["Home", "Data", "Train", "Compare", "Predict", "Run"]
+    assert len(set(paths)) == len(paths) and paths[0] == navigation.HOME
+    assert sorted(paths) == sorted(str(p.relative_to(ROOT)) for p in _modules(PAGES))
+    assert len(navigation.pages()) == len(titles)
+
+
+def test_every_page_runs_inside_the_router_first() -> None:
+    """A ``pages/`` folder puts Streamlit in its old folder mode until ``st.navigation`` ran once:
+    each page script's first statement hands over to the router (``through_router``)."""
+    for path in _modules(PAGES):
+        body = [n for n in ast.parse(path.read_text()).body
+                if not isinstance(n, (ast.Import, ast.ImportFrom, ast.Assign, ast.Expr))
+                or (isinstance(n, ast.Expr) and isinstance(n.value, ast.Call))]  # fmt: skip
+        first = ast.unparse(body[0]) if body else ""
+        assert first == "navigation.through_router()", f"{path.name} starts with {first!r}"
 
 
 def test_the_server_process_never_trains(tmp_path) -> None:
@@ -376,7 +401,7 @@ def test_the_server_process_never_trains(tmp_path) -> None:
 
     code = f"""
 import json, sys
-import app.widgets
+import app.loaders, app.monitor, app.navigation, app.widgets
 from core.config import RunConfig
 from core.training import jobs
 started = []
@@ -408,6 +433,8 @@ print(json.dumps({{
 
     from streamlit.runtime.scriptrunner import script_runner
 
+    import app.loaders
+    import app.monitor
     import app.widgets  # noqa: F401
 
     replaced = [
@@ -422,7 +449,7 @@ print(json.dumps({{
     assert "runner" not in config, "the runner's settings (its cleanup after a run) stay default"
     assert not any(
         name in {"execute_run", "core.training.trainer"} or name.endswith(".execute_run")
-        for path in _modules(APP)
+        for path in _modules(APP) + _modules(PAGES)
         for name in _imports(path)
     ), "no page or widget imports the trainer"
 
@@ -441,7 +468,7 @@ def test_following_a_run_keeps_tensorflow_out_of_the_server(tmp_path) -> None:
     TensorFlow: with them loaded, Streamlit's cleanup after every 2-s poll
     (``keras.backend.clear_session()`` and ``gc.collect(2)``) cost ~0.2 s of CPU on the cores
     the worker trains on. And once a page did load them, the server freezes what is alive
-    (``widgets.freeze_long_lived``), so a collection no longer walks TensorFlow's objects."""
+    (``navigation.freeze_long_lived``), so a collection no longer walks TensorFlow's objects."""
     import subprocess
     import sys
 
@@ -449,13 +476,13 @@ def test_following_a_run_keeps_tensorflow_out_of_the_server(tmp_path) -> None:
 import gc, json, sys
 from streamlit.testing.v1 import AppTest
 at = AppTest.from_file("streamlit_app.py", default_timeout=120).run()
-for page in ("app/pages/home.py", "app/pages/train.py"):
+for page in ("pages/home.py", "pages/train.py"):
     at.switch_page(page).run()
 errors = [e.value for e in at.exception]
 loaded = [m for m in ("keras", "tensorflow") if m in sys.modules]
 import keras  # what Predict or Run does
 frozen_before = gc.get_freeze_count()
-at.switch_page("app/pages/home.py").run()
+at.switch_page("pages/home.py").run()
 print(json.dumps({"errors": errors, "loaded": loaded,
                   "froze": gc.get_freeze_count() > frozen_before}))
 """

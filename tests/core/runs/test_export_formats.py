@@ -484,7 +484,7 @@ def test_run_page_exports_every_format_with_table_card_and_zip(tmp_path_factory,
     with seeded_studio(tmp_path_factory.mktemp("export-page-home"), TINY) as (_, run_id):
         monkeypatch.setattr(core.runs.export, "export_all", fake_export_all)
         at = AppTest.from_file(str(root / "streamlit_app.py"), default_timeout=120).run()
-        at.switch_page("app/pages/run.py").run()
+        at.switch_page("pages/run.py").run()
         assert not at.exception
         assert at.radio(key="export_format").options == list(FORMATS)
         assert not _export_frames(at) and not calls

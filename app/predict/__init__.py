@@ -1,0 +1,1 @@
+"""The Predict page's panels."""

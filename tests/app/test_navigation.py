@@ -1,0 +1,30 @@
+"""The router: every page of ``pages/`` runs inside ``streamlit_app.py`` (its page config and
+sidebar drawn once), even in the first run of a process, when a ``pages/`` folder makes Streamlit
+run a page asked for by its URL on its own (its old folder mode; ``AppTest`` starts every run so).
+"""
+
+from __future__ import annotations
+
+from pathlib import Path
+
+import pytest
+from streamlit.testing.v1 import AppTest
+
+from app import navigation
+from tests.helpers import fake_studio
+
+ROOT = Path(__file__).resolve().parents[2]
+APP = str(ROOT / "streamlit_app.py")
+
+
+@pytest.mark.parametrize("path", [p for p, _title, _icon in navigation.PAGES[1:]])
+def test_each_page_runs_inside_the_router_once(tmp_path: Path, path: str) -> None:
+    with fake_studio(tmp_path):
+        at = AppTest.from_file(APP, default_timeout=120).run()
+        at.switch_page(path).run()
+        assert not at.exception, [e.value for e in at.exception]
+        title = next(t for p, t, _icon in navigation.PAGES if p == path)
+        assert [t.value for t in at.title] == [title]
+        # the router's sidebar, once: not missing (the page ran alone) nor doubled
+        captions = [c.value for c in at.sidebar.caption]
+        assert captions == ["Data: not chosen yet (Data page)", f"Runs folder: {tmp_path}"]
