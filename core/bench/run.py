@@ -534,6 +534,14 @@ def run_bench(
             progress=say,
         )  # fmt: skip
         settings["many_classes"] = [scale_classes, scale_per_class]
+    if {18, 19} & set(selected):
+        from core.bench import cluster as bench_cluster
+
+        per_class = 10 if quick else images_per_class
+        tag = f"ray-textures-{len(DATA_CLASSES)}x{per_class}-v{DATA_VERSION}"
+        figures_out.update(bench_cluster.ray_figures(
+            selected, lambda: generate_dataset(out / tag, per_class), image_size, say
+        ))  # fmt: skip
     machine["load_average_end"] = [round(x, 2) for x in os.getloadavg()]
     result = {
         "figures": figures_out,
@@ -547,7 +555,7 @@ def run_bench(
     return json.loads(json.dumps(result, allow_nan=False))
 
 
-ALL_FIGURES = (*range(1, 13), 16)
+ALL_FIGURES = (*range(1, 13), 16, 18, 19)  # 18-19: the Ray extra (core.bench.cluster)
 CLASSIC_FIGURES = frozenset({1, 2, 3, 4})
 PHOTOS_PER_CLASS = 150  # figure 6's real photos: 600 in all, 480 training images
 
@@ -559,7 +567,7 @@ def _selected(figures: Collection[int] | None) -> list[int]:
         from core.errors import ConfigError
 
         raise ConfigError(
-            f"Unknown benchmark figure(s) {unknown}: expected numbers from 1 to 12, or 16."
+            f"Unknown benchmark figure(s) {unknown}: expected numbers from 1 to 12, 16, 18 or 19."
         )
     return chosen
 
@@ -653,6 +661,9 @@ def format_bench(result: dict[str, Any]) -> str:
         from core.bench.scale import format_line
 
         lines.append(format_line(d))
+    from core.bench.cluster import format_lines
+
+    lines += format_lines(f)
     lines.append(
         f"machine: {m['usable_cpus']} CPUs, TensorFlow {m['tensorflow']}, Keras {m['keras']}, "
         f"load {m['load_average_start'][0]:.1f} → {m['load_average_end'][0]:.1f}; "

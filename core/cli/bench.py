@@ -28,7 +28,9 @@ def add_parsers(sub: Any) -> None:
         "11. review: recall of deliberately swapped labels, accuracy before and after the "
         "fixes; 12. kill -9 of a worker mid-run: seconds until interrupted, then resume; 16. "
         "many classes (a generated 200 x 250 set): evaluation.json size, review and embedding-map "
-        "seconds, Run page and Predict render seconds. Each "
+        "seconds, Run page and Predict render seconds; 18. "
+        "the feature pass, local vs a two-node local Ray cluster; 19. a Ray actor killed "
+        "mid-pass (18-19 need requirements-ray.txt). Each "
         "figure is a ratio against a baseline measured in the same run (see docs/benchmark.md).",
     )
     p.add_argument("--images-per-class", type=int, default=1000, help="default 1000 (3 classes)")

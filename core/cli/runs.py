@@ -14,6 +14,7 @@ from contextlib import contextmanager
 from typing import TYPE_CHECKING, Any
 
 from core.cli import trackers
+from core.cli.cluster import add_ray_flag
 from core.cli.flags import LINT_FLAGS, add_common, add_train_flags, config_from_args
 from core.cli.output import bytes_text, epoch_line, fmt, print_json, print_results
 from core.config import Status
@@ -58,6 +59,7 @@ def add_parsers(sub: Any) -> None:
     )
     add_train_flags(p)
     add_common(p, "print the result as one JSON object on the last stdout line")
+    add_ray_flag(p, "a feature_extraction run computes its features there, then trains here")
 
     p = sub.add_parser(
         "resume",
@@ -185,6 +187,11 @@ def cmd_train(args: argparse.Namespace) -> int:
 
     config = config_from_args(args).validate()  # before the lint: a bad flag is one error line
     check_source(config.data)  # a missing folder fails in a second, before TensorFlow loads
+    ray_record = None
+    if getattr(args, "ray", None):  # the features on a Ray cluster first, into the cache
+        from core.cli.cluster import features_on_ray
+
+        ray_record = features_on_ray(args)
     for finding in lint_config(config, count_train_images(config)):
         flags = LINT_FLAGS.get(finding["code"])
         hint = f" [{flags}]" if flags else ""
@@ -193,6 +200,8 @@ def cmd_train(args: argparse.Namespace) -> int:
 
     jobs = JobQueue(args.runs_dir)
     run_id = jobs.submit(config, progress=epoch_line(config))
+    if ray_record is not None:  # where its features were computed
+        jobs.store.update(run_id, ray=ray_record)
     remember_source(config.data)  # offered on the Data page's folder tab
     print(f"run {run_id}: {config.mode} {config.backbone} on {config.data}", file=sys.stderr)
     return _wait_and_report(jobs, run_id, args.json)

@@ -8,6 +8,7 @@ import json
 import sys
 from typing import Any
 
+from core.cli.cluster import add_ray_flag
 from core.cli.flags import add_class_weight_flag, add_train_flags, config_from_args
 from core.config import DEFAULT_DATA
 from core.errors import ConfigError
@@ -75,6 +76,7 @@ def add_parsers(sub: Any) -> None:
     p.add_argument("--seed", type=int, default=42, help="seed of the split and heads (42)")
     add_class_weight_flag(p)
     p.add_argument("--json", action="store_true", help="print the result as one JSON object")
+    add_ray_flag(p, "each candidate's feature pass runs there")
 
     p = sub.add_parser(
         "lr-find",
@@ -140,6 +142,10 @@ def cmd_search(args: argparse.Namespace) -> int:
     if args.budget is not None and not args.budget > 0:
         raise ConfigError(f"--budget {args.budget} is invalid. Expected minutes above 0, e.g. 10.")
     check_source(args.data)  # a missing folder fails in a second, before TensorFlow loads
+    if getattr(args, "ray", None):  # each candidate's features on a Ray cluster, into the cache
+        from core.cli.cluster import search_features_on_ray
+
+        search_features_on_ray(args)
     result = search(
         args.data,
         backbones=args.backbones,

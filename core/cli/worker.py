@@ -48,12 +48,24 @@ def add_parsers(sub: Any) -> None:
         help="exit once process PID is gone and no run is in progress (the dashboard passes "
         "its own)",
     )
+    # Written out here, not taken from core.cli.cluster: a worker imports no other family.
+    p.add_argument(
+        "--ray",
+        metavar="ADDRESS",
+        help="train each queued run as a Ray task on a node of a Ray cluster (auto, HOST:PORT "
+        "of its head, or local), followed here; with --device GPU each run asks Ray for one "
+        "GPU; needs requirements-ray.txt",
+    )
 
 
 def cmd_worker(args: argparse.Namespace) -> int:
     """Train queued runs one at a time until stopped (see ``core.training.jobs.run_worker``)."""
     from core.training.jobs import WorkerOptions, run_worker
 
+    if getattr(args, "ray", None):
+        from core.cli.cluster import worker_on_ray
+
+        return worker_on_ray(args)
     if args.idle_exit is not None and args.idle_exit < 0:
         raise ConfigError(f"--idle-exit {args.idle_exit} is negative. Expected seconds, e.g. 60.")
     options = WorkerOptions(

@@ -85,7 +85,7 @@ WORKER_STARTING, WORKER_IDLE, WORKER_RUNNING = "starting", "idle", "running"
 # The runs columns holding JSON text: a damaged one must not hide the other runs.
 JSON_COLUMNS = (
     "config_json", "class_names_json", "skipped_files_json", "dataset_json", "phases_json",
-    "stage_json", "timings_json",
+    "stage_json", "timings_json", "ray_json",
 )  # fmt: skip
 
 _SCHEMA = """
@@ -116,7 +116,8 @@ CREATE TABLE IF NOT EXISTS runs (
     model_bytes INTEGER,
     name TEXT,
     device TEXT,
-    replicas INTEGER
+    replicas INTEGER,
+    ray_json TEXT
 );
 CREATE TABLE IF NOT EXISTS epochs (
     run_id TEXT NOT NULL,
@@ -283,6 +284,7 @@ class RunResult(RunSummary):
     model_bytes: int | None
     device: str | None
     replicas: int | None
+    ray: dict[str, Any] | None  # where a Ray cluster computed or trained it (None: here)
     run_dir: str
     # ``{"root", "train": [{path, label, sha256}], "val": [...]}`` (``core.runs.split``); only
     # when asked for (``result(run_id, split=True)``: ``show``/``train --json``), ``None`` for a
@@ -314,6 +316,7 @@ class RunUpdate(TypedDict, total=False):
     model_bytes: int | None
     device: str | None
     replicas: int | None
+    ray: dict[str, Any] | None  # where a Ray cluster computed or trained the run
 
 
 UPDATABLE_COLUMNS = frozenset(RunUpdate.__annotations__)
@@ -1304,6 +1307,7 @@ class RunStore:
             "model_bytes": row["model_bytes"],
             "device": row.get("device"),
             "replicas": row.get("replicas"),
+            "ray": loads("ray_json"),
             "run_dir": str(self.root / "runs" / run_id),
         }
         if split:

@@ -334,6 +334,9 @@ class WorkerOptions:
     once: bool = False  # train at most one run, then exit (also when none is queued)
     idle_exit: float | None = None  # exit after this many idle seconds
     parent: int | None = None  # exit (when idle) once this process is gone
+    # How a claimed run is trained: ``execute(store, run_id, stop_event, progress) -> status``;
+    # None: ``core.training.trainer.execute_run`` in this process (a Ray worker passes its own).
+    execute: Callable[..., str] | None = None
 
 
 def run_worker(
@@ -409,7 +412,9 @@ def run_worker(
                 shutdown.wait(IDLE_POLL_S)
                 continue
             holding[0] = run_id
-            _train_claimed(store, token, run_id, device, current, shutdown, progress_for)
+            _train_claimed(
+                store, token, run_id, device, current, shutdown, progress_for, options.execute
+            )
             holding[0] = None
             idle_since = time.monotonic()
             if options.once:
@@ -435,6 +440,7 @@ def _train_claimed(
     current: dict[str, threading.Event],
     shutdown: threading.Event,
     progress_for: Callable[[RunConfig], ProgressFn] | None,
+    execute: Callable[..., str] | None = None,
 ) -> None:
     """Train a run this worker claimed, then let go of it (the store says so)."""
     event = threading.Event()
@@ -446,10 +452,12 @@ def _train_claimed(
             store.update(run_id, device=device)
         config = store.config(run_id)
         print(f"run {run_id}: {config.mode} {config.backbone} on {config.data}", file=sys.stderr)
-        from core.training.trainer import execute_run  # imports Keras (after the device is set)
+        if execute is None:
+            from core.training.trainer import execute_run  # imports Keras (after the device)
 
+            execute = execute_run
         progress = progress_for(config) if progress_for is not None else None
-        status = execute_run(store, run_id, event, progress)
+        status = execute(store, run_id, event, progress)
         print(f"run {run_id}: {status}", file=sys.stderr, flush=True)
     except Exception as exc:  # the worker outlives any one run
         print(f"error: run {run_id} could not be trained: {exc}", file=sys.stderr, flush=True)

@@ -162,6 +162,7 @@ def test_figures_are_chosen_by_number_and_range() -> None:
     assert bench._selected(None) == list(bench.ALL_FIGURES)
     assert bench._selected([6, 5, 6]) == [5, 6]
     assert bench._selected([12, 11]) == [11, 12]
+    assert bench._selected([19, 18]) == [18, 19]  # the Ray figures
     with pytest.raises(ConfigError, match="figure"):
         bench._selected([13])
     with pytest.raises(ConfigError, match="5-10"):
