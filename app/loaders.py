@@ -15,6 +15,7 @@ from core.errors import StudioError
 from core.paths import runs_root
 
 if TYPE_CHECKING:
+    from core.runs.evaluate import Evaluation
     from core.runs.store import RunStore
     from core.training.jobs import JobQueue
 
@@ -119,13 +120,13 @@ def _file_stamp(path: Path) -> tuple[int, int]:
 @st.cache_resource(max_entries=4, show_spinner=False)
 def _evaluation(
     run_dir: str, model: tuple[int, int], cached: tuple[int, int], _store: RunStore, run_id: str
-) -> dict[str, Any]:
+) -> Evaluation:
     from core.runs.evaluate import evaluate_run
 
     return evaluate_run(_store, run_id)
 
 
-def evaluation(store: RunStore, run_id: str) -> dict[str, Any]:
+def evaluation(store: RunStore, run_id: str) -> Evaluation:
     """``core.runs.evaluate.evaluate_run``, kept in memory until the model or its evaluation file
     changes: a rerun does not parse the (for many classes, large) ``evaluation.json`` again.
 
@@ -141,14 +142,14 @@ def evaluation(store: RunStore, run_id: str) -> dict[str, Any]:
 
 
 @st.cache_data(max_entries=8, show_spinner="Finding the most confused pairs…")
-def _pairs_view(run_dir: str, cached: tuple[int, int], _evaluation: dict[str, Any]) -> Any:
+def _pairs_view(run_dir: str, cached: tuple[int, int], _evaluation: Evaluation) -> Any:
     from app.views.run_page import matrix_view
 
     return matrix_view(_evaluation)
 
 
 def confusion_view(
-    store: RunStore, run_id: str, evaluation: dict[str, Any], selected: tuple[str, str] | None
+    store: RunStore, run_id: str, evaluation: Evaluation, selected: tuple[str, str] | None
 ) -> dict[str, Any]:
     """``app.views.run_page.matrix_view``: the clickable heatmap (rebuilt per pick, it is small), or
     for many classes the most confused pairs, built once per evaluation file."""

@@ -15,13 +15,14 @@ from app.views.text import md_escape
 from core.errors import StudioError
 
 if TYPE_CHECKING:
+    from core.runs.evaluate import Evaluation
     from core.runs.store import RunStore
 
 
 def render(store: RunStore, run_id: str) -> None:
     """The "Evaluate" section of a run that has a model."""
     st.subheader("Evaluate", divider="gray")
-    evaluation: dict[str, Any] | None
+    evaluation: Evaluation | None
     try:
         # Evaluated by the worker as the run completed: read from the run folder. An older run (or
         # one whose evaluation failed then) is evaluated here, once.

@@ -16,6 +16,7 @@ from app.views.text import md_escape
 from core.errors import StudioError
 
 if TYPE_CHECKING:
+    from core.runs.evaluate import Evaluation
     from core.runs.store import RunResult, RunStore
     from core.training.jobs import JobQueue
 
@@ -121,7 +122,7 @@ def _exclude(store: RunStore, run_id: str, paths: list[str]) -> None:
     )
 
 
-def _calibration_section(evaluation: dict[str, Any]) -> None:
+def _calibration_section(evaluation: Evaluation) -> None:
     st.markdown("**Calibrated confidence**")
     st.caption(md_escape(views.calibration_text(evaluation["calibration"])))
     if evaluation.get("reliability"):

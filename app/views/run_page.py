@@ -234,7 +234,7 @@ def phase_rows(result: RunResult) -> list[dict[str, Any]]:
 # --------------------------------------------------------------------------- evaluation
 
 
-def per_class_rows(evaluation: dict[str, Any]) -> list[dict[str, Any]]:
+def per_class_rows(evaluation: Mapping[str, Any]) -> list[dict[str, Any]]:
     """Precision, recall, F1 and support per class, then the macro average."""
     rows = [
         {
@@ -258,7 +258,7 @@ def per_class_rows(evaluation: dict[str, Any]) -> list[dict[str, Any]]:
     return rows
 
 
-def default_cell(evaluation: dict[str, Any]) -> tuple[str, str]:
+def default_cell(evaluation: Mapping[str, Any]) -> tuple[str, str]:
     """The most frequent confusion (largest off-diagonal cell); the first class if none."""
     names = evaluation["class_names"]
     top = top_confused_pairs(names, evaluation["confusion_matrix"], limit=1)
@@ -314,7 +314,7 @@ def matrix_csv(class_names: Sequence[str], matrix: Any) -> bytes:
 
 
 def matrix_view(
-    evaluation: dict[str, Any], selected: tuple[str, str] | None = None
+    evaluation: Mapping[str, Any], selected: tuple[str, str] | None = None
 ) -> dict[str, Any]:
     """How the page shows the confusion matrix, by class count.
 
@@ -378,7 +378,9 @@ def filter_class_rows(rows: Sequence[dict[str, Any]], query: str) -> list[dict[s
 
 
 def confusion_matrix_figure(
-    evaluation: dict[str, Any], selected: tuple[str, str] | None = None, height: int | None = None
+    evaluation: Mapping[str, Any],
+    selected: tuple[str, str] | None = None,
+    height: int | None = None,
 ) -> go.Figure:
     """Heatmap of the confusion matrix: rows true, columns predicted, counts written in the cells.
 
@@ -474,7 +476,7 @@ def cell_from_selection(
 
 
 def gallery(
-    evaluation: dict[str, Any], true_class: str, predicted_class: str, limit: int = GALLERY_LIMIT
+    evaluation: Mapping[str, Any], true_class: str, predicted_class: str, limit: int = GALLERY_LIMIT
 ) -> tuple[list[dict[str, Any]], int]:
     """The first ``limit`` images of a cell (most confident first), with captions; and the total.
 

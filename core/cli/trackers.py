@@ -15,7 +15,7 @@ from typing import TYPE_CHECKING, Any
 from core.runs.calibration import DEFAULT_COVERAGE
 
 if TYPE_CHECKING:
-    from core.runs.evaluate import ProgressFn
+    from core.runs.evaluate import Evaluation, ProgressFn
 
 __all__ = [
     "COMMANDS",
@@ -160,7 +160,7 @@ def add_evaluate_flags(p: argparse.ArgumentParser) -> None:
 EVALUATE_KEYS = ("leakage", "calibration", "tta")
 
 
-def evaluation(args: argparse.Namespace, progress: ProgressFn | None = None) -> dict[str, Any]:
+def evaluation(args: argparse.Namespace, progress: ProgressFn | None = None) -> Evaluation:
     """The run's evaluation with its leakage check and calibration (and TTA with ``--tta``);
     ``progress(done, total)`` follows the validation images."""
     from core.runs.evaluate import evaluate_run, tta_report
@@ -175,7 +175,7 @@ def evaluation(args: argparse.Namespace, progress: ProgressFn | None = None) -> 
     return ev
 
 
-def evaluation_lines(ev: dict[str, Any]) -> list[str]:
+def evaluation_lines(ev: Evaluation) -> list[str]:
     """The text ``evaluate`` adds after the per-class table."""
     from core.runs.leakage import describe
 

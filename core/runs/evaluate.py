@@ -28,7 +28,7 @@ import json
 import time
 from collections.abc import Callable, Mapping
 from pathlib import Path
-from typing import TYPE_CHECKING, Any, NotRequired, TypedDict
+from typing import TYPE_CHECKING, Any, NotRequired, TypedDict, cast
 
 import numpy as np
 
@@ -149,7 +149,7 @@ def write_evaluation(run_dir: Path, result: Mapping[str, Any], probs: np.ndarray
     return {**stored, MATRIX_KEY: matrix}
 
 
-def probability_matrix(evaluation: dict[str, Any]) -> np.ndarray:
+def probability_matrix(evaluation: Mapping[str, Any]) -> np.ndarray:
     """Every validation image's class probabilities, ``(images, classes)``: the array file of
     an evaluation, or the inline lists of an older one."""
     matrix = evaluation.get(MATRIX_KEY)
@@ -166,7 +166,7 @@ def probability_matrix(evaluation: dict[str, Any]) -> np.ndarray:
     )
 
 
-def class_probability(evaluation: dict[str, Any], image: dict[str, Any], name: str) -> float:
+def class_probability(evaluation: Mapping[str, Any], image: Mapping[str, Any], name: str) -> float:
     """The probability of class ``name`` for one image of ``evaluation["images"]``, from what it
     holds: every probability (few classes, older files), its top classes or the true class's
     (always there for the predicted and the true class); 0.0 for a class outside its top ones
@@ -262,7 +262,10 @@ class Evaluation(TypedDict):
     evaluated_at: float
     cache_key: dict[str, Any]
     probabilities_file: NotRequired[str]  # the array file's name, in the run folder
+    probability_matrix: NotRequired[np.ndarray]  # ``MATRIX_KEY``: the array file, loaded
     from_cache: NotRequired[bool]
+    leakage: NotRequired[dict[str, Any]]  # added by the leakage check (``core.training.leakage``)
+    tta: NotRequired[dict[str, Any]]  # added by ``tta_report`` when asked for
 
 
 def evaluate_run(
@@ -272,7 +275,7 @@ def evaluate_run(
     model: Any = None,
     data: DatasetIndex | None = None,
     progress: ProgressFn | None = None,
-) -> dict[str, Any]:
+) -> Evaluation:
     """Evaluate a run on its validation split (cached in ``evaluation.json``); ``progress(done,
     total)`` follows the validation images through the model.
 
@@ -304,7 +307,7 @@ def evaluate_run(
     if not force:
         cached = _read_cache(cache_path, fingerprint)
         if cached is not None:
-            return {**cached, "from_cache": True}
+            return cast(Evaluation, {**cached, "from_cache": True})
 
     started = time.perf_counter()
     stored = store.result(run_id)
@@ -388,7 +391,7 @@ def evaluate_run(
     }
     # Write-then-rename: a page reading concurrently never sees a truncated file.
     written = write_evaluation(cache_path.parent, result, probs)
-    return {**written, "from_cache": False}  # an ``Evaluation`` (the pages take it as a dict)
+    return cast(Evaluation, {**written, "from_cache": False})
 
 
 def tta_report(store: RunStore, run_id: str, force: bool = False) -> dict[str, Any]:
@@ -475,7 +478,7 @@ def tta_verdict(gain: float, slowdown: float, worth: bool, images: int) -> str:
     return f"Not worth it: {points} of validation accuracy for {cost}."
 
 
-def _class_name(evaluation: dict[str, Any], cls: str | int) -> str:
+def _class_name(evaluation: Mapping[str, Any], cls: str | int) -> str:
     names = evaluation["class_names"]
     if isinstance(cls, (int, np.integer)) and not isinstance(cls, bool):
         if not 0 <= int(cls) < len(names):
@@ -487,7 +490,7 @@ def _class_name(evaluation: dict[str, Any], cls: str | int) -> str:
 
 
 def misclassified(
-    evaluation: dict[str, Any], true_class: str | int, predicted_class: str | int
+    evaluation: Mapping[str, Any], true_class: str | int, predicted_class: str | int
 ) -> list[dict[str, Any]]:
     """The images of one confusion-matrix cell (true row, predicted column), most confident first.
 

@@ -13,12 +13,15 @@ import platform
 from collections.abc import Mapping, Sequence
 from importlib.metadata import PackageNotFoundError, version
 from pathlib import Path
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
 import numpy as np
 
 from core.runs.safe_text import md_text
 from core.runs.store import RunStore
+
+if TYPE_CHECKING:
+    from core.runs.evaluate import Evaluation
 
 __all__ = [
     "CARD_FILE",
@@ -156,7 +159,7 @@ def _health(config: dict[str, Any]) -> list[str]:
 
 def card_text(
     result: dict[str, Any],
-    evaluation: dict[str, Any] | None,
+    evaluation: Evaluation | None,
     rows: Sequence[Mapping[str, Any]],
     summary: dict[str, Any],
     health: list[str] | None = None,
@@ -257,9 +260,9 @@ def card_text(
     return "\n".join(out).rstrip() + "\n"
 
 
-def _calibration_lines(evaluation: dict[str, Any] | None) -> list[str]:
+def _calibration_lines(evaluation: Evaluation | None) -> list[str]:
     """The card's calibration section: the temperature every export leaves to its user."""
-    calibration = (evaluation or {}).get("calibration")
+    calibration = evaluation.get("calibration") if evaluation else None
     if not calibration:
         return []
     t = calibration["temperature"]
@@ -289,7 +292,7 @@ def write_card(
 
     result: dict[str, Any] = dict(store.result(run_id))
     try:
-        evaluation: dict[str, Any] | None = evaluate_run(store, run_id, model=model)
+        evaluation: Evaluation | None = evaluate_run(store, run_id, model=model)
     except StudioError:  # e.g. the data is gone: the card says so
         evaluation = None
     params = None
