@@ -249,6 +249,15 @@ def run_fixes(queue: JobQueue, result: RunResult, where: str, follow: bool = Fal
     offline = (DEFAULT_BACKBONE, get_backbone(DEFAULT_BACKBONE).display_name)
     actions = run_actions(result, weights_available, offline)
     run_id = result["run_id"]
+    if actions["fixes"]:  # it needed the network: the file can be carried in instead
+        from app.train.weights_upload import weights_uploader
+
+        config = result["config"]
+        size = config.get("image_size")
+        if weights_uploader(
+            str(config.get("backbone")), f"{where}_weights_{run_id}", size if size else None
+        ):
+            st.rerun()  # the weights are here now: Resume replaces the fixes
     for i, fix in enumerate(actions["fixes"]):
         if st.button(
             fix["label"], key=f"{where}_fix{i}_{run_id}", help=fix["help"],

@@ -7,7 +7,7 @@ from __future__ import annotations
 import streamlit as st
 
 from app import loaders, navigation, widgets
-from app.predict import results
+from app.predict import results, sets
 from app.views import run_page as run_views
 from core.data.images import IMAGE_EXTENSIONS
 
@@ -38,10 +38,11 @@ use_camera = right.toggle("Use the camera", key="use_camera")
 explain = right.toggle(
     "Explain with Grad-CAM", key="gradcam", help="Highlight the image regions behind each top-1"
 )
+coverage, tta = sets.predict_options(right)  # prediction sets, test-time augmentation
 images = [(upload.name, upload.getvalue()) for upload in uploads or []]
 if use_camera and (shot := st.camera_input("Take a picture", key="camera")):
     images.append(("camera picture", shot.getvalue()))
 if not chosen or not images:
     st.info("Pick at least one model and drop one or more images (or take a picture).")
     st.stop()
-results.render(store, runs, chosen, images, top_k, explain)
+results.render(store, runs, chosen, images, top_k, explain, coverage=coverage, tta=tta)

@@ -8,7 +8,7 @@ from __future__ import annotations
 import streamlit as st
 
 from app import loaders, navigation, widgets
-from app.run import evaluation, export, manage, review_panel
+from app.run import evaluation, export, manage, review_panel, trust
 from app.views import run_page as run_views
 from core.runs.store import FAILED, INTERRUPTED
 
@@ -42,4 +42,5 @@ if result["status"] in (FAILED, INTERRUPTED):
     st.stop()
 evaluation.render(store, run_id)
 review_panel.render(queue, result)  # likely mistakes: relabel, exclude, keep, retrain
+trust.render(queue, result)  # leakage, calibration, TTA, trackers
 export.render(store, result)

@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import contextlib
+import io
 import json
 import os
 import re
@@ -83,9 +84,12 @@ def off_by_one_class(probabilities: np.ndarray) -> np.ndarray:
     return np.eye(classes, dtype=probabilities.dtype)[wrong]
 
 
-def cli(*args: str, check: bool = True) -> subprocess.CompletedProcess[str]:
-    """``python -m core ARGS`` in a subprocess from the project folder, as a user runs it."""
-    env = {**os.environ, "TF_CPP_MIN_LOG_LEVEL": "2"}
+def cli(
+    *args: str, check: bool = True, env: dict[str, str] | None = None
+) -> subprocess.CompletedProcess[str]:
+    """``python -m core ARGS`` in a subprocess from the project folder, as a user runs it
+    (``env``: its environment instead of this process's)."""
+    env = {**(os.environ if env is None else env), "TF_CPP_MIN_LOG_LEVEL": "2"}
     proc = subprocess.run(
         [sys.executable, "-m", "core", *args],
         cwd=ROOT, env=env, capture_output=True, text=True, timeout=600,
@@ -93,6 +97,22 @@ def cli(*args: str, check: bool = True) -> subprocess.CompletedProcess[str]:
     if check:
         assert proc.returncode == 0, proc.stderr
     return proc
+
+
+def offline_env(folder: Path) -> dict[str, str]:
+    """This environment with a brand-new studio home and an empty Keras cache under ``folder``,
+    and every HTTP(S) request sent to a port where nothing answers: offline, on a new home."""
+    dead = "http://127.0.0.1:9"  # the discard port
+    return {
+        **os.environ,
+        "TRANSFER_STUDIO_HOME": str(folder / "home"),
+        "KERAS_HOME": str(folder / "keras"),
+        "HTTP_PROXY": dead,
+        "HTTPS_PROXY": dead,
+        "http_proxy": dead,
+        "https_proxy": dead,
+        "NO_PROXY": "",
+    }
 
 
 def last_json(proc: subprocess.CompletedProcess[str]) -> Any:
@@ -250,3 +270,21 @@ def stored_run(
         }
         (store.run_dir(run_id) / EVALUATION_FILE).write_text(json.dumps(evaluation))
     return run_id
+
+
+def smooth_picture(seed: int, side: int = 64, lean: int | None = None) -> np.ndarray:
+    """A distinct picture: smooth random colour blobs (``lean``: a colour channel pushed up, so
+    pictures of one class look alike)."""
+    small = (np.random.default_rng(seed).random((6, 6, 3)) * 255).astype(np.int64)
+    if lean is not None:
+        small[..., lean] = np.clip(small[..., lean] + 80, 0, 255)
+    im = Image.fromarray(small.astype(np.uint8)).resize((side, side), Image.Resampling.BICUBIC)
+    return np.asarray(im)
+
+
+def cropped_twin(rgb: np.ndarray, px: int = 2, quality: int = 85) -> bytes:
+    """A near-copy of a picture: ``px`` cropped from each side, re-encoded as JPEG (its bytes)."""
+    im = Image.fromarray(rgb)
+    buf = io.BytesIO()
+    im.crop((px, px, im.width - px, im.height - px)).save(buf, "JPEG", quality=quality)
+    return buf.getvalue()

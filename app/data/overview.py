@@ -9,6 +9,7 @@ import os
 import streamlit as st
 
 from app import loaders, navigation, widgets
+from app.data import leakage
 from app.data.sources import labelled
 from app.views import charts
 from app.views.text import md_escape
@@ -39,6 +40,7 @@ def render(chosen: str, val_split: float, seed: int) -> None:
         (st.warning if item["level"] == "warning" else st.info)(md_escape(item["message"]))
     if not any(item["level"] == "warning" for item in report):
         st.success("Health check: no imbalance, empty classes, duplicates or tiny images found.")
+    leakage.render(chosen, index, val_split, seed)  # near-copies, from cached features
     st.page_link(navigation.TRAIN, label="Train on this data", icon=":material/arrow_forward:")
 
     left, right = st.columns([2, 3])

@@ -11,11 +11,13 @@ import streamlit as st
 
 from app import widgets
 from app.data import dataset_builder
+from app.predict import sets
 from app.views import charts
 from app.views.labels import mode_label
 from app.views.text import md_escape
 from core.errors import StudioError
 from core.models.gradcam import gradcam
+from core.runs.calibration import DEFAULT_COVERAGE
 from core.runs.predict import load_run, predict_images
 
 if TYPE_CHECKING:
@@ -46,6 +48,9 @@ def render(
     images: list[tuple[str, bytes]],
     top_k: int,
     explain: bool,
+    *,
+    coverage: float = DEFAULT_COVERAGE,
+    tta: bool = False,
 ) -> None:
     """One bordered row per image (its name and bytes), the chosen runs' predictions beside it."""
     for i, (name, data) in enumerate(images):
@@ -63,7 +68,10 @@ def render(
             for col, run_id in zip(slots, chosen, strict=True):
                 with col:
                     try:
-                        result = predict_images(store, run_id, [data], top_k=top_k)[0]
+                        result = predict_images(
+                            store, run_id, [data], top_k=top_k, calibrated=True,
+                            coverage=coverage, tta=tta,
+                        )[0]  # fmt: skip
                     except StudioError as exc:
                         widgets.show_error(exc)
                         continue
@@ -76,6 +84,7 @@ def render(
                         key=f"p{i}{run_id}",
                     )
                     bars.caption(f"Run `{run_id}` · {result['latency_ms']:.1f} ms")
+                    sets.show_set(bars, result)  # "Not sure: cat or lynx"
                     if cam is not None:
                         with cam:
                             show_gradcam(store, run_id, np.asarray(preview))

@@ -60,7 +60,12 @@ def render(store: RunStore, run_id: str) -> None:
         images_text = f"{evaluation['val_images']} images"
         st.metric("Validation accuracy", f"{evaluation['accuracy']:.1%}", images_text,
                   delta_color="off", delta_arrow="off")  # fmt: skip
-        st.dataframe(run_views.per_class_rows(evaluation), hide_index=True, width="stretch")
+        class_rows = run_views.per_class_rows(evaluation)
+        if len(names) > run_views.HEATMAP_MAX_CLASSES:  # hundreds of rows: find one by name
+            query = st.text_input("Find a class", key=f"class_search_{run_id}",
+                                  placeholder="part of a class name")  # fmt: skip
+            class_rows = run_views.filter_class_rows(class_rows, query)
+        st.dataframe(class_rows, hide_index=True, width="stretch")
         true_class = st.selectbox("True class", names, key=true_key)
         pred_class = st.selectbox("Predicted class", names, key=pred_key)
     view = loaders.confusion_view(store, run_id, evaluation, (true_class, pred_class))
@@ -71,9 +76,14 @@ def render(store: RunStore, run_id: str) -> None:
                 view["figure"], key=matrix_key, on_select=pick_cell, selection_mode="points",
                 config={"displayModeBar": False},
             )  # fmt: skip
-        else:  # too many classes to draw: the most confused pairs, and the matrix as a file
+        else:  # too many classes to label: colours only, the most confused pairs, a CSV
+            if view.get("overview") is not None:
+                st.caption(f"{len(names)} classes, coloured by share of the true class (hover "
+                           "for names and counts).")  # fmt: skip
+                st.plotly_chart(view["overview"], key=f"overview_{run_id}",
+                                config={"displayModeBar": False})  # fmt: skip
             st.caption(
-                f"{len(names)} classes: too many to draw the confusion matrix. The most "
+                f"{len(names)} classes: too many to label the confusion matrix. The most "
                 "confused pairs, largest first (click a row to see its images):"
             )
             st.dataframe(

@@ -299,11 +299,13 @@ def _map(store: RunStore, run_id: str, review: Review, classes: Sequence[str]) -
         or "pca"
     )
     try:
-        with st.spinner("Projecting every image's features to 2-D…"):
+        with st.spinner("Projecting the images' features to 2-D…"):
             emap = embedding_map(store, run_id, method)
     except StudioError as exc:
         widgets.show_error(exc)
         return
+    if sample := views.map_sample_text(emap.drawn, emap.scored, emap.classes):
+        st.caption(sample)
     st.caption(views.map_counts(emap.points))
     state = st.plotly_chart(
         views.map_figure(emap.points),

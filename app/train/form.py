@@ -13,6 +13,7 @@ from app import navigation, widgets
 from app.loaders import layer_preview_data, load_data
 from app.navigation import chosen_data
 from app.train.tools import imbalance_warning, lr_finder
+from app.train.weights_upload import weights_uploader
 from app.views import dashboard
 from app.views.labels import mode_title, phase_title
 from app.views.text import md_escape
@@ -33,6 +34,7 @@ from core.data.builtin import guess_num_classes
 from core.errors import StudioError
 from core.lint import count_train_images, lint_config
 from core.models.backbones import REGISTRY
+from core.models.imported_weights import imported_names
 from core.paths import runs_root
 from core.training.compare import submit_compare_all
 from core.training.input_path import input_path
@@ -139,7 +141,9 @@ def render(queue: JobQueue) -> RunConfig:
         list(REGISTRY),
         key="backbone",
         format_func=dashboard.backbone_label,
-        help="“download”: its ImageNet weights are fetched from the network on first use.",
+        help="offline: its pretrained weights are here (bundled or cached); imported: weights "
+        "you imported are here; needs network: Keras fetches them on first use (or import the "
+        "file below).",
     )
     spec = REGISTRY[name]
     st.caption(md_escape(dashboard.backbone_help(name)))
@@ -147,17 +151,26 @@ def render(queue: JobQueue) -> RunConfig:
         "Mode", MODES, key="mode", captions=[MODE_HELP[m] for m in MODES], format_func=mode_title
     )
     scratch_mode = mode == "scratch"
+    weight_choices = ["imagenet", "none", *imported_names(name)]
+    if state.get("weights") not in weight_choices:  # imported weights of another backbone
+        state["weights"] = "imagenet"
     st.radio(
-        "Weights", ["imagenet", "none"], horizontal=True, key="weights", disabled=scratch_mode,
+        "Weights", weight_choices, horizontal=True, key="weights", disabled=scratch_mode,
         help="Not used when training from scratch: the from-scratch baseline always starts "
         "from random weights." if scratch_mode else "imagenet: pretrained weights (what "
-        "transfer needs); none: random weights.",
+        "transfer needs); none: random weights; other names: weights files you imported for "
+        "this backbone.",
     )  # fmt: skip
     weights = "none" if scratch_mode else state["weights"]
-    if weights == "imagenet" and spec.weights_status() == "needs network":
+    needs_network = weights == "imagenet" and spec.weights_status() == "needs network"
+    if needs_network:
         st.warning(
-            f"{md_escape(name)}'s ImageNet weights are not cached: the run needs network access."
+            f"{md_escape(name)}'s ImageNet weights are not cached: the run needs network "
+            "access, or import the weights file."
         )
+    with st.expander("Import a weights file", expanded=needs_network):
+        if weights_uploader(name, key=f"weights_upload_{name}"):
+            st.rerun()  # the backbone's label and weight choices include it now
     d = st.columns(2)
     distribute = d[0].selectbox(
         "Devices", DISTRIBUTE_CHOICES, key="distribute",

@@ -529,13 +529,15 @@ def compare_table(results: Sequence[RunResult]) -> list[dict[str, Any]]:
 
 def backbone_label(name: str) -> str:
     """One short line per backbone (it must fit a 1280-px-wide page's select box): name,
-    default input size, parameters, and "download" when its ImageNet weights need the network
-    (``backbone_help`` says it in full)."""
-    from core.models.backbones import STATUS_NEEDS_NETWORK, get_backbone
+    default input size, parameters, and whether its pretrained weights are here: offline,
+    imported, needs network (``backbone_help`` says it in full). A name that already says
+    "(offline)" is not told twice."""
+    from core.models.backbones import get_backbone
 
     spec = get_backbone(name)
     label = f"{spec.display_name} · {spec.default_size} px · {spec.params_millions:.1f}M"
-    return label + (" · download" if spec.weights_status() == STATUS_NEEDS_NETWORK else "")
+    availability = spec.availability()
+    return label if f"({availability})" in spec.display_name else f"{label} · {availability}"
 
 
 def backbone_help(name: str) -> str:

@@ -276,6 +276,17 @@ def selected_images(selection: Any) -> list[str]:
     return list(ids)
 
 
+def map_sample_text(drawn: int, scored: int, classes: int) -> str:
+    """What the map shows when it is a sample: ``"Showing 5,000 of 50,000 images (a stratified
+    sample: every one of the 200 classes represented)."``; empty when it draws every image."""
+    if scored <= drawn:
+        return ""
+    return (
+        f"Showing {drawn:,} of {scored:,} images (a stratified sample: every one of the "
+        f"{classes:,} classes represented)."
+    )
+
+
 def map_counts(points: Sequence[MapPoint]) -> str:
     """One caption line: how many images, how many misclassified."""
     wrong = sum(1 for p in points if not p.correct)

@@ -22,7 +22,7 @@ from app.views.labels import phase_row
 from app.views.text import md_escape, plotly_text
 from core.config import RunConfig
 from core.errors import StudioError
-from core.runs.evaluate import misclassified
+from core.runs.evaluate import class_probability, misclassified
 from core.runs.safe_text import csv_cell
 from core.runs.store import COMPLETED, FAILED, INTERRUPTED, STOPPED, RunResult, RunSummary
 
@@ -32,6 +32,9 @@ GALLERY_LIMIT = 24
 # to build. The page lists the most confused pairs instead and offers the matrix as CSV.
 HEATMAP_MAX_CLASSES = 30
 TOP_PAIRS = 100  # rows of the most-confused-pairs table
+# Up to this many classes the pairs come with an overview heatmap: colours only (no cell text, no
+# clickable layer), 200 classes are 40,000 cells and a few hundred kB; 1,000 would be a million.
+OVERVIEW_MAX_CLASSES = 300
 MATRIX_COLORS = "Blues"
 HIGHLIGHT = "#ea580c"  # the selected cell's outline (the charts' validation orange)
 _FONT = {"family": "Inter, Segoe UI, Helvetica, Arial, sans-serif", "size": 13}
@@ -317,13 +320,61 @@ def matrix_view(
 
     Up to ``HEATMAP_MAX_CLASSES`` classes: ``{"kind": "heatmap", "figure": ...}`` (clickable, see
     ``confusion_matrix_figure``). Above: ``{"kind": "pairs", "pairs": top_confused_pairs(...),
-    "figure": None}``; no figure is built.
+    "figure": None, "overview": ...}`` where ``overview`` is ``overview_figure`` up to
+    ``OVERVIEW_MAX_CLASSES`` classes, else None.
     """
     names = evaluation["class_names"]
     if len(names) <= HEATMAP_MAX_CLASSES:
         return {"kind": "heatmap", "figure": confusion_matrix_figure(evaluation, selected)}
     pairs = top_confused_pairs(names, evaluation["confusion_matrix"])
-    return {"kind": "pairs", "pairs": pairs, "figure": None}
+    overview = (
+        overview_figure(names, evaluation["confusion_matrix"])
+        if len(names) <= OVERVIEW_MAX_CLASSES
+        else None
+    )
+    return {"kind": "pairs", "pairs": pairs, "figure": None, "overview": overview}
+
+
+def overview_figure(class_names: Sequence[str], matrix: Any) -> go.Figure:
+    """The confusion matrix of many classes as colours only: no text in the cells, no tick
+    labels (hundreds would overlap), names and counts on hover. Coloured by share of the true
+    class, rounded to 0.1 % so the figure stays small."""
+    counts = np.asarray(matrix, dtype=np.int64).reshape(len(class_names), len(class_names))
+    totals = np.maximum(counts.sum(axis=1, keepdims=True), 1)
+    share = np.round(counts / totals, 3)
+    names = [plotly_text(str(n)) for n in class_names]  # hover text: shown as text, never HTML
+    heat = go.Heatmap(
+        z=share,
+        x=names,
+        y=names,
+        customdata=counts,
+        colorscale=MATRIX_COLORS,
+        zmin=0,
+        zmax=1,
+        showscale=False,
+        hovertemplate="true <b>%{y}</b><br>predicted <b>%{x}</b><br>%{customdata} images"
+        "<extra></extra>",
+    )
+    fig = go.Figure(heat)
+    fig.update_layout(
+        template="plotly_white",
+        height=520,
+        margin={"l": 10, "r": 10, "t": 30, "b": 10},
+        font=_FONT,
+        xaxis={"title": "predicted", "side": "top", "showticklabels": False, "showgrid": False},
+        yaxis={"title": "true", "autorange": "reversed", "showticklabels": False,
+               "showgrid": False},
+    )  # fmt: skip
+    return fig
+
+
+def filter_class_rows(rows: Sequence[dict[str, Any]], query: str) -> list[dict[str, Any]]:
+    """The rows of ``per_class_rows`` whose class contains ``query`` (case-insensitive, spaces
+    around it ignored); every row for an empty query."""
+    needle = query.strip().casefold()
+    if not needle:
+        return list(rows)
+    return [row for row in rows if needle in str(row["class"]).casefold()]
 
 
 def confusion_matrix_figure(
@@ -429,17 +480,21 @@ def gallery(
 
     Each item is ``{path, caption, predicted_p, true_p}``.
     """
-    names = evaluation["class_names"]
-    t, p = names.index(true_class), names.index(predicted_class)
     images = misclassified(evaluation, true_class, predicted_class)
     items = []
     for image in images[:limit]:
-        probs = image["probabilities"]
-        caption = f"{predicted_class} {probs[p]:.0%}"
-        if t != p:
-            caption += f" ({true_class} {probs[t]:.0%})"
+        predicted_p = class_probability(evaluation, image, predicted_class)
+        true_p = class_probability(evaluation, image, true_class)
+        caption = f"{predicted_class} {predicted_p:.0%}"
+        if true_class != predicted_class:
+            caption += f" ({true_class} {true_p:.0%})"
         items.append(
-            {"path": image["path"], "caption": caption, "predicted_p": probs[p], "true_p": probs[t]}
+            {
+                "path": image["path"],
+                "caption": caption,
+                "predicted_p": predicted_p,
+                "true_p": true_p,
+            }
         )
     return items, len(images)
 

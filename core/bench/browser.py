@@ -164,8 +164,18 @@ def _choose(page: Any, key: str, text: str, prefix: str | None = None) -> None:
 
 def _radio(page: Any, key: str, option: str) -> None:
     label = _live(page, key, "label").filter(has_text=re.compile(rf"^\s*{re.escape(option)}(\s|$)"))
-    if not label.first.locator("input").is_checked():
-        label.first.click()
+    _check(page, label.first)
+
+
+def _radio_nth(page: Any, key: str, index: int) -> None:
+    """The ``index``-th option of a radio whose options show titles rather than their values
+    (the mode: its options are ``MODES`` in order, each shown by its title)."""
+    _check(page, _live(page, key, "label:has(input)").nth(index))
+
+
+def _check(page: Any, label: Any) -> None:
+    if not label.locator("input").is_checked():
+        label.click()
         _settle(page)
 
 
@@ -198,12 +208,13 @@ def _pills(page: Any, key: str, wanted: tuple[str, ...]) -> None:
 def _configure_train_page(page: Any, config: RunConfig) -> None:
     """Set the Train page's widgets to ``config`` (what the page has: dropout, head units and
     the name are not on it; ``config_differences`` reports what could not be set)."""
+    from core.config import MODES
     from core.models.backbones import get_backbone
 
     _choose(
         page, "backbone", config.backbone, prefix=f"{get_backbone(config.backbone).display_name} ·"
     )
-    _radio(page, "mode", str(config.mode))
+    _radio_nth(page, "mode", MODES.index(str(config.mode)))
     if config.mode != "scratch" and config.weights in ("imagenet", "none"):
         _radio(page, "weights", config.weights)
     _choose(page, "data", config.data)

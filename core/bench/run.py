@@ -358,8 +358,11 @@ def run_bench(
     quick: bool = False,
     progress: Callable[[str], None] | None = None,
     figures: Collection[int] | None = None,
+    scale_classes: int = 200,
+    scale_per_class: int = 250,
 ) -> dict[str, Any]:
     """Generate the data, measure the four figures; a JSON-able dict (see module docstring).
+    ``scale_classes`` x ``scale_per_class`` is figure 16's generated set.
 
     ``out_dir`` (default ``<studio home>/bench``) keeps the generated data between runs (it is
     deterministic, so it is reused) and this benchmark's run store (emptied at each start).
@@ -522,6 +525,15 @@ def run_bench(
         )  # fmt: skip
 
     figures_out.update(_fast_figures(selected, jobs, out, quick, epochs, batch, say))
+    if 16 in selected:
+        from core.bench import scale
+
+        figures_out["many_classes"] = scale.many_classes(
+            out, classes=3 if quick else scale_classes, per_class=8 if quick else scale_per_class,
+            image_size=32 if quick else scale.IMAGE_SIZE, epochs=1 if quick else 3,
+            progress=say,
+        )  # fmt: skip
+        settings["many_classes"] = [scale_classes, scale_per_class]
     if {18, 19} & set(selected):
         from core.bench import cluster as bench_cluster
 
@@ -543,7 +555,7 @@ def run_bench(
     return json.loads(json.dumps(result, allow_nan=False))
 
 
-ALL_FIGURES = (*range(1, 13), 18, 19)  # 18-19: the Ray extra (core.bench.cluster)
+ALL_FIGURES = (*range(1, 13), 16, 18, 19)  # 18-19: the Ray extra (core.bench.cluster)
 CLASSIC_FIGURES = frozenset({1, 2, 3, 4})
 PHOTOS_PER_CLASS = 150  # figure 6's real photos: 600 in all, 480 training images
 
@@ -555,7 +567,7 @@ def _selected(figures: Collection[int] | None) -> list[int]:
         from core.errors import ConfigError
 
         raise ConfigError(
-            f"Unknown benchmark figure(s) {unknown}: expected numbers from 1 to 12, 18 or 19."
+            f"Unknown benchmark figure(s) {unknown}: expected numbers from 1 to 12, 16, 18 or 19."
         )
     return chosen
 
@@ -645,6 +657,10 @@ def format_bench(result: dict[str, Any]) -> str:
     m = result["machine"]
     lines = _classic_lines(result) if "feature_cache" in f else []
     lines += _fast_lines(f)
+    if d := f.get("many_classes"):
+        from core.bench.scale import format_line
+
+        lines.append(format_line(d))
     from core.bench.cluster import format_lines
 
     lines += format_lines(f)

@@ -3,7 +3,8 @@
 Flags and JSON keys are a public contract (users script against them): extend, don't rename.
 
 The commands come in families, one module each (``runs``, ``worker``, ``bench``, ``search``,
-``dataset``, ``review``, ``cluster``), each with its ``add_parsers(sub)`` and ``COMMANDS``.
+``dataset``, ``review``, ``trackers``, ``weights``, ``cluster``), each with its
+``add_parsers(sub)`` and ``COMMANDS``.
 ``COMMANDS`` here names the family of every command: ``main`` imports only that family and
 builds only its parser (a worker process reaches its job loop without the other commands); the
 whole parser is built for ``--help`` and for a command that is not known.
@@ -36,7 +37,17 @@ EPILOG = """examples:
 
 
 # The families in the order their commands are listed by ``--help``.
-FAMILIES = ("runs", "worker", "bench", "search", "dataset", "review", "cluster")
+FAMILIES = (
+    "runs",
+    "worker",
+    "bench",
+    "search",
+    "dataset",
+    "review",
+    "trackers",
+    "weights",
+    "cluster",
+)
 # Every command → the family module that parses and runs it.
 COMMANDS: dict[str, str] = {
     **dict.fromkeys(
@@ -51,6 +62,9 @@ COMMANDS: dict[str, str] = {
     "task": "search",
     "dataset": "dataset",
     "review": "review",
+    "log-mlflow": "trackers",
+    "weights": "weights",
+    "teachable-machine": "weights",
     "features": "cluster",
 }  # fmt: skip
 

@@ -26,7 +26,9 @@ def add_parsers(sub: Any) -> None:
         "headless; 8. the dashboard server's RSS over five runs launched from the Train page; "
         "9. idle server CPU; 10. the feature pass, Keras vs the converted LiteRT runtime; "
         "11. review: recall of deliberately swapped labels, accuracy before and after the "
-        "fixes; 12. kill -9 of a worker mid-run: seconds until interrupted, then resume; 18. "
+        "fixes; 12. kill -9 of a worker mid-run: seconds until interrupted, then resume; 16. "
+        "many classes (a generated 200 x 250 set): evaluation.json size, review and embedding-map "
+        "seconds, Run page and Predict render seconds; 18. "
         "the feature pass, local vs a two-node local Ray cluster; 19. a Ray actor killed "
         "mid-pass (18-19 need requirements-ray.txt). Each "
         "figure is a ratio against a baseline measured in the same run (see docs/benchmark.md).",
@@ -47,6 +49,13 @@ def add_parsers(sub: Any) -> None:
         "1-4 run together)",
     )
     p.add_argument("--out", metavar="DIR", help="keep the generated data and runs here")
+    p.add_argument(
+        "--scale-classes", type=int, default=200, metavar="N", help="figure 16: classes (200)"
+    )
+    p.add_argument(
+        "--scale-per-class", type=int, default=250, metavar="M",
+        help="figure 16: images per class (250: 50,000 images)",
+    )  # fmt: skip
     p.add_argument("--json", action="store_true", help="print JSON instead of text")
 
 
@@ -80,6 +89,8 @@ def cmd_bench(args: argparse.Namespace) -> int:
         quick=args.quick,
         progress=lambda line: print(line, file=sys.stderr, flush=True),
         figures=figure_list(args.figures),
+        scale_classes=args.scale_classes,
+        scale_per_class=args.scale_per_class,
     )
     if args.json:
         print_json(result)

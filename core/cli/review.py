@@ -80,6 +80,7 @@ def _review_commands(exc: Any) -> str:
 
 def cmd_review(args: argparse.Namespace) -> int:
     """Print a run's suspects (or, with --edit-target, the dataset its edits go to)."""
+    from core.cli.progress import ProgressLine
     from core.data.names import escape_unprintable
     from core.errors import ConfigError, StudioError
     from core.runs.store import RunStore
@@ -98,7 +99,13 @@ def cmd_review(args: argparse.Namespace) -> int:
             return 0
         if args.top is not None and args.top < 1:
             raise ConfigError(f"--top must be at least 1, got {args.top}; e.g. --top 20.")
-        review = review_run(store, args.run, top=args.top)
+        lines = {
+            "features": ProgressLine("review: computing features"),
+            "heads": ProgressLine("review: fitting logistic-regression heads", unit="head"),
+        }
+        review = review_run(
+            store, args.run, top=args.top, progress=lambda step, d, t: lines[step](d, t)
+        )
     except RunNotReviewableError as exc:
         raise StudioError(f"{exc} {_review_commands(exc)}") from None
     except StudioError as exc:

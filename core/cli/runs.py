@@ -13,6 +13,7 @@ from collections.abc import Iterator
 from contextlib import contextmanager
 from typing import TYPE_CHECKING, Any
 
+from core.cli import trackers
 from core.cli.cluster import add_ray_flag
 from core.cli.flags import LINT_FLAGS, add_common, add_train_flags, config_from_args
 from core.cli.output import bytes_text, epoch_line, fmt, print_json, print_results
@@ -124,6 +125,7 @@ def add_parsers(sub: Any) -> None:
     p.add_argument("--run", required=True, metavar="RUN_ID", help="a completed run's id")
     p.add_argument("images", nargs="+", metavar="IMAGE")
     p.add_argument("--top-k", type=int, default=5, help="labels per image (default 5)")
+    trackers.add_predict_flags(p)
     add_common(p)
 
     p = sub.add_parser(
@@ -132,6 +134,7 @@ def add_parsers(sub: Any) -> None:
     )
     p.add_argument("--run", required=True, metavar="RUN_ID", help="a finished run's id")
     p.add_argument("--force", action="store_true", help="recompute even if cached")
+    trackers.add_evaluate_flags(p)
     add_common(p)
 
     p = sub.add_parser(
@@ -248,7 +251,9 @@ def _stop_on_signals(jobs: JobQueue, run_id: str) -> Iterator[None]:
 
 
 def _wait_and_report(jobs: JobQueue, run_id: str, as_json: bool) -> int:
-    with _stop_on_signals(jobs, run_id):
+    from core.cli.progress import StageWatcher
+
+    with _stop_on_signals(jobs, run_id), StageWatcher(jobs.store, run_id):
         status = jobs.wait(run_id)
     result = jobs.store.result(run_id, split=as_json)
     if as_json:
@@ -385,24 +390,24 @@ def cmd_stop(args: argparse.Namespace) -> int:
 
 
 def cmd_predict(args: argparse.Namespace) -> int:
-    """Top-k labels per image from a run's model."""
-    from core.runs.predict import predict_images
-    from core.runs.store import RunStore
-
-    results = predict_images(RunStore(args.runs_dir), args.run, args.images, top_k=args.top_k)
-    print_results(results, args.json, lambda p: f"{p['label']} {p['probability']:.3f}")
+    """Top-k labels per image from a run's model (calibrated, with the prediction set)."""
+    results = trackers.predictions(args)
+    if args.json:
+        print_json(results)
+        return 0
+    for result in results:
+        print(trackers.prediction_line(result))
     return 0
 
 
 def cmd_evaluate(args: argparse.Namespace) -> int:
     """Confusion matrix and per-class metrics of a run's model on its validation set."""
-    from core.runs.evaluate import evaluate_run
-    from core.runs.store import RunStore
+    from core.cli.progress import ProgressLine
 
-    ev = evaluate_run(RunStore(args.runs_dir), args.run, force=args.force)
+    ev = trackers.evaluation(args, progress=ProgressLine("evaluating validation images"))
     if args.json:
         keys = ("run_id", "accuracy", "class_names", "confusion_matrix", "per_class", "macro_avg")
-        print_json({k: ev[k] for k in keys if k in ev})
+        print_json({k: ev[k] for k in keys + trackers.EVALUATE_KEYS if k in ev})
         return 0
     print(f"accuracy {ev['accuracy']:.3f} on {sum(map(sum, ev['confusion_matrix']))} images")
     width = max(len(c) for c in ev["class_names"])
@@ -414,6 +419,8 @@ def cmd_evaluate(args: argparse.Namespace) -> int:
             f"{c['class']:>{width}}  precision {c['precision']:.3f}  recall {c['recall']:.3f}  "
             f"f1 {c['f1']:.3f}  support {c['support']}"
         )
+    for line in trackers.evaluation_lines(ev):
+        print(line)
     return 0
 
 
@@ -489,7 +496,7 @@ def cmd_backbones(args: argparse.Namespace) -> int:
         print(
             f"{r['name']:<20} {r['default_size']:>3}px (min {r['min_size']:>2})  "
             f"{r['params_millions']:>5.1f}M params  features {r['feature_width']:>4}  "
-            f"imagenet: {r['weights_status']}"
+            f"imagenet: {r['weights_status']} ({r['availability']})"
         )
     return 0
 

@@ -9,6 +9,7 @@ forward pass.
 from __future__ import annotations
 
 import os
+import re
 from collections.abc import Callable
 from dataclasses import dataclass, field
 from pathlib import Path
@@ -17,19 +18,30 @@ from typing import Any
 from core.errors import BackboneError, WeightsUnavailableError
 
 __all__ = [
+    "AVAILABLE_IMPORTED",
+    "AVAILABLE_NEEDS_IMPORT",
+    "AVAILABLE_NEEDS_NETWORK",
+    "AVAILABLE_OFFLINE",
     "DEFAULT_BACKBONE",
     "KERAS_WEIGHTS_BASE",
+    "OFFLINE_STATUSES",
     "REGISTRY",
     "SOURCE_BUNDLED",
+    "SOURCE_IMPORTED",
     "SOURCE_KERAS",
     "STATUS_BUNDLED",
     "STATUS_CACHED",
+    "STATUS_IMPORTED",
     "STATUS_NEEDS_NETWORK",
+    "STATUS_NOT_IMPORTED",
+    "TEACHABLE_MACHINE",
+    "TEACHABLE_MACHINE_ALPHA",
     "BackboneSpec",
     "build_base",
     "check_image_size",
     "default_unfreeze",
     "get_backbone",
+    "imported_pretrained",
     "keras_models_dir",
     "last_block_start",
     "list_backbones",
@@ -39,11 +51,24 @@ __all__ = [
 # Where ImageNet weights come from.
 SOURCE_KERAS = "keras"  # keras.applications downloads them into ~/.keras/models on first use
 SOURCE_BUNDLED = "bundled"  # shipped inside an installed Python package: works offline
+SOURCE_IMPORTED = "imported"  # only what the user imported (a Teachable Machine project's trunk)
 
 # What `weights_status` answers.
 STATUS_BUNDLED = "bundled"
 STATUS_CACHED = "cached"
 STATUS_NEEDS_NETWORK = "needs network"
+STATUS_IMPORTED = "imported"  # SOURCE_IMPORTED backbones, once something was imported
+STATUS_NOT_IMPORTED = "not imported"
+
+# What the user is told about a backbone's weights (``availability``).
+AVAILABLE_OFFLINE = "offline"  # bundled, or in Keras' cache
+AVAILABLE_IMPORTED = "imported"  # weights someone imported (``weights import``) are here
+AVAILABLE_NEEDS_NETWORK = "needs network"
+AVAILABLE_NEEDS_IMPORT = "needs import"  # a SOURCE_IMPORTED backbone with nothing imported yet
+OFFLINE_STATUSES = (STATUS_BUNDLED, STATUS_CACHED, STATUS_IMPORTED)
+
+TEACHABLE_MACHINE = "teachable_machine"
+TEACHABLE_MACHINE_ALPHA = 0.35  # the MobileNetV2 width Teachable Machine's image projects use
 
 KERAS_WEIGHTS_BASE = "https://storage.googleapis.com/"  # host keras.applications downloads from
 
@@ -61,10 +86,24 @@ def _keras_app(name: str) -> Callable[..., Any]:
     return construct
 
 
-def _lite0(**kwargs: Any) -> Any:
-    from core.models.lite0 import EfficientNetLite0
+def _lite(variant: str) -> Callable[..., Any]:
+    """The EfficientNet-Lite ``variant``'s constructor, imported lazily like ``_keras_app``."""
 
-    return EfficientNetLite0(**kwargs)
+    def construct(**kwargs: Any) -> Any:
+        from core.models.efficientnet_lite import EfficientNetLite
+
+        return EfficientNetLite(variant, **kwargs)
+
+    construct.__name__ = construct.__qualname__ = f"EfficientNetLite[{variant}]"
+    return construct
+
+
+def _teachable_machine(**kwargs: Any) -> Any:
+    """MobileNetV2 at Teachable Machine's width (an ``alpha`` argument overrides it)."""
+    import keras
+
+    kwargs.setdefault("alpha", TEACHABLE_MACHINE_ALPHA)
+    return keras.applications.MobileNetV2(**kwargs)
 
 
 @dataclass(frozen=True)
@@ -86,18 +125,41 @@ class BackboneSpec:
     description: str = ""
 
     def weights_status(self) -> str:
-        """Whether ImageNet weights are available right now: bundled, cached or needs network."""
+        """Whether ImageNet weights are available right now: bundled, cached or needs network.
+
+        A ``SOURCE_IMPORTED`` backbone's pretrained weights are the latest imported file for it:
+        imported or not imported.
+        """
+        if self.imagenet_source == SOURCE_IMPORTED:
+            return STATUS_IMPORTED if imported_pretrained(self) is not None else STATUS_NOT_IMPORTED
         if self.imagenet_source == SOURCE_BUNDLED:
-            from core.models.lite0 import cached_weights_path, pth_source_path
+            from core.models.efficientnet_lite import is_available
 
             # Bundled means "shipped by an installed package" (or already converted here).
-            if pth_source_path() is not None or cached_weights_path().is_file():
+            if is_available(self.name):
                 return STATUS_BUNDLED
             return STATUS_NEEDS_NETWORK
         models = keras_models_dir()
         if any((models / f).is_file() for f in self.imagenet_files):
             return STATUS_CACHED
         return STATUS_NEEDS_NETWORK
+
+    def works_offline(self) -> bool:
+        """Whether ``weights="imagenet"`` (its pretrained weights) needs no network."""
+        return self.weights_status() in OFFLINE_STATUSES
+
+    def availability(self) -> str:
+        """What works without a network: offline (bundled/cached), imported or needs network."""
+        status = self.weights_status()
+        if status == STATUS_BUNDLED:
+            return AVAILABLE_OFFLINE
+        if status == STATUS_NOT_IMPORTED:
+            return AVAILABLE_NEEDS_IMPORT
+        from core.models.imported_weights import imported_for
+
+        if imported_for(self.name):
+            return AVAILABLE_IMPORTED
+        return AVAILABLE_OFFLINE if status == STATUS_CACHED else AVAILABLE_NEEDS_NETWORK
 
     def to_dict(self) -> dict[str, Any]:
         """JSON-able description, as printed by ``python -m core backbones --json``."""
@@ -112,7 +174,8 @@ class BackboneSpec:
             "params_millions": self.params_millions,
             "imagenet_source": self.imagenet_source,
             "weights_status": self.weights_status(),
-            "offline": self.weights_status() != STATUS_NEEDS_NETWORK,
+            "offline": self.works_offline(),
+            "availability": self.availability(),
             "description": self.description,
         }
 
@@ -130,20 +193,27 @@ def _spec(**kwargs: Any) -> BackboneSpec:
 _MOBILENET_V2_ROWS = (96, 128, 160, 192, 224)
 
 _SPECS: tuple[BackboneSpec, ...] = (
-    _spec(
-        name="efficientnet_lite0",
-        display_name="EfficientNet-Lite0 (offline)",
-        family="efficientnet_lite",
-        constructor=_lite0,
-        default_size=224,
-        min_size=32,
-        preprocessing="lite",
-        feature_width=1280,
-        params_millions=3.41,
-        last_block="prefix:block7a_",
-        imagenet_source=SOURCE_BUNDLED,
-        description="EfficientNet-B0 layout without squeeze-excite, ReLU6; ImageNet weights ship "
-        "with the package, so it works with no network.",
+    *(
+        _spec(
+            name=f"efficientnet_lite{n}",
+            display_name=f"EfficientNet-Lite{n} (offline)",
+            family="efficientnet_lite",
+            constructor=_lite(f"efficientnet_lite{n}"),
+            default_size=size,
+            min_size=32,
+            preprocessing="lite",
+            feature_width=1280,
+            params_millions=params,
+            last_block="prefix:block7a_",
+            imagenet_source=SOURCE_BUNDLED,
+            description=f"EfficientNet-{scaled} layout without squeeze-excite, ReLU6; ImageNet "
+            "weights ship with a pip package, so it works with no network.",
+        )
+        for n, size, params, scaled in (
+            (0, 224, 3.41, "B0"),
+            (1, 240, 4.19, "B1"),
+            (2, 260, 4.87, "B2"),
+        )
     ),
     _spec(
         name="vgg16",
@@ -270,9 +340,34 @@ _SPECS: tuple[BackboneSpec, ...] = (
         imagenet_files=("weights_mobilenet_v3_large_224_1.0_float_no_top_v2.h5",),
         description="Fast mobile network; rescales 0-255 input itself.",
     ),
+    _spec(
+        name=TEACHABLE_MACHINE,
+        display_name="Teachable Machine",
+        family="mobilenet",
+        constructor=_teachable_machine,
+        default_size=224,
+        min_size=32,
+        preprocessing="tf",
+        feature_width=1280,
+        params_millions=0.41,
+        last_block="prefix:block_16_",
+        imagenet_source=SOURCE_IMPORTED,
+        description="The trunk of an imported Teachable Machine project (MobileNetV2, width "
+        "0.35): its pretrained weights are the latest project imported.",
+    ),
 )
 
 REGISTRY: dict[str, BackboneSpec] = {spec.name: spec for spec in _SPECS}
+
+
+def imported_pretrained(spec: BackboneSpec) -> Path | None:
+    """The latest imported weights file of a ``SOURCE_IMPORTED`` backbone, if any."""
+    from core.models.imported_weights import imported_for
+
+    found = imported_for(spec.name)
+    return Path(found[-1].path) if found else None
+
+
 DEFAULT_BACKBONE = "efficientnet_lite0"
 
 
@@ -304,20 +399,41 @@ def check_image_size(spec: BackboneSpec, image_size: int) -> None:
 
 
 def _offline_message(spec: BackboneSpec, detail: str) -> str:
+    url = re.search(r"https?://\S+?\.h5", detail)
+    carry = (
+        f", or download {url.group(0)} on a machine with internet and import that file "
+        f"({url.group(0).rsplit('/', 1)[1]})"
+        if url
+        else ""
+    )
     return (
         f"ImageNet weights for {spec.name} are not cached and could not be downloaded "
         f"(no network?): {detail}. Fix: connect to the internet once (Keras caches them in "
-        f"{keras_models_dir()}), or set the weights to none (random init) or to a local weights "
-        f"file, or use the offline backbone {DEFAULT_BACKBONE}."
+        f"{keras_models_dir()}){carry}, or set the weights to none (random init) or to a local "
+        f"weights file, or use the offline backbone {DEFAULT_BACKBONE}."
     )
 
 
 def build_base(spec: BackboneSpec, weights: str, image_size: int) -> Any:
     """The headless base (no preprocessing, no pooling) for raw-preprocessed input.
 
-    ``weights`` is ``"imagenet"``, ``"none"`` or a path to a local weights file.
+    ``weights`` is ``"imagenet"``, ``"none"``, a path to a local weights file or the name of
+    imported weights (``core.models.weights_store``).
     """
+    from core.models.imported_weights import resolve_weights
+
     check_image_size(spec, image_size)
+    weights = resolve_weights(weights)
+    if weights == "imagenet" and spec.imagenet_source == SOURCE_IMPORTED:
+        pretrained = imported_pretrained(spec)
+        if pretrained is None:
+            raise WeightsUnavailableError(
+                f"{spec.display_name} has no pretrained weights yet: they come from an imported "
+                "Teachable Machine project. Import one (its keras_model.h5 and labels.txt), or "
+                "choose another backbone.",
+                settings=("weights", "backbone"),
+            )
+        weights = str(pretrained)
     if weights == "none":
         keras_weights: str | None = None
     elif weights == "imagenet":
@@ -326,8 +442,9 @@ def build_base(spec: BackboneSpec, weights: str, image_size: int) -> Any:
         path = Path(weights).expanduser()
         if not path.is_file():
             raise BackboneError(
-                f"Weights file {weights!r} not found. Expected 'imagenet', 'none' or the path of "
-                "an existing .h5/.weights.h5 file for the chosen backbone."
+                f"Weights file {weights!r} not found. Expected 'imagenet', 'none', the path of "
+                "an existing .h5/.weights.h5 file for the chosen backbone or the name of "
+                "imported weights."
             )
         keras_weights = str(path)
     try:
@@ -377,16 +494,20 @@ def weights_identity(backbone: str, weights: str) -> str | None:
     other weights must never be reused.
     """
     from core.files import sha256_file
+    from core.models.imported_weights import resolve_weights
 
     spec = get_backbone(backbone)
     if weights == "none":
         return None
     if weights != "imagenet":
-        return "file:" + sha256_file(weights)
+        return "file:" + sha256_file(resolve_weights(weights))
+    if spec.imagenet_source == SOURCE_IMPORTED:
+        pretrained = imported_pretrained(spec)
+        return "file:" + sha256_file(pretrained) if pretrained is not None else None
     if spec.imagenet_source == SOURCE_BUNDLED:
-        from core.models import lite0
+        from core.models.efficientnet_lite import CONVERTER_VERSION, get_variant
 
-        return f"bundled:{lite0.PTH_SHA256}:{lite0.CONVERTER_VERSION}"
+        return f"bundled:{get_variant(spec.name).pth_sha256}:{CONVERTER_VERSION}"
     cached = [keras_models_dir() / f for f in spec.imagenet_files]
     sizes = [f"{p.name}:{p.stat().st_size}" for p in cached if p.is_file()]
     return "keras:" + ",".join(sizes)

@@ -1,7 +1,7 @@
 """Classify images with a pretrained backbone's own ImageNet head: what the raw model "sees".
 
-``efficientnet_lite0`` always works offline (its weights ship in a pip package). A
-keras.applications backbone works only if its *with-top* ImageNet file is already in Keras' cache:
+The ``efficientnet_lite0/1/2`` backbones always work offline (their weights ship in pip packages).
+A keras.applications backbone works only if its *with-top* ImageNet file is already in Keras' cache:
 the studio never downloads at run time, so otherwise ``WeightsUnavailableError`` explains what to
 do.
 

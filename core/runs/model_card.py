@@ -228,18 +228,21 @@ def card_text(
         out += ["", f"![Confusion matrix: rows true class, columns predicted]({CONFUSION_IMAGE})"]
     else:
         out.append("No evaluation is available (the validation data could not be read).")
-    verified = summary.get("verified_images")
-    out += [
-        "",
-        "## Exports",
-        "",
-        f"Each file was loaded in its own runtime, in a separate Python process without Transfer "
-        f"Studio, and compared with the trained model on {verified} {summary.get('verified_on')} "
-        f"images (live model accuracy on them: {_pct(summary.get('live_accuracy'))}). Latency: "
-        "median of single-image calls on this machine's CPU.",
-        "",
-        export_table(rows),
-    ]
+    out += _calibration_lines(evaluation)
+    if rows:  # a card without exports (e.g. logged to a tracker) has no Exports section
+        verified = summary.get("verified_images")
+        out += [
+            "",
+            "## Exports",
+            "",
+            "Each file was loaded in its own runtime, in a separate Python process without "
+            "Transfer Studio, and compared with the trained model on "
+            f"{verified} {summary.get('verified_on')} images (live model accuracy on them: "
+            f"{_pct(summary.get('live_accuracy'))}). Latency: median of single-image calls on "
+            "this machine's CPU.",
+            "",
+            export_table(rows),
+        ]
     for item in summary.get("skipped_formats") or []:
         out.append(f"\nNot exported: {item['format']}, {item['reason']}.")
     out += ["", "## Versions", ""]
@@ -252,6 +255,24 @@ def card_text(
                     snippet.format(file=row["file"], size=size).rstrip(),
                     'print(labels[int(np.argmax(probs))])', "```", ""]  # fmt: skip
     return "\n".join(out).rstrip() + "\n"
+
+
+def _calibration_lines(evaluation: dict[str, Any] | None) -> list[str]:
+    """The card's calibration section: the temperature every export leaves to its user."""
+    calibration = (evaluation or {}).get("calibration")
+    if not calibration:
+        return []
+    t = calibration["temperature"]
+    return [
+        "",
+        "## Calibration",
+        "",
+        f"Temperature **T = {t:.4f}**, fitted on the validation set ({calibration['method']}): "
+        f"expected calibration error {calibration['ece_before']:.4f} before, "
+        f"{calibration['ece_after']:.4f} after. Every exported file keeps the model's own "
+        "probabilities; Transfer Studio's Predict applies the temperature. To apply it yourself: "
+        "`p = softmax(log(p) / T)` (with T = 1 nothing changes).",
+    ]
 
 
 def write_card(

@@ -27,6 +27,7 @@ from __future__ import annotations
 import json
 import math
 import os
+from collections.abc import Callable, Sequence
 from dataclasses import asdict, dataclass, field
 from pathlib import Path
 from typing import TYPE_CHECKING, Any
@@ -50,6 +51,12 @@ PROB_FLOOR = 1e-7  # -log of it (~16.1) is the largest loss reported (JSON has n
 LOGREG_C = 0.01  # L2 strength of the k-fold heads on standardised features (see docs/review.md)
 HEAD_LAYERS = ("head_dropout", "head_dense", "predictions")
 MAP_METHODS = ("pca", "tsne")
+# progress(step, done, total) while scores are computed: step "features" (the base's pass over the
+# images, when they are not in the embedding cache), then "heads" (the k-fold heads, one by one).
+ReviewProgress = Callable[[str, int, int], None]
+# The map draws at most this many images (a stratified sample, every class kept): t-SNE of 50,000
+# points takes many minutes, and a browser draws 5,000 markers without stutter.
+MAP_MAX_POINTS = 5000
 TRAIN, VAL = "train", "val"
 
 
@@ -125,10 +132,24 @@ class EmbeddingMap:
 
     method: str
     points: list[MapPoint]
+    scored: int = 0  # images the run scored
+    drawn: int = 0  # of which the map's sample took (all of them up to ``MAP_MAX_POINTS``)
+    classes: int = 0  # classes among the scored images (every one is in the sample)
+
+    @property
+    def sampled(self) -> bool:
+        """Whether the map shows a sample of the scored images."""
+        return self.drawn < self.scored
 
     def to_json(self) -> dict[str, Any]:
         """JSON-able form."""
-        return {"method": self.method, "points": [asdict(p) for p in self.points]}
+        return {
+            "method": self.method,
+            "points": [asdict(p) for p in self.points],
+            "scored": self.scored,
+            "drawn": self.drawn,
+            "classes": self.classes,
+        }
 
 
 # --------------------------------------------------------------------------- scores
@@ -249,7 +270,7 @@ def _load_model(store: RunStore, run_id: str) -> Any:
     return load_run(store, run_id).model
 
 
-def _scores(store: RunStore, run_id: str) -> _Scores:
+def _scores(store: RunStore, run_id: str, progress: ReviewProgress | None = None) -> _Scores:
     """The run's per-image scores: from the run folder, else computed once and kept there."""
     model_path = _check_run(store, run_id)
     fingerprint = _fingerprint(model_path)
@@ -257,7 +278,7 @@ def _scores(store: RunStore, run_id: str) -> _Scores:
     cached = _read_scores(path, fingerprint)
     if cached is not None:
         return cached
-    scores = _compute_scores(store, run_id)
+    scores = _compute_scores(store, run_id, progress)
     _write_scores(path, scores, fingerprint)
     return scores
 
@@ -397,7 +418,9 @@ def _counts(class_names: list[str], labels: list[int], splits: list[str]) -> dic
     return counts
 
 
-def _compute_scores(store: RunStore, run_id: str) -> _Scores:
+def _compute_scores(
+    store: RunStore, run_id: str, progress: ReviewProgress | None = None
+) -> _Scores:
     config = store.config(run_id)
     class_names = list(store.result(run_id)["class_names"])
     found = _run_images(store, run_id, config)
@@ -415,18 +438,26 @@ def _compute_scores(store: RunStore, run_id: str) -> _Scores:
         )
     model = _load_model(store, run_id)
     size = int(model.inputs[0].shape[1])
-    features, from_cache = _features(config, model, paths, size)
+    features, from_cache = _features(config, model, paths, size, progress)
     y = np.asarray(labels, np.int64)
     train = np.asarray([s == TRAIN for s in splits])
     probs = np.zeros((len(ids), len(class_names)), np.float32)
     classes, seed = len(class_names), int(config.seed)
-    probs[train] = _out_of_fold(features[train], y[train], classes, seed)
+    heads = [0, _fold_count(y[train]) + int((~train).any())]
+
+    def fitted_one() -> None:
+        heads[0] += 1
+        if progress is not None:
+            progress("heads", heads[0], heads[1])
+
+    probs[train] = _out_of_fold(features[train], y[train], classes, seed, fitted_one)
     if (~train).any():
         # Neither the saved model nor a head fitted on every training image saw these: their
         # mean is steadier than either (a short run's model can be barely trained).
         val_paths = [p for p, s in zip(paths, splits, strict=True) if s == VAL]
         saved = _head_probs(model, features[~train], val_paths)
         fitted = _fit_predict(features[train], y[train], features[~train], classes)
+        fitted_one()
         probs[~train] = (saved + fitted) / 2
     where = "the embedding cache" if from_cache else "one pass of the saved model's base"
     method = (
@@ -444,7 +475,11 @@ def _compute_scores(store: RunStore, run_id: str) -> _Scores:
 
 
 def _features(
-    config: RunConfig, model: Any, paths: list[str], size: int
+    config: RunConfig,
+    model: Any,
+    paths: list[str],
+    size: int,
+    progress: ReviewProgress | None = None,
 ) -> tuple[np.ndarray, bool]:
     """Pooled base features of ``paths`` as the saved model's head sees them; whether they came
     from the embedding cache (only where the base stayed frozen: feature extraction)."""
@@ -462,7 +497,13 @@ def _features(
             if cached is not None and cached.shape == (len(paths), width):
                 return np.asarray(cached, np.float32), True
     extractor = keras.Model(model.inputs, pooled)
-    return forward_once(extractor, paths, size), False
+    stage = None
+    if progress is not None:
+
+        def stage(done: int, total: int, **_more: Any) -> None:
+            progress("features", done, total)
+
+    return forward_once(extractor, paths, size, stage=stage), False
 
 
 def _head_probs(model: Any, features: np.ndarray, paths: list[str]) -> np.ndarray:
@@ -510,8 +551,24 @@ def _fit_predict(
     return out
 
 
-def _out_of_fold(features: np.ndarray, labels: np.ndarray, classes: int, seed: int) -> np.ndarray:
-    """Probabilities of each row from a logistic-regression head fitted without it (k folds)."""
+def _fold_count(labels: np.ndarray) -> int:
+    """How many folds ``_out_of_fold`` fits for ``labels`` (0 below two images)."""
+    n = len(labels)
+    if n < 2:
+        return 0
+    smallest = int(np.bincount(labels)[np.unique(labels)].min())
+    return min(FOLDS, n, smallest) if smallest >= 2 else min(FOLDS, n)
+
+
+def _out_of_fold(
+    features: np.ndarray,
+    labels: np.ndarray,
+    classes: int,
+    seed: int,
+    fitted: Callable[[], None] | None = None,
+) -> np.ndarray:
+    """Probabilities of each row from a logistic-regression head fitted without it (k folds);
+    ``fitted()`` after each fold's head."""
     from sklearn.model_selection import KFold, StratifiedKFold
 
     n = len(labels)
@@ -519,14 +576,15 @@ def _out_of_fold(features: np.ndarray, labels: np.ndarray, classes: int, seed: i
     if n < 2:
         return probs
     smallest = int(np.bincount(labels)[np.unique(labels)].min())
-    k = min(FOLDS, n)
     splitter: KFold | StratifiedKFold
     if smallest >= 2:
-        splitter = StratifiedKFold(min(k, smallest), shuffle=True, random_state=seed)
+        splitter = StratifiedKFold(_fold_count(labels), shuffle=True, random_state=seed)
     else:
-        splitter = KFold(k, shuffle=True, random_state=seed)
+        splitter = KFold(_fold_count(labels), shuffle=True, random_state=seed)
     for fit, held in splitter.split(features, labels):
         probs[held] = _fit_predict(features[fit], labels[fit], features[held], classes)
+        if fitted is not None:
+            fitted()
     return probs
 
 
@@ -636,8 +694,11 @@ def _new_in_folder(scores: _Scores) -> list[str]:
 # --------------------------------------------------------------------------- public API
 
 
-def review_run(store: RunStore, run_id: str, top: int | None = None) -> Review:
+def review_run(
+    store: RunStore, run_id: str, top: int | None = None, progress: ReviewProgress | None = None
+) -> Review:
     """Rank a completed run's images by how strongly the model disagrees with their label.
+    ``progress`` follows the scores' computation (see ``ReviewProgress``), the first time only.
 
     ``top``: keep the first ``top`` suspects (None: all scored images). Excluded images and
     images relabelled to what the model predicts drop out; "kept" ones are listed last. The
@@ -646,7 +707,7 @@ def review_run(store: RunStore, run_id: str, top: int | None = None) -> Review:
     """
     if top is not None and (isinstance(top, bool) or not isinstance(top, int) or top < 1):
         raise StudioError(f"top must be a whole number of at least 1, got {top!r}; e.g. 20.")
-    scores = _scores(store, run_id)
+    scores = _scores(store, run_id, progress)
     joined = _join(scores)
     rows = [r for r in joined.rows if not (r.relabelled and r.label == r.predicted)]
     rows.sort(key=lambda r: (r.reviewed, -r.loss, r.image))
@@ -684,16 +745,50 @@ def suspects_by_class(review: Review, per_class: int) -> dict[str, list[Suspect]
     return out
 
 
-def embedding_map(store: RunStore, run_id: str, method: str = "pca") -> EmbeddingMap:
+def stratified_sample(labels: Sequence[int] | np.ndarray, limit: int, seed: int) -> np.ndarray:
+    """Sorted indices of at most ``limit`` items, every label kept (when ``limit`` allows one
+    each) and the rest shared in proportion to each label's count; all items if they fit. With
+    more labels than ``limit``, one item of each label (more than ``limit``)."""
+    y = np.asarray(labels, dtype=np.int64)
+    if len(y) <= limit:
+        return np.arange(len(y))
+    classes, counts = np.unique(y, return_counts=True)
+    if len(classes) >= limit:
+        take = np.ones_like(counts)
+    else:  # one each, the rest in proportion to what each class has left (largest remainder)
+        rest = counts - 1
+        share = rest / rest.sum() * (limit - len(classes))
+        extra = np.floor(share).astype(np.int64)
+        spare = limit - len(classes) - int(extra.sum())
+        extra[np.argsort(-(share - extra), kind="stable")[:spare]] += 1
+        take = 1 + extra
+    rng = np.random.default_rng(seed)
+    chosen = [
+        rng.choice(np.flatnonzero(y == c), size=int(n), replace=False)
+        for c, n in zip(classes, take, strict=True)
+    ]
+    return np.sort(np.concatenate(chosen))
+
+
+def embedding_map(
+    store: RunStore, run_id: str, method: str = "pca", max_points: int = MAP_MAX_POINTS
+) -> EmbeddingMap:
     """2-D positions of the run's image embeddings (the scored features): ``pca`` (default,
-    instant) or ``tsne`` (sklearn; seconds for a few thousand images). The layout is computed
-    over every scored image once and cached, so edits recolour the map without moving it."""
+    instant) or ``tsne`` (sklearn; seconds for a few thousand images). Past ``max_points``
+    scored images the map is a stratified sample of them (``stratified_sample`` by the labels
+    the run trained on: every class shown). The layout is computed once and cached, so edits
+    recolour the map without moving it."""
     if method not in MAP_METHODS:
         raise StudioError(
             f"Unknown map method {method!r}; expected one of {', '.join(MAP_METHODS)}."
         )
     scores = _scores(store, run_id)
-    xy = _layout(store, run_id, scores, method)
+    seed = int(store.config(run_id).seed)
+    sample = stratified_sample(scores.labels, max_points, seed)
+    xy = np.zeros((len(scores.labels), 2), np.float64)
+    xy[sample] = _layout(store, run_id, scores, method, sample)
+    keep = np.zeros(len(scores.labels), dtype=bool)
+    keep[sample] = True
     joined = _join(scores)
     points = [
         MapPoint(
@@ -707,20 +802,27 @@ def embedding_map(store: RunStore, run_id: str, method: str = "pca") -> Embeddin
             y=float(xy[r.index, 1]),
         )  # fmt: skip
         for r in joined.rows
+        if keep[r.index]
     ]
-    return EmbeddingMap(method, points)
+    classes = len(np.unique(np.asarray(scores.labels)))
+    return EmbeddingMap(
+        method, points, scored=len(scores.labels), drawn=len(sample), classes=classes
+    )
 
 
-def _layout(store: RunStore, run_id: str, scores: _Scores, method: str) -> np.ndarray:
+def _layout(
+    store: RunStore, run_id: str, scores: _Scores, method: str, sample: np.ndarray
+) -> np.ndarray:
+    """Positions of the ``sample`` images (in its order), cached by their content."""
     path = store.run_dir(run_id) / MAP_FILE.format(method=method)
-    key = np.asarray(scores.shas, dtype=str)
+    key = np.asarray(scores.shas, dtype=str)[sample]
     try:
         with np.load(path, allow_pickle=False) as z:
             if z["shas"].shape == key.shape and bool(np.all(z["shas"] == key)):
                 return np.asarray(z["xy"], np.float64)
     except (OSError, ValueError, KeyError):
         pass
-    xy = _project(scores.features, method, int(store.config(run_id).seed))
+    xy = _project(scores.features[sample], method, int(store.config(run_id).seed))
     with atomic_path(path) as tmp, open(tmp, "wb") as fh:
         np.savez(fh, shas=key, xy=xy)
     return xy
@@ -774,6 +876,8 @@ def retrain_config(store: RunStore, run_id: str) -> RunConfig:
 
 
 __all__ = [
+    "MAP_MAX_POINTS",
+    "ReviewProgress",
     "EmbeddingMap",
     "MapPoint",
     "Review",
@@ -782,6 +886,7 @@ __all__ = [
     "embedding_map",
     "retrain_config",
     "review_run",
+    "stratified_sample",
     "suspects_by_class",
     "RunNotReviewableError",
 ]

@@ -286,7 +286,7 @@ def plan_candidates(
     ``None`` for every registered backbone (those needing the network are listed as such).
     ``sizes``: image sizes for every backbone; ``None``: each backbone's default and one smaller.
     """
-    from core.models.backbones import STATUS_NEEDS_NETWORK, get_backbone, list_backbones
+    from core.models.backbones import get_backbone, list_backbones
 
     if weights not in ("imagenet", "none"):
         raise ConfigError(
@@ -297,7 +297,7 @@ def plan_candidates(
     if backbones is None or backbones == "available":
         specs = list_backbones()
         if backbones == "available" and weights == "imagenet":
-            specs = [s for s in specs if s.weights_status() != STATUS_NEEDS_NETWORK]
+            specs = [s for s in specs if s.works_offline()]
     elif isinstance(backbones, str):
         specs = [get_backbone(name.strip()) for name in backbones.split(",") if name.strip()]
     else:
@@ -325,7 +325,7 @@ def plan_candidates(
             candidate = Candidate(spec.name, size, weights)
             if size < spec.min_size:
                 candidate.status = f"skipped: below {spec.name}'s minimum of {spec.min_size} px"
-            elif weights == "imagenet" and spec.weights_status() == STATUS_NEEDS_NETWORK:
+            elif weights == "imagenet" and not spec.works_offline():
                 candidate.status = NEEDS_NETWORK
             out.append(candidate)
     return out

@@ -109,15 +109,24 @@ def execute_run(
 
 def _evaluate(store: RunStore, run_id: str, trainer: _Trainer, folder: Path) -> None:
     """Evaluate a completed run once, here, with the model and data still in memory: the Run
-    page then only reads ``evaluation.json`` and opens at once. Never fails the run: a failure
-    is logged, and the page evaluates on demand as for an older run."""
+    page then only reads ``evaluation.json`` and opens at once. The evaluation fits the run's
+    temperature; then the leakage check runs and the confusion matrix goes to TensorBoard.
+    Never fails the run: a failure is logged, and the page evaluates on demand as for an older
+    run."""
     from core.runs.evaluate import evaluate_run
+    from core.training.leakage import check_leakage
+    from core.training.tensorboard import write_confusion_matrix
 
     if not hasattr(trainer, "built") or not hasattr(trainer, "data"):
         return  # nothing was trained here (a test's stand-in): the page evaluates on demand
     try:
+        model, data = trainer.built.model, trainer.data
         with trainer._timed("evaluate"):
-            evaluate_run(store, run_id, force=True, model=trainer.built.model, data=trainer.data)
+            evaluation = evaluate_run(store, run_id, force=True, model=model, data=data)
+        last_epoch = int(store.get_run(run_id)["epochs_done"])
+        write_confusion_matrix(folder, evaluation["confusion_matrix"], last_epoch)
+        with trainer._timed("leakage"):
+            check_leakage(store, run_id, model=model, data=data, force=True)
         trainer.record_timings()
     except Exception as exc:  # the run is completed and stays so
         print(
@@ -277,6 +286,7 @@ class _Trainer:
         """Run (or continue) every phase; returns completed or stopped."""
         from core.training.callbacks import global_step, training_callbacks
         from core.training.model import compile_model, phase_epochs, phase_lr, set_phase
+        from core.training.tensorboard import tensorboard_callback
 
         config, store, run_id, source = self.config, self.store, self.run_id, self.source
         done, meta = resume_point(store, run_id)
@@ -295,6 +305,12 @@ class _Trainer:
             lr = self.devices.scaled_lr(phase_lr(config, phase))
             info.update(epochs=epochs, lr=lr, start_epoch=epoch_offset + 1)
             info.update(self._device_info(phase))
+            if 0 < epoch_offset and done < epoch_offset + epochs:
+                # Unfreezing and compiling (and the first batch's trace) take a while: the
+                # pages say so instead of the last batch of the phase before. Said before the
+                # phase's model is made, so a pass over the activations reports after it.
+                now = time.time()
+                store.update(run_id, stage={"stage": UNFREEZE_STAGE, "started": now, "t": now})
             model = source.model_for(phase)
             info.update(source.phase_info(phase))
             phases.append(info)
@@ -304,11 +320,6 @@ class _Trainer:
                 continue
             if self.stop_wanted():
                 return STOPPED  # asked between phases: the next one does not start
-            if epoch_offset > 0:
-                # Unfreezing and compiling (and the first batch's trace) take a while: the
-                # pages say so instead of the last batch of the phase before.
-                now = time.time()
-                store.update(run_id, stage={"stage": UNFREEZE_STAGE, "started": now, "t": now})
             with self._scope():  # a mirrored run's optimizer variables are mirrored too
                 compile_model(model, lr)
                 if done > epoch_offset and meta.get("phase") == phase:
@@ -322,6 +333,8 @@ class _Trainer:
                 batch_size=self.batch, stop_event=self.stop_event,
                 checkpoint_every=source.checkpoint_every, progress=self.progress,
             )  # fmt: skip
+            folder = store.run_dir(run_id)
+            callbacks.callbacks.append(tensorboard_callback(folder, phase, epoch_offset, callbacks))
             source.fit(model, callbacks, epochs, initial_epoch=max(done - epoch_offset, 0))
             epoch_offset += epochs
             step_offset = global_step(callbacks)
@@ -364,9 +377,9 @@ def _converts_weights(config: RunConfig) -> bool:
         return False
     if spec.imagenet_source != SOURCE_BUNDLED:
         return False
-    from core.models.lite0 import cached_weights_path
+    from core.models.efficientnet_lite import cached_weights_path
 
-    return not cached_weights_path().is_file()
+    return not cached_weights_path(spec.name).is_file()
 
 
 def _train(trainer: _Trainer) -> str:

@@ -348,15 +348,23 @@ def test_progress_summary_while_the_feature_cache_is_computed():
     assert "frozen layers" in cut["text"] and "50/200" in cut["text"]
 
 
-def test_backbone_label_is_short_and_its_help_says_it_all():
+def test_backbone_label_is_short_and_its_help_says_it_all(tmp_path, monkeypatch):
     from core.models.backbones import REGISTRY
+
+    monkeypatch.setenv("KERAS_HOME", str(tmp_path))  # nothing cached
+    assert dashboard.backbone_label("vgg16").endswith(" · needs network")
+    assert dashboard.backbone_label("teachable_machine").endswith(" · needs import")
+    (tmp_path / "models").mkdir()
+    (tmp_path / "models" / "vgg16_weights_tf_dim_ordering_tf_kernels_notop.h5").write_bytes(b"")
+    assert dashboard.backbone_label("vgg16").endswith(" · offline")
 
     label = dashboard.backbone_label("efficientnet_lite0")
     assert label.startswith("EfficientNet-Lite0") and "224 px" in label and "3.4M" in label
     assert "download" not in label  # bundled: works offline
+    assert label.count("offline") == 1  # the name says it already
     assert "ImageNet weights bundled" in dashboard.backbone_help("efficientnet_lite0")
-    # a 1280-px page's select box shows about 50 characters: "…needs networ" no more
-    assert max(len(dashboard.backbone_label(name)) for name in REGISTRY) <= 48
+    # a 1280-px page's select box shows about 50 characters
+    assert max(len(dashboard.backbone_label(name)) for name in REGISTRY) <= 49
 
 
 @pytest.mark.parametrize(

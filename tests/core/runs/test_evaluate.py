@@ -90,6 +90,18 @@ def test_per_class_matches_recomputation(evaluation):
 
 
 @pytest.mark.slow
+def test_evaluation_reports_progress_over_the_validation_images(run):
+    store, run_id = run
+    calls: list[tuple[int, int]] = []
+    evaluate_run(
+        store, run_id, force=True, progress=lambda done, total: calls.append((done, total))
+    )
+    n = store.result(run_id)["val_images"]
+    assert calls and calls[-1] == (n, n) and {t for _, t in calls} == {n}
+    assert [d for d, _ in calls] == sorted(d for d, _ in calls)
+
+
+@pytest.mark.slow
 def test_probabilities_match_single_image_prediction(run, evaluation):
     store, run_id = run
     names = evaluation["class_names"]
@@ -197,3 +209,19 @@ def test_a_failed_evaluation_does_not_fail_the_run(tmp_path, monkeypatch, capfd)
     assert "evaluating it failed (OSError: disk hiccup)" in capfd.readouterr().err
     monkeypatch.undo()  # the page evaluates it on demand, as for an older run
     assert evaluate_run(queue.store, run_id)["from_cache"] is False
+
+
+@pytest.mark.slow
+def test_calibration_never_makes_the_confidence_worse(run, evaluation):
+    """The temperature fitted as the run is evaluated lowers (or keeps) the calibration error,
+    and Predict's stored scores are the validation images' under that temperature."""
+    from core.runs.calibration import read_calibration
+
+    store, run_id = run
+    c = evaluation["calibration"]
+    assert c["ece_after"] <= c["ece_before"]
+    assert c["images"] == evaluation["val_images"]
+    stored = read_calibration(store.run_dir(run_id))
+    assert stored is not None and stored.temperature == pytest.approx(c["temperature"], abs=1e-4)
+    assert len(stored.scores) == evaluation["val_images"]
+    assert [b["count"] for b in evaluation["reliability"]["before"]] != []

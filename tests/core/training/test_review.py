@@ -297,6 +297,45 @@ def test_embedding_map_has_one_finite_point_per_image(
         rv.embedding_map(store, run_id, "umap")
 
 
+def test_review_reports_the_feature_pass_and_each_head_once(
+    store: RunStore, managed: tuple[str, dict[str, str]]
+) -> None:
+    name, _wrong = managed
+    run_id = fake_run(store, f"dataset:{name}")
+    calls: list[tuple[str, int, int]] = []
+    rv.review_run(
+        store, run_id, progress=lambda step, done, total: calls.append((step, done, total))
+    )
+    features = [c for c in calls if c[0] == "features"]
+    heads = [c for c in calls if c[0] == "heads"]
+    assert features and features[-1][1:] == (30, 30)
+    assert calls.index(features[-1]) < calls.index(heads[0])  # the pass, then the heads
+    # Five folds over the training images, then one head on all of them for validation.
+    assert [(d, t) for _, d, t in heads] == [(k, 6) for k in range(1, 7)]
+    calls.clear()
+    rv.review_run(store, run_id, progress=lambda *a: calls.append(a))
+    assert calls == []  # cached: nothing to follow
+
+
+def test_embedding_map_past_its_cap_draws_a_stratified_sample(
+    store: RunStore, managed: tuple[str, dict[str, str]]
+) -> None:
+    name, _wrong = managed
+    run_id = fake_run(store, f"dataset:{name}")
+    emap = rv.embedding_map(store, run_id, "pca", max_points=6)
+    assert (emap.scored, emap.drawn, emap.classes, emap.sampled) == (30, 6, 3, True)
+    assert len(emap.points) == 6
+    trained = {p.image: p.label for p in rv.embedding_map(store, run_id, "pca").points}
+    assert (
+        sorted(trained[p.image] for p in emap.points) == ["blue"] * 2 + ["green"] * 2 + ["red"] * 2
+    )  # every class, two each
+    again = rv.embedding_map(store, run_id, "pca", max_points=6)
+    assert [(p.image, p.x, p.y) for p in again.points] == [(p.image, p.x, p.y) for p in emap.points]
+    full = rv.embedding_map(store, run_id, "pca")
+    assert not full.sampled and len(full.points) == full.drawn == 30
+    assert json.loads(json.dumps(emap.to_json()))["drawn"] == 6
+
+
 def test_cli_json_contract_and_ids_the_dataset_commands_take(
     store: RunStore,
     managed: tuple[str, dict[str, str]],

@@ -79,18 +79,22 @@ def _blobs(n: int, seed: int, counts: tuple[int, ...] = (), spread: float = 1.0)
 def test_default_candidates_are_each_backbones_size_and_one_smaller(
     monkeypatch: pytest.MonkeyPatch, tmp_path: Path
 ) -> None:
-    monkeypatch.setenv("KERAS_HOME", str(tmp_path))  # no Keras weights cached: only Lite0 is here
+    monkeypatch.setenv("KERAS_HOME", str(tmp_path))  # no Keras weights cached: only the Lites
     planned = plan_candidates()
     by_name: dict[str, list[Candidate]] = {}
     for c in planned:
         by_name.setdefault(c.backbone, []).append(c)
     assert [c.image_size for c in by_name["efficientnet_lite0"]] == [224, 160]
+    assert [c.image_size for c in by_name["efficientnet_lite1"]] == [240, 160]
+    assert [c.image_size for c in by_name["efficientnet_lite2"]] == [260, 192]
     assert [c.image_size for c in by_name["inception_v3"]] == [299, 224]
     assert smaller_size(260, 32) == 192 and smaller_size(96, 80) == 80
     assert all(c.status == "pending" for c in by_name["efficientnet_lite0"])
     assert all(c.status == NEEDS_NETWORK for c in by_name["vgg16"])
     available = plan_candidates("available")
-    assert {c.backbone for c in available} == {"efficientnet_lite0"}
+    lites = {"efficientnet_lite0", "efficientnet_lite1", "efficientnet_lite2"}
+    assert {c.backbone for c in available} == lites  # bundled weights: all three offline
+    assert all(c.status == "pending" for c in available)
 
 
 def test_a_backbone_needing_the_network_is_listed_not_failed(

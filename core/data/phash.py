@@ -1,0 +1,124 @@
+"""Perceptual hashes of images: 64 bits that survive re-encoding, resizing and small crops.
+
+The classic DCT hash (pHash): the picture in grey at 32x32, its 2-D DCT, the 8x8 lowest
+frequencies without the constant term, one bit per coefficient (above or below their median).
+Two copies of one photo differ in a few bits; two different photos in about half of them.
+
+A crop of a few pixels rescales the content and moves the hash by 6-22 bits (as far as some
+distinct pictures are); so each picture is also hashed with ``CROPS`` of its border removed, and
+two pictures' distance is the smallest between one's full hash and the other's crops
+(``crop_distance``): a twin cropped by up to a tenth of a side is then 0-4 bits away.
+
+The hash is of the picture in grey without its mean brightness, so two flat pictures of
+different colours hash alike; each picture's mean colour (``Color``) is kept beside its hashes
+(``signature_file``) for the leakage check to tell those apart.
+"""
+
+from __future__ import annotations
+
+import os
+from concurrent.futures import ThreadPoolExecutor
+
+import numpy as np
+from PIL import Image
+
+from core.data.images import load_rgb
+
+__all__ = [
+    "CROPS",
+    "Color",
+    "Hashes",
+    "Signature",
+    "HASH_SIDE",
+    "LOW",
+    "crop_distance",
+    "hamming",
+    "phash_crops",
+    "phash_file",
+    "phash_files",
+    "phash_pixels",
+    "color_distance",
+    "signature_file",
+    "signature_files",
+]
+
+HASH_SIDE = 32  # the picture is hashed at this size
+LOW = 8  # the LOW x LOW lowest frequencies give the bits
+CROPS = (0.0, 0.025, 0.05, 0.075, 0.1)  # share of each side removed before hashing
+Hashes = tuple[int, ...]  # one hash per crop of CROPS, the full picture first
+Color = tuple[float, float, float]  # mean R, G, B (0-255)
+Signature = tuple[Hashes, Color]
+
+
+def phash_pixels(rgb: np.ndarray) -> int:
+    """The 64-bit perceptual hash of an HxWx3 uint8 picture."""
+    from scipy.fft import dctn
+
+    grey = Image.fromarray(np.asarray(rgb, np.uint8)).convert("L")
+    small = np.asarray(grey.resize((HASH_SIDE, HASH_SIDE), Image.Resampling.LANCZOS), np.float64)
+    freq = dctn(small, norm="ortho")[:LOW, :LOW].flatten()[1:]  # drop the mean brightness
+    bits = np.append(freq > np.median(freq), False)  # 63 coefficients, 64th bit always 0
+    return int(np.packbits(bits.astype(np.uint8)).view(">u8")[0])
+
+
+def phash_crops(rgb: np.ndarray) -> Hashes:
+    """The hashes of a picture and of its ``CROPS`` (border removed on every side)."""
+    h, w = rgb.shape[:2]
+    out = []
+    for share in CROPS:
+        dy, dx = round(h * share), round(w * share)
+        out.append(phash_pixels(rgb[dy : h - dy, dx : w - dx]))
+    return tuple(out)
+
+
+def phash_file(path: str | os.PathLike[str]) -> Hashes | None:
+    """The crop hashes of an image file; ``None`` when it cannot be read (the caller skips it)."""
+    try:
+        return phash_crops(load_rgb(path))
+    except Exception:  # an unreadable file has no twin: the leakage check goes on without it
+        return None
+
+
+def phash_files(paths: list[str]) -> list[Hashes | None]:
+    """Hashes of many files (a few threads: decoding releases the GIL)."""
+    with ThreadPoolExecutor(max_workers=2) as pool:
+        return list(pool.map(phash_file, paths))
+
+
+def signature_file(path: str | os.PathLike[str]) -> Signature | None:
+    """A file's crop hashes and mean colour (one decode); ``None`` when it cannot be read."""
+    try:
+        rgb = load_rgb(path)
+    except Exception:  # an unreadable file has no twin: the leakage check goes on without it
+        return None
+    mean = rgb.reshape(-1, 3).mean(axis=0)
+    return phash_crops(rgb), (float(mean[0]), float(mean[1]), float(mean[2]))
+
+
+def signature_files(paths: list[str]) -> list[Signature | None]:
+    """Signatures of many files (a few threads: decoding releases the GIL)."""
+    with ThreadPoolExecutor(max_workers=2) as pool:
+        return list(pool.map(signature_file, paths))
+
+
+def color_distance(a: np.ndarray, b: np.ndarray) -> np.ndarray:
+    """The largest per-channel difference of mean colours, ``a`` (m, 3) against ``b`` (n, 3)."""
+    a, b = np.asarray(a, np.float32), np.asarray(b, np.float32)
+    return np.abs(a[:, None, :] - b[None, :, :]).max(axis=-1)
+
+
+def hamming(a: np.ndarray, b: np.ndarray) -> np.ndarray:
+    """Bit distances between every hash of ``a`` (m,) and of ``b`` (n,): an (m, n) int array."""
+    x = np.asarray(a, np.uint64)[:, None] ^ np.asarray(b, np.uint64)[None, :]
+    return np.bitwise_count(x).astype(np.int64)
+
+
+def crop_distance(a: np.ndarray, b: np.ndarray) -> np.ndarray:
+    """Distances between pictures given their crop hashes, ``a`` (m, k) and ``b`` (n, k): for
+    each pair the fewest bits between one's full picture and any crop of the other."""
+    a, b = np.asarray(a, np.uint64), np.asarray(b, np.uint64)
+    best = hamming(a[:, 0], b[:, 0])
+    for k in range(1, a.shape[1]):
+        best = np.minimum(best, hamming(a[:, 0], b[:, k]))
+        best = np.minimum(best, hamming(a[:, k], b[:, 0]))
+    return best
