@@ -458,8 +458,10 @@ def test_a_cluster_that_goes_away_is_one_clear_error_and_leaves_no_cache_entry(
         assert holder.stdout is not None
         address = holder.stdout.readline().strip()
         driver = subprocess.Popen(
-            [sys.executable, "-m", "core", "features", "--data", FACES, "--image-size", "56",
-             "--ray", address, "--shard-size", "10", "--json"],
+            # 160 px in shards of 5: the pass outlasts the actors' processes, which live on
+            # for a moment once their node is gone (direct actor calls need no head).
+            [sys.executable, "-m", "core", "features", "--data", FACES, "--image-size", "160",
+             "--ray", address, "--shard-size", "5", "--json"],
             stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True,
         )  # fmt: skip
         assert driver.stderr is not None
