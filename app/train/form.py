@@ -169,7 +169,7 @@ def render(queue: JobQueue) -> RunConfig:
             "access, or import the weights file."
         )
     with st.expander("Import a weights file", expanded=needs_network):
-        if weights_uploader(name, key=f"weights_upload_{name}"):
+        if weights_uploader(name, key=f"weights_upload_{name}", name_the_file=False):
             st.rerun()  # the backbone's label and weight choices include it now
     d = st.columns(2)
     distribute = d[0].selectbox(

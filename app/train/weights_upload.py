@@ -29,16 +29,20 @@ def wanted_text(backbone: str, image_size: int | None) -> str | None:
     )
 
 
-def weights_uploader(backbone: str, key: str, image_size: int | None = None) -> bool:
+def weights_uploader(
+    backbone: str, key: str, image_size: int | None = None, name_the_file: bool = True
+) -> bool:
     """A file uploader labelled "Import the weights file"; returns whether a file was imported.
 
     Keras' own ImageNet files are recognised by name (and checked against Keras' hash); any
     other weights file is checked to load into ``backbone`` and kept under its file name.
+    ``name_the_file`` says which file Keras wants: asking Keras builds the model, which loads
+    TensorFlow into the server, so the Train form leaves it to a run that failed offline.
     """
     from core.models.imported_weights import KIND_IMAGENET
     from core.models.weights_store import import_upload, recognise_keras_file
 
-    wanted = wanted_text(backbone, image_size)
+    wanted = wanted_text(backbone, image_size) if name_the_file else None
     upload = st.file_uploader(
         "Import the weights file",
         type=["h5", "keras"],

@@ -203,8 +203,9 @@ def cmd_train(args: argparse.Namespace) -> int:
     if ray_record is not None:  # where its features were computed
         jobs.store.update(run_id, ray=ray_record)
     remember_source(config.data)  # offered on the Data page's folder tab
-    print(f"run {run_id}: {config.mode} {config.backbone} on {config.data}", file=sys.stderr)
-    return _wait_and_report(jobs, run_id, args.json)
+    return _wait_and_report(
+        jobs, run_id, args.json, f"run {run_id}: {config.mode} {config.backbone} on {config.data}"
+    )
 
 
 def cmd_resume(args: argparse.Namespace) -> int:
@@ -215,11 +216,12 @@ def cmd_resume(args: argparse.Namespace) -> int:
     config = jobs.store.config(args.run_id)
     done = jobs.store.get_run(args.run_id)["epochs_done"]
     jobs.resume(args.run_id, progress=epoch_line(config))
-    print(
+    return _wait_and_report(
+        jobs,
+        args.run_id,
+        args.json,
         f"run {args.run_id}: resuming after epoch {done} of {config.planned_epochs}",
-        file=sys.stderr,
     )
-    return _wait_and_report(jobs, args.run_id, args.json)
 
 
 @contextmanager
@@ -250,11 +252,15 @@ def _stop_on_signals(jobs: JobQueue, run_id: str) -> Iterator[None]:
             signal.signal(sig, handler)
 
 
-def _wait_and_report(jobs: JobQueue, run_id: str, as_json: bool) -> int:
+def _wait_and_report(jobs: JobQueue, run_id: str, as_json: bool, announce: str) -> int:
+    """Wait for the run, saying ``announce`` once Ctrl+C and SIGTERM stop it cleanly (a signal
+    sent as soon as the line shows must find the handlers in place)."""
     from core.cli.progress import StageWatcher
 
-    with _stop_on_signals(jobs, run_id), StageWatcher(jobs.store, run_id):
-        status = jobs.wait(run_id)
+    with _stop_on_signals(jobs, run_id):
+        print(announce, file=sys.stderr)
+        with StageWatcher(jobs.store, run_id):
+            status = jobs.wait(run_id)
     result = jobs.store.result(run_id, split=as_json)
     if as_json:
         print_json(result)

@@ -305,12 +305,6 @@ class _Trainer:
             lr = self.devices.scaled_lr(phase_lr(config, phase))
             info.update(epochs=epochs, lr=lr, start_epoch=epoch_offset + 1)
             info.update(self._device_info(phase))
-            if 0 < epoch_offset and done < epoch_offset + epochs:
-                # Unfreezing and compiling (and the first batch's trace) take a while: the
-                # pages say so instead of the last batch of the phase before. Said before the
-                # phase's model is made, so a pass over the activations reports after it.
-                now = time.time()
-                store.update(run_id, stage={"stage": UNFREEZE_STAGE, "started": now, "t": now})
             model = source.model_for(phase)
             info.update(source.phase_info(phase))
             phases.append(info)
@@ -320,6 +314,11 @@ class _Trainer:
                 continue
             if self.stop_wanted():
                 return STOPPED  # asked between phases: the next one does not start
+            if epoch_offset > 0:
+                # Unfreezing and compiling (and the first batch's trace) take a while: the
+                # pages say so instead of the last batch of the phase before.
+                now = time.time()
+                store.update(run_id, stage={"stage": UNFREEZE_STAGE, "started": now, "t": now})
             with self._scope():  # a mirrored run's optimizer variables are mirrored too
                 compile_model(model, lr)
                 if done > epoch_offset and meta.get("phase") == phase:

@@ -100,7 +100,9 @@ def test_a_fine_tuning_run_on_cached_activations_matches_the_image_pipeline(runs
         )  # fmt: skip
     assert len(cut["history"]["val_accuracy"]) == 4
     assert cut["best_val_accuracy"] >= 0.9 and images["best_val_accuracy"] >= 0.9
-    assert cut["stage"]["activations"] and cut["stage"]["done"] == cut["stage"]["total"]
+    # The cut pass ran whole during preparation: its timing is recorded once it is done (the
+    # run's stage record has moved on since, to the switch to fine-tuning).
+    assert cut["timings"] and cut["timings"]["activations"] > 0
 
 
 @pytest.mark.slow
