@@ -18,42 +18,25 @@ from __future__ import annotations
 
 import re
 
+from core.runs.safe_text import WORD_JOINER, break_autolinks, escape_underscores
+
 # Escaped wherever they are: they open or close inline Markdown (code, emphasis, links, images,
 # HTML and autolinks, tables, KaTeX, strikethrough, entities), Streamlit's ``:directive[...]``,
 # ``:emoji:`` and ``:material/icon:`` syntax, or GFM's e-mail autolinks.
 _ANYWHERE = re.compile(r"[\\`*\[\]()!|{}<>$~:&@]")
-# Emphasis with "_" needs a run that is not between two letters or digits (``mobilenet_v2`` is
-# plain text), so only the other runs are escaped: identifiers stay readable in the source.
-_UNDERSCORES = re.compile(r"_+")
-# GFM's autolink literals (``http://…``, ``www.…``, ``name@host``) are found in the text after
-# escapes are resolved, so escaping cannot stop them: an invisible word joiner (U+2060) inside
-# the pattern does.
-_AUTOLINKS = re.compile(r"(https?:)(//)|(www)(\.)|(@)", re.IGNORECASE)
-_JOINER = "\u2060"
+# "_" runs that could open emphasis and GFM's autolink literals are handled as in generated
+# files (``core.runs.safe_text``): an autolink is found after escapes are resolved, so an
+# invisible word joiner inside it is what stops it.
 # Only at the start of a line: headings, lists, block quotes, setext and thematic breaks.
 _LINE_START = re.compile(r"^(\s*)([#+=-])")
 _ORDERED = re.compile(r"^(\s*\d+)\.")  # "1." starts an ordered list ("1)" has its ")" escaped)
 _NEWLINES = re.compile(r"\r\n?|\n")
 
 
-def _underscores(match: re.Match[str]) -> str:
-    text, start, end = match.string, match.start(), match.end()
-    inert = 0 < start and end < len(text) and text[start - 1].isalnum() and text[end].isalnum()
-    return match.group() if inert else "\\_" * len(match.group())
-
-
-def _break_autolink(match: re.Match[str]) -> str:
-    if match.group(5):
-        return "@" + _JOINER
-    if match.group(1):
-        return match.group(1) + _JOINER + match.group(2)
-    return match.group(3) + _JOINER + match.group(4)
-
-
 def _escape_line(line: str) -> str:
-    line = _AUTOLINKS.sub(_break_autolink, line)
+    line = break_autolinks(line)
     line = _ANYWHERE.sub(lambda m: "\\" + m.group(), line)
-    line = _UNDERSCORES.sub(_underscores, line)
+    line = escape_underscores(line)
     line = _ORDERED.sub(r"\1\\.", line)
     return _LINE_START.sub(r"\1\\\2", line)
 
@@ -70,7 +53,7 @@ def md_escape(text: object, *, inline: bool = False) -> str:
 
 def md_unescape(markdown: str) -> str:
     """The text ``md_escape`` was given (its line breaks as ``\\n``): for tests and logs."""
-    text = markdown.replace("  \n", "\n").replace(_JOINER, "")
+    text = markdown.replace("  \n", "\n").replace(WORD_JOINER, "")
     return re.sub(r"\\([!-/:-@\[-`{-~])", r"\1", text)
 
 

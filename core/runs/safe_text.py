@@ -20,7 +20,10 @@ from __future__ import annotations
 import re
 
 __all__ = [
+    "WORD_JOINER",
+    "break_autolinks",
     "csv_cell",
+    "escape_underscores",
     "md_text",
 ]
 
@@ -35,7 +38,7 @@ _START = re.compile(r"^(\s*)([#+=>-])")
 _ORDERED = re.compile(r"^(\s*\d+)([.)])")
 # GFM's autolink literals, matched on the text after escapes are resolved.
 _AUTOLINKS = re.compile(r"(?i)(https?:)(//)|(www)(\.)|(@)")
-_JOINER = "\u2060"
+WORD_JOINER = "\u2060"  # invisible: breaks an autolink without changing what a reader sees
 _ENTITIES = {"&": "&amp;", "<": "&lt;", ">": "&gt;"}
 
 
@@ -47,19 +50,31 @@ def _underscores(match: re.Match[str]) -> str:
 
 def _break_autolink(match: re.Match[str]) -> str:
     if match.group(5):
-        return "@" + _JOINER
+        return "@" + WORD_JOINER
     if match.group(1):
-        return match.group(1) + _JOINER + match.group(2)
-    return match.group(3) + _JOINER + match.group(4)
+        return match.group(1) + WORD_JOINER + match.group(2)
+    return match.group(3) + WORD_JOINER + match.group(4)
+
+
+def break_autolinks(text: str) -> str:
+    """``text`` with a word joiner inside every GFM autolink literal (``http://``, ``www.``,
+    ``@``): renderers find those after escapes are resolved, so escaping cannot stop them."""
+    return _AUTOLINKS.sub(_break_autolink, text)
+
+
+def escape_underscores(text: str) -> str:
+    """``text`` with the ``_`` runs that could open or close emphasis escaped (a run between two
+    letters or digits, as in ``mobilenet_v2``, stays as it is)."""
+    return _UNDERSCORES.sub(_underscores, text)
 
 
 def md_text(text: object) -> str:
     """``text`` (any object, via ``str``) as inline Markdown shown literally: no link, image,
     HTML tag, emphasis or table cell break; line breaks as spaces."""
     line = re.sub(r"\s*(?:\r\n?|\n)\s*", " ", str(text))
-    line = _AUTOLINKS.sub(_break_autolink, line)
+    line = break_autolinks(line)
     line = _ANYWHERE.sub(lambda m: "\\" + m.group(), line)
-    line = _UNDERSCORES.sub(_underscores, line)
+    line = escape_underscores(line)
     line = re.sub(r"[&<>]", lambda m: _ENTITIES[m.group()], line)
     line = _ORDERED.sub(r"\1\\\2", line)
     return _START.sub(r"\1\\\2", line)
