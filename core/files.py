@@ -31,12 +31,14 @@ __all__ = [
     "atomic_write_text",
     "build_folder",
     "discard_folder",
+    "read_json",
     "read_marker",
     "sha256_file",
     "sqlite_damaged",
     "sound_database",
     "sqlite_backup",
     "set_aside_damaged",
+    "try_write_json",
 ]
 
 CHUNK = 1 << 20  # bytes read at a time when hashing
@@ -89,6 +91,26 @@ def atomic_write_bytes(path: str | os.PathLike[str], data: bytes) -> None:
 def atomic_write_text(path: str | os.PathLike[str], text: str) -> None:
     """Write UTF-8 ``text`` to ``path`` atomically."""
     atomic_write_bytes(path, text.encode("utf-8"))
+
+
+def read_json(path: str | os.PathLike[str]) -> Any:
+    """``path``'s JSON, or ``None`` when it is missing or not JSON (a state or cache file that
+    is simply not there yet)."""
+    try:
+        return json.loads(Path(path).read_text())
+    except (OSError, ValueError):
+        return None
+
+
+def try_write_json(path: str | os.PathLike[str], value: Any) -> bool:
+    """Write ``value`` as JSON atomically; ``False`` when it cannot be written (a state or cache
+    file its writer simply writes again at the next update)."""
+    try:
+        with atomic_path(path) as tmp:
+            tmp.write_text(json.dumps(value))
+    except OSError:
+        return False
+    return True
 
 
 # --------------------------------------------------------------------------- marker folders

@@ -26,7 +26,7 @@ from pathlib import Path
 from typing import Any, ClassVar
 
 from core.errors import ConfigError, StudioError
-from core.files import atomic_path
+from core.files import atomic_path, read_json, try_write_json
 from core.processes import Children, child_environment, core_command, owner_alive, process_token
 
 __all__ = [
@@ -197,7 +197,7 @@ def task_running(root: str | os.PathLike[str], name: str) -> bool:
     """Whether task ``name`` of runs folder ``root`` is running: its state says so and the
     process it records (``pid``: pid and start time) is alive, whoever started it."""
     _CHILDREN.reap()
-    state = TaskState.from_json(_read_json(task_path(root, name)))
+    state = TaskState.from_json(read_json(task_path(root, name)))
     return state is not None and state.alive()
 
 
@@ -206,7 +206,7 @@ def read_task(root: str | os.PathLike[str], name: str) -> TaskState | None:
     but whose process is gone (killed, or a state from before tasks had a ``pid``) reads as
     ``interrupted``."""
     _CHILDREN.reap()
-    state = TaskState.from_json(_read_json(task_path(root, name)))
+    state = TaskState.from_json(read_json(task_path(root, name)))
     if state is not None and state.status == RUNNING and not state.alive():
         state.status = INTERRUPTED
     return state
@@ -314,7 +314,7 @@ def run_task(root: str | os.PathLike[str], name: str, factory: TaskFactory | Non
     make = factory or _registered(name)  # an unknown kind is said before anything is written
     path, me = task_path(root, name), process_token()
     with _task_lock(root, name):  # waits for the starter's state naming this process
-        state = TaskState.from_json(_read_json(path))
+        state = TaskState.from_json(read_json(path))
         if state is None:
             raise ConfigError(
                 f"No {name} task to run in {root}: {path} is missing or is not a JSON object. "
@@ -329,13 +329,13 @@ def run_task(root: str | os.PathLike[str], name: str, factory: TaskFactory | Non
         if owner != me:  # run by hand: this process takes the task over
             state.started_at = time.time()
         state.merge({"status": RUNNING, "error": None, "finished_at": None, "pid": me})
-        _write_json(path, state.to_json())
+        try_write_json(path, state.to_json())
     stop_file = task_stop_path(root, name)
 
     def update(fields: dict[str, Any]) -> None:
         state.merge(fields)
         with _task_lock(root, name):
-            _write_json(path, state.to_json())
+            try_write_json(path, state.to_json())
 
     def should_stop() -> bool:
         return stop_file.exists()
@@ -429,19 +429,3 @@ def stop_task_processes(timeout: float = 10.0) -> None:
     """SIGTERM the task processes this process started (each stops at its next check), then
     SIGKILL what is left after ``timeout`` seconds. For tests and a server shutting down."""
     _CHILDREN.stop(timeout)
-
-
-def _read_json(path: Path) -> Any:
-    try:
-        return json.loads(path.read_text())
-    except (OSError, ValueError):
-        return None
-
-
-def _write_json(path: Path, value: Any) -> None:
-    """Write atomically; a state that cannot be written is retried at the next update."""
-    try:
-        with atomic_path(path) as tmp:
-            tmp.write_text(json.dumps(value))
-    except OSError:
-        pass

@@ -43,6 +43,7 @@ import numpy as np
 
 from core.config import RunConfig
 from core.errors import ConfigError, DataError, StudioError, WeightsUnavailableError
+from core.files import read_json, try_write_json
 from core.tasks import TaskFn, UpdateFn, register_task, start_task
 
 if TYPE_CHECKING:
@@ -590,24 +591,6 @@ def _hash(parts: Any) -> str:
     return hashlib.sha256(json.dumps(parts, sort_keys=True).encode()).hexdigest()[:32]
 
 
-def _read_json(path: Path) -> Any:
-    try:
-        return json.loads(path.read_text())
-    except (OSError, ValueError):
-        return None
-
-
-def _write_json(path: Path, value: Any) -> None:
-    """Write atomically; a cache that cannot be written only costs the next search time."""
-    from core.files import atomic_path
-
-    try:
-        with atomic_path(path) as tmp:
-            tmp.write_text(json.dumps(value))
-    except OSError:
-        pass
-
-
 def _stamp(path: str) -> list[int] | None:
     """What changes when a file is rewritten: ``[size, mtime_ns]``; ``None`` if it is gone."""
     try:
@@ -640,7 +623,7 @@ def load_index(data: str, val_split: float, seed: int) -> DatasetIndex:
                  _dist_version("scikit-learn")])  # fmt: skip
     path = _search_cache("index") / f"{key}.json"
     listing = _tree_listing(root)
-    stored = _read_json(path)
+    stored = read_json(path)
     if isinstance(stored, dict) and stored.get("listing") == listing:
         stamps = stored.get("stamps") or {}
         try:
@@ -651,7 +634,7 @@ def load_index(data: str, val_split: float, seed: int) -> DatasetIndex:
             pass  # a damaged or older copy: load the data again
     index = load_dataset(data, val_split=val_split, seed=seed)
     files = [*index.train_paths, *index.val_paths]
-    _write_json(
+    try_write_json(
         path, {"listing": listing, "stamps": {p: _stamp(p) for p in files}, "index": asdict(index)}
     )
     return index
@@ -721,7 +704,7 @@ class _Searcher:
 
     def stored_result(self, c: Candidate, path: Path | None) -> bool:
         """Fill ``c``'s heads from an identical earlier search; whether there was one."""
-        stored = _read_json(path) if path is not None and self.reuse_results else None
+        stored = read_json(path) if path is not None and self.reuse_results else None
         if not isinstance(stored, dict):
             return False
         try:
@@ -841,7 +824,9 @@ class _Searcher:
                     )  # fmt: skip
                     c.heads.append(HeadResult(kind, units or None, lr, acc, loss))
         if path is not None:  # only a complete grid is kept (a budget stop raised above)
-            _write_json(path, {"heads": [asdict(h) for h in c.heads], "feature_key": feature_key})
+            try_write_json(
+                path, {"heads": [asdict(h) for h in c.heads], "feature_key": feature_key}
+            )
         return built
 
     def run(self, c: Candidate) -> None:

@@ -169,3 +169,18 @@ def test_build_folder_keeps_a_concurrent_finished_build(tmp_path: Path) -> None:
     build_folder(target, race, MARKER, 1)
     assert sorted(p.name for p in target.iterdir()) == [MARKER, "theirs.txt"]
     assert _siblings(tmp_path) == ["set"]
+
+
+def test_read_json_and_try_write_json_treat_a_missing_or_unwritable_file_as_not_there(
+    tmp_path: Path,
+) -> None:
+    from core.files import read_json, try_write_json
+
+    path = tmp_path / "state.json"
+    assert read_json(path) is None  # not written yet
+    path.write_text("{not json")
+    assert read_json(path) is None  # half a file from a crash elsewhere
+    assert try_write_json(path, {"a": [1, 2]}) and read_json(path) == {"a": [1, 2]}
+    blocker = tmp_path / "a-file"
+    blocker.write_text("")
+    assert not try_write_json(blocker / "state.json", {"a": 1})  # its folder is a file
