@@ -29,6 +29,22 @@ def wanted_text(backbone: str, image_size: int | None) -> str | None:
     )
 
 
+def registry_text(backbone: str) -> str | None:
+    """ "Keras wants FILE" from the registry's record of the files Keras caches: no model is
+    built (the address comes with a run that failed offline, which asks Keras itself)."""
+    from core.models.backbones import SOURCE_KERAS, get_backbone
+
+    spec = get_backbone(backbone)
+    if spec.imagenet_source != SOURCE_KERAS or not spec.imagenet_files:
+        return None
+    at_default = [f for f in spec.imagenet_files if f"_{spec.default_size}_" in f]
+    name = (at_default or list(spec.imagenet_files))[0]  # the file for the default size
+    return (
+        f"Keras wants `{md_escape(name, inline=True)}`: carry it in from a "
+        "machine with internet, then drop it here."
+    )
+
+
 def weights_uploader(
     backbone: str, key: str, image_size: int | None = None, name_the_file: bool = True
 ) -> bool:
@@ -42,7 +58,7 @@ def weights_uploader(
     from core.models.imported_weights import KIND_IMAGENET
     from core.models.weights_store import import_upload, recognise_keras_file
 
-    wanted = wanted_text(backbone, image_size) if name_the_file else None
+    wanted = wanted_text(backbone, image_size) if name_the_file else registry_text(backbone)
     upload = st.file_uploader(
         "Import the weights file",
         type=["h5", "keras"],
