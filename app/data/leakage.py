@@ -35,6 +35,15 @@ def render(source: str, index: DatasetIndex, val_split: float, seed: int) -> Non
     from core.runs.drafts import load_draft
 
     draft = load_draft(runs_root()) or RunConfig(data=source)
+    # On demand: the check hashes every image and reads the cached features (TensorFlow's
+    # import on a first check), seconds the page must not spend on every visit.
+    if not st.toggle(
+        "Check for near-copies across the split",
+        key=f"leakage_check_{source}",
+        help="Validation images with a near-copy in training make the validation score "
+        "measure memory. Uses the Train form's backbone's cached features.",
+    ):
+        return
     try:
         leakage, reason = _source_leakage(
             source, val_split, seed, draft.backbone, draft.weights, draft.image_size
