@@ -34,6 +34,7 @@ BUSY = "[data-testid='stStatusWidget'], [data-testid='stSpinner'], [data-testid=
 
 # CI sets TRANSFER_STUDIO_REQUIRE_BROWSER=1: there a missing browser fails instead of skipping.
 REQUIRE_BROWSER = os.environ.get("TRANSFER_STUDIO_REQUIRE_BROWSER") == "1"
+STARTUP_S = 180  # seconds a `streamlit run` may take to answer its health check
 
 
 def free_port() -> int:
@@ -58,17 +59,28 @@ def serve() -> Iterator[tuple[str, Path]]:
         cwd=ROOT, env=env, stdout=log, stderr=subprocess.STDOUT,
     )  # fmt: skip
     url = f"http://127.0.0.1:{port}"
+    # No proxy for our own server: a CI machine's HTTP(S)_PROXY must not route 127.0.0.1.
+    opener = urllib.request.build_opener(urllib.request.ProxyHandler({}))
+    started = time.monotonic()
     try:
-        deadline = time.monotonic() + 60
+        # Generous: on a loaded 2-core machine (the other test process converting models) a
+        # start has been seen to take over a minute; the error then says what the server printed.
+        deadline = started + STARTUP_S
         while True:
             try:
-                with urllib.request.urlopen(f"{url}/_stcore/health", timeout=2) as response:
+                with opener.open(f"{url}/_stcore/health", timeout=5) as response:
                     if response.status == 200:
                         break
             except OSError:
                 pass
             if proc.poll() is not None or time.monotonic() > deadline:
-                raise RuntimeError(f"streamlit did not start; see {log.name}")
+                log.flush()
+                printed = Path(log.name).read_text(errors="replace")[-3000:]
+                state = f"exited with {proc.returncode}" if proc.poll() is not None else "running"
+                raise RuntimeError(
+                    f"streamlit did not answer /_stcore/health on port {port} within "
+                    f"{time.monotonic() - started:.0f} s (process {state}); it printed:\n{printed}"
+                )
             time.sleep(0.5)
         yield url, Path(home)
     finally:
