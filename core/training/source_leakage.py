@@ -213,11 +213,18 @@ def leakage_before_training(
 
 
 def start_check(
-    root: str | Path, config: RunConfig, source: str, val_split: float, seed: int
+    root: str | Path,
+    config: RunConfig,
+    source: str,
+    val_split: float,
+    seed: int,
+    result_key: str | None = None,
 ) -> bool:
     """Run the check of ``source`` (split by ``val_split`` and ``seed``) as background task
-    ``TASK`` of runs folder ``root``; ``False`` if one already runs there."""
+    ``TASK`` of runs folder ``root``; ``False`` if one already runs there. ``result_key``: the
+    plan's (``plan_check``), for a page to know the task is its own before the task says so."""
     initial = {
+        "result_key": result_key,
         "source": source,
         "val_split": val_split,
         "seed": seed,
