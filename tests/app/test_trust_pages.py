@@ -132,7 +132,7 @@ def test_run_page_offers_the_check_a_run_never_had(tmp_path) -> None:
 
 @pytest.mark.slow
 def test_one_click_moves_the_pair_to_training(seeded) -> None:
-    """"Move to training" pins both pictures of each pair to the training side of the run's
+    """ "Move to training" pins both pictures of each pair to the training side of the run's
     dataset (its managed copy), as one edit the dataset's history undoes; the next split keeps
     them both in training."""
     from core.data.datasets import find_copy, open_dataset
