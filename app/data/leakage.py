@@ -101,8 +101,8 @@ def _show(found: SourceLeakage, index: DatasetIndex, plan: CheckPlan) -> None:
     for card in views.pair_cards(leakage, str(index.root))[:PAIRS_SHOWN]:
         pics = st.columns([1, 1, 3], vertical_alignment="center")
         try:
-            pics[0].image(loaders.thumbnail(card["val"], 96), caption=card["val_caption"])
-            pics[1].image(loaders.thumbnail(card["train"], 96), caption=card["train_caption"])
+            pics[0].image(loaders.thumbnail(card["val"]), caption=card["val_caption"], width=96)
+            pics[1].image(loaders.thumbnail(card["train"]), caption=card["train_caption"], width=96)
         except StudioError as exc:  # a file moved since the check
             widgets.show_error(exc)
         pics[2].caption(md_escape(card["how"]))
