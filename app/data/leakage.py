@@ -99,7 +99,7 @@ def _show(found: SourceLeakage, index: DatasetIndex, plan: CheckPlan) -> None:
         forget_check(plan)
         st.rerun()
     for card in views.pair_cards(leakage, str(index.root))[:PAIRS_SHOWN]:
-        pics = st.columns([1, 1, 3], vertical_alignment="center")
+        pics = st.columns([2, 2, 5], vertical_alignment="center")
         try:
             pics[0].image(loaders.thumbnail(card["val"]), caption=card["val_caption"], width=96)
             pics[1].image(loaders.thumbnail(card["train"]), caption=card["train_caption"], width=96)
