@@ -144,6 +144,7 @@ def _actor_kill(
     """Figure 19: the pass with an actor killed after the first shard is in."""
     import ray
 
+    from core.cluster import ray_output_to_stderr
     from core.cluster.features import ensure_features, feature_config
     from core.cluster.shards import ShardedPass
     from core.training.embeddings import load_cached
@@ -156,12 +157,14 @@ def _actor_kill(
                           at_rows=sharded.done_rows)  # fmt: skip
             os.kill(sharded.pids[0], signal.SIGKILL)
 
-    ray.init(address=address, logging_level=logging.ERROR, log_to_driver=False)
-    try:
-        config = feature_config(root, BACKBONE, size)
-        entry = ensure_features(config, ray=True, progress=kill)
-    finally:
-        ray.shutdown()
+    # Ray prints the killed worker's notices on stdout: kept off the benchmark's JSON.
+    with ray_output_to_stderr():
+        ray.init(address=address, logging_level=logging.ERROR, log_to_driver=False)
+        try:
+            config = feature_config(root, BACKBONE, size)
+            entry = ensure_features(config, ray=True, progress=kill)
+        finally:
+            ray.shutdown()
     features = load_cached(entry.cache_key)
     assert features is not None
     diff = float(np.abs(features - reference).max())

@@ -15,13 +15,12 @@
 from __future__ import annotations
 
 import argparse
-import contextlib
 import json
-import os
 import sys
-from collections.abc import Callable, Generator, Iterator
+from collections.abc import Callable, Generator
 from typing import TYPE_CHECKING, Any, TypeVar
 
+from core.cluster import ray_output_to_stderr
 from core.config import DEFAULT_DATA
 from core.errors import ConfigError, StudioError
 
@@ -53,29 +52,11 @@ __all__ = [
     "COMMANDS",
     "add_parsers",
     "add_ray_flag",
-    "ray_output_to_stderr",
     "cmd_features",
     "features_on_ray",
     "search_on_ray",
     "worker_on_ray",
 ]
-
-
-@contextlib.contextmanager
-def ray_output_to_stderr() -> Iterator[None]:
-    """While connected to Ray, whatever is written to stdout (Ray's own notices, e.g. when an
-    actor dies, from Python or from its C++ core) goes to stderr: stdout carries the command's
-    result alone (``--json`` output stays one parseable object)."""
-    sys.stdout.flush()
-    saved = os.dup(1)
-    try:
-        os.dup2(2, 1)
-        with contextlib.redirect_stdout(sys.stderr):
-            yield
-    finally:
-        sys.stdout.flush()
-        os.dup2(saved, 1)
-        os.close(saved)
 
 
 def add_ray_flag(p: argparse.ArgumentParser, what: str) -> None:

@@ -302,31 +302,43 @@ def _ensure(config: RunConfig, sharded: Any, started: float) -> FeatureEntry:
         return entry
     if sharded is not None:
         # CPU nodes run the converted runtime when only the clean pass is missing (augmented
-        # views need Keras); the driver checks it first, as a local pass would.
-        checking = time.perf_counter()
-        with _DRIVER_LOCK:
-            runtime = (
-                _checked_runtime(
-                    config,
-                    backbone,
-                    size,
-                    paths,
-                    len(data.class_names),
-                    total >= CONVERT_MIN_ROWS,
-                )  # fmt: skip
-                if not have_clean and have_views
-                else None
-            )
-        entry.check_s = round(time.perf_counter() - checking, 3)
-        shipped = sharded.runtime.digest if sharded.runtime is not None else None
-        if (runtime.digest if runtime is not None else None) != shipped:
-            sharded.close()  # actors started with another (or no) runtime: start afresh
+        # views need Keras); the driver checks it as a local pass would. Actors already running
+        # an unchecked runtime from disk start on their shards meanwhile (the check runs in a
+        # thread here, beside the pass); nothing is stored before the check has passed.
+        light = not have_clean and have_views
+        convert = total >= CONVERT_MIN_ROWS
+
+        def check() -> RuntimeFile | None:
+            checking = time.perf_counter()
+            with _DRIVER_LOCK:
+                runtime = _checked_runtime(
+                    config, backbone, size, paths, len(data.class_names), convert
+                )
+            entry.check_s = round(time.perf_counter() - checking, 3)
+            return runtime
+
+        plan = {
+            "train_rows": 0 if have_views else n_train, "views": 1 if have_views else views,
+            "convert": convert, "clean": not have_clean,
+        }  # fmt: skip
+        result = None
+        if light and sharded.runtime is not None:
+            with ThreadPoolExecutor(1, thread_name_prefix="runtime-check") as pool:
+                checked = pool.submit(check)
+                sharded.plan(paths, **plan)
+                result = sharded.run()
+                runtime = checked.result()
+            if runtime is None or runtime.digest != sharded.runtime.digest:
+                result = None  # the nodes ran a runtime that failed the check: not stored
+                sharded.runtime = runtime
+        else:  # Keras actors (started early for augmented views), or a runtime checked now
+            runtime = check() if light else None
+            if runtime is not None or sharded.runtime is not None:
+                sharded.close()  # the actors started (if any) run something else
             sharded.runtime = runtime
-        sharded.plan(
-            paths, train_rows=0 if have_views else n_train, views=1 if have_views else views,
-            convert=total >= CONVERT_MIN_ROWS, clean=not have_clean,
-        )  # fmt: skip
-        result = sharded.run()
+        if result is None:
+            sharded.plan(paths, **plan)
+            result = sharded.run()
         # Written only now, every shard in: a pass that failed halfway left nothing behind.
         with _DRIVER_LOCK:  # the writer trims the cache: one writer at a time
             if not have_clean:

@@ -89,6 +89,7 @@ class Shard:
     convert: bool = False  # may the actor convert the LiteRT runtime (a pass large enough)
     paths: list[str] | None = None
     images: list[tuple[str, bytes]] | None = None  # (file suffix, bytes): no shared filesystem
+    runtime: list[Any] | None = None  # for a ``RuntimeEncoder``: [reference to its RuntimeFile]
 
 
 @dataclass
@@ -145,12 +146,24 @@ class RuntimeEncoder(_Encoder):
     """A CPU node's light actor: the driver's converted runtime, images decoded as the local
     pipeline decodes them (``core.data.images.load_rgb``), no TensorFlow."""
 
-    def __init__(self, shipped: list[Any], threads: int | None) -> None:
-        """``shipped``: ``[reference to the RuntimeFile]`` in the object store."""
+    def __init__(self, threads: int | None) -> None:
+        self.threads = threads or os.cpu_count() or 1
+        self.pool = ThreadPoolExecutor(self.threads)  # PIL decodes outside the GIL
+        self.extractor: Any = None
+        self.size = 0
+
+    def _load(self, shipped: list[Any] | None) -> None:
+        """The runtime, from the object store, on the first shard (a restarted actor loads it
+        again from the shard it retries). ``shipped``: ``[reference to the RuntimeFile]``, in a
+        list so that Ray hands the reference over rather than resolving it before the call."""
         import ray
 
         from core.training.interpreter import LiteRTExtractor
 
+        if self.extractor is not None:
+            return
+        if not shipped:
+            raise ClusterError("A runtime actor got a shard without the converted runtime.")
         runtime: RuntimeFile = ray.get(shipped[0])
         if hashlib.sha256(runtime.content).hexdigest() != runtime.digest:
             raise ClusterError(
@@ -158,9 +171,7 @@ class RuntimeEncoder(_Encoder):
                 "differs from the driver's): run the command again."
             )
         self.size = runtime.image_size
-        self.threads = threads or os.cpu_count() or 1
         self.extractor = LiteRTExtractor(None, self.threads, content=runtime.content)
-        self.pool = ThreadPoolExecutor(self.threads)  # PIL decodes outside the GIL
 
     def _decode(self, sources: Sequence[Any]) -> list[Future[np.ndarray]]:
         from core.data.images import load_rgb
@@ -173,6 +184,7 @@ class RuntimeEncoder(_Encoder):
         if shard.views:
             raise ClusterError("Augmented views need the Keras backbone, not the runtime actor.")
         started = time.perf_counter()
+        self._load(shard.runtime)
         sources: list[Any] = (
             [io.BytesIO(data) for _, data in shard.images]
             if shard.images is not None
@@ -383,20 +395,18 @@ class ShardedPass:
         self.started = time.perf_counter()
         keras_actor, light_actor = ray.remote(ShardEncoder), ray.remote(RuntimeEncoder)
         try:
-            # One copy in the object store, whatever the number of actors, held by this pass
-            # (a restarted actor fetches it again), and passed inside a list: Ray resolves the
-            # list's reference in the actor, not before creating it.
+            # One copy in the object store, whatever the number of actors, held by this pass;
+            # it travels with each shard (a restarted actor loads it from the shard it retries).
             self._runtime_ref = ray.put(self.runtime) if self.runtime is not None else None
-            runtime = [self._runtime_ref] if self._runtime_ref is not None else None
             for p in _actor_plan(ray):
-                light = runtime is not None and not p["num_gpus"]
+                light = self._runtime_ref is not None and not p["num_gpus"]
                 options = (light_actor if light else keras_actor).options(
                     num_cpus=p["num_cpus"], num_gpus=p["num_gpus"],
                     scheduling_strategy=p["strategy"], max_restarts=MAX_RESTARTS,
                     max_task_retries=MAX_RESTARTS, runtime_env={"env_vars": worker_env()},
                 )  # fmt: skip
                 self.actors.append(
-                    options.remote(runtime, p["threads"])
+                    options.remote(p["threads"])
                     if light
                     else options.remote(
                         self.config.to_json(indent=None), self.weights_id, p["threads"]
@@ -475,6 +485,8 @@ class ShardedPass:
                 who = idle.pop(0)
                 shard = self._payload(shard, ships[who])
                 shard.convert = self.convert
+                if self.light[who]:
+                    shard.runtime = [self._runtime_ref]
                 shipped += sum(len(b) for _, b in shard.images or [])
                 busy[actors[who].encode.remote(shard)] = (who, shard)
             ready, _ = ray.wait([*busy, *joining], num_returns=1)

@@ -439,7 +439,7 @@ def test_search_on_ray_computes_each_candidates_features_on_the_cluster(
 @needs_ray
 @pytest.mark.slow
 def test_cpu_nodes_run_the_checked_runtime_without_tensorflow_and_match_the_local_pass(
-    cluster: str,
+    cluster: str, monkeypatch: pytest.MonkeyPatch
 ) -> None:
     import ray
 
@@ -452,8 +452,10 @@ def test_cpu_nodes_run_the_checked_runtime_without_tensorflow_and_match_the_loca
         features_for,
         load_cached,
     )
+    from core.training.litert import RUNTIME_ENV
     from core.training.model import build_model
 
+    monkeypatch.delenv(RUNTIME_ENV)  # the suite's default (Keras) off: the runtime is tested
     config = RunConfig(data=FACES, image_size=56, augment=False)
     data = load_dataset(FACES, val_split=config.val_split, seed=config.seed)
     paths = [*data.train_paths, *data.val_paths]
