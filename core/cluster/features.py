@@ -55,7 +55,7 @@ class FeatureEntry:
     train_images: int = 0
     val_images: int = 0
     prepare_s: float = 0.0  # the driver's scan, file digests and key (before any pass)
-    startup_s: float = 0.0  # Ray: until every actor had loaded the backbone
+    startup_s: float = 0.0  # Ray: until the last actor was up (its backbone or runtime loaded)
     compute_s: float = 0.0  # Ray: the actors' seconds inside shards, summed
     check_s: float = 0.0  # Ray: the driver's check (or conversion) of the runtime it ships
     runtime: str = ""  # what ran the pass: litert or keras ("" when nothing ran)
@@ -160,7 +160,10 @@ def candidate_passes(
                 )
                 if done is not None:
                     done(c, future.result() if exc is None else None, error)
-                yield c, error
+                # The caller trains the candidate's heads (and may build a model to time it)
+                # holding the driver's Keras lock: no pass builds its check model meanwhile.
+                with _DRIVER_LOCK:
+                    yield c, error
     finally:
         pool.shutdown(wait=False, cancel_futures=True)
 

@@ -116,7 +116,7 @@ class ShardedFeatures:
     seconds: float
     shipped_bytes: int  # image bytes sent to actors that could not read the driver's files
     node_rows: dict[str, int] = field(default_factory=dict)
-    startup_s: float = 0.0  # until every actor had loaded its backbone
+    startup_s: float = 0.0  # until the last actor that joined was up
     compute_s: float = 0.0  # the actors' seconds inside shards, summed
 
 
@@ -429,11 +429,6 @@ class ShardedPass:
             except Exception:
                 pass
         self.actors, self.light, self._runtime_ref = [], [], None
-
-    def use_keras(self) -> None:
-        """Drop the converted runtime (the driver's check failed): Keras actors from now on."""
-        self.close()
-        self.runtime = None
 
     def run(self) -> ShardedFeatures:
         """Compute the pass on the cluster the driver is connected to, then end the actors."""
