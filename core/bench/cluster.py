@@ -42,6 +42,8 @@ NODE_CORES = 8  # a projected CPU node: 8 cores at this machine's per-core speed
 GPU_IMAGES_PER_S = 1000.0  # an assumed GPU rate (none here to measure): see docs/benchmark.md
 PROJECT_SHARD_ROWS = 4096  # shards of a long pass reach the planner's upper bound
 ROUNDS = 3  # (local, Ray) pairs; the figure is the median pair's
+NICENESS_ENV = "RAY_worker_niceness"  # Ray's setting of its workers' nice value (default 15)
+WORKER_NICENESS = "0"  # the local pass's
 
 
 def _features_cli(data: str, size: int, ray: str | None) -> tuple[dict[str, Any], float]:
@@ -104,12 +106,22 @@ def ray_figures(
     say(f"figures 18-19: {data['files']} images at {size} px; converting the runtime first")
     _convert_runtime(root, size)
     figures: dict[str, Any] = {}
-    nodes = Cluster(
-        initialize_head=True,
-        head_node_args={"num_cpus": 1, "include_dashboard": False, "object_store_memory": 2**29},
-    )
+    # Ray starts its workers at nice 15 (``RAY_worker_niceness``): on a node of its own that
+    # changes nothing, but on this shared machine the actors would yield the cores to every
+    # other process while the local pass competes at nice 0. The figure is Ray's overhead, so
+    # the bench's nodes run their workers at the local pass's priority.
+    niceness = os.environ.get(NICENESS_ENV)
+    os.environ[NICENESS_ENV] = WORKER_NICENESS
+    nodes = None
     try:
+        nodes = Cluster(
+            initialize_head=True,
+            head_node_args={
+                "num_cpus": 1, "include_dashboard": False, "object_store_memory": 2**29,
+            },
+        )  # fmt: skip
         nodes.add_node(num_cpus=1, object_store_memory=2**29)
+        _restore_env(NICENESS_ENV, niceness)  # the nodes have it; this process keeps its own
         # Rounds of (local, Ray) pairs, each pair close in time: on a shared machine the load
         # drifts over minutes, and a pair's ratio sees the same load on both sides.
         pairs: list[dict[str, Any]] = []
@@ -120,6 +132,9 @@ def ray_figures(
             say(f"18: round {round_}/{ROUNDS}: local feature pass (a fresh `features` process)")
             local, local_wall = _features_cli(root, size, None)
             entry = embedding_cache_dir() / f"{local['cache_key']}.npy"
+            if local["cached"]:  # an entry left by an earlier benchmark: the pass again
+                entry.unlink()
+                local, local_wall = _features_cli(root, size, None)
             computed = np.load(entry)
             reference = computed if reference is None else reference
             diff = max(diff, float(np.abs(computed - reference).max()))
@@ -143,6 +158,7 @@ def ray_figures(
             "images": local["images"], "image_size": size,
             "local_wall_s": middle["local_wall_s"], "ray_wall_s": middle["ray_wall_s"],
             "ratio": round(ratio, 3), "target": RATIO_TARGET, "rounds": pairs,
+            "worker_niceness": int(WORKER_NICENESS),
             "max_abs_diff": diff, "diff_target": DIFF_TARGET, "local": local, "ray": on_ray,
             "met": ratio <= RATIO_TARGET and diff <= DIFF_TARGET,
         }  # fmt: skip
@@ -153,8 +169,17 @@ def ray_figures(
             figures["ray_actor_kill"] = _actor_kill(nodes.address, root, size, on_ray, reference)
             figures["ray_actor_kill"]["clean_ray_wall_s"] = middle["ray_wall_s"]
     finally:
-        nodes.shutdown()
+        _restore_env(NICENESS_ENV, niceness)
+        if nodes is not None:
+            nodes.shutdown()
     return figures
+
+
+def _restore_env(name: str, value: str | None) -> None:
+    if value is None:
+        os.environ.pop(name, None)
+    else:
+        os.environ[name] = value
 
 
 def _actor_kill(
