@@ -104,12 +104,15 @@ def ensure_features(
     ray: bool,
     shard_rows: int | None = None,
     progress: Callable[[Any], None] | None = None,
+    share_nodes: bool = False,
 ) -> FeatureEntry:
     """Find or compute the cache entries (clean, and augmented views when the config has them)
     a feature-extraction run of ``config`` reads; ``ray``: compute them on the cluster the
     driver is connected to (``core.cluster.connect``), else in this process.
 
     ``progress(pass)``: called after each shard (``core.cluster.shards.ShardedPass``).
+    ``share_nodes``: other passes run on the cluster beside this one (its actors join as they
+    come up rather than all before the first shard).
     """
     started = time.perf_counter()
     if config.mode != "feature_extraction":
@@ -117,7 +120,7 @@ def ensure_features(
             f"Features are cached for feature_extraction runs only, got mode {config.mode!r}.",
             settings=("mode",),
         )
-    sharded = _early_actors(config, shard_rows, progress) if ray else None
+    sharded = _early_actors(config, shard_rows, progress, share_nodes) if ray else None
     try:
         return _ensure(config, sharded, started)
     finally:
@@ -142,7 +145,7 @@ def candidate_passes(
         return
     pool = ThreadPoolExecutor(max_workers=len(passes), thread_name_prefix="candidate-pass")
     futures: dict[Future[FeatureEntry], Candidate] = {
-        pool.submit(ensure_features, config, ray=True): c for c, config in passes
+        pool.submit(ensure_features, config, ray=True, share_nodes=True): c for c, config in passes
     }
     order = {id(c): i for i, (c, _config) in enumerate(passes)}
     try:
@@ -168,7 +171,9 @@ def candidate_passes(
         pool.shutdown(wait=False, cancel_futures=True)
 
 
-def _early_actors(config: RunConfig, shard_rows: int | None, progress: Any) -> Any:
+def _early_actors(
+    config: RunConfig, shard_rows: int | None, progress: Any, share_nodes: bool
+) -> Any:
     """The sharded pass, its actors started before anything else when what they run is known
     already, so that they load while the driver scans and hashes the files: ``RuntimeEncoder``s
     when the converted runtime is on disk (checked before any shard is sent), Keras actors for
@@ -187,7 +192,7 @@ def _early_actors(config: RunConfig, shard_rows: int | None, progress: Any) -> A
     )
     sharded = ShardedPass(
         config.with_changes(image_size=size), weights_id, [], shard_rows=shard_rows,
-        progress=progress, runtime=runtime,
+        progress=progress, runtime=runtime, share_nodes=share_nodes,
     )  # fmt: skip
     if weights_id is not None and (runtime is not None or views > 1):  # else: ``_ensure`` says
         sharded.start()

@@ -346,8 +346,10 @@ class ShardedPass:
         shard_rows: int | None = None,
         progress: Callable[[ShardedPass], None] | None = None,
         runtime: RuntimeFile | None = None,
+        share_nodes: bool = False,
     ) -> None:
         self.config, self.weights_id, self.paths = config, weights_id, list(paths)
+        self.share_nodes = share_nodes  # other passes run beside this one (see ``_dispatch``)
         # The checked converted runtime: CPU nodes get a ``RuntimeEncoder`` (None: Keras actors).
         self.runtime = runtime
         self.clean = clean  # False: only the augmented views (the clean features are cached)
@@ -448,14 +450,32 @@ class ShardedPass:
             raise ClusterError("The sharded feature pass got no images.")
         first = self.paths[0]
         digest = sha256_file(first)
-        # Actors join as they come up, not all at once: the passes of several search
-        # candidates share the nodes, and a pass waiting for all of its actors could wait
-        # forever on a node another pass holds while that one waits on a node of this one.
         joining = {a.ping.remote(): i for i, a in enumerate(actors)}
         ships: dict[int, bool] = {}  # per joined actor: send it the files' bytes
         startup = 0.0  # until the last actor that joined had loaded
         compute = 0.0
         first_pids: dict[int, int] = {}
+        idle: list[int] = []
+
+        def join(ref: Any) -> None:
+            nonlocal startup
+            who = joining.pop(ref)
+            try:
+                info = ray.get(ref)
+                ships[who] = not ray.get(actors[who].sees.remote(first, digest))
+            except Exception as exc:
+                raise _unwrap(exc, "starting the feature actors") from None
+            self.pids[who] = first_pids[who] = int(info["pid"])
+            startup = time.perf_counter() - started
+            idle.append(who)
+
+        if not self.share_nodes:
+            # The only pass on the cluster: every actor is up before the first shard goes out.
+            # Passes that share the nodes (a search's candidates) take actors as they come up
+            # instead: one waiting for all of its actors could wait forever on a node another
+            # pass holds while that one waits on a node of this one.
+            for ref in list(joining):
+                join(ref)
         out: np.ndarray | None = None
         augmented: np.ndarray | None = None
         covered = np.zeros(n, np.int64)
@@ -465,7 +485,6 @@ class ShardedPass:
             pending.append(Shard(-1, 0, self.train_rows, views=self.views - 1))
         cursor, index = (0 if self.clean else n), 0
         busy: dict[Any, tuple[int, Shard]] = {}
-        idle: list[int] = []
         shipped = 0
         node_rows: dict[str, int] = {}
         shards = 0
@@ -486,15 +505,7 @@ class ShardedPass:
                 busy[actors[who].encode.remote(shard)] = (who, shard)
             ready, _ = ray.wait([*busy, *joining], num_returns=1)
             if ready[0] in joining:
-                who = joining.pop(ready[0])
-                try:
-                    info = ray.get(ready[0])
-                    ships[who] = not ray.get(actors[who].sees.remote(first, digest))
-                except Exception as exc:
-                    raise _unwrap(exc, "starting the feature actors") from None
-                self.pids[who] = first_pids[who] = int(info["pid"])
-                startup = time.perf_counter() - started
-                idle.append(who)
+                join(ready[0])
                 continue
             who, shard = busy.pop(ready[0])
             result: ShardResult = ray.get(ready[0])

@@ -168,8 +168,8 @@ def test_candidate_passes_run_at_once_and_come_back_in_the_order_they_end(
 
     started = {size: threading.Event() for size in (40, 48, 56)}
 
-    def fake_pass(config: RunConfig, *, ray: bool) -> Any:
-        assert ray
+    def fake_pass(config: RunConfig, *, ray: bool, share_nodes: bool) -> Any:
+        assert ray and share_nodes  # each pass takes actors as they come up
         started[config.image_size].set()
         if config.image_size == 40:  # ends last, and only once the others have started
             assert started[48].wait(10) and started[56].wait(10), "passes ran one at a time"
