@@ -55,6 +55,7 @@ __all__ = [
     "features_for",
     "forward_once",
     "forward_views",
+    "identity_of",
     "load_cached",
     "runtime_identity",
     "store_cached",
@@ -351,13 +352,19 @@ RuntimePick = Callable[[np.ndarray], Callable[[np.ndarray], np.ndarray] | None]
 def runtime_identity(built: BuiltModel) -> dict[str, object] | None:
     """What determines the feature extractor's function, for its converted runtime's key;
     ``None`` for random weights (nothing to key on)."""
-    if built.weights_id is None:
+    return identity_of(Backbone(built.spec, built.weights_id), built.image_size)
+
+
+def identity_of(backbone: Backbone, image_size: int) -> dict[str, object] | None:
+    """``runtime_identity`` of a model of ``backbone`` at ``image_size``, without building it
+    (a Ray driver finds the converted runtime it ships to its nodes by it)."""
+    if backbone.weights_id is None:
         return None
     return {
-        "backbone": built.spec.name,
-        "weights": built.weights_id,
-        "image_size": built.image_size,
-        "preprocessing": built.spec.preprocessing,
+        "backbone": backbone.spec.name,
+        "weights": backbone.weights_id,
+        "image_size": image_size,
+        "preprocessing": backbone.spec.preprocessing,
         "output": "avg_pool",
     }
 
