@@ -45,10 +45,20 @@ if TYPE_CHECKING:
 SCORES_FILE = "review_scores.npz"
 MAP_FILE = "review_map_{method}.npz"
 # Bump when the scores' content or meaning changes, so older cached files are recomputed.
-SCORES_VERSION = 2
+SCORES_VERSION = 3
 FOLDS = 5
 PROB_FLOOR = 1e-7  # -log of it (~16.1) is the largest loss reported (JSON has no infinity)
 LOGREG_C = 0.01  # L2 strength of the k-fold heads on standardised features (see docs/review.md)
+# The heads see at most this many principal components of the standardised features. A head's
+# cost grows with images x width x classes; past this width (Lite0's 1,280 features) the widest
+# 512 directions keep its scores: on 50 classes of a 200-class set, every out-of-fold loss within
+# 0.05 of the full-width head's (the spread lbfgs' own tolerance leaves), 48 of its 50 worst
+# images the same, at less than half the time.
+HEAD_DIMS = 512
+# Images x width x classes from which the heads' BLAS uses every core (up to two): its matrix
+# products then take tenths of a second each, so a thread pool pays; below, one thread (see
+# ``_fit_predict``).
+THREADED_FROM = 500_000_000
 HEAD_LAYERS = ("head_dropout", "head_dense", "predictions")
 MAP_METHODS = ("pca", "tsne")
 # progress(step, done, total) while scores are computed: step "features" (the base's pass over the
@@ -57,6 +67,15 @@ ReviewProgress = Callable[[str, int, int], None]
 # The map draws at most this many images (a stratified sample, every class kept): t-SNE of 50,000
 # points takes many minutes, and a browser draws 5,000 markers without stutter.
 MAP_MAX_POINTS = 5000
+# t-SNE (openTSNE) runs on this many principal components of the features (the usual first step:
+# the neighbours are found in 50 dimensions, not 1,280), for this many iterations: early
+# exaggeration, then the rest (openTSNE's defaults). ``MapProgress`` hears every few of them.
+TSNE_DIMS = 50
+TSNE_ITERATIONS = (250, 500)
+TSNE_EVERY = 25
+# progress(step, done, total) of a map: the scores' steps (``ReviewProgress``) the first time,
+# then "layout": t-SNE's iterations (PCA: 0 then 1 of 1).
+MapProgress = ReviewProgress
 TRAIN, VAL = "train", "val"
 
 
@@ -450,19 +469,21 @@ def _compute_scores(
         if progress is not None:
             progress("heads", heads[0], heads[1])
 
-    probs[train] = _out_of_fold(features[train], y[train], classes, seed, fitted_one)
+    x = _head_inputs(features, train, seed)
+    probs[train] = _out_of_fold(x[train], y[train], classes, seed, fitted_one)
     if (~train).any():
         # Neither the saved model nor a head fitted on every training image saw these: their
         # mean is steadier than either (a short run's model can be barely trained).
         val_paths = [p for p, s in zip(paths, splits, strict=True) if s == VAL]
         saved = _head_probs(model, features[~train], val_paths)
-        fitted = _fit_predict(features[train], y[train], features[~train], classes)
+        fitted = _fit_predict(x[train], y[train], x[~train], classes)
         fitted_one()
         probs[~train] = (saved + fitted) / 2
     where = "the embedding cache" if from_cache else "one pass of the saved model's base"
     method = (
         f"Training images: out-of-fold probabilities of {FOLDS}-fold logistic-regression heads on "
-        f"the run's {config.backbone} features ({where}), so no image is scored by a head that "
+        f"the run's {config.backbone} features ({where}; standardised, at most {HEAD_DIMS} "
+        "principal components), so no image is scored by a head that "
         "saw it; validation images: the mean of the saved model's probabilities and a "
         "logistic-regression head fitted on all training images (neither saw them); "
         "loss = -log p(label)."
@@ -522,18 +543,39 @@ def _head_probs(model: Any, features: np.ndarray, paths: list[str]) -> np.ndarra
         return predict_paths(model, paths, int(model.inputs[0].shape[1]), 32)
 
 
-def _logreg() -> Any:
-    from sklearn.linear_model import LogisticRegression
-    from sklearn.pipeline import make_pipeline
+def _head_inputs(features: np.ndarray, train: np.ndarray, seed: int) -> np.ndarray:
+    """What the heads see: the features standardised on the training images and, wider than
+    ``HEAD_DIMS``, cut to their first ``HEAD_DIMS`` principal components (a rotation of the
+    standardised space, so the heads' L2 penalty sees the same geometry, less its narrowest
+    directions). Neither step looks at a label, so no head learns from an image it scores."""
     from sklearn.preprocessing import StandardScaler
 
-    return make_pipeline(StandardScaler(), LogisticRegression(C=LOGREG_C, max_iter=2000))
+    fit_rows = features[train] if train.any() else features
+    x = StandardScaler().fit(fit_rows).transform(features).astype(np.float32)
+    if x.shape[1] > HEAD_DIMS and len(fit_rows) > HEAD_DIMS:
+        from sklearn.decomposition import PCA
+
+        # Exact, through the features' covariance: cheap for many more images than features.
+        pca = PCA(HEAD_DIMS, svd_solver="covariance_eigh", random_state=seed)
+        with _blas_threads(len(fit_rows) * x.shape[1] * HEAD_DIMS):
+            x = pca.fit(x[train] if train.any() else x).transform(x).astype(np.float32)
+    return x
+
+
+def _blas_threads(work: int) -> Any:
+    """One BLAS thread for small products, up to two from ``THREADED_FROM``: on a busy CPU a
+    thread pool made small fits ~40x slower (4 s instead of 0.1 s for 160 images), spinning,
+    not computing."""
+    from threadpoolctl import threadpool_limits
+
+    return threadpool_limits(min(2, os.cpu_count() or 1) if work >= THREADED_FROM else 1)
 
 
 def _fit_predict(
     features: np.ndarray, labels: np.ndarray, rows: np.ndarray, classes: int
 ) -> np.ndarray:
-    """Probabilities of ``rows`` from a logistic-regression head fitted on ``features``."""
+    """Probabilities of ``rows`` from a logistic-regression head fitted on ``features`` (the
+    standardised ``_head_inputs``)."""
     out = np.zeros((len(rows), classes), np.float32)
     seen = np.unique(labels)
     if len(rows) == 0 or len(seen) == 0:
@@ -541,12 +583,10 @@ def _fit_predict(
     if len(seen) == 1:
         out[:, seen[0]] = 1.0
         return out
-    from threadpoolctl import threadpool_limits
+    from sklearn.linear_model import LogisticRegression
 
-    # One BLAS thread: these matrices are small, and on a busy CPU a thread pool made the same
-    # fits ~40x slower (4 s instead of 0.1 s for 160 images), spinning, not computing.
-    with threadpool_limits(1):
-        head = _logreg().fit(features, labels)
+    with _blas_threads(features.shape[0] * features.shape[1] * len(seen)):
+        head = LogisticRegression(C=LOGREG_C, max_iter=2000).fit(features, labels)
         out[:, seen] = head.predict_proba(rows)
     return out
 
@@ -771,22 +811,27 @@ def stratified_sample(labels: Sequence[int] | np.ndarray, limit: int, seed: int)
 
 
 def embedding_map(
-    store: RunStore, run_id: str, method: str = "pca", max_points: int = MAP_MAX_POINTS
+    store: RunStore,
+    run_id: str,
+    method: str = "pca",
+    max_points: int = MAP_MAX_POINTS,
+    progress: MapProgress | None = None,
 ) -> EmbeddingMap:
     """2-D positions of the run's image embeddings (the scored features): ``pca`` (default,
-    instant) or ``tsne`` (sklearn; seconds for a few thousand images). Past ``max_points``
-    scored images the map is a stratified sample of them (``stratified_sample`` by the labels
-    the run trained on: every class shown). The layout is computed once and cached, so edits
-    recolour the map without moving it."""
+    instant) or ``tsne`` (openTSNE on their first ``TSNE_DIMS`` principal components; seconds
+    for a few thousand images). Past ``max_points`` scored images the map is a stratified sample
+    of them (``stratified_sample`` by the labels the run trained on: every class shown). The
+    layout is computed once and cached, so edits recolour the map without moving it.
+    ``progress`` follows the scores (the first time) and the layout (see ``MapProgress``)."""
     if method not in MAP_METHODS:
         raise StudioError(
             f"Unknown map method {method!r}; expected one of {', '.join(MAP_METHODS)}."
         )
-    scores = _scores(store, run_id)
+    scores = _scores(store, run_id, progress)
     seed = int(store.config(run_id).seed)
     sample = stratified_sample(scores.labels, max_points, seed)
     xy = np.zeros((len(scores.labels), 2), np.float64)
-    xy[sample] = _layout(store, run_id, scores, method, sample)
+    xy[sample] = _layout(store, run_id, scores, method, sample, progress)
     keep = np.zeros(len(scores.labels), dtype=bool)
     keep[sample] = True
     joined = _join(scores)
@@ -811,7 +856,12 @@ def embedding_map(
 
 
 def _layout(
-    store: RunStore, run_id: str, scores: _Scores, method: str, sample: np.ndarray
+    store: RunStore,
+    run_id: str,
+    scores: _Scores,
+    method: str,
+    sample: np.ndarray,
+    progress: MapProgress | None = None,
 ) -> np.ndarray:
     """Positions of the ``sample`` images (in its order), cached by their content."""
     path = store.run_dir(run_id) / MAP_FILE.format(method=method)
@@ -822,29 +872,62 @@ def _layout(
                 return np.asarray(z["xy"], np.float64)
     except (OSError, ValueError, KeyError):
         pass
-    xy = _project(scores.features[sample], method, int(store.config(run_id).seed))
+    xy = _project(scores.features[sample], method, int(store.config(run_id).seed), progress)
     with atomic_path(path) as tmp, open(tmp, "wb") as fh:
         np.savez(fh, shas=key, xy=xy)
     return xy
 
 
-def _project(features: np.ndarray, method: str, seed: int) -> np.ndarray:
+def _project(
+    features: np.ndarray, method: str, seed: int, progress: MapProgress | None = None
+) -> np.ndarray:
     n = len(features)
     xy = np.zeros((n, 2), np.float64)
     if n < 2:
         return xy
     x = features.astype(np.float64)
     if method == "tsne" and n >= 5:
-        from sklearn.manifold import TSNE
-
-        perplexity = float(min(30.0, (n - 1) / 3))
-        out = TSNE(2, perplexity=perplexity, init="pca", random_state=seed).fit_transform(x)
+        out = _tsne(x, seed, progress)
     else:
         from sklearn.decomposition import PCA
 
+        if progress is not None:
+            progress("layout", 0, 1)
         out = PCA(min(2, n, x.shape[1]), random_state=seed).fit_transform(x)
+        if progress is not None:
+            progress("layout", 1, 1)
     xy[:, : out.shape[1]] = out
     return np.nan_to_num(xy)
+
+
+def _tsne(x: np.ndarray, seed: int, progress: MapProgress | None = None) -> np.ndarray:
+    """openTSNE's 2-D embedding of ``x`` (its first ``TSNE_DIMS`` principal components), PCA
+    initialised, ``TSNE_ITERATIONS`` long; ``progress("layout", done, total)`` every
+    ``TSNE_EVERY`` iterations."""
+    from openTSNE import TSNE
+    from sklearn.decomposition import PCA
+
+    n = len(x)
+    if x.shape[1] > TSNE_DIMS and n > TSNE_DIMS:
+        x = PCA(TSNE_DIMS, random_state=seed).fit_transform(x)
+    early, rest = TSNE_ITERATIONS
+    total, done = early + rest, [0]
+
+    def tick(_iteration: int, _error: float, _embedding: np.ndarray) -> bool:
+        done[0] += TSNE_EVERY  # openTSNE counts each phase's iterations from 1
+        if progress is not None:
+            progress("layout", min(done[0], total), total)
+        return False  # never stop early
+
+    if progress is not None:
+        progress("layout", 0, total)
+    tsne = TSNE(
+        perplexity=float(min(30.0, (n - 1) / 3)), initialization="pca", random_state=seed,
+        early_exaggeration_iter=early, n_iter=rest, n_jobs=os.cpu_count() or 1,
+        callbacks=tick if progress is not None else None, callbacks_every_iters=TSNE_EVERY,
+        verbose=False,
+    )  # fmt: skip
+    return np.asarray(tsne.fit(x), np.float64)
 
 
 def edit_target(store: RunStore, run_id: str) -> tuple[str, bool]:
@@ -877,6 +960,7 @@ def retrain_config(store: RunStore, run_id: str) -> RunConfig:
 
 __all__ = [
     "MAP_MAX_POINTS",
+    "MapProgress",
     "ReviewProgress",
     "EmbeddingMap",
     "MapPoint",
