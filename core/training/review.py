@@ -51,14 +51,10 @@ PROB_FLOOR = 1e-7  # -log of it (~16.1) is the largest loss reported (JSON has n
 LOGREG_C = 0.01  # L2 strength of the k-fold heads on standardised features (see docs/review.md)
 # The heads see at most this many principal components of the standardised features. A head's
 # cost grows with images x width x classes; past this width (Lite0's 1,280 features) the widest
-# 512 directions keep its scores: on 50 classes of a 200-class set, every out-of-fold loss within
-# 0.05 of the full-width head's (the spread lbfgs' own tolerance leaves), 48 of its 50 worst
-# images the same, at less than half the time.
-HEAD_DIMS = 512
-# Images x width x classes from which the heads' BLAS uses every core (up to two): its matrix
-# products then take tenths of a second each, so a thread pool pays; below, one thread (see
-# ``_fit_predict``).
-THREADED_FROM = 500_000_000
+# 384 directions keep its scores: on 50 classes of a 200-class set (Lite0, 96 px), every
+# out-of-fold loss within 0.1 of a fully converged full-width head's (lbfgs' own tolerance
+# leaves 0.06), 47 of its 50 worst images the same, rank correlation 0.999, at ~2.5x less work.
+HEAD_DIMS = 384
 HEAD_LAYERS = ("head_dropout", "head_dense", "predictions")
 MAP_METHODS = ("pca", "tsne")
 # progress(step, done, total) while scores are computed: step "features" (the base's pass over the
@@ -462,7 +458,8 @@ def _compute_scores(
     train = np.asarray([s == TRAIN for s in splits])
     probs = np.zeros((len(ids), len(class_names)), np.float32)
     classes, seed = len(class_names), int(config.seed)
-    heads = [0, _fold_count(y[train]) + int((~train).any())]
+    folds = _fold_count(y[train])
+    heads = [0, folds if folds else int((~train).any())]
 
     def fitted_one() -> None:
         heads[0] += 1
@@ -470,22 +467,26 @@ def _compute_scores(
             progress("heads", heads[0], heads[1])
 
     x = _head_inputs(features, train, seed)
-    probs[train] = _out_of_fold(x[train], y[train], classes, seed, fitted_one)
+    probs[train], fitted = _out_of_fold(
+        x[train], y[train], classes, seed, fitted_one, others=x[~train]
+    )
     if (~train).any():
-        # Neither the saved model nor a head fitted on every training image saw these: their
-        # mean is steadier than either (a short run's model can be barely trained).
+        # Neither the saved model nor the k-fold heads saw these: the mean of the saved model's
+        # and the heads' mean is steadier than either (a short run's model can be barely
+        # trained). Without folds (one training image), one head on the training images.
         val_paths = [p for p, s in zip(paths, splits, strict=True) if s == VAL]
         saved = _head_probs(model, features[~train], val_paths)
-        fitted = _fit_predict(x[train], y[train], x[~train], classes)
-        fitted_one()
+        if fitted is None:
+            fitted = _fit_predict(x[train], y[train], x[~train], classes)
+            fitted_one()
         probs[~train] = (saved + fitted) / 2
     where = "the embedding cache" if from_cache else "one pass of the saved model's base"
     method = (
         f"Training images: out-of-fold probabilities of {FOLDS}-fold logistic-regression heads on "
         f"the run's {config.backbone} features ({where}; standardised, at most {HEAD_DIMS} "
         "principal components), so no image is scored by a head that "
-        "saw it; validation images: the mean of the saved model's probabilities and a "
-        "logistic-regression head fitted on all training images (neither saw them); "
+        "saw it; validation images: the mean of the saved model's probabilities and those "
+        "heads' mean (none saw them); "
         "loss = -log p(label)."
     )
     return _Scores(
@@ -557,18 +558,17 @@ def _head_inputs(features: np.ndarray, train: np.ndarray, seed: int) -> np.ndarr
 
         # Exact, through the features' covariance: cheap for many more images than features.
         pca = PCA(HEAD_DIMS, svd_solver="covariance_eigh", random_state=seed)
-        with _blas_threads(len(fit_rows) * x.shape[1] * HEAD_DIMS):
+        with _one_blas_thread():
             x = pca.fit(x[train] if train.any() else x).transform(x).astype(np.float32)
     return x
 
 
-def _blas_threads(work: int) -> Any:
-    """One BLAS thread for small products, up to two from ``THREADED_FROM``: on a busy CPU a
-    thread pool made small fits ~40x slower (4 s instead of 0.1 s for 160 images), spinning,
-    not computing."""
+def _one_blas_thread() -> Any:
+    """One BLAS thread: on a busy CPU a thread pool made the same fits ~40x slower (4 s instead
+    of 0.1 s for 160 images), spinning, not computing."""
     from threadpoolctl import threadpool_limits
 
-    return threadpool_limits(min(2, os.cpu_count() or 1) if work >= THREADED_FROM else 1)
+    return threadpool_limits(1)
 
 
 def _fit_predict(
@@ -585,7 +585,7 @@ def _fit_predict(
         return out
     from sklearn.linear_model import LogisticRegression
 
-    with _blas_threads(features.shape[0] * features.shape[1] * len(seen)):
+    with _one_blas_thread():
         head = LogisticRegression(C=LOGREG_C, max_iter=2000).fit(features, labels)
         out[:, seen] = head.predict_proba(rows)
     return out
@@ -606,26 +606,35 @@ def _out_of_fold(
     classes: int,
     seed: int,
     fitted: Callable[[], None] | None = None,
-) -> np.ndarray:
+    others: np.ndarray | None = None,
+) -> tuple[np.ndarray, np.ndarray | None]:
     """Probabilities of each row from a logistic-regression head fitted without it (k folds);
-    ``fitted()`` after each fold's head."""
+    ``fitted()`` after each fold's head. Second: the k heads' mean probabilities of ``others``
+    (rows none of them trained on; None without folds)."""
     from sklearn.model_selection import KFold, StratifiedKFold
 
     n = len(labels)
     probs = np.full((n, classes), 1.0 / classes, np.float32)  # no evidence: uniform
     if n < 2:
-        return probs
+        return probs, None
+    extra = None if others is None else np.zeros((len(others), classes), np.float32)
     smallest = int(np.bincount(labels)[np.unique(labels)].min())
     splitter: KFold | StratifiedKFold
     if smallest >= 2:
         splitter = StratifiedKFold(_fold_count(labels), shuffle=True, random_state=seed)
     else:
         splitter = KFold(_fold_count(labels), shuffle=True, random_state=seed)
+    heads = 0
     for fit, held in splitter.split(features, labels):
-        probs[held] = _fit_predict(features[fit], labels[fit], features[held], classes)
+        heads += 1
+        rows = features[held] if extra is None else np.concatenate([features[held], others])
+        out = _fit_predict(features[fit], labels[fit], rows, classes)
+        probs[held] = out[: len(held)]
+        if extra is not None:
+            extra += out[len(held) :]
         if fitted is not None:
             fitted()
-    return probs
+    return probs, (None if extra is None or heads == 0 else extra / heads)
 
 
 # --------------------------------------------------------------------------- joining
