@@ -134,7 +134,10 @@ def many_classes(
     if walk:
         from core.bench.walk import walk_pages
 
-        browser = walk_pages(home, run_id, str(folder), image, SHOTS, say)
+        try:
+            browser = walk_pages(home, run_id, str(folder), image, SHOTS, say)
+        except Exception as exc:  # a page that never settled: the other figures still count
+            browser = {"error": f"{type(exc).__name__}: {exc}"[:500]}
 
     trained = run["train_images"] + run["val_images"]
     feature_s = (run.get("feature_stage") or {}).get("seconds")
