@@ -81,10 +81,10 @@ def walk_pages(
         seconds["home_first_visit"] = round(time.monotonic() - started, 2)
         memory()
         step("data", lambda: page.goto(f"{url}/data"), "[data-testid='stMetric']")
+        _shot(page, page.locator("[data-testid='stMetric']"), shots / "scale-data-health.png")
+        files["data_health"] = str(shots / "scale-data-health.png")
         step("run", lambda: page.goto(f"{url}/run?run={run_id}"), ".st-key-run_page_run")
-        page.get_by_text("Confusion matrix").first.scroll_into_view_if_needed()
-        time.sleep(0.5)
-        page.screenshot(path=str(shots / "scale-run-matrix.png"))
+        _shot(page, page.get_by_text("Confusion matrix"), shots / "scale-run-matrix.png")
         files["run_matrix"] = str(shots / "scale-run-matrix.png")
 
         def review_on() -> None:  # a click, not ``_set_toggle``: it would wait for the page
@@ -101,6 +101,8 @@ def walk_pages(
             page.locator(".st-key-images input[type='file']").set_input_files(str(image))
 
         step("predict", upload, "[data-testid='stPlotlyChart']")
+        _shot(page, page.locator("[data-testid='stPlotlyChart']"), shots / "scale-predict-top5.png")
+        files["predict_top5"] = str(shots / "scale-predict-top5.png")
         memory()
     return {
         "seconds": seconds,
@@ -109,6 +111,13 @@ def walk_pages(
         "server_rss_mb": [round(v, 1) for v in rss],
         "viewport": dict(VIEWPORT),
     }
+
+
+def _shot(page: Any, target: Any, path: Path) -> None:
+    """A screenshot of the window scrolled to ``target``'s first element."""
+    target.first.scroll_into_view_if_needed()
+    time.sleep(0.5)  # the scroll's repaint
+    page.screenshot(path=str(path))
 
 
 def _quiet_since(page: Any, timeout: float = 300.0) -> float:
@@ -132,9 +141,9 @@ def _quiet_since(page: Any, timeout: float = 300.0) -> float:
 
 def _top_k(page: Any, value: int) -> None:
     """Predict's Top-k slider (1..10) to ``value`` with the arrow keys."""
-    thumb = page.locator(".st-key-top_k [role='slider']").first
+    thumb = page.locator(".st-key-top_k input[type='range']").first
     for _ in range(12):
-        shown = int(thumb.get_attribute("aria-valuenow") or 0)
+        shown = int(float(thumb.input_value() or 0))
         if shown == value:
             return
         thumb.focus()
