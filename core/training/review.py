@@ -182,11 +182,21 @@ class _Scores:
     labels: np.ndarray  # label index at training time
     splits: list[str]
     probs: np.ndarray  # (n, classes)
-    features: np.ndarray  # (n, width)
+    features: np.ndarray | None  # (n, width); None until ``feature_matrix`` reads them
     method: str
     notes: list[str]
     changed: list[bool]  # content not what the run trained on (recorded split)
     roots: list[str] = field(default_factory=list)  # the recorded split's root (to find new files)
+    scores_file: Path | None = None  # where ``features`` are, when read from the cache
+
+    def feature_matrix(self) -> np.ndarray:
+        """The features, read from the score file on first use (a review never needs them)."""
+        if self.features is None:
+            if self.scores_file is None:
+                raise StudioError("These review scores hold no features; review the run again.")
+            with np.load(self.scores_file, allow_pickle=False) as z:
+                self.features = np.asarray(z["features"], np.float32)
+        return self.features
 
 
 def _check_run(store: RunStore, run_id: str) -> Path:
@@ -244,7 +254,8 @@ def _read_scores(path: Path, fingerprint: dict[str, Any]) -> _Scores | None:
                 labels=np.asarray(z["labels"], np.int64),
                 splits=[str(x) for x in z["splits"]],
                 probs=np.asarray(z["probs"], np.float32),
-                features=np.asarray(z["features"], np.float32),
+                features=None,  # read when a map is laid out (a fifth of the file's size)
+                scores_file=path,
                 method=meta["method"],
                 notes=list(meta.get("notes", [])),
                 changed=[bool(x) for x in z["changed"]],
@@ -273,7 +284,7 @@ def _write_scores(path: Path, scores: _Scores, fingerprint: dict[str, Any]) -> N
             labels=scores.labels,
             splits=np.asarray(scores.splits, dtype=str),
             probs=scores.probs.astype(np.float32),
-            features=scores.features.astype(np.float32),
+            features=scores.feature_matrix().astype(np.float32),
             changed=np.asarray(scores.changed, dtype=bool),
         )
 
@@ -881,7 +892,7 @@ def _layout(
                 return np.asarray(z["xy"], np.float64)
     except (OSError, ValueError, KeyError):
         pass
-    xy = _project(scores.features[sample], method, int(store.config(run_id).seed), progress)
+    xy = _project(scores.feature_matrix()[sample], method, int(store.config(run_id).seed), progress)
     with atomic_path(path) as tmp, open(tmp, "wb") as fh:
         np.savez(fh, shas=key, xy=xy)
     return xy

@@ -179,6 +179,18 @@ def test_second_review_is_served_from_the_cache(
     assert len(rv.embedding_map(store, run_id).points) == 30
 
 
+def test_a_cached_review_reads_the_features_only_for_a_map(
+    store: RunStore, managed: tuple[str, dict[str, str]]
+) -> None:
+    """A review never needs the features (most of the score file at 1,280 wide): read lazily."""
+    run_id = fake_run(store, f"dataset:{managed[0]}")
+    rv.review_run(store, run_id)
+    cached = rv._scores(store, run_id)
+    assert cached.features is None
+    assert cached.feature_matrix().shape == (30, 3) and cached.features is not None
+    assert len(rv.embedding_map(store, run_id, "pca").points) == 30
+
+
 def test_edits_change_the_review(store: RunStore, managed: tuple[str, dict[str, str]]) -> None:
     name, wrong = managed
     run_id = fake_run(store, f"dataset:{name}")
