@@ -239,7 +239,29 @@ def _fingerprint(model_path: Path) -> dict[str, Any]:
     return {"version": SCORES_VERSION, "model_mtime_ns": st.st_mtime_ns, "model_bytes": st.st_size}
 
 
+# The last score files read, by path, size and mtime: a page shows the review and its map on
+# every rerun, and a 50,000-image file takes a second to read (features not included).
+_READ: dict[tuple[str, int, int, str], _Scores] = {}
+READ_KEPT = 2
+
+
 def _read_scores(path: Path, fingerprint: dict[str, Any]) -> _Scores | None:
+    try:
+        st = path.stat()
+    except OSError:
+        return None
+    key = (str(path), st.st_size, st.st_mtime_ns, json.dumps(fingerprint, sort_keys=True))
+    if key in _READ:
+        return _READ[key]
+    scores = _read_scores_file(path, fingerprint)
+    if scores is not None:
+        while len(_READ) >= READ_KEPT:
+            del _READ[next(iter(_READ))]
+        _READ[key] = scores
+    return scores
+
+
+def _read_scores_file(path: Path, fingerprint: dict[str, Any]) -> _Scores | None:
     try:
         with np.load(path, allow_pickle=False) as z:
             meta = json.loads(str(z["meta"]))

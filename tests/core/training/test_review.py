@@ -191,6 +191,24 @@ def test_a_cached_review_reads_the_features_only_for_a_map(
     assert len(rv.embedding_map(store, run_id, "pca").points) == 30
 
 
+def test_a_score_file_is_read_once_until_it_changes(
+    store: RunStore, managed: tuple[str, dict[str, str]], monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """The page's review and map on every rerun: one read of the file, not one each."""
+    run_id = fake_run(store, f"dataset:{managed[0]}")
+    first = rv.review_run(store, run_id)
+    reads: list[Path] = []
+    real = rv._read_scores_file
+    monkeypatch.setattr(rv, "_read_scores_file", lambda p, f: reads.append(p) or real(p, f))
+    assert rv.review_run(store, run_id) == first  # read once (the first call computed it)
+    rv.embedding_map(store, run_id, "pca")
+    assert rv.review_run(store, run_id) == first
+    assert len(reads) == 1  # then served from memory
+    (store.run_dir(run_id) / rv.SCORES_FILE).touch()  # another file now (its mtime)
+    rv.review_run(store, run_id)
+    assert len(reads) == 2
+
+
 def test_edits_change_the_review(store: RunStore, managed: tuple[str, dict[str, str]]) -> None:
     name, wrong = managed
     run_id = fake_run(store, f"dataset:{name}")
