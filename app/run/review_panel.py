@@ -1,6 +1,7 @@
 """The Run page's Review: the images a finished run finds most suspicious, fixed in place.
 
-Per class the top suspects (thumbnail, given label, predicted label, confidence) with
+Per class the top suspects (thumbnail, given label, predicted label, confidence), for the ten
+classes with the most suspicious images first (**Classes** shows more), with
 **Relabel to…**, **Exclude** and **Keep**; **Undo**; "Retrain with these fixes" queues the same
 RunConfig on the edited dataset and links to Compare with both runs; an embedding map (colour =
 label, ✕ = misclassified) whose selected points list their images with the same actions.
