@@ -1,6 +1,7 @@
 """The Run page's Review: the images a finished run finds most suspicious, fixed in place.
 
-Per class the top suspects (thumbnail, given label, predicted label, confidence) with
+Per class the top suspects (thumbnail, given label, predicted label, confidence), for the ten
+classes with the most suspicious images first (**Classes** shows more), with
 **Relabel to…**, **Exclude** and **Keep**; **Undo**; "Retrain with these fixes" queues the same
 RunConfig on the edited dataset and links to Compare with both runs; an embedding map (colour =
 label, ✕ = misclassified) whose selected points list their images with the same actions.
@@ -248,10 +249,19 @@ def render(queue: JobQueue, result: RunResult) -> None:
     for warning in views.change_notices(review):
         st.warning(warning.text)
     classes = _classes(review, result)
-    bar = st.columns([1, 1, 2], vertical_alignment="bottom")
+    # Classes with suspects, the most suspicious first (review order).
+    ranked = list(core_review.suspects_by_class(review, 1))
+    bar = st.columns([1, 1, 1, 2], vertical_alignment="bottom")
     per_class = int(bar[0].number_input("Per class", 1, 24, 4, key=f"review_n_{run_id}"))
+    shown = int(
+        bar[1].number_input(
+            "Classes", 1, max(1, len(ranked)), min(views.CLASSES_SHOWN, max(1, len(ranked))),
+            key=f"review_classes_{run_id}",
+            help="How many classes to show, the one with the most suspicious image first",
+        )
+    )  # fmt: skip
     last = views.last_edit(_edits(review.dataset))
-    bar[1].button(
+    bar[2].button(
         "Undo",
         key=f"review_undo_{run_id}",
         icon=":material/undo:",
@@ -261,7 +271,7 @@ def render(queue: JobQueue, result: RunResult) -> None:
         width="stretch",
         help=f"Reverts: {md_escape(last['summary'], inline=True)}" if last else "Nothing to undo",
     )
-    if bar[2].button(
+    if bar[3].button(
         "Retrain with these fixes",
         key=f"review_retrain_{run_id}",
         type="primary",
@@ -275,7 +285,10 @@ def render(queue: JobQueue, result: RunResult) -> None:
     by_class = core_review.suspects_by_class(review, per_class)
     if not review.suspects:
         st.info("No image left to review: every image the run scored is excluded or fixed.")
-    for cls, suspects in by_class.items():
+    if note := views.classes_shown_text(shown, len(ranked)):
+        st.caption(note)
+    for cls in ranked[:shown]:
+        suspects = by_class.get(cls, [])
         if suspects:
             st.markdown(f"**{md_escape(cls, inline=True)}** · the {len(suspects)} most suspicious")
             cards(store, run_id, [views.card_from_suspect(s) for s in suspects], classes, "s")

@@ -20,6 +20,9 @@ if TYPE_CHECKING:
     from core.training.review import MapPoint, Review, Suspect
 
 MAX_LISTED_IDS = 8  # image ids spelled out in a new/gone warning before "…"
+# Classes the review shows at first: 200 classes x 4 cards drew 800 thumbnails, each with a
+# relabel box of 200 classes (18 s in a browser); the most suspicious ten come first.
+CLASSES_SHOWN = 10
 COMPARE_PARAM = "runs"  # the Compare page's query parameter: run ids to preselect, comma-joined
 
 
@@ -274,6 +277,17 @@ def selected_images(selection: Any) -> list[str]:
         if isinstance(data, str) and data:
             ids[data] = None
     return list(ids)
+
+
+def classes_shown_text(shown: int, total: int) -> str:
+    """``"The 10 classes with the most suspicious images, of 200: raise Classes to see more."``;
+    empty when every class is shown."""
+    if shown >= total:
+        return ""
+    return (
+        f"The {shown:,} classes with the most suspicious images, of {total:,}: raise "
+        "**Classes** to see more."
+    )
 
 
 def map_sample_text(drawn: int, scored: int, classes: int) -> str:

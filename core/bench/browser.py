@@ -28,6 +28,7 @@ __all__ = [
     "open_browser",
     "open_home_once",
     "quiet",
+    "settle",
     "render_page",
 ]
 
@@ -67,7 +68,7 @@ def new_page(browser: Any) -> Any:
     return page
 
 
-def _settle(page: Any, timeout: float = 120.0) -> None:
+def settle(page: Any, timeout: float = 120.0) -> None:
     """Wait until the app has finished its current script run (no spinner, skeleton, status)."""
     deadline = time.monotonic() + timeout
     calm = 0
@@ -88,7 +89,7 @@ def open_home_once(url: str, chromium: str, say: ProgressCb) -> tuple[bool, str]
         page = new_page(browser)
         page.goto(url)
         page.locator(".st-key-train_default").wait_for(state="visible")
-        _settle(page)
+        settle(page)
         page.close()
     note = f"Home page rendered in {time.monotonic() - started:.1f} s, then closed"
     say(f"browser: {note}")
@@ -103,7 +104,7 @@ def render_page(browser: Any, url: str, key: str) -> float:
     try:
         page.goto(url)
         page.locator(f".st-key-{key}").wait_for(state="visible")
-        _settle(page)
+        settle(page)
     finally:
         page.close()
     return time.monotonic() - started
@@ -134,13 +135,13 @@ def _fill_number(page: Any, key: str, value: float | int | None) -> None:
         pass
     box.fill(str(value))
     box.press("Enter")
-    _settle(page)
+    settle(page)
 
 
 def _set_toggle(page: Any, key: str, on: bool) -> None:
     if _widget(page, key, "input[type='checkbox']").is_checked() != on:
         _widget(page, key, "label").click()
-        _settle(page)
+        settle(page)
 
 
 def _choose(page: Any, key: str, text: str, prefix: str | None = None) -> None:
@@ -159,7 +160,7 @@ def _choose(page: Any, key: str, text: str, prefix: str | None = None) -> None:
         option.click()
     except Exception:  # playwright's TimeoutError: no such option
         combo.press("Enter")
-    _settle(page)
+    settle(page)
 
 
 def _radio(page: Any, key: str, option: str) -> None:
@@ -176,7 +177,7 @@ def _radio_nth(page: Any, key: str, index: int) -> None:
 def _check(page: Any, label: Any) -> None:
     if not label.locator("input").is_checked():
         label.click()
-        _settle(page)
+        settle(page)
 
 
 def _slide_to(page: Any, key: str, value: float) -> None:
@@ -193,7 +194,7 @@ def _slide_to(page: Any, key: str, value: float) -> None:
             return  # not a numeric select_slider: the config check reports the difference
         thumb.focus()
         thumb.press("ArrowRight" if right else "ArrowLeft")
-        _settle(page)
+        settle(page)
 
 
 def _pills(page: Any, key: str, wanted: tuple[str, ...]) -> None:
@@ -202,7 +203,7 @@ def _pills(page: Any, key: str, wanted: tuple[str, ...]) -> None:
         active = button.get_attribute("aria-pressed") == "true"
         if active != (name in wanted):
             button.click()
-            _settle(page)
+            settle(page)
 
 
 def _configure_train_page(page: Any, config: RunConfig) -> None:
@@ -262,7 +263,7 @@ def launch(
 
     page.goto(f"{server.url}/train")
     page.locator(".st-key-launch").wait_for(state="visible")
-    _settle(page)
+    settle(page)
     page.set_default_timeout(WIDGET_TIMEOUT_MS)
     _configure_train_page(page, config)
     before = {r["run_id"] for r in store.list_runs()}

@@ -142,6 +142,7 @@ def _report_add(result: Any) -> None:
 
 
 def _create(args: argparse.Namespace) -> int:
+    from core.cli.progress import ProgressLine
     from core.data import datasets
     from core.errors import DataError
 
@@ -155,7 +156,9 @@ def _create(args: argparse.Namespace) -> int:
 
         check_source(args.source)  # a missing folder fails before anything is created
     name = args.name or datasets.suggest_name(args.source)
-    with datasets.create(name, args.source) as ds:
+    lines = {"scan": ProgressLine("checking images"), "import": ProgressLine("importing images")}
+    progress = (lambda step, done, total: lines[step](done, total)) if args.source else None
+    with datasets.create(name, args.source, progress=progress) as ds:
         info = ds.show()
     if args.json:
         print_json(info)
@@ -169,10 +172,13 @@ def _create(args: argparse.Namespace) -> int:
 
 
 def _add(args: argparse.Namespace) -> int:
+    from core.cli.progress import ProgressLine
     from core.data.datasets import open_dataset
 
     with open_dataset(args.name) as ds:
-        result = ds.add_images(args.label, args.files, create_class=True)
+        result = ds.add_images(
+            args.label, args.files, create_class=True, progress=ProgressLine("adding images")
+        )
         counts = {c["name"]: c["images"] for c in ds.show()["classes"]}
     if args.json:
         print_json(result.to_json())

@@ -15,7 +15,10 @@ import sys
 import threading
 import time
 from collections.abc import Callable, Mapping
-from typing import Any, TextIO
+from typing import TYPE_CHECKING, Any, TextIO
+
+if TYPE_CHECKING:
+    from core.runs.export import ExportStep
 
 __all__ = [
     "AFTER_ENV",
@@ -25,6 +28,7 @@ __all__ = [
     "StageWatcher",
     "after_s",
     "duration_text",
+    "export_progress",
     "progress_text",
     "stage_text",
 ]
@@ -96,7 +100,8 @@ class ProgressLine:
         self.started = clock()
         self._last: float | None = None
 
-    def __call__(self, done: int, total: int, **_more: Any) -> None:
+    def __call__(self, done: int, total: int, detail: str | None = None, **_more: Any) -> None:
+        """Print the line if due; ``detail`` (what the stage does now) follows it."""
         now = self.clock()
         final = done >= total
         if self._last is None and now - self.started < self.after:
@@ -105,7 +110,23 @@ class ProgressLine:
             return
         self._last = now
         text = progress_text(self.label, done, total, now - self.started, self.unit)
+        if detail:
+            text += f": {detail}"
         print(text, file=self.stream or sys.stderr, flush=True)
+
+
+def export_progress(
+    stream: TextIO | None = None, after: float | None = None
+) -> Callable[[ExportStep], None]:
+    """An export's steps (``core.runs.export.ExportStep``) as ``ProgressLine`` lines: formats
+    finished of the formats asked for, then the step under way."""
+    line = ProgressLine("exporting: formats", unit="format", stream=stream, after=after)
+
+    def on_step(step: ExportStep) -> None:
+        done = step.index if step.step == "done" else max(step.index - 1, 0)
+        line(done, step.total, detail=None if step.step == "done" else step.text)
+
+    return on_step
 
 
 def stage_text(record: Mapping[str, Any]) -> str | None:

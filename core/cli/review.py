@@ -14,12 +14,17 @@ import json
 import sys
 from typing import Any
 
-__all__ = ["COMMANDS", "add_parsers", "cmd_review"]
+__all__ = ["COMMANDS", "MAP_METHODS", "add_parsers", "cmd_review"]
+
+# ``core.training.review.MAP_METHODS``, spelled out: the parser is built without importing the
+# engine (a test keeps the two equal).
+MAP_METHODS = ("pca", "tsne")
 
 REVIEW_EPILOG = """examples:
   python -m core review --run RUN_ID --top 20
   python -m core review --run RUN_ID --top 20 --json
   python -m core review --run RUN_ID --edit-target      # the dataset to edit (made once)
+  python -m core review --run RUN_ID --map tsne --json  # 2-D map of the images' features
   python -m core dataset relabel NAME 3f2a9c01b7de --to dogs
   python -m core dataset exclude NAME 3f2a9c01b7de
 
@@ -49,6 +54,14 @@ def add_parsers(sub: Any) -> None:
         action="store_true",
         help="print a JSON list of suspects (image, path, label, predicted, confidence, loss, "
         "split, reviewed; changed: true on a file edited since the run), most suspicious first",
+    )
+    p.add_argument(
+        "--map",
+        choices=MAP_METHODS,
+        help="print the run's embedding map instead of the suspects: 2-D positions (pca, or "
+        "tsne) of its images' features, a stratified sample of at most 5,000 with every class; "
+        "with --json, {method, scored, drawn, classes, points: [{image, path, label, predicted, "
+        "correct, split, x, y}]}",
     )
     p.add_argument(
         "--edit-target",
@@ -84,7 +97,12 @@ def cmd_review(args: argparse.Namespace) -> int:
     from core.data.names import escape_unprintable
     from core.errors import ConfigError, StudioError
     from core.runs.store import RunStore
-    from core.training.review import RunNotReviewableError, edit_target, review_run
+    from core.training.review import (
+        RunNotReviewableError,
+        edit_target,
+        embedding_map,
+        review_run,
+    )
 
     try:
         store = RunStore(args.runs_dir)
@@ -102,10 +120,15 @@ def cmd_review(args: argparse.Namespace) -> int:
         lines = {
             "features": ProgressLine("review: computing features"),
             "heads": ProgressLine("review: fitting logistic-regression heads", unit="head"),
+            "layout": ProgressLine(f"embedding map: {args.map} layout", unit="step"),
         }
-        review = review_run(
-            store, args.run, top=args.top, progress=lambda step, d, t: lines[step](d, t)
-        )
+
+        def progress(step: str, done: int, total: int) -> None:
+            lines[step](done, total)
+
+        if args.map:
+            return _print_map(embedding_map(store, args.run, args.map, progress=progress), args)
+        review = review_run(store, args.run, top=args.top, progress=progress)
     except RunNotReviewableError as exc:
         raise StudioError(f"{exc} {_review_commands(exc)}") from None
     except StudioError as exc:
@@ -146,6 +169,30 @@ def cmd_review(args: argparse.Namespace) -> int:
                 escape_unprintable(s.path),
             ]  # fmt: skip
         )
+    print("\n".join(_table(rows)))
+    return 0
+
+
+def _print_map(emap: Any, args: argparse.Namespace) -> int:
+    """The map as JSON (``--json``), else a line saying what it shows and one row per point."""
+    from core.data.names import escape_unprintable
+
+    if args.json:
+        print(json.dumps(emap.to_json()))
+        return 0
+    sample = (
+        f"a stratified sample of {emap.drawn:,} of its {emap.scored:,} images, every one of "
+        f"{emap.classes} classes"
+        if emap.sampled
+        else f"all {emap.scored:,} images"
+    )
+    print(f"embedding map ({emap.method}) of run {args.run}: {sample}")
+    rows = [["image", "split", "label", "predicted", "x", "y"]]
+    rows += [
+        [p.image, p.split, escape_unprintable(p.label), escape_unprintable(p.predicted),
+         f"{p.x:.3f}", f"{p.y:.3f}"]
+        for p in emap.points
+    ]  # fmt: skip
     print("\n".join(_table(rows)))
     return 0
 

@@ -433,6 +433,7 @@ def cmd_evaluate(args: argparse.Namespace) -> int:
 
 def cmd_export(args: argparse.Namespace) -> int:
     """Export and verify a run's model (one format, or every format with --all)."""
+    from core.cli.progress import export_progress
     from core.runs.export import ExportTargetError, export_all, export_run, normalize_format
     from core.runs.model_card import export_table
     from core.runs.store import RunStore
@@ -443,10 +444,15 @@ def cmd_export(args: argparse.Namespace) -> int:
             "and tflite-int8."
         )
     chosen = None if args.all else normalize_format(args.fmt)  # unknown: one line listing them
+    progress = export_progress()
     try:
         if chosen is None:
             info = export_all(
-                RunStore(args.runs_dir), args.run, out_dir=args.out, overwrite=args.overwrite
+                RunStore(args.runs_dir),
+                args.run,
+                out_dir=args.out,
+                overwrite=args.overwrite,
+                progress=progress,
             )
         else:
             info = export_run(
@@ -456,6 +462,7 @@ def cmd_export(args: argparse.Namespace) -> int:
                 out_dir=args.out,
                 quantize=args.quantize,
                 overwrite=args.overwrite,
+                progress=progress,
             )
     except ExportTargetError as exc:
         if args.overwrite or "turn on overwrite" not in str(exc):

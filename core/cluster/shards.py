@@ -158,7 +158,7 @@ class RuntimeEncoder(_Encoder):
         list so that Ray hands the reference over rather than resolving it before the call."""
         import ray
 
-        from core.training.interpreter import LiteRTExtractor
+        from core.runs.litert_runtime import LiteRTExtractor
 
         if self.extractor is not None:
             return

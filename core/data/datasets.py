@@ -32,7 +32,7 @@ import stat
 import sys
 import time
 import uuid
-from collections.abc import Iterable, Iterator, Sequence
+from collections.abc import Callable, Iterable, Iterator, Sequence
 from dataclasses import asdict, dataclass, field
 from pathlib import Path
 from typing import Any
@@ -732,11 +732,13 @@ class Dataset:
         label: str,
         items: Iterable[str | os.PathLike[str] | tuple[str, bytes]],
         create_class: bool = False,
+        progress: Callable[[int, int], None] | None = None,
     ) -> AddResult:
         """Add image files, folders of them (searched recursively) or ``(file name, bytes)``
         uploads to class ``label``. Each image is checked as a dataset scan checks it; unusable
         files are skipped with their reason, exact duplicates (same content) are reported and
         not added twice. ``create_class`` adds the class first if it does not exist.
+        ``progress(done, total)`` follows the files checked and copied.
         """
         if create_class and check_class_name(label).casefold() not in {
             c.casefold() for c in self.classes()
@@ -752,7 +754,7 @@ class Dataset:
             staging.mkdir(parents=True)
             # Checking and copying happen outside the write lock: another session is not
             # blocked while a large folder is read.
-            staged = self._stage(items, staging, result)
+            staged = self._stage(items, staging, result, progress)
             with self._edit() as db:
                 class_id, label_name = self._class(db, label)
                 seen: dict[str, str] = {}
@@ -1199,9 +1201,14 @@ class Dataset:
         items: Iterable[str | os.PathLike[str] | tuple[str, bytes]],
         staging: Path,
         result: AddResult,
+        progress: Callable[[int, int], None] | None = None,
     ) -> list[_Staged]:
         staged: list[_Staged] = []
-        for original, opener in _expand(items, result):
+        # The folders are walked first, so the progress knows its total.
+        entries = list(_expand(items, result))
+        for done, (original, opener) in enumerate(entries):
+            if progress is not None:
+                progress(done, len(entries))
             ext = os.path.splitext(original)[1].lower()
             try:
                 with opener() as fh:
@@ -1231,6 +1238,8 @@ class Dataset:
             file = staging / f"{len(staged)}{ext}"
             file.write_bytes(data)
             staged.append(_Staged(file, sha, ext, os.path.basename(original) or original, original))
+        if progress is not None and entries:
+            progress(len(entries), len(entries))
         return staged
 
 
@@ -1503,10 +1512,16 @@ def _connect(path: Path) -> sqlite3.Connection:
 # --------------------------------------------------------------------------- module API
 
 
-def create(name: str, source: str | None = None) -> Dataset:
+# progress(step, done, total) of an import: step "scan" (the loader checks every image), then
+# "import" (the images checked again and copied, every class's in one count).
+ImportProgress = Callable[[str, int, int], None]
+
+
+def create(name: str, source: str | None = None, progress: ImportProgress | None = None) -> Dataset:
     """Create dataset ``name`` (empty, or imported once from ``source``: a folder, zip, builtin
     or Kaggle handle, checked by the usual loader). DataError if the name is taken or invalid.
-    The caller closes the returned Dataset."""
+    ``progress`` follows the import (see ``ImportProgress``). The caller closes the returned
+    Dataset."""
     text = check_dataset_name(name)
     root = datasets_root()
     taken = [n for n in dataset_names() if n.casefold() == text.casefold()]
@@ -1525,14 +1540,14 @@ def create(name: str, source: str | None = None) -> Dataset:
         _connect(folder / DB_NAME).close()
         dataset = Dataset(text)
         if source:
-            _import(dataset, source)
+            _import(dataset, source, progress)
         return dataset
     except BaseException:
         shutil.rmtree(folder, ignore_errors=True)  # a half-imported dataset must not remain
         raise
 
 
-def _import(dataset: Dataset, source: str) -> None:
+def _import(dataset: Dataset, source: str, progress: ImportProgress | None = None) -> None:
     from core.data.archives import extraction_folder
     from core.data.index import load_dataset
     from core.data.sources import parse_source
@@ -1545,11 +1560,26 @@ def _import(dataset: Dataset, source: str) -> None:
     if kind == "zip":
         folder, finished = extraction_folder(value)
         made = None if finished else folder
-    index = load_dataset(source)
-    for name, files in index.paths_by_class().items():
-        dataset.add_images(name, files, create_class=True)
+    scanned = (lambda d, t: progress("scan", d, t)) if progress is not None else None
+    index = load_dataset(source, progress=scanned)
+    by_class = index.paths_by_class()
+    total, before = sum(len(files) for files in by_class.values()), 0
+    for name, files in by_class.items():
+        dataset.add_images(
+            name, files, create_class=True, progress=_offset(progress, before, total)
+        )
+        before += len(files)
     if made is not None:
         discard_folder(made)
+
+
+def _offset(
+    progress: ImportProgress | None, before: int, total: int
+) -> Callable[[int, int], None] | None:
+    """One class's ``add_images`` progress as the whole import's ``("import", done, total)``."""
+    if progress is None:
+        return None
+    return lambda done, _total: progress("import", before + done, total)
 
 
 COPIED_FROM = "copied_from"  # meta key: the source a dataset is the managed copy of
@@ -1694,6 +1724,7 @@ __all__ = [
     "AddResult",
     "Dataset",
     "ImageInfo",
+    "ImportProgress",
     "check_class_name",
     "check_dataset_name",
     "copy_of",

@@ -689,8 +689,10 @@ def export_run(
     out_dir: str | os.PathLike[str] | None = None,
     quantize: bool = False,
     overwrite: bool = False,
+    progress: ExportProgressFn | None = None,
 ) -> dict[str, Any]:
-    """Export run ``run_id``'s model as ``fmt`` into ``out_dir`` and verify it in its runtime.
+    """Export run ``run_id``'s model as ``fmt`` into ``out_dir`` and verify it in its runtime
+    (``progress`` hears each step, as in ``export_all``).
 
     ``out_dir`` defaults to ``<run folder>/exports/<fmt>``. Writes the artifact
     (``model.keras``, ``saved_model/``, ``model.tflite``, ``model_dynamic_range.tflite``,
@@ -718,7 +720,7 @@ def export_run(
             f"(pip install {' '.join(n.replace('_', '-') for n in missing)}) and export again."
         )
     folder = fmt + ("_dynamic_range" if quantize else "")
-    done = _export(store, run_id, [(fmt, quantize)], out_dir, overwrite, folder)
+    done = _export(store, run_id, [(fmt, quantize)], out_dir, overwrite, folder, (), progress)
     (row,) = done.pop("formats")
     return {**done, **row, "folder": done["path"], "path": row["path"]}
 

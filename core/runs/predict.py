@@ -14,7 +14,7 @@ import threading
 import time
 from dataclasses import dataclass
 from pathlib import Path
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
 import numpy as np
 
@@ -29,7 +29,10 @@ from core.runs.calibration import (
     read_calibration,
     scale,
 )
-from core.runs.store import RunStore
+from core.runs.store import RunStore, saved_model_path
+
+if TYPE_CHECKING:
+    from core.runs.lite_predict import LiteRun
 
 __all__ = [
     "ImageInput",
@@ -61,6 +64,7 @@ class LoadedRun:
     forward: Any = None  # compiled model call; an eager call is ~7x slower per image
     temperature: float = 1.0  # the run's calibration (1.0: none stored)
     scores: list[float] | None = None  # conformal scores of its validation images, if stored
+    runtime: str = "keras"  # what computes its predictions (``LiteRun``'s: "litert")
 
     def __call__(self, batch: np.ndarray, tta: bool = False) -> np.ndarray:
         """Probabilities for a float32 batch of raw 0-255 pixels (averaged over the test-time
@@ -87,18 +91,6 @@ def tta_views(batch: np.ndarray) -> np.ndarray:
 
 _CACHE: dict[tuple[str, str, float], LoadedRun] = {}
 _CACHE_LOCK = threading.Lock()
-
-
-def saved_model_path(store: RunStore, run_id: str) -> Path:
-    """The run's ``model.keras``; a clear error when the run never saved one."""
-    row = store.get_run(run_id)
-    path = Path(row["model_path"] or "")
-    if not row["model_path"] or not path.is_file():
-        raise StudioError(
-            f"Run {run_id} has no saved model (status: {row['status']}). Only runs that "
-            "finished at least one epoch have one; pick a completed run."
-        )
-    return path
 
 
 def load_run(store: RunStore, run_id: str) -> LoadedRun:
@@ -146,14 +138,24 @@ def predict_images(
     coverage: float = DEFAULT_COVERAGE,
     tta: bool = False,
 ) -> list[dict[str, Any]]:
-    """Per image: ``{"predictions": [{label, probability}...], "latency_ms"}``, best first.
+    """Per image: ``{"predictions": [{label, probability}...], "latency_ms", "runtime"}``,
+    best first; ``runtime`` is "litert" when a feature-extraction run predicted through its
+    converted base and a numpy head (``core.runs.lite_predict``), else "keras".
 
     With ``calibrated`` the probabilities are temperature-scaled and each result also has
     ``set`` (the conformal prediction set's labels, most probable first; ``None`` when the run
     has no stored calibration), ``coverage`` and ``temperature``. ``tta`` averages the
     test-time views (``tta: true`` in each result).
     """
-    run = load_run(store, run_id)
+    # Without test-time views, a feature-extraction run predicts through its converted base
+    # and a numpy head: no TensorFlow import or model load (seconds) in a fresh process.
+    run: LoadedRun | LiteRun | None = None
+    if not tta:
+        from core.runs.lite_predict import lite_run
+
+        run = lite_run(store, run_id)
+    if run is None:
+        run = load_run(store, run_id)
     coverage = check_coverage(coverage)
     k = max(1, min(top_k, len(run.class_names)))
     qhat = conformal_threshold(run.scores, coverage) if run.scores is not None else None
@@ -172,6 +174,7 @@ def predict_images(
                 {"label": run.class_names[i], "probability": float(probs[i])} for i in order
             ],
             "latency_ms": round(latency, 2),
+            "runtime": run.runtime,
         }
         if tta:
             result["tta"] = True

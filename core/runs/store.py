@@ -63,6 +63,7 @@ __all__ = [
     "clean_run_name",
     "default_run_name",
     "new_run_id",
+    "saved_model_path",
 ]
 
 # Aliases of the ``Status`` members: ``from core.runs.store import QUEUED`` and the like work.
@@ -1314,3 +1315,15 @@ class RunStore:
             recorded = read_split(self.run_dir(run_id))
             out["split"] = None if recorded is None else recorded.to_json()
         return out
+
+
+def saved_model_path(store: RunStore, run_id: str) -> Path:
+    """The run's ``model.keras``; a clear error when the run never saved one."""
+    row = store.get_run(run_id)
+    path = Path(row["model_path"] or "")
+    if not row["model_path"] or not path.is_file():
+        raise StudioError(
+            f"Run {run_id} has no saved model (status: {row['status']}). Only runs that "
+            "finished at least one epoch have one; pick a completed run."
+        )
+    return path

@@ -17,7 +17,6 @@ a pass on a GPU, in mixed precision or split over a mirrored run's replicas stay
 
 from __future__ import annotations
 
-import hashlib
 import json
 import os
 import tempfile
@@ -25,7 +24,6 @@ import threading
 import time
 import warnings
 from collections.abc import Callable
-from importlib import metadata
 from pathlib import Path
 from typing import Any
 
@@ -34,9 +32,14 @@ import numpy as np
 
 from core.errors import ConfigError, StudioError
 from core.files import TEMP_PREFIX, atomic_path, atomic_write_text
-from core.paths import studio_home
 from core.runs.formats import EXPORT_FORMATS, WriteOptions
-from core.training.interpreter import RUN_BATCH, LiteRTExtractor
+from core.runs.litert_runtime import (
+    CONVERTER_VERSION,
+    RUN_BATCH,
+    LiteRTExtractor,
+    runtime_dir,
+    runtime_key,
+)
 
 __all__ = [
     "CONVERTER_VERSION",
@@ -57,7 +60,6 @@ __all__ = [
     "runtime_key",
 ]
 
-CONVERTER_VERSION = 1  # bump when ``convert`` changes what it writes
 MIN_COSINE = 0.999
 RUNTIME_ENV = "TRANSFER_STUDIO_FEATURE_RUNTIME"
 RUNTIME_CHOICES = ("auto", "keras")
@@ -71,13 +73,6 @@ _verdicts: dict[str, dict[str, Any]] = {}
 _lock = threading.RLock()
 
 
-def runtime_dir() -> Path:
-    """Folder of the converted runtimes (safe to delete)."""
-    path = studio_home() / "cache" / "runtimes"
-    path.mkdir(parents=True, exist_ok=True)
-    return path
-
-
 def runtime_choice() -> str:
     """``auto`` (LiteRT when it checks out, the default) or ``keras`` (never LiteRT)."""
     raw = os.environ.get(RUNTIME_ENV, "").strip().lower() or "auto"
@@ -87,28 +82,6 @@ def runtime_choice() -> str:
             "converted runtime when its features match Keras') or keras (always Keras)."
         )
     return raw
-
-
-def _version(package: str) -> str | None:
-    try:
-        return metadata.version(package)
-    except metadata.PackageNotFoundError:
-        return None
-
-
-def runtime_key(identity: dict[str, object]) -> str:
-    """Cache key of the runtime converted from the model ``identity`` describes."""
-    import tensorflow as tf
-
-    parts = {
-        "identity": identity,
-        "tensorflow": tf.__version__,
-        "keras": keras.__version__,
-        "ai_edge_litert": _version("ai-edge-litert"),
-        "converter": CONVERTER_VERSION,
-    }
-    blob = json.dumps(parts, sort_keys=True, default=str).encode()
-    return hashlib.sha256(blob).hexdigest()[:32]
 
 
 def convert(model: keras.Model, target: Path) -> None:

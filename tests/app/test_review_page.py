@@ -217,6 +217,30 @@ def test_relabel_to_a_class_deleted_meanwhile_says_so_and_changes_nothing(studio
 
 
 @pytest.mark.slow
+def test_many_classes_show_the_most_suspicious_first(studio, monkeypatch) -> None:
+    """Past ``CLASSES_SHOWN`` classes the review shows the most suspicious ones and says so."""
+    from app.views import review as review_views
+
+    _, run_id, _, _ = studio
+    monkeypatch.setattr(review_views, "CLASSES_SHOWN", 1)
+    at = _run_page(run_id)
+    headings = [m.value for m in at.markdown if "most suspicious" in m.value]
+    assert len(headings) == 1, headings  # one class of the two
+    assert any(c.value.startswith("The 1 classes with the most suspicious") for c in at.caption)
+    at.number_input(key=f"review_classes_{run_id}").set_value(2).run()
+    _ok(at)
+    assert len([m.value for m in at.markdown if "most suspicious" in m.value]) == 2
+
+
+def test_classes_shown_text() -> None:
+    from app.views.review import classes_shown_text
+
+    assert classes_shown_text(10, 200) == (
+        "The 10 classes with the most suspicious images, of 200: raise **Classes** to see more."
+    )
+    assert classes_shown_text(3, 3) == ""
+
+
 def test_the_embedding_map_renders(studio) -> None:
     _, run_id, _, _ = studio
     at = _run_page(run_id)

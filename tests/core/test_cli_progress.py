@@ -14,6 +14,7 @@ from core.cli.progress import (
     StageWatcher,
     after_s,
     duration_text,
+    export_progress,
     progress_text,
     stage_text,
 )
@@ -106,3 +107,46 @@ def test_stage_watcher_prints_each_new_stage_once() -> None:
     assert out.getvalue().splitlines() == [p for p in printed if p]
     with StageWatcher(store, "r1", every_s=0.01, stream=out):
         pass  # the thread starts and stops with the block
+
+
+def test_dataset_create_and_add_show_progress_and_keep_stdout_json(
+    tmp_path: Any, monkeypatch: pytest.MonkeyPatch, capsys: pytest.CaptureFixture[str]
+) -> None:
+    from core.cli import main
+    from tests.helpers import write_pngs
+
+    monkeypatch.setenv("TRANSFER_STUDIO_HOME", str(tmp_path / "home"))
+    monkeypatch.setenv(AFTER_ENV, "0")  # every stage shows
+    write_pngs(tmp_path / "src" / "cats", 3)
+    write_pngs(tmp_path / "src" / "dogs", 4, side=28)  # not the same pictures as the cats
+    assert main(["dataset", "create", "pets", "--from", str(tmp_path / "src"), "--json"]) == 0
+    out = capsys.readouterr()
+    assert json.loads(out.out)["images"] == 7  # stdout: only the JSON
+    err = out.err.splitlines()
+    assert any(line.startswith("checking images 7/7 (100%)") for line in err), err
+    assert err[-1].startswith("importing images 7/7 (100%)"), err  # both classes in one count
+    write_pngs(tmp_path / "more", 2, side=30)
+    assert main(["dataset", "add", "pets", "birds", str(tmp_path / "more"), "--json"]) == 0
+    out = capsys.readouterr()
+    assert len(json.loads(out.out)["added"]) == 2
+    assert out.err.splitlines()[-1].startswith("adding images 2/2 (100%)"), out.err
+
+
+def test_export_progress_counts_formats_and_names_the_step() -> None:
+    from core.runs.export import ExportStep
+
+    out = io.StringIO()
+    on_step = export_progress(stream=out, after=0.0)
+    for step in (
+        ExportStep("preparing", "onnx", 0, 2),
+        ExportStep("converting", "onnx", 1, 2),
+        ExportStep("done", "onnx", 1, 2),
+        ExportStep("converting", "tflite", 2, 2),
+        ExportStep("done", "tflite", 2, 2),
+    ):
+        on_step(step)
+    lines = out.getvalue().splitlines()
+    assert lines[0] == (
+        "exporting: formats 0/2 (0%): Loading the model and the verification images…"
+    )
+    assert lines[-1].startswith("exporting: formats 2/2 (100%)") and "took" in lines[-1]

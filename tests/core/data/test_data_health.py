@@ -3,8 +3,10 @@
 from __future__ import annotations
 
 from pathlib import Path
+from typing import Any
 
 import numpy as np
+import pytest
 from PIL import Image
 
 from core.data import DatasetIndex, load_dataset
@@ -120,3 +122,27 @@ def test_sample_images_per_class_is_seeded_and_bounded(tmp_path):
     assert len(first["a"]) == 4 and len(first["b"]) == 3
     assert first == sample_images(index, per_class=4, seed=3)
     assert all("/a/" in p for p in first["a"])
+
+
+def test_files_are_hashed_in_one_task_per_thread(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """Thousands of small files: a future per file cost more than hashing them."""
+    from concurrent.futures import ThreadPoolExecutor
+
+    from core.data import health
+    from tests.helpers import write_pngs
+
+    submitted: list[object] = []
+
+    class Counting(ThreadPoolExecutor):
+        def submit(self, *args: Any, **kwargs: Any) -> Any:
+            submitted.append(args[0])
+            return super().submit(*args, **kwargs)
+
+    monkeypatch.setattr(health, "ThreadPoolExecutor", Counting)
+    paths = write_pngs(tmp_path, 20) + [str(tmp_path / "gone.png")]
+    hashes = health._hashes(paths)
+    assert list(hashes) == paths[:20]  # in the order given, the unreadable one left out
+    assert hashes == {p: sha256_file(p) for p in paths[:20]}
+    assert len(submitted) == health.HASH_THREADS

@@ -389,6 +389,21 @@ def test_cli_all_json_and_out_checks(tiny, tmp_path, capsys):
     assert (tmp_path / "fp16" / "model_card.md").exists()
 
 
+@pytest.mark.slow
+def test_cli_export_shows_its_progress_on_stderr_and_keeps_stdout_json(
+    tiny, tmp_path, capsys, monkeypatch
+):
+    store, run_id, _ = tiny
+    monkeypatch.setenv("TRANSFER_STUDIO_PROGRESS_AFTER_S", "0")  # every stage shows
+    code, out = _main(["export", "--run", run_id, "--format", "keras", "--json", "--out",
+                       str(tmp_path / "k"), "--runs-dir", str(store.root)], capsys)  # fmt: skip
+    assert code == 0, out.err
+    assert json.loads(out.out)["format"] == "keras"  # stdout: only the JSON
+    lines = [line for line in out.err.splitlines() if line.startswith("exporting: formats")]
+    assert lines[0].startswith("exporting: formats 0/1 (0%): Loading the model")
+    assert lines[-1].startswith("exporting: formats 1/1 (100%)") and "took" in lines[-1]
+
+
 # --------------------------------------------------------------------------- Run page
 
 

@@ -129,6 +129,40 @@ def test_swapped_labels_rank_first(store: RunStore, managed: tuple[str, dict[str
     assert all(len(v) <= 2 for v in by_class.values()) and set(by_class) == set(CLASSES)
 
 
+def test_heads_see_at_most_head_dims_principal_components(
+    store: RunStore, managed: tuple[str, dict[str, str]], monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """Wide features are cut to their widest directions before the k-fold heads (the heads'
+    cost grows with the width); the likely mistakes still rank first."""
+    from sklearn.linear_model import LogisticRegression
+
+    name, wrong = managed
+    run_id = fake_run(store, f"dataset:{name}")
+    monkeypatch.setattr(rv, "HEAD_DIMS", 2)  # the stand-in's features are 3 wide
+    widths: list[int] = []
+    fit = LogisticRegression.fit
+
+    def spy(self: LogisticRegression, x: np.ndarray, *a: object, **k: object) -> object:
+        widths.append(x.shape[1])
+        return fit(self, x, *a, **k)
+
+    monkeypatch.setattr(LogisticRegression, "fit", spy)
+    review = rv.review_run(store, run_id)
+    assert widths and set(widths) == {2}
+    assert {s.image for s in review.suspects[: len(wrong)]} == set(wrong)
+    assert "at most 2 principal components" in review.method
+
+
+def test_head_inputs_are_standardised_on_the_training_images() -> None:
+    rng = np.random.default_rng(0)
+    features = rng.normal(5.0, 3.0, (40, 3)).astype(np.float32)
+    train = np.arange(40) < 30
+    x = rv._head_inputs(features, train, seed=0)
+    assert x.shape == (40, 3)
+    np.testing.assert_allclose(x[train].mean(axis=0), 0.0, atol=1e-5)
+    np.testing.assert_allclose(x[train].std(axis=0), 1.0, atol=1e-4)
+
+
 def test_second_review_is_served_from_the_cache(
     store: RunStore, managed: tuple[str, dict[str, str]], monkeypatch: pytest.MonkeyPatch
 ) -> None:
@@ -143,6 +177,36 @@ def test_second_review_is_served_from_the_cache(
     monkeypatch.setattr(rv, "_compute_scores", no_model)
     assert rv.review_run(store, run_id) == first
     assert len(rv.embedding_map(store, run_id).points) == 30
+
+
+def test_a_cached_review_reads_the_features_only_for_a_map(
+    store: RunStore, managed: tuple[str, dict[str, str]]
+) -> None:
+    """A review never needs the features (most of the score file at 1,280 wide): read lazily."""
+    run_id = fake_run(store, f"dataset:{managed[0]}")
+    rv.review_run(store, run_id)
+    cached = rv._scores(store, run_id)
+    assert cached.features is None
+    assert cached.feature_matrix().shape == (30, 3) and cached.features is not None
+    assert len(rv.embedding_map(store, run_id, "pca").points) == 30
+
+
+def test_a_score_file_is_read_once_until_it_changes(
+    store: RunStore, managed: tuple[str, dict[str, str]], monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """The page's review and map on every rerun: one read of the file, not one each."""
+    run_id = fake_run(store, f"dataset:{managed[0]}")
+    first = rv.review_run(store, run_id)
+    reads: list[Path] = []
+    real = rv._read_scores_file
+    monkeypatch.setattr(rv, "_read_scores_file", lambda p, f: reads.append(p) or real(p, f))
+    assert rv.review_run(store, run_id) == first  # read once (the first call computed it)
+    rv.embedding_map(store, run_id, "pca")
+    assert rv.review_run(store, run_id) == first
+    assert len(reads) == 1  # then served from memory
+    (store.run_dir(run_id) / rv.SCORES_FILE).touch()  # another file now (its mtime)
+    rv.review_run(store, run_id)
+    assert len(reads) == 2
 
 
 def test_edits_change_the_review(store: RunStore, managed: tuple[str, dict[str, str]]) -> None:
@@ -297,6 +361,44 @@ def test_embedding_map_has_one_finite_point_per_image(
         rv.embedding_map(store, run_id, "umap")
 
 
+def test_cli_map_prints_json_and_its_progress_on_stderr(
+    store: RunStore,
+    managed: tuple[str, dict[str, str]],
+    capsys: pytest.CaptureFixture[str],
+    monkeypatch: pytest.MonkeyPatch,
+) -> None:
+    from core.cli.review import MAP_METHODS
+
+    assert MAP_METHODS == rv.MAP_METHODS
+    monkeypatch.setenv("TRANSFER_STUDIO_PROGRESS_AFTER_S", "0")  # every stage shows
+    run_id = fake_run(store, f"dataset:{managed[0]}")
+    runs = ["--runs-dir", str(store.root)]
+    assert cli.main(["review", "--run", run_id, "--map", "pca", "--json", *runs]) == 0
+    out = capsys.readouterr()
+    emap = json.loads(out.out)  # stdout: only the JSON
+    assert emap["method"] == "pca" and len(emap["points"]) == emap["drawn"] == 30
+    assert {"image", "label", "predicted", "split", "x", "y"} <= set(emap["points"][0])
+    err = out.err.splitlines()
+    assert any(line.startswith("review: fitting logistic-regression heads 5/5") for line in err)
+    assert err[-1].startswith("embedding map: pca layout 1/1 (100%)")
+    assert cli.main(["review", "--run", run_id, "--map", "pca", *runs]) == 0
+    text = capsys.readouterr().out.splitlines()
+    assert text[0] == f"embedding map (pca) of run {run_id}: all 30 images"
+    assert len(text) == 2 + 30  # the header line, the table's header, one row per image
+
+
+@pytest.mark.slow
+def test_tsne_reports_its_iterations(store: RunStore, managed: tuple[str, dict[str, str]]) -> None:
+    run_id = fake_run(store, f"dataset:{managed[0]}")
+    rv.review_run(store, run_id)
+    steps: list[tuple[str, int, int]] = []
+    emap = rv.embedding_map(store, run_id, "tsne", progress=lambda *a: steps.append(a))
+    total = sum(rv.TSNE_ITERATIONS)
+    assert steps[0] == ("layout", 0, total) and steps[-1] == ("layout", total, total)
+    assert len(steps) == 1 + total // rv.TSNE_EVERY
+    assert len(emap.points) == 30
+
+
 def test_review_reports_the_feature_pass_and_each_head_once(
     store: RunStore, managed: tuple[str, dict[str, str]]
 ) -> None:
@@ -310,8 +412,8 @@ def test_review_reports_the_feature_pass_and_each_head_once(
     heads = [c for c in calls if c[0] == "heads"]
     assert features and features[-1][1:] == (30, 30)
     assert calls.index(features[-1]) < calls.index(heads[0])  # the pass, then the heads
-    # Five folds over the training images, then one head on all of them for validation.
-    assert [(d, t) for _, d, t in heads] == [(k, 6) for k in range(1, 7)]
+    # Five folds over the training images; their mean scores the validation images.
+    assert [(d, t) for _, d, t in heads] == [(k, 5) for k in range(1, 6)]
     calls.clear()
     rv.review_run(store, run_id, progress=lambda *a: calls.append(a))
     assert calls == []  # cached: nothing to follow

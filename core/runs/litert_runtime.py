@@ -1,26 +1,64 @@
-"""The converted feature extractor's runner: a LiteRT interpreter over batches of raw pixels.
+"""The converted LiteRT feature runtimes' cache and their interpreter, without TensorFlow.
 
-Apart from ``core.training.litert`` (which converts and checks, and needs Keras and TensorFlow)
-so that a process which only runs an already converted file (a Ray node's feature actor) loads
-numpy and LiteRT alone: seconds, not TensorFlow's start and a model build.
+``core.training.litert`` converts a frozen base (TensorFlow) and checks it against Keras; this
+module finds a converted file by its key and runs it with LiteRT alone, so a process that only
+predicts (the dashboard's Predict page) or only runs an already converted file (a Ray node's
+feature actor, given the file's bytes) never imports TensorFlow: seconds, not TensorFlow's start
+and a model build.
 """
 
 from __future__ import annotations
 
+import hashlib
+import json
 import os
 import threading
 import warnings
+from importlib import metadata
 from pathlib import Path
 
 import numpy as np
 
+from core.paths import studio_home
 from core.runs.formats import litert_interpreter_class
 
-__all__ = ["RUN_BATCH", "LiteRTExtractor"]
+__all__ = ["CONVERTER_VERSION", "RUN_BATCH", "LiteRTExtractor", "runtime_dir", "runtime_key"]
 
+CONVERTER_VERSION = 1  # bump when ``core.training.litert.convert`` changes what it writes
 # Images per interpreter invocation. Measured (EfficientNet-Lite0, 224 px, 2 threads): 1 to 8
 # run alike, ~5% ahead of 16 or 32 (activations stay in cache); small batches also bound memory.
 RUN_BATCH = 8
+# The distributions TensorFlow is installed as (the key names its version, read without
+# importing it).
+TENSORFLOW_DISTRIBUTIONS = ("tensorflow-cpu", "tensorflow", "tensorflow-macos")
+
+
+def runtime_dir() -> Path:
+    """Folder of the converted runtimes (safe to delete)."""
+    path = studio_home() / "cache" / "runtimes"
+    path.mkdir(parents=True, exist_ok=True)
+    return path
+
+
+def _version(package: str) -> str | None:
+    try:
+        return metadata.version(package)
+    except metadata.PackageNotFoundError:
+        return None
+
+
+def runtime_key(identity: dict[str, object]) -> str:
+    """Cache key of the runtime converted from the model ``identity`` describes."""
+    tensorflow = next((v for v in map(_version, TENSORFLOW_DISTRIBUTIONS) if v is not None), None)
+    parts = {
+        "identity": identity,
+        "tensorflow": tensorflow,
+        "keras": _version("keras"),
+        "ai_edge_litert": _version("ai-edge-litert"),
+        "converter": CONVERTER_VERSION,
+    }
+    blob = json.dumps(parts, sort_keys=True, default=str).encode()
+    return hashlib.sha256(blob).hexdigest()[:32]
 
 
 class LiteRTExtractor:
