@@ -253,6 +253,7 @@ class ActivationStore:
     chunk: int = CHUNK_ROWS
     chunks: list[_Chunk] = field(default_factory=list)
     reused: int = 0  # chunks found complete on disk by ``fill``
+    computed: int = 0  # images ``fill`` ran through the model (the others were stored)
     _maps: list[np.ndarray] = field(default_factory=list, repr=False)
 
     @property
@@ -329,6 +330,7 @@ class ActivationStore:
         self._load()
         self.reused = len(self.chunks)
         start = sum(c.rows for c in self.chunks)
+        self.computed = self.rows - start
         if stage:
             stage(start, self.rows, reused=start)
         if start < self.rows:
@@ -423,6 +425,7 @@ class ActivationStore:
             "chunks": len(self.chunks),
             "chunk_images": self.chunk,
             "reused_chunks": self.reused,
+            "computed_images": self.computed,
             "bytes": self.nbytes,
         }
 
