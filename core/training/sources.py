@@ -354,10 +354,11 @@ def choose_source(
     if path.kind == ACTIVATIONS:
         from core.training.cut import ACTIVATION_DIR, plan_cut
 
-        if folder is None:
+        if folder is None:  # not a run's (a test's source): a fresh temporary folder
             import tempfile
+            import uuid
 
-            folder = Path(tempfile.mkdtemp(prefix="activations-"))
+            folder = Path(tempfile.gettempdir()) / f"transfer-studio-{uuid.uuid4().hex}"
         where = folder / ACTIVATION_DIR
         cut, why = plan_cut(config, built, n_images, where)
         if cut is not None:

@@ -131,14 +131,17 @@ def test_a_pass_resumes_after_its_last_complete_chunk_and_restarts_for_other_inp
 def test_the_pass_reads_images_when_the_disk_has_no_room(
     tmp_path: Path, monkeypatch: pytest.MonkeyPatch
 ) -> None:
+    from core.config import RunConfig
     from core.training.model import build_model
-    from tests.core.training.test_cut_cache import MOBILE
 
-    built = build_model(MOBILE, 3)
-    cut, reason = cut_cache.plan_cut(MOBILE, built, 10, tmp_path / "activations")
+    config = RunConfig(
+        backbone="mobilenet_v2", weights="none", mode="fine_tuning", image_size=32, augment=False
+    )
+    built = build_model(config, 3)
+    cut, reason = cut_cache.plan_cut(config, built, 10, tmp_path / "activations")
     assert cut is not None and reason is None and cut.dtype == "float16"
     monkeypatch.setattr(cut_cache, "_free_bytes", lambda _folder: cut_cache.DISK_MARGIN_BYTES)
-    cut, reason = cut_cache.plan_cut(MOBILE, built, 10, tmp_path / "activations")
+    cut, reason = cut_cache.plan_cut(config, built, 10, tmp_path / "activations")
     assert cut is None and reason is not None
     assert "free some space" in reason and "on disk" in reason
 
@@ -205,3 +208,11 @@ def test_kill_9_during_the_cut_pass_resumes_from_its_last_chunk(tmp_path: Path) 
     assert expected["phases"][-1]["activation_store"]["reused_chunks"] == 0
     assert after["history"]["val_accuracy"] == expected["history"]["val_accuracy"]
     np.testing.assert_allclose(after["history"]["loss"], expected["history"]["loss"], rtol=1e-4)
+
+
+def test_a_resumed_pass_rates_only_the_images_it_runs() -> None:
+    from core.training.embeddings import describe_stage
+
+    record = describe_stage(3000, 4000, time.time() - 10.0, skipped=2000)
+    assert record["images_per_s"] == pytest.approx(100, rel=0.05)  # not 300: 2,000 were stored
+    assert record["eta_s"] == pytest.approx(10, rel=0.05)
