@@ -398,7 +398,7 @@ def fine_tune_kill(
         )  # fmt: skip
         try:
             while proc.poll() is None and _manifest_chunks(runs)[0] < max(chunks // 2, 1):
-                time.sleep(0.05)
+                time.sleep(0.01)
             proc.send_signal(signal.SIGKILL)
             proc.wait(timeout=60)
         finally:

@@ -180,7 +180,8 @@ def forward_once(
     from core.data.pipeline import make_dataset
 
     batch = FEATURE_BATCH * _replicas(strategy)
-    ds = make_dataset(paths, [0] * len(paths), image_size, batch, training=False)
+    # Read once: caching the decoded images would only hold memory (GBs at 25,000 images).
+    ds = make_dataset(paths, [0] * len(paths), image_size, batch, training=False, cache=False)
     return _forward(model, ds.map(lambda x, _y: x), len(paths), stage, pick, strategy)
 
 
@@ -250,7 +251,8 @@ def forward_batches(
     from core.data.pipeline import make_dataset
 
     batch = FEATURE_BATCH * _replicas(strategy)
-    ds = make_dataset(paths, [0] * len(paths), image_size, batch, training=False)
+    # Read once: caching the decoded images would only hold memory (GBs at 25,000 images).
+    ds = make_dataset(paths, [0] * len(paths), image_size, batch, training=False, cache=False)
     yield from _batches(model, ds.map(lambda x, _y: x), pick, strategy)
 
 
