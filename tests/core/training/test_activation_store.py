@@ -216,3 +216,29 @@ def test_a_resumed_pass_rates_only_the_images_it_runs() -> None:
     record = describe_stage(3000, 4000, time.time() - 10.0, skipped=2000)
     assert record["images_per_s"] == pytest.approx(100, rel=0.05)  # not 300: 2,000 were stored
     assert record["eta_s"] == pytest.approx(10, rel=0.05)
+
+
+@pytest.mark.slow
+def test_one_off_passes_do_not_cache_the_decoded_images(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    # Read once, a cache only holds memory: up to 2 GiB of a 25,000-image pass at 160 px.
+    import tensorflow as tf
+
+    from core.data.pipeline import make_dataset
+    from core.training.embeddings import forward_once
+
+    cached: list[object] = []
+    original = tf.data.Dataset.cache
+
+    def spy(self: tf.data.Dataset, *args: object, **kwargs: object) -> tf.data.Dataset:
+        cached.append(self)
+        return original(self, *args, **kwargs)
+
+    monkeypatch.setattr(tf.data.Dataset, "cache", spy)
+    paths = write_pngs(tmp_path / "images", 4, side=SIDE)
+    forward_once(_model(), paths, SIDE)
+    _store(tmp_path / "acts", len(paths)).fill(_model(), paths, SIDE)
+    assert cached == []
+    make_dataset(paths, [0, 1, 0, 1], SIDE, 2, training=True)  # epochs: decoded once, cached
+    assert len(cached) == 1
