@@ -298,7 +298,8 @@ class ActivationSource(_HeadOnFeatures):
         self.store.fill(
             cut.prefix, paths, self.built.image_size, stage, strategy=self.built.strategy
         )
-        stage(len(paths), len(paths), cached=False, reused=self.store.reused * self.store.chunk)
+        reused = min(self.store.reused * self.store.chunk, len(paths))  # images found stored
+        stage(len(paths), len(paths), cached=False, reused=reused)
         n = len(data.train_paths)
         self._set_features(data, pooled_features(cut, self.store))
         self.train_ds = self.store.dataset(
