@@ -5,8 +5,8 @@ runs in inference mode, so without augmentation its output for an image never ch
 frozen part runs once over train and validation images and its activations go to the run's folder
 (``<run>/activations``) as chunk files with a manifest; the head warm-up then trains on pooled
 features (as feature extraction does) and phase 2 runs only the unfrozen layers and the head, on
-batches read from the memory-mapped chunks by ``tf.data`` (the activations are never held in RAM
-as a whole, so a run's memory does not grow with its image count). The models built here share
+batches read from the memory-mapped chunks by ``tf.data`` (the activations are never all in the
+process's memory at once). The models built here share
 their layers with the full model, so the saved model still takes images.
 
 Why the run's folder and not the embedding cache: activations at the cut belong to one run's cut
