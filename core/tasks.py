@@ -144,7 +144,7 @@ TaskFn = Callable[[UpdateFn, Callable[[], bool]], dict[str, Any]]
 TaskFactory = Callable[[dict[str, Any]], TaskFn]
 TASK_KINDS: dict[str, TaskFactory] = {}
 # Importing these registers the built-in kinds (a child started by hand imports them by name).
-TASK_MODULES = ("core.training.search", "core.training.lr_find")
+TASK_MODULES = ("core.training.search", "core.training.lr_find", "core.training.source_leakage")
 _WAIT_POLL_S = 0.05
 
 # The task processes this process started, by (runs folder, task name): reaped, stoppable.

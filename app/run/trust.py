@@ -1,7 +1,9 @@
 """The Run page's "Can you trust these numbers?": the leakage check in words with the pairs side
-by side and one click to exclude the validation copies; the calibration with a reliability
-diagram; test-time augmentation measured on demand with whether it is worth it; "Open in
-TensorBoard" (the command) and "Log to MLflow". Wording and figures: ``app.views.trust``."""
+by side and one click to move each pair to the training side (split pins) or to exclude the
+validation copies (both in the run's dataset, undone from its edit history); the calibration
+with a reliability diagram; test-time augmentation measured on demand with whether it is worth
+it; "Open in TensorBoard" (the command) and "Log to MLflow". Wording and figures:
+``app.views.trust``."""
 
 from __future__ import annotations
 
@@ -85,17 +87,29 @@ def _leakage_section(store: RunStore, run_id: str, result: RunResult) -> None:
     if more > 0:
         st.caption(f"… and {more} more pair(s) (all of them: `evaluate --json`, key `leakage`).")
     twins = sorted({p["val"] for p in leakage["pairs"]})
-    if st.button(
+    both = sorted({rel for p in leakage["pairs"] for rel in (p["val"], p["train"])})
+    left, right = st.columns(2)
+    if left.button(
+        f"Move the {len(leakage['pairs'])} pair(s) to training",
+        key=f"move_twins_{run_id}", icon=":material/move_down:",
+        help="Pins both pictures of each pair to the training split of the run's dataset (a "
+        "managed copy for a folder, zip or built-in source; the original is never changed): "
+        "the next run validates on other images instead and keeps training on these. Undo in "
+        "the Review section.",
+    ):  # fmt: skip
+        _edit(store, run_id, [str(Path(root) / rel) for rel in both], move=True)
+    if right.button(
         f"Exclude the {len(twins)} validation copies from the data",
         key=f"exclude_twins_{run_id}", icon=":material/content_cut:",
         help="Sets them aside in the run's dataset (a managed copy for a folder, zip or built-in "
         "source; the original is never changed); retrain to get a validation score on images "
         "the model never saw. Undo in the Review section restores them.",
     ):  # fmt: skip
-        _exclude(store, run_id, [str(Path(root) / rel) for rel in twins])
+        _edit(store, run_id, [str(Path(root) / rel) for rel in twins], move=False)
 
 
-def _exclude(store: RunStore, run_id: str, paths: list[str]) -> None:
+def _edit(store: RunStore, run_id: str, paths: list[str], move: bool) -> None:
+    """Pin ``paths`` to training (``move``) or exclude them, in the run's dataset."""
     from core.data.datasets import open_dataset, parse_dataset_source
     from core.files import sha256_file
     from core.training.review import edit_target
@@ -107,7 +121,7 @@ def _exclude(store: RunStore, run_id: str, paths: list[str]) -> None:
         # content hashes of the original files.
         ids = [Path(p).stem if managed else sha256_file(p)[:12] for p in paths]
         with open_dataset(name) as ds:
-            done = ds.exclude(ids)
+            done = ds.pin(ids, "train") if move else ds.exclude(ids)
     except (StudioError, OSError) as exc:
         widgets.show_error(exc)
         return
@@ -116,10 +130,17 @@ def _exclude(store: RunStore, run_id: str, paths: list[str]) -> None:
         if made
         else (f"dataset **{md_escape(name, inline=True)}**")
     )
-    st.success(
-        f"Excluded {len(done)} validation image(s) from {where}. Retrain on "
-        f"`dataset:{md_escape(name, inline=True)}` for a score on images the model never saw."
-    )
+    retrain = f"Retrain on `dataset:{md_escape(name, inline=True)}`"
+    if move:
+        st.success(
+            f"Pinned {len(done)} image(s) to training in {where}: both copies of each pair "
+            f"now sit on the training side. {retrain} for a score on images the model never saw."
+        )
+    else:
+        st.success(
+            f"Excluded {len(done)} validation image(s) from {where}. {retrain} for a score on "
+            "images the model never saw."
+        )
 
 
 def _calibration_section(evaluation: Evaluation) -> None:

@@ -15,7 +15,7 @@ from app.navigation import chosen_data
 from app.train.tools import imbalance_warning, lr_finder
 from app.train.weights_upload import weights_uploader
 from app.views import dashboard
-from app.views.labels import mode_title, phase_title
+from app.views.labels import mode_title, modes_in_words, phase_title
 from app.views.text import md_escape
 from app.widgets import show_error
 from core.config import (
@@ -213,7 +213,7 @@ def render(queue: JobQueue) -> RunConfig:
     # Whether the cache would be used at all, from the trainer's own rule (with it on).
     probe = RunConfig(mode=mode, augment=augment, augmentations=tuple(augs or ()))
     path = input_path(probe)
-    applies, why_not = dashboard.cache_control(path.kind, path.reason, path.blocker)
+    applies, why_not = dashboard.cache_control(path.kind, modes_in_words(path.reason), path.blocker)
     if applies:
         cache = t[1].toggle("Feature cache", key="cache", help=CACHE_HELP)
     else:  # shown OFF and disabled: the setting is kept for when it applies again
@@ -257,7 +257,7 @@ def render(queue: JobQueue) -> RunConfig:
     # The form as the user left it (the weights choice too, which scratch only greys out).
     remember_train_form(config.with_changes(weights=state["weights"]))
     # What the run will read, from the trainer's own rule: the toggles never say the opposite.
-    st.caption(f"Training inputs: {md_escape(input_path(config).reason)}.")
+    st.caption(f"Training inputs: {md_escape(modes_in_words(input_path(config).reason))}.")
     layer_preview(name, size, mode, unfreeze, guess_num_classes(config.data))
     lr_finder(config)
     schedule_checks = st.container()

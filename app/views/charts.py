@@ -55,7 +55,7 @@ INSIDE_LABEL_AT = 0.6
 _Row = TypeVar("_Row", bound=Mapping[str, Any])
 
 
-def _base_layout(fig: go.Figure, height: int) -> go.Figure:
+def base_layout(fig: go.Figure, height: int) -> go.Figure:
     fig.update_layout(
         template="plotly_white",
         height=height,
@@ -308,7 +308,7 @@ def class_counts_figure(class_counts: dict[str, dict[str, int]], height: int = 3
             )
         )
     fig.update_layout(barmode="group", yaxis_title="images", bargap=0.25)
-    _base_layout(fig, height)
+    base_layout(fig, height)
     fig.update_layout(hovermode="closest")
     fig.update_xaxes(type="category")
     return fig
@@ -400,7 +400,7 @@ def accuracy_vs_time(results: Sequence[RunResult], height: int = 380) -> go.Figu
     times = [x for trace in fig.data for x in trace.x]
     fig.update_xaxes(title_text="wall time (s)", range=[0, _headroom(times, 1.0)])
     fig.update_yaxes(title_text="best validation accuracy", range=list(SCATTER_ACCURACY_RANGE))
-    _base_layout(fig, height)
+    base_layout(fig, height)
     fig.update_layout(hovermode="closest", showlegend=True)
     if not fig.data:
         _empty(fig, "No finished runs with a validation accuracy yet")
@@ -430,7 +430,7 @@ def prediction_bars(
     )
     fig.update_xaxes(range=[0, 1.18], tickformat=".0%", showgrid=True)
     fig.update_yaxes(type="category", automargin=True)
-    _base_layout(fig, height or 90 + 34 * max(len(labels), 1))
+    base_layout(fig, height or 90 + 34 * max(len(labels), 1))
     fig.update_layout(
         hovermode="closest",
         showlegend=False,

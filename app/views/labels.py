@@ -7,6 +7,7 @@ stored run of another version) is shown as it is. No Streamlit here.
 
 from __future__ import annotations
 
+import re
 from collections.abc import Mapping
 from typing import Literal, NamedTuple
 
@@ -99,3 +100,13 @@ def mode_label(mode: str | None) -> str:
 def mode_title(mode: str) -> str:
     """A mode as the Train page offers it ("Fine-tuning"); the mode itself if unknown."""
     return MODE_TITLES.get(mode, mode)
+
+
+def modes_in_words(text: str) -> str:
+    """Core's sentence with its mode keys in words: "mode fine_tuning trains" becomes
+    "the fine-tuning mode trains" (core names the setting; the dashboard speaks the form's words).
+    """
+    for key, label in MODE_LABELS.items():
+        text = re.sub(rf"\bmode {key}\b", f"the {label} mode", text)
+        text = re.sub(rf"\b{key}\b", label, text)
+    return text

@@ -12,7 +12,7 @@ from typing import Any, TypeGuard
 
 import plotly.graph_objects as go
 
-from app.views.charts import PALETTE, _base_layout
+from app.views.charts import PALETTE, base_layout
 from app.views.text import plotly_text
 
 OK = "ok"  # core.training.search.OK (that module imports NumPy: not needed to draw a table)
@@ -178,7 +178,7 @@ def pareto_figure(candidates: Sequence[Mapping[str, Any]]) -> go.Figure:
                 cliponaxis=False,
             )
         )
-    _base_layout(fig, 360)
+    base_layout(fig, 360)
     # No legend or long title over the plot (they overprinted each other in a half-width
     # column): the page's caption says what green and the marker size mean (``PARETO_NOTE``).
     fig.update_layout(showlegend=False, hovermode="closest", margin={"t": 24})
@@ -248,7 +248,7 @@ def lr_figure(result: Mapping[str, Any]) -> go.Figure:
             x=float(suggested), line={"color": PALETTE[1], "dash": "dash"},
             annotation_text=f"suggested {suggested:.2g}", annotation_position="top",
         )  # fmt: skip
-    _base_layout(fig, 280)
+    base_layout(fig, 280)
     phase = PHASE_LABELS.get(str(result.get("phase")), str(result.get("phase")))
     fig.update_layout(title=f"{phase}: loss as the learning rate grows", hovermode="closest",
                       showlegend=False)  # fmt: skip

@@ -2,9 +2,10 @@
 
 18. The feature pass over the benchmark's 3,000 generated images, ``python -m core features``
     here vs ``features --ray`` on a cluster of two one-CPU nodes on the same two cores (each a
-    fresh process, as a user runs them, so both pay their TensorFlow start and model build):
-    the overhead ratio (Ray wall / local wall, target ≤ 1.3) and the largest per-element
-    difference of the features (target ≤ 1e-5).
+    fresh process, as a user runs them, so both pay their start), in ``ROUNDS`` pairs run one
+    right after the other: the overhead ratio (Ray wall / local wall, the median pair's; target
+    ≤ 1.3) and the largest per-element difference of the features over every pass (target
+    ≤ 1e-5).
 19. The same pass with one node's actor killed (SIGKILL) after its first shards: the pass
     completes, every image's row is there once (the features equal figure 18's local ones),
     and the seconds lost against figure 18's clean Ray pass.
@@ -40,6 +41,9 @@ PROJECT_IMAGES = 1_000_000
 NODE_CORES = 8  # a projected CPU node: 8 cores at this machine's per-core speed
 GPU_IMAGES_PER_S = 1000.0  # an assumed GPU rate (none here to measure): see docs/benchmark.md
 PROJECT_SHARD_ROWS = 4096  # shards of a long pass reach the planner's upper bound
+ROUNDS = 3  # (local, Ray) pairs; the figure is the median pair's
+NICENESS_ENV = "RAY_worker_niceness"  # Ray's setting of its workers' nice value (default 15)
+WORKER_NICENESS = "0"  # the local pass's
 
 
 def _features_cli(data: str, size: int, ray: str | None) -> tuple[dict[str, Any], float]:
@@ -102,27 +106,59 @@ def ray_figures(
     say(f"figures 18-19: {data['files']} images at {size} px; converting the runtime first")
     _convert_runtime(root, size)
     figures: dict[str, Any] = {}
-    nodes = Cluster(
-        initialize_head=True,
-        head_node_args={"num_cpus": 1, "include_dashboard": False, "object_store_memory": 2**29},
-    )
+    # Ray starts its workers at nice 15 (``RAY_worker_niceness``): on a node of its own that
+    # changes nothing, but on this shared machine the actors would yield the cores to every
+    # other process while the local pass competes at nice 0. The figure is Ray's overhead, so
+    # the bench's nodes run their workers at the local pass's priority.
+    niceness = os.environ.get(NICENESS_ENV)
+    os.environ[NICENESS_ENV] = WORKER_NICENESS
+    nodes = None
     try:
+        nodes = Cluster(
+            initialize_head=True,
+            head_node_args={
+                "num_cpus": 1, "include_dashboard": False, "object_store_memory": 2**29,
+            },
+        )  # fmt: skip
         nodes.add_node(num_cpus=1, object_store_memory=2**29)
-        say("18: local feature pass (a fresh `features` process)")
-        local, local_wall = _features_cli(root, size, None)
-        entry = embedding_cache_dir() / f"{local['cache_key']}.npy"
-        reference = np.load(entry)
-        entry.unlink()
-        say(f"18: the same on two Ray nodes ({nodes.address})")
-        on_ray, ray_wall = _features_cli(root, size, nodes.address)
-        if on_ray["cache_key"] != local["cache_key"]:
-            raise RuntimeError("the Ray pass stored its features under another cache key")
-        computed = np.load(entry)
-        diff = float(np.abs(computed - reference).max())
-        ratio = ray_wall / local_wall
+        _restore_env(NICENESS_ENV, niceness)  # the nodes have it; this process keeps its own
+        # Rounds of (local, Ray) pairs, each pair close in time: on a shared machine the load
+        # drifts over minutes, and a pair's ratio sees the same load on both sides.
+        pairs: list[dict[str, Any]] = []
+        entry = None
+        reference = None
+        diff = 0.0
+        for round_ in range(1, ROUNDS + 1):
+            say(f"18: round {round_}/{ROUNDS}: local feature pass (a fresh `features` process)")
+            local, local_wall = _features_cli(root, size, None)
+            entry = embedding_cache_dir() / f"{local['cache_key']}.npy"
+            if local["cached"]:  # an entry left by an earlier benchmark: the pass again
+                entry.unlink()
+                local, local_wall = _features_cli(root, size, None)
+            computed = np.load(entry)
+            reference = computed if reference is None else reference
+            diff = max(diff, float(np.abs(computed - reference).max()))
+            entry.unlink()
+            say(f"18: round {round_}/{ROUNDS}: the same on two Ray nodes ({nodes.address})")
+            on_ray, ray_wall = _features_cli(root, size, nodes.address)
+            if on_ray["cache_key"] != local["cache_key"]:
+                raise RuntimeError("the Ray pass stored its features under another cache key")
+            diff = max(diff, float(np.abs(np.load(entry) - reference).max()))
+            entry.unlink()
+            pairs.append({
+                "local_wall_s": round(local_wall, 2), "ray_wall_s": round(ray_wall, 2),
+                "ratio": round(ray_wall / local_wall, 3), "local": local, "ray": on_ray,
+                "load_average": round(os.getloadavg()[0], 2),
+            })  # fmt: skip
+        assert entry is not None and reference is not None
+        middle = sorted(pairs, key=lambda pair: pair["ratio"])[len(pairs) // 2]
+        local, on_ray = middle["local"], middle["ray"]
+        ratio = float(middle["ratio"])
         overhead = {
-            "images": local["images"], "image_size": size, "local_wall_s": round(local_wall, 2),
-            "ray_wall_s": round(ray_wall, 2), "ratio": round(ratio, 3), "target": RATIO_TARGET,
+            "images": local["images"], "image_size": size,
+            "local_wall_s": middle["local_wall_s"], "ray_wall_s": middle["ray_wall_s"],
+            "ratio": round(ratio, 3), "target": RATIO_TARGET, "rounds": pairs,
+            "worker_niceness": int(WORKER_NICENESS),
             "max_abs_diff": diff, "diff_target": DIFF_TARGET, "local": local, "ray": on_ray,
             "met": ratio <= RATIO_TARGET and diff <= DIFF_TARGET,
         }  # fmt: skip
@@ -130,12 +166,20 @@ def ray_figures(
         if "ray_overhead" in names:
             figures["ray_overhead"] = overhead
         if "ray_actor_kill" in names:
-            entry.unlink()
             figures["ray_actor_kill"] = _actor_kill(nodes.address, root, size, on_ray, reference)
-            figures["ray_actor_kill"]["clean_ray_wall_s"] = round(ray_wall, 2)
+            figures["ray_actor_kill"]["clean_ray_wall_s"] = middle["ray_wall_s"]
     finally:
-        nodes.shutdown()
+        _restore_env(NICENESS_ENV, niceness)
+        if nodes is not None:
+            nodes.shutdown()
     return figures
+
+
+def _restore_env(name: str, value: str | None) -> None:
+    if value is None:
+        os.environ.pop(name, None)
+    else:
+        os.environ[name] = value
 
 
 def _actor_kill(
@@ -144,6 +188,7 @@ def _actor_kill(
     """Figure 19: the pass with an actor killed after the first shard is in."""
     import ray
 
+    from core.cluster import ray_output_to_stderr
     from core.cluster.features import ensure_features, feature_config
     from core.cluster.shards import ShardedPass
     from core.training.embeddings import load_cached
@@ -156,12 +201,14 @@ def _actor_kill(
                           at_rows=sharded.done_rows)  # fmt: skip
             os.kill(sharded.pids[0], signal.SIGKILL)
 
-    ray.init(address=address, logging_level=logging.ERROR, log_to_driver=False)
-    try:
-        config = feature_config(root, BACKBONE, size)
-        entry = ensure_features(config, ray=True, progress=kill)
-    finally:
-        ray.shutdown()
+    # Ray prints the killed worker's notices on stdout: kept off the benchmark's JSON.
+    with ray_output_to_stderr():
+        ray.init(address=address, logging_level=logging.ERROR, log_to_driver=False)
+        try:
+            config = feature_config(root, BACKBONE, size)
+            entry = ensure_features(config, ray=True, progress=kill)
+        finally:
+            ray.shutdown()
     features = load_cached(entry.cache_key)
     assert features is not None
     diff = float(np.abs(features - reference).max())
@@ -218,7 +265,7 @@ def format_lines(f: dict[str, Any]) -> list[str]:
             lines.append(
                 f"18. feature pass over {d['images']} images at {d['image_size']} px: local "
                 f"{d['local_wall_s']:.1f} s vs two Ray nodes {d['ray_wall_s']:.1f} s (ratio "
-                f"{d['ratio']:.2f}, max |Δ| {d['max_abs_diff']:.1e}) — target ≤ "
+                f"{d['ratio']:.2f}{_pair_ratios(d)}, max |Δ| {d['max_abs_diff']:.1e}) — target ≤ "
                 f"{d['target']:g} and ≤ {d['diff_target']:g}: {'met' if d['met'] else 'MISSED'}"
                 f"; 1 M images on paper: {hours}, 4 GPUs {p['gpus_4_hours']} h"
             )
@@ -234,3 +281,11 @@ def format_lines(f: dict[str, Any]) -> list[str]:
                 f"{'met' if d['met'] else 'MISSED'}"
             )
     return lines
+
+
+def _pair_ratios(d: dict[str, Any]) -> str:
+    """`` (median of 0.95, 1.02, 1.10)`` for several rounds, else nothing."""
+    rounds = d.get("rounds") or []
+    if len(rounds) < 2:
+        return ""
+    return " (median of " + ", ".join(f"{r['ratio']:.2f}" for r in rounds) + ")"

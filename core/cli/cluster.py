@@ -3,13 +3,13 @@
 
 ``core.cli`` lists ``features`` in this family. The ``train`` (``core.cli.runs``), ``search``
 (``core.cli.search``) and ``worker`` (``core.cli.worker``) parsers take ``--ray`` through
-``add_ray_flag``; with it their handlers call ``features_on_ray``, ``search_features_on_ray`` or
+``add_ray_flag``; with it their handlers call ``features_on_ray``, ``search_on_ray`` or
 ``worker_on_ray`` here (this module imports nothing heavy: Ray and Keras load in the handlers).
 
 ``features --json`` prints one object: ``images``, ``shards``, ``ray_nodes``, ``cache_key``,
 ``seconds``, ``images_per_s``, ``cached`` (plus ``views_cache_key``, ``restarts``,
-``train_images``, ``val_images``, ``prepare_s``, ``startup_s``, ``compute_s``); the keys are a
-public contract.
+``train_images``, ``val_images``, ``prepare_s``, ``startup_s``, ``compute_s``, ``check_s``,
+``runtime``); the keys are a public contract.
 """
 
 from __future__ import annotations
@@ -17,10 +17,17 @@ from __future__ import annotations
 import argparse
 import json
 import sys
-from typing import Any
+from collections.abc import Callable, Generator
+from typing import TYPE_CHECKING, Any, TypeVar
 
+from core.cluster import ray_output_to_stderr
 from core.config import DEFAULT_DATA
-from core.errors import ConfigError
+from core.errors import ConfigError, StudioError
+
+if TYPE_CHECKING:
+    from core.training.search import FeaturePasses
+
+T = TypeVar("T")
 
 FEATURES_EPILOG = """examples:
   python -m core features --data ~/pets --backbone efficientnet_lite0 --image-size 224 --json
@@ -30,11 +37,14 @@ FEATURES_EPILOG = """examples:
 
 A Ray cluster: `ray start --head` on one machine, `ray start --address HEAD:6379` on the others
 (each with this project and requirements-ray.txt installed), then --ray auto on a machine of the
-cluster (or --ray HEAD:6379). --ray local starts a Ray instance of this machine alone.
+cluster (or --ray HEAD:6379). --ray local starts a Ray instance of this machine alone. On a
+machine shared with other users, auto may join someone else's cluster (Ray finds it through
+/tmp/ray): give the head's address there.
 """
 RAY_HELP = (
-    "run on a Ray cluster: auto (the cluster this machine is in), HOST:PORT of its head, or "
-    "local (a Ray instance of this machine); needs requirements-ray.txt"
+    "run on a Ray cluster: auto (the cluster this machine is in; on a machine shared with other "
+    "users it may be theirs), HOST:PORT of its head, or local (a Ray instance of this machine); "
+    "needs requirements-ray.txt"
 )
 
 
@@ -44,7 +54,7 @@ __all__ = [
     "add_ray_flag",
     "cmd_features",
     "features_on_ray",
-    "search_features_on_ray",
+    "search_on_ray",
     "worker_on_ray",
 ]
 
@@ -108,7 +118,7 @@ def cmd_features(args: argparse.Namespace) -> int:
     if args.ray:
         from core.cluster import connect
 
-        with connect(args.ray):
+        with ray_output_to_stderr(), connect(args.ray):
             entry = ensure_features(
                 config, ray=True, shard_rows=args.shard_size, progress=_shard_line
             )
@@ -157,7 +167,7 @@ def features_on_ray(args: argparse.Namespace) -> dict[str, Any]:
             "--feature-cache auto, or leave out --ray.",
             settings=("mode",),
         )
-    with connect(args.ray):
+    with ray_output_to_stderr(), connect(args.ray):
         entry = ensure_features(config, ray=True, progress=_shard_line)
     print(
         f"features: {entry.images} images in {entry.shards} shards on {entry.ray_nodes} Ray "
@@ -196,29 +206,42 @@ def worker_on_ray(args: argparse.Namespace) -> int:
         return run_worker(options, progress_for=epoch_line)
 
 
-def search_features_on_ray(args: argparse.Namespace) -> None:
-    """``search --ray``: each candidate's feature pass on the cluster (into the cache), one after
-    the other; the local search then trains the heads on cached features."""
+def search_on_ray(args: argparse.Namespace, run: Callable[[FeaturePasses], T]) -> T:
+    """``search --ray``: ``run(passes)`` runs the search with ``passes`` as its
+    ``feature_passes`` while connected: every pending candidate's feature pass is submitted to
+    the cluster at once (into the cache), and each candidate's heads train here as its pass ends
+    (a line on stderr says so)."""
     from core.cluster import connect
-    from core.cluster.features import ensure_features, feature_config
-    from core.training.search import PENDING, plan_candidates
+    from core.cluster.features import FeatureEntry, candidate_passes, feature_config
+    from core.training.search import Candidate
 
     if args.weights == "none":
         raise ConfigError(
             "--ray computes features into the feature cache, and random weights are not cached. "
             "Use --weights imagenet, or leave out --ray."
         )
-    with connect(args.ray):
-        for c in plan_candidates(args.backbones, args.sizes, args.weights):
-            if c.status != PENDING:
-                continue
-            config = feature_config(
+
+    def line(c: Candidate, entry: FeatureEntry | None, error: StudioError | None) -> None:
+        if entry is None:
+            source = f"failed: {error}"
+        elif entry.cached:
+            source = "cached"
+        else:
+            source = f"{entry.shards} shards, {entry.seconds:.1f} s"
+        print(f"{c.backbone} @ {c.image_size} px: features on Ray ({source})", file=sys.stderr)
+
+    def passes(candidates: list[Candidate]) -> Generator[tuple[Candidate, StudioError | None]]:
+        configs = [
+            (c, feature_config(
                 args.data, c.backbone, c.image_size, weights=args.weights,
                 val_split=args.val_split, seed=args.seed,
-            )  # fmt: skip
-            entry = ensure_features(config, ray=True)
-            source = "cached" if entry.cached else f"{entry.shards} shards, {entry.seconds:.1f} s"
-            print(f"{c.backbone} @ {c.image_size} px: features on Ray ({source})", file=sys.stderr)
+            ))
+            for c in candidates
+        ]  # fmt: skip
+        return candidate_passes(configs, done=line)
+
+    with ray_output_to_stderr(), connect(args.ray):
+        return run(passes)
 
 
 COMMANDS = {"features": cmd_features}

@@ -1,9 +1,9 @@
 """``python -m core dataset ...``: managed datasets from the command line.
 
 ``add_parsers(sub)`` adds the ``dataset`` command and its actions (create, add, list, show,
-relabel, exclude, restore, keep, forget-missing, undo); ``review`` (``core.cli.review``) lists the
-ids ``relabel``, ``exclude`` and ``keep`` take. Errors are ``StudioError``s, printed on one line
-by ``core.cli.main``.
+relabel, exclude, restore, keep, pin, forget-missing, undo); ``review`` (``core.cli.review``)
+lists the ids ``relabel``, ``exclude`` and ``keep`` take. Errors are ``StudioError``s, printed
+on one line by ``core.cli.main``.
 """
 
 from __future__ import annotations
@@ -23,6 +23,8 @@ DATASET_EPILOG = """examples:
   python -m core dataset show pets --json
   python -m core dataset relabel pets 3f2a9c01b7de --to dogs
   python -m core review --run RUN_ID --top 20           # likely label mistakes (ids to edit)
+  python -m core dataset pin pets --train 3f2a9c01b7de 9c1d2e3f4a5b   # never in validation
+  python -m core dataset pin pets --unpin 3f2a9c01b7de
   python -m core dataset undo pets
   python -m core dataset forget-missing pets            # files deleted outside the studio
   python -m core train --data dataset:pets
@@ -33,7 +35,8 @@ def add_parsers(sub: Any) -> None:
     """Register ``dataset`` and its actions."""
     p = sub.add_parser(
         "dataset",
-        help="datasets the studio keeps: create, add images, list, show, relabel, exclude, undo",
+        help="datasets the studio keeps: create, add images, list, show, relabel, exclude, pin, "
+        "undo",
         description="Managed datasets live in the studio's home (datasets/NAME) with their "
         "classes, images and edit history; train on one with --data dataset:NAME. Images are "
         "never deleted: excluded ones are set aside and can be restored, and every edit can be "
@@ -89,6 +92,26 @@ def add_parsers(sub: Any) -> None:
     a = actions.add_parser("keep", help="mark images reviewed and right as labelled (review)")
     a.add_argument("name", help="the dataset")
     a.add_argument("images", metavar="IMAGE", nargs="+", help="image ids (from review)")
+
+    a = actions.add_parser(
+        "pin",
+        help="pin images to the training or validation split (or unpin them)",
+        description="A pinned image stays on its side of every run's split of dataset:NAME "
+        "(e.g. both copies of a near-duplicate in training, so validation never scores a "
+        "picture the model trained on); the other images split as before. Undo with "
+        "'dataset undo'.",
+    )
+    a.add_argument("name", help="the dataset")
+    side = a.add_mutually_exclusive_group(required=True)
+    side.add_argument(
+        "--train", nargs="+", metavar="IMAGE", help="image ids or paths: always in training"
+    )
+    side.add_argument(
+        "--val", nargs="+", metavar="IMAGE", help="image ids or paths: always in validation"
+    )
+    side.add_argument(
+        "--unpin", nargs="+", metavar="IMAGE", help="image ids or paths: split as any other"
+    )
 
     a = actions.add_parser(
         "forget-missing",
@@ -196,8 +219,15 @@ def _show(args: argparse.Namespace) -> int:
     if args.json:
         print_json(info)
         return 0
+    pinned = info.get("pinned") or {}
+    pins = (
+        f", {pinned.get('train', 0)} pinned to training, {pinned.get('val', 0)} to validation"
+        if any(pinned.values())
+        else ""
+    )
     print(
         f"{_shown(info['name'])}: {_plural(info['images'], 'image')}, {info['excluded']} excluded"
+        + pins
     )
     for c in info["classes"]:
         print(f"  {_shown(c['name']):<24} {c['images']}")
@@ -255,6 +285,22 @@ def _keep(args: argparse.Namespace) -> int:
     return 0
 
 
+def _pin(args: argparse.Namespace) -> int:
+    from core.data.datasets import open_dataset
+
+    split = "train" if args.train else "val" if args.val else None
+    items = args.train or args.val or args.unpin
+    with open_dataset(args.name) as ds:
+        # A path of the dataset's own (``show --images``, a run's split) names its image by id.
+        ids = [ds.image_id(item) or item for item in items]
+        changed = ds.pin(ids, split)
+    images = _plural(len(changed), "image")
+    where = {"train": "training", "val": "validation"}.get(split or "")
+    verb = f"pinned {images} to {where}" if where else f"unpinned {images}"
+    print(f"{verb} ('dataset undo' reverts it)")
+    return 0
+
+
 def _forget_missing(args: argparse.Namespace) -> int:
     from core.data.datasets import open_dataset
 
@@ -289,6 +335,7 @@ _ACTIONS = {
     "exclude": _exclude,
     "restore": _restore,
     "keep": _keep,
+    "pin": _pin,
     "forget-missing": _forget_missing,
     "undo": _undo,
 }

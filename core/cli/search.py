@@ -76,7 +76,11 @@ def add_parsers(sub: Any) -> None:
     p.add_argument("--seed", type=int, default=42, help="seed of the split and heads (42)")
     add_class_weight_flag(p)
     p.add_argument("--json", action="store_true", help="print the result as one JSON object")
-    add_ray_flag(p, "each candidate's feature pass runs there")
+    add_ray_flag(
+        p,
+        "every candidate's feature pass is submitted there at once, and the ranked table so far "
+        "prints on stderr as each ends",
+    )
 
     p = sub.add_parser(
         "lr-find",
@@ -137,26 +141,40 @@ def _candidate_line(c: Any) -> str:
 def cmd_search(args: argparse.Namespace) -> int:
     """Search backbones x sizes and print the ranking."""
     from core.data.sources import check_source
-    from core.training.search import format_table, search
+    from core.training.search import SearchResult, format_ranking, format_table, search
 
     if args.budget is not None and not args.budget > 0:
         raise ConfigError(f"--budget {args.budget} is invalid. Expected minutes above 0, e.g. 10.")
     check_source(args.data)  # a missing folder fails in a second, before TensorFlow loads
-    if getattr(args, "ray", None):  # each candidate's features on a Ray cluster, into the cache
-        from core.cli.cluster import search_features_on_ray
+    ray = getattr(args, "ray", None)
+    settled: list[Any] = []
 
-        search_features_on_ray(args)
-    result = search(
-        args.data,
-        backbones=args.backbones,
-        sizes=args.sizes,
-        budget_s=None if args.budget is None else args.budget * 60,
-        seed=args.seed,
-        val_split=args.val_split,
-        progress=lambda c: print(_candidate_line(c), file=sys.stderr, flush=True),
-        weights=args.weights,
-        class_weight=args.class_weight or "none",
-    )
+    def progress(c: Any) -> None:
+        print(_candidate_line(c), file=sys.stderr, flush=True)
+        if ray:  # candidates settle as their passes end: the ranked table so far
+            settled.append(c)
+            print(format_ranking(settled), file=sys.stderr, flush=True)
+
+    def run(feature_passes: Any = None) -> SearchResult:
+        return search(
+            args.data,
+            backbones=args.backbones,
+            sizes=args.sizes,
+            budget_s=None if args.budget is None else args.budget * 60,
+            seed=args.seed,
+            val_split=args.val_split,
+            progress=progress,
+            weights=args.weights,
+            class_weight=args.class_weight or "none",
+            feature_passes=feature_passes,
+        )
+
+    if ray:  # each candidate's feature pass a job on the Ray cluster, all at once
+        from core.cli.cluster import search_on_ray
+
+        result = search_on_ray(args, run)
+    else:
+        result = run()
     if args.json:
         print(json.dumps(result.to_json()))
     else:

@@ -14,6 +14,7 @@ cluster this machine belongs to, as ``ray start`` set it up), ``HOST:PORT`` of a
 
 from __future__ import annotations
 
+import contextlib
 import logging
 import os
 import sys
@@ -32,6 +33,7 @@ __all__ = [
     "alive_nodes",
     "connect",
     "lost_cluster",
+    "ray_output_to_stderr",
     "require_ray",
     "worker_env",
 ]
@@ -139,3 +141,20 @@ def lost_cluster(exc: BaseException, what: str) -> ClusterError | None:
             "Check it with `ray status` on the head, then run the command again."
         )
     return None
+
+
+@contextmanager
+def ray_output_to_stderr() -> Iterator[None]:
+    """While connected to Ray, whatever is written to stdout (Ray's own notices, e.g. when an
+    actor dies, from Python or from its C++ core) goes to stderr: stdout carries the command's
+    result alone (``--json`` output stays one parseable object)."""
+    sys.stdout.flush()
+    saved = os.dup(1)
+    try:
+        os.dup2(2, 1)
+        with contextlib.redirect_stdout(sys.stderr):
+            yield
+    finally:
+        sys.stdout.flush()
+        os.dup2(saved, 1)
+        os.close(saved)

@@ -3,10 +3,16 @@
 One ``ShardEncoder`` actor per node (per GPU on a GPU node) loads the backbone once and then
 takes shard after shard: a contiguous slice of the ordered file list, as paths when the node
 sees the driver's files (checked once per actor on a file's digest), else as the files' bytes.
-It runs the same pass a local run runs (``core.training.embeddings.forward_once``), on the
-converted LiteRT runtime on a CPU node and on Keras with the GPU on a GPU node, and returns the
-shard's rows; the driver puts them in place by the shard's offset and checks that every image
-was computed exactly once.
+It runs the same pass a local run runs and returns the shard's rows; the driver puts them in
+place by the shard's offset and checks that every image was computed exactly once.
+
+Two kinds of actor. On a CPU node, when the driver holds the converted LiteRT runtime (checked
+against Keras on the pass's own images, as a local pass checks it), a ``RuntimeEncoder``: the
+converted file's bytes travel to it once and it decodes images (PIL, as the local pipeline
+does) and runs the interpreter, with neither TensorFlow nor Keras loaded, so it is up in a
+second or two. Otherwise (a GPU node, augmented views, no converted runtime) a
+``ShardEncoder``: TensorFlow and the Keras backbone, ``core.training.embeddings.forward_once``
+with the runtime the local pass would pick.
 
 Shards are sized by measurement: the first shards are small (``PROBE_ROWS``), later ones hold as
 many images as the measured per-image time fits in ``TARGET_SHARD_S`` (long enough that the
@@ -25,11 +31,15 @@ is cached.
 
 from __future__ import annotations
 
+import hashlib
+import io
 import math
 import os
+import sys
 import tempfile
 import time
 from collections.abc import Callable, Sequence
+from concurrent.futures import Future, ThreadPoolExecutor
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
@@ -42,6 +52,8 @@ from core.errors import StudioError
 from core.files import sha256_file
 
 __all__ = [
+    "RuntimeEncoder",
+    "RuntimeFile",
     "Shard",
     "ShardEncoder",
     "ShardResult",
@@ -53,6 +65,16 @@ PROBE_ROWS = 64  # the first shard of each actor: measures the per-image time
 TARGET_SHARD_S = 30.0  # a later shard's planned seconds
 MAX_SHARD_ROWS = 4096
 MAX_RESTARTS = 3  # a crashing actor is restarted (and its call retried) this many times
+DECODE_BATCH = 32  # images a ``RuntimeEncoder`` decodes ahead of the interpreter
+
+
+@dataclass(frozen=True)
+class RuntimeFile:
+    """The converted LiteRT runtime a driver checked, for its CPU nodes' ``RuntimeEncoder``s."""
+
+    content: bytes
+    digest: str  # SHA-256 of ``content``: what the driver checked is what the nodes run
+    image_size: int
 
 
 @dataclass
@@ -67,6 +89,7 @@ class Shard:
     convert: bool = False  # may the actor convert the LiteRT runtime (a pass large enough)
     paths: list[str] | None = None
     images: list[tuple[str, bytes]] | None = None  # (file suffix, bytes): no shared filesystem
+    runtime: list[Any] | None = None  # for a ``RuntimeEncoder``: [reference to its RuntimeFile]
 
 
 @dataclass
@@ -93,11 +116,97 @@ class ShardedFeatures:
     seconds: float
     shipped_bytes: int  # image bytes sent to actors that could not read the driver's files
     node_rows: dict[str, int] = field(default_factory=dict)
-    startup_s: float = 0.0  # until every actor had loaded its backbone
+    startup_s: float = 0.0  # until the last actor that joined was up
     compute_s: float = 0.0  # the actors' seconds inside shards, summed
 
 
-class ShardEncoder:
+class _Encoder:
+    """What both kinds of actor answer besides ``encode``."""
+
+    def ping(self) -> dict[str, Any]:
+        """This actor's node and process (a restarted actor has a new pid), and whether it
+        loaded TensorFlow."""
+        import ray
+
+        return {
+            "node": ray.get_runtime_context().get_node_id(),
+            "pid": os.getpid(),
+            "tensorflow": "tensorflow" in sys.modules,
+        }
+
+    def sees(self, path: str, digest: str) -> bool:
+        """Whether this node reads ``path`` as the driver does (a shared filesystem)."""
+        try:
+            return sha256_file(path) == digest
+        except OSError:
+            return False
+
+
+class RuntimeEncoder(_Encoder):
+    """A CPU node's light actor: the driver's converted runtime, images decoded as the local
+    pipeline decodes them (``core.data.images.load_rgb``), no TensorFlow."""
+
+    def __init__(self, threads: int | None) -> None:
+        self.threads = threads or os.cpu_count() or 1
+        self.pool = ThreadPoolExecutor(self.threads)  # PIL decodes outside the GIL
+        self.extractor: Any = None
+        self.size = 0
+
+    def _load(self, shipped: list[Any] | None) -> None:
+        """The runtime, from the object store, on the first shard (a restarted actor loads it
+        again from the shard it retries). ``shipped``: ``[reference to the RuntimeFile]``, in a
+        list so that Ray hands the reference over rather than resolving it before the call."""
+        import ray
+
+        from core.training.interpreter import LiteRTExtractor
+
+        if self.extractor is not None:
+            return
+        if not shipped:
+            raise ClusterError("A runtime actor got a shard without the converted runtime.")
+        runtime: RuntimeFile = ray.get(shipped[0])
+        if hashlib.sha256(runtime.content).hexdigest() != runtime.digest:
+            raise ClusterError(
+                "The converted feature runtime arrived damaged on a Ray node (its SHA-256 "
+                "differs from the driver's): run the command again."
+            )
+        self.size = runtime.image_size
+        self.extractor = LiteRTExtractor(None, self.threads, content=runtime.content)
+
+    def _decode(self, sources: Sequence[Any]) -> list[Future[np.ndarray]]:
+        from core.data.images import load_rgb
+
+        return [self.pool.submit(load_rgb, source, self.size) for source in sources]
+
+    def encode(self, shard: Shard) -> ShardResult:
+        """The shard's clean features ``(rows, width)`` (augmented views need Keras: never
+        planned here)."""
+        if shard.views:
+            raise ClusterError("Augmented views need the Keras backbone, not the runtime actor.")
+        started = time.perf_counter()
+        self._load(shard.runtime)
+        sources: list[Any] = (
+            [io.BytesIO(data) for _, data in shard.images]
+            if shard.images is not None
+            else list(shard.paths or [])
+        )
+        chunks = [sources[i : i + DECODE_BATCH] for i in range(0, len(sources), DECODE_BATCH)]
+        width = self.extractor.feature_shape
+        out = np.empty((len(sources), *width), np.float32)
+        ahead = self._decode(chunks[0]) if chunks else []
+        done = 0
+        for i in range(len(chunks)):
+            current, ahead = ahead, self._decode(chunks[i + 1]) if i + 1 < len(chunks) else []
+            batch = np.stack([f.result() for f in current]).astype(np.float32)
+            out[done : done + len(batch)] = self.extractor(batch)
+            done += len(batch)
+        info = self.ping()
+        return ShardResult(
+            shard.index, out, time.perf_counter() - started, info["node"], info["pid"]
+        )
+
+
+class ShardEncoder(_Encoder):
     """A Ray actor's state: one backbone, loaded once, run over shard after shard."""
 
     def __init__(self, config_json: str, weights_id: str | None, threads: int | None) -> None:
@@ -124,19 +233,6 @@ class ShardEncoder:
         self.runtime: Any = None  # the converted runtime, once the first shard chose it
         self.runtime_info: dict[str, Any] = {}
         self.threads = threads
-
-    def ping(self) -> dict[str, Any]:
-        """This actor's node and process (a restarted actor has a new pid)."""
-        import ray
-
-        return {"node": ray.get_runtime_context().get_node_id(), "pid": os.getpid()}
-
-    def sees(self, path: str, digest: str) -> bool:
-        """Whether this node reads ``path`` as the driver does (a shared filesystem)."""
-        try:
-            return sha256_file(path) == digest
-        except OSError:
-            return False
 
     def _pick(self, sample: np.ndarray) -> Callable[[np.ndarray], np.ndarray] | None:
         """The runtime the local pass would choose (``features_for``'s rule), chosen once."""
@@ -249,8 +345,13 @@ class ShardedPass:
         clean: bool = True,
         shard_rows: int | None = None,
         progress: Callable[[ShardedPass], None] | None = None,
+        runtime: RuntimeFile | None = None,
+        share_nodes: bool = False,
     ) -> None:
         self.config, self.weights_id, self.paths = config, weights_id, list(paths)
+        self.share_nodes = share_nodes  # other passes run beside this one (see ``_dispatch``)
+        # The checked converted runtime: CPU nodes get a ``RuntimeEncoder`` (None: Keras actors).
+        self.runtime = runtime
         self.clean = clean  # False: only the augmented views (the clean features are cached)
         self.train_rows, self.views, self.convert = train_rows, views, convert
         self.shard_rows, self.progress = shard_rows, progress
@@ -259,6 +360,8 @@ class ShardedPass:
         self.done_rows = 0
         self.total_rows = len(self.paths) * clean + (views - 1) * train_rows
         self.actors: list[Any] = []
+        self.light: list[bool] = []  # per actor: a ``RuntimeEncoder``
+        self._runtime_ref: Any = None  # the runtime in the object store, while actors live
         self.started = 0.0
 
     def _payload(self, shard: Shard, ships: bool) -> Shard:
@@ -279,6 +382,8 @@ class ShardedPass:
         clean: bool = True,
     ) -> None:
         """Set the work of a pass whose actors were started before the files were known."""
+        if views > 1 and train_rows and self.runtime is not None:
+            raise ClusterError("Augmented views need Keras actors: drop the runtime first.")
         self.paths, self.train_rows, self.views = list(paths), train_rows, views
         self.convert, self.clean = convert, clean
         self.total_rows = len(self.paths) * clean + (views - 1) * train_rows
@@ -290,16 +395,26 @@ class ShardedPass:
             return
         ray = require_ray()
         self.started = time.perf_counter()
-        remote = ray.remote(ShardEncoder)
+        keras_actor, light_actor = ray.remote(ShardEncoder), ray.remote(RuntimeEncoder)
         try:
-            self.actors = [
-                remote.options(
+            # One copy in the object store, whatever the number of actors, held by this pass;
+            # it travels with each shard (a restarted actor loads it from the shard it retries).
+            self._runtime_ref = ray.put(self.runtime) if self.runtime is not None else None
+            for p in _actor_plan(ray):
+                light = self._runtime_ref is not None and not p["num_gpus"]
+                options = (light_actor if light else keras_actor).options(
                     num_cpus=p["num_cpus"], num_gpus=p["num_gpus"],
                     scheduling_strategy=p["strategy"], max_restarts=MAX_RESTARTS,
                     max_task_retries=MAX_RESTARTS, runtime_env={"env_vars": worker_env()},
-                ).remote(self.config.to_json(indent=None), self.weights_id, p["threads"])
-                for p in _actor_plan(ray)
-            ]  # fmt: skip
+                )  # fmt: skip
+                self.actors.append(
+                    options.remote(p["threads"])
+                    if light
+                    else options.remote(
+                        self.config.to_json(indent=None), self.weights_id, p["threads"]
+                    )
+                )
+                self.light.append(light)
         except StudioError:
             raise
         except Exception as exc:
@@ -315,7 +430,7 @@ class ShardedPass:
                 ray.kill(actor, no_restart=True)
             except Exception:
                 pass
-        self.actors = []
+        self.actors, self.light, self._runtime_ref = [], [], None
 
     def run(self) -> ShardedFeatures:
         """Compute the pass on the cluster the driver is connected to, then end the actors."""
@@ -335,15 +450,32 @@ class ShardedPass:
             raise ClusterError("The sharded feature pass got no images.")
         first = self.paths[0]
         digest = sha256_file(first)
-        try:
-            infos = ray.get([a.ping.remote() for a in actors])
-            ships = [not s for s in ray.get([a.sees.remote(first, digest) for a in actors])]
-        except Exception as exc:
-            raise _unwrap(exc, "starting the feature actors") from None
-        self.pids = {i: int(info["pid"]) for i, info in enumerate(infos)}
-        startup = time.perf_counter() - started
+        joining = {a.ping.remote(): i for i, a in enumerate(actors)}
+        ships: dict[int, bool] = {}  # per joined actor: send it the files' bytes
+        startup = 0.0  # until the last actor that joined had loaded
         compute = 0.0
-        first_pids = dict(self.pids)
+        first_pids: dict[int, int] = {}
+        idle: list[int] = []
+
+        def join(ref: Any) -> None:
+            nonlocal startup
+            who = joining.pop(ref)
+            try:
+                info = ray.get(ref)
+                ships[who] = not ray.get(actors[who].sees.remote(first, digest))
+            except Exception as exc:
+                raise _unwrap(exc, "starting the feature actors") from None
+            self.pids[who] = first_pids[who] = int(info["pid"])
+            startup = time.perf_counter() - started
+            idle.append(who)
+
+        if not self.share_nodes:
+            # The only pass on the cluster: every actor is up before the first shard goes out.
+            # Passes that share the nodes (a search's candidates) take actors as they come up
+            # instead: one waiting for all of its actors could wait forever on a node another
+            # pass holds while that one waits on a node of this one.
+            for ref in list(joining):
+                join(ref)
         out: np.ndarray | None = None
         augmented: np.ndarray | None = None
         covered = np.zeros(n, np.int64)
@@ -353,7 +485,6 @@ class ShardedPass:
             pending.append(Shard(-1, 0, self.train_rows, views=self.views - 1))
         cursor, index = (0 if self.clean else n), 0
         busy: dict[Any, tuple[int, Shard]] = {}
-        idle = list(range(len(actors)))
         shipped = 0
         node_rows: dict[str, int] = {}
         shards = 0
@@ -368,9 +499,14 @@ class ShardedPass:
                 who = idle.pop(0)
                 shard = self._payload(shard, ships[who])
                 shard.convert = self.convert
+                if self.light[who]:
+                    shard.runtime = [self._runtime_ref]
                 shipped += sum(len(b) for _, b in shard.images or [])
                 busy[actors[who].encode.remote(shard)] = (who, shard)
-            ready, _ = ray.wait(list(busy), num_returns=1)
+            ready, _ = ray.wait([*busy, *joining], num_returns=1)
+            if ready[0] in joining:
+                join(ready[0])
+                continue
             who, shard = busy.pop(ready[0])
             result: ShardResult = ray.get(ready[0])
             idle.append(who)

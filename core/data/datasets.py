@@ -10,6 +10,11 @@ Each dataset lives in ``$TRANSFER_STUDIO_HOME/datasets/<NAME>/``:
 * ``excluded/<id><ext>``: images set aside (never deleted; ``restore`` brings them back);
 * ``removed/<id><ext>``: copies taken out by undoing an addition (kept, never deleted).
 
+An image can also be *pinned* to a split (``pin``: training or validation), an edit like the
+others: the loader's split of ``dataset:NAME`` (``core.data.index.stratified_split``) never puts
+an image pinned to training into validation (how a near-copy across the split is moved to one
+side), and always validates on one pinned to validation.
+
 Image ids are the first 12 hex digits of the image's SHA-256 (longer only on a collision), so
 the same picture has the same id wherever it is added; an id names one image in one dataset.
 """
@@ -43,6 +48,7 @@ from core.data.layout import unsafe_name_characters
 from core.data.names import bidi_controls, describe_character
 from core.data.sources import (
     DATASET_REPAIRS,
+    DATASET_SPLIT_PINS,
     MANAGED_BACKUP,
     MANAGED_DB,
     MANAGED_IMAGES_DIR,
@@ -74,6 +80,8 @@ ID_LENGTH = 12
 MAX_NAME = 64
 BUSY_TIMEOUT_MS = 30_000  # another session's edit holds the write lock for at most a few seconds
 # Folder names the loader reads as a train/validation split, not as a class.
+SPLITS = ("train", "val")  # what an image can be pinned to
+_SPLIT_WORDS = {"train": "training", "val": "validation"}
 RESERVED_CLASS_NAMES = frozenset({"train", "val", "validation", "test"})
 _FORMAT_EXT = {"JPEG": ".jpg", "PNG": ".png", "BMP": ".bmp", "GIF": ".gif", "WEBP": ".webp"}
 _FORMAT_EXT["TIFF"] = ".tif"
@@ -96,6 +104,10 @@ CREATE TABLE IF NOT EXISTS images (
     excluded INTEGER NOT NULL DEFAULT 0,
     reviewed INTEGER NOT NULL DEFAULT 0,
     added_at REAL NOT NULL
+);
+CREATE TABLE IF NOT EXISTS pins (
+    id TEXT PRIMARY KEY,
+    split TEXT NOT NULL CHECK (split IN ('train', 'val'))
 );
 CREATE TABLE IF NOT EXISTS edits (
     seq INTEGER PRIMARY KEY AUTOINCREMENT,
@@ -566,6 +578,10 @@ class Dataset:
         """``{image id: full SHA-256}`` of every image, excluded ones too."""
         return dict(self._db.execute("SELECT id, sha256 FROM images").fetchall())
 
+    def pins(self) -> dict[str, str]:
+        """``{image id: "train" | "val"}`` of every image pinned to a split."""
+        return dict(self._db.execute("SELECT id, split FROM pins").fetchall())
+
     def meta(self, key: str) -> str | None:
         """A value of the dataset's meta table (e.g. ``copied_from``), or None."""
         row = self._db.execute("SELECT value FROM meta WHERE key = ?", (key,)).fetchone()
@@ -646,6 +662,9 @@ class Dataset:
                 excluded += 1
             elif info.label in counts:
                 counts[info.label] += 1
+        pinned = dict.fromkeys(SPLITS, 0)
+        for split in self.pins().values():
+            pinned[split] = pinned.get(split, 0) + 1
         return {
             "name": self.name,
             "source": f"dataset:{self.name}",
@@ -653,6 +672,7 @@ class Dataset:
             "classes": [{"name": c, "images": n} for c, n in counts.items()],
             "images": sum(counts.values()),
             "excluded": excluded,
+            "pinned": pinned,
             "missing": missing,
             "edits": self.edits(),
         }
@@ -835,6 +855,35 @@ class Dataset:
                 self._record(db, "keep", what, {"ids": changed})
         return changed
 
+    def pin(self, ids: Sequence[str], split: str | None) -> list[str]:
+        """Pin images to split ``split`` ("train" or "val"; ``None`` unpins them), one edit
+        (``undo`` gives back the pins they had). Returns the ids whose pin changed."""
+        if split is not None and split not in SPLITS:
+            raise DataError(
+                f"Unknown split {split!r}: an image is pinned to 'train' or 'val' (or unpinned)."
+            )
+        with self._edit() as db:
+            rows = self._lookup(db, ids)
+            before: dict[str, str | None] = {}
+            for image_id, *_rest in rows:
+                row = db.execute("SELECT split FROM pins WHERE id = ?", (image_id,)).fetchone()
+                if (row[0] if row else None) != split:
+                    before[image_id] = row[0] if row else None
+            if split is None:
+                db.executemany("DELETE FROM pins WHERE id = ?", [(i,) for i in before])
+            else:
+                db.executemany(
+                    "INSERT OR REPLACE INTO pins (id, split) VALUES (?, ?)",
+                    [(i, split) for i in before],
+                )
+            if before:
+                n = len(before)
+                images = f"{n} image{'s' if n != 1 else ''}"
+                to = f" to {_SPLIT_WORDS[split]}" if split else ""
+                what = f"pinned {images}{to}" if split else f"unpinned {images}"
+                self._record(db, "pin", what, {"before": before, "to": split})
+        return list(before)
+
     def forget_missing(self) -> list[str]:
         """Drop the images whose file was removed outside the studio (one edit: ``undo`` brings
         the entries back, still missing until their files are put back). Returns their ids."""
@@ -924,6 +973,15 @@ class Dataset:
                 db.executemany(
                     "UPDATE images SET reviewed = 0 WHERE id = ?", [(i,) for i in data["ids"]]
                 )
+            elif action == "pin":
+                for image_id, was in data["before"].items():
+                    if was is None:
+                        db.execute("DELETE FROM pins WHERE id = ?", (image_id,))
+                    else:
+                        db.execute(
+                            "INSERT OR REPLACE INTO pins (id, split) VALUES (?, ?)",
+                            (image_id, was),
+                        )
             db.execute("UPDATE edits SET undone_at = ? WHERE seq = ?", (time.time(), seq))
         return {"seq": seq, "action": action, "summary": summary}
 
@@ -1582,6 +1640,14 @@ def repair(name: str) -> None:
     Dataset(name).close()
 
 
+def split_pins(name: str) -> dict[str, str]:
+    """``{image id: "train" | "val"}``: the images of dataset ``name`` pinned to a split (what
+    the loader's split honours)."""
+    with Dataset(name) as ds:
+        return ds.pins()
+
+
+DATASET_SPLIT_PINS.append(split_pins)  # the loader asks for them without importing this module
 DATASET_REPAIRS.append(repair)  # resolving ``dataset:NAME`` (the loader, training) repairs first
 
 
@@ -1640,6 +1706,8 @@ __all__ = [
     "list_datasets",
     "open_dataset",
     "show",
+    "SPLITS",
+    "split_pins",
     "source_key",
     "suggest_name",
     "repair",

@@ -26,7 +26,7 @@ from core.data.layout import (
     reason_summary,
     usable_files,
 )
-from core.data.sources import parse_source, resolve_source
+from core.data.sources import DATASET_SPLIT_PINS, parse_source, resolve_source
 from core.errors import ConfigError, DataError
 
 __all__ = [
@@ -99,7 +99,11 @@ def _val_count(n: int, val_split: float) -> int:
 
 
 def stratified_split(
-    labels: list[int], val_split: float, seed: int, keys: list[str] | None = None
+    labels: list[int],
+    val_split: float,
+    seed: int,
+    keys: list[str] | None = None,
+    pins: dict[int, str] | None = None,
 ) -> tuple[list, list]:
     """Split indices into (train, val): sklearn's stratified split, or per class for tiny classes.
 
@@ -109,6 +113,11 @@ def stratified_split(
     most one other image of each class it touches between the splits, so a run retrained after
     fixes is validated on (almost) the same images as the run it fixes. Either way each class
     with at least 2 images keeps at least one in each split.
+
+    ``pins`` (with ``keys``: a managed dataset's): ``{index: "train" | "val"}``. An image pinned
+    to training never validates, one pinned to validation always does; each class still
+    validates on as many images as without pins, the first unpinned ones in the seeded order
+    (so a pin moves at most one other image of its class across).
     """
     y = np.asarray(labels, dtype=np.int64)
     idx = np.arange(len(y))
@@ -118,13 +127,17 @@ def stratified_split(
         def rank(i: int) -> str:
             return hashlib.sha256(f"{seed}:{keys[i]}".encode()).hexdigest()
 
+        pinned = pins or {}
         train_s: list[int] = []
         val_s: list[int] = []
         for label in np.unique(y):
             ranked = sorted(idx[y == label].tolist(), key=rank)
             n_val = _val_count(len(ranked), val_split)
-            val_s.extend(ranked[:n_val])
-            train_s.extend(ranked[n_val:])
+            forced = [i for i in ranked if pinned.get(i) == "val"]
+            free = [i for i in ranked if i not in pinned]
+            chosen = set(forced + free[: max(n_val - len(forced), 0)])
+            val_s.extend(i for i in ranked if i in chosen)
+            train_s.extend(i for i in ranked if i not in chosen)
         return sorted(train_s), sorted(val_s)
     try:
         from sklearn.model_selection import train_test_split
@@ -148,6 +161,19 @@ def stratified_split(
 
 
 # --------------------------------------------------------------------------- load
+
+
+def _split_pins(source: str, paths: list[str]) -> dict[int, str]:
+    """The managed dataset's split pins, by index into ``paths`` (an image's id is its file
+    name's stem)."""
+    name = parse_source(source)[1]
+    pins: dict[str, str] = {}
+    for read in DATASET_SPLIT_PINS:
+        pins.update(read(name))
+    if not pins:
+        return {}
+    stems = [os.path.splitext(os.path.basename(p))[0] for p in paths]
+    return {i: pins[stem] for i, stem in enumerate(stems) if stem in pins}
 
 
 def _validate_split_args(val_split: float, seed: int) -> None:
@@ -245,7 +271,8 @@ def load_dataset(
     else:
         # A managed dataset is edited between runs: its split must not reshuffle on each edit.
         keys = [os.path.basename(p) for p in paths] if source_kind == "dataset" else None
-        train_idx, val_idx = stratified_split(labels, float(val_split), int(seed), keys)
+        pins = _split_pins(source, paths) if source_kind == "dataset" else None
+        train_idx, val_idx = stratified_split(labels, float(val_split), int(seed), keys, pins)
         train_paths = [paths[i] for i in train_idx]
         train_labels = [labels[i] for i in train_idx]
         val_paths = [paths[i] for i in val_idx]

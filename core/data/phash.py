@@ -12,21 +12,34 @@ two pictures' distance is the smallest between one's full hash and the other's c
 The hash is of the picture in grey without its mean brightness, so two flat pictures of
 different colours hash alike; each picture's mean colour (``Color``) is kept beside its hashes
 (``signature_file``) for the leakage check to tell those apart.
+
+Signatures depend only on a file's content: ``cached_signatures`` keeps them in
+``<home>/cache/phash.sqlite`` by content hash (SHA-256), so checking the same images again
+(the Data page's leakage check on every visit) decodes nothing it decoded before. The cache is
+an optimisation only: safe to delete, and when SQLite fails the pictures are simply hashed again.
 """
 
 from __future__ import annotations
 
+import contextlib
+import json
 import os
+import sqlite3
+from collections.abc import Callable, Iterator, Sequence
 from concurrent.futures import ThreadPoolExecutor
 
 import numpy as np
 from PIL import Image
 
 from core.data.images import load_rgb
+from core.paths import studio_home
 
 __all__ = [
     "CROPS",
     "Color",
+    "SIGNATURE_VERSION",
+    "cached_signatures",
+    "uncached_count",
     "Hashes",
     "Signature",
     "HASH_SIDE",
@@ -48,6 +61,10 @@ CROPS = (0.0, 0.025, 0.05, 0.075, 0.1)  # share of each side removed before hash
 Hashes = tuple[int, ...]  # one hash per crop of CROPS, the full picture first
 Color = tuple[float, float, float]  # mean R, G, B (0-255)
 Signature = tuple[Hashes, Color]
+# What a stored signature was computed with: a change of the hash's recipe stores anew.
+SIGNATURE_VERSION = f"1:{HASH_SIDE}:{LOW}:{','.join(map(str, CROPS))}"
+_CHUNK = 500  # hashes per SELECT (below SQLite's variable limit)
+PROGRESS_EVERY = 25  # pictures hashed between progress calls
 
 
 def phash_pixels(rgb: np.ndarray) -> int:
@@ -122,3 +139,86 @@ def crop_distance(a: np.ndarray, b: np.ndarray) -> np.ndarray:
         best = np.minimum(best, hamming(a[:, 0], b[:, k]))
         best = np.minimum(best, hamming(a[:, k], b[:, 0]))
     return best
+
+
+@contextlib.contextmanager
+def _connect() -> Iterator[sqlite3.Connection]:
+    """The signature cache in one transaction (committed on success), always closed."""
+    folder = studio_home() / "cache"
+    folder.mkdir(parents=True, exist_ok=True)
+    conn = sqlite3.connect(folder / "phash.sqlite", timeout=5.0)
+    try:
+        with conn:
+            conn.execute(
+                "CREATE TABLE IF NOT EXISTS signatures (sha256 TEXT, version TEXT, "
+                "hashes TEXT NOT NULL, color TEXT NOT NULL, PRIMARY KEY (sha256, version))"
+            )
+            yield conn
+    finally:
+        conn.close()
+
+
+def _stored(shas: Sequence[str]) -> dict[str, Signature]:
+    """The cached signatures of ``shas`` (an unusable cache holds none)."""
+    found: dict[str, Signature] = {}
+    unique = sorted(set(shas))
+    try:
+        with _connect() as conn:
+            for start in range(0, len(unique), _CHUNK):
+                chunk = unique[start : start + _CHUNK]
+                rows = conn.execute(
+                    "SELECT sha256, hashes, color FROM signatures WHERE version = ? AND sha256 "
+                    f"IN ({','.join('?' * len(chunk))})",
+                    [SIGNATURE_VERSION, *chunk],
+                )
+                for sha, hashes, color in rows:
+                    h, c = json.loads(hashes), json.loads(color)
+                    found[sha] = (tuple(int(x) for x in h), (float(c[0]), float(c[1]), float(c[2])))
+    except (sqlite3.Error, OSError, ValueError, TypeError, IndexError):
+        return {}
+    return found
+
+
+def uncached_count(shas: Sequence[str]) -> int:
+    """How many distinct pictures among ``shas`` ``cached_signatures`` would still decode."""
+    return len(set(shas) - set(_stored(shas)))
+
+
+def cached_signatures(
+    paths: Sequence[str],
+    shas: Sequence[str],
+    progress: Callable[[int, int], None] | None = None,
+) -> list[Signature | None]:
+    """``signature_file`` of every path (``shas[i]``: the SHA-256 of ``paths[i]``), decoding only
+    the contents not in the cache and storing theirs. ``progress(done, total)``: pictures
+    decoded so far of those to decode. ``None`` for a file that cannot be read (not stored: it
+    may be readable next time)."""
+    known = _stored(shas)
+    todo: dict[str, str] = {}
+    for path, sha in zip(paths, shas, strict=True):
+        if sha not in known:
+            todo.setdefault(sha, path)
+    fresh: dict[str, Signature] = {}
+    if todo:
+        items = list(todo.items())
+        with ThreadPoolExecutor(max_workers=2) as pool:
+            for n, ((sha, _path), sig) in enumerate(
+                zip(items, pool.map(signature_file, [p for _, p in items]), strict=True), 1
+            ):
+                if sig is not None:
+                    fresh[sha] = sig
+                if progress is not None and (n % PROGRESS_EVERY == 0 or n == len(items)):
+                    progress(n, len(items))
+        try:
+            with _connect() as conn:
+                conn.executemany(
+                    "INSERT OR REPLACE INTO signatures (sha256, version, hashes, color) "
+                    "VALUES (?, ?, ?, ?)",
+                    [
+                        (sha, SIGNATURE_VERSION, json.dumps(list(h)), json.dumps(list(c)))
+                        for sha, (h, c) in fresh.items()
+                    ],
+                )
+        except (sqlite3.Error, OSError):
+            pass  # the cache is an optimisation: the next check hashes them again
+    return [known.get(sha) or fresh.get(sha) for sha in shas]

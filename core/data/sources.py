@@ -17,6 +17,7 @@ from core.errors import DataError, StudioError
 
 __all__ = [
     "MANAGED_DATASETS_DIR",
+    "DATASET_SPLIT_PINS",
     "MANAGED_DB",
     "MANAGED_IMAGES_DIR",
     "MAX_RECENT",
@@ -188,6 +189,9 @@ MANAGED_BACKUP = MANAGED_DB + ".bak"  # the index's rolling backup
 # ``core.data`` is imported (it cannot be imported from here: it reads sources through the
 # loader).
 DATASET_REPAIRS: list[Callable[[str], None]] = []
+# ``{image id: "train" | "val"}`` of a managed dataset's images pinned to a split, by dataset name:
+# the loader's split honours them (``core.data.datasets`` adds its reader, as above).
+DATASET_SPLIT_PINS: list[Callable[[str], dict[str, str]]] = []
 
 
 def is_managed_dataset_folder(folder: Path) -> bool:

@@ -18,12 +18,9 @@ at any time.
 
 from __future__ import annotations
 
-import hashlib
-import json
 import os
 import time
 from collections.abc import Callable, Iterator, Sequence
-from pathlib import Path
 from typing import Any
 
 import keras
@@ -32,7 +29,12 @@ import numpy as np
 from core.config import RunConfig
 from core.files import TEMP_PREFIX, atomic_path, sha256_file
 from core.models.backbones import get_backbone, weights_identity
-from core.paths import studio_home
+from core.training.feature_cache import (
+    CACHE_FORMAT,
+    embedding_cache_dir,
+    features_key,
+    read_features,
+)
 from core.training.model import Backbone, BuiltModel
 
 __all__ = [
@@ -54,12 +56,12 @@ __all__ = [
     "forward_batches",
     "forward_once",
     "forward_views",
+    "identity_of",
     "load_cached",
     "runtime_identity",
     "store_cached",
 ]
 
-CACHE_FORMAT = 1
 MAX_CACHE_BYTES = int(os.environ.get("TRANSFER_STUDIO_EMBEDDING_CACHE_BYTES", 2 * 1024**3))
 FEATURE_BATCH = 32
 StageFn = Callable[..., None]  # stage(done, total, **record): progress of a pass
@@ -73,13 +75,6 @@ RUNTIME_CHECK_IMAGES = 8  # images of the first batch the runtime must match Ker
 _FORWARD_ATTR = "_studio_forward"  # a model's compiled inference call, kept on the model
 
 
-def embedding_cache_dir() -> Path:
-    """Folder of the persistent embedding cache (safe to delete)."""
-    path = studio_home() / "cache" / "embeddings"
-    path.mkdir(parents=True, exist_ok=True)
-    return path
-
-
 def cache_key(
     config: RunConfig,
     image_size: int,
@@ -91,7 +86,8 @@ def cache_key(
 
     ``backbone``: the run's resolved backbone (``model.resolve_backbone``), looked up when not
     given. ``views > 1``: the key of ``views - 1`` augmented views of each image, which also
-    depends on the augmentation set and the seed.
+    depends on the augmentation set and the seed. The key itself is
+    ``core.training.feature_cache.features_key`` (which a process without Keras computes too).
     """
     if backbone is None:
         backbone = Backbone(
@@ -99,28 +95,27 @@ def cache_key(
         )
     if backbone.weights_id is None:
         return None
-    parts: dict[str, Any] = {
-        "format": CACHE_FORMAT,
-        "keras": keras.__version__,
-        "backbone": config.backbone,
-        "weights": backbone.weights_id,
-        "image_size": image_size,
-        "preprocessing": backbone.spec.preprocessing,
-        "files": [sha256_file(p) for p in paths],
-    }
     # Features computed in float16 (a mixed-precision run) differ slightly from float32 ones:
     # keyed apart. Float32 keeps its old keys; ``distribute`` is never part of the key (the
     # features are the same on one device or many).
     policy = keras.mixed_precision.global_policy()
-    if policy.compute_dtype != "float32":
-        parts["policy"] = policy.name
+    augmented = None
     if views > 1:
-        parts["augmented_views"] = {
+        augmented = {
             "augmentations": list(config.active_augmentations()),
             "views": views - 1,
             "seed": config.seed,
         }
-    return hashlib.sha256(json.dumps(parts, sort_keys=True).encode()).hexdigest()[:32]
+    return features_key(
+        backbone=config.backbone,
+        weights_id=backbone.weights_id,
+        image_size=image_size,
+        preprocessing=backbone.spec.preprocessing,
+        shas=[sha256_file(p) for p in paths],
+        keras_version=keras.__version__,
+        policy=policy.name if policy.compute_dtype != "float32" else None,
+        augmented=augmented,
+    )
 
 
 def _evict(limit: int) -> None:
@@ -137,13 +132,7 @@ def _evict(limit: int) -> None:
 
 def load_cached(key: str) -> np.ndarray | None:
     """Cached features for ``key`` (marks the entry recently used), else ``None``."""
-    path = embedding_cache_dir() / f"{key}.npy"
-    try:
-        features = np.load(path, allow_pickle=False)
-    except (OSError, ValueError):
-        return None
-    os.utime(path)  # least-recently-used eviction goes by mtime
-    return features
+    return read_features(key)
 
 
 def store_cached(key: str, features: np.ndarray) -> None:
@@ -391,13 +380,19 @@ RuntimePick = Callable[[np.ndarray], Callable[[np.ndarray], np.ndarray] | None]
 def runtime_identity(built: BuiltModel) -> dict[str, object] | None:
     """What determines the feature extractor's function, for its converted runtime's key;
     ``None`` for random weights (nothing to key on)."""
-    if built.weights_id is None:
+    return identity_of(Backbone(built.spec, built.weights_id), built.image_size)
+
+
+def identity_of(backbone: Backbone, image_size: int) -> dict[str, object] | None:
+    """``runtime_identity`` of a model of ``backbone`` at ``image_size``, without building it
+    (a Ray driver finds the converted runtime it ships to its nodes by it)."""
+    if backbone.weights_id is None:
         return None
     return {
-        "backbone": built.spec.name,
-        "weights": built.weights_id,
-        "image_size": built.image_size,
-        "preprocessing": built.spec.preprocessing,
+        "backbone": backbone.spec.name,
+        "weights": backbone.weights_id,
+        "image_size": image_size,
+        "preprocessing": backbone.spec.preprocessing,
         "output": "avg_pool",
     }
 

@@ -7,8 +7,9 @@ backbone, weights, size and files filled it (then the check costs seconds), else
 saved model's base. The training worker runs it as a run completes, with the model and data still
 in memory; ``evaluate`` runs it for older runs.
 
-``leakage_before_training`` is the Data page's health check: the same test on a source before any
-run, when the features of its files are already cached (else it says it was skipped).
+``leakage_before_training`` (``core.training.source_leakage``, without TensorFlow) is the Data
+page's health check: the same test on a source before any run, when the features of its files
+are already cached (else it says it was skipped).
 """
 
 from __future__ import annotations
@@ -32,6 +33,7 @@ from core.runs.leakage import (
 )
 from core.runs.predict import load_run, saved_model_path
 from core.runs.store import RunStore
+from core.training.source_leakage import SourceLeakage, leakage_before_training
 
 if TYPE_CHECKING:
     from core.data import DatasetIndex
@@ -157,36 +159,3 @@ def check_leakage(
     result["root"] = root  # where the pairs' relative paths start
     write_leakage(folder, result, key)
     return result
-
-
-@dataclass
-class SourceLeakage:
-    """The Data page's check: ``leakage`` is ``None`` when it was skipped (``reason`` says why)."""
-
-    leakage: dict[str, Any] | None
-    reason: str
-
-
-def leakage_before_training(config: RunConfig, data: DatasetIndex) -> SourceLeakage:
-    """The leakage test on ``data``'s split before training, from cached features only (a
-    feature pass would cost what the health check must not); hashes alone are not enough to
-    say the test ran, so without cached features it is skipped."""
-    from core.training.embeddings import cache_key, load_cached
-
-    size = config.resolved_image_size()
-    paths = [*data.train_paths, *data.val_paths]
-    key = cache_key(config, size, paths)
-    cached = load_cached(key) if key is not None else None
-    if cached is None or len(cached) != len(paths):
-        return SourceLeakage(
-            None,
-            f"no cached {config.backbone} features of these files yet: the check runs after "
-            "the first feature-extraction run on them",
-        )
-    n = len(data.train_paths)
-    train = _side(data.train_paths, data.train_labels, np.asarray(cached[:n], np.float32))
-    val = _side(data.val_paths, data.val_labels, np.asarray(cached[n:], np.float32))
-    root = str(data.root)
-    pairs = find_twins(val, train, list(data.class_names), root)
-    summary = leakage_summary(pairs, data.val_paths, None, root)
-    return SourceLeakage(summary, f"from the cached {config.backbone} features")

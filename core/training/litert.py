@@ -35,7 +35,8 @@ import numpy as np
 from core.errors import ConfigError, StudioError
 from core.files import TEMP_PREFIX, atomic_path, atomic_write_text
 from core.paths import studio_home
-from core.runs.formats import EXPORT_FORMATS, WriteOptions, litert_interpreter_class
+from core.runs.formats import EXPORT_FORMATS, WriteOptions
+from core.training.interpreter import RUN_BATCH, LiteRTExtractor
 
 __all__ = [
     "CONVERTER_VERSION",
@@ -60,9 +61,6 @@ CONVERTER_VERSION = 1  # bump when ``convert`` changes what it writes
 MIN_COSINE = 0.999
 RUNTIME_ENV = "TRANSFER_STUDIO_FEATURE_RUNTIME"
 RUNTIME_CHOICES = ("auto", "keras")
-# Images per interpreter invocation. Measured (EfficientNet-Lite0, 224 px, 2 threads): 1 to 8
-# run alike, ~5% ahead of 16 or 32 (activations stay in cache); small batches also bound memory.
-RUN_BATCH = 8
 KERAS_BATCH = 32  # ``embeddings.FEATURE_BATCH``: the Keras pass ``measure_rates`` compares with
 SAMPLE_LIMIT = 32  # at most this many sample images are checked
 StageFn = Callable[[str], None]
@@ -111,52 +109,6 @@ def runtime_key(identity: dict[str, object]) -> str:
     }
     blob = json.dumps(parts, sort_keys=True, default=str).encode()
     return hashlib.sha256(blob).hexdigest()[:32]
-
-
-class LiteRTExtractor:
-    """A converted feature extractor: float32 ``(n, H, W, 3)`` raw pixels → ``(n, D)`` features.
-
-    Runs ``batch`` images per invocation, resizing the input only when that count changes (a
-    resize is cheap: re-allocating before every batch costs ~2%). One invocation at a time (an
-    interpreter holds tensor state).
-    """
-
-    def __init__(self, path: Path, num_threads: int | None = None, batch: int = RUN_BATCH) -> None:
-        cls = litert_interpreter_class()
-        with warnings.catch_warnings():
-            warnings.simplefilter("ignore")  # tf.lite's deprecation notice, when the fallback
-            self.num_threads = num_threads or os.cpu_count() or 1
-            self._interpreter = cls(model_path=str(path), num_threads=self.num_threads)
-        (inp,) = self._interpreter.get_input_details()
-        (out,) = self._interpreter.get_output_details()
-        if inp["dtype"] != np.float32 or out["dtype"] != np.float32:
-            raise ValueError(f"{path} is not a float32 model ({inp['dtype']} → {out['dtype']})")
-        self.path, self.batch = path, max(1, batch)
-        self.input_shape = tuple(int(d) for d in inp["shape_signature"])
-        self.feature_shape = tuple(int(d) for d in out["shape_signature"][1:])
-        self._input, self._output = int(inp["index"]), int(out["index"])
-        self._allocated = int(inp["shape"][0])
-        self._run_lock = threading.Lock()
-        self._interpreter.allocate_tensors()  # fails here, not mid-pass, on a broken file
-
-    def _run(self, chunk: np.ndarray) -> np.ndarray:
-        if len(chunk) != self._allocated:
-            self._interpreter.resize_tensor_input(self._input, list(chunk.shape))
-            self._interpreter.allocate_tensors()
-            self._allocated = len(chunk)
-        self._interpreter.set_tensor(self._input, chunk)
-        self._interpreter.invoke()
-        return np.array(self._interpreter.get_tensor(self._output))  # a copy: buffers are reused
-
-    def __call__(self, batch: np.ndarray) -> np.ndarray:
-        x = np.ascontiguousarray(batch, dtype=np.float32)
-        if x.ndim != 4 or x.shape[1:] != self.input_shape[1:]:
-            raise ValueError(f"expected a (n, {self.input_shape[1:]}) batch, got {x.shape}")
-        out = np.empty((len(x), *self.feature_shape), np.float32)
-        with self._run_lock:
-            for start in range(0, len(x), self.batch):
-                out[start : start + self.batch] = self._run(x[start : start + self.batch])
-        return out
 
 
 def convert(model: keras.Model, target: Path) -> None:

@@ -33,7 +33,7 @@ import os
 import platform
 import statistics
 import time
-from collections.abc import Callable, Sequence
+from collections.abc import Callable, Generator, Sequence
 from contextlib import AbstractContextManager, nullcontext
 from dataclasses import asdict, dataclass, field
 from pathlib import Path
@@ -69,9 +69,11 @@ __all__ = [
     "SMALLER_SIZE_FACTOR",
     "Candidate",
     "HeadResult",
+    "FeaturePasses",
     "ProgressFn",
     "SearchResult",
     "StageFn",
+    "format_ranking",
     "format_table",
     "load_index",
     "measure_latency",
@@ -107,6 +109,11 @@ SIZE_NOTE = "float32 parameter bytes of the whole model (base + head), in MB of 
 
 ProgressFn = Callable[["Candidate"], None]
 StageFn = Callable[["Candidate", int, int], None]
+# ``passes(candidates)``: their feature passes run elsewhere (a Ray cluster), all at once, into
+# the embedding cache; yields each candidate as its pass ends, with the error if it failed.
+FeaturePasses = Callable[
+    [list["Candidate"]], Generator[tuple["Candidate", StudioError | None], None, None]
+]
 
 
 class _OutOfTime(Exception):
@@ -870,6 +877,7 @@ def search(
     should_stop: Callable[[], bool] | None = None,
     clock: Callable[[], float] = time.monotonic,
     reuse_results: bool = True,
+    feature_passes: FeaturePasses | None = None,
 ) -> SearchResult:
     """Search backbones × image sizes on ``data``; the candidates ranked best first.
 
@@ -885,6 +893,9 @@ def search(
     ``reuse_results``: read a candidate's head results back from an identical earlier search
     (same data files, split, weights, size, head grid, seed, class weights and code) instead of
     training its heads again; ``False`` trains them (on cached features when there are some).
+    ``feature_passes``: the pending candidates' feature passes run there, all at once (the Ray
+    cluster's, ``core.cluster.features.candidate_passes``); each candidate's heads are trained
+    here as its pass ends, so ``progress`` sees candidates in the order their passes finish.
     """
     from core.data import load_dataset
 
@@ -914,12 +925,18 @@ def search(
     for c in candidates:
         if c.status != PENDING and progress is not None:
             progress(c)  # listed at once: needs network, or an impossible size
-    for c in candidates:
-        if c.status != PENDING:
-            continue
-        searcher.run(c)
-        if progress is not None:
-            progress(c)
+    pending = [c for c in candidates if c.status == PENDING]
+    ready = feature_passes(pending) if feature_passes is not None else ((c, None) for c in pending)
+    try:
+        for c, error in ready:
+            if error is not None:
+                c.status = f"failed: {error}"
+            else:
+                searcher.run(c)  # features in the cache already when a pass made them
+            if progress is not None:
+                progress(c)
+    finally:
+        ready.close()  # a search that ends early (an error) stops waiting for the others
     return SearchResult(
         data=data,
         candidates=rank_candidates(candidates),
@@ -938,11 +955,29 @@ def search(
 
 def format_table(result: SearchResult) -> str:
     """The ranked candidates as a text table (the CLI's output without ``--json``)."""
+    lines = _table_rows(result.candidates)
+    lines.append(
+        f"{result.train_images} training / {result.val_images} validation images; "
+        f"{result.features_computed} images through a base; {result.duration_s:.1f} s. "
+        "* = on the accuracy/latency Pareto front."
+    )
+    return "\n".join(lines)
+
+
+def format_ranking(settled: Sequence[Candidate]) -> str:
+    """The candidates settled so far, ranked, as the table's rows under a ``ranked so far``
+    line (what ``search --ray`` prints as each candidate's pass ends)."""
+    return "\n".join([f"ranked so far ({len(settled)} settled):", *_table_rows(
+        rank_candidates(settled)
+    )])  # fmt: skip
+
+
+def _table_rows(candidates: Sequence[Candidate]) -> list[str]:
     lines = [
         f"{'#':>2}  {'backbone':<20} {'size':>4}  {'val_acc':>7}  {'latency':>10}  "
         f"{'size':>8}  {'head':<22} status"
     ]
-    for i, c in enumerate(result.candidates, 1):
+    for i, c in enumerate(candidates, 1):
         acc = "-" if c.val_accuracy is None else f"{c.val_accuracy:.3f}"
         lat = "-" if c.latency_ms is None else f"{c.latency_ms:.1f} ms"
         size = "-" if c.size_mb is None else f"{c.size_mb:.1f} MB"
@@ -951,12 +986,7 @@ def format_table(result: SearchResult) -> str:
             f"{i:>2}{mark} {c.backbone:<20} {c.image_size:>4}  {acc:>7}  {lat:>10}  {size:>8}  "
             f"{c.head or '-':<22} {c.status}"
         )
-    lines.append(
-        f"{result.train_images} training / {result.val_images} validation images; "
-        f"{result.features_computed} images through a base; {result.duration_s:.1f} s. "
-        "* = on the accuracy/latency Pareto front."
-    )
-    return "\n".join(lines)
+    return lines
 
 
 SEARCH_TASK = "search"  # the background task kind (``core.tasks``)

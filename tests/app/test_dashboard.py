@@ -5,6 +5,7 @@ from __future__ import annotations
 import pytest
 
 from app.views import dashboard
+from app.views.labels import modes_in_words
 from core.config import DEFAULT_DATA, RunConfig
 from core.data import builtin, uploads
 from core.errors import ConfigError, DataError
@@ -612,3 +613,13 @@ def test_format_bytes_and_sparkline():
     assert [t.name for t in figure.data] == ["loss", "accuracy"]
     assert figure.layout.yaxis2.range[1] > 1.0  # accuracy 1.0 is not cut at the edge
     assert figure.layout.height <= 120
+
+
+def test_core_sentences_name_modes_in_words() -> None:
+    said = modes_in_words(
+        "augmentation is on and mode fine_tuning trains part of the base (augmented views are "
+        "stored only in feature_extraction); mode full_fine_tuning_x is not a mode"
+    )
+    assert said.startswith("augmentation is on and the fine-tuning mode trains part")
+    assert said.count("feature extraction") == 1 and "feature_extraction" not in said
+    assert "full_fine_tuning_x" in said  # only whole words are keys

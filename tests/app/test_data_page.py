@@ -309,3 +309,102 @@ def test_a_dropped_zip_is_shown_by_its_own_name(studio) -> None:
     assert not at.exception and not at.error
     assert _headings(at) == ["In use: photos.zip"]
     assert os.path.basename(at.session_state["data_source"]).startswith("upload-")
+
+
+# --------------------------------------------------------------------------- leakage check
+
+
+def _twinned(folder: Path) -> str:
+    """Two classes of 12 distinct pictures; every 3rd picture of ``ants`` has a cropped,
+    re-encoded twin in the same class."""
+    import io
+
+    from PIL import Image
+
+    from tests.helpers import cropped_twin, smooth_picture
+
+    for c, name in enumerate(("ants", "bees")):
+        (folder / name).mkdir(parents=True)
+        for i in range(12):
+            Image.fromarray(smooth_picture(100 * c + i)).save(folder / name / f"{i}.png")
+    for i in range(0, 12, 3):
+        twin = Image.open(io.BytesIO(cropped_twin(smooth_picture(i))))
+        twin.convert("RGB").save(folder / "ants" / f"{i}-twin.jpg")
+    return str(folder)
+
+
+def _features_cached_for(source: str) -> int:
+    """Fill the embedding cache entry of ``source``'s default split (the page's 0.2 and seed 42)
+    for the Train form's default base, as a feature-extraction run would; how many planted
+    pairs that split puts on both sides."""
+    import numpy as np
+
+    from core.config import RunConfig
+    from core.data import load_dataset
+    from core.files import sha256_file
+    from core.training.feature_cache import embedding_cache_dir, source_features_key
+
+    data = load_dataset(source, val_split=0.2, seed=42)
+    config = RunConfig(data=source)
+    paths = [*data.train_paths, *data.val_paths]
+    key = source_features_key(config, config.resolved_image_size(), list(map(sha256_file, paths)))
+    features = np.random.default_rng(0).normal(size=(len(paths), 16)).astype(np.float32)
+    np.save(embedding_cache_dir() / f"{key}.npy", features)
+    val = {os.path.basename(p) for p in data.val_paths}
+    return sum((f"{i}.png" in val) != (f"{i}-twin.jpg" in val) for i in range(0, 12, 3))
+
+
+def test_the_data_page_checks_for_leakage_by_itself(studio, tmp_path, monkeypatch) -> None:
+    """With the features cached, a visit runs the check (no toggle) and shows the planted twins
+    across the split; the next visit reads the stored result and decodes no picture."""
+    from core.data import phash
+    from core.paths import runs_root
+    from core.runs.drafts import save_chosen_data
+
+    source = _twinned(tmp_path / "data")
+    save_chosen_data(runs_root(), source)
+    at = _data_page()
+    assert any("not checked (no cached" in c.value for c in at.caption)  # nothing cached yet
+    across = _features_cached_for(source)
+    assert across >= 1
+    decoded: list[str] = []
+    real = phash.signature_file
+    monkeypatch.setattr(phash, "signature_file", lambda p: decoded.append(str(p)) or real(p))
+    at = _data_page()
+    said = [m.value for m in at.markdown if "near-copy in training" in m.value]
+    assert len(said) == 1 and md_unescape(said[0]).split("] ", 1)[1].startswith(f"{across} of ")
+    assert decoded  # the first check hashed the pictures
+    assert not [t for t in at.toggle if t.key.startswith("leakage_check")]  # no toggle left
+    captions = [c for image in at.get("image") for c in image.proto.imgs[0].caption.split("\n")]
+    assert any(c.startswith("validation · ants · ants/") for c in captions)
+    decoded.clear()
+    again = _data_page()  # a new session: the stored result
+    assert [m.value for m in again.markdown if "near-copy in training" in m.value] == said
+    assert decoded == []
+    again.button(key="leakage_recheck").click().run()  # checked again: cached hashes only
+    assert not again.exception and decoded == []
+    assert [m.value for m in again.markdown if "near-copy in training" in m.value] == said
+
+
+@pytest.mark.slow  # the check's own process
+def test_a_large_check_runs_in_the_background(studio, tmp_path, monkeypatch) -> None:
+    """More pictures to hash than a visit may spend: the page starts the background task and
+    shows its progress; once it is done the finding is on the page."""
+    from core.paths import runs_root
+    from core.runs.drafts import save_chosen_data
+    from core.tasks import task_state, wait_task
+    from core.training import source_leakage
+
+    monkeypatch.setattr(source_leakage, "INLINE_HASHES", 0)
+    source = _twinned(tmp_path / "data")
+    save_chosen_data(runs_root(), source)
+    across = _features_cached_for(source)
+    at = _data_page()
+    assert not [m for m in at.markdown if "near-copy in training" in m.value]  # not inline
+    (bar,) = at.get("progress")  # the child process is still starting Python
+    assert "pictures hashed" in bar.proto.text
+    assert wait_task(runs_root(), source_leakage.TASK, timeout=120)
+    assert task_state(runs_root(), source_leakage.TASK)["status"] == "done"
+    at = _data_page()
+    said = [md_unescape(m.value) for m in at.markdown if "near-copy in training" in m.value]
+    assert len(said) == 1 and said[0].split("] ", 1)[1].startswith(f"{across} of ")

@@ -151,6 +151,10 @@ def test_the_feature_cache_toggle_never_shows_on_when_unused(home):
     assert shown.value is False and shown.disabled
     assert "trains the whole base" in shown.help
     assert any("Training inputs:" in c.value and "whole base" in c.value for c in at.caption)
+    # The mode in the form's words, never the config key.
+    inputs = next(c.value for c in at.caption if c.value.startswith("Training inputs:"))
+    assert "the full fine-tuning mode trains" in inputs and "full_fine_tuning" not in inputs
+    assert "full_fine_tuning" not in shown.help
     at.radio(key="mode").set_value("fine_tuning").run()  # with augmentation on: images too
     assert at.toggle(key="cache_na").value is False
     at.toggle(key="augment").set_value(False).run()  # now the stored activations are used

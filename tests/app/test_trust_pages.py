@@ -128,3 +128,46 @@ def test_run_page_offers_the_check_a_run_never_had(tmp_path) -> None:
         assert any("Not checked yet" in c.value for c in at.caption)
         assert at.button(key=f"leakage_{run_id}").label == "Look for near-copies across the split"
         assert any(c.value.startswith("tensorboard --logdir ") for c in at.code)
+
+
+@pytest.mark.slow
+def test_one_click_moves_the_pair_to_training(seeded) -> None:
+    """ "Move to training" pins both pictures of each pair to the training side of the run's
+    dataset (its managed copy), as one edit the dataset's history undoes; the next split keeps
+    them both in training."""
+    from core.data.datasets import find_copy, open_dataset
+    from core.data.index import load_dataset
+    from core.files import sha256_file
+    from core.runs.leakage import LEAKAGE_FILE
+
+    queue, run_id = seeded
+    result = queue.store.result(run_id)
+    root = Path(result["dataset"]["root"])
+    folder = queue.store.run_dir(run_id)
+    stored = json.loads((folder / LEAKAGE_FILE).read_text())
+    val, train = sorted((root / "grass").iterdir())[2:4]
+    stored["pairs"] = [
+        {"val": f"grass/{val.name}", "train": f"grass/{train.name}", "similarity": 0.995,
+         "same_label": True, "exact": False, "hash_distance": 2, "val_label": "grass",
+         "train_label": "grass"}
+    ]  # fmt: skip
+    stored["val_images_with_train_twin"] = 1
+    (folder / LEAKAGE_FILE).write_text(json.dumps(stored))
+    at = _page("pages/run.py")
+    button = at.button(key=f"move_twins_{run_id}")
+    assert button.label == "Move the 1 pair(s) to training"
+    button.click().run()
+    assert not at.error, [e.value for e in at.error]
+    assert any("Pinned 2 image(s) to training" in s.value for s in at.success)
+    name = find_copy(queue.store.config(run_id).data)
+    assert name is not None
+    ids = {sha256_file(val)[:12], sha256_file(train)[:12]}
+    with open_dataset(name) as ds:
+        assert ds.pins() == dict.fromkeys(ids, "train")
+        assert ds.edits()[-1]["summary"] == "pinned 2 images to training"
+    data = load_dataset(f"dataset:{name}", val_split=0.2, seed=42)
+    assert ids <= {Path(p).stem for p in data.train_paths}
+    assert not ids & {Path(p).stem for p in data.val_paths}
+    with open_dataset(name) as ds:  # the history undoes it, as any other edit
+        assert ds.undo()["summary"] == "pinned 2 images to training"
+        assert ds.pins() == {}

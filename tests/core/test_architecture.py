@@ -4,8 +4,9 @@
   any feature package above training); a floor imports only its own and lower floors, and the
   root modules (the ground floor: config, errors, files, ...). So ``core.runs`` never imports
   ``core.training``. The root holds at most 10 modules.
-- no module imports another module's ``_private`` names; every module with a public face
-  declares ``__all__``; no test module imports another (shared helpers: ``tests/helpers.py``).
+- no module of ``core``, ``app`` or ``pages`` imports another module's ``_private`` names;
+  every module of ``core`` with a public face declares ``__all__``; no test module imports
+  another (shared helpers: ``tests/helpers.py``).
 - ``core`` never imports ``app`` or streamlit: the engine runs without the dashboard.
 - ``app/views`` are pure: no Keras model building (no keras/tensorflow, no model builder).
 - no import cycles inside ``core``, counting imports inside functions too (a hidden cycle is
@@ -153,7 +154,12 @@ def _private_imports(path: Path) -> list[str]:
 
 
 def test_no_module_imports_another_modules_private_names() -> None:
-    found = [hit for path in _modules(CORE) for hit in _private_imports(path)]
+    found = [
+        hit
+        for root in (CORE, APP, PAGES)
+        for path in _modules(root)
+        for hit in _private_imports(path)
+    ]
     assert found == []
 
 

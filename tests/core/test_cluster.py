@@ -159,6 +159,83 @@ def test_ray_figures_are_skipped_with_the_reason_without_the_extra(
     assert bench_cluster.ray_figures([5], no_data, 64, lambda _line: None) == {}
 
 
+def test_candidate_passes_run_at_once_and_come_back_in_the_order_they_end(
+    monkeypatch: pytest.MonkeyPatch,
+) -> None:
+    from core.cluster import features
+    from core.errors import StudioError
+    from core.training.search import Candidate
+
+    started = {size: threading.Event() for size in (40, 48, 56)}
+
+    def fake_pass(config: RunConfig, *, ray: bool, share_nodes: bool) -> Any:
+        assert ray and share_nodes  # each pass takes actors as they come up
+        started[config.image_size].set()
+        if config.image_size == 40:  # ends last, and only once the others have started
+            assert started[48].wait(10) and started[56].wait(10), "passes ran one at a time"
+            time.sleep(0.2)
+        elif config.image_size == 56:
+            raise StudioError("no node could read the files")
+        return features.FeatureEntry(10, 2, 2, f"key{config.image_size}", 1.0, 10.0, False)
+
+    monkeypatch.setattr(features, "ensure_features", fake_pass)
+    candidates = [Candidate("efficientnet_lite0", size, "imagenet") for size in (40, 48, 56)]
+    reported: list[tuple[int, str | None]] = []
+    passes = features.candidate_passes(
+        [(c, RunConfig(image_size=c.image_size)) for c in candidates],
+        done=lambda c, entry, error: reported.append(
+            (c.image_size, entry.cache_key if entry else str(error))
+        ),
+    )
+    ended = [(c.image_size, None if error is None else str(error)) for c, error in passes]
+    assert [size for size, _ in ended[:2]] in ([48, 56], [56, 48]) and ended[2] == (40, None)
+    assert dict(ended)[56] == "no node could read the files" and dict(ended)[48] is None
+    assert sorted(reported) == [(40, "key40"), (48, "key48"), (56, "no node could read the files")]
+
+
+def test_the_search_settles_candidates_in_the_order_their_passes_end(
+    monkeypatch: pytest.MonkeyPatch, tmp_path: Path
+) -> None:
+    from core.errors import StudioError
+    from core.training import search as search_mod
+    from tests.helpers import write_pngs
+
+    for name in ("cat", "dog"):
+        write_pngs(tmp_path / "data" / name, 4)
+
+    def fake_run(_searcher: Any, c: Any) -> None:  # heads "trained" on cached features
+        c.status, c.val_accuracy, c.val_loss = search_mod.OK, c.image_size / 100, 0.5
+        c.latency_ms, c.params, c.size_mb = 1.0, 10, 0.1
+
+    def passes(pending: list[Any]) -> Any:
+        assert [c.image_size for c in pending] == [72, 56, 40]  # all handed over at once
+        yield pending[2], None
+        yield pending[0], StudioError("the pass failed on the Ray cluster")
+        yield pending[1], None
+
+    monkeypatch.setattr(search_mod._Searcher, "run", fake_run)
+    seen: list[list[tuple[int, str]]] = []
+    settled: list[Any] = []
+
+    def progress(c: Any) -> None:
+        settled.append(c)
+        seen.append([(x.image_size, x.status) for x in search_mod.rank_candidates(settled)])
+
+    result = search_mod.search(
+        str(tmp_path / "data"), backbones="efficientnet_lite0", sizes=[72, 56, 40],
+        progress=progress, feature_passes=passes,
+    )  # fmt: skip
+    # The ranked table fills as passes end: one candidate, then two, then all three.
+    assert seen == [
+        [(40, "ok")],
+        [(40, "ok"), (72, "failed: the pass failed on the Ray cluster")],
+        [(56, "ok"), (40, "ok"), (72, "failed: the pass failed on the Ray cluster")],
+    ]
+    assert [c.image_size for c in result.candidates] == [56, 40, 72]
+    table = search_mod.format_ranking(settled[:1])
+    assert table.splitlines()[0] == "ranked so far (1 settled):" and " 40 " in table
+
+
 # -- on a two-node cluster --------------------------------------------------------------------
 
 
@@ -344,11 +421,89 @@ def test_search_on_ray_computes_each_candidates_features_on_the_cluster(
     captured = capsys.readouterr()
     assert "efficientnet_lite0 @ 72 px: features on Ray (" in captured.err
     assert "efficientnet_lite0 @ 40 px: features on Ray (" in captured.err
+    # Both passes were submitted at once; the ranked table filled as each ended: one row after
+    # the first pass, both after the second.
+    emitted = [
+        line for line in captured.err.splitlines()
+        if "features on Ray (" in line or line.startswith("ranked so far")
+    ]  # fmt: skip
+    assert [line.startswith("ranked so far") for line in emitted] == [False, True, False, True]
+    assert emitted[1] == "ranked so far (1 settled):" and emitted[3] == "ranked so far (2 settled):"
     result = json.loads(captured.out.strip().splitlines()[-1])
     assert [c["status"] for c in result["candidates"]] == ["ok", "ok"]
     # The search itself found every candidate's features in the cache: the cluster made them.
     assert all(c["features_cached"] for c in result["candidates"])
     assert result["features_computed"] == 0
+
+
+@needs_ray
+@pytest.mark.slow
+def test_cpu_nodes_run_the_checked_runtime_without_tensorflow_and_match_the_local_pass(
+    cluster: str, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    import ray
+
+    from core.cluster.features import ensure_features
+    from core.cluster.shards import ShardedPass
+    from core.data import load_dataset
+    from core.training.embeddings import (
+        cache_key,
+        embedding_cache_dir,
+        features_for,
+        load_cached,
+    )
+    from core.training.litert import RUNTIME_ENV
+    from core.training.model import build_model
+
+    monkeypatch.delenv(RUNTIME_ENV)  # the suite's default (Keras) off: the runtime is tested
+    config = RunConfig(data=FACES, image_size=56, augment=False)
+    data = load_dataset(FACES, val_split=config.val_split, seed=config.seed)
+    paths = [*data.train_paths, *data.val_paths]
+    # The local pass converts the runtime (as a large enough pass does) and runs on it.
+    request: dict[str, Any] = {"convert": True}
+    local, _ = features_for(config, build_model(config, 2), paths, runtime=request)
+    assert request["runtime"] == "litert"
+    key = cache_key(config, 56, paths)
+    (embedding_cache_dir() / f"{key}.npy").unlink()
+    loaded: list[bool] = []
+
+    def look(sharded: ShardedPass) -> None:
+        if not loaded:
+            pings = ray.get([a.ping.remote() for a in sharded.actors])
+            loaded.extend(p["tensorflow"] for p in pings)
+
+    entry = ensure_features(config, ray=True, shard_rows=25, progress=look)
+    assert entry.runtime == "litert" and entry.ray_nodes == 2 and entry.cache_key == key
+    assert loaded == [False, False]  # neither node's actor imported TensorFlow
+    on_ray = load_cached(key)
+    assert on_ray is not None
+    np.testing.assert_allclose(on_ray, local, atol=1e-5)
+
+
+@needs_ray
+@pytest.mark.slow
+def test_features_json_stays_one_object_on_stdout_when_an_actor_is_killed(
+    cluster: str, capfd: pytest.CaptureFixture[str], monkeypatch: pytest.MonkeyPatch
+) -> None:
+    from core.cli import cluster as cli_cluster
+    from core.cli import main
+
+    killed: list[int] = []
+    line = cli_cluster._shard_line
+
+    def kill_after_first(sharded: Any) -> None:
+        line(sharded)
+        if not killed:
+            killed.append(sharded.pids[0])
+            os.kill(sharded.pids[0], signal.SIGKILL)
+
+    monkeypatch.setattr(cli_cluster, "_shard_line", kill_after_first)
+    argv = ["features", "--data", FACES, "--image-size", "88", "--shard-size", "10",
+            "--ray", cluster, "--json"]  # fmt: skip
+    assert main(argv) == 0
+    out = capfd.readouterr().out
+    entry = json.loads(out)  # the whole of stdout: nothing of Ray's in it
+    assert killed and entry["restarts"] >= 1 and entry["ray_nodes"] >= 1
 
 
 @needs_ray

@@ -5,6 +5,7 @@ from __future__ import annotations
 
 import json
 import os
+import re
 import subprocess
 import sys
 import time
@@ -85,5 +86,73 @@ def test_reliability_diagram_and_prediction_set_in_browser() -> None:
                 time.sleep(1)
                 page.screenshot(path=str(SHOTS / "trust_prediction_set.png"))
                 assert any(w in said.inner_text() for w in ("Sure: ", "Not sure: "))
+            finally:
+                browser.close()
+
+
+def _twinned(folder: Path) -> None:
+    """Two classes of 12 distinct pictures, every 2nd with a cropped, re-encoded twin."""
+    from PIL import Image
+
+    from tests.helpers import cropped_twin, smooth_picture
+
+    for c, name in enumerate(("ants", "bees")):
+        (folder / name).mkdir(parents=True)
+        for i in range(12):
+            picture = smooth_picture(100 * c + i, lean=c)
+            Image.fromarray(picture).save(folder / name / f"{i}.png")
+            if i % 2 == 0:
+                (folder / name / f"{i}-twin.jpg").write_bytes(cropped_twin(picture))
+
+
+def test_leakage_on_the_data_and_run_pages_in_browser(tmp_path) -> None:
+    """A managed dataset with planted twins, one run on it (which caches its features): the Data
+    page finds the twins by itself before the next run; the Run page shows the pairs with Move
+    and Exclude. Screenshots: trust_data_leakage.png, trust_run_leakage.png."""
+    from playwright.sync_api import expect, sync_playwright
+
+    expect.set_options(timeout=120_000)
+    _twinned(tmp_path / "bugs")
+    with serve() as (url, home):
+        _core(home, "dataset", "create", "bugs", "--from", str(tmp_path / "bugs"))
+        out = _core(home, "train", "--data", "dataset:bugs", "--backbone",
+                    "efficientnet_lite0", "--weights", "imagenet", "--image-size", "32",
+                    "--mode", "feature_extraction", "--epochs", "1", "--json")  # fmt: skip
+        run_id = json.loads(out.strip().splitlines()[-1])["run_id"]
+        # The Train form's choice (what the Data page checks with) and the data in use.
+        script = (
+            "from core.config import RunConfig; from core.paths import runs_root; "
+            "from core.runs.drafts import save_draft, save_chosen_data; "
+            "save_draft(runs_root(), RunConfig(data='dataset:bugs', "
+            "backbone='efficientnet_lite0', image_size=32)); "
+            "save_chosen_data(runs_root(), 'dataset:bugs')"
+        )
+        env = {**os.environ, "TRANSFER_STUDIO_HOME": str(home)}
+        subprocess.run([sys.executable, "-c", script], cwd=ROOT, env=env, check=True)
+        with sync_playwright() as pw:
+            browser = pw.chromium.launch(executable_path=CHROMIUM, args=CHROMIUM_ARGS)
+            try:
+                page = browser.new_page(viewport={"width": 1280, "height": 800})
+                page.set_default_timeout(120_000)
+                page.goto(f"{url}/data")
+                said = page.get_by_text("near-copy in training", exact=False).first
+                expect(said).to_be_visible()
+                settle(page)
+                said.evaluate("e => e.scrollIntoView({block: 'center'})")
+                time.sleep(1)
+                SHOTS.mkdir(parents=True, exist_ok=True)
+                page.screenshot(path=str(SHOTS / "trust_data_leakage.png"))
+                assert " of " in said.inner_text() and "None of" not in said.inner_text()
+
+                page.goto(f"{url}/run?run={run_id}")
+                move = page.locator(f".st-key-move_twins_{run_id}")
+                expect(move).to_be_visible()
+                expect(page.locator(f".st-key-exclude_twins_{run_id}")).to_be_visible()
+                settle(page)
+                move.evaluate("e => e.scrollIntoView({block: 'end'})")
+                time.sleep(1)
+                page.screenshot(path=str(SHOTS / "trust_run_leakage.png"))
+                page.get_by_role("button", name=re.compile(r"^Move the \d+ pair")).click()
+                expect(page.get_by_text("to training in dataset", exact=False)).to_be_visible()
             finally:
                 browser.close()

@@ -34,6 +34,12 @@ def test_data_page_check_runs_only_on_cached_features(tmp_path) -> None:
     assert found.leakage is None and "no cached efficientnet_lite0 features" in found.reason
 
     paths = [*data.train_paths, *data.val_paths]
+    # The server's key (no Keras imported) is the trainer's.
+    from core.files import sha256_file
+    from core.training.feature_cache import source_features_key
+
+    shas = [sha256_file(p) for p in paths]
+    assert source_features_key(config, 32, shas) == cache_key(config, 32, paths)
     features = np.random.default_rng(0).normal(size=(len(paths), 8)).astype(np.float32)
     store_cached(cache_key(config, 32, paths), features)
     found = leakage_before_training(config, data)
