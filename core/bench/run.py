@@ -525,6 +525,7 @@ def run_bench(
         )  # fmt: skip
 
     figures_out.update(_fast_figures(selected, jobs, out, quick, epochs, batch, say))
+    figures_out.update(_scale_figures(selected, out, quick, say))
     if 16 in selected:
         from core.bench import scale
 
@@ -555,7 +556,7 @@ def run_bench(
     return json.loads(json.dumps(result, allow_nan=False))
 
 
-ALL_FIGURES = (*range(1, 13), 16, 18, 19)  # 18-19: the Ray extra (core.bench.cluster)
+ALL_FIGURES = (*range(1, 17), 18, 19)  # 18-19: the Ray extra (core.bench.cluster)
 CLASSIC_FIGURES = frozenset({1, 2, 3, 4})
 PHOTOS_PER_CLASS = 150  # figure 6's real photos: 600 in all, 480 training images
 
@@ -567,7 +568,7 @@ def _selected(figures: Collection[int] | None) -> list[int]:
         from core.errors import ConfigError
 
         raise ConfigError(
-            f"Unknown benchmark figure(s) {unknown}: expected numbers from 1 to 12, 16, 18 or 19."
+            f"Unknown benchmark figure(s) {unknown}: expected numbers from 1 to 16, 18 or 19."
         )
     return chosen
 
@@ -631,6 +632,34 @@ def _fast_figures(
     return figures
 
 
+def _scale_figures(selected: list[int], out: Path, quick: bool, say: ProgressCb) -> dict[str, Any]:
+    """Figures 13-15 (``core.bench.finetune``); quick: a few dozen 32-64 px images."""
+    from core.bench import finetune
+
+    figures: dict[str, Any] = {}
+    if 13 in selected:
+        figures["feature_scale"] = finetune.feature_scale(
+            out, classes=3 if quick else finetune.FEATURE_CLASSES,
+            per_class=8 if quick else finetune.FEATURE_PER_CLASS,
+            image_size=32 if quick else finetune.FEATURE_SIZE, epochs=1 if quick else 3,
+            progress=say,
+        )  # fmt: skip
+    tune_size = (2, 40, 64) if quick else (
+        finetune.FINE_TUNE_CLASSES, finetune.FINE_TUNE_PER_CLASS, finetune.FINE_TUNE_SIZE
+    )  # fmt: skip
+    uninterrupted: float | None = None
+    if 14 in selected:
+        figures["fine_tune_scale"] = finetune.fine_tune_scale(
+            out, *tune_size, dtype_check=not quick, progress=say
+        )
+        uninterrupted = figures["fine_tune_scale"].get("wall_s")
+    if 15 in selected:
+        figures["fine_tune_kill"] = finetune.fine_tune_kill(
+            out, *tune_size, uninterrupted_wall_s=uninterrupted, progress=say
+        )
+    return figures
+
+
 def _tiny_rss_config(index: int) -> RunConfig:
     # Learning rates the Train page's slider has: the page launches these runs.
     return RunConfig(
@@ -657,6 +686,9 @@ def format_bench(result: dict[str, Any]) -> str:
     m = result["machine"]
     lines = _classic_lines(result) if "feature_cache" in f else []
     lines += _fast_lines(f)
+    from core.bench.finetune import format_lines as scale_lines
+
+    lines += scale_lines(f)
     if d := f.get("many_classes"):
         from core.bench.scale import format_line
 

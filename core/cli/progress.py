@@ -152,6 +152,9 @@ def stage_text(record: Mapping[str, Any]) -> str | None:
         text += f", {rate:.0f} img/s"
     if isinstance(eta, (int, float)) and done < total:
         text += f", ETA {duration_text(eta)}"
+    reused = record.get("reused")
+    if isinstance(reused, int) and reused > 0:  # a resumed pass: stored by the last attempt
+        text += f" ({reused:,} stored before, not run again)"
     return text
 
 

@@ -130,14 +130,16 @@ def make_dataset(
     training: bool,
     augmentations: Sequence[str] = (),
     seed: int = 0,
+    cache: bool = True,
 ) -> tf.data.Dataset:
     """Batches of ``(float32 0-255 RGB images, int32 labels)``.
 
     Training sets are shuffled every epoch (seeded) and augmented when asked; validation sets are
     neither. Decoded images are cached in memory when they fit, so epochs after the first never
-    wait on decoding.
+    wait on decoding; ``cache=False`` for a dataset read once (a one-off pass of the frozen
+    base), where the cache would only hold up to ``MEMORY_CACHE_BYTES`` for nothing.
     """
-    ds = _decoded(paths, labels, image_size)
+    ds = _decoded(paths, labels, image_size, cache)
     if training:
         ds = ds.shuffle(max(len(paths), 1), seed=seed, reshuffle_each_iteration=True)
     ds = ds.batch(batch_size)
@@ -166,8 +168,11 @@ def views_dataset(
     return _augmented(ds, augmentations, seed).map(lambda x, _y: x).prefetch(AUTOTUNE)
 
 
-def _decoded(paths: Sequence[str], labels: Sequence[int], image_size: int) -> tf.data.Dataset:
-    """``(uint8 image, int32 label)`` pairs, decoded in parallel, cached in memory if they fit."""
+def _decoded(
+    paths: Sequence[str], labels: Sequence[int], image_size: int, cache: bool = True
+) -> tf.data.Dataset:
+    """``(uint8 image, int32 label)`` pairs, decoded in parallel, cached in memory if they fit
+    (and ``cache``)."""
     path_tensor = tf.constant([os.fsencode(p) for p in paths], dtype=tf.string)
     ds = tf.data.Dataset.from_tensor_slices((path_tensor, tf.constant(labels, dtype=tf.int32)))
 
@@ -177,7 +182,7 @@ def _decoded(paths: Sequence[str], labels: Sequence[int], image_size: int) -> tf
         return image, label
 
     ds = ds.map(decode, num_parallel_calls=AUTOTUNE, deterministic=True)
-    if len(paths) * image_size * image_size * 3 <= MEMORY_CACHE_BYTES:
+    if cache and len(paths) * image_size * image_size * 3 <= MEMORY_CACHE_BYTES:
         ds = ds.cache()
     return ds
 

@@ -196,7 +196,9 @@ def predict_paths(
 
     if not paths:
         return np.zeros((0, int(model.outputs[0].shape[-1])), dtype=np.float32)
-    dataset = make_dataset(paths, [0] * len(paths), image_size, batch_size, training=False)
+    dataset = make_dataset(
+        paths, [0] * len(paths), image_size, batch_size, training=False, cache=False
+    )
     total = len(paths)
 
     class _Progress(keras.callbacks.Callback):
@@ -426,7 +428,9 @@ def tta_report(store: RunStore, run_id: str, force: bool = False) -> dict[str, A
         raise StudioError(f"Run {run_id}'s data {config.data!r} has no validation images.")
     labels = np.asarray(val_labels, np.int64)
     batch = min(config.batch_size, MAX_BATCH)
-    dataset = make_dataset(val_paths, val_labels, run.image_size, batch, training=False)
+    dataset = make_dataset(
+        val_paths, val_labels, run.image_size, batch, training=False, cache=False
+    )
     plain, tta, plain_s, tta_s = [], [], 0.0, 0.0
     with image_errors():
         for i, (x, _y) in enumerate(dataset):

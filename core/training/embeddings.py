@@ -20,7 +20,7 @@ from __future__ import annotations
 
 import os
 import time
-from collections.abc import Callable, Sequence
+from collections.abc import Callable, Iterator, Sequence
 from typing import Any
 
 import keras
@@ -53,6 +53,7 @@ __all__ = [
     "embedding_cache_dir",
     "feature_extractor",
     "features_for",
+    "forward_batches",
     "forward_once",
     "forward_views",
     "identity_of",
@@ -168,7 +169,8 @@ def forward_once(
     from core.data.pipeline import make_dataset
 
     batch = FEATURE_BATCH * _replicas(strategy)
-    ds = make_dataset(paths, [0] * len(paths), image_size, batch, training=False)
+    # Read once: caching the decoded images would only hold memory (GBs at 25,000 images).
+    ds = make_dataset(paths, [0] * len(paths), image_size, batch, training=False, cache=False)
     return _forward(model, ds.map(lambda x, _y: x), len(paths), stage, pick, strategy)
 
 
@@ -226,19 +228,30 @@ def _distributed(model: keras.Model, strategy: Any) -> Callable[[Any], Any]:
     return step
 
 
-def _forward(
+def forward_batches(
     model: keras.Model,
-    images: Any,
-    rows: int,
-    stage: StageFn | None,
+    paths: Sequence[str],
+    image_size: int,
     pick: RuntimePick | None = None,
     strategy: Any = None,
-) -> np.ndarray:
-    """``model`` over a dataset of image batches (``rows`` images in all), in order.
+) -> Iterator[np.ndarray]:
+    """``forward_once``, a batch at a time (nothing kept): for a pass whose output is written
+    out as it comes (the activation cache at the freeze cut)."""
+    from core.data.pipeline import make_dataset
+
+    batch = FEATURE_BATCH * _replicas(strategy)
+    # Read once: caching the decoded images would only hold memory (GBs at 25,000 images).
+    ds = make_dataset(paths, [0] * len(paths), image_size, batch, training=False, cache=False)
+    yield from _batches(model, ds.map(lambda x, _y: x), pick, strategy)
+
+
+def _batches(
+    model: keras.Model, images: Any, pick: RuntimePick | None = None, strategy: Any = None
+) -> Iterator[np.ndarray]:
+    """``model`` over a dataset of image batches, in order, one output batch at a time.
 
     Batches of ``FEATURE_BATCH`` and a compiled call: an eager call walks the layers in Python
-    and is ~3x slower per batch; or the runtime ``pick`` returns for the first batch. The
-    output is filled in place (no copies of what may be hundreds of MB of activations).
+    and is ~3x slower per batch; or the runtime ``pick`` returns for the first batch.
     With a ``strategy`` of several replicas, every batch is split over them (``pick`` is not
     used: the converted runtime runs on the host CPU alone).
     """
@@ -250,19 +263,34 @@ def _forward(
         pick = None
     else:
         forward = _compiled(model)
+    runtime: Callable[[np.ndarray], np.ndarray] | None = None
+    first = True
+    with image_errors():  # a file that changed since the scan: a DataError naming it
+        for batch in images:
+            if first and pick is not None:
+                runtime = pick(batch.numpy())
+            first = False
+            yield runtime(batch.numpy()) if runtime else np.asarray(forward(batch))
+
+
+def _forward(
+    model: keras.Model,
+    images: Any,
+    rows: int,
+    stage: StageFn | None,
+    pick: RuntimePick | None = None,
+    strategy: Any = None,
+) -> np.ndarray:
+    """``model`` over a dataset of image batches (``rows`` images in all), in order
+    (``_batches``). The output is filled in place (no copies of what may be hundreds of MB)."""
     shape = tuple(int(d) for d in model.output.shape[1:])
     out = np.empty((rows, *shape), np.float32)
     done = 0
-    runtime: Callable[[np.ndarray], np.ndarray] | None = None
-    with image_errors():  # a file that changed since the scan: a DataError naming it
-        for batch in images:
-            if done == 0 and pick is not None:
-                runtime = pick(batch.numpy())
-            result = runtime(batch.numpy()) if runtime else np.asarray(forward(batch))
-            out[done : done + len(result)] = result
-            done += len(result)
-            if stage:
-                stage(done, rows)
+    for result in _batches(model, images, pick, strategy):
+        out[done : done + len(result)] = result
+        done += len(result)
+        if stage:
+            stage(done, rows)
     return out
 
 
@@ -424,10 +452,11 @@ def build_head(config: RunConfig, built: BuiltModel) -> keras.Model:
     return keras.Model(inputs, x, name="head")
 
 
-def describe_stage(done: int, total: int, started: float) -> dict[str, Any]:
-    """The ``stage`` record the pages show while features are computed."""
+def describe_stage(done: int, total: int, started: float, skipped: int = 0) -> dict[str, Any]:
+    """The ``stage`` record the pages show while features are computed; ``skipped`` of the
+    ``done`` images were found stored (a resumed pass): the rate counts the others."""
     elapsed = time.time() - started
-    rate = done / elapsed if elapsed > 0 else 0.0
+    rate = (done - skipped) / elapsed if elapsed > 0 and done > skipped else 0.0
     return {
         "stage": "features",
         "done": done,

@@ -328,11 +328,12 @@ def lr_find(
 def _fine_tune_inputs(config: RunConfig, built: Any, data: Any) -> tuple[Any, Iterator[Any], str]:
     """The phase-2 model and its training batches: activations at the freeze cut when the model
     can be cut there (the frozen layers run once), else images through the whole model."""
-    from core.training.cut import compute_activations, plan_cut
+    from core.training.cut import MEMORY_ACTIVATION_BYTES, compute_activations, plan_cut
 
     n_train = len(data.train_paths)
     cut, _why = plan_cut(config, built, n_train)
-    if cut is not None:
+    # A test of a few hundred steps: its activations stay in memory, when they fit.
+    if cut is not None and cut.nbytes(n_train, "float32") <= MEMORY_ACTIVATION_BYTES:
         acts = compute_activations(cut, data.train_paths, built.image_size)
         batches = _array_batches(acts, data.train_labels, config.batch_size, config.seed)
         return cut.classifier, batches, "activations"

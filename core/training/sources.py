@@ -24,6 +24,7 @@ from __future__ import annotations
 import time
 from abc import ABC, abstractmethod
 from collections.abc import Callable, Sequence
+from pathlib import Path
 from typing import TYPE_CHECKING, Any
 
 import keras
@@ -137,7 +138,7 @@ class Source(ABC):
     ) -> None:
         """Train ``model`` (``model_for``'s, compiled) up to epoch ``epochs``."""
 
-    def phase_info(self, phase: str) -> dict[str, bool]:
+    def phase_info(self, phase: str) -> dict[str, Any]:
         """What ``phase`` reads, for the run's ``phases`` record."""
         return {"feature_cache": False, "activation_cache": False}
 
@@ -264,7 +265,7 @@ class FeatureSource(_HeadOnFeatures):
     ) -> None:
         self._fit_head(callbacks, epochs, initial_epoch)
 
-    def phase_info(self, phase: str) -> dict[str, bool]:
+    def phase_info(self, phase: str) -> dict[str, Any]:
         return {"feature_cache": True, "activation_cache": False}
 
 
@@ -274,33 +275,37 @@ class ActivationSource(_HeadOnFeatures):
 
     kind, stage = ACTIVATIONS, "activations"
 
-    def __init__(self, config: RunConfig, built: BuiltModel, reason: str, cut: Cut) -> None:
+    def __init__(
+        self, config: RunConfig, built: BuiltModel, reason: str, cut: Cut, folder: Path
+    ) -> None:
         super().__init__(config, built, reason)
-        self.cut = cut
+        self.cut, self.folder = cut, folder  # ``folder``: where the chunks go
 
     def prepare(self, data: DatasetIndex, reporter: StageReporter) -> None:
-        from core.data.pipeline import array_dataset
-        from core.training.cut import pooled_features
-        from core.training.embeddings import forward_once
+        from core.training.cut import ActivationStore, chunk_rows, pooled_features, store_identity
 
         started = time.perf_counter()
         self._weigh_classes(data)
         config, cut = self.config, self.cut
         paths = [*data.train_paths, *data.val_paths]
         stage = reporter(activations=list(cut.shape))
-        # ``cut.compute_activations``, with the pass split over the replicas of a mirrored run.
-        acts = forward_once(
+        # On disk in chunks (``cut.ActivationStore``): a pass killed mid-way resumes from its
+        # last completed chunk; with several replicas each batch is split over them.
+        self.store = ActivationStore(
+            self.folder, cut.shape, len(paths), store_identity(self.built, cut, paths),
+            dtype=cut.dtype, chunk=chunk_rows(),
+        )  # fmt: skip
+        self.store.fill(
             cut.prefix, paths, self.built.image_size, stage, strategy=self.built.strategy
         )
-        stage(len(paths), len(paths), cached=False)
+        reused = min(self.store.reused * self.store.chunk, len(paths))  # images found stored
+        stage(len(paths), len(paths), cached=False, reused=reused)
         n = len(data.train_paths)
-        self._set_features(data, pooled_features(cut, acts))
-        self.train_ds = array_dataset(
-            acts[:n], data.train_labels, self.batch, training=True, seed=config.seed
+        self._set_features(data, pooled_features(cut, self.store))
+        self.train_ds = self.store.dataset(
+            0, n, data.train_labels, self.batch, training=True, seed=config.seed
         )
-        self.val_ds = array_dataset(
-            acts[n:], data.val_labels, self.batch, training=False, seed=config.seed
-        )
+        self.val_ds = self.store.dataset(n, len(paths), data.val_labels, self.batch, training=False)
         self.timings[self.stage] = time.perf_counter() - started
 
     def model_for(self, phase: str) -> keras.Model:
@@ -322,28 +327,42 @@ class ActivationSource(_HeadOnFeatures):
                 self.class_weight, self.batch,
             )  # fmt: skip
 
-    def phase_info(self, phase: str) -> dict[str, bool]:
+    def phase_info(self, phase: str) -> dict[str, Any]:
         head = phase == HEAD_PHASE
-        return {"feature_cache": head, "activation_cache": not head}
+        info: dict[str, Any] = {"feature_cache": head, "activation_cache": not head}
+        if not head and hasattr(self, "store"):
+            info["activation_store"] = self.store.record()
+        return info
 
 
 def choose_source(
-    config: RunConfig, built: BuiltModel, n_images: int, path: InputPath | None = None
+    config: RunConfig,
+    built: BuiltModel,
+    n_images: int,
+    path: InputPath | None = None,
+    folder: Path | None = None,
 ) -> Source:
     """The source ``config``'s run trains from, for ``built`` and ``n_images`` images in all.
 
-    ``path``: ``input_path(config)`` if already known. Fine-tuning falls back to images, with
+    ``path``: ``input_path(config)`` if already known. ``folder``: the run's folder (its
+    activation cache goes to ``<folder>/activations``). Fine-tuning falls back to images, with
     the reason, when the model can't be cut at the freeze point or the activations would not
-    fit in memory.
+    fit on that disk.
     """
     path = path or input_path(config)
     if path.kind == FEATURES:
         return FeatureSource(config, built, path.reason)
     if path.kind == ACTIVATIONS:
-        from core.training.cut import plan_cut
+        from core.training.cut import ACTIVATION_DIR, plan_cut
 
-        cut, why = plan_cut(config, built, n_images)
+        if folder is None:  # not a run's (a test's source): a fresh temporary folder
+            import tempfile
+            import uuid
+
+            folder = Path(tempfile.gettempdir()) / f"transfer-studio-{uuid.uuid4().hex}"
+        where = folder / ACTIVATION_DIR
+        cut, why = plan_cut(config, built, n_images, where)
         if cut is not None:
-            return ActivationSource(config, built, path.reason, cut)
+            return ActivationSource(config, built, path.reason, cut, where)
         return ImageSource(config, built, f"the frozen layers' activations can't be stored: {why}")
     return ImageSource(config, built, path.reason)

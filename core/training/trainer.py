@@ -44,6 +44,7 @@ from core.training.checkpoint import (
     restore_optimizer,
     resume_point,
 )
+from core.training.cut import remove_activations
 
 __all__ = [
     "MODEL_FILE",
@@ -100,6 +101,7 @@ def execute_run(
             # Its model is saved and the run is recorded completed: it is never resumed. (Not
             # before: a kill until then leaves a resumable run, which needs its checkpoint.)
             remove_checkpoint(store, run_id)
+            remove_activations(folder)  # hundreds of MB that nothing reads any more
             _evaluate(store, run_id, trainer, folder)
         return status
     except Exception as exc:  # the run fails, the worker lives on
@@ -255,7 +257,7 @@ class _Trainer:
         self.steps = -(-len(data.train_paths) // self.batch)
         n_images = len(data.train_paths) + len(data.val_paths)
         with self._scope():  # the head and cut models it builds share the model's variables
-            self.source = choose_source(config, self.built, n_images)
+            self.source = choose_source(config, self.built, n_images, folder=store.run_dir(run_id))
         if self.stop_wanted():
             raise RunStopped
         self.source.prepare(
@@ -277,7 +279,12 @@ class _Trainer:
             if done < total and not more and now - last[0] < STAGE_EVERY_S:
                 return  # a write per batch would cost more than the pages can show
             last[0] = now
-            record = {**describe_stage(done, total, started), "started": started, **extra, **more}
+            # Images a resumed pass found stored count as done, not in its rate and ETA.
+            skipped = int(more.get("reused") or 0)
+            record = {
+                **describe_stage(done, total, started, skipped), "started": started, **extra,
+                **more,
+            }  # fmt: skip
             self.store.update(self.run_id, stage=record)
 
         return stage
@@ -306,7 +313,7 @@ class _Trainer:
             info.update(epochs=epochs, lr=lr, start_epoch=epoch_offset + 1)
             info.update(self._device_info(phase))
             model = source.model_for(phase)
-            info.update(source.phase_info(phase))
+            info.update(source.phase_info(phase), input=source.name, input_reason=source.reason)
             phases.append(info)
             store.update(run_id, phases=phases)
             if done >= epoch_offset + epochs:  # finished before an interruption

@@ -163,8 +163,9 @@ def test_figures_are_chosen_by_number_and_range() -> None:
     assert bench._selected([6, 5, 6]) == [5, 6]
     assert bench._selected([12, 11]) == [11, 12]
     assert bench._selected([19, 18]) == [18, 19]  # the Ray figures
+    assert bench._selected([16, 13, 14, 15]) == [13, 14, 15, 16]  # the scale figures
     with pytest.raises(ConfigError, match="figure"):
-        bench._selected([13])
+        bench._selected([17])  # 13-16 are figures now; 17 is not
     with pytest.raises(ConfigError, match="5-10"):
         figure_list("five")
 

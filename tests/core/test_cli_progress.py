@@ -80,6 +80,12 @@ def test_stage_text_reads_the_trainer_s_stage_record() -> None:
     assert stage_text({"stage": "features", "activations": True, "done": 1, "total": 4}) == (
         "running the frozen layers 1/4 (25%)"
     )
+    resumed = {"stage": "features", "activations": True, "done": 3000, "total": 4000,
+               "reused": 2048, "images_per_s": 100.0, "eta_s": 10.0}  # fmt: skip
+    assert stage_text(resumed) == (
+        "running the frozen layers 3,000/4,000 (75%), 100 img/s, ETA 10 s (2,048 stored "
+        "before, not run again)"
+    )
     assert stage_text({}) is None
 
 

@@ -2,6 +2,8 @@
 
 from __future__ import annotations
 
+import os
+from collections.abc import Iterator
 from pathlib import Path
 
 import keras
@@ -75,17 +77,44 @@ def test_a_cut_inside_a_residual_block_or_too_much_memory_falls_back(monkeypatch
 
 
 @pytest.fixture(scope="module")
-def runs(tmp_path_factory: pytest.TempPathFactory) -> dict:
+def runs(tmp_path_factory: pytest.TempPathFactory) -> Iterator[dict]:
     queue = JobQueue(tmp_path_factory.mktemp("cut-runs"))
-    ids = {
-        "cut": queue.submit(LITE),
-        "images": queue.submit(LITE.with_changes(feature_cache="off")),
-    }
-    out = {"queue": queue}
-    for name, run_id in ids.items():
-        assert queue.wait(run_id, timeout=600) == COMPLETED
-        out[name] = queue.store.result(run_id)
-    return out
+    # Chunks of 16 images: the cut pass writes several.
+    before = os.environ.get(cut_cache.CHUNK_ENV)
+    os.environ[cut_cache.CHUNK_ENV] = "16"
+    try:
+        ids = {
+            "cut": queue.submit(LITE),
+            "images": queue.submit(LITE.with_changes(feature_cache="off")),
+        }
+        out: dict = {"queue": queue}
+        for name, run_id in ids.items():
+            assert queue.wait(run_id, timeout=600) == COMPLETED
+            out[name] = queue.store.result(run_id)
+    finally:
+        if before is None:
+            os.environ.pop(cut_cache.CHUNK_ENV, None)
+        else:
+            os.environ[cut_cache.CHUNK_ENV] = before
+    yield out
+
+
+@pytest.mark.slow
+def test_the_run_records_where_it_read_from_and_its_activation_store(runs: dict) -> None:
+    cut, images = runs["cut"], runs["images"]
+    tune = cut["phases"][1]
+    assert tune["input"] == "activations" and "augmentation is off" in tune["input_reason"]
+    store = tune["activation_store"]
+    assert store["memory_mapped"] and store["dtype"] == "float16"
+    images_total = cut["train_images"] + cut["val_images"]
+    assert store["chunks"] == -(-images_total // 16) and store["chunk_images"] == 16
+    assert store["computed_images"] == images_total and store["reused_chunks"] == 0
+    assert store["bytes"] > 0
+    # Completed: the chunks are deleted (the saved model takes images; nothing reads them).
+    assert not (Path(cut["run_dir"]) / cut_cache.ACTIVATION_DIR).exists()
+    assert images["phases"][1]["input"] == "images"
+    assert "off" in images["phases"][1]["input_reason"]
+    assert "activation_store" not in images["phases"][1]
 
 
 @pytest.mark.slow
