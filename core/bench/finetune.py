@@ -74,7 +74,7 @@ def feature_scale(
     """Figure 13: a cold feature-extraction run against its bare feature pass."""
     from core.data import load_dataset
     from core.data.generated import generated_path
-    from core.training.embeddings import _runtime_pick, feature_extractor, forward_once
+    from core.training.embeddings import feature_extractor, forward_once, runtime_pick
     from core.training.jobs import JobQueue
     from core.training.model import build_model
 
@@ -96,13 +96,13 @@ def feature_scale(
     built = build_model(config, len(index.class_names))
     model = feature_extractor(built)
     runtime: dict[str, Any] = {"convert": True}
-    pick = _runtime_pick(model, built, runtime, None)
+    pick = runtime_pick(model, built, runtime, None)
     forward_once(model, paths[:64], image_size, None, pick)
 
     def bare_pass() -> float:
         say(f"figure 13: bare feature pass over {len(paths):,} images")
         started = time.perf_counter()
-        forward_once(model, paths, image_size, None, _runtime_pick(model, built, runtime, None))
+        forward_once(model, paths, image_size, None, runtime_pick(model, built, runtime, None))
         seconds = time.perf_counter() - started
         say(f"figure 13: bare pass {seconds:.1f} s on {runtime.get('runtime')}")
         return seconds

@@ -58,6 +58,7 @@ __all__ = [
     "forward_views",
     "identity_of",
     "load_cached",
+    "runtime_pick",
     "runtime_identity",
     "store_cached",
 ]
@@ -359,7 +360,7 @@ def _cached(
                 stage(rows, rows)
             return cached, True
     model = feature_extractor(built)
-    pick = _runtime_pick(model, built, runtime, stage) if runtime is not None else None
+    pick = runtime_pick(model, built, runtime, stage) if runtime is not None else None
     if runtime is not None and _replicas(built.strategy) > 1:
         runtime.update(runtime="keras", reason="distribute=mirrored: every replica runs the pass")
     if extra:
@@ -397,7 +398,7 @@ def identity_of(backbone: Backbone, image_size: int) -> dict[str, object] | None
     }
 
 
-def _runtime_pick(
+def runtime_pick(
     model: keras.Model, built: BuiltModel, request: dict[str, Any], stage: StageFn | None
 ) -> RuntimePick:
     """``pick(sample)``: the converted runtime of ``model`` if allowed and checked on ``sample``
