@@ -192,8 +192,14 @@ def test_build_a_dataset_train_review_and_retrain(server) -> None:
             # 7. Relabel one image: one the model disagrees with (its prediction is chosen), or
             # else pick a class first (none is chosen where the model agrees).
             if not page.locator("[class*='st-key-review_s_relabel_'] button:enabled").count():
-                page.locator("[class*='st-key-review_s_to_'] input[role='combobox']").first.click()
-                page.get_by_role("option").first.click()
+                box = page.locator("[class*='st-key-review_s_to_'] input[role='combobox']").first
+                for _ in range(10):  # as in _choose: a rerun may close the list under the click
+                    box.click()
+                    try:
+                        page.get_by_role("option").first.click(timeout=3_000)
+                        break
+                    except Exception:
+                        settle(page)
                 settle(page)
             page.locator("[class*='st-key-review_s_relabel_'] button:enabled").first.click()
             done = page.get_by_text(re.compile("^Relabelled "))
