@@ -24,9 +24,11 @@ whose image ids are the same content hashes review reports.
 
 from __future__ import annotations
 
+import hashlib
 import json
 import math
 import os
+import time
 from collections.abc import Callable, Sequence
 from dataclasses import asdict, dataclass, field
 from pathlib import Path
@@ -36,7 +38,7 @@ import numpy as np
 
 from core.config import Mode, RunConfig
 from core.errors import StudioError
-from core.files import atomic_path, sha256_file
+from core.files import atomic_path, real_paths, sha256_file
 from core.runs.store import COMPLETED, RunStore
 
 if TYPE_CHECKING:
@@ -188,6 +190,8 @@ class _Scores:
     changed: list[bool]  # content not what the run trained on (recorded split)
     roots: list[str] = field(default_factory=list)  # the recorded split's root (to find new files)
     scores_file: Path | None = None  # where ``features`` are, when read from the cache
+    # The new files of an unmanaged source, by the folder's state (``_new_in_folder``).
+    new_in_folder: tuple[str, list[str]] | None = None
 
     def feature_matrix(self) -> np.ndarray:
         """The features, read from the score file on first use (a review never needs them)."""
@@ -757,19 +761,69 @@ def _join(scores: _Scores) -> _Joined:
     return _Joined(dataset, list(rows.values()), new, sorted(set(gone)), changed)
 
 
+_SETTLED_NS = 2_000_000_000  # a folder changed this recently is read again every time
+
+
+def _folder_state(roots: Sequence[str]) -> str | None:
+    """A digest of every entry's name, size and modification time under ``roots`` (symlinked
+    folders followed once), or None when something changed in the last two seconds (timestamps
+    tick coarsely: a change within one tick could keep the same state) or cannot be read."""
+    digest = hashlib.sha256()
+    recent = time.time_ns() - _SETTLED_NS
+    for root in roots:
+        seen: set[str] = set()
+        stack = [root]
+        while stack:
+            folder = stack.pop()
+            real = os.path.realpath(folder)
+            if real in seen:
+                continue
+            seen.add(real)
+            try:
+                with os.scandir(folder) as entries:
+                    listed = sorted(entries, key=lambda e: e.name)
+                    for entry in listed:
+                        st = entry.stat()
+                        if st.st_mtime_ns > recent:
+                            return None
+                        if entry.is_dir():
+                            stack.append(entry.path)
+                        digest.update(f"{entry.path}\0{st.st_size}\0{st.st_mtime_ns}\n".encode())
+            except OSError:
+                return None
+    return digest.hexdigest()
+
+
 def _new_in_folder(scores: _Scores) -> list[str]:
     """Ids of the files in an unmanaged source now that the run did not train on (only known
-    for a run that recorded its split; the ids are content hashes, as the managed copy's)."""
-    from core.data.index import load_dataset
-
+    for a run that recorded its split; the ids are content hashes, as the managed copy's).
+    Remembered in this process while the folder stays as it was."""
     if not scores.roots:
         return []
+    # The review section and its map ask on every rerun: reading a 50,000-file folder again
+    # took seconds each time, its state (one ``stat`` per file) a tenth of that.
+    state = _folder_state(scores.roots)
+    if state is not None and scores.new_in_folder is not None:
+        if scores.new_in_folder[0] == state:
+            return list(scores.new_in_folder[1])
+    new = _read_new_in_folder(scores)
+    scores.new_in_folder = None if state is None else (state, new)
+    return list(new)
+
+
+def _read_new_in_folder(scores: _Scores) -> list[str]:
+    from core.data.index import load_dataset
+
     try:
         data = load_dataset(scores.source)
     except StudioError:  # the source is gone or unreadable: nothing new to list
         return []
-    scored = {os.path.realpath(p) for p in scores.paths}
-    now = [p for p in (*data.train_paths, *data.val_paths) if os.path.realpath(p) not in scored]
+    # A file at a scored path is not new; only the others are resolved (symlinks, another
+    # spelling of the root): resolving 100,000 paths on every look took seconds.
+    plain = {os.path.abspath(p) for p in scores.paths}
+    maybe = [p for p in (*data.train_paths, *data.val_paths) if os.path.abspath(p) not in plain]
+    scored = set(real_paths(list(scores.paths))) if maybe else set()
+    now = [p for p, real in zip(maybe, real_paths(maybe), strict=True) if real not in scored]
     return sorted({sha256_file(p)[:12] for p in now})
 
 
