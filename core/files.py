@@ -18,6 +18,7 @@ import shutil
 import tempfile
 import threading
 from collections.abc import Callable, Iterator, Mapping, Sequence
+from concurrent.futures import ThreadPoolExecutor
 from contextlib import contextmanager
 from pathlib import Path
 from typing import Any
@@ -60,7 +61,6 @@ def sha256_file(path: str | os.PathLike[str]) -> str:
 def sha256_files(paths: Sequence[str], threads: int = 4) -> list[str | None]:
     """The SHA-256 of each file (None: unreadable), in ``paths``' order, on ``threads`` threads
     (hashlib releases the GIL). ``core.data.scan_cache.file_hashes`` remembers them."""
-    from concurrent.futures import ThreadPoolExecutor
 
     def some(chunk: Sequence[str]) -> list[str | None]:
         out: list[str | None] = []

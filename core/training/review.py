@@ -190,8 +190,6 @@ class _Scores:
     changed: list[bool]  # content not what the run trained on (recorded split)
     roots: list[str] = field(default_factory=list)  # the recorded split's root (to find new files)
     scores_file: Path | None = None  # where ``features`` are, when read from the cache
-    # The new files of an unmanaged source, by the folder's state (``_new_in_folder``).
-    new_in_folder: tuple[str, list[str]] | None = None
 
     def feature_matrix(self) -> np.ndarray:
         """The features, read from the score file on first use (a review never needs them)."""
@@ -762,6 +760,9 @@ def _join(scores: _Scores) -> _Joined:
 
 
 _SETTLED_NS = 2_000_000_000  # a folder changed this recently is read again every time
+# ``_new_in_folder``'s answers: (the folder's state, the new ids) by the scored files.
+_NEW_IN_FOLDER: dict[tuple[str, tuple[str, ...], int, int], tuple[str, list[str]]] = {}
+NEW_IN_FOLDER_KEPT = 8
 
 
 def _folder_state(roots: Sequence[str]) -> str | None:
@@ -803,11 +804,18 @@ def _new_in_folder(scores: _Scores) -> list[str]:
     # The review section and its map ask on every rerun: reading a 50,000-file folder again
     # took seconds each time, its state (one ``stat`` per file) a tenth of that.
     state = _folder_state(scores.roots)
-    if state is not None and scores.new_in_folder is not None:
-        if scores.new_in_folder[0] == state:
-            return list(scores.new_in_folder[1])
+    if state is None:
+        return _read_new_in_folder(scores)
+    # The scored files by value: a review just computed and the same scores read back from the
+    # run folder are two objects.
+    key = (scores.source, tuple(scores.roots), len(scores.paths), hash(tuple(scores.paths)))
+    known = _NEW_IN_FOLDER.get(key)
+    if known is not None and known[0] == state:
+        return list(known[1])
     new = _read_new_in_folder(scores)
-    scores.new_in_folder = None if state is None else (state, new)
+    while len(_NEW_IN_FOLDER) >= NEW_IN_FOLDER_KEPT:
+        del _NEW_IN_FOLDER[next(iter(_NEW_IN_FOLDER))]
+    _NEW_IN_FOLDER[key] = (state, new)
     return list(new)
 
 
