@@ -765,11 +765,15 @@ _NEW_IN_FOLDER: dict[tuple[str, tuple[str, ...], int, int], tuple[str, list[str]
 NEW_IN_FOLDER_KEPT = 8
 
 
-def _folder_state(roots: Sequence[str]) -> str | None:
+def _folder_state(roots: Sequence[str]) -> tuple[str, list[str]] | None:
     """A digest of every entry's name, size and modification time under ``roots`` (symlinked
-    folders followed once), or None when something changed in the last two seconds (timestamps
-    tick coarsely: a change within one tick could keep the same state) or cannot be read."""
+    folders followed once) and the image files found, or None when something changed in the last
+    two seconds (timestamps tick coarsely: a change within one tick could keep the same state)
+    or cannot be read."""
+    from core.data.layout import is_image_name
+
     digest = hashlib.sha256()
+    images: list[str] = []
     recent = time.time_ns() - _SETTLED_NS
     for root in roots:
         seen: set[str] = set()
@@ -789,10 +793,12 @@ def _folder_state(roots: Sequence[str]) -> str | None:
                             return None
                         if entry.is_dir():
                             stack.append(entry.path)
+                        elif is_image_name(entry.name):
+                            images.append(entry.path)
                         digest.update(f"{entry.path}\0{st.st_size}\0{st.st_mtime_ns}\n".encode())
             except OSError:
                 return None
-    return digest.hexdigest()
+    return digest.hexdigest(), images
 
 
 def _new_in_folder(scores: _Scores) -> list[str]:
@@ -801,18 +807,23 @@ def _new_in_folder(scores: _Scores) -> list[str]:
     Remembered in this process while the folder stays as it was."""
     if not scores.roots:
         return []
-    # The review section and its map ask on every rerun: reading a 50,000-file folder again
+    # The review section and its map ask on every rerun: scanning a 50,000-file folder again
     # took seconds each time, its state (one ``stat`` per file) a tenth of that.
-    state = _folder_state(scores.roots)
-    if state is None:
+    found = _folder_state(scores.roots)
+    if found is None:
         return _read_new_in_folder(scores)
+    state, images = found
     # The scored files by value: a review just computed and the same scores read back from the
     # run folder are two objects.
     key = (scores.source, tuple(scores.roots), len(scores.paths), hash(tuple(scores.paths)))
     known = _NEW_IN_FOLDER.get(key)
     if known is not None and known[0] == state:
         return list(known[1])
-    new = _read_new_in_folder(scores)
+    plain = {os.path.abspath(p) for p in scores.paths}
+    if all(os.path.abspath(p) in plain for p in images):
+        new: list[str] = []  # every image file there was scored: no scan needed
+    else:
+        new = _read_new_in_folder(scores)
     while len(_NEW_IN_FOLDER) >= NEW_IN_FOLDER_KEPT:
         del _NEW_IN_FOLDER[next(iter(_NEW_IN_FOLDER))]
     _NEW_IN_FOLDER[key] = (state, new)
