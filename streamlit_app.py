@@ -7,7 +7,7 @@ code in ``app/views``; the engine they all drive is ``core``.
 
 import streamlit as st
 
-from app import navigation
+from app import navigation, warmup
 from core.devices import configure_on_import
 from core.errors import StudioError
 
@@ -17,4 +17,7 @@ try:
 except StudioError as exc:  # a bad TRANSFER_STUDIO_LOGICAL_CPUS: said, the pages still work
     st.error(str(exc))
 navigation.setup_app()
-st.navigation(navigation.pages()).run()
+try:
+    st.navigation(navigation.pages()).run()
+finally:  # after the page (also one that stopped early): the imports run while it is read
+    warmup.start()

@@ -17,7 +17,8 @@ import secrets
 import shutil
 import tempfile
 import threading
-from collections.abc import Callable, Iterator, Mapping
+from collections.abc import Callable, Iterator, Mapping, Sequence
+from concurrent.futures import ThreadPoolExecutor
 from contextlib import contextmanager
 from pathlib import Path
 from typing import Any
@@ -33,7 +34,9 @@ __all__ = [
     "discard_folder",
     "read_json",
     "read_marker",
+    "real_paths",
     "sha256_file",
+    "sha256_files",
     "sqlite_damaged",
     "sound_database",
     "sqlite_backup",
@@ -53,6 +56,47 @@ def sha256_file(path: str | os.PathLike[str]) -> str:
         while chunk := fh.read(CHUNK):
             digest.update(chunk)
     return digest.hexdigest()
+
+
+def sha256_files(paths: Sequence[str], threads: int = 4) -> list[str | None]:
+    """The SHA-256 of each file (None: unreadable), in ``paths``' order, on ``threads`` threads
+    (hashlib releases the GIL). ``core.data.scan_cache.file_hashes`` remembers them."""
+
+    def some(chunk: Sequence[str]) -> list[str | None]:
+        out: list[str | None] = []
+        for path in chunk:
+            try:
+                out.append(sha256_file(path))
+            except OSError:
+                out.append(None)
+        return out
+
+    if not paths:
+        return []
+    # One task per thread, not per file: at 50,000 small files a future each costs more than
+    # the hashing.
+    n = max(1, min(threads, len(paths)))
+    with ThreadPoolExecutor(max_workers=n) as pool:
+        parts = list(pool.map(some, [paths[i::n] for i in range(n)]))
+    out: list[str | None] = [None] * len(paths)
+    for i, part in enumerate(parts):
+        out[i::n] = part
+    return out
+
+
+def real_paths(paths: list[str]) -> list[str]:
+    """``os.path.realpath`` of each path, resolving each folder once (``realpath`` walks every
+    component: at 50,000 files in a few folders that was seconds); a path that is itself a
+    symlink is still resolved in full."""
+    folders: dict[str, str] = {}
+    out: list[str] = []
+    for path in paths:
+        folder, base = os.path.split(os.path.abspath(path))
+        if folder not in folders:
+            folders[folder] = os.path.realpath(folder)
+        real = os.path.join(folders[folder], base)
+        out.append(os.path.realpath(real) if os.path.islink(real) else real)
+    return out
 
 
 def _remove(path: Path) -> None:

@@ -10,14 +10,13 @@ from __future__ import annotations
 import os
 import random
 from collections import Counter
-from concurrent.futures import ThreadPoolExecutor
 from typing import Any
 
 from PIL import Image
 
 from core.data import DatasetIndex
 from core.data.images import open_regular_file
-from core.files import sha256_file
+from core.data.scan_cache import file_hashes
 
 __all__ = [
     "IMBALANCE_RATIO",
@@ -45,23 +44,10 @@ HASH_THREADS = 4
 
 
 def _hashes(paths: list[str]) -> dict[str, str]:
-    def some(chunk: list[str]) -> dict[str, str]:
-        out = {}
-        for path in chunk:
-            try:
-                out[path] = sha256_file(path)
-            except OSError:
-                pass
-        return out
-
-    # One task per thread, not per file: at 50,000 small files a future each cost more than
-    # the hashing (3 s of 4 on a busy machine).
-    chunks = [paths[i::HASH_THREADS] for i in range(HASH_THREADS)]
-    with ThreadPoolExecutor(max_workers=HASH_THREADS) as pool:
-        found: dict[str, str] = {}
-        for part in pool.map(some, chunks):
-            found.update(part)
-    return {p: found[p] for p in paths if p in found}  # in the order given
+    """Each readable file's SHA-256, in the order given (hashed once per process while the file
+    is unchanged: the leakage plan and the split check hash the same files)."""
+    digests = file_hashes(paths, HASH_THREADS)
+    return {p: d for p, d in zip(paths, digests, strict=True) if d is not None}
 
 
 def total_counts(index: DatasetIndex) -> dict[str, int]:

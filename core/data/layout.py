@@ -264,12 +264,14 @@ def _drop_duplicates(
     groups: dict[str, list[int]] = {}
     reals: list[str] = []
     folder_reals: dict[str, str] = {}  # realpath is slow: resolve each folder once
+    links: dict[str, set[str]] = {}  # the symlinks' names in each folder, from one listing
     for i, (_, path) in enumerate(candidates):
         folder, base = os.path.split(path)
         if folder not in folder_reals:
             folder_reals[folder] = os.path.realpath(folder)
+            links[folder] = _symlink_names(folder_reals[folder])
         real = folder_reals[folder] + os.sep + base
-        if os.path.islink(real):
+        if base in links[folder]:
             real = os.path.realpath(real)
         reals.append(real)
         groups.setdefault(real, []).append(i)
@@ -289,6 +291,16 @@ def _drop_duplicates(
             reason = f"same file as {claimed[reals[i]]} (symlink), counted once"
             skipped_by_class[name].append({"path": path, "reason": reason})
     return kept
+
+
+def _symlink_names(folder: str) -> set[str]:
+    """Names of the symlinks in ``folder``: the listing knows them without an ``lstat`` per file
+    (half a second at 50,000 files on a busy machine)."""
+    try:
+        with os.scandir(folder) as entries:
+            return {e.name for e in entries if e.is_symlink()}
+    except OSError:
+        return set()
 
 
 def _direct(path: str, root: str, root_real: str, real: str) -> bool:

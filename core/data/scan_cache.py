@@ -1,4 +1,6 @@
-"""Remembers which image files passed ``check_image``, so re-scanning a dataset is near-free.
+"""Remembers which image files passed ``check_image``, so re-scanning a dataset is near-free, and
+each file's SHA-256 (``file_hashes``: the Data page's health check, its leakage plan and a run's
+split check hash the same files).
 
 A dataset scan fully decodes every file to catch truncated or corrupt images (about a
 millisecond each, so a second or more per run on a few thousand photos). The verdict only
@@ -17,9 +19,12 @@ from __future__ import annotations
 import contextlib
 import os
 import sqlite3
+import threading
+import time
 from collections.abc import Callable, Iterator, Sequence
 from concurrent.futures import ThreadPoolExecutor
 
+from core.files import sha256_files
 from core.paths import studio_home
 
 __all__ = [
@@ -28,6 +33,7 @@ __all__ = [
     "Checker",
     "Progress",
     "check_all",
+    "file_hashes",
 ]
 
 RULES_VERSION = 1  # bump when check_image's verdicts change for the same file
@@ -63,6 +69,10 @@ def _connect() -> Iterator[sqlite3.Connection]:
             conn.execute(
                 "CREATE TABLE IF NOT EXISTS checks (path BLOB PRIMARY KEY, size INTEGER, "
                 "mtime_ns INTEGER, ctime_ns INTEGER, ino INTEGER, rules TEXT, reason TEXT)"
+            )
+            conn.execute(
+                "CREATE TABLE IF NOT EXISTS hashes (path BLOB PRIMARY KEY, size INTEGER, "
+                "mtime_ns INTEGER, ctime_ns INTEGER, ino INTEGER, sha256 TEXT)"
             )
             yield conn
     finally:
@@ -137,3 +147,82 @@ def check_all(
         except sqlite3.Error:
             pass  # next scan checks these files again
     return results
+
+
+# The hashes this process knows, by path: (identity, digest). Bounded (about 250 bytes an entry);
+# past the bound it starts again (the database still has them).
+_HASHES: dict[str, tuple[tuple[int, int, int, int], str]] = {}
+_HASHES_MAX = 400_000
+_HASHES_LOCK = threading.Lock()
+# Timestamps tick coarsely (milliseconds): a file rewritten within one tick at the same size could
+# keep its identity, so a file changed this recently is hashed again every time.
+SETTLED_NS = 2_000_000_000
+
+
+def _settled(identity: tuple[int, int, int, int], now_ns: int) -> bool:
+    return now_ns - max(identity[1], identity[2]) >= SETTLED_NS
+
+
+def file_hashes(paths: Sequence[str], threads: int = 4) -> list[str | None]:
+    """The SHA-256 of each file (None: unreadable), in ``paths``' order. A file unchanged since
+    it was hashed (same ``os.stat`` identity) is not read again: its digest comes from this
+    process's memory, else from ``scan.sqlite``; the others are hashed on ``threads`` threads."""
+    if not paths:
+        return []
+    identities = [_identity(p) for p in paths]
+    out: list[str | None] = [None] * len(paths)
+    missing: list[int] = []
+    for i, (path, ident) in enumerate(zip(paths, identities, strict=True)):
+        known = _HASHES.get(path)
+        if ident is not None and known is not None and known[0] == ident:
+            out[i] = known[1]
+        elif ident is not None:
+            missing.append(i)
+    if not missing:
+        return out
+    keys = {i: os.fsencode(paths[i]) for i in missing}
+    stored: dict[bytes, tuple] = {}
+    try:
+        with _connect() as conn:
+            for start in range(0, len(missing), _CHUNK):
+                chunk = [keys[i] for i in missing[start : start + _CHUNK]]
+                marks = ",".join("?" * len(chunk))
+                rows = conn.execute(
+                    "SELECT path, size, mtime_ns, ctime_ns, ino, sha256 FROM hashes "
+                    f"WHERE path IN ({marks})",
+                    chunk,
+                )
+                stored.update((bytes(row[0]), row[1:]) for row in rows)
+    except sqlite3.Error:
+        stored = {}
+    todo: list[int] = []
+    for i in missing:
+        row = stored.get(keys[i])
+        if row is not None and tuple(row[:4]) == identities[i]:
+            out[i] = row[4]
+        else:
+            todo.append(i)
+    fresh = sha256_files([paths[i] for i in todo], threads)
+    now_ns = time.time_ns()
+    remember = []
+    for i, digest in zip(todo, fresh, strict=True):
+        out[i] = digest
+        ident = identities[i]
+        if digest is not None and ident is not None and _settled(ident, now_ns):
+            remember.append((keys[i], *ident, digest))
+    if remember:
+        try:
+            with _connect() as conn:
+                conn.executemany(
+                    "INSERT OR REPLACE INTO hashes VALUES (?, ?, ?, ?, ?, ?)", remember
+                )
+        except sqlite3.Error:
+            pass  # hashed again next time
+    with _HASHES_LOCK:
+        if len(_HASHES) + len(missing) > _HASHES_MAX:
+            _HASHES.clear()
+        for i in missing:
+            ident, digest = identities[i], out[i]
+            if ident is not None and digest is not None and _settled(ident, now_ns):
+                _HASHES[paths[i]] = (ident, digest)
+    return out

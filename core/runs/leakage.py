@@ -21,6 +21,7 @@ were chosen by measurement on planted twins (``scripts/leakage_thresholds.py``, 
 
 from __future__ import annotations
 
+import functools
 import json
 import os
 from dataclasses import dataclass
@@ -81,8 +82,21 @@ class SplitImages:
     colors: list[Color | None] | None = None  # mean colours; None: not compared
 
 
+@functools.lru_cache(maxsize=64)
+def _plain_prefix(root: str) -> str | None:
+    """``root`` and a separator when it is absolute and normalised, else None."""
+    bare = root.rstrip(os.sep)
+    plain = bare and os.path.isabs(root) and os.path.normpath(bare) == bare
+    return bare + os.sep if plain else None
+
+
 def relative(path: str, root: str) -> str:
     """``path`` relative to the data root, with forward slashes (the path itself if outside)."""
+    # The usual case, a normalised absolute path under the root, by its prefix: ``relpath``
+    # resolves both every time (0.3 s over 50,000 files on the Data page).
+    prefix = _plain_prefix(root)
+    if prefix and path.startswith(prefix) and os.path.normpath(path) == path:
+        return path[len(prefix) :].replace(os.sep, "/")
     try:
         rel = os.path.relpath(path, root)
     except ValueError:  # another drive on Windows

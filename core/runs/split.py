@@ -11,12 +11,12 @@ from __future__ import annotations
 import json
 import os
 from collections.abc import Iterable
-from concurrent.futures import ThreadPoolExecutor
 from dataclasses import dataclass
 from pathlib import Path
 from typing import TYPE_CHECKING, Any
 
-from core.files import atomic_write_text, sha256_file
+from core.data.scan_cache import file_hashes
+from core.files import atomic_write_text
 
 if TYPE_CHECKING:
     from core.data.index import DatasetIndex
@@ -123,16 +123,8 @@ class RunSplit:
         return SplitChanges(changed, missing)
 
 
-def _hash_or_none(path: str) -> str | None:
-    try:
-        return sha256_file(path)
-    except OSError:
-        return None
-
-
 def _hashes(paths: Iterable[str]) -> list[str | None]:
-    with ThreadPoolExecutor(HASH_THREADS) as pool:
-        return list(pool.map(_hash_or_none, paths))
+    return file_hashes(list(paths), HASH_THREADS)
 
 
 def _relative(path: str, root: str) -> str:

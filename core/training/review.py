@@ -24,9 +24,11 @@ whose image ids are the same content hashes review reports.
 
 from __future__ import annotations
 
+import hashlib
 import json
 import math
 import os
+import time
 from collections.abc import Callable, Sequence
 from dataclasses import asdict, dataclass, field
 from pathlib import Path
@@ -36,7 +38,7 @@ import numpy as np
 
 from core.config import Mode, RunConfig
 from core.errors import StudioError
-from core.files import atomic_path, sha256_file
+from core.files import atomic_path, real_paths, sha256_file
 from core.runs.store import COMPLETED, RunStore
 
 if TYPE_CHECKING:
@@ -757,19 +759,90 @@ def _join(scores: _Scores) -> _Joined:
     return _Joined(dataset, list(rows.values()), new, sorted(set(gone)), changed)
 
 
+_SETTLED_NS = 2_000_000_000  # a folder changed this recently is read again every time
+# ``_new_in_folder``'s answers: (the folder's state, the new ids) by the scored files.
+_NEW_IN_FOLDER: dict[tuple[str, tuple[str, ...], int, int], tuple[str, list[str]]] = {}
+NEW_IN_FOLDER_KEPT = 8
+
+
+def _folder_state(roots: Sequence[str]) -> tuple[str, list[str]] | None:
+    """A digest of every entry's name, size and modification time under ``roots`` (symlinked
+    folders followed once) and the image files found, or None when something changed in the last
+    two seconds (timestamps tick coarsely: a change within one tick could keep the same state)
+    or cannot be read."""
+    from core.data.layout import is_image_name
+
+    digest = hashlib.sha256()
+    images: list[str] = []
+    recent = time.time_ns() - _SETTLED_NS
+    for root in roots:
+        seen: set[str] = set()
+        stack = [root]
+        while stack:
+            folder = stack.pop()
+            real = os.path.realpath(folder)
+            if real in seen:
+                continue
+            seen.add(real)
+            try:
+                with os.scandir(folder) as entries:
+                    listed = sorted(entries, key=lambda e: e.name)
+                    for entry in listed:
+                        st = entry.stat()
+                        if st.st_mtime_ns > recent:
+                            return None
+                        if entry.is_dir():
+                            stack.append(entry.path)
+                        elif is_image_name(entry.name):
+                            images.append(entry.path)
+                        digest.update(f"{entry.path}\0{st.st_size}\0{st.st_mtime_ns}\n".encode())
+            except OSError:
+                return None
+    return digest.hexdigest(), images
+
+
 def _new_in_folder(scores: _Scores) -> list[str]:
     """Ids of the files in an unmanaged source now that the run did not train on (only known
-    for a run that recorded its split; the ids are content hashes, as the managed copy's)."""
-    from core.data.index import load_dataset
-
+    for a run that recorded its split; the ids are content hashes, as the managed copy's).
+    Remembered in this process while the folder stays as it was."""
     if not scores.roots:
         return []
+    # The review section and its map ask on every rerun: scanning a 50,000-file folder again
+    # took seconds each time, its state (one ``stat`` per file) a tenth of that.
+    found = _folder_state(scores.roots)
+    if found is None:
+        return _read_new_in_folder(scores)
+    state, images = found
+    # The scored files by value: a review just computed and the same scores read back from the
+    # run folder are two objects.
+    key = (scores.source, tuple(scores.roots), len(scores.paths), hash(tuple(scores.paths)))
+    known = _NEW_IN_FOLDER.get(key)
+    if known is not None and known[0] == state:
+        return list(known[1])
+    plain = {os.path.abspath(p) for p in scores.paths}
+    if all(os.path.abspath(p) in plain for p in images):
+        new: list[str] = []  # every image file there was scored: no scan needed
+    else:
+        new = _read_new_in_folder(scores)
+    while len(_NEW_IN_FOLDER) >= NEW_IN_FOLDER_KEPT:
+        del _NEW_IN_FOLDER[next(iter(_NEW_IN_FOLDER))]
+    _NEW_IN_FOLDER[key] = (state, new)
+    return list(new)
+
+
+def _read_new_in_folder(scores: _Scores) -> list[str]:
+    from core.data.index import load_dataset
+
     try:
         data = load_dataset(scores.source)
     except StudioError:  # the source is gone or unreadable: nothing new to list
         return []
-    scored = {os.path.realpath(p) for p in scores.paths}
-    now = [p for p in (*data.train_paths, *data.val_paths) if os.path.realpath(p) not in scored]
+    # A file at a scored path is not new; only the others are resolved (symlinks, another
+    # spelling of the root): resolving 100,000 paths on every look took seconds.
+    plain = {os.path.abspath(p) for p in scores.paths}
+    maybe = [p for p in (*data.train_paths, *data.val_paths) if os.path.abspath(p) not in plain]
+    scored = set(real_paths(list(scores.paths))) if maybe else set()
+    now = [p for p, real in zip(maybe, real_paths(maybe), strict=True) if real not in scored]
     return sorted({sha256_file(p)[:12] for p in now})
 
 

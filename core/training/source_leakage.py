@@ -23,7 +23,6 @@ from __future__ import annotations
 import hashlib
 import json
 from collections.abc import Callable
-from concurrent.futures import ThreadPoolExecutor
 from dataclasses import dataclass
 from pathlib import Path
 from typing import TYPE_CHECKING, Any
@@ -32,6 +31,7 @@ import numpy as np
 
 from core.config import RunConfig
 from core.data.phash import cached_signatures, uncached_count
+from core.data.scan_cache import file_hashes
 from core.files import atomic_write_text, sha256_file
 from core.paths import studio_home
 from core.runs.leakage import (
@@ -109,8 +109,9 @@ def leakage_results_dir() -> Path:
 
 
 def _shas(paths: list[str]) -> list[str]:
-    with ThreadPoolExecutor(HASH_THREADS) as pool:
-        return list(pool.map(sha256_file, paths))
+    digests = file_hashes(paths, HASH_THREADS)  # the health check's hashes, when it ran first
+    # An unreadable file: hashing it again raises its OSError, as the caller expects.
+    return [d if d is not None else sha256_file(p) for p, d in zip(paths, digests, strict=True)]
 
 
 def plan_check(config: RunConfig, data: DatasetIndex) -> CheckPlan:

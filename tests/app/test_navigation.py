@@ -28,3 +28,23 @@ def test_each_page_runs_inside_the_router_once(tmp_path: Path, path: str) -> Non
         # the router's sidebar, once: not missing (the page ran alone) nor doubled
         captions = [c.value for c in at.sidebar.caption]
         assert captions == ["Data: not chosen yet (Data page)", f"Runs folder: {tmp_path}"]
+
+
+def test_the_first_page_starts_the_heavy_imports_in_the_background(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """A fresh server's first Data page waited a second for scikit-learn's import."""
+    import sys
+
+    from app import warmup
+
+    monkeypatch.setattr(warmup, "_thread", None)  # a fresh process
+    monkeypatch.setattr(warmup, "MODULES", ("xml.dom.minidom",))
+    monkeypatch.delitem(sys.modules, "xml.dom.minidom", raising=False)
+    with fake_studio(tmp_path):
+        AppTest.from_file(APP, default_timeout=120).run()
+    thread = warmup._thread
+    assert thread is not None
+    thread.join(30)
+    assert "xml.dom.minidom" in sys.modules
+    assert warmup.start() is None  # once per process

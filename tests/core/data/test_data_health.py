@@ -130,6 +130,7 @@ def test_files_are_hashed_in_one_task_per_thread(
     """Thousands of small files: a future per file cost more than hashing them."""
     from concurrent.futures import ThreadPoolExecutor
 
+    import core.files
     from core.data import health
     from tests.helpers import write_pngs
 
@@ -140,7 +141,7 @@ def test_files_are_hashed_in_one_task_per_thread(
             submitted.append(args[0])
             return super().submit(*args, **kwargs)
 
-    monkeypatch.setattr(health, "ThreadPoolExecutor", Counting)
+    monkeypatch.setattr(core.files, "ThreadPoolExecutor", Counting)  # the hasher's pool
     paths = write_pngs(tmp_path, 20) + [str(tmp_path / "gone.png")]
     hashes = health._hashes(paths)
     assert list(hashes) == paths[:20]  # in the order given, the unreadable one left out

@@ -291,6 +291,20 @@ def test_symlinks_do_not_label_the_same_image_twice(tmp_path: Path) -> None:
     assert len(duplicates) == 5 and all("same file as" in s["reason"] for s in duplicates)
 
 
+def test_symlinks_are_found_from_the_folder_listing_not_a_lookup_per_file(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """50,000 files: an ``lstat`` each to find the few symlinks took half a second."""
+    root = _classes(tmp_path / "ds", ["cats", "dogs"], n=4)
+    os.symlink(root / "cats" / "1.png", root / "cats" / "again.png")
+    looked: list[str] = []
+    real = os.path.islink
+    monkeypatch.setattr(os.path, "islink", lambda p: looked.append(str(p)) or real(p))
+    index = load_dataset(str(root), val_split=0.25)
+    assert len(index.train_paths) + len(index.val_paths) == 8  # again.png counted once
+    assert looked == []
+
+
 def test_symlink_from_validation_to_training_file_is_not_a_leak(tmp_path: Path) -> None:
     root = tmp_path / "ds"
     _classes(root / "train", ["cats", "dogs"])

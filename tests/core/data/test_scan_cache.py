@@ -93,3 +93,46 @@ def test_a_dataset_scan_uses_the_cache(tmp_path: Path, monkeypatch: pytest.Monke
     third = data.load_dataset(str(tmp_path), val_split=0.34, seed=1)
     assert len(calls) == 1
     assert [s["reason"] for s in third.skipped_files] == ["not an image"]
+
+
+def _counting_hashes(monkeypatch: pytest.MonkeyPatch) -> list[str]:
+    import core.files
+
+    read: list[str] = []
+    real = core.files.sha256_file
+    monkeypatch.setattr(core.files, "sha256_file", lambda p: read.append(p) or real(p))
+    return read
+
+
+def test_a_settled_file_is_hashed_once_in_the_process_and_across_processes(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """The Data page's health check and leakage plan hash the same 50,000 files: once."""
+    from core.files import sha256_file
+
+    monkeypatch.setattr(scan_cache, "SETTLED_NS", 0)  # the files were written just now
+    paths = write_pngs(tmp_path, 4) + [str(tmp_path / "gone.png")]
+    expected = [sha256_file(p) for p in paths[:4]] + [None]
+    read = _counting_hashes(monkeypatch)
+    assert scan_cache.file_hashes(paths) == expected
+    assert sorted(read) == sorted(paths[:4])
+    assert scan_cache.file_hashes(paths) == expected  # this process remembers them
+    assert len(read) == 4
+    monkeypatch.setattr(scan_cache, "_HASHES", {})  # a new process: scan.sqlite has them
+    assert scan_cache.file_hashes(paths[:4]) == expected[:4]
+    assert len(read) == 4
+    Image.new("RGB", (8, 8), (1, 2, 3)).save(paths[0])  # a changed file is read again
+    assert scan_cache.file_hashes(paths)[0] == sha256_file(paths[0]) != expected[0]
+    assert read[4:] == [paths[0]]
+
+
+def test_a_file_changed_just_now_is_hashed_on_every_look(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """Timestamps tick coarsely: a rewrite within one tick could keep the file's identity."""
+    monkeypatch.setattr(scan_cache, "SETTLED_NS", 10**15)  # everything changed "just now"
+    paths = write_pngs(tmp_path, 2)
+    read = _counting_hashes(monkeypatch)
+    first = scan_cache.file_hashes(paths)
+    assert scan_cache.file_hashes(paths) == first
+    assert len(read) == 4

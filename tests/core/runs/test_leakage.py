@@ -5,6 +5,7 @@ from __future__ import annotations
 import io
 
 import numpy as np
+import pytest
 from PIL import Image
 
 from core.data.phash import CROPS, crop_distance, hamming, phash_crops, phash_pixels
@@ -106,6 +107,34 @@ def test_no_features_still_finds_hash_twins_and_no_data_no_pairs() -> None:
 def test_paths_are_relative_to_the_data_root() -> None:
     assert relative("/data/cats/1.png", "/data") == "cats/1.png"
     assert relative("/elsewhere/1.png", "/data") == "/elsewhere/1.png"
+
+
+def test_relative_paths_by_prefix_agree_with_relpath(monkeypatch: pytest.MonkeyPatch) -> None:
+    """50,000 files under the root on the Data page: a prefix each, not ``os.path.relpath``."""
+    import os
+
+    cases = [
+        ("/data/cats/1.png", "/data"),
+        ("/data/cats/1.png", "/data/"),
+        ("/data/a/../b.png", "/data"),
+        ("/database/1.png", "/data"),
+        ("/data", "/data"),
+        ("/data/b", "/"),
+        ("x/y.png", "x"),
+        ("/data//cats/1.png", "/data"),
+    ]
+    for path, root in cases:
+        rel = os.path.relpath(path, root)
+        assert relative(path, root) == (path if rel.startswith("..") else rel), (path, root)
+    calls: list[str] = []
+    real = os.path.relpath
+    monkeypatch.setattr(os.path, "relpath", lambda p, r: calls.append(p) or real(p, r))
+    assert [relative(f"/data/c/{i}.png", "/data") for i in range(3)] == [
+        "c/0.png",
+        "c/1.png",
+        "c/2.png",
+    ]
+    assert calls == []
 
 
 def test_flat_pictures_of_two_colours_are_not_twins(tmp_path) -> None:

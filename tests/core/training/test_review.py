@@ -209,6 +209,45 @@ def test_a_score_file_is_read_once_until_it_changes(
     assert len(reads) == 2
 
 
+def test_a_folder_is_read_for_new_files_once_while_it_is_unchanged(
+    store: RunStore, tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """The page's review and map on every rerun: the 50,000-file folder is scanned only when
+    something in it changed, and not at all while every image file in it was scored."""
+    pics = tmp_path / "pics"
+    make_pictures(pics, swapped=0)
+    run_id = fake_run(store, str(pics))
+    monkeypatch.setattr(rv, "_SETTLED_NS", 0)  # the pictures were written just now
+    reads: list[str] = []
+    real = rv._read_new_in_folder
+    monkeypatch.setattr(rv, "_read_new_in_folder", lambda s: reads.append(s.source) or real(s))
+    first = rv.review_run(store, run_id)
+    rv.embedding_map(store, run_id, "pca")
+    assert rv.review_run(store, run_id) == first and first.new_images == []
+    assert reads == []  # every image file there was scored: not scanned at all
+    added = pics / "red" / "red_new.png"
+    _picture(added, CLASSES["red"], seed=998)
+    assert rv.review_run(store, run_id).new_images == [sha256_file(added)[:12]]
+    rv.embedding_map(store, run_id, "pca")
+    assert rv.review_run(store, run_id).new_images == [sha256_file(added)[:12]]
+    assert reads == [str(pics)]  # scanned once for the new file, then remembered
+
+
+def test_a_folder_changed_just_now_is_read_on_every_look(
+    store: RunStore, tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    pics = tmp_path / "pics"
+    make_pictures(pics, swapped=0)
+    run_id = fake_run(store, str(pics))
+    monkeypatch.setattr(rv, "_SETTLED_NS", 10**15)  # everything changed "just now"
+    reads: list[str] = []
+    real = rv._read_new_in_folder
+    monkeypatch.setattr(rv, "_read_new_in_folder", lambda s: reads.append(s.source) or real(s))
+    rv.review_run(store, run_id)
+    rv.review_run(store, run_id)
+    assert len(reads) == 2
+
+
 def test_edits_change_the_review(store: RunStore, managed: tuple[str, dict[str, str]]) -> None:
     name, wrong = managed
     run_id = fake_run(store, f"dataset:{name}")
