@@ -36,6 +36,7 @@ from typing import Any
 import numpy as np
 
 from core.bench.common import clear_embeddings, timed_run
+from core.bench.procstat import status_mb
 from core.config import RunConfig
 
 __all__ = [
@@ -148,16 +149,44 @@ def _child_env() -> dict[str, str]:
     return {**os.environ, "TF_CPP_MIN_LOG_LEVEL": "2", "TRANSFER_STUDIO_PROGRESS_AFTER_S": "5"}
 
 
+def _own_peak_mb(pid: int, command: list[str], done: threading.Event, peak: list[float]) -> None:
+    """Poll the child's ``VmHWM`` (its own memory's high-water mark) until ``done``; readings
+    count only once the child runs ``command`` (before its exec it shares the parent's memory)."""
+    wanted = "\0".join(command)
+    while not done.is_set():
+        try:
+            running = Path(f"/proc/{pid}/cmdline").read_bytes().decode(errors="replace")
+        except OSError:
+            running = ""
+        if running.rstrip("\0") == wanted:
+            hwm = status_mb("VmHWM", pid)
+            if hwm is not None:
+                peak[0] = max(peak[0], hwm)
+        done.wait(0.1)
+
+
 def _run_child(command: list[str], log: Path) -> dict[str, Any]:
-    """Run ``command`` to its end: its last stdout line (JSON), wall seconds, peak RSS (the
-    kernel's own maximum resident set of that process, from ``wait4``)."""
+    """Run ``command`` to its end: its last stdout line (JSON), wall seconds, peak RSS.
+
+    The peak is the child's own ``VmHWM``, polled while it runs: ``wait4``'s ``ru_maxrss`` also
+    keeps the parent's peak at the fork (Linux carries it over ``exec``), so from a large parent
+    (a test process after many tests) it said 5 GB for a tiny run. Without /proc it is used.
+    """
     started = time.perf_counter()
+    peak = [0.0]
+    done = threading.Event()
     with open(log, "ab") as err:
         proc = subprocess.Popen(
             command, cwd=ROOT, env=_child_env(), stdout=subprocess.PIPE, stderr=err
         )
+        poller = threading.Thread(
+            target=_own_peak_mb, args=(proc.pid, command, done, peak), daemon=True
+        )
+        poller.start()
         assert proc.stdout is not None
         stdout = proc.stdout.read()
+        done.set()
+        poller.join()
         _pid, status, usage = os.wait4(proc.pid, 0)
         proc.returncode = os.waitstatus_to_exitcode(status)
     wall = time.perf_counter() - started
@@ -167,7 +196,8 @@ def _run_child(command: list[str], log: Path) -> dict[str, Any]:
         "result": result,
         "returncode": proc.returncode,
         "wall_s": round(wall, 2),
-        "peak_rss_mb": round(usage.ru_maxrss / 1024, 1),  # Linux: kilobytes
+        # Linux: ru_maxrss in kilobytes
+        "peak_rss_mb": round(peak[0] if peak[0] > 0 else usage.ru_maxrss / 1024, 1),
     }
 
 

@@ -2,11 +2,14 @@
 
 from __future__ import annotations
 
+import sys
 from pathlib import Path
 
+import numpy as np
 import pytest
 
 from core.bench import run as bench
+from core.bench.finetune import _run_child
 
 
 @pytest.mark.slow
@@ -26,7 +29,7 @@ def test_figures_13_to_15_on_tiny_data(tmp_path: Path, monkeypatch: pytest.Monke
     ft = f["fine_tune_scale"]
     assert ft["input"] == "activations" and ft["images"] == 80
     assert ft["activation_store"]["dtype"] == "float16" and ft["activation_store"]["chunks"] == 10
-    assert 100 < ft["peak_rss_mb"] < 4096  # the train process's own peak, from wait4
+    assert 100 < ft["peak_rss_mb"] < 4096  # the train process's own peak (its VmHWM)
     assert len(ft["fine_tune_epoch_s"]) == 3 and len(ft["head_epoch_s"]) == 3
     assert ft["limit"]["seconds"] > 0 and ft["limit"]["rows"] == 64  # the training images
     assert ft["epoch_vs_limit"] > 0
@@ -43,3 +46,15 @@ def test_figures_13_to_15_on_tiny_data(tmp_path: Path, monkeypatch: pytest.Monke
 
     lines = bench.format_bench(result).splitlines()
     assert [line[:3] for line in lines[:3]] == ["13.", "14.", "15."]
+
+
+def test_a_childs_peak_is_its_own_not_its_large_parents(tmp_path: Path) -> None:
+    # From a parent holding ~1.5 GB (a test process after many tests), wait4's ru_maxrss of a
+    # fork+exec'd child carries the parent's peak; the child's own VmHWM does not.
+    held = np.ones(1_500 * 1024**2 // 8)  # touched: resident
+    child = _run_child(
+        [sys.executable, "-c", "import time; time.sleep(1.0); print('{}')"], tmp_path / "log"
+    )
+    assert child["returncode"] == 0 and child["result"] == {}
+    assert 1 < child["peak_rss_mb"] < 500, child
+    del held
