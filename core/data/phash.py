@@ -25,14 +25,14 @@ import contextlib
 import json
 import os
 import sqlite3
-from collections.abc import Callable, Iterator, Sequence
+from collections.abc import Callable, Sequence
 from concurrent.futures import ThreadPoolExecutor
 
 import numpy as np
 from PIL import Image
 
 from core.data.images import load_rgb
-from core.paths import studio_home
+from core.data.scan_cache import cache_db, select_in
 
 __all__ = [
     "CROPS",
@@ -63,7 +63,6 @@ Color = tuple[float, float, float]  # mean R, G, B (0-255)
 Signature = tuple[Hashes, Color]
 # What a stored signature was computed with: a change of the hash's recipe stores anew.
 SIGNATURE_VERSION = f"1:{HASH_SIDE}:{LOW}:{','.join(map(str, CROPS))}"
-_CHUNK = 500  # hashes per SELECT (below SQLite's variable limit)
 PROGRESS_EVERY = 25  # pictures hashed between progress calls
 
 
@@ -141,21 +140,13 @@ def crop_distance(a: np.ndarray, b: np.ndarray) -> np.ndarray:
     return best
 
 
-@contextlib.contextmanager
-def _connect() -> Iterator[sqlite3.Connection]:
+def _connect() -> contextlib.AbstractContextManager[sqlite3.Connection]:
     """The signature cache in one transaction (committed on success), always closed."""
-    folder = studio_home() / "cache"
-    folder.mkdir(parents=True, exist_ok=True)
-    conn = sqlite3.connect(folder / "phash.sqlite", timeout=5.0)
-    try:
-        with conn:
-            conn.execute(
-                "CREATE TABLE IF NOT EXISTS signatures (sha256 TEXT, version TEXT, "
-                "hashes TEXT NOT NULL, color TEXT NOT NULL, PRIMARY KEY (sha256, version))"
-            )
-            yield conn
-    finally:
-        conn.close()
+    return cache_db(
+        "phash.sqlite",
+        "CREATE TABLE IF NOT EXISTS signatures (sha256 TEXT, version TEXT, "
+        "hashes TEXT NOT NULL, color TEXT NOT NULL, PRIMARY KEY (sha256, version))",
+    )
 
 
 def _stored(shas: Sequence[str]) -> dict[str, Signature]:
@@ -164,16 +155,10 @@ def _stored(shas: Sequence[str]) -> dict[str, Signature]:
     unique = sorted(set(shas))
     try:
         with _connect() as conn:
-            for start in range(0, len(unique), _CHUNK):
-                chunk = unique[start : start + _CHUNK]
-                rows = conn.execute(
-                    "SELECT sha256, hashes, color FROM signatures WHERE version = ? AND sha256 "
-                    f"IN ({','.join('?' * len(chunk))})",
-                    [SIGNATURE_VERSION, *chunk],
-                )
-                for sha, hashes, color in rows:
-                    h, c = json.loads(hashes), json.loads(color)
-                    found[sha] = (tuple(int(x) for x in h), (float(c[0]), float(c[1]), float(c[2])))
+            query = "SELECT sha256, hashes, color FROM signatures WHERE version = ? AND sha256 IN"
+            for sha, hashes, color in select_in(conn, query, unique, [SIGNATURE_VERSION]):
+                h, c = json.loads(hashes), json.loads(color)
+                found[sha] = (tuple(int(x) for x in h), (float(c[0]), float(c[1]), float(c[2])))
     except (sqlite3.Error, OSError, ValueError, TypeError, IndexError):
         return {}
     return found

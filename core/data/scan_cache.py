@@ -32,8 +32,10 @@ __all__ = [
     "RULES_VERSION",
     "Checker",
     "Progress",
+    "cache_db",
     "check_all",
     "file_hashes",
+    "select_in",
 ]
 
 RULES_VERSION = 1  # bump when check_image's verdicts change for the same file
@@ -59,24 +61,39 @@ def _identity(path: str) -> tuple[int, int, int, int] | None:
 
 
 @contextlib.contextmanager
-def _connect() -> Iterator[sqlite3.Connection]:
-    """A connection in one transaction (committed on success), always closed."""
+def cache_db(file_name: str, *schema: str) -> Iterator[sqlite3.Connection]:
+    """A connection to ``<home>/cache/<file_name>`` with ``schema`` (CREATE ... IF NOT EXISTS)
+    applied, in one transaction (committed on success), always closed."""
     folder = studio_home() / "cache"
     folder.mkdir(parents=True, exist_ok=True)
-    conn = sqlite3.connect(folder / "scan.sqlite", timeout=5.0)
+    conn = sqlite3.connect(folder / file_name, timeout=5.0)
     try:
         with conn:
-            conn.execute(
-                "CREATE TABLE IF NOT EXISTS checks (path BLOB PRIMARY KEY, size INTEGER, "
-                "mtime_ns INTEGER, ctime_ns INTEGER, ino INTEGER, rules TEXT, reason TEXT)"
-            )
-            conn.execute(
-                "CREATE TABLE IF NOT EXISTS hashes (path BLOB PRIMARY KEY, size INTEGER, "
-                "mtime_ns INTEGER, ctime_ns INTEGER, ino INTEGER, sha256 TEXT)"
-            )
+            for statement in schema:
+                conn.execute(statement)
             yield conn
     finally:
         conn.close()
+
+
+def select_in(
+    conn: sqlite3.Connection, query: str, keys: Sequence[object], params: Sequence[object] = ()
+) -> Iterator[tuple]:
+    """The rows of ``query`` (ending in ``IN``) for ``keys``, ``_CHUNK`` keys per SELECT;
+    ``params`` bind before the keys."""
+    for start in range(0, len(keys), _CHUNK):
+        chunk = list(keys[start : start + _CHUNK])
+        yield from conn.execute(f"{query} ({','.join('?' * len(chunk))})", [*params, *chunk])
+
+
+def _connect() -> contextlib.AbstractContextManager[sqlite3.Connection]:
+    return cache_db(
+        "scan.sqlite",
+        "CREATE TABLE IF NOT EXISTS checks (path BLOB PRIMARY KEY, size INTEGER, "
+        "mtime_ns INTEGER, ctime_ns INTEGER, ino INTEGER, rules TEXT, reason TEXT)",
+        "CREATE TABLE IF NOT EXISTS hashes (path BLOB PRIMARY KEY, size INTEGER, "
+        "mtime_ns INTEGER, ctime_ns INTEGER, ino INTEGER, sha256 TEXT)",
+    )
 
 
 def _check_parallel(
@@ -111,15 +128,9 @@ def check_all(
     known: dict[bytes, tuple] = {}
     try:
         with _connect() as conn:
-            for start in range(0, len(paths), _CHUNK):
-                chunk = keys[start : start + _CHUNK]
-                marks = ",".join("?" * len(chunk))
-                rows = conn.execute(
-                    "SELECT path, size, mtime_ns, ctime_ns, ino, rules, reason FROM checks "
-                    f"WHERE path IN ({marks})",
-                    chunk,
-                )
-                known.update((bytes(row[0]), row[1:]) for row in rows)
+            query = "SELECT path, size, mtime_ns, ctime_ns, ino, rules, reason FROM checks "
+            rows = select_in(conn, query + "WHERE path IN", keys)
+            known.update((bytes(row[0]), row[1:]) for row in rows)
     except sqlite3.Error:
         known = {}
     results: list[str | None] = [None] * len(paths)
@@ -184,15 +195,9 @@ def file_hashes(paths: Sequence[str], threads: int = 4) -> list[str | None]:
     stored: dict[bytes, tuple] = {}
     try:
         with _connect() as conn:
-            for start in range(0, len(missing), _CHUNK):
-                chunk = [keys[i] for i in missing[start : start + _CHUNK]]
-                marks = ",".join("?" * len(chunk))
-                rows = conn.execute(
-                    "SELECT path, size, mtime_ns, ctime_ns, ino, sha256 FROM hashes "
-                    f"WHERE path IN ({marks})",
-                    chunk,
-                )
-                stored.update((bytes(row[0]), row[1:]) for row in rows)
+            query = "SELECT path, size, mtime_ns, ctime_ns, ino, sha256 FROM hashes "
+            rows = select_in(conn, query + "WHERE path IN", [keys[i] for i in missing])
+            stored.update((bytes(row[0]), row[1:]) for row in rows)
     except sqlite3.Error:
         stored = {}
     todo: list[int] = []
