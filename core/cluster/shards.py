@@ -65,6 +65,7 @@ PROBE_ROWS = 64  # the first shard of each actor: measures the per-image time
 TARGET_SHARD_S = 30.0  # a later shard's planned seconds
 MAX_SHARD_ROWS = 4096
 MAX_RESTARTS = 3  # a crashing actor is restarted (and its call retried) this many times
+FINAL_PING_S = 15.0  # a pass's last question to its actors (a restart loads TensorFlow again)
 DECODE_BATCH = 32  # images a ``RuntimeEncoder`` decodes ahead of the interpreter
 
 
@@ -541,12 +542,33 @@ class ShardedPass:
                 f"The sharded pass covered {int((covered == 1).sum())} of {n} images once "
                 f"({twice} more than once): not storing its features."
             )
-        restarts = sum(1 for i, pid in self.pids.items() if pid != first_pids.get(i))
+        restarts = self._restarts(ray, actors, first_pids)
         return ShardedFeatures(
             features=out, augmented=augmented, shards=shards, nodes=len(node_rows),
             actors=len(actors), restarts=restarts, seconds=time.perf_counter() - started,
             shipped_bytes=shipped, node_rows=node_rows, startup_s=startup, compute_s=compute,
         )  # fmt: skip
+
+    def _restarts(self, ray: Any, actors: list[Any], first_pids: dict[int, int]) -> int:
+        """Actors whose process was replaced during the pass, asked once more at its end: the
+        shards' results alone miss an actor killed after its last shard, or killed just as its
+        reply got out (the reply carries the old pid; Ray restarts it afterwards). An actor that
+        does not answer within ``FINAL_PING_S`` (restarting, or gone with its node) counts."""
+        asked = {a.ping.remote(): i for i, a in enumerate(actors) if i in first_pids}
+        ready, _ = ray.wait(list(asked), num_returns=len(asked), timeout=FINAL_PING_S)
+        replaced = {i for i in asked.values() if self.pids.get(i) != first_pids[i]}
+        answered: set[int] = set()
+        for ref in ready:
+            who = asked[ref]
+            try:
+                info = ray.get(ref)
+            except Exception:  # out of restarts: replaced, and no process left
+                continue
+            answered.add(who)
+            self.pids[who] = int(info["pid"])
+            if self.pids[who] != first_pids[who]:
+                replaced.add(who)
+        return len(replaced | (set(asked.values()) - answered))
 
     def _next_rows(self, per_image: list[float], left: int, actors: int) -> int:
         """Rows of the next clean shard: fixed if asked, else by the measured per-image time."""

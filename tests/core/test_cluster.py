@@ -391,6 +391,33 @@ def test_a_killed_actor_costs_its_shard_and_every_image_is_computed_once(cluster
 
 @needs_ray
 @pytest.mark.slow
+def test_an_actor_killed_after_its_last_shard_still_counts_as_restarted(cluster: str) -> None:
+    # No shard result comes from its new process: only the pass's last question sees it.
+    from core.cluster.shards import ShardedPass
+    from core.data import load_dataset
+    from core.training.model import resolve_backbone
+
+    config = RunConfig(data=FACES, image_size=48, augment=False)
+    data = load_dataset(FACES)
+    paths = [*data.train_paths, *data.val_paths][:40]
+    killed: list[int] = []
+
+    def kill_at_the_end(sharded: ShardedPass) -> None:
+        if sharded.done_shards == 2:  # the last of 2 shards of 20
+            killed.append(sharded.pids[0])
+            os.kill(sharded.pids[0], signal.SIGKILL)
+
+    sharded = ShardedPass(
+        config, resolve_backbone(config).weights_id, paths, shard_rows=20,
+        progress=kill_at_the_end,
+    )  # fmt: skip
+    result = sharded.run()
+    assert killed and result.restarts == 1 and result.shards == 2
+    np.testing.assert_allclose(result.features, _local_features(config, paths), atol=1e-5)
+
+
+@needs_ray
+@pytest.mark.slow
 def test_train_on_ray_reaches_the_local_runs_accuracy(
     cluster: str, capsys: pytest.CaptureFixture[str], tmp_path: Path
 ) -> None:
