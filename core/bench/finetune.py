@@ -13,7 +13,9 @@ texture per class; the model resizes them to its input, so a 160 px run upscales
     against a forward+backward pass of the unfrozen part alone over activations of the same
     shape held in memory (the limit); accuracy against a feature-extraction run on the same data
     (as many epochs as both phases). Also float16 against float32 activations on a harder
-    generated set (40 classes x 100), same seed (target: within 0.5 points).
+    generated set (40 classes x 100), same seed (target: within 0.5 points). Then the fine-tuned
+    run's review and a browser walk of its pages at 1280 x 800 (``core.bench.walk``: each page
+    ≤ 3 s, screenshots).
 15. The same fine-tuning run killed with SIGKILL half-way through its cut pass, then resumed:
     the seconds lost (the work since the last stored chunk, plus the resumed attempt's start
     until its pass runs again), and how many of the killed attempt's chunks the resume reused.
@@ -37,6 +39,7 @@ import numpy as np
 
 from core.bench.common import clear_embeddings, timed_run
 from core.bench.procstat import status_mb
+from core.bench.walk import share_caches, walk_pages
 from core.config import RunConfig
 
 __all__ = [
@@ -58,7 +61,9 @@ FEATURE_CLASSES, FEATURE_PER_CLASS, FEATURE_SIZE = 200, 250, 96
 FINE_TUNE_CLASSES, FINE_TUNE_PER_CLASS, FINE_TUNE_SIZE = 2, 12_500, 160
 HEAD_EPOCHS = FINE_TUNE_EPOCHS = 3
 DTYPE_CHECK = (40, 100)  # classes x images of the float16 check: harder than 2 classes
-TARGETS = {"feature_ratio": 1.15, "peak_rss_gb": 4.0, "float16_points": 0.5}
+TARGETS = {"feature_ratio": 1.15, "peak_rss_gb": 4.0, "float16_points": 0.5, "page_s": 3.0}
+WALKED = ("data", "run", "review", "compare", "predict")  # the browser walk's timed pages
+SHOTS = ROOT / "tests" / "screenshots"
 
 
 # --------------------------------------------------------------------------- figure 13
@@ -311,8 +316,12 @@ def fine_tune_scale(
     image_size: int = FINE_TUNE_SIZE,
     dtype_check: bool = True,
     progress: ProgressCb | None = None,
+    walk: bool = True,
+    shots: Path = SHOTS,
 ) -> dict[str, Any]:
-    """Figure 14 (see the module docstring)."""
+    """Figure 14 (see the module docstring). ``walk``: also review the fine-tuned run and walk
+    its pages in headless Chromium (``core.bench.walk``; screenshots ``finetune-*.png`` in
+    ``shots``)."""
     from core.data import load_dataset
     from core.data.generated import generated_path
     from core.training.jobs import JobQueue
@@ -386,10 +395,37 @@ def fine_tune_scale(
         "targets": {"peak_rss_gb": TARGETS["peak_rss_gb"]},
         "met": {"peak_rss": child["peak_rss_mb"] / 1024 <= TARGETS["peak_rss_gb"]},
     }
+    figure["browser"] = (
+        _walk_fine_tuned(runs, run_id, folder, shots, say) if walk else {"skipped": "not asked"}
+    )
+    if seconds := (figure["browser"].get("seconds") or {}):
+        worst = max(seconds.get(page, 0.0) for page in WALKED)
+        figure["met"]["pages"] = worst <= TARGETS["page_s"]
     if dtype_check:
         figure["float16_check"] = _dtype_check(out, say)
         figure["met"]["float16"] = figure["float16_check"]["met"]
     return figure
+
+
+def _walk_fine_tuned(
+    runs: Path, run_id: str, folder: Path, shots: Path, say: ProgressCb
+) -> dict[str, Any]:
+    """The fine-tuned run's review (its scores, computed as the dashboard's button does), then
+    the browser walk of its pages; ``{"error": ...}`` when a page never settled."""
+    from core.training.jobs import JobQueue
+    from core.training.review import review_run
+
+    started = time.perf_counter()
+    review = review_run(JobQueue(runs).store, run_id)
+    review_s = round(time.perf_counter() - started, 1)
+    say(f"figure 14: review {review_s} s ({len(review.suspects):,} images)")
+    share_caches(runs)
+    image = next(iter(sorted(folder.glob("*/*.jpg"))))
+    try:
+        walked = walk_pages(runs, run_id, str(folder), image, shots, say, prefix="finetune")
+    except Exception as exc:  # a page that never settled: the other figures still count
+        walked = {"error": f"{type(exc).__name__}: {exc}"[:500]}
+    return {"review_s": review_s, **walked}
 
 
 # --------------------------------------------------------------------------- figure 15
@@ -533,6 +569,16 @@ def format_lines(f: dict[str, Any]) -> list[str]:
             f"{limit.get('seconds')} s ({d['epoch_vs_limit']}x); val acc fine-tuned "
             f"{acc['fine_tuned']} vs feature extraction {acc['feature_extraction']}"
         )
+        browser = d.get("browser") or {}
+        if seconds := browser.get("seconds"):
+            pages = ", ".join(f"{page} {seconds.get(page, '-')} s" for page in WALKED)
+            line += (
+                f"; its review {browser.get('review_s')} s; browser walk: {pages}, server "
+                f"{browser.get('server_rss_mb_max')} MB (target ≤ {TARGETS['page_s']:g} s a "
+                f"page: {_met(d['met']['pages'])})"
+            )
+        elif browser:
+            line += f"; browser walk: {browser.get('skipped') or browser.get('error')}"
         if c := d.get("float16_check"):
             line += (
                 f"; float16 vs float32 ({c['images']:,} images, {c['classes']} classes): "

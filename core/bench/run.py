@@ -650,8 +650,9 @@ def _scale_figures(selected: list[int], out: Path, quick: bool, say: ProgressCb)
     uninterrupted: float | None = None
     if 14 in selected:
         figures["fine_tune_scale"] = finetune.fine_tune_scale(
-            out, *tune_size, dtype_check=not quick, progress=say
-        )
+            out, *tune_size, dtype_check=not quick, progress=say,
+            shots=out / "screenshots" if quick else finetune.SHOTS,
+        )  # fmt: skip
         uninterrupted = figures["fine_tune_scale"].get("wall_s")
     if 15 in selected:
         figures["fine_tune_kill"] = finetune.fine_tune_kill(

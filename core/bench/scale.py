@@ -33,6 +33,7 @@ from typing import Any
 import numpy as np
 
 from core.bench.common import clear_embeddings, timed_run
+from core.bench.walk import share_caches, walk_pages
 from core.config import RunConfig
 
 __all__ = [
@@ -128,12 +129,10 @@ def many_classes(
                         "scored": emap.scored, "classes": emap.classes}  # fmt: skip
         say(f"figure 16: map {method} {seconds:.1f} s ({len(emap.points):,} points)")
     image = next(iter(sorted(folder.glob("*/*.jpg"))))
-    _share_caches(home)
+    share_caches(home)
     pages = _pages(home, run_id, image, str(folder), say)
     browser: dict[str, Any] = {"skipped": "not asked (walk=False)"}
     if walk:
-        from core.bench.walk import walk_pages
-
         try:
             browser = walk_pages(home, run_id, str(folder), image, SHOTS, say)
         except Exception as exc:  # a page that never settled: the other figures still count
@@ -205,17 +204,6 @@ def _load_average() -> list[float] | None:
         return [round(v, 2) for v in os.getloadavg()]
     except OSError:
         return None
-
-
-def _share_caches(home: Path) -> None:
-    """The run's studio sees the caches its training filled (the scan of every image, the
-    converted LiteRT base), as a user's one studio home does: the pages are timed on them."""
-    from core.paths import studio_home
-
-    shared, link = studio_home() / "cache", home / "cache"
-    if shared.resolve() != link.resolve() and not link.exists():
-        shared.mkdir(parents=True, exist_ok=True)
-        link.symlink_to(shared, target_is_directory=True)
 
 
 def _ms(seconds: float, count: int) -> float:

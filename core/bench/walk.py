@@ -26,10 +26,21 @@ from core.bench.common import ProgressCb
 from core.bench.procstat import status_mb
 from core.bench.server import running_server
 
-__all__ = ["VIEWPORT", "walk_pages"]
+__all__ = ["VIEWPORT", "share_caches", "walk_pages"]
 
 VIEWPORT = {"width": 1280, "height": 800}
 TOP_K = 5
+
+
+def share_caches(home: Path) -> None:
+    """The run's studio sees the caches its training filled (the scan of every image, the
+    converted LiteRT base), as a user's one studio home does: the pages are timed on them."""
+    from core.paths import studio_home
+
+    shared, link = studio_home() / "cache", home / "cache"
+    if shared.resolve() != link.resolve() and not link.exists():
+        shared.mkdir(parents=True, exist_ok=True)
+        link.symlink_to(shared, target_is_directory=True)
 
 
 def walk_pages(
@@ -40,9 +51,11 @@ def walk_pages(
     shots: Path,
     say: ProgressCb,
     chromium: str = CHROMIUM,
+    prefix: str = "scale",
 ) -> dict[str, Any]:
-    """Seconds per page of the walk (see the module docstring), the screenshots' paths and the
-    server's largest VmRSS in MB; ``{"skipped": why}`` without a browser."""
+    """Seconds per page of the walk (see the module docstring), the screenshots' paths (named
+    ``<prefix>-<page>.png``) and the server's largest VmRSS in MB; ``{"skipped": why}`` without
+    a browser."""
     missing = browser_missing(chromium)
     if missing:
         return {"skipped": missing}
@@ -67,7 +80,7 @@ def walk_pages(
             action()
             page.locator(ready).first.wait_for(state="visible")
             seconds[name] = round(_quiet_since(page) - started, 2)
-            path = shots / f"scale-{name}.png"
+            path = shots / f"{prefix}-{name}.png"
             page.screenshot(path=str(path))
             files[name] = str(path)
             memory()
@@ -81,11 +94,11 @@ def walk_pages(
         seconds["home_first_visit"] = round(time.monotonic() - started, 2)
         memory()
         step("data", lambda: page.goto(f"{url}/data"), "[data-testid='stMetric']")
-        _shot(page, page.locator("[data-testid='stMetric']"), shots / "scale-data-health.png")
-        files["data_health"] = str(shots / "scale-data-health.png")
+        _shot(page, page.locator("[data-testid='stMetric']"), shots / f"{prefix}-data-health.png")
+        files["data_health"] = str(shots / f"{prefix}-data-health.png")
         step("run", lambda: page.goto(f"{url}/run?run={run_id}"), ".st-key-run_page_run")
-        _shot(page, page.get_by_text("Confusion matrix"), shots / "scale-run-matrix.png")
-        files["run_matrix"] = str(shots / "scale-run-matrix.png")
+        _shot(page, page.get_by_text("Confusion matrix"), shots / f"{prefix}-run-matrix.png")
+        files["run_matrix"] = str(shots / f"{prefix}-run-matrix.png")
 
         def review_on() -> None:  # a click, not ``_set_toggle``: it would wait for the page
             page.locator(f".st-key-review_on_{run_id} label").first.click()
@@ -101,8 +114,12 @@ def walk_pages(
             page.locator(".st-key-images input[type='file']").set_input_files(str(image))
 
         step("predict", upload, "[data-testid='stPlotlyChart']")
-        _shot(page, page.locator("[data-testid='stPlotlyChart']"), shots / "scale-predict-top5.png")
-        files["predict_top5"] = str(shots / "scale-predict-top5.png")
+        _shot(
+            page,
+            page.locator("[data-testid='stPlotlyChart']"),
+            shots / f"{prefix}-predict-top5.png",
+        )
+        files["predict_top5"] = str(shots / f"{prefix}-predict-top5.png")
         memory()
     return {
         "seconds": seconds,

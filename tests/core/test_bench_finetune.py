@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import os
 import sys
 from pathlib import Path
 
@@ -9,7 +10,7 @@ import numpy as np
 import pytest
 
 from core.bench import run as bench
-from core.bench.finetune import _run_child
+from core.bench.finetune import WALKED, _run_child
 
 
 @pytest.mark.slow
@@ -34,6 +35,17 @@ def test_figures_13_to_15_on_tiny_data(tmp_path: Path, monkeypatch: pytest.Monke
     assert ft["limit"]["seconds"] > 0 and ft["limit"]["rows"] == 64  # the training images
     assert ft["epoch_vs_limit"] > 0
     assert ft["accuracy"]["feature_extraction"] is not None
+    walk = ft["browser"]
+    # CI has the browser (TRANSFER_STUDIO_REQUIRE_BROWSER): a skipped walk fails there.
+    if "skipped" not in walk or os.environ.get("TRANSFER_STUDIO_REQUIRE_BROWSER") == "1":
+        # The fine-tuned run's review, then each page walked, timed and shot (in the bench's
+        # folder when quick, never in the repository's screenshots).
+        assert walk["review_s"] > 0 and set(WALKED) <= set(walk["seconds"]), walk
+        shots = [Path(p) for p in walk["screenshots"].values()]
+        assert shots and all(p.is_file() and p.parent == tmp_path / "screenshots" for p in shots)
+        assert all(p.name.startswith("finetune-") for p in shots)
+        worst = max(walk["seconds"][page] for page in WALKED)
+        assert ft["met"]["pages"] == (worst <= 3.0)
 
     kill = f["fine_tune_kill"]
     assert kill["chunks"] == 10 and 0 < kill["chunks_stored_at_kill"] < 10
