@@ -1,5 +1,7 @@
 """Prediction without TensorFlow: a feature-extraction run's frozen base through its converted
-LiteRT runtime, then its head (the Dense layers after ``avg_pool``) in numpy.
+LiteRT runtime, then its head (the Dense layers after ``avg_pool``) in numpy; any other run
+through its whole model, converted and checked by the worker as the run completed
+(``core.training.predict_runtime``: ``predict.tflite`` in the run's folder).
 
 A feature-extraction run trains only a head on the frozen base's pooled features, and its
 feature pass converts that base to LiteRT and checks it against Keras (``core.training.litert``,
@@ -8,9 +10,9 @@ they compute the model's probabilities with LiteRT and numpy alone: the first pr
 fresh process (the dashboard's Predict page) skips TensorFlow's import and the Keras model load,
 seconds on a laptop.
 
-``lite_run`` is None whenever that does not hold (another mode, random weights, the runtime
-turned off, not converted or rejected, a head of other layers, weights of other shapes): the
-caller loads the Keras model (``core.runs.predict.load_run``).
+``lite_run`` is None whenever that does not hold (random weights, the runtime turned off, not
+converted or rejected, a head of other layers, weights of other shapes, a model file replaced
+since its conversion): the caller loads the Keras model (``core.runs.predict.load_run``).
 """
 
 from __future__ import annotations
@@ -32,10 +34,19 @@ from core.runs.calibration import model_key, read_calibration
 from core.runs.litert_runtime import LiteRTExtractor, runtime_dir, runtime_key
 from core.runs.store import RunStore, saved_model_path
 
-__all__ = ["HeadLayer", "LiteRun", "lite_run", "read_head"]
+__all__ = [
+    "PREDICT_RUNTIME_FILE",
+    "PREDICT_RUNTIME_RECORD",
+    "HeadLayer",
+    "LiteRun",
+    "lite_run",
+    "read_head",
+]
 
 RUNTIME_ENV = "TRANSFER_STUDIO_FEATURE_RUNTIME"  # ``keras``: never LiteRT (core.training.litert)
 POOL_LAYER = "avg_pool"
+PREDICT_RUNTIME_FILE = "predict.tflite"  # a trained base's whole model, converted
+PREDICT_RUNTIME_RECORD = "predict-runtime.json"  # its check against Keras, and for which file
 
 
 def _softmax(x: np.ndarray) -> np.ndarray:
@@ -61,8 +72,10 @@ class HeadLayer:
 
 @dataclass
 class LiteRun:
-    """A feature-extraction run ready to predict with LiteRT and numpy (``LoadedRun``'s
-    prediction interface, without test-time augmentation)."""
+    """A run ready to predict with LiteRT and numpy (``LoadedRun``'s prediction interface,
+    without test-time augmentation): ``base`` is a feature-extraction run's converted base and
+    ``head`` its Dense layers, or ``base`` a trained base's whole converted model and ``head``
+    empty."""
 
     run_id: str
     class_names: list[str]
@@ -175,7 +188,23 @@ def lite_run(store: RunStore, run_id: str) -> LiteRun | None:
         return _CACHE[key]
 
 
+def _whole_model(store: RunStore, run_id: str, path: Path) -> Path | None:
+    """The run's converted whole model, if it was accepted for this very model file."""
+    if os.environ.get(RUNTIME_ENV, "").strip().lower() == "keras":
+        return None
+    folder = store.run_dir(run_id)
+    try:
+        record = json.loads((folder / PREDICT_RUNTIME_RECORD).read_text("utf-8"))
+    except (OSError, ValueError):
+        return None
+    same_file = all(record.get(k) == v for k, v in model_key(path).items())
+    converted = folder / PREDICT_RUNTIME_FILE
+    return converted if record.get("accepted") and same_file and converted.is_file() else None
+
+
 def _load(store: RunStore, run_id: str, path: Path) -> LiteRun | None:
+    if store.config(run_id).mode != Mode.FEATURE_EXTRACTION:
+        return _load_whole(store, run_id, path)
     try:
         found = _base_runtime(store, run_id)
         if found is None:
@@ -193,6 +222,27 @@ def _load(store: RunStore, run_id: str, path: Path) -> LiteRun | None:
     stored = read_calibration(store.run_dir(run_id), model_key(path))
     return LiteRun(
         run_id, class_names, found[1], base, head,
+        temperature=stored.temperature if stored else 1.0,
+        scores=stored.scores if stored else None,
+    )  # fmt: skip
+
+
+def _load_whole(store: RunStore, run_id: str, path: Path) -> LiteRun | None:
+    """A trained base's run through its whole converted model (probabilities out: no head)."""
+    try:
+        converted = _whole_model(store, run_id, path)
+        if converted is None:
+            return None
+        model = LiteRTExtractor(converted, num_threads=min(2, os.cpu_count() or 1), batch=8)
+    except (StudioError, OSError, ValueError, RuntimeError):
+        return None
+    class_names = list(store.result(run_id)["class_names"])
+    size = store.config(run_id).resolved_image_size()
+    if model.feature_shape != (len(class_names),) or model.input_shape[1:3] != (size, size):
+        return None
+    stored = read_calibration(store.run_dir(run_id), model_key(path))
+    return LiteRun(
+        run_id, class_names, size, model, [],
         temperature=stored.temperature if stored else 1.0,
         scores=stored.scores if stored else None,
     )  # fmt: skip

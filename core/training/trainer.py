@@ -112,11 +112,13 @@ def execute_run(
 def _evaluate(store: RunStore, run_id: str, trainer: _Trainer, folder: Path) -> None:
     """Evaluate a completed run once, here, with the model and data still in memory: the Run
     page then only reads ``evaluation.json`` and opens at once. The evaluation fits the run's
-    temperature; then the leakage check runs and the confusion matrix goes to TensorBoard.
+    temperature; then the leakage check runs, the confusion matrix goes to TensorBoard and a
+    trained base's model is converted for Predict (``core.training.predict_runtime``).
     Never fails the run: a failure is logged, and the page evaluates on demand as for an older
     run."""
     from core.runs.evaluate import evaluate_run
     from core.training.leakage import check_leakage
+    from core.training.predict_runtime import convert_for_predict
     from core.training.tensorboard import write_confusion_matrix
 
     if not hasattr(trainer, "built") or not hasattr(trainer, "data"):
@@ -129,6 +131,8 @@ def _evaluate(store: RunStore, run_id: str, trainer: _Trainer, folder: Path) -> 
         write_confusion_matrix(folder, evaluation["confusion_matrix"], last_epoch)
         with trainer._timed("leakage"):
             check_leakage(store, run_id, model=model, data=data, force=True)
+        with trainer._timed("predict_runtime"):
+            convert_for_predict(store, run_id, model)  # Predict without TensorFlow
         trainer.record_timings()
     except Exception as exc:  # the run is completed and stays so
         print(

@@ -109,3 +109,98 @@ def test_a_converted_base_predicts_as_keras_without_importing_tensorflow(tmp_pat
     done = subprocess.run([sys.executable, "-c", probe], capture_output=True, text=True,
                           check=True, cwd=Path(__file__).resolve().parents[3])  # fmt: skip
     assert done.stdout.split()[-2:] == ["litert", "False"]
+
+
+def _tuned_run(store: RunStore, data: Path) -> str:
+    """A run whose base was trained: it predicts through its whole model, not base + head."""
+    for i, name in enumerate(CLASSES):
+        write_pngs(data / name, 4, side=20 + 4 * i)
+    config = RunConfig(data=str(data), image_size=SIZE, epochs=1, augment=False,
+                       mode="fine_tuning")  # fmt: skip
+    return fake_run(store, str(data), config=config, model=_model)
+
+
+@pytest.mark.slow
+def test_a_fine_tuned_runs_converted_model_predicts_as_keras_without_tensorflow(
+    tmp_path: Path,
+) -> None:
+    import keras
+
+    from core.training.predict_runtime import convert_for_predict
+
+    store = RunStore(tmp_path / "home" / "runs")
+    run_id = _tuned_run(store, tmp_path / "data")
+    path = Path(store.get_run(run_id)["model_path"])
+    images = sorted(str(p) for p in (tmp_path / "data").glob("*/*.png"))
+    assert lite_predict.lite_run(store, run_id) is None  # not converted yet: Keras predicts
+
+    record = convert_for_predict(store, run_id, keras.saving.load_model(path))
+    assert record is not None and record["accepted"], record
+    assert record["images"] == 3 and record["source"] == "validation"  # the validation split
+    assert record["max_abs_diff"] < 1e-3 and record["top1_agreement"] == 1.0
+    lite_predict._CACHE.clear()
+    lite = predict_images(store, run_id, images, top_k=3)
+    assert {r["runtime"] for r in lite} == {"litert"}
+    keras_side = predict_images(store, run_id, images, top_k=3, tta=True)  # TTA: on Keras
+    assert {r["runtime"] for r in keras_side} == {"keras"}
+    plain = lite_predict.lite_run(store, run_id)
+    assert plain is not None and plain.head == []
+    batch = np.stack(
+        [np.asarray(keras.utils.load_img(p, target_size=(SIZE, SIZE))) for p in images]
+    )
+    expected = keras.saving.load_model(path).predict(batch.astype(np.float32), verbose=0)
+    np.testing.assert_allclose(plain(batch.astype(np.float32)), expected, atol=1e-4)
+    probe = (
+        "import sys; from core.runs.store import RunStore; from core.runs.predict import "
+        f"predict_images; r = predict_images(RunStore({str(store.root)!r}), {run_id!r}, "
+        f"[{images[0]!r}]); print(r[0]['runtime'], 'tensorflow' in sys.modules)"
+    )
+    done = subprocess.run([sys.executable, "-c", probe], capture_output=True, text=True,
+                          check=True, cwd=Path(__file__).resolve().parents[3])  # fmt: skip
+    assert done.stdout.split()[-2:] == ["litert", "False"]
+
+    # A model file saved again (a retrain, an edit) is another model: back to Keras.
+    keras.saving.load_model(path).save(path)
+    lite_predict._CACHE.clear()
+    assert lite_predict.lite_run(store, run_id) is None
+
+
+@pytest.mark.slow
+def test_a_converted_model_that_disagrees_is_recorded_and_never_used(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    import keras
+
+    from core.training import predict_runtime
+
+    store = RunStore(tmp_path / "home" / "runs")
+    run_id = _tuned_run(store, tmp_path / "data")
+    path = Path(store.get_run(run_id)["model_path"])
+    model = keras.saving.load_model(path)
+    # The file LiteRT would run is another model's (seeded differently): the check refuses it.
+    other = _model(list(CLASSES))
+    other.set_weights([w + 0.5 for w in model.get_weights()])
+    monkeypatch.setattr(predict_runtime, "portable_model", lambda _m: other)
+    record = predict_runtime.convert_for_predict(store, run_id, model)
+    assert record is not None and not record["accepted"]
+    assert "differ" in record["reason"], record
+    assert not (store.run_dir(run_id) / lite_predict.PREDICT_RUNTIME_FILE).exists()
+    lite_predict._CACHE.clear()
+    assert lite_predict.lite_run(store, run_id) is None
+
+
+def test_feature_extraction_and_the_keras_setting_convert_nothing(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    from core.training.predict_runtime import convert_for_predict
+
+    store = RunStore(tmp_path / "home" / "runs")
+    for i, name in enumerate(CLASSES):
+        write_pngs(tmp_path / "data" / name, 4, side=20 + 4 * i)
+    data = str(tmp_path / "data")
+    extraction = fake_run(store, data, config=RunConfig(data=data, mode="feature_extraction"))
+    assert convert_for_predict(store, extraction, model=None) is None
+    monkeypatch.setenv("TRANSFER_STUDIO_FEATURE_RUNTIME", "keras")
+    tuned = fake_run(store, data, config=RunConfig(data=data, mode="fine_tuning"))
+    assert convert_for_predict(store, tuned, model=None) is None
+    assert not (store.run_dir(tuned) / lite_predict.PREDICT_RUNTIME_RECORD).exists()
