@@ -6,7 +6,14 @@ from __future__ import annotations
 import os
 from pathlib import Path
 
-__all__ = ["delta", "loaded_tensorflow", "own_cpu_s", "status_mb", "tree_cpu_s"]
+__all__ = [
+    "delta",
+    "loaded_tensorflow",
+    "machine_s",
+    "own_cpu_s",
+    "status_mb",
+    "tree_cpu_s",
+]
 
 
 def _clock_ticks() -> int:
@@ -102,3 +109,28 @@ def own_cpu_s() -> float | None:
 
 def delta(a: float | None, b: float | None) -> float | None:
     return None if a is None or b is None else b - a
+
+
+MACHINE_STATES = ("user", "nice", "system", "idle", "iowait", "irq", "softirq", "steal")
+
+
+def machine_s() -> dict[str, float] | None:
+    """Seconds every CPU of the machine spent in each state since boot, summed over CPUs
+    (``/proc/stat``'s ``cpu`` line): ``busy`` (user, nice, system, irq, softirq), ``idle``,
+    ``iowait`` (idle with a disk read outstanding) and ``steal`` (taken by the hypervisor for
+    other machines). Deltas of two readings say what slowed a timing that a process's own CPU
+    seconds do not show. None without ``/proc``."""
+    try:
+        first = Path("/proc/stat").read_text().splitlines()[0].split()
+    except (OSError, IndexError):
+        return None
+    if first[0] != "cpu":
+        return None
+    ticks = dict(zip(MACHINE_STATES, (int(x) / _TICKS for x in first[1:9]), strict=False))
+    busy = sum(ticks.get(k, 0.0) for k in ("user", "nice", "system", "irq", "softirq"))
+    return {
+        "busy": busy,
+        "idle": ticks.get("idle", 0.0),
+        "iowait": ticks.get("iowait", 0.0),
+        "steal": ticks.get("steal", 0.0),
+    }

@@ -26,6 +26,11 @@ def test_figures_13_to_15_on_tiny_data(tmp_path: Path, monkeypatch: pytest.Monke
     # Rounded seconds of a tiny pass: the ratio agrees with them only roughly.
     assert fe["ratio"] == pytest.approx(fe["run"]["duration_s"] / fe["bare_pass_s"], rel=0.2)
     assert fe["met"] == (fe["ratio"] <= 1.15)
+    # The same timings in this process's CPU seconds, and what the machine did meanwhile.
+    assert set(fe["clock"]) == {"bare_before", "run", "bare_after"}
+    assert all(c["own_cpu_s"] > 0 and c["iowait_s"] >= 0 for c in fe["clock"].values())
+    cpu = [fe["clock"][k]["own_cpu_s"] for k in ("bare_before", "run", "bare_after")]
+    assert fe["cpu_ratio"] == pytest.approx(cpu[1] / ((cpu[0] + cpu[2]) / 2), rel=1e-2)
 
     ft = f["fine_tune_scale"]
     assert ft["input"] == "activations" and ft["images"] == 80
