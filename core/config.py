@@ -26,6 +26,7 @@ __all__ = [
     "MIXED_PRECISION_HELP",
     "MODES",
     "MODE_HELP",
+    "MODE_WORDS",
     "SETTING_LABELS",
     "Mode",
     "Phase",
@@ -55,6 +56,19 @@ class Mode(enum.StrEnum):
     FINE_TUNING = "fine_tuning"
     FULL_FINE_TUNING = "full_fine_tuning"
     SCRATCH = "scratch"
+
+    @property
+    def words(self) -> str:
+        """The mode in a sentence ("fine-tuning"): what findings and the dashboard say."""
+        return MODE_WORDS[self]
+
+
+MODE_WORDS: dict[str, str] = {
+    Mode.FEATURE_EXTRACTION: "feature extraction",
+    Mode.FINE_TUNING: "fine-tuning",
+    Mode.FULL_FINE_TUNING: "full fine-tuning",
+    Mode.SCRATCH: "from scratch",
+}
 
 
 class Phase(enum.StrEnum):

@@ -10,7 +10,7 @@ from __future__ import annotations
 
 from typing import Literal, TypedDict
 
-from core.config import RunConfig
+from core.config import MODE_WORDS, RunConfig
 from core.errors import StudioError
 
 # The checks' thresholds are module constants; the public face is the lint itself.
@@ -70,15 +70,16 @@ def lint_config(config: RunConfig, train_images: int | None = None) -> list[Lint
 
     found: list[LintFinding] = []
     fine_tune_phase = config.mode in FINE_TUNE_MODES and config.fine_tune_epochs > 0
+    mode = MODE_WORDS.get(config.mode, str(config.mode))
 
     if config.mode in FINE_TUNE_MODES and config.fine_tune_epochs == 0:
         found.append(
             _finding(
                 WARNING,
                 "no_fine_tune_phase",
-                f"Mode {config.mode} with fine_tune_epochs=0 has no fine-tuning phase: the base "
+                f"{mode.capitalize()} with 0 fine-tune epochs has no fine-tuning phase: the base "
                 "is never unfrozen, so this run is feature extraction under another name. Set "
-                "fine-tune epochs to 1 or more, or use mode feature_extraction.",
+                "fine-tune epochs to 1 or more, or use feature extraction.",
             )
         )
     if fine_tune_phase and config.fine_tune_lr > MAX_FINE_TUNE_LR:
@@ -86,7 +87,8 @@ def lint_config(config: RunConfig, train_images: int | None = None) -> list[Lint
             _finding(
                 WARNING,
                 "fine_tune_lr_high",
-                f"fine_tune_lr={config.fine_tune_lr:g} is above {MAX_FINE_TUNE_LR:g}. Large "
+                f"A fine-tune learning rate of {config.fine_tune_lr:g} is above "
+                f"{MAX_FINE_TUNE_LR:g}. Large "
                 "updates to unfrozen pretrained layers destroy the features that make transfer "
                 "work (catastrophic forgetting). Use a fine-tune learning rate of 1e-5 (up to "
                 "1e-4).",
@@ -97,8 +99,8 @@ def lint_config(config: RunConfig, train_images: int | None = None) -> list[Lint
             _finding(
                 WARNING,
                 "head_lr_not_above_fine_tune_lr",
-                f"The head learning rate (lr={config.lr:g}) is not above the fine-tuning rate "
-                f"(fine_tune_lr={config.fine_tune_lr:g}). The new head needs the larger rate to "
+                f"The learning rate of the head ({config.lr:g}) is not above the fine-tune "
+                f"learning rate ({config.fine_tune_lr:g}). The new head needs the larger rate to "
                 "learn quickly during warm-up, the pretrained base the smaller one to be nudged "
                 "gently. Use e.g. a learning rate of 1e-3 and a fine-tune learning rate of 1e-5.",
             )
@@ -114,8 +116,8 @@ def lint_config(config: RunConfig, train_images: int | None = None) -> list[Lint
             _finding(
                 WARNING if pretrained else INFO,
                 "image_size_below_default",
-                f"image_size={config.image_size} is below {spec.name}'s default of "
-                f"{spec.default_size} px. "
+                f"An image size of {config.image_size} px is below {spec.display_name}'s "
+                f"default of {spec.default_size} px. "
                 + (
                     "Its pretrained features were learned at that scale; on smaller images "
                     "objects shrink and the last feature map gets coarse, which costs accuracy. "
@@ -131,9 +133,9 @@ def lint_config(config: RunConfig, train_images: int | None = None) -> list[Lint
             _finding(
                 WARNING,
                 "transfer_without_pretrained_weights",
-                f"Mode {config.mode} with weights=none freezes a randomly initialised base: the "
-                "head learns from random features, so there is nothing to transfer. Use "
-                "imagenet weights, or mode scratch for a from-scratch baseline.",
+                f"{mode.capitalize()} with random weights (weights: none) freezes a randomly "
+                "initialised base: the head learns from random features, so there is nothing to "
+                "transfer. Use imagenet weights, or the from-scratch mode for a baseline.",
             )
         )
     if (
@@ -147,7 +149,7 @@ def lint_config(config: RunConfig, train_images: int | None = None) -> list[Lint
                 "full_fine_tuning_small_data",
                 f"Full fine-tuning on {train_images} training images: unfreezing every layer of "
                 f"the base lets it memorise a set this small (under {FULL_FINE_TUNE_MIN_IMAGES}) "
-                "and overfit. Use mode fine_tuning (last block only) or feature_extraction, or "
+                "and overfit. Use fine-tuning (last block only) or feature extraction, or "
                 "add data (and turn augmentation on).",
             )
         )
@@ -158,8 +160,8 @@ def lint_config(config: RunConfig, train_images: int | None = None) -> list[Lint
                 "scratch_few_images",
                 f"Training from scratch on {train_images} images (under {SCRATCH_MIN_IMAGES}): a "
                 "randomly initialised network rarely generalises from so little data. Fine as a "
-                "baseline to compare against; for a usable model use mode feature_extraction "
-                "with imagenet weights.",
+                "baseline to compare against; for a usable model use feature extraction with "
+                "imagenet weights.",
             )
         )
     found += _device_findings(config)

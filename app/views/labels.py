@@ -47,12 +47,7 @@ PHASE_NAMES: Mapping[str, PhaseNames] = {
     Phase.FINE_TUNE: PhaseNames("fine-tuning", "2 · fine-tune", "Phase 2: fine-tune"),
     Phase.SCRATCH: PhaseNames("from scratch", "scratch", "Scratch"),
 }
-MODE_LABELS: Mapping[str, str] = {
-    Mode.FEATURE_EXTRACTION: "feature extraction",
-    Mode.FINE_TUNING: "fine-tuning",
-    Mode.FULL_FINE_TUNING: "full fine-tuning",
-    Mode.SCRATCH: "from scratch",
-}
+MODE_LABELS: Mapping[str, str] = {mode: mode.words for mode in Mode}
 # The Train page's mode choice: the same modes as titles (the config keeps its keys).
 MODE_TITLES: Mapping[str, str] = {
     Mode.FEATURE_EXTRACTION: "Feature extraction",

@@ -129,6 +129,8 @@ def test_core_messages_name_settings_in_the_users_words_not_cli_flags():
     }  # fmt: skip
     for f in found:
         assert "--" not in f["message"], f
+        # No config keys either: "fine-tune learning rate", not fine_tune_lr=...; modes in words.
+        assert "=" not in f["message"] and "_" not in f["message"], f
 
 
 def test_the_training_image_count_is_known_cheaply_for_builtins_and_folders(tmp_path):
