@@ -38,7 +38,7 @@ from typing import Any
 import numpy as np
 
 from core.bench.common import clear_embeddings, timed_run
-from core.bench.procstat import delta, machine_s, own_cpu_s, status_mb
+from core.bench.procstat import machine_s, status_mb
 from core.bench.walk import share_caches, walk_pages
 from core.config import RunConfig
 
@@ -111,10 +111,18 @@ def feature_scale(
         """``work()``, with this process's CPU seconds and the machine's CPU states meanwhile:
         the wall clock of a shared VM also counts other processes' turns, disk waits and the
         hypervisor's steal; the CPU seconds are the timing's own work."""
-        cpu, machine = own_cpu_s(), machine_s()
+        # process_time: this process's threads (the run trains in one), not its reaped
+        # children's CPU, which /proc's cutime would add whenever they are waited for.
+        cpu, machine, wall = time.process_time(), machine_s(), time.perf_counter()
         value = work()
         after = machine_s()
-        clock[name] = {"own_cpu_s": delta(cpu, own_cpu_s())}
+        wall = time.perf_counter() - wall
+        own_cpu = time.process_time() - cpu
+        clock[name] = {
+            "wall_s": round(wall, 2),
+            "own_cpu_s": round(own_cpu, 2),
+            "cores": round(own_cpu / wall, 2) if wall > 0 else None,  # this process's, on average
+        }
         if machine is not None and after is not None:
             spent = {k: after[k] - machine[k] for k in machine}
             own = clock[name]["own_cpu_s"] or 0.0

@@ -134,8 +134,9 @@ def walk_pages(
 
 
 def _shot(page: Any, target: Any, path: Path) -> None:
-    """A screenshot of the window scrolled to ``target``'s first element."""
-    target.first.scroll_into_view_if_needed()
+    """A screenshot of the window scrolled so that ``target``'s first element is at its top
+    (what follows it, a matrix under its caption, fills the window)."""
+    target.first.evaluate("element => element.scrollIntoView({block: 'start'})")
     time.sleep(0.5)  # the scroll's repaint
     page.screenshot(path=str(path))
 

@@ -39,7 +39,7 @@ import sys
 import tempfile
 import time
 from collections.abc import Callable, Sequence
-from concurrent.futures import Future, ThreadPoolExecutor
+from concurrent.futures import ThreadPoolExecutor
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
@@ -174,14 +174,11 @@ class RuntimeEncoder(_Encoder):
         self.size = runtime.image_size
         self.extractor = LiteRTExtractor(None, self.threads, content=runtime.content)
 
-    def _decode(self, sources: Sequence[Any]) -> list[Future[np.ndarray]]:
-        from core.data.images import load_rgb
-
-        return [self.pool.submit(load_rgb, source, self.size) for source in sources]
-
     def encode(self, shard: Shard) -> ShardResult:
         """The shard's clean features ``(rows, width)`` (augmented views need Keras: never
         planned here)."""
+        from core.data.images import decoded_batches
+
         if shard.views:
             raise ClusterError("Augmented views need the Keras backbone, not the runtime actor.")
         started = time.perf_counter()
@@ -191,15 +188,11 @@ class RuntimeEncoder(_Encoder):
             if shard.images is not None
             else list(shard.paths or [])
         )
-        chunks = [sources[i : i + DECODE_BATCH] for i in range(0, len(sources), DECODE_BATCH)]
         width = self.extractor.feature_shape
         out = np.empty((len(sources), *width), np.float32)
-        ahead = self._decode(chunks[0]) if chunks else []
         done = 0
-        for i in range(len(chunks)):
-            current, ahead = ahead, self._decode(chunks[i + 1]) if i + 1 < len(chunks) else []
-            batch = np.stack([f.result() for f in current]).astype(np.float32)
-            out[done : done + len(batch)] = self.extractor(batch)
+        for batch in decoded_batches(sources, self.size, DECODE_BATCH, self.pool):
+            out[done : done + len(batch)] = self.extractor(batch.astype(np.float32))
             done += len(batch)
         info = self.ping()
         return ShardResult(

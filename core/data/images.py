@@ -17,7 +17,9 @@ import io
 import os
 import re
 import stat
-from typing import BinaryIO
+from collections.abc import Callable, Generator, Sequence
+from concurrent.futures import Executor
+from typing import Any, BinaryIO
 
 import numpy as np
 from PIL import Image, ImageOps, UnidentifiedImageError
@@ -34,6 +36,7 @@ __all__ = [
     "ImageSource",
     "NotRegularFileError",
     "check_image",
+    "decoded_batches",
     "file_kind",
     "load_rgb",
     "open_regular_file",
@@ -336,3 +339,33 @@ def to_array(
     else:
         rgb = load_rgb(image, size)
     return rgb.astype(dtype, copy=False)
+
+
+def decoded_batches(
+    sources: Sequence[Any],
+    size: int,
+    batch: int,
+    pool: Executor,
+    load: Callable[[Any, int], np.ndarray] | None = None,
+) -> Generator[np.ndarray, None, None]:
+    """``sources`` decoded and resized to ``size`` (``load``, default ``load_rgb``), as uint8
+    ``(n, size, size, 3)`` batches of ``batch`` in order; the next batch decodes on ``pool``
+    while the caller works on this one. PIL decodes outside the GIL, so a model run between
+    batches (a LiteRT interpreter) and the decoding overlap on a CPU. Closing the iterator
+    early cancels the decoding not yet started."""
+    loader = load or load_rgb
+    chunks = [sources[i : i + batch] for i in range(0, len(sources), max(batch, 1))]
+
+    def submit(index: int) -> list[Any]:
+        if index >= len(chunks):
+            return []
+        return [pool.submit(loader, source, size) for source in chunks[index]]
+
+    ahead = submit(0)
+    try:
+        for index in range(len(chunks)):
+            current, ahead = ahead, submit(index + 1)
+            yield np.stack([future.result() for future in current])
+    finally:
+        for future in ahead:
+            future.cancel()

@@ -27,6 +27,7 @@ __all__ = [
     "data_error_from",
     "image_errors",
     "load_batch",
+    "load_checked",
     "make_dataset",
     "views_dataset",
 ]
@@ -62,12 +63,17 @@ def _check_still_there(path: str) -> None:
 
 
 def _load(path: bytes, size: int) -> np.ndarray:
-    name = os.fsdecode(path)
+    return load_checked(os.fsdecode(path), int(size))
+
+
+def load_checked(name: str, size: int) -> np.ndarray:
+    """``load_rgb`` of a file the dataset scan found usable; a file gone, changed into another
+    kind or unreadable since then is a ``DataError`` that says so."""
     # Stat first: never open a FIFO or a device (that could block the pipeline forever), and name
     # what happened to the file rather than failing on whatever open() says.
     _check_still_there(name)
     try:
-        return load_rgb(name, int(size))
+        return load_rgb(name, size)
     except DataError:
         _check_still_there(name)  # swapped between the stat and the read: say that instead
         raise

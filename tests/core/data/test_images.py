@@ -277,3 +277,56 @@ def test_to_array_converts_pil_modes_like_decoded_files(tmp_path: Path) -> None:
     rgba.save(tmp_path / "clear.png")
     assert np.array_equal(images.to_array(rgba), load_rgb(tmp_path / "clear.png"))
     assert images.to_array(Image.new("L", (10, 10), 50))[0, 0].tolist() == [50, 50, 50]
+
+
+def test_decoded_batches_keep_the_order_and_decode_one_batch_ahead(tmp_path: Path) -> None:
+    import time
+    from concurrent.futures import ThreadPoolExecutor
+
+    from tests.helpers import write_pngs
+
+    paths = write_pngs(tmp_path, 7, side=12)
+    calls: list[str] = []
+
+    def load(path: str, size: int) -> np.ndarray:
+        calls.append(path)
+        return load_rgb(path, size)
+
+    with ThreadPoolExecutor(2) as pool:
+        batches = images.decoded_batches(paths, 8, 3, pool, load=load)
+        first = next(batches)
+        assert first.shape == (3, 8, 8, 3) and first.dtype == np.uint8
+        deadline = time.monotonic() + 5
+        while len(calls) < 6 and time.monotonic() < deadline:
+            time.sleep(0.01)
+        time.sleep(0.05)
+        # The second batch decodes while the caller holds the first; the third waits its turn.
+        assert sorted(calls) == sorted(paths[:6])
+        rest = list(batches)
+    assert [len(b) for b in rest] == [3, 1]
+    expected = np.stack([load_rgb(p, 8) for p in paths])
+    np.testing.assert_array_equal(np.concatenate([first, *rest]), expected)
+
+
+def test_closing_decoded_batches_early_cancels_what_has_not_started(tmp_path: Path) -> None:
+    import threading
+    from concurrent.futures import ThreadPoolExecutor
+
+    from tests.helpers import write_pngs
+
+    paths = write_pngs(tmp_path, 9, side=12)
+    release = threading.Event()
+    calls: list[str] = []
+
+    def load(path: str, size: int) -> np.ndarray:
+        calls.append(path)
+        if path == paths[3]:  # the batch ahead's first image holds the only worker
+            release.wait(5)
+        return load_rgb(path, size)
+
+    with ThreadPoolExecutor(1) as pool:
+        batches = images.decoded_batches(paths, 8, 3, pool, load=load)
+        next(batches)
+        batches.close()  # the caller stops after one batch
+        release.set()
+    assert calls[:3] == paths[:3] and len(calls) <= 4  # the rest of the batch ahead: cancelled

@@ -135,3 +135,37 @@ def test_cached_head_reports_one_batch_record_per_epoch_covering_every_step(runs
     assert [b["step"] for b in batches] == [steps, steps]
     assert [b["global_step"] for b in batches] == [steps, 2 * steps]
     assert all(b["images_per_s"] > 0 for b in batches)
+
+
+@pytest.mark.slow  # builds a Keras model
+def test_a_runtime_pass_reads_the_same_pixels_as_the_keras_pass(tmp_path: Path) -> None:
+    import keras
+
+    from core.errors import DataError
+
+    paths = write_pngs(tmp_path, 37, side=20)  # one batch of 32 and one of 5
+    inputs = keras.Input((16, 16, 3))
+    model = keras.Model(inputs, keras.layers.GlobalAveragePooling2D()(inputs))
+    seen: list[tuple[int, ...]] = []
+
+    def runtime(batch: np.ndarray) -> np.ndarray:  # the same function as the Keras model
+        seen.append(batch.shape)
+        assert batch.dtype == np.float32
+        return batch.mean(axis=(1, 2))
+
+    progress: list[tuple[int, int]] = []
+    got = features.forward_once(
+        model, paths, 16, stage=lambda d, t: progress.append((d, t)), pick=lambda _b: runtime
+    )
+    keras_side = features.forward_once(model, paths, 16)  # tf.data and Keras
+    np.testing.assert_allclose(got, keras_side, rtol=1e-5)
+    assert seen == [(32, 16, 16, 3), (5, 16, 16, 3)] and progress[-1] == (37, 37)
+
+    asked: list[int] = []  # a pick that declines is asked once; Keras runs the pass
+    declined = features.forward_once(model, paths, 16, pick=lambda _b: asked.append(1))
+    np.testing.assert_allclose(declined, keras_side, rtol=1e-6)
+    assert asked == [1]
+
+    Path(paths[35]).unlink()  # gone since the scan: said so, in the second batch
+    with pytest.raises(DataError, match="disappeared after the dataset scan"):
+        features.forward_once(model, paths, 16, pick=lambda _b: runtime)
