@@ -150,10 +150,6 @@ def feature_scale(
     after = measured("bare_after", bare_pass)
     bare_s = (before + after) / 2
     ratio = run["duration_s"] / bare_s
-    cpu = [clock[k]["own_cpu_s"] for k in ("bare_before", "run", "bare_after")]
-    cpu_ratio: float | None = None
-    if cpu[0] and cpu[1] and cpu[2]:
-        cpu_ratio = cpu[1] / ((cpu[0] + cpu[2]) / 2)
     return {
         "classes": classes,
         "images": len(paths),
@@ -165,9 +161,6 @@ def feature_scale(
         "runtime": runtime.get("runtime"),
         "run": run,
         "ratio": round(ratio, 3),
-        # The same ratio in this process's CPU seconds (the run's whole timing, not only its
-        # ``duration_s``: a little above the work the wall ratio compares).
-        "cpu_ratio": round(cpu_ratio, 3) if cpu_ratio is not None else None,
         "clock": clock,
         "target": TARGETS["feature_ratio"],
         "met": ratio <= TARGETS["feature_ratio"],
@@ -593,8 +586,7 @@ def format_lines(f: dict[str, Any]) -> list[str]:
             f"{d['image_size']} px: run {d['run']['duration_s']:.0f} s vs bare pass "
             f"{d['bare_pass_s']:.0f} s ({d['runtime']}; before and after the run: "
             f"{d['bare_pass_before_after_s'][0]:.0f}, {d['bare_pass_before_after_s'][1]:.0f} s) "
-            f"= {d['ratio']:.2f} — target ≤ {d['target']:g}: {_met(d['met'])}; in this "
-            f"process's CPU seconds {d.get('cpu_ratio')}"
+            f"= {d['ratio']:.2f} — target ≤ {d['target']:g}: {_met(d['met'])}"
         )
     if (d := f.get("fine_tune_scale")) and "error" not in d:
         acc, store, limit = d["accuracy"], d["activation_store"], d["limit"]

@@ -10,7 +10,7 @@ from __future__ import annotations
 
 import json
 import os
-from collections.abc import Iterable
+from collections.abc import Iterable, Sequence
 from dataclasses import dataclass
 from pathlib import Path
 from typing import TYPE_CHECKING, Any
@@ -128,7 +128,29 @@ def _hashes(paths: Iterable[str]) -> list[str | None]:
 
 
 def _relative(path: str, root: str) -> str:
+    """``path`` relative to ``root``, both real paths (absolute, normalised)."""
+    prefix = root.rstrip(os.sep) + os.sep
+    if path.startswith(prefix):  # the usual case: ``relpath`` would resolve both again
+        return path[len(prefix) :].replace(os.sep, "/")
     return Path(os.path.relpath(path, root)).as_posix()
+
+
+def _real_paths(paths: Sequence[str]) -> list[str]:
+    """``os.path.realpath`` of each path, resolved once per folder: a file's own name is
+    resolved only when its folder's listing says it is a symlink (a ``realpath`` per file
+    walked every component of 50,000 paths: a second of a run's start)."""
+    from core.data.layout import symlink_names
+
+    folders: dict[str, tuple[str, set[str]]] = {}
+    out: list[str] = []
+    for path in paths:
+        folder, name = os.path.split(path)
+        if folder not in folders:
+            folders[folder] = (os.path.realpath(folder), symlink_names(folder))
+        real, links = folders[folder]
+        plain = name and name not in links and name not in (os.curdir, os.pardir)
+        out.append(os.path.join(real, name) if plain else os.path.realpath(path))
+    return out
 
 
 def record_split(run_dir: str | os.PathLike[str], data: DatasetIndex) -> RunSplit:
@@ -142,8 +164,8 @@ def record_split(run_dir: str | os.PathLike[str], data: DatasetIndex) -> RunSpli
     ):
         shas = _hashes(paths)
         rows[key] = tuple(
-            SplitImage(_relative(os.path.realpath(p), root), data.class_names[y], sha or "")
-            for p, y, sha in zip(paths, labels, shas, strict=True)
+            SplitImage(_relative(real, root), data.class_names[y], sha or "")
+            for real, y, sha in zip(_real_paths(paths), labels, shas, strict=True)
         )
     split = RunSplit(root, rows["train"], rows["val"])
     atomic_write_text(Path(run_dir) / SPLIT_FILE, json.dumps(split.to_json()))

@@ -422,3 +422,26 @@ def test_a_recorded_split_round_trips_and_sees_changes(tmp_path) -> None:
     assert changes.changed == [first.path] and changes.missing == [written.val[0].path]
     (store.run_dir(run_id) / "split.json").write_text("{not json")
     assert store.split(run_id) is None  # a damaged file reads as none recorded
+
+
+def test_the_split_resolves_paths_per_folder_as_realpath_does_per_file(tmp_path) -> None:
+    from pathlib import Path
+
+    from core.runs.split import _real_paths, _relative
+    from tests.helpers import write_pngs
+
+    outside = tmp_path / "elsewhere"
+    write_pngs(outside / "x", 2, side=12)
+    root = tmp_path / "data"
+    write_pngs(root / "cat", 2, side=12)
+    (root / "dog").symlink_to(outside / "x", target_is_directory=True)  # a linked class folder
+    (root / "cat" / "linked.png").symlink_to(outside / "x" / "0.png")  # a linked file
+    paths = [
+        *(str(p) for p in sorted((root / "cat").iterdir())),
+        *(str(p) for p in sorted((root / "dog").iterdir())),
+        str(root / "cat" / ".." / "cat" / "0.png"),  # not normalised
+    ]
+    assert _real_paths(paths) == [os.path.realpath(p) for p in paths]
+    real_root = os.path.realpath(root)
+    for real in _real_paths(paths):
+        assert _relative(real, real_root) == Path(os.path.relpath(real, real_root)).as_posix()
