@@ -96,6 +96,19 @@ def _connect() -> contextlib.AbstractContextManager[sqlite3.Connection]:
     )
 
 
+def _remember(table: str, rows: list[tuple]) -> None:
+    """``rows`` into ``table`` of ``scan.sqlite`` (replacing a path's older row); a failed write
+    costs only the work again later."""
+    if not rows:
+        return
+    try:
+        with _connect() as conn:
+            marks = ", ".join("?" * len(rows[0]))
+            conn.executemany(f"INSERT OR REPLACE INTO {table} VALUES ({marks})", rows)
+    except sqlite3.Error:
+        pass
+
+
 def _check_parallel(
     paths: Sequence[str], check: Checker, progress: Progress | None = None, offset: int = 0
 ) -> list[str | None]:
@@ -149,14 +162,7 @@ def check_all(
     remember = [
         (keys[i], *ident, rules, results[i]) for i in todo if (ident := identities[i]) is not None
     ]
-    if remember:
-        try:
-            with _connect() as conn:
-                conn.executemany(
-                    "INSERT OR REPLACE INTO checks VALUES (?, ?, ?, ?, ?, ?, ?)", remember
-                )
-        except sqlite3.Error:
-            pass  # next scan checks these files again
+    _remember("checks", remember)  # not stored: the next scan checks these files again
     return results
 
 
@@ -215,14 +221,7 @@ def file_hashes(paths: Sequence[str], threads: int = 4) -> list[str | None]:
         ident = identities[i]
         if digest is not None and ident is not None and _settled(ident, now_ns):
             remember.append((keys[i], *ident, digest))
-    if remember:
-        try:
-            with _connect() as conn:
-                conn.executemany(
-                    "INSERT OR REPLACE INTO hashes VALUES (?, ?, ?, ?, ?, ?)", remember
-                )
-        except sqlite3.Error:
-            pass  # hashed again next time
+    _remember("hashes", remember)  # not stored: hashed again next time
     with _HASHES_LOCK:
         if len(_HASHES) + len(missing) > _HASHES_MAX:
             _HASHES.clear()

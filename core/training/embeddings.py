@@ -21,7 +21,7 @@ from __future__ import annotations
 import itertools
 import os
 import time
-from collections.abc import Callable, Iterator, Sequence
+from collections.abc import Callable, Iterable, Iterator, Sequence
 from concurrent.futures import ThreadPoolExecutor
 from typing import Any
 
@@ -172,7 +172,7 @@ def forward_once(
     from core.data.pipeline import make_dataset
 
     if pick is not None and _replicas(strategy) == 1 and paths:
-        out = _runtime_pass(paths, image_size, stage, pick)
+        out = _runtime_pass(model, paths, image_size, stage, pick)
         if out is not None:
             return out
         pick = None  # asked once: Keras runs the pass
@@ -183,7 +183,11 @@ def forward_once(
 
 
 def _runtime_pass(
-    paths: Sequence[str], image_size: int, stage: StageFn | None, pick: RuntimePick
+    model: keras.Model,
+    paths: Sequence[str],
+    image_size: int,
+    stage: StageFn | None,
+    pick: RuntimePick,
 ) -> np.ndarray | None:
     """The pass on the converted runtime ``pick`` gives for the first batch, or None (Keras runs
     it). Its images are decoded by PIL threads one batch ahead (``decoded_batches``, as a Ray
@@ -193,7 +197,6 @@ def _runtime_pass(
     from core.data.images import decoded_batches
     from core.data.pipeline import load_checked
 
-    rows = len(paths)
     with ThreadPoolExecutor(os.cpu_count() or 1) as pool:
         batches = decoded_batches(paths, image_size, FEATURE_BATCH, pool, load=load_checked)
         first = next(batches).astype(np.float32)
@@ -201,17 +204,8 @@ def _runtime_pass(
         if runtime is None:
             batches.close()
             return None
-        out: np.ndarray | None = None
-        done = 0
-        for batch in itertools.chain([first], (b.astype(np.float32) for b in batches)):
-            result = runtime(batch)
-            if out is None:
-                out = np.empty((rows, *result.shape[1:]), np.float32)
-            out[done : done + len(result)] = result
-            done += len(result)
-            if stage:
-                stage(done, rows)
-    return out
+        rest = (runtime(b.astype(np.float32)) for b in batches)
+        return _filled(model, itertools.chain([runtime(first)], rest), len(paths), stage)
 
 
 def forward_views(
@@ -322,11 +316,19 @@ def _forward(
     strategy: Any = None,
 ) -> np.ndarray:
     """``model`` over a dataset of image batches (``rows`` images in all), in order
-    (``_batches``). The output is filled in place (no copies of what may be hundreds of MB)."""
+    (``_batches``)."""
+    return _filled(model, _batches(model, images, pick, strategy), rows, stage)
+
+
+def _filled(
+    model: keras.Model, results: Iterable[np.ndarray], rows: int, stage: StageFn | None
+) -> np.ndarray:
+    """``model``'s output for ``rows`` images from its batches ``results``, filled in place (no
+    copies of what may be hundreds of MB), with progress after each batch."""
     shape = tuple(int(d) for d in model.output.shape[1:])
     out = np.empty((rows, *shape), np.float32)
     done = 0
-    for result in _batches(model, images, pick, strategy):
+    for result in results:
         out[done : done + len(result)] = result
         done += len(result)
         if stage:
