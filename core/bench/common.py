@@ -4,19 +4,32 @@ from __future__ import annotations
 
 import time
 from collections.abc import Callable
+from pathlib import Path
 from typing import Any
 
 from core.config import RunConfig
 
 __all__ = [
     "ProgressCb",
+    "GENERATED_PX",
     "as_float",
     "breakdown",
     "clear_embeddings",
+    "generated_set",
     "timed_run",
 ]
 
 ProgressCb = Callable[[str], None]
+GENERATED_PX = 64  # px of the generated JPEGs of figures 13-16 (a run resizes them to its input)
+
+
+def generated_set(classes: int, per_class: int, say: ProgressCb | None = None) -> Path:
+    """The generated set of ``classes`` x ``per_class`` images (``core.data.generated``: made
+    once, then reused), its progress said as it is written."""
+    from core.data.generated import generated_path
+
+    progress = None if say is None else (lambda d, t: say(f"  generated {d:,}/{t:,}"))
+    return generated_path(classes, per_class, GENERATED_PX, progress=progress)
 
 
 # --------------------------------------------------------------------------- stage timing

@@ -20,10 +20,10 @@ import subprocess
 import sys
 import tempfile
 import time
-from collections.abc import Callable
 from pathlib import Path
 from typing import Any
 
+from core.bench.common import ProgressCb
 from core.config import RunConfig
 
 __all__ = [
@@ -41,7 +41,6 @@ __all__ = [
     "photo_dataset",
 ]
 
-ProgressCb = Callable[[str], None]
 PROJECT = Path(__file__).resolve().parents[2]
 DEFAULT_TARGETS = {"warm_s": 15.0, "brand_new_s": 60.0}
 AUGMENTED_TARGETS = {"ratio": 5.0, "accuracy_points": 1.0}

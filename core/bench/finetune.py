@@ -37,9 +37,9 @@ from typing import Any
 
 import numpy as np
 
-from core.bench.common import clear_embeddings, timed_run
+from core.bench.common import GENERATED_PX, ProgressCb, clear_embeddings, generated_set, timed_run
 from core.bench.procstat import machine_s, status_mb
-from core.bench.walk import share_caches, walk_pages
+from core.bench.walk import share_caches, walk_or_error
 from core.config import RunConfig
 
 __all__ = [
@@ -54,9 +54,7 @@ __all__ = [
     "format_lines",
 ]
 
-ProgressCb = Callable[[str], None]
 ROOT = Path(__file__).resolve().parents[2]  # the repository
-FILE_SIZE = 64  # px of the generated JPEGs
 FEATURE_CLASSES, FEATURE_PER_CLASS, FEATURE_SIZE = 200, 250, 96
 FINE_TUNE_CLASSES, FINE_TUNE_PER_CLASS, FINE_TUNE_SIZE = 2, 12_500, 160
 HEAD_EPOCHS = FINE_TUNE_EPOCHS = 3
@@ -79,16 +77,13 @@ def feature_scale(
 ) -> dict[str, Any]:
     """Figure 13: a cold feature-extraction run against its bare feature pass."""
     from core.data import load_dataset
-    from core.data.generated import generated_path
     from core.training.embeddings import feature_extractor, forward_once, runtime_pick
     from core.training.jobs import JobQueue
     from core.training.model import build_model
 
     say = progress or (lambda _msg: None)
     say(f"figure 13: data: {classes} classes x {per_class} images")
-    folder = generated_path(
-        classes, per_class, FILE_SIZE, progress=lambda d, t: say(f"  generated {d:,}/{t:,}")
-    )
+    folder = generated_set(classes, per_class, say)
     config = RunConfig(
         data=str(folder), image_size=image_size, epochs=epochs, augment=False,
         mode="feature_extraction", name=f"figure 13: {classes} classes",
@@ -125,9 +120,8 @@ def feature_scale(
         }
         if machine is not None and after is not None:
             spent = {k: after[k] - machine[k] for k in machine}
-            own = clock[name]["own_cpu_s"] or 0.0
             clock[name].update(
-                others_cpu_s=round(max(spent["busy"] - own, 0.0), 2),
+                others_cpu_s=round(max(spent["busy"] - own_cpu, 0.0), 2),
                 iowait_s=round(spent["iowait"], 2),
                 steal_s=round(spent["steal"], 2),
             )
@@ -154,7 +148,7 @@ def feature_scale(
         "classes": classes,
         "images": len(paths),
         "image_size": image_size,
-        "data": {"root": str(folder), "file_px": FILE_SIZE},
+        "data": {"root": str(folder), "file_px": GENERATED_PX},
         "bare_pass_s": round(bare_s, 2),
         "bare_pass_before_after_s": [round(before, 2), round(after, 2)],
         "bare_images_per_s": round(len(paths) / bare_s, 1),
@@ -298,12 +292,11 @@ def _unfrozen_limit(
 
 def _dtype_check(out: Path, say: ProgressCb) -> dict[str, Any]:
     """Fine-tuning on float16 against float32 activations, same data and seed."""
-    from core.data.generated import generated_path
     from core.training.cut import DTYPE_ENV
     from core.training.jobs import JobQueue
 
     classes, per_class = DTYPE_CHECK
-    folder = generated_path(classes, per_class, FILE_SIZE)
+    folder = generated_set(classes, per_class)
     home = out / "figure-14-dtype-runs"
     shutil.rmtree(home, ignore_errors=True)
     jobs = JobQueue(home)
@@ -352,14 +345,11 @@ def fine_tune_scale(
     its pages in headless Chromium (``core.bench.walk``; screenshots ``finetune-*.png`` in
     ``shots``)."""
     from core.data import load_dataset
-    from core.data.generated import generated_path
     from core.training.jobs import JobQueue
 
     say = progress or (lambda _msg: None)
     say(f"figure 14: data: {classes} classes x {per_class:,} images")
-    folder = generated_path(
-        classes, per_class, FILE_SIZE, progress=lambda d, t: say(f"  generated {d:,}/{t:,}")
-    )
+    folder = generated_set(classes, per_class, say)
     runs = out / "figure-14-runs"
     shutil.rmtree(runs, ignore_errors=True)
     runs.mkdir(parents=True)
@@ -400,7 +390,7 @@ def fine_tune_scale(
         "classes": classes,
         "images": classes * per_class,
         "image_size": image_size,
-        "data": {"root": str(folder), "file_px": FILE_SIZE, "upscaled_to": image_size},
+        "data": {"root": str(folder), "file_px": GENERATED_PX, "upscaled_to": image_size},
         "run_id": run_id,
         "wall_s": child["wall_s"],
         "duration_s": result["duration_s"],
@@ -450,10 +440,7 @@ def _walk_fine_tuned(
     say(f"figure 14: review {review_s} s ({len(review.suspects):,} images)")
     share_caches(runs)
     image = next(iter(sorted(folder.glob("*/*.jpg"))))
-    try:
-        walked = walk_pages(runs, run_id, str(folder), image, shots, say, prefix="finetune")
-    except Exception as exc:  # a page that never settled: the other figures still count
-        walked = {"error": f"{type(exc).__name__}: {exc}"[:500]}
+    walked = walk_or_error(runs, run_id, str(folder), image, shots, say, prefix="finetune")
     return {"review_s": review_s, **walked}
 
 
@@ -481,12 +468,11 @@ def fine_tune_kill(
     progress: ProgressCb | None = None,
 ) -> dict[str, Any]:
     """Figure 15: kill -9 half-way through the cut pass, resume, and count the seconds lost."""
-    from core.data.generated import generated_path
     from core.runs.store import RunStore
     from core.training.cut import chunk_rows
 
     say = progress or (lambda _msg: None)
-    folder = generated_path(classes, per_class, FILE_SIZE)
+    folder = generated_set(classes, per_class)
     runs = out / "figure-15-runs"
     shutil.rmtree(runs, ignore_errors=True)
     runs.mkdir(parents=True)

@@ -17,12 +17,12 @@ from __future__ import annotations
 import os
 import shutil
 import time
-from collections.abc import Callable
 from pathlib import Path
 from typing import Any
 
 import numpy as np
 
+from core.bench.common import ProgressCb
 from core.config import RunConfig
 
 __all__ = [
@@ -36,7 +36,6 @@ __all__ = [
     "review_figure",
 ]
 
-ProgressCb = Callable[[str], None]
 SWAP_FRACTION = 0.10
 TARGET_RECALL = 0.80
 SWAP_SEED = 14

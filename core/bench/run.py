@@ -35,7 +35,7 @@ from typing import Any
 
 import numpy as np
 
-from core.bench.common import clear_embeddings, timed_run
+from core.bench.common import ProgressCb, clear_embeddings, timed_run
 from core.config import RunConfig
 from core.files import build_folder, read_marker
 
@@ -59,7 +59,6 @@ __all__ = [
     "run_bench",
 ]
 
-ProgressCb = Callable[[str], None]
 
 DATA_VERSION = 1  # bump when the generator changes so cached copies are rebuilt
 DATA_SEED = 20240607

@@ -26,14 +26,13 @@ import shutil
 import subprocess
 import sys
 import time
-from collections.abc import Callable
 from pathlib import Path
 from typing import Any
 
 import numpy as np
 
-from core.bench.common import clear_embeddings, timed_run
-from core.bench.walk import share_caches, walk_pages
+from core.bench.common import GENERATED_PX, ProgressCb, clear_embeddings, generated_set, timed_run
+from core.bench.walk import share_caches, walk_or_error
 from core.config import RunConfig
 
 __all__ = [
@@ -46,11 +45,9 @@ __all__ = [
     "many_classes",
 ]
 
-ProgressCb = Callable[[str], None]
 CLASSES = 200
 PER_CLASS = 250
 IMAGE_SIZE = 96  # the backbone's input (the files are 64 px: the model resizes them)
-FILE_SIZE = 64
 EPOCHS = 3
 PROJECT_TO = (25_000, 50_000)
 # The page renders held to ``TARGETS["page_s"]`` (``app.page_timing``'s keys).
@@ -77,7 +74,6 @@ def many_classes(
     """Figure 16 (see the module docstring); a JSON-able dict. ``walk``: also walk the pages in
     headless Chromium (``core.bench.walk``; screenshots in ``tests/screenshots``)."""
     from core.data import load_dataset
-    from core.data.generated import generated_path
     from core.runs.evaluate import EVALUATION_FILE, PROBABILITIES_FILE
     from core.training.jobs import JobQueue
     from core.training.review import embedding_map, review_run
@@ -86,9 +82,7 @@ def many_classes(
     images = classes * per_class
     say(f"figure 16: data: {classes} classes x {per_class} images ({images:,})")
     started = time.perf_counter()
-    folder = generated_path(
-        classes, per_class, FILE_SIZE, progress=lambda d, t: say(f"  generated {d:,}/{t:,}")
-    )
+    folder = generated_set(classes, per_class, say)
     generate_s = time.perf_counter() - started
     home = out / f"scale-studio-{classes}x{per_class}"  # its own studio: the pages see one run
     shutil.rmtree(home, ignore_errors=True)
@@ -133,10 +127,7 @@ def many_classes(
     pages = _pages(home, run_id, image, str(folder), say)
     browser: dict[str, Any] = {"skipped": "not asked (walk=False)"}
     if walk:
-        try:
-            browser = walk_pages(home, run_id, str(folder), image, SHOTS, say)
-        except Exception as exc:  # a page that never settled: the other figures still count
-            browser = {"error": f"{type(exc).__name__}: {exc}"[:500]}
+        browser = walk_or_error(home, run_id, str(folder), image, SHOTS, say)
 
     trained = run["train_images"] + run["val_images"]
     feature_s = (run.get("feature_stage") or {}).get("seconds")
@@ -164,7 +155,7 @@ def many_classes(
         "classes": classes,
         "images": images,
         "measured_at_target_size": (classes, per_class) == (CLASSES, PER_CLASS),
-        "data": {"root": str(folder), "file_px": FILE_SIZE, "generate_s": round(generate_s, 2)},
+        "data": {"root": str(folder), "file_px": GENERATED_PX, "generate_s": round(generate_s, 2)},
         "config": {k: config.to_dict()[k] for k in ("backbone", "mode", "image_size", "epochs")},
         "run": run,
         "evaluation": {

@@ -27,7 +27,7 @@ from core.bench.common import ProgressCb
 from core.bench.procstat import status_mb
 from core.bench.server import running_server
 
-__all__ = ["VIEWPORT", "share_caches", "walk_pages"]
+__all__ = ["VIEWPORT", "share_caches", "walk_or_error", "walk_pages"]
 
 VIEWPORT = {"width": 1280, "height": 800}
 TOP_K = 5
@@ -131,6 +131,15 @@ def walk_pages(
         "server_rss_mb": [round(v, 1) for v in rss],
         "viewport": dict(VIEWPORT),
     }
+
+
+def walk_or_error(*args: Any, **kwargs: Any) -> dict[str, Any]:
+    """``walk_pages``, or ``{"error": ...}`` when a page never settled: a benchmark's other
+    figures still count."""
+    try:
+        return walk_pages(*args, **kwargs)
+    except Exception as exc:
+        return {"error": f"{type(exc).__name__}: {exc}"[:500]}
 
 
 def _shot(page: Any, target: Any, path: Path) -> None:

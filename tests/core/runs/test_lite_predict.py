@@ -45,12 +45,24 @@ def _model(class_names: list[str]) -> object:
     return keras.Model(inputs, outputs)
 
 
-def _run(store: RunStore, data: Path) -> str:
+def _run(store: RunStore, data: Path, mode: str = "feature_extraction") -> str:
+    """A run of ``mode`` on 3 small classes, its model saved (``_model``)."""
     for i, name in enumerate(CLASSES):
         write_pngs(data / name, 4, side=20 + 4 * i)
-    config = RunConfig(data=str(data), image_size=SIZE, epochs=1, augment=False,
-                       mode="feature_extraction")  # fmt: skip
+    config = RunConfig(data=str(data), image_size=SIZE, epochs=1, augment=False, mode=mode)
     return fake_run(store, str(data), config=config, model=_model)
+
+
+def _fresh_process_predicts(store: RunStore, run_id: str, image: str) -> list[str]:
+    """``[runtime, whether TensorFlow was imported]`` of one prediction in a new process."""
+    probe = (
+        "import sys; from core.runs.store import RunStore; from core.runs.predict import "
+        f"predict_images; r = predict_images(RunStore({str(store.root)!r}), {run_id!r}, "
+        f"[{image!r}]); print(r[0]['runtime'], 'tensorflow' in sys.modules)"
+    )
+    done = subprocess.run([sys.executable, "-c", probe], capture_output=True, text=True,
+                          check=True, cwd=Path(__file__).resolve().parents[3])  # fmt: skip
+    return done.stdout.split()[-2:]
 
 
 @pytest.mark.slow  # builds and saves a Keras model
@@ -101,23 +113,12 @@ def test_a_converted_base_predicts_as_keras_without_importing_tensorflow(tmp_pat
     plain = predict_images(store, run_id, images, top_k=3)
     for a, b in zip(lite, plain, strict=True):
         assert [p["label"] for p in a["predictions"]] == [p["label"] for p in b["predictions"]]
-    probe = (
-        "import sys; from core.runs.store import RunStore; from core.runs.predict import "
-        f"predict_images; r = predict_images(RunStore({str(store.root)!r}), {run_id!r}, "
-        f"[{images[0]!r}]); print(r[0]['runtime'], 'tensorflow' in sys.modules)"
-    )
-    done = subprocess.run([sys.executable, "-c", probe], capture_output=True, text=True,
-                          check=True, cwd=Path(__file__).resolve().parents[3])  # fmt: skip
-    assert done.stdout.split()[-2:] == ["litert", "False"]
+    assert _fresh_process_predicts(store, run_id, images[0]) == ["litert", "False"]
 
 
 def _tuned_run(store: RunStore, data: Path) -> str:
     """A run whose base was trained: it predicts through its whole model, not base + head."""
-    for i, name in enumerate(CLASSES):
-        write_pngs(data / name, 4, side=20 + 4 * i)
-    config = RunConfig(data=str(data), image_size=SIZE, epochs=1, augment=False,
-                       mode="fine_tuning")  # fmt: skip
-    return fake_run(store, str(data), config=config, model=_model)
+    return _run(store, data, mode="fine_tuning")
 
 
 @pytest.mark.slow
@@ -150,14 +151,7 @@ def test_a_fine_tuned_runs_converted_model_predicts_as_keras_without_tensorflow(
     )
     expected = keras.saving.load_model(path).predict(batch.astype(np.float32), verbose=0)
     np.testing.assert_allclose(plain(batch.astype(np.float32)), expected, atol=1e-4)
-    probe = (
-        "import sys; from core.runs.store import RunStore; from core.runs.predict import "
-        f"predict_images; r = predict_images(RunStore({str(store.root)!r}), {run_id!r}, "
-        f"[{images[0]!r}]); print(r[0]['runtime'], 'tensorflow' in sys.modules)"
-    )
-    done = subprocess.run([sys.executable, "-c", probe], capture_output=True, text=True,
-                          check=True, cwd=Path(__file__).resolve().parents[3])  # fmt: skip
-    assert done.stdout.split()[-2:] == ["litert", "False"]
+    assert _fresh_process_predicts(store, run_id, images[0]) == ["litert", "False"]
 
     # A model file saved again (a retrain, an edit) is another model: back to Keras.
     keras.saving.load_model(path).save(path)
