@@ -8,6 +8,7 @@ from pathlib import Path
 
 __all__ = [
     "delta",
+    "descendants",
     "loaded_tensorflow",
     "machine_s",
     "own_cpu_s",
@@ -65,6 +66,12 @@ def _tree(root: int, procs: dict[int, tuple[int, int]]) -> set[int]:
             found.add(pid)
             todo.extend(children.get(pid, []))
     return found
+
+
+def descendants(root: int) -> set[int]:
+    """``root`` and every live process below it, by parent pid (also those that started a
+    session of their own); empty off Linux."""
+    return _tree(root, _processes()) if _have_proc() else set()
 
 
 def tree_cpu_s(root: int, exclude: frozenset[int] = frozenset()) -> float | None:

@@ -626,8 +626,10 @@ while True:
 def test_a_cluster_that_goes_away_is_one_clear_error_and_leaves_no_cache_entry(
     tmp_path: Path,
 ) -> None:
+    import contextlib
     import subprocess
 
+    from core.bench.procstat import descendants
     from core.training.embeddings import embedding_cache_dir
 
     before = set(embedding_cache_dir().iterdir())
@@ -651,7 +653,13 @@ def test_a_cluster_that_goes_away_is_one_clear_error_and_leaves_no_cache_entry(
         for line in driver.stderr:
             lines.append(line)
             if line.startswith("shard 2:"):
-                os.killpg(holder.pid, signal.SIGKILL)  # every process of the cluster
+                # Every process of the cluster: its group, and the workers below it that left
+                # the group (they could finish the pass by direct actor calls).
+                below = descendants(holder.pid)
+                os.killpg(holder.pid, signal.SIGKILL)
+                for pid in below:
+                    with contextlib.suppress(ProcessLookupError):
+                        os.kill(pid, signal.SIGKILL)
                 break
         out, err = driver.communicate(timeout=300)
     finally:
