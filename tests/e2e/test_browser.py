@@ -78,10 +78,15 @@ def test_train_then_predict_in_browser(server):
             expect(stop).to_be_visible()  # the run is running and can be stopped
             live: list[int] = []  # trace counts seen while the run was still running
             deadline = time.monotonic() + 150
+            gone = 0  # polls in a row without the Stop button: the run has ended
             while time.monotonic() < deadline and (not live or live[-1] < 3):
                 traces = _traces(page)
-                if not stop.count():
+                gone = 0 if stop.count() else gone + 1
+                if gone >= 8:  # 2 s: not a rerun's passing moment
                     break
+                if gone:
+                    time.sleep(0.25)
+                    continue
                 if traces:
                     live.append(traces)
                     if len(live) == 1:
