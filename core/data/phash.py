@@ -51,6 +51,7 @@ __all__ = [
     "phash_files",
     "phash_pixels",
     "color_distance",
+    "color_distance_pairs",
     "signature_file",
     "signature_files",
 ]
@@ -121,6 +122,12 @@ def color_distance(a: np.ndarray, b: np.ndarray) -> np.ndarray:
     """The largest per-channel difference of mean colours, ``a`` (m, 3) against ``b`` (n, 3)."""
     a, b = np.asarray(a, np.float32), np.asarray(b, np.float32)
     return np.abs(a[:, None, :] - b[None, :, :]).max(axis=-1)
+
+
+def color_distance_pairs(a: np.ndarray, b: np.ndarray) -> np.ndarray:
+    """``color_distance`` of pairs: row ``i`` of ``a`` (m, 3) against row ``i`` of ``b`` (m, 3)."""
+    a, b = np.asarray(a, np.float32), np.asarray(b, np.float32)
+    return np.abs(a - b).max(axis=-1)
 
 
 def hamming(a: np.ndarray, b: np.ndarray) -> np.ndarray:

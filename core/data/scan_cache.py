@@ -24,7 +24,7 @@ import time
 from collections.abc import Callable, Iterator, Sequence
 from concurrent.futures import ThreadPoolExecutor
 
-from core.files import sha256_files
+from core.files import sha256_file, sha256_files
 from core.paths import studio_home
 
 __all__ = [
@@ -34,6 +34,7 @@ __all__ = [
     "Progress",
     "cache_db",
     "check_all",
+    "content_hashes",
     "file_hashes",
     "select_in",
 ]
@@ -230,3 +231,11 @@ def file_hashes(paths: Sequence[str], threads: int = 4) -> list[str | None]:
             if ident is not None and digest is not None and _settled(ident, now_ns):
                 _HASHES[paths[i]] = (ident, digest)
     return out
+
+
+def content_hashes(paths: Sequence[str]) -> list[str]:
+    """``file_hashes`` for a caller that needs every digest: an unreadable file raises the
+    ``OSError`` reading it gives, naming the file. Digests this process computed a moment
+    ago (a run's split recording) cost a ``stat`` each, not a read."""
+    known = file_hashes(paths)
+    return [sha if sha is not None else sha256_file(p) for p, sha in zip(paths, known, strict=True)]

@@ -277,6 +277,7 @@ def evaluate_run(
     model: Any = None,
     data: DatasetIndex | None = None,
     progress: ProgressFn | None = None,
+    probabilities: np.ndarray | None = None,
 ) -> Evaluation:
     """Evaluate a run on its validation split (cached in ``evaluation.json``); ``progress(done,
     total)`` follows the validation images through the model.
@@ -288,7 +289,9 @@ def evaluate_run(
     ``from_cache`` tells whether the stored result was reused; ``force`` recomputes it.
 
     The training worker passes the ``model`` it just saved and the ``data`` it trained on, so the
-    run is evaluated once as it completes without loading the file or scanning the data again.
+    run is evaluated once as it completes without loading the file or scanning the data again;
+    a feature-extraction run also passes ``probabilities``, the model's on ``data``'s validation
+    images (its head on their cached features), so none is read again.
     """
     from sklearn.metrics import confusion_matrix, precision_recall_fscore_support
 
@@ -335,8 +338,19 @@ def evaluate_run(
     if not val_paths:
         raise StudioError(f"Run {run_id}'s data {config.data!r} has no validation images.")
 
-    batch = min(config.batch_size, MAX_BATCH)
-    probs = predict_paths(model, val_paths, image_size, batch, progress)
+    if probabilities is not None:
+        if data is None or probabilities.shape != (len(val_paths), len(class_names)):
+            raise ValueError(
+                f"evaluate_run got probabilities of shape {probabilities.shape} for "
+                f"{len(val_paths)} validation images of {len(class_names)} classes "
+                f"({'with' if data is not None else 'without'} the run's data)."
+            )
+        probs = np.asarray(probabilities, np.float32)
+        if progress is not None:
+            progress(len(val_paths), len(val_paths))
+    else:
+        batch = min(config.batch_size, MAX_BATCH)
+        probs = predict_paths(model, val_paths, image_size, batch, progress)
     y_true = np.asarray(val_labels, dtype=np.int64)
     y_pred = probs.argmax(axis=1)
     labels = list(range(len(class_names)))

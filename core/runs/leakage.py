@@ -30,7 +30,7 @@ from typing import Any
 
 import numpy as np
 
-from core.data.phash import CROPS, Color, Hashes, color_distance, crop_distance
+from core.data.phash import CROPS, Color, Hashes, color_distance_pairs, crop_distance
 from core.files import atomic_write_text
 
 __all__ = [
@@ -164,10 +164,13 @@ def find_twins(
             near |= both & (bits <= HASH_BITS_WITH_COSINE) & (sims >= COSINE_WITH_HASH)
         if vc is not None and tc is not None:
             # A twin keeps its colours: flat pictures of two colours hash alike, and a weak
-            # network can map them alike too.
-            colored = vcknown[rows.start : rows.stop, None] & tcknown[None, :]
-            apart = color_distance(vc[rows.start : rows.stop], tc) > COLOR_TOLERANCE
-            near &= ~(colored & apart)
+            # network can map them alike too. Compared for the candidate pairs only (a few
+            # per image): the full matrix took 14 s at 10,000 x 40,000 images.
+            pair_rows, pair_cols = np.nonzero(near)
+            v, t = rows.start + pair_rows, pair_cols
+            apart = color_distance_pairs(vc[v], tc[t]) > COLOR_TOLERANCE
+            drop = vcknown[v] & tcknown[t] & apart
+            near[pair_rows[drop], pair_cols[drop]] = False
         for r, i in enumerate(rows):
             hits = set(np.flatnonzero(near[r]).tolist()) | set(sha_rows.get(val.shas[i], []))
             if not hits:

@@ -20,6 +20,8 @@ from __future__ import annotations
 
 import itertools
 import os
+import sys
+import threading
 import time
 from collections.abc import Callable, Iterable, Iterator, Sequence
 from concurrent.futures import ThreadPoolExecutor
@@ -29,7 +31,8 @@ import keras
 import numpy as np
 
 from core.config import RunConfig
-from core.files import TEMP_PREFIX, atomic_path, sha256_file
+from core.data.scan_cache import content_hashes
+from core.files import TEMP_PREFIX, atomic_path
 from core.models.backbones import get_backbone, weights_identity
 from core.training.feature_cache import (
     CACHE_FORMAT,
@@ -63,6 +66,8 @@ __all__ = [
     "runtime_pick",
     "runtime_identity",
     "store_cached",
+    "store_cached_later",
+    "wait_for_stores",
 ]
 
 MAX_CACHE_BYTES = int(os.environ.get("TRANSFER_STUDIO_EMBEDDING_CACHE_BYTES", 2 * 1024**3))
@@ -114,7 +119,8 @@ def cache_key(
         weights_id=backbone.weights_id,
         image_size=image_size,
         preprocessing=backbone.spec.preprocessing,
-        shas=[sha256_file(p) for p in paths],
+        # The digests the run's split recording just computed: a stat each, not a read.
+        shas=content_hashes(list(paths)),
         keras_version=keras.__version__,
         policy=policy.name if policy.compute_dtype != "float32" else None,
         augmented=augmented,
@@ -142,8 +148,41 @@ def store_cached(key: str, features: np.ndarray) -> None:
     """Write features atomically, then trim the cache to its size bound."""
     folder = embedding_cache_dir()
     with atomic_path(folder / f"{key}.npy") as tmp, open(tmp, "wb") as fh:
-        np.save(fh, features.astype(np.float32), allow_pickle=False)
+        # asarray: float32 features (the usual case) are written as they are, not copied first.
+        np.save(fh, np.asarray(features, np.float32), allow_pickle=False)
     _evict(MAX_CACHE_BYTES)
+
+
+_STORES: list[threading.Thread] = []  # ``store_cached_later``'s writes not yet waited for
+_STORES_LOCK = threading.Lock()
+
+
+def store_cached_later(key: str, features: np.ndarray) -> None:
+    """``store_cached`` on a thread, while the caller goes on (a run trains its head meanwhile):
+    a 50,000-image entry is 256 MB, up to 0.7 s of writing when the disk's write-back is busy.
+    ``wait_for_stores`` waits for it. The cache only saves time: a failed write is reported on
+    stderr and leaves no entry, and the run goes on."""
+
+    def write() -> None:
+        try:
+            store_cached(key, features)
+        except Exception as exc:  # e.g. a full disk: the next run computes the features again
+            print(f"warning: the features were not cached ({exc})", file=sys.stderr)
+
+    # Not a daemon: a process that ends before ``wait_for_stores`` still finishes the write.
+    thread = threading.Thread(target=write, name="transfer-studio-cache-write")
+    with _STORES_LOCK:
+        _STORES.append(thread)
+    thread.start()
+
+
+def wait_for_stores() -> None:
+    """Wait until every ``store_cached_later`` write of this process has ended."""
+    with _STORES_LOCK:
+        pending = list(_STORES)
+        _STORES.clear()
+    for thread in pending:
+        thread.join()
 
 
 def feature_extractor(built: BuiltModel) -> keras.Model:
@@ -412,7 +451,7 @@ def _cached(
     else:
         features = forward_once(model, paths, built.image_size, stage, pick, built.strategy)
     if key is not None:
-        store_cached(key, features)
+        store_cached_later(key, features)  # the run waits for it before it ends
     return features, False
 
 

@@ -68,6 +68,7 @@ RESUMABLE: tuple[Status, ...] = (STOPPED, INTERRUPTED, FAILED)
 WORKER_LOG = "worker.log"  # in the runs folder: the output of the workers the dashboard starts
 IDLE_POLL_S = 0.5  # how often an idle worker looks for a queued run
 RECOVER_EVERY_S = 2.0  # how often an idle worker (or a waiting caller) looks for lost runs
+OWN_RUN_POLL_S = 2.0  # how often ``wait`` reads the store for a run its own worker thread has
 # A started worker's reservation (its ``starting`` row), which it replaces with its own row.
 SLOT_ENV = "TRANSFER_STUDIO_WORKER_SLOT"
 _DEVICE = re.compile(r"^(CPU|GPU:(\d+))$", re.IGNORECASE)
@@ -87,6 +88,10 @@ class JobQueue:
         self.processes = processes
         self._queue: queue.Queue[str] = queue.Queue()
         self._lock = threading.Lock()
+        # Notified when this process's worker thread lets go of a run: ``wait`` on a run of
+        # its own sleeps on it rather than reading the store five times a second (a training
+        # run shares the machine's two cores with those reads).
+        self._let_go = threading.Condition(self._lock)
         self._pending: list[str] = []
         self._stop_events: dict[str, threading.Event] = {}
         self._submitted_keys: dict[str, str] = {}
@@ -205,6 +210,13 @@ class JobQueue:
                     print(f"warning: {exc}", file=sys.stderr)
             if deadline is not None and time.monotonic() > deadline:
                 raise TimeoutError(f"Run {run_id} still {status} after {timeout} s")
+            with self._lock:
+                if run_id in self._stop_events and run_id not in self._outcomes:
+                    # Our worker thread has it: woken when it lets go; the store is read again
+                    # now and then all the same (a stop set by another process, a dead disk).
+                    left = None if deadline is None else max(deadline - time.monotonic(), 0.0)
+                    self._let_go.wait(OWN_RUN_POLL_S if left is None else min(OWN_RUN_POLL_S, left))
+                    continue
             time.sleep(poll)
 
     def ensure_worker(self) -> bool:
@@ -258,6 +270,7 @@ class JobQueue:
                     self._stop_events.pop(run_id, None)
                     if outcome is not None:
                         self._outcomes[run_id] = outcome
+                    self._let_go.notify_all()
 
 
 _QUEUES: dict[tuple[Path, bool], JobQueue] = {}

@@ -142,6 +142,11 @@ class Source(ABC):
         """What ``phase`` reads, for the run's ``phases`` record."""
         return {"feature_cache": False, "activation_cache": False}
 
+    def val_probabilities(self) -> np.ndarray | None:
+        """The trained model's class probabilities of the validation images, in their order,
+        when this source can give them without reading the images again; else ``None``."""
+        return None
+
 
 class ImageSource(Source):
     """The images themselves, through the (augmenting) tf.data pipeline, every epoch."""
@@ -267,6 +272,14 @@ class FeatureSource(_HeadOnFeatures):
 
     def phase_info(self, phase: str) -> dict[str, Any]:
         return {"feature_cache": True, "activation_cache": False}
+
+    def val_probabilities(self) -> np.ndarray | None:
+        # The base stayed frozen: the full model on an image is the head on its pooled
+        # features, the very features the run's validation accuracy was measured on. (10,000
+        # images: 0.1 s, where reading and passing them through the model took 14 s.)
+        features = self.val_features[0]
+        probs = self.head.predict(features, batch_size=max(self.batch, 256), verbose=0)
+        return np.asarray(probs, np.float32)
 
 
 class ActivationSource(_HeadOnFeatures):

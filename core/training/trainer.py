@@ -125,8 +125,12 @@ def _evaluate(store: RunStore, run_id: str, trainer: _Trainer, folder: Path) -> 
         return  # nothing was trained here (a test's stand-in): the page evaluates on demand
     try:
         model, data = trainer.built.model, trainer.data
+        source = getattr(trainer, "source", None)
         with trainer._timed("evaluate"):
-            evaluation = evaluate_run(store, run_id, force=True, model=model, data=data)
+            probs = source.val_probabilities() if source is not None else None
+            evaluation = evaluate_run(
+                store, run_id, force=True, model=model, data=data, probabilities=probs
+            )
         last_epoch = int(store.get_run(run_id)["epochs_done"])
         write_confusion_matrix(folder, evaluation["confusion_matrix"], last_epoch)
         with trainer._timed("leakage"):
@@ -395,6 +399,8 @@ def _converts_weights(config: RunConfig) -> bool:
 def _train(trainer: _Trainer) -> str:
     """Prepare, train and save; returns the status. The trainer keeps the model and the data,
     which the run's evaluation then reuses."""
+    from core.training.embeddings import wait_for_stores
+
     store, run_id = trainer.store, trainer.run_id
     # Devices first: a bad TRANSFER_STUDIO_LOGICAL_CPUS fails the run before any work.
     trainer.devices = devices = run_devices(trainer.config)
@@ -411,8 +417,11 @@ def _train(trainer: _Trainer) -> str:
         with trainer._timed("fit"):
             status = trainer.train()
         trainer.record_timings()
-        if store.get_run(run_id)["epochs_done"] > 0:
-            with trainer._timed("save"):
+        with trainer._timed("save"):
+            if store.get_run(run_id)["epochs_done"] > 0:
                 trainer.save()
-            trainer.record_timings()
+            # The pass's features went to the cache while the head trained: the run ends
+            # once they are written, so the next run on these files finds them.
+            wait_for_stores()
+        trainer.record_timings()
     return status

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import threading
 from pathlib import Path
 
 import numpy as np
@@ -61,6 +62,34 @@ def test_store_load_and_size_bound(monkeypatch: pytest.MonkeyPatch) -> None:
     features.store_cached("c" * 32, a)  # over the bound: the least recently used entry goes
     assert features.load_cached("a" * 32) is None
     np.testing.assert_array_equal(features.load_cached("c" * 32), a)
+
+
+def test_a_later_store_is_written_once_waited_for_and_a_failed_one_only_warns(
+    monkeypatch: pytest.MonkeyPatch, capsys: pytest.CaptureFixture[str]
+) -> None:
+    a = np.arange(12, dtype=np.float32).reshape(3, 4)
+    gate = threading.Event()
+    real = features.store_cached
+
+    def held(key: str, values: np.ndarray) -> None:
+        gate.wait(10)  # the caller goes on while the write waits
+        real(key, values)
+
+    monkeypatch.setattr(features, "store_cached", held)
+    features.store_cached_later("d" * 32, a)
+    assert features.load_cached("d" * 32) is None  # not written yet: the caller was not held up
+    gate.set()
+    features.wait_for_stores()
+    np.testing.assert_array_equal(features.load_cached("d" * 32), a)
+
+    def full(key: str, values: np.ndarray) -> None:
+        raise OSError(28, "No space left on device")
+
+    monkeypatch.setattr(features, "store_cached", full)
+    features.store_cached_later("e" * 32, a)
+    features.wait_for_stores()  # does not raise: the cache only saves time
+    assert features.load_cached("e" * 32) is None
+    assert "features were not cached" in capsys.readouterr().err
 
 
 @pytest.fixture(scope="module")

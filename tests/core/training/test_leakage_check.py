@@ -49,3 +49,47 @@ def test_data_page_check_runs_only_on_cached_features(tmp_path) -> None:
     assert len({split_of.get(p, "train") for p in across}) == 2  # seed 2 puts them apart
     pairs = {frozenset((p["val"], p["train"])) for p in found.leakage["pairs"]}
     assert frozenset(across) in pairs
+
+
+@pytest.mark.slow
+def test_a_completed_feature_run_is_evaluated_from_its_features_and_decoded_once(
+    tmp_path, monkeypatch
+) -> None:
+    """As a feature-extraction run completes, its evaluation reads no image (the head on the
+    pass's features: the run's own last validation accuracy), and its leakage check keeps the
+    pictures' signatures by content, so checking again decodes none."""
+    import core.data.phash
+    import core.runs.evaluate
+    from core.config import RunConfig
+    from core.data import load_dataset
+    from core.runs.evaluate import EVALUATION_FILE, evaluate_run
+    from core.runs.leakage import LEAKAGE_FILE
+    from core.training.jobs import JobQueue
+    from core.training.leakage import check_leakage
+
+    def no_images(*_args, **_kwargs):
+        raise AssertionError("the evaluation read the validation images again")
+
+    monkeypatch.setattr(core.runs.evaluate, "predict_paths", no_images)
+    config = RunConfig(data="builtin:textures", backbone="efficientnet_lite0", image_size=32,
+                       epochs=2, augment=False)  # fmt: skip
+    queue = JobQueue(tmp_path / "runs")
+    run_id = queue.submit(config)
+    assert queue.wait(run_id, timeout=300) == "completed"
+    store, folder = queue.store, queue.store.run_dir(run_id)
+    assert (folder / EVALUATION_FILE).is_file() and (folder / LEAKAGE_FILE).is_file()
+    evaluation = evaluate_run(store, run_id)
+    assert evaluation["from_cache"] is True
+    last = store.result(run_id)["history"]["val_accuracy"][-1]
+    assert evaluation["accuracy"] == pytest.approx(last, abs=0.5 / evaluation["val_images"])
+
+    data = load_dataset(config.data, val_split=config.val_split, seed=config.seed)
+    with pytest.raises(ValueError, match="probabilities of shape"):
+        evaluate_run(store, run_id, force=True, data=data, probabilities=np.zeros((1, 1)))
+
+    def no_decoding(*_args, **_kwargs):
+        raise AssertionError("a picture was decoded again")
+
+    monkeypatch.setattr(core.data.phash, "signature_file", no_decoding)
+    again = check_leakage(store, run_id, force=True)
+    assert again["val_images"] == evaluation["val_images"]
