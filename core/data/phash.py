@@ -79,13 +79,25 @@ def phash_pixels(rgb: np.ndarray) -> int:
 
 
 def phash_crops(rgb: np.ndarray) -> Hashes:
-    """The hashes of a picture and of its ``CROPS`` (border removed on every side)."""
+    """The hashes of a picture and of its ``CROPS`` (border removed on every side).
+
+    ``phash_pixels`` of each crop, bit for bit, with the picture made grey once and the five
+    DCTs, medians and bit packings done together (0.38 ms a picture down to 0.26: the leakage
+    check hashes every picture of a run).
+    """
+    from scipy.fft import dctn
+
     h, w = rgb.shape[:2]
-    out = []
-    for share in CROPS:
-        dy, dx = round(h * share), round(w * share)
-        out.append(phash_pixels(rgb[dy : h - dy, dx : w - dx]))
-    return tuple(out)
+    grey = Image.fromarray(np.asarray(rgb, np.uint8)).convert("L")  # per pixel: crop after
+    side, resample = (HASH_SIDE, HASH_SIDE), Image.Resampling.LANCZOS
+    boxes = [(round(w * s), round(h * s)) for s in CROPS]
+    small = np.stack(
+        [np.asarray(grey.crop((dx, dy, w - dx, h - dy)).resize(side, resample)) for dx, dy in boxes]
+    ).astype(np.float64)
+    freq = dctn(small, axes=(1, 2), norm="ortho")[:, :LOW, :LOW].reshape(len(CROPS), -1)[:, 1:]
+    bits = np.zeros((len(CROPS), LOW * LOW), np.uint8)  # the 64th bit always 0
+    bits[:, :-1] = freq > np.median(freq, axis=1, keepdims=True)
+    return tuple(int(x) for x in np.packbits(bits, axis=1).view(">u8")[:, 0])
 
 
 def phash_file(path: str | os.PathLike[str]) -> Hashes | None:
@@ -138,12 +150,18 @@ def hamming(a: np.ndarray, b: np.ndarray) -> np.ndarray:
 
 def crop_distance(a: np.ndarray, b: np.ndarray) -> np.ndarray:
     """Distances between pictures given their crop hashes, ``a`` (m, k) and ``b`` (n, k): for
-    each pair the fewest bits between one's full picture and any crop of the other."""
+    each pair the fewest bits between one's full picture and any crop of the other; an (m, n)
+    uint8 array (at most 64 bits: a byte a cell is an eighth of ``hamming``'s memory traffic,
+    and this runs on 10,000 x 40,000 pairs at a 50,000-image run's leakage check)."""
     a, b = np.asarray(a, np.uint64), np.asarray(b, np.uint64)
-    best = hamming(a[:, 0], b[:, 0])
+
+    def bits(x: np.ndarray, y: np.ndarray) -> np.ndarray:
+        return np.bitwise_count(x[:, None] ^ y[None, :])  # uint8
+
+    best = bits(a[:, 0], b[:, 0])
     for k in range(1, a.shape[1]):
-        best = np.minimum(best, hamming(a[:, 0], b[:, k]))
-        best = np.minimum(best, hamming(a[:, k], b[:, 0]))
+        np.minimum(best, bits(a[:, 0], b[:, k]), out=best)
+        np.minimum(best, bits(a[:, k], b[:, 0]), out=best)
     return best
 
 

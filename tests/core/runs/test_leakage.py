@@ -39,6 +39,23 @@ def test_hash_tells_twins_from_other_pictures() -> None:
     assert (crop_distance(ca, cb) == crop_distance(cb, ca).T).all()
 
 
+@pytest.mark.parametrize("shape", [(64, 64), (24, 24), (7, 300), (5, 5), (97, 61)])
+def test_crop_hashes_are_each_crops_own_hash(shape: tuple[int, int]) -> None:
+    """``phash_crops`` hashes its crops together; each must be the crop's ``phash_pixels``, bit
+    for bit (stored signatures stay valid), on photos, noise and a flat picture."""
+    rng = np.random.default_rng(shape[0] * 1000 + shape[1])
+    pictures = [
+        np.asarray(Image.fromarray(_picture(shape[0])).resize(shape[::-1])),
+        rng.integers(0, 256, (*shape, 3), dtype=np.uint8),
+        np.full((*shape, 3), (30, 60, 90), np.uint8),
+    ]
+    h, w = shape
+    for rgb in pictures:
+        borders = [(round(h * c), round(w * c)) for c in CROPS]
+        crops = [rgb[dy : h - dy, dx : w - dx] for dy, dx in borders]
+        assert phash_crops(rgb) == tuple(phash_pixels(crop) for crop in crops)
+
+
 def test_hamming_counts_bits() -> None:
     got = hamming(np.array([0, 3, 2**64 - 1], np.uint64), np.array([0, 1], np.uint64))
     assert got.tolist() == [[0, 1], [2, 1], [64, 63]]
