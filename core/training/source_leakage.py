@@ -31,8 +31,8 @@ import numpy as np
 
 from core.config import RunConfig
 from core.data.phash import cached_signatures, uncached_count
-from core.data.scan_cache import file_hashes
-from core.files import atomic_write_text, sha256_file
+from core.data.scan_cache import content_hashes
+from core.files import atomic_write_text
 from core.paths import studio_home
 from core.runs.leakage import (
     LEAKAGE_VERSION,
@@ -66,7 +66,6 @@ __all__ = [
 INLINE_HASHES = 300  # pictures to hash a page visit does itself (~1 s of small images)
 RESULT_VERSION = 1
 TASK = "data_leakage"
-HASH_THREADS = 4  # hashlib releases the GIL
 
 
 @dataclass
@@ -108,17 +107,11 @@ def leakage_results_dir() -> Path:
     return studio_home() / "cache" / "leakage"
 
 
-def _shas(paths: list[str]) -> list[str]:
-    digests = file_hashes(paths, HASH_THREADS)  # the health check's hashes, when it ran first
-    # An unreadable file: hashing it again raises its OSError, as the caller expects.
-    return [d if d is not None else sha256_file(p) for p, d in zip(paths, digests, strict=True)]
-
-
 def plan_check(config: RunConfig, data: DatasetIndex) -> CheckPlan:
     """Hash every file of ``data``'s split (content only: cheap next to decoding) and find what
     the check would reuse."""
     paths = [*data.train_paths, *data.val_paths]
-    shas = _shas(paths)
+    shas = content_hashes(paths)  # the health check's digests, when it ran first
     feature_key = source_features_key(config, config.resolved_image_size(), shas)
     root = str(data.root)
     identity = {
