@@ -31,6 +31,7 @@ __all__ = [
     "epoch_rows",
     "fit_head",
     "even_batches",
+    "features_tensor",
 ]
 
 
@@ -51,10 +52,10 @@ def _compiled_epoch(
 
     # Views ``(k, n, width)`` are flattened to rows ``v * n + i``; ``order`` picks one per image.
     n, n_val = len(train[1]), int(val[0].shape[0])
-    x = tf.constant(train[0].reshape(-1, train[0].shape[-1]), tf.float32)
+    x = features_tensor(train[0].reshape(-1, train[0].shape[-1]))
     views = train[0].shape[0] if train[0].ndim == 3 else 1
     y = tf.constant(np.tile(train[1], views), tf.int32)
-    x_val, y_val = tf.constant(val[0], tf.float32), tf.constant(val[1], tf.int32)
+    x_val, y_val = features_tensor(val[0]), tf.constant(val[1], tf.int32)
     steps = math.ceil(n / batch)
     optimizer = head.optimizer
     variables = head.trainable_variables
@@ -99,6 +100,31 @@ def _compiled_epoch(
         return loss_sum / n, correct / n, val_loss, hits(y_val, val_probs) / n_val
 
     return epoch, steps
+
+
+# TensorFlow's CPU kernels need their buffers aligned to this many bytes (Eigen's maximum).
+TENSOR_ALIGN = 64
+
+
+def features_tensor(features: np.ndarray) -> Any:
+    """``features`` as a float32 tensor sharing a fresh, aligned NumPy copy (through DLPack).
+
+    ``tf.constant`` copies into memory of TensorFlow's own allocator, which the kernel maps a
+    page at a time: 0.35-0.7 s for 40,000 × 1,280 features (0.2 GB) on this VM, where NumPy's
+    copy, on transparent huge pages, takes 0.02 s. TensorFlow adopts a buffer through DLPack
+    without copying if it is aligned as its kernels need (otherwise they abort); the copy makes
+    it so, and keeps the caller's array out of the tensor's life.
+    """
+    import tensorflow as tf
+
+    source = np.asarray(features, np.float32)
+    raw = np.empty(source.nbytes + TENSOR_ALIGN, np.uint8)
+    start = -raw.ctypes.data % TENSOR_ALIGN
+    aligned = raw[start : start + source.nbytes].view(np.float32).reshape(source.shape)
+    np.copyto(aligned, source)
+    if not aligned.size:  # DLPack of an empty array: nothing to share
+        return tf.constant(aligned)
+    return tf.experimental.dlpack.from_dlpack(aligned.__dlpack__())
 
 
 def epoch_rows(seed: int, epoch: int, n: int, views: int = 1) -> np.ndarray:

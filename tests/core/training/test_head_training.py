@@ -6,7 +6,7 @@ import keras
 import numpy as np
 import pytest
 
-from core.training.head_fit import fit_head
+from core.training.head_fit import features_tensor, fit_head
 from core.training.model import compile_model
 from tests.helpers import blobs as _blobs
 from tests.helpers import small_head as _head
@@ -78,3 +78,24 @@ def test_same_seed_same_result_and_an_uncompiled_head_is_refused() -> None:
         np.testing.assert_allclose(a, b, rtol=1e-5, atol=1e-6)
     with pytest.raises(ValueError, match="compiled"):
         fit_head(_head(), data, data, batch_size=8, epochs=1)
+
+
+@pytest.mark.parametrize("shape", [(37, 5), (3, 37, 5), (0, 5), (0,)])
+@pytest.mark.parametrize("dtype", [np.float32, np.float16, np.float64])
+def test_features_tensor_is_an_aligned_float32_copy_that_kernels_can_read(shape, dtype) -> None:
+    import tensorflow as tf
+
+    rng = np.random.default_rng(0)
+    # A source that is not aligned as TensorFlow's kernels need: a view one float in.
+    source = rng.normal(size=int(np.prod(shape)) + 1).astype(dtype)[1:].reshape(shape)
+    tensor = features_tensor(source)
+    assert tensor.dtype == tf.float32 and tuple(tensor.shape) == shape
+    np.testing.assert_array_equal(tensor.numpy(), source.astype(np.float32))
+    if source.size:
+        # A kernel reading it (a gather in a traced function) aborts the process if the
+        # buffer is misaligned; the copy is the tensor's own: the source may change.
+        before = source.astype(np.float32)
+        rows = tf.function(lambda i: tf.gather(tensor, i))(tf.constant([0, shape[0] - 1]))
+        np.testing.assert_array_equal(rows.numpy(), before[[0, shape[0] - 1]])
+        source[...] = 7
+        np.testing.assert_array_equal(tensor.numpy(), before)
