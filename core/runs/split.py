@@ -135,21 +135,28 @@ def _relative(path: str, root: str) -> str:
     return Path(os.path.relpath(path, root)).as_posix()
 
 
-def _real_paths(paths: Sequence[str]) -> list[str]:
-    """``os.path.realpath`` of each path, resolved once per folder: a file's own name is
-    resolved only when its folder's listing says it is a symlink (a ``realpath`` per file
-    walked every component of 50,000 paths: a second of a run's start)."""
-    from core.data.layout import symlink_names
+def _relative_paths(paths: Sequence[str], root: str) -> list[str]:
+    """Each path's real path (``os.path.realpath``) relative to ``root`` (a real path), resolved
+    once per folder: a file's own name is resolved only when its folder's listing says it is a
+    symlink. (A ``realpath`` per file walked every component of 50,000 paths: a second of a
+    run's start; splitting and joining each path took another 0.3 s.)"""
+    from core.data.layout import folder_and_name, symlink_names
 
+    # Per folder: the prefix of its plain files' relative paths, and its symlinks' names.
     folders: dict[str, tuple[str, set[str]]] = {}
     out: list[str] = []
     for path in paths:
-        folder, name = os.path.split(path)
-        if folder not in folders:
-            folders[folder] = (os.path.realpath(folder), symlink_names(folder))
-        real, links = folders[folder]
-        plain = name and name not in links and name not in (os.curdir, os.pardir)
-        out.append(os.path.join(real, name) if plain else os.path.realpath(path))
+        folder, name = folder_and_name(path)
+        entry = folders.get(folder)
+        if entry is None:
+            real = os.path.realpath(folder)
+            prefix = "" if real == root else _relative(real, root) + "/"
+            entry = folders[folder] = (prefix, symlink_names(folder))
+        prefix, links = entry
+        if name and name not in links and name not in (os.curdir, os.pardir):
+            out.append(prefix + name)
+        else:
+            out.append(_relative(os.path.realpath(path), root))
     return out
 
 
@@ -163,9 +170,10 @@ def record_split(run_dir: str | os.PathLike[str], data: DatasetIndex) -> RunSpli
         ("val", data.val_paths, data.val_labels),
     ):
         shas = _hashes(paths)
+        names = data.class_names
         rows[key] = tuple(
-            SplitImage(_relative(real, root), data.class_names[y], sha or "")
-            for real, y, sha in zip(_real_paths(paths), labels, shas, strict=True)
+            SplitImage(rel, names[y], sha or "")
+            for rel, y, sha in zip(_relative_paths(paths, root), labels, shas, strict=True)
         )
     split = RunSplit(root, rows["train"], rows["val"])
     atomic_write_text(Path(run_dir) / SPLIT_FILE, json.dumps(split.to_json()))

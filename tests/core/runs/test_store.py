@@ -427,7 +427,7 @@ def test_a_recorded_split_round_trips_and_sees_changes(tmp_path) -> None:
 def test_the_split_resolves_paths_per_folder_as_realpath_does_per_file(tmp_path) -> None:
     from pathlib import Path
 
-    from core.runs.split import _real_paths, _relative
+    from core.runs.split import _relative_paths
     from tests.helpers import write_pngs
 
     outside = tmp_path / "elsewhere"
@@ -440,8 +440,11 @@ def test_the_split_resolves_paths_per_folder_as_realpath_does_per_file(tmp_path)
         *(str(p) for p in sorted((root / "cat").iterdir())),
         *(str(p) for p in sorted((root / "dog").iterdir())),
         str(root / "cat" / ".." / "cat" / "0.png"),  # not normalised
+        str(root / "top.png"),  # in the root folder itself
+        str(outside / "x" / "1.png"),  # outside the root
     ]
-    assert _real_paths(paths) == [os.path.realpath(p) for p in paths]
+    (root / "top.png").write_bytes((root / "cat" / "0.png").read_bytes())
     real_root = os.path.realpath(root)
-    for real in _real_paths(paths):
-        assert _relative(real, real_root) == Path(os.path.relpath(real, real_root)).as_posix()
+    expected = [Path(os.path.relpath(os.path.realpath(p), real_root)).as_posix() for p in paths]
+    assert _relative_paths(paths, real_root) == expected
+    assert expected[-2:] == ["top.png", "../elsewhere/x/1.png"]
