@@ -364,8 +364,10 @@ def _filled(
 ) -> np.ndarray:
     """``model``'s output for ``rows`` images from its batches ``results``, filled in place (no
     copies of what may be hundreds of MB), with progress after each batch."""
+    from core.training.head_fit import aligned_empty
+
     shape = tuple(int(d) for d in model.output.shape[1:])
-    out = np.empty((rows, *shape), np.float32)
+    out = aligned_empty((rows, *shape))  # a head trains on it without a copy (features_tensor)
     done = 0
     for result in results:
         out[done : done + len(result)] = result

@@ -6,7 +6,7 @@ import keras
 import numpy as np
 import pytest
 
-from core.training.head_fit import features_tensor, fit_head
+from core.training.head_fit import TENSOR_ALIGN, aligned_empty, features_tensor, fit_head
 from core.training.model import compile_model
 from tests.helpers import blobs as _blobs
 from tests.helpers import small_head as _head
@@ -99,3 +99,19 @@ def test_features_tensor_is_an_aligned_float32_copy_that_kernels_can_read(shape,
         np.testing.assert_array_equal(rows.numpy(), before[[0, shape[0] - 1]])
         source[...] = 7
         np.testing.assert_array_equal(tensor.numpy(), before)
+
+
+@pytest.mark.parametrize("shape", [(1,), (37, 5), (3, 37, 5), (40_000, 1_280)])
+def test_an_aligned_float32_array_is_adopted_not_copied(shape) -> None:
+    import tensorflow as tf
+
+    features = aligned_empty(shape)
+    assert features.ctypes.data % TENSOR_ALIGN == 0 and features.dtype == np.float32
+    features[...] = 1.5
+    tensor = features_tensor(features)
+    last = shape[0] - 1
+    rows = tf.function(lambda i: tf.gather(tensor, i))(tf.constant([0, last]))
+    assert float(tf.reduce_min(rows)) == 1.5
+    # Adopted: the tensor is the array's memory (the pass's output, trained on as it is).
+    features[last] = 4.0
+    assert float(tf.reduce_max(tf.gather(tensor, [last]))) == 4.0
