@@ -276,6 +276,7 @@ def _ensure(config: RunConfig, sharded: Any, started: float) -> FeatureEntry:
         features_for,
         load_cached,
         store_cached,
+        wait_for_stores,
     )
     from core.training.model import build_model, resolve_backbone
 
@@ -364,6 +365,8 @@ def _ensure(config: RunConfig, sharded: Any, started: float) -> FeatureEntry:
         features_for(config, built, paths, runtime=request)
         if views > 1:
             augmented_features_for(config, built, data.train_paths, runtime=request)
+        # The pass writes the cache on a thread: ensured means written, for whoever reads next.
+        wait_for_stores()
         entry.runtime = str(request.get("runtime", "keras"))
     entry.seconds = round(time.perf_counter() - started, 3)
     entry.images_per_s = round(total / entry.seconds, 2) if entry.seconds > 0 else 0.0

@@ -47,6 +47,26 @@ def test_ray_flag_without_ray_says_how_to_install_it_in_one_line(
         assert "pip install -r requirements-ray.txt" in err, err
 
 
+def test_features_ensured_in_this_process_are_in_the_cache_when_it_returns(
+    monkeypatch: pytest.MonkeyPatch,
+) -> None:
+    from core.cluster.features import ensure_features
+    from core.training import embeddings
+
+    slow_store = embeddings.store_cached
+
+    def store_cached(key: str, features: np.ndarray) -> None:
+        time.sleep(0.5)  # a busy disk: the pass's write outlives it
+        slow_store(key, features)
+
+    monkeypatch.setattr(embeddings, "store_cached", store_cached)
+    config = RunConfig(data=FACES, image_size=32, augment=False, mode="feature_extraction")
+    entry = ensure_features(config, ray=False)
+    assert not entry.cached and entry.runtime == "keras"
+    cached = embeddings.load_cached(entry.cache_key)  # at once: ensured means written
+    assert cached is not None and cached.shape[0] == entry.images
+
+
 def test_checkpoint_files_travel_only_as_a_whole_checkpoint(tmp_path: Path) -> None:
     from core.cluster.runs import _changed_files, _folder_state
 
@@ -478,6 +498,7 @@ def test_cpu_nodes_run_the_checked_runtime_without_tensorflow_and_match_the_loca
         embedding_cache_dir,
         features_for,
         load_cached,
+        wait_for_stores,
     )
     from core.training.litert import RUNTIME_ENV
     from core.training.model import build_model
@@ -491,6 +512,7 @@ def test_cpu_nodes_run_the_checked_runtime_without_tensorflow_and_match_the_loca
     local, _ = features_for(config, build_model(config, 2), paths, runtime=request)
     assert request["runtime"] == "litert"
     key = cache_key(config, 56, paths)
+    wait_for_stores()  # the pass writes the cache on a thread
     (embedding_cache_dir() / f"{key}.npy").unlink()
     loaded: list[bool] = []
 
