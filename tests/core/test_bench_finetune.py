@@ -26,6 +26,8 @@ def test_figures_13_to_15_on_tiny_data(tmp_path: Path, monkeypatch: pytest.Monke
     # Rounded seconds of a tiny pass: the ratio agrees with them only roughly.
     assert fe["ratio"] == pytest.approx(fe["run"]["duration_s"] / fe["bare_pass_s"], rel=0.2)
     assert fe["met"] == (fe["ratio"] <= 1.15)
+    own = fe["run"]["profile"]["features_s"]
+    assert fe["ratio_to_own_pass"] == pytest.approx(fe["run"]["duration_s"] / own, rel=0.01)
     # Each timing's own CPU seconds and cores, and what the machine did meanwhile.
     assert set(fe["clock"]) == {"bare_before", "run", "bare_after"}
     assert all(c["own_cpu_s"] > 0 and c["iowait_s"] >= 0 for c in fe["clock"].values())
