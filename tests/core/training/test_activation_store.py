@@ -179,6 +179,10 @@ def test_kill_9_during_the_cut_pass_resumes_from_its_last_chunk(tmp_path: Path) 
             assert time.monotonic() < deadline, "the pass never stored 5 chunks"
             time.sleep(0.01)
         proc.send_signal(signal.SIGSTOP)  # frozen: what is on disk is what the kill leaves
+        # A signal arrives when it arrives: until the child is reported stopped (every thread)
+        # it may store one more chunk, which the resume would then rightly reuse.
+        _, status = os.waitpid(proc.pid, os.WUNTRACED)
+        assert os.WIFSTOPPED(status)
         stored = _manifest_chunks(killed)
         proc.send_signal(signal.SIGKILL)
         proc.wait(timeout=30)
