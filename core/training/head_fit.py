@@ -140,12 +140,12 @@ def features_tensor(features: np.ndarray) -> Any:
     """
     import tensorflow as tf
 
-    source = np.asarray(features, np.float32)
+    source = np.asarray(features)
     if not _adoptable(source):
         if not source.size:  # DLPack of an empty array: nothing to share
-            return tf.constant(source)
+            return tf.constant(source, tf.float32)
         aligned = aligned_empty(source.shape)
-        np.copyto(aligned, source)
+        np.copyto(aligned, source)  # one copy, converting another dtype on the way
         source = aligned
     return tf.experimental.dlpack.from_dlpack(source.__dlpack__())
 

@@ -53,11 +53,11 @@ def test_features_ensured_in_this_process_are_in_the_cache_when_it_returns(
     from core.cluster.features import ensure_features
     from core.training import embeddings
 
-    slow_store = embeddings.store_cached
+    real_store = embeddings.store_cached
 
     def store_cached(key: str, features: np.ndarray) -> None:
         time.sleep(0.5)  # a busy disk: the pass's write outlives it
-        slow_store(key, features)
+        real_store(key, features)
 
     monkeypatch.setattr(embeddings, "store_cached", store_cached)
     config = RunConfig(data=FACES, image_size=32, augment=False, mode="feature_extraction")
