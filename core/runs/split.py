@@ -69,6 +69,12 @@ class RunSplit:
         the trainer's order."""
         return [("train", i) for i in self.train] + [("val", i) for i in self.val]
 
+    def digests(self) -> list[str] | None:
+        """Each image's content digest, training images first (``images``' order); ``None``
+        when a file could not be read when the split was recorded."""
+        shas = [image.sha256 for _, image in self.images()]
+        return shas if all(shas) else None
+
     def absolute(self, image: SplitImage) -> str:
         """Where ``image`` is (or was) on disk."""
         return os.path.join(self.root, *image.path.split("/"))

@@ -89,6 +89,7 @@ def cache_key(
     paths: Sequence[str],
     backbone: Backbone | None = None,
     views: int = 1,
+    shas: Sequence[str] | None = None,
 ) -> str | None:
     """Key of the features of ``paths`` under ``config``'s base; ``None`` if not cacheable.
 
@@ -96,6 +97,8 @@ def cache_key(
     given. ``views > 1``: the key of ``views - 1`` augmented views of each image, which also
     depends on the augmentation set and the seed. The key itself is
     ``core.training.feature_cache.features_key`` (which a process without Keras computes too).
+    ``shas``: the files' content digests when the caller has them (a run's recorded split),
+    one per path; else they are looked up (``content_hashes``).
     """
     if backbone is None:
         backbone = Backbone(
@@ -119,8 +122,8 @@ def cache_key(
         weights_id=backbone.weights_id,
         image_size=image_size,
         preprocessing=backbone.spec.preprocessing,
-        # The digests the run's split recording just computed: a stat each, not a read.
-        shas=content_hashes(list(paths)),
+        # Else the digests the run's split recording just computed: a stat each, not a read.
+        shas=list(shas) if shas is not None else content_hashes(list(paths)),
         keras_version=keras.__version__,
         policy=policy.name if policy.compute_dtype != "float32" else None,
         augmented=augmented,
@@ -393,15 +396,17 @@ def features_for(
     stage: StageFn | None = None,
     timings: dict[str, float] | None = None,
     runtime: dict[str, Any] | None = None,
+    shas: Sequence[str] | None = None,
 ) -> tuple[np.ndarray, bool]:
     """``(features, was_cached)`` of ``paths``, from the persistent cache when possible.
 
     The key uses the weights identity ``built`` was built with; ``timings["hash"]`` (when given)
     gets the seconds spent on the key (the file digests). ``runtime`` (when given): a request
     for the converted runtime (``{"convert": bool}``: may it convert now), filled in with what
-    the pass ran on (``core.training.litert.runtime_extractor``'s info).
+    the pass ran on (``core.training.litert.runtime_extractor``'s info). ``shas``: the files'
+    content digests, when the caller has them (``cache_key``).
     """
-    return _cached(config, built, paths, 1, stage, timings, runtime)
+    return _cached(config, built, paths, 1, stage, timings, runtime, shas)
 
 
 def augmented_features_for(
@@ -411,11 +416,12 @@ def augmented_features_for(
     stage: StageFn | None = None,
     timings: dict[str, float] | None = None,
     runtime: dict[str, Any] | None = None,
+    shas: Sequence[str] | None = None,
 ) -> tuple[np.ndarray, bool]:
     """``(features, was_cached)`` of ``config.augment_views - 1`` augmented views of each of
     ``paths`` (shape ``(views - 1, n, width)``), from the persistent cache when possible.
-    ``runtime``: as for ``features_for``."""
-    return _cached(config, built, paths, config.augment_views, stage, timings, runtime)
+    ``runtime``, ``shas``: as for ``features_for``."""
+    return _cached(config, built, paths, config.augment_views, stage, timings, runtime, shas)
 
 
 def _cached(
@@ -426,10 +432,11 @@ def _cached(
     stage: StageFn | None,
     timings: dict[str, float] | None,
     runtime: dict[str, Any] | None = None,
+    shas: Sequence[str] | None = None,
 ) -> tuple[np.ndarray, bool]:
     started = time.perf_counter()
     backbone = Backbone(built.spec, built.weights_id)
-    key = cache_key(config, built.image_size, paths, backbone, views)
+    key = cache_key(config, built.image_size, paths, backbone, views, shas)
     if timings is not None:
         timings["hash"] = timings.get("hash", 0.0) + time.perf_counter() - started
     extra, width = views - 1, built.spec.feature_width

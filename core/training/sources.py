@@ -106,6 +106,10 @@ class Source(ABC):
         self.timings: dict[str, float] = {}  # seconds of what ``prepare`` did, by stage
         # Per-class training-loss weights (``config.class_weight``), set by ``prepare``.
         self.class_weight: np.ndarray | None = None
+        # The content digests of the data's training then validation files, when the run's
+        # split recorded them a moment ago (``RunSplit.digests``): the feature cache's key
+        # then costs no ``stat`` per file (0.2 s at 50,000). ``None``: hashed when needed.
+        self.digests: list[str] | None = None
 
     def _weigh_classes(self, data: DatasetIndex) -> None:
         """The class weights of ``config.class_weight`` for ``data``'s training labels."""
@@ -240,14 +244,16 @@ class FeatureSource(_HeadOnFeatures):
         def part(offset: int) -> Callable[..., None]:
             return lambda done, _total, **more: stage(offset + done, total, **more)
 
+        digests = self.digests if self.digests and len(self.digests) == len(paths) else None
         features, was_cached = features_for(
-            config, self.built, paths, part(0), self.timings, runtime
+            config, self.built, paths, part(0), self.timings, runtime, shas=digests
         )
         self._set_features(data, features)
         if views > 1:
             augmented, views_cached = augmented_features_for(
-                config, self.built, data.train_paths, part(len(paths)), self.timings, runtime
-            )
+                config, self.built, data.train_paths, part(len(paths)), self.timings, runtime,
+                shas=None if digests is None else digests[:n],
+            )  # fmt: skip
             # (views, n, width): view 0 is the image itself, the others augmented copies.
             stacked = np.concatenate([features[None, :n], augmented])
             self.train_features = (stacked, data.train_labels)

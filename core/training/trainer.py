@@ -243,7 +243,7 @@ class _Trainer:
             dataset=data.summary(),
         )
         # What the run trains on, for review, evaluation and export to read back.
-        record_split(store.run_dir(run_id), data)
+        split = record_split(store.run_dir(run_id), data)
         if not data.val_paths:
             raise DataError(
                 f"No validation images: every class in {data.root} has a single usable image. "
@@ -266,6 +266,7 @@ class _Trainer:
         n_images = len(data.train_paths) + len(data.val_paths)
         with self._scope():  # the head and cut models it builds share the model's variables
             self.source = choose_source(config, self.built, n_images, folder=store.run_dir(run_id))
+        self.source.digests = split.digests()  # the split's, computed a moment ago
         if self.stop_wanted():
             raise RunStopped
         self.source.prepare(

@@ -8,6 +8,7 @@ import shutil
 import sqlite3
 import subprocess
 import sys
+from dataclasses import replace
 
 import pytest
 
@@ -411,6 +412,11 @@ def test_a_recorded_split_round_trips_and_sees_changes(tmp_path) -> None:
         os.path.realpath(p) for p in index.train_paths
     ]
     assert {i.label for i in written.val} == {"a", "b"} and written.changes().changed == []
+    # Its digests, training then validation files, are the files' own (a run's feature key).
+    from core.data.scan_cache import content_hashes
+
+    assert written.digests() == content_hashes([*index.train_paths, *index.val_paths])
+    assert replace(written, val=(replace(written.val[0], sha256=""),)).digests() is None
     document = store.result(run_id, split=True)["split"]
     assert document is not None and len(document["train"]) == len(index.train_paths)
     assert "split" not in store.result(run_id)  # the pages' polls do not read it

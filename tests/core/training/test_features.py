@@ -10,6 +10,7 @@ import pytest
 from PIL import Image
 
 from core.config import RunConfig
+from core.data.scan_cache import content_hashes
 from core.runs.store import COMPLETED
 from core.training import embeddings as features
 from core.training.jobs import JobQueue
@@ -128,6 +129,21 @@ def test_second_run_reuses_the_embeddings(runs: dict) -> None:
     assert runs["cold"]["stage"]["cached"] is False
     assert runs["warm"]["stage"]["cached"] is True
     assert runs["warm"]["stage"]["done"] == runs["warm"]["stage"]["total"] == 200
+
+
+@pytest.mark.slow
+def test_a_run_keys_its_features_by_its_recorded_split_as_the_files_digests_would(
+    runs: dict,
+) -> None:
+    """The run hands its split's digests to the cache key (no ``stat`` per file): the entry is
+    under the key anyone computes from the files (review, the leakage check, the CLI)."""
+    from core.data import load_dataset
+
+    data = load_dataset(LITE.data, val_split=LITE.val_split, seed=LITE.seed)
+    paths = [*data.train_paths, *data.val_paths]
+    split = runs["queue"].store.split(runs["cold"]["run_id"])
+    assert split is not None and split.digests() == content_hashes(paths)
+    assert features.load_cached(features.cache_key(LITE, 64, paths)) is not None
 
 
 @pytest.mark.slow

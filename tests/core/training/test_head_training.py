@@ -6,7 +6,13 @@ import keras
 import numpy as np
 import pytest
 
-from core.training.head_fit import TENSOR_ALIGN, aligned_empty, features_tensor, fit_head
+from core.training.head_fit import (
+    TENSOR_ALIGN,
+    aligned_empty,
+    features_tensor,
+    fit_head,
+    fused_adam,
+)
 from core.training.model import compile_model
 from tests.helpers import blobs as _blobs
 from tests.helpers import small_head as _head
@@ -115,3 +121,58 @@ def test_an_aligned_float32_array_is_adopted_not_copied(shape) -> None:
     # Adopted: the tensor is the array's memory (the pass's output, trained on as it is).
     features[last] = 4.0
     assert float(tf.reduce_max(tf.gather(tensor, [last]))) == 4.0
+
+
+def _gradients(head: keras.Model, steps: int) -> list[list[np.ndarray]]:
+    rng = np.random.default_rng(4)
+    return [[rng.normal(size=v.shape).astype(np.float32) for v in head.trainable_variables]
+            for _ in range(steps)]  # fmt: skip
+
+
+def test_the_fused_adam_update_is_keras_adams_to_float32_rounding() -> None:
+    """The default optimizer (``compile_model``'s Adam) runs as TensorFlow's fused kernel: the
+    weights, moments and step counter after some steps are what Keras's own update gives, up
+    to float32 rounding of the steps (the kernel's vectorised square root and division round
+    differently). Fails if a Keras release renames the private slots the fused path reads (it
+    returns ``None`` then, and the head trains slower on Keras's update)."""
+    import tensorflow as tf
+
+    models = []
+    for _ in range(2):
+        keras.utils.set_random_seed(1)
+        head = _head()
+        compile_model(head, 3e-2)
+        models.append(head)
+    keras_head, fused_head = models
+    start = fused_head.get_weights()
+    fused = fused_adam(fused_head.optimizer, fused_head.trainable_variables)
+    assert fused is not None
+    apply = tf.function(fused)
+    for grads in _gradients(keras_head, 5):
+        keras_head.optimizer.apply(grads, keras_head.trainable_variables)
+        apply([tf.constant(g) for g in grads])
+    # Five steps of 3e-2 move each weight by up to 0.15; the two updates differ by < 1e-6.
+    for before, a, b in zip(start, keras_head.get_weights(), fused_head.get_weights(), strict=True):
+        assert np.abs(b - before).max() > 0.1
+        np.testing.assert_allclose(b, a, rtol=0, atol=1e-5)
+    for a, b in zip(keras_head.optimizer.variables, fused_head.optimizer.variables, strict=True):
+        np.testing.assert_allclose(np.asarray(b), np.asarray(a), rtol=1e-4, atol=1e-6)
+    assert int(fused_head.optimizer.iterations) == int(keras_head.optimizer.iterations) == 5
+
+
+@pytest.mark.parametrize(
+    "optimizer",
+    [
+        lambda: keras.optimizers.Adam(amsgrad=True),
+        lambda: keras.optimizers.Adam(weight_decay=1e-4),
+        lambda: keras.optimizers.Adam(clipnorm=1.0),
+        lambda: keras.optimizers.Adam(use_ema=True),
+        lambda: keras.optimizers.AdamW(),
+        lambda: keras.optimizers.SGD(),
+        lambda: keras.optimizers.LossScaleOptimizer(keras.optimizers.Adam()),
+    ],
+    ids=["amsgrad", "weight_decay", "clipnorm", "ema", "adamw", "sgd", "loss_scale"],
+)
+def test_an_optimizer_the_fused_kernel_does_not_compute_keeps_keras_update(optimizer) -> None:
+    head = _head()
+    assert fused_adam(optimizer(), head.trainable_variables) is None
