@@ -21,7 +21,7 @@ import os
 import sqlite3
 import threading
 import time
-from collections.abc import Callable, Iterator, Sequence
+from collections.abc import Callable, Iterable, Iterator, Sequence
 from concurrent.futures import ThreadPoolExecutor
 
 from core.files import sha256_file, sha256_files
@@ -142,19 +142,29 @@ def check_all(
     known: dict[bytes, tuple] = {}
     try:
         with _connect() as conn:
-            query = "SELECT path, size, mtime_ns, ctime_ns, ino, rules, reason FROM checks "
-            rows = select_in(conn, query + "WHERE path IN", keys)
-            known.update((bytes(row[0]), row[1:]) for row in rows)
+            # With each verdict, the file's stored digest: a run records its split (every
+            # file's digest) right after its scan, and finds them in memory then, not in a
+            # second query (0.15 s at 50,000 files).
+            query = (
+                "SELECT c.path, c.size, c.mtime_ns, c.ctime_ns, c.ino, c.rules, c.reason, "
+                "h.size, h.mtime_ns, h.ctime_ns, h.ino, h.sha256 FROM checks c "
+                "LEFT JOIN hashes h ON h.path = c.path WHERE c.path IN"
+            )
+            known.update((bytes(row[0]), row[1:]) for row in select_in(conn, query, keys))
     except sqlite3.Error:
         known = {}
     results: list[str | None] = [None] * len(paths)
     todo: list[int] = []
+    digests: list[tuple[str, tuple[int, int, int, int], str]] = []
     for i, (key, ident) in enumerate(zip(keys, identities, strict=True)):
         row = known.get(key)
         if ident is not None and row is not None and (*ident, rules) == tuple(row[:5]):
             results[i] = row[5]
         else:
             todo.append(i)
+        if ident is not None and row is not None and row[10] is not None and ident == row[6:10]:
+            digests.append((paths[i], ident, row[10]))
+    _memorise(digests)
     if progress:
         progress(len(paths) - len(todo), len(paths))
     fresh = _check_parallel([paths[i] for i in todo], check, progress, len(paths) - len(todo))
@@ -223,14 +233,23 @@ def file_hashes(paths: Sequence[str], threads: int = 4) -> list[str | None]:
         if digest is not None and ident is not None and _settled(ident, now_ns):
             remember.append((keys[i], *ident, digest))
     _remember("hashes", remember)  # not stored: hashed again next time
-    with _HASHES_LOCK:
-        if len(_HASHES) + len(missing) > _HASHES_MAX:
-            _HASHES.clear()
-        for i in missing:
-            ident, digest = identities[i], out[i]
-            if ident is not None and digest is not None and _settled(ident, now_ns):
-                _HASHES[paths[i]] = (ident, digest)
+    _memorise(
+        (paths[i], ident, digest)
+        for i in missing
+        if (ident := identities[i]) is not None
+        and (digest := out[i]) is not None
+        and _settled(ident, now_ns)
+    )
     return out
+
+
+def _memorise(digests: Iterable[tuple[str, tuple[int, int, int, int], str]]) -> None:
+    """``(path, identity, digest)`` triples into this process's memory (``_HASHES``)."""
+    rows = list(digests)
+    with _HASHES_LOCK:
+        if len(_HASHES) + len(rows) > _HASHES_MAX:
+            _HASHES.clear()
+        _HASHES.update((path, (ident, digest)) for path, ident, digest in rows)
 
 
 def content_hashes(paths: Sequence[str]) -> list[str]:

@@ -136,3 +136,32 @@ def test_a_file_changed_just_now_is_hashed_on_every_look(
     first = scan_cache.file_hashes(paths)
     assert scan_cache.file_hashes(paths) == first
     assert len(read) == 4
+
+
+def test_a_scan_brings_the_stored_digests_of_its_unchanged_files_along(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """A run scans its files, then records their digests: in a new process the scan's one
+    query reads both, and the digests come from memory (no second query, no read)."""
+    from core.files import sha256_file
+
+    monkeypatch.setattr(scan_cache, "SETTLED_NS", 0)
+    paths = write_pngs(tmp_path, 4)
+    expected = [sha256_file(p) for p in paths]
+    scan_cache.check_all(paths, check_image)
+    assert scan_cache.file_hashes(paths) == expected  # stored in scan.sqlite
+    Image.new("RGB", (8, 8), (1, 2, 3)).save(paths[0])  # changed after it was hashed
+    monkeypatch.setattr(scan_cache, "_HASHES", {})  # a new process
+    read = _counting_hashes(monkeypatch)
+    queries: list[str] = []
+    real_select = scan_cache.select_in
+    monkeypatch.setattr(
+        scan_cache, "select_in", lambda conn, q, *a: queries.append(q) or real_select(conn, q, *a)
+    )
+    assert scan_cache.check_all(paths, check_image) == [None] * 4
+    assert len(queries) == 1 and set(scan_cache._HASHES) == set(paths[1:])
+    assert scan_cache.file_hashes(paths[1:]) == expected[1:]
+    assert len(queries) == 1 and read == []
+    # The changed file's stored digest was not taken: it is read, and its new digest is right.
+    assert scan_cache.file_hashes(paths[:1]) == [sha256_file(paths[0])] != expected[:1]
+    assert read == [paths[0]]
