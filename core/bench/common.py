@@ -37,11 +37,12 @@ def generated_set(classes: int, per_class: int, say: ProgressCb | None = None) -
 
 def breakdown(timings: dict[str, float], duration: float) -> dict[str, float]:
     """A run's recorded stage seconds, plus ``other`` (store writes, queue hand-over, input
-    pipelines...) up to ``duration_s``. The frozen base's one pass is ``features`` whether it
-    produced pooled features or activations at the freeze cut; ``hash`` is inside it."""
+    pipelines...) up to ``duration_s``. ``split``: recording the split (every file's digest).
+    The frozen base's one pass is ``features`` whether it produced pooled features or
+    activations at the freeze cut; ``hash`` is inside it."""
     stages = dict(timings)
     stages["features"] = stages.get("features", 0.0) + stages.get("activations", 0.0)
-    top = ("scan", "build", "features", "fit", "save")
+    top = ("scan", "split", "build", "features", "fit", "save")
     out = {f"{k}_s": round(stages.get(k, 0.0), 3) for k in (*top, "hash")}
     out["other_s"] = round(max(duration - sum(stages.get(k, 0.0) for k in top), 0.0), 3)
     return out

@@ -7,7 +7,8 @@ epochs that bookkeeping alone would cap the warm-cache speed-up well below the b
 target. Here each epoch is a single ``tf.function`` call that walks a seeded permutation of the
 in-memory features, applying the compiled model's own optimizer and its compiled loss (what
 ``compile_model`` set, plus any regularisation losses, as ``fit`` computes it); validation is
-part of the same call.
+part of the same call. The default optimizer, plain Adam, runs as TensorFlow's fused kernel
+(``fused_adam``): the same update, without Keras's dozen elementwise ops per weight.
 
 Callbacks are dispatched through a ``keras.callbacks.CallbackList`` as ``fit`` does, with
 ``on_train_batch_end`` once per epoch carrying the epoch's last batch index, which is what Keras

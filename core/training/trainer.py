@@ -243,7 +243,8 @@ class _Trainer:
             dataset=data.summary(),
         )
         # What the run trains on, for review, evaluation and export to read back.
-        split = record_split(store.run_dir(run_id), data)
+        with self._timed("split"):
+            split = record_split(store.run_dir(run_id), data)
         if not data.val_paths:
             raise DataError(
                 f"No validation images: every class in {data.root} has a single usable image. "

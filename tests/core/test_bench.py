@@ -56,7 +56,7 @@ def test_runs_report_accuracies_durations_and_stage_profiles(quick: tuple) -> No
         assert _positive(run["duration_s"])
         profile = run["profile"]
         assert all(v >= 0 for v in profile.values())
-        stages = ("scan_s", "build_s", "features_s", "fit_s", "save_s", "other_s")
+        stages = ("scan_s", "split_s", "build_s", "features_s", "fit_s", "save_s", "other_s")
         # The stages split duration_s (a little slack for rounding).
         assert sum(profile[k] for k in stages) == pytest.approx(run["duration_s"], abs=0.05)
         assert profile["build_s"] > 0 and profile["fit_s"] > 0
@@ -132,9 +132,9 @@ def test_the_run_records_hold_the_stage_timings_the_profiles_come_from(quick: tu
         recorded = store.result(run["run_id"])
         timings = recorded["timings"]
         assert timings is not None and recorded["duration_s"] is not None
-        assert {"scan", "build", "fit", "save"} <= set(timings)
+        assert {"scan", "split", "build", "fit", "save"} <= set(timings)
         assert all(v >= 0 for v in timings.values())
-        top = ("scan", "build", "features", "activations", "inputs", "fit", "save")
+        top = ("scan", "split", "build", "features", "activations", "inputs", "fit", "save")
         assert sum(timings.get(k, 0.0) for k in top) <= recorded["duration_s"]
         assert run["profile"]["fit_s"] == pytest.approx(timings["fit"], abs=1e-3)
     assert "features" in (store.result(fc["cached"]["run_id"])["timings"] or {})
