@@ -190,8 +190,19 @@ def _stored(shas: Sequence[str]) -> dict[str, Signature]:
 
 
 def uncached_count(shas: Sequence[str]) -> int:
-    """How many distinct pictures among ``shas`` ``cached_signatures`` would still decode."""
-    return len(set(shas) - set(_stored(shas)))
+    """How many distinct pictures among ``shas`` ``cached_signatures`` would still decode.
+
+    Reads only which are stored, not the signatures: the Data page counts them for 50,000
+    files on every first visit, where decoding every stored signature took 0.6 s."""
+    unique = sorted(set(shas))
+    stored: set[str] = set()
+    try:
+        with _connect() as conn:
+            query = "SELECT sha256 FROM signatures WHERE version = ? AND sha256 IN"
+            stored.update(row[0] for row in select_in(conn, query, unique, [SIGNATURE_VERSION]))
+    except (sqlite3.Error, OSError):
+        stored = set()
+    return len(unique) - len(stored)
 
 
 def cached_signatures(
