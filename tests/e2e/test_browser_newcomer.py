@@ -102,12 +102,13 @@ def test_a_newcomer_walk(server, monkeypatch) -> None:
             images = _metric(page, "Images")
             expect(images).to_contain_text(re.compile(r"\d+/\d+"), timeout=300_000)
             expect(_metric(page, "ETA")).to_contain_text(re.compile(r"\d+s"))
-            _shot(page, "1_first_run_preparing")
-
             # 2. Stop in the middle of that pass: "stopping…" at once, stopped within a batch.
-            (first,) = [r for r in store.list_runs() if r["run_id"] not in tiny]
+            # Clicked before the screenshot: the pass of 408 images takes about 5 s, and CI once
+            # saw it end in the time a screenshot and a store query took before the click.
             clicked = time.monotonic()
             page.locator(".st-key-stop button").click()
+            _shot(page, "1_first_run_preparing")  # the page as it was clicked: still preparing
+            (first,) = [r for r in store.list_runs() if r["run_id"] not in tiny]
             expect(page.get_by_text("running · stopping…")).to_be_visible(timeout=10_000)
             _shot(page, "2_stopping")
             while store.status(first["run_id"]) != STOPPED and time.monotonic() - clicked < 60:
