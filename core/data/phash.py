@@ -174,16 +174,21 @@ def _connect() -> contextlib.AbstractContextManager[sqlite3.Connection]:
     )
 
 
+def _rows(columns: str, shas: Sequence[str]) -> list[tuple]:
+    """``columns`` of the stored signatures (this version) of the distinct ``shas``; raises
+    what reading the cache raises."""
+    with _connect() as conn:
+        query = f"SELECT {columns} FROM signatures WHERE version = ? AND sha256 IN"
+        return list(select_in(conn, query, sorted(set(shas)), [SIGNATURE_VERSION]))
+
+
 def _stored(shas: Sequence[str]) -> dict[str, Signature]:
     """The cached signatures of ``shas`` (an unusable cache holds none)."""
     found: dict[str, Signature] = {}
-    unique = sorted(set(shas))
     try:
-        with _connect() as conn:
-            query = "SELECT sha256, hashes, color FROM signatures WHERE version = ? AND sha256 IN"
-            for sha, hashes, color in select_in(conn, query, unique, [SIGNATURE_VERSION]):
-                h, c = json.loads(hashes), json.loads(color)
-                found[sha] = (tuple(int(x) for x in h), (float(c[0]), float(c[1]), float(c[2])))
+        for sha, hashes, color in _rows("sha256, hashes, color", shas):
+            h, c = json.loads(hashes), json.loads(color)
+            found[sha] = (tuple(int(x) for x in h), (float(c[0]), float(c[1]), float(c[2])))
     except (sqlite3.Error, OSError, ValueError, TypeError, IndexError):
         return {}
     return found
@@ -194,15 +199,11 @@ def uncached_count(shas: Sequence[str]) -> int:
 
     Reads only which are stored, not the signatures: the Data page counts them for 50,000
     files on every first visit, where decoding every stored signature took 0.6 s."""
-    unique = sorted(set(shas))
-    stored: set[str] = set()
     try:
-        with _connect() as conn:
-            query = "SELECT sha256 FROM signatures WHERE version = ? AND sha256 IN"
-            stored.update(row[0] for row in select_in(conn, query, unique, [SIGNATURE_VERSION]))
+        stored = len(_rows("sha256", shas))
     except (sqlite3.Error, OSError):
-        stored = set()
-    return len(unique) - len(stored)
+        stored = 0
+    return len(set(shas)) - stored
 
 
 def cached_signatures(
