@@ -48,8 +48,10 @@ if selected:
     with st.expander("Make it a dataset you can edit (add, relabel, exclude images)"):
         builder.import_source(selected, "import_selected")
 cols = st.columns([1, 1, 2], vertical_alignment="bottom")
-val_split = cols[0].number_input("Validation split", 0.05, 0.9, 0.2, 0.05, key="val_split")
-seed = int(cols[1].number_input("Seed", 0, 2**31 - 1, 42, key="seed"))
+val_split = cols[0].number_input(
+    "Validation split", 0.05, 0.9, overview.DEFAULT_VAL_SPLIT, 0.05, key="val_split"
+)
+seed = int(cols[1].number_input("Seed", 0, 2**31 - 1, overview.DEFAULT_SEED, key="seed"))
 use = kind != builder.KIND and cols[2].button(  # "Your dataset" has its own Use button
     "Use this data", type="primary", disabled=not selected, key="use_data"
 )

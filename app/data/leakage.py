@@ -60,14 +60,19 @@ def _config(source: str) -> RunConfig:
     )
 
 
+def plan_for(source: str, index: DatasetIndex) -> CheckPlan:
+    """The check's plan for the Train form's backbone (cached: each file is read once)."""
+    config = _config(source)
+    return _plan(source, _fingerprint(index), config.backbone, config.weights,
+                 config.image_size, index)  # fmt: skip
+
+
 def render(source: str, index: DatasetIndex, val_split: float, seed: int) -> None:
     """The leakage test for the Train form's backbone, from cached features, run by itself."""
     from core.training import source_leakage as check
 
-    config = _config(source)
     try:
-        plan = _plan(source, _fingerprint(index), config.backbone, config.weights,
-                     config.image_size, index)  # fmt: skip
+        plan = plan_for(source, index)
         found = check.finished_check(plan)
         if found is None and plan.to_hash <= check.INLINE_HASHES:
             with st.spinner("Looking for near-copies across the split…"):
