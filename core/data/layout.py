@@ -263,11 +263,10 @@ def _drop_duplicates(
     validation folders, so a file cannot be in both). Within ``candidates`` the path that is the
     file itself (no symlink on the way) wins; the others are skipped, naming the kept path.
     """
-    groups: dict[str, list[int]] = {}
     reals: list[str] = []
     folder_reals: dict[str, str] = {}  # realpath is slow: resolve each folder once
     links: dict[str, set[str]] = {}  # the symlinks' names in each folder, from one listing
-    for i, (_, path) in enumerate(candidates):
+    for _, path in candidates:
         folder, base = folder_and_name(path)
         if folder not in folder_reals:
             folder_reals[folder] = os.path.realpath(folder)
@@ -276,6 +275,10 @@ def _drop_duplicates(
         if base in links[folder]:
             real = os.path.realpath(real)
         reals.append(real)
+    if len(set(reals)) == len(reals):  # the usual case: no two paths reach one file
+        return _unclaimed(candidates, reals, claimed, skipped_by_class)
+    groups: dict[str, list[int]] = {}
+    for i, real in enumerate(reals):
         groups.setdefault(real, []).append(i)
     keep: set[int] = set()
     for real, members in groups.items():
@@ -292,6 +295,26 @@ def _drop_duplicates(
         else:
             reason = f"same file as {claimed[reals[i]]} (symlink), counted once"
             skipped_by_class[name].append({"path": path, "reason": reason})
+    return kept
+
+
+def _unclaimed(
+    candidates: list[tuple[str, str]],
+    reals: list[str],
+    claimed: dict[str, str],
+    skipped_by_class: dict[str, list[dict]],
+) -> list[tuple[str, str]]:
+    """``_drop_duplicates`` when each candidate is a file of its own: all but those already
+    claimed (by the other split's folders) are kept, with nothing to choose between (a fifth of
+    its time at 50,000 files)."""
+    kept: list[tuple[str, str]] = []
+    for (name, path), real in zip(candidates, reals, strict=True):
+        if real in claimed:
+            reason = f"same file as {claimed[real]} (symlink), counted once"
+            skipped_by_class[name].append({"path": path, "reason": reason})
+        else:
+            claimed[real] = path
+            kept.append((name, path))
     return kept
 
 
