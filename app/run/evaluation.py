@@ -18,6 +18,19 @@ if TYPE_CHECKING:
     from core.runs.evaluate import Evaluation
     from core.runs.store import RunStore
 
+# Four numbers beside a class name in the narrow right-hand column (about 300 px at 1280 x 800):
+# two decimals and starting widths that fit it, so the last column is not cut off (the columns
+# widen with a wider window).
+_PER_CLASS = {
+    "class": st.column_config.TextColumn("class", width=84),
+    "precision": st.column_config.NumberColumn("precision", format="%.2f", width=66),
+    "recall": st.column_config.NumberColumn("recall", format="%.2f", width=50),
+    "f1": st.column_config.NumberColumn("F1", format="%.2f", width=40),
+    "support": st.column_config.NumberColumn(
+        "images", width=50, help="Validation images of this class (its support)"
+    ),
+}
+
 
 def render(store: RunStore, run_id: str) -> None:
     """The "Evaluate" section of a run that has a model."""
@@ -66,7 +79,7 @@ def render(store: RunStore, run_id: str) -> None:
             query = st.text_input("Find a class", key=f"class_search_{run_id}",
                                   placeholder="part of a class name")  # fmt: skip
             class_rows = run_views.filter_class_rows(class_rows, query)
-        st.dataframe(class_rows, hide_index=True, width="stretch")
+        st.dataframe(class_rows, hide_index=True, width="stretch", column_config=_PER_CLASS)
         true_class = st.selectbox("True class", names, key=true_key)
         pred_class = st.selectbox("Predicted class", names, key=pred_key)
     view = loaders.confusion_view(store, run_id, evaluation, (true_class, pred_class))

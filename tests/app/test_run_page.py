@@ -4,6 +4,7 @@ under AppTest against a store seeded with one tiny finished run; plus ``app.view
 from __future__ import annotations
 
 import io
+import json
 import zipfile
 from pathlib import Path
 
@@ -95,6 +96,13 @@ def test_run_page_summary_matrix_and_gallery(row):
     assert list(phases["phase"]) == ["1 · head"] and phases["trainable params"].iloc[0] > 0
     assert list(per_class["class"])[-1] == "macro average"
     assert {"precision", "recall", "f1", "support"} <= set(per_class.columns)
+    # Its five columns start within the right-hand column's 300 px at 1280 x 800 (measured in
+    # Chromium: at 333 px the last one, "support", was cut off).
+    shown = json.loads(at.dataframe[1].proto.columns)
+    assert [shown[c]["label"] for c in per_class.columns] == [
+        "class", "precision", "recall", "F1", "images"
+    ]  # fmt: skip
+    assert sum(shown[c]["width"] for c in per_class.columns) <= 300
     assert len(at.get("plotly_chart")) == 1  # the confusion matrix
 
     from core.runs.evaluate import evaluate_run
