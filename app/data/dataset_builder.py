@@ -21,7 +21,7 @@ import streamlit as st
 from app import loaders, navigation, widgets
 from app.views import review as views
 from app.views.text import md_escape
-from core.config import DEFAULT_DATA
+from core.config import DEFAULT_DATA, RunConfig
 from core.data import datasets
 from core.data.images import IMAGE_EXTENSIONS
 from core.data.names import escape_unprintable
@@ -243,8 +243,9 @@ def _overview(info: dict[str, Any], chosen: str | None) -> None:
         icon=":material/check:",
         help=None if info["images"] else "Add classes and their images first",
     ):
-        split = float(st.session_state.get("val_split", 0.2))
-        if loaders.fetch_data(source, split, int(st.session_state.get("seed", 42))):
+        # The Data page's split and seed (its widgets' defaults: a run's own).
+        split = float(st.session_state.get("val_split", RunConfig.val_split))
+        if loaders.fetch_data(source, split, int(st.session_state.get("seed", RunConfig.seed))):
             navigation.choose_data(source)
             st.rerun()
     last = views.last_edit(info["edits"])
