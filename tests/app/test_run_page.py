@@ -94,7 +94,7 @@ def test_run_page_summary_matrix_and_gallery(row):
     assert metrics["Validation accuracy"].endswith("%")
     phases, per_class = (d.value for d in at.dataframe)
     assert list(phases["phase"]) == ["1 · head"] and phases["trainable params"].iloc[0] > 0
-    assert list(per_class["class"])[-1] == "macro average"
+    assert list(per_class["class"])[-1] == "macro avg"
     assert {"precision", "recall", "f1", "support"} <= set(per_class.columns)
     # Its five columns start within the right-hand column's 300 px at 1280 x 800 (measured in
     # Chromium: at 333 px the last one, "support", was cut off).
@@ -380,7 +380,7 @@ def test_default_cell_per_class_rows_and_gallery():
         "cat",
     )
     rows = run_views.per_class_rows(EVALUATION)
-    assert rows[-1]["class"] == "macro average" and rows[-1]["support"] == 21
+    assert rows[-1]["class"] == "macro avg" and rows[-1]["support"] == 21
     items, total = run_views.gallery(EVALUATION, "fox", "dog")
     assert total == 2 and [i["path"] for i in items] == ["b.png", "a.png"]  # confident first
     assert items[0]["caption"] == "dog 90% (fox 10%)"
