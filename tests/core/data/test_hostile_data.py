@@ -291,6 +291,18 @@ def test_symlinks_do_not_label_the_same_image_twice(tmp_path: Path) -> None:
     assert len(duplicates) == 5 and all("same file as" in s["reason"] for s in duplicates)
 
 
+def test_the_file_itself_wins_over_a_symlink_listed_before_it(tmp_path: Path) -> None:
+    """The class ants is listed before bees: its link to a bee is seen first, and still skipped."""
+    root = _classes(tmp_path / "ds", ["ants", "bees"], n=3)
+    os.symlink(root / "bees" / "1.png", root / "ants" / "0-link.png")
+    index = load_dataset(str(root), val_split=0.25)
+    paths = index.train_paths + index.val_paths
+    assert str(root / "bees" / "1.png") in paths and len(paths) == 6
+    assert _reasons(index)["0-link.png"] == (
+        f"same file as {root / 'bees' / '1.png'} (symlink), counted once"
+    )
+
+
 def test_symlinks_are_found_from_the_folder_listing_not_a_lookup_per_file(
     tmp_path: Path, monkeypatch: pytest.MonkeyPatch
 ) -> None:
