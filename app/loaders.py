@@ -11,6 +11,7 @@ import streamlit as st
 
 from app.views.text import md_escape
 from app.widgets import show_error
+from core.config import RunConfig
 from core.errors import StudioError
 from core.paths import runs_root
 
@@ -51,7 +52,9 @@ def ensure_worker(queue: JobQueue) -> None:
 
 
 @st.cache_data(ttl=600, max_entries=8, show_spinner=False)
-def load_data(source: str, val_split: float = 0.2, seed: int = 42) -> Any:
+def load_data(
+    source: str, val_split: float = RunConfig.val_split, seed: int = RunConfig.seed
+) -> Any:
     """``core.data.load_dataset``, cached for ten minutes (every file is checked once)."""
     from core.data import load_dataset
 
@@ -101,7 +104,6 @@ def layer_preview_data(
     backbone: str, size: int | None, mode: str, unfreeze: int | None, classes: int
 ) -> dict[str, Any]:
     """``core.training.model.layer_preview_summary``, keyed only by what changes the model."""
-    from core.config import RunConfig
     from core.training.model import layer_preview_summary
 
     config = RunConfig(backbone=backbone, weights="none", mode=mode, image_size=size)

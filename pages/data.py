@@ -18,6 +18,7 @@ from app.data import dataset_builder as builder
 from app.data import overview, sources
 from app.views import review as review_views
 from app.views.text import md_escape
+from core.config import RunConfig
 from core.data import datasets
 from core.data.names import display_name
 from core.data.sources import remember_source
@@ -48,10 +49,11 @@ if selected:
     with st.expander("Make it a dataset you can edit (add, relabel, exclude images)"):
         builder.import_source(selected, "import_selected")
 cols = st.columns([1, 1, 2], vertical_alignment="bottom")
+# Until a person changes them, a run's own split and seed (the warm-up checks the data at those).
 val_split = cols[0].number_input(
-    "Validation split", 0.05, 0.9, overview.DEFAULT_VAL_SPLIT, 0.05, key="val_split"
+    "Validation split", 0.05, 0.9, RunConfig.val_split, 0.05, key="val_split"
 )
-seed = int(cols[1].number_input("Seed", 0, 2**31 - 1, overview.DEFAULT_SEED, key="seed"))
+seed = int(cols[1].number_input("Seed", 0, 2**31 - 1, RunConfig.seed, key="seed"))
 use = kind != builder.KIND and cols[2].button(  # "Your dataset" has its own Use button
     "Use this data", type="primary", disabled=not selected, key="use_data"
 )

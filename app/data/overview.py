@@ -17,18 +17,16 @@ from core.config import RunConfig
 from core.data import health as data_health
 from core.errors import StudioError
 
-# The page's split and seed until a person changes them: a run's own defaults.
-DEFAULT_VAL_SPLIT = RunConfig.val_split
-DEFAULT_SEED = RunConfig.seed
 # Sources checked ahead of a visit: those already on disk (never a download or an extraction).
 PREFETCHED_KINDS = ("folder", "dataset")
 
 
 def prefetch(source: str) -> None:
-    """What the page computes for ``source`` at its default split (the index, the health report,
-    the leakage plan), into the caches the page reads: the server's warm-up calls it."""
-    index = loaders.load_data(source, DEFAULT_VAL_SPLIT, DEFAULT_SEED)
-    loaders.data_health(source, DEFAULT_VAL_SPLIT, DEFAULT_SEED)
+    """What the page computes for ``source`` at its default split and seed (a run's own: the
+    index, the health report, the leakage plan), into the caches the page reads: the server's
+    warm-up calls it."""
+    index = loaders.load_data(source, RunConfig.val_split, RunConfig.seed)
+    loaders.data_health(source, RunConfig.val_split, RunConfig.seed)
     leakage.plan_for(source, index)
 
 
